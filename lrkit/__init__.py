@@ -1,0 +1,46 @@
+"""lrkit: which learning rate, and which schedule?
+
+Find a good learning rate fast (:func:`find_lr`), schedule it (:mod:`lrkit.schedules`, applied to
+PyTorch by :class:`lrkit.torch.LRSchedule`), and measure every choice against an exhaustive grid
+(:mod:`lrkit.bench`). Heavy parts (torch, matplotlib, task data) are imported lazily, so
+``import lrkit.schedules`` needs no torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "find_lr": ("lrkit.finder", "find_lr"),
+    "RangeTestResult": ("lrkit.finder", "RangeTestResult"),
+    "suggest": ("lrkit.suggest", "suggest"),
+    "Suggestion": ("lrkit.suggest", "Suggestion"),
+    "LRSchedule": ("lrkit.torch", "LRSchedule"),
+    "Plateau": ("lrkit.torch", "Plateau"),
+    "run": ("lrkit.train", "run"),
+    "fit": ("lrkit.train", "fit"),
+    "Callback": ("lrkit.train", "Callback"),
+    "Task": ("lrkit.tasks.base", "Task"),
+    "Recipe": ("lrkit.tasks.base", "Recipe"),
+}
+_SUBMODULES = ("schedules", "tasks", "train", "finder", "suggest", "bench", "errors", "torch")
+
+__all__ = sorted(_LAZY) + list(_SUBMODULES) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"lrkit.{name}")
+    raise AttributeError(f"module 'lrkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,578 @@
+"""The measuring stick: exhaustive LR grids (the oracle) and method comparisons (regret tables).
+
+- :func:`oracle` trains a task at every LR of a log-spaced grid (several seeds, full budget each)
+  and finds the best LR and the **good band**: the grid LRs whose mean metric is within ``tol``
+  (1% by default) relative of the best. The grid grows until the best is not at an edge.
+- :func:`compare` lets each registered method choose an LR on a task (or train LR-free), trains
+  a full run at that choice for each seed, and reports **regret** (relative metric gap to the
+  oracle's best), **in band** and **cost** (training steps spent choosing, as a fraction of one
+  full run).
+
+Every run goes through :func:`lrkit.train.run`; runs fan out over worker processes, each pinned
+to one thread, and oracle results are cached as JSON by task name and version.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .errors import check_int, check_positive, check_range
+
+__all__ = [
+    "Oracle",
+    "Choice",
+    "MethodResult",
+    "oracle",
+    "compare",
+    "methods",
+    "register_method",
+    "regret",
+    "default_cache_dir",
+    "markdown_table",
+]
+
+
+def default_cache_dir() -> Path:
+    """``$LRKIT_CACHE`` or ``~/.cache/lrkit``."""
+    return Path(os.environ.get("LRKIT_CACHE", Path.home() / ".cache" / "lrkit"))
+
+
+def regret(metric: float, best: float, *, higher_is_better: bool) -> float:
+    """Relative gap to the best: ``(best - m)/|best|`` if higher is better, else ``(m - best)/|best|``.
+
+    A NaN or infinitely bad metric gives ``inf``; 0 means as good as the oracle's best.
+    """
+    if metric != metric or math.isinf(metric):
+        return math.inf
+    gap = (best - metric) if higher_is_better else (metric - best)
+    return gap / max(abs(best), 1e-12)
+
+
+# ------------------------------------------------------------------------------------- oracle
+@dataclass(frozen=True)
+class Oracle:
+    """An exhaustive grid: metric per (LR, seed), best LR and good band."""
+
+    task: str
+    version: str
+    steps: int
+    higher_is_better: bool
+    metric_name: str
+    grid: list[float]
+    seeds: list[int]
+    metrics: list[list[float]]  # [lr index][seed index]
+    diverged: list[list[bool]]
+    tol: float
+    wall_time: float
+    run_time: float  # mean seconds of one full run
+
+    @property
+    def mean(self) -> list[float]:
+        return [float(np.mean(m)) for m in self.metrics]
+
+    @property
+    def std(self) -> list[float]:
+        return [float(np.std(m)) for m in self.metrics]
+
+    @property
+    def best_index(self) -> int:
+        mean = np.array(self.mean)
+        score = np.where(np.isfinite(mean), mean if self.higher_is_better else -mean, -np.inf)
+        return int(np.argmax(score))
+
+    @property
+    def best_lr(self) -> float:
+        return self.grid[self.best_index]
+
+    @property
+    def best_metric(self) -> float:
+        return self.mean[self.best_index]
+
+    @property
+    def good(self) -> list[bool]:
+        """Which grid LRs are within ``tol`` relative of the best mean metric."""
+        best = self.best_metric
+        return [regret(m, best, higher_is_better=self.higher_is_better) <= self.tol
+                for m in self.mean]
+
+    @property
+    def band(self) -> tuple[float, float]:
+        """The contiguous run of good grid LRs around the best: ``(low, high)``."""
+        good, i = self.good, self.best_index
+        lo = hi = i
+        while lo > 0 and good[lo - 1]:
+            lo -= 1
+        while hi < len(good) - 1 and good[hi + 1]:
+            hi += 1
+        return self.grid[lo], self.grid[hi]
+
+    def in_band(self, lr: float) -> bool:
+        lo, hi = self.band
+        return lo * (1 - 1e-9) <= lr <= hi * (1 + 1e-9)
+
+    def regret(self, metric: float) -> float:
+        return regret(metric, self.best_metric, higher_is_better=self.higher_is_better)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(mean=self.mean, std=self.std, best_lr=self.best_lr,
+                 best_metric=self.best_metric, band=list(self.band), good=self.good)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Oracle":
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _log_grid(center: float, points: int, step_decades: float) -> list[float]:
+    half = (points - 1) / 2
+    return [float(center * 10 ** (step_decades * (i - half))) for i in range(points)]
+
+
+def _run_one(job: tuple) -> dict:
+    """Worker: one full training run (a task is re-built by name in the worker process)."""
+    import torch
+
+    from . import tasks
+    from .train import run
+
+    torch.set_num_threads(1)
+    task_ref, lr, seed, steps, eval_split, method = job
+    task = tasks.get(task_ref)
+    kwargs: dict[str, Any] = {}
+    if method is not None:
+        factory, lr = _lr_free_factory(method, task)
+        kwargs["optimizer_factory"] = factory
+    r = run(task, lr, steps=steps, seed=seed, eval_split=eval_split, **kwargs)
+    return {"lr": job[1], "seed": seed, "metric": r.metric, "diverged": r.diverged,
+            "wall_time": r.wall_time}
+
+
+def _map(jobs: list[tuple], workers: int, desc: str, progress: bool) -> list[dict]:
+    """Run jobs in ``workers`` processes (in-process when 1), with a progress bar."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress)
+    out: list[dict] = []
+    try:
+        if workers <= 1:
+            for job in jobs:
+                out.append(_run_one(job))
+                bar.update(1)
+        else:
+            import multiprocessing as mp
+
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+                for res in pool.map(_run_one, jobs):
+                    out.append(res)
+                    bar.update(1)
+    finally:
+        bar.close()
+    return out
+
+
+def oracle(
+    task: Any,
+    *,
+    points: int = 13,
+    step_decades: float = 0.5,
+    center: float | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    tol: float = 0.01,
+    max_extend: int = 6,
+    workers: int = 2,
+    cache_dir: str | Path | None = None,
+    refresh: bool = False,
+    progress: bool = True,
+) -> Oracle:
+    """The exhaustive LR grid of ``task`` (a name, a ``module:function`` reference or a Task name).
+
+    The grid holds ``points`` LRs spaced ``step_decades`` apart (log10) around ``center`` (the
+    recipe's default LR by default); while the best mean metric sits at an edge, the grid grows by
+    two points on that side (at most ``max_extend`` times). Each LR is trained for the recipe's
+    full budget with every seed. Cached in ``cache_dir/oracle/<name>@<version>.json``.
+    """
+    from . import tasks
+
+    points = check_int("points", points, minimum=13)
+    check_positive("step_decades", step_decades)
+    seeds = [check_int("seeds[]", s, minimum=0) for s in seeds]
+    if len(seeds) < 3:
+        raise ValueError(f"seeds must hold at least 3 seeds, got {seeds!r}")
+    check_range("tol", tol, 0.0, 1.0, high_open=True)
+    workers = check_int("workers", workers, minimum=1)
+    t = tasks.get(task) if isinstance(task, str) else task
+    ref = task if isinstance(task, str) else t.name
+    path = Path(cache_dir or default_cache_dir()) / "oracle" / f"{t.key}.json"
+    if path.exists() and not refresh:
+        cached = Oracle.from_dict(json.loads(path.read_text()))
+        if cached.seeds == seeds and cached.steps == t.recipe.steps and cached.tol == tol:
+            return cached
+    grid = _log_grid(center or t.recipe.default_lr, points, step_decades)
+    results: dict[tuple[float, int], dict] = {}
+    start = time.perf_counter()
+    for _ in range(max_extend + 1):
+        todo = [(ref, lr, s, None, "test", None) for lr in grid for s in seeds
+                if (lr, s) not in results]
+        for r in _map(todo, workers, f"oracle {t.name}", progress):
+            results[(r["lr"], r["seed"])] = r
+        o = _make_oracle(t, grid, seeds, results, tol, time.perf_counter() - start)
+        i = o.best_index
+        factor = 10 ** step_decades
+        if i == 0:
+            grid = [grid[0] / factor**2, grid[0] / factor] + grid
+        elif i == len(grid) - 1:
+            grid = grid + [grid[-1] * factor, grid[-1] * factor**2]
+        else:
+            break
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(o.to_dict(), indent=1))
+    tmp.replace(path)
+    return o
+
+
+def _make_oracle(t: Any, grid: list[float], seeds: list[int], results: dict, tol: float,
+                 wall: float) -> Oracle:
+    metrics = [[results[(lr, s)]["metric"] for s in seeds] for lr in grid]
+    diverged = [[results[(lr, s)]["diverged"] for s in seeds] for lr in grid]
+    run_time = float(np.mean([r["wall_time"] for r in results.values()]))
+    return Oracle(task=t.name, version=t.version, steps=t.recipe.steps,
+                  higher_is_better=t.higher_is_better, metric_name=t.metric, grid=list(grid),
+                  seeds=list(seeds), metrics=metrics, diverged=diverged, tol=tol,
+                  wall_time=wall, run_time=run_time)
+
+
+# ------------------------------------------------------------------------------------ methods
+@dataclass(frozen=True)
+class Choice:
+    """A method's choice for one seed: an LR (``None`` for LR-free methods) and its cost."""
+
+    lr: float | None
+    cost_steps: int = 0
+    lr_free: str | None = None  # name of the LR-free optimizer the full run uses
+    note: str = ""
+
+
+#: name -> (description, chooser(task, seed) -> Choice)
+_METHODS: dict[str, tuple[str, Callable[[Any, int], Choice]]] = {}
+
+
+def register_method(name: str, description: str) -> Callable:
+    """Decorator registering ``chooser(task, seed) -> Choice`` under ``name``."""
+
+    def deco(fn: Callable[[Any, int], Choice]) -> Callable[[Any, int], Choice]:
+        _METHODS[name] = (description, fn)
+        return fn
+
+    return deco
+
+
+def methods() -> dict[str, str]:
+    """Registered method names and their one-line descriptions."""
+    return {k: v[0] for k, v in _METHODS.items()}
+
+
+@register_method("default", "the recipe's textbook default LR (0.1 SGD, 1e-3 Adam): the naive baseline")
+def _default(task: Any, seed: int) -> Choice:
+    return Choice(task.recipe.default_lr)
+
+
+def _finder_choice(task: Any, seed: int, rule: str, **kwargs: Any) -> Choice:
+    from .finder import find_lr
+
+    res = find_lr(task, seed=seed, method=rule, **kwargs)
+    s = res.suggestion
+    lr = s.lr if s is not None and s.lr is not None else None
+    cost = int(getattr(res, "cost_steps", len(res.lrs)))
+    if lr is None or not math.isfinite(lr):
+        # no suggestion: a user would fall back to the recipe default
+        return Choice(task.recipe.default_lr, cost, note="no suggestion; default used")
+    return Choice(float(lr), cost)
+
+
+# fastai's lr_find defaults: start_lr=1e-7, end_lr=10, num_it=100, stop_div at 4x best smoothed
+# loss (fastai/callback/schedule.py, LRFinder); the suggestion functions read its smoothed losses.
+for _rule in ("minimum", "steep", "valley", "slide"):
+    register_method(f"fastai-{_rule}", f"fastai lr_find (1e-7..10, 100 it), suggest_funcs={_rule}")(
+        lambda task, seed, _r=_rule: _finder_choice(task, seed, _r, start_lr=1e-7, end_lr=10.0,
+                                                     num_iter=100))
+
+
+@register_method("lightning", "Lightning Tuner.lr_find (1e-8..1, 100 it) and its suggestion")
+def _lightning(task: Any, seed: int) -> Choice:
+    # Lightning tuner/lr_finder.py defaults: min_lr=1e-8, max_lr=1, num_training=100,
+    # early_stop_threshold=4.0, mode="exponential".
+    return _finder_choice(task, seed, "lightning", start_lr=1e-8, end_lr=1.0, num_iter=100)
+
+
+@register_method("lrkit", "lrkit.find_lr default rule (100 steps)")
+def _lrkit(task: Any, seed: int) -> Choice:
+    return _finder_choice(task, seed, "lrkit")
+
+
+@register_method("lrkit-confirm", "lrkit.find_lr(confirm=True): range test + successive halving on val")
+def _lrkit_confirm(task: Any, seed: int) -> Choice:
+    return _finder_choice(task, seed, "lrkit", confirm=True)
+
+
+@register_method("torch-lr-finder", "torch-lr-finder 0.2 (the real package): steepest gradient")
+def _torch_lr_finder(task: Any, seed: int) -> Choice:
+    import torch
+
+    try:
+        from torch_lr_finder import LRFinder, TrainDataLoaderIter
+    except ImportError as e:  # pragma: no cover - optional extra
+        raise ImportError("the torch-lr-finder method needs the 'peers' extra: "
+                          "pip install 'lrkit[peers]'") from e
+    from .train import seed_everything
+
+    seed_everything(seed)
+    model = task.build_model(seed)
+
+    class LossModel(torch.nn.Module):
+        """forward(batch) -> the task's loss, so any batch layout fits torch-lr-finder."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, batch: Any) -> torch.Tensor:
+            return task.loss(self.inner, batch)
+
+    class Batches(TrainDataLoaderIter):
+        def __init__(self) -> None:
+            self.it = task.batches(seed)
+            self.data_loader = self  # read only for auto_reset bookkeeping
+
+        def __next__(self) -> tuple:
+            return next(self.it), torch.zeros(())
+
+        def inputs_labels_from_batch(self, batch: Any) -> tuple:  # pragma: no cover
+            return batch
+
+    wrapped = LossModel()
+    opt = task.recipe.make_optimizer(wrapped.parameters(), 1e-7)
+    finder = LRFinder(wrapped, opt, lambda out, _y: out, device="cpu")
+    finder.range_test(Batches(), end_lr=10.0, num_iter=100, step_mode="exp", diverge_th=5)
+    lrs = np.array(finder.history["lr"])
+    losses = np.array(finder.history["loss"])
+    # torch-lr-finder plot(suggest_lr=True): skip_start=10, skip_end=5, then
+    # min_grad_idx = np.gradient(np.array(losses)).argmin() (torch_lr_finder/lr_finder.py)
+    lrs_s, losses_s = lrs[10:-5], losses[10:-5]
+    cost = len(lrs)
+    if len(losses_s) < 2:
+        return Choice(task.recipe.default_lr, cost, note="curve too short; default used")
+    lr = float(lrs_s[np.gradient(losses_s).argmin()])
+    return Choice(lr, cost)
+
+
+def _lr_free_factory(name: str, task: Any) -> tuple[Callable, Any]:
+    """Optimizer factory for an LR-free baseline, and the ``lr`` argument of its run.
+
+    Prodigy and D-Adaptation estimate the step size themselves; their ``lr`` is a multiplier,
+    run at 1.0 through the recipe's schedule shape (their authors recommend keeping the usual
+    decay). Schedule-free optimizers replace the decay: they run at a constant LR.
+    """
+    from .schedules import constant
+
+    sgd = task.recipe.optimizer == "sgd"
+    kw = task.recipe.optimizer_kwargs
+    wd = float(kw.get("weight_decay", 0.0))
+    try:
+        if name == "prodigy":
+            from prodigyopt import Prodigy
+
+            return (lambda p: Prodigy(p, lr=1.0, weight_decay=wd)), 1.0
+        if name == "dadapt":
+            import dadaptation
+
+            if sgd:
+                return (lambda p: dadaptation.DAdaptSGD(
+                    p, lr=1.0, momentum=float(kw.get("momentum", 0.0)), weight_decay=wd)), 1.0
+            return (lambda p: dadaptation.DAdaptAdam(p, lr=1.0, weight_decay=wd)), 1.0
+        if name == "schedulefree":
+            import schedulefree
+
+            # the package's own defaults: AdamWScheduleFree lr=0.0025, SGDScheduleFree lr needs
+            # a user value (its README uses the SGD default LR); warmup 5% of the run
+            warm = max(1, task.recipe.steps // 20)
+            if sgd:
+                lr = task.recipe.default_lr
+                return (lambda p: schedulefree.SGDScheduleFree(
+                    p, lr=lr, momentum=float(kw.get("momentum", 0.9)) or 0.9,
+                    warmup_steps=warm, weight_decay=wd)), constant(lr)
+            return (lambda p: schedulefree.AdamWScheduleFree(
+                p, lr=0.0025, warmup_steps=warm, weight_decay=wd)), constant(0.0025)
+    except ImportError as e:  # pragma: no cover - optional extra
+        raise ImportError(f"the {name} method needs the 'peers' extra: "
+                          "pip install 'lrkit[peers]'") from e
+    raise ValueError(f"unknown LR-free optimizer {name!r}")
+
+
+for _name, _desc in (("prodigy", "Prodigy (LR-free Adam, lr=1.0)"),
+                     ("dadapt", "D-Adaptation (DAdaptSGD / DAdaptAdam by recipe, lr=1.0)"),
+                     ("schedulefree", "schedule-free SGD / AdamW at the package default LR")):
+    register_method(_name, _desc)(lambda task, seed, _n=_name: Choice(None, 0, lr_free=_n))
+
+
+@dataclass
+class MethodResult:
+    """One method on one task: its choices per seed and the full runs that followed."""
+
+    task: str
+    method: str
+    lrs: list[float | None]
+    metrics: list[float]
+    diverged: list[bool]
+    cost_steps: float
+    cost_fraction: float
+    regret: float
+    in_band: bool | None
+    spread: float | None
+    choose_time: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _choose(job: tuple) -> dict:
+    import torch
+
+    from . import tasks
+
+    torch.set_num_threads(1)
+    task_ref, method, seed = job
+    task = tasks.get(task_ref)
+    start = time.perf_counter()
+    c = _METHODS[method][1](task, seed)
+    return {"method": method, "seed": seed, "choice": asdict(c),
+            "time": time.perf_counter() - start}
+
+
+def compare(
+    task: Any,
+    method_names: Iterable[str] | None = None,
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    workers: int = 2,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    oracle_result: Oracle | None = None,
+) -> list[MethodResult]:
+    """Each method chooses (per seed), then one full run per seed at its choice; scored vs oracle."""
+    from . import tasks
+
+    t = tasks.get(task) if isinstance(task, str) else task
+    ref = task if isinstance(task, str) else t.name
+    names = list(method_names) if method_names is not None else list(_METHODS)
+    for n in names:
+        if n not in _METHODS:
+            from .errors import closest
+
+            hint = closest(n, _METHODS)
+            raise ValueError(f"unknown method {n!r}" + (f"; did you mean {hint!r}?" if hint else "")
+                             + f" (known: {sorted(_METHODS)})")
+    seeds = [check_int("seeds[]", s, minimum=0) for s in seeds]
+    o = oracle_result or oracle(ref, seeds=seeds if len(seeds) >= 3 else (0, 1, 2),
+                                workers=workers, cache_dir=cache_dir, progress=progress)
+    choices = _map_choose([(ref, m, s) for m in names for s in seeds], workers, progress,
+                          f"choose {t.name}")
+    runs = []
+    for c in choices:
+        ch = c["choice"]
+        lr = ch["lr"] if ch["lr_free"] is None else None
+        runs.append((ref, lr, c["seed"], None, "test", ch["lr_free"]))
+    done = _map(runs, workers, f"runs {t.name}", progress)
+    out = []
+    for m in names:
+        mine = [(c, r) for c, r in zip(choices, done) if c["method"] == m]
+        metrics = [r["metric"] for _, r in mine]
+        lrs = [c["choice"]["lr"] if c["choice"]["lr_free"] is None else None for c, _ in mine]
+        mean_metric = float(np.mean(metrics))
+        cost = float(np.mean([c["choice"]["cost_steps"] for c, _ in mine]))
+        real = [lr for lr in lrs if lr is not None]
+        out.append(MethodResult(
+            task=t.name, method=m, lrs=lrs, metrics=metrics,
+            diverged=[r["diverged"] for _, r in mine], cost_steps=cost,
+            cost_fraction=cost / t.recipe.steps, regret=o.regret(mean_metric),
+            in_band=(all(o.in_band(lr) for lr in real) if real else None),
+            spread=(max(real) / min(real) if real else None),
+            choose_time=float(np.mean([c["time"] for c, _ in mine])),
+            notes=sorted({c["choice"]["note"] for c, _ in mine if c["choice"]["note"]})))
+    return out
+
+
+def _map_choose(jobs: list[tuple], workers: int, progress: bool, desc: str) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress)
+    out = []
+    try:
+        if workers <= 1:
+            for j in jobs:
+                out.append(_choose(j))
+                bar.update(1)
+        else:
+            import multiprocessing as mp
+
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+                for r in pool.map(_choose, jobs):
+                    out.append(r)
+                    bar.update(1)
+    finally:
+        bar.close()
+    return out
+
+
+# ------------------------------------------------------------------------------------- output
+def _fmt_pct(x: float) -> str:
+    return "diverged" if math.isinf(x) else f"{100 * x:+.1f}%"
+
+
+def markdown_table(results: list[MethodResult], oracles: dict[str, Oracle]) -> str:
+    """Per-task rows and a per-method summary (mean regret, times in band, mean cost)."""
+    lines = ["| task | method | chosen LR (per seed) | metric | regret | in band | cost (steps / fraction) | spread |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        o = oracles[r.task]
+        lrs = ", ".join("LR-free" if lr is None else f"{lr:.2g}" for lr in r.lrs)
+        band = "—" if r.in_band is None else ("yes" if r.in_band else "no")
+        spread = "—" if r.spread is None else f"{r.spread:.2f}×"
+        lines.append(f"| {r.task} | {r.method} | {lrs} | {np.mean(r.metrics):.4g} "
+                     f"(best {o.best_metric:.4g}) | {_fmt_pct(r.regret)} | {band} | "
+                     f"{r.cost_steps:.0f} / {r.cost_fraction:.2f} | {spread} |")
+    lines += ["", "| method | mean regret | median regret | within tol | in band | mean cost (fraction of a run) | mean spread |",
+              "|---|---|---|---|---|---|---|"]
+    for m in dict.fromkeys(r.method for r in results):
+        rs = [r for r in results if r.method == m]
+        regs = [min(r.regret, 1.0) for r in rs]  # a diverged run counts as 100% regret
+        tol = oracles[rs[0].task].tol
+        within = sum(r.regret <= tol for r in rs)
+        inb = [r.in_band for r in rs if r.in_band is not None]
+        spreads = [r.spread for r in rs if r.spread is not None]
+        lines.append(f"| {m} | {_fmt_pct(float(np.mean(regs)))} | {_fmt_pct(float(np.median(regs)))} | "
+                     f"{within}/{len(rs)} | {f'{sum(inb)}/{len(inb)}' if inb else '—'} | "
+                     f"{np.mean([r.cost_fraction for r in rs]):.2f} | "
+                     f"{f'{np.mean(spreads):.2f}×' if spreads else '—'} |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    """A one-line description of this machine (for result files)."""
+    import torch
+
+    return (f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+            f"torch {torch.__version__}")

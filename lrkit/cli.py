@@ -1,0 +1,189 @@
+"""The ``lrkit`` command: a thin layer over the library.
+
+    lrkit schedule demo -o schedules.png          the schedule gallery (the default demo)
+    lrkit schedule plot --spec JSON --steps N -o out.png   draw / dry-run one or more schedules
+    lrkit schedule list                           the schedule families
+    lrkit tasks                                   the built-in tasks
+    lrkit find --task NAME [--plot P] [--json J]  the LR range test on a task
+    lrkit bench oracle --task NAME ...            exhaustive LR grid (the truth)
+    lrkit bench methods --task NAME ...           every method vs the oracle: regret, band, cost
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+
+def _schedule_demo(out: str, steps: int) -> None:
+    from . import schedules as S
+
+    gallery = [
+        S.step(0.1, step_size=steps // 4, gamma=0.3),
+        S.cosine(0.1, T_max=steps),
+        S.onecycle(0.1, total_steps=steps),
+        S.cyclic(0.01, 0.1, step_size_up=steps // 8),
+        S.warmup_cosine(0.1, warmup_steps=steps // 10, total_steps=steps, min_lr=0.005),
+        S.wsd(0.1, total_steps=steps, warmup_steps=steps // 10, decay_steps=steps // 5,
+              decay_shape="1-sqrt"),
+        S.cooldown(S.cosine_restarts(0.1, T_0=steps // 4), start=int(steps * 0.7),
+                   steps=int(steps * 0.3), shape="1-sqrt"),
+    ]
+    labels = ["step", "cosine", "onecycle", "cyclic (triangular)", "warmup_cosine",
+              "wsd (1-sqrt decay)", "cooldown(cosine_restarts) at 70%"]
+    S.plot(gallery, steps, out, labels=labels, title=f"lrkit schedules over {steps} steps")
+    print(f"wrote {out}: {len(gallery)} schedules over {steps} steps")
+
+
+def _schedule_plot(specs: Sequence[str], steps: int, out: str) -> int:
+    from . import schedules as S
+
+    scheds = [S.from_spec(s) for s in specs]
+    for spec, s in zip(specs, scheds):
+        h = s.horizon
+        at = sorted({0, steps // 2, steps - 1})
+        vals = ", ".join(f"step {t}: {s(t):.4g}" for t in at)
+        print(f"{s.spec['name']}: {vals}")
+        if h is not None and steps > h:
+            print(f"  warning: {steps} steps run past this schedule's horizon ({h} steps); "
+                  f"from step {h} on the LR stays {s(h):.4g}")
+    S.plot(scheds, steps, out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _find(args: argparse.Namespace) -> int:
+    from . import tasks
+    from .finder import find_lr
+
+    task = tasks.get(args.task)
+    res = find_lr(task, seed=args.seed, num_iter=args.num_iter, start_lr=args.start_lr,
+                  end_lr=args.end_lr, method=args.method, confirm=args.confirm, progress=True)
+    print(res.summary() if hasattr(res, "summary") else res.suggestion)
+    if args.plot:
+        res.plot(args.plot)
+        print(f"wrote {args.plot}")
+    if args.json:
+        Path(args.json).write_text(res.to_json())
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from . import bench, report
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    task_names = args.task
+    oracles = {}
+    for name in task_names:
+        o = bench.oracle(name, points=args.points, seeds=list(range(args.seeds)),
+                         workers=args.workers, refresh=args.refresh)
+        oracles[o.task] = o
+        (out / f"oracle-{o.task}.json").write_text(json.dumps(o.to_dict(), indent=1))
+        report.plot_oracle(o, out / f"oracle-{o.task}.png")
+        lo, hi = o.band
+        print(f"{o.task}: best LR {o.best_lr:.3g} ({o.metric_name} {o.best_metric:.4g}), "
+              f"good band [{lo:.3g}, {hi:.3g}], {len(o.grid)} LRs x {len(o.seeds)} seeds, "
+              f"{o.wall_time:.0f} s")
+    if args.command == "oracle":
+        return 0
+    results = []
+    for name in task_names:
+        o = bench.oracle(name, seeds=list(range(args.seeds)), workers=args.workers)
+        results += bench.compare(name, args.method, seeds=list(range(args.method_seeds)),
+                                 workers=args.workers, oracle_result=o)
+    table = bench.markdown_table(results, oracles)
+    (out / "methods.json").write_text(json.dumps(
+        {"machine": bench.machine(), "results": [r.to_dict() for r in results],
+         "oracles": {k: v.to_dict() for k, v in oracles.items()}}, indent=1))
+    (out / "methods.md").write_text(table + "\n")
+    report.plot_methods(results, oracles, out / "methods.png")
+    print(table)
+    print(f"wrote {out / 'methods.md'}, {out / 'methods.json'}, {out / 'methods.png'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lrkit", description="Which learning rate, and which schedule?")
+    sub = p.add_subparsers(dest="area", required=True)
+
+    sp = sub.add_parser("schedule", help="schedule gallery, plots and dry runs")
+    ssub = sp.add_subparsers(dest="command", required=True)
+    d = ssub.add_parser("demo", help="plot a gallery of schedules")
+    d.add_argument("-o", "--out", default="schedules.png")
+    d.add_argument("--steps", type=int, default=1000)
+    pl = ssub.add_parser("plot", help="plot (and dry-run) schedules given as JSON specs")
+    pl.add_argument("--spec", action="append", required=True,
+                    help='JSON spec, e.g. \'{"name": "cosine", "lr": 0.1, "T_max": 100}\'; repeatable')
+    pl.add_argument("--steps", type=int, required=True)
+    pl.add_argument("-o", "--out", default="schedule.png")
+    ssub.add_parser("list", help="list the schedule families")
+
+    sub.add_parser("tasks", help="list the built-in tasks")
+
+    f = sub.add_parser("find", help="LR range test on a task")
+    f.add_argument("--task", required=True)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--num-iter", type=int, default=100)
+    f.add_argument("--start-lr", type=float, default=1e-7)
+    f.add_argument("--end-lr", type=float, default=10.0)
+    f.add_argument("--method", default="lrkit")
+    f.add_argument("--confirm", action="store_true", help="confirm with short runs on val data")
+    f.add_argument("--plot")
+    f.add_argument("--json")
+
+    b = sub.add_parser("bench", help="oracle grids and method comparisons")
+    bsub = b.add_subparsers(dest="command", required=True)
+    for name in ("oracle", "methods"):
+        c = bsub.add_parser(name)
+        c.add_argument("--task", action="append", required=True, help="task name; repeatable")
+        c.add_argument("--points", type=int, default=13)
+        c.add_argument("--seeds", type=int, default=3, help="oracle seeds")
+        c.add_argument("--workers", type=int, default=2)
+        c.add_argument("--refresh", action="store_true", help="ignore the oracle cache")
+        c.add_argument("--out", default="bench-out")
+        if name == "methods":
+            c.add_argument("--method", action="append", default=None,
+                           help="method name; repeatable (default: all registered)")
+            c.add_argument("--method-seeds", type=int, default=3)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.area == "schedule":
+            if args.command == "demo":
+                _schedule_demo(args.out, args.steps)
+                return 0
+            if args.command == "list":
+                from . import schedules
+
+                print("\n".join(schedules.names()))
+                return 0
+            return _schedule_plot(args.spec, args.steps, args.out)
+        if args.area == "tasks":
+            from . import tasks
+
+            for n in tasks.names():
+                t = tasks.get(n)
+                print(f"{n:14s} {t.recipe.optimizer:6s} {t.recipe.steps:5d} steps  {t.description}")
+            return 0
+        if args.area == "find":
+            return _find(args)
+        if args.area == "bench":
+            return _bench(args)
+    except (ValueError, TypeError) as e:
+        print(f"lrkit: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    warnings.simplefilter("default")
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""lrkit's exceptions and argument checks (stdlib only).
+
+Every public argument is checked where it enters ("check at the door"): a bad value raises
+``ValueError`` (or ``TypeError`` for a wrong type) whose message names the argument, the value
+and what was expected. No silent clamps.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Any, Iterable
+
+__all__ = [
+    "LRKitError",
+    "DivergedError",
+    "check_choice",
+    "check_finite",
+    "check_int",
+    "check_positive",
+    "check_probability",
+    "check_range",
+    "closest",
+]
+
+
+class LRKitError(Exception):
+    """Base class of lrkit's own runtime errors (not argument errors: those are ValueError)."""
+
+
+class DivergedError(LRKitError):
+    """Training diverged where the caller asked for it to be an error."""
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_finite(name: str, value: Any) -> float:
+    """Return ``float(value)`` if it is a finite real number, else raise naming ``name``."""
+    if not _is_real(value):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """Return ``float(value)`` if finite and > 0 (or >= 0 with ``allow_zero``)."""
+    v = check_finite(name, value)
+    if v < 0 or (v == 0 and not allow_zero):
+        expected = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return v
+
+
+def check_range(
+    name: str,
+    value: Any,
+    low: float,
+    high: float,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """Return ``float(value)`` if it lies in the interval; the message shows the interval."""
+    v = check_finite(name, value)
+    ok_low = v > low if low_open else v >= low
+    ok_high = v < high if high_open else v <= high
+    if not (ok_low and ok_high):
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+    return v
+
+
+def check_probability(name: str, value: Any) -> float:
+    """A value in the open interval (0, 1)."""
+    return check_range(name, value, 0.0, 1.0, low_open=True, high_open=True)
+
+
+def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
+    """Return ``value`` if it is an ``int`` (not bool) and >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        # numpy integers are accepted through __index__
+        try:
+            if isinstance(value, bool) or isinstance(value, float):
+                raise TypeError
+            value = value.__index__()
+        except (AttributeError, TypeError):
+            raise TypeError(
+                f"{name} must be an integer, got {value!r} ({type(value).__name__})"
+            ) from None
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The closest spelling among ``choices`` (for "did you mean" hints), or None."""
+    hits = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.4)
+    return hits[0] if hits else None
+
+
+def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``choices``; else say which, with a close match."""
+    options = list(choices)
+    if value in options:
+        return value
+    hint = closest(str(value), options)
+    did_you_mean = f"; did you mean {hint!r}?" if hint else ""
+    raise ValueError(f"{name} must be one of {options}, got {value!r}{did_you_mean}")

@@ -1,0 +1,139 @@
+"""The Task protocol: a model, its data, its metric and a fixed recipe in which only the LR varies.
+
+A ``Task`` is the unit of work for everything in lrkit that trains for its own purposes (range
+test on a task, search, benchmarks, autopilot). It is a frozen record of plain callables so a user
+can build one from a function (``lrkit.tasks.load("mypkg.mymod:make_task")``).
+
+Contract (checked by ``tests/test_tasks.py`` for every built-in task):
+
+- ``build_model(seed)`` returns a fresh ``nn.Module`` whose initial weights depend only on ``seed``.
+- ``batches(seed)`` returns an *infinite* iterator of training batches (tuples of tensors), the same
+  sequence for the same seed.
+- ``loss(model, batch)`` returns the scalar training loss of one batch.
+- ``evaluate(model, split)`` returns the metric on held-out data: ``split="val"`` is carved from the
+  training data (for lrkit's own choices, e.g. the range test's ``confirm`` mode), ``split="test"``
+  is never seen by any method (the oracle and the benchmark tables score on it).
+- ``recipe`` fixes the optimizer family and its non-LR settings, batch size, number of steps and
+  default schedule family; ``recipe.make_optimizer(params, lr)`` and ``recipe.make_schedule(lr)``
+  build them, so ``lr`` is the only knob (the *peak* LR when the recipe's schedule has a warmup).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+
+from ..errors import check_choice, check_int, check_positive
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from ..schedules import Schedule
+
+__all__ = ["Recipe", "Task", "OPTIMIZERS", "RECIPE_SCHEDULES"]
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+RECIPE_SCHEDULES = ("constant", "cosine", "warmup_cosine")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The fixed training recipe of a task; only the learning rate varies.
+
+    Args:
+        optimizer: ``"sgd"``, ``"adam"`` or ``"adamw"`` (``torch.optim`` classes).
+        optimizer_kwargs: the optimizer's non-LR settings (momentum, weight_decay, betas...).
+        batch_size: examples per optimizer step.
+        steps: optimizer steps of one full training run.
+        default_lr: the "textbook default" LR for this optimizer family (the naive baseline).
+        schedule: the recipe's schedule family; ``lr`` is its peak value.
+        warmup_steps: linear warmup length for ``"warmup_cosine"``.
+    """
+
+    optimizer: str
+    batch_size: int
+    steps: int
+    default_lr: float
+    optimizer_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    schedule: str = "constant"
+    warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("schedule", self.schedule, RECIPE_SCHEDULES)
+        check_int("batch_size", self.batch_size, minimum=1)
+        check_int("steps", self.steps, minimum=1)
+        check_int("warmup_steps", self.warmup_steps, minimum=0)
+        check_positive("default_lr", self.default_lr)
+        object.__setattr__(self, "optimizer_kwargs", dict(self.optimizer_kwargs))
+
+    def make_optimizer(self, params: Any, lr: float) -> "torch.optim.Optimizer":
+        """The recipe's optimizer over ``params`` at learning rate ``lr``."""
+        import torch
+
+        check_positive("lr", lr)
+        cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+        return cls[self.optimizer](params, lr=lr, **self.optimizer_kwargs)
+
+    def make_schedule(self, lr: float, steps: int | None = None) -> "Schedule":
+        """The recipe's schedule with peak ``lr`` over ``steps`` (default: ``self.steps``)."""
+        from .. import schedules
+
+        check_positive("lr", lr)
+        n = self.steps if steps is None else check_int("steps", steps, minimum=1)
+        if self.schedule == "constant":
+            return schedules.constant(lr)
+        if self.schedule == "cosine":
+            return schedules.cosine(lr, T_max=n)
+        warm = min(self.warmup_steps, n - 1)
+        return schedules.warmup_cosine(lr, warmup_steps=warm, total_steps=n)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A built-in or user task (see the module docstring for the contract)."""
+
+    name: str
+    version: str
+    description: str
+    recipe: Recipe
+    metric: str
+    higher_is_better: bool
+    build_model: Callable[[int], "torch.nn.Module"]
+    batches: Callable[[int], Iterator[tuple]]
+    loss: Callable[["torch.nn.Module", tuple], "torch.Tensor"]
+    evaluate: Callable[["torch.nn.Module", str], float]
+    #: examples in the training split (for "epochs" and range-test budget advice)
+    train_size: int = 0
+    #: exact smoothness constant L of the training objective, for convex tasks (safe LR = 2/L)
+    smoothness: float | None = None
+    #: value to score a diverged run with (e.g. chance accuracy, or +inf for a loss)
+    worst: float = float("nan")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"name must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.recipe, Recipe):
+            raise TypeError(f"recipe must be a lrkit.tasks.Recipe, got {type(self.recipe).__name__}")
+        for attr in ("build_model", "batches", "loss", "evaluate"):
+            if not callable(getattr(self, attr)):
+                raise TypeError(f"{attr} must be callable, got {getattr(self, attr)!r}")
+
+    @property
+    def key(self) -> str:
+        """``name@version``: the cache key of anything measured on this task."""
+        return f"{self.name}@{self.version}"
+
+    def with_steps(self, steps: int, *, name: str | None = None) -> "Task":
+        """The same task with a different horizon (a longer- or shorter-budget variant)."""
+        check_int("steps", steps, minimum=1)
+        recipe = dataclasses.replace(self.recipe, steps=steps)
+        return dataclasses.replace(self, recipe=recipe, name=name or f"{self.name}-{steps}")
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether metric ``a`` is strictly better than ``b`` (NaN is never better)."""
+        if a != a:
+            return False
+        if b != b:
+            return True
+        return a > b if self.higher_is_better else a < b

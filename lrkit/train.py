@@ -1,0 +1,550 @@
+"""The one training loop of lrkit, its callback protocol, and exact state snapshots.
+
+Everything in lrkit that trains for its own purposes (range test, confirm runs, benchmarks, later
+search and autopilot) goes through :func:`fit`; features plug in as :class:`Callback` objects.
+
+- :func:`fit` trains any model/optimizer on any iterable of batches for ``num_steps`` optimizer
+  updates, with an optional schedule, gradient clipping, gradient accumulation and AMP.
+- :func:`run` trains a :class:`~lrkit.tasks.Task` at one learning rate (or schedule) under its fixed
+  recipe and scores it on held-out data.
+- :func:`snapshot` copies model, optimizer, scheduler, GradScaler, data-loader generators and the
+  global RNGs to CPU memory; ``Snapshot.restore()`` puts them back bitwise.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import check_choice, check_int, check_positive
+from .schedules import Schedule
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .tasks import Task
+
+__all__ = [
+    "Callback",
+    "StepInfo",
+    "DivergenceStop",
+    "FitResult",
+    "RunResult",
+    "Snapshot",
+    "fit",
+    "run",
+    "snapshot",
+    "loader_generators",
+    "global_grad_norm",
+]
+
+
+# ----------------------------------------------------------------------------------- callbacks
+@dataclass
+class StepInfo:
+    """What a callback sees after each optimizer update.
+
+    ``step`` is the 0-based index of the update just done; ``loss`` the mean training loss over its
+    accumulation micro-batches (unscaled); ``lr`` the LR of param group 0 used for it; ``grad_norm``
+    the global L2 norm of the gradients before clipping (``None`` when not computed).
+    """
+
+    step: int
+    loss: float
+    lr: float
+    grad_norm: float | None
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+
+
+class Callback:
+    """Base class of the callback protocol; override what you need.
+
+    ``on_step_end`` and ``on_eval`` may request a stop by returning something truthy; a string is
+    recorded as the run's ``stop_reason``.
+    """
+
+    def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        pass
+
+    def on_step_end(self, info: StepInfo) -> bool | str | None:
+        return None
+
+    def on_eval(self, step: int, metric: float) -> bool | str | None:
+        return None
+
+    def on_train_end(self, result: "FitResult") -> None:
+        pass
+
+
+class DivergenceStop(Callback):
+    """Stop when the loss explodes: causal debiased EMA of the loss > ``factor`` × reference.
+
+    ``relative_to="best"`` compares with the best (lowest) EMA value so far (the range test's rule,
+    as in fastai and Smith 2017); ``"initial"`` with the first loss (for full training runs, where a
+    late, tiny best loss would make a relative rule fire on noise). The EMA is
+    ``m_t = beta m_{t-1} + (1 - beta) loss_t``, debiased by ``1 - beta^(t+1)`` (Adam-style), so the
+    rule only uses past losses. Non-finite losses are handled by :func:`fit` itself.
+    """
+
+    def __init__(self, factor: float = 4.0, *, relative_to: str = "best", beta: float = 0.98,
+                 min_steps: int = 1) -> None:
+        self.factor = check_positive("factor", factor)
+        if self.factor <= 1.0:
+            raise ValueError(f"factor must be > 1, got {factor!r}")
+        self.relative_to = check_choice("relative_to", relative_to, ("best", "initial"))
+        if not (0.0 <= beta < 1.0) or beta != beta:
+            raise ValueError(f"beta must be in [0, 1), got {beta!r}")
+        self.beta = float(beta)
+        self.min_steps = check_int("min_steps", min_steps, minimum=0)
+        self.reset()
+
+    def reset(self) -> None:
+        self._avg = 0.0
+        self._n = 0
+        self._best = math.inf
+        self._initial: float | None = None
+
+    def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.reset()
+
+    def on_step_end(self, info: StepInfo) -> bool | str | None:
+        self._n += 1
+        self._avg = self.beta * self._avg + (1.0 - self.beta) * info.loss
+        smoothed = self._avg / (1.0 - self.beta**self._n)
+        if self._initial is None:
+            self._initial = info.loss
+        ref = self._best if self.relative_to == "best" else self._initial
+        self._best = min(self._best, smoothed)
+        if self._n > self.min_steps and smoothed > self.factor * ref:
+            return "diverged"
+        return None
+
+
+# ------------------------------------------------------------------------------------- results
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: per-step loss and LR, how it stopped, and evaluations."""
+
+    losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+    steps_done: int = 0
+    stop_reason: str = "completed"
+    wall_time: float = 0.0
+    evals: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def diverged(self) -> bool:
+        return self.stop_reason in ("diverged", "nan")
+
+
+@dataclass
+class RunResult:
+    """One full training run of a task: the held-out metric and the run's trace."""
+
+    task: str
+    seed: int
+    steps: int
+    metric: float
+    diverged: bool
+    stop_reason: str
+    steps_done: int
+    wall_time: float
+    losses: list[float]
+    lrs: list[float]
+    schedule: dict | None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunResult":
+        return cls(**d)
+
+
+# ------------------------------------------------------------------------------------ the loop
+def global_grad_norm(params: Iterable[torch.Tensor]) -> float:
+    """Global L2 norm of the gradients of ``params`` (params without grad are skipped)."""
+    norms = [p.grad.detach().norm(2) for p in params if p.grad is not None]
+    if not norms:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([n.float().cpu() for n in norms]), 2))
+
+
+def _cycle(batches: Iterable) -> Iterator:
+    """Iterate ``batches`` forever, restarting it (a new epoch) each time it is exhausted."""
+    while True:
+        empty = True
+        for b in batches:
+            empty = False
+            yield b
+        if empty:
+            raise ValueError("batches is empty: the data loader yielded no batch")
+        if iter(batches) is batches:  # a one-shot iterator cannot be restarted
+            raise ValueError("batches ran out: pass a re-iterable (a DataLoader, a list) or an "
+                             "infinite iterator with at least num_steps x accumulation_steps batches")
+
+
+def _to_device(batch: Any, device: torch.device | None) -> Any:
+    if device is None:
+        return batch
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _default_step_fn(loss_fn: Callable) -> Callable[[nn.Module, Any], torch.Tensor]:
+    def step_fn(model: nn.Module, batch: Any) -> torch.Tensor:
+        if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+            raise ValueError("with loss_fn, each batch must be a (inputs, targets) pair; "
+                             "pass step_fn(model, batch) -> loss for other batch layouts")
+        return loss_fn(model(batch[0]), batch[1])
+
+    return step_fn
+
+
+def _ddp_mean(value: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= dist.get_world_size()
+    return value
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable,
+    *,
+    num_steps: int,
+    loss_fn: Callable | None = None,
+    step_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+    schedule: Schedule | Callable[[int], float] | None = None,
+    group_scales: Sequence[float] | None = None,
+    callbacks: Sequence[Callback] = (),
+    grad_clip: float | None = None,
+    accumulation_steps: int = 1,
+    amp: bool = False,
+    scaler: Any = None,
+    device: str | torch.device | None = None,
+    evaluate: Callable[[nn.Module], float] | None = None,
+    eval_every: int | None = None,
+    progress: bool | str = False,
+    ddp_average_loss: bool = False,
+) -> FitResult:
+    """Train ``model`` for ``num_steps`` optimizer updates and return the trace.
+
+    Each update draws ``accumulation_steps`` micro-batches from ``batches`` (restarted when
+    exhausted), computes ``loss = loss_fn(model(x), y)`` for a batch ``(x, y)`` or
+    ``step_fn(model, batch)``, back-propagates ``loss / accumulation_steps``, optionally clips the
+    global gradient norm to ``grad_clip`` and steps the optimizer. With ``schedule`` the LR of group
+    ``i`` at update ``t`` is ``group_scales[i] * schedule(t)`` (through :class:`lrkit.torch.LRSchedule`
+    for a :class:`~lrkit.schedules.Schedule`, so momentum cycling applies too).
+
+    ``amp=True`` runs the forward pass under ``torch.autocast`` (float16 with a ``GradScaler`` on
+    CUDA, bfloat16 without scaling on CPU). A non-finite loss stops the run at once with
+    ``stop_reason="nan"``. ``ddp_average_loss`` all-reduces the recorded loss across ranks when
+    ``torch.distributed`` is initialised (every rank then sees the same trace).
+    """
+    num_steps = check_int("num_steps", num_steps, minimum=1)
+    accumulation_steps = check_int("accumulation_steps", accumulation_steps, minimum=1)
+    if (loss_fn is None) == (step_fn is None):
+        raise ValueError("pass exactly one of loss_fn (loss_fn(model(x), y)) or step_fn(model, batch)")
+    if grad_clip is not None:
+        check_positive("grad_clip", grad_clip)
+    if eval_every is not None:
+        check_int("eval_every", eval_every, minimum=1)
+        if evaluate is None:
+            raise ValueError("eval_every needs evaluate=callable(model) -> metric")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    compute = step_fn if step_fn is not None else _default_step_fn(loss_fn)
+    dev = torch.device(device) if device is not None else None
+    if dev is not None:
+        model.to(dev)
+
+    use_cuda_amp = bool(amp) and (dev is not None and dev.type == "cuda"
+                                  or dev is None and next(model.parameters()).is_cuda)
+    if amp and scaler is None and use_cuda_amp:
+        scaler = torch.amp.GradScaler("cuda")
+    autocast_device = "cuda" if use_cuda_amp else "cpu"
+    autocast_dtype = torch.float16 if use_cuda_amp else torch.bfloat16
+
+    scheduler = None
+    set_lr: Callable[[int], None] | None = None
+    if schedule is not None:
+        if isinstance(schedule, Schedule):
+            from .torch import LRSchedule
+
+            scheduler = LRSchedule(optimizer, schedule, group_scales=group_scales)
+        elif callable(schedule):
+            scales = list(group_scales) if group_scales is not None else [1.0] * len(
+                optimizer.param_groups)
+            if len(scales) != len(optimizer.param_groups):
+                raise ValueError(f"group_scales must have one entry per param group "
+                                 f"({len(optimizer.param_groups)}), got {len(scales)}")
+
+            def set_lr(t: int) -> None:
+                value = float(schedule(t))
+                for g, s in zip(optimizer.param_groups, scales):
+                    g["lr"] = s * value
+        else:
+            raise TypeError(f"schedule must be a lrkit Schedule or a callable step -> lr, "
+                            f"got {type(schedule).__name__}")
+
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    result = FitResult()
+    for cb in callbacks:
+        cb.on_train_start(model, optimizer)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=num_steps, desc=progress if isinstance(progress, str) else "training",
+                   leave=False)
+    data = _cycle(batches)
+    model.train()
+    start = time.perf_counter()
+    try:
+        for t in range(num_steps):
+            if set_lr is not None:
+                set_lr(t)
+            lr = float(optimizer.param_groups[0]["lr"])
+            optimizer.zero_grad(set_to_none=True)
+            total = torch.zeros((), dtype=torch.float64)
+            for _ in range(accumulation_steps):
+                batch = _to_device(next(data), dev)
+                with torch.autocast(autocast_device, dtype=autocast_dtype, enabled=bool(amp)):
+                    loss = compute(model, batch)
+                if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+                    raise TypeError("the loss must be a scalar tensor, got "
+                                    f"{type(loss).__name__} {getattr(loss, 'shape', '')}")
+                scaled = loss.float() / accumulation_steps
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                total += loss.detach().double().cpu()
+            mean_loss = total / accumulation_steps
+            if ddp_average_loss:
+                mean_loss = _ddp_mean(mean_loss)
+            loss_value = float(mean_loss)
+            if not math.isfinite(loss_value):
+                result.losses.append(loss_value)
+                result.lrs.append(lr)
+                result.steps_done = t + 1
+                result.stop_reason = "nan"
+                break
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            grad_norm = None
+            if grad_clip is not None:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+            elif callbacks:
+                grad_norm = global_grad_norm(params)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            result.losses.append(loss_value)
+            result.lrs.append(lr)
+            if grad_norm is not None:
+                result.grad_norms.append(grad_norm)
+            result.steps_done = t + 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.3g}", refresh=False)
+            info = StepInfo(t, loss_value, lr, grad_norm, model, optimizer)
+            reason = None
+            for cb in callbacks:
+                reason = cb.on_step_end(info) or reason
+            if evaluate is not None and eval_every is not None and (t + 1) % eval_every == 0:
+                metric = float(evaluate(model))
+                model.train()
+                result.evals.append((t + 1, metric))
+                for cb in callbacks:
+                    reason = cb.on_eval(t + 1, metric) or reason
+            if reason:
+                result.stop_reason = reason if isinstance(reason, str) else "callback"
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    result.wall_time = time.perf_counter() - start
+    for cb in callbacks:
+        cb.on_train_end(result)
+    return result
+
+
+# --------------------------------------------------------------------------------- task runs
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run(
+    task: "Task",
+    lr: float | Schedule,
+    *,
+    steps: int | None = None,
+    seed: int = 0,
+    callbacks: Sequence[Callback] = (),
+    eval_split: str = "test",
+    grad_clip: float | None = None,
+    accumulation_steps: int = 1,
+    amp: bool = False,
+    device: str | torch.device | None = None,
+    diverge_factor: float | None = 4.0,
+    optimizer_factory: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
+    progress: bool | str = False,
+) -> RunResult:
+    """Train ``task`` under its recipe at ``lr`` and score it on ``eval_split``.
+
+    ``lr`` is the peak learning rate of the recipe's schedule (a float), or a full
+    :class:`~lrkit.schedules.Schedule`. ``steps`` overrides the recipe's horizon (the recipe's
+    schedule is rebuilt for it). A run whose causal smoothed loss exceeds ``diverge_factor`` × its
+    first loss, or turns non-finite, stops early and is scored ``task.worst``.
+    ``optimizer_factory(params)`` replaces the recipe's optimizer (for LR-free optimizers, whose
+    ``lr`` is a multiplier: pass ``lr=1.0`` to keep the recipe's schedule shape, or a constant
+    schedule). Optimizers with ``train()``/``eval()`` modes (schedule-free) are switched to
+    ``eval()`` before scoring. Deterministic on CPU for a given ``seed``.
+    """
+    from .tasks import Task
+
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a lrkit.tasks.Task, got {type(task).__name__}")
+    n = task.recipe.steps if steps is None else check_int("steps", steps, minimum=1)
+    seed = check_int("seed", seed, minimum=0)
+    if eval_split not in ("val", "test"):
+        raise ValueError(f"eval_split must be 'val' or 'test', got {eval_split!r}")
+    if isinstance(lr, Schedule):
+        schedule = lr
+        peak = 1.0  # placeholder: the schedule adapter sets every group's LR before step 0
+    else:
+        peak = check_positive("lr", lr)
+        schedule = task.recipe.make_schedule(peak, n)
+    seed_everything(seed)
+    model = task.build_model(seed)
+    if device is not None:
+        model.to(device)
+    if optimizer_factory is not None:
+        optimizer = optimizer_factory(model.parameters())
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError("optimizer_factory must return a torch.optim.Optimizer, got "
+                            f"{type(optimizer).__name__}")
+    else:
+        optimizer = task.recipe.make_optimizer(model.parameters(), peak)
+    if callable(getattr(optimizer, "train", None)):
+        optimizer.train()  # schedule-free optimizers train on their "y" sequence
+    cbs = list(callbacks)
+    if diverge_factor is not None:
+        cbs.insert(0, DivergenceStop(diverge_factor, relative_to="initial", beta=0.9))
+    out = fit(model, optimizer, task.batches(seed), num_steps=n, step_fn=task.loss,
+              schedule=schedule, callbacks=cbs, grad_clip=grad_clip,
+              accumulation_steps=accumulation_steps, amp=amp, device=device, progress=progress)
+    if out.diverged:
+        metric = task.worst
+    else:
+        if callable(getattr(optimizer, "eval", None)):
+            optimizer.eval()  # schedule-free: evaluate the averaged "x" sequence
+        model.eval()
+        with torch.no_grad():
+            metric = float(task.evaluate(model, eval_split))
+        if not math.isfinite(metric):
+            metric = task.worst
+    return RunResult(task=task.name, seed=seed, steps=n, metric=metric, diverged=out.diverged,
+                     stop_reason=out.stop_reason, steps_done=out.steps_done,
+                     wall_time=out.wall_time, losses=out.losses, lrs=out.lrs,
+                     schedule=schedule.spec if schedule is not None else None)
+
+
+# --------------------------------------------------------------------------------- snapshots
+def _cpu_copy(obj: Any) -> Any:
+    """Deep copy of a state dict with every tensor cloned to CPU memory."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+def loader_generators(loader: Any) -> list[torch.Generator]:
+    """The ``torch.Generator`` objects that drive a DataLoader's shuffling, if it has any."""
+    found: list[torch.Generator] = []
+    for owner in (loader, getattr(loader, "sampler", None),
+                  getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+        gen = getattr(owner, "generator", None)
+        if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
+            found.append(gen)
+    return found
+
+
+class Snapshot:
+    """Model, optimizer, scheduler, scaler, generator and global RNG state, held in CPU memory.
+
+    ``restore()`` puts everything back bitwise (on CPU): training after restore equals training
+    from the moment of the snapshot. Tensors are copied to CPU, never kept as a second GPU copy and
+    never written to disk.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+                 scheduler: Any = None, scaler: Any = None,
+                 generators: Sequence[torch.Generator] = ()) -> None:
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.generators = list(generators)
+        self._model = _cpu_copy(model.state_dict())
+        self._training = {name: m.training for name, m in model.named_modules()}
+        self._optimizer = _cpu_copy(optimizer.state_dict()) if optimizer is not None else None
+        self._scheduler = _cpu_copy(scheduler.state_dict()) if scheduler is not None else None
+        self._scaler = _cpu_copy(scaler.state_dict()) if scaler is not None else None
+        self._generators = [g.get_state() for g in self.generators]
+        self._python = random.getstate()
+        self._numpy = np.random.get_state()
+        self._torch = torch.get_rng_state()
+        self._cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+    def restore(self) -> None:
+        """Put every captured state back."""
+        self.model.load_state_dict(self._model)
+        for name, m in self.model.named_modules():
+            if name in self._training:
+                m.training = self._training[name]
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(_cpu_copy(self._optimizer))
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(_cpu_copy(self._scheduler))
+        if self.scaler is not None:
+            self.scaler.load_state_dict(_cpu_copy(self._scaler))
+        for g, state in zip(self.generators, self._generators):
+            g.set_state(state)
+        random.setstate(self._python)
+        np.random.set_state(self._numpy)
+        torch.set_rng_state(self._torch)
+        if self._cuda is not None:
+            torch.cuda.set_rng_state_all(self._cuda)
+
+
+def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+             scheduler: Any = None, scaler: Any = None,
+             generators: Sequence[torch.Generator] = ()) -> Snapshot:
+    """Capture everything needed to undo some training exactly (see :class:`Snapshot`)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return Snapshot(model, optimizer, scheduler=scheduler, scaler=scaler, generators=generators)
