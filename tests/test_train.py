@@ -1,0 +1,226 @@
+"""The one training loop: fit() against a hand-written loop, callbacks, divergence, snapshots."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lrkit.train import Callback, DivergenceStop, fit, loader_generators, snapshot
+
+torch.set_num_threads(1)
+
+
+def _data(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=g)
+    y = x @ torch.arange(1.0, 6.0) + 0.1 * torch.randn(n, generator=g)
+    return x, y.unsqueeze(1)
+
+
+def _model(seed: int = 0, bn: bool = False) -> nn.Module:
+    torch.manual_seed(seed)
+    layers = [nn.Linear(5, 8)] + ([nn.BatchNorm1d(8)] if bn else []) + [nn.Tanh(), nn.Linear(8, 1)]
+    return nn.Sequential(*layers)
+
+
+def _batches(x: torch.Tensor, y: torch.Tensor, bs: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs)]
+
+
+def test_fit_equals_hand_written_loop_bitwise():
+    x, y = _data()
+    batches = _batches(x, y, 16)
+    sched = lambda t: 0.05 * (0.9 ** t)  # noqa: E731
+
+    m1 = _model()
+    opt1 = torch.optim.SGD(m1.parameters(), lr=1.0, momentum=0.9)
+    res = fit(m1, opt1, batches, num_steps=10, loss_fn=nn.functional.mse_loss, schedule=sched)
+
+    m2 = _model()
+    opt2 = torch.optim.SGD(m2.parameters(), lr=1.0, momentum=0.9)
+    ref_losses = []
+    for t in range(10):
+        for g in opt2.param_groups:
+            g["lr"] = sched(t)
+        xb, yb = batches[t % len(batches)]
+        opt2.zero_grad()
+        loss = nn.functional.mse_loss(m2(xb), yb)
+        loss.backward()
+        opt2.step()
+        ref_losses.append(loss.item())
+
+    assert res.steps_done == 10 and res.stop_reason == "completed" and not res.diverged
+    assert res.losses == ref_losses
+    assert res.lrs == [sched(t) for t in range(10)]
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_accumulation_matches_full_batch():
+    x, y = _data(32)
+    m1, m2 = _model(), _model()
+    o1 = torch.optim.SGD(m1.parameters(), lr=0.1)
+    o2 = torch.optim.SGD(m2.parameters(), lr=0.1)
+    full = fit(m1, o1, [(x, y)], num_steps=3, loss_fn=nn.functional.mse_loss)
+    halves = fit(m2, o2, _batches(x, y, 16), num_steps=3, loss_fn=nn.functional.mse_loss,
+                 accumulation_steps=2)
+    np.testing.assert_allclose(halves.losses, full.losses, rtol=1e-5)
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_grad_clip_clips_to_norm_and_records_pre_clip_norm():
+    x, y = _data(16)
+    m = _model()
+    before = [p.detach().clone() for p in m.parameters()]
+    # reference: the unclipped gradient norm
+    loss = nn.functional.mse_loss(m(x), y)
+    grads = torch.autograd.grad(loss, list(m.parameters()))
+    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item()
+    assert norm > 0.5
+    opt = torch.optim.SGD(m.parameters(), lr=1.0)
+    res = fit(m, opt, [(x, y)], num_steps=1, loss_fn=nn.functional.mse_loss, grad_clip=0.5)
+    assert res.grad_norms[0] == pytest.approx(norm, rel=1e-5)
+    step = torch.linalg.vector_norm(torch.stack(
+        [(p.detach() - b).norm() for p, b in zip(m.parameters(), before)])).item()
+    assert step == pytest.approx(0.5, rel=1e-4)
+
+
+def test_nan_loss_stops_immediately():
+    x, y = _data(16)
+    m = _model()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    calls = []
+
+    def step_fn(model, batch):
+        calls.append(1)
+        loss = nn.functional.mse_loss(model(batch[0]), batch[1])
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    res = fit(m, opt, [(x, y)], num_steps=10, step_fn=step_fn)
+    assert res.stop_reason == "nan" and res.diverged and res.steps_done == 3
+    assert math.isnan(res.losses[-1])
+
+
+def test_divergence_stop_follows_its_formula():
+    losses = [1.0, 0.8, 0.6, 0.5, 0.9, 3.0, 50.0, 500.0]
+    cb = DivergenceStop(4.0, relative_to="best", beta=0.5)
+    cb.on_train_start(None, None)
+    avg, best, stopped_at = 0.0, math.inf, None
+    for i, loss in enumerate(losses):
+        avg = 0.5 * avg + 0.5 * loss
+        sm = avg / (1 - 0.5 ** (i + 1))
+        expect = i >= 1 and sm > 4 * best
+        best = min(best, sm)
+        got = cb.on_step_end(type("I", (), {"loss": loss})())
+        assert (got == "diverged") == expect, i
+        if expect and stopped_at is None:
+            stopped_at = i
+    assert stopped_at == 6
+
+
+@pytest.mark.parametrize("bad", [dict(factor=1.0), dict(factor=float("nan")),
+                                 dict(relative_to="worst"), dict(beta=1.0)])
+def test_divergence_stop_rejects_bad_arguments(bad):
+    with pytest.raises((ValueError, TypeError)):
+        DivergenceStop(**bad)
+
+
+def test_callback_stop_reason_and_eval():
+    x, y = _data(16)
+    m = _model()
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    seen = []
+
+    class StopAt(Callback):
+        def on_step_end(self, info):
+            seen.append((info.step, info.lr))
+            return "enough" if info.step == 4 else None
+
+        def on_eval(self, step, metric):
+            seen.append(("eval", step, metric))
+
+    res = fit(m, opt, [(x, y)], num_steps=10, loss_fn=nn.functional.mse_loss,
+              callbacks=[StopAt()], evaluate=lambda model: 42.0, eval_every=2)
+    assert res.stop_reason == "enough" and res.steps_done == 5
+    assert res.evals == [(2, 42.0), (4, 42.0)]
+    assert ("eval", 2, 42.0) in seen and seen[0] == (0, 0.01)
+
+
+def test_bad_arguments():
+    x, y = _data(8)
+    m = _model()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="empty"):
+        fit(m, opt, [], num_steps=1, loss_fn=nn.functional.mse_loss)
+    with pytest.raises(ValueError, match="exactly one"):
+        fit(m, opt, [(x, y)], num_steps=1)
+    with pytest.raises(ValueError, match="num_steps"):
+        fit(m, opt, [(x, y)], num_steps=0, loss_fn=nn.functional.mse_loss)
+    with pytest.raises(TypeError, match="optimizer"):
+        fit(m, "sgd", [(x, y)], num_steps=1, loss_fn=nn.functional.mse_loss)
+    with pytest.raises(ValueError, match="grad_clip"):
+        fit(m, opt, [(x, y)], num_steps=1, loss_fn=nn.functional.mse_loss, grad_clip=-1.0)
+    with pytest.raises(ValueError, match="ran out"):
+        fit(m, opt, iter([(x, y)]), num_steps=3, loss_fn=nn.functional.mse_loss)
+
+
+def test_amp_on_cpu_runs_in_bfloat16():
+    x, y = _data(16)
+    m = _model()
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    res = fit(m, opt, [(x, y)], num_steps=3, loss_fn=nn.functional.mse_loss, amp=True)
+    assert res.steps_done == 3 and all(math.isfinite(v) for v in res.losses)
+
+
+def _loop_state(seed: int = 0):
+    x, y = _data(64)
+    ds = torch.utils.data.TensorDataset(x, y)
+    gen = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, shuffle=True, generator=gen)
+    m = _model(bn=True)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    return loader, m, opt
+
+
+def test_snapshot_restore_is_bitwise():
+    loader, m, opt = _loop_state()
+    fit(m, opt, loader, num_steps=5, loss_fn=nn.functional.mse_loss)
+    snap = snapshot(m, opt, generators=loader_generators(loader))
+    random.random(), np.random.rand()  # touch global RNGs too
+    r_py, r_np, r_t = random.random(), np.random.rand(), torch.rand(1)
+
+    first = fit(m, opt, loader, num_steps=7, loss_fn=nn.functional.mse_loss)
+    after_first = [p.detach().clone() for p in m.state_dict().values()]
+    # mess everything up, then restore
+    fit(m, opt, loader, num_steps=9, loss_fn=nn.functional.mse_loss,
+        schedule=lambda t: 1e-3 * (t + 1))
+    torch.manual_seed(123)
+    snap.restore()
+    random.random(), np.random.rand()
+    assert (random.random(), np.random.rand(), torch.rand(1)) == (r_py, r_np, r_t)
+    second = fit(m, opt, loader, num_steps=7, loss_fn=nn.functional.mse_loss)
+    assert second.losses == first.losses
+    for a, b in zip(after_first, m.state_dict().values()):
+        assert torch.equal(a, b)
+    assert opt.param_groups[0]["lr"] == 0.05
+
+
+def test_snapshot_holds_cpu_copies_not_aliases():
+    _, m, opt = _loop_state()
+    snap = snapshot(m, opt)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(1.0)
+    assert not torch.equal(next(iter(snap._model.values())), next(m.parameters()))
+    snap.restore()
+    fresh = _model(bn=True)
+    for a, b in zip(m.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(TypeError, match="model"):
+        snapshot("not a model")

@@ -1,0 +1,53 @@
+"""A tiny, fast task for testing the harness: noisy linear regression trained by SGD.
+
+Gradient descent on least squares diverges for lr > 2/L (L = largest eigenvalue of the input
+second-moment matrix times 2), and is slow for small lr, so the LR clearly matters in ~40 steps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lrkit.tasks.base import Recipe, Task
+
+
+def _data(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 + seed)
+    x = torch.randn(n, 4, generator=g) * torch.tensor([2.0, 1.0, 0.5, 0.25])
+    y = x @ torch.tensor([1.0, -2.0, 3.0, 0.5]) + 0.05 * torch.randn(n, generator=g)
+    return x, y
+
+
+X, Y = _data(0, 256)
+XT, YT = _data(1, 256)
+
+
+def _batches(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        idx = torch.randperm(len(X), generator=g)
+        for i in range(0, len(X), 32):
+            j = idx[i:i + 32]
+            yield X[j], Y[j]
+
+
+def _evaluate(model: torch.nn.Module, split: str) -> float:
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+    x, y = (X[:64], Y[:64]) if split == "val" else (XT, YT)
+    with torch.no_grad():
+        return float(torch.nn.functional.mse_loss(model(x).squeeze(1), y))
+
+
+def _model(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Linear(4, 1)
+
+
+def make_task(steps: int = 40) -> Task:
+    return Task(
+        name="tiny", version="1", description="noisy linear regression, SGD, 40 steps",
+        recipe=Recipe(optimizer="sgd", batch_size=32, steps=steps, default_lr=0.1),
+        metric="mse", higher_is_better=False, build_model=_model, batches=_batches,
+        loss=lambda m, b: torch.nn.functional.mse_loss(m(b[0]).squeeze(1), b[1]),
+        evaluate=_evaluate, train_size=len(X), worst=float("inf"))
