@@ -16,7 +16,6 @@ __version__ = "0.1.0"
 _LAZY = {
     "find_lr": ("lrkit.finder", "find_lr"),
     "RangeTestResult": ("lrkit.finder", "RangeTestResult"),
-    "suggest": ("lrkit.suggest", "suggest"),
     "Suggestion": ("lrkit.suggest", "Suggestion"),
     "LRSchedule": ("lrkit.torch", "LRSchedule"),
     "Plateau": ("lrkit.torch", "Plateau"),

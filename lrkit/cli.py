@@ -56,23 +56,6 @@ def _schedule_plot(specs: Sequence[str], steps: int, out: str) -> int:
     return 0
 
 
-def _find(args: argparse.Namespace) -> int:
-    from . import tasks
-    from .finder import find_lr
-
-    task = tasks.get(args.task)
-    res = find_lr(task, seed=args.seed, num_iter=args.num_iter, start_lr=args.start_lr,
-                  end_lr=args.end_lr, method=args.method, confirm=args.confirm, progress=True)
-    print(res.summary() if hasattr(res, "summary") else res.suggestion)
-    if args.plot:
-        res.plot(args.plot)
-        print(f"wrote {args.plot}")
-    if args.json:
-        Path(args.json).write_text(res.to_json())
-        print(f"wrote {args.json}")
-    return 0
-
-
 def _bench(args: argparse.Namespace) -> int:
     from . import bench, report
 
@@ -126,16 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("tasks", help="list the built-in tasks")
 
-    f = sub.add_parser("find", help="LR range test on a task")
-    f.add_argument("--task", required=True)
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--num-iter", type=int, default=100)
-    f.add_argument("--start-lr", type=float, default=1e-7)
-    f.add_argument("--end-lr", type=float, default=10.0)
-    f.add_argument("--method", default="lrkit")
-    f.add_argument("--confirm", action="store_true", help="confirm with short runs on val data")
-    f.add_argument("--plot")
-    f.add_argument("--json")
+    from .finder import add_find_arguments
+
+    add_find_arguments(sub.add_parser("find", help="LR range test on a task"))
 
     b = sub.add_parser("bench", help="oracle grids and method comparisons")
     bsub = b.add_subparsers(dest="command", required=True)
@@ -175,7 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{n:14s} {t.recipe.optimizer:6s} {t.recipe.steps:5d} steps  {t.description}")
             return 0
         if args.area == "find":
-            return _find(args)
+            from .finder import cli_find
+
+            return cli_find(args)
         if args.area == "bench":
             return _bench(args)
     except (ValueError, TypeError) as e:
