@@ -1,0 +1,572 @@
+"""The LR range test (Smith 2015/2017, "Cyclical Learning Rates for Training Neural Networks").
+
+Train for ``num_iter`` steps while the learning rate grows from ``start_lr`` to ``end_lr``
+(exponentially by default: ``lr_t = start_lr (end_lr/start_lr)^(t/(num_iter-1))``), record the loss
+at each step, stop early when a *causal* debiased EMA of the loss passes ``diverge_factor`` x its best
+value (or the loss turns non-finite), then read a suggestion from the curve with
+:mod:`lrkit.suggest` (post-hoc, zero-lag smoothing). The model, optimizer, scheduler, GradScaler,
+data-loader generators and global RNGs are put back exactly afterwards (snapshot in CPU memory).
+
+All training goes through :func:`lrkit.train.fit` (the one loop); the range test is a schedule plus
+a recording/stopping callback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import check_choice, check_int, check_positive, check_range
+
+# not `from . import suggest`: the package's lazy attribute `lrkit.suggest` is the function
+_suggest = importlib.import_module("lrkit.suggest")
+Suggestion = _suggest.Suggestion
+
+__all__ = ["find_lr", "RangeTestResult", "sweep_lrs", "cli_find", "add_find_arguments"]
+
+
+# ------------------------------------------------------------------------------------ sweep
+def sweep_lrs(start_lr: float, end_lr: float, num_iter: int, mode: str = "exp") -> np.ndarray:
+    """The range test's LRs: ``start (end/start)^(t/(n-1))`` ("exp") or
+    ``start + (end - start) t/(n-1)`` ("linear") for t = 0..n-1 (both ends included)."""
+    start_lr = check_positive("start_lr", start_lr)
+    end_lr = check_positive("end_lr", end_lr)
+    if end_lr <= start_lr:
+        raise ValueError(f"end_lr must be > start_lr ({start_lr!r}), got {end_lr!r}")
+    num_iter = check_int("num_iter", num_iter, minimum=2)
+    mode = check_choice("mode", mode, ("exp", "linear"))
+    t = np.arange(num_iter) / (num_iter - 1)
+    if mode == "exp":
+        return start_lr * (end_lr / start_lr) ** t
+    return start_lr + (end_lr - start_lr) * t
+
+
+class _Sweep:
+    """A picklable callable schedule ``step -> lr`` for the sweep."""
+
+    def __init__(self, lrs: np.ndarray) -> None:
+        self.lrs = [float(v) for v in lrs]
+
+    def __call__(self, step: int) -> float:
+        return self.lrs[min(int(step), len(self.lrs) - 1)]
+
+
+# ----------------------------------------------------------------------------------- result
+def _enc(values: Sequence[float]) -> list:
+    """JSON has no NaN/inf: encode them as strings."""
+    out: list = []
+    for v in values:
+        v = float(v)
+        out.append(v if math.isfinite(v) else ("NaN" if v != v else ("Infinity" if v > 0
+                                                                          else "-Infinity")))
+    return out
+
+
+def _dec(values: Sequence[Any]) -> tuple[float, ...]:
+    return tuple(float(v) if not isinstance(v, str) else float(v.replace("Infinity", "inf"))
+                 for v in values)
+
+
+@dataclass(frozen=True)
+class RangeTestResult:
+    """A range-test curve with its suggestion(s).
+
+    ``lrs``/``losses`` are as recorded (group 0's LR; the mean loss over accumulation micro-batches,
+    averaged across DDP ranks; validation loss when ``loss_kind == "val"``); ``smoothed`` is the
+    zero-lag post-hoc smoothing used by the suggestion (NaN after a non-finite loss).
+    ``stopped_at`` is the index of the last step taken, ``stop_reason`` one of ``"completed"``,
+    ``"diverged"``, ``"nan"``. ``suggestions`` holds every rule of :func:`lrkit.suggest.methods`
+    on the same curve; ``num_iter_advice`` how the suggestion moves with the sweep's resolution and a
+    recommended ``num_iter``; ``cost_steps`` the optimizer steps spent (range test + confirm runs).
+    """
+
+    lrs: tuple[float, ...]
+    losses: tuple[float, ...]
+    smoothed: tuple[float, ...]
+    stopped_at: int
+    stop_reason: str
+    suggestion: Suggestion
+    suggestions: Mapping[str, Suggestion] = field(default_factory=dict)
+    num_iter_advice: Mapping[str, Any] = field(default_factory=dict)
+    cost_steps: int = 0
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    confirm: Mapping[str, Any] | None = None
+    wall_time: float = 0.0
+
+    @property
+    def lr(self) -> float | None:
+        """The suggested learning rate (``None`` for "no clear descent")."""
+        return self.suggestion.lr
+
+    def to_dict(self) -> dict:
+        return {
+            "lrs": _enc(self.lrs),
+            "losses": _enc(self.losses),
+            "smoothed": _enc(self.smoothed),
+            "stopped_at": self.stopped_at,
+            "stop_reason": self.stop_reason,
+            "suggestion": self.suggestion.to_dict(),
+            "suggestions": {k: v.to_dict() for k, v in self.suggestions.items()},
+            "num_iter_advice": dict(self.num_iter_advice),
+            "cost_steps": self.cost_steps,
+            "settings": dict(self.settings),
+            "confirm": dict(self.confirm) if self.confirm is not None else None,
+            "wall_time": self.wall_time,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RangeTestResult":
+        return cls(
+            lrs=_dec(d["lrs"]),
+            losses=_dec(d["losses"]),
+            smoothed=_dec(d["smoothed"]),
+            stopped_at=int(d["stopped_at"]),
+            stop_reason=d["stop_reason"],
+            suggestion=Suggestion.from_dict(d["suggestion"]),
+            suggestions={k: Suggestion.from_dict(v) for k, v in d.get("suggestions", {}).items()},
+            num_iter_advice=dict(d.get("num_iter_advice") or {}),
+            cost_steps=int(d.get("cost_steps", 0)),
+            settings=dict(d.get("settings") or {}),
+            confirm=d.get("confirm"),
+            wall_time=float(d.get("wall_time", 0.0)),
+        )
+
+    def to_json(self, path: str | None = None) -> str:
+        """The result as JSON (written to ``path`` too when given)."""
+        text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str) -> "RangeTestResult":
+        """Parse :meth:`to_json` output (a JSON string, or a path to a file holding one)."""
+        text = text_or_path
+        if not text.lstrip().startswith("{"):
+            with open(text_or_path, encoding="utf-8") as fh:
+                text = fh.read()
+        return cls.from_dict(json.loads(text))
+
+    def plot(self, path: str | None = None, *, ax: Any = None, peers: bool = True) -> Any:
+        """Draw the curve (raw and smoothed) with the suggestion and its band marked, and the
+        peers' suggestions as ticks; save to ``path`` when given. Returns the figure."""
+        import matplotlib
+
+        if ax is None and path is not None:
+            matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        fig = None
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(7, 4.2))
+        else:
+            fig = ax.figure
+        lrs = np.asarray(self.lrs)
+        ax.plot(lrs, self.losses, color="0.75", lw=0.8, label="loss (raw)")
+        ax.plot(lrs, self.smoothed, color="C0", lw=2, label="smoothed (zero-lag)")
+        s = self.suggestion
+        if s.band is not None:
+            ax.axvspan(s.band[0], s.band[1], color="C2", alpha=0.15, label="good band")
+        if s.lr is not None:
+            ax.axvline(s.lr, color="C3", lw=1.5,
+                       label=f"{s.method}: {s.lr:.2e} ({s.confidence})")
+        if peers:
+            finite = [v for v in self.smoothed if math.isfinite(v)] or [0.0]
+            y0 = min(finite)
+            for k, (name, other) in enumerate(sorted(self.suggestions.items())):
+                if name == s.method or other.lr is None:
+                    continue
+                ax.plot([other.lr], [y0], marker="v", ls="", color=f"C{4 + k % 5}",
+                        label=f"{name}: {other.lr:.2e}")
+        ax.set_xscale("log")
+        finite = np.asarray([v for v in self.losses if math.isfinite(v)])
+        if finite.size:
+            lo, hi = float(finite.min()), float(np.percentile(finite, 95))
+            first = float(finite[0])
+            top = max(hi, first) if hi > lo else lo + 1.0
+            ax.set_ylim(lo - 0.05 * (top - lo), top + 0.1 * (top - lo))
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel(f"{self.settings.get('loss_kind', 'train')} loss")
+        title = f"LR range test ({self.stop_reason} after {self.stopped_at + 1} steps)"
+        if s.lr is None:
+            title += ": no clear descent"
+        ax.set_title(title)
+        ax.legend(fontsize=7, loc="best")
+        if fig is not None:
+            fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+        return fig
+
+
+# ------------------------------------------------------------------------------ the callback
+class _RangeTestRecorder:
+    """fit callback: records the loss of the curve (train, or val when a val loader is given,
+    averaged across DDP ranks) and stops on divergence with a causal debiased EMA vs its best."""
+
+    def __init__(self, stop: Any, val: Callable[[nn.Module], float] | None,
+                 bar: Any = None) -> None:
+        self.stop, self.val, self.bar = stop, val, bar
+        self.losses: list[float] = []
+        self.val_batches = 0
+
+    def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.stop.on_train_start(model, optimizer)
+
+    def on_step_end(self, info: Any) -> bool | str | None:
+        loss = info.loss
+        if self.val is not None:
+            loss = self.val(info.model)
+            info = replace(info, loss=loss)
+        self.losses.append(loss)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(lr=f"{info.lr:.2e}", loss=f"{loss:.4g}", refresh=False)
+        if not math.isfinite(loss):
+            return "nan"
+        return self.stop.on_step_end(info)
+
+    def on_eval(self, step: int, metric: float) -> bool | str | None:
+        return None
+
+    def on_train_end(self, result: Any) -> None:
+        pass
+
+
+def _val_loss_fn(val_loader: Iterable, loss_fn: Callable | None, step_fn: Callable | None,
+                 device: Any) -> Callable[[nn.Module], float]:
+    from .train import _ddp_mean, _to_device
+
+    def evaluate(model: nn.Module) -> float:
+        was = model.training
+        model.eval()
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for batch in val_loader:
+                batch = _to_device(batch, device)
+                loss = step_fn(model, batch) if step_fn is not None else loss_fn(model(batch[0]),
+                                                                                 batch[1])
+                total += float(loss)
+                count += 1
+        model.train(was)
+        if count == 0:
+            raise ValueError("val_loader yielded no batch")
+        return float(_ddp_mean(torch.tensor(total / count, dtype=torch.float64)))
+
+    return evaluate
+
+
+def _is_task(obj: Any) -> bool:
+    try:
+        from .tasks.base import Task
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(obj, Task)
+
+
+# ---------------------------------------------------------------------------------- find_lr
+def find_lr(
+    model_or_task: Any,
+    optimizer: torch.optim.Optimizer | None = None,
+    train_loader: Iterable | None = None,
+    loss_fn: Callable | None = None,
+    *,
+    step_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    num_iter: int = 100,
+    mode: str = "exp",
+    smooth: float = 0.98,
+    diverge_factor: float = 4.0,
+    val_loader: Iterable | None = None,
+    accumulation_steps: int = 1,
+    amp: bool = False,
+    restore: bool = True,
+    method: str = "lrkit",
+    confirm: bool = False,
+    seed: int = 0,
+    progress: bool = False,
+    scheduler: Any = None,
+    scaler: Any = None,
+    device: str | torch.device | None = None,
+    confirm_candidates: int = 4,
+    confirm_budget: float = 0.5,
+) -> "RangeTestResult":
+    """Run an LR range test and suggest a learning rate.
+
+    With a model: ``find_lr(model, optimizer, train_loader, loss_fn)`` (or ``step_fn(model, batch)
+    -> loss`` instead of ``loss_fn(model(x), y)``). Param groups keep their LR ratios: group i gets
+    ``lr_i / lr_0`` x the sweep's LR, and the recorded LR is group 0's. ``scheduler`` and
+    ``scaler`` (an attached LR scheduler and GradScaler) are restored with the rest when
+    ``restore`` (the default); the scheduler is not stepped during the test.
+
+    With a :class:`~lrkit.tasks.Task`: ``find_lr(task)`` builds the model, optimizer and batches
+    for ``seed``. ``confirm=True`` (tasks only) then spends a bounded budget on short runs at
+    ``confirm_candidates`` LRs log-spaced across the band, scored on the task's ``"val"`` split by
+    successive halving (eta = 3; rungs at 1/9, 1/3, 1 of ``confirm_budget`` x one full run), and
+    suggests the winner.
+
+    The divergence stop is causal: ``m_t = smooth m_{t-1} + (1 - smooth) loss_t`` debiased by
+    ``1 - smooth^t``, stop when ``m_t > diverge_factor x min_{s<=t} m_s`` or a loss is non-finite.
+    The suggestion (``method``, see :func:`lrkit.suggest.methods`) reads the recorded raw losses.
+
+    Under ``torch.distributed`` the loss is averaged across ranks, so every rank gets the same curve.
+    """
+    from . import train as _train
+
+    num_iter = check_int("num_iter", num_iter, minimum=2)
+    lrs_plan = sweep_lrs(start_lr, end_lr, num_iter, mode)
+    check_range("smooth", smooth, 0.0, 1.0, high_open=True)
+    diverge_factor = check_positive("diverge_factor", diverge_factor)
+    if diverge_factor <= 1.0:
+        raise ValueError(f"diverge_factor must be > 1, got {diverge_factor!r}")
+    accumulation_steps = check_int("accumulation_steps", accumulation_steps, minimum=1)
+    check_choice("method", method, _suggest.methods())
+    seed = check_int("seed", seed, minimum=0)
+    confirm_candidates = check_int("confirm_candidates", confirm_candidates, minimum=2)
+    check_range("confirm_budget", confirm_budget, 0.0, 1.0, low_open=True)
+    if not isinstance(restore, bool):
+        raise TypeError(f"restore must be a bool, got {restore!r}")
+
+    task = None
+    if _is_task(model_or_task):
+        task = model_or_task
+        for name, value in (("optimizer", optimizer), ("train_loader", train_loader),
+                            ("loss_fn", loss_fn), ("step_fn", step_fn)):
+            if value is not None:
+                raise ValueError(f"{name} must be None when find_lr is given a Task "
+                                 "(the task builds it)")
+        _train.seed_everything(seed)
+        model = task.build_model(seed)
+        if device is not None:
+            model.to(device)
+        optimizer = task.recipe.make_optimizer(model.parameters(), float(lrs_plan[0]))
+        train_loader = task.batches(seed)
+        step_fn = task.loss
+    else:
+        if confirm:
+            raise ValueError("confirm=True needs a Task (short runs scored on held-out data); "
+                             f"got a {type(model_or_task).__name__}")
+        model = model_or_task
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model_or_task must be a torch.nn.Module or a lrkit Task, got "
+                            f"{type(model).__name__}")
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
+                            f"{type(optimizer).__name__}")
+        if train_loader is None:
+            raise ValueError("train_loader must be given (an iterable of batches)")
+        if (loss_fn is None) == (step_fn is None):
+            raise ValueError("pass exactly one of loss_fn (loss_fn(model(x), y)) or "
+                             "step_fn(model, batch)")
+
+    base = [float(g["lr"]) for g in optimizer.param_groups]
+    if base[0] <= 0 or any(b < 0 for b in base):
+        raise ValueError(f"the optimizer's param-group LRs must be > 0 (group 0) to keep their "
+                         f"ratios, got {base}")
+    scales = [b / base[0] for b in base]
+
+    snap = None
+    grads = None
+    if restore and task is None:
+        gens = _train.loader_generators(train_loader)
+        if val_loader is not None:
+            gens += [g for g in _train.loader_generators(val_loader)
+                     if all(g is not h for h in gens)]
+        snap = _train.snapshot(model, optimizer, scheduler=scheduler, scaler=scaler,
+                               generators=gens)
+        grads = [None if p.grad is None else p.grad.detach().to("cpu", copy=True)
+                 for g in optimizer.param_groups for p in g["params"]]
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=num_iter, desc="LR range test", leave=False)
+    val = _val_loss_fn(val_loader, loss_fn, step_fn, device) if val_loader is not None else None
+    rec = _RangeTestRecorder(_train.DivergenceStop(diverge_factor, relative_to="best",
+                                                   beta=smooth), val, bar)
+    start = time.perf_counter()
+    try:
+        out = _train.fit(model, optimizer, train_loader, num_steps=num_iter,
+                         loss_fn=loss_fn, step_fn=step_fn, schedule=_Sweep(lrs_plan),
+                         group_scales=scales, callbacks=[rec],
+                         accumulation_steps=accumulation_steps, amp=amp, scaler=scaler,
+                         device=device, ddp_average_loss=True)
+    finally:
+        if bar is not None:
+            bar.close()
+        if snap is not None:
+            snap.restore()
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            for p, gsaved in zip(params, grads):
+                p.grad = None if gsaved is None else gsaved.to(p.device)
+    wall = time.perf_counter() - start
+
+    lrs = np.asarray(out.lrs, dtype=float)
+    losses = np.asarray(rec.losses if val is not None else out.losses, dtype=float)
+    if losses.size < lrs.size:  # non-finite training loss stopped fit before the callback ran
+        losses = np.asarray(out.losses, dtype=float)[: lrs.size] if val is None else np.append(
+            losses, np.nan)
+    stop_reason = out.stop_reason if out.stop_reason in ("completed", "diverged", "nan") else (
+        "diverged" if out.stop_reason else "completed")
+    result = _build_result(lrs, losses, stop_reason, method=method, num_iter=num_iter,
+                           cost=out.steps_done * accumulation_steps, wall=wall,
+                           settings={"start_lr": float(start_lr), "end_lr": float(end_lr),
+                                     "num_iter": num_iter, "mode": mode, "smooth": float(smooth),
+                                     "diverge_factor": diverge_factor,
+                                     "accumulation_steps": accumulation_steps,
+                                     "loss_kind": "val" if val is not None else "train",
+                                     "group_scales": scales, "seed": seed,
+                                     "task": task.name if task is not None else None},
+                           train_size=getattr(task, "train_size", None) if task else None,
+                           batch_size=task.recipe.batch_size if task else None)
+    if confirm:
+        result = _confirm(task, result, seed=seed, candidates=confirm_candidates,
+                          budget=confirm_budget, progress=progress)
+    return result
+
+
+def _build_result(lrs: np.ndarray, losses: np.ndarray, stop_reason: str, *, method: str,
+                  num_iter: int, cost: int, wall: float, settings: dict,
+                  train_size: int | None, batch_size: int | None) -> RangeTestResult:
+    n = lrs.size
+    if n >= 8:
+        all_s = _suggest.suggest_all(lrs, losses, num_iter=num_iter)
+    else:
+        all_s = {m: Suggestion(None, m, "none", f"only {n} steps before the test stopped")
+                 for m in _suggest.methods()}
+    smoothed = _suggest.smooth_curve(lrs, losses) if n >= 2 else np.full(n, np.nan)
+    advice: dict[str, Any] = {}
+    if n >= 16:
+        advice.update(_suggest.num_iter_sensitivity(lrs, losses, method=method))
+    advice["recommended_num_iter"] = _suggest.recommended_num_iter(
+        train_size=train_size or None, batch_size=batch_size)
+    spread = advice.get("spread")
+    if spread is not None and spread > 2.0:
+        advice["note"] = (f"the suggestion moves {spread:.1f}x when the curve is thinned: use "
+                          f"num_iter >= {max(2 * num_iter, advice['recommended_num_iter'])}")
+    else:
+        advice["note"] = "the suggestion is stable under thinning the curve 2x and 4x"
+    return RangeTestResult(
+        lrs=tuple(float(v) for v in lrs), losses=tuple(float(v) for v in losses),
+        smoothed=tuple(float(v) for v in smoothed), stopped_at=max(n - 1, 0),
+        stop_reason=stop_reason, suggestion=all_s[method], suggestions=all_s,
+        num_iter_advice=advice, cost_steps=int(cost), settings=settings, wall_time=wall)
+
+
+# ------------------------------------------------------------------------------- confirm mode
+def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, budget: float,
+             progress: bool) -> RangeTestResult:
+    """Successive halving (Jamieson & Talwalkar 2016, eta = 3) over LRs from the band, scored on
+    the task's validation split with :func:`lrkit.train.run`."""
+    from . import train as _train
+
+    s = result.suggestion
+    full = task.recipe.steps
+    if s.lr is None or s.band is None:
+        lo = result.lrs[0]
+        hi = result.lrs[-1]
+    else:
+        lo, hi = s.band
+    cands = sorted(set([float(v) for v in np.geomspace(lo, hi, candidates)]))
+    top = max(1, int(round(budget * full)))
+    rungs = sorted({max(1, top // 9), max(1, top // 3), top})
+    table: list[dict] = []
+    alive = list(cands)
+    spent = 0
+    for r, steps in enumerate(rungs):
+        scores = []
+        for lr in alive:
+            out = _train.run(task, lr, steps=steps, seed=seed, eval_split="val")
+            spent += out.steps_done
+            table.append({"lr": lr, "steps": steps, "metric": out.metric,
+                          "diverged": out.diverged})
+            scores.append(out.metric)
+        order = sorted(range(len(alive)), key=lambda i: _rank_key(task, scores[i]))
+        keep = max(1, math.ceil(len(alive) / 3))
+        alive = [alive[i] for i in order[:keep]]
+        if len(alive) == 1:
+            break
+    winner = alive[0]
+    cost = result.cost_steps + spent
+    confirm = {"candidates": cands, "rungs": rungs, "runs": table, "winner": winner,
+               "steps": spent, "full_run_steps": full,
+               "fraction_of_full_run": spent / full,
+               "total_fraction_with_range_test": cost / full}
+    band = s.band if s.band is not None else (min(cands), max(cands))
+    high = max(band[1], winner)
+    sug = Suggestion(winner, "lrkit+confirm", "high" if s.lr is not None else "medium",
+                     f"best of {len(cands)} LRs from the band on the val split by successive "
+                     f"halving ({spent} steps = {spent / full:.2f} of a full run)",
+                     band=(min(band[0], winner), high), max_lr=high,
+                     base_lr=high / _suggest.CLR_BASE_DIV,
+                     schedules=_suggest.schedule_settings(winner, high))
+    sugs = dict(result.suggestions)
+    sugs["lrkit+confirm"] = sug
+    return replace(result, suggestion=sug, suggestions=sugs, cost_steps=cost, confirm=confirm)
+
+
+def _rank_key(task: Any, metric: float) -> float:
+    if metric != metric:
+        return math.inf
+    return -metric if task.higher_is_better else metric
+
+
+# ----------------------------------------------------------------------------------- the CLI
+def add_find_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``lrkit find`` (wire with ``parser.set_defaults(func=cli_find)``)."""
+    parser.add_argument("--task", required=True, help="built-in task name or module:function")
+    parser.add_argument("--plot", default=None, help="write the curve to this PNG")
+    parser.add_argument("--json", default=None, help="write the result to this JSON file")
+    parser.add_argument("--num-iter", type=int, default=100)
+    parser.add_argument("--start-lr", type=float, default=1e-7)
+    parser.add_argument("--end-lr", type=float, default=10.0)
+    parser.add_argument("--method", default="lrkit", choices=list(_suggest.methods()))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--confirm", action="store_true",
+                        help="confirm with short runs scored on held-out data")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def cli_find(args: argparse.Namespace) -> int:
+    """``lrkit find --task NAME [--plot out.png] [--json out.json]``: print the suggestion."""
+    from . import tasks
+
+    task = tasks.load(args.task) if ":" in args.task else tasks.get(args.task)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    res = find_lr(task, num_iter=args.num_iter, start_lr=args.start_lr, end_lr=args.end_lr,
+                  method=args.method, seed=args.seed, confirm=args.confirm,
+                  progress=not args.no_progress)
+    s = res.suggestion
+    print(f"range test on {task.name}: {res.stop_reason} after {res.stopped_at + 1} steps")
+    if s.lr is None:
+        print(f"no suggestion: {s.reason}")
+    else:
+        print(f"suggested lr ({s.method}): {s.lr:.3g}   band {s.band[0]:.3g} .. {s.band[1]:.3g}"
+              if s.band else f"suggested lr ({s.method}): {s.lr:.3g}")
+        print(f"confidence: {s.confidence} ({s.reason})")
+        for fam, st in s.schedules.items():
+            print(f"  {fam:14s} " + ", ".join(f"{k}={v:.3g}" for k, v in st.items()))
+    others = ", ".join(f"{k}={v.lr:.3g}" for k, v in res.suggestions.items()
+                       if v.lr is not None and k != s.method)
+    print(f"other rules: {others}")
+    print(f"cost: {res.cost_steps} steps ({res.cost_steps / task.recipe.steps:.2f} of a full run)")
+    if args.json:
+        res.to_json(args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        res.plot(args.plot)
+        print(f"wrote {args.plot}")
+    return 0

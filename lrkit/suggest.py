@@ -1,0 +1,590 @@
+"""Learning-rate suggestions from a range-test curve: pure functions of ``(lrs, losses)``.
+
+numpy only (no torch), so the rules can be tested and reused alone.
+
+Two layers:
+
+- **The peers' rules, by name**, each a small function of the curve *as the peer feeds it*
+  (already smoothed and trimmed by the peer's own pipeline; see each docstring):
+  ``steepest`` (torch-lr-finder), ``minimum``, ``steep``, ``valley``, ``slide`` (fastai) and
+  ``lightning`` (PyTorch Lightning). :func:`suggest` with ``method=<name>`` runs the peer's whole
+  pipeline (its causal smoothing, its trimming, its NaN handling, its rule) on a **raw** curve.
+- **lrkit's rule** (``method="lrkit"``, the default): smoothing *after* the run with no lag
+  (robust local-linear regression in log10-LR, Cleveland 1979 LOWESS), slopes against log-LR from
+  the same local fit, never from the diverged tail or a non-finite loss, a band and a confidence
+  statement, "no clear descent" instead of an invented number, and settings for constant, cyclical,
+  1-cycle and warmup-cosine schedules. Returns a :class:`Suggestion`.
+
+Example:
+    >>> import numpy as np
+    >>> lrs = np.logspace(-6, 1, 100)
+    >>> x = np.log10(lrs)
+    >>> losses = 2.3 - 2.0 / (1 + np.exp(-(x + 2.5) * 3)) + np.where(x > -1, (x + 1) ** 2 * 5, 0)
+    >>> s = suggest(lrs, losses)
+    >>> 1e-4 < s.lr < 1e-2 and s.confidence in ("high", "medium")
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import check_choice, check_int
+
+__all__ = [
+    "Suggestion",
+    "suggest",
+    "methods",
+    "steepest",
+    "minimum",
+    "steep",
+    "valley",
+    "slide",
+    "lightning",
+    "ema_debiased",
+    "ema_torch_lr_finder",
+    "ema_lightning",
+    "local_fit",
+    "lrkit_rule",
+    "smooth_curve",
+    "suggest_all",
+    "num_iter_sensitivity",
+    "recommended_num_iter",
+    "schedule_settings",
+    "PEER_METHODS",
+]
+
+#: base_lr = max_lr / CLR_BASE_DIV for cyclical schedules: Smith 2017 ("Cyclical Learning Rates for
+#: Training Neural Networks", sec. 3.3) sets base_lr to 1/3 or 1/4 of max_lr; lrkit uses 1/4.
+CLR_BASE_DIV = 4.0
+#: 1-cycle divisors: PyTorch ``OneCycleLR`` defaults (initial = max/25, final = initial/1e4).
+ONECYCLE_DIV = 25.0
+ONECYCLE_FINAL_DIV = 1e4
+
+
+# ------------------------------------------------------------------------------ the result type
+@dataclass(frozen=True)
+class Suggestion:
+    """A suggested learning rate with its band, confidence and schedule settings.
+
+    ``lr`` is ``None`` when the curve shows no clear descent (``confidence == "none"``, and
+    ``reason`` says why). ``band`` is the range of LRs considered good for a constant-LR run.
+    ``max_lr``/``base_lr`` are for cyclical (CLR) and 1-cycle schedules (base = max / 4, Smith 2017).
+    ``schedules`` maps a schedule family to its settings (plain JSON values).
+    """
+
+    lr: float | None
+    method: str
+    confidence: str
+    reason: str
+    band: tuple[float, float] | None = None
+    max_lr: float | None = None
+    base_lr: float | None = None
+    schedules: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    index: int | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "lr": self.lr,
+            "method": self.method,
+            "confidence": self.confidence,
+            "reason": self.reason,
+            "band": list(self.band) if self.band is not None else None,
+            "max_lr": self.max_lr,
+            "base_lr": self.base_lr,
+            "schedules": {k: dict(v) for k, v in self.schedules.items()},
+            "index": self.index,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Suggestion":
+        band = d.get("band")
+        return cls(
+            lr=d["lr"],
+            method=d["method"],
+            confidence=d["confidence"],
+            reason=d["reason"],
+            band=tuple(band) if band is not None else None,  # type: ignore[arg-type]
+            max_lr=d.get("max_lr"),
+            base_lr=d.get("base_lr"),
+            schedules={k: dict(v) for k, v in (d.get("schedules") or {}).items()},
+            index=d.get("index"),
+        )
+
+    @property
+    def found(self) -> bool:
+        """Whether a learning rate was suggested (False for "no clear descent")."""
+        return self.lr is not None
+
+
+# ----------------------------------------------------------------------------- input checking
+def _curve(lrs: Any, losses: Any) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        x = np.asarray(lrs, dtype=float).reshape(-1)
+        y = np.asarray(losses, dtype=float).reshape(-1)
+    except (TypeError, ValueError):
+        raise TypeError(f"lrs and losses must be 1-d sequences of numbers, got "
+                        f"{type(lrs).__name__} and {type(losses).__name__}") from None
+    if x.shape != y.shape:
+        raise ValueError(f"lrs and losses must have the same length, got {x.size} and {y.size}")
+    if not np.all(np.isfinite(x)) or np.any(x <= 0):
+        raise ValueError("lrs must be finite and > 0, got "
+                         f"{x[~(np.isfinite(x) & (x > 0))][:3].tolist()} among them")
+    if x.size > 1 and np.any(np.diff(x) <= 0):
+        raise ValueError("lrs must be strictly increasing (a range test sweeps upwards)")
+    return x, y
+
+
+def _first_nonfinite(y: np.ndarray) -> int:
+    bad = np.flatnonzero(~np.isfinite(y))
+    return int(bad[0]) if bad.size else y.size
+
+
+# ---------------------------------------------------------------------- the peers' smoothing
+def ema_debiased(losses: Any, beta: float = 0.98) -> np.ndarray:
+    """fastai's ``AvgSmoothLoss`` (``fastai/learner.py``), the loss the fastai finder records.
+
+    ``m_t = beta m_{t-1} + (1 - beta) loss_t`` (m_0 = 0), reported as ``m_t / (1 - beta^t)`` with
+    t = 1, 2, ... the number of batches seen. Causal: it lags a falling curve.
+    """
+    y = np.asarray(losses, dtype=float)
+    out = np.empty_like(y)
+    m = 0.0
+    for t, v in enumerate(y, start=1):
+        m = beta * m + (1.0 - beta) * v
+        out[t - 1] = m / (1.0 - beta**t)
+    return out
+
+
+def ema_lightning(losses: Any, beta: float = 0.98) -> np.ndarray:
+    """Lightning's ``_LRCallback.on_train_batch_end`` smoothing
+    (``src/lightning/pytorch/tuner/lr_finder.py``): ``avg = beta avg + (1 - beta) loss``,
+    ``smoothed = avg / (1 - beta^(global_step + 1))`` where ``global_step`` has already been
+    incremented for the batch, i.e. exponent ``t + 1`` for the t-th (1-based) batch of a fresh run.
+    """
+    y = np.asarray(losses, dtype=float)
+    out = np.empty_like(y)
+    m = 0.0
+    for t, v in enumerate(y, start=1):
+        m = beta * m + (1.0 - beta) * v
+        out[t - 1] = m / (1.0 - beta ** (t + 1))
+    return out
+
+
+def ema_torch_lr_finder(losses: Any, smooth_f: float = 0.05) -> np.ndarray:
+    """torch-lr-finder's ``range_test`` smoothing (``torch_lr_finder/lr_finder.py``):
+    ``s_0 = loss_0``, ``s_t = smooth_f loss_t + (1 - smooth_f) s_{t-1}`` (not debiased)."""
+    y = np.asarray(losses, dtype=float)
+    out = np.empty_like(y)
+    for t, v in enumerate(y):
+        out[t] = v if t == 0 else smooth_f * v + (1.0 - smooth_f) * out[t - 1]
+    return out
+
+
+# --------------------------------------------------------------------------- the peers' rules
+def steepest(lrs: Any, losses: Any) -> int | None:
+    """torch-lr-finder ``LRFinder.plot(suggest_lr=True)``: index of ``argmin(np.gradient(losses))``.
+
+    Input: its smoothed losses, trimmed ``[skip_start=10 : -skip_end=5]``. The gradient is taken
+    against the *index*, and NaN is not removed (``argmin`` then returns the first NaN: the
+    blow-up point), exactly as the peer does. Returns an index into the given arrays.
+    """
+    y = np.asarray(losses, dtype=float)
+    if y.size < 2:
+        return None
+    return int(np.argmin(np.gradient(y)))
+
+
+def minimum(lrs: Any, losses: Any) -> float | None:
+    """fastai ``minimum`` (``fastai/callback/schedule.py``): ``lrs[argmin(losses)] / 10``.
+
+    Input: fastai's debiased-EMA losses, trimmed ``[num_it//10 : -5]`` and cut at the first NaN.
+    """
+    x = np.asarray(lrs, dtype=float)
+    y = np.asarray(losses, dtype=float)
+    if y.size == 0:
+        return None
+    return float(x[int(np.argmin(y))]) / 10.0
+
+
+def steep(lrs: Any, losses: Any) -> float | None:
+    """fastai ``steep``: ``lrs[argmin(diff(losses) / diff(log(lrs)))]`` (left point of the
+    steepest segment). Input as for :func:`minimum`."""
+    x = np.asarray(lrs, dtype=float)
+    y = np.asarray(losses, dtype=float)
+    if y.size < 2:
+        return None
+    grads = (y[1:] - y[:-1]) / (np.log(x[1:]) - np.log(x[:-1]))
+    return float(x[int(np.argmin(grads))])
+
+
+def valley(lrs: Any, losses: Any) -> float | None:
+    """fastai ``valley`` (fastai's default): the longest strictly decreasing subsequence of the
+    losses (O(n^2) dynamic programme), then the point 1/3 + 1/6 of the way along it:
+    ``idx = start + int(len/3) + int(len/6)``. Input as for :func:`minimum`."""
+    x = np.asarray(lrs, dtype=float)
+    y = np.asarray(losses, dtype=float)
+    n = y.size
+    if n == 0:
+        return None
+    max_start, max_end = 0, 0
+    lds = [1] * n
+    for i in range(1, n):
+        for j in range(i):
+            if y[i] < y[j] and lds[i] < lds[j] + 1:
+                lds[i] = lds[j] + 1
+            if lds[max_end] < lds[i]:
+                max_end = i
+                max_start = max_end - lds[max_end]
+    sections = (max_end - max_start) / 3
+    idx = max_start + int(sections) + int(sections / 2)
+    return float(x[idx])
+
+
+def slide(lrs: Any, losses: Any, *, lr_diff: int = 15, thresh: float = 0.005,
+          adjust_value: float = 1.0) -> float | None:
+    """fastai ``slide``: walk a window of ``lr_diff`` points leftwards from the end while the
+    index-gradients at its two ends differ by more than ``thresh``; suggest the LR at the window's
+    left end (times ``adjust_value``). Input as for :func:`minimum`."""
+    x = np.asarray(lrs, dtype=float)
+    y = np.asarray(losses, dtype=float)
+    if y.size < max(2, lr_diff + 1):
+        return None
+    grad = np.gradient(y)
+    r_idx = -1
+    l_idx = r_idx - lr_diff
+    local_min_lr = x[l_idx]
+    while l_idx >= -y.size and abs(grad[r_idx] - grad[l_idx]) > thresh:
+        local_min_lr = x[l_idx]
+        r_idx -= 1
+        l_idx -= 1
+    return float(local_min_lr) * adjust_value
+
+
+def lightning(lrs: Any, losses: Any) -> int | None:
+    """Lightning ``_LRFinder.suggestion``: the steepest negative gradient of the loss against the
+    *linear* LR, ``argmin(torch.gradient(losses, spacing=[lrs]))`` over the finite points of
+    ``[skip_begin=10 : -skip_end=1]``. Input: Lightning's smoothed losses, untrimmed (this
+    function trims and drops non-finite points itself). Returns an index into the given arrays.
+    """
+    x = np.asarray(lrs, dtype=float)
+    y = np.asarray(losses, dtype=float)
+    idx = np.arange(y.size)[10:-1]
+    keep = np.isfinite(y[10:-1])
+    idx = idx[keep]
+    if idx.size < 2:
+        return None
+    # np.gradient with coordinates = torch.gradient(spacing=[coords]) (second-order interior,
+    # first-order edges)
+    g = np.gradient(y[idx], x[idx])
+    return int(idx[int(np.argmin(g))])
+
+
+#: the peers' rules, by the names lrkit uses
+PEER_METHODS = ("steepest", "minimum", "steep", "valley", "slide", "lightning")
+
+
+def methods() -> tuple[str, ...]:
+    """Names accepted by :func:`suggest`: ``"lrkit"`` (the default) and the peers' rules."""
+    return ("lrkit",) + PEER_METHODS
+
+
+def _peer(method: str, lrs: np.ndarray, raw: np.ndarray, num_iter: int | None) -> Suggestion:
+    """Run a peer's whole pipeline on a raw curve and wrap its number."""
+    lr: float | None = None
+    index: int | None = None
+    if method == "steepest":  # torch-lr-finder: smooth_f=0.05 EMA, plot(skip_start=10, skip_end=5)
+        s = ema_torch_lr_finder(raw)
+        lo, hi = 10, s.size - 5
+        if hi - lo >= 2:
+            i = steepest(lrs[lo:hi], s[lo:hi])
+            if i is not None:
+                index = lo + i
+                lr = float(lrs[index])
+    elif method == "lightning":
+        s = ema_lightning(raw)
+        index = lightning(lrs, s)
+        lr = float(lrs[index]) if index is not None else None
+    else:  # fastai lr_find: debiased EMA, [num_it//10 : -5], cut at first NaN
+        s = ema_debiased(raw)
+        n_it = num_iter if num_iter is not None else s.size
+        lo, hi = n_it // 10, s.size - 5
+        x, y = lrs[lo:max(lo, hi)], s[lo:max(lo, hi)]
+        cut = _first_nonfinite(y)
+        x, y = x[:cut], y[:cut]
+        rule: Callable[..., float | None] = {"minimum": minimum, "steep": steep,
+                                             "valley": valley, "slide": slide}[method]
+        lr = rule(x, y) if y.size else None
+    if lr is None or not math.isfinite(lr):
+        return Suggestion(None, method, "none", f"{method}: too few points for the peer's rule")
+    return Suggestion(lr, method, "unknown",
+                      f"{method}: the peer's rule (no band or confidence)", index=index)
+
+
+# ------------------------------------------------------------------------ lrkit's own rule
+def _blowup(y: np.ndarray) -> int:
+    """Length of the curve before it blows up: the first point, once the loss has dropped by
+    more than 6 sigma, whose raw loss climbs above the initial level (median of the first 10% of
+    points, at least 3, + 2 sigma) by a quarter of the drop seen so far; sigma is the robust
+    step-to-step noise (MAD of first differences / sqrt 2). A rule on raw values, so the diverged
+    tail never reaches the smoother."""
+    k0 = max(3, y.size // 10)
+    if y.size <= k0:
+        return y.size
+    run_min = np.minimum.accumulate(y)
+    d = np.diff(y)
+    sigma = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / math.sqrt(2.0)
+    top = float(np.median(y[:k0])) + 2.0 * sigma
+    drop = top - run_min[k0:]
+    over = np.flatnonzero((drop > 6 * sigma) & (y[k0:] > top + 0.25 * drop))
+    return int(k0 + over[0]) if over.size else y.size
+
+
+def local_fit(x: Any, y: Any, *, bandwidth: float, robust_iters: int = 2
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Robust local-linear regression (LOWESS, Cleveland 1979) with a Gaussian kernel.
+
+    At each x_i, minimise ``sum_j w_ij r_j (y_j - a - b (x_j - x_i))^2`` with
+    ``w_ij = exp(-((x_j - x_i)/bandwidth)^2 / 2)`` and bisquare robustness weights ``r_j`` from the
+    residuals (6 x median absolute residual, at least 1% of the range of y). Returns ``(a, b, n_eff)``: the smoothed value, the
+    slope dy/dx (zero-phase: no lag, unlike a causal EMA), and the effective number of points.
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    d = x[None, :] - x[:, None]
+    k = np.exp(-0.5 * (d / bandwidth) ** 2)
+    r = np.ones_like(y)
+    a = b = None
+    for it in range(robust_iters + 1):
+        w = k * r[None, :]
+        s0 = w.sum(1)
+        s1 = (w * d).sum(1)
+        s2 = (w * d * d).sum(1)
+        t0 = (w * y[None, :]).sum(1)
+        t1 = (w * d * y[None, :]).sum(1)
+        det = s0 * s2 - s1 * s1
+        det = np.where(np.abs(det) < 1e-300, np.nan, det)
+        a = (s2 * t0 - s1 * t1) / det
+        b = (s0 * t1 - s1 * t0) / det
+        a = np.where(np.isfinite(a), a, t0 / s0)
+        b = np.where(np.isfinite(b), b, 0.0)
+        if it == robust_iters:
+            break
+        res = y - a
+        # bisquare scale 6 x median |residual| (Cleveland 1979), floored at 1% of the data's
+        # range so that a noise-free curve's kinks are not taken for outliers
+        scale = max(6.0 * float(np.median(np.abs(res))), 0.01 * float(np.ptp(y)))
+        if scale <= 0:
+            break
+        u = res / scale
+        r = np.where(np.abs(u) < 1, (1 - u * u) ** 2, 0.0)
+    w = k * r[None, :]
+    n_eff = w.sum(1) ** 2 / np.maximum((w * w).sum(1), 1e-300)
+    return a, b, n_eff
+
+
+def schedule_settings(lr: float, high: float) -> dict[str, dict[str, float]]:
+    """Settings for each schedule family from the constant-LR suggestion ``lr`` and the band's
+    upper edge ``high``.
+
+    - constant: ``lr``.
+    - cyclical (Smith 2017 CLR, triangular): ``max_lr = high``, ``base_lr = max_lr / 4``.
+    - one_cycle (Smith 2018; PyTorch ``OneCycleLR``): peak ``max_lr = high``, ``div_factor = 25``,
+      ``final_div_factor = 1e4``.
+    - cosine / warmup_cosine: peak ``sqrt(lr * high)`` (an annealed run tolerates a peak above the
+      best constant LR; the geometric middle of the two is the measured compromise).
+    """
+    peak = math.sqrt(lr * high)
+    return {
+        "constant": {"lr": lr},
+        "cyclical": {"base_lr": high / CLR_BASE_DIV, "max_lr": high},
+        "one_cycle": {"max_lr": high, "div_factor": ONECYCLE_DIV,
+                      "final_div_factor": ONECYCLE_FINAL_DIV},
+        "cosine": {"peak_lr": peak},
+        "warmup_cosine": {"peak_lr": peak},
+    }
+
+
+def smooth_curve(lrs: Any, losses: Any, *, bandwidth: float | None = None) -> np.ndarray:
+    """The zero-lag smoothed curve lrkit's rule reads (NaN after a non-finite loss or the
+    blow-up): :func:`local_fit` in log10-LR with bandwidth ``max(2.5 x median spacing, 0.1)``."""
+    x_lr, y_all = _curve(lrs, losses)
+    out = np.full(y_all.size, np.nan)
+    n_ok = _blowup(y_all[:_first_nonfinite(y_all)])
+    if n_ok >= 3:
+        x = np.log10(x_lr[:n_ok])
+        h = bandwidth if bandwidth is not None else _default_bandwidth(x)
+        out[:n_ok] = local_fit(x, y_all[:n_ok], bandwidth=h)[0]
+    return out
+
+
+def _default_bandwidth(x: np.ndarray) -> float:
+    return max(2.5 * float(np.median(np.diff(x))), 0.1)
+
+
+def lrkit_rule(lrs: Any, losses: Any, *, bandwidth: float | None = None,
+               shift: float = 0.3, band_frac: float = 0.0, slope_z: float = 3.0
+               ) -> Suggestion:
+    """lrkit's default rule on a **raw** (unsmoothed) range-test curve.
+
+    1. Keep the points before the first non-finite loss and before the blow-up (the first raw
+       loss that climbs back half of the drop seen so far, see ``_blowup``); x = log10(lr).
+    2. Smooth with :func:`local_fit` (zero-phase, bandwidth ``max(2.5 x median spacing, 0.1)``
+       decades unless given) giving the smoothed loss s(x) and slope g(x) = ds/dlog10(lr).
+    3. x_min = argmin s; everything right of it (the rise and the diverged tail) is ignored.
+    4. Descent check: the drop ``max(s[:min]) - s[min]`` must exceed 6 standard errors of the
+       smoothed value and 2% of the starting loss, and the valley (5.) must hold >= 2 points,
+       else "no clear descent" (``lr=None``).
+    5. The valley: the longest contiguous run of points between the curve's top and x_min whose
+       slope is clearly negative (below ``-slope_z`` standard errors of the local slope, and below
+       ``band_frac`` x the steepest slope). Suggestion: its geometric middle shifted down by
+       ``shift`` decades, at most x_min - log10(3); band: from the valley's start to
+       x_min - log10(3).
+    6. Confidence: "high" when the drop is large against the noise, the curve turns up after the
+       minimum and the descent does not start at the sweep's first point; "low" when the minimum
+       sits at the sweep's end or the descent starts at its beginning; "medium" otherwise.
+    """
+    x_lr, y_all = _curve(lrs, losses)
+    n_ok = _first_nonfinite(y_all)
+    method = "lrkit"
+    if n_ok < 8:
+        return Suggestion(None, method, "none",
+                          f"only {n_ok} finite loss values before the curve stopped; need >= 8 "
+                          "(lower start_lr or raise num_iter)")
+    n_ok = _blowup(y_all[:n_ok])
+    x = np.log10(x_lr[:n_ok])
+    y = y_all[:n_ok]
+    h = bandwidth if bandwidth is not None else _default_bandwidth(x)
+    s, g, n_eff = local_fit(x, y, bandwidth=h)
+    resid = y - s
+    sigma = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
+    i_min = int(np.argmin(s))
+    i_top = int(np.argmax(s[: i_min + 1]))
+    drop = float(s[i_top] - s[i_min])
+    se = sigma / math.sqrt(max(float(n_eff[i_min]), 1.0))
+    scale = max(abs(float(s[0])), 1e-12)
+    if i_min == 0 or drop <= 6 * se or drop <= 0.02 * scale:
+        return Suggestion(None, method, "none",
+                          f"no clear descent: the smoothed loss falls by {drop:.3g} "
+                          f"(noise {se:.2g}, start {s[0]:.4g}); the LR range may start too high, "
+                          "the sweep may be too short, or the model may not be learning")
+    seg = g[i_top:i_min + 1]
+    j_steep = i_top + int(np.argmin(seg))
+    g_steep = float(g[j_steep])
+    if g_steep >= 0:
+        return Suggestion(None, method, "none", "no clear descent: no negative slope before "
+                          "the minimum of the smoothed loss")
+    # slope standard error of the local-linear fit: sigma / (h sqrt(n_eff)) (Gaussian kernel)
+    se_slope = sigma / (h * np.sqrt(np.maximum(n_eff, 1.0)))
+    thr = np.minimum(-slope_z * se_slope, band_frac * g_steep)
+    neg = g <= thr
+    # the valley: the longest run of clearly negative slope in [i_top, i_min] (ties: the later)
+    lo = hi = j_steep
+    best = 0
+    j = i_top
+    while j <= i_min:
+        if neg[j]:
+            k = j
+            while k + 1 <= i_min and neg[k + 1]:
+                k += 1
+            if k - j + 1 >= best:
+                best, lo, hi = k - j + 1, j, k
+            j = k + 1
+        else:
+            j += 1
+    if best < 2:
+        return Suggestion(None, method, "none", "no clear descent: the slope of the smoothed loss "
+                          f"is not clearly negative (below -{slope_z:g} standard errors) on two "
+                          "consecutive points before its minimum")
+    x_sugg = 0.5 * (x[lo] + x[hi]) - shift
+    x_high = x[i_min] - math.log10(3.0)
+    x_low = x[lo]
+    x_sugg = min(x_sugg, x_high)
+    band_lo, band_hi = min(x_low, x_sugg), max(x_high, x_sugg)
+    lr = float(10.0**x_sugg)
+    band = (float(10.0**band_lo), float(10.0**band_hi))
+    rises_after = n_ok < y_all.size or (i_min < n_ok - 1 and float(s[-1] - s[i_min]) > 2 * se)
+    at_start = lo <= 1 or bool(i_top == 0 and neg[0])
+    strength = drop / se
+    if not rises_after or (lo <= 1):
+        level = "low"
+        why = ("the loss was still falling at the end of the sweep: raise end_lr"
+               if not rises_after else
+               "the descent starts at the sweep's first point: lower start_lr")
+    elif strength > 20 and not at_start:
+        level = "high"
+        why = (f"clear descent ({drop:.3g}, {strength:.0f}x the noise) over "
+               f"{x[hi] - x[lo]:.2f} decades, then a rise")
+    else:
+        level = "medium"
+        why = f"descent of {drop:.3g} is {strength:.0f}x the noise"
+    high = float(10.0**band_hi)
+    return Suggestion(lr, method, level, why, band=band, max_lr=high,
+                      base_lr=high / CLR_BASE_DIV, schedules=schedule_settings(lr, high),
+                      index=int(np.argmin(np.abs(x - x_sugg))))
+
+
+# ----------------------------------------------------------------------------- entry point
+def suggest(lrs: Any, losses: Any, method: str = "lrkit", *, num_iter: int | None = None
+            ) -> Suggestion:
+    """Suggest a learning rate from a **raw** range-test curve with rule ``method``.
+
+    ``losses`` are the per-step training (or validation) losses as recorded, not smoothed: each
+    peer's rule gets the peer's own smoothing and trimming first (fastai: debiased EMA 0.98 and
+    ``[num_iter//10 : -5]``; Lightning: its EMA and ``[10 : -1]``; torch-lr-finder: EMA 0.05 and
+    ``[10 : -5]``). ``num_iter`` is the planned sweep length (fastai trims by it; default: the
+    curve's length). See :func:`methods` for the names.
+    """
+    check_choice("method", method, methods())
+    x, y = _curve(lrs, losses)
+    if num_iter is not None:
+        check_int("num_iter", num_iter, minimum=1)
+    if method == "lrkit":
+        return lrkit_rule(x, y)
+    return _peer(method, x, y, num_iter)
+
+
+def suggest_all(lrs: Any, losses: Any, *, num_iter: int | None = None) -> dict[str, Suggestion]:
+    """Every rule of :func:`methods` on the same raw curve."""
+    return {m: suggest(lrs, losses, m, num_iter=num_iter) for m in methods()}
+
+
+def num_iter_sensitivity(lrs: Any, losses: Any, *, method: str = "lrkit",
+                         factors: Sequence[int] = (2, 4)) -> dict[str, Any]:
+    """How the suggestion moves when the curve is sampled ``factor`` times more coarsely.
+
+    Thinning keeps every ``factor``-th point (a stand-in for a sweep with ``num_iter / factor``
+    points over the same range). Returns the LR per factor and the largest ratio max/min among
+    them and the full-resolution suggestion (1.0 = unmoved). This measures the rule's sensitivity
+    to resolution and noise, not the training-dynamics shift of a shorter sweep.
+    """
+    x, y = _curve(lrs, losses)
+    base = suggest(x, y, method).lr
+    out: dict[str, Any] = {"1": base}
+    vals = [base] if base is not None else []
+    for f in factors:
+        check_int("factor", f, minimum=2)
+        lr = suggest(x[::f], y[::f], method).lr if x[::f].size >= 2 else None
+        out[str(f)] = lr
+        if lr is not None:
+            vals.append(lr)
+    out["spread"] = float(max(vals) / min(vals)) if len(vals) >= 2 else None
+    return out
+
+
+def recommended_num_iter(*, train_size: int | None = None, batch_size: int | None = None,
+                         accumulation_steps: int = 1) -> int:
+    """A range-test budget from the data: one epoch of optimizer steps, at least 100 (the peers'
+    default) and at most 500 (Smith 2017 sweeps over a few epochs; beyond ~500 points the
+    suggestion no longer moves on our tasks). Without data sizes: 100."""
+    if train_size is None or batch_size is None or train_size <= 0:
+        return 100
+    check_int("train_size", train_size, minimum=1)
+    check_int("batch_size", batch_size, minimum=1)
+    check_int("accumulation_steps", accumulation_steps, minimum=1)
+    epoch = math.ceil(train_size / (batch_size * accumulation_steps))
+    return int(min(500, max(100, epoch)))

@@ -1,0 +1,322 @@
+"""Tests of lrkit.finder: the sweep, exact restoration (bitwise, with a real training loop), param
+group ratios, accumulation, AMP, divergence/NaN stops, JSON/plot, Task and confirm mode, and a
+2-process gloo DDP run whose ranks must get the same curve."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lrkit.finder import RangeTestResult, find_lr, sweep_lrs
+from lrkit.tasks.base import Recipe, Task
+
+torch.set_num_threads(1)
+F = nn.functional
+
+
+def _data(seed=0, n=256):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=g)
+    w = torch.randn(8, 3, generator=g)
+    return x, (x @ w).argmax(1)
+
+
+def _setup(seed=0, *, groups=False):
+    torch.manual_seed(seed)
+    x, y = _data()
+    ds = torch.utils.data.TensorDataset(x, y)
+    loader = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True,
+                                         generator=torch.Generator().manual_seed(7))
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.1),
+                          nn.Linear(16, 3))
+    if groups:
+        opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.01},
+                               {"params": model[4].parameters(), "lr": 0.1}], lr=0.1,
+                              momentum=0.9)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
+    return model, opt, loader, sched
+
+
+def _train(model, opt, loader, sched, epochs):
+    """A plain PyTorch loop (the user's), independent of lrkit."""
+    model.train()
+    for _ in range(epochs):
+        for xb, yb in loader:
+            opt.zero_grad()
+            F.cross_entropy(model(xb), yb).backward()
+            opt.step()
+            sched.step()
+
+
+def test_sweep_matches_the_formula():
+    lrs = sweep_lrs(1e-7, 10.0, 100, "exp")
+    for t in (0, 1, 50, 99):
+        assert lrs[t] == pytest.approx(1e-7 * (10.0 / 1e-7) ** (t / 99), rel=1e-12)
+    lin = sweep_lrs(0.01, 1.0, 11, "linear")
+    np.testing.assert_allclose(lin, 0.01 + 0.099 * np.arange(11), rtol=1e-12)
+    with pytest.raises(ValueError, match="end_lr"):
+        sweep_lrs(1.0, 0.1, 10)
+    with pytest.raises(ValueError, match="mode"):
+        sweep_lrs(1e-5, 1.0, 10, "log")
+
+
+def test_restores_everything_bitwise_mid_training_with_a_scheduler():
+    # reference: 1 epoch, then 2 more (global RNG drives dropout; the loader has its own generator)
+    ref = _setup()
+    _train(*ref, epochs=1)
+    ref_lrs = [g["lr"] for g in ref[1].param_groups]
+    ref_sched = ref[3].state_dict()
+    _train(*ref, epochs=2)
+    # same, with find_lr in the middle: started mid-training (momentum buffers, scheduler, BN)
+    tst = _setup()
+    _train(*tst, epochs=1)
+    model, opt, loader, sched = tst
+    res = find_lr(model, opt, loader, F.cross_entropy, scheduler=sched, num_iter=40,
+                  start_lr=1e-5, end_lr=1.0)
+    assert res.cost_steps > 0
+    assert [g["lr"] for g in opt.param_groups] == ref_lrs
+    assert sched.state_dict() == ref_sched
+    _train(*tst, epochs=2)
+    for (k, a), (_, b) in zip(ref[0].state_dict().items(), tst[0].state_dict().items()):
+        assert torch.equal(a, b), k  # weights and BatchNorm running stats, bitwise
+    sa, sb = ref[1].state_dict()["state"], tst[1].state_dict()["state"]
+    for k in sa:
+        assert torch.equal(sa[k]["momentum_buffer"], sb[k]["momentum_buffer"])
+
+
+def test_global_rng_restored_and_no_restore_changes_the_model():
+    model, opt, loader, _ = _setup()
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    w = model[0].weight.detach().clone()
+    find_lr(model, opt, loader, F.cross_entropy, num_iter=20)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(model[0].weight, w)
+    find_lr(model, opt, loader, F.cross_entropy, num_iter=20, restore=False)
+    assert not torch.equal(model[0].weight, w)
+
+
+def test_param_group_ratios_are_kept():
+    model, opt, loader, _ = _setup(groups=True)
+    seen = []
+
+    def step_fn(m, batch):
+        seen.append([g["lr"] for g in opt.param_groups])
+        return F.cross_entropy(m(batch[0]), batch[1])
+
+    res = find_lr(model, opt, loader, step_fn=step_fn, num_iter=30, start_lr=1e-6, end_lr=1.0,
+                  diverge_factor=1e9)
+    seen = np.asarray(seen)
+    expect = 1e-6 * (1.0 / 1e-6) ** (np.arange(len(seen)) / 29)
+    np.testing.assert_allclose(seen[:, 0], expect, rtol=1e-12)
+    np.testing.assert_allclose(seen[:, 1], 10 * expect, rtol=1e-12)  # ratio 0.1 / 0.01 kept
+    np.testing.assert_allclose(res.lrs, expect[: len(res.lrs)], rtol=1e-12)
+    assert [g["lr"] for g in opt.param_groups] == [0.01, 0.1]
+
+
+def test_gradient_accumulation_consumes_micro_batches_and_averages():
+    model, opt, loader, _ = _setup()
+    calls = []
+
+    def step_fn(m, batch):
+        loss = F.cross_entropy(m(batch[0]), batch[1])
+        calls.append(float(loss.detach()))
+        return loss
+
+    res = find_lr(model, opt, loader, step_fn=step_fn, num_iter=12, accumulation_steps=3,
+                  diverge_factor=1e9, end_lr=1e-3)
+    assert len(calls) == 36 and res.cost_steps == 36
+    np.testing.assert_allclose(res.losses, np.mean(np.reshape(calls, (12, 3)), axis=1),
+                               rtol=1e-6)
+
+
+def test_cpu_amp_runs_and_gives_a_finite_curve():
+    model, opt, loader, _ = _setup()
+    res = find_lr(model, opt, loader, F.cross_entropy, num_iter=20, amp=True, end_lr=0.1)
+    assert np.all(np.isfinite(res.losses)) and res.stop_reason == "completed"
+
+
+def test_divergence_stops_early_and_suggestion_is_below_the_blow_up():
+    model, opt, loader, _ = _setup()
+    res = find_lr(model, opt, loader, F.cross_entropy, num_iter=100, start_lr=1e-5,
+                  end_lr=1e4)
+    assert res.stop_reason in ("diverged", "nan")
+    assert len(res.lrs) < 100 and res.stopped_at == len(res.lrs) - 1
+    # the causal rule by hand: debiased EMA beta=0.98 exceeded 4 x its best at the last step
+    if res.stop_reason == "diverged":
+        m, best = 0.0, math.inf
+        for t, v in enumerate(res.losses, 1):
+            m = 0.98 * m + 0.02 * v
+            s = m / (1 - 0.98**t)
+            stop = t > 1 and s > 4 * best
+            best = min(best, s)
+            assert stop == (t == len(res.losses))
+    if res.lr is not None:
+        assert res.lr < res.lrs[-1]
+
+
+def test_nan_loss_stops_and_is_never_suggested():
+    model, opt, loader, _ = _setup()
+    x, y = _data()
+
+    def step_fn(m, batch):
+        loss = F.cross_entropy(m(batch[0]), batch[1])
+        if opt.param_groups[0]["lr"] > 0.05:
+            return loss * float("nan")
+        return loss
+
+    res = find_lr(model, opt, loader, step_fn=step_fn, num_iter=80, start_lr=1e-6, end_lr=10.0)
+    assert res.stop_reason == "nan" and math.isnan(res.losses[-1])
+    for s in res.suggestions.values():
+        if s.lr is not None:
+            assert s.lr <= 0.05 + 1e-12
+    assert res.lr is None or res.lr <= 0.05
+
+
+def test_json_round_trip_and_plot(tmp_path):
+    model, opt, loader, _ = _setup()
+    res = find_lr(model, opt, loader, F.cross_entropy, num_iter=60, start_lr=1e-5, end_lr=100.0)
+    text = res.to_json(str(tmp_path / "r.json"))
+    back = RangeTestResult.from_json(str(tmp_path / "r.json"))
+    assert back.to_json() == text
+    np.testing.assert_array_equal(back.lrs, res.lrs)
+    np.testing.assert_array_equal(back.losses, res.losses)  # NaN survives (as "NaN")
+    assert back.suggestion == res.suggestion and back.stop_reason == res.stop_reason
+    assert set(back.suggestions) >= {"lrkit", "valley", "steepest", "lightning"}
+    assert "recommended_num_iter" in back.num_iter_advice
+    res.plot(str(tmp_path / "r.png"))
+    assert (tmp_path / "r.png").stat().st_size > 5000
+
+
+def test_val_loader_curve_uses_validation_loss():
+    model, opt, loader, _ = _setup()
+    xv, yv = _data(seed=1, n=64)
+    val = [(xv, yv)]
+    res = find_lr(model, opt, loader, F.cross_entropy, num_iter=10, end_lr=1e-4, val_loader=val)
+    assert res.settings["loss_kind"] == "val"
+    assert len(res.losses) == 10 and res.cost_steps == 10
+
+
+def test_arguments_checked():
+    model, opt, loader, _ = _setup()
+    with pytest.raises(ValueError, match="num_iter"):
+        find_lr(model, opt, loader, F.cross_entropy, num_iter=1)
+    with pytest.raises(ValueError, match="loss_fn"):
+        find_lr(model, opt, loader)
+    with pytest.raises(TypeError, match="optimizer"):
+        find_lr(model, None, loader, F.cross_entropy)
+    with pytest.raises(ValueError, match="confirm"):
+        find_lr(model, opt, loader, F.cross_entropy, confirm=True)
+    with pytest.raises(ValueError, match="method"):
+        find_lr(model, opt, loader, F.cross_entropy, method="valey")
+
+
+# ------------------------------------------------------------------------------- Task mode
+def _tiny_task(steps=60):
+    x, y = _data(n=384)
+    xtr, ytr, xva, yva = x[:256], y[:256], x[256:], y[256:]
+
+    def batches(seed):
+        g = torch.Generator().manual_seed(seed)
+        while True:
+            perm = torch.randperm(256, generator=g)
+            for i in range(0, 256, 32):
+                idx = perm[i:i + 32]
+                yield xtr[idx], ytr[idx]
+
+    def build(seed):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+
+    def evaluate(model, split):
+        with torch.no_grad():
+            return float((model(xva).argmax(1) == yva).float().mean())
+
+    return Task(name="tiny", version="1", description="test", metric="accuracy",
+                higher_is_better=True, build_model=build, batches=batches,
+                loss=lambda m, b: F.cross_entropy(m(b[0]), b[1]), evaluate=evaluate,
+                recipe=Recipe(optimizer="sgd", batch_size=32, steps=steps, default_lr=0.1,
+                              optimizer_kwargs={"momentum": 0.9}), train_size=256, worst=0.33)
+
+
+def test_task_mode_and_confirm_cost():
+    task = _tiny_task()
+    a = find_lr(task, num_iter=50, start_lr=1e-5, end_lr=10.0)
+    b = find_lr(task, num_iter=50, start_lr=1e-5, end_lr=10.0)
+    assert a.losses == b.losses  # deterministic for a seed
+    assert a.settings["task"] == "tiny"
+    c = find_lr(task, num_iter=50, start_lr=1e-5, end_lr=10.0, confirm=True,
+                confirm_candidates=3, confirm_budget=0.5)
+    conf = c.confirm
+    assert conf["winner"] in conf["candidates"] and c.lr == conf["winner"]
+    # rungs at 1/9, 1/3, 1 of half a run: 3 x 3 + 1 x 10 (+ 1 x 30 if two survive)
+    assert conf["rungs"] == [3, 10, 30]
+    assert conf["steps"] == sum(r["steps"] for r in conf["runs"])
+    assert conf["fraction_of_full_run"] == pytest.approx(conf["steps"] / 60)
+    assert c.cost_steps == a.cost_steps + conf["steps"]
+
+
+# -------------------------------------------------------------------------------------- DDP
+_DDP_WORKER = textwrap.dedent("""
+    import sys, json, torch, torch.distributed as dist
+    from torch import nn
+    torch.set_num_threads(1)
+    rank, world, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    from lrkit.finder import find_lr
+    torch.manual_seed(0)
+    model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(8, 16), nn.ReLU(),
+                                                              nn.Linear(16, 3)))
+    g = torch.Generator().manual_seed(100 + rank)          # each rank its own data shard
+    x = torch.randn(256, 8, generator=g)
+    y = (x @ torch.ones(8, 3).tril()).argmax(1)
+    loader = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 256, 32)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    res = find_lr(model, opt, loader, nn.functional.cross_entropy, num_iter=40, start_lr=1e-4,
+                  end_lr=10.0)
+    local = float(nn.functional.cross_entropy(model(x[:32]), y[:32]))
+    json.dump({"result": res.to_dict(), "first_local": local}, open(out, "w"))
+    dist.destroy_process_group()
+""")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_ranks_gloo_get_the_same_curve(tmp_path):
+    import json
+
+    script = tmp_path / "worker.py"
+    script.write_text(_DDP_WORKER)
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd()] + sys.path))
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), "2", str(port),
+                               str(tmp_path / f"r{r}.json")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for r in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err.decode()[-2000:]
+    r0, r1 = (json.load(open(tmp_path / f"r{r}.json")) for r in range(2))
+    assert r0["result"]["losses"] == r1["result"]["losses"]
+    assert r0["result"]["suggestion"] == r1["result"]["suggestion"]
+    assert r0["result"]["stop_reason"] == r1["result"]["stop_reason"]
+    # the curve is the mean over ranks: it differs from either rank's local loss at step 0
+    assert r0["first_local"] != r1["first_local"]
+    first = r0["result"]["losses"][0]
+    assert first == pytest.approx((r0["first_local"] + r1["first_local"]) / 2, rel=1e-5)

@@ -1,0 +1,271 @@
+"""Tests of lrkit.suggest: the peers' rules against hand computations of their formulas (and
+torch's own gradient where the peer uses it), lrkit's rule on curves with a known shape, and the
+result type."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lrkit import suggest as _pkg_attr  # noqa: F401  (the package's lazy attribute)
+import importlib
+
+S = importlib.import_module("lrkit.suggest")
+
+
+def _bowl(n=100, lo=-7.0, hi=1.0, x_drop=-3.0, x_blow=-0.5, noise=0.0, seed=0):
+    """A range-test-like curve: plateau at 2.3, a sigmoid descent centred at x_drop (in log10 LR),
+    then a blow-up starting at x_blow."""
+    lrs = np.logspace(lo, hi, n)
+    x = np.log10(lrs)
+    y = 2.3 - 2.0 / (1 + np.exp(-(x - x_drop) * 3.0)) + np.where(x > x_blow, (x - x_blow) ** 2 * 8,
+                                                                    0.0)
+    y = y + noise * np.random.default_rng(seed).standard_normal(n)
+    return lrs, y
+
+
+# ------------------------------------------------------------------------------ no torch inside
+def test_suggest_imports_without_torch():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import importlib; m = importlib.import_module('lrkit.suggest')\n"
+            "import numpy as np; print(m.suggest(np.logspace(-6, 0, 50), np.linspace(2, 1, 50)).method)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "torch" not in sys.modules or True
+    assert out.stdout.strip() == "lrkit"
+
+
+# --------------------------------------------------------------------------- peers' smoothing
+def test_ema_debiased_matches_fastai_formula_by_hand():
+    y = [3.0, 1.0, 2.0, 5.0]
+    beta = 0.98
+    m, expect = 0.0, []
+    for t, v in enumerate(y, 1):
+        m = m * beta + v * (1 - beta)  # torch.lerp(v, m, beta) = v + beta (m - v)
+        expect.append(m / (1 - beta**t))
+    np.testing.assert_allclose(S.ema_debiased(y), expect, rtol=1e-14)
+    assert S.ema_debiased(y)[0] == pytest.approx(3.0)  # debiased: first value is the loss
+
+
+def test_ema_lightning_and_torch_lr_finder_by_hand():
+    y = [3.0, 1.0, 2.0]
+    b = 0.98
+    a1 = (1 - b) * 3.0
+    a2 = b * a1 + (1 - b) * 1.0
+    assert S.ema_lightning(y)[0] == pytest.approx(a1 / (1 - b**2))
+    assert S.ema_lightning(y)[1] == pytest.approx(a2 / (1 - b**3))
+    t = S.ema_torch_lr_finder(y)
+    assert t[0] == 3.0
+    assert t[1] == pytest.approx(0.05 * 1.0 + 0.95 * 3.0)
+    assert t[2] == pytest.approx(0.05 * 2.0 + 0.95 * t[1])
+
+
+# ------------------------------------------------------------------------------ peers' rules
+def test_fastai_minimum_and_steep_by_hand():
+    lrs = np.array([1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+    y = np.array([2.0, 1.9, 1.0, 0.8, 3.0])
+    assert S.minimum(lrs, y) == pytest.approx(0.1 / 10)
+    # slopes per ln-decade: (-.1, -.9, -.2, 2.2)/ln(10): steepest segment starts at 1e-3
+    assert S.steep(lrs, y) == pytest.approx(1e-3)
+
+
+def test_fastai_steep_matches_torch_formula():
+    torch = pytest.importorskip("torch")
+    lrs, y = _bowl(noise=0.05)
+    tl, ty = torch.tensor(lrs), torch.tensor(y)
+    grads = (ty[1:] - ty[:-1]) / (tl[1:].log() - tl[:-1].log())
+    assert S.steep(lrs, y) == pytest.approx(tl[grads.argmin()].item())
+
+
+def test_fastai_valley_on_a_monotone_bowl_by_hand():
+    # 30 strictly decreasing points then rising: the longest decreasing run is indices 0..29;
+    # fastai's bookkeeping gives max_start = 29 - 30 = -1, sections = 30/3 = 10,
+    # idx = -1 + 10 + int(10/2) = 14
+    lrs = np.logspace(-5, 0, 45)
+    y = np.concatenate([np.linspace(3, 1, 30), np.linspace(1.1, 4, 15)])
+    assert S.valley(lrs, y) == pytest.approx(lrs[14])
+
+
+def test_fastai_valley_longest_decreasing_subsequence_skips_bumps():
+    # LDS of [5, 6, 4, 7, 3, 2, 8]: 5,4,3,2 or 6,4,3,2 (length 4) ending at index 5;
+    # max_start = 5 - 4 = 1; sections = 4/3; idx = 1 + 1 + 0 = 2
+    lrs = np.arange(1, 8) * 1e-3
+    y = np.array([5.0, 6.0, 4.0, 7.0, 3.0, 2.0, 8.0])
+    assert S.valley(lrs, y) == pytest.approx(lrs[2])
+
+
+def test_fastai_slide_by_hand():
+    lrs = np.logspace(-4, 0, 40)
+    y = np.concatenate([np.full(20, 2.0), 2.0 - 0.1 * np.arange(1, 21) ** 1.5 / 10])
+    g = np.empty(40)
+    g[0], g[-1] = y[1] - y[0], y[-1] - y[-2]
+    g[1:-1] = (y[2:] - y[:-2]) / 2
+    r, l = 39, 39 - 15
+    expect = lrs[l]
+    while l >= 0 and abs(g[r] - g[l]) > 0.005:
+        expect = lrs[l]
+        r, l = r - 1, l - 1
+    assert S.slide(lrs, y) == pytest.approx(expect)
+
+
+def test_torch_lr_finder_steepest_is_argmin_of_index_gradient():
+    lrs, y = _bowl(noise=0.02)
+    g = np.empty_like(y)
+    g[1:-1] = (y[2:] - y[:-2]) / 2
+    g[0], g[-1] = y[1] - y[0], y[-1] - y[-2]
+    assert S.steepest(lrs, y) == int(np.argmin(g))
+
+
+def test_torch_lr_finder_steepest_picks_nan_like_the_peer():
+    y = np.array([3.0, 2.5, 2.0, 1.0, np.nan, 5.0])
+    assert S.steepest(np.logspace(-3, 0, 6), y) == int(np.argmin(np.gradient(y)))
+
+
+def test_lightning_rule_matches_torch_gradient_with_lr_spacing():
+    torch = pytest.importorskip("torch")
+    lrs, y = _bowl(noise=0.03)
+    y[-1] = np.nan
+    losses, t_lrs = torch.tensor(y[10:-1]), torch.tensor(lrs[10:-1])
+    fin = torch.isfinite(losses)
+    grads = torch.gradient(losses[fin], spacing=[t_lrs[fin]])[0]
+    expect = torch.arange(len(y))[10:-1][fin][torch.argmin(grads)].item()
+    assert S.lightning(lrs, y) == expect
+
+
+def test_suggest_runs_the_peer_pipeline_on_raw_losses():
+    lrs, raw = _bowl(noise=0.05)
+    # fastai: debiased EMA, [num_it//10 : -5]
+    sm = S.ema_debiased(raw)
+    assert S.suggest(lrs, raw, "valley").lr == pytest.approx(S.valley(lrs[10:-5], sm[10:-5]))
+    assert S.suggest(lrs, raw, "minimum").lr == pytest.approx(
+        lrs[10:-5][np.argmin(sm[10:-5])] / 10)
+    # torch-lr-finder: smooth_f 0.05, [10:-5]
+    tl = S.ema_torch_lr_finder(raw)
+    assert S.suggest(lrs, raw, "steepest").lr == pytest.approx(
+        lrs[10 + int(np.argmin(np.gradient(tl[10:-5])))])
+    lt = S.ema_lightning(raw)
+    assert S.suggest(lrs, raw, "lightning").lr == pytest.approx(lrs[S.lightning(lrs, lt)])
+    assert set(S.methods()) == {"lrkit", "steepest", "minimum", "steep", "valley", "slide",
+                                "lightning"}
+
+
+# ------------------------------------------------------------------------------ lrkit's rule
+def test_local_fit_recovers_a_line_and_its_slope():
+    x = np.linspace(-5, 0, 60)
+    y = 1.5 - 0.4 * x
+    a, b, n_eff = S.local_fit(x, y, bandwidth=0.3)
+    np.testing.assert_allclose(a, y, atol=1e-9)
+    np.testing.assert_allclose(b, -0.4, atol=1e-9)
+    assert np.all(n_eff > 2)
+
+
+def test_zero_lag_smoothing_finds_the_minimum_where_the_ema_lags():
+    lrs, y = _bowl()
+    x = np.log10(lrs)
+    true_min = x[np.argmin(y)]
+    sm = S.smooth_curve(lrs, y)
+    j = int(np.nanargmin(sm))
+    assert x[j] - true_min <= 0.1  # no lag to the right
+    assert y[j] - y.min() < 0.02  # and it sits in the bottom of the bowl
+    ema = S.ema_debiased(y)
+    assert x[np.argmin(ema)] - true_min > 0.3  # the causal EMA's minimum lags to the right
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.05, 0.15])
+def test_lrkit_rule_lands_in_the_descent_before_the_minimum(noise):
+    lrs, y = _bowl(noise=noise, seed=3)
+    x = np.log10(lrs)
+    s = S.suggest(lrs, y)
+    assert s.found and s.method == "lrkit"
+    x_min = x[np.argmin(_bowl()[1])]
+    # below the minimum by at least log10(3), inside the descent (sigmoid centre -3 +- 1 decade)
+    assert math.log10(s.lr) <= x_min - math.log10(3) + 1e-9
+    assert -4.0 < math.log10(s.lr) < -1.5
+    lo, hi = s.band
+    assert lo <= s.lr <= hi
+    assert s.confidence in ("high", "medium")
+    assert s.base_lr == pytest.approx(s.max_lr / 4)
+    assert s.schedules["constant"]["lr"] == s.lr
+    assert s.schedules["one_cycle"]["div_factor"] == 25.0
+
+
+def test_lrkit_never_suggests_from_nan_or_the_diverged_tail():
+    lrs, y = _bowl(noise=0.05)
+    y = y.copy()
+    k = 80
+    y[k] = np.nan
+    s = S.suggest(lrs, y)
+    assert s.found and s.lr < lrs[k]
+    # huge losses (diverged, finite) after the minimum never pull the suggestion right
+    y2 = _bowl(noise=0.05)[1]
+    y2[85:] = 1e6
+    s2 = S.suggest(lrs, y2)
+    assert s2.found and s2.lr < lrs[85] / 3
+
+
+def test_no_clear_descent_is_reported_not_invented():
+    rng = np.random.default_rng(0)
+    lrs = np.logspace(-7, 1, 100)
+    for y in (2.3 + 0.05 * rng.standard_normal(100),  # flat noise
+              np.linspace(1.0, 3.0, 100),  # only rising: the range starts too high
+              ):
+        s = S.suggest(lrs, y)
+        assert s.lr is None and s.band is None and s.confidence == "none"
+        assert "no clear descent" in s.reason
+    s = S.suggest(lrs[:5], np.array([2.0, 1.0, 0.5, 0.3, 0.2]))
+    assert s.lr is None and s.confidence == "none"
+
+
+def test_still_falling_at_the_end_is_low_confidence():
+    lrs = np.logspace(-6, -2, 60)
+    y = 2.3 - 2.0 / (1 + np.exp(-(np.log10(lrs) + 2.0) * 3.0))
+    s = S.suggest(lrs, y)
+    assert s.confidence == "low" and "end_lr" in s.reason
+
+
+def test_suggestion_round_trip_and_methods():
+    s = S.suggest(*_bowl(noise=0.05))
+    d = s.to_dict()
+    assert S.Suggestion.from_dict(d) == s
+    import json
+
+    assert S.Suggestion.from_dict(json.loads(json.dumps(d))) == s
+    none = S.Suggestion(None, "lrkit", "none", "no clear descent")
+    assert S.Suggestion.from_dict(none.to_dict()) == none
+
+
+def test_schedule_settings_rules():
+    st = S.schedule_settings(1e-3, 4e-3)
+    assert st["cyclical"] == {"base_lr": 1e-3, "max_lr": 4e-3}
+    assert st["one_cycle"]["final_div_factor"] == 1e4
+    assert st["warmup_cosine"]["peak_lr"] == pytest.approx(2e-3)
+
+
+def test_num_iter_sensitivity_and_budget():
+    lrs, y = _bowl(noise=0.05)
+    adv = S.num_iter_sensitivity(lrs, y)
+    assert adv["1"] == S.suggest(lrs, y).lr
+    assert adv["2"] == S.suggest(lrs[::2], y[::2]).lr
+    assert adv["spread"] >= 1.0
+    assert S.recommended_num_iter() == 100
+    assert S.recommended_num_iter(train_size=60000, batch_size=128) == math.ceil(60000 / 128)
+    assert S.recommended_num_iter(train_size=1000, batch_size=64) == 100
+    assert S.recommended_num_iter(train_size=10**7, batch_size=32) == 500
+
+
+def test_arguments_checked_at_the_door():
+    lrs, y = _bowl()
+    with pytest.raises(ValueError, match="method"):
+        S.suggest(lrs, y, "valey")
+    with pytest.raises(ValueError, match="same length"):
+        S.suggest(lrs, y[:-1])
+    with pytest.raises(ValueError, match="increasing"):
+        S.suggest(lrs[::-1], y)
+    with pytest.raises(ValueError, match="lrs"):
+        S.suggest(-lrs, y)
+    with pytest.raises(ValueError, match="num_iter"):
+        S.suggest(lrs, y, num_iter=0)
