@@ -244,6 +244,7 @@ def fit(
     eval_every: int | None = None,
     progress: bool | str = False,
     ddp_average_loss: bool = False,
+    track_grad_norm: bool = False,
 ) -> FitResult:
     """Train ``model`` for ``num_steps`` optimizer updates and return the trace.
 
@@ -258,6 +259,8 @@ def fit(
     CUDA, bfloat16 without scaling on CPU). A non-finite loss stops the run at once with
     ``stop_reason="nan"``. ``ddp_average_loss`` all-reduces the recorded loss across ranks when
     ``torch.distributed`` is initialised (every rank then sees the same trace).
+    ``track_grad_norm`` computes the global gradient norm every step for callbacks (it is
+    computed anyway when clipping); off by default because it costs a pass over the gradients.
     """
     num_steps = check_int("num_steps", num_steps, minimum=1)
     accumulation_steps = check_int("accumulation_steps", accumulation_steps, minimum=1)
@@ -350,7 +353,7 @@ def fit(
             grad_norm = None
             if grad_clip is not None:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
-            elif callbacks:
+            elif track_grad_norm:
                 grad_norm = global_grad_norm(params)
             if scaler is not None:
                 scaler.step(optimizer)

@@ -1,0 +1,139 @@
+"""Shared helpers of the built-in tasks: cache directory, splits, batches, seeded models, scoring."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .base import Recipe, Task
+
+SPLITS = ("val", "test")
+
+
+def cache_dir() -> Path:
+    """Where generated data is cached: ``$LRKIT_CACHE``, else ``$XDG_CACHE_HOME/lrkit``,
+    else ``~/.cache/lrkit`` (created on first use)."""
+    root = os.environ.get("LRKIT_CACHE")
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = os.path.join(xdg, "lrkit") if xdg else os.path.join(Path.home(), ".cache", "lrkit")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_split(split: str) -> str:
+    """``split`` must be ``"val"`` or ``"test"``."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    return split
+
+
+def split_indices(n: int, *, test: int, val: int, seed: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A fixed random partition of ``range(n)`` into (train, val, test) index arrays.
+
+    ``val`` is carved from what is left after ``test``, so the three never overlap.
+    """
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[test + val:]), np.sort(perm[test:test + val]), np.sort(perm[:test])
+
+
+def shuffled_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Infinite ``(x, y)`` mini-batches: a fresh permutation each epoch from a generator seeded
+    with ``seed`` (the last incomplete batch of an epoch is dropped, so every batch has
+    ``batch_size`` examples). ``batch_size >= len(x)`` gives the whole set every step."""
+    n = len(x)
+    if batch_size >= n:
+        while True:
+            yield x, y
+    g = torch.Generator().manual_seed(int(seed))
+    while True:
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n - batch_size + 1, batch_size):
+            idx = perm[i:i + batch_size]
+            yield x[idx], y[idx]
+
+
+def seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """``build()`` under ``torch.manual_seed(seed)``, leaving the global RNG state untouched."""
+    from ..errors import check_int
+
+    check_int("seed", seed, minimum=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was)
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, chunk: int = 1024) -> float:
+    """Fraction of ``argmax model(x) == y``, computed in chunks, in eval mode and without grad."""
+    dev = _device(model)
+    correct = 0
+    with _eval_mode(model):
+        for i in range(0, len(x), chunk):
+            out = model(x[i:i + chunk].to(dev))
+            correct += int((out.argmax(-1).cpu() == y[i:i + chunk]).sum())
+    return correct / len(x)
+
+
+def cross_entropy(model: nn.Module, batch: tuple) -> torch.Tensor:
+    """Mean cross-entropy of ``model(x)`` against integer labels ``y``."""
+    x, y = batch[0], batch[1]
+    return nn.functional.cross_entropy(model(x), y)
+
+
+def classification_task(
+    *,
+    name: str,
+    version: str,
+    description: str,
+    recipe: "Recipe",
+    data: Callable[[], dict[str, tuple[torch.Tensor, torch.Tensor]]],
+    model: Callable[[], nn.Module],
+    classes: int,
+) -> "Task":
+    """A Task for ``model`` on ``data()["train" | "val" | "test"]``, scored by accuracy.
+
+    ``data`` is called lazily (on the first batch or evaluation) and should be cached by the caller.
+    A diverged run scores chance accuracy ``1 / classes``.
+    """
+    from .base import Task
+
+    def batches(seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        x, y = data()["train"]
+        return shuffled_batches(x, y, recipe.batch_size, seed)
+
+    def evaluate(m: nn.Module, split: str) -> float:
+        x, y = data()[check_split(split)]
+        return accuracy(m, x, y)
+
+    return Task(
+        name=name, version=version, description=description, recipe=recipe,
+        metric="accuracy", higher_is_better=True,
+        build_model=lambda seed: seeded(model, seed), batches=batches, loss=cross_entropy,
+        evaluate=evaluate, train_size=len(data()["train"][0]), worst=1.0 / classes,
+    )

