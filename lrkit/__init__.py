@@ -19,6 +19,7 @@ _LAZY = {
     "Suggestion": ("lrkit.suggest", "Suggestion"),
     "LRSchedule": ("lrkit.torch", "LRSchedule"),
     "Plateau": ("lrkit.torch", "Plateau"),
+    "HorizonWarning": ("lrkit.torch", "HorizonWarning"),
     "run": ("lrkit.train", "run"),
     "fit": ("lrkit.train", "fit"),
     "Callback": ("lrkit.train", "Callback"),

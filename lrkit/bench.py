@@ -82,7 +82,8 @@ class Oracle:
 
     @property
     def std(self) -> list[float]:
-        return [float(np.std(m)) for m in self.metrics]
+        with np.errstate(invalid="ignore"):  # all-inf rows (diverged losses) give nan
+            return [float(np.std(m)) for m in self.metrics]
 
     @property
     def best_index(self) -> int:
@@ -107,14 +108,30 @@ class Oracle:
 
     @property
     def band(self) -> tuple[float, float]:
-        """The contiguous run of good grid LRs around the best: ``(low, high)``."""
-        good, i = self.good, self.best_index
-        lo = hi = i
-        while lo > 0 and good[lo - 1]:
-            lo -= 1
-        while hi < len(good) - 1 and good[hi + 1]:
-            hi += 1
-        return self.grid[lo], self.grid[hi]
+        """The good band ``(low, high)`` around the best LR.
+
+        Walking out from the best grid LR while grid LRs stay good, each edge lies where the mean
+        metric, linearly interpolated in log10(LR) between the last good and the first bad grid
+        LR, crosses the tolerance (``regret == tol``); next to a diverged (non-finite) LR the
+        edge is the last good grid LR. So a band is never wider than the grid says, and a
+        single good grid point still gets the part of its neighbourhood that is measured good.
+        """
+        good, i, mean = self.good, self.best_index, self.mean
+        x = np.log10(self.grid)
+        sign = 1.0 if self.higher_is_better else -1.0
+        threshold = self.best_metric - sign * self.tol * max(abs(self.best_metric), 1e-12)
+
+        def edge(direction: int) -> float:
+            j = i
+            while 0 <= j + direction < len(good) and good[j + direction]:
+                j += direction
+            k = j + direction
+            if not (0 <= k < len(good)) or not math.isfinite(mean[k]):
+                return float(10 ** x[j])
+            frac = (mean[j] - threshold) / (mean[j] - mean[k]) if mean[j] != mean[k] else 0.0
+            return float(10 ** (x[j] + frac * (x[k] - x[j])))
+
+        return edge(-1), edge(+1)
 
     def in_band(self, lr: float) -> bool:
         lo, hi = self.band
@@ -185,8 +202,8 @@ def _map(jobs: list[tuple], workers: int, desc: str, progress: bool) -> list[dic
 def oracle(
     task: Any,
     *,
-    points: int = 13,
-    step_decades: float = 0.5,
+    points: int = 25,
+    step_decades: float = 0.25,
     center: float | None = None,
     seeds: Sequence[int] = (0, 1, 2),
     tol: float = 0.01,
@@ -199,7 +216,8 @@ def oracle(
     """The exhaustive LR grid of ``task`` (a name, a ``module:function`` reference or a Task name).
 
     The grid holds ``points`` LRs spaced ``step_decades`` apart (log10) around ``center`` (the
-    recipe's default LR by default); while the best mean metric sits at an edge, the grid grows by
+    recipe's default LR by default; the default grid spans 10^±3 around it in quarter decades);
+    while the best mean metric sits at an edge, the grid grows by
     two points on that side (at most ``max_extend`` times). Each LR is trained for the recipe's
     full budget with every seed. Cached in ``cache_dir/oracle/<name>@<version>.json``.
     """
@@ -214,12 +232,14 @@ def oracle(
     workers = check_int("workers", workers, minimum=1)
     t = tasks.get(task) if isinstance(task, str) else task
     ref = task if isinstance(task, str) else t.name
-    path = Path(cache_dir or default_cache_dir()) / "oracle" / f"{t.key}.json"
+    c = center or t.recipe.default_lr
+    path = (Path(cache_dir or default_cache_dir()) / "oracle"
+            / f"{t.key}-c{c:g}-p{points}-d{step_decades:g}.json")
     if path.exists() and not refresh:
         cached = Oracle.from_dict(json.loads(path.read_text()))
         if cached.seeds == seeds and cached.steps == t.recipe.steps and cached.tol == tol:
             return cached
-    grid = _log_grid(center or t.recipe.default_lr, points, step_decades)
+    grid = _log_grid(c, points, step_decades)
     results: dict[tuple[float, int], dict] = {}
     start = time.perf_counter()
     for _ in range(max_extend + 1):

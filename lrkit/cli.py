@@ -62,11 +62,13 @@ def _bench(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     task_names = args.task
-    oracles = {}
+    oracles, tasks_by_name = {}, {}
     for name in task_names:
-        o = bench.oracle(name, points=args.points, seeds=list(range(args.seeds)),
+        o = bench.oracle(name, points=args.points, step_decades=args.step_decades,
+                         seeds=list(range(args.seeds)),
                          workers=args.workers, refresh=args.refresh)
         oracles[o.task] = o
+        tasks_by_name[name] = o.task
         (out / f"oracle-{o.task}.json").write_text(json.dumps(o.to_dict(), indent=1))
         report.plot_oracle(o, out / f"oracle-{o.task}.png")
         lo, hi = o.band
@@ -77,7 +79,7 @@ def _bench(args: argparse.Namespace) -> int:
         return 0
     results = []
     for name in task_names:
-        o = bench.oracle(name, seeds=list(range(args.seeds)), workers=args.workers)
+        o = oracles[tasks_by_name[name]]
         results += bench.compare(name, args.method, seeds=list(range(args.method_seeds)),
                                  workers=args.workers, oracle_result=o)
     table = bench.markdown_table(results, oracles)
@@ -118,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("oracle", "methods"):
         c = bsub.add_parser(name)
         c.add_argument("--task", action="append", required=True, help="task name; repeatable")
-        c.add_argument("--points", type=int, default=13)
+        c.add_argument("--points", type=int, default=25, help="grid points (>= 13)")
+        c.add_argument("--step-decades", type=float, default=0.25, help="grid spacing in decades")
         c.add_argument("--seeds", type=int, default=3, help="oracle seeds")
         c.add_argument("--workers", type=int, default=2)
         c.add_argument("--refresh", action="store_true", help="ignore the oracle cache")

@@ -1,0 +1,100 @@
+"""The benchmark harness: regret, the oracle grid and its band, method comparison."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from lrkit import bench
+from lrkit.bench import Oracle, regret
+
+TINY = "tests.tiny_task:make_task"
+
+
+def test_regret_formula():
+    assert regret(0.95, 1.0, higher_is_better=True) == pytest.approx(0.05)
+    assert regret(1.0, 1.0, higher_is_better=True) == 0.0
+    assert regret(0.22, 0.2, higher_is_better=False) == pytest.approx(0.1)
+    assert regret(float("nan"), 0.2, higher_is_better=False) == math.inf
+    assert regret(float("inf"), 0.2, higher_is_better=False) == math.inf
+
+
+def _oracle(mean: list[float], higher: bool = True) -> Oracle:
+    grid = [10.0 ** (i / 2 - 3) for i in range(len(mean))]
+    return Oracle(task="t", version="1", steps=10, higher_is_better=higher, metric_name="m",
+                  grid=grid, seeds=[0, 1, 2], metrics=[[m] * 3 for m in mean],
+                  diverged=[[False] * 3 for _ in mean], tol=0.01, wall_time=0.0, run_time=0.0)
+
+
+def test_band_is_the_contiguous_good_run_around_the_best():
+    # good (within 1% of 0.90): indices 3, 4, 5 and 8 — 8 is not contiguous with the best
+    o = _oracle([0.1, 0.5, 0.8, 0.895, 0.90, 0.892, 0.85, 0.7, 0.899, 0.1])
+    assert o.best_index == 4 and o.best_lr == pytest.approx(10 ** -1)
+    assert o.good == [False, False, False, True, True, True, False, False, True, False]
+    # edges: where the log-LR interpolation of the mean crosses 0.90 * 0.99 = 0.891
+    lo, hi = o.band
+    x = np.log10(o.grid)
+    assert np.log10(lo) == pytest.approx(x[2] + (0.891 - 0.8) / (0.895 - 0.8) * (x[3] - x[2]))
+    assert np.log10(hi) == pytest.approx(x[5] + (0.892 - 0.891) / (0.892 - 0.85) * (x[6] - x[5]))
+    assert o.in_band(0.1) and o.in_band(10 ** -1.5) and not o.in_band(0.5)
+    assert not o.in_band(10 ** -1.55)  # just past the left crossing
+    back = Oracle.from_dict(json.loads(json.dumps(o.to_dict())))
+    assert back == o and back.band == o.band
+
+
+def test_lower_is_better_and_nan_never_best():
+    o = _oracle([5.0, 1.0, 0.5, 0.504, float("nan"), float("inf")], higher=False)
+    assert o.best_index == 2
+    assert o.good == [False, False, True, True, False, False]
+    # the right neighbour of the last good LR diverged (nan): the edge stops at the grid point
+    assert o.band[1] == pytest.approx(o.grid[3])
+
+
+def test_oracle_on_a_real_task_extends_the_grid_and_caches(tmp_path):
+    # centred far too low: the best LR is at the top edge until the grid grows
+    o = bench.oracle(TINY, center=1e-4, seeds=(0, 1, 2), workers=1, cache_dir=tmp_path,
+                     progress=False)
+    assert 0 < o.best_index < len(o.grid) - 1
+    assert len(o.grid) > 25
+    assert np.all(np.diff(np.log10(o.grid)) == pytest.approx(0.25))
+    mean = np.array(o.mean)
+    assert mean[0] > 5 * o.best_metric  # far too low is clearly worse
+    assert any(any(d) for d in o.diverged)  # far too high diverges (GD on least squares)
+    # cached: a second call returns the same object without training
+    again = bench.oracle(TINY, center=1e-4, seeds=(0, 1, 2), workers=1, cache_dir=tmp_path,
+                         progress=False)
+    assert again == o
+    assert len(list((tmp_path / "oracle").glob("tiny@1-*.json"))) == 1
+
+
+def test_compare_scores_methods_against_the_oracle(tmp_path):
+    o = bench.oracle(TINY, seeds=(0, 1, 2), workers=2, cache_dir=tmp_path, progress=False)
+
+    @bench.register_method("test-best", "picks the oracle's best LR")
+    def _best(task, seed):
+        return bench.Choice(o.best_lr, cost_steps=20)
+
+    try:
+        res = bench.compare(TINY, ["default", "test-best"], seeds=(0, 1, 2), workers=1,
+                            oracle_result=o, progress=False)
+    finally:
+        bench._METHODS.pop("test-best")
+    by = {r.method: r for r in res}
+    assert by["test-best"].regret == pytest.approx(0.0, abs=1e-12)
+    assert by["test-best"].in_band and by["test-best"].cost_fraction == pytest.approx(0.5)
+    assert by["default"].lrs == [0.1, 0.1, 0.1] and by["default"].cost_steps == 0
+    assert by["default"].regret == pytest.approx(o.regret(o.mean[o.grid.index(0.1)]))
+    table = bench.markdown_table(res, {"tiny": o})
+    assert "| tiny | test-best |" in table and "+0.0%" in table
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="points"):
+        bench.oracle(TINY, points=5, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="seeds"):
+        bench.oracle(TINY, seeds=(0,), cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="did you mean 'default'"):
+        bench.compare(TINY, ["defualt"], cache_dir=tmp_path)
