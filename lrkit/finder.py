@@ -300,7 +300,7 @@ def find_lr(
     scheduler: Any = None,
     scaler: Any = None,
     device: str | torch.device | None = None,
-    confirm_candidates: int = 4,
+    confirm_candidates: int = 5,
     confirm_budget: float = 0.5,
 ) -> "RangeTestResult":
     """Run an LR range test and suggest a learning rate.
@@ -313,9 +313,10 @@ def find_lr(
 
     With a :class:`~lrkit.tasks.Task`: ``find_lr(task)`` builds the model, optimizer and batches
     for ``seed``. ``confirm=True`` (tasks only) then spends a bounded budget on short runs at
-    ``confirm_candidates`` LRs log-spaced across the band, scored on the task's ``"val"`` split by
-    successive halving (eta = 3; rungs at 1/9, 1/3, 1 of ``confirm_budget`` x one full run), and
-    suggests the winner.
+    ``confirm_candidates`` LRs log-spaced over half a decade each side of the suggestion, scored
+    on the task's ``"val"`` split by successive halving (eta = 3; rungs at 1/9, 1/3, 1 of
+    ``confirm_budget`` x one full run), and suggests the lowest LR within 1% of the best
+    (see ``_confirm``).
 
     The divergence stop is causal: ``m_t = smooth m_{t-1} + (1 - smooth) loss_t`` debiased by
     ``1 - smooth^t``, stop when ``m_t > diverge_factor x min_{s<=t} m_s`` or a loss is non-finite.
@@ -469,48 +470,73 @@ def _build_result(lrs: np.ndarray, losses: np.ndarray, stop_reason: str, *, meth
 # ------------------------------------------------------------------------------- confirm mode
 def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, budget: float,
              progress: bool) -> RangeTestResult:
-    """Successive halving (Jamieson & Talwalkar 2016, eta = 3) over LRs from the band, scored on
-    the task's validation split with :func:`lrkit.train.run`."""
+    """Check the suggestion with short runs scored on held-out data, and pick among them.
+
+    Candidates: ``candidates`` LRs log-spaced over ``[lr / sqrt(10), lr * sqrt(10)]`` around the
+    curve's suggestion ``lr`` (half a decade each way: the range test's typical error, and
+    quarter-decade spacing with 5 candidates, the oracle's resolution); with no suggestion,
+    around the recipe's default LR. Successive halving (Jamieson & Talwalkar 2016, eta = 3):
+    every candidate trains ``budget/9`` of a full run (its schedule rebuilt for that horizon) and
+    is scored on the task's ``"val"`` split; the best third goes on to ``budget/3``, and so on
+    until one is left or the ``budget`` rung is done.
+
+    Pick: the *lowest* LR whose last-rung val metric is within ``task``'s 1% tolerance of the
+    rung's best. Short runs favour high LRs (they have less time to converge, and do not see the
+    late instability of a long run), and a too-high LR fails worse than a too-low one, so near
+    ties go to the lower LR.
+    """
     from . import train as _train
 
     s = result.suggestion
     full = task.recipe.steps
-    if s.lr is None or s.band is None:
-        lo = result.lrs[0]
-        hi = result.lrs[-1]
-    else:
-        lo, hi = s.band
-    cands = sorted(set([float(v) for v in np.geomspace(lo, hi, candidates)]))
+    centre = s.lr if s.lr is not None else task.recipe.default_lr
+    cands = [float(v) for v in np.geomspace(centre / math.sqrt(10), centre * math.sqrt(10),
+                                            candidates)]
     top = max(1, int(round(budget * full)))
     rungs = sorted({max(1, top // 9), max(1, top // 3), top})
     table: list[dict] = []
     alive = list(cands)
     spent = 0
-    for r, steps in enumerate(rungs):
-        scores = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc="confirm runs (successive halving)", leave=False)
+    last: list[tuple[float, float]] = []
+    for steps in rungs:
+        last = []
         for lr in alive:
             out = _train.run(task, lr, steps=steps, seed=seed, eval_split="val")
             spent += out.steps_done
             table.append({"lr": lr, "steps": steps, "metric": out.metric,
                           "diverged": out.diverged})
-            scores.append(out.metric)
-        order = sorted(range(len(alive)), key=lambda i: _rank_key(task, scores[i]))
+            last.append((lr, out.metric))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(lr=f"{lr:.2g}", steps=steps, metric=f"{out.metric:.4g}")
+        order = sorted(range(len(alive)), key=lambda i: _rank_key(task, last[i][1]))
         keep = max(1, math.ceil(len(alive) / 3))
-        alive = [alive[i] for i in order[:keep]]
+        alive = sorted(alive[i] for i in order[:keep])
         if len(alive) == 1:
             break
-    winner = alive[0]
+    if bar is not None:
+        bar.close()
+    best = min(last, key=lambda lm: _rank_key(task, lm[1]))[1]
+    tol = 0.01 * max(abs(best), 1e-12)
+    near = [lr for lr, m in last if math.isfinite(m) and abs(m - best) <= tol]
+    winner = min(near) if near else min(last, key=lambda lm: _rank_key(task, lm[1]))[0]
     cost = result.cost_steps + spent
     confirm = {"candidates": cands, "rungs": rungs, "runs": table, "winner": winner,
+               "rule": "lowest LR within 1% of the last rung's best val metric",
                "steps": spent, "full_run_steps": full,
                "fraction_of_full_run": spent / full,
                "total_fraction_with_range_test": cost / full}
-    band = s.band if s.band is not None else (min(cands), max(cands))
-    high = max(band[1], winner)
+    high = max(near) if near else winner
     sug = Suggestion(winner, "lrkit+confirm", "high" if s.lr is not None else "medium",
-                     f"best of {len(cands)} LRs from the band on the val split by successive "
-                     f"halving ({spent} steps = {spent / full:.2f} of a full run)",
-                     band=(min(band[0], winner), high), max_lr=high,
+                     f"lowest of the LRs within 1% of the best val {task.metric} after "
+                     f"successive halving over {len(cands)} LRs around the curve's suggestion "
+                     f"({spent} steps = {spent / full:.2f} of a full run)",
+                     band=(winner, high), max_lr=high,
                      base_lr=high / _suggest.CLR_BASE_DIV,
                      schedules=_suggest.schedule_settings(winner, high))
     sugs = dict(result.suggestions)

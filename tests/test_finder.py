@@ -260,6 +260,13 @@ def test_task_mode_and_confirm_cost():
                 confirm_candidates=3, confirm_budget=0.5)
     conf = c.confirm
     assert conf["winner"] in conf["candidates"] and c.lr == conf["winner"]
+    # candidates: half a decade each side of the curve's suggestion, log-spaced
+    np.testing.assert_allclose(conf["candidates"], np.geomspace(
+        a.lr / 10 ** 0.5, a.lr * 10 ** 0.5, 3), rtol=1e-12)
+    # the winner is the lowest LR within 1% of the best metric of the last rung run
+    last = [r for r in conf["runs"] if r["steps"] == max(r["steps"] for r in conf["runs"])]
+    best = max(r["metric"] for r in last)
+    assert conf["winner"] == min(r["lr"] for r in last if r["metric"] >= best - 0.01 * best)
     # rungs at 1/9, 1/3, 1 of half a run: 3 x 3 + 1 x 10 (+ 1 x 30 if two survive)
     assert conf["rungs"] == [3, 10, 30]
     assert conf["steps"] == sum(r["steps"] for r in conf["runs"])

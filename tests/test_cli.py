@@ -1,0 +1,67 @@
+"""The lrkit command, end to end on real files (in-process through cli.main)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lrkit import schedules
+from lrkit.cli import main
+
+TINY = "tests.tiny_task:make_task"
+
+
+def test_schedule_demo_and_list(tmp_path, capsys):
+    out = tmp_path / "demo.png"
+    assert main(["schedule", "demo", "-o", str(out), "--steps", "200"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["schedule", "list"]) == 0
+    assert capsys.readouterr().out.split()[-len(schedules.names()):] == schedules.names()
+
+
+def test_schedule_plot_is_a_dry_run_with_horizon_warning(tmp_path, capsys):
+    spec = json.dumps({"name": "onecycle", "max_lr": 0.1, "total_steps": 100})
+    out = tmp_path / "p.png"
+    assert main(["schedule", "plot", "--spec", spec, "--steps", "150", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    s = schedules.onecycle(0.1, 100)
+    assert f"step 0: {s(0):.4g}" in text
+    assert "run past this schedule's horizon (100 steps)" in text
+    assert out.exists()
+
+
+def test_bad_spec_is_a_clear_error(tmp_path, capsys):
+    spec = json.dumps({"name": "onecyle", "max_lr": 0.1, "total_steps": 100})
+    assert main(["schedule", "plot", "--spec", spec, "--steps", "10",
+                 "-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'onecycle'" in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_find_writes_json_and_plot(tmp_path, capsys):
+    js, png = tmp_path / "r.json", tmp_path / "r.png"
+    assert main(["find", "--task", TINY, "--num-iter", "40", "--json", str(js), "--plot", str(png),
+                 "--no-progress"]) == 0
+    data = json.loads(js.read_text())
+    assert len(data["lrs"]) == data["stopped_at"] + 1 <= 40
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert "suggested lr" in capsys.readouterr().out or data["suggestion"]["lr"] is None
+
+
+def test_bench_oracle_writes_json_and_png(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LRKIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "bench"
+    assert main(["bench", "oracle", "--task", TINY, "--workers", "1", "--points", "13",
+                 "--step-decades", "0.5", "--out", str(out)]) == 0
+    o = json.loads((out / "oracle-tiny.json").read_text())
+    assert len(o["grid"]) >= 13 and len(o["seeds"]) == 3
+    assert o["band"][0] <= o["best_lr"] <= o["band"][1]
+    assert (out / "oracle-tiny.png").exists()
+    assert "tiny: best LR" in capsys.readouterr().out
+
+
+def test_unknown_task_is_a_clear_error(capsys):
+    assert main(["find", "--task", "digitz", "--no-progress"]) == 2
+    assert "did you mean 'digits'" in capsys.readouterr().err
