@@ -79,18 +79,7 @@ _REGISTRY: dict[str, Callable[..., "Schedule"]] = {}
 
 def _check_step(step: Any) -> int:
     """A step index: an ``int`` (numpy integers accepted) that is >= 0."""
-    if isinstance(step, bool) or not isinstance(step, int):
-        try:
-            if isinstance(step, (bool, float)):
-                raise TypeError
-            step = step.__index__()
-        except (AttributeError, TypeError):
-            raise TypeError(
-                f"step must be an integer >= 0, got {step!r} ({type(step).__name__})"
-            ) from None
-    if step < 0:
-        raise ValueError(f"step must be an integer >= 0, got {step!r}")
-    return step
+    return check_int("step", step, minimum=0)
 
 
 def _jsonable(value: Any) -> Any:
