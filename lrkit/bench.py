@@ -313,8 +313,9 @@ def _finder_choice(task: Any, seed: int, rule: str, **kwargs: Any) -> Choice:
     from .finder import find_lr
 
     res = find_lr(task, seed=seed, method=rule, **kwargs)
-    s = res.suggestion
-    lr = s.lr if s is not None and s.lr is not None else None
+    # the LR for the task's recipe: lrkit's settings for its schedule family (the cosine peak on
+    # an annealed recipe); a peer's rule has one number, used as its users use it
+    lr = res.suggestion.lr_for(task.recipe.schedule)
     cost = int(getattr(res, "cost_steps", len(res.lrs)))
     if lr is None or not math.isfinite(lr):
         # no suggestion: a user would fall back to the recipe default

@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import check_choice, check_int
+from .errors import check_choice, check_int, check_positive, check_probability, check_range
 
 __all__ = [
     "Suggestion",
@@ -56,6 +56,7 @@ __all__ = [
     "recommended_num_iter",
     "schedule_settings",
     "PEER_METHODS",
+    "SCHEDULE_FAMILIES",
 ]
 
 #: base_lr = max_lr / CLR_BASE_DIV for cyclical schedules: Smith 2017 ("Cyclical Learning Rates for
@@ -64,6 +65,8 @@ CLR_BASE_DIV = 4.0
 #: 1-cycle divisors: PyTorch ``OneCycleLR`` defaults (initial = max/25, final = initial/1e4).
 ONECYCLE_DIV = 25.0
 ONECYCLE_FINAL_DIV = 1e4
+#: the schedule families :func:`schedule_settings` gives settings for
+SCHEDULE_FAMILIES = ("constant", "cyclical", "one_cycle", "cosine", "warmup_cosine")
 
 
 # ------------------------------------------------------------------------------ the result type
@@ -119,6 +122,19 @@ class Suggestion:
     def found(self) -> bool:
         """Whether a learning rate was suggested (False for "no clear descent")."""
         return self.lr is not None
+
+    def lr_for(self, schedule: str) -> float | None:
+        """The LR to pass for a run with schedule family ``schedule``: ``lr`` for ``"constant"``,
+        the peak for ``"cosine"`` / ``"warmup_cosine"``, ``max_lr`` for ``"one_cycle"`` /
+        ``"cyclical"`` (see :func:`schedule_settings`). ``None`` without a suggestion; a rule
+        without schedule settings (a peer's) gives its plain ``lr``."""
+        check_choice("schedule", schedule, SCHEDULE_FAMILIES)
+        settings = self.schedules.get(schedule)
+        if self.lr is None or not settings:
+            return self.lr
+        key = {"constant": "lr", "cosine": "peak_lr", "warmup_cosine": "peak_lr",
+               "one_cycle": "max_lr", "cyclical": "max_lr"}[schedule]
+        return float(settings[key])
 
 
 # ----------------------------------------------------------------------------- input checking
@@ -411,7 +427,7 @@ def schedule_settings(lr: float, high: float) -> dict[str, dict[str, float]]:
 
 def smooth_curve(lrs: Any, losses: Any, *, bandwidth: float | None = None) -> np.ndarray:
     """The zero-lag smoothed curve lrkit's rule reads (NaN after a non-finite loss or the
-    blow-up): :func:`local_fit` in log10-LR with bandwidth ``max(2.5 x median spacing, 0.1)``."""
+    blow-up): :func:`local_fit` in log10-LR with bandwidth ``max(2.5 x median spacing, 0.4)``."""
     x_lr, y_all = _curve(lrs, losses)
     out = np.full(y_all.size, np.nan)
     n_ok = _blowup(y_all[:_first_nonfinite(y_all)])
@@ -423,31 +439,50 @@ def smooth_curve(lrs: Any, losses: Any, *, bandwidth: float | None = None) -> np
 
 
 def _default_bandwidth(x: np.ndarray) -> float:
-    return max(2.5 * float(np.median(np.diff(x))), 0.1)
+    return max(2.5 * float(np.median(np.diff(x))), BANDWIDTH_DECADES)
 
 
-def lrkit_rule(lrs: Any, losses: Any, *, bandwidth: float | None = None,
-               shift: float = 0.3, band_frac: float = 0.0, slope_z: float = 3.0
-               ) -> Suggestion:
-    """lrkit's default rule on a **raw** (unsmoothed) range-test curve.
+#: smoothing bandwidth floor of lrkit's rule, in decades of LR (Gaussian kernel sigma): a fixed
+#: width in log-LR, so the smoothed curve does not depend on the sweep's resolution
+BANDWIDTH_DECADES = 0.4
+#: the valley floor: the points whose smoothed loss is within this fraction of the drop of the minimum
+FLOOR_FRAC = 1.0 / 3.0
+#: lrkit's suggestion = (geometric centre of the valley floor) / LRKIT_K
+LRKIT_K = 4.0
+
+
+def lrkit_rule(lrs: Any, losses: Any, *, bandwidth: float | None = None, k: float = LRKIT_K,
+               floor: float = FLOOR_FRAC, slope_z: float = 3.0) -> Suggestion:
+    """lrkit's default rule on a **raw** (unsmoothed) range-test curve: the centre of the valley
+    floor divided by ``k``.
 
     1. Keep the points before the first non-finite loss and before the blow-up (the first raw
-       loss that climbs back half of the drop seen so far, see ``_blowup``); x = log10(lr).
-    2. Smooth with :func:`local_fit` (zero-phase, bandwidth ``max(2.5 x median spacing, 0.1)``
-       decades unless given) giving the smoothed loss s(x) and slope g(x) = ds/dlog10(lr).
-    3. x_min = argmin s; everything right of it (the rise and the diverged tail) is ignored.
-    4. Descent check: the drop ``max(s[:min]) - s[min]`` must exceed 6 standard errors of the
-       smoothed value and 2% of the starting loss, and the valley (5.) must hold >= 2 points,
-       else "no clear descent" (``lr=None``).
-    5. The valley: the longest contiguous run of points between the curve's top and x_min whose
-       slope is clearly negative (below ``-slope_z`` standard errors of the local slope, and below
-       ``band_frac`` x the steepest slope). Suggestion: its geometric middle shifted down by
-       ``shift`` decades, at most x_min - log10(3); band: from the valley's start to
-       x_min - log10(3).
-    6. Confidence: "high" when the drop is large against the noise, the curve turns up after the
-       minimum and the descent does not start at the sweep's first point; "low" when the minimum
-       sits at the sweep's end or the descent starts at its beginning; "medium" otherwise.
+       loss that climbs back above its start by a quarter of the drop seen so far, see
+       ``_blowup``); x = log10(lr).
+    2. Smooth with :func:`local_fit` (zero-phase, bandwidth ``max(2.5 x median spacing, 0.4)``
+       decades unless given): smoothed loss s(x), slope g(x) = ds/dlog10(lr).
+    3. x_min = argmin s; drop D = max(s[:x_min]) - s(x_min). "No clear descent" (``lr=None``)
+       unless D > 6 standard errors of s(x_min) and 1% of the starting loss, and the slope is below
+       ``-slope_z`` standard errors on two consecutive points before x_min.
+    4. The valley floor: the contiguous run of points around x_min with ``s <= s(x_min) + floor D``
+       (floor = 1/3), from x_lo to x_hi. Its geometric centre ``c = (x_lo + x_hi) / 2`` is a
+       robust location of the minimum (the argmin of a noisy flat bottom wanders; the floor's
+       centre does not), and the suggestion is
+       ``lr = 10^c / k`` (k = 4), never above ``10^x_min / 3``
+       -- the zero-lag analogue of fastai's "minimum / 10" (fastai's EMA lag moves its minimum to a
+       higher LR, so the lag-free divisor is smaller). Band: ``[lr / 2, 2 lr]`` (= ``[10^c/8,
+       10^c/2]``), at most x_min; ``max_lr`` (cyclical / 1-cycle peak) is the band's top.
+       The constants (bandwidth 0.4, floor 1/3, k = 4) were chosen on lrkit's built-in tasks
+       against a grid-search oracle (``benchmarks/design_rule.py``, with a leave-one-task-out check).
+    5. Confidence: "low" when the minimum sits at the sweep's end (still falling: raise end_lr) or
+       the descent starts at the sweep's first point (lower start_lr); "high" when the drop is more
+       than 20x its standard error and the valley floor is at most 1.5 decades wide; "medium"
+       otherwise (a shallow or wide, ill-located floor).
     """
+    k = check_range("k", k, 1.0, math.inf)
+    floor = check_probability("floor", floor)
+    if bandwidth is not None:
+        bandwidth = check_positive("bandwidth", bandwidth)
     x_lr, y_all = _curve(lrs, losses)
     n_ok = _first_nonfinite(y_all)
     method = "lrkit"
@@ -467,63 +502,51 @@ def lrkit_rule(lrs: Any, losses: Any, *, bandwidth: float | None = None,
     drop = float(s[i_top] - s[i_min])
     se = sigma / math.sqrt(max(float(n_eff[i_min]), 1.0))
     scale = max(abs(float(s[0])), 1e-12)
-    if i_min == 0 or drop <= 6 * se or drop <= 0.02 * scale:
+    if i_min == 0 or drop <= 6 * se or drop <= 0.01 * scale:
         return Suggestion(None, method, "none",
                           f"no clear descent: the smoothed loss falls by {drop:.3g} "
                           f"(noise {se:.2g}, start {s[0]:.4g}); the LR range may start too high, "
                           "the sweep may be too short, or the model may not be learning")
-    seg = g[i_top:i_min + 1]
-    j_steep = i_top + int(np.argmin(seg))
-    g_steep = float(g[j_steep])
-    if g_steep >= 0:
-        return Suggestion(None, method, "none", "no clear descent: no negative slope before "
-                          "the minimum of the smoothed loss")
     # slope standard error of the local-linear fit: sigma / (h sqrt(n_eff)) (Gaussian kernel)
     se_slope = sigma / (h * np.sqrt(np.maximum(n_eff, 1.0)))
-    thr = np.minimum(-slope_z * se_slope, band_frac * g_steep)
-    neg = g <= thr
-    # the valley: the longest run of clearly negative slope in [i_top, i_min] (ties: the later)
-    lo = hi = j_steep
-    best = 0
-    j = i_top
-    while j <= i_min:
-        if neg[j]:
-            k = j
-            while k + 1 <= i_min and neg[k + 1]:
-                k += 1
-            if k - j + 1 >= best:
-                best, lo, hi = k - j + 1, j, k
-            j = k + 1
-        else:
-            j += 1
-    if best < 2:
+    neg = (g <= -slope_z * se_slope)[i_top:i_min + 1]
+    runs = np.flatnonzero(neg[1:] & neg[:-1])
+    if runs.size == 0:
         return Suggestion(None, method, "none", "no clear descent: the slope of the smoothed loss "
                           f"is not clearly negative (below -{slope_z:g} standard errors) on two "
                           "consecutive points before its minimum")
-    x_sugg = 0.5 * (x[lo] + x[hi]) - shift
-    x_high = x[i_min] - math.log10(3.0)
-    x_low = x[lo]
-    x_sugg = min(x_sugg, x_high)
-    band_lo, band_hi = min(x_low, x_sugg), max(x_high, x_sugg)
+    j_desc = i_top + int(runs[0])  # where the clear descent starts
+    # the valley floor: contiguous points around the minimum within `floor` x drop of it
+    level = float(s[i_min]) + floor * drop
+    lo = i_min
+    while lo > 0 and s[lo - 1] <= level:
+        lo -= 1
+    hi = i_min
+    while hi + 1 < n_ok and s[hi + 1] <= level:
+        hi += 1
+    c = 0.5 * (x[lo] + x[hi])
+    x_sugg = min(c - math.log10(k), x[i_min] - math.log10(3.0))
+    x_high = min(x_sugg + math.log10(2.0), x[i_min])
+    band = (float(10.0 ** (x_sugg - math.log10(2.0))), float(10.0**x_high))
     lr = float(10.0**x_sugg)
-    band = (float(10.0**band_lo), float(10.0**band_hi))
     rises_after = n_ok < y_all.size or (i_min < n_ok - 1 and float(s[-1] - s[i_min]) > 2 * se)
-    at_start = lo <= 1 or bool(i_top == 0 and neg[0])
     strength = drop / se
-    if not rises_after or (lo <= 1):
-        level = "low"
+    width = float(x[hi] - x[lo])
+    if not rises_after or j_desc <= 1:
+        conf = "low"
         why = ("the loss was still falling at the end of the sweep: raise end_lr"
                if not rises_after else
                "the descent starts at the sweep's first point: lower start_lr")
-    elif strength > 20 and not at_start:
-        level = "high"
-        why = (f"clear descent ({drop:.3g}, {strength:.0f}x the noise) over "
-               f"{x[hi] - x[lo]:.2f} decades, then a rise")
+    elif strength > 20 and width <= 1.5:
+        conf = "high"
+        why = (f"clear descent ({drop:.3g}, {strength:.0f}x the noise) to a valley floor "
+               f"{width:.2f} decades wide, then a rise")
     else:
-        level = "medium"
-        why = f"descent of {drop:.3g} is {strength:.0f}x the noise"
-    high = float(10.0**band_hi)
-    return Suggestion(lr, method, level, why, band=band, max_lr=high,
+        conf = "medium"
+        why = (f"descent of {drop:.3g} is {strength:.0f}x the noise; valley floor "
+               f"{width:.2f} decades wide")
+    high = band[1]
+    return Suggestion(lr, method, conf, why, band=band, max_lr=high,
                       base_lr=high / CLR_BASE_DIV, schedules=schedule_settings(lr, high),
                       index=int(np.argmin(np.abs(x - x_sugg))))
 

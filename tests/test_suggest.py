@@ -175,22 +175,73 @@ def test_zero_lag_smoothing_finds_the_minimum_where_the_ema_lags():
     assert x[np.argmin(ema)] - true_min > 0.3  # the causal EMA's minimum lags to the right
 
 
+def _floor_centre_by_hand(x, y, frac=1 / 3):
+    """Centre (in log10 LR) of the contiguous run around the minimum of ``y`` with
+    ``y <= min + frac x (max before the minimum - min)``, on the noise-free curve."""
+    i = int(np.argmin(y))
+    level = y[i] + frac * (y[: i + 1].max() - y[i])
+    lo = hi = i
+    while lo > 0 and y[lo - 1] <= level:
+        lo -= 1
+    while hi + 1 < y.size and y[hi + 1] <= level:
+        hi += 1
+    return 0.5 * (x[lo] + x[hi])
+
+
 @pytest.mark.parametrize("noise", [0.0, 0.05, 0.15])
-def test_lrkit_rule_lands_in_the_descent_before_the_minimum(noise):
+def test_lrkit_rule_is_the_valley_floor_centre_over_four(noise):
     lrs, y = _bowl(noise=noise, seed=3)
     x = np.log10(lrs)
     s = S.suggest(lrs, y)
     assert s.found and s.method == "lrkit"
+    # by hand on the noise-free bowl: floor = points within 1/3 of the drop of the minimum
+    # (from the sigmoid's 2/3 point near -2.77 to the blow-up's rise near -0.2), lr = 10^c / 4;
+    # the zero-lag smoother moves it by less than 0.1 decade
+    c = _floor_centre_by_hand(x, _bowl()[1])
+    assert math.log10(s.lr) == pytest.approx(c - math.log10(4.0), abs=0.1)
     x_min = x[np.argmin(_bowl()[1])]
-    # below the minimum by at least log10(3), inside the descent (sigmoid centre -3 +- 1 decade)
-    assert math.log10(s.lr) <= x_min - math.log10(3) + 1e-9
-    assert -4.0 < math.log10(s.lr) < -1.5
+    assert math.log10(s.lr) <= x_min - math.log10(3) + 1e-9  # well below the minimum
     lo, hi = s.band
-    assert lo <= s.lr <= hi
+    assert lo == pytest.approx(s.lr / 2) and hi == pytest.approx(2 * s.lr)
     assert s.confidence in ("high", "medium")
+    assert s.max_lr == pytest.approx(hi)
     assert s.base_lr == pytest.approx(s.max_lr / 4)
     assert s.schedules["constant"]["lr"] == s.lr
+    assert s.schedules["cosine"]["peak_lr"] == pytest.approx(math.sqrt(2) * s.lr)
     assert s.schedules["one_cycle"]["div_factor"] == 25.0
+
+
+def test_lrkit_rule_divides_by_k_and_checks_its_options():
+    lrs, y = _bowl(noise=0.05)
+    base = S.lrkit_rule(lrs, y).lr
+    # lr = 10^c / k: doubling k halves the suggestion (the log10(3) cap does not bind here)
+    assert S.lrkit_rule(lrs, y, k=8.0).lr == pytest.approx(base / 2)
+    # a wider floor (2/3 of the drop) reaches further up the descent: its centre moves left
+    assert S.lrkit_rule(lrs, y, floor=2 / 3).lr < base
+    with pytest.raises(ValueError, match="k"):
+        S.lrkit_rule(lrs, y, k=0.5)
+    with pytest.raises(ValueError, match="floor"):
+        S.lrkit_rule(lrs, y, floor=1.5)
+    with pytest.raises(ValueError, match="bandwidth"):
+        S.lrkit_rule(lrs, y, bandwidth=-0.1)
+
+
+def test_noisy_flat_floor_is_located_by_its_centre_not_its_argmin():
+    # a bowl with a 2-decade flat floor between -3 and -1 plus noise: the argmin of the noise
+    # wanders over the floor from seed to seed, the floor's centre does not
+    lrs = np.logspace(-7, 1, 100)
+    x = np.log10(lrs)
+    base = np.where(x < -3, 2.3 - 2.0 * np.clip((x + 5) / 2, 0, 1), 0.3) + np.where(
+        x > -1, (x + 1) ** 2 * 8, 0.0)
+    picks = []
+    for seed in range(5):
+        y = base + 0.05 * np.random.default_rng(seed).standard_normal(100)
+        picks.append(math.log10(S.suggest(lrs, y).lr))
+    # hand: drop 2.0, level 0.3 + 2/3; the line 2.3 - (x + 5) crosses it at x = -5 + 4/3, the
+    # parabola 0.3 + 8 (x + 1)^2 at x = -1 + sqrt(1/12); centre c, lr = 10^c / 4
+    c = 0.5 * ((-5 + 4 / 3) + (-1 + math.sqrt(1 / 12)))
+    assert np.all(np.abs(np.array(picks) - (c - math.log10(4))) < 0.15)
+    assert max(picks) - min(picks) < 0.2
 
 
 def test_lrkit_never_suggests_from_nan_or_the_diverged_tail():
@@ -243,6 +294,22 @@ def test_schedule_settings_rules():
     assert st["cyclical"] == {"base_lr": 1e-3, "max_lr": 4e-3}
     assert st["one_cycle"]["final_div_factor"] == 1e4
     assert st["warmup_cosine"]["peak_lr"] == pytest.approx(2e-3)
+
+
+def test_lr_for_reads_the_schedule_family_setting():
+    lrs, y = _bowl(noise=0.05)
+    s = S.suggest(lrs, y)
+    assert s.lr_for("constant") == s.lr
+    # annealed recipes get the geometric middle of lr and the band's top (= sqrt(2) lr here)
+    assert s.lr_for("cosine") == pytest.approx(math.sqrt(s.lr * s.band[1]))
+    assert s.lr_for("warmup_cosine") == pytest.approx(math.sqrt(2) * s.lr)
+    assert s.lr_for("one_cycle") == s.max_lr == s.lr_for("cyclical")
+    # a peer's rule has one number; no suggestion stays None
+    steep = S.suggest(lrs, y, "steep")
+    assert steep.lr_for("cosine") == steep.lr
+    assert S.Suggestion(None, "lrkit", "none", "flat").lr_for("cosine") is None
+    with pytest.raises(ValueError, match="schedule"):
+        s.lr_for("cosine_annealing")
 
 
 def test_num_iter_sensitivity_and_budget():
