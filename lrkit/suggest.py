@@ -10,7 +10,8 @@ Two layers:
   ``lightning`` (PyTorch Lightning). :func:`suggest` with ``method=<name>`` runs the peer's whole
   pipeline (its causal smoothing, its trimming, its NaN handling, its rule) on a **raw** curve.
 - **lrkit's rule** (``method="lrkit"``, the default): smoothing *after* the run with no lag
-  (robust local-linear regression in log10-LR, Cleveland 1979 LOWESS), slopes against log-LR from
+  (Gaussian-kernel local-linear regression in log10-LR, the LOWESS family of Cleveland 1979),
+  slopes against log-LR from
   the same local fit, never from the diverged tail or a non-finite loss, a band and a confidence
   statement, "no clear descent" instead of an invented number, and settings for constant, cyclical,
   1-cycle and warmup-cosine schedules. Returns a :class:`Suggestion`.
@@ -65,6 +66,8 @@ CLR_BASE_DIV = 4.0
 #: 1-cycle divisors: PyTorch ``OneCycleLR`` defaults (initial = max/25, final = initial/1e4).
 ONECYCLE_DIV = 25.0
 ONECYCLE_FINAL_DIV = 1e4
+#: the learning-rate-valued keys of :func:`schedule_settings` (the rest are divisors)
+_LR_KEYS = ("lr", "base_lr", "max_lr", "peak_lr")
 #: the schedule families :func:`schedule_settings` gives settings for
 SCHEDULE_FAMILIES = ("constant", "cyclical", "one_cycle", "cosine", "warmup_cosine")
 
@@ -122,6 +125,25 @@ class Suggestion:
     def found(self) -> bool:
         """Whether a learning rate was suggested (False for "no clear descent")."""
         return self.lr is not None
+
+    def scaled(self, factor: float, *, method: str, confidence: str, reason: str
+               ) -> "Suggestion":
+        """This suggestion with every learning rate (``lr``, ``band``, ``max_lr``, ``base_lr``
+        and the LR-valued schedule settings) multiplied by ``factor``; divisors are kept."""
+        factor = check_positive("factor", factor)
+        if self.lr is None:
+            raise ValueError("cannot scale a suggestion without a learning rate (lr is None)")
+
+        def mul(v: float | None) -> float | None:
+            return None if v is None else float(v) * factor
+
+        return Suggestion(
+            mul(self.lr), method, confidence, reason,
+            band=None if self.band is None else (self.band[0] * factor, self.band[1] * factor),
+            max_lr=mul(self.max_lr), base_lr=mul(self.base_lr),
+            schedules={fam: {k: (v * factor if k in _LR_KEYS else v) for k, v in st.items()}
+                       for fam, st in self.schedules.items()},
+            index=None)
 
     def lr_for(self, schedule: str) -> float | None:
         """The LR to pass for a run with schedule family ``schedule``: ``lr`` for ``"constant"``,
@@ -427,14 +449,15 @@ def schedule_settings(lr: float, high: float) -> dict[str, dict[str, float]]:
 
 def smooth_curve(lrs: Any, losses: Any, *, bandwidth: float | None = None) -> np.ndarray:
     """The zero-lag smoothed curve lrkit's rule reads (NaN after a non-finite loss or the
-    blow-up): :func:`local_fit` in log10-LR with bandwidth ``max(2.5 x median spacing, 0.4)``."""
+    blow-up): :func:`local_fit` in log10-LR with bandwidth ``max(2.5 x median spacing, 0.4)``
+    and no robustness weights."""
     x_lr, y_all = _curve(lrs, losses)
     out = np.full(y_all.size, np.nan)
     n_ok = _blowup(y_all[:_first_nonfinite(y_all)])
     if n_ok >= 3:
         x = np.log10(x_lr[:n_ok])
         h = bandwidth if bandwidth is not None else _default_bandwidth(x)
-        out[:n_ok] = local_fit(x, y_all[:n_ok], bandwidth=h)[0]
+        out[:n_ok] = local_fit(x, y_all[:n_ok], bandwidth=h, robust_iters=ROBUST_ITERS)[0]
     return out
 
 
@@ -449,6 +472,11 @@ BANDWIDTH_DECADES = 0.4
 FLOOR_FRAC = 1.0 / 3.0
 #: lrkit's suggestion = (geometric centre of the valley floor) / LRKIT_K
 LRKIT_K = 4.0
+#: robustness iterations of lrkit's smoother: none. Near the blow-up a range-test curve turns
+#: erratic, and its upward spikes are the signal (instability), not outliers: bisquare weights
+#: discard them and stretch the valley floor into the unstable region (on mnist5k the
+#: suggestion then wandered 9x across seeds instead of 1.3x; benchmarks/design_rule.py)
+ROBUST_ITERS = 0
 
 
 def lrkit_rule(lrs: Any, losses: Any, *, bandwidth: float | None = None, k: float = LRKIT_K,
@@ -460,7 +488,8 @@ def lrkit_rule(lrs: Any, losses: Any, *, bandwidth: float | None = None, k: floa
        loss that climbs back above its start by a quarter of the drop seen so far, see
        ``_blowup``); x = log10(lr).
     2. Smooth with :func:`local_fit` (zero-phase, bandwidth ``max(2.5 x median spacing, 0.4)``
-       decades unless given): smoothed loss s(x), slope g(x) = ds/dlog10(lr).
+       decades unless given, no robustness weights: see ``ROBUST_ITERS``): smoothed loss s(x),
+       slope g(x) = ds/dlog10(lr).
     3. x_min = argmin s; drop D = max(s[:x_min]) - s(x_min). "No clear descent" (``lr=None``)
        unless D > 6 standard errors of s(x_min) and 1% of the starting loss, and the slope is below
        ``-slope_z`` standard errors on two consecutive points before x_min.
@@ -472,7 +501,7 @@ def lrkit_rule(lrs: Any, losses: Any, *, bandwidth: float | None = None, k: floa
        -- the zero-lag analogue of fastai's "minimum / 10" (fastai's EMA lag moves its minimum to a
        higher LR, so the lag-free divisor is smaller). Band: ``[lr / 2, 2 lr]`` (= ``[10^c/8,
        10^c/2]``), at most x_min; ``max_lr`` (cyclical / 1-cycle peak) is the band's top.
-       The constants (bandwidth 0.4, floor 1/3, k = 4) were chosen on lrkit's built-in tasks
+       The constants (bandwidth 0.4, floor 1/3, k = 4, no robustness weights) were chosen on lrkit's built-in tasks
        against a grid-search oracle (``benchmarks/design_rule.py``, with a leave-one-task-out check).
     5. Confidence: "low" when the minimum sits at the sweep's end (still falling: raise end_lr) or
        the descent starts at the sweep's first point (lower start_lr); "high" when the drop is more
@@ -494,7 +523,7 @@ def lrkit_rule(lrs: Any, losses: Any, *, bandwidth: float | None = None, k: floa
     x = np.log10(x_lr[:n_ok])
     y = y_all[:n_ok]
     h = bandwidth if bandwidth is not None else _default_bandwidth(x)
-    s, g, n_eff = local_fit(x, y, bandwidth=h)
+    s, g, n_eff = local_fit(x, y, bandwidth=h, robust_iters=ROBUST_ITERS)
     resid = y - s
     sigma = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
     i_min = int(np.argmin(s))

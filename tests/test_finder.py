@@ -18,6 +18,7 @@ from torch import nn
 
 from lrkit.finder import RangeTestResult, find_lr, sweep_lrs
 from lrkit.tasks.base import Recipe, Task
+from lrkit.train import run
 
 torch.set_num_threads(1)
 F = nn.functional
@@ -259,19 +260,32 @@ def test_task_mode_and_confirm_cost():
     c = find_lr(task, num_iter=50, start_lr=1e-5, end_lr=10.0, confirm=True,
                 confirm_candidates=3, confirm_budget=0.5)
     conf = c.confirm
-    assert conf["winner"] in conf["candidates"] and c.lr == conf["winner"]
-    # candidates: half a decade each side of the curve's suggestion, log-spaced
-    np.testing.assert_allclose(conf["candidates"], np.geomspace(
-        a.lr / 10 ** 0.5, a.lr * 10 ** 0.5, 3), rtol=1e-12)
-    # the winner is the lowest LR within 1% of the best metric of the last rung run
-    last = [r for r in conf["runs"] if r["steps"] == max(r["steps"] for r in conf["runs"])]
-    best = max(r["metric"] for r in last)
-    assert conf["winner"] == min(r["lr"] for r in last if r["metric"] >= best - 0.01 * best)
-    # rungs at 1/9, 1/3, 1 of half a run: 3 x 3 + 1 x 10 (+ 1 x 30 if two survive)
-    assert conf["rungs"] == [3, 10, 30]
-    assert conf["steps"] == sum(r["steps"] for r in conf["runs"])
-    assert conf["fraction_of_full_run"] == pytest.approx(conf["steps"] / 60)
-    assert c.cost_steps == a.cost_steps + conf["steps"]
+    # candidates: a quarter decade apart around the curve's LR for the recipe's schedule
+    centre = a.suggestion.lr_for(task.recipe.schedule)
+    np.testing.assert_allclose(conf["candidates"], [centre / 10 ** 0.25, centre,
+                                                    centre * 10 ** 0.25], rtol=1e-12)
+    # each trains budget / candidates of a full run (60 steps): 10 steps, scored on "val"
+    assert [r["steps"] for r in conf["runs"]] == [10, 10, 10]
+    for r in conf["runs"]:
+        assert r["metric"] == run(task, r["lr"], steps=10, seed=0, eval_split="val").metric
+    # the winner is the best val metric; the suggestion moves by winner / centre
+    best = max(conf["runs"], key=lambda r: r["metric"])
+    assert conf["winner"] == best["lr"]
+    factor = conf["winner"] / centre
+    assert c.suggestion.lr_for(task.recipe.schedule) == pytest.approx(conf["winner"])
+    assert c.lr == pytest.approx(a.lr * factor)
+    assert c.suggestion.band == pytest.approx((a.suggestion.band[0] * factor,
+                                              a.suggestion.band[1] * factor))
+    assert c.suggestion.schedules["one_cycle"]["div_factor"] == 25.0
+    assert c.suggestion.method == "lrkit+confirm" and c.suggestions["lrkit"] == a.suggestion
+    assert conf["steps"] == 30
+    assert conf["fraction_of_full_run"] == pytest.approx(30 / 60)
+    assert c.cost_steps == a.cost_steps + 30
+    assert c.suggestion.confidence in ("high", "medium")
+    with pytest.raises(ValueError, match="confirm_budget"):
+        find_lr(task, confirm=True, confirm_budget=0.0)
+    with pytest.raises(ValueError, match="confirm_candidates"):
+        find_lr(task, confirm=True, confirm_candidates=1)
 
 
 # -------------------------------------------------------------------------------------- DDP

@@ -312,6 +312,21 @@ def test_lr_for_reads_the_schedule_family_setting():
         s.lr_for("cosine_annealing")
 
 
+def test_scaled_moves_every_lr_and_keeps_divisors():
+    s = S.suggest(*_bowl(noise=0.05))
+    t = s.scaled(3.0, method="m", confidence="high", reason="r")
+    assert (t.lr, t.max_lr, t.base_lr) == pytest.approx((3 * s.lr, 3 * s.max_lr, 3 * s.base_lr))
+    assert t.band == pytest.approx((3 * s.band[0], 3 * s.band[1]))
+    assert t.schedules["cosine"]["peak_lr"] == pytest.approx(3 * s.schedules["cosine"]["peak_lr"])
+    assert t.schedules["one_cycle"]["div_factor"] == s.schedules["one_cycle"]["div_factor"]
+    assert (t.method, t.confidence, t.reason) == ("m", "high", "r")
+    with pytest.raises(ValueError, match="factor"):
+        s.scaled(-1.0, method="m", confidence="high", reason="r")
+    with pytest.raises(ValueError, match="lr is None"):
+        S.Suggestion(None, "lrkit", "none", "x").scaled(2.0, method="m", confidence="c",
+                                                        reason="r")
+
+
 def test_num_iter_sensitivity_and_budget():
     lrs, y = _bowl(noise=0.05)
     adv = S.num_iter_sensitivity(lrs, y)
