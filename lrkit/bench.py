@@ -205,7 +205,7 @@ def oracle(
     points: int = 25,
     step_decades: float = 0.25,
     center: float | None = None,
-    seeds: Sequence[int] = (0, 1, 2),
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
     tol: float = 0.01,
     max_extend: int = 6,
     workers: int = 2,
@@ -460,6 +460,7 @@ class MethodResult:
     cost_steps: float
     cost_fraction: float
     regret: float
+    regret_se: float  # standard error of the regret from the seeds' spread (noise floor)
     in_band: bool | None
     spread: float | None
     choose_time: float
@@ -487,7 +488,7 @@ def compare(
     task: Any,
     method_names: Iterable[str] | None = None,
     *,
-    seeds: Sequence[int] = (0, 1, 2),
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
     workers: int = 2,
     cache_dir: str | Path | None = None,
     progress: bool = True,
@@ -507,7 +508,7 @@ def compare(
             raise ValueError(f"unknown method {n!r}" + (f"; did you mean {hint!r}?" if hint else "")
                              + f" (known: {sorted(_METHODS)})")
     seeds = [check_int("seeds[]", s, minimum=0) for s in seeds]
-    o = oracle_result or oracle(ref, seeds=seeds if len(seeds) >= 3 else (0, 1, 2),
+    o = oracle_result or oracle(ref, seeds=seeds if len(seeds) >= 3 else (0, 1, 2, 3, 4),
                                 workers=workers, cache_dir=cache_dir, progress=progress)
     choices = _map_choose([(ref, m, s) for m in names for s in seeds], workers, progress,
                           f"choose {t.name}")
@@ -529,11 +530,21 @@ def compare(
             task=t.name, method=m, lrs=lrs, metrics=metrics,
             diverged=[r["diverged"] for _, r in mine], cost_steps=cost,
             cost_fraction=cost / t.recipe.steps, regret=o.regret(mean_metric),
+            regret_se=_regret_se(metrics, o.best_metric),
             in_band=(all(o.in_band(lr) for lr in real) if real else None),
             spread=(max(real) / min(real) if real else None),
             choose_time=float(np.mean([c["time"] for c, _ in mine])),
             notes=sorted({c["choice"]["note"] for c, _ in mine if c["choice"]["note"]})))
     return out
+
+
+def _regret_se(metrics: Sequence[float], best: float) -> float:
+    """Standard error of the regret of the mean of ``metrics``: ``std / sqrt(n) / |best|``
+    (sample std; NaN with fewer than 2 finite runs)."""
+    m = np.asarray([v for v in metrics if math.isfinite(v)], dtype=float)
+    if m.size < 2:
+        return math.nan
+    return float(np.std(m, ddof=1) / math.sqrt(m.size) / max(abs(best), 1e-12))
 
 
 def _map_choose(jobs: list[tuple], workers: int, progress: bool, desc: str) -> list[dict]:
@@ -559,13 +570,18 @@ def _map_choose(jobs: list[tuple], workers: int, progress: bool, desc: str) -> l
 
 
 # ------------------------------------------------------------------------------------- output
-def _fmt_pct(x: float) -> str:
-    return "diverged" if math.isinf(x) else f"{100 * x:+.1f}%"
+def _fmt_pct(x: float, se: float | None = None) -> str:
+    if math.isinf(x):
+        return "diverged"
+    return f"{100 * x:+.1f}%" + (f" ± {100 * se:.1f}" if se is not None and se == se else "")
 
 
 def markdown_table(results: list[MethodResult], oracles: dict[str, Oracle]) -> str:
-    """Per-task rows and a per-method summary (mean regret, times in band, mean cost)."""
-    lines = ["| task | method | chosen LR (per seed) | metric | regret | in band | cost (steps / fraction) | spread |",
+    """Per-task rows and a per-method summary (mean regret, times in band, mean cost).
+
+    The regret column shows ``± standard error`` from the spread of the method's seeds: a
+    regret smaller than about twice it is within the task's run-to-run noise."""
+    lines = ["| task | method | chosen LR (per seed) | metric | regret ± s.e. | in band | cost (steps / fraction) | spread |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         o = oracles[r.task]
@@ -573,7 +589,7 @@ def markdown_table(results: list[MethodResult], oracles: dict[str, Oracle]) -> s
         band = "—" if r.in_band is None else ("yes" if r.in_band else "no")
         spread = "—" if r.spread is None else f"{r.spread:.2f}×"
         lines.append(f"| {r.task} | {r.method} | {lrs} | {np.mean(r.metrics):.4g} "
-                     f"(best {o.best_metric:.4g}) | {_fmt_pct(r.regret)} | {band} | "
+                     f"(best {o.best_metric:.4g}) | {_fmt_pct(r.regret, r.regret_se)} | {band} | "
                      f"{r.cost_steps:.0f} / {r.cost_fraction:.2f} | {spread} |")
     lines += ["", "| method | mean regret | median regret | within tol | in band | mean cost (fraction of a run) | mean spread |",
               "|---|---|---|---|---|---|---|"]

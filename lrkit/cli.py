@@ -122,14 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--task", action="append", required=True, help="task name; repeatable")
         c.add_argument("--points", type=int, default=25, help="grid points (>= 13)")
         c.add_argument("--step-decades", type=float, default=0.25, help="grid spacing in decades")
-        c.add_argument("--seeds", type=int, default=3, help="oracle seeds")
+        c.add_argument("--seeds", type=int, default=5, help="oracle seeds (>= 3)")
         c.add_argument("--workers", type=int, default=2)
         c.add_argument("--refresh", action="store_true", help="ignore the oracle cache")
         c.add_argument("--out", default="bench-out")
         if name == "methods":
             c.add_argument("--method", action="append", default=None,
                            help="method name; repeatable (default: all registered)")
-            c.add_argument("--method-seeds", type=int, default=3)
+            c.add_argument("--method-seeds", type=int, default=5,
+                           help="seeds per method (the oracle's first seeds: common random "
+                                "numbers)")
     return p
 
 

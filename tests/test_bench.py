@@ -87,8 +87,11 @@ def test_compare_scores_methods_against_the_oracle(tmp_path):
     assert by["test-best"].in_band and by["test-best"].cost_fraction == pytest.approx(0.5)
     assert by["default"].lrs == [0.1, 0.1, 0.1] and by["default"].cost_steps == 0
     assert by["default"].regret == pytest.approx(o.regret(o.mean[o.grid.index(0.1)]))
+    # the regret's standard error is the seeds' sample std / sqrt(n) / |best|
+    m = np.array(by["default"].metrics)
+    assert by["default"].regret_se == pytest.approx(m.std(ddof=1) / math.sqrt(3) / o.best_metric)
     table = bench.markdown_table(res, {"tiny": o})
-    assert "| tiny | test-best |" in table and "+0.0%" in table
+    assert "| tiny | test-best |" in table and "+0.0% ± " in table
 
 
 def test_bad_arguments(tmp_path):

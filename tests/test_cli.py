@@ -54,7 +54,7 @@ def test_bench_oracle_writes_json_and_png(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LRKIT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "bench"
     assert main(["bench", "oracle", "--task", TINY, "--workers", "1", "--points", "13",
-                 "--step-decades", "0.5", "--out", str(out)]) == 0
+                 "--step-decades", "0.5", "--seeds", "3", "--out", str(out)]) == 0
     o = json.loads((out / "oracle-tiny.json").read_text())
     assert len(o["grid"]) >= 13 and len(o["seeds"]) == 3
     assert o["band"][0] <= o["best_lr"] <= o["band"][1]
