@@ -13,6 +13,7 @@ search and autopilot) goes through :func:`fit`; features plug in as :class:`Call
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -286,6 +287,11 @@ def fit(
     autocast_device = "cuda" if use_cuda_amp else "cpu"
     autocast_dtype = torch.float16 if use_cuda_amp else torch.bfloat16
 
+    def autocast() -> Any:
+        if not amp:  # entering a disabled autocast context still costs a few us per step
+            return contextlib.nullcontext()
+        return torch.autocast(autocast_device, dtype=autocast_dtype)
+
     scheduler = None
     set_lr: Callable[[int], None] | None = None
     if schedule is not None:
@@ -327,18 +333,22 @@ def fit(
                 set_lr(t)
             lr = float(optimizer.param_groups[0]["lr"])
             optimizer.zero_grad(set_to_none=True)
-            total = torch.zeros((), dtype=torch.float64)
+            total: torch.Tensor | None = None
             for _ in range(accumulation_steps):
                 batch = _to_device(next(data), dev)
-                with torch.autocast(autocast_device, dtype=autocast_dtype, enabled=bool(amp)):
+                with autocast():
                     loss = compute(model, batch)
                 if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
                     raise TypeError("the loss must be a scalar tensor, got "
                                     f"{type(loss).__name__} {getattr(loss, 'shape', '')}")
-                scaled = loss.float() / accumulation_steps
+                scaled = loss if loss.dtype == torch.float32 else loss.float()
+                if accumulation_steps > 1:
+                    scaled = scaled / accumulation_steps
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                total += loss.detach().double().cpu()
-            mean_loss = total / accumulation_steps
+                # the recorded loss sums in float64 on the loss's device: one sync per update
+                part = loss.detach().double()
+                total = part if total is None else total + part
+            mean_loss = total.cpu() / accumulation_steps if accumulation_steps > 1 else total.cpu()
             if ddp_average_loss:
                 mean_loss = _ddp_mean(mean_loss)
             loss_value = float(mean_loss)
