@@ -501,8 +501,9 @@ def lrkit_rule(lrs: Any, losses: Any, *, bandwidth: float | None = None, k: floa
        -- the zero-lag analogue of fastai's "minimum / 10" (fastai's EMA lag moves its minimum to a
        higher LR, so the lag-free divisor is smaller). Band: ``[lr / 2, 2 lr]`` (= ``[10^c/8,
        10^c/2]``), at most x_min; ``max_lr`` (cyclical / 1-cycle peak) is the band's top.
-       The constants (bandwidth 0.4, floor 1/3, k = 4, no robustness weights) were chosen on lrkit's built-in tasks
-       against a grid-search oracle (``benchmarks/design_rule.py``, with a leave-one-task-out check).
+       The constants (bandwidth 0.4, floor 1/3, k = 4, no robustness weights) were chosen on
+       lrkit's built-in tasks against a grid-search oracle (``benchmarks/design_rule.py``, with
+       a leave-one-task-out check for k).
     5. Confidence: "low" when the minimum sits at the sweep's end (still falling: raise end_lr) or
        the descent starts at the sweep's first point (lower start_lr); "high" when the drop is more
        than 20x its standard error and the valley floor is at most 1.5 decades wide; "medium"

@@ -4,6 +4,7 @@ group ratios, accumulation, AMP, divergence/NaN stops, JSON/plot, Task and confi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import socket
@@ -286,6 +287,19 @@ def test_task_mode_and_confirm_cost():
         find_lr(task, confirm=True, confirm_budget=0.0)
     with pytest.raises(ValueError, match="confirm_candidates"):
         find_lr(task, confirm=True, confirm_candidates=1)
+
+
+def test_confirm_without_a_suggestion_centres_on_the_recipe_default():
+    # a sweep far below any useful LR is flat: no suggestion, so confirm tries LRs around the
+    # recipe's default (0.1), for the recipe's schedule (cosine: its peak is the default itself)
+    task = dataclasses.replace(_tiny_task(), recipe=Recipe(
+        optimizer="sgd", batch_size=32, steps=60, default_lr=0.1,
+        optimizer_kwargs={"momentum": 0.9}, schedule="cosine"))
+    c = find_lr(task, num_iter=30, start_lr=1e-9, end_lr=1e-8, confirm=True)
+    assert c.suggestions["lrkit"].lr is None
+    np.testing.assert_allclose(c.confirm["candidates"], [0.1 / 10 ** 0.25, 0.1, 0.1 * 10 ** 0.25],
+                               rtol=1e-12)
+    assert c.suggestion.lr_for("cosine") == pytest.approx(c.confirm["winner"])
 
 
 # -------------------------------------------------------------------------------------- DDP
