@@ -500,9 +500,7 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
     full = task.recipe.steps
     if s.lr is None:  # centre on the recipe's default LR, with the usual settings around it
         d = task.recipe.default_lr
-        s = Suggestion(d, s.method, "none", s.reason, band=(d / 2, 2 * d), max_lr=2 * d,
-                       base_lr=2 * d / _suggest.CLR_BASE_DIV,
-                       schedules=_suggest.schedule_settings(d, 2 * d))
+        s = Suggestion.at(d, (d / 2, 2 * d), method=s.method, confidence="none", reason=s.reason)
         s = s.scaled(d / s.lr_for(family), method=s.method, confidence="none", reason=s.reason)
     centre = float(s.lr_for(family))
     half = (candidates - 1) / 2

@@ -68,8 +68,11 @@ ONECYCLE_DIV = 25.0
 ONECYCLE_FINAL_DIV = 1e4
 #: the learning-rate-valued keys of :func:`schedule_settings` (the rest are divisors)
 _LR_KEYS = ("lr", "base_lr", "max_lr", "peak_lr")
-#: the schedule families :func:`schedule_settings` gives settings for
-SCHEDULE_FAMILIES = ("constant", "cyclical", "one_cycle", "cosine", "warmup_cosine")
+#: the schedule families :func:`schedule_settings` gives settings for, and the setting of each
+#: that is "the LR to pass" (:meth:`Suggestion.lr_for`)
+_FAMILY_LR_KEY = {"constant": "lr", "cyclical": "max_lr", "one_cycle": "max_lr",
+                  "cosine": "peak_lr", "warmup_cosine": "peak_lr"}
+SCHEDULE_FAMILIES = tuple(_FAMILY_LR_KEY)
 
 
 # ------------------------------------------------------------------------------ the result type
@@ -126,6 +129,17 @@ class Suggestion:
         """Whether a learning rate was suggested (False for "no clear descent")."""
         return self.lr is not None
 
+    @classmethod
+    def at(cls, lr: float, band: tuple[float, float], *, method: str, confidence: str,
+           reason: str, index: int | None = None) -> "Suggestion":
+        """A suggestion of ``lr`` with ``band``; the cyclical / 1-cycle peak ``max_lr`` is the
+        band's top, ``base_lr = max_lr / 4`` and the schedule settings follow
+        (:func:`schedule_settings`)."""
+        high = float(band[1])
+        return cls(lr, method, confidence, reason, band=(float(band[0]), high), max_lr=high,
+                   base_lr=high / CLR_BASE_DIV, schedules=schedule_settings(lr, high),
+                   index=index)
+
     def scaled(self, factor: float, *, method: str, confidence: str, reason: str
                ) -> "Suggestion":
         """This suggestion with every learning rate (``lr``, ``band``, ``max_lr``, ``base_lr``
@@ -154,9 +168,7 @@ class Suggestion:
         settings = self.schedules.get(schedule)
         if self.lr is None or not settings:
             return self.lr
-        key = {"constant": "lr", "cosine": "peak_lr", "warmup_cosine": "peak_lr",
-               "one_cycle": "max_lr", "cyclical": "max_lr"}[schedule]
-        return float(settings[key])
+        return float(settings[_FAMILY_LR_KEY[schedule]])
 
 
 # ----------------------------------------------------------------------------- input checking
@@ -575,10 +587,8 @@ def lrkit_rule(lrs: Any, losses: Any, *, bandwidth: float | None = None, k: floa
         conf = "medium"
         why = (f"descent of {drop:.3g} is {strength:.0f}x the noise; valley floor "
                f"{width:.2f} decades wide")
-    high = band[1]
-    return Suggestion(lr, method, conf, why, band=band, max_lr=high,
-                      base_lr=high / CLR_BASE_DIV, schedules=schedule_settings(lr, high),
-                      index=int(np.argmin(np.abs(x - x_sugg))))
+    return Suggestion.at(lr, band, method=method, confidence=conf, reason=why,
+                         index=int(np.argmin(np.abs(x - x_sugg))))
 
 
 # ----------------------------------------------------------------------------- entry point
