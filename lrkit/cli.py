@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import warnings
@@ -93,6 +94,12 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+#: command -> (module, help). Each module defines ``add_cli_arguments(parser)`` and
+#: ``cli_main(args) -> int`` (its own sub-commands, if any, hang off ``parser``).
+_COMMANDS: dict[str, tuple[str, str]] = {
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lrkit", description="Which learning rate, and which schedule?")
     sub = p.add_subparsers(dest="area", required=True)
@@ -114,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .finder import add_find_arguments
 
     add_find_arguments(sub.add_parser("find", help="LR range test on a task"))
+
+    for command, (module, help_text) in _COMMANDS.items():
+        importlib.import_module(module).add_cli_arguments(sub.add_parser(command, help=help_text))
 
     b = sub.add_parser("bench", help="oracle grids and method comparisons")
     bsub = b.add_subparsers(dest="command", required=True)
@@ -161,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_find(args)
         if args.area == "bench":
             return _bench(args)
+        if args.area in _COMMANDS:
+            return int(importlib.import_module(_COMMANDS[args.area][0]).cli_main(args))
     except (ValueError, TypeError) as e:
         print(f"lrkit: error: {e}", file=sys.stderr)
         return 2

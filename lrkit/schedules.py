@@ -42,6 +42,8 @@ __all__ = [
     "Schedule",
     "from_spec",
     "names",
+    "FAMILIES",
+    "family",
     "plot",
     # PyTorch families
     "constant",
@@ -1075,6 +1077,64 @@ def cooldown(
 # --------------------------------------------------------------------------------------------
 
 _SIGNATURES = {name: inspect.signature(fn) for name, fn in _REGISTRY.items()}
+
+
+#: the families :func:`family` builds from a peak LR and a run length (training recipes)
+FAMILIES = ("constant", "step", "exponential", "linear", "cosine", "warmup_cosine", "cyclic",
+            "onecycle", "wsd")
+
+
+def family(name: str, lr: float, steps: int, *, warmup_steps: int = 0) -> Schedule:
+    """A recipe-shaped schedule of family ``name`` with peak ``lr`` over a run of ``steps`` steps.
+
+    The textbook shape of each family, so that ``lr`` (the peak) is the only knob:
+
+    - ``constant``: ``lr`` throughout.
+    - ``step``: ``lr``, ×0.1 at 50% and again at 75% of the run (the classic ResNet recipe,
+      He et al. 2016).
+    - ``exponential``: ``lr * gamma**t`` with ``gamma = 0.01**(1/steps)`` (falls 100× over the run).
+    - ``linear``: linear decay to 0 (Hugging Face's default), after ``warmup_steps``.
+    - ``cosine``: cosine to 0 over the run (Loshchilov & Hutter 2017).
+    - ``warmup_cosine``: linear warmup for ``warmup_steps``, then cosine to 0.
+    - ``cyclic``: triangular CLR between ``lr/4`` and ``lr``, 4 cycles (Smith 2017).
+    - ``onecycle``: PyTorch ``OneCycleLR`` defaults with ``max_lr = lr`` (Smith 2018).
+    - ``wsd``: warmup (``warmup_steps``), stable, then a 1-sqrt decay over the last 20%
+      (Hägele et al. 2024).
+
+    ``warmup_steps`` is used by the families with a warmup phase (``linear``, ``warmup_cosine``,
+    ``wsd``) and prepended (:func:`warmup`) to the others when > 0.
+
+    >>> family("step", 0.1, 100)(60)
+    0.010000000000000002
+    """
+    check_choice("name", name, FAMILIES)
+    lr = check_positive("lr", lr)
+    n = check_int("steps", steps, minimum=1)
+    w = check_int("warmup_steps", warmup_steps, minimum=0)
+    w = min(w, n - 1)
+    if name == "warmup_cosine":
+        return warmup_cosine(lr, warmup_steps=w, total_steps=n)
+    if name == "linear":
+        return warmup_linear(lr, warmup_steps=w, total_steps=n)
+    if name == "wsd":
+        decay = max(1, n // 5)
+        return wsd(lr, total_steps=n, warmup_steps=min(w, n - decay), decay_steps=decay,
+                   decay_shape="1-sqrt")
+    body_steps = n - w
+    if name == "constant":
+        body = constant(lr)
+    elif name == "step":
+        a, b = max(1, body_steps // 2), max(2, (3 * body_steps) // 4)
+        body = multistep(lr, [a, b] if b > a else [a], gamma=0.1)
+    elif name == "exponential":
+        body = exponential(lr, 0.01 ** (1.0 / max(1, body_steps)))
+    elif name == "cosine":
+        body = cosine(lr, T_max=max(1, body_steps))
+    elif name == "cyclic":
+        body = cyclic(lr / 4.0, lr, step_size_up=max(1, body_steps // 8))
+    else:  # onecycle
+        body = onecycle(lr, total_steps=max(2, body_steps))
+    return warmup(body, w) if w > 0 else body
 
 
 def names() -> list[str]:

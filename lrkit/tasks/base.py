@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from ..errors import check_choice, check_int, check_positive
+from ..optim._registry import names as _optimizer_names
+from ..schedules import FAMILIES as RECIPE_SCHEDULES
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -32,8 +34,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["Recipe", "Task", "OPTIMIZERS", "RECIPE_SCHEDULES"]
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-RECIPE_SCHEDULES = ("constant", "cosine", "warmup_cosine")
+#: optimizer names a Recipe accepts (see :mod:`lrkit.optim`)
+OPTIMIZERS = _optimizer_names()
 
 
 @dataclass(frozen=True)
@@ -41,13 +43,17 @@ class Recipe:
     """The fixed training recipe of a task; only the learning rate varies.
 
     Args:
-        optimizer: ``"sgd"``, ``"adam"`` or ``"adamw"`` (``torch.optim`` classes).
+        optimizer: a name from :func:`lrkit.optim.names` (``"sgd"``, ``"adam"``, ``"adamw"``,
+            ...), or any label when ``optimizer_factory`` is given.
         optimizer_kwargs: the optimizer's non-LR settings (momentum, weight_decay, betas...).
         batch_size: examples per optimizer step.
         steps: optimizer steps of one full training run.
         default_lr: the "textbook default" LR for this optimizer family (the naive baseline).
-        schedule: the recipe's schedule family; ``lr`` is its peak value.
-        warmup_steps: linear warmup length for ``"warmup_cosine"``.
+        schedule: the recipe's schedule family (:data:`lrkit.schedules.FAMILIES`); ``lr`` is
+            its peak value (:func:`lrkit.schedules.family` builds it).
+        warmup_steps: linear warmup length (see :func:`lrkit.schedules.family`).
+        optimizer_factory: ``factory(params, lr) -> Optimizer`` replacing the named optimizer
+            (``lrkit.tasks.from_torch`` uses it to rebuild a user's own optimizer).
     """
 
     optimizer: str
@@ -57,9 +63,16 @@ class Recipe:
     optimizer_kwargs: Mapping[str, Any] = field(default_factory=dict)
     schedule: str = "constant"
     warmup_steps: int = 0
+    optimizer_factory: Callable[[Any, float], Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        if self.optimizer_factory is None:
+            check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        elif not callable(self.optimizer_factory):
+            raise TypeError(f"optimizer_factory must be callable(params, lr) -> Optimizer, got "
+                            f"{self.optimizer_factory!r}")
+        elif not isinstance(self.optimizer, str) or not self.optimizer:
+            raise ValueError(f"optimizer must be a non-empty label, got {self.optimizer!r}")
         check_choice("schedule", self.schedule, RECIPE_SCHEDULES)
         check_int("batch_size", self.batch_size, minimum=1)
         check_int("steps", self.steps, minimum=1)
@@ -69,11 +82,12 @@ class Recipe:
 
     def make_optimizer(self, params: Any, lr: float) -> "torch.optim.Optimizer":
         """The recipe's optimizer over ``params`` at learning rate ``lr``."""
-        import torch
-
         check_positive("lr", lr)
-        cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-        return cls[self.optimizer](params, lr=lr, **self.optimizer_kwargs)
+        if self.optimizer_factory is not None:
+            return self.optimizer_factory(params, lr)
+        from ..optim import make_optimizer
+
+        return make_optimizer(self.optimizer, params, lr, **self.optimizer_kwargs)
 
     def make_schedule(self, lr: float, steps: int | None = None) -> "Schedule":
         """The recipe's schedule with peak ``lr`` over ``steps`` (default: ``self.steps``)."""
@@ -81,12 +95,7 @@ class Recipe:
 
         check_positive("lr", lr)
         n = self.steps if steps is None else check_int("steps", steps, minimum=1)
-        if self.schedule == "constant":
-            return schedules.constant(lr)
-        if self.schedule == "cosine":
-            return schedules.cosine(lr, T_max=n)
-        warm = min(self.warmup_steps, n - 1)
-        return schedules.warmup_cosine(lr, warmup_steps=warm, total_steps=n)
+        return schedules.family(self.schedule, lr, n, warmup_steps=self.warmup_steps)
 
 
 @dataclass(frozen=True)
