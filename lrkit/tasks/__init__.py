@@ -19,8 +19,10 @@ import sys
 
 from ..errors import closest
 from .base import OPTIMIZERS, RECIPE_SCHEDULES, Recipe, Task
+from .from_torch import from_torch
 
-__all__ = ["Recipe", "Task", "OPTIMIZERS", "RECIPE_SCHEDULES", "get", "load", "names"]
+__all__ = ["Recipe", "Task", "OPTIMIZERS", "RECIPE_SCHEDULES", "from_torch", "get", "load",
+           "names"]
 
 #: built-in task name -> "module:function" that builds it (imported on first use)
 _BUILTIN: dict[str, str] = {
@@ -30,6 +32,7 @@ _BUILTIN: dict[str, str] = {
     "mnist1d": "lrkit.tasks.mnist1d:make_task",
     "charlm": "lrkit.tasks.charlm:make_task",
     "logreg": "lrkit.tasks.logreg:make_task",
+    "diabetes": "lrkit.tasks.diabetes:make_task",
 }
 
 

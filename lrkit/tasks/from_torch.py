@@ -1,0 +1,262 @@
+"""``from_torch``: turn a plain PyTorch set-up (model, optimizer, loaders, loss) into a :class:`Task`.
+
+Most users have a model and data loaders, not a Task. Everything in lrkit that needs to train
+*short runs from the same starting point* (the range test's confirm mode, search, the autopilot)
+takes a Task; this helper builds one around the user's own objects:
+
+- the model's initial weights (parameters and buffers) are copied to CPU memory once; every
+  ``build_model(seed)`` loads them back **into the same model object, in place**, so no second
+  model ever sits on the GPU;
+- the optimizer's class, per-group settings and group LR ratios are recorded; every run builds a
+  fresh optimizer of that class over the same parameter groups at the run's LR (group ``i`` gets
+  ``lr * lr_i / lr_0``);
+- training batches come from ``train_loader`` (restarted each epoch, moved to the model's device);
+  the loader's shuffling generator, if it has one, is seeded with the run's seed;
+- ``evaluate(model, "val")`` is ``metric_fn(model, val_loader)`` (default: the mean loss under
+  ``loss_fn`` over ``val_loader``); ``"test"`` uses ``test_loader`` when given, else the val loader.
+
+The user's model ends up holding whatever the last run trained; callers that must leave it
+untouched (``find_lr``) snapshot and restore around their runs.
+
+>>> import torch
+>>> from torch import nn
+>>> model = nn.Linear(3, 1)
+>>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+>>> data = [(torch.randn(8, 3), torch.randn(8, 1)) for _ in range(4)]
+>>> task = from_torch(model, opt, data, nn.functional.mse_loss, val_loader=data, steps=20)
+>>> task.recipe.default_lr, task.metric, task.higher_is_better
+(0.1, 'val loss', False)
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from ..errors import check_int
+from .base import Recipe, Task
+
+__all__ = ["from_torch"]
+
+#: optimizer settings that describe the param group rather than the optimizer
+_GROUP_ONLY = ("params", "lr", "initial_lr", "name")
+
+
+def _device_of(model: nn.Module, device: Any) -> torch.device | None:
+    if device is not None:
+        return torch.device(device)
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return None
+
+
+def _move(batch: Any, device: torch.device | None) -> Any:
+    from ..train import _to_device
+
+    if device is None or device.type == "cpu" and not _has_cuda_tensor(batch):
+        return batch
+    return _to_device(batch, device)
+
+
+def _has_cuda_tensor(batch: Any) -> bool:
+    if isinstance(batch, torch.Tensor):
+        return batch.device.type != "cpu"
+    if isinstance(batch, (list, tuple)):
+        return any(_has_cuda_tensor(b) for b in batch)
+    if isinstance(batch, dict):
+        return any(_has_cuda_tensor(b) for b in batch.values())
+    return False
+
+
+def _check_loader(name: str, loader: Any) -> None:
+    if loader is None:
+        raise ValueError(f"{name} must be given: an iterable of batches (a DataLoader or a list)")
+    if not hasattr(loader, "__iter__"):
+        raise TypeError(f"{name} must be an iterable of batches, got {type(loader).__name__}")
+    if iter(loader) is loader:
+        raise TypeError(f"{name} must be re-iterable (a DataLoader or a list), not a one-shot "
+                        f"iterator ({type(loader).__name__}): every short run restarts it")
+
+
+def _schedule_family(schedule: Any) -> str:
+    from .. import schedules
+
+    if isinstance(schedule, schedules.Schedule):
+        name = schedule.spec.get("name")
+        if name in schedules.FAMILIES:
+            return name
+        raise ValueError(f"schedule must be a family name {list(schedules.FAMILIES)} or a "
+                         f"Schedule of one of them, got a {name!r} schedule")
+    if not isinstance(schedule, str) or schedule not in schedules.FAMILIES:
+        raise ValueError(f"schedule must be one of {list(schedules.FAMILIES)} (the family you "
+                         f"will train with), got {schedule!r}")
+    return schedule
+
+
+def from_torch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_loader: Iterable,
+    loss_fn: Callable | None = None,
+    *,
+    val_loader: Iterable,
+    steps: int,
+    schedule: Any = "constant",
+    warmup_steps: int = 0,
+    metric_fn: Callable[[nn.Module, Iterable], float] | None = None,
+    higher_is_better: bool = False,
+    test_loader: Iterable | None = None,
+    step_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+    device: str | torch.device | None = None,
+    name: str = "torch",
+) -> Task:
+    """A :class:`Task` that trains ``model`` with ``optimizer``'s settings on ``train_loader``.
+
+    Args:
+        model: the user's model; its current weights are the starting point of every run.
+        optimizer: the user's optimizer over ``model``'s parameters; its class, settings and
+            group LR ratios are kept (its group-0 LR becomes the recipe's ``default_lr``).
+        train_loader: re-iterable training batches (``(x, y)`` pairs with ``loss_fn``).
+        loss_fn: ``loss_fn(model(x), y)``; or pass ``step_fn(model, batch) -> loss``.
+        val_loader: held-out batches that score a run (required).
+        steps: the length of the user's full training run, in optimizer steps.
+        schedule: the family the user will train with (:data:`lrkit.schedules.FAMILIES`), or a
+            Schedule of one; the run's LR is its peak.
+        warmup_steps: warmup length for the families that have one.
+        metric_fn: ``metric_fn(model, loader) -> float`` scoring a run (model in eval mode, no
+            grad); default: the mean of ``loss_fn`` (or ``step_fn``) over the loader's batches.
+        higher_is_better: whether a larger ``metric_fn`` is better (accuracy: True).
+        test_loader: batches for the ``"test"`` split; default: ``val_loader``.
+        device: where batches go; default: the model's device.
+        name: the task's name (in reports and run folders).
+
+    Raises:
+        ValueError / TypeError: a missing or wrong argument, named.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
+                        f"{type(optimizer).__name__}")
+    _check_loader("train_loader", train_loader)
+    _check_loader("val_loader", val_loader)
+    if test_loader is not None:
+        _check_loader("test_loader", test_loader)
+    if steps is None:
+        raise ValueError("steps must be given: the length of your full training run in "
+                         "optimizer steps (confirm and search scale their short runs by it)")
+    steps = check_int("steps", steps, minimum=1)
+    warmup_steps = check_int("warmup_steps", warmup_steps, minimum=0)
+    if (loss_fn is None) == (step_fn is None):
+        raise ValueError("pass exactly one of loss_fn (loss_fn(model(x), y)) or "
+                         "step_fn(model, batch) -> loss")
+    for arg, fn in (("loss_fn", loss_fn), ("step_fn", step_fn), ("metric_fn", metric_fn)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{arg} must be callable, got {fn!r}")
+    if not isinstance(higher_is_better, bool):
+        raise TypeError(f"higher_is_better must be a bool, got {higher_is_better!r}")
+    if metric_fn is None and higher_is_better:
+        raise ValueError("higher_is_better=True needs metric_fn: the default metric is the "
+                         "validation loss, where lower is better")
+    family = _schedule_family(schedule)
+    dev = _device_of(model, device)
+
+    # --- the starting point: weights to CPU once, restored in place by build_model
+    init = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    training = {n: m.training for n, m in model.named_modules()}
+
+    def build_model(seed: int) -> nn.Module:
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                v.copy_(init[k])
+        for n, m in model.named_modules():
+            m.training = training.get(n, m.training)
+        return model
+
+    # --- the optimizer: class, settings and groups (by position in model.parameters())
+    index = {id(p): i for i, p in enumerate(model.parameters())}
+    groups = []
+    for g in optimizer.param_groups:
+        missing = [p for p in g["params"] if id(p) not in index]
+        if missing:
+            raise ValueError("optimizer has parameters that are not model.parameters(); "
+                             "build the optimizer over this model's parameters")
+        groups.append(([index[id(p)] for p in g["params"]],
+                       {k: v for k, v in g.items() if k not in _GROUP_ONLY}))
+    lrs = [float(g["lr"]) for g in optimizer.param_groups]
+    if not (lrs[0] > 0 and math.isfinite(lrs[0])) or any(v < 0 for v in lrs):
+        raise ValueError(f"optimizer's param-group LRs must be > 0 (group 0) to keep their "
+                         f"ratios, got {lrs}")
+    ratios = [v / lrs[0] for v in lrs]
+    opt_cls = type(optimizer)
+    accepted = inspect.signature(opt_cls.__init__).parameters
+    defaults = {k: v for k, v in optimizer.defaults.items()
+                if k not in _GROUP_ONLY and k in accepted}
+
+    def make_optimizer(params: Any, lr: float) -> torch.optim.Optimizer:
+        params = list(params)
+        built = [{"params": [params[i] for i in idx], **settings, "lr": lr * r}
+                 for (idx, settings), r in zip(groups, ratios)]
+        return opt_cls(built, lr=lr, **defaults)
+
+    compute = step_fn if step_fn is not None else (lambda m, b: loss_fn(m(b[0]), b[1]))
+
+    def loss(m: nn.Module, batch: Any) -> torch.Tensor:
+        if step_fn is None and (not isinstance(batch, (list, tuple)) or len(batch) < 2):
+            raise ValueError("with loss_fn, each batch must be an (inputs, targets) pair; pass "
+                             "step_fn(model, batch) -> loss for other batch layouts")
+        return compute(m, batch)
+
+    def batches(seed: int) -> Iterator:
+        from ..train import loader_generators
+
+        for gen in loader_generators(train_loader):
+            gen.manual_seed(int(seed))
+        while True:
+            empty = True
+            for b in train_loader:
+                empty = False
+                yield _move(b, dev)
+            if empty:
+                raise ValueError("train_loader yielded no batch")
+
+    def mean_loss(m: nn.Module, loader: Iterable) -> float:
+        total, count = 0.0, 0
+        for b in loader:
+            total += float(loss(m, _move(b, dev)))
+            count += 1
+        if count == 0:
+            raise ValueError("the validation loader yielded no batch")
+        return total / count
+
+    def evaluate(m: nn.Module, split: str) -> float:
+        from ._data import check_split
+
+        loader = val_loader if check_split(split) == "val" or test_loader is None else test_loader
+        was = m.training
+        m.eval()
+        try:
+            with torch.no_grad():
+                value = metric_fn(m, loader) if metric_fn is not None else mean_loss(m, loader)
+        finally:
+            m.train(was)
+        return float(value)
+
+    size = getattr(train_loader, "dataset", None)
+    train_size = len(size) if size is not None and hasattr(size, "__len__") else 0
+    batch_size = getattr(train_loader, "batch_size", None) or 1
+    recipe = Recipe(optimizer=opt_cls.__name__, batch_size=int(batch_size), steps=steps,
+                    default_lr=lrs[0], schedule=family, warmup_steps=warmup_steps,
+                    optimizer_factory=make_optimizer)
+    return Task(name=name, version="user", description=f"{type(model).__name__} with "
+                f"{opt_cls.__name__} ({steps} steps, {family})", recipe=recipe,
+                metric="metric" if metric_fn is not None else "val loss",
+                higher_is_better=higher_is_better, build_model=build_model, batches=batches,
+                loss=loss, evaluate=evaluate, train_size=train_size,
+                worst=-math.inf if higher_is_better else math.inf)
