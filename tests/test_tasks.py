@@ -18,7 +18,7 @@ from lrkit.train import run
 
 torch.set_num_threads(1)
 
-BUILTIN = ["digits", "digits-long", "mnist5k", "mnist1d", "charlm", "logreg"]
+BUILTIN = ["digits", "digits-long", "mnist5k", "mnist1d", "charlm", "logreg", "diabetes"]
 
 
 # ------------------------------------------------------------------------------------ registry
@@ -222,7 +222,7 @@ def test_charlm_splits_are_consecutive_and_disjoint():
     assert torch.equal(x[:, 1:], y[:, :-1])  # targets are the inputs shifted by one character
 
 
-@pytest.mark.parametrize("name", ["digits", "mnist5k", "mnist1d", "charlm", "logreg"])
+@pytest.mark.parametrize("name", ["digits", "mnist5k", "mnist1d", "charlm", "logreg", "diabetes"])
 def test_evaluate_accepts_only_val_and_test(name):
     t = tasks.get(name)
     m = t.build_model(0)
@@ -330,6 +330,7 @@ LR_MATTERS = [
     ("mnist1d", 300, (1e-3, 0.1, 1.0), 0.2),
     ("charlm", 80, (1e-5, 1e-2, 1.0), 0.5),
     ("logreg", None, (1e-3, 1.0, 30.0), 0.1),
+    ("diabetes", None, (1e-5, 1e-3, 0.03), 0.1),
 ]
 
 
@@ -345,3 +346,54 @@ def test_the_learning_rate_clearly_matters(name, steps, lrs, margin):
     sign = 1.0 if t.higher_is_better else -1.0
     assert sign * (good - low) > margin, (low, good, high)
     assert sign * (good - high) > margin, (low, good, high)
+
+
+# ------------------------------------------------------------- generalisation-limited tasks
+def test_diabetes_split_is_a_partition_standardised_with_training_statistics():
+    from sklearn.datasets import load_diabetes
+
+    from lrkit.tasks import diabetes
+    from lrkit.tasks._data import split_indices
+
+    d, raw = diabetes.load(), load_diabetes()
+    full = np.hstack([raw.data, raw.target[:, None]])  # 442 x (10 features + target)
+    assert [len(d[s][0]) for s in ("train", "val", "test")] == [266, diabetes.VAL, diabetes.TEST]
+    parts = {s: np.hstack([d[s][0].numpy(), d[s][1].numpy()]).astype(np.float64)
+             for s in ("train", "val", "test")}
+    # the training split is standardised: zero mean, unit population std, in every column
+    assert np.allclose(parts["train"].mean(0), 0.0, atol=1e-5)
+    assert np.allclose(parts["train"].std(0), 1.0, atol=1e-5)
+    # undoing it with the source training rows' statistics gives back the source rows
+    idx = dict(zip(("train", "val", "test"),
+                   split_indices(442, test=diabetes.TEST, val=diabetes.VAL, seed=0)))
+    mean, std = full[idx["train"]].mean(0), full[idx["train"]].std(0)
+    for s in ("train", "val", "test"):
+        assert np.allclose(parts[s] * std + mean, full[idx[s]], rtol=1e-5, atol=1e-4)
+    # and the three index sets partition the 442 rows
+    assert sorted(np.concatenate(list(idx.values())).tolist()) == list(range(442))
+
+
+def test_diabetes_metric_is_the_mse_and_the_best_lr_generalises_like_least_squares():
+    from sklearn.linear_model import LinearRegression
+
+    from lrkit.tasks import diabetes
+
+    t, d = tasks.get("diabetes"), diabetes.load()
+    assert t.metric == "mse" and not t.higher_is_better and t.worst == math.inf
+    m = t.build_model(0)
+    with torch.no_grad():
+        pred = m(d["test"][0]).numpy()
+    assert t.evaluate(m, "test") == pytest.approx(float(np.mean((pred - d["test"][1].numpy()) ** 2)),
+                                                  rel=1e-5)
+    ols = LinearRegression().fit(d["train"][0].numpy(), d["train"][1].numpy())
+    ols_test = float(np.mean((ols.predict(d["test"][0].numpy()) - d["test"][1].numpy()) ** 2))
+    assert 0.4 < ols_test < 0.6  # ~half of the target's variance is explained by a linear fit
+
+    # generalisation-limited: 30x the good LR fits the training set far better and the test set
+    # far worse (the MLP interpolates 266 examples); the good LR is as good as least squares
+    good, high = run(t, 1e-3, seed=0), run(t, 3e-2, seed=0)
+    assert not good.diverged and not high.diverged
+    train_good, train_high = np.mean(good.losses[-16:]), np.mean(high.losses[-16:])
+    assert train_high < 0.3 * train_good
+    assert good.metric < 1.05 * ols_test
+    assert high.metric > 1.3 * good.metric
