@@ -1,0 +1,362 @@
+"""The autopilot's report: one self-contained HTML file, plus its plots as PNGs beside it.
+
+``tune_report(folder, ...)`` only *draws* what :func:`lrkit.tune` computed ("compute, then draw"):
+it takes plain JSON-able data (the run folder's stage files), renders four matplotlib figures
+(Agg backend) to PNG files in ``folder`` and embeds the same bytes as base64 ``data:`` URIs in
+``report.html``, so the page needs no network and no other file. Every string that comes from the
+user or the task (names, descriptions, reasons, findings) is HTML-escaped.
+
+Figures:
+
+1. ``range-test.png``: the range-test curve with its good band, the suggestion, each schedule's
+   centre, the chosen peak LR and (when known) the curvature's safe-LR bound.
+2. ``candidates.png``: every confirmation run's training loss, per rung, and the halving
+   decisions (each arm's validation metric; the arms that went on are filled).
+3. ``schedule.png``: the chosen schedule over the full run (and the safe-LR bound).
+4. ``final.png``: the final run's training loss and validation metric, with the monitor's
+   findings marked at their steps.
+"""
+
+from __future__ import annotations
+
+import base64
+import html as _html
+import io
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["tune_report", "escape", "figure_png", "smooth"]
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;margin:2em auto;
+max-width:1000px;color:#222;line-height:1.45;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
+.decision{background:#f3f8f3;border-left:4px solid #2a7;padding:.6em 1em;margin:1em 0}
+.why{background:#f7f7fb;border-left:4px solid #57a;padding:.6em 1em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right} th{background:#f0f0f0}
+td.l,th.l{text-align:left} tr.kept td{font-weight:600;background:#eef7ee}
+img{max-width:100%;height:auto;border:1px solid #eee} .muted{color:#777}
+"""
+
+
+def escape(value: Any) -> str:
+    """``str(value)`` with ``& < > " '`` escaped (every user-provided string goes through it)."""
+    return _html.escape(str(value), quote=True)
+
+
+def smooth(values: Sequence[float], window: int) -> np.ndarray:
+    """Centred moving average of ``values`` over ``window`` points (shrinking at the ends;
+    non-finite values are skipped)."""
+    y = np.asarray(values, dtype=float)
+    n = y.size
+    if n == 0 or window <= 1:
+        return y
+    ok = np.isfinite(y)
+    yz = np.where(ok, y, 0.0)
+    c = np.concatenate([[0.0], np.cumsum(yz)])
+    k = np.concatenate([[0], np.cumsum(ok.astype(int))])
+    h = window // 2
+    lo = np.clip(np.arange(n) - h, 0, n)
+    hi = np.clip(np.arange(n) + h + 1, 0, n)
+    cnt = k[hi] - k[lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(cnt > 0, (c[hi] - c[lo]) / np.maximum(cnt, 1), np.nan)
+
+
+def _num(x: Any) -> float:
+    if x is None:
+        return float("nan")
+    return float(x.replace("Infinity", "inf")) if isinstance(x, str) else float(x)
+
+
+def figure_png(fig: Any, path: Path) -> bytes:
+    """Save ``fig`` as PNG to ``path`` and return the bytes (then close it)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    data = buf.getvalue()
+    Path(path).write_bytes(data)
+    return data
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# ------------------------------------------------------------------------------------ figures
+def _fig_range_test(rt: Mapping[str, Any], centres: Mapping[str, float], chosen: float,
+                    family: str, safe: float | None) -> Any:
+    from .finder import RangeTestResult
+
+    plt = _plt()
+    res = RangeTestResult.from_dict(rt)
+    fig, ax = plt.subplots(figsize=(8, 4.4))
+    res.plot(ax=ax, peers=False)
+    ylo, yhi = ax.get_ylim()
+    for i, (f, c) in enumerate(sorted(centres.items(), key=lambda kv: kv[1])):
+        ax.plot([c], [ylo + 0.04 * (yhi - ylo)], marker="^", ls="", color=f"C{(i + 4) % 10}",
+                label=f"centre {f}: {c:.3g}")
+    ax.axvline(chosen, color="k", lw=2, ls="--", label=f"chosen peak ({family}): {chosen:.3g}")
+    if safe is not None and math.isfinite(safe):
+        ax.axvline(safe, color="C1", lw=1.5, ls=":", label=f"safe-LR bound: {safe:.3g}")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def _fig_candidates(trials: Sequence[Mapping[str, Any]], metric: str, higher: bool) -> Any:
+    plt = _plt()
+    rungs = sorted({int(t["rung"]) for t in trials})
+    fig, axes = plt.subplots(2, max(1, len(rungs)), figsize=(10, 7), squeeze=False)
+    families = sorted({t["family"] for t in trials})
+    colour = {f: f"C{i % 10}" for i, f in enumerate(families)}
+    for j, rung in enumerate(rungs):
+        ax = axes[0][j]
+        ts = [t for t in trials if int(t["rung"]) == rung]
+        for t in ts:
+            y = smooth(t["losses"], max(1, len(t["losses"]) // 10))
+            ls = "-" if t.get("kept") else "--"
+            ax.plot(np.arange(1, len(y) + 1), y, color=colour[t["family"]], ls=ls,
+                    lw=2 if t.get("kept") else 1,
+                    label=f"{t['family']} {t['lr']:.3g}")
+        ax.set_title(f"rung {rung}: training loss ({ts[0]['steps']} steps)" if ts else "")
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss (smoothed)")
+        finite = [v for t in ts for v in t["losses"] if math.isfinite(_num(v))]
+        if finite:
+            lo, hi = float(np.percentile(finite, 1)), float(np.percentile(finite, 99))
+            ax.set_ylim(lo - 0.05 * (hi - lo + 1e-12), hi + 0.05 * (hi - lo + 1e-12))
+        ax.legend(fontsize=6, ncol=2)
+        bx = axes[1][j]
+        labels, vals, kept, cols = [], [], [], []
+        for t in ts:
+            labels.append(f"{t['family']}\n{t['lr']:.3g}")
+            vals.append(np.nan if t["diverged"] else _num(t["metric"]))
+            kept.append(bool(t.get("kept")))
+            cols.append(colour[t["family"]])
+        x = np.arange(len(ts))
+        fin = [v for v in vals if math.isfinite(v)]
+        base = (min(fin) if higher else max(fin)) if fin else 0.0
+        span = (max(fin) - min(fin)) if len(fin) > 1 else (abs(base) * 0.05 or 1.0)
+        floor = (min(fin) - 0.3 * span) if fin else 0.0
+        heights = [(v - floor) if math.isfinite(v) else 0.0 for v in vals]
+        bars = bx.bar(x, heights, bottom=floor, color=[c if k else "white" for c, k in
+                                                       zip(cols, kept)],
+                      edgecolor=cols, hatch=None, lw=1.5)
+        for b, v, k in zip(bars, vals, kept):
+            txt = "diverged" if not math.isfinite(v) else f"{v:.4g}"
+            bx.text(b.get_x() + b.get_width() / 2, (floor if not math.isfinite(v) else v),
+                    txt + (" *" if k else ""), ha="center", va="bottom", fontsize=7)
+        bx.set_xticks(x)
+        bx.set_xticklabels(labels, fontsize=7)
+        bx.set_ylabel(f"val {metric} ({'higher' if higher else 'lower'} is better)")
+        bx.set_title(f"rung {rung}: halving decision (filled, * = went on / chosen)")
+    fig.tight_layout()
+    return fig
+
+
+def _fig_schedule(final: Mapping[str, Any], safe: float | None) -> Any:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    lrs = [_num(v) for v in final["lrs"]]
+    ax.plot(np.arange(len(lrs)), lrs, color="C3", lw=2,
+            label=f"{final['family']} (peak {final['lr']:.3g})")
+    if safe is not None and math.isfinite(safe):
+        ax.axhline(safe, color="C1", ls=":", label=f"safe-LR bound {safe:.3g}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate")
+    ax.set_title("the chosen schedule over the full run")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _fig_final(final: Mapping[str, Any], metric: str, findings: Sequence[Mapping[str, Any]]
+               ) -> Any:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    losses = [_num(v) for v in final["losses"]]
+    steps = np.arange(1, len(losses) + 1)
+    ax.plot(steps, losses, color="0.8", lw=0.7, label="training loss")
+    ax.plot(steps, smooth(losses, max(1, len(losses) // 30)), color="C0", lw=2,
+            label="training loss (smoothed)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    fin = [v for v in losses if math.isfinite(v)]
+    if fin:
+        lo, hi = float(np.percentile(fin, 0.5)), float(np.percentile(fin, 99.5))
+        ax.set_ylim(lo - 0.05 * (hi - lo + 1e-12), hi + 0.1 * (hi - lo + 1e-12))
+    handles, labels = ax.get_legend_handles_labels()
+    if final.get("val"):
+        a2 = ax.twinx()
+        vs = [v[0] for v in final["val"]]
+        vm = [_num(v[1]) for v in final["val"]]
+        (h,) = a2.plot(vs, vm, color="C2", marker="o", ms=3, lw=1.5, label=f"val {metric}")
+        a2.set_ylabel(f"val {metric}")
+        handles.append(h)
+        labels.append(f"val {metric}")
+    for i, f in enumerate(findings):
+        step = f.get("step")
+        if step is None:
+            continue
+        h = ax.axvline(float(step), color="C3", ls="--", lw=1.2)
+        ax.annotate(str(f.get("kind")), (float(step), ax.get_ylim()[1]), fontsize=7,
+                    color="C3", rotation=90, va="top", ha="right")
+        if i == 0:
+            handles.append(h)
+            labels.append("monitor finding")
+    ax.legend(handles, labels, fontsize=8, loc="upper right")
+    ax.set_title(f"final run: {final['family']} at {final['lr']:.3g}")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------- the page
+def _img(data: bytes, alt: str) -> str:
+    b64 = base64.b64encode(data).decode("ascii")
+    return f'<p><img alt="{escape(alt)}" src="data:image/png;base64,{b64}"></p>'
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    x = _num(v)
+    return "diverged" if not math.isfinite(x) else f"{x:.{digits}g}"
+
+
+def tune_report(
+    folder: str | Path,
+    *,
+    task: Mapping[str, Any],
+    range_test: Mapping[str, Any],
+    halving: Mapping[str, Any],
+    final: Mapping[str, Any],
+    stages: Sequence[Mapping[str, Any]],
+    safe_lr: Mapping[str, Any] | None,
+    explanation: str,
+    monitor_available: bool,
+) -> Path:
+    """Write ``report.html`` and its PNGs to ``folder``; return the report's path.
+
+    Args:
+        folder: the run folder (created if missing).
+        task: ``name, description, metric, higher_is_better, steps, optimizer,
+            recipe_schedule, warmup_steps``.
+        range_test: :meth:`lrkit.finder.RangeTestResult.to_dict`.
+        halving: ``plan``, ``centres`` (family -> LR) and ``trials`` (each: rung, family, lr,
+            steps, metric, diverged, kept, losses).
+        final: the final run (family, lr, schedule, metric, losses, lrs, val, findings).
+        stages: each stage's ``name, cost_steps, wall_time``.
+        safe_lr: the curvature bound (``{"lr": ...}``), ``{"error": ...}``, or ``None`` when
+            :mod:`lrkit.curvature` is not installed.
+        explanation: the plain-words paragraph.
+        monitor_available: whether the monitor watched the final run.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    metric, higher = str(task["metric"]), bool(task["higher_is_better"])
+    safe = None
+    if safe_lr and "lr" in safe_lr:
+        safe = _num(safe_lr["lr"])
+    findings = list(final.get("findings") or [])
+    figs = [
+        ("range-test.png", "range test curve with band and chosen LR",
+         _fig_range_test(range_test, halving["centres"], float(final["lr"]), final["family"],
+                         safe)),
+        ("candidates.png", "confirmation runs and halving decisions",
+         _fig_candidates(halving["trials"], metric, higher)),
+        ("schedule.png", "the chosen schedule", _fig_schedule(final, safe)),
+        ("final.png", "final training curves with monitor findings",
+         _fig_final(final, metric, findings)),
+    ]
+    imgs = {name: (alt, figure_png(fig, folder / name)) for name, alt, fig in figs}
+
+    total = sum(int(s["cost_steps"]) for s in stages) or 1
+    full = int(task["steps"])
+    rows_stages = "".join(
+        f"<tr><td class=l>{escape(s['name'])}</td><td>{int(s['cost_steps'])}</td>"
+        f"<td>{int(s['cost_steps']) / full:.2f}</td><td>{int(s['cost_steps']) / total:.0%}</td>"
+        f"<td>{float(s['wall_time']):.1f}</td></tr>" for s in stages)
+    rows_trials = "".join(
+        f"<tr class=\"{'kept' if t.get('kept') else ''}\"><td>{int(t['rung'])}</td>"
+        f"<td class=l>{escape(t['family'])}</td><td>{float(t['lr']):.3g}</td>"
+        f"<td>{int(t['steps'])}</td>"
+        f"<td>{'diverged' if t['diverged'] else _fmt(t['metric'])}</td>"
+        f"<td>{'yes' if t.get('kept') else ''}</td></tr>"
+        for t in sorted(halving["trials"], key=lambda t: (t["rung"], t["family"], t["lr"])))
+    if findings:
+        rows_f = "".join(
+            f"<tr><td class=l>{escape(f.get('kind'))}</td><td>{escape(f.get('step'))}</td>"
+            f"<td class=l>{escape(f.get('evidence'))}</td>"
+            f"<td class=l>{escape(f.get('action'))}</td></tr>" for f in findings)
+        findings_html = ("<table><tr><th class=l>finding</th><th>step</th>"
+                         "<th class=l>evidence</th><th class=l>action</th></tr>"
+                         f"{rows_f}</table>")
+    elif monitor_available:
+        findings_html = "<p>The monitor watched the final run and found nothing to flag.</p>"
+    else:
+        findings_html = ("<p class=muted>The monitor (<code>lrkit.monitor</code>) is not "
+                         "installed in this version: no findings were computed.</p>")
+    if safe is not None and math.isfinite(safe):
+        safe_html = (f"<p>Curvature bound: the safe LR is <b>{safe:.3g}</b> "
+                     f"(the chosen peak is {float(final['lr']) / safe:.2g}x it).</p>")
+    elif safe_lr and "error" in safe_lr:
+        safe_html = f"<p class=muted>Safe-LR bound unavailable: {escape(safe_lr['error'])}</p>"
+    else:
+        safe_html = ("<p class=muted>Safe-LR bound unavailable: <code>lrkit.curvature</code> "
+                     "is not installed in this version.</p>")
+    s = range_test.get("suggestion") or {}
+    band = s.get("band")
+    band_txt = f"{band[0]:.3g} .. {band[1]:.3g}" if band else "none"
+    sched_json = escape(_json(final["schedule"]))
+    body = f"""
+<h1>lrkit tune: {escape(task['name'])}</h1>
+<p class=muted>{escape(task.get('description', ''))}. Recipe: {escape(task.get('optimizer'))},
+{full} steps, recipe schedule {escape(task.get('recipe_schedule'))}
+(warmup {int(task.get('warmup_steps') or 0)} steps).</p>
+<div class=decision><b>Decision:</b> {escape(final['family'])} schedule with peak learning rate
+<b>{float(final['lr']):.3g}</b>. Final run: test {escape(metric)} <b>{_fmt(final['metric'])}</b>
+({'higher' if higher else 'lower'} is better). Total cost {total} steps =
+{total / full:.2f} full runs.<br><span class=muted>schedule spec: <code>{sched_json}</code>
+</span></div>
+<h2>Why</h2>
+<p class=why>{escape(explanation)}</p>
+<h2>Cost of each stage</h2>
+<table><tr><th class=l>stage</th><th>steps</th><th>full runs</th><th>share</th>
+<th>wall (s)</th></tr>{rows_stages}</table>
+<h2>1. Range test</h2>
+<p>Suggestion {_fmt(s.get('lr'), 3)} ({escape(s.get('confidence'))}: {escape(s.get('reason'))}),
+good band {band_txt}.</p>
+{_img(*imgs['range-test.png'][::-1])}
+{safe_html}
+<h2>2-3. Candidates and successive halving</h2>
+<table><tr><th>rung</th><th class=l>schedule</th><th>lr</th><th>steps</th>
+<th>val {escape(metric)}</th><th>went on</th></tr>{rows_trials}</table>
+{_img(*imgs['candidates.png'][::-1])}
+<h2>The chosen schedule</h2>
+{_img(*imgs['schedule.png'][::-1])}
+<h2>4. Final run</h2>
+{_img(*imgs['final.png'][::-1])}
+{findings_html}
+"""
+    page = ("<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+            f"<title>lrkit tune: {escape(task['name'])}</title><style>{_CSS}</style></head>"
+            f"<body>{body}</body></html>\n")
+    path = folder / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def _json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, sort_keys=True)

@@ -1,0 +1,908 @@
+"""The autopilot: ``lrkit.tune(task)`` picks the learning rate and the schedule, trains, and reports.
+
+Five stages, each stored as JSON in a run folder (``./lrkit-runs/<task>-<timestamp>/``) as soon as
+it finishes, so an interrupted run keeps its work and ``tune(task, out=DIR)`` (``lrkit tune
+--resume DIR``) goes on from there:
+
+1. **Range test** (:func:`lrkit.find_lr`, Smith 2017): one sweep gives a constant-LR suggestion
+   ``lr*`` and its good band ``[low, high]``.
+2. **Candidates** from the band: for each schedule family ``f`` its centre ``c_f`` (the peak the
+   suggestion hands to that family, :meth:`lrkit.suggest.Suggestion.lr_for`: ``lr*`` for constant,
+   step and WSD, ``sqrt(lr* high)`` for cosine-like decays, ``high`` for one-cycle / cyclic) and
+   the neighbours ``c_f 10^(+-1/4)`` (a quarter decade, the oracle grid's resolution).
+3. **Confirmation by successive halving** (Jamieson & Talwalkar 2016; Li et al. 2018,
+   "Hyperband"), coarse to fine: rung 0 trains every family at its centre for a short horizon
+   ``r0`` (a *miniature* of the full run: the schedule is rebuilt for ``r0`` steps, warmup scaled
+   with it), scored on the task's ``"val"`` split; the best ``ceil(F / eta)`` families (``eta =
+   3``; one when the budget is tight) go on to rung 1, where each is tried at its three LRs with
+   the longer horizon ``r1 = 2 r0``. The best arm of the last rung is the choice. The rung sizes
+   come from the budget: ``r0 = C / (F + 2 * 3 k)`` with ``C`` the steps left for stage 3.
+4. **Final run**: the task's full ``recipe.steps`` at the chosen LR and schedule, watched by the
+   monitor (when :mod:`lrkit.monitor` is installed), the validation metric recorded along the way
+   and the final weights saved; scored on the ``"test"`` split.
+5. **Result and report**: :class:`TuneResult` and one self-contained HTML report
+   (:func:`lrkit.html.tune_report`).
+
+Cost is counted in optimizer steps: ``cost_steps = range test + confirmations + final run``; with
+the default ``budget=2.0`` it stays within two full runs.
+
+>>> from lrkit import tasks
+>>> res = tune(tasks.get("digits"), progress=False)          # doctest: +SKIP
+>>> res.lr, res.schedule["name"], res.metric, res.report     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .errors import check_choice, check_int, check_positive
+
+__all__ = ["TuneResult", "Stage", "tune", "add_cli_arguments", "cli_main", "DEFAULT_SCHEDULES",
+           "FAMILY_LR_KEY"]
+
+#: the schedule families tried by default
+DEFAULT_SCHEDULES = ("constant", "step", "cosine", "onecycle", "wsd")
+#: schedule family -> the :meth:`Suggestion.lr_for` key whose LR is that family's centre (peak)
+FAMILY_LR_KEY = {"constant": "constant", "step": "constant", "wsd": "constant",
+                 "cosine": "cosine", "warmup_cosine": "warmup_cosine", "linear": "cosine",
+                 "exponential": "cosine", "cyclic": "cyclical", "onecycle": "one_cycle"}
+#: families whose shape already holds a warmup (no extra warmup is prepended)
+_OWN_WARMUP = ("onecycle",)
+#: the LR neighbours' spacing in decades (the oracle grid's and confirm mode's resolution)
+SPACING = 0.25
+#: successive halving's reduction factor (keep the best 1/ETA families)
+ETA = 3
+#: the shortest rung-0 horizon worth running, as a fraction of a full run, and in steps
+MIN_RUNG_FRACTION = 1 / 15
+MIN_RUNG_STEPS = 10
+_FILES = {"meta": "meta.json", "range": "1-range-test.json", "candidates": "2-candidates.json",
+          "halving": "3-halving.json", "final": "4-final.json", "result": "result.json",
+          "weights": "final-weights.pt", "report": "report.html"}
+
+
+# ----------------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class Stage:
+    """One stage's cost (optimizer steps, and its share of the total) and outcome."""
+
+    name: str
+    cost_steps: int
+    wall_time: float
+    outcome: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "cost_steps": self.cost_steps, "wall_time": self.wall_time,
+                "outcome": dict(self.outcome)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Stage":
+        return cls(d["name"], int(d["cost_steps"]), float(d["wall_time"]),
+                   dict(d.get("outcome") or {}))
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """What :func:`tune` returns (and writes to ``result.json`` in the run folder).
+
+    ``lr`` is the chosen peak LR, ``schedule`` the chosen schedule's JSON spec for the full run
+    (:func:`lrkit.schedules.from_spec` rebuilds it), ``metric`` the final run's metric on the
+    task's ``"test"`` split, ``cost_steps`` every optimizer step spent (range test, confirmation
+    runs and the final run), ``stages`` each stage's cost and outcome, ``findings`` the monitor's
+    findings on the final run (plain dicts: kind, step, evidence, action), ``report`` the HTML
+    report's path.
+    """
+
+    task: str
+    lr: float
+    family: str
+    schedule: Mapping[str, Any]
+    metric: float
+    metric_name: str
+    higher_is_better: bool
+    cost_steps: int
+    full_run_steps: int
+    stages: tuple[Stage, ...]
+    findings: tuple[Mapping[str, Any], ...]
+    report: str
+    run_dir: str
+    weights: str
+    explanation: str = ""
+
+    @property
+    def cost_runs(self) -> float:
+        """``cost_steps`` in full runs of the task."""
+        return self.cost_steps / self.full_run_steps
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["schedule"] = dict(self.schedule)
+        d["stages"] = [s.to_dict() for s in self.stages]
+        d["findings"] = [dict(f) for f in self.findings]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TuneResult":
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["stages"] = tuple(Stage.from_dict(s) for s in d["stages"])
+        kw["findings"] = tuple(dict(f) for f in d.get("findings") or ())
+        return cls(**kw)
+
+
+# ------------------------------------------------------------------------------- the plan
+@dataclass(frozen=True)
+class _Arm:
+    family: str
+    lr: float
+    centre: float
+    multiplier: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.family}@{self.lr:.6g}"
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The budget split: range-test steps, rung horizons and how many families go on."""
+
+    total_steps: int
+    range_iters: int
+    rung0: int
+    rung1: int
+    keep: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _range_iters(full: int, budget: float) -> int:
+    """Range-test length: a fifth of the confirmation allowance, 30..100 steps (100 is
+    :func:`find_lr`'s default; fewer than ~30 points over 8 decades cannot place a valley)."""
+    return int(min(100, max(30, round(0.2 * (budget - 1.0) * full))))
+
+
+def _halving_plan(full: int, budget: float, range_cost: int, families: int) -> _Plan:
+    """Rung horizons from the steps left after the range test and the final run.
+
+    Cost of stage 3 = ``F r0 + 3 k r1`` with ``r1 = 2 r0`` (F families at rung 0; k families x 3
+    LRs at rung 1). ``k = ceil(F / ETA)`` when that still leaves ``r0`` at least
+    ``max(MIN_RUNG_STEPS, full * MIN_RUNG_FRACTION)`` steps, else 1.
+    """
+    total = int(math.floor(budget * full))
+    left = total - full - range_cost
+    floor = max(MIN_RUNG_STEPS, int(full * MIN_RUNG_FRACTION))
+    keep = min(families, max(1, math.ceil(families / ETA)))
+    while True:
+        r0 = left // (families + 6 * keep) if left > 0 else 0
+        if r0 >= floor or keep == 1:
+            break
+        keep -= 1
+    if r0 < 2:
+        raise ValueError(f"budget={budget!r} leaves {max(left, 0)} steps for the confirmation "
+                         f"runs of {families} schedule families (a full run is {full} steps, "
+                         f"the range test took {range_cost}): raise budget or pass fewer "
+                         "schedules")
+    return _Plan(total_steps=total, range_iters=0, rung0=int(r0), rung1=int(2 * r0), keep=keep)
+
+
+def _warmup_for(task: Any, family: str, steps: int) -> int:
+    """The task's warmup, scaled to a run of ``steps`` (0 when the recipe has none, and for
+    families whose shape warms up by itself)."""
+    w, full = task.recipe.warmup_steps, task.recipe.steps
+    if w <= 0 or family in _OWN_WARMUP:
+        return 0
+    return int(min(steps - 1, max(1, round(w * steps / full))))
+
+
+def _schedule(task: Any, family: str, lr: float, steps: int) -> Any:
+    from . import schedules
+
+    return schedules.family(family, lr, steps, warmup_steps=_warmup_for(task, family, steps))
+
+
+def _centres(suggestion: Any, task: Any, families: Sequence[str]) -> dict[str, float]:
+    """Each family's centre LR from the range test's suggestion (the recipe's default LR, with
+    the usual settings around it, when the curve gave none)."""
+    from .suggest import Suggestion
+
+    s = suggestion
+    if s.lr is None:
+        d = task.recipe.default_lr
+        s = Suggestion.at(d, (d / 2, 2 * d), method=s.method, confidence="none", reason=s.reason)
+    return {f: float(s.lr_for(FAMILY_LR_KEY[f])) for f in families}
+
+
+def _arms(centres: Mapping[str, float], family: str | None = None) -> list[_Arm]:
+    out = []
+    for f, c in centres.items():
+        if family is not None and f != family:
+            continue
+        for k in (-1, 0, 1):
+            m = 10 ** (SPACING * k)
+            out.append(_Arm(f, c * m, c, m))
+    return out
+
+
+# ----------------------------------------------------------------------------- callbacks
+class _StepBar:
+    """fit callback: advances a stage's progress bar by one per optimizer step."""
+
+    def __init__(self, bar: Any, label: str = "") -> None:
+        self.bar, self.label = bar, label
+
+    def on_train_start(self, model: Any, optimizer: Any) -> None:
+        if self.bar is not None and self.label:
+            self.bar.set_postfix_str(self.label, refresh=False)
+
+    def on_step_end(self, info: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+        return None
+
+    def on_eval(self, step: int, metric: float) -> None:
+        return None
+
+    def on_train_end(self, result: Any) -> None:
+        pass
+
+
+class _Recorder:
+    """fit callback for the final run: keeps the model, records the gradient norm every step and
+    the validation metric every ``every`` steps (evaluation costs no optimizer step)."""
+
+    def __init__(self, task: Any, every: int) -> None:
+        self.task, self.every = task, every
+        self.model: Any = None
+        self.grad_norms: list[float] = []
+        self.val: list[tuple[int, float]] = []
+        self.listeners: list[Any] = []
+
+    def on_train_start(self, model: Any, optimizer: Any) -> None:
+        self.model = model
+
+    def on_step_end(self, info: Any) -> bool | str | None:
+        import torch
+
+        from .train import global_grad_norm
+
+        g = info.grad_norm
+        if g is None:
+            g = global_grad_norm(p for grp in info.optimizer.param_groups for p in grp["params"])
+        self.grad_norms.append(float(g))
+        if (info.step + 1) % self.every == 0:
+            model = info.model
+            was = model.training
+            model.eval()
+            with torch.no_grad():
+                v = float(self.task.evaluate(model, "val"))
+            model.train(was)
+            self.val.append((info.step + 1, v))
+            for fn in self.listeners:
+                fn(info.step + 1, v)
+        return None
+
+    def on_eval(self, step: int, metric: float) -> None:
+        return None
+
+    def on_train_end(self, result: Any) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------ run folder
+class _Folder:
+    """The run folder: one JSON file per stage, written atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def file(self, key: str) -> Path:
+        return self.path / _FILES[key]
+
+    def load(self, key: str) -> Any:
+        p = self.file(key)
+        if not p.exists():
+            return None
+        return json.loads(p.read_text(encoding="utf-8"))
+
+    def save(self, key: str, data: Any) -> None:
+        p = self.file(key)
+        tmp = p.with_suffix(p.suffix + ".tmp")
+        tmp.write_text(json.dumps(_jsonable(data), indent=1, allow_nan=False), encoding="utf-8")
+        os.replace(tmp, p)
+
+
+def _jsonable(x: Any) -> Any:
+    """JSON has no NaN/inf: encode them as strings (as :mod:`lrkit.finder` does)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return "NaN" if x != x else ("Infinity" if x > 0 else "-Infinity")
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def _num(x: Any) -> float:
+    return float(x.replace("Infinity", "inf")) if isinstance(x, str) else float(x)
+
+
+def _default_out(task_name: str) -> Path:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in task_name) or "task"
+    base = Path("lrkit-runs") / f"{safe}-{stamp}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    return path
+
+
+# ----------------------------------------------------------------------------------- display
+class _Display:
+    """Live progress: a tqdm bar per stage and a rich table of the candidates (when shown)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.console = None
+        if enabled:
+            try:
+                from rich.console import Console
+
+                self.console = Console(stderr=True)
+            except ImportError:  # pragma: no cover - rich is a dependency
+                self.console = None
+
+    def bar(self, total: int, desc: str) -> Any:
+        if not self.enabled:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=desc, leave=True)
+
+    def say(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.console is not None:
+            self.console.print(text, markup=False, highlight=False)
+        else:  # pragma: no cover
+            print(text)
+
+    def table(self, task: Any, trials: list[dict], rung: int) -> None:
+        if not self.enabled or self.console is None:
+            return
+        from rich.table import Table
+
+        t = Table(title=f"candidates after rung {rung}", title_justify="left")
+        for col in ("rung", "schedule", "lr", "steps", f"val {task.metric}", "kept"):
+            t.add_column(col, justify="right" if col not in ("schedule",) else "left")
+        for r in sorted(trials, key=lambda r: (r["rung"], r["family"], r["lr"])):
+            t.add_row(str(r["rung"]), r["family"], f"{r['lr']:.3g}", str(r["steps"]),
+                      "diverged" if r["diverged"] else f"{_num(r['metric']):.4g}",
+                      "yes" if r.get("kept") else "")
+        self.console.print(t)
+
+
+# ---------------------------------------------------------------------------------- stages
+def _stage_range_test(task: Any, folder: _Folder, plan_iters: int, seed: int,
+                      show: _Display) -> tuple[Any, Stage]:
+    from .finder import RangeTestResult, find_lr
+
+    saved = folder.load("range")
+    if saved is not None:
+        res = RangeTestResult.from_dict(saved["result"])
+        show.say(f"[1/5] range test: resumed from {folder.file('range').name}")
+        return res, Stage.from_dict(saved["stage"])
+    show.say(f"[1/5] range test: {plan_iters} steps, LR 1e-7 .. 10")
+    t0 = time.perf_counter()
+    res = find_lr(task, num_iter=plan_iters, seed=seed, progress=show.enabled)
+    s = res.suggestion
+    outcome = {"lr": s.lr, "band": list(s.band) if s.band else None, "confidence": s.confidence,
+               "reason": s.reason, "stop_reason": res.stop_reason, "steps": res.cost_steps}
+    stage = Stage("range test", int(res.cost_steps), time.perf_counter() - t0, outcome)
+    folder.save("range", {"result": res.to_dict(), "stage": stage.to_dict()})
+    if s.lr is not None and s.band:
+        show.say(f"      suggestion {s.lr:.3g}, band {s.band[0]:.3g} .. {s.band[1]:.3g} "
+                 f"({s.confidence})")
+    else:
+        show.say(f"      no suggestion ({s.reason}): centring on the recipe's default LR")
+    return res, stage
+
+
+def _rank(task: Any, metric: float, diverged: bool) -> float:
+    if diverged or metric != metric:
+        return math.inf
+    return -metric if task.higher_is_better else metric
+
+
+class _Trials:
+    """Stage 3's trial log: every finished short run, persisted at once (resume skips it)."""
+
+    def __init__(self, folder: _Folder, plan: _Plan, centres: Mapping[str, float],
+                 study: Any) -> None:
+        self.folder, self.plan, self.centres, self.study = folder, plan, centres, study
+        saved = folder.load("halving") or {}
+        self.trials: list[dict] = list(saved.get("trials") or [])
+        self.rungs: list[dict] = list(saved.get("rungs") or [])
+
+    def find(self, rung: int, arm: _Arm) -> dict | None:
+        for r in self.trials:
+            if r["rung"] == rung and r["family"] == arm.family and math.isclose(
+                    r["lr"], arm.lr, rel_tol=1e-9):
+                return r
+        return None
+
+    def save(self) -> None:
+        self.folder.save("halving", {"plan": self.plan.to_dict(), "centres": dict(self.centres),
+                                     "trials": self.trials, "rungs": self.rungs})
+
+
+def _run_rung(task: Any, arms: list[_Arm], rung: int, steps: int, log: _Trials, seed: int,
+              show: _Display) -> list[dict]:
+    from . import train
+
+    todo = [a for a in arms if log.find(rung, a) is None]
+    bar = show.bar(len(todo) * steps, f"[3/5] rung {rung}: {len(arms)} arms x {steps} steps")
+    try:
+        for arm in todo:
+            t0 = time.perf_counter()
+            sched = _schedule(task, arm.family, arm.lr, steps)
+            cb = _StepBar(bar, f"{arm.family} {arm.lr:.3g}")
+            out = train.run(task, sched, steps=steps, seed=seed, eval_split="val",
+                            callbacks=[cb])
+            if bar is not None and out.steps_done < steps:
+                bar.update(steps - out.steps_done)
+            rec = {"rung": rung, "family": arm.family, "lr": arm.lr, "centre": arm.centre,
+                   "multiplier": arm.multiplier, "steps": steps, "steps_done": out.steps_done,
+                   "metric": out.metric, "diverged": out.diverged,
+                   "stop_reason": out.stop_reason, "wall_time": time.perf_counter() - t0,
+                   "losses": [float(v) for v in out.losses], "lrs": [float(v) for v in out.lrs],
+                   "schedule": sched.spec}
+            log.trials.append(rec)
+            log.save()
+            if log.study is not None:
+                log.study.record(rec)
+    finally:
+        if bar is not None:
+            bar.close()
+    return [log.find(rung, a) for a in arms]  # type: ignore[misc]
+
+
+def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
+                   families: Sequence[str], budget: float, seed: int, study: Any,
+                   show: _Display) -> tuple[dict, Stage]:
+    full = task.recipe.steps
+    plan = _halving_plan(full, budget, range_stage.cost_steps, len(families))
+    plan = dataclasses.replace(plan, range_iters=int(rt.settings.get("num_iter", 0)))
+    centres = _centres(rt.suggestion, task, families)
+    folder.save("candidates", {"centres": centres, "spacing_decades": SPACING,
+                               "arms": [dataclasses.asdict(a) for a in _arms(centres)],
+                               "band": list(rt.suggestion.band) if rt.suggestion.band else None,
+                               "plan": plan.to_dict()})
+    show.say(f"[2/5] candidates: {len(families)} schedules, each at its centre and "
+             f"x10^(+-{SPACING}); rung 0 = {plan.rung0} steps, rung 1 = {plan.rung1} steps, "
+             f"{plan.keep} schedule(s) go on")
+    log = _Trials(folder, plan, centres, study)
+    # rung 0: every family at its centre
+    arms0 = [_Arm(f, centres[f], centres[f], 1.0) for f in families]
+    res0 = _run_rung(task, arms0, 0, plan.rung0, log, seed, show)
+    order = sorted(range(len(arms0)), key=lambda i: (_rank(task, _num(res0[i]["metric"]),
+                                                           res0[i]["diverged"]), i))
+    kept = [arms0[i].family for i in order[:plan.keep]]
+    for r in res0:
+        r["kept"] = r["family"] in kept
+    log.rungs = [{"rung": 0, "steps": plan.rung0, "kept": kept,
+                  "rule": f"best {plan.keep} of {len(arms0)} schedules by val {task.metric}"}]
+    log.save()
+    show.table(task, log.trials, 0)
+    # rung 1: the kept families, each at its three LRs, twice the horizon
+    arms1 = [a for f in kept for a in _arms(centres, f)]
+    res1 = _run_rung(task, arms1, 1, plan.rung1, log, seed, show)
+    i_best = min(range(len(arms1)), key=lambda i: (_rank(task, _num(res1[i]["metric"]),
+                                                         res1[i]["diverged"]), i))
+    winner = arms1[i_best]
+    for i, r in enumerate(res1):
+        r["kept"] = i == i_best
+    log.rungs.append({"rung": 1, "steps": plan.rung1, "kept": [winner.key],
+                      "rule": f"best of {len(arms1)} arms by val {task.metric}"})
+    log.save()
+    show.table(task, log.trials, 1)
+    cost = sum(int(r["steps_done"]) for r in log.trials)
+    all_div = all(r["diverged"] for r in res1)
+    edge = winner.multiplier != 1.0
+    outcome = {"family": winner.family, "lr": winner.lr, "centre": winner.centre,
+               "metric": res1[i_best]["metric"], "kept_rung0": kept,
+               "all_diverged": all_div, "at_edge": edge, "plan": plan.to_dict()}
+    wall = sum(float(r["wall_time"]) for r in log.trials)
+    stage = Stage("confirmation (successive halving)", cost, wall, outcome)
+    folder.save("halving", {"plan": plan.to_dict(), "centres": dict(centres),
+                            "trials": log.trials, "rungs": log.rungs, "stage": stage.to_dict()})
+    return {"winner": winner, "trials": log.trials, "plan": plan, "centres": centres}, stage
+
+
+def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
+                 show: _Display) -> tuple[dict, Stage]:
+    import torch
+
+    from . import train
+
+    saved = folder.load("final")
+    if saved is not None and folder.file("weights").exists():
+        show.say(f"[4/5] final run: resumed from {folder.file('final').name}")
+        return saved, Stage.from_dict(saved["stage"])
+    full = task.recipe.steps
+    sched = _schedule(task, family, lr, full)
+    every = max(1, full // 25)
+    rec = _Recorder(task, every)
+    monitor = _make_monitor(task)
+    cbs: list[Any] = [rec]
+    if monitor is not None:
+        cbs.append(monitor)
+    bar = show.bar(full, f"[4/5] final run: {family} at {lr:.3g}, {full} steps")
+    cbs.append(_StepBar(bar))
+    t0 = time.perf_counter()
+    try:
+        out = train.run(task, sched, steps=full, seed=seed, eval_split="test", callbacks=cbs)
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - t0
+    if rec.model is not None:
+        torch.save(rec.model.state_dict(), folder.file("weights"))
+    findings = _findings(monitor, out, rec, task)
+    data = {"family": family, "lr": lr, "schedule": sched.spec, "metric": out.metric,
+            "diverged": out.diverged, "stop_reason": out.stop_reason,
+            "steps_done": out.steps_done, "losses": [float(v) for v in out.losses],
+            "lrs": [float(v) for v in out.lrs], "grad_norms": rec.grad_norms,
+            "val": [list(v) for v in rec.val], "findings": findings,
+            "monitor": "lrkit.monitor" if monitor is not None else None}
+    stage = Stage("final run", int(out.steps_done), wall,
+                  {"metric": out.metric, "split": "test", "diverged": out.diverged,
+                   "findings": len(findings)})
+    data["stage"] = stage.to_dict()
+    folder.save("final", data)
+    return data, stage
+
+
+# ------------------------------------------------------------------- optional integrations
+def _make_monitor(task: Any) -> Any:
+    """The monitor's training callback, when :mod:`lrkit.callbacks` is there (issue 9)."""
+    try:
+        from .callbacks import MonitorCallback  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    try:
+        return MonitorCallback(higher_is_better=task.higher_is_better)
+    except TypeError:
+        try:
+            return MonitorCallback()
+        except Exception:  # pragma: no cover - an incompatible monitor: run without it
+            return None
+
+
+def _findings(monitor: Any, out: Any, rec: _Recorder, task: Any) -> list[dict]:
+    if monitor is None:
+        return []
+    raw = getattr(monitor, "findings", None)
+    if callable(raw):
+        raw = raw()
+    found = []
+    for f in raw or ():
+        if dataclasses.is_dataclass(f):
+            d = dataclasses.asdict(f)
+        elif isinstance(f, Mapping):
+            d = dict(f)
+        else:
+            d = {k: getattr(f, k, None) for k in ("kind", "step", "evidence", "action")}
+        found.append({k: d.get(k) for k in ("kind", "step", "evidence", "action")})
+    return found
+
+
+def _safe_lr(task: Any, seed: int) -> dict | None:
+    """The curvature bound (issue 11) when :mod:`lrkit.curvature` is there; else ``None``."""
+    try:
+        from . import curvature  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    fn = getattr(curvature, "safe_lr", None)
+    if fn is None:
+        return None
+    try:
+        res = fn(task, seed=seed)
+    except Exception as e:  # the bound is an extra: report why it is missing
+        return {"error": f"{type(e).__name__}: {e}"}
+    if isinstance(res, (int, float)):
+        return {"lr": float(res)}
+    if dataclasses.is_dataclass(res):
+        d = dataclasses.asdict(res)
+    elif isinstance(res, Mapping):
+        d = dict(res)
+    else:
+        d = {"lr": float(getattr(res, "lr", float("nan")))}
+    return _jsonable({k: v for k, v in d.items() if isinstance(v, (int, float, str, type(None)))})
+
+
+class _Study:
+    """Stage 3's trials recorded in an Optuna study (embedded SQLite in the run folder, or the
+    ``storage`` URL given), so they can be inspected with Optuna's tools and shared."""
+
+    def __init__(self, storage: str, name: str, task: Any) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.optuna = optuna
+        self.storage, self.name = storage, name
+        self.study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
+                                         direction="maximize" if task.higher_is_better
+                                         else "minimize")
+        self.study.set_user_attr("lrkit", "tune")
+        self.study.set_user_attr("task", task.name)
+
+    def record(self, rec: Mapping[str, Any]) -> None:
+        from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+        o = self.optuna
+        value = _num(rec["metric"])
+        state = o.trial.TrialState.COMPLETE if math.isfinite(value) and not rec["diverged"] \
+            else o.trial.TrialState.FAIL
+        t = o.trial.create_trial(
+            params={"lr": rec["lr"], "schedule": rec["family"]},
+            distributions={"lr": FloatDistribution(1e-12, 1e6, log=True),
+                           "schedule": CategoricalDistribution(list(FAMILY_LR_KEY))},
+            value=value if state == o.trial.TrialState.COMPLETE else None, state=state,
+            user_attrs={"rung": rec["rung"], "steps": rec["steps"],
+                        "diverged": bool(rec["diverged"])})
+        self.study.add_trial(t)
+
+
+def _open_study(storage: str | None, folder: _Folder, task: Any) -> Any:
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        if storage is not None:
+            raise ValueError("storage needs optuna: pip install 'lrkit[search]'") from None
+        return None
+    url = storage or f"sqlite:///{(folder.path / 'study.db').resolve()}"
+    return _Study(url, f"tune-{folder.path.name}", task)
+
+
+# -------------------------------------------------------------------------------- the call
+def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[Stage],
+             full: int) -> str:
+    s = rt.suggestion
+    w = halving["winner"]
+    plan: _Plan = halving["plan"]
+    trials = halving["trials"]
+    name = task.metric
+    fmt = lambda v: "diverged" if v is None else f"{_num(v):.4g}"  # noqa: E731
+    r0 = {r["family"]: r for r in trials if r["rung"] == 0}
+    best0 = sorted(r0.values(), key=lambda r: _rank(task, _num(r["metric"]), r["diverged"]))
+    parts = []
+    if s.lr is not None and s.band:
+        parts.append(f"The range test ({rt.cost_steps} steps) found the loss falling fastest "
+                     f"without blowing up around {s.lr:.3g}, with a good band from "
+                     f"{s.band[0]:.3g} to {s.band[1]:.3g}.")
+    else:
+        parts.append(f"The range test showed no clear descent ({s.reason}), so the candidates "
+                     f"were centred on the recipe's default LR {task.recipe.default_lr:.3g}.")
+    ranking = ", ".join(f"{r['family']} {fmt(None if r['diverged'] else r['metric'])}"
+                        for r in best0)
+    parts.append(f"Short runs of {plan.rung0} steps, each schedule at the peak the band suggests "
+                 f"for it, scored validation {name} as: {ranking}; "
+                 f"{' and '.join(halving['rungs_kept'])} went on.")
+    r1 = [r for r in trials if r["rung"] == 1]
+    parts.append(f"Runs of {plan.rung1} steps at three LRs a quarter decade apart then picked "
+                 f"{w.family} at {w.lr:.3g} (validation {name} "
+                 f"{fmt(next(r['metric'] for r in r1 if r.get('kept')))}"
+                 f"{', the edge of the LRs tried' if w.multiplier != 1.0 else ''}).")
+    total = sum(st.cost_steps for st in stages)
+    parts.append(f"The full {full}-step run with that schedule scored {fmt(final['metric'])} "
+                 f"test {name}; everything together cost {total} steps = "
+                 f"{total / full:.2f} full runs.")
+    if final.get("findings"):
+        kinds = sorted({str(f.get('kind')) for f in final["findings"]})
+        parts.append(f"The monitor flagged: {', '.join(kinds)}.")
+    if final.get("diverged"):
+        parts.append("Warning: the final run diverged; lower the LR or check the task.")
+    return " ".join(parts)
+
+
+def tune(
+    task: Any,
+    *,
+    budget: float | None = None,
+    schedules: Sequence[str] = DEFAULT_SCHEDULES,
+    storage: str | None = None,
+    out: str | os.PathLike | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> TuneResult:
+    """Pick the learning rate and the schedule for ``task``, train it, and write a report.
+
+    Args:
+        task: a :class:`lrkit.tasks.Task`, a built-in task name or ``"package.module:function"``
+            (a user's own PyTorch set-up: :func:`lrkit.tasks.from_torch`).
+        budget: total cost in full runs of the task (range test + confirmations + the final
+            run), default 2.0; must be > 1.
+        schedules: the schedule families to choose from (:data:`lrkit.schedules.FAMILIES`).
+        storage: an Optuna storage URL for the confirmation trials (``postgresql://...`` to
+            share them); default: an embedded SQLite study in the run folder.
+        out: the run folder; default ``./lrkit-runs/<task>-<timestamp>/``. A folder that holds
+            an earlier, unfinished (or finished) tune of the same task and settings is resumed.
+        seed: the seed of every run.
+        progress: show live progress (a bar per stage, a table of the candidates).
+
+    Returns:
+        :class:`TuneResult` (also in ``<out>/result.json``).
+
+    Raises:
+        ValueError: a bad argument, or a resumed folder made with other settings.
+    """
+    from . import tasks as _tasks
+    from .tasks import Task
+
+    if isinstance(task, str):
+        return _tune(_tasks.get(task), task, budget=budget, schedules=schedules,
+                     storage=storage, out=out, seed=seed, progress=progress)
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a lrkit.tasks.Task or a task name, got "
+                        f"{type(task).__name__}")
+    return _tune(task, task.name, budget=budget, schedules=schedules, storage=storage, out=out,
+                 seed=seed, progress=progress)
+
+
+def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence[str],
+          storage: str | None, out: str | os.PathLike | None, seed: int,
+          progress: bool) -> TuneResult:
+    from .schedules import FAMILIES
+
+    budget = 2.0 if budget is None else check_positive("budget", budget)
+    if budget <= 1.0:
+        raise ValueError(f"budget must be > 1 (full runs, the final run included), got "
+                         f"{budget!r}")
+    if isinstance(schedules, str) or not isinstance(schedules, Sequence) or not schedules:
+        raise ValueError(f"schedules must be a non-empty sequence of family names, got "
+                         f"{schedules!r}")
+    families = tuple(check_choice("schedules[]", s, FAMILIES) for s in schedules)
+    if len(set(families)) != len(families):
+        raise ValueError(f"schedules must not repeat a family, got {list(schedules)!r}")
+    seed = check_int("seed", seed, minimum=0)
+    if storage is not None and not isinstance(storage, str):
+        raise TypeError(f"storage must be a URL string or None, got {type(storage).__name__}")
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be a bool, got {progress!r}")
+
+    path = Path(out) if out is not None else _default_out(task.name)
+    path.mkdir(parents=True, exist_ok=True)
+    folder = _Folder(path)
+    meta = {"task": task.name, "task_ref": task_ref, "task_key": task.key,
+            "budget": budget, "schedules": list(families), "seed": seed,
+            "full_run_steps": task.recipe.steps, "storage": storage}
+    old = folder.load("meta")
+    if old is not None:
+        diff = [k for k in ("task_key", "budget", "schedules", "seed", "full_run_steps")
+                if old.get(k) != meta[k]]
+        if diff:
+            raise ValueError(f"out={str(path)!r} holds a tune with other settings ("
+                             + ", ".join(f"{k}: {old.get(k)!r} != {meta[k]!r}" for k in diff)
+                             + "): pass a new folder")
+    else:
+        meta["started"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        folder.save("meta", meta)
+    show = _Display(progress)
+    show.say(f"lrkit tune {task.name}: run folder {path}")
+    full = task.recipe.steps
+
+    rt, st_range = _stage_range_test(task, folder, _range_iters(full, budget), seed, show)
+    study = _open_study(storage, folder, task)
+    halving, st_halving = _stage_halving(task, folder, rt, st_range, families, budget, seed,
+                                         study, show)
+    halving["rungs_kept"] = [r["family"] for r in halving["trials"]
+                             if r["rung"] == 0 and r.get("kept")]
+    w: _Arm = halving["winner"]
+    final, st_final = _stage_final(task, folder, w.family, w.lr, seed, show)
+    stages = (st_range, Stage("candidates", 0, 0.0, {"arms": 3 * len(families),
+                                                     "centres": halving["centres"]}),
+              st_halving, st_final)
+    cost = sum(s.cost_steps for s in stages)
+    explanation = _explain(task, rt, halving, final, stages, full)
+    show.say("[5/5] report")
+    t0 = time.perf_counter()
+    safe = _safe_lr(task, seed)
+    from . import html
+
+    report = html.tune_report(
+        path, task={"name": task.name, "description": task.description, "metric": task.metric,
+                    "higher_is_better": task.higher_is_better, "steps": full,
+                    "optimizer": task.recipe.optimizer, "recipe_schedule": task.recipe.schedule,
+                    "warmup_steps": task.recipe.warmup_steps},
+        range_test=rt.to_dict(), halving={"plan": halving["plan"].to_dict(),
+                                          "centres": halving["centres"],
+                                          "trials": halving["trials"]},
+        final=final, stages=[s.to_dict() for s in stages], safe_lr=safe,
+        explanation=explanation, monitor_available=final.get("monitor") is not None)
+    stages = stages + (Stage("result and report", 0, time.perf_counter() - t0,
+                             {"report": str(report)}),)
+    result = TuneResult(
+        task=task.name, lr=float(w.lr), family=w.family, schedule=dict(final["schedule"]),
+        metric=_num(final["metric"]), metric_name=task.metric,
+        higher_is_better=task.higher_is_better, cost_steps=int(cost), full_run_steps=full,
+        stages=stages, findings=tuple(final.get("findings") or ()), report=str(report),
+        run_dir=str(path), weights=str(folder.file("weights")), explanation=explanation)
+    folder.save("result", result.to_dict())
+    return result
+
+
+# ------------------------------------------------------------------------------------- CLI
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``lrkit tune``."""
+    parser.add_argument("--task", default=None,
+                        help="built-in task name or package.module:function (a user's Task)")
+    parser.add_argument("--resume", default=None, metavar="DIR",
+                        help="go on from an interrupted run folder")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="total cost in full runs (default 2.0)")
+    parser.add_argument("--schedules", default=",".join(DEFAULT_SCHEDULES),
+                        help="comma-separated schedule families to choose from")
+    parser.add_argument("--storage", default=None,
+                        help="Optuna storage URL for the confirmation trials (default: SQLite "
+                             "in the run folder; postgresql://... to share)")
+    parser.add_argument("--out", default=None, help="run folder (default ./lrkit-runs/...)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    """``lrkit tune --task NAME``: print the decision and the report's path."""
+    import sys
+
+    out = args.out
+    task_ref = args.task
+    budget, schedules, seed = args.budget, args.schedules, args.seed
+    if args.resume is not None:
+        meta_path = Path(args.resume) / _FILES["meta"]
+        if not meta_path.exists():
+            raise ValueError(f"--resume {args.resume!r}: no {_FILES['meta']} there (not a "
+                             "lrkit tune run folder)")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        out = args.resume
+        task_ref = task_ref or meta["task_ref"]
+        budget = meta["budget"] if budget is None else budget
+        schedules = ",".join(meta["schedules"])
+        seed = meta["seed"]
+    if not task_ref:
+        raise ValueError("--task is required (a built-in task name or package.module:function)")
+    from . import tasks as _tasks
+
+    fams = [s.strip() for s in schedules.split(",") if s.strip()]
+    task = _tasks.get(task_ref)
+    out = out if out is not None else str(_default_out(task.name))
+    try:
+        res = _tune(task, task_ref, budget=budget, schedules=fams, storage=args.storage,
+                    out=out, seed=seed, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        where = out
+        print(f"\ninterrupted: finished stages are kept in {where}; continue with "
+              f"lrkit tune --resume {where}", file=sys.stderr)
+        return 130
+    better = "higher" if res.higher_is_better else "lower"
+    print(f"decision: {res.family} schedule, peak lr {res.lr:.3g}")
+    print(f"  schedule spec: {json.dumps(res.schedule)}")
+    print(f"  test {res.metric_name}: {res.metric:.4g} ({better} is better)")
+    shares = ", ".join(f"{s.name} {s.cost_steps / max(res.cost_steps, 1):.0%}"
+                       for s in res.stages if s.cost_steps)
+    print(f"  cost: {res.cost_steps} steps = {res.cost_runs:.2f} full runs ({shares})")
+    for f in res.findings:
+        print(f"  monitor: {f.get('kind')} at step {f.get('step')}: {f.get('action')}")
+    print(f"why: {res.explanation}")
+    print(f"report: {res.report}")
+    return 0
