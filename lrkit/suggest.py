@@ -380,8 +380,10 @@ def _blowup(y: np.ndarray) -> int:
     """Length of the curve before it blows up: the first point, once the loss has dropped by
     more than 6 sigma, whose raw loss climbs above the initial level (median of the first 10% of
     points, at least 3, + 2 sigma) by a quarter of the drop seen so far; sigma is the robust
-    step-to-step noise (MAD of first differences / sqrt 2). A rule on raw values, so the diverged
-    tail never reaches the smoother."""
+    step-to-step noise (MAD of first differences / sqrt 2). Also (for noisy descents that never
+    clear 6 sigma) the first point from which no raw loss comes back below the initial level,
+    unless that is only the last point. A rule on raw values, so the diverged tail never reaches
+    the smoother."""
     k0 = max(3, y.size // 10)
     if y.size <= k0:
         return y.size
@@ -391,7 +393,13 @@ def _blowup(y: np.ndarray) -> int:
     top = float(np.median(y[:k0])) + 2.0 * sigma
     drop = top - run_min[k0:]
     over = np.flatnonzero((drop > 6 * sigma) & (y[k0:] > top + 0.25 * drop))
-    return int(k0 + over[0]) if over.size else y.size
+    n = int(k0 + over[0]) if over.size else y.size
+    # a noisy descent may never clear 6 sigma: then cut where the loss leaves its starting level
+    # for good (from there on no raw loss comes back below it), the diverged tail
+    never_back = np.flatnonzero(np.minimum.accumulate(y[::-1])[::-1][k0:] > top)
+    if never_back.size and k0 + int(never_back[0]) < y.size - 1:
+        n = min(n, k0 + int(never_back[0]))
+    return n
 
 
 def local_fit(x: Any, y: Any, *, bandwidth: float, robust_iters: int = 2
@@ -482,6 +490,8 @@ def _default_bandwidth(x: np.ndarray) -> float:
 BANDWIDTH_DECADES = 0.4
 #: the valley floor: the points whose smoothed loss is within this fraction of the drop of the minimum
 FLOOR_FRAC = 1.0 / 3.0
+#: a smoothed fall of more than this fraction of the starting loss always counts as a descent
+BIG_DROP = 0.2
 #: lrkit's suggestion = (geometric centre of the valley floor) / LRKIT_K
 LRKIT_K = 4.0
 #: robustness iterations of lrkit's smoother: none. Near the blow-up a range-test curve turns
@@ -544,20 +554,26 @@ def lrkit_rule(lrs: Any, losses: Any, *, bandwidth: float | None = None, k: floa
     drop = float(s[i_top] - s[i_min])
     se = sigma / math.sqrt(max(float(n_eff[i_min]), 1.0))
     scale = max(abs(float(s[0])), 1e-12)
-    if i_min == 0 or drop <= 6 * se or drop <= 0.01 * scale:
+    # a fall of more than BIG_DROP of the starting loss is a descent whatever its slope or
+    # noise: a slow, noisy descent over several decades is still one
+    big = drop > BIG_DROP * scale
+    advice = ("raise num_iter (more, less noisy points), or pass val_loader / confirm=True to "
+              "choose by held-out loss instead")
+    if i_min == 0 or (not big and (drop <= 6 * se or drop <= 0.01 * scale)):
         return Suggestion(None, method, "none",
                           f"no clear descent: the smoothed loss falls by {drop:.3g} "
-                          f"(noise {se:.2g}, start {s[0]:.4g}); the LR range may start too high, "
-                          "the sweep may be too short, or the model may not be learning")
+                          f"(noise {se:.2g}, start {s[0]:.4g}); lower start_lr if it starts "
+                          f"falling at once, raise end_lr if it never does, or {advice}")
     # slope standard error of the local-linear fit: sigma / (h sqrt(n_eff)) (Gaussian kernel)
     se_slope = sigma / (h * np.sqrt(np.maximum(n_eff, 1.0)))
     neg = (g <= -slope_z * se_slope)[i_top:i_min + 1]
     runs = np.flatnonzero(neg[1:] & neg[:-1])
-    if runs.size == 0:
+    if runs.size == 0 and not big:
         return Suggestion(None, method, "none", "no clear descent: the slope of the smoothed loss "
                           f"is not clearly negative (below -{slope_z:g} standard errors) on two "
-                          "consecutive points before its minimum")
-    j_desc = i_top + int(runs[0])  # where the clear descent starts
+                          f"consecutive points before its minimum; {advice}")
+    # where the clear descent starts (for a slow, big fall: where it leaves its top)
+    j_desc = i_top + int(runs[0]) if runs.size else i_top
     # the valley floor: contiguous points around the minimum within `floor` x drop of it
     level = float(s[i_min]) + floor * drop
     lo = i_min

@@ -510,21 +510,29 @@ def loader_generators(loader: Any) -> list[torch.Generator]:
 
 
 class Snapshot:
-    """Model, optimizer, scheduler, scaler, generator and global RNG state, held in CPU memory.
+    """Model, optimizer, scheduler, scaler, gradients, generator and global RNG state, held in
+    CPU memory.
 
-    ``restore()`` puts everything back bitwise (on CPU): training after restore equals training
-    from the moment of the snapshot. Tensors are copied to CPU, never kept as a second GPU copy and
-    never written to disk.
+    ``restore()`` puts everything back bitwise: training after restore equals training from the
+    moment of the snapshot. Tensors are copied to CPU, never kept as a second GPU copy and never
+    written to disk; the restore writes **in place** (``copy_`` into the existing parameter,
+    buffer, gradient and optimizer-state tensors), frees optimizer state that did not exist at the
+    snapshot before anything new is allocated, and so never holds a transient model-sized copy on
+    the accelerator (peak memory stays that of the training it undoes).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
                  scheduler: Any = None, scaler: Any = None,
-                 generators: Sequence[torch.Generator] = ()) -> None:
+                 generators: Sequence[torch.Generator] = (), grads: bool = False) -> None:
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
         self.generators = list(generators)
         self._model = _cpu_copy(model.state_dict())
         self._training = {name: m.training for name, m in model.named_modules()}
-        self._optimizer = _cpu_copy(optimizer.state_dict()) if optimizer is not None else None
+        self._optimizer = _OptimizerCopy(optimizer) if optimizer is not None else None
+        self._grads = None
+        if grads:
+            self._grads = [None if p.grad is None else p.grad.detach().to("cpu", copy=True)
+                           for p in model.parameters()]
         self._scheduler = _cpu_copy(scheduler.state_dict()) if scheduler is not None else None
         self._scaler = _cpu_copy(scaler.state_dict()) if scaler is not None else None
         self._generators = [g.get_state() for g in self.generators]
@@ -533,18 +541,25 @@ class Snapshot:
         self._torch = torch.get_rng_state()
         self._cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
 
-    def restore(self) -> None:
-        """Put every captured state back."""
-        self.model.load_state_dict(self._model)
+    def restore(self, *, rng: bool = True) -> None:
+        """Put every captured state back (in place); ``rng=False`` leaves the data-loader
+        generators and the global RNGs as they are (model, optimizer, gradients, scheduler and
+        scaler only)."""
+        _copy_into_module(self.model, self._model)
         for name, m in self.model.named_modules():
             if name in self._training:
                 m.training = self._training[name]
-        if self.optimizer is not None:
-            self.optimizer.load_state_dict(_cpu_copy(self._optimizer))
+        if self._grads is not None:
+            for p, saved in zip(self.model.parameters(), self._grads):
+                _restore_grad(p, saved)
+        if self._optimizer is not None:
+            self._optimizer.restore()
         if self.scheduler is not None:
             self.scheduler.load_state_dict(_cpu_copy(self._scheduler))
         if self.scaler is not None:
             self.scaler.load_state_dict(_cpu_copy(self._scaler))
+        if not rng:
+            return
         for g, state in zip(self.generators, self._generators):
             g.set_state(state)
         random.setstate(self._python)
@@ -554,10 +569,95 @@ class Snapshot:
             torch.cuda.set_rng_state_all(self._cuda)
 
 
+def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype
+
+
+def _copy_into_module(model: nn.Module, saved: dict) -> None:
+    """``model.load_state_dict(saved)``, done as ``copy_`` into the existing tensors."""
+    current = model.state_dict()
+    if set(current) != set(saved) or not all(
+            isinstance(v, torch.Tensor) and _same_layout(v, saved[k]) for k, v in current.items()):
+        model.load_state_dict(saved)
+        return
+    with torch.no_grad():
+        for k, v in current.items():
+            v.copy_(saved[k])
+
+
+def _restore_grad(p: torch.Tensor, saved: torch.Tensor | None) -> None:
+    if saved is None:
+        p.grad = None
+    elif p.grad is not None and _same_layout(p.grad, saved):
+        p.grad.copy_(saved)
+    else:
+        p.grad = None  # free the old one before allocating the new one
+        p.grad = saved.to(p.device)
+
+
+class _OptimizerCopy:
+    """An optimizer's param-group settings and per-parameter state, copied to CPU memory, with
+    the device of every state tensor; ``restore()`` writes it back in place."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+        self.groups = [copy.deepcopy({k: v for k, v in g.items() if k != "params"})
+                       for g in optimizer.param_groups]
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.state: dict[int, dict[str, Any]] = {}
+        for i, p in enumerate(self.params):
+            entry = optimizer.state.get(p)
+            if entry:
+                self.state[i] = {k: (_cpu_copy(v), v.device if isinstance(v, torch.Tensor)
+                                     else None) for k, v in entry.items()}
+        self.extra = _cpu_copy({k: v for k, v in optimizer.state.items()
+                                if not isinstance(k, torch.Tensor)})
+
+    def restore(self) -> None:
+        opt = self.optimizer
+        params = [p for g in opt.param_groups for p in g["params"]]
+        if len(params) != len(self.params) or any(a is not b for a, b in zip(params, self.params)):
+            raise RuntimeError("the optimizer's parameters changed since the snapshot; cannot "
+                               "restore it")
+        for g, saved in zip(opt.param_groups, self.groups):
+            for k, v in saved.items():
+                g[k] = copy.deepcopy(v)
+        # 1) free state that did not exist (or changed layout), 2) copy in place, 3) allocate
+        later: list[tuple[torch.Tensor, str, torch.Tensor, torch.device | None]] = []
+        for i, p in enumerate(params):
+            saved = self.state.get(i)
+            if saved is None:
+                opt.state.pop(p, None)
+                continue
+            entry = opt.state[p]
+            for k in [k for k in entry if k not in saved]:
+                del entry[k]
+            for k, (v, dev) in saved.items():
+                cur = entry.get(k)
+                if isinstance(v, torch.Tensor):
+                    if isinstance(cur, torch.Tensor) and _same_layout(cur, v) and \
+                            cur.device == dev:
+                        with torch.no_grad():
+                            cur.copy_(v)
+                    else:
+                        entry.pop(k, None)
+                        later.append((p, k, v, dev))
+                else:
+                    entry[k] = copy.deepcopy(v)
+        for p, k, v, dev in later:
+            opt.state[p][k] = v.to(dev, copy=True) if dev is not None else v.clone()
+        for k in [k for k in opt.state if not isinstance(k, torch.Tensor)]:
+            del opt.state[k]
+        for k, v in self.extra.items():
+            opt.state[k] = _cpu_copy(v)
+
+
 def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
              scheduler: Any = None, scaler: Any = None,
-             generators: Sequence[torch.Generator] = ()) -> Snapshot:
-    """Capture everything needed to undo some training exactly (see :class:`Snapshot`)."""
+             generators: Sequence[torch.Generator] = (), grads: bool = False) -> Snapshot:
+    """Capture everything needed to undo some training exactly (see :class:`Snapshot`);
+    ``grads=True`` captures the parameters' ``.grad`` too."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return Snapshot(model, optimizer, scheduler=scheduler, scaler=scaler, generators=generators)
+    return Snapshot(model, optimizer, scheduler=scheduler, scaler=scaler, generators=generators,
+                    grads=grads)
