@@ -1,0 +1,83 @@
+"""``lrkit search``: run a worker on a study, or show a study.
+
+    lrkit search --task NAME [--storage URL] [--study NAME] [--n-trials N] [--method M] ...
+    lrkit search show [--storage URL] [--study NAME]
+
+Start the same ``lrkit search`` command on as many processes and machines as you like: they
+join one study and share its trials. Storage URLs are printed with their password masked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["add_cli_arguments", "cli_main"]
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``lrkit search`` (picked up by :mod:`lrkit.cli`)."""
+    from ._core import METHODS, PRUNERS
+
+    parser.description = __doc__.split("\n\n")[0]
+    parser.add_argument("action", nargs="?", choices=("run", "show"), default="run",
+                        help="run a worker (default) or show a study")
+    parser.add_argument("--task", help="built-in task name or 'package.module:function'")
+    parser.add_argument("--storage", default=None,
+                        help="database URL (default: sqlite file ./lrkit-runs/lrkit.db; "
+                             "postgresql://user:password@host/db for many machines)")
+    parser.add_argument("--study", default=None, help="study name (workers sharing it cooperate)")
+    parser.add_argument("--method", default="auto", choices=METHODS)
+    parser.add_argument("--n-trials", type=int, default=None, help="trials in total (all workers)")
+    parser.add_argument("--budget", type=int, default=None,
+                        help="optimizer steps in total (all workers, range test included)")
+    parser.add_argument("--low", type=float, default=None)
+    parser.add_argument("--high", type=float, default=None)
+    parser.add_argument("--pruner", default="auto", choices=PRUNERS)
+    parser.add_argument("--cv-folds", type=int, default=None)
+    parser.add_argument("--schedules", default=None,
+                        help="comma-separated schedule families searched jointly with the LR")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--heartbeat", type=int, default=10, help="heartbeat interval (s)")
+    parser.add_argument("--grace", type=int, default=None,
+                        help="seconds without heartbeat before a trial counts as dead")
+    parser.add_argument("--json", default=None, help="write the SearchResult as JSON here")
+    parser.add_argument("--plot", default=None, help="write metric-vs-LR plot (PNG) here")
+    parser.add_argument("--no-progress", action="store_true", help="no live table")
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    """Run ``lrkit search`` (or ``lrkit search show``); returns the exit status."""
+    from ._core import SearchOptions, search
+    from ._show import show, studies
+    from ._storage import describe
+
+    if args.action == "show":
+        if args.study is None:
+            names = studies(args.storage)
+            print(f"studies in {describe(args.storage)}:")
+            for n in names:
+                print(f"  {n}")
+            return 0
+        result = show(args.storage, args.study)
+    else:
+        if not args.task:
+            raise ValueError("--task is required (a built-in task name or "
+                             "'package.module:function')")
+        schedules = [s.strip() for s in args.schedules.split(",")] if args.schedules else None
+        result = search(args.task, low=args.low, high=args.high, method=args.method,
+                        n_trials=args.n_trials, budget=args.budget, pruner=args.pruner,
+                        cv_folds=args.cv_folds, schedules=schedules, storage=args.storage,
+                        study_name=args.study, seed=args.seed,
+                        progress=not args.no_progress and sys.stderr.isatty(),
+                        options=SearchOptions(heartbeat_interval=args.heartbeat,
+                                              grace_period=args.grace))
+    print(result.summary())
+    print(result.table())
+    if args.json:
+        result.to_json(args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        result.plot(args.plot)
+        print(f"wrote {args.plot}")
+    return 0

@@ -1,0 +1,794 @@
+"""``lrkit.search``: the search loop every worker runs against a shared Optuna study."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from ..train import Callback
+from ..errors import DivergedError, check_choice, check_int, check_positive, check_range
+from ._result import SearchResult, record_of, result_from_study
+from ._storage import describe, open_storage
+
+__all__ = ["search", "METHODS", "PRUNERS", "Pruned", "SearchOptions"]
+
+METHODS = ("auto", "grid", "random", "coarse_to_fine", "tpe", "gp")
+PRUNERS = ("auto", "none", "median", "halving", "hyperband")
+#: schedule family of a recipe -> the Suggestion.lr_for family whose LR it starts from
+_SUGGEST_FAMILY = {"constant": "constant", "cyclic": "cyclical", "onecycle": "one_cycle",
+                   "cosine": "cosine", "warmup_cosine": "warmup_cosine", "linear": "cosine",
+                   "step": "cosine", "exponential": "cosine", "wsd": "cosine"}
+_DEFAULT_RUNS = 8  # full runs in the budget `auto` picks when given neither n_trials nor budget
+_OBJECTIVE_TRIALS = 20
+
+
+def _optuna() -> Any:
+    try:
+        import optuna
+    except ImportError as e:  # pragma: no cover - optional extra
+        raise ImportError("lrkit.search needs Optuna: pip install 'lrkit[search]'") from e
+    return optuna
+
+
+class Pruned(Exception):
+    """Raised by ``report(step, value)`` inside an objective when the trial should stop."""
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """Settings of the workers and their storage that rarely change (the defaults hold for a
+    few local processes; see ``docs/search.md`` for 100 workers).
+
+    Args:
+        heartbeat_interval: seconds between a running trial's heartbeats.
+        grace_period: seconds without heartbeat before a trial counts as dead (3x interval).
+        retries: times a dead trial is run again.
+        report_every: optimizer steps between two reports to the pruner (default: steps / 10).
+        subset: train every trial on this fraction of the first epoch's batches ("start on a
+            subset"); ``None`` for all data.
+        poll: seconds a worker waits between looks at a study whose last trials run elsewhere.
+        pool_size: connection pool per worker on a database server.
+    """
+
+    heartbeat_interval: int = 10
+    grace_period: int | None = None
+    retries: int = 1
+    report_every: int | None = None
+    subset: float | None = None
+    poll: float = 0.5
+    pool_size: int = 2
+
+    def __post_init__(self) -> None:
+        check_int("heartbeat_interval", self.heartbeat_interval, minimum=1)
+        check_int("retries", self.retries, minimum=0)
+        if self.report_every is not None:
+            check_int("report_every", self.report_every, minimum=1)
+        if self.subset is not None:
+            check_range("subset", self.subset, 0.0, 1.0, low_open=True)
+        check_positive("poll", self.poll)
+
+
+# --------------------------------------------------------------------------------- the plan
+@dataclass
+class _Plan:
+    """Everything one worker needs, derived from the arguments (and the study, if it exists)."""
+
+    method: str
+    families: list[str]
+    low: float
+    high: float
+    higher_is_better: bool
+    metric: str
+    n_trials: int | None
+    budget: int | None
+    trial_cost: int
+    cv_folds: int | None
+    seed: int
+    starts: dict[str, float]
+    range_test: dict | None
+    grid: list[tuple[str, float]]
+    task_name: str
+    notes: list[str]
+
+    def spec(self) -> dict:
+        return {"method": self.method, "families": self.families, "low": self.low,
+                "high": self.high, "higher_is_better": self.higher_is_better,
+                "metric": self.metric, "n_trials": self.n_trials, "budget": self.budget,
+                "trial_cost": self.trial_cost, "cv_folds": self.cv_folds, "seed": self.seed,
+                "starts": self.starts, "task": self.task_name, "notes": self.notes,
+                "grid": [[f, lr] for f, lr in self.grid]}
+
+
+def _check_args(method: str, pruner: str, low: Any, high: Any, n_trials: Any, budget: Any,
+                cv_folds: Any, schedules: Any, seed: Any, study_name: Any) -> list[str] | None:
+    check_choice("method", method, METHODS)
+    check_choice("pruner", pruner, PRUNERS)
+    if low is not None:
+        check_positive("low", low)
+    if high is not None:
+        check_positive("high", high)
+    if low is not None and high is not None and not high > low:
+        raise ValueError(f"high must be > low ({low!r}), got {high!r}")
+    if n_trials is not None:
+        check_int("n_trials", n_trials, minimum=1)
+    if budget is not None:
+        check_int("budget", budget, minimum=1)
+    if cv_folds is not None:
+        check_int("cv_folds", cv_folds, minimum=2)
+    check_int("seed", seed, minimum=0)
+    if study_name is not None and (not isinstance(study_name, str) or not study_name):
+        raise ValueError(f"study_name must be a non-empty string, got {study_name!r}")
+    if schedules is None:
+        return None
+    from ..schedules import FAMILIES
+
+    if isinstance(schedules, str) or not isinstance(schedules, Sequence) or not schedules:
+        raise TypeError(f"schedules must be a non-empty list of schedule family names, got "
+                        f"{schedules!r}")
+    out = [check_choice("schedules[]", s, FAMILIES) for s in schedules]
+    if len(set(out)) != len(out):
+        raise ValueError(f"schedules must not repeat a family, got {list(schedules)!r}")
+    return out
+
+
+def _default_name(task_name: str, method: str, args: dict) -> str:
+    digest = hashlib.sha1(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{task_name}-{method}-{digest}"
+
+
+# ---------------------------------------------------------------------------- trial runners
+class _Report(Callback):
+    """A :class:`lrkit.train.Callback` reporting the smoothed training loss to an Optuna trial
+    every ``every`` steps (sign-adjusted to the study's direction: pruners compare reported
+    values the way the study compares metrics) and stopping the run when the trial is pruned."""
+
+    def __init__(self, reporter: Callable[[int, float], None], every: int, offset: int,
+                 sign: float) -> None:
+        self.reporter, self.every, self.offset, self.sign = reporter, every, offset, sign
+        self.avg, self.n = 0.0, 0
+
+    def on_step_end(self, info: Any) -> str | None:
+        self.n += 1
+        self.avg = 0.9 * self.avg + 0.1 * info.loss
+        if (info.step + 1) % self.every == 0:
+            smoothed = self.avg / (1 - 0.9**self.n)
+            try:
+                self.reporter(self.offset + info.step + 1, self.sign * smoothed)
+            except Pruned:
+                return "pruned"
+        return None
+
+
+@dataclass
+class _Outcome:
+    metric: float | None
+    steps: int
+    diverged: bool
+    pruned: bool
+    folds: list[float]
+    first_loss: float | None = None
+
+
+def _subset_task(task: Any, fraction: float) -> Any:
+    """``task`` training on the first ``fraction`` of its first epoch's batches, cycled."""
+    from ._folds import _shuffled_cycle
+
+    bs = max(1, task.recipe.batch_size)
+    n_epoch = max(1, math.ceil(task.train_size / bs)) if task.train_size else 50
+    n = max(1, round(fraction * n_epoch))
+    it = task.batches(0)
+    kept = [next(it) for _ in range(n)]
+    return dataclasses.replace(task, name=f"{task.name}-subset{fraction:g}",
+                               batches=lambda seed: _shuffled_cycle(kept, seed),
+                               train_size=n * bs)
+
+
+class _TaskRunner:
+    """Trains a task at one LR through :func:`lrkit.train.run` (per fold with CV)."""
+
+    def __init__(self, task: Any, *, cv_folds: int | None, options: SearchOptions,
+                 seed: int) -> None:
+        from ._folds import fold_batches, fold_task
+
+        self.task = _subset_task(task, options.subset) if options.subset else task
+        self.seed = seed
+        self.steps = task.recipe.steps
+        self.every = options.report_every or max(1, self.steps // 10)
+        if cv_folds:
+            parts = None if callable(getattr(task, "with_fold", None)) else fold_batches(
+                self.task, cv_folds)
+            self.tasks = [fold_task(self.task, cv_folds, i, folds=parts) for i in range(cv_folds)]
+            self.metric = self.tasks[0].metric
+            self.higher_is_better = self.tasks[0].higher_is_better
+        else:
+            self.tasks = [self.task]
+            self.metric, self.higher_is_better = task.metric, task.higher_is_better
+        self.worst = self.tasks[0].worst
+
+    @property
+    def cost(self) -> int:
+        return self.steps * len(self.tasks)
+
+    def __call__(self, lr: float, schedule: str | None, reporter: Callable[[int, float], None],
+                 sign: float) -> _Outcome:
+        from ..train import run
+
+        folds: list[float] = []
+        spent, first = 0, None
+        for i, t in enumerate(self.tasks):
+            if schedule is not None and schedule != t.recipe.schedule:
+                t = dataclasses.replace(t, recipe=dataclasses.replace(t.recipe, schedule=schedule))
+            cb = _Report(reporter, self.every, i * self.steps, -sign)  # loss: lower is better
+            r = run(t, lr, seed=self.seed, callbacks=[cb], eval_split="val")
+            spent += r.steps_done
+            if first is None and r.losses:
+                first = r.losses[0]
+            if r.stop_reason == "pruned":
+                return _Outcome(None, spent, False, True, folds, first)
+            if r.diverged or r.metric is None or not math.isfinite(r.metric):
+                return _Outcome(None, spent, True, False, folds, first)
+            folds.append(float(r.metric))
+        return _Outcome(sum(folds) / len(folds), spent, False, False, folds, first)
+
+
+class _ObjectiveRunner:
+    """Calls a user objective ``f(lr, report)`` (``schedule=`` too when searching schedules)."""
+
+    def __init__(self, fn: Callable, *, higher_is_better: bool) -> None:
+        self.fn = fn
+        self.metric = getattr(fn, "__name__", "objective")
+        self.higher_is_better = higher_is_better
+        self.worst = math.nan
+        self.cost = 1
+
+    def __call__(self, lr: float, schedule: str | None, reporter: Callable[[int, float], None],
+                 sign: float) -> _Outcome:
+        last = [0]
+
+        def report(step: int, value: float) -> None:
+            step = check_int("step", step, minimum=0)
+            last[0] = max(last[0], step)
+            reporter(step, float(value))
+
+        try:
+            value = self.fn(lr, report) if schedule is None else self.fn(lr, report,
+                                                                         schedule=schedule)
+        except Pruned:
+            return _Outcome(None, max(1, last[0]), False, True, [])
+        except DivergedError:
+            return _Outcome(None, max(1, last[0]), True, False, [])
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"the objective must return a number, got {value!r}")
+        if not math.isfinite(value):
+            return _Outcome(None, max(1, last[0]), True, False, [])
+        return _Outcome(float(value), max(1, last[0]), False, False, [float(value)])
+
+
+# ------------------------------------------------------------------------------- DDP support
+def _ddp() -> tuple[int, int]:
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover
+        return 0, 1
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _bcast(obj: Any = None) -> Any:
+    """Rank 0's ``obj`` on every rank (``torch.distributed.broadcast_object_list``)."""
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# ----------------------------------------------------------------------------- the display
+class _Display:
+    """A live table of the study's trials (rich), refreshed after each trial."""
+
+    def __init__(self, enabled: bool, title: str) -> None:
+        self.live = None
+        self.title = title
+        if enabled:
+            from rich.console import Console
+            from rich.live import Live
+
+            self.live = Live(console=Console(stderr=True), refresh_per_second=2,
+                             transient=False)
+            self.live.start()
+
+    def update(self, result: SearchResult) -> None:
+        if self.live is None:
+            return
+        from rich.table import Table
+
+        table = Table(title=self.title, caption=result.summary().splitlines()[1]
+                      if result.trials else None)
+        for col in ("#", "lr", "schedule", result.metric_name, "steps", "state"):
+            table.add_column(col, justify="right" if col not in ("schedule", "state") else "left")
+        for t in result.trials[-25:]:
+            best = t.lr == result.best_lr and t.metric == result.best_metric and t.lr is not None
+            table.add_row(str(t.number), "—" if t.lr is None else f"{t.lr:.3g}",
+                          t.schedule or "—", "—" if t.metric is None else f"{t.metric:.4g}",
+                          str(t.steps), t.state + (" ★" if best else ""))
+        self.live.update(table, refresh=True)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+
+class _Heartbeat:
+    """Records a running trial's heartbeat every ``interval`` seconds in a thread."""
+
+    def __init__(self, storage: Any, trial: Any) -> None:
+        self.storage, self.trial_id = storage, trial._trial_id
+        interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+        self.interval = interval
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> "_Heartbeat":
+        if self.interval:
+            self.storage.record_heartbeat(self.trial_id)
+            self.thread = threading.Thread(target=self._beat, daemon=True)
+            self.thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self.stop.wait(self.interval):
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception:  # noqa: BLE001 - a missed beat only risks a retry
+                pass
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+
+
+# ------------------------------------------------------------------------------- the search
+def search(
+    task_or_objective: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    method: str = "auto",
+    n_trials: int | None = None,
+    budget: int | None = None,
+    pruner: str = "auto",
+    cv_folds: int | None = None,
+    schedules: Sequence[str] | None = None,
+    storage: Any = None,
+    study_name: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    direction: str | None = None,
+    range_test: Any = None,
+    options: SearchOptions | None = None,
+) -> SearchResult:
+    """Search the learning rate (and optionally the schedule family) of a task on Optuna.
+
+    Every worker process that calls ``search`` with the same ``storage`` and ``study_name``
+    joins the same study; trials are shared, never repeated by ``grid``, and a trial whose
+    worker died (no heartbeat for ``options.grace_period`` s) is marked failed and run again
+    once. ``n_trials`` and ``budget`` are totals over all workers.
+
+    Args:
+        task_or_objective: a :class:`lrkit.tasks.Task` (each trial is one
+            :func:`lrkit.train.run` at the trial's peak LR, scored on the task's ``"val"``
+            split), or an objective ``f(lr, report) -> metric`` where ``report(step, value)``
+            feeds pruning (it raises :class:`Pruned` when the trial should stop); with
+            ``schedules`` it is called as ``f(lr, report, schedule=name)``. A NaN/inf
+            result or :class:`lrkit.errors.DivergedError` means "diverged".
+        low, high: the LR range, searched in log space. Default (tasks): a band of 1.5 decades
+            on each side of the range test's suggestion.
+        method: ``"grid"`` (log-spaced points, in increasing order), ``"random"``
+            (log-uniform), ``"coarse_to_fine"`` (decades, then refine around the best),
+            ``"tpe"`` / ``"gp"`` (Optuna's TPE and Gaussian-process samplers) or ``"auto"``
+            (starts from the range test's suggestion, brackets it, refines by parabolic
+            interpolation in log-LR; see :mod:`lrkit.search._policy`).
+        n_trials: the number of trials (``grid``: its points). ``budget``: the total optimizer
+            steps of all trials and the range test; a trial starts only if it fits. With
+            neither: a task gets ``range test + 8 full runs`` (the grid: quarter-decade points),
+            an objective 20 trials; ``notes`` says which.
+        pruner: ``"auto"`` (Optuna's Hyperband over training steps for random/tpe/gp, none
+            for grid/coarse_to_fine/auto), ``"none"``, ``"median"``, ``"halving"``,
+            ``"hyperband"``. Divergence always stops a trial at once.
+        cv_folds: k-fold cross-validation per LR (see :mod:`lrkit.search._folds`): the metric
+            is the mean over folds, and the table keeps every fold's value and their spread.
+        schedules: schedule families (:data:`lrkit.schedules.FAMILIES`) searched jointly with
+            the peak LR.
+        storage: ``None`` (``./lrkit-runs/lrkit.db``, SQLite), a database URL (e.g.
+            ``postgresql://user:password@host/db``), ``"memory"``, or an Optuna storage.
+        study_name: the study to create or join (default: derived from the task, method and
+            settings, so the same call resumes the same study).
+        seed: seeds the samplers, the range test and every trial's training run.
+        progress: show a live table of the study's trials.
+        direction: for an objective, ``"minimize"`` (default) or ``"maximize"``.
+        range_test: a :class:`lrkit.finder.RangeTestResult` to start ``auto`` from instead of
+            running one (its ``cost_steps`` still count).
+        options: worker and storage settings (:class:`SearchOptions`).
+
+    Returns:
+        :class:`SearchResult` (the whole study, as every worker sees it at the end).
+
+    Example:
+        >>> from lrkit import search  # doctest: +SKIP
+        >>> res = search("digits", method="grid", n_trials=9, storage="memory")  # doctest: +SKIP
+        >>> res.best_lr, res.trials[0].state  # doctest: +SKIP
+    """
+    optuna = _optuna()
+    from ..tasks import Task
+
+    options = options or SearchOptions()
+    if not isinstance(options, SearchOptions):
+        raise TypeError(f"options must be a SearchOptions, got {type(options).__name__}")
+    families = _check_args(method, pruner, low, high, n_trials, budget, cv_folds, schedules,
+                           seed, study_name)
+    task = task_or_objective
+    if isinstance(task, str):
+        from .. import tasks as _tasks
+
+        task = _tasks.get(task)
+    if isinstance(task, Task):
+        if direction is not None:
+            raise ValueError("direction is for objectives; a task knows whether its metric is "
+                             "higher-is-better")
+        runner: Any = _TaskRunner(task, cv_folds=cv_folds, options=options, seed=seed)
+        task_name = task.name
+    elif callable(task):
+        if cv_folds is not None:
+            raise ValueError("cv_folds needs a Task (an objective does its own validation)")
+        if options.subset is not None:
+            raise ValueError("options.subset needs a Task")
+        if low is None or high is None:
+            raise ValueError("low and high are required with an objective (there is no task "
+                             "to run a range test on)")
+        d = check_choice("direction", direction or "minimize", ("minimize", "maximize"))
+        runner = _ObjectiveRunner(task, higher_is_better=d == "maximize")
+        task_name = getattr(task, "__name__", "objective")
+    else:
+        raise TypeError(f"task_or_objective must be a lrkit Task, a task name or a callable "
+                        f"f(lr, report) -> metric, got {type(task).__name__}")
+    rank, world = _ddp()
+    if rank > 0:
+        return _follow(runner)
+    fams = families or ([task.recipe.schedule] if isinstance(task, Task) else [None])
+    name = study_name or _default_name(task_name, method, dict(
+        low=low, high=high, n=n_trials, budget=budget, cv=cv_folds, sched=families, seed=seed,
+        pruner=pruner, subset=options.subset))
+    st = open_storage(storage, heartbeat_interval=options.heartbeat_interval,
+                      grace_period=options.grace_period, retries=options.retries,
+                      pool_size=options.pool_size)
+    where = describe(storage if isinstance(storage, str) or storage is None else st)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    display = None
+    result: SearchResult | None = None
+    try:
+        sign = 1.0 if runner.higher_is_better else -1.0
+        study, plan = _open_study(optuna, st, name, runner, task if isinstance(task, Task) else
+                                  None, method, fams, low, high, n_trials, budget, cv_folds,
+                                  seed, range_test, world)
+        study.sampler = _sampler(optuna, plan, sign)
+        study.pruner = _pruner(optuna, pruner, plan, runner, world)
+        display = _Display(bool(progress), f"lrkit search {name} ({method}) on {where}")
+        with warnings.catch_warnings():
+            # lrkit runs the heartbeat itself around ask/tell (what Study.optimize does)
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            _work(optuna, study, plan, runner, sign, options, display, where)
+        result = result_from_study(study, where)
+    finally:
+        if display is not None:
+            display.close()
+        optuna.logging.set_verbosity(verbosity)
+        if world > 1:  # the followers return rank 0's result (or stop when it failed)
+            _bcast(("stop", result.to_dict() if result is not None else None))
+    return result
+
+
+def _follow(runner: Any) -> SearchResult:
+    """A non-zero DDP rank: train whatever rank 0 asks, then return its result."""
+    while True:
+        cmd, arg = _bcast()
+        if cmd == "stop":
+            if arg is None:
+                raise RuntimeError("rank 0's search failed (see its error)")
+            return SearchResult.from_dict(arg)
+        if cmd == "range_test":
+            _range_test(runner.task, **arg)
+        elif cmd == "trial":
+            runner(arg["lr"], arg["schedule"], lambda step, value: None, arg["sign"])
+
+
+def _range_test(task: Any, *, seed: int) -> Any:
+    from ..finder import find_lr
+
+    return find_lr(task, seed=seed)
+
+
+def _open_study(optuna: Any, st: Any, name: str, runner: Any, task: Any, method: str,
+                fams: list, low: float | None, high: float | None, n_trials: int | None,
+                budget: int | None, cv_folds: int | None, seed: int, range_test: Any,
+                world: int) -> tuple[Any, _Plan]:
+    """Create the study (and plan it) or join it (and check it was planned the same way)."""
+    direction = "maximize" if runner.higher_is_better else "minimize"
+    try:
+        study = optuna.create_study(storage=st, study_name=name, direction=direction,
+                                    load_if_exists=False)
+        creator = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=st)
+        creator = False
+    if creator:
+        plan = _make_plan(runner, task, method, fams, low, high, n_trials, budget, cv_folds,
+                          seed, range_test, world)
+        study.set_user_attr("lrkit_spec", plan.spec())
+        if plan.range_test is not None:
+            study.set_user_attr("lrkit_range_test", plan.range_test)
+        for fam, lr in plan.grid:
+            study.enqueue_trial({"lr": lr, "schedule": fam} if fam is not None else {"lr": lr})
+        study.set_user_attr("lrkit_ready", True)
+        return study, plan
+    deadline = time.monotonic() + 300
+    while not study.user_attrs.get("lrkit_ready"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"study {name!r} exists but its creator never finished planning "
+                               f"it (did it crash?); use another study_name")
+        time.sleep(0.2)
+    spec = study.user_attrs["lrkit_spec"]
+    if study.direction.name.lower() != direction:
+        raise ValueError(f"study {name!r} {study.direction.name.lower()}s; this search "
+                         f"would {direction}")
+    given = {"method": method, "families": fams, "cv_folds": cv_folds, "low": low,
+             "high": high}
+    for key, value in given.items():
+        if value is not None and key in spec and spec[key] != value and not (
+                isinstance(value, float) and math.isclose(value, spec[key], rel_tol=1e-9)):
+            raise ValueError(f"study {name!r} was created with {key}={spec[key]!r}, this call "
+                             f"has {key}={value!r}: use the same settings or another study_name")
+    plan = _Plan(method=spec["method"], families=spec["families"], low=spec["low"],
+                 high=spec["high"], higher_is_better=spec["higher_is_better"],
+                 metric=spec["metric"], n_trials=spec["n_trials"], budget=spec["budget"],
+                 trial_cost=spec["trial_cost"], cv_folds=spec["cv_folds"], seed=spec["seed"],
+                 starts=spec["starts"], range_test=study.user_attrs.get("lrkit_range_test"),
+                 grid=[(f, lr) for f, lr in spec["grid"]], task_name=spec["task"],
+                 notes=spec["notes"])
+    return study, plan
+
+
+def _make_plan(runner: Any, task: Any, method: str, fams: list, low: float | None,
+               high: float | None, n_trials: int | None, budget: int | None,
+               cv_folds: int | None, seed: int, range_test: Any, world: int) -> _Plan:
+    notes: list[str] = []
+    rt: dict | None = None
+    starts: dict[str, float] = {}
+    need_rt = task is not None and (method == "auto" or low is None or high is None)
+    if need_rt:
+        res = range_test
+        if res is None:
+            if world > 1:
+                _bcast(("range_test", {"seed": seed}))
+            res = _range_test(task, seed=seed)
+        sug = res.suggestion
+        lr0 = sug.lr if sug.lr is not None else task.recipe.default_lr
+        for f in fams:
+            v = sug.lr_for(_SUGGEST_FAMILY.get(f, "constant")) if sug.lr is not None else None
+            starts[f or ""] = float(v if v is not None else lr0)
+        rt = {"lr": sug.lr, "band": list(sug.band) if sug.band else None,
+              "cost_steps": int(getattr(res, "cost_steps", 0) or len(res.lrs)),
+              "starts": starts, "confidence": sug.confidence}
+        if sug.lr is None:
+            notes.append(f"the range test found no clear descent; started from the recipe's "
+                         f"default LR {lr0:g}")
+        if low is None:
+            low = min(starts.values()) / 10**1.5
+        if high is None:
+            high = max(starts.values()) * 10**1.5
+    elif method == "auto" and range_test is not None:
+        sug = range_test.suggestion
+        rt = {"lr": sug.lr, "band": list(sug.band) if sug.band else None,
+              "cost_steps": int(getattr(range_test, "cost_steps", 0)), "starts": {}}
+        for f in fams:
+            starts[f or ""] = float(sug.lr_for(_SUGGEST_FAMILY.get(f, "constant"))
+                                    if f is not None and sug.lr is not None
+                                    else (sug.lr or math.sqrt(low * high)))
+        rt["starts"] = starts
+    elif method == "auto":
+        notes.append("auto without a range test (objective): started at the middle of "
+                     "[low, high] in log space")
+    assert low is not None and high is not None
+    if task is not None and method != "auto":
+        for f in fams:
+            starts.setdefault(f or "", math.sqrt(low * high))
+    rt_cost = rt["cost_steps"] if rt else 0
+    cost = runner.cost
+    grid: list[tuple[str, float]] = []
+    if method == "grid":
+        if n_trials is not None:
+            per_family = max(1, n_trials // len(fams))
+        elif budget is not None:
+            per_family = max(2, (budget - rt_cost) // (cost * len(fams)))
+        else:
+            per_family = int(round(math.log10(high / low) / 0.25)) + 1
+            notes.append(f"grid: {per_family} points a quarter decade apart per family")
+        for f in fams:
+            for j in range(per_family):
+                lr = low * (high / low) ** (j / (per_family - 1)) if per_family > 1 else low
+                grid.append((f, float(lr)))
+        n_trials = len(grid)
+    elif n_trials is None and budget is None:
+        if task is not None:
+            budget = rt_cost + _DEFAULT_RUNS * cost
+            notes.append(f"budget: {budget} optimizer steps (the range test's {rt_cost} + "
+                         f"{_DEFAULT_RUNS} runs of {cost})")
+        else:
+            n_trials = _OBJECTIVE_TRIALS
+            notes.append(f"n_trials: {n_trials} (objective, no budget given)")
+    return _Plan(method=method, families=fams, low=float(low), high=float(high),
+                 higher_is_better=runner.higher_is_better, metric=runner.metric,
+                 n_trials=n_trials, budget=budget, trial_cost=cost, cv_folds=cv_folds,
+                 seed=seed, starts=starts, range_test=rt, grid=grid,
+                 task_name=getattr(task, "name", runner.metric), notes=notes)
+
+
+def _sampler(optuna: Any, plan: _Plan, sign: float) -> Any:
+    from ._policy import PolicySampler
+
+    if plan.method == "random" or plan.method == "grid":
+        return optuna.samplers.RandomSampler(seed=plan.seed)
+    if plan.method == "tpe":
+        return optuna.samplers.TPESampler(seed=plan.seed)
+    if plan.method == "gp":
+        return optuna.samplers.GPSampler(seed=plan.seed)
+    return PolicySampler(plan.method, sign=sign, starts=plan.starts, seed=plan.seed)
+
+
+def _pruner(optuna: Any, name: str, plan: _Plan, runner: Any, world: int) -> Any:
+    if world > 1 or name == "none" or (name == "auto" and plan.method in
+                                       ("grid", "coarse_to_fine", "auto")):
+        return optuna.pruners.NopPruner()
+    steps = getattr(runner, "steps", None) or 100
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=steps // 5)
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, steps // 9),
+                                                      reduction_factor=3)
+    return optuna.pruners.HyperbandPruner(min_resource=max(1, steps // 9),
+                                          max_resource=steps * (plan.cv_folds or 1),
+                                          reduction_factor=3)
+
+
+# ----------------------------------------------------------------------------- the worker
+def _limits_reached(trials: Sequence[Any], plan: _Plan, states: Any) -> bool:
+    live = [t for t in trials if not t.user_attrs.get("lrkit_void")]
+    if plan.n_trials is not None:
+        counted = sum(t.state in (states.COMPLETE, states.PRUNED, states.RUNNING,
+                                  states.WAITING) for t in live)
+        if counted >= plan.n_trials:
+            return True
+    if plan.budget is not None:
+        spent = (plan.range_test or {}).get("cost_steps", 0) + sum(
+            int(t.user_attrs.get("steps", 0)) for t in live)
+        running = sum(t.state == states.RUNNING for t in live) * plan.trial_cost
+        if spent + running + plan.trial_cost > plan.budget:
+            return True
+    return False
+
+
+def _penalty(trials: Sequence[Any], runner: Any, sign: float, out: _Outcome,
+             states: Any) -> float | None:
+    """The value a diverged trial is told with: the task's ``worst`` when finite, else the
+    worst finite metric measured so far, else the run's first training loss."""
+    if runner.worst is not None and math.isfinite(runner.worst):
+        return float(runner.worst)
+    vals = [t.value for t in trials if t.state == states.COMPLETE and t.value is not None
+            and math.isfinite(t.value) and not t.user_attrs.get("diverged")]
+    if vals:
+        return min(vals) if sign > 0 else max(vals)
+    if out.first_loss is not None and math.isfinite(out.first_loss):
+        return float(out.first_loss)
+    return None
+
+
+def _work(optuna: Any, study: Any, plan: _Plan, runner: Any, sign: float,
+          options: SearchOptions, display: _Display, where: str) -> None:
+    from optuna.trial import TrialState as S
+
+    storage = study._storage
+    rank, world = _ddp()
+    families = plan.families
+    while True:
+        optuna.storages.fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        waiting = any(t.state == S.WAITING for t in trials)
+        running = any(t.state == S.RUNNING for t in trials)
+        if not waiting:
+            if plan.method == "grid" or _limits_reached(trials, plan, S):
+                if running and getattr(storage, "get_heartbeat_interval", lambda: None)():
+                    time.sleep(options.poll)  # a running trial may die and come back to us
+                    continue
+                break
+        trial = study.ask()
+        from_queue = "fixed_params" in storage.get_trial(trial._trial_id).system_attrs
+        if plan.method == "grid" and not from_queue:
+            # another worker popped the last queued point between our look and our ask
+            trial.set_user_attr("lrkit_void", True)
+            study.tell(trial, state=S.PRUNED)
+            continue
+        with _Heartbeat(storage, trial):
+            _run_trial(optuna, study, trial, plan, runner, sign, families, world)
+        display.update(result_from_study(study, where))
+
+
+def _run_trial(optuna: Any, study: Any, trial: Any, plan: _Plan, runner: Any, sign: float,
+               families: list, world: int) -> None:
+    from optuna.trial import TrialState as S
+
+    if len(families) > 1:
+        family = trial.suggest_categorical("schedule", families)
+    else:
+        family = families[0]
+        if family is not None:
+            trial.set_user_attr("schedule", family)
+    lr = trial.suggest_float("lr", plan.low, plan.high, log=True)
+    trials = study.get_trials(deepcopy=False)
+    diverged_at = min((t.params["lr"] for t in trials if t.state == S.COMPLETE
+                       and t.user_attrs.get("diverged") and not t.user_attrs.get("skipped")
+                       and t.params.get("schedule", t.user_attrs.get("schedule")) == family
+                       and "lr" in t.params), default=math.inf)
+    if lr >= diverged_at * (1 - 1e-12):
+        # divergence is data: an LR at or above one that diverged is not worth a run
+        value = _penalty(trials, runner, sign, _Outcome(None, 0, True, False, []), S)
+        trial.set_user_attr("skipped", True)
+        trial.set_user_attr("diverged", True)
+        trial.set_user_attr("diverged_at", diverged_at)
+        trial.set_user_attr("steps", 0)
+        if value is None:
+            study.tell(trial, state=S.FAIL)
+        else:
+            study.tell(trial, value)
+        return
+
+    def reporter(step: int, value: float) -> None:
+        trial.report(value, step)
+        if trial.should_prune():
+            raise Pruned
+
+    if world > 1:
+        _bcast(("trial", {"lr": lr, "schedule": family, "sign": sign}))
+    start = time.perf_counter()
+    out = runner(lr, family if len(families) > 1 or family is not None else None, reporter, sign)
+    trial.set_user_attr("steps", int(out.steps))
+    trial.set_user_attr("seconds", time.perf_counter() - start)
+    if out.folds:
+        trial.set_user_attr("fold_metrics", out.folds)
+        if len(out.folds) > 1:
+            m = sum(out.folds) / len(out.folds)
+            trial.set_user_attr("fold_std", math.sqrt(sum((v - m) ** 2 for v in out.folds)
+                                                      / (len(out.folds) - 1)))
+    if out.pruned:
+        study.tell(trial, state=S.PRUNED)
+        return
+    if out.diverged:
+        trial.set_user_attr("diverged", True)
+        value = _penalty(study.get_trials(deepcopy=False), runner, sign, out, S)
+        if value is None:
+            study.tell(trial, state=S.FAIL)
+        else:
+            study.tell(trial, value)
+        return
+    trial.set_user_attr("metric", out.metric)
+    study.tell(trial, out.metric)

@@ -1,0 +1,256 @@
+"""Where a study lives: URLs, the embedded SQLite default, PostgreSQL, heartbeat and retries.
+
+- ``None`` → ``sqlite:///<cwd>/lrkit-runs/lrkit.db``: embedded, nothing to start.
+- ``"sqlite:///path.db"`` → the same set-up on another file.
+- ``"postgresql://user:pw@host/db"`` (or any SQLAlchemy URL Optuna's ``RDBStorage`` takes) → a
+  server shared by workers on many machines.
+- ``"memory"`` → Optuna's in-memory storage (one process; tests and simulations).
+- an ``optuna.storages.BaseStorage`` object → used as it is.
+
+**Why SQLite holds with several local processes.** Optuna's "database is locked" comes from
+SQLite's *deferred* transactions: a transaction that reads and then writes must upgrade its lock,
+and when another process wrote meanwhile SQLite answers ``SQLITE_BUSY`` at once, without waiting
+for the busy timeout (the deadlock-avoidance rule; Python's ``sqlite3`` also starts transactions
+only before the first write, so a read-then-write is not even atomic). lrkit's SQLite
+connections start every transaction with ``BEGIN IMMEDIATE`` (the recipe in SQLAlchemy's pysqlite
+notes): the write lock is taken up front, a second process *waits* (busy timeout, 60 s by
+default) instead of failing, and Optuna's queue pop (``WAITING → RUNNING``) is a real
+compare-and-set. WAL journaling keeps the waits short. Limits: one machine (SQLite locks do not
+work over NFS), every storage operation is serialised (fine for tens of workers whose trials
+last seconds or more; use PostgreSQL beyond).
+
+**Schema creation race.** Workers that start at the same moment on an empty PostgreSQL database
+all run Optuna's ``CREATE TYPE`` / ``CREATE TABLE``; all but one fail with ``UniqueViolation``
+(optuna/optuna#1092). lrkit takes a PostgreSQL advisory lock around the storage's creation and
+retries transient integrity/operational errors with jittered backoff on every backend.
+
+**Heartbeat.** Every storage lrkit opens on a database records a heartbeat per running trial
+(``heartbeat_interval`` seconds); a trial whose heartbeat is older than ``grace_period`` is
+marked FAIL by the next worker that looks, and :class:`optuna.storages.RetryFailedTrialCallback`
+enqueues it again (``retries`` times).
+
+Credentials in a URL never leave this module unmasked: :func:`mask_url` hides them, and errors
+raised while opening a storage name the masked URL only.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import LRKitError, check_int
+
+__all__ = ["open_storage", "mask_url", "default_url", "DEFAULT_DIR"]
+
+#: folder of the default study database (relative to the working directory)
+DEFAULT_DIR = "lrkit-runs"
+_ADVISORY_KEY = 0x6C726B6974  # "lrkit": the advisory lock serialising schema creation
+_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*):(?P<pw>[^@\s]*)@")
+_QUERY_SECRET = re.compile(r"(?P<head>[?&](?:password|passwd|pwd|secret|token)=)[^&\s]*",
+                           re.IGNORECASE)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (userinfo and ``?password=`` forms).
+
+    >>> mask_url("postgresql://me:s3cret@db:5432/optuna")
+    'postgresql://me:***@db:5432/optuna'
+    """
+    if not isinstance(url, str):
+        return f"<{type(url).__name__}>"
+    return _QUERY_SECRET.sub(r"\g<head>***", _PASSWORD.sub(r"\g<head>:***@", url))
+
+
+def _scrub(text: str, url: str) -> str:
+    """Remove the password of ``url`` from any message (drivers may echo parts of a URL)."""
+    m = _PASSWORD.search(url)
+    out = text.replace(url, mask_url(url))
+    if m and m.group("pw"):
+        out = out.replace(m.group("pw"), "***")
+    return mask_url(out)
+
+
+def default_url() -> str:
+    """``sqlite:///<cwd>/lrkit-runs/lrkit.db`` (the folder is created when opened)."""
+    return f"sqlite:///{Path.cwd() / DEFAULT_DIR / 'lrkit.db'}"
+
+
+class _ImmediateConnection(sqlite3.Connection):
+    """A sqlite3 connection whose SQLAlchemy transactions begin with ``BEGIN IMMEDIATE`` once
+    ``mode["immediate"]`` is set (plain ``BEGIN`` before: Optuna's schema set-up nests two
+    connections, which immediate transactions would deadlock)."""
+
+    mode: dict
+
+
+_LISTENING = False
+
+
+def _install_begin_immediate() -> None:
+    """One class-level SQLAlchemy listener; it acts on lrkit's own SQLite connections only."""
+    global _LISTENING
+    if _LISTENING:
+        return
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    def begin(conn: Any) -> None:
+        dbapi = conn.connection.dbapi_connection
+        if isinstance(dbapi, _ImmediateConnection):
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if dbapi.mode["immediate"] else "BEGIN")
+
+    event.listen(Engine, "begin", begin)
+    _LISTENING = True
+
+
+def _sqlite_engine_kwargs(path: str, timeout: float, mode: dict) -> dict[str, Any]:
+    def connect() -> sqlite3.Connection:
+        # isolation_level=None: the driver issues no BEGIN of its own; the listener does
+        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None,
+                               check_same_thread=False, factory=_ImmediateConnection)
+        conn.mode = mode
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    _install_begin_immediate()
+    return {"creator": connect}
+
+
+def _with_retries(make: Any, url: str, attempts: int = 8) -> Any:
+    from sqlalchemy import exc
+
+    for attempt in range(attempts):
+        try:
+            return make()
+        except (exc.IntegrityError, exc.OperationalError, exc.ProgrammingError) as e:
+            transient = isinstance(e, exc.IntegrityError) or any(
+                s in str(e).lower() for s in ("already exists", "locked", "busy", "duplicate",
+                                              "could not connect", "connection refused"))
+            if not transient or attempt == attempts - 1:
+                raise LRKitError(f"cannot open storage {mask_url(url)}: {type(e).__name__}: "
+                                 f"{_scrub(str(e).splitlines()[0], url)}") from None
+            time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def open_storage(
+    storage: Any = None,
+    *,
+    heartbeat_interval: int = 10,
+    grace_period: int | None = None,
+    retries: int = 1,
+    sqlite_timeout: float = 60.0,
+    pool_size: int = 2,
+) -> Any:
+    """An Optuna storage for ``storage`` (``None``, a URL, ``"memory"`` or a storage object).
+
+    Args:
+        storage: see the module docstring.
+        heartbeat_interval: seconds between a running trial's heartbeats (database storages).
+        grace_period: seconds without a heartbeat after which a running trial counts as dead
+            (default ``3 * heartbeat_interval``).
+        retries: how many times a dead trial is run again (Optuna's
+            ``RetryFailedTrialCallback(max_retry=retries)``).
+        sqlite_timeout: how long a SQLite writer waits for the lock before failing.
+        pool_size: SQLAlchemy connection pool size per worker process (server databases).
+
+    Raises:
+        ValueError / TypeError: a bad argument (the message shows the URL masked).
+        lrkit.errors.LRKitError: the database cannot be opened (message masked).
+    """
+    import optuna
+
+    if isinstance(storage, optuna.storages.BaseStorage):
+        return storage
+    if storage is None:
+        storage = default_url()
+    if not isinstance(storage, str):
+        raise TypeError(f"storage must be None, a database URL, 'memory' or an optuna storage, "
+                        f"got {type(storage).__name__}")
+    if storage == "memory":
+        return optuna.storages.InMemoryStorage()
+    heartbeat_interval = check_int("heartbeat_interval", heartbeat_interval, minimum=1)
+    grace = 3 * heartbeat_interval if grace_period is None else check_int(
+        "grace_period", grace_period, minimum=1)
+    if grace <= heartbeat_interval:
+        raise ValueError(f"grace_period must be > heartbeat_interval ({heartbeat_interval}), "
+                         f"got {grace}")
+    retries = check_int("retries", retries, minimum=0)
+    pool_size = check_int("pool_size", pool_size, minimum=1)
+    if "://" not in storage:
+        raise ValueError(f"storage must be a database URL such as 'sqlite:///lrkit.db' or "
+                         f"'postgresql://user:password@host/db', or 'memory', got "
+                         f"{mask_url(storage)!r}")
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(storage)
+    except Exception:  # noqa: BLE001 - SQLAlchemy's message would echo the URL
+        raise ValueError(f"storage is not a valid database URL: {mask_url(storage)!r}") from None
+    backend = parsed.get_backend_name()
+    engine_kwargs: dict[str, Any] = {}
+    mode = {"immediate": False}
+    if backend == "sqlite":
+        db = parsed.database
+        if not db or db == ":memory:":
+            raise ValueError("storage 'sqlite://' in memory cannot be shared; use 'memory' "
+                             "for one process or a file URL 'sqlite:///path.db'")
+        Path(db).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs = _sqlite_engine_kwargs(str(Path(db).expanduser()), sqlite_timeout, mode)
+    else:
+        engine_kwargs = {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": 2,
+                         "pool_recycle": 600}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry_cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback",
+                            optuna.storages.RetryFailedTrialCallback)
+        callback = retry_cls(max_retry=retries)
+
+    def make() -> Any:
+        mode["immediate"] = False
+        st = optuna.storages.RDBStorage(
+            storage, engine_kwargs=dict(engine_kwargs), heartbeat_interval=heartbeat_interval,
+            grace_period=grace, heartbeat_stale_trial_callback=callback)
+        mode["immediate"] = True
+        return st
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if backend == "postgresql":
+            return _with_retries(lambda: _postgres_locked(storage, make), storage)
+        return _with_retries(make, storage)
+
+
+def _postgres_locked(url: str, make: Any) -> Any:
+    """Create the storage while holding a PostgreSQL advisory lock (one schema creator)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url, poolclass=__import__("sqlalchemy.pool").pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _ADVISORY_KEY})
+            try:
+                return make()
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _ADVISORY_KEY})
+    finally:
+        engine.dispose()
+
+
+def describe(storage: Any) -> str:
+    """A printable name of a storage: its URL masked, or its class."""
+    if isinstance(storage, str):
+        return mask_url(storage)
+    url = getattr(storage, "url", None)
+    if isinstance(url, str):
+        return mask_url(url)
+    return type(storage).__name__ if storage is not None else mask_url(default_url())
+
