@@ -1,0 +1,411 @@
+"""Tests of lrkit.curvature against independent references: exact eigen-decompositions of full
+Hessians (torch.autograd.functional.hessian + torch.linalg.eigvalsh), the logistic-regression
+task's closed-form smoothness constant, GD/heavy-ball/Nesterov on least squares (where the bound
+is exact), and per-example gradient statistics for the noise scale."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
+from lrkit import curvature as C
+from lrkit import tasks, train
+from lrkit.tasks import Recipe, Task
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: threads only add contention on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# --------------------------------------------------------------------------------- references
+def exact_hessian(model: nn.Module, loss_fn, batches) -> torch.Tensor:
+    """The full Hessian of the mean loss over ``batches`` w.r.t. the flattened parameters."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    shapes = [p.shape for n, p in model.named_parameters() if p.requires_grad]
+    flat = torch.cat([p.detach().reshape(-1) for n, p in model.named_parameters() if p.requires_grad])
+
+    def f(theta: torch.Tensor) -> torch.Tensor:
+        params, i = {}, 0
+        for n, s in zip(names, shapes):
+            k = math.prod(s)
+            params[n] = theta[i:i + k].view(s)
+            i += k
+        call = lambda x: functional_call(model, params, (x,))  # noqa: E731
+
+        class Proxy(nn.Module):
+            def forward(self, x):
+                return call(x)
+
+        return sum(loss_fn(Proxy(), b) for b in batches) / len(batches)
+
+    return torch.autograd.functional.hessian(f, flat)
+
+
+def mlp(seed: int = 0, act: nn.Module | None = None) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 5), act or nn.Tanh(), nn.Linear(5, 2)).double()
+
+
+def ce(m: nn.Module, b) -> torch.Tensor:
+    return F.cross_entropy(m(b[0]), b[1])
+
+
+def data(seed: int, n: int = 16):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, generator=g, dtype=torch.float64), torch.randint(0, 2, (n,), generator=g)
+
+
+# ------------------------------------------------------------------------------- eigenvalues
+@pytest.mark.parametrize("method", ["lanczos", "power"])
+def test_logreg_top_eigenvalue_within_1pct_of_exact_smoothness(method):
+    task = tasks.get("logreg")
+    model = task.build_model(0)
+    batch = next(task.batches(0))
+    r = C.top_eigenvalue(model, task.loss, [batch], iters=30, method=method)
+    # the task's L is exact at w = 0; the model starts at |w| ~ 0.01, where λ_max is 0.3% lower
+    assert abs(r.eigenvalue / task.smoothness - 1) < 0.01
+    assert r.n_hvp <= 30 and r.converged and r.hvp == "double-backward"
+    assert (r.batches, r.examples) == (1, 569)
+    # the closed form at the model's point: H = X~ᵀ diag(σ'(z)) X~ / n + reg I, X~ = [X, 1]
+    x, _ = batch
+    xt = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    z = model(x).squeeze(1).detach()
+    s = torch.sigmoid(z) * (1 - torch.sigmoid(z))
+    h = xt.T @ (s[:, None] * xt) / len(x) + 0.1 * torch.eye(31, dtype=x.dtype)
+    assert r.eigenvalue == pytest.approx(float(torch.linalg.eigvalsh(h)[-1]), rel=1e-3)
+
+
+def test_tiny_mlp_both_ends_of_the_spectrum_match_eigvalsh():
+    model = mlp(1)
+    batches = [data(1), data(2)]
+    ev = torch.linalg.eigvalsh(exact_hessian(model, ce, batches))
+    n = sum(p.numel() for p in model.parameters())
+    r = C.top_eigenvalue(model, ce, batches, iters=n, tol=1e-10)
+    assert r.eigenvalue == pytest.approx(float(ev[-1]), rel=1e-8)
+    # the bottom Ritz value converges more slowly (the stopping rule watches the top); Ritz
+    # values always lie inside the spectrum
+    assert r.min_eigenvalue == pytest.approx(float(ev[0]), rel=1e-2)
+    assert r.min_eigenvalue >= float(ev[0]) - 1e-12
+    big = ev[-1] if abs(ev[-1]) >= abs(ev[0]) else ev[0]
+    assert r.largest_magnitude == pytest.approx(float(big), rel=1e-2)
+    p = C.top_eigenvalue(model, ce, batches, iters=300, tol=1e-9, method="power")
+    assert p.eigenvalue == pytest.approx(float(ev[-1]), rel=1e-4)
+    assert p.n_hvp < 300 and p.batches == 2 and p.examples == 32
+
+
+class Quadratic(nn.Module):
+    """f(θ) = ½ θᵀ A θ with a fixed symmetric A: the Hessian is A."""
+
+    def __init__(self, eigenvalues: list[float], seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        n = len(eigenvalues)
+        q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+        self.register_buffer("A", q @ torch.diag(torch.tensor(eigenvalues, dtype=torch.float64)) @ q.T)
+        self.theta = nn.Parameter(torch.randn(n, generator=g, dtype=torch.float64))
+
+    def loss(self) -> torch.Tensor:
+        return 0.5 * self.theta @ self.A @ self.theta
+
+
+@pytest.mark.parametrize("method", ["lanczos", "power"])
+def test_negative_largest_magnitude_eigenvalue_is_reported_and_skipped(method):
+    model = Quadratic([-5.0, 0.5, 1.0, 2.0])
+    r = C.top_eigenvalue(model, lambda m, b: m.loss(), [None], iters=200, tol=1e-9, method=method)
+    assert r.eigenvalue == pytest.approx(2.0, rel=1e-6)
+    assert r.largest_magnitude == pytest.approx(-5.0, rel=1e-6)
+    assert any("negative" in n for n in r.notes)
+    assert C.safe_lr(model, lambda m, b: m.loss(), [None], method=method, iters=200,
+                     tol=1e-9).lr == pytest.approx(1.0, rel=1e-5)
+
+
+class TinyAttention(nn.Module):
+    """One causal attention layer through F.scaled_dot_product_attention: on CPU it runs the
+    flash kernel, whose backward has no derivative (no double backward), as fused GPU kernels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.out = nn.Linear(4, 12), nn.Linear(4, 3)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).unsqueeze(1).split(4, dim=-1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(y.squeeze(1)).mean(1)
+
+
+def test_missing_double_backward_falls_back_to_finite_differences():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    model = TinyAttention().double()
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, 5, 4, generator=g, dtype=torch.float64),
+                torch.randint(0, 3, (8,), generator=g))]
+    with sdpa_kernel(SDPBackend.MATH):  # the reference: the math kernel has double backward
+        exact = float(torch.linalg.eigvalsh(exact_hessian(model, ce, batches))[-1])
+        db = C.top_eigenvalue(model, ce, batches, iters=40, tol=1e-10)
+    assert db.hvp == "double-backward" and db.eigenvalue == pytest.approx(exact, rel=1e-8)
+    r = C.top_eigenvalue(model, ce, batches, iters=40, tol=1e-10)
+    assert r.hvp == "finite-difference"
+    assert any("no double backward" in n and "finite-difference" in n for n in r.notes)
+    assert r.eigenvalue == pytest.approx(exact, rel=1e-6)
+    with pytest.raises(RuntimeError, match="not implemented"):
+        C.top_eigenvalue(model, ce, batches, hvp="double-backward")
+    # forced differences on a model that has double backward agree with it
+    ref = mlp(2)
+    ones = [torch.ones_like(p) for p in ref.parameters()]
+    fd = C.hvp(ref, ce, [data(3)], ones, method="finite-difference")
+    for a, b in zip(fd, C.hvp(ref, ce, [data(3)], ones)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+
+
+def test_train_and_eval_mode_hessians_with_batchnorm_and_dropout():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Dropout(0.5),
+                          nn.Linear(4, 2)).double()
+    model[1].running_mean.fill_(0.3)
+    model[1].running_var.fill_(2.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.eval()
+    batches = [data(4)]
+    r_train = C.top_eigenvalue(model, ce, batches, iters=40, tol=1e-10, mode="train")
+    r_eval = C.top_eigenvalue(model, ce, batches, iters=40, tol=1e-10, mode="eval")
+    # nothing of the model changed: BatchNorm statistics, counters and module modes
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert not any(m.training for m in model.modules())
+    assert any("BatchNorm" in n and "batch statistics" in n for n in r_train.notes)
+    assert any("dropout" in n for n in r_train.notes)
+    # references: train mode = batch statistics with dropout off; eval = running statistics
+    model.train()
+    model[3].eval()
+    h_train = exact_hessian(model, ce, batches)
+    model.load_state_dict(before)
+    model.eval()
+    h_eval = exact_hessian(model, ce, batches)
+    assert r_train.eigenvalue == pytest.approx(float(torch.linalg.eigvalsh(h_train)[-1]), rel=1e-8)
+    assert r_eval.eigenvalue == pytest.approx(float(torch.linalg.eigvalsh(h_eval)[-1]), rel=1e-8)
+    assert abs(r_train.eigenvalue / r_eval.eigenvalue - 1) > 0.05
+
+
+# -------------------------------------------------------------------------------- the bound
+def least_squares_task(optimizer_kwargs: dict, *, steps: int = 200) -> tuple[Task, float, float]:
+    """Full-batch least squares; returns (task, exact λ_max of 2XᵀX/n, optimal loss)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 5, generator=g, dtype=torch.float64) * torch.tensor(
+        [3.0, 2.0, 1.5, 1.2, 1.0], dtype=torch.float64)
+    y = x @ torch.tensor([1.0, -1.0, 0.5, 2.0, -0.5], dtype=torch.float64) + 0.3 * torch.randn(
+        64, generator=g, dtype=torch.float64)
+    lam = float(torch.linalg.eigvalsh(2 * x.T @ x / len(x))[-1])
+    w = torch.linalg.lstsq(x, y.unsqueeze(1)).solution
+    best = float(((x @ w).squeeze(1) - y).pow(2).mean())
+
+    def build(seed):
+        torch.manual_seed(seed)
+        return nn.Linear(5, 1, bias=False).double()
+
+    def batches(seed):
+        while True:
+            yield x, y
+
+    loss = lambda m, b: F.mse_loss(m(b[0]).squeeze(1), b[1])  # noqa: E731
+    task = Task(name="lsq", version="1", description="least squares, full-batch",
+                recipe=Recipe(optimizer="sgd", batch_size=64, steps=steps, default_lr=0.01,
+                              optimizer_kwargs=optimizer_kwargs),
+                metric="mse", higher_is_better=False, build_model=build, batches=batches,
+                loss=loss, evaluate=lambda m, s: float(loss(m, (x, y))), train_size=64,
+                worst=math.inf)
+    return task, lam, best
+
+
+@pytest.mark.parametrize("kwargs, constant", [
+    ({}, 2.0),
+    ({"momentum": 0.9}, 3.8),
+    ({"momentum": 0.9, "nesterov": True}, 3.8 / 2.8),
+])
+def test_least_squares_bound_is_exact(kwargs, constant):
+    task, lam, best = least_squares_task(kwargs)
+    s = C.safe_lr(task, tol=1e-9)
+    assert s.eigen.eigenvalue == pytest.approx(lam, rel=1e-6)
+    assert s.constant == pytest.approx(constant) and s.lr == pytest.approx(constant / lam, rel=1e-6)
+    t = C.stability_test(task, safe=s, factors=(0.9, 1.1), steps=300)
+    below, above = t.runs
+    assert below.converged and not below.diverged
+    assert below.final_loss <= best * 1.01
+    assert above.diverged and not above.converged
+    assert t.largest_stable_factor == 0.9
+    assert C.StabilityTest.from_dict(json.loads(json.dumps(t.to_dict()))) == t
+
+
+def test_logreg_best_lr_lies_above_the_bound_at_init_because_curvature_falls():
+    task = tasks.get("logreg")
+    s = C.safe_lr(task)
+    assert s.lr == pytest.approx(2 / task.smoothness, rel=0.01)
+    t = C.stability_test(task, safe=s, factors=(0.9, 2.0, 3.0, 16.0))
+    conv = {r.factor: r.converged for r in t.runs}
+    assert conv == {0.9: True, 2.0: True, 3.0: True, 16.0: False}
+    # why: GD at 3x the bound (≈ the oracle's best, 1.78) lowers the sharpness below 2/lr
+    batch = [next(task.batches(0))]
+    model = task.build_model(0)
+    lr = 3 * s.lr
+    tracker = C.SharpnessTracker(task.loss, batch, every=10)
+    train.fit(model, torch.optim.SGD(model.parameters(), lr=lr), task.batches(0),
+              num_steps=50, step_fn=task.loss, callbacks=[tracker])
+    assert tracker.sharpness[0] > 2 / lr > tracker.sharpness[-1]
+    assert tracker.sharpness[-1] < 0.25 * tracker.sharpness[0]
+    assert tracker.thresholds[0] == pytest.approx(2 / lr)
+
+
+def test_sharpness_tracker_leaves_training_unchanged_and_reads_exact_sharpness():
+    task, lam, _ = least_squares_task({"momentum": 0.5})
+    losses = []
+    for with_tracker in (False, True):
+        model = task.build_model(0)
+        opt = task.recipe.make_optimizer(model.parameters(), 0.5 * 3.0 / lam)
+        tracker = C.SharpnessTracker(task.loss, [next(task.batches(0))], every=5, tol=1e-9)
+        out = train.fit(model, opt, task.batches(0), num_steps=20, step_fn=task.loss,
+                        callbacks=[tracker] if with_tracker else [])
+        losses.append(out.losses)
+    assert losses[0] == losses[1]
+    assert tracker.steps == [0, 5, 10, 15, 20]
+    assert tracker.sharpness == pytest.approx([lam] * 5, rel=1e-6)
+    assert tracker.ratio == pytest.approx([0.5] * 5, rel=1e-6)  # (2+2·0.5)/lr = 2λ... ratio ½
+    assert tracker.at_edge() == []
+
+
+def test_adam_uses_the_preconditioned_hessian_and_38_over_lambda():
+    model = mlp(5)
+    batches = [data(6, 32)]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, betas=(0.9, 0.99), eps=1e-6)
+    train.fit(model, opt, batches, num_steps=5, step_fn=ce)
+    s = C.safe_lr(model, ce, batches, optimizer=opt, iters=60, tol=1e-10)
+    h = exact_hessian(model, ce, batches)
+    v = torch.cat([opt.state[p]["exp_avg_sq"].reshape(-1) for p in model.parameters()]) / (1 - 0.99 ** 5)
+    d = (v.sqrt() + 1e-6).rsqrt()
+    lam = float(torch.linalg.eigvalsh(d[:, None] * h * d[None, :])[-1])
+    assert s.eigen.preconditioned and s.optimizer == "adam"
+    assert s.eigen.eigenvalue == pytest.approx(lam, rel=1e-6)
+    assert s.constant == pytest.approx(38.0) and s.lr == pytest.approx(38.0 / lam, rel=1e-6)
+    # the string form estimates P from squared gradients and says so
+    s2 = C.safe_lr(model, ce, batches, optimizer="adam", betas=(0.9, 0.999))
+    assert s2.eigen.preconditioned and any("estimated" in n for n in s2.eigen.notes)
+    # coupled weight decay (torch Adam) enters the Hessian; AdamW's decoupled decay does not
+    opt_wd = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=0.5)
+    opt_w = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.5)
+    a = C.safe_lr(model, ce, batches, optimizer=opt_wd, iters=60, tol=1e-10)
+    b = C.safe_lr(model, ce, batches, optimizer=opt_w, iters=60, tol=1e-10)
+    assert a.eigen.eigenvalue > b.eigen.eigenvalue
+    assert any("decoupled" in n for n in b.eigen.notes)
+
+
+def test_string_optimizers_and_sgd_settings():
+    model = mlp(7)
+    batches = [data(8)]
+    lam = float(torch.linalg.eigvalsh(exact_hessian(model, ce, batches))[-1])
+    kw = dict(iters=40, tol=1e-10)
+    assert C.safe_lr(model, ce, batches, optimizer="sgd", **kw).lr == pytest.approx(2 / lam, rel=1e-6)
+    assert C.safe_lr(model, ce, batches, optimizer="momentum", momentum=0.5,
+                     **kw).lr == pytest.approx(3 / lam, rel=1e-6)
+    damp = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, dampening=0.5)
+    assert C.safe_lr(model, ce, batches, optimizer=damp, **kw).lr == pytest.approx(7.6 / lam, rel=1e-6)
+    wd = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.1)
+    assert C.safe_lr(model, ce, batches, optimizer=wd, **kw).lr == pytest.approx(2 / (lam + 0.1), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------- batch size
+def test_scale_lr_rules():
+    assert C.scale_lr(0.1, 32, 128) == pytest.approx(0.4)
+    assert C.scale_lr(1e-3, 32, 128, rule="sqrt") == pytest.approx(2e-3)
+    assert C.scale_lr(0.4, 128, 32) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="rule"):
+        C.scale_lr(0.1, 32, 64, rule="cubic")
+    with pytest.raises(ValueError, match="to_batch"):
+        C.scale_lr(0.1, 32, 0)
+
+
+def test_noise_scale_matches_per_example_gradient_statistics():
+    g = torch.Generator().manual_seed(0)
+    n, d = 2000, 4
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 1.0], dtype=torch.float64) + torch.randn(
+        n, generator=g, dtype=torch.float64)
+    model = nn.Linear(d, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.5, -1.0, 0.0, 0.0]]))
+    # reference: per-example gradients 2 (xᵀw − y) x, their mean G and covariance Σ
+    r = (x @ model.weight.detach().T).squeeze(1) - y
+    per = 2 * r[:, None] * x
+    G = per.mean(0)
+    cov = (per - G).T @ (per - G) / n
+    ref = float(torch.trace(cov) / (G @ G))
+    # batches drawn with replacement: the estimator is unbiased for tr Σ and |G|^2
+    idx = torch.randint(0, n, (400, 16), generator=g)
+    batches = [(x[i], y[i]) for i in idx]
+    est = C.noise_scale(model, lambda m, b: F.mse_loss(m(b[0]).squeeze(1), b[1]), batches,
+                        num_batches=400)
+    assert (est.batch_small, est.batch_big) == (16, 6400)
+    assert est.trace_cov == pytest.approx(float(torch.trace(cov)), rel=0.1)
+    assert est.grad_norm_sq == pytest.approx(float(G @ G), rel=0.1)
+    assert est.b_simple == pytest.approx(ref, rel=0.2)
+
+
+# --------------------------------------------------------------------------------- errors
+def test_bad_arguments_are_named():
+    model, batches = mlp(0), [data(0)]
+    with pytest.raises(ValueError, match="iters"):
+        C.top_eigenvalue(model, ce, batches, iters=0)
+    with pytest.raises(ValueError, match="method"):
+        C.top_eigenvalue(model, ce, batches, method="arnoldi")
+    with pytest.raises(ValueError, match="mode"):
+        C.top_eigenvalue(model, ce, batches, mode="test")
+    with pytest.raises(TypeError, match="one batch"):
+        C.top_eigenvalue(model, ce, data(0))
+    with pytest.raises(ValueError, match="num_batches"):
+        C.top_eigenvalue(model, ce, iter(batches))
+    with pytest.raises(TypeError, match="model"):
+        C.top_eigenvalue("model", ce, batches)
+    with pytest.raises(ValueError, match="optimizer"):
+        C.safe_lr(model, ce, batches, optimizer="lion")
+    with pytest.raises(TypeError, match="Adagrad"):
+        C.safe_lr(model, ce, batches, optimizer=torch.optim.Adagrad(model.parameters()))
+    with pytest.raises(ValueError, match="loss_fn and batches"):
+        C.safe_lr(tasks.get("logreg"), ce, batches)
+    with pytest.raises(TypeError, match="Task"):
+        C.stability_test(model)
+    with pytest.raises(ValueError, match="factors"):
+        C.stability_test(tasks.get("logreg"), factors=(0.5, -1.0))
+    with pytest.raises(ValueError, match="every"):
+        C.SharpnessTracker(ce, batches, every=0)
+
+
+def test_results_round_trip_through_json():
+    s = C.safe_lr(mlp(0), ce, [data(0)])
+    again = C.SafeLR.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert again == s
+    assert "safe lr (sgd) = 2/λ" in s.summary()
+
+
+def test_cli_safe_lr(tmp_path, capsys):
+    from lrkit.cli import main
+
+    plot, out = tmp_path / "safe.png", tmp_path / "safe.json"
+    rc = main(["safe-lr", "--task", "logreg", "--steps", "40", "--factors", "0.5", "2", "16",
+               "--plot", str(plot), "--json", str(out), "--no-progress"])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "safe lr (sgd) = 2/λ" in text and "stability test" in text
+    assert plot.stat().st_size > 10_000
+    d = json.loads(out.read_text())
+    assert [r["converged"] for r in d["test"]["runs"]] == [True, True, False]
+    assert main(["safe-lr", "--task", "no-such-task"]) == 2
