@@ -39,6 +39,11 @@ __all__ = [
     "regret",
     "default_cache_dir",
     "markdown_table",
+    "OptimizerResult",
+    "parse_optimizer",
+    "optimizer_runs",
+    "compare_optimizers",
+    "optimizer_table",
 ]
 
 
@@ -75,6 +80,7 @@ class Oracle:
     tol: float
     wall_time: float
     run_time: float  # mean seconds of one full run
+    optimizer: str | None = None  # an optimizer spec replacing the recipe's (None: the recipe's)
 
     @property
     def mean(self) -> list[float]:
@@ -165,15 +171,24 @@ def _run_one(job: tuple) -> dict:
     from .train import run
 
     torch.set_num_threads(1)
-    task_ref, lr, seed, steps, eval_split, method = job
+    task_ref, lr, seed, steps, eval_split, method = job[:6]
+    spec = job[6] if len(job) > 6 else None
     task = tasks.get(task_ref)
     kwargs: dict[str, Any] = {}
     if method is not None:
         factory, lr = _lr_free_factory(method, task)
         kwargs["optimizer_factory"] = factory
+    elif spec is not None:
+        factory, lr = _optimizer_factory(spec, task, lr)
+        kwargs["optimizer_factory"] = factory
     r = run(task, lr, steps=steps, seed=seed, eval_split=eval_split, **kwargs)
-    return {"lr": job[1], "seed": seed, "metric": r.metric, "diverged": r.diverged,
-            "wall_time": r.wall_time}
+    out = {"lr": job[1], "seed": seed, "metric": r.metric, "diverged": r.diverged,
+           "wall_time": r.wall_time}
+    if spec is not None:  # the LR trajectory of adaptive optimizers, thinned to <= 100 points
+        every = max(1, len(r.lrs) // 100)
+        out["lrs"] = [float(x) for x in r.lrs[::every]]
+        out["final_lr"] = float(r.lrs[-1]) if r.lrs else None
+    return out
 
 
 def _map(jobs: list[tuple], workers: int, desc: str, progress: bool) -> list[dict]:
@@ -212,8 +227,14 @@ def oracle(
     cache_dir: str | Path | None = None,
     refresh: bool = False,
     progress: bool = True,
+    optimizer: str | None = None,
 ) -> Oracle:
     """The exhaustive LR grid of ``task`` (a name, a ``module:function`` reference or a Task name).
+
+    With ``optimizer`` (a spec for :func:`parse_optimizer`, e.g. ``"adam"`` or
+    ``"sgdhd:hypergrad=multiplicative"``) the recipe's optimizer is replaced by that one (its
+    non-LR settings carried over where they apply, see :func:`optimizer_runs`) and the grid is
+    centred on its textbook default LR: the per-optimizer oracle.
 
     The grid holds ``points`` LRs spaced ``step_decades`` apart (log10) around ``center`` (the
     recipe's default LR by default; the default grid spans 10^±3 around it in quarter decades);
@@ -232,9 +253,17 @@ def oracle(
     workers = check_int("workers", workers, minimum=1)
     t = tasks.get(task) if isinstance(task, str) else task
     ref = task if isinstance(task, str) else t.name
-    c = center or t.recipe.default_lr
+    if optimizer is not None:
+        opt_name, _ = parse_optimizer(optimizer)
+        from .optim import default_lr
+
+        c = center or default_lr(opt_name)
+        tag = "-" + "".join(ch if ch.isalnum() or ch in "._=" else "_" for ch in optimizer)
+    else:
+        c = center or t.recipe.default_lr
+        tag = ""
     path = (Path(cache_dir or default_cache_dir()) / "oracle"
-            / f"{t.key}-c{c:g}-p{points}-d{step_decades:g}.json")
+            / f"{t.key}{tag}-c{c:g}-p{points}-d{step_decades:g}.json")
     if path.exists() and not refresh:
         cached = Oracle.from_dict(json.loads(path.read_text()))
         if cached.seeds == seeds and cached.steps == t.recipe.steps and cached.tol == tol:
@@ -243,11 +272,12 @@ def oracle(
     results: dict[tuple[float, int], dict] = {}
     start = time.perf_counter()
     for _ in range(max_extend + 1):
-        todo = [(ref, lr, s, None, "test", None) for lr in grid for s in seeds
+        todo = [(ref, lr, s, None, "test", None, optimizer) for lr in grid for s in seeds
                 if (lr, s) not in results]
-        for r in _map(todo, workers, f"oracle {t.name}", progress):
+        desc = f"oracle {t.name}" + (f" {optimizer}" if optimizer else "")
+        for r in _map(todo, workers, desc, progress):
             results[(r["lr"], r["seed"])] = r
-        o = _make_oracle(t, grid, seeds, results, tol, time.perf_counter() - start)
+        o = _make_oracle(t, grid, seeds, results, tol, time.perf_counter() - start, optimizer)
         i = o.best_index
         factor = 10 ** step_decades
         if i == 0:
@@ -264,14 +294,14 @@ def oracle(
 
 
 def _make_oracle(t: Any, grid: list[float], seeds: list[int], results: dict, tol: float,
-                 wall: float) -> Oracle:
+                 wall: float, optimizer: str | None = None) -> Oracle:
     metrics = [[results[(lr, s)]["metric"] for s in seeds] for lr in grid]
     diverged = [[results[(lr, s)]["diverged"] for s in seeds] for lr in grid]
     run_time = float(np.mean([r["wall_time"] for r in results.values()]))
     return Oracle(task=t.name, version=t.version, steps=t.recipe.steps,
                   higher_is_better=t.higher_is_better, metric_name=t.metric, grid=list(grid),
                   seeds=list(seeds), metrics=metrics, diverged=diverged, tol=tol,
-                  wall_time=wall, run_time=run_time)
+                  wall_time=wall, run_time=run_time, optimizer=optimizer)
 
 
 # ------------------------------------------------------------------------------------ methods
@@ -567,6 +597,223 @@ def _map_choose(jobs: list[tuple], workers: int, progress: bool, desc: str) -> l
     finally:
         bar.close()
     return out
+
+
+# --------------------------------------------------------------------------------- optimizers
+#: optimizers that take SGD's ``momentum``
+_SGD_FAMILY = ("sgd", "sgdhd", "dadapt_sgd", "schedulefree_sgd")
+#: optimizers whose ``weight_decay`` is decoupled (AdamW-style) with the settings used here
+_DECOUPLED = ("adamw", "prodigy", "schedulefree", "schedulefree_adamw")
+
+
+def parse_optimizer(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"name"`` or ``"name:key=value:key=value"`` -> ``(name, kwargs)``.
+
+    Values are Python literals where they parse (``hypergrad_lr=0.02``, ``nesterov=True``) and
+    strings otherwise (``hypergrad=multiplicative``). ``lr=...`` fixes the LR the bench uses
+    instead of the optimizer's textbook default.
+
+    >>> parse_optimizer("sgdhd:hypergrad=multiplicative:hypergrad_lr=0.02")
+    ('sgdhd', {'hypergrad': 'multiplicative', 'hypergrad_lr': 0.02})
+
+    Raises:
+        ValueError: an unknown optimizer name or a ``key=value`` part without ``=``.
+    """
+    import ast
+
+    from .errors import check_choice
+    from .optim import names
+
+    if not isinstance(spec, str) or not spec:
+        raise TypeError(f"optimizer spec must be a non-empty string, got {spec!r}")
+    name, *parts = spec.split(":")
+    check_choice("optimizer", name, names())
+    kwargs: dict[str, Any] = {}
+    for part in parts:
+        key, eq, raw = part.partition("=")
+        if not eq or not key:
+            raise ValueError(f"optimizer spec {spec!r}: expected key=value after ':', got {part!r}")
+        try:
+            kwargs[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            kwargs[key] = raw
+    return name, kwargs
+
+
+def _optimizer_kwargs(name: str, task: Any, extra: dict[str, Any]) -> dict[str, Any]:
+    """The task recipe's non-LR settings translated to optimizer ``name``.
+
+    SGD-family optimizers keep the recipe's momentum (0.9 when the recipe is not SGD); Adam-family
+    ones keep its ``betas``; weight decay carries over only between decays of the same kind (L2
+    <-> L2, decoupled <-> decoupled; Adam-HD and D-Adapt Adam switch to decoupled decay for an
+    AdamW recipe); schedule-free optimizers warm up for 5% of the run.
+    """
+    import inspect
+
+    from .optim import is_schedule_free, optimizer_class
+
+    accepted = inspect.signature(optimizer_class(name).__init__).parameters
+    rk = dict(task.recipe.optimizer_kwargs)
+    kw: dict[str, Any] = {}
+    recipe_decoupled = task.recipe.optimizer == "adamw"
+    if name in _SGD_FAMILY and "momentum" in accepted:
+        kw["momentum"] = float(rk.get("momentum", 0.0 if task.recipe.optimizer == "sgd" else 0.9))
+        if name == "schedulefree_sgd" and kw["momentum"] == 0:
+            kw["momentum"] = 0.9  # its averaging needs an interpolation weight in (0, 1)
+    if "betas" in accepted and "betas" in rk and name not in ("rmsprop", "adagrad", "adadelta"):
+        kw["betas"] = tuple(rk["betas"])
+    wd = float(rk.get("weight_decay", 0.0))
+    if wd and "weight_decay" in accepted:
+        if recipe_decoupled and name == "adamhd":
+            kw.update(weight_decay=wd, decoupled_weight_decay=True)
+        elif recipe_decoupled and name in ("dadapt", "dadapt_adam"):
+            kw.update(weight_decay=wd, decouple=True)
+        elif recipe_decoupled == (name in _DECOUPLED):
+            kw["weight_decay"] = wd
+    if is_schedule_free(name):
+        kw["warmup_steps"] = max(1, task.recipe.steps // 20)
+    kw.update(extra)
+    return kw
+
+
+def _optimizer_factory(spec: str, task: Any, lr: float) -> tuple[Callable, Any]:
+    """``(factory(params) -> optimizer, lr or schedule for train.run)`` for an optimizer spec.
+
+    The run keeps the recipe's schedule shape with ``lr`` as its peak (an HD optimizer adapts
+    under it, an LR-free one scales it); a schedule-free optimizer runs at a constant ``lr``.
+    """
+    from .optim import is_schedule_free, make_optimizer
+    from .schedules import constant
+
+    name, extra = parse_optimizer(spec)
+    extra.pop("lr", None)
+    kw = _optimizer_kwargs(name, task, extra)
+
+    def factory(params: Any) -> Any:
+        return make_optimizer(name, params, lr, **kw)
+
+    return factory, (constant(lr) if is_schedule_free(name) else lr)
+
+
+def optimizer_runs(
+    task: Any,
+    optimizer: str,
+    lrs: Sequence[float],
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    workers: int = 2,
+    progress: bool = True,
+) -> list[dict]:
+    """Full training runs of ``task`` with ``optimizer`` (a spec) at every LR and seed.
+
+    Each result holds ``lr``, ``seed``, ``metric`` (test split), ``diverged``, ``wall_time``,
+    ``lrs`` (the LR trajectory, <= 100 points) and ``final_lr``.
+    """
+    from . import tasks
+
+    parse_optimizer(optimizer)
+    ref = task if isinstance(task, str) else task.name
+    tasks.get(ref)
+    lrs = [check_positive("lrs[]", lr) for lr in lrs]
+    seeds = [check_int("seeds[]", s, minimum=0) for s in seeds]
+    workers = check_int("workers", workers, minimum=1)
+    jobs = [(ref, lr, s, None, "test", None, optimizer) for lr in lrs for s in seeds]
+    return _map(jobs, workers, f"{ref} {optimizer}", progress)
+
+
+@dataclass
+class OptimizerResult:
+    """One optimizer on one task at its textbook default LR (and at its own oracle's best)."""
+
+    task: str
+    optimizer: str
+    lr: float
+    metrics: list[float]
+    diverged: list[bool]
+    regret: float  # at ``lr``, against the task's oracle (the recipe's optimizer at its best LR)
+    regret_se: float
+    final_lr: float | None  # mean over seeds of the LR of the last update (adapted, for HD)
+    own_best_lr: float | None = None
+    own_regret: float | None = None  # its own oracle's best, against the task's oracle
+    default_vs_own: float | None = None  # regret at ``lr`` against its own oracle's best
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def compare_optimizers(
+    task: Any,
+    optimizers: Iterable[str],
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    own_oracle: bool = False,
+    oracle_points: int = 13,
+    oracle_step_decades: float = 0.5,
+    oracle_result: Oracle | None = None,
+    workers: int = 2,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> list[OptimizerResult]:
+    """Every optimizer on ``task`` at its textbook default LR, scored against the task's oracle.
+
+    ``optimizers`` are specs (:func:`parse_optimizer`): ``"sgd"``, ``"adamhd"``,
+    ``"sgdhd:hypergrad=multiplicative"``, ``"adam:lr=3e-4"``. With ``own_oracle`` each optimizer
+    also gets its own LR grid (``oracle_points`` LRs ``oracle_step_decades`` apart around its
+    default, the ``seeds``; cached like :func:`oracle`), which answers "does this optimizer need
+    LR tuning?": ``default_vs_own`` is the regret of its default LR against its own best.
+    """
+    from . import tasks
+    from .optim import default_lr
+
+    t = tasks.get(task) if isinstance(task, str) else task
+    ref = task if isinstance(task, str) else t.name
+    specs = list(optimizers)
+    if not specs:
+        raise ValueError("optimizers must name at least one optimizer")
+    parsed = [parse_optimizer(spec) for spec in specs]
+    seeds = [check_int("seeds[]", s, minimum=0) for s in seeds]
+    o = oracle_result or oracle(ref, workers=workers, cache_dir=cache_dir, progress=progress)
+    out = []
+    for spec, (name, extra) in zip(specs, parsed):
+        lr = float(extra.get("lr", default_lr(name)))
+        runs = optimizer_runs(ref, spec, [lr], seeds=seeds, workers=workers, progress=progress)
+        metrics = [r["metric"] for r in runs]
+        mean = float(np.mean(metrics))
+        finals = [r["final_lr"] for r in runs if r.get("final_lr") is not None]
+        res = OptimizerResult(
+            task=t.name, optimizer=spec, lr=lr, metrics=metrics,
+            diverged=[r["diverged"] for r in runs], regret=o.regret(mean),
+            regret_se=_regret_se(metrics, o.best_metric),
+            final_lr=float(np.mean(finals)) if finals else None)
+        if own_oracle:
+            own = oracle(ref, optimizer=spec, points=oracle_points,
+                         step_decades=oracle_step_decades, seeds=seeds if len(seeds) >= 3
+                         else (0, 1, 2), workers=workers, cache_dir=cache_dir, progress=progress)
+            res.own_best_lr = own.best_lr
+            res.own_regret = o.regret(own.best_metric)
+            res.default_vs_own = own.regret(mean)
+        out.append(res)
+    return out
+
+
+def optimizer_table(results: Sequence[OptimizerResult], oracles: dict[str, Oracle]) -> str:
+    """One markdown table: each optimizer at its default LR (and its own best), vs the oracle."""
+    lines = ["| task | optimizer | LR | last LR | metric | regret ± s.e. | own best LR | "
+             "regret at own best | default vs own best |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        o = oracles[r.task]
+        last = "—" if r.final_lr is None else f"{r.final_lr:.3g}"
+
+        def pct(x: float | None) -> str:
+            return "—" if x is None else _fmt_pct(x)
+
+        own = "—" if r.own_best_lr is None else f"{r.own_best_lr:.3g}"
+        lines.append(f"| {r.task} | {r.optimizer} | {r.lr:.3g} | {last} | "
+                     f"{np.mean(r.metrics):.4g} (best {o.best_metric:.4g}) | "
+                     f"{_fmt_pct(r.regret, r.regret_se)} | {own} | {pct(r.own_regret)} | "
+                     f"{pct(r.default_vs_own)} |")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------- output

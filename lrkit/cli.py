@@ -78,6 +78,22 @@ def _bench(args: argparse.Namespace) -> int:
               f"{o.wall_time:.0f} s")
     if args.command == "oracle":
         return 0
+    optimizers = [o.strip() for o in (args.optimizers or "").split(",") if o.strip()]
+    if optimizers:
+        rows = []
+        for name in task_names:
+            rows += bench.compare_optimizers(
+                name, optimizers, seeds=list(range(args.optimizer_seeds)),
+                own_oracle=args.optimizer_oracle, oracle_result=oracles[tasks_by_name[name]],
+                workers=args.workers)
+        table = bench.optimizer_table(rows, oracles)
+        (out / "optimizers.json").write_text(json.dumps(
+            {"machine": bench.machine(), "results": [r.to_dict() for r in rows]}, indent=1))
+        (out / "optimizers.md").write_text(table + "\n")
+        print(table)
+        print(f"wrote {out / 'optimizers.md'}, {out / 'optimizers.json'}")
+        if args.method is None:
+            return 0
     results = []
     for name in task_names:
         o = oracles[tasks_by_name[name]]
@@ -153,6 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--method-seeds", type=int, default=5,
                            help="seeds per method (the oracle's first seeds: common random "
                                 "numbers)")
+            c.add_argument("--optimizers", default=None,
+                           help="comma-separated optimizer specs, e.g. sgd,sgdhd,adam,adamhd,"
+                                "rmsprop,adagrad,adadelta,prodigy,schedulefree (or "
+                                "name:key=value, e.g. sgdhd:hypergrad=multiplicative): one "
+                                "table of each at its textbook default LR vs the oracle; "
+                                "without --method, the methods are skipped")
+            c.add_argument("--optimizer-seeds", type=int, default=3,
+                           help="seeds per optimizer (>= 3 with --optimizer-oracle)")
+            c.add_argument("--optimizer-oracle", action="store_true",
+                           help="also an LR grid per optimizer (13 LRs half a decade apart): "
+                                "regret at its own best LR and of its default against it")
     return p
 
 

@@ -64,10 +64,14 @@ from torch.optim import Optimizer
 
 from ..errors import check_choice, check_finite, check_positive, check_range
 
-__all__ = ["SGDHD", "AdamHD", "HYPERGRAD_RULES"]
+__all__ = ["SGDHD", "AdamHD", "HYPERGRAD_RULES", "MULTIPLICATIVE_BETA"]
 
 #: the two learning-rate update rules
 HYPERGRAD_RULES = ("additive", "multiplicative")
+
+#: default β of the multiplicative rule: the largest relative LR change per step (5%); measured in
+#: benchmarks/bench_adaptive.py
+MULTIPLICATIVE_BETA = 0.05
 
 #: group keys the HD optimizers maintain next to the usual ones
 _HD_KEYS = ("hd_lr", "hd_lr0", "hd_factor", "hd_prev_factor", "hd_steps", "hd_clipped")
@@ -116,8 +120,14 @@ class _HDOptimizer(Optimizer):
     def _check_group(self, group: dict) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    #: default β of the additive rule (the paper's experiments)
+    _DEFAULT_BETA = 1e-3
+
     def _check_common(self, group: dict) -> None:
         group["lr"] = check_positive("lr", group["lr"])
+        if group["hypergrad_lr"] is None:
+            group["hypergrad_lr"] = (self._DEFAULT_BETA if group["hypergrad"] == "additive"
+                                     else MULTIPLICATIVE_BETA)
         group["hypergrad_lr"] = check_positive("hypergrad_lr", group["hypergrad_lr"],
                                                allow_zero=True)
         check_choice("hypergrad", group["hypergrad"], HYPERGRAD_RULES)
@@ -205,7 +215,9 @@ class SGDHD(_HDOptimizer):
         dampening: ``τ`` in ``[0, 1]``.
         nesterov: Nesterov momentum (needs ``momentum > 0`` and ``dampening == 0``).
         weight_decay: L2 penalty added to the gradient (>= 0).
-        hypergrad_lr: ``β`` (>= 0). Default 1e-3, the value of the paper's SGD-HD experiments.
+        hypergrad_lr: ``β`` (>= 0). Default (``None``): 1e-3 for the additive rule, the value of
+            the paper's SGD-HD experiments, and :data:`MULTIPLICATIVE_BETA` (0.05) for the
+            multiplicative one.
             The original package's default is 1e-6; the additive rule's dot product scales with
             the number of parameters and the gradient scale, so the best ``β`` depends on the
             model (see ``docs/adaptive.md``).
@@ -229,7 +241,7 @@ class SGDHD(_HDOptimizer):
         weight_decay: float = 0.0,
         nesterov: bool = False,
         *,
-        hypergrad_lr: float = 1e-3,
+        hypergrad_lr: float | None = None,
         hypergrad: str = "additive",
         lr_bounds: tuple[float, float] = (1e-3, 1e3),
     ) -> None:
@@ -333,13 +345,17 @@ class AdamHD(_HDOptimizer):
         eps: ``ε`` (> 0).
         weight_decay: ``λ`` (>= 0).
         decoupled_weight_decay: AdamW-style decay instead of L2.
-        hypergrad_lr: ``β`` (>= 0). Default 1e-7, the value of the paper's Adam-HD experiments
-            (the original package's default is 1e-8; see :class:`SGDHD` on its size dependence).
+        hypergrad_lr: ``β`` (>= 0). Default (``None``): 1e-7 for the additive rule, the value of
+            the paper's Adam-HD experiments (the original package's default is 1e-8; see
+            :class:`SGDHD` on its size dependence), and :data:`MULTIPLICATIVE_BETA` (0.05) for
+            the multiplicative one.
         hypergrad: ``"additive"`` (the paper) or ``"multiplicative"`` (scale-free; ``β < 1``).
         lr_bounds: ``(low, high)`` multiples of the initial lr that bound the adapted LR.
 
     Memory: one extra tensor per parameter (``d_{t-1}``) on top of Adam's two moments.
     """
+
+    _DEFAULT_BETA = 1e-7
 
     def __init__(
         self,
@@ -350,7 +366,7 @@ class AdamHD(_HDOptimizer):
         weight_decay: float = 0.0,
         *,
         decoupled_weight_decay: bool = False,
-        hypergrad_lr: float = 1e-7,
+        hypergrad_lr: float | None = None,
         hypergrad: str = "additive",
         lr_bounds: tuple[float, float] = (1e-3, 1e3),
     ) -> None:
