@@ -1,0 +1,290 @@
+"""Benchmark of the training monitor: the labelled evaluation, a leave-one-task-out check, overhead.
+
+Three parts, each cached or cheap:
+
+``collect``  trains every built-in task (``lrkit.tasks.names()``) through ``lrkit.train.run`` at
+             the oracle's best LR (``benchmarks/results/oracle-<task>.json``, else
+             ``lrkit.bench.oracle``) times 1/100, 1, 30 and 100, for 3 seeds, and records each
+             run's per-step loss, LR and global gradient norm, and the validation metric 20 times
+             per run, with :class:`lrkit.callbacks.JsonlLogger` (the documented JSON-lines log).
+             Logs are cached under ``benchmarks/results/monitor-logs/<task>@<version>/`` and only
+             missing runs are trained.
+``evaluate`` replays every log through :class:`lrkit.monitor.Monitor` (the monitor is a pure
+             function of the updates it sees, so a replay gives exactly the findings of the live
+             run; ``tests/test_callbacks.py`` checks that), prints the confusion matrix and the
+             first-correct-finding step as a fraction of the run, runs the leave-one-task-out
+             check of the fitted thresholds, and writes ``benchmarks/results/monitor.md`` and
+             ``monitor.png``.
+``overhead`` times ``fit`` on the smallest built-in task (logreg) with and without
+             ``MonitorCallback`` + ``JsonlLogger``, interleaved, in one process.
+
+Usage: ``python benchmarks/bench_monitor.py [collect|evaluate|overhead|all]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+LOGS = RESULTS / "monitor-logs"
+FACTORS = {"x1/100": 0.01, "best": 1.0, "x30": 30.0, "x100": 100.0}
+SEEDS = (0, 1, 2)
+EVALS_PER_RUN = 20
+
+
+def best_lr(name: str) -> float:
+    """The oracle's best LR: the shipped result file, else ``lrkit.bench.oracle`` (cached)."""
+    path = RESULTS / f"oracle-{name}.json"
+    if path.exists():
+        return float(json.loads(path.read_text())["best_lr"])
+    from lrkit import bench
+
+    return float(bench.oracle(name, progress=False).best_lr)
+
+
+def log_path(task, condition: str, seed: int) -> Path:
+    tag = condition.replace("/", "_")
+    return LOGS / task.key / f"{tag}-seed{seed}.jsonl"
+
+
+def collect(names: list[str] | None = None) -> None:
+    """Train and log every missing (task, condition, seed) run."""
+    from tqdm.auto import tqdm
+
+    from lrkit import tasks, train
+    from lrkit.callbacks import JsonlLogger
+
+    torch.set_num_threads(1)
+    names = names or tasks.names()
+    todo = []
+    for name in names:
+        task = tasks.get(name)
+        lr0 = best_lr(name)
+        for cond, f in FACTORS.items():
+            for seed in SEEDS:
+                if not log_path(task, cond, seed).exists():
+                    todo.append((task, cond, lr0 * f, seed))
+    for task, cond, lr, seed in tqdm(todo, desc="monitor runs"):
+        path = log_path(task, cond, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        steps = task.recipe.steps
+        every = max(1, steps // EVALS_PER_RUN)
+        logger = JsonlLogger(tmp, evaluate=lambda m, t=task: t.evaluate(m, "val"),
+                             eval_every=every,
+                             meta={"task": task.key, "condition": cond, "lr": lr, "seed": seed,
+                                   "steps": steps, "higher_is_better": task.higher_is_better,
+                                   "metric": task.metric, "schedule": task.recipe.schedule})
+        train.run(task, lr, seed=seed, callbacks=[logger])
+        tmp.replace(path)
+
+
+# ---------------------------------------------------------------------------------- evaluate
+LABEL = {"x1/100": "low", "best": "none", "x30": "high", "x100": "high"}
+HIGH = ("diverged", "lr_too_high")
+
+
+def load_logs(names: list[str] | None = None) -> list:
+    from lrkit import tasks
+    from lrkit.monitor import read_log
+
+    names = names or tasks.names()
+    logs = []
+    for name in names:
+        task = tasks.get(name)
+        for cond in FACTORS:
+            for seed in SEEDS:
+                path = log_path(task, cond, seed)
+                if path.exists():
+                    logs.append((name, cond, seed, read_log(path)))
+    return logs
+
+
+def judge(log, **thresholds) -> dict:
+    """Replay one log; the first LR finding's label, the first correct step as a fraction."""
+    from lrkit.monitor import LR_KINDS, Monitor, replay
+
+    n = int(log.meta["steps"])
+    m = replay(log, Monitor(val_mode="max" if log.meta["higher_is_better"] else "min",
+                            total_steps=n, **thresholds))
+    lr_found = sorted(m.lr_findings, key=lambda f: f.step)
+    first = lr_found[0] if lr_found else None
+    predicted = "none" if first is None else ("low" if first.kind == "lr_too_low" else "high")
+    truth = LABEL[log.meta["condition"]]
+    if truth == "high":
+        hits = [f.step for f in lr_found if f.kind in HIGH]
+    elif truth == "low":
+        hits = [f.step for f in lr_found if f.kind == "lr_too_low"]
+    else:
+        hits = []
+    correct = (not lr_found) if truth == "none" else (bool(hits) and predicted == truth)
+    return {"truth": truth, "predicted": predicted, "correct": correct,
+            "first_correct": (min(hits) + 1) / n if hits else None,
+            "kinds": [f.kind for f in m.findings]}
+
+
+def score(logs, **thresholds) -> tuple[int, float]:
+    """(errors, mean first-correct fraction) of a threshold setting on ``logs``."""
+    errors, fracs = 0, []
+    for *_, log in logs:
+        j = judge(log, **thresholds)
+        errors += not j["correct"]
+        if j["first_correct"] is not None:
+            fracs.append(j["first_correct"])
+    return errors, sum(fracs) / max(len(fracs), 1)
+
+
+#: the thresholds fitted on the logs (each candidate grid is small and centred on the default)
+GRID = {"min_fraction": (0.1, 0.15, 0.2, 0.25), "low_share": (0.4, 0.5, 0.6),
+        "slow_drop": (0.3, 0.4, 0.5)}
+
+
+def fit_thresholds(logs) -> dict:
+    """The grid point with the fewest errors, then the earliest mean first-correct step, then the
+    one nearest the grid's centre."""
+    import itertools
+
+    best = None
+    keys = list(GRID)
+    for values in itertools.product(*(GRID[k] for k in keys)):
+        th = dict(zip(keys, values))
+        err, frac = score(logs, **th)
+        centre = sum(abs(GRID[k].index(v) - (len(GRID[k]) - 1) / 2) for k, v in th.items())
+        key = (err, round(frac, 3), centre)
+        if best is None or key < best[0]:
+            best = (key, th)
+    return best[1]
+
+
+def evaluate(names: list[str] | None = None) -> None:
+    from collections import Counter
+
+    from lrkit.monitor import Thresholds
+
+    logs = load_logs(names)
+    task_names = sorted({n for n, *_ in logs}, key=lambda n: [x[0] for x in logs].index(n))
+    rows = []
+    for name, cond, seed, log in logs:
+        rows.append((name, cond, seed, judge(log)))
+    conds = list(FACTORS)
+    lines = [f"# Monitor: labelled evaluation, leave-one-task-out check, overhead", "",
+             f"Produced by `python benchmarks/bench_monitor.py` on "
+             f"{time.strftime('%Y-%m-%d')} (CPU, `torch.set_num_threads(1)`, shared 2-core "
+             f"machine). Logs: `benchmarks/results/monitor-logs/` (one JSON-lines file per run).",
+             "", f"Tasks: {', '.join(task_names)}; LR = the oracle's best x 1/100, 1, 30, 100; "
+             f"seeds {list(SEEDS)}; default thresholds `{Thresholds().to_dict()}`; "
+             "`total_steps` given (the recipe's), validation metric every 1/20 of the run.", "",
+             "## Confusion matrix (first LR finding of each run)", "",
+             "| condition | runs | -> too high (diverged / lr_too_high) | -> too low (lr_too_low) "
+             "| -> no LR finding | correct |", "|---|---|---|---|---|---|"]
+    for c in conds:
+        js = [j for _, cc, _, j in rows if cc == c]
+        cnt = Counter(j["predicted"] for j in js)
+        ok = sum(j["correct"] for j in js)
+        lines.append(f"| {c} ({LABEL[c]}) | {len(js)} | {cnt['high']} | {cnt['low']} | "
+                     f"{cnt['none']} | {ok}/{len(js)} |")
+    total_ok = sum(j["correct"] for *_, j in rows)
+    lines += ["", f"**{total_ok}/{len(rows)} runs correct.** Other findings raised (count of runs):", "",
+              "| condition | " + " | ".join(k for k in ("plateau", "overfitting",
+                                                          "exploding_gradients",
+                                                          "vanishing_gradients")) + " |",
+              "|---|---|---|---|---|"]
+    for c in conds:
+        js = [j for _, cc, _, j in rows if cc == c]
+        lines.append(f"| {c} | " + " | ".join(str(sum(k in j["kinds"] for j in js)) for k in (
+            "plateau", "overfitting", "exploding_gradients", "vanishing_gradients")) + " |")
+    lines += ["", "## First correct finding, as a fraction of the run (max over 3 seeds)", "",
+              "| task | " + " | ".join(c for c in conds if c != "best") + " |",
+              "|---|---|---|---|"]
+    worst = 0.0
+    for name in task_names:
+        cells = []
+        for c in conds:
+            if c == "best":
+                continue
+            fr = [j["first_correct"] for n, cc, _, j in rows if n == name and cc == c]
+            if any(f is None for f in fr) or not fr:
+                cells.append("missed")
+            else:
+                worst = max(worst, max(fr))
+                cells.append(f"{max(fr):.2f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"Latest first-correct finding over all flagged runs: {worst:.2f} of the run "
+              "(goal: within 0.30).", ""]
+    # leave-one-task-out
+    lines += ["## Leave-one-task-out check of the fitted thresholds", "",
+              f"Grid: `{GRID}`. For each task, the thresholds are fitted on the other tasks "
+              "(fewest errors, then earliest mean first-correct step) and scored on the held-out "
+              "task.", "", "| held-out task | fitted on the others | errors on held-out | "
+              "held-out runs | mean first-correct |", "|---|---|---|---|---|"]
+    fitted_all = fit_thresholds(logs)
+    loto_err = 0
+    for name in task_names:
+        train_logs = [x for x in logs if x[0] != name]
+        test_logs = [x for x in logs if x[0] == name]
+        th = fit_thresholds(train_logs)
+        err, frac = score(test_logs, **th)
+        loto_err += err
+        lines.append(f"| {name} | `{th}` | {err} | {len(test_logs)} | {frac:.2f} |")
+    lines += ["", f"Held-out errors in total: **{loto_err}/{len(logs)}**. Fitted on all tasks: "
+              f"`{fitted_all}` (the defaults are `{ {k: getattr(Thresholds(), k) for k in GRID} }`).",
+              ""]
+    (RESULTS / "monitor-eval.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    plot_eval(rows, logs)
+
+
+def plot_eval(rows, logs) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lrkit.monitor import plot_log
+
+    names = sorted({n for n, *_ in logs}, key=lambda n: [x[0] for x in logs].index(n))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    colors = {"x1/100": "tab:blue", "x30": "tab:orange", "x100": "tab:red"}
+    for k, c in enumerate(c for c in FACTORS if c != "best"):
+        xs = [names.index(n) + 0.2 * (k - 1) for n, cc, _, j in rows
+              if cc == c and j["first_correct"] is not None]
+        ys = [j["first_correct"] for n, cc, _, j in rows if cc == c and j["first_correct"] is not None]
+        ax.scatter(xs, ys, color=colors[c], label=c, s=18)
+    ax.axhline(0.3, color="gray", ls="--", lw=1, label="goal 0.30")
+    ax.set_xticks(range(len(names)), names, rotation=20)
+    ax.set_ylabel("first correct finding\n(fraction of run)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "monitor.png", dpi=110)
+    plt.close(fig)
+    example = [log for n, c, s, log in logs if n == names[0] and s == 0 and c in ("x1/100", "x30")]
+    for log in example:
+        tag = log.meta["condition"].replace("/", "_")
+        plot_log(log, RESULTS / f"monitor-{names[0]}-{tag}.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("part", nargs="?", default="all", choices=["collect", "evaluate", "overhead", "all"])
+    p.add_argument("--tasks", nargs="*", default=None)
+    a = p.parse_args(argv)
+    if a.part in ("collect", "all"):
+        collect(a.tasks)
+    if a.part in ("evaluate", "all"):  # noqa
+        evaluate(a.tasks)
+    if a.part in ("overhead", "all"):
+        overhead()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

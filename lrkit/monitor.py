@@ -1,0 +1,755 @@
+"""Watch a training run and say what is wrong with its learning rate, and what to do.
+
+``Monitor.update(step, loss, lr=..., grad_norm=..., val_metric=...)`` is called once per optimizer
+update; ``monitor.findings`` lists frozen :class:`Finding` records, each raised once and then
+updated in place (same ``kind`` and first ``step``, fresher ``evidence``). This module imports no
+torch (numpy only, and only in :func:`read_log` and the CLI), so it serves any framework: lrkit's
+own loop (:class:`lrkit.callbacks.MonitorCallback`), Lightning and Hugging Face
+(:mod:`lrkit.integrations`), or a log re-read by ``lrkit monitor LOG.jsonl``.
+
+The rules (thresholds are the fields of :class:`Thresholds`; all are scale-free, so they carry
+from task to task: ratios of losses and gradient norms, and the *shape* of the loss curve against
+"gradient-flow time" ``tau = sum of the LRs so far``, which makes the shape independent of the LR's
+size and of warmup or decay):
+
+========================  ===================================================================
+kind                      rule (seed advice it implements)
+========================  ===================================================================
+``diverged``              a non-finite loss, or the smoothed loss above ``diverge_factor`` x the
+                          first loss (seed 002: "too high ... oscillations or divergence";
+                          seed 003: "some learning rates will cause your loss to diverge")
+``lr_too_high``           the smoothed loss climbs ``rise_factor`` x above its best so far, or
+                          after ``min_steps`` it is still above its starting level (seed 002:
+                          "overshoot the minimum"; seed 003: the loss "starts to get worse")
+``lr_too_low``            the loss falls steadily but its curve has not bent: over the run so
+                          far, at least ``low_share`` of the total drop happened in the second
+                          half of ``tau`` (a gradient flow run at a good LR front-loads its
+                          progress), with the drop significant against the step-to-step noise
+                          (seed 002: "too low ... converge very slowly"; seed 000: "if the loss
+                          function decreases slowly ... the learning rate could be too low")
+``plateau``               the early drop is significant but the second half of ``tau`` brought no
+                          significant further drop (seed 000: "decreases rapidly at the beginning
+                          and then plateaus"; seed 002: "decay on plateau"). The seed reads this
+                          as "LR too high"; it is the SGD noise floor of a good constant LR, and
+                          the right action is to decay, not to restart lower.
+``vanishing_gradients``   the smoothed gradient norm below ``vanish_factor`` x its starting
+                          value while the loss has not dropped below ``1 - vanish_progress`` of
+                          its start (seed 002: "Observe Gradients ... vanishing")
+``exploding_gradients``   the smoothed gradient norm above ``explode_factor`` x its starting
+                          value (seed 002: "Gradient Clipping ... to prevent exploding
+                          gradients")
+``overfitting``           the validation metric worse than its best by ``overfit_tolerance``
+                          (relative) for ``overfit_patience`` evaluations in a row while the
+                          training loss keeps falling (seed 002: "Monitor the training and
+                          validation loss to detect overfitting"; "Early Stopping")
+========================  ===================================================================
+
+The loss-shape rules assume a loss bounded below near zero (cross-entropy, MSE, bits); a
+negative loss disables the ratio rules ``diverge_factor`` and ``rise_factor`` (the shape rules
+still run). The monitor works without a validation metric (only ``overfitting`` needs one).
+
+Cost: O(1) Python arithmetic per update (two EMAs and a block sum); the shape rules run once per
+``block`` updates on prefix sums with a binary search, O(log n).
+
+>>> m = Monitor()
+>>> for t in range(50):
+...     m.update(t, 1.0 if t < 20 else 1e6, lr=0.1)
+>>> [f.kind for f in m.findings]
+['diverged']
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .errors import check_choice, check_int, check_positive, check_range, closest
+
+__all__ = [
+    "KINDS",
+    "LR_KINDS",
+    "Finding",
+    "Thresholds",
+    "Monitor",
+    "Log",
+    "read_log",
+    "replay",
+    "add_cli_arguments",
+    "cli_main",
+]
+
+#: the documented set of finding kinds
+KINDS: tuple[str, ...] = ("diverged", "lr_too_high", "lr_too_low", "plateau",
+                          "vanishing_gradients", "exploding_gradients", "overfitting")
+#: the kinds whose action is "restart with another LR" (the labelled evaluation scores these)
+LR_KINDS: frozenset[str] = frozenset({"diverged", "lr_too_high", "lr_too_low"})
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One diagnosis.
+
+    Attributes:
+        kind: one of :data:`KINDS`.
+        step: the update at which the finding was first raised (it keeps this step when updated).
+        evidence: the steps and numbers that triggered it (``"updated"``: the last update step).
+        action: one plain sentence saying what to do, with a factor where one applies.
+    """
+
+    kind: str
+    step: int
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+    action: str = ""
+
+    def __post_init__(self) -> None:
+        check_choice("kind", self.kind, KINDS)
+        check_int("step", self.step, minimum=0)
+        object.__setattr__(self, "evidence", dict(self.evidence))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "step": self.step, "evidence": dict(self.evidence),
+                "action": self.action}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Finding":
+        return cls(kind=data["kind"], step=int(data["step"]), evidence=dict(data["evidence"]),
+                   action=str(data["action"]))
+
+    def __str__(self) -> str:
+        return f"[{self.kind} @ step {self.step}] {self.action}"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The monitor's thresholds (every one scale-free; defaults fitted in
+    ``benchmarks/bench_monitor.py`` with a leave-one-task-out check, see
+    ``benchmarks/results/monitor.md``).
+
+    Attributes:
+        block: updates per block; shape rules run at block ends on block means.
+        min_steps: updates before the shape rules (``lr_too_low``, ``plateau``, the "still above
+            its start" part of ``lr_too_high``) may fire.
+        min_fraction: with ``total_steps`` known, the shape rules also wait for this fraction of
+            the run (a good LR bends the loss curve within a small fraction of a run that was
+            sized for it; a too-low one has not bent by then).
+        fallback_steps: without ``total_steps``, the shape rules wait this many updates.
+        ema: smoothing of the loss and gradient-norm EMAs (``m = ema m + (1 - ema) x``).
+        diverge_factor: ``diverged`` when the smoothed loss exceeds this multiple of the first
+            loss.
+        rise_share: ``lr_too_high`` when the smoothed loss climbs back this share of the way
+            from its best to its first value (``ema - best > rise_share (first - best)``).
+        start_margin: ``lr_too_high`` when, after ``min_steps``, the latest loss level is above
+            ``(1 + start_margin)`` x the starting level.
+        low_share: ``lr_too_low`` when the second half of ``tau`` holds at least this share of
+            the loss drop so far (0.5 = a straight line, 0 = all the progress came early).
+        slow_share, slow_drop: ``lr_too_low`` also when the late share is at least
+            ``slow_share`` and the loss has lost less than ``slow_drop`` of its starting level
+            (a curve that bends a little but has gone nowhere).
+        z: significance of a drop, in standard errors of the window means (noise estimated from
+            successive differences, ``var = mean((l_t - l_{t-1})^2) / 2``).
+        plateau_steps: updates before ``plateau`` may fire.
+        explode_factor, vanish_factor, vanish_progress: the gradient rules (see module doc).
+        overfit_tolerance, overfit_patience: the ``overfitting`` rule (``overfit_patience``
+            evaluations since the best one that are worse than it beyond the tolerance).
+        overfit_early, overfit_gap: with ``total_steps`` known, overfitting whose best validation
+            step lies in the first ``overfit_early`` of the run and whose metric is now
+            ``overfit_gap`` (relative) worse also raises ``lr_too_high``: the LR fits the noise
+            long before the run ends (a generalisation-limited task).
+    """
+
+    block: int = 5
+    min_steps: int = 20
+    min_fraction: float = 0.2
+    fallback_steps: int = 200
+    ema: float = 0.9
+    diverge_factor: float = 3.0
+    rise_share: float = 0.5
+    start_margin: float = 0.05
+    low_share: float = 0.5
+    slow_share: float = 0.25
+    slow_drop: float = 0.4
+    z: float = 4.0
+    plateau_steps: int = 100
+    explode_factor: float = 100.0
+    vanish_factor: float = 1e-3
+    vanish_progress: float = 0.1
+    overfit_tolerance: float = 0.02
+    overfit_patience: int = 3
+    overfit_early: float = 0.15
+    overfit_gap: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_int("block", self.block, minimum=1)
+        check_int("min_steps", self.min_steps, minimum=1)
+        check_int("fallback_steps", self.fallback_steps, minimum=1)
+        check_range("min_fraction", self.min_fraction, 0.0, 1.0)
+        check_range("rise_share", self.rise_share, 0.0, 1.0, low_open=True)
+        check_range("slow_share", self.slow_share, 0.0, 1.0, low_open=True)
+        check_range("slow_drop", self.slow_drop, 0.0, 1.0, low_open=True)
+        check_int("plateau_steps", self.plateau_steps, minimum=1)
+        check_int("overfit_patience", self.overfit_patience, minimum=1)
+        check_range("ema", self.ema, 0.0, 1.0, high_open=True)
+        for name in ("diverge_factor", "explode_factor"):
+            if check_positive(name, getattr(self, name)) <= 1.0:
+                raise ValueError(f"{name} must be > 1, got {getattr(self, name)!r}")
+        check_positive("start_margin", self.start_margin, allow_zero=True)
+        check_range("low_share", self.low_share, 0.0, 1.0, low_open=True)
+        check_positive("z", self.z)
+        check_range("vanish_factor", self.vanish_factor, 0.0, 1.0, low_open=True, high_open=True)
+        check_range("vanish_progress", self.vanish_progress, 0.0, 1.0, high_open=True)
+        check_positive("overfit_tolerance", self.overfit_tolerance, allow_zero=True)
+        check_range("overfit_early", self.overfit_early, 0.0, 1.0)
+        check_positive("overfit_gap", self.overfit_gap)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_THRESHOLD_NAMES = tuple(f.name for f in dataclasses.fields(Thresholds))
+
+
+class Monitor:
+    """Diagnose learning-rate trouble from the stream of updates (see the module doc for rules).
+
+    Args:
+        val_mode: ``"min"`` if a lower validation metric is better (a loss), ``"max"`` otherwise
+            (accuracy).
+        total_steps: the planned number of updates, if known (recommended: the shape rules then
+            judge at ``min_fraction`` of the run instead of after ``fallback_steps``).
+        thresholds: a :class:`Thresholds`; keyword overrides of its fields may be given instead
+            (``Monitor(z=3.0, low_share=0.3)``).
+
+    Example:
+        >>> m = Monitor(val_mode="max")
+        >>> m.update(0, 2.3, lr=0.1, grad_norm=1.0)
+        []
+    """
+
+    def __init__(self, *, val_mode: str = "min", total_steps: int | None = None,
+                 thresholds: Thresholds | None = None, **overrides: Any) -> None:
+        self.val_mode = check_choice("val_mode", val_mode, ("min", "max"))
+        self.total_steps = None if total_steps is None else check_int("total_steps", total_steps,
+                                                                      minimum=1)
+        for key in overrides:
+            if key not in _THRESHOLD_NAMES:
+                hint = closest(key, _THRESHOLD_NAMES)
+                raise TypeError(f"unknown threshold {key!r}" + (f"; did you mean {hint!r}?" if hint
+                                                                 else "")
+                                + f" (thresholds are {list(_THRESHOLD_NAMES)})")
+        if thresholds is not None and not isinstance(thresholds, Thresholds):
+            raise TypeError(f"thresholds must be a Thresholds, got {type(thresholds).__name__}")
+        base = thresholds or Thresholds()
+        self.thresholds = dataclasses.replace(base, **overrides) if overrides else base
+        self.reset()
+
+    # ------------------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Forget everything seen (a new run)."""
+        self._found: dict[str, Finding] = {}
+        self._new: list[Finding] = []
+        self._n = 0
+        self._last_step = -1
+        self._tau = 0.0
+        self._first: float | None = None
+        self._ema = 0.0
+        self._ema_n = 0
+        self._ema_best = math.inf
+        self._best_step = 0
+        self._prev: float | None = None
+        self._sq_diff = 0.0  # sum of squared successive differences (noise estimate)
+        self._n_diff = 0
+        self._neg = False
+        self._max_lr = 0.0
+        # blocks: cumulative tau at each block end; prefix sums of loss and count
+        self._b_sum = 0.0
+        self._b_n = 0
+        self._tau_end: list[float] = [0.0]
+        self._cum_loss: list[float] = [0.0]
+        self._cum_n: list[int] = [0]
+        self._step_end: list[int] = [-1]
+        # gradient norms
+        self._g_ema = 0.0
+        self._g_n = 0
+        self._g_ref: float | None = None
+        self._g_first: list[float] = []
+        # validation
+        self._val_best: float | None = None
+        self._val_best_step = -1
+        self._val_bad = 0
+        self._val_loss_at_best = math.inf
+
+    @property
+    def findings(self) -> list[Finding]:
+        """The findings so far, in the order they were first raised (each kind at most once)."""
+        return list(self._found.values())
+
+    def finding(self, kind: str) -> Finding | None:
+        """The finding of ``kind`` if raised, else None."""
+        check_choice("kind", kind, KINDS)
+        return self._found.get(kind)
+
+    @property
+    def lr_findings(self) -> list[Finding]:
+        """Findings that ask for another LR (:data:`LR_KINDS`)."""
+        return [f for f in self._found.values() if f.kind in LR_KINDS]
+
+    # ----------------------------------------------------------------------------- update
+    def update(self, step: int, loss: float, *, lr: float | None = None,
+               grad_norm: float | None = None, val_metric: float | None = None) -> list[Finding]:
+        """Record one optimizer update; return the findings raised or updated by it.
+
+        Args:
+            step: the 0-based update index (strictly increasing).
+            loss: the update's training loss (a non-finite value raises ``diverged``).
+            lr: the LR used (group 0); without it every update counts as ``tau += 1``.
+            grad_norm: the global gradient norm before clipping, if known.
+            val_metric: a validation metric measured after this update, if any.
+        """
+        if step.__class__ is not int:
+            step = check_int("step", step, minimum=0)
+        if step <= self._last_step:
+            raise ValueError(f"step must increase, got {step!r} after {self._last_step}")
+        self._last_step = step
+        self._new = []
+        loss = float(loss)
+        th = self.thresholds
+        if loss != loss or loss in (math.inf, -math.inf):
+            self._raise("diverged", step, {"loss": _json_num(loss), "first_loss": self._first},
+                        "The loss became non-finite: restart from an earlier checkpoint with the "
+                        "LR about 10x lower, or add warmup and gradient clipping.")
+            return self._new
+        self._n += 1
+        if lr is not None:
+            lr = float(lr)
+            self._tau += lr
+            if lr > self._max_lr:
+                self._max_lr = lr
+        else:
+            self._tau += 1.0
+        if loss < 0:
+            self._neg = True
+        if self._first is None:
+            self._first = loss
+        # loss EMA (debiased) and its best
+        self._ema_n += 1
+        self._ema = th.ema * self._ema + (1.0 - th.ema) * loss
+        smooth = self._ema / (1.0 - th.ema ** self._ema_n)
+        if smooth < self._ema_best:
+            self._ema_best, self._best_step = smooth, step
+        if self._prev is not None:
+            d = loss - self._prev
+            self._sq_diff += d * d
+            self._n_diff += 1
+        self._prev = loss
+        if not self._neg:
+            if smooth > th.diverge_factor * self._first:
+                self._raise("diverged", step,
+                            {"smoothed_loss": smooth, "first_loss": self._first,
+                             "ratio": smooth / self._first},
+                            f"The loss rose to {smooth / self._first:.3g}x its first value: "
+                            "restart with the LR about 10x lower, or add warmup and gradient "
+                            "clipping.")
+            elif (self._n_diff >= th.block and step - self._best_step >= th.block
+                  and smooth - self._ema_best > th.start_margin * self._first
+                  and smooth - self._ema_best > th.rise_share * (self._first - self._ema_best)
+                  + th.z * self._noise() * math.sqrt((1.0 - th.ema) / (1.0 + th.ema))):
+                share = (smooth - self._ema_best) / max(self._first - self._ema_best, 1e-300)
+                self._raise("lr_too_high", step,
+                            {"smoothed_loss": smooth, "best_loss": self._ema_best,
+                             "best_step": self._best_step, "first_loss": self._first,
+                             "climbed_back": share},
+                            f"The loss climbed back {share:.0%} of the way from its best (step "
+                            f"{self._best_step}) to its start: lower the LR about 3x, or add "
+                            f"{_warmup(self._best_step)} warmup steps.")
+        if grad_norm is not None:
+            self._grad(step, float(grad_norm), smooth)
+        if val_metric is not None:
+            self._val(step, float(val_metric), smooth)
+        # blocks
+        self._b_sum += loss
+        self._b_n += 1
+        if self._b_n >= th.block:
+            self._close_block(step)
+        return self._new
+
+    def observe_val(self, step: int, val_metric: float) -> list[Finding]:
+        """Record a validation metric measured after update ``step`` (when it arrives apart
+        from the update, as with Hugging Face's ``on_evaluate``)."""
+        self._new = []
+        step = check_int("step", step, minimum=0)
+        smooth = self._ema / (1.0 - self.thresholds.ema ** self._ema_n) if self._ema_n else math.inf
+        self._val(step, float(val_metric), smooth)
+        return self._new
+
+    # ------------------------------------------------------------------------------ rules
+    def _raise(self, kind: str, step: int, evidence: dict, action: str) -> None:
+        old = self._found.get(kind)
+        if old is None:
+            f = Finding(kind, step, evidence, action)
+        else:
+            f = Finding(kind, old.step, {**evidence, "updated": step}, action)
+        self._found[kind] = f
+        self._new.append(f)
+
+    def _noise(self) -> float:
+        return math.sqrt(self._sq_diff / (2 * self._n_diff)) if self._n_diff else 0.0
+
+    def _window(self, lo: float, hi: float) -> tuple[float, int]:
+        """Mean loss and count over the closed blocks whose end tau lies in ``(lo, hi]``
+        (at least the one block ending at or after ``lo``)."""
+        i = bisect.bisect_right(self._tau_end, lo)
+        j = bisect.bisect_right(self._tau_end, hi) - 1
+        i = min(i, len(self._tau_end) - 1)
+        if j < i:
+            j = i
+        n = self._cum_n[j] - self._cum_n[i - 1]
+        return (self._cum_loss[j] - self._cum_loss[i - 1]) / n, n
+
+    def shape(self) -> dict[str, float] | None:
+        """The loss-curve shape statistics at the last block end (None before two blocks).
+
+        ``start``, ``middle``, ``end``: mean loss over the first tenth, the middle tenth and the
+        last tenth of ``tau`` (each at least one block); ``drop = start - end``; ``late_share =
+        (middle - end) / drop``; ``se``: standard error of ``drop`` from the successive-difference
+        noise estimate.
+        """
+        if len(self._tau_end) < 3:
+            return None
+        tau = self._tau_end[-1]
+        a, na = self._window(0.0, 0.1 * tau)
+        m, nm = self._window(0.45 * tau, 0.55 * tau)
+        e, ne = self._window(0.9 * tau, tau)
+        sigma = self._noise()
+        drop = a - e
+        return {"start": a, "middle": m, "end": e, "drop": drop,
+                "late_share": (m - e) / drop if drop != 0 else math.nan,
+                "se": sigma * math.sqrt(1.0 / na + 1.0 / ne),
+                "se_late": sigma * math.sqrt(1.0 / nm + 1.0 / ne),
+                "se_early": sigma * math.sqrt(1.0 / na + 1.0 / nm), "noise": sigma, "n_end": ne}
+
+    def _close_block(self, step: int) -> None:
+        th = self.thresholds
+        self._tau_end.append(self._tau)
+        self._cum_loss.append(self._cum_loss[-1] + self._b_sum)
+        self._cum_n.append(self._cum_n[-1] + self._b_n)
+        self._step_end.append(step)
+        self._b_sum, self._b_n = 0.0, 0
+        if self._n < th.min_steps:
+            return
+        if self.total_steps is None:
+            if self._n < th.fallback_steps:
+                return
+        elif self._n < th.min_fraction * self.total_steps:
+            return
+        s = self.shape()
+        if s is None:
+            return
+        drop, se = s["drop"], s["se"]
+        ev = {k: round(v, 6) for k, v in s.items()}
+        ev["steps"] = self._n
+        first = self._first
+        if (not self._neg and s["end"] > (1.0 + th.start_margin) * first
+                and s["end"] - first > th.z * s["noise"] / math.sqrt(s["n_end"])):
+            self._raise("lr_too_high", step, ev,
+                        f"The loss is {s['end'] / first:.3g}x its first value after "
+                        f"{self._n} updates: lower the LR about 3x, or add "
+                        f"{_warmup(self._n)} warmup steps.")
+        share = s["late_share"]
+        rel = drop / s["start"] if s["start"] > 0 else math.nan
+        ev["relative_drop"] = round(rel, 6)
+        # a run that already overfits (or blew up) has not had too small an LR
+        high = any(k in self._found for k in ("lr_too_high", "diverged", "overfitting"))
+        if not high and drop > th.z * se and (share >= th.low_share or (
+                share >= th.slow_share and rel < th.slow_drop)):
+            self._raise("lr_too_low", step, ev,
+                        f"The loss is still falling steadily ({share:.0%} of its drop came in "
+                        f"the second half, {rel:.0%} below its start): raise the LR about 10x, "
+                        f"or run `lrkit find` to pick one.")
+        elif not high and abs(drop) <= th.z * se and abs(rel) < 0.02:
+            self._raise("lr_too_low", step, ev,
+                        f"The loss has not moved in {self._n} updates ({rel:.1%} below its "
+                        f"start): raise the LR about 10x, or check that the model trains at all.")
+        if (self._n >= th.plateau_steps and s["start"] - s["middle"] > th.z * s["se_early"]
+                and s["middle"] - s["end"] < th.z * s["se_late"]):
+            cur = self._tau_end[-1] - self._tau_end[-2]
+            decayed = self._max_lr > 0 and cur / (th.block * self._max_lr) < 0.1
+            action = ("The loss has stopped improving and the LR has already decayed 10x: stop "
+                      "early (EarlyStopping) and keep the best checkpoint." if decayed else
+                      "The loss has stopped improving: decay the LR 10x (DecayOnPlateau), or "
+                      "stop early.")
+            self._raise("plateau", step, ev, action)
+
+    def _grad(self, step: int, g: float, smooth: float) -> None:
+        th = self.thresholds
+        if not math.isfinite(g):
+            self._raise("exploding_gradients", step, {"grad_norm": _json_num(g)},
+                        "The gradient norm became non-finite: clip it (ClipGradNorm) and lower "
+                        "the LR about 10x.")
+            return
+        if self._g_ref is None:
+            self._g_first.append(g)
+            if len(self._g_first) >= th.block:
+                self._g_ref = sum(self._g_first) / len(self._g_first)
+        self._g_n += 1
+        self._g_ema = th.ema * self._g_ema + (1.0 - th.ema) * g
+        gs = self._g_ema / (1.0 - th.ema ** self._g_n)
+        ref = self._g_ref
+        if ref is None or ref <= 0:
+            return
+        if gs > th.explode_factor * ref:
+            self._raise("exploding_gradients", step,
+                        {"grad_norm": gs, "initial_grad_norm": ref, "ratio": gs / ref},
+                        f"The gradient norm grew {gs / ref:.3g}x: clip it at about "
+                        f"{2 * ref:.3g} (ClipGradNorm), or lower the LR about 3x.")
+        elif (gs < th.vanish_factor * ref and self._first is not None and not self._neg
+              and smooth > (1.0 - th.vanish_progress) * self._first):
+            self._raise("vanishing_gradients", step,
+                        {"grad_norm": gs, "initial_grad_norm": ref, "ratio": gs / ref,
+                         "smoothed_loss": smooth, "first_loss": self._first},
+                        f"The gradient norm fell to {gs / ref:.2g}x its start while the loss "
+                        "has not moved: fix the signal path (normalisation, residual "
+                        "connections, initialisation); a larger LR will not help.")
+
+    def _val(self, step: int, v: float, smooth: float) -> None:
+        th = self.thresholds
+        if not math.isfinite(v):
+            return
+        best = self._val_best
+        better = best is None or (v < best if self.val_mode == "min" else v > best)
+        if better:
+            self._val_best, self._val_best_step, self._val_bad = v, step, 0
+            self._val_loss_at_best = smooth
+            return
+        gap = (v - best) if self.val_mode == "min" else (best - v)
+        if gap > th.overfit_tolerance * max(abs(best), 1e-12):
+            self._val_bad += 1  # evaluations since the best that are worse beyond tolerance
+        if self._val_bad >= th.overfit_patience and smooth < self._val_loss_at_best:
+            self._raise("overfitting", step,
+                        {"best_val": best, "best_step": self._val_best_step, "val": v,
+                         "train_loss": smooth, "train_loss_at_best": self._val_loss_at_best},
+                        f"The validation metric peaked at step {self._val_best_step} while "
+                        "the training loss kept falling: stop there (EarlyStopping), or add "
+                        "regularisation such as weight decay.")
+            rel = gap / max(abs(best), 1e-12)
+            if (self.total_steps is not None
+                    and self._val_best_step < th.overfit_early * self.total_steps
+                    and rel > th.overfit_gap):
+                self._raise("lr_too_high", step,
+                            {"best_val": best, "best_step": self._val_best_step, "val": v,
+                             "worse_by": rel, "total_steps": self.total_steps},
+                            f"The validation metric peaked at step {self._val_best_step} "
+                            f"({self._val_best_step / self.total_steps:.0%} of the run) and is "
+                            f"{rel:.0%} worse now: lower the LR about 10x for this run length, "
+                            f"or stop at step {self._val_best_step}.")
+
+
+def _warmup(steps: int) -> int:
+    """A warmup length to suggest: twice the steps to the trouble, rounded to 2 significant
+    digits (at least 10)."""
+    n = max(10, 2 * int(steps))
+    digits = max(0, len(str(n)) - 2)
+    return int(round(n, -digits))
+
+
+def _json_num(x: float) -> float | str:
+    return x if math.isfinite(x) else repr(x)
+
+
+# ------------------------------------------------------------------------------------- logs
+@dataclass
+class Log:
+    """A JSON-lines training log read back (see ``lrkit.callbacks.LOG_FIELDS``).
+
+    Arrays are numpy arrays over the logged updates; ``grad_norm`` and ``val_metric`` hold NaN
+    where a line had none; ``findings`` are the last version of each finding written in the log.
+    """
+
+    meta: dict
+    step: Any
+    loss: Any
+    lr: Any
+    grad_norm: Any
+    val_metric: Any
+    findings: list[Finding]
+    end: dict | None
+
+    def __len__(self) -> int:
+        return len(self.step)
+
+
+def read_log(path: str | Path) -> Log:
+    """Read a log written by :class:`lrkit.callbacks.JsonlLogger` (or any JSON-lines file with
+    ``step`` and ``loss`` per line; other fields optional)."""
+    import numpy as np
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"path must be an existing JSON-lines log file, got {str(path)!r}")
+    meta: dict = {}
+    end = None
+    rows: list[dict] = []
+    found: dict[str, Finding] = {}
+    with open(p, encoding="utf-8") as fh:
+        for i, line in enumerate(fh, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{p}:{i}: not a JSON object ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{p}:{i}: expected a JSON object per line, got {obj!r}")
+            if "lrkit_log" in obj:
+                meta = dict(obj.get("meta") or {})
+            elif "end" in obj:
+                end = obj["end"]
+            else:
+                if "step" not in obj or "loss" not in obj:
+                    raise ValueError(f"{p}:{i}: a step line needs 'step' and 'loss', got "
+                                     f"{sorted(obj)}")
+                rows.append(obj)
+                for fd in obj.get("findings") or ():
+                    found[fd["kind"]] = Finding.from_dict(fd)
+
+    def col(key: str) -> Any:
+        return np.array([np.nan if r.get(key) is None else float(r[key]) for r in rows],
+                        dtype=float)
+
+    return Log(meta=meta, step=np.array([int(r["step"]) for r in rows], dtype=int),
+               loss=col("loss"), lr=col("lr"), grad_norm=col("grad_norm"),
+               val_metric=col("val_metric"), findings=list(found.values()), end=end)
+
+
+def replay(log: Log, monitor: Monitor | None = None) -> Monitor:
+    """Feed a read-back log to ``monitor`` (a fresh default one if None) and return it.
+
+    The monitor is a pure function of the updates it sees, so this gives exactly the findings of
+    the live run (the NaN in ``loss`` of a non-finite update included)."""
+    m = monitor if monitor is not None else Monitor(
+        val_mode="max" if log.meta.get("higher_is_better") else "min")
+    if not isinstance(m, Monitor):
+        raise TypeError(f"monitor must be a Monitor, got {type(m).__name__}")
+    steps = log.step.tolist()
+    losses = log.loss.tolist()
+    lrs = log.lr.tolist()
+    gns = log.grad_norm.tolist()
+    vals = log.val_metric.tolist()
+    for t, l, lr, g, v in zip(steps, losses, lrs, gns, vals):
+        m.update(t, l, lr=None if lr != lr else lr, grad_norm=None if g != g else g,
+                 val_metric=None if v != v else v)
+    return m
+
+
+# ------------------------------------------------------------------------------- plot & CLI
+_KIND_COLORS = {"diverged": "tab:red", "lr_too_high": "tab:orange", "lr_too_low": "tab:blue",
+                "plateau": "tab:gray", "vanishing_gradients": "tab:purple",
+                "exploding_gradients": "tab:brown", "overfitting": "tab:green"}
+
+
+def plot_log(log: Log, path: str | Path, *, findings: list[Finding] | None = None,
+             title: str | None = None) -> Path:
+    """Plot loss, LR and gradient norm (and the validation metric) of a log against the step,
+    with a vertical line per finding (its first step), and save it to ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    if not isinstance(log, Log):
+        raise TypeError(f"log must be a Log (from read_log), got {type(log).__name__}")
+    found = log.findings if findings is None else findings
+    has_g = bool(np.isfinite(log.grad_norm).any())
+    has_v = bool(np.isfinite(log.val_metric).any())
+    n = 2 + has_g
+    fig, axes = plt.subplots(n, 1, figsize=(7, 2.0 * n + 0.6), sharex=True)
+    ax = axes[0]
+    finite = np.isfinite(log.loss)
+    ax.plot(log.step[finite], log.loss[finite], lw=0.8, color="k", label="train loss")
+    pos = log.loss[finite]
+    if pos.size and (pos > 0).all() and pos.max() / pos.min() > 20:
+        ax.set_yscale("log")
+    ax.set_ylabel("loss")
+    if has_v:
+        vm = np.isfinite(log.val_metric)
+        ax2 = ax.twinx()
+        ax2.plot(log.step[vm], log.val_metric[vm], "o-", ms=3, lw=0.8, color="tab:green",
+                 label="val metric")
+        ax2.set_ylabel("val metric", color="tab:green")
+    axes[1].plot(log.step, log.lr, lw=1, color="tab:blue")
+    axes[1].set_ylabel("LR")
+    if has_g:
+        gm = np.isfinite(log.grad_norm)
+        axes[2].plot(log.step[gm], log.grad_norm[gm], lw=0.8, color="tab:brown")
+        axes[2].set_yscale("log")
+        axes[2].set_ylabel("grad norm")
+    for f in found:
+        c = _KIND_COLORS.get(f.kind, "k")
+        for a in axes:
+            a.axvline(f.step, color=c, ls="--", lw=1)
+        axes[0].annotate(f.kind, (f.step, 1.0), xycoords=("data", "axes fraction"), color=c,
+                         fontsize=8, rotation=90, va="top", ha="right")
+    axes[-1].set_xlabel("step")
+    axes[0].set_title(title or " ".join(f"{k}={v}" for k, v in log.meta.items()
+                                        if k in ("task", "condition", "lr", "seed")), fontsize=9)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``lrkit monitor LOG.jsonl``."""
+    parser.add_argument("log", help="a JSON-lines log written by lrkit.callbacks.JsonlLogger")
+    parser.add_argument("-o", "--out", default=None,
+                        help="PNG plot of loss, LR and grad norm with the findings marked "
+                             "(default: LOG with .png)")
+    parser.add_argument("--no-plot", action="store_true", help="only print the findings")
+    parser.add_argument("--total-steps", type=int, default=None,
+                        help="planned updates of the run (default: the log's meta 'steps')")
+    parser.add_argument("--val-mode", choices=("min", "max"), default=None,
+                        help="whether a lower or higher validation metric is better (default: "
+                             "from the log's meta 'higher_is_better', else min)")
+    parser.add_argument("--json", action="store_true", help="print the findings as JSON")
+    parser.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a Thresholds field, e.g. --threshold z=3 (repeatable)")
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    """Re-read a log, replay it through a fresh :class:`Monitor`, print the findings and plot."""
+    log = read_log(args.log)
+    overrides: dict[str, Any] = {}
+    for item in args.threshold:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--threshold must be NAME=VALUE, got {item!r}")
+        field_type = {f.name: f.type for f in dataclasses.fields(Thresholds)}.get(key, "float")
+        overrides[key] = int(value) if field_type == "int" else float(value)
+    total = args.total_steps if args.total_steps is not None else log.meta.get("steps")
+    mode = args.val_mode or ("max" if log.meta.get("higher_is_better") else "min")
+    m = replay(log, Monitor(val_mode=mode, total_steps=total, **overrides))
+    found = m.findings
+    if args.json:
+        print(json.dumps([f.to_dict() for f in found], indent=1))
+    else:
+        print(f"{args.log}: {len(log)} updates"
+              + (f", stop reason {log.end.get('stop_reason')}" if log.end else ""))
+        if not found:
+            print("no findings")
+        for f in found:
+            print(f"- {f}")
+    if not args.no_plot:
+        out = Path(args.out) if args.out else Path(args.log).with_suffix(".png")
+        plot_log(log, out, findings=found)
+        if not args.json:
+            print(f"plot: {out}")
+    return 0
