@@ -51,14 +51,20 @@ def sweep_lrs(start_lr: float, end_lr: float, num_iter: int, mode: str = "exp") 
 
 
 #: steps of one sweep: a longer ``num_iter`` buys interleaved repeats of a sweep this long, not a
-#: denser sweep (see :func:`sweep_plans`)
-SWEEP_STEPS = 50
+#: denser sweep (see :func:`sweep_plans`); the rule's constant was fitted on sweeps of this length
+SWEEP_STEPS = 100
+#: a sweep shorter than SWEEP_STEPS trains less at each LR, so its curve sits to the right: its
+#: suggestion is moved by ``(num_iter / SWEEP_STEPS) ** SHORT_SWEEP_ALPHA``. 0.5 is the middle
+#: of the two limits: the descent's position scales with the training per LR (exponent 1), the
+#: stability edge does not move (exponent 0)
+SHORT_SWEEP_ALPHA = 0.5
 
 
 def sweep_plans(start_lr: float, end_lr: float, num_iter: int, mode: str = "exp"
                 ) -> list[np.ndarray]:
     """The range test's sweeps: ``R = max(1, num_iter // SWEEP_STEPS)`` sweeps of
-    ``U = num_iter // R`` steps over the same range, sweep ``r`` offset by ``r / R`` of a grid step
+    ``U = num_iter // R`` steps over the same range (one sweep of ``num_iter`` steps when it is
+    shorter than ``SWEEP_STEPS``; its suggestion is corrected, see ``SHORT_SWEEP_ALPHA``), sweep ``r`` offset by ``r / R`` of a grid step
     (its last point, past ``end_lr``, dropped), each trained from the same starting point.
 
     Why: the LR where a sweep's loss falls, and where it blows up, depend on how many steps it
@@ -347,6 +353,10 @@ def find_lr(
     device: str | torch.device | None = None,
     confirm_candidates: int = 3,
     confirm_budget: float = 0.5,
+    steps: int | None = None,
+    schedule: Any = "constant",
+    metric_fn: Callable[[nn.Module, Iterable], float] | None = None,
+    higher_is_better: bool = False,
 ) -> "RangeTestResult":
     """Run an LR range test and suggest a learning rate.
 
@@ -357,10 +367,18 @@ def find_lr(
     ``restore`` (the default); the scheduler is not stepped during the test.
 
     With a :class:`~lrkit.tasks.Task`: ``find_lr(task)`` builds the model, optimizer and batches
-    for ``seed``. ``confirm=True`` (tasks only) then spends ``confirm_budget`` x one full run on
+    for ``seed``. ``confirm=True`` then spends ``confirm_budget`` x one full run on
     short runs at ``confirm_candidates`` LRs a quarter decade apart around the suggestion for
     the task's recipe, scored on the task's ``"val"`` split, and suggests the best of them
-    (see ``_confirm``).
+    (see ``_confirm``); the window travels (half-decade jumps) while the best run sits at its
+    edge, within one full run of extra steps in all.
+
+    ``confirm=True`` with a plain model needs ``val_loader`` (scores the short runs), ``steps``
+    (the length of your full run, in optimizer steps) and ``schedule`` (the family you will
+    train with, :data:`lrkit.schedules.FAMILIES`); ``metric_fn(model, val_loader) -> float``
+    scores a run (default: the mean validation loss under ``loss_fn``; ``higher_is_better`` for
+    accuracy-like metrics). The short runs go through :func:`lrkit.tasks.from_torch`, and your
+    model, optimizer and loaders are restored exactly afterwards.
 
     The divergence stop is causal: ``m_t = smooth m_{t-1} + (1 - smooth) loss_t`` debiased by
     ``1 - smooth^t``, stop when ``m_t > diverge_factor x min_{s<=t} m_s`` or a loss is non-finite.
@@ -402,8 +420,16 @@ def find_lr(
         step_fn = task.loss
     else:
         if confirm:
-            raise ValueError("confirm=True needs a Task (short runs scored on held-out data); "
-                             f"got a {type(model_or_task).__name__}")
+            if val_loader is None:
+                raise ValueError("confirm=True needs val_loader: the short confirm runs are "
+                                 "scored on held-out data")
+            if steps is None:
+                raise ValueError("confirm=True needs steps: the length of your full training "
+                                 "run in optimizer steps (each confirm run is a fraction of it)")
+            check_int("steps", steps, minimum=1)
+            if metric_fn is not None and not callable(metric_fn):
+                raise TypeError(f"metric_fn must be callable(model, val_loader) -> float, got "
+                                f"{metric_fn!r}")
         model = model_or_task
         if not isinstance(model, nn.Module):
             raise TypeError(f"model_or_task must be a torch.nn.Module or a lrkit Task, got "
@@ -497,10 +523,42 @@ def find_lr(
                                      "task": task.name if task is not None else None},
                            train_size=getattr(task, "train_size", None) if task else None,
                            batch_size=task.recipe.batch_size if task else None)
-    if confirm:
+    if num_iter < SWEEP_STEPS:
+        result = _short_sweep_correction(result, num_iter)
+    if confirm and task is None:
+        from .tasks import from_torch
+
+        user = _train.snapshot(model, optimizer, scheduler=scheduler, scaler=scaler,
+                               generators=_train.loader_generators(train_loader)
+                               + _train.loader_generators(val_loader), grads=True)
+        try:
+            confirm_task = from_torch(model, optimizer, train_loader, loss_fn,
+                                      val_loader=val_loader, steps=steps, schedule=schedule,
+                                      metric_fn=metric_fn, higher_is_better=higher_is_better,
+                                      step_fn=step_fn, device=device)
+            result = _confirm(confirm_task, result, seed=seed, candidates=confirm_candidates,
+                              budget=confirm_budget, progress=progress)
+        finally:
+            user.restore()
+    elif confirm:
         result = _confirm(task, result, seed=seed, candidates=confirm_candidates,
                           budget=confirm_budget, progress=progress)
     return result
+
+
+def _short_sweep_correction(result: RangeTestResult, num_iter: int) -> RangeTestResult:
+    """Move lrkit's suggestion of a sweep shorter than ``SWEEP_STEPS`` by
+    ``(num_iter / SWEEP_STEPS) ** SHORT_SWEEP_ALPHA`` (the peers' rules are left as they are)."""
+    s = result.suggestion
+    if s.lr is None or s.method != "lrkit":
+        return result
+    f = (num_iter / SWEEP_STEPS) ** SHORT_SWEEP_ALPHA
+    moved = s.scaled(f, method=s.method, confidence=s.confidence,
+                     reason=s.reason + f"; x{f:.2f} for a sweep of {num_iter} < {SWEEP_STEPS} "
+                     "steps (less training per LR puts the curve to the right)")
+    sugs = dict(result.suggestions)
+    sugs[s.method] = moved
+    return replace(result, suggestion=moved, suggestions=sugs)
 
 
 def _build_result(lrs: np.ndarray, losses: np.ndarray, stop_reason: str, *, method: str,
@@ -536,37 +594,77 @@ def _build_result(lrs: np.ndarray, losses: np.ndarray, stop_reason: str, *, meth
 CONFIRM_SPACING = 0.25
 
 
+def _confirm_centre(task: Any, result: RangeTestResult) -> tuple[Suggestion, str]:
+    """Where confirm starts: the curve's suggestion; when it abstains, the peers' read of the
+    same curve (fastai's valley, else its minimum / 10), and only then the recipe's default."""
+    s = result.suggestion
+    if s.lr is not None:
+        return s, "the range test's suggestion"
+    sm = np.asarray(result.smoothed, dtype=float)
+    sm = sm[np.isfinite(sm)]
+    fell = sm.size >= 2 and (float(sm[: int(np.argmin(sm)) + 1].max() - sm.min())
+                             > PEER_FALLBACK_DROP * max(abs(float(sm[0])), 1e-12))
+    for name, div in (("valley", 1.0), ("minimum", 10.0)) if fell else ():
+        peer = result.suggestions.get(name)
+        if peer is not None and peer.lr is not None:
+            lr = peer.lr / div
+            return (Suggestion.at(lr, (lr / 2, 2 * lr), method=s.method, confidence="none",
+                                  reason=s.reason),
+                    f"fastai's {name} rule on the same curve" + (" / 10" if div > 1 else ""))
+    d = task.recipe.default_lr
+    sug = Suggestion.at(d, (d / 2, 2 * d), method=s.method, confidence="none", reason=s.reason)
+    sug = sug.scaled(d / sug.lr_for(_lr_family(task.recipe.schedule)), method=s.method,
+                     confidence="none", reason=s.reason)
+    return sug, "the recipe's default LR (the curve gave no usable point)"
+
+
+def _lr_family(schedule: str) -> str:
+    """The :meth:`Suggestion.lr_for` family for a recipe's schedule family."""
+    return {"onecycle": "one_cycle", "cyclic": "cyclical", "warmup_cosine": "warmup_cosine",
+            "cosine": "cosine", "wsd": "constant", "step": "constant", "exponential": "constant",
+            "linear": "cosine"}.get(schedule, "constant")
+
+
+#: without lrkit's suggestion, confirm starts from the peers' read of a curve whose smoothed
+#: loss fell by more than this fraction of its start (a flat curve carries no information)
+PEER_FALLBACK_DROP = 0.05
+#: how far one travel step jumps, in decades, when the best confirm run sits at an edge
+CONFIRM_TRAVEL = 0.5
+#: the most extra compute confirm may spend on travel, as a fraction of one full run (on top
+#: of ``confirm_budget``), so that confirm costs at most one full run in all at the default
+CONFIRM_MAX_TOTAL = 1.0
+
+
 def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, budget: float,
              progress: bool) -> RangeTestResult:
-    """Check the suggestion with short runs scored on held-out data, and pick among them.
+    """Check the suggestion with short runs scored on held-out data, pick among them, and travel
+    when the best is at an edge.
 
     Candidates: ``candidates`` LRs ``CONFIRM_SPACING`` (a quarter) decade apart, centred on the
-    curve's suggestion for the task's recipe (``Suggestion.lr_for(recipe.schedule)``; the
-    recipe's default LR when the curve gave none). Each trains ``budget / candidates`` of a full
-    run with the recipe's schedule rebuilt for that horizon (a miniature of the full run) and is
-    scored on the task's ``"val"`` split; the best wins (an exact tie goes to the lower LR). The
-    result is the curve's suggestion moved by ``winner / centre`` (every schedule setting with
-    it), so the recipe's own setting is the winner.
+    curve's suggestion for the task's recipe (``Suggestion.lr_for``; when the rule abstains, the
+    peers' read of the same curve, see ``_confirm_centre``). Each trains ``budget / candidates``
+    of a full run with the recipe's schedule rebuilt for that horizon (a miniature of the full
+    run) and is scored on the task's ``"val"`` split. While the best sits at an edge of the LRs
+    tried, one more run ``CONFIRM_TRAVEL`` (half a) decade beyond it follows, until a run is worse
+    or confirm has spent ``CONFIRM_MAX_TOTAL`` (one) full run; the best wins (an exact tie goes to
+    the lower LR). The result is the centre suggestion moved by ``winner / centre`` (every
+    schedule setting with it), so the recipe's own setting is the winner.
 
     Why this design (``benchmarks/design_confirm.py``, every strategy simulated on short runs at
-    every grid LR, 6 tasks x 5 seeds, scored by the oracle's test metric): 3 candidates at 1/6
-    of a run each was the cheapest strategy within 1% of the oracle on every task; successive
-    halving over 5-7 candidates, wider spacings, a parabola fit and "walk on while the best is
-    at an edge" cost 2-5x more for no lower regret (walking chased noise on small val splits).
+    every grid LR, scored by the oracle's test metric): 3 candidates at 1/6 of a run each was
+    the cheapest strategy within 1% of the oracle on the tasks whose best LR the training curve
+    locates; travel only spends more where the window's edge wins, which is where a
+    generalisation-limited best LR lies more than half a decade from the curve's suggestion.
     """
     from . import train as _train
 
-    s = result.suggestion
+    s, origin = _confirm_centre(task, result)
     family = task.recipe.schedule
     full = task.recipe.steps
-    if s.lr is None:  # centre on the recipe's default LR, with the usual settings around it
-        d = task.recipe.default_lr
-        s = Suggestion.at(d, (d / 2, 2 * d), method=s.method, confidence="none", reason=s.reason)
-        s = s.scaled(d / s.lr_for(family), method=s.method, confidence="none", reason=s.reason)
-    centre = float(s.lr_for(family))
+    centre = float(s.lr_for(_lr_family(family)))
     half = (candidates - 1) / 2
-    cands = [centre * 10 ** (CONFIRM_SPACING * (i - half)) for i in range(candidates)]
     steps = max(1, int(round(budget * full / candidates)))
+    max_runs = max(candidates, int(CONFIRM_MAX_TOTAL * full // steps))
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -574,39 +672,144 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
         bar = tqdm(total=candidates, desc="confirm runs", leave=False)
     table: list[dict] = []
     spent = 0
-    for lr in cands:
-        out = _train.run(task, lr, steps=steps, seed=seed, eval_split="val")
+
+    def trial(lr: float) -> dict:
+        nonlocal spent
+        track = _ValTrack(task, every=max(1, steps // CONFIRM_EVALS))
+        out = _train.run(task, lr, steps=steps, seed=seed, eval_split="val", callbacks=[track])
         spent += out.steps_done
-        table.append({"lr": lr, "steps": steps, "metric": out.metric,
-                      "diverged": out.diverged})
+        row = {"lr": lr, "steps": steps, "metric": out.metric, "diverged": out.diverged,
+               "val_curve": track.curve + [(out.steps_done, out.metric)]}
+        table.append(row)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(lr=f"{lr:.2g}", metric=f"{out.metric:.4g}")
+        return row
+
+    for i in range(candidates):
+        trial(centre * 10 ** (CONFIRM_SPACING * (i - half)))
+
+    def best_row() -> dict:
+        return min(table, key=lambda r: (_rank_key(task, r["metric"]), r["lr"]))
+
+    travelled = 0
+    while len(table) < max_runs:
+        best = best_row()
+        lrs = sorted(r["lr"] for r in table)
+        if best["lr"] == lrs[0] and not best["diverged"]:
+            nxt = lrs[0] / 10 ** CONFIRM_TRAVEL
+        elif best["lr"] == lrs[-1] and not best["diverged"]:
+            nxt = lrs[-1] * 10 ** CONFIRM_TRAVEL
+        elif all(r["diverged"] for r in table):
+            nxt = lrs[0] / 10 ** CONFIRM_TRAVEL
+        else:
+            break
+        if bar is not None:
+            bar.total += 1
+        row = trial(nxt)
+        travelled += 1
+        if not task.better(row["metric"], best["metric"]):
+            break
     if bar is not None:
         bar.close()
-    i_best = min(range(candidates), key=lambda i: (_rank_key(task, table[i]["metric"]), i))
-    winner = cands[i_best]
+    best = best_row()
+    winner = best["lr"]
     cost = result.cost_steps + spent
+    lrs = sorted(r["lr"] for r in table)
+    overfit = _overfit_point(task, best)
+    if overfit is not None:  # time-rescale: the full run should stop where this one peaked
+        t_star, _ = overfit
+        rescaled = winner * t_star / full
+        if bar is not None:
+            bar.close()
+        why = (f"the best short run (lr {winner:.3g}) overfits: its val {task.metric} peaks at "
+               f"step {t_star} of {steps} and then worsens, so a {full}-step run at that LR "
+               f"would overfit; at lr x t*/steps = {rescaled:.3g} the full run covers the same "
+               f"'time' lr x t to its best point (gradient-flow time rescaling); started from "
+               f"{origin}; {len(table)} runs of {steps} steps = {spent / full:.2f} of a full run")
+        sug = s.scaled(rescaled / centre, method="lrkit+confirm", confidence="medium",
+                       reason=why)
+        confirm = {"candidates": [r["lr"] for r in table], "schedule": family, "runs": table,
+                   "winner": rescaled, "short_run_winner": winner, "origin": origin,
+                   "travel_steps": travelled, "overfit_step": t_star,
+                   "rule": "time-rescaled: short-run winner x (its best val step / full steps)",
+                   "steps": spent, "full_run_steps": full, "fraction_of_full_run": spent / full,
+                   "total_fraction_with_range_test": cost / full}
+        sugs = dict(result.suggestions)
+        sugs["lrkit+confirm"] = sug
+        return replace(result, suggestion=sug, suggestions=sugs, cost_steps=cost,
+                       confirm=confirm)
     if all(r["diverged"] for r in table):
         conf, why = "low", (f"every confirm run diverged; {winner:.3g} is the lowest LR tried: "
                             "lower start_lr / end_lr")
-    elif i_best in (0, candidates - 1) and candidates > 1:
+    elif winner in (lrs[0], lrs[-1]):
         conf, why = "medium", (f"the best val {task.metric} is at the "
-                               f"{'low' if i_best == 0 else 'high'} edge of the LRs tried: the "
-                               "best may lie beyond (raise confirm_candidates)")
+                               f"{'low' if winner == lrs[0] else 'high'} edge of the LRs tried "
+                               f"after {travelled} travel step(s): the best may lie beyond")
     else:
-        conf, why = "high", (f"the best val {task.metric} of {candidates} short runs a quarter "
-                             "decade apart lies inside them")
-    why += (f"; {candidates} runs of {steps} steps = {spent / full:.2f} of a full run "
-            f"(range test + confirm: {cost / full:.2f})")
+        conf, why = "high", (f"the best val {task.metric} of {len(table)} short runs lies inside "
+                             "them" + (f" (the window travelled {travelled} half-decade step(s))"
+                                       if travelled else ""))
+    why += (f"; started from {origin}; {len(table)} runs of {steps} steps = {spent / full:.2f} "
+            f"of a full run (range test + confirm: {cost / full:.2f})")
     sug = s.scaled(winner / centre, method="lrkit+confirm", confidence=conf, reason=why)
-    confirm = {"candidates": cands, "schedule": family, "runs": table, "winner": winner,
+    confirm = {"candidates": [r["lr"] for r in table], "schedule": family, "runs": table,
+               "winner": winner, "origin": origin, "travel_steps": travelled,
                "rule": f"best val {task.metric} after {steps} steps (recipe schedule rebuilt)",
                "steps": spent, "full_run_steps": full, "fraction_of_full_run": spent / full,
                "total_fraction_with_range_test": cost / full}
     sugs = dict(result.suggestions)
     sugs["lrkit+confirm"] = sug
     return replace(result, suggestion=sug, suggestions=sugs, cost_steps=cost, confirm=confirm)
+
+
+#: validation evaluations along each confirm run (to see a run overfit)
+CONFIRM_EVALS = 10
+#: a confirm run overfits when its final val metric is worse than its best by this fraction,
+#: and the best came in the first OVERFIT_BY of the run
+OVERFIT_MARGIN = 0.03
+OVERFIT_BY = 0.7
+
+
+class _ValTrack:
+    """Callback: the task's val metric every ``every`` steps of a confirm run."""
+
+    def __init__(self, task: Any, every: int) -> None:
+        self.task, self.every = task, every
+        self.curve: list[tuple[int, float]] = []
+
+    def on_train_start(self, model: nn.Module, optimizer: Any) -> None:
+        self.curve = []
+
+    def on_step_end(self, info: Any) -> None:
+        if (info.step + 1) % self.every == 0:
+            model = info.model
+            model.eval()
+            with torch.no_grad():
+                value = float(self.task.evaluate(model, "val"))
+            model.train()
+            self.curve.append((info.step + 1, value))
+
+    def on_eval(self, step: int, metric: float) -> None:
+        return None
+
+    def on_train_end(self, result: Any) -> None:
+        pass
+
+
+def _overfit_point(task: Any, row: dict) -> tuple[int, float] | None:
+    """``(step, value)`` of the best val metric of a confirm run that clearly overfits (its end
+    is worse than its best by ``OVERFIT_MARGIN`` of the best, reached in the first
+    ``OVERFIT_BY`` of the run), else ``None``."""
+    curve = [(t, v) for t, v in row.get("val_curve", []) if math.isfinite(v)]
+    if row["diverged"] or len(curve) < 3:
+        return None
+    t_best, v_best = min(curve, key=lambda tv: (_rank_key(task, tv[1]), tv[0]))
+    t_end, v_end = curve[-1]
+    worse = (v_best - v_end) if task.higher_is_better else (v_end - v_best)
+    if t_best <= OVERFIT_BY * t_end and worse > OVERFIT_MARGIN * max(abs(v_best), 1e-12):
+        return t_best, v_best
+    return None
 
 
 def _rank_key(task: Any, metric: float) -> float:

@@ -1,0 +1,205 @@
+"""The range test on users' own set-ups: from_torch, confirm from a plain PyTorch call, the
+device of the batches, in-place restore, interleaved sweeps, and the "no clear descent" rule."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from lrkit import suggest as S
+from lrkit import train
+from lrkit.finder import SWEEP_STEPS, find_lr, sweep_plans
+from lrkit.tasks import from_torch
+
+
+def _regression(seed: int = 0, n: int = 256):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    y = (x @ torch.linspace(-1, 1, 6))[:, None] + 0.3 * torch.randn(n, 1, generator=g)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    ds = torch.utils.data.TensorDataset(x[:192], y[:192])
+    train_loader = torch.utils.data.DataLoader(ds, batch_size=32, shuffle=True,
+                                               generator=torch.Generator().manual_seed(seed))
+    val_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[192:], y[192:]),
+                                             batch_size=64)
+    return model, opt, train_loader, val_loader
+
+
+def _state(model, opt):
+    return ([p.detach().clone() for p in model.parameters()],
+            {k: (v.clone() if isinstance(v, torch.Tensor) else v)
+             for st in opt.state.values() for k, v in st.items()},
+            [dict((k, v) for k, v in g.items() if k != "params") for g in opt.param_groups])
+
+
+# ------------------------------------------------------------------------------- from_torch
+def test_from_torch_runs_start_from_the_same_point_and_keep_group_ratios():
+    model, _, tl, vl = _regression()
+    opt = torch.optim.SGD([{"params": model[0].parameters()},
+                           {"params": model[2].parameters(), "lr": 0.001}], lr=0.01,
+                          momentum=0.9, nesterov=True)
+    w0 = [p.detach().clone() for p in model.parameters()]
+    task = from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=30)
+    a = train.run(task, 0.02, eval_split="val", seed=3)
+    b = train.run(task, 0.02, eval_split="val", seed=3)
+    assert a.metric == b.metric and a.losses == b.losses  # same start, same data order
+    # the Task's model is the user's own object, put back to its initial weights on build
+    assert task.build_model(0) is model
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), w0))
+    built = task.recipe.make_optimizer(model.parameters(), 0.5)
+    assert type(built) is torch.optim.SGD
+    assert [g["lr"] for g in built.param_groups] == pytest.approx([0.5, 0.05])
+    assert all(g["nesterov"] and g["momentum"] == 0.9 for g in built.param_groups)
+    # the default metric is the mean validation loss under loss_fn, by hand
+    model.eval()
+    with torch.no_grad():
+        by_hand = np.mean([float(F.mse_loss(model(x), y)) for x, y in vl])
+    assert task.evaluate(model, "val") == pytest.approx(by_hand, rel=1e-6)
+    assert task.metric == "val loss" and not task.higher_is_better
+
+
+def test_from_torch_rejects_bad_arguments_by_name():
+    model, opt, tl, vl = _regression()
+    with pytest.raises(ValueError, match="steps"):
+        from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=None)
+    with pytest.raises(ValueError, match="val_loader"):
+        from_torch(model, opt, tl, F.mse_loss, val_loader=None, steps=10)
+    with pytest.raises(TypeError, match="val_loader"):
+        from_torch(model, opt, tl, F.mse_loss, val_loader=iter(list(vl)), steps=10)
+    with pytest.raises(ValueError, match="schedule"):
+        from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=10, schedule="zigzag")
+    with pytest.raises(TypeError, match="metric_fn"):
+        from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=10, metric_fn=3)
+    with pytest.raises(ValueError, match="higher_is_better"):
+        from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=10, higher_is_better=True)
+    other = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="model.parameters"):
+        from_torch(model, other, tl, F.mse_loss, val_loader=vl, steps=10)
+
+
+# -------------------------------------------------------------- confirm from plain PyTorch
+def test_confirm_from_a_plain_pytorch_call_restores_everything():
+    model, opt, tl, vl = _regression()
+    # one real step first, so the optimizer has momentum buffers and the params have grads
+    x, y = next(iter(tl))
+    F.mse_loss(model(x), y).backward()
+    opt.step()
+    before = _state(model, opt)
+    grads = [p.grad.clone() for p in model.parameters()]
+    gen_state = tl.generator.get_state()
+    res = find_lr(model, opt, tl, F.mse_loss, val_loader=vl, confirm=True, steps=120,
+                  schedule="cosine", num_iter=60, start_lr=1e-4, end_lr=10.0)
+    after = _state(model, opt)
+    assert all(torch.equal(a, b) for a, b in zip(before[0], after[0]))
+    assert before[1].keys() == after[1].keys()
+    assert all(torch.equal(before[1][k], after[1][k]) for k in before[1])
+    assert before[2] == after[2]
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
+    assert torch.equal(tl.generator.get_state(), gen_state)
+    c = res.confirm
+    assert c["schedule"] == "cosine" and c["full_run_steps"] == 120
+    # short runs of budget / 3 of the run each, at most one full run in all
+    assert all(r["steps"] == 20 for r in c["runs"]) and c["steps"] <= 120
+    assert res.suggestion.method == "lrkit+confirm" and res.lr is not None
+    # the winner is the best validation loss of the runs (or its time-rescaled LR)
+    best = min(c["runs"], key=lambda r: r["metric"])
+    assert c.get("short_run_winner", c["winner"]) == best["lr"]
+
+
+def test_confirm_from_a_plain_call_names_what_is_missing():
+    model, opt, tl, vl = _regression()
+    with pytest.raises(ValueError, match="val_loader"):
+        find_lr(model, opt, tl, F.mse_loss, confirm=True, steps=100)
+    with pytest.raises(ValueError, match="steps"):
+        find_lr(model, opt, tl, F.mse_loss, val_loader=vl, confirm=True)
+    with pytest.raises(TypeError, match="metric_fn"):
+        find_lr(model, opt, tl, F.mse_loss, val_loader=vl, confirm=True, steps=100,
+                metric_fn="accuracy")
+
+
+# ------------------------------------------------------------------------- in-place restore
+def test_restore_writes_in_place():
+    model, opt, tl, vl = _regression()
+    x, y = next(iter(tl))
+    F.mse_loss(model(x), y).backward()
+    opt.step()
+    ptrs = [p.data_ptr() for p in model.parameters()]
+    bufs = [opt.state[p]["momentum_buffer"].data_ptr() for p in model.parameters()]
+    grads = [p.grad.clone() for p in model.parameters()]
+    find_lr(model, opt, tl, F.mse_loss, num_iter=30, end_lr=1.0)
+    assert [p.data_ptr() for p in model.parameters()] == ptrs
+    assert [opt.state[p]["momentum_buffer"].data_ptr() for p in model.parameters()] == bufs
+    # the range test's own last gradients are overwritten in place with the user's
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
+
+
+def test_restore_drops_state_the_snapshot_did_not_have():
+    model, _, tl, _ = _regression()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    find_lr(model, opt, tl, F.mse_loss, num_iter=20, end_lr=1.0)
+    assert len(opt.state) == 0  # a fresh Adam stays fresh: no moments left behind
+    assert all(p.grad is None for p in model.parameters())
+
+
+# ------------------------------------------------------------------------- the device
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (runs on the GPU check)")
+def test_cpu_batches_follow_a_cuda_model():
+    model, opt, tl, vl = _regression()
+    model.cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    res = find_lr(model, opt, tl, F.mse_loss, num_iter=30, val_loader=vl)
+    assert np.isfinite(res.losses[0])
+
+
+# --------------------------------------------------------------------- interleaved sweeps
+def test_sweep_plans_interleave_repeats_of_one_sweep():
+    one = sweep_plans(1e-6, 1.0, SWEEP_STEPS)
+    assert len(one) == 1 and len(one[0]) == SWEEP_STEPS
+    four = sweep_plans(1e-6, 1.0, 4 * SWEEP_STEPS)
+    assert len(four) == 4
+    np.testing.assert_allclose(four[0], one[0])
+    step = 6.0 / (SWEEP_STEPS - 1)  # decades between two points of one sweep
+    for r, plan in enumerate(four):
+        assert plan[0] == pytest.approx(1e-6 * 10 ** (step * r / 4))
+        assert plan.max() <= 1.0 * (1 + 1e-12)
+        np.testing.assert_allclose(np.diff(np.log10(plan)), step)
+    merged = np.sort(np.concatenate(four))
+    np.testing.assert_allclose(np.diff(np.log10(merged)), step / 4, rtol=1e-9)
+
+
+def test_more_num_iter_spends_repeats_not_density():
+    model, opt, tl, _ = _regression()
+    res = find_lr(model, opt, tl, F.mse_loss, num_iter=2 * SWEEP_STEPS, start_lr=1e-5,
+                  end_lr=1e-2)
+    assert res.settings["sweeps"] == 2 and res.settings["sweep_steps"] == SWEEP_STEPS
+    assert res.cost_steps == len(res.lrs)
+    assert np.all(np.diff(res.lrs) > 0)  # one merged curve, in LR order
+
+
+# ------------------------------------------------------------------ "no clear descent"
+def test_a_slow_noisy_fall_of_a_third_is_a_descent():
+    # the issue's shape: 1.06 -> 0.66 over several decades, noise 0.085, then a blow-up
+    rng = np.random.default_rng(0)
+    lrs = np.logspace(-7, 1, 100)
+    x = np.log10(lrs)
+    clean = 1.06 - 0.40 / (1 + np.exp(-(x + 3.0) * 1.2))
+    losses = clean + 0.085 * rng.standard_normal(100)
+    losses[x > -0.8] = 10 ** (4 * (x[x > -0.8] + 0.8) + 0.5)  # diverged tail up to ~35,000
+    s = S.lrkit_rule(lrs, losses)
+    assert s.lr is not None and 1e-5 < s.lr < 0.1
+    sm = S.smooth_curve(lrs, losses)
+    assert np.nanmax(sm) < 2.0  # the tail never reaches the smoother (or the plot's y-range)
+
+
+def test_abstaining_says_what_to_do():
+    lrs = np.logspace(-7, -6, 60)
+    flat = 1.0 + 0.01 * np.random.default_rng(1).standard_normal(60)
+    s = S.lrkit_rule(lrs, flat)
+    assert s.lr is None and "confirm=True" in s.reason and "start_lr" in s.reason
