@@ -18,7 +18,7 @@ from lrkit.train import run
 
 torch.set_num_threads(1)
 
-BUILTIN = ["digits", "digits-long", "mnist5k", "mnist1d", "charlm", "logreg", "diabetes"]
+BUILTIN = ["digits", "digits-long", "mnist5k", "mnist1d", "charlm", "logreg", "diabetes", "digits-small"]
 
 
 # ------------------------------------------------------------------------------------ registry
@@ -222,7 +222,8 @@ def test_charlm_splits_are_consecutive_and_disjoint():
     assert torch.equal(x[:, 1:], y[:, :-1])  # targets are the inputs shifted by one character
 
 
-@pytest.mark.parametrize("name", ["digits", "mnist5k", "mnist1d", "charlm", "logreg", "diabetes"])
+@pytest.mark.parametrize("name", ["digits", "mnist5k", "mnist1d", "charlm", "logreg", "diabetes",
+                                  "digits-small"])
 def test_evaluate_accepts_only_val_and_test(name):
     t = tasks.get(name)
     m = t.build_model(0)
@@ -331,6 +332,7 @@ LR_MATTERS = [
     ("charlm", 80, (1e-5, 1e-2, 1.0), 0.5),
     ("logreg", None, (1e-3, 1.0, 30.0), 0.1),
     ("diabetes", None, (1e-5, 1e-3, 0.03), 0.1),
+    ("digits-small", None, (1e-5, 5.6e-4, 0.03), 0.1),
 ]
 
 
@@ -397,3 +399,46 @@ def test_diabetes_metric_is_the_mse_and_the_best_lr_generalises_like_least_squar
     assert train_high < 0.3 * train_good
     assert good.metric < 1.05 * ols_test
     assert high.metric > 1.3 * good.metric
+
+
+def test_digits_small_split_holds_300_source_images_and_disjoint_held_out_sets():
+    from sklearn.datasets import load_digits
+
+    from lrkit.tasks import digits_small
+
+    d, src = digits_small.load(), load_digits()
+    sizes = [len(d[s][0]) for s in ("train", "val", "test")]
+    assert sizes == [digits_small.TRAIN, digits_small.VAL, digits_small.TEST] == [300, 100, 500]
+    rows = {s: _rows(d[s][0].numpy() * 16.0) for s in ("train", "val", "test")}
+    source = _rows(src.data)
+    # every image is a source image, and the splits are disjoint as multisets of source rows
+    merged = sorted(rows["train"] + rows["val"] + rows["test"])
+    remaining = list(source)
+    for r in merged:
+        remaining.remove(r)  # raises ValueError if a row is not (or no longer) in the source
+    assert len(remaining) == len(source) - 900
+    assert len(set(d["train"][1].tolist())) == 10  # every class is in the 300 training images
+
+
+def test_digits_small_metric_is_the_cross_entropy_and_the_best_lr_generalises():
+    from lrkit.tasks import digits_small
+
+    t, d = tasks.get("digits-small"), digits_small.load()
+    assert t.metric == "cross_entropy" and not t.higher_is_better and t.worst == math.inf
+    m = t.build_model(0)
+    x, y = d["test"]
+    with torch.no_grad():
+        z = m(x).double().numpy()
+    # mean of log(sum exp z) - z_y, by hand (stable log-sum-exp)
+    top = z.max(1, keepdims=True)
+    nll = (np.log(np.exp(z - top).sum(1)) + top[:, 0] - z[np.arange(len(z)), y.numpy()]).mean()
+    assert t.evaluate(m, "test") == pytest.approx(nll, rel=1e-5)
+    assert nll == pytest.approx(math.log(10), rel=0.05)  # an untrained net is near uniform
+
+    # generalisation-limited: 10x the good LR (about where the training-loss range test points)
+    # drives the training loss 30x lower, yet the test loss up by 10-30%
+    good, high = run(t, 5.6e-4, seed=0), run(t, 5.6e-3, seed=0)
+    assert not good.diverged and not high.diverged
+    assert np.mean(high.losses[-10:]) < np.mean(good.losses[-10:]) / 30
+    assert high.metric > 1.1 * good.metric
+    assert 0.15 < good.metric < 0.21

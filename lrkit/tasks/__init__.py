@@ -33,6 +33,7 @@ _BUILTIN: dict[str, str] = {
     "charlm": "lrkit.tasks.charlm:make_task",
     "logreg": "lrkit.tasks.logreg:make_task",
     "diabetes": "lrkit.tasks.diabetes:make_task",
+    "digits-small": "lrkit.tasks.digits_small:make_task",
 }
 
 
