@@ -58,6 +58,7 @@ __all__ = [
     "stability_test",
     "scale_lr",
     "noise_scale",
+    "batch_scaled",
     "add_cli_arguments",
     "cli_main",
 ]
@@ -1218,6 +1219,44 @@ def noise_scale(model: nn.Module, loss_fn: LossFn, batches: Iterable, *, num_bat
     bs = tr / g2 if g2 > 0 else math.inf
     return NoiseScale(b_simple=float(bs), trace_cov=float(tr), grad_norm_sq=float(g2),
                       batch_small=int(b), batch_big=int(k * b), n_batches=k)
+
+
+def batch_scaled(task: "Task", factor: int, *, keep: str = "epochs") -> "Task":
+    """``task`` with ``factor`` × its batch size: each batch concatenates ``factor`` consecutive
+    batches of ``task.batches(seed)`` (the same examples in the same order).
+
+    ``keep="epochs"`` divides the steps by ``factor`` (the same data budget: the regime of the
+    linear and square-root rules, Goyal et al. 2017); ``keep="steps"`` keeps the step count.
+    The name gains ``-b<batch>`` (and ``-s<steps>`` with ``keep="steps"``), so oracle caches
+    stay apart. Batches must be tuples (or lists) of tensors concatenated along dimension 0.
+    """
+    import dataclasses as dc
+
+    from .tasks import Task
+
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be a lrkit.tasks.Task, got {type(task).__name__}")
+    k = check_int("factor", factor, minimum=1)
+    keep = check_choice("keep", keep, ("epochs", "steps"))
+    steps = task.recipe.steps if keep == "steps" else task.recipe.steps // k
+    if steps < 1:
+        raise ValueError(f"factor {k} leaves no step of the task's {task.recipe.steps}")
+    inner = task.batches
+
+    def batches(seed: int) -> Iterator[tuple]:
+        it = inner(seed)
+        while True:
+            group = [next(it) for _ in range(k)]
+            if not all(isinstance(b, (tuple, list)) for b in group):
+                raise TypeError("batch_scaled needs batches that are tuples of tensors")
+            yield tuple(torch.cat(parts, 0) for parts in zip(*group))
+
+    warm = task.recipe.warmup_steps if keep == "steps" else task.recipe.warmup_steps // k
+    recipe = dc.replace(task.recipe, batch_size=task.recipe.batch_size * k, steps=steps,
+                        warmup_steps=warm)
+    name = f"{task.name}-b{recipe.batch_size}" + (f"-s{steps}" if keep == "steps" else "")
+    return dc.replace(task, name=name, recipe=recipe, batches=batches,
+                      description=f"{task.description} [batch x{k}, {steps} steps]")
 
 
 # ------------------------------------------------------------------------------------- CLI

@@ -1,0 +1,274 @@
+"""Curvature benchmark: accuracy, safe LR vs the oracle, stability tests, HVP cost, batch size.
+
+    python benchmarks/bench_curvature.py [--part accuracy cost safe batch] [--out benchmarks/results]
+
+Parts:
+- ``accuracy``: on ``logreg`` (exact L), Lanczos and power iteration against L and the closed-form
+  Hessian at the starting point; HVPs used.
+- ``cost``: one HVP against one training step (forward, backward, optimizer step) on the same
+  batch, per task, median of repeats, in one run (ratio).
+- ``safe``: per task (every ``lrkit.tasks.names()``): the safe LR at initialisation for the
+  recipe's optimizer, the stability test (short constant-LR runs), the sharpness tracked along a
+  full run at the oracle's best LR, next to the oracle's best LR and good band (cached oracles
+  in ``benchmarks/results/oracle-<task>.json``).
+- ``batch``: the oracle of ``digits`` at 4x the batch size (same epochs: 75 steps of 128), the
+  best LR's move against the linear and square-root rules, and the gradient noise scale.
+
+Writes ``curvature.json`` and ``curvature-*.png`` to ``--out``; one thread per process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from lrkit import bench, curvature as C, tasks, train
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def digits_b128() -> tasks.Task:
+    """``digits`` at 4x the batch size (128), the same epochs (75 steps)."""
+    return C.batch_scaled(tasks.get("digits"), 4)
+
+
+def digits_b128_s300() -> tasks.Task:
+    """``digits`` at 4x the batch size (128), the same steps (300: 4x the epochs)."""
+    return C.batch_scaled(tasks.get("digits"), 4, keep="steps")
+
+
+def cached_oracle(name: str) -> bench.Oracle | None:
+    """The oracle of ``name`` from benchmarks/results (never re-run here)."""
+    path = RESULTS / f"oracle-{name}.json"
+    if path.exists():
+        return bench.Oracle.from_dict(json.loads(path.read_text()))
+    return None
+
+
+# ----------------------------------------------------------------------------------- parts
+def accuracy() -> dict:
+    task = tasks.get("logreg")
+    model = task.build_model(0)
+    batch = next(task.batches(0))
+    x = batch[0]
+    xt = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    z = model(x).squeeze(1).detach()
+    s = torch.sigmoid(z) * (1 - torch.sigmoid(z))
+    exact = float(torch.linalg.eigvalsh(xt.T @ (s[:, None] * xt) / len(x)
+                                        + 0.1 * torch.eye(31, dtype=x.dtype))[-1])
+    out = {"L": task.smoothness, "exact_at_init": exact, "methods": {}}
+    for method in ("lanczos", "power"):
+        for tol in (1e-3, 1e-6):
+            t0 = time.perf_counter()
+            r = C.top_eigenvalue(model, task.loss, [batch], iters=30, tol=tol, method=method)
+            out["methods"][f"{method} tol={tol:g}"] = {
+                "eigenvalue": r.eigenvalue, "n_hvp": r.n_hvp, "converged": r.converged,
+                "rel_err_vs_L": r.eigenvalue / task.smoothness - 1,
+                "rel_err_vs_exact": r.eigenvalue / exact - 1,
+                "seconds": time.perf_counter() - t0}
+    return out
+
+
+def _interleaved(fns: dict, repeats: int) -> dict:
+    """Median seconds of each callable, timed in turn within each repeat (so that load from
+    other processes on a shared machine hits them alike)."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def cost(names: list[str], repeats: int = 40) -> dict:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    out = {}
+    for name in names:
+        task = tasks.get(name)
+        model = task.build_model(0)
+        batch = next(task.batches(0))
+        opt = task.recipe.make_optimizer(model.parameters(), task.recipe.default_lr * 1e-3)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            task.loss(model, batch).backward()
+            opt.step()
+
+        notes: list[str] = []
+        with C._mode(model, "train", notes):
+            auto = C._Operator(model, task.loss, [batch], hvp="auto", weight_decay=None,
+                               scale=None, notes=notes)
+            fd = C._Operator(model, task.loss, [batch], hvp="finite-difference",
+                             weight_decay=None, scale=None, notes=notes)
+            v = torch.randn(auto.n, dtype=auto.dtype)
+            auto(v)  # settles the method
+            t = _interleaved({"step": step, "hvp": lambda: auto(v), "hvp_fd": lambda: fd(v)},
+                             repeats)
+        row = {"step_ms": 1e3 * t["step"], "hvp_ms": 1e3 * t["hvp"], "hvp_fd_ms": 1e3 * t["hvp_fd"],
+               "hvp_ratio": t["hvp"] / t["step"], "hvp_fd_ratio": t["hvp_fd"] / t["step"],
+               "hvp_method": auto.method, "repeats": repeats}
+        if auto.method == "finite-difference":  # the math kernel has double backward
+            with sdpa_kernel(SDPBackend.MATH), C._mode(model, "train", notes):
+                db = C._Operator(model, task.loss, [batch], hvp="double-backward",
+                                 weight_decay=None, scale=None, notes=notes)
+                tm = _interleaved({"step": step, "hvp": lambda: db(v)}, repeats)
+            row["math_kernel"] = {"step_ms": 1e3 * tm["step"], "hvp_ms": 1e3 * tm["hvp"],
+                                  "hvp_ratio": tm["hvp"] / tm["step"]}
+        out[name] = row
+        print(f"cost {name}: step {row['step_ms']:.2f} ms, HVP {row['hvp_ms']:.2f} ms "
+              f"({row['hvp_method']}) ratio {row['hvp_ratio']:.2f}; finite-difference HVP ratio "
+              f"{row['hvp_fd_ratio']:.2f}" + (f"; math kernel double backward ratio "
+              f"{row['math_kernel']['hvp_ratio']:.2f}" if "math_kernel" in row else ""),
+              flush=True)
+    return out
+
+
+def safe(names: list[str], plots: Path) -> dict:
+    out = {}
+    for name in names:
+        task = tasks.get(name)
+        t0 = time.perf_counter()
+        s = C.safe_lr(task, seed=0)
+        t_safe = time.perf_counter() - t0
+        o = cached_oracle(name)
+        factors = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0) if name != "logreg" else (
+            0.5, 0.9, 1.1, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0)
+        t0 = time.perf_counter()
+        test = C.stability_test(task, safe=s, factors=factors, progress=True)
+        t_test = time.perf_counter() - t0
+        test.plot(str(plots / f"curvature-stability-{name}.png"), oracle=o)
+        row = {"safe": s.to_dict(), "seconds_safe": t_safe, "test": test.to_dict(),
+               "seconds_test": t_test}
+        for r in row["test"]["runs"]:
+            r["losses"] = r["losses"][:: max(1, len(r["losses"]) // 50)]  # keep the file small
+        if o is not None:
+            row["oracle"] = {"best_lr": o.best_lr, "band": list(o.band), "steps": o.steps,
+                             "seeds": len(o.seeds)}
+            # sharpness along a full run at the oracle's best LR (preconditioned for Adam)
+            fixed = C._take(task.batches(10_000), C._default_batches(task))
+            tracker = C.SharpnessTracker(task.loss, fixed, every=max(1, task.recipe.steps // 6),
+                                         iters=20)
+            t0 = time.perf_counter()
+            res = train.run(task, o.best_lr, seed=0, callbacks=[tracker], eval_split="test")
+            peak = o.best_lr
+            row["track"] = {**tracker.to_dict(), "peak_lr": peak, "metric": res.metric,
+                            "seconds": time.perf_counter() - t0,
+                            "ratio_to_peak": [lam * peak / s.constant for lam in tracker.sharpness]}
+            tracker.plot(str(plots / f"curvature-sharpness-{name}.png"),
+                         title=f"{name}: sharpness at the oracle's best LR {peak:.3g}")
+        out[name] = row
+        msg = (f"safe {name}: λ {s.eigen.eigenvalue:.4g} ({s.eigen.hvp}, {s.eigen.n_hvp} HVPs), "
+               f"safe lr {s.lr:.4g}; largest converged factor {test.largest_stable_factor}")
+        if o is not None:
+            msg += f"; oracle best {o.best_lr:.3g} band {o.band[0]:.3g}..{o.band[1]:.3g}"
+        print(msg, flush=True)
+    return out
+
+
+def batch(workers: int) -> dict:
+    sys.path.insert(0, str(HERE))  # workers rebuild the task from "bench_curvature:..."
+    base = cached_oracle("digits")
+    out: dict = {"base": {"batch": 32, "steps": base.steps, "best_lr": base.best_lr,
+                          "band": list(base.band), "best_metric": base.best_metric}}
+    for ref, label in (("bench_curvature:digits_b128", "same epochs (75 steps)"),
+                       ("bench_curvature:digits_b128_s300", "same steps (300)")):
+        o = bench.oracle(ref, points=25, step_decades=0.25, seeds=(0, 1, 2, 3, 4),
+                         workers=workers, progress=True)
+        (RESULTS / f"curvature-oracle-{o.task}.json").write_text(json.dumps(o.to_dict(), indent=1))
+        out[o.task] = {"label": label, "batch": 128, "steps": o.steps, "best_lr": o.best_lr,
+                       "band": list(o.band), "best_metric": o.best_metric,
+                       "moved": o.best_lr / base.best_lr,
+                       "linear": C.scale_lr(base.best_lr, 32, 128),
+                       "sqrt": C.scale_lr(base.best_lr, 32, 128, rule="sqrt"),
+                       "linear_in_band": o.in_band(C.scale_lr(base.best_lr, 32, 128)),
+                       "sqrt_in_band": o.in_band(C.scale_lr(base.best_lr, 32, 128, rule="sqrt")),
+                       "base_best_in_band": o.in_band(base.best_lr)}
+        print(f"batch {o.task}: best {o.best_lr:.3g} band {o.band[0]:.3g}..{o.band[1]:.3g} "
+              f"(batch 32: {base.best_lr:.3g}); linear {out[o.task]['linear']:.3g}, "
+              f"sqrt {out[o.task]['sqrt']:.3g}", flush=True)
+    # the gradient noise scale at init and after training at the best LR (batch 32)
+    task = tasks.get("digits")
+    ns = {}
+    for when in ("init", "trained"):
+        model = task.build_model(0)
+        if when == "trained":
+            opt = task.recipe.make_optimizer(model.parameters(), base.best_lr)
+            train.fit(model, opt, task.batches(0), num_steps=task.recipe.steps, step_fn=task.loss)
+        est = C.noise_scale(model, task.loss, task.batches(123), num_batches=64)
+        ns[when] = est.to_dict()
+        print(f"noise scale digits ({when}): B_simple {est.b_simple:.1f}", flush=True)
+    out["noise_scale"] = ns
+    _plot_batch(out, RESULTS / "curvature-batch.png")
+    return out
+
+
+def _plot_batch(out: dict, path: Path) -> None:
+    from lrkit.report import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    base = cached_oracle("digits")
+    ax.errorbar(base.grid, base.mean, yerr=base.std, fmt="o-", ms=3, label="batch 32, 300 steps")
+    for i, name in enumerate(("digits-b128", "digits-b128-s300")):
+        o = bench.Oracle.from_dict(json.loads((RESULTS / f"curvature-oracle-{name}.json").read_text()))
+        ax.errorbar(o.grid, o.mean, yerr=o.std, fmt="o-", ms=3, color=f"C{i + 1}",
+                    label=f"batch 128, {o.steps} steps")
+    row = out["digits-b128"]
+    ax.axvline(base.best_lr, color="C0", ls=":", label=f"best at 32: {base.best_lr:.3g}")
+    ax.axvline(row["linear"], color="k", ls="--", label=f"linear rule: {row['linear']:.3g}")
+    ax.axvline(row["sqrt"], color="gray", ls="--", label=f"sqrt rule: {row['sqrt']:.3g}")
+    ax.set_xscale("log")
+    ax.set_ylim(0.8, 1.0)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("test accuracy (mean ± std, 5 seeds)")
+    ax.set_title("digits: oracle at batch 32 and at 4x batch")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--part", nargs="+", default=["accuracy", "cost", "safe", "batch"])
+    p.add_argument("--task", nargs="+", default=None, help="tasks (default: all built-in)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "curvature.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    names = args.task or tasks.names()
+    data["machine"] = bench.machine()
+    data["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    t0 = time.perf_counter()
+    if "accuracy" in args.part:
+        data["accuracy"] = accuracy()
+        print(json.dumps(data["accuracy"], indent=1), flush=True)
+    if "cost" in args.part:
+        data.setdefault("cost", {}).update(cost(names))
+    if "safe" in args.part:
+        data.setdefault("safe", {}).update(safe(names, out_dir))
+    if "batch" in args.part:
+        data["batch"] = batch(args.workers)
+    path.write_text(json.dumps(data, indent=1))
+    print(f"wrote {path} in {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
