@@ -172,8 +172,13 @@ def _fig_schedule(final: Mapping[str, Any], safe: float | None) -> Any:
     lrs = [_num(v) for v in final["lrs"]]
     ax.plot(np.arange(len(lrs)), lrs, color="C3", lw=2,
             label=f"{final['family']} (peak {final['lr']:.3g})")
+    top = max([v for v in lrs if math.isfinite(v)] or [1.0])
     if safe is not None and math.isfinite(safe):
-        ax.axhline(safe, color="C1", ls=":", label=f"safe-LR bound {safe:.3g}")
+        if safe <= 3 * top:
+            ax.axhline(safe, color="C1", ls=":", label=f"safe-LR bound {safe:.3g}")
+        else:
+            ax.plot([], [], color="C1", ls=":",
+                    label=f"safe-LR bound {safe:.3g} (off scale: {safe / top:.3g}x the peak)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("learning rate")
     ax.set_title("the chosen schedule over the full run")
@@ -307,8 +312,10 @@ def tune_report(
         findings_html = ("<p class=muted>The monitor (<code>lrkit.monitor</code>) is not "
                          "installed in this version: no findings were computed.</p>")
     if safe is not None and math.isfinite(safe):
-        safe_html = (f"<p>Curvature bound: the safe LR is <b>{safe:.3g}</b> "
-                     f"(the chosen peak is {float(final['lr']) / safe:.2g}x it).</p>")
+        safe_html = (f"<p>Curvature bound at the initial weights: the safe LR is "
+                     f"<b>{safe:.3g}</b> (the chosen peak is {float(final['lr']) / safe:.2g}x "
+                     f"it): {escape(safe_lr.get('formula', ''))}. A local bound: where the "
+                     "curvature falls during training the best LR can lie above it.</p>")
     elif safe_lr and "error" in safe_lr:
         safe_html = f"<p class=muted>Safe-LR bound unavailable: {escape(safe_lr['error'])}</p>"
     else:

@@ -258,14 +258,14 @@ class _StepBar:
 
 class _Recorder:
     """fit callback for the final run: keeps the model, records the gradient norm every step and
-    the validation metric every ``every`` steps (evaluation costs no optimizer step)."""
+    the validation metric every ``every`` steps (evaluation costs no optimizer step), and feeds
+    all of it to ``monitor`` (a :class:`lrkit.monitor.Monitor`) when one is given."""
 
-    def __init__(self, task: Any, every: int) -> None:
-        self.task, self.every = task, every
+    def __init__(self, task: Any, every: int, monitor: Any = None) -> None:
+        self.task, self.every, self.monitor = task, every, monitor
         self.model: Any = None
         self.grad_norms: list[float] = []
         self.val: list[tuple[int, float]] = []
-        self.listeners: list[Any] = []
 
     def on_train_start(self, model: Any, optimizer: Any) -> None:
         self.model = model
@@ -279,6 +279,7 @@ class _Recorder:
         if g is None:
             g = global_grad_norm(p for grp in info.optimizer.param_groups for p in grp["params"])
         self.grad_norms.append(float(g))
+        v = None
         if (info.step + 1) % self.every == 0:
             model = info.model
             was = model.training
@@ -287,8 +288,9 @@ class _Recorder:
                 v = float(self.task.evaluate(model, "val"))
             model.train(was)
             self.val.append((info.step + 1, v))
-            for fn in self.listeners:
-                fn(info.step + 1, v)
+        if self.monitor is not None:
+            self.monitor.update(info.step, info.loss, lr=info.lr, grad_norm=float(g),
+                                val_metric=v)
         return None
 
     def on_eval(self, step: int, metric: float) -> None:
@@ -542,11 +544,9 @@ def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
     full = task.recipe.steps
     sched = _schedule(task, family, lr, full)
     every = max(1, full // 25)
-    rec = _Recorder(task, every)
     monitor = _make_monitor(task)
+    rec = _Recorder(task, every, monitor)
     cbs: list[Any] = [rec]
-    if monitor is not None:
-        cbs.append(monitor)
     bar = show.bar(full, f"[4/5] final run: {family} at {lr:.3g}, {full} steps")
     cbs.append(_StepBar(bar))
     t0 = time.perf_counter()
@@ -558,7 +558,7 @@ def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
     wall = time.perf_counter() - t0
     if rec.model is not None:
         torch.save(rec.model.state_dict(), folder.file("weights"))
-    findings = _findings(monitor, out, rec, task)
+    findings = _findings(monitor)
     data = {"family": family, "lr": lr, "schedule": sched.spec, "metric": out.metric,
             "diverged": out.diverged, "stop_reason": out.stop_reason,
             "steps_done": out.steps_done, "losses": [float(v) for v in out.losses],
@@ -575,40 +575,28 @@ def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
 
 # ------------------------------------------------------------------- optional integrations
 def _make_monitor(task: Any) -> Any:
-    """The monitor's training callback, when :mod:`lrkit.callbacks` is there (issue 9)."""
+    """A :class:`lrkit.monitor.Monitor` for the final run (issue 9), or ``None`` when that module
+    is not installed."""
     try:
-        from .callbacks import MonitorCallback  # type: ignore[attr-defined]
+        from .monitor import Monitor
     except ImportError:
         return None
-    try:
-        return MonitorCallback(higher_is_better=task.higher_is_better)
-    except TypeError:
-        try:
-            return MonitorCallback()
-        except Exception:  # pragma: no cover - an incompatible monitor: run without it
-            return None
+    return Monitor(val_mode="max" if task.higher_is_better else "min",
+                   total_steps=task.recipe.steps)
 
 
-def _findings(monitor: Any, out: Any, rec: _Recorder, task: Any) -> list[dict]:
+def _findings(monitor: Any) -> list[dict]:
     if monitor is None:
         return []
-    raw = getattr(monitor, "findings", None)
-    if callable(raw):
-        raw = raw()
-    found = []
-    for f in raw or ():
-        if dataclasses.is_dataclass(f):
-            d = dataclasses.asdict(f)
-        elif isinstance(f, Mapping):
-            d = dict(f)
-        else:
-            d = {k: getattr(f, k, None) for k in ("kind", "step", "evidence", "action")}
-        found.append({k: d.get(k) for k in ("kind", "step", "evidence", "action")})
-    return found
+    return [_jsonable(f.to_dict()) for f in monitor.findings]
 
 
-def _safe_lr(task: Any, seed: int) -> dict | None:
-    """The curvature bound (issue 11) when :mod:`lrkit.curvature` is there; else ``None``."""
+def _safe_lr(task: Any, seed: int, folder: _Folder) -> dict | None:
+    """The curvature bound at the initial weights (issue 11: :func:`lrkit.curvature.safe_lr`)
+    when that module is there, kept in ``safe-lr.json``; else ``None``."""
+    p = folder.path / "safe-lr.json"
+    if p.exists():
+        return json.loads(p.read_text(encoding="utf-8"))
     try:
         from . import curvature  # type: ignore[attr-defined]
     except ImportError:
@@ -618,17 +606,13 @@ def _safe_lr(task: Any, seed: int) -> dict | None:
         return None
     try:
         res = fn(task, seed=seed)
-    except Exception as e:  # the bound is an extra: report why it is missing
-        return {"error": f"{type(e).__name__}: {e}"}
-    if isinstance(res, (int, float)):
-        return {"lr": float(res)}
-    if dataclasses.is_dataclass(res):
-        d = dataclasses.asdict(res)
-    elif isinstance(res, Mapping):
-        d = dict(res)
-    else:
-        d = {"lr": float(getattr(res, "lr", float("nan")))}
-    return _jsonable({k: v for k, v in d.items() if isinstance(v, (int, float, str, type(None)))})
+        d = {"lr": float(res.lr), "formula": str(getattr(res, "formula", "")),
+             "reference": str(getattr(res, "reference", "")),
+             "summary": res.summary() if callable(getattr(res, "summary", None)) else ""}
+    except Exception as e:  # the bound is an extra: the report says why it is missing
+        d = {"error": f"{type(e).__name__}: {e}"}
+    p.write_text(json.dumps(_jsonable(d), indent=1), encoding="utf-8")
+    return d
 
 
 class _Study:
@@ -817,7 +801,7 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
     explanation = _explain(task, rt, halving, final, stages, full)
     show.say("[5/5] report")
     t0 = time.perf_counter()
-    safe = _safe_lr(task, seed)
+    safe = _safe_lr(task, seed, folder)
     from . import html
 
     report = html.tune_report(

@@ -1,0 +1,238 @@
+"""Tests for the autopilot (lrkit.tune) and its HTML report (lrkit.html), on real training runs.
+
+References are independent of the code under test: the chosen schedule replayed from its JSON
+spec by ``train.run``, the saved weights re-evaluated, the halving decision recomputed from the
+stored trials, the rung sizes from the budget formula by hand, and PNG signatures.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import math
+import re
+
+import pytest
+import torch
+
+from lrkit import schedules, train
+from lrkit import tune as tune_mod
+from lrkit.html import escape, smooth
+from lrkit.tasks import from_torch
+from lrkit.tune import TuneResult, tune
+from tests.tiny_task import make_task
+
+STEPS = 200
+
+
+@pytest.fixture(scope="module")
+def task():
+    return make_task(STEPS)
+
+
+@pytest.fixture(scope="module")
+def done(task, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tune") / "run"
+    return tune(task, out=out, progress=False), out
+
+
+def test_budget_plan_by_hand():
+    # 300-step task, budget 2, range test of 57 steps: 243 left; F=5, keep=2 -> r0 = 243 // 17 = 14
+    # < floor max(10, 300/15=20) -> keep=1 -> r0 = 243 // 11 = 22, r1 = 44
+    p = tune_mod._halving_plan(300, 2.0, 57, 5)
+    assert (p.rung0, p.rung1, p.keep, p.total_steps) == (22, 44, 1, 600)
+    assert 57 + 5 * p.rung0 + 3 * p.keep * p.rung1 + 300 <= 600
+    # 2400 steps, 100-step range test: 2300 // 17 = 135 < 2400 / 15 = 160 -> one family goes on;
+    # budget 3 leaves 4700 steps: 4700 // 17 = 276 >= 160 -> two
+    p = tune_mod._halving_plan(2400, 2.0, 100, 5)
+    assert (p.keep, p.rung0) == (1, 2300 // 11)
+    p = tune_mod._halving_plan(2400, 3.0, 100, 5)
+    assert (p.keep, p.rung0, p.rung1) == (2, 276, 552)
+    assert tune_mod._range_iters(300, 2.0) == 60 and tune_mod._range_iters(2400, 2.0) == 100
+    assert tune_mod._range_iters(100, 2.0) == 30
+    with pytest.raises(ValueError, match="budget=1.05"):
+        tune_mod._halving_plan(300, 1.05, 60, 5)
+
+
+def test_result_matches_independent_replay(task, done):
+    res, out = done
+    assert isinstance(res, TuneResult)
+    # the final metric is what train.run gives for the chosen schedule replayed from its spec
+    replay = train.run(task, schedules.from_spec(res.schedule), seed=0, eval_split="test")
+    assert res.metric == pytest.approx(replay.metric, rel=1e-6)
+    assert res.schedule["name"] == schedules.family(res.family, res.lr, STEPS).spec["name"]
+    # the saved weights score the same on the test split
+    model = task.build_model(0)
+    model.load_state_dict(torch.load(res.weights))
+    model.eval()
+    assert task.evaluate(model, "test") == pytest.approx(res.metric, rel=1e-6)
+    # the chosen LR beats the recipe's default LR at full length (linear regression, 200 steps)
+    default = train.run(task, task.recipe.default_lr, seed=0, eval_split="test").metric
+    assert res.metric <= default * 1.05
+
+
+def test_cost_accounting_and_budget(task, done):
+    res, out = done
+    rt = json.loads((out / "1-range-test.json").read_text())
+    halving = json.loads((out / "3-halving.json").read_text())
+    final = json.loads((out / "4-final.json").read_text())
+    spent = (rt["result"]["cost_steps"] + sum(t["steps_done"] for t in halving["trials"])
+             + final["steps_done"])
+    assert res.cost_steps == spent
+    assert res.cost_steps <= 2 * STEPS
+    assert final["steps_done"] == STEPS
+    assert sum(s.cost_steps for s in res.stages) == res.cost_steps
+    assert res.cost_runs == pytest.approx(spent / STEPS)
+
+
+def test_halving_decision_recomputed(task, done):
+    res, out = done
+    h = json.loads((out / "3-halving.json").read_text())
+    plan = h["plan"]
+    r0 = [t for t in h["trials"] if t["rung"] == 0]
+    r1 = [t for t in h["trials"] if t["rung"] == 1]
+    assert len(r0) == len(tune_mod.DEFAULT_SCHEDULES)
+    assert {t["steps"] for t in r0} == {plan["rung0"]} and {t["steps"] for t in r1} == {
+        plan["rung1"]}
+    # lower MSE is better; the kept families are the best of rung 0
+    key = lambda t: math.inf if t["diverged"] else tune_mod._num(t["metric"])  # noqa: E731
+    best0 = sorted(r0, key=key)[: plan["keep"]]
+    assert {t["family"] for t in best0} == {t["family"] for t in r0 if t["kept"]}
+    # rung 1 holds each kept family at its centre and a quarter decade either side
+    for t in r1:
+        assert t["lr"] / t["centre"] in (pytest.approx(10 ** -0.25), pytest.approx(1.0),
+                                         pytest.approx(10 ** 0.25))
+    win = min(r1, key=key)
+    assert (win["family"], win["lr"]) == (res.family, pytest.approx(res.lr))
+    # one stored short run re-trained from its spec gives the stored val metric
+    again = train.run(task, schedules.from_spec(win["schedule"]), steps=win["steps"], seed=0,
+                      eval_split="val")
+    assert again.metric == pytest.approx(tune_mod._num(win["metric"]), rel=1e-6)
+
+
+def test_report_is_self_contained_and_complete(done):
+    res, out = done
+    page = (out / "report.html").read_text()
+    assert res.report == str(out / "report.html")
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    srcs = re.findall(r'src="([^"]+)"', page)
+    assert len(srcs) == 4 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    for name, src in zip(("range-test.png", "candidates.png", "schedule.png", "final.png"), srcs):
+        data = base64.b64decode(src.split(",", 1)[1])
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (out / name).read_bytes() == data
+    assert escape(res.explanation) in page
+    assert f"{res.lr:.3g}" in page and res.family in page
+
+
+def test_resume_skips_finished_stages(task, done, tmp_path, monkeypatch):
+    res, out = done
+    # copy the first two stages (and a part of stage 3) to a new folder: resume must reuse them
+    new = tmp_path / "resumed"
+    new.mkdir()
+    for name in ("meta.json", "1-range-test.json", "2-candidates.json"):
+        (new / name).write_text((out / name).read_text())
+    h = json.loads((out / "3-halving.json").read_text())
+    h["trials"] = h["trials"][:3]
+    h.pop("stage", None)
+    (new / "3-halving.json").write_text(json.dumps(h))
+    calls = []
+    orig = train.run
+
+    def counting_run(*a, **k):
+        calls.append(k.get("steps"))
+        return orig(*a, **k)
+
+    monkeypatch.setattr(train, "run", counting_run)
+    again = tune(task, out=new, progress=False)
+    monkeypatch.undo()
+    n_trials = len(json.loads((out / "3-halving.json").read_text())["trials"])
+    assert len(calls) == (n_trials - 3) + 1  # the missing short runs and the final run only
+    assert again.metric == pytest.approx(res.metric, rel=1e-9)
+    assert (again.family, again.lr, again.cost_steps) == (res.family, res.lr, res.cost_steps)
+
+
+def test_interrupt_keeps_finished_work_and_resume_goes_on(task, tmp_path):
+    out = tmp_path / "interrupted"
+    count = {"n": 0}
+
+    def loss(model, batch):
+        count["n"] += 1
+        if count["n"] == 75:  # in rung 0 (range test: 40 steps, then runs of 14)
+            raise KeyboardInterrupt
+        return task.loss(model, batch)
+
+    broken = dataclasses.replace(task, loss=loss)
+    with pytest.raises(KeyboardInterrupt):
+        tune(broken, out=out, progress=False)
+    assert (out / "1-range-test.json").exists()
+    kept = json.loads((out / "3-halving.json").read_text())["trials"]
+    assert 1 <= len(kept) < len(tune_mod.DEFAULT_SCHEDULES)
+    assert not (out / "result.json").exists()
+    res = tune(task, out=out, progress=False)
+    trials = json.loads((out / "3-halving.json").read_text())["trials"]
+    fields = ("rung", "family", "lr", "steps", "metric", "wall_time")
+    assert [{k: t[k] for k in fields} for t in trials[: len(kept)]] == [
+        {k: t[k] for k in fields} for t in kept]  # kept as they were, not re-run
+    assert json.loads((out / "result.json").read_text())["metric"] == pytest.approx(res.metric)
+
+
+def test_user_model_through_from_torch(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(256, 6)
+    y = (x @ torch.randn(6, 1)).squeeze(1) + 0.1 * torch.randn(256)
+    data = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 192, 32)]
+    val = [(x[192:], y[192:])]
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def loss_fn(out, target):
+        return torch.nn.functional.mse_loss(out.squeeze(1), target)
+
+    t = from_torch(model, opt, data, loss_fn, val_loader=val, steps=150, name="my <model>")
+    res = tune(t, out=tmp_path / "user", progress=False, schedules=("constant", "cosine"))
+    assert res.cost_steps <= 300 and res.family in ("constant", "cosine")
+    first = train.run(t, t.recipe.default_lr, seed=0, eval_split="test").metric
+    assert res.metric < first  # the tuned run beats the user's own LR on its val loss
+    page = (tmp_path / "user" / "report.html").read_text()
+    assert "my &lt;model&gt;" in page and "my <model>" not in page
+
+
+def test_bad_arguments(task, tmp_path, done):
+    with pytest.raises(ValueError, match="budget must be > 1"):
+        tune(task, budget=1.0, out=tmp_path / "a", progress=False)
+    with pytest.raises(ValueError, match="schedules"):
+        tune(task, schedules=("cosine", "bogus"), out=tmp_path / "b", progress=False)
+    with pytest.raises(ValueError, match="repeat"):
+        tune(task, schedules=("cosine", "cosine"), out=tmp_path / "c", progress=False)
+    with pytest.raises(TypeError, match="task must be"):
+        tune(42, out=tmp_path / "d", progress=False)
+    with pytest.raises(ValueError, match="unknown task"):
+        tune("digitz", out=tmp_path / "e", progress=False)
+    _, out = done
+    with pytest.raises(ValueError, match="other settings.*budget"):
+        tune(task, budget=3.0, out=out, progress=False)
+
+
+def test_cli_prints_decision_and_report(tmp_path, capsys):
+    from lrkit import cli
+
+    rc = cli.main(["tune", "--task", "tests.tiny_task:make_task", "--budget", "4",
+                   "--out", str(tmp_path / "cli"), "--no-progress"])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert re.search(r"decision: \w+ schedule, peak lr [0-9.e-]+", text)
+    assert f"report: {tmp_path / 'cli' / 'report.html'}" in text
+    res = TuneResult.from_dict(json.loads((tmp_path / "cli" / "result.json").read_text()))
+    assert res.cost_steps <= 4 * 40
+    # --resume on a finished folder reads the settings from it and reproduces the decision
+    rc = cli.main(["tune", "--resume", str(tmp_path / "cli"), "--no-progress"])
+    assert rc == 0 and f"peak lr {res.lr:.3g}" in capsys.readouterr().out
+    assert cli.main(["tune", "--resume", str(tmp_path / "nothing")]) == 2
+
+
+def test_smooth_against_hand_average():
+    y = [1.0, 2.0, 3.0, 10.0, float("nan"), 6.0]
+    s = smooth(y, 3)
+    assert s.tolist() == pytest.approx([1.5, 2.0, 5.0, 6.5, 8.0, 6.0])
