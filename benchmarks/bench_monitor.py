@@ -24,6 +24,7 @@ Usage: ``python benchmarks/bench_monitor.py [collect|evaluate|overhead|all]``.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import sys
@@ -52,7 +53,7 @@ def best_lr(name: str) -> float:
 
 def log_path(task, condition: str, seed: int) -> Path:
     tag = condition.replace("/", "_")
-    return LOGS / task.key / f"{tag}-seed{seed}.jsonl"
+    return LOGS / task.key / f"{tag}-seed{seed}.jsonl.gz"
 
 
 def collect(names: list[str] | None = None) -> None:
@@ -75,7 +76,7 @@ def collect(names: list[str] | None = None) -> None:
     for task, cond, lr, seed in tqdm(todo, desc="monitor runs"):
         path = log_path(task, cond, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix("")  # the plain .jsonl, compressed when the run is done
         steps = task.recipe.steps
         every = max(1, steps // EVALS_PER_RUN)
         logger = JsonlLogger(tmp, evaluate=lambda m, t=task: t.evaluate(m, "val"),
@@ -84,7 +85,10 @@ def collect(names: list[str] | None = None) -> None:
                                    "steps": steps, "higher_is_better": task.higher_is_better,
                                    "metric": task.metric, "schedule": task.recipe.schedule})
         train.run(task, lr, seed=seed, callbacks=[logger])
-        tmp.replace(path)
+        with open(tmp, "rb") as src, gzip.open(path.with_suffix(".tmp"), "wb") as dst:
+            dst.write(src.read())
+        path.with_suffix(".tmp").replace(path)
+        tmp.unlink()
 
 
 # ---------------------------------------------------------------------------------- evaluate

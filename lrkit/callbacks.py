@@ -255,3 +255,408 @@ class JsonlLogger(_Recorder):
             self._file.write(json.dumps({"end": end}) + "\n")
             self._file.close()
             self._file = None
+
+
+class TensorBoardLogger(_Recorder):
+    """Write ``lr``, ``loss``, ``grad_norm`` and ``val_metric`` scalars, and the findings as
+    text (tag ``findings/<kind>``), through ``torch.utils.tensorboard.SummaryWriter``.
+
+    Use it alone as a callback or in ``MonitorCallback(loggers=[...])`` (then findings are
+    written too). Needs the ``tensorboard`` package (``pip install tensorboard``).
+    """
+
+    def __init__(self, log_dir: str | Path, *, grad_norm_every: int | None = 1,
+                 evaluate: Callable[[nn.Module], float] | None = None,
+                 eval_every: int | None = None, flush_secs: int = 30) -> None:
+        super().__init__(grad_norm_every=grad_norm_every, evaluate=evaluate, eval_every=eval_every)
+        if not isinstance(log_dir, (str, Path)):
+            raise TypeError(f"log_dir must be a str or Path, got {type(log_dir).__name__}")
+        self.log_dir = Path(log_dir)
+        self.flush_secs = check_int("flush_secs", flush_secs, minimum=1)
+        self._writer: Any = None
+
+    def _open(self, model: Any = None, optimizer: Any = None) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:  # pragma: no cover - tensorboard is in the monitor extra
+            raise ImportError("TensorBoardLogger needs tensorboard: pip install tensorboard "
+                              "(or pip install 'lrkit[monitor]')") from e
+        self._writer = SummaryWriter(log_dir=str(self.log_dir), flush_secs=self.flush_secs)
+
+    def _emit(self, rec: dict) -> None:
+        w, t = self._writer, rec["step"]
+        if math.isfinite(rec["loss"]):
+            w.add_scalar("loss", rec["loss"], t)
+        w.add_scalar("lr", rec["lr"], t)
+        if rec.get("grad_norm") is not None and math.isfinite(rec["grad_norm"]):
+            w.add_scalar("grad_norm", rec["grad_norm"], t)
+        if rec.get("val_metric") is not None:
+            w.add_scalar("val_metric", rec["val_metric"], t)
+        for f in rec.get("findings") or ():
+            w.add_text(f"findings/{f.kind}", f"{f}\n\nevidence: `{json.dumps(dict(f.evidence))}`",
+                       t)
+
+    def _close(self, end: dict) -> None:
+        if self._writer is not None:
+            self._writer.add_text("end", json.dumps(end))
+            self._writer.close()
+            self._writer = None
+
+
+# ------------------------------------------------------------------------------------ monitor
+class MonitorCallback(_Recorder):
+    """Feed a :class:`lrkit.monitor.Monitor` from :func:`lrkit.train.fit` / :func:`lrkit.train.run`.
+
+    Every update's loss, LR, global gradient norm (see ``grad_norm_every``) and validation metric
+    go to ``monitor.update``; findings land on ``self.monitor.findings`` and in the ``loggers``
+    (:class:`JsonlLogger`, :class:`TensorBoardLogger`), whose own options are then unused (this
+    callback computes the record once for all of them).
+
+    Args:
+        monitor: the monitor to feed (default: ``Monitor(val_mode=..., total_steps=...)``); it is
+            reset at the start of each run.
+        total_steps: the planned number of updates (recommended; see :class:`Monitor`).
+        val_mode: ``"min"`` or ``"max"``: whether a lower or a higher validation metric is better.
+        loggers: sinks that receive every record and the findings.
+        stop_on: finding kinds that stop the run (``fit``'s ``stop_reason`` becomes
+            ``"monitor:<kind>"``), e.g. ``("diverged",)``; default none.
+        grad_norm_every: compute the global gradient norm every this many updates when ``fit``
+            does not (None: only use ``fit``'s); it costs one pass over the gradients.
+        evaluate, eval_every: measure a validation metric ``evaluate(model)`` every
+            ``eval_every`` updates (in ``eval()`` mode, without gradients); metrics from
+            ``fit(evaluate=..., eval_every=...)`` are used too.
+
+    Example:
+        >>> cb = MonitorCallback(total_steps=300)          # doctest: +SKIP
+        >>> lrkit.train.run(task, 3.0, callbacks=[cb])      # doctest: +SKIP
+        >>> [str(f) for f in cb.monitor.findings]           # doctest: +SKIP
+    """
+
+    def __init__(self, monitor: Monitor | None = None, *, total_steps: int | None = None,
+                 val_mode: str = "min", loggers: Sequence[_Recorder] = (),
+                 stop_on: Iterable[str] = (), grad_norm_every: int | None = 1,
+                 evaluate: Callable[[nn.Module], float] | None = None,
+                 eval_every: int | None = None) -> None:
+        super().__init__(grad_norm_every=grad_norm_every, evaluate=evaluate, eval_every=eval_every)
+        if monitor is None:
+            monitor = Monitor(val_mode=val_mode, total_steps=total_steps)
+        elif not isinstance(monitor, Monitor):
+            raise TypeError(f"monitor must be a lrkit.monitor.Monitor, got {type(monitor).__name__}")
+        elif total_steps is not None:
+            monitor.total_steps = check_int("total_steps", total_steps, minimum=1)
+        self.monitor = monitor
+        self.loggers = list(loggers)
+        for lg in self.loggers:
+            if not isinstance(lg, (JsonlLogger, TensorBoardLogger)):
+                raise TypeError(f"loggers must hold JsonlLogger or TensorBoardLogger objects, got "
+                                f"{type(lg).__name__}")
+        from .monitor import KINDS
+
+        self.stop_on = frozenset(check_choice("stop_on[]", k, KINDS) for k in stop_on)
+
+    def _open(self, model: Any = None, optimizer: Any = None) -> None:
+        self.monitor.reset()
+        for lg in self.loggers:
+            lg._open(model, optimizer)
+
+    def _react(self, rec: dict, new: list[Finding]) -> bool | str | None:
+        if new:
+            rec["findings"] = list(rec.get("findings") or []) + new
+            for f in new:
+                if f.kind in self.stop_on:
+                    return f"monitor:{f.kind}"
+        return None
+
+    def _observe(self, rec: dict) -> bool | str | None:
+        new = self.monitor.update(rec["step"], rec["loss"], lr=rec["lr"],
+                                  grad_norm=rec.get("grad_norm"), val_metric=rec.get("val_metric"))
+        return self._react(rec, new)
+
+    def _observe_val(self, rec: dict) -> bool | str | None:
+        return self._react(rec, self.monitor.observe_val(rec["step"], rec["val_metric"]))
+
+    def _emit(self, rec: dict) -> None:
+        for lg in self.loggers:
+            lg._emit(rec)
+
+    def _close(self, end: dict) -> None:
+        for lg in self.loggers:
+            lg._close(end)
+
+
+# -------------------------------------------------------------------------------------- acting
+class _ValSource(Callback):
+    """Validation metrics from ``fit``'s ``on_eval`` or an own ``evaluate(model)`` schedule."""
+
+    def __init__(self, evaluate: Callable[[nn.Module], float] | None,
+                 eval_every: int | None) -> None:
+        if (evaluate is None) != (eval_every is None):
+            raise ValueError("pass both evaluate=callable(model) -> metric and eval_every=int, "
+                             "or neither (then fit(evaluate=..., eval_every=...) supplies them)")
+        if evaluate is not None and not callable(evaluate):
+            raise TypeError(f"evaluate must be callable(model) -> float, got {evaluate!r}")
+        if eval_every is not None:
+            check_int("eval_every", eval_every, minimum=1)
+        self.evaluate, self.eval_every = evaluate, eval_every
+
+    def on_step_end(self, info: StepInfo) -> bool | str | None:
+        if self.evaluate is not None and (info.step + 1) % self.eval_every == 0:
+            model = info.model
+            was = model.training
+            model.eval()
+            with torch.no_grad():
+                metric = float(self.evaluate(model))
+            model.train(was)
+            return self.on_eval(info.step + 1, metric)
+        return None
+
+
+class EarlyStopping(_ValSource):
+    """Stop when the validation metric has not improved for ``patience`` evaluations.
+
+    "Better" is :meth:`lrkit.torch.Plateau.is_better` (``metric < best (1 - min_delta)`` for
+    ``mode="min"``, relative by default, as ``ReduceLROnPlateau``). With ``restore_best`` the
+    model's weights at the best evaluation are put back at the end of training (kept in CPU
+    memory). The stop reason is ``"early_stop"``.
+    """
+
+    def __init__(self, *, patience: int = 5, mode: str = "min", min_delta: float = 0.0,
+                 delta_mode: str = "rel", restore_best: bool = False,
+                 evaluate: Callable[[nn.Module], float] | None = None,
+                 eval_every: int | None = None) -> None:
+        super().__init__(evaluate, eval_every)
+        from .torch import Plateau
+
+        self.patience = check_int("patience", patience, minimum=0)
+        self._rule = Plateau(mode=mode, threshold=min_delta, threshold_mode=delta_mode)
+        self.restore_best = bool(restore_best)
+        self.reset()
+
+    def reset(self) -> None:
+        self.best = math.inf if self._rule.mode == "min" else -math.inf
+        self.best_step = -1
+        self.bad = 0
+        self.stopped_step: int | None = None
+        self._best_state: dict | None = None
+        self._model: nn.Module | None = None
+
+    def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.reset()
+        self._model = model
+
+    def on_eval(self, step: int, metric: float) -> bool | str | None:
+        if self._rule.is_better(metric, self.best):
+            self.best, self.best_step, self.bad = metric, step, 0
+            if self.restore_best and self._model is not None:
+                self._best_state = {k: v.detach().to("cpu", copy=True)
+                                    for k, v in self._model.state_dict().items()}
+            return None
+        self.bad += 1
+        if self.bad > self.patience:
+            self.stopped_step = step
+            return "early_stop"
+        return None
+
+    def on_train_end(self, result: FitResult) -> None:
+        if self.restore_best and self._best_state is not None and self._model is not None:
+            self._model.load_state_dict(self._best_state)
+
+
+def _require_hook(name: str) -> None:
+    if not _has_pre_step_hook():
+        raise RuntimeError(f"{name} needs lrkit.train.Callback.on_before_step (fit calls it after "
+                           "backward, before optimizer.step()); this lrkit's fit has no such hook")
+
+
+class ClipGradNorm(Callback):
+    """Clip the global gradient norm to ``max_norm`` before each optimizer step
+    (``torch.nn.utils.clip_grad_norm_``: ``g <- g min(1, max_norm / (||g|| + 1e-6))``).
+
+    Runs in ``fit``'s ``on_before_step`` hook (after backward and AMP unscaling). Put a
+    :class:`MonitorCallback` before it in the list to monitor the unclipped norm.
+    ``norms`` holds each step's norm before clipping; ``clipped`` counts the steps it cut.
+    """
+
+    def __init__(self, max_norm: float, *, norm_type: float = 2.0) -> None:
+        self.max_norm = check_positive("max_norm", max_norm)
+        self.norm_type = check_positive("norm_type", norm_type)
+        self.norms: list[float] = []
+        self.clipped = 0
+        self._params: list[torch.Tensor] = []
+
+    def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        _require_hook("ClipGradNorm")
+        self._params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.norms, self.clipped = [], 0
+
+    def on_before_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        norm = float(torch.nn.utils.clip_grad_norm_(self._params, self.max_norm,
+                                                     norm_type=self.norm_type))
+        self.norms.append(norm)
+        self.clipped += norm > self.max_norm
+
+
+class _LRScaler(Callback):
+    """Multiply (or replace) the LR the schedule set, once per step, whatever the schedule.
+
+    ``fit`` sets the LR at the start of a step (a callable schedule) or after the optimizer step
+    (an :class:`lrkit.torch.LRSchedule`); without a schedule the LR just stays. This class
+    rewrites each group's LR in ``on_step_end`` (for the next step) and ``on_before_step`` (for
+    this step), and treats a group LR that differs from the one it last wrote as the schedule's
+    fresh value, so a scale is applied exactly once per step and composes with any schedule.
+    """
+
+    def _start(self, optimizer: torch.optim.Optimizer) -> None:
+        self._opt = optimizer
+        self._written = [None] * len(optimizer.param_groups)
+        self._base = [float(g["lr"]) for g in optimizer.param_groups]
+
+    def _target(self, i: int, base: float) -> float | None:
+        return None
+
+    def _apply(self) -> None:
+        for i, g in enumerate(self._opt.param_groups):
+            if self._written[i] is None or g["lr"] != self._written[i]:
+                self._base[i] = float(g["lr"])
+            new = self._target(i, self._base[i])
+            if new is not None:
+                g["lr"] = new
+                self._written[i] = new
+
+    def on_before_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self._apply()
+
+
+class DecayOnPlateau(_LRScaler, _ValSource):
+    """Decay the LR when a metric stops improving: the scheduled LR times the scale of a
+    :class:`lrkit.torch.Plateau` rule (ReduceLROnPlateau's rule, reused), so it composes with any
+    lrkit schedule.
+
+    ``source="val"`` feeds the rule the validation metric (from ``fit``'s ``on_eval`` or
+    ``evaluate``/``eval_every``); ``source="loss"`` feeds it the mean training loss of every
+    ``every`` updates. ``scale`` is the current multiplier; ``cuts`` lists the steps of each cut.
+    """
+
+    def __init__(self, rule: Any = None, *, source: str = "val", every: int = 50,
+                 evaluate: Callable[[nn.Module], float] | None = None,
+                 eval_every: int | None = None) -> None:
+        _ValSource.__init__(self, evaluate, eval_every)
+        from .torch import Plateau
+
+        if rule is None:
+            rule = Plateau(mode="min", factor=0.1, patience=2)
+        if not isinstance(rule, Plateau):
+            raise TypeError(f"rule must be a lrkit.torch.Plateau, got {type(rule).__name__}")
+        self.rule = rule
+        self.source = check_choice("source", source, ("val", "loss"))
+        self.every = check_int("every", every, minimum=1)
+        self.state = rule.initial()
+        self.cuts: list[int] = []
+
+    @property
+    def scale(self) -> float:
+        return self.state.scale
+
+    def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self._start(optimizer)
+        self.state = self.rule.initial()
+        self.cuts = []
+        self._sum, self._n = 0.0, 0
+
+    def _target(self, i: int, base: float) -> float | None:
+        return base * self.state.scale
+
+    def _report(self, step: int, metric: float) -> None:
+        before = self.state.scale
+        self.state = self.rule.update(self.state, metric)
+        if self.state.scale < before:
+            self.cuts.append(step)
+
+    def on_step_end(self, info: StepInfo) -> bool | str | None:
+        if self.source == "loss":
+            self._sum += info.loss
+            self._n += 1
+            if self._n == self.every:
+                self._report(info.step + 1, self._sum / self._n)
+                self._sum, self._n = 0.0, 0
+        reason = _ValSource.on_step_end(self, info)
+        self._apply()
+        return reason
+
+    def on_eval(self, step: int, metric: float) -> bool | str | None:
+        if self.source == "val":
+            self._report(step, metric)
+            self._apply()
+        return None
+
+
+class SWA(_LRScaler):
+    """Stochastic weight averaging from ``start_step`` at its own LR (Izmailov et al. 2018).
+
+    From update ``start_step`` on, every group's LR is ``swa_lr`` (after ``anneal_steps`` of
+    cosine annealing from the scheduled LR, as ``torch.optim.swa_utils.SWALR``), and every
+    ``avg_every`` updates the weights join a ``torch.optim.swa_utils.AveragedModel`` (equal-weight
+    running mean). At the end of training BatchNorm statistics of the average are recomputed with
+    ``torch.optim.swa_utils.update_bn`` over ``bn_batches`` (needed when the model has BatchNorm)
+    and, with ``swap=True``, the averaged weights are copied into the model (so
+    :func:`lrkit.train.run` scores the average). ``averaged`` is the ``AveragedModel``.
+    """
+
+    def __init__(self, start_step: int, swa_lr: float, *, anneal_steps: int = 0,
+                 avg_every: int = 1, bn_batches: Iterable | None = None,
+                 swap: bool = True) -> None:
+        self.start_step = check_int("start_step", start_step, minimum=0)
+        self.swa_lr = check_positive("swa_lr", swa_lr)
+        self.anneal_steps = check_int("anneal_steps", anneal_steps, minimum=0)
+        self.avg_every = check_int("avg_every", avg_every, minimum=1)
+        self.bn_batches = bn_batches
+        self.swap = bool(swap)
+        self.averaged: Any = None
+        self.n_averaged = 0
+
+    def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        from torch.optim.swa_utils import AveragedModel
+
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        if has_bn and self.bn_batches is None:
+            raise ValueError("the model has BatchNorm layers: pass bn_batches=<training batches> "
+                             "so SWA can recompute their statistics for the averaged weights")
+        self._start(optimizer)
+        self._model = model
+        self._has_bn = has_bn
+        self._t = 0
+        self._anneal_from: list[float] | None = None
+        self.averaged = AveragedModel(model)
+        self.n_averaged = 0
+
+    def _target(self, i: int, base: float) -> float | None:
+        k = self._t - self.start_step  # updates into the SWA phase (the one about to run)
+        if k < 0:
+            return None
+        if self._anneal_from is None:
+            self._anneal_from = list(self._base)
+        if self.anneal_steps and k < self.anneal_steps:
+            # SWALR's cosine: alpha = (1 - cos(pi t / T)) / 2, lr = swa_lr alpha + lr0 (1 - alpha)
+            alpha = (1 - math.cos(math.pi * (k + 1) / self.anneal_steps)) / 2
+            return self.swa_lr * alpha + self._anneal_from[i] * (1 - alpha)
+        return self.swa_lr
+
+    def on_step_end(self, info: StepInfo) -> bool | str | None:
+        k = info.step - self.start_step
+        if k >= 0 and k % self.avg_every == 0:
+            self.averaged.update_parameters(info.model)
+            self.n_averaged += 1
+        self._t = info.step + 1
+        self._apply()
+        return None
+
+    def on_train_end(self, result: FitResult) -> None:
+        if self.n_averaged == 0:
+            return
+        if self._has_bn:
+            from torch.optim.swa_utils import update_bn
+
+            dev = next(self._model.parameters()).device
+            update_bn(self.bn_batches, self.averaged, device=dev)
+        if self.swap:
+            self._model.load_state_dict(self.averaged.module.state_dict())

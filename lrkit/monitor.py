@@ -585,7 +585,7 @@ class Log:
 
 def read_log(path: str | Path) -> Log:
     """Read a log written by :class:`lrkit.callbacks.JsonlLogger` (or any JSON-lines file with
-    ``step`` and ``loss`` per line; other fields optional)."""
+    ``step`` and ``loss`` per line; other fields optional; ``.gz`` files are decompressed)."""
     import numpy as np
 
     p = Path(path)
@@ -595,7 +595,10 @@ def read_log(path: str | Path) -> Log:
     end = None
     rows: list[dict] = []
     found: dict[str, Finding] = {}
-    with open(p, encoding="utf-8") as fh:
+    import gzip
+
+    opener = gzip.open if p.suffix == ".gz" else open
+    with opener(p, "rt", encoding="utf-8") as fh:
         for i, line in enumerate(fh, 1):
             line = line.strip()
             if not line:

@@ -1,0 +1,57 @@
+"""What both adapters share: the monitor they feed and the per-step bookkeeping."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+from ..errors import check_choice
+from ..monitor import KINDS, Finding, Monitor
+
+
+def make_monitor(monitor: Monitor | None, val_mode: str) -> Monitor:
+    if monitor is None:
+        return Monitor(val_mode=val_mode)
+    if not isinstance(monitor, Monitor):
+        raise TypeError(f"monitor must be a lrkit.monitor.Monitor, got {type(monitor).__name__}")
+    return monitor
+
+
+def stop_kinds(stop_on: Iterable[str]) -> frozenset[str]:
+    return frozenset(check_choice("stop_on[]", k, KINDS) for k in stop_on)
+
+
+def grad_norm(model: Any) -> float:
+    """Global L2 norm of the model's gradients (0.0 when none)."""
+    import torch
+
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack([g.detach().float().norm() for g in grads])))
+
+
+def as_float(x: Any) -> float | None:
+    if x is None:
+        return None
+    try:
+        v = float(x.detach().cpu()) if hasattr(x, "detach") else float(x)
+    except (TypeError, ValueError):
+        return None
+    return v
+
+
+class Record:
+    """Findings the adapter saw raised (``new``) and the steps it fed (``steps``)."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self.raised: list[Finding] = []
+
+    def add(self, step: int, new: list[Finding]) -> None:
+        self.steps.append(step)
+        self.raised.extend(new)
+
+
+def finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)

@@ -1,0 +1,128 @@
+"""Lightning and Hugging Face adapters, each driven by the framework's real Trainer (CPU, offline)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lrkit.monitor import Monitor
+
+STEPS = 30
+
+
+def _data(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.1 * torch.randn(n, 1, generator=g)
+    return x, y
+
+
+def test_lightning_trainer_feeds_every_step_and_records_findings(tmp_path):
+    pl = pytest.importorskip("lightning.pytorch")
+    from lrkit.integrations.lightning import LightningMonitor
+
+    class Reg(pl.LightningModule):
+        def __init__(self, lr: float) -> None:
+            super().__init__()
+            self.net = nn.Linear(4, 1)
+            self.lr = lr
+            self.losses: list[float] = []
+
+        def training_step(self, batch, batch_idx):
+            loss = nn.functional.mse_loss(self.net(batch[0]), batch[1])
+            self.losses.append(float(loss.detach()))
+            return loss
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", nn.functional.mse_loss(self.net(batch[0]), batch[1]))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+    x, y = _data()
+    ds = torch.utils.data.TensorDataset(x, y)
+    train = torch.utils.data.DataLoader(ds, batch_size=8, shuffle=False)
+    val = torch.utils.data.DataLoader(ds, batch_size=64)
+    torch.manual_seed(0)
+    model = Reg(lr=1.5)  # far above 2/L for this quadratic: the loss blows up
+    cb = LightningMonitor(val_key="val_loss", verbose=False)
+    trainer = pl.Trainer(max_steps=STEPS, accelerator="cpu", devices=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[cb], val_check_interval=4,
+                         num_sanity_val_steps=0)
+    trainer.fit(model, train, val)
+    assert cb.record.steps == list(range(STEPS))  # every optimizer step reached the monitor
+    assert cb.monitor.total_steps == STEPS
+    kinds = [f.kind for f in cb.monitor.findings]
+    assert "diverged" in kinds
+    assert {f.kind for f in cb.record.raised} == set(kinds)
+    # an independent replay of the losses Lightning computed gives the same diverged step
+    ref = Monitor(total_steps=STEPS)
+    for t, loss in enumerate(model.losses[:STEPS]):
+        ref.update(t, loss, lr=1.5)
+    assert ref.finding("diverged").step == cb.monitor.finding("diverged").step
+
+
+def test_hf_trainer_feeds_every_step_and_records_findings(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from lrkit.integrations.hf import HFMonitor
+
+    class Reg(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Linear(4, 1)
+
+        def forward(self, x, labels=None):
+            out = self.net(x)
+            loss = nn.functional.mse_loss(out, labels) if labels is not None else None
+            return {"loss": loss, "logits": out}
+
+    class DS(torch.utils.data.Dataset):
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return {"x": self.x[i], "labels": self.y[i]}
+
+    x, y = _data()
+    torch.manual_seed(0)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=STEPS, per_device_train_batch_size=8,
+        learning_rate=5.0, lr_scheduler_type="constant", logging_steps=1, report_to=[],
+        use_cpu=True, save_strategy="no", disable_tqdm=True, eval_strategy="steps",
+        eval_steps=10, seed=0, max_grad_norm=0.0)
+    cb = HFMonitor(val_key="eval_loss", verbose=False)
+    trainer = transformers.Trainer(model=Reg(), args=args, train_dataset=DS(x, y),
+                                   eval_dataset=DS(x, y), callbacks=[cb])
+    trainer.train()
+    assert cb.steps_seen == STEPS
+    assert cb.record.steps == list(range(STEPS))
+    assert cb.monitor.total_steps == STEPS
+    kinds = [f.kind for f in cb.monitor.findings]
+    assert kinds and {"diverged", "lr_too_high"} & set(kinds), kinds
+    assert {f.kind for f in cb.record.raised} == set(kinds)
+    # the losses HF logged, replayed through a fresh monitor, give the same findings
+    logged = [h for h in trainer.state.log_history if "loss" in h and "eval_loss" not in h]
+    assert len(logged) == STEPS
+    ref = Monitor(total_steps=STEPS)
+    for h in logged:
+        ref.update(h["step"] - 1, h["loss"], lr=h["learning_rate"])
+    assert [(f.kind, f.step) for f in ref.lr_findings] == [
+        (f.kind, f.step) for f in cb.monitor.lr_findings]
+
+
+def test_adapters_check_their_arguments():
+    pytest.importorskip("lightning.pytorch")
+    from lrkit.integrations.lightning import LightningMonitor
+
+    with pytest.raises(TypeError, match="monitor"):
+        LightningMonitor(monitor="nope")
+    with pytest.raises(ValueError, match="stop_on"):
+        LightningMonitor(stop_on=["exploded"])
