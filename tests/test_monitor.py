@@ -1,0 +1,209 @@
+"""The monitor: rules on hand-made curves with hand-computed statistics, real logs, CLI, no torch."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lrkit.monitor import (KINDS, LR_KINDS, Finding, Monitor, Thresholds, plot_log, read_log,
+                           replay)
+
+LOGS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "monitor-logs"
+
+
+def test_imports_without_torch():
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import lrkit.monitor as m\n"
+            "mon = m.Monitor(total_steps=100)\n"
+            "for t in range(100): mon.update(t, 2.0 - 0.01 * t, lr=1e-3)\n"
+            "assert 'torch' not in [k for k, v in sys.modules.items() if v is not None]\n"
+            "print([f.kind for f in mon.findings])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert "lr_too_low" in out.stdout
+
+
+def test_finding_is_frozen_and_round_trips():
+    f = Finding("plateau", 7, {"drop": 0.5}, "Decay the LR 10x.")
+    with pytest.raises(AttributeError):
+        f.step = 8  # type: ignore[misc]
+    assert Finding.from_dict(json.loads(json.dumps(f.to_dict()))) == f
+    with pytest.raises(ValueError, match="kind"):
+        Finding("lr_too_hot", 0)
+    assert set(LR_KINDS) <= set(KINDS) and len(KINDS) == 7
+
+
+def test_arguments_are_checked():
+    with pytest.raises(TypeError, match="did you mean 'low_share'"):
+        Monitor(low_shar=0.3)
+    with pytest.raises(ValueError, match="diverge_factor"):
+        Monitor(diverge_factor=0.5)
+    with pytest.raises(ValueError, match="val_mode"):
+        Monitor(val_mode="up")
+    with pytest.raises(ValueError, match="total_steps"):
+        Monitor(total_steps=0)
+    m = Monitor()
+    m.update(3, 1.0)
+    with pytest.raises(ValueError, match="step must increase"):
+        m.update(3, 1.0)
+    assert Monitor(thresholds=Thresholds(z=3.0), low_share=0.4).thresholds.z == 3.0
+
+
+def test_nonfinite_loss_is_diverged_raised_once_then_updated():
+    m = Monitor()
+    m.update(0, 2.0, lr=0.1)
+    assert m.update(1, float("nan"), lr=0.1)[0].kind == "diverged"
+    m.update(2, float("inf"), lr=0.1)
+    (f,) = m.findings
+    assert (f.kind, f.step, f.evidence["updated"]) == ("diverged", 1, 2)
+    assert "10x lower" in f.action
+
+
+def test_loss_above_factor_times_first_is_diverged_at_the_hand_computed_step():
+    # EMA (beta 0.9, debiased) of 1.0 then 10.0: m_n = 1 + 9 (1 - 0.9^k) / (1 - 0.9^n)
+    m = Monitor()
+    losses = [1.0] * 10 + [10.0] * 10
+    for t, l in enumerate(losses):
+        m.update(t, l, lr=0.1)
+    ema, expected = 0.0, None
+    for n, l in enumerate(losses, 1):
+        ema = 0.9 * ema + 0.1 * l
+        if expected is None and ema / (1 - 0.9 ** n) > 3.0:
+            expected = n - 1
+    assert m.finding("diverged").step == expected
+
+
+def test_shape_statistics_match_numpy_on_the_blocks():
+    rng = random.Random(0)
+    m = Monitor(block=5, min_steps=10**6)
+    losses = [3.0 * math.exp(-t / 40) + 0.3 + 0.05 * rng.gauss(0, 1) for t in range(200)]
+    lrs = [0.1 if t < 100 else 0.05 for t in range(200)]
+    for t, (l, lr) in enumerate(zip(losses, lrs)):
+        m.update(t, l, lr=lr)
+    s = m.shape()
+    x = np.array(losses).reshape(40, 5)
+    tau_end = np.cumsum(np.array(lrs)).reshape(40, 5)[:, -1]
+    tau = tau_end[-1]
+
+    def window(lo, hi):
+        idx = [i for i in range(40) if lo < tau_end[i] <= hi] or [
+            min(i for i in range(40) if tau_end[i] > lo)]
+        return x[idx].mean()
+
+    assert s["start"] == pytest.approx(window(0, 0.1 * tau), rel=1e-12)
+    assert s["middle"] == pytest.approx(window(0.45 * tau, 0.55 * tau), rel=1e-12)
+    assert s["end"] == pytest.approx(window(0.9 * tau, tau), rel=1e-12)
+    assert s["noise"] == pytest.approx(np.sqrt(np.mean(np.diff(losses) ** 2) / 2), rel=1e-12)
+
+
+def _run(losses, *, total=None, lr=0.1, grads=None, vals=None, **kw):
+    m = Monitor(total_steps=total, **kw)
+    for t, l in enumerate(losses):
+        m.update(t, l, lr=lr, grad_norm=None if grads is None else grads[t],
+                 val_metric=None if vals is None else vals.get(t))
+    return m
+
+
+def test_straight_line_is_too_low_and_a_bent_curve_is_not():
+    rng = random.Random(1)
+    n = 500
+    line = [2.3 - 0.002 * t + 0.02 * rng.gauss(0, 1) for t in range(n)]
+    m = _run(line, total=n)
+    f = m.finding("lr_too_low")
+    assert f is not None and f.step + 1 == pytest.approx(0.2 * n, abs=5)
+    assert "raise the LR about 10x" in f.action
+    bent = [0.2 + 2.1 * math.exp(-t / 15) + 0.02 * rng.gauss(0, 1) for t in range(n)]
+    m = _run(bent, total=n)
+    assert m.lr_findings == []
+    assert m.finding("plateau") is not None  # fast drop, then flat: decay advice
+
+
+def test_loss_climbing_back_is_too_high():
+    up = [2.0 * math.exp(-t / 10) + 0.1 for t in range(60)] + [
+        0.1 + 0.05 * (t - 60) for t in range(60, 100)]
+    m = _run(up, total=1000)
+    f = m.finding("lr_too_high")
+    assert f is not None and 60 < f.step < 100
+    assert "lower the LR about 3x" in f.action
+
+
+def test_gradient_rules():
+    n = 100
+    m = _run([1.0] * n, grads=[1.0] * 20 + [1e3] * 80)
+    assert m.finding("exploding_gradients") is not None
+    assert "ClipGradNorm" in m.finding("exploding_gradients").action
+    m = _run([1.0] * n, grads=[1.0] * 20 + [1e-6] * 80)
+    assert m.finding("vanishing_gradients") is not None
+    m = _run([1.0 * 0.9 ** t for t in range(n)], grads=[1.0] * 20 + [1e-6] * 80)
+    assert m.finding("vanishing_gradients") is None  # converged, not vanished
+
+
+def test_overfitting_needs_a_val_metric_and_flags_an_early_peak_as_too_high():
+    n = 400
+    train = [2.0 * math.exp(-t / 30) + 0.01 for t in range(n)]
+    vals = {t: 1.0 - 0.01 * t if t <= 40 else 0.6 + 0.004 * (t - 40) for t in range(0, n, 20)}
+    m = _run(train, total=n, vals=vals)
+    f = m.finding("overfitting")
+    assert f is not None and f.evidence["best_step"] == 40
+    assert m.finding("lr_too_high") is not None  # peaked at 10% of the run
+    assert _run(train, total=n).finding("overfitting") is None  # no val metric: no rule
+
+
+@pytest.mark.parametrize("task,cond,kinds", [
+    ("digits@1", "x1_100", {"lr_too_low"}), ("digits@1", "best", set()),
+    ("digits@1", "x30", {"diverged", "lr_too_high"}), ("logreg@1", "x1_100", {"lr_too_low"}),
+    ("diabetes@1", "x100", {"diverged", "lr_too_high"})])
+def test_real_logs_get_the_labelled_finding(task, cond, kinds):
+    for seed in (0, 1, 2):
+        log = read_log(LOGS / task / f"{cond}-seed{seed}.jsonl.gz")
+        assert log.meta["task"] == task
+        m = replay(log, Monitor(val_mode="max" if log.meta["higher_is_better"] else "min",
+                                total_steps=log.meta["steps"]))
+        first = sorted(m.lr_findings, key=lambda f: f.step)[:1]
+        assert {f.kind for f in first} <= kinds and bool(first) == bool(kinds)
+
+
+def test_read_log_checks_and_cli(tmp_path, capsys):
+    from lrkit import cli
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"step": 0}\n')
+    with pytest.raises(ValueError, match="needs 'step' and 'loss'"):
+        read_log(bad)
+    with pytest.raises(ValueError, match="path"):
+        read_log(tmp_path / "missing.jsonl")
+    log = tmp_path / "run.jsonl"
+    rows = [{"lrkit_log": 1, "meta": {"steps": 100}}]
+    rows += [{"step": t, "loss": 2.3 - 0.005 * t, "lr": 1e-4} for t in range(100)]
+    log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    png = tmp_path / "run.png"
+    assert cli.main(["monitor", str(log), "-o", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "lr_too_low" in out and png.stat().st_size > 1000
+    assert cli.main(["monitor", str(log), "--no-plot", "--json", "--threshold",
+                     "min_fraction=0.5"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found[0]["kind"] == "lr_too_low" and found[0]["step"] + 1 == 50
+
+
+def test_update_cost_is_constant_per_step():
+    # blocks are kept, but each check is a binary search: 20x more updates cost ~20x the time
+    import time
+
+    def cost(n):
+        m = Monitor(total_steps=n)
+        t0 = time.perf_counter()
+        for t in range(n):
+            m.update(t, 1.0 + 1.0 / (t + 1), lr=0.1, grad_norm=1.0)
+        return (time.perf_counter() - t0) / n
+
+    small, large = min(cost(2000) for _ in range(3)), min(cost(40000) for _ in range(3))
+    assert large < 2.0 * small
