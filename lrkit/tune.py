@@ -61,6 +61,10 @@ _OWN_WARMUP = ("onecycle",)
 SPACING = 0.25
 #: successive halving's reduction factor (keep the best 1/ETA families)
 ETA = 3
+#: a rung-1 winner at the edge of its LRs walks on by this many decades per step (while it wins
+#: and the budget lasts); the plan reserves room for WALK_RESERVE such runs
+WALK = 0.5
+WALK_RESERVE = 1
 #: the shortest rung-0 horizon worth running, as a fraction of a full run, and in steps
 MIN_RUNG_FRACTION = 1 / 15
 MIN_RUNG_STEPS = 10
@@ -183,7 +187,7 @@ def _halving_plan(full: int, budget: float, range_cost: int, families: int) -> _
     floor = max(MIN_RUNG_STEPS, int(full * MIN_RUNG_FRACTION))
     keep = min(families, max(1, math.ceil(families / ETA)))
     while True:
-        r0 = left // (families + 6 * keep) if left > 0 else 0
+        r0 = left // (families + 2 * (3 * keep + WALK_RESERVE)) if left > 0 else 0
         if r0 >= floor or keep == 1:
             break
         keep -= 1
@@ -509,26 +513,48 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     # rung 1: the kept families, each at its three LRs, twice the horizon
     arms1 = [a for f in kept for a in _arms(centres, f)]
     res1 = _run_rung(task, arms1, 1, plan.rung1, log, seed, show)
-    i_best = min(range(len(arms1)), key=lambda i: (_rank(task, _num(res1[i]["metric"]),
-                                                         res1[i]["diverged"]), i))
+
+    def best() -> int:
+        return min(range(len(arms1)), key=lambda i: (_rank(task, _num(res1[i]["metric"]),
+                                                           res1[i]["diverged"]), i))
+
+    # walk on while the winner is the lowest or highest LR of its family and the budget lasts
+    left = plan.total_steps - full - range_stage.cost_steps
+    walks = 0
+    while True:
+        i_best = best()
+        w = arms1[i_best]
+        mine = sorted(a.multiplier for a in arms1 if a.family == w.family)
+        spent = sum(int(r["steps_done"]) for r in log.trials)
+        if (res1[i_best]["diverged"] or spent + plan.rung1 > left
+                or w.multiplier not in (mine[0], mine[-1])):
+            break
+        direction = -1.0 if w.multiplier == mine[0] else 1.0
+        m = w.multiplier * 10 ** (direction * WALK)
+        arm = _Arm(w.family, w.centre * m, w.centre, m)
+        arms1.append(arm)
+        res1 += _run_rung(task, [arm], 1, plan.rung1, log, seed, show)
+        walks += 1
     winner = arms1[i_best]
     for i, r in enumerate(res1):
         r["kept"] = i == i_best
-    log.rungs.append({"rung": 1, "steps": plan.rung1, "kept": [winner.key],
+    log.rungs.append({"rung": 1, "steps": plan.rung1, "kept": [winner.key], "walks": walks,
                       "rule": f"best of {len(arms1)} arms by val {task.metric}"})
     log.save()
     show.table(task, log.trials, 1)
     cost = sum(int(r["steps_done"]) for r in log.trials)
     all_div = all(r["diverged"] for r in res1)
-    edge = winner.multiplier != 1.0
+    mine = sorted(a.multiplier for a in arms1 if a.family == winner.family)
+    edge = winner.multiplier in (mine[0], mine[-1])
     outcome = {"family": winner.family, "lr": winner.lr, "centre": winner.centre,
-               "metric": res1[i_best]["metric"], "kept_rung0": kept,
+               "metric": res1[i_best]["metric"], "kept_rung0": kept, "walks": walks,
                "all_diverged": all_div, "at_edge": edge, "plan": plan.to_dict()}
     wall = sum(float(r["wall_time"]) for r in log.trials)
     stage = Stage("confirmation (successive halving)", cost, wall, outcome)
     folder.save("halving", {"plan": plan.to_dict(), "centres": dict(centres),
                             "trials": log.trials, "rungs": log.rungs, "stage": stage.to_dict()})
-    return {"winner": winner, "trials": log.trials, "plan": plan, "centres": centres}, stage
+    return {"winner": winner, "trials": log.trials, "plan": plan, "centres": centres,
+            "walks": walks, "at_edge": edge}, stage
 
 
 def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
@@ -684,10 +710,13 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
                  f"for it, scored validation {name} as: {ranking}; "
                  f"{' and '.join(halving['rungs_kept'])} went on.")
     r1 = [r for r in trials if r["rung"] == 1]
-    parts.append(f"Runs of {plan.rung1} steps at three LRs a quarter decade apart then picked "
-                 f"{w.family} at {w.lr:.3g} (validation {name} "
-                 f"{fmt(next(r['metric'] for r in r1 if r.get('kept')))}"
-                 f"{', the edge of the LRs tried' if w.multiplier != 1.0 else ''}).")
+    walked = (f", walking on {halving['walks']} time(s) by half a decade while the edge won"
+              if halving.get("walks") else "")
+    edge = ("; it is the edge of the LRs tried: the best may lie beyond"
+            if halving.get("at_edge") else "")
+    parts.append(f"Runs of {plan.rung1} steps at three LRs a quarter decade apart{walked} then "
+                 f"picked {w.family} at {w.lr:.3g} (validation {name} "
+                 f"{fmt(next(r['metric'] for r in r1 if r.get('kept')))}{edge}).")
     total = sum(st.cost_steps for st in stages)
     parts.append(f"The full {full}-step run with that schedule scored {fmt(final['metric'])} "
                  f"test {name}; everything together cost {total} steps = "
