@@ -56,6 +56,23 @@ class CompareResult:
                 "rows": [dict(r) for r in self.rows], "cost_steps": self.cost_steps,
                 "wall_time": self.wall_time, "range_test": dict(self.range_test)}
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CompareResult":
+        def num(x: Any) -> float:
+            return math.nan if x is None else float(x)
+
+        rows = []
+        for r in d["rows"]:
+            r = dict(r)
+            r["val"] = [num(v) for v in r["val"]]
+            r["losses"] = [num(v) for v in r["losses"]]
+            r["test"], r["final_loss"] = num(r["test"]), num(r["final_loss"])
+            r["val_curve"] = [tuple(v) for v in r["val_curve"]]
+            rows.append(r)
+        return cls(task=d["task"], metric=d["metric"], higher_is_better=d["higher_is_better"],
+                   steps=int(d["steps"]), rows=tuple(rows), cost_steps=int(d["cost_steps"]),
+                   wall_time=float(d["wall_time"]), range_test=dict(d.get("range_test") or {}))
+
     def best(self) -> Mapping[str, Any]:
         """The row with the best test metric."""
         sign = -1.0 if self.higher_is_better else 1.0
@@ -99,10 +116,11 @@ class CompareResult:
                          label=r["family"])
         fin = [v for r in self.rows for v in r["losses"][len(r["losses"]) // 10:]
                if math.isfinite(v)]
+        axes[0].set_yscale("log")
         if fin:
             lo, hi = float(np.percentile(fin, 0.5)), float(np.percentile(fin, 99))
-            axes[0].set_ylim(lo - 0.05 * (hi - lo), hi)
-        axes[0].set_yscale("log")
+            if lo > 0:
+                axes[0].set_ylim(lo * 0.8, hi * 1.25)
         axes[0].set(xlabel="optimizer step", ylabel="training loss (smoothed, log scale)",
                     title="training loss")
         axes[0].legend(fontsize=7)
@@ -117,6 +135,9 @@ class CompareResult:
         axes[2].set(xlabel="optimizer step", ylabel="learning rate",
                     title="each schedule at its own best LR")
         axes[2].set_yscale("log")
+        peaks = [max(r["lrs_used"]) for r in self.rows if r["lrs_used"]]
+        if peaks:
+            axes[2].set_ylim(min(peaks) / 100, max(peaks) * 1.5)
         axes[2].legend(fontsize=7)
         fig.suptitle(f"{self.task}: {len(self.rows)} schedules, each at its own best LR "
                      f"(5-LR search on val, then a full run scored on test)")
