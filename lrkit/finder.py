@@ -342,7 +342,7 @@ def find_lr(
     diverge_factor: float = 4.0,
     val_loader: Iterable | None = None,
     accumulation_steps: int = 1,
-    amp: bool = False,
+    amp: bool | str = False,
     restore: bool = True,
     method: str = "lrkit",
     confirm: bool = False,

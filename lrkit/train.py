@@ -238,7 +238,7 @@ def fit(
     callbacks: Sequence[Callback] = (),
     grad_clip: float | None = None,
     accumulation_steps: int = 1,
-    amp: bool = False,
+    amp: bool | str = False,
     scaler: Any = None,
     device: str | torch.device | None = None,
     evaluate: Callable[[nn.Module], float] | None = None,
@@ -256,8 +256,9 @@ def fit(
     ``i`` at update ``t`` is ``group_scales[i] * schedule(t)`` (through :class:`lrkit.torch.LRSchedule`
     for a :class:`~lrkit.schedules.Schedule`, so momentum cycling applies too).
 
-    ``amp=True`` runs the forward pass under ``torch.autocast`` (float16 with a ``GradScaler`` on
-    CUDA, bfloat16 without scaling on CPU). A non-finite loss stops the run at once with
+    ``amp=True`` (or ``"fp16"``) runs the forward pass under ``torch.autocast`` (float16 with a
+    ``GradScaler`` on CUDA, bfloat16 without scaling on CPU); ``amp="bf16"`` uses bfloat16
+    without scaling everywhere. A non-finite loss stops the run at once with
     ``stop_reason="nan"``. ``ddp_average_loss`` all-reduces the recorded loss across ranks when
     ``torch.distributed`` is initialised (every rank then sees the same trace).
     ``track_grad_norm`` computes the global gradient norm every step for callbacks (it is
@@ -280,12 +281,15 @@ def fit(
     if dev is not None:
         model.to(dev)
 
+    if amp not in (False, True, "fp16", "bf16"):
+        raise ValueError(f"amp must be False, True, 'fp16' or 'bf16', got {amp!r}")
     use_cuda_amp = bool(amp) and (dev is not None and dev.type == "cuda"
                                   or dev is None and next(model.parameters()).is_cuda)
-    if amp and scaler is None and use_cuda_amp:
+    half = use_cuda_amp and amp in (True, "fp16")  # float16 needs loss scaling
+    if half and scaler is None:
         scaler = torch.amp.GradScaler("cuda")
     autocast_device = "cuda" if use_cuda_amp else "cpu"
-    autocast_dtype = torch.float16 if use_cuda_amp else torch.bfloat16
+    autocast_dtype = torch.float16 if half else torch.bfloat16
 
     def autocast() -> Any:
         if not amp:  # entering a disabled autocast context still costs a few us per step
