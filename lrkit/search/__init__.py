@@ -8,6 +8,10 @@ See ``docs/search.md``.
 
 from __future__ import annotations
 
+import sys
+import types
+from typing import Any
+
 from ._bench import bench_choice
 from ._cli import add_cli_arguments, cli_main
 from ._core import METHODS, PRUNERS, Pruned, SearchOptions, search
@@ -35,3 +39,14 @@ __all__ = [
     "add_cli_arguments",
     "cli_main",
 ]
+
+
+class _CallableModule(types.ModuleType):
+    """``lrkit.search`` is both this package and the function: importing the package sets the
+    attribute ``lrkit.search`` to the module, so the module itself calls :func:`search`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> SearchResult:
+        return search(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -660,15 +660,16 @@ def _pruner(optuna: Any, name: str, plan: _Plan, runner: Any, world: int) -> Any
     if world > 1 or name == "none" or (name == "auto" and plan.method in
                                        ("grid", "coarse_to_fine", "auto")):
         return optuna.pruners.NopPruner()
-    steps = getattr(runner, "steps", None) or 100
+    steps = getattr(runner, "steps", None)  # None: an objective, whose steps are its own
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=steps // 5)
+        return optuna.pruners.MedianPruner(n_startup_trials=3,
+                                           n_warmup_steps=steps // 5 if steps else 0)
     if name == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, steps // 9),
-                                                      reduction_factor=3)
-    return optuna.pruners.HyperbandPruner(min_resource=max(1, steps // 9),
-                                          max_resource=steps * (plan.cv_folds or 1),
-                                          reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=max(1, steps // 9) if steps else "auto", reduction_factor=3)
+    return optuna.pruners.HyperbandPruner(
+        min_resource=max(1, steps // 9) if steps else 1,
+        max_resource=steps * (plan.cv_folds or 1) if steps else "auto", reduction_factor=3)
 
 
 # ----------------------------------------------------------------------------- the worker
@@ -682,8 +683,10 @@ def _limits_reached(trials: Sequence[Any], plan: _Plan, states: Any) -> bool:
     if plan.budget is not None:
         spent = (plan.range_test or {}).get("cost_steps", 0) + sum(
             int(t.user_attrs.get("steps", 0)) for t in live)
-        running = sum(t.state == states.RUNNING for t in live) * plan.trial_cost
-        if spent + running + plan.trial_cost > plan.budget:
+        # an objective's cost is what it reports: expect the largest seen so far
+        cost = max([plan.trial_cost] + [int(t.user_attrs.get("steps", 0)) for t in live])
+        running = sum(t.state == states.RUNNING for t in live) * cost
+        if spent + running + cost > plan.budget:
             return True
     return False
 
@@ -722,19 +725,40 @@ def _work(optuna: Any, study: Any, plan: _Plan, runner: Any, sign: float,
                     continue
                 break
         trial = study.ask()
-        from_queue = "fixed_params" in storage.get_trial(trial._trial_id).system_attrs
-        if plan.method == "grid" and not from_queue:
+        if plan.method == "grid" and "fixed_params" not in storage.get_trial(
+                trial._trial_id).system_attrs:
             # another worker popped the last queued point between our look and our ask
             trial.set_user_attr("lrkit_void", True)
             study.tell(trial, state=S.PRUNED)
             continue
         with _Heartbeat(storage, trial):
-            _run_trial(optuna, study, trial, plan, runner, sign, families, world)
-        display.update(result_from_study(study, where))
+            try:
+                _run_trial(study, trial, trials, plan, runner, sign, families, world)
+            except BaseException:
+                # interrupted (Ctrl-C) or crashed: the trial is failed now, and its point goes
+                # back to the queue so that the resumed study (or another worker) runs it
+                _fail_and_requeue(study, trial, storage, S)
+                raise
+        if display.live is not None:
+            display.update(result_from_study(study, where))
 
 
-def _run_trial(optuna: Any, study: Any, trial: Any, plan: _Plan, runner: Any, sign: float,
-               families: list, world: int) -> None:
+def _fail_and_requeue(study: Any, trial: Any, storage: Any, S: Any) -> None:
+    try:
+        frozen = storage.get_trial(trial._trial_id)
+        if frozen.state != S.RUNNING:
+            return
+        study.tell(trial, state=S.FAIL)
+        if frozen.params and frozen.user_attrs.get("retry_of") is None:
+            study.enqueue_trial(dict(frozen.params), user_attrs={"retry_of": trial.number})
+    except Exception:  # noqa: BLE001 - the original error matters more; the heartbeat
+        pass  # will fail the trial later if this could not
+
+
+def _run_trial(study: Any, trial: Any, trials: Sequence[Any], plan: _Plan, runner: Any,
+               sign: float, families: list, world: int) -> None:
+    """Suggest, skip (above a divergence point) or train, and tell. ``trials`` is the study as
+    the worker saw it just before asking (its divergence points and penalty values)."""
     from optuna.trial import TrialState as S
 
     if len(families) > 1:
@@ -744,7 +768,6 @@ def _run_trial(optuna: Any, study: Any, trial: Any, plan: _Plan, runner: Any, si
         if family is not None:
             trial.set_user_attr("schedule", family)
     lr = trial.suggest_float("lr", plan.low, plan.high, log=True)
-    trials = study.get_trials(deepcopy=False)
     diverged_at = min((t.params["lr"] for t in trials if t.state == S.COMPLETE
                        and t.user_attrs.get("diverged") and not t.user_attrs.get("skipped")
                        and t.params.get("schedule", t.user_attrs.get("schedule")) == family
@@ -784,7 +807,7 @@ def _run_trial(optuna: Any, study: Any, trial: Any, plan: _Plan, runner: Any, si
         return
     if out.diverged:
         trial.set_user_attr("diverged", True)
-        value = _penalty(study.get_trials(deepcopy=False), runner, sign, out, S)
+        value = _penalty(trials, runner, sign, out, S)
         if value is None:
             study.tell(trial, state=S.FAIL)
         else:

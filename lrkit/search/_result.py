@@ -221,7 +221,8 @@ def record_of(t: Any) -> TrialRecord:
     return TrialRecord(number=t.number, lr=lr, schedule=t.params.get("schedule", ua.get("schedule")),
                        metric=metric, steps=int(ua.get("steps", 0)), state=state,
                        fold_metrics=tuple(ua.get("fold_metrics") or ()),
-                       fold_std=ua.get("fold_std"), retry_of=t.system_attrs.get("failed_trial"),
+                       fold_std=ua.get("fold_std"),
+                       retry_of=t.system_attrs.get("failed_trial", ua.get("retry_of")),
                        seconds=seconds)
 
 
@@ -231,7 +232,8 @@ def result_from_study(study: Any, storage_name: str, *, notes: Sequence[str] = (
     spec = study.user_attrs.get("lrkit_spec", {})
     higher = bool(spec.get("higher_is_better",
                            study.direction.name == "MAXIMIZE"))
-    rows = tuple(record_of(t) for t in study.get_trials(deepcopy=False))
+    rows = tuple(record_of(t) for t in study.get_trials(deepcopy=False)
+                 if not t.user_attrs.get("lrkit_void"))
     sign = 1.0 if higher else -1.0
     best: TrialRecord | None = None
     for r in rows:

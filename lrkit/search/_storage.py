@@ -129,8 +129,7 @@ def _with_retries(make: Any, url: str, attempts: int = 8) -> Any:
             return make()
         except (exc.IntegrityError, exc.OperationalError, exc.ProgrammingError) as e:
             transient = isinstance(e, exc.IntegrityError) or any(
-                s in str(e).lower() for s in ("already exists", "locked", "busy", "duplicate",
-                                              "could not connect", "connection refused"))
+                s in str(e).lower() for s in ("already exists", "locked", "busy", "duplicate"))
             if not transient or attempt == attempts - 1:
                 raise LRKitError(f"cannot open storage {mask_url(url)}: {type(e).__name__}: "
                                  f"{_scrub(str(e).splitlines()[0], url)}") from None
@@ -188,6 +187,7 @@ def open_storage(
                          f"{mask_url(storage)!r}")
     from sqlalchemy.engine import make_url
 
+    storage = _with_driver(storage)
     try:
         parsed = make_url(storage)
     except Exception:  # noqa: BLE001 - SQLAlchemy's message would echo the URL
@@ -227,6 +227,18 @@ def open_storage(
         if backend == "postgresql":
             return _with_retries(lambda: _postgres_locked(storage, make), storage)
         return _with_retries(make, storage)
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` (and ``postgres://``) with a driver that is installed: SQLAlchemy 2.1
+    picks psycopg 3 for a bare ``postgresql://``; fall back to psycopg2 when only it is here."""
+    import importlib.util
+
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare):
+            driver = "psycopg" if importlib.util.find_spec("psycopg") else "psycopg2"
+            return f"postgresql+{driver}://" + url[len(bare):]
+    return url
 
 
 def _postgres_locked(url: str, make: Any) -> Any:

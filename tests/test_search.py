@@ -1,0 +1,362 @@
+"""Tests of lrkit.search on real storages (SQLite files, worker processes, gloo DDP).
+
+References are independent of the code under test: every trial's metric is compared with a
+direct ``lrkit.train.run`` at the same LR, grids with ``np.geomspace``, fold splits with a manual
+partition, spreads with ``np.std``. The PostgreSQL tests are in ``test_search_postgres.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+import lrkit.search as S
+from lrkit.errors import LRKitError
+from lrkit.search import SearchResult, fold_batches, fold_task, mask_url, search
+from lrkit.train import run
+from tests.tiny_task import make_task
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bowl(lr: float, report) -> float:
+    """A smooth objective with its minimum 1.0 at lr = 1e-2 (log scale)."""
+    report(10, (math.log10(lr) + 2) ** 2 + 1)
+    return (math.log10(lr) + 2) ** 2 + 1
+
+
+def sqlite(tmp_path: Path, name: str = "s.db") -> str:
+    return f"sqlite:///{tmp_path / name}"
+
+
+# ------------------------------------------------------------------------------ arguments
+@pytest.mark.parametrize("url, masked", [
+    ("postgresql://me:s3cret@db:5432/optuna", "postgresql://me:***@db:5432/optuna"),
+    ("mysql+pymysql://u:p%40ss@h/db", "mysql+pymysql://u:***@h/db"),
+    ("postgresql://h/db?user=u&password=pw&x=1", "postgresql://h/db?user=u&password=***&x=1"),
+    ("postgresql://user@host/db", "postgresql://user@host/db"),
+    ("sqlite:////tmp/a.db", "sqlite:////tmp/a.db"),
+])
+def test_mask_url(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(method="bayes"), ValueError, "method must be one of"),
+    (dict(low=1.0, high=0.1), ValueError, "high must be > low"),
+    (dict(low=-1.0, high=0.1), ValueError, "low must be > 0"),
+    (dict(n_trials=0), ValueError, "n_trials must be an integer >= 1"),
+    (dict(cv_folds=1), ValueError, "cv_folds must be an integer >= 2"),
+    (dict(pruner="asha"), ValueError, "pruner must be one of"),
+    (dict(schedules="cosine"), TypeError, "schedules must be a non-empty list"),
+    (dict(schedules=["cosine", "cosin"]), ValueError, "schedules\\[\\] must be one of"),
+    (dict(storage="nowhere"), ValueError, "storage must be a database URL"),
+    (dict(storage=3), TypeError, "storage must be None"),
+])
+def test_bad_arguments_name_the_argument(kwargs: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        search(make_task(), progress=False, **{"low": 1e-3, "high": 1.0, **kwargs})
+
+
+def test_objective_needs_its_range_and_no_folds() -> None:
+    with pytest.raises(ValueError, match="low and high are required"):
+        search(bowl, storage="memory")
+    with pytest.raises(ValueError, match="cv_folds needs a Task"):
+        search(bowl, low=1e-4, high=1.0, cv_folds=3, storage="memory")
+    with pytest.raises(TypeError, match="task_or_objective must be"):
+        search(42, low=1e-4, high=1.0, storage="memory")
+
+
+def test_storage_errors_never_show_the_password() -> None:
+    with pytest.raises(LRKitError) as e:
+        S.open_storage("postgresql://u:topsecret@127.0.0.1:1/db")
+    assert "topsecret" not in str(e.value) and "u:***@127.0.0.1:1/db" in str(e.value)
+
+
+# ------------------------------------------------------------------------- grid on a task
+def test_grid_trains_every_point_once_and_skips_above_divergence(tmp_path: Path) -> None:
+    task = make_task()
+    res = search(task, method="grid", low=1e-3, high=10.0, n_trials=9, storage=sqlite(tmp_path),
+                 progress=False)
+    lrs = np.geomspace(1e-3, 10.0, 9)
+    assert [t.lr for t in res.trials] == pytest.approx(lrs, rel=1e-12)
+    # the independent reference: one plain run per grid LR, scored on "val"
+    ref = {float(lr): run(task, float(lr), eval_split="val") for lr in lrs}
+    first_div = min(lr for lr, r in ref.items() if r.diverged)
+    assert first_div == pytest.approx(10 ** -0.5)  # 2/L = 0.25 for this task
+    for t in res.trials:
+        if t.lr < first_div * 0.999:
+            assert t.state == "complete" and t.metric == ref[t.lr].metric and t.steps == 40
+        elif t.lr == pytest.approx(first_div):
+            assert t.state == "diverged" and t.steps == ref[t.lr].steps_done < 40
+        else:  # divergence is data: never trained
+            assert t.state == "skipped" and t.steps == 0
+    assert res.saved == 3 and res.divergence == {"constant": pytest.approx(first_div)}
+    best = min((r.metric, lr) for lr, r in ref.items() if not r.diverged)
+    assert res.best_lr == best[1] and res.best_metric == best[0]
+    assert res.cost_steps == sum(t.steps for t in res.trials)
+
+
+def test_interrupted_study_resumes_with_completed_trials_kept(tmp_path: Path) -> None:
+    calls: list[float] = []
+
+    def f(lr: float, report) -> float:
+        if len(calls) == 3 and not getattr(f, "resumed", False):
+            raise KeyboardInterrupt
+        calls.append(lr)
+        return bowl(lr, report)
+
+    kw = dict(low=1e-4, high=1.0, method="grid", n_trials=5, storage=sqlite(tmp_path),
+              study_name="resume", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        search(f, **kw)
+    study = optuna.load_study(study_name="resume", storage=S.open_storage(sqlite(tmp_path)))
+    before = {t.number: (t.params["lr"], t.value) for t in study.get_trials()
+              if t.state == optuna.trial.TrialState.COMPLETE}
+    assert len(before) == 3
+    f.resumed = True
+    res = search(f, **kw)
+    assert len(calls) == 5  # 3 before, the interrupted point and the last one after
+    done = {t.number: (t.lr, t.metric) for t in res.trials if t.state == "complete"}
+    assert all(done[n] == v for n, v in before.items())
+    assert sorted(lr for lr, _ in done.values()) == pytest.approx(np.geomspace(1e-4, 1, 5))
+    failed = [t for t in res.trials if t.state == "failed"]
+    assert len(failed) == 1
+    assert [t.retry_of for t in res.trials if t.retry_of is not None] == [failed[0].number]
+    assert res.best_lr == pytest.approx(1e-2)
+
+
+# ------------------------------------------------------------------ many local processes
+_LOCAL_WORKER = textwrap.dedent("""
+    import math, os, sys, time
+    from lrkit.search import search
+    def f(lr, report):
+        time.sleep(0.05)
+        with open(sys.argv[1], "a") as log:
+            log.write(f"{os.getpid()} {lr!r}\\n")
+        return (math.log10(lr) + 2) ** 2
+    search(f, low=1e-4, high=1.0, method="grid", n_trials=12, study_name="four",
+           progress=False)
+""")
+
+
+def test_four_processes_share_the_default_sqlite_file(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    log = tmp_path / "calls.txt"
+    procs = [subprocess.Popen([sys.executable, "-c", _LOCAL_WORKER, str(log)], cwd=tmp_path,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(4)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err.decode()[-3000:]
+        assert b"database is locked" not in err
+    db = tmp_path / "lrkit-runs" / "lrkit.db"  # the default storage, nothing configured
+    assert db.exists()
+    calls = [line.split() for line in log.read_text().splitlines()]
+    lrs = sorted(float(lr) for _, lr in calls)
+    assert lrs == pytest.approx(np.geomspace(1e-4, 1.0, 12), rel=1e-12)  # each point once
+    res = S.show(f"sqlite:///{db}", "four")
+    assert sorted(t.lr for t in res.trials) == pytest.approx(lrs) and res.best_lr == \
+        pytest.approx(np.geomspace(1e-4, 1.0, 12)[np.argmin([(math.log10(v) + 2) ** 2
+                                                             for v in lrs])])
+
+
+# ------------------------------------------------------------------------ methods, pruning
+@pytest.mark.parametrize("method", ["tpe", "gp", "coarse_to_fine", "auto"])
+def test_methods_find_the_bowl(method: str) -> None:
+    res = search(bowl, low=1e-5, high=1.0, method=method, n_trials=12, storage="memory",
+                 seed=3, progress=False)
+    assert len(res.trials) == 12 and abs(math.log10(res.best_lr) + 2) < 0.3
+
+
+def test_coarse_to_fine_scans_decades_then_refines() -> None:
+    res = search(bowl, low=1e-5, high=1.0, method="coarse_to_fine", n_trials=9,
+                 storage="memory", progress=False)
+    x = [math.log10(t.lr) for t in res.trials]
+    assert x[:6] == pytest.approx([-5, -4, -3, -2, -1, 0])
+    assert x[6:] == pytest.approx([-1.5, -2.5, -1.75])  # best -2: +/- half, then a quarter
+
+
+def test_random_never_trains_above_a_known_divergence_point() -> None:
+    def f(lr: float, report) -> float:
+        return math.nan if lr > 0.05 else bowl(lr, report)
+
+    res = search(f, low=1e-5, high=1.0, method="random", n_trials=25, storage="memory",
+                 progress=False, seed=1)
+    trained = [t for t in res.trials if t.state in ("complete", "diverged")]
+    first = next(t for t in trained if t.state == "diverged")
+    later = [t for t in trained if t.number > first.number]
+    assert all(t.lr < first.lr for t in later)
+    skipped = [t for t in res.trials if t.state == "skipped"]
+    assert res.saved == len(skipped) > 0
+    for t in skipped:  # at or above an LR that had diverged before it was drawn
+        known = min(d.lr for d in trained if d.state == "diverged" and d.number < t.number)
+        assert t.lr >= known and t.steps == 0
+
+
+def test_median_pruner_stops_bad_trials() -> None:
+    def f(lr: float, report) -> float:
+        v = (math.log10(lr) + 2) ** 2
+        for step in range(1, 11):
+            report(step, v + 1.0 / step)
+        return v
+
+    res = search(f, low=1e-5, high=1.0, method="random", pruner="median", n_trials=15,
+                 storage="memory", progress=False)
+    pruned = [t for t in res.trials if t.state == "pruned"]
+    assert pruned and all(t.steps < 10 for t in pruned)
+    done = [t for t in res.trials if t.state == "complete"]
+    assert min(abs(math.log10(t.lr) + 2) for t in done) <= min(
+        abs(math.log10(t.lr) + 2) for t in pruned)
+
+
+def test_auto_on_a_task_spends_its_budget_and_beats_a_grid() -> None:
+    task = make_task()
+    res = search(task, storage="memory", progress=False)
+    assert res.range_test is not None and res.range_test["cost_steps"] > 0
+    assert res.budget == res.range_test["cost_steps"] + 8 * 40 and "budget" in res.notes[0]
+    assert res.cost_steps <= res.budget
+    assert res.cost_steps == res.range_test["cost_steps"] + sum(t.steps for t in res.trials)
+    grid = [run(task, float(lr), eval_split="val").metric for lr in np.geomspace(1e-3, 1, 13)]
+    assert res.best_metric <= min(m for m in grid if math.isfinite(m))
+
+
+# ------------------------------------------------------------------- folds and schedules
+def test_fold_split_is_a_partition_and_scores_the_held_out_fold() -> None:
+    task = make_task()
+    folds = fold_batches(task, 3)
+    it = task.batches(0)
+    epoch = [next(it) for _ in range(8)]  # 256 examples / batch 32
+    assert [len(f) for f in folds] == [3, 3, 2]
+    assert all(torch.equal(folds[j % 3][j // 3][0], epoch[j][0]) for j in range(8))
+    model = task.build_model(0)
+    ft = fold_task(task, 3, 1, folds=folds)
+    with torch.no_grad():
+        manual = np.mean([float(torch.nn.functional.mse_loss(model(x).squeeze(1), y))
+                          for x, y in (epoch[1], epoch[4], epoch[7])])
+    assert ft.evaluate(model, "val") == pytest.approx(manual, rel=1e-6)
+    train = next(ft.batches(0))[0]
+    assert not any(torch.equal(train, b[0]) for b in (epoch[1], epoch[4], epoch[7]))
+
+
+def test_cross_validated_search_records_every_fold() -> None:
+    task = make_task()
+    res = search(task, method="grid", low=0.01, high=0.1, n_trials=2, cv_folds=3,
+                 storage="memory", progress=False)
+    folds = fold_batches(task, 3)
+    for t in res.trials:
+        ref = [run(fold_task(task, 3, i, folds=folds), t.lr, eval_split="val").metric
+               for i in range(3)]
+        assert list(t.fold_metrics) == ref and t.steps == 120
+        assert t.metric == pytest.approx(np.mean(ref))
+        assert t.fold_std == pytest.approx(np.std(ref, ddof=1))
+
+
+def test_fold_protocol_method_is_used() -> None:
+    base = make_task()
+
+    @dataclasses.dataclass(frozen=True)
+    class Folded(type(base)):
+        def with_fold(self, k: int, i: int):
+            return dataclasses.replace(base, name=f"own-{i}")
+
+    task = Folded(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
+    assert fold_task(task, 4, 2).name == "own-2"
+
+
+def test_schedule_families_are_searched_jointly() -> None:
+    task = make_task()
+    res = search(task, method="grid", low=0.03, high=0.1, n_trials=4,
+                 schedules=["constant", "cosine"], storage="memory", progress=False)
+    assert sorted((t.schedule, round(t.lr, 6)) for t in res.trials) == [
+        ("constant", 0.03), ("constant", 0.1), ("cosine", 0.03), ("cosine", 0.1)]
+    for t in res.trials:
+        ref = dataclasses.replace(task, recipe=dataclasses.replace(task.recipe,
+                                                                   schedule=t.schedule))
+        assert t.metric == run(ref, t.lr, eval_split="val").metric
+    best = min(res.trials, key=lambda t: t.metric)
+    assert (res.best_lr, res.best_schedule) == (best.lr, best.schedule)
+
+
+# ------------------------------------------------------------------ result, plot, CLI
+def test_result_round_trips_and_plots(tmp_path: Path) -> None:
+    res = search(bowl, low=1e-4, high=1.0, method="grid", n_trials=5, storage="memory",
+                 progress=False)
+    assert SearchResult.from_json(res.to_json()) == res
+    res.to_json(str(tmp_path / "r.json"))
+    assert SearchResult.from_json(str(tmp_path / "r.json")) == res
+    png = res.plot(str(tmp_path / "r.png"))
+    assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| 2 | 0.01 |" in res.table()
+
+
+def test_cli_search_and_show(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from lrkit.cli import main
+
+    url = sqlite(tmp_path)
+    assert main(["search", "--task", "tests.tiny_task:make_task", "--storage", url, "--study",
+                 "cli", "--method", "grid", "--n-trials", "4", "--low", "0.01", "--high", "0.2",
+                 "--no-progress", "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "best LR" in out and out.count("| complete |") == 4
+    assert main(["search", "show", "--storage", url, "--study", "cli"]) == 0
+    shown = capsys.readouterr().out
+    assert SearchResult.from_json(str(tmp_path / "r.json")).table() in shown
+    assert main(["search", "show", "--storage", url, "--study", "nope"]) == 2
+    assert "studies there: ['cli']" in capsys.readouterr().err
+
+
+def test_joining_with_other_settings_is_refused(tmp_path: Path) -> None:
+    kw = dict(low=1e-4, high=1.0, n_trials=2, storage=sqlite(tmp_path), study_name="s",
+              progress=False)
+    search(bowl, method="grid", **kw)
+    with pytest.raises(ValueError, match="created with method='grid'"):
+        search(bowl, method="tpe", **kw)
+
+
+# ------------------------------------------------------------------------------------ DDP
+_DDP_WORKER = textwrap.dedent("""
+    import json, math, sys, torch, torch.distributed as dist
+    from lrkit.search import search
+    rank, init, out, db = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    seen = []
+    def f(lr, report):
+        t = torch.tensor([lr], dtype=torch.float64)
+        dist.all_reduce(t)  # a collective inside the trial, as in DDP training
+        seen.append([lr, float(t) / 2])
+        return (math.log10(lr) + 2) ** 2
+    res = search(f, low=1e-4, high=1.0, method="random", n_trials=4, seed=rank,
+                 storage=db, progress=False)
+    json.dump({"seen": seen, "trials": [t.lr for t in res.trials], "best": res.best_lr},
+              open(out, "w"))
+    dist.destroy_process_group()
+""")
+
+
+def test_ddp_ranks_train_the_same_lr_in_each_trial(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    init = f"file://{tmp_path / 'init'}"
+    db = sqlite(tmp_path, "ddp.db")
+    procs = [subprocess.Popen([sys.executable, "-c", _DDP_WORKER, str(r), init,
+                               str(tmp_path / f"r{r}.json"), db], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in (0, 1)]
+    for p in procs:
+        _, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err.decode()[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"r{r}.json").read_text()) for r in (0, 1))
+    assert len(r0["seen"]) == 4 and r0["seen"] == r1["seen"]
+    assert all(lr == mean for lr, mean in r0["seen"])  # both ranks had this LR at once
+    assert r0["trials"] == r1["trials"] == [lr for lr, _ in r0["seen"]]
+    assert r0["best"] == r1["best"]
