@@ -276,6 +276,60 @@ def plot_eval(rows, logs) -> None:
         plot_log(log, RESULTS / f"monitor-{names[0]}-{tag}.png")
 
 
+# ---------------------------------------------------------------------------------- overhead
+def overhead(repeats: int = 30) -> None:
+    """Per-step time of ``fit`` on logreg with and without MonitorCallback + JsonlLogger.
+
+    Three loops, interleaved ``repeats`` times in one process: plain ``fit``; ``fit`` with
+    ``MonitorCallback(loggers=[JsonlLogger])`` fed loss and LR (``grad_norm_every=None``); the same
+    with the global gradient norm every update. Ratios of the medians are reported.
+    """
+    import statistics
+    import tempfile
+
+    from lrkit import tasks
+    from lrkit.callbacks import JsonlLogger, MonitorCallback
+    from lrkit.train import fit
+
+    torch.set_num_threads(1)
+    task = tasks.get("logreg")
+    steps = task.recipe.steps
+    lr = best_lr("logreg")
+    tmp = Path(tempfile.mkdtemp())
+
+    def once(kind: str) -> float:
+        model = task.build_model(0)
+        opt = task.recipe.make_optimizer(model.parameters(), lr)
+        cbs = []
+        if kind != "plain":
+            every = 1 if kind == "grad" else None
+            cbs = [MonitorCallback(total_steps=steps, grad_norm_every=every,
+                                   loggers=[JsonlLogger(tmp / f"{kind}.jsonl")])]
+        out = fit(model, opt, task.batches(0), num_steps=steps, step_fn=task.loss,
+                  callbacks=cbs)
+        return out.wall_time / steps
+
+    times: dict[str, list[float]] = {"plain": [], "monitor": [], "grad": []}
+    for kind in times:
+        once(kind)  # warm-up
+    for _ in range(repeats):
+        for kind in times:
+            times[kind].append(once(kind))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    lines = ["", "## Overhead", "",
+             f"`fit` on logreg ({steps} full-batch steps, {task.train_size} examples), median of "
+             f"{repeats} interleaved runs each, one process:", "",
+             "| loop | us / step | ratio |", "|---|---|---|",
+             f"| plain `fit` | {med['plain'] * 1e6:.1f} | 1.000 |",
+             f"| + MonitorCallback + JsonlLogger (loss, LR) | {med['monitor'] * 1e6:.1f} | "
+             f"{med['monitor'] / med['plain']:.3f} |",
+             f"| + the same with the gradient norm every step | {med['grad'] * 1e6:.1f} | "
+             f"{med['grad'] / med['plain']:.3f} |", ""]
+    text = "\n".join(lines)
+    (RESULTS / "monitor-overhead.md").write_text(text + "\n")
+    print(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("part", nargs="?", default="all", choices=["collect", "evaluate", "overhead", "all"])

@@ -348,7 +348,7 @@ class Monitor:
             self._n_diff += 1
         self._prev = loss
         if not self._neg:
-            if smooth > th.diverge_factor * self._first:
+            if smooth > th.diverge_factor * self._first and self._due("diverged", step):
                 self._raise("diverged", step,
                             {"smoothed_loss": smooth, "first_loss": self._first,
                              "ratio": smooth / self._first},
@@ -356,6 +356,7 @@ class Monitor:
                             "restart with the LR about 10x lower, or add warmup and gradient "
                             "clipping.")
             elif (self._n_diff >= th.block and step - self._best_step >= th.block
+                  and self._due("lr_too_high", step)
                   and smooth - self._ema_best > th.start_margin * self._first
                   and smooth - self._ema_best > th.rise_share * (self._first - self._ema_best)
                   + th.z * self._noise() * math.sqrt((1.0 - th.ema) / (1.0 + th.ema))):
@@ -388,6 +389,15 @@ class Monitor:
         return self._new
 
     # ------------------------------------------------------------------------------ rules
+    def _due(self, kind: str, step: int) -> bool:
+        """Whether ``kind`` may be raised or updated now: a raised finding is refreshed at most
+        every ``max(block, n / 10)`` updates, which keeps the per-update cost O(1)."""
+        old = self._found.get(kind)
+        if old is None:
+            return True
+        last = old.evidence.get("updated", old.step)
+        return step - last >= max(self.thresholds.block, self._n // 10)
+
     def _raise(self, kind: str, step: int, evidence: dict, action: str) -> None:
         old = self._found.get(kind)
         if old is None:
@@ -447,6 +457,8 @@ class Monitor:
                 return
         elif self._n < th.min_fraction * self.total_steps:
             return
+        if not any(self._due(k, step) for k in ("lr_too_high", "lr_too_low", "plateau")):
+            return
         s = self.shape()
         if s is None:
             return
@@ -454,7 +466,8 @@ class Monitor:
         ev = {k: round(v, 6) for k, v in s.items()}
         ev["steps"] = self._n
         first = self._first
-        if (not self._neg and s["end"] > (1.0 + th.start_margin) * first
+        if (not self._neg and self._due("lr_too_high", step)
+                and s["end"] > (1.0 + th.start_margin) * first
                 and s["end"] - first > th.z * s["noise"] / math.sqrt(s["n_end"])):
             self._raise("lr_too_high", step, ev,
                         f"The loss is {s['end'] / first:.3g}x its first value after "
@@ -465,17 +478,19 @@ class Monitor:
         ev["relative_drop"] = round(rel, 6)
         # a run that already overfits (or blew up) has not had too small an LR
         high = any(k in self._found for k in ("lr_too_high", "diverged", "overfitting"))
-        if not high and drop > th.z * se and (share >= th.low_share or (
+        low_due = self._due("lr_too_low", step)
+        if low_due and not high and drop > th.z * se and (share >= th.low_share or (
                 share >= th.slow_share and rel < th.slow_drop)):
             self._raise("lr_too_low", step, ev,
                         f"The loss is still falling steadily ({share:.0%} of its drop came in "
                         f"the second half, {rel:.0%} below its start): raise the LR about 10x, "
                         f"or run `lrkit find` to pick one.")
-        elif not high and abs(drop) <= th.z * se and abs(rel) < 0.02:
+        elif low_due and not high and abs(drop) <= th.z * se and abs(rel) < 0.02:
             self._raise("lr_too_low", step, ev,
                         f"The loss has not moved in {self._n} updates ({rel:.1%} below its "
                         f"start): raise the LR about 10x, or check that the model trains at all.")
-        if (self._n >= th.plateau_steps and s["start"] - s["middle"] > th.z * s["se_early"]
+        if (self._n >= th.plateau_steps and self._due("plateau", step)
+                and s["start"] - s["middle"] > th.z * s["se_early"]
                 and s["middle"] - s["end"] < th.z * s["se_late"]):
             cur = self._tau_end[-1] - self._tau_end[-2]
             decayed = self._max_lr > 0 and cur / (th.block * self._max_lr) < 0.1
@@ -502,12 +517,13 @@ class Monitor:
         ref = self._g_ref
         if ref is None or ref <= 0:
             return
-        if gs > th.explode_factor * ref:
+        if gs > th.explode_factor * ref and self._due("exploding_gradients", step):
             self._raise("exploding_gradients", step,
                         {"grad_norm": gs, "initial_grad_norm": ref, "ratio": gs / ref},
                         f"The gradient norm grew {gs / ref:.3g}x: clip it at about "
                         f"{2 * ref:.3g} (ClipGradNorm), or lower the LR about 3x.")
         elif (gs < th.vanish_factor * ref and self._first is not None and not self._neg
+              and self._due("vanishing_gradients", step)
               and smooth > (1.0 - th.vanish_progress) * self._first):
             self._raise("vanishing_gradients", step,
                         {"grad_norm": gs, "initial_grad_norm": ref, "ratio": gs / ref,

@@ -1,0 +1,185 @@
+"""Callbacks on lrkit's real loop: monitor, logs, early stopping, clipping, plateau decay, SWA."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lrkit import tasks, train
+from lrkit.callbacks import (LOG_FIELDS, SWA, ClipGradNorm, DecayOnPlateau, EarlyStopping,
+                             JsonlLogger, MonitorCallback, TensorBoardLogger, _has_pre_step_hook)
+from lrkit.monitor import Monitor, read_log, replay
+from lrkit.torch import Plateau
+
+needs_hook = pytest.mark.skipif(not _has_pre_step_hook(),
+                                reason="lrkit.train.fit has no on_before_step hook yet")
+
+
+def _linear(seed: int = 0, n: int = 64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=g)
+    y = x @ torch.tensor([[1.0], [-1.0], [2.0]])
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, n, 16)]
+    torch.manual_seed(seed)
+    return nn.Linear(3, 1), batches
+
+
+def test_monitor_callback_on_real_runs_matches_replay_of_its_log(tmp_path):
+    task = tasks.get("digits")
+    steps = task.recipe.steps
+    results = {}
+    for name, lr in (("low", 0.0018), ("high", 17.8)):
+        path = tmp_path / f"{name}.jsonl"
+        cb = MonitorCallback(total_steps=steps, val_mode="max",
+                             loggers=[JsonlLogger(path, meta={"steps": steps})])
+        train.run(task, lr, seed=0, callbacks=[cb])
+        results[name] = cb.monitor
+        # the log carries the same findings, and a replay of it finds them again
+        log = read_log(path)
+        assert [f.to_dict() for f in log.findings] == [f.to_dict() for f in cb.monitor.findings]
+        again = replay(log, Monitor(val_mode="max", total_steps=steps))
+        assert [f.to_dict() for f in again.findings] == [f.to_dict() for f in cb.monitor.findings]
+    assert results["low"].lr_findings[0].kind == "lr_too_low"
+    assert results["high"].lr_findings[0].kind in ("diverged", "lr_too_high")
+
+
+def test_jsonl_fields_grad_norm_and_nan(tmp_path):
+    model, batches = _linear()
+    path = tmp_path / "log.jsonl"
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    out = train.fit(model, opt, batches, num_steps=6, loss_fn=nn.functional.mse_loss,
+                    callbacks=[JsonlLogger(path, meta={"who": "test"})], track_grad_norm=True)
+    lines = [json.loads(s) for s in path.read_text().splitlines()]
+    assert lines[0] == {"lrkit_log": 1, "meta": {"who": "test"}}
+    assert lines[-1] == {"end": {"stop_reason": "completed", "steps_done": 6}}
+    steps = lines[1:-1]
+    assert [r["step"] for r in steps] == list(range(6))
+    assert {k for r in steps for k in r} <= set(LOG_FIELDS)
+    assert [r["loss"] for r in steps] == out.losses
+    assert [r["grad_norm"] for r in steps] == pytest.approx(out.grad_norms, rel=1e-6)
+    # without fit's norm, the logger computes it: for MSE on a linear model, by hand
+    model, batches = _linear()
+    w0 = model.weight.detach().clone(), model.bias.detach().clone()
+    train.fit(model, torch.optim.SGD(model.parameters(), lr=0.01), batches, num_steps=1,
+              loss_fn=nn.functional.mse_loss, callbacks=[JsonlLogger(path)])
+    x, y = batches[0]
+    r = x @ w0[0].T + w0[1] - y
+    gw, gb = 2 * (r * x).mean(0), 2 * r.mean()
+    expected = math.sqrt(float((gw ** 2).sum() + gb ** 2))
+    assert json.loads(path.read_text().splitlines()[1])["grad_norm"] == pytest.approx(expected,
+                                                                                     rel=1e-5)
+    # a non-finite loss is logged as null and the monitor calls it diverged
+    model, batches = _linear()
+    cb = MonitorCallback(loggers=[JsonlLogger(path)])
+    bad = [(x * 1e30, y) for x, y in batches]
+    out = train.fit(model, torch.optim.SGD(model.parameters(), lr=1e10), bad, num_steps=5,
+                    loss_fn=nn.functional.mse_loss, callbacks=[cb])
+    assert out.stop_reason == "nan"
+    assert cb.monitor.finding("diverged") is not None
+    assert read_log(path).findings[0].kind == "diverged"
+
+
+def test_tensorboard_scalars_and_findings(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model, batches = _linear()
+    cb = MonitorCallback(loggers=[TensorBoardLogger(tmp_path / "tb")], stop_on=("diverged",))
+    out = train.fit(model, torch.optim.SGD(model.parameters(), lr=3.0), batches, num_steps=40,
+                    loss_fn=nn.functional.mse_loss, callbacks=[cb])
+    assert out.stop_reason == "monitor:diverged"
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert {"loss", "lr", "grad_norm"} <= set(tags["scalars"])
+    assert len(acc.Scalars("loss")) == out.steps_done
+    assert [e.value for e in acc.Scalars("loss")] == pytest.approx(out.losses, rel=1e-6)
+    assert "findings/diverged/text_summary" in tags["tensors"]
+
+
+def test_early_stopping_patience_and_restore():
+    metrics = iter([1.0, 0.8, 0.85, 0.9, 0.7, 0.75, 0.76, 0.77, 0.78])
+    model, batches = _linear()
+    snapshots = []
+    es = EarlyStopping(patience=2, restore_best=True,
+                       evaluate=lambda m: (snapshots.append(m.weight.detach().clone()),
+                                           next(metrics))[1], eval_every=2)
+    out = train.fit(model, torch.optim.SGD(model.parameters(), lr=0.01), batches, num_steps=100,
+                    loss_fn=nn.functional.mse_loss, callbacks=[es])
+    # best 0.7 at the 5th evaluation (step 10); evaluations 6, 7, 8 do not improve -> stop at 16
+    assert out.stop_reason == "early_stop" and out.steps_done == 16
+    assert (es.best, es.best_step) == (0.7, 10)
+    assert torch.equal(model.weight.detach(), snapshots[4])
+    with pytest.raises(ValueError, match="eval_every"):
+        EarlyStopping(evaluate=lambda m: 0.0)
+
+
+@needs_hook
+def test_clip_callback_equals_fits_own_clipping():
+    ref, batches = _linear()
+    train.fit(ref, torch.optim.SGD(ref.parameters(), lr=0.1), batches, num_steps=8,
+              loss_fn=nn.functional.mse_loss, grad_clip=0.5)
+    model, batches = _linear()
+    clip = ClipGradNorm(0.5)
+    train.fit(model, torch.optim.SGD(model.parameters(), lr=0.1), batches, num_steps=8,
+              loss_fn=nn.functional.mse_loss, callbacks=[clip])
+    assert torch.equal(model.weight, ref.weight) and torch.equal(model.bias, ref.bias)
+    assert len(clip.norms) == 8 and clip.clipped >= 1
+
+
+def test_decay_on_plateau_reuses_plateau_and_composes_with_a_schedule():
+    from lrkit import schedules
+
+    model, batches = _linear()
+    sched = schedules.family("cosine", 0.1, 20)
+    seen = []
+
+    class Spy(train.Callback):
+        def on_step_end(self, info):
+            seen.append(info.lr)
+
+    dec = DecayOnPlateau(Plateau(patience=0, factor=0.5), source="loss", every=1)
+    train.fit(model, torch.optim.SGD(model.parameters(), lr=0.1), [(b[0], b[1] * 0) for b in
+                                                                       batches] * 0 + batches,
+              num_steps=20, loss_fn=lambda out, y: (out * 0).sum() + 1.0, schedule=sched,
+              callbacks=[dec, Spy()])
+    # a constant loss never improves after the first report: the scale halves every step
+    for t in range(20):
+        expected = sched(t) * 0.5 ** max(0, t - 1)
+        assert seen[t] == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert dec.cuts == list(range(2, 21))
+    with pytest.raises(TypeError, match="Plateau"):
+        DecayOnPlateau(rule="plateau")
+
+
+def test_swa_average_lr_and_batchnorm(tmp_path):
+    model, batches = _linear()
+    weights = []
+
+    class Spy(train.Callback):
+        def on_step_end(self, info):
+            weights.append((info.step, info.lr, info.model.weight.detach().clone()))
+
+    swa = SWA(start_step=5, swa_lr=0.003, swap=False)
+    train.fit(model, torch.optim.SGD(model.parameters(), lr=0.05), batches, num_steps=12,
+              loss_fn=nn.functional.mse_loss, callbacks=[swa, Spy()])
+    assert swa.n_averaged == 7
+    mean = torch.stack([w for t, _, w in weights if t >= 5]).mean(0)
+    assert torch.allclose(swa.averaged.module.weight, mean, atol=1e-7)
+    assert [lr for t, lr, _ in weights] == [0.05] * 5 + [0.003] * 7  # SWA LR from step 5 on
+    # BatchNorm: statistics recomputed over bn_batches for the averaged weights
+    torch.manual_seed(0)
+    bn_model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3, momentum=0.5))
+    with pytest.raises(ValueError, match="bn_batches"):
+        train.fit(bn_model, torch.optim.SGD(bn_model.parameters(), lr=0.01), batches,
+                  num_steps=2, loss_fn=lambda o, y: o.pow(2).mean(), callbacks=[SWA(0, 0.01)])
+    swa = SWA(0, 0.01, bn_batches=batches)
+    train.fit(bn_model, torch.optim.SGD(bn_model.parameters(), lr=0.01), batches, num_steps=4,
+              loss_fn=lambda o, y: o.pow(2).mean(), callbacks=[swa])
+    with torch.no_grad():
+        h = torch.cat([bn_model[0](b[0]) for b in batches])
+    assert torch.allclose(bn_model[1].running_mean, h.mean(0), atol=1e-5)
