@@ -334,6 +334,19 @@ def test_scale_lr_rules():
         C.scale_lr(0.1, 32, 0)
 
 
+def test_batch_scaled_task_concatenates_consecutive_batches():
+    task = tasks.get("digits")
+    big = C.batch_scaled(task, 4)
+    assert (big.name, big.recipe.batch_size, big.recipe.steps) == ("digits-b128", 128, 75)
+    assert C.batch_scaled(task, 4, keep="steps").recipe.steps == 300
+    small = task.batches(3)
+    parts = [next(small) for _ in range(4)]
+    x, y = next(big.batches(3))
+    assert torch.equal(x, torch.cat([p[0] for p in parts])) and torch.equal(y, torch.cat([p[1] for p in parts]))
+    with pytest.raises(ValueError, match="keep"):
+        C.batch_scaled(task, 2, keep="time")
+
+
 def test_noise_scale_matches_per_example_gradient_statistics():
     g = torch.Generator().manual_seed(0)
     n, d = 2000, 4
@@ -409,3 +422,10 @@ def test_cli_safe_lr(tmp_path, capsys):
     d = json.loads(out.read_text())
     assert [r["converged"] for r in d["test"]["runs"]] == [True, True, False]
     assert main(["safe-lr", "--task", "no-such-task"]) == 2
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    result = doctest.testmod(C, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 4 and result.failed == 0
