@@ -429,3 +429,25 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(C, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 4 and result.failed == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu_and_fused_attention_falls_back():
+    model = mlp(3).float()
+    batches = [(x.float(), y) for x, y in [data(9, 64)]]
+    cpu = C.top_eigenvalue(model, ce, batches, iters=40, tol=1e-6)
+    gpu = C.top_eigenvalue(model.cuda(), ce, batches, iters=40, tol=1e-6)
+    assert gpu.eigenvalue == pytest.approx(cpu.eigenvalue, rel=1e-3)
+    assert all(p.is_cuda for p in model.parameters())
+    torch.manual_seed(0)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.manual_seed(0)
+    attn = TinyAttention().cuda()
+    g = torch.Generator().manual_seed(1)
+    xb = [(torch.randn(8, 5, 4, generator=g).cuda(), torch.randint(0, 3, (8,), generator=g).cuda())]
+    r = C.top_eigenvalue(attn, ce, xb, iters=40, tol=1e-6)
+    with sdpa_kernel(SDPBackend.MATH):
+        ref = C.top_eigenvalue(attn, ce, xb, iters=40, tol=1e-6, hvp="double-backward")
+    assert r.hvp in ("double-backward", "finite-difference")
+    assert r.eigenvalue == pytest.approx(ref.eigenvalue, rel=1e-2)
