@@ -8,12 +8,12 @@ finite one, and no LR at or above a known divergence point is proposed.
 - **coarse_to_fine**, as a careful person does by hand: every decade in ``[low, high]``
   (upwards), then the neighbours of the best LR half a decade away, then a quarter, an eighth,
   a sixteenth.
-- **auto**: starts at the range test's suggestion for the family, brackets it a quarter decade
-  on each side, then refines by successive parabolic interpolation in ``log10(lr)`` through the
-  best point and its two neighbours (Brent's rule, safeguarded: the vertex must fall inside the
-  bracket and at least 1/32 decade from a tried LR, else the wider half-gap is bisected); when
-  the best is at an edge of what was tried it steps outwards, doubling the step, never past a
-  divergence point.
+- **auto**: opens with the range test's suggestion for the family and the probes of
+  :data:`AUTO_PROBES` around it, then refines by successive parabolic interpolation in
+  ``log10(lr)`` through the best point and its two neighbours (Brent's rule, safeguarded: the
+  vertex must fall inside the bracket and at least 1/32 decade from a tried LR, else the wider
+  half-gap is bisected); when the best is at an edge of what was tried it steps outwards (by the
+  gap to its neighbour, between 1/8 and 1/2 decade), never past a divergence point.
 """
 
 from __future__ import annotations
@@ -107,6 +107,14 @@ def _random_free(xs: Sequence[float], lo: float, hi: float, rng: random.Random) 
     return rng.uniform(lo, hi)
 
 
+#: the ``auto`` rule's opening probes, in decades from the range test's suggestion: the
+#: suggestion itself; a quarter decade up (with annealing the best peak LR often lies a little
+#: above a constant-LR suggestion); a decade down (the range test reads the *training* loss, so on
+#: generalisation-limited problems, small data, the best LR on held-out data lies about a
+#: decade lower: the fastai "minimum / 10" rule)
+AUTO_PROBES = (0.0, 0.25, -1.0)
+
+
 def auto_next(obs: Sequence[Observation], pending: Sequence[float], start: float, lo: float,
               hi: float, rng: random.Random) -> float:
     """The next ``log10(lr)`` of lrkit's ``auto`` rule (see the module docstring)."""
@@ -118,9 +126,9 @@ def auto_next(obs: Sequence[Observation], pending: Sequence[float], start: float
         return lo <= x <= top and not _tried(x, xs)
 
     start = min(max(start, lo), top)
-    for x in (start, start + 0.25, start - 0.25):
-        if ok(x):
-            return x
+    for d in AUTO_PROBES:
+        if ok(start + d):
+            return start + d
     finite = [o for o in obs if math.isfinite(o.score)]
     if not finite:  # everything tried so far diverged or is pending: go down
         below = min(xs) - 0.5 if xs else start
@@ -130,15 +138,12 @@ def auto_next(obs: Sequence[Observation], pending: Sequence[float], start: float
     right = [o for o in obs if o.x > best.x + 1e-12]
     ln = max(left, key=lambda o: o.x) if left else None
     rn = min(right, key=lambda o: o.x) if right else None
-    step_out = 2 * max(0.125, (best.x - ln.x) if ln else (rn.x - best.x) if rn else 0.25)
-    if rn is None:  # best is the highest tried: step up, but never past a divergence point
-        x = best.x + min(1.0, step_out)
-        if x >= top:
+    if rn is None or ln is None:  # best is at an edge of what was tried: step outwards
+        gap = (rn.x - best.x) if rn is not None else (best.x - ln.x) if ln is not None else 0.5
+        step = min(0.5, max(0.125, gap))
+        x = best.x + step if rn is None else best.x - step
+        if rn is None and x >= top:
             x = (best.x + top) / 2
-        if ok(x):
-            return x
-    if ln is None:
-        x = best.x - min(1.0, step_out)
         if ok(x):
             return x
     if ln is not None and rn is not None:
@@ -218,7 +223,11 @@ class PolicySampler(BaseSampler):
             if self.rule == "coarse_to_fine":
                 x = coarse_to_fine_next(obs, pending, lo, hi, self._rng(trial))
             else:
-                start = self.starts.get(family or "", self.starts.get("", 10 ** ((lo + hi) / 2)))
+                start = self.starts.get(family or "")
+                if start is None and len(self.starts) == 1:  # one family: not a parameter
+                    start = next(iter(self.starts.values()))
+                if start is None:
+                    start = 10 ** ((lo + hi) / 2)
                 x = auto_next(obs, pending, math.log10(start), lo, hi, self._rng(trial))
             return float(min(max(10 ** x, dist.low), dist.high))
         return self._random.sample_independent(study, trial, name, dist)
