@@ -18,7 +18,8 @@ from lrkit.train import run
 
 torch.set_num_threads(1)
 
-BUILTIN = ["digits", "digits-long", "mnist5k", "mnist1d", "charlm", "logreg", "diabetes", "digits-small"]
+BUILTIN = ["digits", "digits-long", "mnist5k", "mnist1d", "charlm", "logreg", "diabetes", "digits-small",
+           "charrnn"]
 
 
 # ------------------------------------------------------------------------------------ registry
@@ -223,7 +224,7 @@ def test_charlm_splits_are_consecutive_and_disjoint():
 
 
 @pytest.mark.parametrize("name", ["digits", "mnist5k", "mnist1d", "charlm", "logreg", "diabetes",
-                                  "digits-small"])
+                                  "digits-small", "charrnn"])
 def test_evaluate_accepts_only_val_and_test(name):
     t = tasks.get(name)
     m = t.build_model(0)
@@ -442,3 +443,44 @@ def test_digits_small_metric_is_the_cross_entropy_and_the_best_lr_generalises():
     assert np.mean(high.losses[-10:]) < np.mean(good.losses[-10:]) / 30
     assert high.metric > 1.1 * good.metric
     assert 0.15 < good.metric < 0.21
+
+
+def test_charrnn_reads_the_charlm_corpus_and_scores_bits_per_character():
+    from lrkit.tasks import charlm, charrnn
+
+    t = tasks.get("charrnn")
+    assert t.recipe.optimizer == "sgd" and t.recipe.schedule == "cosine"
+    assert t.recipe.warmup_steps == 0 and t.metric == "bits_per_char" and t.worst == math.inf
+    train = charlm.load()["train"]
+    x, y = next(t.batches(0))
+    assert x.shape == (t.recipe.batch_size, charrnn.CONTEXT) and torch.equal(x[:, 1:], y[:, :-1])
+    text = "".join(charlm.VOCAB[i] for i in train.tolist())
+    for row, nxt in zip(x.tolist(), y[:, -1].tolist()):  # every window is a piece of the text
+        assert "".join(charlm.VOCAB[i] for i in row + [nxt]) in text
+
+    m = t.build_model(0)
+    xv, yv = charrnn._eval_windows("val")
+    with torch.no_grad():
+        z = m(xv).double().reshape(-1, len(charlm.VOCAB)).numpy()
+    top = z.max(1, keepdims=True)
+    nll = np.log(np.exp(z - top).sum(1)) + top[:, 0] - z[np.arange(len(z)), yv.reshape(-1).numpy()]
+    assert t.evaluate(m, "val") == pytest.approx(nll.mean() / math.log(2), rel=1e-5)
+    assert nll.mean() / math.log(2) == pytest.approx(math.log2(len(charlm.VOCAB)), rel=0.05)
+
+    # the recipe's cosine runs from the peak to 0: lr_t = peak (1 + cos(pi t / T)) / 2
+    r = run(t, 1.0, steps=40, seed=0)
+    assert r.lrs == pytest.approx([0.5 * (1 + math.cos(math.pi * i / 40)) for i in range(40)],
+                                  abs=1e-9)
+    assert not r.diverged and np.mean(r.losses[-5:]) < np.mean(r.losses[:5]) - 0.5
+
+
+def test_charrnn_best_cosine_peak_is_well_above_the_constant_sweep_scale():
+    # the oracle's best cosine peak is ~1.8 (band ~1.5-3.3); the training-loss range test points
+    # at ~0.75: a 0.56 peak is clearly worse, and a 30 peak diverges (scored task.worst)
+    t = tasks.get("charrnn")
+    best, low = run(t, 1.78, seed=0), run(t, 0.56, seed=0)
+    assert not best.diverged and not low.diverged
+    assert best.metric < 0.95 * low.metric
+    assert 2.4 < best.metric < 2.8  # bits/char, vs log2(96) = 6.6 for a uniform guess
+    high = run(t, 30.0, seed=0)
+    assert high.diverged and high.metric == t.worst and high.steps_done < t.recipe.steps

@@ -34,6 +34,7 @@ _BUILTIN: dict[str, str] = {
     "logreg": "lrkit.tasks.logreg:make_task",
     "diabetes": "lrkit.tasks.diabetes:make_task",
     "digits-small": "lrkit.tasks.digits_small:make_task",
+    "charrnn": "lrkit.tasks.charrnn:make_task",
 }
 
 
