@@ -360,3 +360,21 @@ def test_ddp_ranks_train_the_same_lr_in_each_trial(tmp_path: Path) -> None:
     assert all(lr == mean for lr, mean in r0["seen"])  # both ranks had this LR at once
     assert r0["trials"] == r1["trials"] == [lr for lr, _ in r0["seen"]]
     assert r0["best"] == r1["best"]
+
+
+def test_package_is_callable_and_bench_choice_spends_its_fixed_budget() -> None:
+    import lrkit
+
+    res = lrkit.search(bowl, low=1e-4, high=1.0, method="grid", n_trials=3, storage="memory",
+                       progress=False)
+    assert res.best_lr == pytest.approx(1e-2)
+    task = make_task()
+    lr, cost = S.bench_choice(task, 0)
+    from lrkit.finder import find_lr
+
+    rt = find_lr(task, seed=0)
+    assert cost == rt.cost_steps + S._bench.BENCH_RUNS * task.recipe.steps
+    # auto's three opening probes: the suggestion, a quarter decade up, a decade down
+    probes = [rt.suggestion.lr * 10**d for d in (0.0, 0.25, -1.0)]
+    best = min(probes, key=lambda p: run(task, p, eval_split="val").metric)
+    assert lr == pytest.approx(best, rel=1e-9)
