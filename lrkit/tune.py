@@ -40,6 +40,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -447,36 +448,55 @@ class _Trials:
                 return r
         return None
 
+    def add(self, rec: dict, arm: _Arm) -> None:
+        rec = dict(rec, centre=arm.centre, multiplier=arm.multiplier)
+        self.trials.append(rec)
+        self.save()
+
     def save(self) -> None:
         self.folder.save("halving", {"plan": self.plan.to_dict(), "centres": dict(self.centres),
                                      "trials": self.trials, "rungs": self.rungs})
 
 
-def _run_rung(task: Any, arms: list[_Arm], rung: int, steps: int, log: _Trials, seed: int,
-              show: _Display) -> list[dict]:
+def _train_arm(task: Any, family: str, lr: float, steps: int, rung: int, seed: int, bar: Any,
+               extra: Sequence[Any] = ()) -> dict:
+    """One confirmation run: a miniature of the full run (schedule rebuilt for ``steps``)."""
     from . import train
 
+    t0 = time.perf_counter()
+    sched = _schedule(task, family, lr, steps)
+    out = train.run(task, sched, steps=steps, seed=seed, eval_split="val",
+                    callbacks=[_StepBar(bar, f"{family} {lr:.3g}"), *extra])
+    if bar is not None and out.steps_done < steps:
+        bar.update(steps - out.steps_done)
+    return {"rung": rung, "family": family, "lr": lr, "steps": steps,
+            "steps_done": out.steps_done, "metric": out.metric, "diverged": out.diverged,
+            "stop_reason": out.stop_reason, "wall_time": time.perf_counter() - t0,
+            "losses": [float(v) for v in out.losses], "lrs": [float(v) for v in out.lrs],
+            "schedule": sched.spec, "worker": _worker()}
+
+
+def _worker() -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _run_rung(task: Any, arms: list[_Arm], rung: int, steps: int, log: _Trials, seed: int,
+              show: _Display) -> list[dict]:
+    """Every arm's record at this rung: from the local log (resume), else from the study
+    (where other ``lrkit tune`` workers may have run it), else trained here."""
     todo = [a for a in arms if log.find(rung, a) is None]
     bar = show.bar(len(todo) * steps, f"[3/5] rung {rung}: {len(arms)} arms x {steps} steps")
     try:
-        for arm in todo:
-            t0 = time.perf_counter()
-            sched = _schedule(task, arm.family, arm.lr, steps)
-            cb = _StepBar(bar, f"{arm.family} {arm.lr:.3g}")
-            out = train.run(task, sched, steps=steps, seed=seed, eval_split="val",
-                            callbacks=[cb])
-            if bar is not None and out.steps_done < steps:
-                bar.update(steps - out.steps_done)
-            rec = {"rung": rung, "family": arm.family, "lr": arm.lr, "centre": arm.centre,
-                   "multiplier": arm.multiplier, "steps": steps, "steps_done": out.steps_done,
-                   "metric": out.metric, "diverged": out.diverged,
-                   "stop_reason": out.stop_reason, "wall_time": time.perf_counter() - t0,
-                   "losses": [float(v) for v in out.losses], "lrs": [float(v) for v in out.lrs],
-                   "schedule": sched.spec}
-            log.trials.append(rec)
-            log.save()
-            if log.study is not None:
-                log.study.record(rec)
+        if log.study is None:
+            for arm in todo:
+                rec = _train_arm(task, arm.family, arm.lr, steps, rung, seed, bar)
+                log.add(rec, arm)
+        elif todo:
+            for arm, rec in log.study.run(todo, rung, steps, task, seed, bar, log.add):
+                if log.find(rung, arm) is None:  # run by another worker
+                    log.add(rec, arm)
     finally:
         if bar is not None:
             bar.close()
@@ -490,6 +510,8 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     plan = _halving_plan(full, budget, range_stage.cost_steps, len(families))
     plan = dataclasses.replace(plan, range_iters=int(rt.settings.get("num_iter", 0)))
     centres = _centres(rt.suggestion, task, families)
+    if study is not None:
+        centres, plan = study.adopt(centres, plan)
     folder.save("candidates", {"centres": centres, "spacing_decades": SPACING,
                                "arms": [dataclasses.asdict(a) for a in _arms(centres)],
                                "band": list(rt.suggestion.band) if rt.suggestion.band else None,
@@ -641,37 +663,145 @@ def _safe_lr(task: Any, seed: int, folder: _Folder) -> dict | None:
     return d
 
 
-class _Study:
-    """Stage 3's trials recorded in an Optuna study (embedded SQLite in the run folder, or the
-    ``storage`` URL given), so they can be inspected with Optuna's tools and shared."""
+class _Heartbeat:
+    """fit callback: tells the study's storage every few seconds that the trial is alive, so a
+    worker that dies leaves a trial that the others mark failed and run again."""
 
-    def __init__(self, storage: str, name: str, task: Any) -> None:
+    def __init__(self, storage: Any, trial_id: int, every: float = 5.0) -> None:
+        self.storage, self.trial_id, self.every = storage, trial_id, every
+        self.last = 0.0
+
+    def on_train_start(self, model: Any, optimizer: Any) -> None:
+        pass
+
+    def on_step_end(self, info: Any) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every and hasattr(self.storage, "record_heartbeat"):
+            self.storage.record_heartbeat(self.trial_id)
+            self.last = now
+        return None
+
+    def on_eval(self, step: int, metric: float) -> None:
+        return None
+
+    def on_train_end(self, result: Any) -> None:
+        pass
+
+
+class _Study:
+    """Stage 3 as a queue of trials in an Optuna study: the embedded SQLite file in the run folder
+    by default, or a shared ``storage`` URL (``postgresql://...``) where every ``lrkit tune``
+    process started with the same task, settings and storage joins the same study and works
+    through the same queue.
+
+    Protocol: each rung's arms are enqueued once (``params`` lr and schedule, user attribute
+    ``lrkit_arm`` = ``rung|family|lr|steps``); a worker pops a waiting trial
+    (:meth:`optuna.Study.ask`), trains it and tells the value (val metric; a diverged run is a
+    failed trial), with the whole record in the user attribute ``lrkit_rec``. The first worker's
+    candidates and plan are stored on the study; later workers adopt them. A trial whose worker
+    stopped sending heartbeats is failed and its arm enqueued again.
+    """
+
+    def __init__(self, storage: str, name: str, task: Any, *, poll: float = 0.5) -> None:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.optuna = optuna
-        self.storage, self.name = storage, name
-        self.study = optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
+        self.optuna, self.name, self.poll = optuna, name, poll
+        self.url = storage
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.storage = optuna.storages.RDBStorage(storage, heartbeat_interval=5,
+                                                      grace_period=30)
+        self.study = optuna.create_study(storage=self.storage, study_name=name,
+                                         load_if_exists=True,
                                          direction="maximize" if task.higher_is_better
                                          else "minimize")
         self.study.set_user_attr("lrkit", "tune")
-        self.study.set_user_attr("task", task.name)
+        self.study.set_user_attr("task", task.key)
 
-    def record(self, rec: Mapping[str, Any]) -> None:
-        from optuna.distributions import CategoricalDistribution, FloatDistribution
+    def adopt(self, centres: dict[str, float], plan: _Plan) -> tuple[dict[str, float], _Plan]:
+        """The study's candidates and plan when another worker set them, else ours (stored)."""
+        d = self.study.user_attrs.get("lrkit_tune_plan")
+        if d is not None:
+            return {k: float(v) for k, v in d["centres"].items()}, _Plan(**d["plan"])
+        self.study.set_user_attr("lrkit_tune_plan", {"centres": centres,
+                                                     "plan": plan.to_dict()})
+        return centres, plan
 
-        o = self.optuna
-        value = _num(rec["metric"])
-        state = o.trial.TrialState.COMPLETE if math.isfinite(value) and not rec["diverged"] \
-            else o.trial.TrialState.FAIL
-        t = o.trial.create_trial(
-            params={"lr": rec["lr"], "schedule": rec["family"]},
-            distributions={"lr": FloatDistribution(1e-12, 1e6, log=True),
-                           "schedule": CategoricalDistribution(list(FAMILY_LR_KEY))},
-            value=value if state == o.trial.TrialState.COMPLETE else None, state=state,
-            user_attrs={"rung": rec["rung"], "steps": rec["steps"],
-                        "diverged": bool(rec["diverged"])})
-        self.study.add_trial(t)
+    @staticmethod
+    def key(rung: int, family: str, lr: float, steps: int) -> str:
+        return f"{rung}|{family}|{lr:.9g}|{steps}"
+
+    def _scan(self, keys: set[str]) -> tuple[dict[str, dict], set[str], bool]:
+        S = self.optuna.trial.TrialState
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", self.optuna.exceptions.ExperimentalWarning)
+            self.optuna.storages.fail_stale_trials(self.study)
+        done: dict[str, dict] = {}
+        pending: set[str] = set()
+        waiting = False
+        for t in self.study.get_trials(deepcopy=False):
+            k = t.user_attrs.get("lrkit_arm")
+            if k not in keys:
+                continue
+            if t.state in (S.COMPLETE, S.FAIL) and "lrkit_rec" in t.user_attrs:
+                done.setdefault(k, dict(t.user_attrs["lrkit_rec"]))
+            elif t.state in (S.WAITING, S.RUNNING):
+                pending.add(k)
+                waiting = waiting or t.state == S.WAITING
+        return done, pending, waiting
+
+    def _enqueue(self, rung: int, family: str, lr: float, steps: int) -> None:
+        self.study.enqueue_trial({"lr": lr, "schedule": family}, user_attrs={
+            "lrkit_arm": self.key(rung, family, lr, steps), "rung": rung, "steps": steps},
+            skip_if_exists=False)
+
+    def run(self, arms: list[_Arm], rung: int, steps: int, task: Any, seed: int, bar: Any,
+            finished: Any) -> list[tuple[_Arm, dict]]:
+        """Work through the queue until every arm has a result; ``finished(rec, arm)`` is
+        called for each of ``arms`` trained here, as soon as it is done."""
+        S = self.optuna.trial.TrialState
+        by_key = {self.key(rung, a.family, a.lr, steps): a for a in arms}
+        keys = set(by_key)
+        while True:
+            done, pending, waiting = self._scan(keys)
+            if keys <= set(done):
+                return [(by_key[k], done[k]) for k in by_key]
+            for k in keys - set(done) - pending:  # never queued, or its worker died
+                a = by_key[k]
+                self._enqueue(rung, a.family, a.lr, steps)
+                waiting = True
+            if not waiting:
+                time.sleep(self.poll)  # the rest is running on other workers
+                continue
+            with warnings.catch_warnings():  # "heartbeat is meant for Study.optimize": we beat
+                warnings.simplefilter("ignore", UserWarning)
+                trial = self.study.ask()
+            attrs = self.storage.get_trial(trial._trial_id).user_attrs
+            if "lrkit_arm" not in attrs:  # not one of ours: give it back
+                self.study.tell(trial, state=S.FAIL)
+                continue
+            # the enqueued values come back through suggest_* (Optuna's fixed params)
+            family = str(trial.suggest_categorical("schedule", list(FAMILY_LR_KEY)))
+            lr = float(trial.suggest_float("lr", 1e-12, 1e6, log=True))
+            t_rung, t_steps = int(attrs["rung"]), int(attrs["steps"])
+            try:
+                rec = _train_arm(task, family, lr, t_steps, t_rung, seed,
+                                 bar if attrs["lrkit_arm"] in keys else None,
+                                 extra=[_Heartbeat(self.storage, trial._trial_id)])
+            except BaseException:
+                # interrupted or crashed: fail it and queue the arm again for whoever goes on
+                self.study.tell(trial, state=S.FAIL)
+                self._enqueue(t_rung, family, lr, t_steps)
+                raise
+            trial.set_user_attr("lrkit_rec", _jsonable(rec))
+            value = _num(rec["metric"])
+            if rec["diverged"] or not math.isfinite(value):
+                self.study.tell(trial, state=S.FAIL)
+            else:
+                self.study.tell(trial, value)
+            if attrs["lrkit_arm"] in keys:
+                finished(rec, by_key[attrs["lrkit_arm"]])
 
 
 def _open_study(storage: str | None, folder: _Folder, task: Any) -> Any:
@@ -681,8 +811,13 @@ def _open_study(storage: str | None, folder: _Folder, task: Any) -> Any:
         if storage is not None:
             raise ValueError("storage needs optuna: pip install 'lrkit[search]'") from None
         return None
-    url = storage or f"sqlite:///{(folder.path / 'study.db').resolve()}"
-    return _Study(url, f"tune-{folder.path.name}", task)
+    if storage is None:
+        return _Study(f"sqlite:///{(folder.path / 'study.db').resolve()}",
+                      f"tune-{folder.path.name}", task)
+    meta = folder.load("meta") or {}
+    name = (f"tune-{task.key}-s{meta.get('seed')}-b{meta.get('budget')}-"
+            + "+".join(meta.get("schedules") or ()))
+    return _Study(storage, name, task)
 
 
 # -------------------------------------------------------------------------------- the call
@@ -812,6 +947,10 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
         meta["started"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         folder.save("meta", meta)
     show = _Display(progress)
+    done = folder.load("result")
+    if done is not None and Path(done["report"]).exists():
+        show.say(f"lrkit tune {task.name}: {path} holds a finished run")
+        return TuneResult.from_dict(done)
     show.say(f"lrkit tune {task.name}: run folder {path}")
     full = task.recipe.steps
 
@@ -897,7 +1036,14 @@ def cli_main(args: argparse.Namespace) -> int:
     from . import tasks as _tasks
 
     fams = [s.strip() for s in schedules.split(",") if s.strip()]
-    task = _tasks.get(task_ref)
+    try:
+        task = _tasks.get(task_ref)
+    except ValueError as e:
+        if args.resume is None or args.task:
+            raise
+        raise ValueError(f"{e}; the run in {args.resume!r} was started from Python with a Task "
+                         "object: pass --task package.module:function that builds it, or call "
+                         "lrkit.tune.tune(task, out=DIR)") from None
     out = out if out is not None else str(_default_out(task.name))
     try:
         res = _tune(task, task_ref, budget=budget, schedules=fams, storage=args.storage,
