@@ -94,13 +94,19 @@ class _Recorder(Callback):
     clipping when ``fit`` has the ``on_before_step`` hook, else after the step from the same
     ``.grad`` tensors). The validation metric comes from ``fit``'s ``evaluate``/``eval_every``
     (``on_eval``) or from this callback's own ``evaluate(model)`` every ``eval_every`` updates.
-    Records are emitted one update late (or at the end), so a metric reported by ``on_eval``
-    after ``on_step_end`` joins its update's record.
+
+    Per update the callback only appends the record to a buffer; every ``flush_every`` updates
+    (and at an evaluation, a non-finite loss and the end) the buffered records are processed in a
+    burst, all but the newest, which may still receive ``fit``'s ``on_eval`` metric. Processing a
+    burst while the interpreter's caches are warm costs several times less than one record per
+    training step (measured in ``benchmarks/bench_monitor.py``); the price is that findings (and
+    ``stop_on``) come up to ``flush_every`` updates late. ``flush_every=1`` reacts at the next
+    update.
     """
 
     def __init__(self, *, grad_norm_every: int | None = 1,
                  evaluate: Callable[[nn.Module], float] | None = None,
-                 eval_every: int | None = None) -> None:
+                 eval_every: int | None = None, flush_every: int = 16) -> None:
         if grad_norm_every is not None:
             check_int("grad_norm_every", grad_norm_every, minimum=1)
         self.grad_norm_every = grad_norm_every
@@ -112,14 +118,15 @@ class _Recorder(Callback):
         if eval_every is not None:
             check_int("eval_every", eval_every, minimum=1)
         self.evaluate, self.eval_every = evaluate, eval_every
-        self._pending: dict | None = None
+        self.flush_every = check_int("flush_every", flush_every, minimum=1)
+        self._buf: list[dict] = []
         self._pre_norm: float | None = None
         self._t = 0
         self._start = 0.0
 
     # -- fit's hooks
     def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        self._pending = None
+        self._buf = []
         self._pre_norm = None
         self._t = 0
         self._start = time.perf_counter()
@@ -130,57 +137,65 @@ class _Recorder(Callback):
         self._pre_norm = _grad_norm(model) if every is not None and self._t % every == 0 else None
 
     def on_step_end(self, info: StepInfo) -> bool | str | None:
-        reason = self._flush()
+        step = info.step
         gn = info.grad_norm
-        if gn is None and self.grad_norm_every is not None and info.step % self.grad_norm_every == 0:
+        if gn is None and self.grad_norm_every is not None and step % self.grad_norm_every == 0:
             gn = self._pre_norm if self._pre_norm is not None else _grad_norm(info.model)
-        self._pre_norm = None
-        self._t = info.step + 1
-        rec: dict[str, Any] = {"step": info.step, "loss": info.loss, "lr": info.lr}
+            self._pre_norm = None
+        self._t = step + 1
+        rec: dict[str, Any] = {"step": step, "loss": info.loss, "lr": info.lr}
         if gn is not None:
             rec["grad_norm"] = gn
-        if self.evaluate is not None and (info.step + 1) % self.eval_every == 0:
+        urgent = False
+        if self.evaluate is not None and (step + 1) % self.eval_every == 0:
             model = info.model
             was_training = model.training
             model.eval()
             with torch.no_grad():
                 rec["val_metric"] = float(self.evaluate(model))
             model.train(was_training)
+            urgent = True
         rec["time"] = time.perf_counter() - self._start
-        self._pending = rec
-        return reason or self._observe(rec)
+        buf = self._buf
+        buf.append(rec)
+        if urgent or len(buf) > self.flush_every or info.loss - info.loss != 0.0:
+            return self._drain(keep_last=not urgent)
+        return None
 
     def on_eval(self, step: int, metric: float) -> bool | str | None:
-        if self._pending is not None and self._pending["step"] == step - 1:
-            self._pending["val_metric"] = float(metric)
-            return self._observe_val(self._pending)
-        return None
+        for rec in reversed(self._buf):
+            if rec["step"] == step - 1:
+                rec["val_metric"] = float(metric)
+                return self._drain(keep_last=False)
+        return self._observe_val({"step": step - 1, "val_metric": float(metric)})
 
     def on_train_end(self, result: FitResult) -> None:
-        self._flush()
         if result.stop_reason == "nan" and result.losses:
             # fit stops on a non-finite loss before calling on_step_end: record that update too
-            t = result.steps_done - 1
-            rec = {"step": t, "loss": result.losses[-1], "lr": result.lrs[-1],
-                   "time": time.perf_counter() - self._start}
-            self._observe(rec)
-            self._pending = rec
-            self._flush()
+            self._buf.append({"step": result.steps_done - 1, "loss": result.losses[-1],
+                              "lr": result.lrs[-1], "time": time.perf_counter() - self._start})
+        self._drain(keep_last=False)
         self._close({"stop_reason": result.stop_reason, "steps_done": result.steps_done})
 
-    # -- for subclasses
-    def _flush(self) -> bool | str | None:
-        rec, self._pending = self._pending, None
-        if rec is not None:
-            self._emit(rec)
-        return None
+    def _drain(self, *, keep_last: bool) -> bool | str | None:
+        """Observe and emit the buffered records (all but the newest with ``keep_last``)."""
+        buf = self._buf
+        last = buf.pop() if keep_last and buf else None
+        reason = None
+        observe, emit = self._observe, self._emit
+        for rec in buf:
+            reason = observe(rec) or reason
+            emit(rec)
+        self._buf = [last] if last is not None else []
+        return reason
 
+    # -- for subclasses
     def _observe(self, rec: dict) -> bool | str | None:
-        """A new record (without a late ``on_eval`` metric yet): react; may request a stop."""
+        """A complete record, before it is emitted: react (add findings); may request a stop."""
         return None
 
     def _observe_val(self, rec: dict) -> bool | str | None:
-        """``rec`` just got its ``val_metric`` from ``on_eval``."""
+        """A validation metric for an update that was already processed."""
         return None
 
     def _open(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -221,8 +236,9 @@ class JsonlLogger(_Recorder):
     def __init__(self, path: str | Path, *, meta: Mapping[str, Any] | None = None,
                  grad_norm_every: int | None = 1,
                  evaluate: Callable[[nn.Module], float] | None = None,
-                 eval_every: int | None = None) -> None:
-        super().__init__(grad_norm_every=grad_norm_every, evaluate=evaluate, eval_every=eval_every)
+                 eval_every: int | None = None, flush_every: int = 16) -> None:
+        super().__init__(grad_norm_every=grad_norm_every, evaluate=evaluate, eval_every=eval_every,
+                         flush_every=flush_every)
         if not isinstance(path, (str, Path)):
             raise TypeError(f"path must be a str or Path, got {type(path).__name__}")
         self.path = Path(path)
@@ -233,11 +249,23 @@ class JsonlLogger(_Recorder):
     def _open(self, model: Any = None, optimizer: Any = None) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "w", encoding="utf-8", buffering=1 << 16)
+        self._write = self._file.write
         self._file.write(json.dumps({"lrkit_log": 1, "meta": self.meta}) + "\n")
 
     def _emit(self, rec: dict) -> None:
-        parts = [f'{{"step": {rec["step"]}, "loss": {_num(rec["loss"])}, "lr": {_num(rec["lr"])}']
-        gn = rec.get("grad_norm")
+        loss, lr, gn = rec["loss"], rec["lr"], rec.get("grad_norm")
+        n = len(rec)
+        # fast path (most updates): finite numbers, no val metric, no findings
+        if loss - loss == 0.0 and lr - lr == 0.0 and (
+                n == 4 or (n == 5 and gn is not None and gn - gn == 0.0)):
+            if gn is None:
+                self._write(f'{{"step": {rec["step"]}, "loss": {loss!r}, "lr": {lr!r}, '
+                            f'"time": {rec["time"]!r}}}\n')
+            else:
+                self._write(f'{{"step": {rec["step"]}, "loss": {loss!r}, "lr": {lr!r}, '
+                            f'"grad_norm": {gn!r}, "time": {rec["time"]!r}}}\n')
+            return
+        parts = [f'{{"step": {rec["step"]}, "loss": {_num(loss)}, "lr": {_num(lr)}']
         if gn is not None:
             parts.append(f', "grad_norm": {_num(gn)}')
         val = rec.get("val_metric")
@@ -248,7 +276,7 @@ class JsonlLogger(_Recorder):
         if found:
             parts.append(', "findings": ' + json.dumps([f.to_dict() for f in found]))
         parts.append("}\n")
-        self._file.write("".join(parts))
+        self._write("".join(parts))
 
     def _close(self, end: dict) -> None:
         if self._file is not None:
@@ -267,8 +295,10 @@ class TensorBoardLogger(_Recorder):
 
     def __init__(self, log_dir: str | Path, *, grad_norm_every: int | None = 1,
                  evaluate: Callable[[nn.Module], float] | None = None,
-                 eval_every: int | None = None, flush_secs: int = 30) -> None:
-        super().__init__(grad_norm_every=grad_norm_every, evaluate=evaluate, eval_every=eval_every)
+                 eval_every: int | None = None, flush_secs: int = 30,
+                 flush_every: int = 16) -> None:
+        super().__init__(grad_norm_every=grad_norm_every, evaluate=evaluate, eval_every=eval_every,
+                         flush_every=flush_every)
         if not isinstance(log_dir, (str, Path)):
             raise TypeError(f"log_dir must be a str or Path, got {type(log_dir).__name__}")
         self.log_dir = Path(log_dir)
@@ -320,6 +350,8 @@ class MonitorCallback(_Recorder):
         loggers: sinks that receive every record and the findings.
         stop_on: finding kinds that stop the run (``fit``'s ``stop_reason`` becomes
             ``"monitor:<kind>"``), e.g. ``("diverged",)``; default none.
+        flush_every: records are processed in bursts of this many updates (findings and stops
+            come at most this late; 1 = at the next update); see ``_Recorder``.
         grad_norm_every: compute the global gradient norm every this many updates when ``fit``
             does not (None: only use ``fit``'s); it costs one pass over the gradients.
         evaluate, eval_every: measure a validation metric ``evaluate(model)`` every
@@ -336,8 +368,9 @@ class MonitorCallback(_Recorder):
                  val_mode: str = "min", loggers: Sequence[_Recorder] = (),
                  stop_on: Iterable[str] = (), grad_norm_every: int | None = 1,
                  evaluate: Callable[[nn.Module], float] | None = None,
-                 eval_every: int | None = None) -> None:
-        super().__init__(grad_norm_every=grad_norm_every, evaluate=evaluate, eval_every=eval_every)
+                 eval_every: int | None = None, flush_every: int = 16) -> None:
+        super().__init__(grad_norm_every=grad_norm_every, evaluate=evaluate, eval_every=eval_every,
+                         flush_every=flush_every)
         if monitor is None:
             monitor = Monitor(val_mode=val_mode, total_steps=total_steps)
         elif not isinstance(monitor, Monitor):
@@ -357,6 +390,10 @@ class MonitorCallback(_Recorder):
     def _open(self, model: Any = None, optimizer: Any = None) -> None:
         self.monitor.reset()
         for lg in self.loggers:
+            if isinstance(lg, JsonlLogger):  # so `lrkit monitor LOG` replays with the same setup
+                lg.meta.setdefault("val_mode", self.monitor.val_mode)
+                if self.monitor.total_steps is not None:
+                    lg.meta.setdefault("total_steps", self.monitor.total_steps)
             lg._open(model, optimizer)
 
     def _react(self, rec: dict, new: list[Finding]) -> bool | str | None:
@@ -370,7 +407,7 @@ class MonitorCallback(_Recorder):
     def _observe(self, rec: dict) -> bool | str | None:
         new = self.monitor.update(rec["step"], rec["loss"], lr=rec["lr"],
                                   grad_norm=rec.get("grad_norm"), val_metric=rec.get("val_metric"))
-        return self._react(rec, new)
+        return self._react(rec, new) if new else None
 
     def _observe_val(self, rec: dict) -> bool | str | None:
         return self._react(rec, self.monitor.observe_val(rec["step"], rec["val_metric"]))

@@ -18,15 +18,19 @@ kind                      rule (seed advice it implements)
 ``diverged``              a non-finite loss, or the smoothed loss above ``diverge_factor`` x the
                           first loss (seed 002: "too high ... oscillations or divergence";
                           seed 003: "some learning rates will cause your loss to diverge")
-``lr_too_high``           the smoothed loss climbs ``rise_factor`` x above its best so far, or
-                          after ``min_steps`` it is still above its starting level (seed 002:
-                          "overshoot the minimum"; seed 003: the loss "starts to get worse")
-``lr_too_low``            the loss falls steadily but its curve has not bent: over the run so
-                          far, at least ``low_share`` of the total drop happened in the second
-                          half of ``tau`` (a gradient flow run at a good LR front-loads its
-                          progress), with the drop significant against the step-to-step noise
-                          (seed 002: "too low ... converge very slowly"; seed 000: "if the loss
-                          function decreases slowly ... the learning rate could be too low")
+``lr_too_high``           the smoothed loss climbs back ``rise_share`` of the way from its best
+                          to its first value (and by more than ``start_margin`` of it and ``z``
+                          noise units), or after ``min_fraction`` of the run its level is still
+                          above the first loss (seed 002: "overshoot the minimum, leading to
+                          oscillations"; seed 003: the loss "starts to get worse ... ragged")
+``lr_too_low``            after ``min_fraction`` of the run: the loss falls but its curve has
+                          not bent (at least ``low_share`` of the drop so far came in the second
+                          half of ``tau``; a good LR front-loads its progress), or it bent a
+                          little (``slow_share``) but lost less than ``slow_drop`` of its start,
+                          or it has not fallen significantly at all (drop under ``z`` standard
+                          errors of the step-to-step noise) (seed 002: "too low ... converge
+                          very slowly"; seed 000: "if the loss function decreases slowly ... the
+                          learning rate could be too low")
 ``plateau``               the early drop is significant but the second half of ``tau`` brought no
                           significant further drop (seed 000: "decreases rapidly at the beginning
                           and then plateaus"; seed 002: "decay on plateau"). The seed reads this
@@ -38,18 +42,24 @@ kind                      rule (seed advice it implements)
 ``exploding_gradients``   the smoothed gradient norm above ``explode_factor`` x its starting
                           value (seed 002: "Gradient Clipping ... to prevent exploding
                           gradients")
-``overfitting``           the validation metric worse than its best by ``overfit_tolerance``
-                          (relative) for ``overfit_patience`` evaluations in a row while the
-                          training loss keeps falling (seed 002: "Monitor the training and
-                          validation loss to detect overfitting"; "Early Stopping")
+``overfitting``           ``overfit_patience`` evaluations since the best one worse than it by
+                          ``overfit_tolerance`` (relative) while the training loss kept falling
+                          (seed 002: "Monitor the training and validation loss to detect
+                          overfitting"; "Early Stopping"). If the best evaluation came in the
+                          first ``overfit_early`` of the run and the metric is ``overfit_gap``
+                          worse, ``lr_too_high`` is raised too: on a small-data task the LR
+                          fits the noise long before the run ends (seed 000: the LR "may also
+                          lead to overfitting")
 ========================  ===================================================================
 
 The loss-shape rules assume a loss bounded below near zero (cross-entropy, MSE, bits); a
-negative loss disables the ratio rules ``diverge_factor`` and ``rise_factor`` (the shape rules
+negative loss disables the ratio rules of ``diverged`` and ``lr_too_high`` (the shape rules
 still run). The monitor works without a validation metric (only ``overfitting`` needs one).
 
-Cost: O(1) Python arithmetic per update (two EMAs and a block sum); the shape rules run once per
-``block`` updates on prefix sums with a binary search, O(log n).
+Cost: O(1) Python arithmetic per update (two EMAs and a block sum); the shape rules run at block
+ends (every ``block`` updates, then every ~2% of the blocks so far) on prefix sums with a binary
+search, O(log n) each, so O(1) amortised; a raised finding is refreshed at most every n/10
+updates.
 
 >>> m = Monitor()
 >>> for t in range(50):
@@ -258,7 +268,11 @@ class Monitor:
         self._tau = 0.0
         self._first: float | None = None
         self._ema = 0.0
-        self._ema_n = 0
+        self._bias = 1.0  # beta^n
+        self._beta = self.thresholds.ema
+        self._block = self.thresholds.block
+        # standard deviation of the EMA of white noise of unit variance
+        self._ema_sd = math.sqrt((1.0 - self._beta) / (1.0 + self._beta))
         self._ema_best = math.inf
         self._best_step = 0
         self._prev: float | None = None
@@ -273,6 +287,7 @@ class Monitor:
         self._cum_loss: list[float] = [0.0]
         self._cum_n: list[int] = [0]
         self._step_end: list[int] = [-1]
+        self._next_check = 0
         # gradient norms
         self._g_ema = 0.0
         self._g_n = 0
@@ -316,14 +331,13 @@ class Monitor:
         if step <= self._last_step:
             raise ValueError(f"step must increase, got {step!r} after {self._last_step}")
         self._last_step = step
-        self._new = []
+        self._new = new = []
         loss = float(loss)
-        th = self.thresholds
-        if loss != loss or loss in (math.inf, -math.inf):
+        if loss - loss != 0.0:  # NaN or +-inf
             self._raise("diverged", step, {"loss": _json_num(loss), "first_loss": self._first},
                         "The loss became non-finite: restart from an earlier checkpoint with the "
                         "LR about 10x lower, or add warmup and gradient clipping.")
-            return self._new
+            return new
         self._n += 1
         if lr is not None:
             lr = float(lr)
@@ -332,38 +346,45 @@ class Monitor:
                 self._max_lr = lr
         else:
             self._tau += 1.0
+        first = self._first
+        if first is None:
+            self._first = first = loss
         if loss < 0:
             self._neg = True
-        if self._first is None:
-            self._first = loss
-        # loss EMA (debiased) and its best
-        self._ema_n += 1
-        self._ema = th.ema * self._ema + (1.0 - th.ema) * loss
-        smooth = self._ema / (1.0 - th.ema ** self._ema_n)
-        if smooth < self._ema_best:
-            self._ema_best, self._best_step = smooth, step
-        if self._prev is not None:
-            d = loss - self._prev
+        # loss EMA, debiased like Adam's moments: m_n / (1 - beta^n)
+        beta = self._beta
+        self._bias *= beta
+        self._ema = ema = beta * self._ema + (1.0 - beta) * loss
+        smooth = ema / (1.0 - self._bias)
+        best = self._ema_best
+        if smooth < best:
+            self._ema_best = best = smooth
+            self._best_step = step
+        prev = self._prev
+        if prev is not None:
+            d = loss - prev
             self._sq_diff += d * d
             self._n_diff += 1
         self._prev = loss
         if not self._neg:
-            if smooth > th.diverge_factor * self._first and self._due("diverged", step):
-                self._raise("diverged", step,
-                            {"smoothed_loss": smooth, "first_loss": self._first,
-                             "ratio": smooth / self._first},
-                            f"The loss rose to {smooth / self._first:.3g}x its first value: "
-                            "restart with the LR about 10x lower, or add warmup and gradient "
-                            "clipping.")
-            elif (self._n_diff >= th.block and step - self._best_step >= th.block
-                  and self._due("lr_too_high", step)
-                  and smooth - self._ema_best > th.start_margin * self._first
-                  and smooth - self._ema_best > th.rise_share * (self._first - self._ema_best)
-                  + th.z * self._noise() * math.sqrt((1.0 - th.ema) / (1.0 + th.ema))):
-                share = (smooth - self._ema_best) / max(self._first - self._ema_best, 1e-300)
+            th = self.thresholds
+            if smooth > th.diverge_factor * first:
+                if self._due("diverged", step):
+                    self._raise("diverged", step,
+                                {"smoothed_loss": smooth, "first_loss": first,
+                                 "ratio": smooth / first},
+                                f"The loss rose to {smooth / first:.3g}x its first value: "
+                                "restart with the LR about 10x lower, or add warmup and "
+                                "gradient clipping.")
+            elif (smooth - best > th.start_margin * first
+                  and smooth - best > th.rise_share * (first - best)
+                  + th.z * self._noise() * self._ema_sd
+                  and self._n_diff >= th.block and step - self._best_step >= th.block
+                  and self._due("lr_too_high", step)):
+                share = (smooth - best) / max(first - best, 1e-300)
                 self._raise("lr_too_high", step,
-                            {"smoothed_loss": smooth, "best_loss": self._ema_best,
-                             "best_step": self._best_step, "first_loss": self._first,
+                            {"smoothed_loss": smooth, "best_loss": best,
+                             "best_step": self._best_step, "first_loss": first,
                              "climbed_back": share},
                             f"The loss climbed back {share:.0%} of the way from its best (step "
                             f"{self._best_step}) to its start: lower the LR about 3x, or add "
@@ -375,16 +396,16 @@ class Monitor:
         # blocks
         self._b_sum += loss
         self._b_n += 1
-        if self._b_n >= th.block:
+        if self._b_n >= self._block:
             self._close_block(step)
-        return self._new
+        return new
 
     def observe_val(self, step: int, val_metric: float) -> list[Finding]:
         """Record a validation metric measured after update ``step`` (when it arrives apart
         from the update, as with Hugging Face's ``on_evaluate``)."""
         self._new = []
         step = check_int("step", step, minimum=0)
-        smooth = self._ema / (1.0 - self.thresholds.ema ** self._ema_n) if self._ema_n else math.inf
+        smooth = self._ema / (1.0 - self._bias) if self._bias < 1.0 else math.inf
         self._val(step, float(val_metric), smooth)
         return self._new
 
@@ -457,7 +478,13 @@ class Monitor:
                 return
         elif self._n < th.min_fraction * self.total_steps:
             return
-        if not any(self._due(k, step) for k in ("lr_too_high", "lr_too_low", "plateau")):
+        # the shape rules run at every block end early on, then every ~2% of the blocks so far
+        nb = len(self._tau_end) - 1
+        if nb < self._next_check:
+            return
+        self._next_check = nb + max(1, nb // 50)
+        if not (self._due("lr_too_high", step) or self._due("lr_too_low", step)
+                or self._due("plateau", step)):
             return
         s = self.shape()
         if s is None:
@@ -485,10 +512,11 @@ class Monitor:
                         f"The loss is still falling steadily ({share:.0%} of its drop came in "
                         f"the second half, {rel:.0%} below its start): raise the LR about 10x, "
                         f"or run `lrkit find` to pick one.")
-        elif low_due and not high and abs(drop) <= th.z * se and abs(rel) < 0.02:
+        elif low_due and not high and drop <= th.z * se:
             self._raise("lr_too_low", step, ev,
-                        f"The loss has not moved in {self._n} updates ({rel:.1%} below its "
-                        f"start): raise the LR about 10x, or check that the model trains at all.")
+                        f"The loss has not fallen significantly in {self._n} updates ({rel:.1%} "
+                        f"below its start): raise the LR about 10x, or check that the model "
+                        f"trains at all.")
         if (self._n >= th.plateau_steps and self._due("plateau", step)
                 and s["start"] - s["middle"] > th.z * s["se_early"]
                 and s["middle"] - s["end"] < th.z * s["se_late"]):
@@ -651,8 +679,10 @@ def replay(log: Log, monitor: Monitor | None = None) -> Monitor:
 
     The monitor is a pure function of the updates it sees, so this gives exactly the findings of
     the live run (the NaN in ``loss`` of a non-finite update included)."""
+    meta = log.meta
     m = monitor if monitor is not None else Monitor(
-        val_mode="max" if log.meta.get("higher_is_better") else "min")
+        val_mode=meta.get("val_mode") or ("max" if meta.get("higher_is_better") else "min"),
+        total_steps=meta.get("total_steps", meta.get("steps")))
     if not isinstance(m, Monitor):
         raise TypeError(f"monitor must be a Monitor, got {type(m).__name__}")
     steps = log.step.tolist()
@@ -734,10 +764,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: LOG with .png)")
     parser.add_argument("--no-plot", action="store_true", help="only print the findings")
     parser.add_argument("--total-steps", type=int, default=None,
-                        help="planned updates of the run (default: the log's meta 'steps')")
+                        help="planned updates of the run (default: the log's meta "
+                             "'total_steps' or 'steps')")
     parser.add_argument("--val-mode", choices=("min", "max"), default=None,
                         help="whether a lower or higher validation metric is better (default: "
-                             "from the log's meta 'higher_is_better', else min)")
+                             "the log's meta 'val_mode', or 'higher_is_better', else min)")
     parser.add_argument("--json", action="store_true", help="print the findings as JSON")
     parser.add_argument("--threshold", action="append", default=[], metavar="NAME=VALUE",
                         help="override a Thresholds field, e.g. --threshold z=3 (repeatable)")
@@ -753,8 +784,11 @@ def cli_main(args: argparse.Namespace) -> int:
             raise ValueError(f"--threshold must be NAME=VALUE, got {item!r}")
         field_type = {f.name: f.type for f in dataclasses.fields(Thresholds)}.get(key, "float")
         overrides[key] = int(value) if field_type == "int" else float(value)
-    total = args.total_steps if args.total_steps is not None else log.meta.get("steps")
-    mode = args.val_mode or ("max" if log.meta.get("higher_is_better") else "min")
+    meta = log.meta
+    total = args.total_steps if args.total_steps is not None else meta.get(
+        "total_steps", meta.get("steps"))
+    mode = args.val_mode or meta.get("val_mode") or (
+        "max" if meta.get("higher_is_better") else "min")
     m = replay(log, Monitor(val_mode=mode, total_steps=total, **overrides))
     found = m.findings
     if args.json:

@@ -88,7 +88,8 @@ def test_tensorboard_scalars_and_findings(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     model, batches = _linear()
-    cb = MonitorCallback(loggers=[TensorBoardLogger(tmp_path / "tb")], stop_on=("diverged",))
+    cb = MonitorCallback(loggers=[TensorBoardLogger(tmp_path / "tb")], stop_on=("diverged",),
+                         flush_every=1)
     out = train.fit(model, torch.optim.SGD(model.parameters(), lr=3.0), batches, num_steps=40,
                     loss_fn=nn.functional.mse_loss, callbacks=[cb])
     assert out.stop_reason == "monitor:diverged"
@@ -143,9 +144,8 @@ def test_decay_on_plateau_reuses_plateau_and_composes_with_a_schedule():
             seen.append(info.lr)
 
     dec = DecayOnPlateau(Plateau(patience=0, factor=0.5), source="loss", every=1)
-    train.fit(model, torch.optim.SGD(model.parameters(), lr=0.1), [(b[0], b[1] * 0) for b in
-                                                                       batches] * 0 + batches,
-              num_steps=20, loss_fn=lambda out, y: (out * 0).sum() + 1.0, schedule=sched,
+    train.fit(model, torch.optim.SGD(model.parameters(), lr=0.1), batches, num_steps=20,
+              loss_fn=lambda out, y: (out * 0).sum() + 1.0, schedule=sched,
               callbacks=[dec, Spy()])
     # a constant loss never improves after the first report: the scale halves every step
     for t in range(20):
@@ -183,3 +183,24 @@ def test_swa_average_lr_and_batchnorm(tmp_path):
     with torch.no_grad():
         h = torch.cat([bn_model[0](b[0]) for b in batches])
     assert torch.allclose(bn_model[1].running_mean, h.mean(0), atol=1e-5)
+
+
+def test_val_metric_from_fits_evaluate_reaches_monitor_log_and_cli(tmp_path, capsys):
+    from lrkit import cli
+
+    model, batches = _linear()
+    vals = iter([1.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1])
+    path = tmp_path / "v.jsonl"
+    cb = MonitorCallback(total_steps=40, loggers=[JsonlLogger(path)])
+    train.fit(model, torch.optim.SGD(model.parameters(), lr=0.05), batches, num_steps=40,
+              loss_fn=nn.functional.mse_loss, callbacks=[cb], evaluate=lambda m: next(vals),
+              eval_every=5)
+    log = read_log(path)
+    measured = [(int(s), v) for s, v in zip(log.step, log.val_metric) if v == v]
+    assert measured == [(4, 1.0), (9, 0.5), (14, 0.6), (19, 0.7), (24, 0.8), (29, 0.9),
+                        (34, 1.0), (39, 1.1)]
+    f = cb.monitor.finding("overfitting")
+    assert f is not None and f.evidence["best_step"] == 9 and f.step == 24
+    assert log.meta == {"val_mode": "min", "total_steps": 40}
+    assert cli.main(["monitor", str(path), "--no-plot"]) == 0
+    assert "[overfitting @ step 24]" in capsys.readouterr().out
