@@ -37,9 +37,14 @@ def task():
 
 
 @pytest.fixture(scope="module")
-def done(task, tmp_path_factory):
+def storage(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('shared') / 'study.db'}"
+
+
+@pytest.fixture(scope="module")
+def done(task, tmp_path_factory, storage):
     out = tmp_path_factory.mktemp("tune") / "run"
-    return tune(task, out=out, progress=False), out
+    return tune(task, out=out, progress=False, storage=storage), out
 
 
 def test_budget_plan_by_hand():
@@ -194,6 +199,41 @@ def test_user_model_through_from_torch(tmp_path):
     assert res.metric < first  # the tuned run beats the user's own LR on its val loss
     page = (tmp_path / "user" / "report.html").read_text()
     assert "my &lt;model&gt;" in page and "my <model>" not in page
+
+
+def test_shared_study_lets_a_second_worker_skip_the_trials(task, done, storage, tmp_path,
+                                                           monkeypatch):
+    import optuna
+
+    res, out = done
+    log = json.loads((out / "3-halving.json").read_text())["trials"]
+    study_name = optuna.get_all_study_names(storage)
+    assert len(study_name) == 1
+    study = optuna.load_study(study_name=study_name[0], storage=storage)
+    recs = {(t.params["schedule"], round(t.params["lr"], 12), t.user_attrs["steps"]): t
+            for t in study.trials if "lrkit_rec" in t.user_attrs}
+    assert len(recs) == len(log)
+    for r in log:  # every local record is the study's trial, value = val metric
+        t = recs[(r["family"], round(r["lr"], 12), r["steps"])]
+        if r["diverged"]:
+            assert t.state == optuna.trial.TrialState.FAIL
+        else:
+            assert t.value == pytest.approx(tune_mod._num(r["metric"]))
+    # a second worker on the same storage (another folder): the trials are there already, so
+    # it trains only its final run and reaches the same decision
+    calls = []
+    orig = train.run
+
+    def counting_run(*a, **k):
+        calls.append(k.get("steps"))
+        return orig(*a, **k)
+
+    monkeypatch.setattr(train, "run", counting_run)
+    again = tune(task, out=tmp_path / "worker2", progress=False, storage=storage)
+    monkeypatch.undo()
+    assert calls == [STEPS]
+    assert (again.family, again.lr) == (res.family, res.lr)
+    assert again.metric == pytest.approx(res.metric, rel=1e-9)
 
 
 def test_bad_arguments(task, tmp_path, done):
