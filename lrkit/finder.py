@@ -50,28 +50,27 @@ def sweep_lrs(start_lr: float, end_lr: float, num_iter: int, mode: str = "exp") 
     return start_lr + (end_lr - start_lr) * t
 
 
-#: steps of one sweep: a longer ``num_iter`` buys interleaved repeats of a sweep this long, not a
-#: denser sweep (see :func:`sweep_plans`); the rule's constant was fitted on sweeps of this length
+#: steps of one sweep: a longer ``num_iter`` buys repeats of a sweep this long, not a denser
+#: sweep (see :func:`sweep_plans`); the rule's constant was fitted on sweeps of this length
 SWEEP_STEPS = 100
-#: a sweep shorter than SWEEP_STEPS trains less at each LR, so its curve sits to the right: its
-#: suggestion is moved by ``(num_iter / SWEEP_STEPS) ** SHORT_SWEEP_ALPHA``. 0.5 is the middle
-#: of the two limits: the descent's position scales with the training per LR (exponent 1), the
-#: stability edge does not move (exponent 0)
-SHORT_SWEEP_ALPHA = 0.5
 
 
 def sweep_plans(start_lr: float, end_lr: float, num_iter: int, mode: str = "exp"
                 ) -> list[np.ndarray]:
     """The range test's sweeps: ``R = max(1, num_iter // SWEEP_STEPS)`` sweeps of
     ``U = num_iter // R`` steps over the same range (one sweep of ``num_iter`` steps when it is
-    shorter than ``SWEEP_STEPS``; its suggestion is corrected, see ``SHORT_SWEEP_ALPHA``), sweep ``r`` offset by ``r / R`` of a grid step
-    (its last point, past ``end_lr``, dropped), each trained from the same starting point.
+    shorter than ``SWEEP_STEPS``), sweep ``r`` offset by ``r / R`` of a grid step (its last
+    point, past ``end_lr``, dropped), each trained from the same starting point on the next
+    batches of the data.
 
     Why: the LR where a sweep's loss falls, and where it blows up, depend on how many steps it
     trains at each LR (a denser sweep trains longer and blows up earlier; measured 2-5x drift of
     every rule between 50 and 400 steps). Repeating a fixed-density sweep keeps that the same
-    for every ``num_iter``, and the offsets interleave the repeats into a curve ``R`` times
-    finer, so a larger ``num_iter`` buys resolution and less noise, not a moved curve.
+    for every ``num_iter``: every rule reads each sweep on its own and the suggestions are
+    combined by their geometric mean (so a larger ``num_iter`` buys less noise, not a moved
+    curve), while the offsets interleave the repeats into one curve ``R`` times finer for the
+    plot. Below ``SWEEP_STEPS`` a sweep is shorter, trains less per LR, and its suggestion can
+    move: 100 steps or more is the recommended budget.
     """
     base = sweep_lrs(start_lr, end_lr, num_iter, mode)
     reps = max(1, num_iter // SWEEP_STEPS)
@@ -357,6 +356,7 @@ def find_lr(
     schedule: Any = "constant",
     metric_fn: Callable[[nn.Module, Iterable], float] | None = None,
     higher_is_better: bool = False,
+    interleave: bool = True,
 ) -> "RangeTestResult":
     """Run an LR range test and suggest a learning rate.
 
@@ -384,12 +384,20 @@ def find_lr(
     ``1 - smooth^t``, stop when ``m_t > diverge_factor x min_{s<=t} m_s`` or a loss is non-finite.
     The suggestion (``method``, see :func:`lrkit.suggest.methods`) reads the recorded raw losses.
 
+    ``num_iter`` beyond ``SWEEP_STEPS`` (100) buys repeats of a 100-step sweep, interleaved
+    into one finer curve, so the suggestion does not move with ``num_iter`` (see
+    :func:`sweep_plans`); ``interleave=False`` runs one sweep of ``num_iter`` steps instead (what
+    the peers do).
+
     Under ``torch.distributed`` the loss is averaged across ranks, so every rank gets the same curve.
     """
     from . import train as _train
 
     num_iter = check_int("num_iter", num_iter, minimum=2)
-    plans = sweep_plans(start_lr, end_lr, num_iter, mode)
+    if not isinstance(interleave, bool):
+        raise TypeError(f"interleave must be a bool, got {interleave!r}")
+    plans = (sweep_plans(start_lr, end_lr, num_iter, mode) if interleave
+             else [sweep_lrs(start_lr, end_lr, num_iter, mode)])
     lrs_plan = plans[0]
     check_range("smooth", smooth, 0.0, 1.0, high_open=True)
     diverge_factor = check_positive("diverge_factor", diverge_factor)
@@ -471,6 +479,7 @@ def find_lr(
     start = time.perf_counter()
     all_lrs: list[float] = []
     all_losses: list[float] = []
+    per_sweep: list[tuple[np.ndarray, np.ndarray]] = []
     reasons: list[str] = []
     steps_done = 0
     try:
@@ -497,6 +506,7 @@ def find_lr(
                             )[: len(lrs_r)]
             all_lrs += lrs_r
             all_losses += losses_r
+            per_sweep.append((np.asarray(lrs_r, dtype=float), np.asarray(losses_r, dtype=float)))
             reasons.append(out.stop_reason)
             steps_done += out.steps_done
     finally:
@@ -512,6 +522,7 @@ def find_lr(
     stop_reason = ("nan" if "nan" in reasons else "diverged" if any(
         x not in ("completed", "nan") for x in reasons) else "completed")
     result = _build_result(lrs, losses, stop_reason, method=method, num_iter=num_iter,
+                           sweeps=per_sweep,
                            cost=steps_done * accumulation_steps, wall=wall,
                            settings={"start_lr": float(start_lr), "end_lr": float(end_lr),
                                      "num_iter": num_iter, "mode": mode, "smooth": float(smooth),
@@ -523,10 +534,8 @@ def find_lr(
                                      "task": task.name if task is not None else None},
                            train_size=getattr(task, "train_size", None) if task else None,
                            batch_size=task.recipe.batch_size if task else None)
-    if num_iter < SWEEP_STEPS:
-        result = _short_sweep_correction(result, num_iter)
     if confirm and task is None:
-        from .tasks import from_torch
+        from .tasks.torch_task import from_torch
 
         user = _train.snapshot(model, optimizer, scheduler=scheduler, scaler=scaler,
                                generators=_train.loader_generators(train_loader)
@@ -546,30 +555,55 @@ def find_lr(
     return result
 
 
-def _short_sweep_correction(result: RangeTestResult, num_iter: int) -> RangeTestResult:
-    """Move lrkit's suggestion of a sweep shorter than ``SWEEP_STEPS`` by
-    ``(num_iter / SWEEP_STEPS) ** SHORT_SWEEP_ALPHA`` (the peers' rules are left as they are)."""
-    s = result.suggestion
-    if s.lr is None or s.method != "lrkit":
-        return result
-    f = (num_iter / SWEEP_STEPS) ** SHORT_SWEEP_ALPHA
-    moved = s.scaled(f, method=s.method, confidence=s.confidence,
-                     reason=s.reason + f"; x{f:.2f} for a sweep of {num_iter} < {SWEEP_STEPS} "
-                     "steps (less training per LR puts the curve to the right)")
-    sugs = dict(result.suggestions)
-    sugs[s.method] = moved
-    return replace(result, suggestion=moved, suggestions=sugs)
+def _suggest_sweep(lrs: np.ndarray, losses: np.ndarray, num_iter: int) -> dict[str, Suggestion]:
+    if lrs.size >= 8:
+        return _suggest.suggest_all(lrs, losses, num_iter=num_iter)
+    return {m: Suggestion(None, m, "none", f"only {lrs.size} steps before the test stopped")
+            for m in _suggest.methods()}
+
+
+_CONFIDENCE = ("none", "low", "medium", "high")
+
+
+def _combine(per_sweep: list[dict[str, Suggestion]]) -> dict[str, Suggestion]:
+    """Each rule's suggestions from repeated sweeps, combined: the geometric mean of the LRs
+    (and of the band's edges) of the sweeps that found one, when at least half did; the median
+    confidence; the schedule settings follow the combined LR and band."""
+    out: dict[str, Suggestion] = {}
+    for m in per_sweep[0]:
+        found = [d[m] for d in per_sweep if d[m].lr is not None]
+        if 2 * len(found) < len(per_sweep):
+            first = next(d[m] for d in per_sweep if d[m].lr is None)
+            out[m] = Suggestion(None, m, "none", f"{len(per_sweep) - len(found)} of "
+                                f"{len(per_sweep)} sweeps gave no LR; first: {first.reason}")
+            continue
+        lrs = np.array([f.lr for f in found])
+        lr = float(np.exp(np.mean(np.log(lrs))))
+        ranks = sorted(_CONFIDENCE.index(f.confidence) for f in found
+                       if f.confidence in _CONFIDENCE)
+        conf = _CONFIDENCE[ranks[(len(ranks) - 1) // 2]] if ranks else found[0].confidence
+        why = (f"geometric mean of {len(found)} sweeps (their LRs span "
+               f"{lrs.max() / lrs.min():.2f}x); median sweep: "
+               f"{found[int(np.argsort(lrs)[len(lrs) // 2])].reason}")
+        bands = [f.band for f in found if f.band is not None]
+        if len(bands) == len(found) and all(f.schedules for f in found):
+            lo = float(np.exp(np.mean(np.log([b[0] for b in bands]))))
+            hi = float(np.exp(np.mean(np.log([b[1] for b in bands]))))
+            out[m] = Suggestion.at(lr, (lo, hi), method=m, confidence=conf, reason=why)
+        else:
+            out[m] = Suggestion(lr, m, conf, why)
+    return out
 
 
 def _build_result(lrs: np.ndarray, losses: np.ndarray, stop_reason: str, *, method: str,
                   num_iter: int, cost: int, wall: float, settings: dict,
-                  train_size: int | None, batch_size: int | None) -> RangeTestResult:
+                  train_size: int | None, batch_size: int | None,
+                  sweeps: list[tuple[np.ndarray, np.ndarray]] | None = None) -> RangeTestResult:
     n = lrs.size
-    if n >= 8:
-        all_s = _suggest.suggest_all(lrs, losses, num_iter=num_iter)
+    if sweeps is not None and len(sweeps) > 1:
+        all_s = _combine([_suggest_sweep(x, y, x.size) for x, y in sweeps])
     else:
-        all_s = {m: Suggestion(None, m, "none", f"only {n} steps before the test stopped")
-                 for m in _suggest.methods()}
+        all_s = _suggest_sweep(lrs, losses, num_iter)
     smoothed = _suggest.smooth_curve(lrs, losses) if n >= 2 else np.full(n, np.nan)
     advice: dict[str, Any] = {}
     if n >= 16:
@@ -679,7 +713,8 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
         out = _train.run(task, lr, steps=steps, seed=seed, eval_split="val", callbacks=[track])
         spent += out.steps_done
         row = {"lr": lr, "steps": steps, "metric": out.metric, "diverged": out.diverged,
-               "val_curve": track.curve + [(out.steps_done, out.metric)]}
+               "val_curve": track.curve + [(out.steps_done, out.metric)],
+               "train_losses": [float(v) for v in out.losses]}
         table.append(row)
         if bar is not None:
             bar.update(1)
@@ -765,10 +800,11 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
 
 #: validation evaluations along each confirm run (to see a run overfit)
 CONFIRM_EVALS = 10
-#: a confirm run overfits when its final val metric is worse than its best by this fraction,
-#: and the best came in the first OVERFIT_BY of the run
-OVERFIT_MARGIN = 0.03
-OVERFIT_BY = 0.7
+#: a confirm run has stopped generalising when, after its val metric came within
+#: VAL_FLAT of its best (step t*), its val metric improved by less than VAL_FLAT more while
+#: its training loss still fell by more than TRAIN_FALLS (relative): it memorises
+VAL_FLAT = 0.01
+TRAIN_FALLS = 0.05
 
 
 class _ValTrack:
@@ -798,17 +834,37 @@ class _ValTrack:
 
 
 def _overfit_point(task: Any, row: dict) -> tuple[int, float] | None:
-    """``(step, value)`` of the best val metric of a confirm run that clearly overfits (its end
-    is worse than its best by ``OVERFIT_MARGIN`` of the best, reached in the first
-    ``OVERFIT_BY`` of the run), else ``None``."""
+    """``(t*, value)`` where a confirm run stopped generalising, else ``None``.
+
+    t* is the first val evaluation within ``VAL_FLAT`` (relative) of the run's best val metric.
+    The run stopped generalising at t* when, from there to its end, the val metric gained less
+    than ``VAL_FLAT`` more while the training loss (mean over the tenth of the run before each
+    point) still fell by more than ``TRAIN_FALLS``: the model memorises the training data. A run
+    whose val metric still improves (or whose training loss has stalled too: a noise floor, not
+    overfitting) gives ``None``."""
     curve = [(t, v) for t, v in row.get("val_curve", []) if math.isfinite(v)]
-    if row["diverged"] or len(curve) < 3:
+    losses = np.asarray(row.get("train_losses", []), dtype=float)
+    if row["diverged"] or len(curve) < 4 or losses.size < 10:
         return None
-    t_best, v_best = min(curve, key=lambda tv: (_rank_key(task, tv[1]), tv[0]))
-    t_end, v_end = curve[-1]
-    worse = (v_best - v_end) if task.higher_is_better else (v_end - v_best)
-    if t_best <= OVERFIT_BY * t_end and worse > OVERFIT_MARGIN * max(abs(v_best), 1e-12):
-        return t_best, v_best
+    values = np.array([v for _, v in curve])
+    sign = -1.0 if task.higher_is_better else 1.0  # lower signed value is better
+    best = float(np.min(sign * values))
+    tol = VAL_FLAT * max(abs(best), 1e-12)
+    i_star = int(np.flatnonzero(sign * values <= best + tol)[0])
+    t_star, t_end = curve[i_star][0], curve[-1][0]
+    if i_star >= len(curve) - 2:  # still improving near the end: not overfitting yet
+        return None
+    gained = float(sign * values[i_star] - sign * values[-1])
+    window = max(1, losses.size // 10)
+
+    def train_at(t: int) -> float:
+        t = min(max(t, window), losses.size)
+        return float(np.mean(losses[t - window:t]))
+
+    l_star, l_end = train_at(t_star), train_at(t_end)
+    falls = (l_star - l_end) / max(abs(l_star), 1e-12)
+    if gained < tol and falls > TRAIN_FALLS:
+        return t_star, float(values[i_star])
     return None
 
 

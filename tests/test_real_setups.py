@@ -203,3 +203,26 @@ def test_abstaining_says_what_to_do():
     flat = 1.0 + 0.01 * np.random.default_rng(1).standard_normal(60)
     s = S.lrkit_rule(lrs, flat)
     assert s.lr is None and "confirm=True" in s.reason and "start_lr" in s.reason
+
+
+# ------------------------------------------------------------- overfitting confirm runs
+class _LowerBetter:
+    higher_is_better = False
+
+
+def test_a_run_that_memorises_is_flagged_and_one_still_learning_is_not():
+    from lrkit.finder import _overfit_point
+
+    steps = 100
+    falling = list(np.linspace(1.0, 0.2, steps))           # training loss keeps falling
+    memorise = {"diverged": False, "train_losses": falling,
+                "val_curve": [(10, 0.9), (20, 0.7), (30, 0.6), (40, 0.55), (50, 0.551),
+                              (60, 0.552), (70, 0.56), (80, 0.56), (90, 0.57), (100, 0.58)]}
+    t_star, v = _overfit_point(_LowerBetter(), memorise)
+    assert (t_star, v) == (40, 0.55)
+    learning = dict(memorise, val_curve=[(10 * k, 1.0 - 0.05 * k) for k in range(1, 11)])
+    assert _overfit_point(_LowerBetter(), learning) is None
+    # a val plateau with a stalled training loss is a noise floor, not memorisation
+    stalled = dict(memorise, train_losses=[0.5] * steps)
+    assert _overfit_point(_LowerBetter(), stalled) is None
+    assert _overfit_point(_LowerBetter(), dict(memorise, diverged=True)) is None

@@ -19,7 +19,6 @@ import sys
 
 from ..errors import closest
 from .base import OPTIMIZERS, RECIPE_SCHEDULES, Recipe, Task
-from .from_torch import from_torch
 
 __all__ = ["Recipe", "Task", "OPTIMIZERS", "RECIPE_SCHEDULES", "from_torch", "get", "load",
            "names"]
@@ -124,3 +123,11 @@ def load(ref: str) -> Task:
         raise TypeError(f"task reference {ref!r} must return a lrkit.tasks.Task, "
                         f"got {type(task).__name__}")
     return task
+
+
+def __getattr__(name: str):
+    if name == "from_torch":  # imports torch: only when asked for
+        from .torch_task import from_torch
+
+        return from_torch
+    raise AttributeError(f"module 'lrkit.tasks' has no attribute {name!r}")
