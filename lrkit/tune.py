@@ -653,7 +653,10 @@ def _safe_lr(task: Any, seed: int, folder: _Folder) -> dict | None:
     if fn is None:
         return None
     try:
-        res = fn(task, seed=seed)
+        # >= 256 examples as curvature's default, but never more than 8 batches (a task from
+        # from_torch may not know its batch size)
+        nb = max(1, min(8, math.ceil(256 / max(1, task.recipe.batch_size))))
+        res = fn(task, seed=seed, num_batches=nb)
         d = {"lr": float(res.lr), "formula": str(getattr(res, "formula", "")),
              "reference": str(getattr(res, "reference", "")),
              "summary": res.summary() if callable(getattr(res, "summary", None)) else ""}
