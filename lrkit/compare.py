@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -304,3 +306,13 @@ def _clean(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_clean(v) for v in x]
     return x
+
+
+class _CallableModule(types.ModuleType):
+    """``lrkit.compare`` is both this module and the function (see :mod:`lrkit.tune`)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> CompareResult:
+        return compare(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -39,7 +39,9 @@ import datetime as _dt
 import json
 import math
 import os
+import sys
 import time
+import types
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1068,3 +1070,14 @@ def cli_main(args: argparse.Namespace) -> int:
     print(f"why: {res.explanation}")
     print(f"report: {res.report}")
     return 0
+
+
+class _CallableModule(types.ModuleType):
+    """``lrkit.tune`` is both this module and the function: importing the module sets the
+    attribute ``lrkit.tune`` to the module, so the module itself calls :func:`tune`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> TuneResult:
+        return tune(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

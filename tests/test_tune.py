@@ -237,6 +237,12 @@ def test_shared_study_lets_a_second_worker_skip_the_trials(task, done, storage, 
 
 
 def test_bad_arguments(task, tmp_path, done):
+    import lrkit
+    import lrkit.tune as module
+
+    assert lrkit.tune is module and module.tune is tune  # the module is callable: lrkit.tune(...)
+    with pytest.raises(ValueError, match="budget must be > 1"):
+        lrkit.tune(task, budget=0.5, out=tmp_path / "z", progress=False)
     with pytest.raises(ValueError, match="budget must be > 1"):
         tune(task, budget=1.0, out=tmp_path / "a", progress=False)
     with pytest.raises(ValueError, match="schedules"):
@@ -274,3 +280,27 @@ def test_smooth_against_hand_average():
     y = [1.0, 2.0, 3.0, 10.0, float("nan"), 6.0]
     s = smooth(y, 3)
     assert s.tolist() == pytest.approx([1.5, 2.0, 5.0, 6.5, 8.0, 6.0])
+
+
+def test_compare_each_schedule_at_its_own_best_lr(task, tmp_path):
+    from lrkit.compare import SEARCH, CompareResult, compare
+
+    res = compare(task, schedules=("constant", "cosine"), progress=False)
+    assert [r["family"] for r in res.rows] == ["constant", "cosine"]
+    for r in res.rows:
+        # five LRs a quarter decade apart around the family's centre; the best val MSE wins
+        assert r["lrs"] == pytest.approx([r["centre"] * m for m in SEARCH])
+        finite = [(v, i) for i, v in enumerate(r["val"]) if math.isfinite(v)]
+        assert r["lr"] == pytest.approx(r["lrs"][min(finite)[1]])
+        replay = train.run(task, schedules.from_spec(r["schedule"]), seed=0, eval_split="test")
+        assert r["test"] == pytest.approx(replay.metric, rel=1e-6)
+        every = STEPS // 30  # the validation metric every 6 steps
+        assert len(r["losses"]) == STEPS and [s for s, _ in r["val_curve"]] == list(
+            range(every, STEPS + 1, every))
+    assert res.best()["test"] == min(r["test"] for r in res.rows)
+    assert res.table().count("\n") == 3
+    again = CompareResult.from_dict(json.loads(json.dumps(res.to_dict())))
+    again.plot(tmp_path / "cmp.png")
+    assert (tmp_path / "cmp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="schedules"):
+        compare(task, schedules=("cosine", "nope"), progress=False)
