@@ -179,8 +179,8 @@ def evaluate(names: list[str] | None = None) -> None:
     for name, cond, seed, log in logs:
         rows.append((name, cond, seed, judge(log)))
     conds = list(FACTORS)
-    lines = [f"# Monitor: labelled evaluation, leave-one-task-out check, overhead", "",
-             f"Produced by `python benchmarks/bench_monitor.py` on "
+    lines = ["# Monitor: labelled evaluation, leave-one-task-out check, overhead", "",
+             "Produced by `python benchmarks/bench_monitor.py` (collect, evaluate, overhead) on "
              f"{time.strftime('%Y-%m-%d')} (CPU, `torch.set_num_threads(1)`, shared 2-core "
              f"machine). Logs: `benchmarks/results/monitor-logs/` (one JSON-lines file per run).",
              "", f"Tasks: {', '.join(task_names)}; LR = the oracle's best x 1/100, 1, 30, 100; "
@@ -241,6 +241,13 @@ def evaluate(names: list[str] | None = None) -> None:
     lines += ["", f"Held-out errors in total: **{loto_err}/{len(logs)}**. Fitted on all tasks: "
               f"`{fitted_all}` (the defaults are `{ {k: getattr(Thresholds(), k) for k in GRID} }`).",
               ""]
+    lines += ["## Sensitivity of the thresholds set by reasoning (all tasks, errors / runs)", "",
+              "| threshold | values -> errors |", "|---|---|"]
+    for key, values in (("z", (3.0, 4.0, 5.0)), ("rise_share", (0.3, 0.5, 0.7)),
+                        ("diverge_factor", (2.0, 3.0, 4.0)), ("overfit_early", (0.1, 0.15, 0.25))):
+        cells = ", ".join(f"{v:g} -> {score(logs, **{key: v})[0]}" for v in values)
+        lines.append(f"| `{key}` | {cells} |")
+    lines.append("")
     (RESULTS / "monitor-eval.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot_eval(rows, logs)
@@ -270,61 +277,90 @@ def plot_eval(rows, logs) -> None:
     fig.tight_layout()
     fig.savefig(RESULTS / "monitor.png", dpi=110)
     plt.close(fig)
+    from lrkit.monitor import Monitor, replay
+
     example = [log for n, c, s, log in logs if n == names[0] and s == 0 and c in ("x1/100", "x30")]
     for log in example:
         tag = log.meta["condition"].replace("/", "_")
-        plot_log(log, RESULTS / f"monitor-{names[0]}-{tag}.png")
+        m = replay(log, Monitor(val_mode="max" if log.meta["higher_is_better"] else "min",
+                                total_steps=int(log.meta["steps"])))
+        plot_log(log, RESULTS / f"monitor-{names[0]}-{tag}.png", findings=m.findings)
 
 
 # ---------------------------------------------------------------------------------- overhead
-def overhead(repeats: int = 40) -> None:
+def overhead(repeats: int = 60) -> None:
     """Per-step cost of ``fit`` on logreg with and without MonitorCallback + JsonlLogger.
 
     Three loops, interleaved ``repeats`` times in one process (order rotated each round): plain
     ``fit``; ``fit`` with ``MonitorCallback(loggers=[JsonlLogger])`` fed loss and LR
-    (``grad_norm_every=None``); the same with the global gradient norm every update. Each is
-    timed in process CPU time (``time.process_time``, less disturbed by other processes on a
-    shared machine than wall time) at the recipe's horizon (100 steps, so one-off costs such as
-    opening the log count) and at 1000 steps. Ratios of medians. Also the callback's own cost per
-    update, timed alone (``on_step_end`` on ready ``StepInfo`` objects).
+    (``grad_norm_every=None``); the same with the global gradient norm every update. Each run is
+    timed in process CPU time (``time.process_time``), at the recipe's horizon (100 steps, so
+    one-off costs such as opening the log count) and at 1000 steps. The ratio is the median over
+    rounds of the ratio within a round (runs adjacent in time share the machine's load). Also:
+    the callback's own time inside ``fit`` (its hooks timed in place), and alone (its
+    ``on_step_end`` on ready ``StepInfo`` objects).
     """
     import statistics
     import tempfile
 
     from lrkit import tasks
     from lrkit.callbacks import JsonlLogger, MonitorCallback
-    from lrkit.train import StepInfo, fit
+    from lrkit.train import Callback, StepInfo, fit
 
     torch.set_num_threads(1)
     task = tasks.get("logreg")
     lr = best_lr("logreg")
     tmp = Path(tempfile.mkdtemp())
 
+    class Timed(Callback):
+        """Times the wrapped callback's hooks in process CPU time."""
+
+        def __init__(self, inner: Callback) -> None:
+            self.inner, self.spent = inner, 0.0
+
+        def on_train_start(self, model, optimizer):
+            self.inner.on_train_start(model, optimizer)
+
+        def on_step_end(self, info):
+            t0 = time.process_time()
+            out = self.inner.on_step_end(info)
+            self.spent += time.process_time() - t0
+            return out
+
+        def on_train_end(self, result):
+            t0 = time.process_time()
+            self.inner.on_train_end(result)
+            self.spent += time.process_time() - t0
+
     def once(kind: str, steps: int) -> float:
         model = task.build_model(0)
         opt = task.recipe.make_optimizer(model.parameters(), lr)
-        cbs = []
+        cbs: list = []
         if kind != "plain":
             every = 1 if kind == "grad" else None
-            cbs = [MonitorCallback(total_steps=steps, grad_norm_every=every,
-                                   loggers=[JsonlLogger(tmp / f"{kind}.jsonl")])]
+            cb = MonitorCallback(total_steps=steps, grad_norm_every=every,
+                                 loggers=[JsonlLogger(tmp / f"{kind}.jsonl")])
+            cbs = [Timed(cb)] if kind == "timed" else [cb]
         t0 = time.process_time()
         fit(model, opt, task.batches(0), num_steps=steps, step_fn=task.loss, callbacks=cbs)
+        if kind == "timed":
+            return cbs[0].spent / steps
         return (time.process_time() - t0) / steps
 
-    kinds = ["plain", "monitor", "grad"]
+    kinds = ["plain", "monitor", "grad", "timed"]
     rows = []
     for steps, reps in ((task.recipe.steps, repeats), (1000, max(5, repeats // 4))):
         times: dict[str, list[float]] = {k: [] for k in kinds}
         for k in kinds:
             once(k, steps)  # warm-up
         for r in range(reps):
-            order = kinds[r % 3:] + kinds[:r % 3]
+            order = kinds[r % 4:] + kinds[:r % 4]
             for k in order:
                 times[k].append(once(k, steps))
         med = {k: statistics.median(v) for k, v in times.items()}
-        rows.append((steps, reps, med))
-    # the callback alone
+        ratio = {k: statistics.median(a / b for a, b in zip(times[k], times["plain"]))
+                 for k in ("monitor", "grad")}
+        rows.append((steps, reps, med, ratio))
     model = task.build_model(0)
     opt = task.recipe.make_optimizer(model.parameters(), lr)
     n = 20000
@@ -338,17 +374,20 @@ def overhead(repeats: int = 40) -> None:
     alone = (time.process_time() - t0) / n
     lines = ["", "## Overhead", "",
              "`fit` on logreg (the smallest built-in task: full-batch GD on 569 examples), "
-             "process CPU time per step, median over interleaved runs in one process:", "",
-             "| steps per run | runs each | plain `fit` (us/step) | + MonitorCallback + "
-             "JsonlLogger (loss, LR) | ratio | + gradient norm every step | ratio |",
-             "|---|---|---|---|---|---|---|"]
-    for steps, reps, med in rows:
+             "process CPU time per step, runs interleaved in one process; ratio = median over "
+             "rounds of the within-round ratio:", "",
+             "| steps per run | rounds | plain `fit` us/step | + MonitorCallback + JsonlLogger "
+             "(loss, LR) us/step | ratio | + gradient norm every step | ratio | the callback's "
+             "own hooks inside `fit`, us/step |",
+             "|---|---|---|---|---|---|---|---|"]
+    for steps, reps, med, ratio in rows:
         lines.append(f"| {steps} | {reps} | {med['plain'] * 1e6:.1f} | "
-                     f"{med['monitor'] * 1e6:.1f} | {med['monitor'] / med['plain']:.3f} | "
-                     f"{med['grad'] * 1e6:.1f} | {med['grad'] / med['plain']:.3f} |")
-    lines += ["", f"The callback alone (monitor + JSON line, no gradient norm): "
-              f"{alone * 1e6:.2f} us per update = {alone / rows[-1][2]['plain']:.3f} of a plain "
-              f"logreg step.", ""]
+                     f"{med['monitor'] * 1e6:.1f} | {ratio['monitor']:.3f} | "
+                     f"{med['grad'] * 1e6:.1f} | {ratio['grad']:.3f} | "
+                     f"{med['timed'] * 1e6:.1f} ({med['timed'] / med['plain']:.3f} of a step) |")
+    lines += ["", f"The callback alone (monitor + JSON line, no gradient norm, on ready "
+              f"`StepInfo` objects): {alone * 1e6:.2f} us per update = "
+              f"{alone / rows[0][2]['plain']:.3f} of a plain logreg step.", ""]
     text = "\n".join(lines)
     (RESULTS / "monitor-overhead.md").write_text(text + "\n")
     print(text)
@@ -364,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
         evaluate(a.tasks)
     if a.part in ("overhead", "all"):
         overhead()
+    parts = [RESULTS / "monitor-eval.md", RESULTS / "monitor-overhead.md"]
+    if all(p.exists() for p in parts):  # the combined report
+        text = "".join(p.read_text() for p in parts)
+        (RESULTS / "monitor.md").write_text(text)
     return 0
 
 

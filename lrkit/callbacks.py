@@ -404,6 +404,41 @@ class MonitorCallback(_Recorder):
                     return f"monitor:{f.kind}"
         return None
 
+    def _drain(self, *, keep_last: bool) -> bool | str | None:
+        """Feed the buffered records to the monitor in one :meth:`Monitor.update_many` call per
+        run of plain records (no gradient norm, no validation metric), then emit them."""
+        buf = self._buf
+        last = buf.pop() if keep_last and buf else None
+        reason = None
+        plain: list[dict] = []
+        for rec in buf:
+            if len(rec) == 4:  # step, loss, lr, time
+                plain.append(rec)
+                continue
+            if plain:
+                reason = self._observe_plain(plain) or reason
+                plain = []
+            reason = self._observe(rec) or reason
+        if plain:
+            reason = self._observe_plain(plain) or reason
+        emit = self._emit
+        for rec in buf:
+            emit(rec)
+        self._buf = [last] if last is not None else []
+        return reason
+
+    def _observe_plain(self, recs: list[dict]) -> bool | str | None:
+        new = self.monitor.update_many([r["step"] for r in recs], [r["loss"] for r in recs],
+                                       [r["lr"] for r in recs])
+        if not new:
+            return None
+        by_step = {r["step"]: r for r in recs}
+        reason = None
+        for f in new:
+            rec = by_step[f.evidence.get("updated", f.step)]
+            reason = self._react(rec, [f]) or reason
+        return reason
+
     def _observe(self, rec: dict) -> bool | str | None:
         new = self.monitor.update(rec["step"], rec["loss"], lr=rec["lr"],
                                   grad_norm=rec.get("grad_norm"), val_metric=rec.get("val_metric"))

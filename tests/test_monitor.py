@@ -207,3 +207,25 @@ def test_update_cost_is_constant_per_step():
 
     small, large = min(cost(2000) for _ in range(3)), min(cost(40000) for _ in range(3))
     assert large < 2.0 * small
+
+
+@pytest.mark.parametrize("name", ["digits@1/x1_100-seed0", "charlm@1-py3.11/best-seed1",
+                                  "mnist1d@1/x30-seed2", "logreg@1/best-seed0"])
+def test_update_many_equals_the_update_loop(name):
+    path = LOGS / f"{name}.jsonl.gz"
+    if not path.exists():
+        pytest.skip(f"no log {path.name} for this Python")
+    log = read_log(path)
+    steps, losses, lrs = log.step.tolist(), log.loss.tolist(), log.lr.tolist()
+    a, b = Monitor(total_steps=len(steps)), Monitor(total_steps=len(steps))
+    new_a = []
+    for t, l, lr in zip(steps, losses, lrs):
+        new_a += a.update(t, l, lr=lr)
+    new_b = []
+    for i in range(0, len(steps), 37):  # uneven chunks
+        new_b += b.update_many(steps[i:i + 37], losses[i:i + 37], lrs[i:i + 37])
+    assert [f.to_dict() for f in new_a] == [f.to_dict() for f in new_b]
+    assert [f.to_dict() for f in a.findings] == [f.to_dict() for f in b.findings]
+    assert a.shape() == b.shape()
+    assert {k: v for k, v in vars(a).items() if k != "_new"} == {
+        k: v for k, v in vars(b).items() if k != "_new"}
