@@ -28,6 +28,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from lrkit import bench, curvature as C, tasks, train
@@ -178,64 +179,93 @@ def safe(names: list[str], plots: Path) -> dict:
     return out
 
 
-def batch(workers: int) -> dict:
-    sys.path.insert(0, str(HERE))  # workers rebuild the task from "bench_curvature:..."
-    base = cached_oracle("digits")
-    out: dict = {"base": {"batch": 32, "steps": base.steps, "best_lr": base.best_lr,
-                          "band": list(base.band), "best_metric": base.best_metric}}
-    for ref, label in (("bench_curvature:digits_b128", "same epochs (75 steps)"),
-                       ("bench_curvature:digits_b128_s300", "same steps (300)")):
-        o = bench.oracle(ref, points=25, step_decades=0.25, seeds=(0, 1, 2, 3, 4),
-                         workers=workers, progress=True)
-        (RESULTS / f"curvature-oracle-{o.task}.json").write_text(json.dumps(o.to_dict(), indent=1))
-        out[o.task] = {"label": label, "batch": 128, "steps": o.steps, "best_lr": o.best_lr,
-                       "band": list(o.band), "best_metric": o.best_metric,
-                       "moved": o.best_lr / base.best_lr,
-                       "linear": C.scale_lr(base.best_lr, 32, 128),
-                       "sqrt": C.scale_lr(base.best_lr, 32, 128, rule="sqrt"),
-                       "linear_in_band": o.in_band(C.scale_lr(base.best_lr, 32, 128)),
-                       "sqrt_in_band": o.in_band(C.scale_lr(base.best_lr, 32, 128, rule="sqrt")),
-                       "base_best_in_band": o.in_band(base.best_lr)}
-        print(f"batch {o.task}: best {o.best_lr:.3g} band {o.band[0]:.3g}..{o.band[1]:.3g} "
-              f"(batch 32: {base.best_lr:.3g}); linear {out[o.task]['linear']:.3g}, "
-              f"sqrt {out[o.task]['sqrt']:.3g}", flush=True)
-    # the gradient noise scale at init and after training at the best LR (batch 32)
-    task = tasks.get("digits")
+#: (base task, "bench_curvature:<factory>", what is kept) for the batch-size check
+BATCH_CHECKS = [("digits", "digits_b128", "same epochs"),
+                ("digits", "digits_b128_s300", "same steps"),
+                ("mnist5k", "mnist5k_b256", "same epochs"),
+                ("mnist1d", "mnist1d_b256", "same epochs")]
+
+
+def mnist5k_b256() -> tasks.Task:
+    """``mnist5k`` (Adam) at 4x the batch size (256), the same epochs (75 steps)."""
+    return C.batch_scaled(tasks.get("mnist5k"), 4)
+
+
+def mnist1d_b256() -> tasks.Task:
+    """``mnist1d`` (SGD momentum + cosine) at 4x the batch size (256), the same epochs."""
+    return C.batch_scaled(tasks.get("mnist1d"), 4)
+
+
+def _noise(task: tasks.Task, lr: float) -> dict:
+    """B_simple at initialisation and after a full run at ``lr`` (the recipe's schedule)."""
     ns = {}
     for when in ("init", "trained"):
         model = task.build_model(0)
         if when == "trained":
-            opt = task.recipe.make_optimizer(model.parameters(), base.best_lr)
-            train.fit(model, opt, task.batches(0), num_steps=task.recipe.steps, step_fn=task.loss)
-        est = C.noise_scale(model, task.loss, task.batches(123), num_batches=64)
-        ns[when] = est.to_dict()
-        print(f"noise scale digits ({when}): B_simple {est.b_simple:.1f}", flush=True)
-    out["noise_scale"] = ns
+            opt = task.recipe.make_optimizer(model.parameters(), lr)
+            train.fit(model, opt, task.batches(0), num_steps=task.recipe.steps, step_fn=task.loss,
+                      schedule=task.recipe.make_schedule(lr))
+        ns[when] = C.noise_scale(model, task.loss, task.batches(123), num_batches=64).to_dict()
+        print(f"noise scale {task.name} ({when}): B_simple {ns[when]['b_simple']:.1f}", flush=True)
+    return ns
+
+
+def batch(workers: int) -> dict:
+    sys.path.insert(0, str(HERE))  # workers rebuild the task from "bench_curvature:..."
+    out: dict = {}
+    noise: dict = {}
+    for base_name, factory, label in BATCH_CHECKS:
+        base = cached_oracle(base_name)
+        bt = tasks.get(base_name)
+        o = bench.oracle(f"bench_curvature:{factory}", points=25, step_decades=0.25,
+                         seeds=(0, 1, 2, 3, 4), workers=workers, progress=True)
+        (RESULTS / f"curvature-oracle-{o.task}.json").write_text(json.dumps(o.to_dict(), indent=1))
+        b0 = bt.recipe.batch_size
+        lin = C.scale_lr(base.best_lr, b0, 4 * b0)
+        sq = C.scale_lr(base.best_lr, b0, 4 * b0, rule="sqrt")
+        out[o.task] = {"base": base_name, "label": label, "optimizer": bt.recipe.optimizer,
+                       "base_batch": b0, "base_steps": base.steps, "base_best_lr": base.best_lr,
+                       "base_band": list(base.band), "base_best_metric": base.best_metric,
+                       "batch": 4 * b0, "steps": o.steps, "best_lr": o.best_lr,
+                       "band": list(o.band), "best_metric": o.best_metric,
+                       "moved": o.best_lr / base.best_lr, "linear": lin, "sqrt": sq,
+                       "linear_in_band": o.in_band(lin), "sqrt_in_band": o.in_band(sq),
+                       "base_best_in_band": o.in_band(base.best_lr),
+                       "grid": len(o.grid), "seeds": len(o.seeds)}
+        print(f"batch {o.task}: best {o.best_lr:.3g} band {o.band[0]:.3g}..{o.band[1]:.3g} "
+              f"(batch {b0}: {base.best_lr:.3g}); linear {lin:.3g}, sqrt {sq:.3g}", flush=True)
+        if base_name not in noise:
+            noise[base_name] = _noise(bt, base.best_lr)
     _plot_batch(out, RESULTS / "curvature-batch.png")
-    return out
+    return {"checks": out, "noise_scale": noise}
 
 
 def _plot_batch(out: dict, path: Path) -> None:
     from lrkit.report import _pyplot
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    base = cached_oracle("digits")
-    ax.errorbar(base.grid, base.mean, yerr=base.std, fmt="o-", ms=3, label="batch 32, 300 steps")
-    for i, name in enumerate(("digits-b128", "digits-b128-s300")):
-        o = bench.Oracle.from_dict(json.loads((RESULTS / f"curvature-oracle-{name}.json").read_text()))
-        ax.errorbar(o.grid, o.mean, yerr=o.std, fmt="o-", ms=3, color=f"C{i + 1}",
-                    label=f"batch 128, {o.steps} steps")
-    row = out["digits-b128"]
-    ax.axvline(base.best_lr, color="C0", ls=":", label=f"best at 32: {base.best_lr:.3g}")
-    ax.axvline(row["linear"], color="k", ls="--", label=f"linear rule: {row['linear']:.3g}")
-    ax.axvline(row["sqrt"], color="gray", ls="--", label=f"sqrt rule: {row['sqrt']:.3g}")
-    ax.set_xscale("log")
-    ax.set_ylim(0.8, 1.0)
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("test accuracy (mean ± std, 5 seeds)")
-    ax.set_title("digits: oracle at batch 32 and at 4x batch")
-    ax.legend(fontsize=7)
+    order = [c[0] for c in BATCH_CHECKS]
+    bases = sorted({r["base"] for r in out.values()}, key=order.index)
+    fig, axes = plt.subplots(1, len(bases), figsize=(5.5 * len(bases), 4))
+    for ax, name in zip(np.atleast_1d(axes), bases):
+        base = cached_oracle(name)
+        ax.errorbar(base.grid, base.mean, yerr=base.std, fmt="o-", ms=3,
+                    label=f"batch {tasks.get(name).recipe.batch_size}, {base.steps} steps")
+        rows = [(k, r) for k, r in out.items() if r["base"] == name]
+        for i, (k, r) in enumerate(rows):
+            o = bench.Oracle.from_dict(json.loads((RESULTS / f"curvature-oracle-{k}.json").read_text()))
+            ax.errorbar(o.grid, o.mean, yerr=o.std, fmt="o-", ms=3, color=f"C{i + 1}",
+                        label=f"batch {r['batch']}, {o.steps} steps")
+        r = rows[0][1]
+        ax.axvline(r["linear"], color="k", ls="--", label=f"linear rule {r['linear']:.3g}")
+        ax.axvline(r["sqrt"], color="gray", ls="--", label=f"sqrt rule {r['sqrt']:.3g}")
+        ax.set_xscale("log")
+        best = max(base.mean) if base.higher_is_better else min(base.mean)
+        ax.set_ylim(best - 0.15, best + 0.02)
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel(f"{base.metric_name} (mean ± std, 5 seeds)")
+        ax.set_title(f"{name} ({r['optimizer']}): oracle at 4x batch")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -268,14 +298,18 @@ def report(data: dict) -> str:
     if data.get("safe"):
         lines += ["### Safe LR at initialisation vs the oracle", "",
                   "| task | rule | λ at init (HVPs, method) | safe lr at init | stability test: converged factors "
-                  "| oracle best lr | good band | best / safe | sharpness·best_lr/c along the best run |",
-                  "|---|---|---|---:|---|---:|---|---:|---|"]
+                  "| largest converged lr | oracle best lr | good band | best / safe "
+                  "| sharpness·best_lr/c along the best run |",
+                  "|---|---|---|---:|---|---:|---:|---|---:|---|"]
         for k, r in data["safe"].items():
             s, e = r["safe"], r["safe"]["eigen"]
             conv = ", ".join(f"{x['factor']:g}" for x in r["test"]["runs"] if x["converged"]) or "none"
             fail = ", ".join(f"{x['factor']:g}" for x in r["test"]["runs"] if not x["converged"])
+            ok = [x["lr"] for x in r["test"]["runs"] if x["converged"]]
+            top = f"{max(ok):.3g}" if ok else "-"
             row = (f"| {k} | {s['formula'].split(',')[0]} ({s['optimizer']}) | {e['eigenvalue']:.4g} "
-                   f"({e['n_hvp']}, {e['hvp']}) | {s['lr']:.3g} | yes: {conv}; no: {fail or '-'} |")
+                   f"({e['n_hvp']}, {e['hvp']}) | {s['lr']:.3g} | yes: {conv}; no: {fail or '-'} "
+                   f"| {top} |")
             if "oracle" in r:
                 o = r["oracle"]
                 ratio = " → ".join(f"{x:.2f}" for x in r["track"]["ratio_to_peak"])
@@ -286,27 +320,30 @@ def report(data: dict) -> str:
             lines.append(row)
         lines.append("")
     b = data.get("batch")
-    if b:
-        base = b["base"]
-        lines += ["### Batch size: digits oracle at 4x batch (25 LRs x 5 seeds each)", "",
-                  "| setting | best lr | good band | best metric | moved | linear rule (in band?) "
-                  "| sqrt rule (in band?) | batch-32 best in band? |",
-                  "|---|---:|---|---:|---:|---|---|---|",
-                  f"| batch 32, {base['steps']} steps (cached oracle) | {base['best_lr']:.3g} | "
-                  f"{base['band'][0]:.3g} .. {base['band'][1]:.3g} | {base['best_metric']:.4f} | | | | |"]
-        for k, r in b.items():
-            if k in ("base", "noise_scale"):
-                continue
-            yn = lambda v: "yes" if v else "no"  # noqa: E731
-            lines.append(f"| batch 128, {r['steps']} steps ({r['label']}) | {r['best_lr']:.3g} | "
+    if b and "checks" in b:
+        lines += ["### Batch size: the oracle at 4x the batch size (25 LRs x 5 seeds each)", "",
+                  "| task (optimizer) | batch, steps | best lr | good band | best metric | moved "
+                  "| linear rule (in band?) | sqrt rule (in band?) | old best in band? |",
+                  "|---|---|---:|---|---:|---:|---|---|---|"]
+        yn = lambda v: "yes" if v else "no"  # noqa: E731
+        seen = set()
+        for k, r in b["checks"].items():
+            if r["base"] not in seen:
+                seen.add(r["base"])
+                lines.append(f"| {r['base']} ({r['optimizer']}) | {r['base_batch']}, "
+                             f"{r['base_steps']} (cached oracle) | {r['base_best_lr']:.3g} | "
+                             f"{r['base_band'][0]:.3g} .. {r['base_band'][1]:.3g} | "
+                             f"{r['base_best_metric']:.4f} | | | | |")
+            lines.append(f"| {k} ({r['label']}) | {r['batch']}, {r['steps']} | {r['best_lr']:.3g} | "
                          f"{r['band'][0]:.3g} .. {r['band'][1]:.3g} | {r['best_metric']:.4f} | "
-                         f"{r['moved']:.2f}x | {r['linear']:.3g} ({yn(r['linear_in_band'])}) | "
+                         f"**{r['moved']:.2f}x** | {r['linear']:.3g} ({yn(r['linear_in_band'])}) | "
                          f"{r['sqrt']:.3g} ({yn(r['sqrt_in_band'])}) | {yn(r['base_best_in_band'])} |")
-        ns = b.get("noise_scale", {})
-        for when, r in ns.items():
-            lines.append(f"\nB_simple on digits ({when}): **{r['b_simple']:.0f}** "
-                         f"(tr Σ {r['trace_cov']:.3g}, |G|² {r['grad_norm_sq']:.3g}; "
-                         f"{r['n_batches']} batches of {r['batch_small']})")
+        lines += ["", "| task | B_simple at init | B_simple after a run at the best LR | batches |",
+                  "|---|---:|---:|---|"]
+        for k, ns in b["noise_scale"].items():
+            i, t = ns["init"], ns["trained"]
+            lines.append(f"| {k} | {i['b_simple']:.0f} | {t['b_simple']:.0f} | "
+                         f"{i['n_batches']} batches of {i['batch_small']} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -899,8 +899,8 @@ class StabilityRun:
 
 @dataclass(frozen=True)
 class StabilityTest:
-    """Short runs at ``factor × safe.lr``: which converged (final loss below the first, no
-    divergence), and the sharpness at the start and the end of each run."""
+    """Short constant-LR runs at ``factor × safe.lr`` and which of them converged (see
+    :func:`stability_test`)."""
 
     task: str
     steps: int
@@ -977,6 +977,7 @@ def stability_test(
     steps: int | None = None,
     seed: int = 0,
     diverge_factor: float = 4.0,
+    min_progress: float = 0.1,
     progress: bool = False,
     **safe_kwargs: Any,
 ) -> StabilityTest:
@@ -985,7 +986,9 @@ def stability_test(
     Each run is :func:`lrkit.train.run` with a constant schedule at ``factor × lr`` (the
     recipe's optimizer, seed and data), ``steps`` long (default: ``min(recipe.steps, 200)``). A
     run *converged* when it did not diverge (smoothed loss below ``diverge_factor`` × its first
-    loss, finite) and its final loss (mean of the last 10% of steps) is below its first loss.
+    loss, finite) and its final loss (mean of the last 10% of steps) is at most
+    ``(1 − min_progress)`` × its first loss (a run that stalls near its first loss, as a network
+    whose units died at a too-large LR, did not converge).
 
     On a quadratic the bound is exact: 0.9× converges, 1.1× diverges. On a network, or on
     logistic regression, the bound holds at the starting point only: runs above it can still
@@ -999,6 +1002,7 @@ def stability_test(
         steps: length of each run.
         seed: the runs' seed.
         diverge_factor: divergence threshold of the runs (see :func:`lrkit.train.run`).
+        min_progress: the fraction of its first loss a run must shed to count as converged.
         progress: a progress bar over the runs.
 
     Returns:
@@ -1017,6 +1021,7 @@ def stability_test(
     n = min(task.recipe.steps, 200) if steps is None else check_int("steps", steps, minimum=1)
     seed = check_int("seed", seed, minimum=0)
     check_positive("diverge_factor", diverge_factor)
+    min_progress = check_range("min_progress", min_progress, 0.0, 1.0, high_open=True)
     if safe is None:
         safe = safe_lr(task, seed=seed, **safe_kwargs)
     elif not isinstance(safe, SafeLR):
@@ -1037,7 +1042,7 @@ def stability_test(
         final = float(np.mean(tail)) if losses else math.nan
         first = losses[0] if losses else math.nan
         converged = (not r.diverged and r.stop_reason == "completed" and math.isfinite(final)
-                     and final < first)
+                     and final <= (1.0 - min_progress) * first)
         runs.append(StabilityRun(factor=float(f), lr=float(lr), converged=bool(converged),
                                  diverged=bool(r.diverged), stop_reason=r.stop_reason,
                                  initial_loss=float(first), final_loss=float(final),
@@ -1086,12 +1091,13 @@ class SharpnessTracker(Callback):
         self.thresholds: list[float] = []
         self.n_hvp = 0
         self.rule = ""
+        self.constant = math.nan
 
     def _measure(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         lr = float(optimizer.param_groups[0]["lr"])
         s = safe_lr(model, self.loss_fn, self.batches, optimizer=optimizer, iters=self.iters,
                     tol=self.tol, method=self.method, mode=self.mode, hvp=self.hvp)
-        self.rule = s.formula
+        self.rule, self.constant = s.formula, s.constant
         self.steps.append(step)
         self.sharpness.append(s.eigen.eigenvalue)
         self.lrs.append(lr)
@@ -1118,7 +1124,8 @@ class SharpnessTracker(Callback):
 
     def to_dict(self) -> dict:
         return {"steps": self.steps, "sharpness": self.sharpness, "lrs": self.lrs,
-                "thresholds": self.thresholds, "n_hvp": self.n_hvp, "rule": self.rule}
+                "thresholds": self.thresholds, "n_hvp": self.n_hvp, "rule": self.rule,
+                "constant": self.constant}
 
     def plot(self, path: str, *, title: str = "sharpness during training") -> None:
         """Sharpness and the threshold ``constant/lr`` against the step (log y)."""
@@ -1128,7 +1135,7 @@ class SharpnessTracker(Callback):
         fig, ax = plt.subplots(figsize=(6.5, 4))
         ax.plot(self.steps, self.sharpness, "o-", ms=3, label="sharpness λ")
         ax.plot(self.steps, self.thresholds, "--", color="k",
-                label=f"threshold ({self.rule.split(',')[0].replace('λ', 'lr')})")
+                label=f"edge of stability {self.constant:.3g}/lr ({self.rule.split(',')[0]})")
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_ylabel("top Hessian eigenvalue")
