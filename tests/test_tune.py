@@ -187,7 +187,7 @@ def test_user_model_through_from_torch(tmp_path):
     data = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 192, 32)]
     val = [(x[192:], y[192:])]
     model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)  # a user's too-low LR
 
     def loss_fn(out, target):
         return torch.nn.functional.mse_loss(out.squeeze(1), target)
@@ -196,7 +196,7 @@ def test_user_model_through_from_torch(tmp_path):
     res = tune(t, out=tmp_path / "user", progress=False, schedules=("constant", "cosine"))
     assert res.cost_steps <= 300 and res.family in ("constant", "cosine")
     first = train.run(t, t.recipe.default_lr, seed=0, eval_split="test").metric
-    assert res.metric < first  # the tuned run beats the user's own LR on its val loss
+    assert res.metric < 0.5 * first  # the tuned run beats the user's own LR on its val loss
     page = (tmp_path / "user" / "report.html").read_text()
     assert "my &lt;model&gt;" in page and "my <model>" not in page
 
