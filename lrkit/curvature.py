@@ -353,7 +353,7 @@ class _Operator:
         return self.scale * self.hessian_vector(self.scale * v)
 
 
-def hvp(model: nn.Module, loss_fn: LossFn, batches: Iterable, vector: Sequence[torch.Tensor], *,
+def hvp(model: nn.Module, loss_fn: LossFn, batches: Iterable, *, vector: Sequence[torch.Tensor],
         num_batches: int | None = None, method: str = "auto", mode: str = "train"
         ) -> list[torch.Tensor]:
     """The Hessian-vector product ``H v`` of the loss averaged over ``batches``.
@@ -379,7 +379,7 @@ def hvp(model: nn.Module, loss_fn: LossFn, batches: Iterable, vector: Sequence[t
     >>> m = nn.Linear(2, 1, bias=False)
     >>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     >>> loss = lambda m, b: (m(b[0]) ** 2).mean()          # H = 2 X^T X / n = diag(1, 4)
-    >>> [t.tolist() for t in hvp(m, loss, [(x,)], [torch.tensor([[1.0, 1.0]])])]
+    >>> [t.tolist() for t in hvp(m, loss, [(x,)], vector=[torch.tensor([[1.0, 1.0]])])]
     [[[1.0, 4.0]]]
     """
     method = check_choice("method", method, ("auto", "double-backward", "finite-difference"))
@@ -419,7 +419,8 @@ def _lanczos(op: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, iters:
     Convergence of the top Ritz value θ with Ritz vector y uses the a-posteriori bound
     ``|λ − θ| ≤ min(r, r²/gap)``, ``r = β_k |s_k|`` (Parlett 1998, Thm 11.7.1 and §11.5).
     """
-    basis = [v]
+    Q = torch.zeros(iters, v.numel(), dtype=v.dtype, device=v.device)  # the Lanczos basis
+    Q[0] = v
     alphas: list[float] = []
     betas: list[float] = []
     prev, beta = None, 0.0
@@ -429,9 +430,9 @@ def _lanczos(op: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, iters:
         w = op(q)
         alpha = float(torch.dot(w, q))
         w = w - alpha * q - (beta * prev if prev is not None else 0.0)
-        Q = torch.stack(basis)
+        B = Q[:k + 1]
         for _ in range(2):  # twice is enough (Kahan's "twice is enough", Parlett §6.9)
-            w = w - Q.T @ (Q @ w)
+            w = w - B.T @ (B @ w)
         alphas.append(alpha)
         beta = float(w.norm())
         T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
@@ -444,9 +445,11 @@ def _lanczos(op: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, iters:
         scale = max(abs(top), abs(low), 1e-30)
         if bound <= tol * max(abs(top), 1e-30) or beta <= 1e-12 * scale:
             return top, big, low, True, k + 1
+        if k + 1 == iters:
+            break
         betas.append(beta)
         prev, q = q, w / beta
-        basis.append(q)
+        Q[k + 1] = q
     return top, big, low, False, iters
 
 

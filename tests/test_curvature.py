@@ -165,8 +165,8 @@ def test_missing_double_backward_falls_back_to_finite_differences():
     # forced differences on a model that has double backward agree with it
     ref = mlp(2)
     ones = [torch.ones_like(p) for p in ref.parameters()]
-    fd = C.hvp(ref, ce, [data(3)], ones, method="finite-difference")
-    for a, b in zip(fd, C.hvp(ref, ce, [data(3)], ones)):
+    fd = C.hvp(ref, ce, [data(3)], vector=ones, method="finite-difference")
+    for a, b in zip(fd, C.hvp(ref, ce, [data(3)], vector=ones)):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
 
 
