@@ -385,9 +385,12 @@ def overhead(repeats: int = 60) -> None:
                      f"{med['monitor'] * 1e6:.1f} | {ratio['monitor']:.3f} | "
                      f"{med['grad'] * 1e6:.1f} | {ratio['grad']:.3f} | "
                      f"{med['timed'] * 1e6:.1f} ({med['timed'] / med['plain']:.3f} of a step) |")
+    import os
+
     lines += ["", f"The callback alone (monitor + JSON line, no gradient norm, on ready "
               f"`StepInfo` objects): {alone * 1e6:.2f} us per update = "
-              f"{alone / rows[0][2]['plain']:.3f} of a plain logreg step.", ""]
+              f"{alone / rows[0][2]['plain']:.3f} of a plain logreg step. Load average at the "
+              f"end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.", ""]
     text = "\n".join(lines)
     (RESULTS / "monitor-overhead.md").write_text(text + "\n")
     print(text)
