@@ -273,6 +273,7 @@ class _Recorder:
         self.model: Any = None
         self.grad_norms: list[float] = []
         self.val: list[tuple[int, float]] = []
+        self.best: tuple[int, float, dict] | None = None  # (step, val, CPU state_dict)
 
     def on_train_start(self, model: Any, optimizer: Any) -> None:
         self.model = model
@@ -295,6 +296,10 @@ class _Recorder:
                 v = float(self.task.evaluate(model, "val"))
             model.train(was)
             self.val.append((info.step + 1, v))
+            if math.isfinite(v) and (self.best is None or (
+                    v > self.best[1] if self.task.higher_is_better else v < self.best[1])):
+                self.best = (info.step + 1, v, {k: t.detach().to("cpu", copy=True)
+                                                for k, t in model.state_dict().items()})
         if self.monitor is not None:
             self.monitor.update(info.step, info.loss, lr=info.lr, grad_norm=float(g),
                                 val_metric=v)
@@ -606,18 +611,31 @@ def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - t0
+    findings = _findings(monitor)
+    metric, kept = out.metric, None
+    if (rec.model is not None and rec.best is not None and not out.diverged
+            and any(f["kind"] == "overfitting" for f in findings)):
+        # the monitor's action for overfitting is "stop at the best validation step"
+        # (EarlyStopping): keep that checkpoint of the final run, scored on "test" like the end
+        rec.model.load_state_dict(rec.best[2])
+        rec.model.eval()
+        with torch.no_grad():
+            metric = float(task.evaluate(rec.model, "test"))
+        kept = {"step": rec.best[0], "val": rec.best[1], "test": metric,
+                "test_at_end": out.metric}
     if rec.model is not None:
         torch.save(rec.model.state_dict(), folder.file("weights"))
-    findings = _findings(monitor)
-    data = {"family": family, "lr": lr, "schedule": sched.spec, "metric": out.metric,
+    data = {"family": family, "lr": lr, "schedule": sched.spec, "metric": metric,
+            "metric_at_end": out.metric, "best_val_checkpoint": kept,
             "diverged": out.diverged, "stop_reason": out.stop_reason,
             "steps_done": out.steps_done, "losses": [float(v) for v in out.losses],
             "lrs": [float(v) for v in out.lrs], "grad_norms": rec.grad_norms,
             "val": [list(v) for v in rec.val], "findings": findings,
             "monitor": "lrkit.monitor" if monitor is not None else None}
     stage = Stage("final run", int(out.steps_done), wall,
-                  {"metric": out.metric, "split": "test", "diverged": out.diverged,
-                   "findings": len(findings)})
+                  {"metric": metric, "metric_at_end": out.metric, "split": "test",
+                   "diverged": out.diverged, "findings": len(findings),
+                   "best_val_checkpoint_step": kept["step"] if kept else None})
     data["stage"] = stage.to_dict()
     folder.save("final", data)
     return data, stage
@@ -858,12 +876,19 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
                  f"picked {w.family} at {w.lr:.3g} (validation {name} "
                  f"{fmt(next(r['metric'] for r in r1 if r.get('kept')))}{edge}).")
     total = sum(st.cost_steps for st in stages)
-    parts.append(f"The full {full}-step run with that schedule scored {fmt(final['metric'])} "
+    parts.append(f"The full {full}-step run with that schedule scored "
+                 f"{fmt(final.get('metric_at_end', final['metric']))} "
                  f"test {name}; everything together cost {total} steps = "
                  f"{total / full:.2f} full runs.")
     if final.get("findings"):
         kinds = sorted({str(f.get('kind')) for f in final["findings"]})
         parts.append(f"The monitor flagged: {', '.join(kinds)}.")
+    kept = final.get("best_val_checkpoint")
+    if kept:
+        parts.append(f"As the monitor advises for overfitting, the model kept is the final run's "
+                     f"best-validation checkpoint (step {kept['step']} of {full}): test {name} "
+                     f"{fmt(kept['test'])}, against {fmt(kept['test_at_end'])} at the end of "
+                     "the run.")
     if final.get("diverged"):
         parts.append("Warning: the final run diverged; lower the LR or check the task.")
     return " ".join(parts)

@@ -69,9 +69,26 @@ def test_budget_plan_by_hand():
 def test_result_matches_independent_replay(task, done):
     res, out = done
     assert isinstance(res, TuneResult)
-    # the final metric is what train.run gives for the chosen schedule replayed from its spec
+    # the final run is what train.run gives for the chosen schedule replayed from its spec
+    final = json.loads((out / "4-final.json").read_text())
     replay = train.run(task, schedules.from_spec(res.schedule), seed=0, eval_split="test")
-    assert res.metric == pytest.approx(replay.metric, rel=1e-6)
+    assert final["metric_at_end"] == pytest.approx(replay.metric, rel=1e-6)
+    kept = final["best_val_checkpoint"]
+    if kept is None:
+        assert res.metric == final["metric_at_end"]
+    else:  # the monitor found overfitting: the best-val checkpoint is kept; replay up to it
+        assert any(f["kind"] == "overfitting" for f in res.findings)
+        val = dict((s, v) for s, v in final["val"])
+        assert kept["val"] == min(val.values()) == val[kept["step"]]  # lower MSE is better
+
+        class StopAt(train.Callback):
+            def on_step_end(self, info):
+                return "stop" if info.step + 1 == kept["step"] else None
+
+        part = train.run(task, schedules.from_spec(res.schedule), seed=0, eval_split="test",
+                         callbacks=[StopAt()])
+        assert part.steps_done == kept["step"]
+        assert res.metric == pytest.approx(part.metric, rel=1e-6)
     assert res.schedule["name"] == schedules.family(res.family, res.lr, STEPS).spec["name"]
     # the saved weights score the same on the test split
     model = task.build_model(0)
