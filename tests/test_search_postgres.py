@@ -19,7 +19,7 @@ import numpy as np
 import optuna
 import pytest
 
-from lrkit.search import SearchOptions, open_storage, search
+from lrkit.search import open_storage, search
 from tests._postgres import PostgresUnavailable, postgres_server
 
 ROOT = Path(__file__).resolve().parents[1]

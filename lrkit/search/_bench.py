@@ -22,9 +22,9 @@ def bench_choice(task: Any, seed: int) -> tuple[float, int]:
     from ._core import search
 
     t = tasks.get(task) if isinstance(task, str) else task
-    from ..finder import find_lr
+    from ._core import _range_test
 
-    rt = find_lr(t, seed=seed)
+    rt = _range_test(t, seed=seed)
     cost = int(rt.cost_steps or len(rt.lrs))
     res = search(t, method="auto", budget=cost + BENCH_RUNS * t.recipe.steps, storage="memory",
                  seed=seed, progress=False, range_test=rt, study_name=f"bench-{t.name}-{seed}")

@@ -12,9 +12,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from ..train import Callback
 from ..errors import DivergedError, check_choice, check_int, check_positive, check_range
-from ._result import SearchResult, record_of, result_from_study
+from ._result import SearchResult, result_from_study
 from ._storage import describe, open_storage
 
 __all__ = ["search", "METHODS", "PRUNERS", "Pruned", "SearchOptions"]
@@ -144,26 +143,30 @@ def _default_name(task_name: str, method: str, args: dict) -> str:
 
 
 # ---------------------------------------------------------------------------- trial runners
-class _Report(Callback):
+def _report_callback(reporter: Callable[[int, float], None], every: int, offset: int,
+                     sign: float) -> Any:
     """A :class:`lrkit.train.Callback` reporting the smoothed training loss to an Optuna trial
-    every ``every`` steps (sign-adjusted to the study's direction: pruners compare reported
-    values the way the study compares metrics) and stopping the run when the trial is pruned."""
+    every ``every`` steps (times ``sign``: the study's direction, so pruners compare reported
+    values the way the study compares metrics) and stopping the run when the trial is pruned.
+    (Built here so that ``import lrkit.search`` needs no torch: objective workers stay light.)"""
+    from ..train import Callback
+    
+    class Report(Callback):
+        def __init__(self) -> None:
+            self.avg, self.n = 0.0, 0
 
-    def __init__(self, reporter: Callable[[int, float], None], every: int, offset: int,
-                 sign: float) -> None:
-        self.reporter, self.every, self.offset, self.sign = reporter, every, offset, sign
-        self.avg, self.n = 0.0, 0
+        def on_step_end(self, info: Any) -> str | None:
+            self.n += 1
+            self.avg = 0.9 * self.avg + 0.1 * info.loss
+            if (info.step + 1) % every == 0:
+                smoothed = self.avg / (1 - 0.9**self.n)
+                try:
+                    reporter(offset + info.step + 1, sign * smoothed)
+                except Pruned:
+                    return "pruned"
+            return None
 
-    def on_step_end(self, info: Any) -> str | None:
-        self.n += 1
-        self.avg = 0.9 * self.avg + 0.1 * info.loss
-        if (info.step + 1) % self.every == 0:
-            smoothed = self.avg / (1 - 0.9**self.n)
-            try:
-                self.reporter(self.offset + info.step + 1, self.sign * smoothed)
-            except Pruned:
-                return "pruned"
-        return None
+    return Report()
 
 
 @dataclass
@@ -197,6 +200,7 @@ class _TaskRunner:
                  seed: int) -> None:
         from ._folds import fold_batches, fold_task
 
+        self.base = task  # what the range test runs on (every DDP rank alike)
         self.task = _subset_task(task, options.subset) if options.subset else task
         self.seed = seed
         self.steps = task.recipe.steps
@@ -225,7 +229,7 @@ class _TaskRunner:
         for i, t in enumerate(self.tasks):
             if schedule is not None and schedule != t.recipe.schedule:
                 t = dataclasses.replace(t, recipe=dataclasses.replace(t.recipe, schedule=schedule))
-            cb = _Report(reporter, self.every, i * self.steps, -sign)  # loss: lower is better
+            cb = _report_callback(reporter, self.every, i * self.steps, -sign)  # a loss
             r = run(t, lr, seed=self.seed, callbacks=[cb], eval_split="val")
             spent += r.steps_done
             if first is None and r.losses:
@@ -508,15 +512,21 @@ def _follow(runner: Any) -> SearchResult:
                 raise RuntimeError("rank 0's search failed (see its error)")
             return SearchResult.from_dict(arg)
         if cmd == "range_test":
-            _range_test(runner.task, **arg)
+            _range_test(runner.base, **arg)
         elif cmd == "trial":
             runner(arg["lr"], arg["schedule"], lambda step, value: None, arg["sign"])
+
+
+def range_test_steps(task: Any) -> int:
+    """Steps of the range test a search runs on ``task``: the finder's default 100, but at most
+    half a full run, and never fewer than 50."""
+    return max(50, min(100, task.recipe.steps // 2))
 
 
 def _range_test(task: Any, *, seed: int) -> Any:
     from ..finder import find_lr
 
-    return find_lr(task, seed=seed)
+    return find_lr(task, seed=seed, num_iter=range_test_steps(task))
 
 
 def _open_study(optuna: Any, st: Any, name: str, runner: Any, task: Any, method: str,
@@ -675,6 +685,8 @@ def _pruner(optuna: Any, name: str, plan: _Plan, runner: Any, world: int) -> Any
 # ----------------------------------------------------------------------------- the worker
 def _limits_reached(trials: Sequence[Any], plan: _Plan, states: Any) -> bool:
     live = [t for t in trials if not t.user_attrs.get("lrkit_void")]
+    if plan.budget is not None and len(live) >= 4 * (plan.budget // plan.trial_cost + 1) + 10:
+        return True  # a guard: trials skipped above a divergence point cost nothing
     if plan.n_trials is not None:
         counted = sum(t.state in (states.COMPLETE, states.PRUNED, states.RUNNING,
                                   states.WAITING) for t in live)

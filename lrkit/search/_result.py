@@ -120,10 +120,9 @@ class SearchResult:
         fams = sorted({t.schedule or "" for t in self.trials if t.lr is not None})
         finite = [t.metric for t in self.trials
                   if t.state == "complete" and t.metric is not None and math.isfinite(t.metric)]
-        top = (max(finite) if self.higher_is_better else max(finite)) if finite else 1.0
-        low = min(finite) if finite else 0.0
-        mark_y = top + 0.05 * (top - low or 1.0) if not self.higher_is_better else \
-            low - 0.05 * (top - low or 1.0)
+        top, low = (max(finite), min(finite)) if finite else (1.0, 0.0)
+        pad = 0.05 * ((top - low) or 1.0)
+        mark_y = low - pad if self.higher_is_better else top + pad  # at the "bad" edge
         for fam in fams:
             rows = sorted((t for t in self.trials if (t.schedule or "") == fam
                            and t.state == "complete" and t.metric is not None
