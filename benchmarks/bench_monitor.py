@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -114,7 +113,7 @@ def load_logs(names: list[str] | None = None) -> list:
 
 def judge(log, **thresholds) -> dict:
     """Replay one log; the first LR finding's label, the first correct step as a fraction."""
-    from lrkit.monitor import LR_KINDS, Monitor, replay
+    from lrkit.monitor import Monitor, replay
 
     n = int(log.meta["steps"])
     m = replay(log, Monitor(val_mode="max" if log.meta["higher_is_better"] else "min",

@@ -204,3 +204,22 @@ def test_val_metric_from_fits_evaluate_reaches_monitor_log_and_cli(tmp_path, cap
     assert log.meta == {"val_mode": "min", "total_steps": 40}
     assert cli.main(["monitor", str(path), "--no-plot"]) == 0
     assert "[overfitting @ step 24]" in capsys.readouterr().out
+
+
+@needs_hook
+def test_decay_on_plateau_with_a_plain_callable_schedule():
+    # fit sets a callable schedule's LR at the start of each step: the scale must still apply
+    # exactly once per step (through on_before_step)
+    model, batches = _linear()
+    seen = []
+
+    class Spy(train.Callback):
+        def on_before_step(self, model, optimizer):
+            seen.append(optimizer.param_groups[0]["lr"])
+
+    dec = DecayOnPlateau(Plateau(patience=0, factor=0.5), source="loss", every=1)
+    train.fit(model, torch.optim.SGD(model.parameters(), lr=0.1), batches, num_steps=10,
+              loss_fn=lambda out, y: (out * 0).sum() + 1.0, schedule=lambda t: 0.1 / (t + 1),
+              callbacks=[dec, Spy()])
+    assert seen == pytest.approx([0.1 / (t + 1) * 0.5 ** max(0, t - 1) for t in range(10)],
+                                 rel=1e-12)

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lrkit.monitor import (KINDS, LR_KINDS, Finding, Monitor, Thresholds, plot_log, read_log,
-                           replay)
+from lrkit.monitor import KINDS, LR_KINDS, Finding, Monitor, Thresholds, read_log, replay
 
 LOGS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "monitor-logs"
 
