@@ -290,9 +290,11 @@ def test_schedule_families_are_searched_jointly() -> None:
 
 
 # ------------------------------------------------------------------ result, plot, CLI
-def test_result_round_trips_and_plots(tmp_path: Path) -> None:
+def test_result_round_trips_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     res = search(bowl, low=1e-4, high=1.0, method="grid", n_trials=5, storage="memory",
-                 progress=False)
+                 study_name="live", progress=True)
+    live = capsys.readouterr().err  # the live table of trials, as rendered last
+    assert "lrkit search live (grid)" in live and live.count("complete") == 5
     assert SearchResult.from_json(res.to_json()) == res
     res.to_json(str(tmp_path / "r.json"))
     assert SearchResult.from_json(str(tmp_path / "r.json")) == res
@@ -387,3 +389,26 @@ def test_import_needs_no_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT)),
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_successive_halving_over_data_subsets() -> None:
+    from lrkit.search._core import _subset_task
+
+    task = make_task()
+    storage = optuna.storages.InMemoryStorage()
+    res = search(task, method="random", low=1e-3, high=0.2, n_trials=8, pruner="halving",
+                 storage=storage, study_name="sh", progress=False,
+                 options=S.SearchOptions(fidelity="data"))
+    rung = [round(40 / 9), round(40 / 3)]  # 1/9 and 1/3 of the data and of the steps
+    pruned = [t for t in res.trials if t.state == "pruned"]
+    done = [t for t in res.trials if t.state == "complete"]
+    assert pruned and done
+    assert all(t.steps in (rung[0], sum(rung)) for t in pruned)
+    assert all(t.steps == sum(rung) + 40 for t in done)
+    frozen = optuna.load_study(study_name="sh", storage=storage).trials
+    for t in frozen[:3]:  # each rung's report: the held-out metric of a run on the subset
+        lr = t.params["lr"]
+        for f, n in zip((1 / 9, 1 / 3), rung):
+            if n in t.intermediate_values:
+                ref = run(_subset_task(task, f), lr, steps=n, eval_split="val").metric
+                assert t.intermediate_values[n] == ref

@@ -52,6 +52,11 @@ class SearchOptions:
         report_every: optimizer steps between two reports to the pruner (default: steps / 10).
         subset: train every trial on this fraction of the first epoch's batches ("start on a
             subset"); ``None`` for all data.
+        fidelity: what a pruner's rungs spend (tasks): ``"steps"`` (the run's own training steps;
+            the smoothed training loss is reported every ``report_every`` steps) or ``"data"``
+            (successive halving over data subsets: before its full run, a trial trains from
+            scratch on the first 1/9 and then 1/3 of the data for 1/9 and 1/3 of the steps, and
+            each rung's held-out metric is reported; the pruner stops it at a rung).
         poll: seconds a worker waits between looks at a study whose last trials run elsewhere.
         pool_size: connection pool per worker on a database server.
     """
@@ -63,6 +68,7 @@ class SearchOptions:
     subset: float | None = None
     poll: float = 0.5
     pool_size: int = 2
+    fidelity: str = "steps"
 
     def __post_init__(self) -> None:
         check_int("heartbeat_interval", self.heartbeat_interval, minimum=1)
@@ -72,6 +78,7 @@ class SearchOptions:
         if self.subset is not None:
             check_range("subset", self.subset, 0.0, 1.0, low_open=True)
         check_positive("poll", self.poll)
+        check_choice("fidelity", self.fidelity, ("steps", "data"))
 
 
 # --------------------------------------------------------------------------------- the plan
@@ -205,6 +212,7 @@ class _TaskRunner:
         self.seed = seed
         self.steps = task.recipe.steps
         self.every = options.report_every or max(1, self.steps // 10)
+        self.fidelity = options.fidelity
         if cv_folds:
             parts = None if callable(getattr(task, "with_fold", None)) else fold_batches(
                 self.task, cv_folds)
@@ -229,8 +237,15 @@ class _TaskRunner:
         for i, t in enumerate(self.tasks):
             if schedule is not None and schedule != t.recipe.schedule:
                 t = dataclasses.replace(t, recipe=dataclasses.replace(t.recipe, schedule=schedule))
-            cb = _report_callback(reporter, self.every, i * self.steps, -sign)  # a loss
-            r = run(t, lr, seed=self.seed, callbacks=[cb], eval_split="val")
+            if self.fidelity == "data":
+                rungs = self._rungs(t, lr, reporter, i * self.steps)
+                spent += rungs.steps
+                if rungs.pruned or rungs.diverged:
+                    return _Outcome(None, spent, rungs.diverged, rungs.pruned, folds, first)
+                cbs: list = []
+            else:
+                cbs = [_report_callback(reporter, self.every, i * self.steps, -sign)]  # a loss
+            r = run(t, lr, seed=self.seed, callbacks=cbs, eval_split="val")
             spent += r.steps_done
             if first is None and r.losses:
                 first = r.losses[0]
@@ -240,6 +255,29 @@ class _TaskRunner:
                 return _Outcome(None, spent, True, False, folds, first)
             folds.append(float(r.metric))
         return _Outcome(sum(folds) / len(folds), spent, False, False, folds, first)
+
+
+    #: data fractions (and step fractions) of the rungs before a full run, fidelity="data"
+    RUNGS = (1 / 9, 1 / 3)
+
+    def _rungs(self, task: Any, lr: float, reporter: Callable[[int, float], None],
+               offset: int) -> _Outcome:
+        """Successive halving over data subsets: train from scratch on a growing subset (and
+        as many fewer steps), report each rung's held-out metric at step ``fraction * steps``."""
+        from ..train import run
+
+        spent = 0
+        for f in self.RUNGS:
+            n = max(1, round(f * self.steps))
+            r = run(_subset_task(task, f), lr, steps=n, seed=self.seed, eval_split="val")
+            spent += r.steps_done
+            if r.diverged or not math.isfinite(r.metric):
+                return _Outcome(None, spent, True, False, [])
+            try:
+                reporter(offset + n, r.metric)
+            except Pruned:
+                return _Outcome(None, spent, False, True, [])
+        return _Outcome(None, spent, False, False, [])
 
 
 class _ObjectiveRunner:
