@@ -55,7 +55,8 @@ def load_oracle(name: str) -> bench.Oracle | None:
     return bench.Oracle.from_dict(json.loads(p.read_text()))
 
 
-def constant_best(task, oracle: bench.Oracle, seeds: list[int]) -> dict:
+def constant_best(task, oracle: bench.Oracle, seeds: list[int],
+                  offsets: tuple[int, ...] = CONSTANT_GRID) -> dict:
     """The best constant-LR mean metric: the oracle itself for constant recipes, else a 9-point
     quarter-decade constant grid around the recipe oracle's best LR (cached)."""
     if task.recipe.schedule == "constant":
@@ -65,7 +66,7 @@ def constant_best(task, oracle: bench.Oracle, seeds: list[int]) -> dict:
         d = json.loads(path.read_text())
         if d["seeds"] == seeds:
             return d
-    grid = [oracle.best_lr * 10 ** (0.25 * k) for k in CONSTANT_GRID]
+    grid = [oracle.best_lr * 10 ** (0.25 * k) for k in offsets]
     means = []
     for lr in grid:
         vals = []
@@ -103,6 +104,9 @@ def main() -> int:
     ap.add_argument("--task", action="append", default=None)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", default=str(RESULTS / "tune.json"))
+    ap.add_argument("--constant-grid", default=",".join(map(str, CONSTANT_GRID)),
+                    help="constant-LR grid for annealed recipes: quarter-decade offsets from "
+                         "the recipe oracle's best LR")
     args = ap.parse_args()
     torch.set_num_threads(1)
     names = args.task or tasks.names()
@@ -132,7 +136,8 @@ def main() -> int:
                if len(runs) > 1 else 0.0,
                "cost_runs_max": max(r["cost_runs"] for r in runs)}
         if oracle is not None:
-            const = constant_best(task, oracle, seeds)
+            const = constant_best(task, oracle, seeds,
+                                  tuple(int(k) for k in args.constant_grid.split(",")))
             row["constant"] = const
             row["tol"] = oracle.tol
             row["regret_vs_constant"] = bench.regret(mean, const["best"],
