@@ -1,8 +1,10 @@
 """lrkit: which learning rate, and which schedule?
 
-Find a good learning rate fast (:func:`find_lr`), schedule it (:mod:`lrkit.schedules`, applied to
-PyTorch by :class:`lrkit.torch.LRSchedule`), and measure every choice against an exhaustive grid
-(:mod:`lrkit.bench`). Heavy parts (torch, matplotlib, task data) are imported lazily, so
+Let the autopilot pick the LR and the schedule (:func:`tune`), find a good learning rate fast
+(:func:`find_lr`), search for it on Optuna (:func:`search`), schedule it (:mod:`lrkit.schedules`,
+applied to PyTorch by :class:`lrkit.torch.LRSchedule`), adapt it online (:mod:`lrkit.optim`),
+bound it by the curvature (:mod:`lrkit.curvature`), watch training (:class:`Monitor`), and
+measure every choice against an exhaustive grid (:mod:`lrkit.bench`). Heavy parts (torch, matplotlib, task data) are imported lazily, so
 ``import lrkit.schedules`` needs no torch.
 """
 
@@ -25,8 +27,23 @@ _LAZY = {
     "Callback": ("lrkit.train", "Callback"),
     "Task": ("lrkit.tasks.base", "Task"),
     "Recipe": ("lrkit.tasks.base", "Recipe"),
+    "from_torch": ("lrkit.tasks.torch_task", "from_torch"),
+    "SearchResult": ("lrkit.search", "SearchResult"),
+    "TuneResult": ("lrkit.tune", "TuneResult"),
+    "Monitor": ("lrkit.monitor", "Monitor"),
+    "Finding": ("lrkit.monitor", "Finding"),
+    "MonitorCallback": ("lrkit.callbacks", "MonitorCallback"),
+    "safe_lr": ("lrkit.curvature", "safe_lr"),
+    "top_eigenvalue": ("lrkit.curvature", "top_eigenvalue"),
+    "scale_lr": ("lrkit.curvature", "scale_lr"),
+    "SGDHD": ("lrkit.optim", "SGDHD"),
+    "AdamHD": ("lrkit.optim", "AdamHD"),
 }
-_SUBMODULES = ("schedules", "tasks", "train", "finder", "suggest", "bench", "errors", "torch")
+#: ``lrkit.search(...)`` and ``lrkit.tune(...)`` are callable modules (the module and its main
+#: function share the name)
+_SUBMODULES = ("schedules", "tasks", "train", "finder", "suggest", "bench", "errors", "torch",
+               "search", "tune", "monitor", "callbacks", "curvature", "optim", "compare",
+               "integrations")
 
 __all__ = sorted(_LAZY) + list(_SUBMODULES) + ["__version__"]
 

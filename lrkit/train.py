@@ -74,6 +74,10 @@ class Callback:
     def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         pass
 
+    def on_before_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Called after backward (and AMP unscaling), before ``fit``'s own clipping and
+        ``optimizer.step()``: the gradients may be read or changed in place (e.g. clipped)."""
+
     def on_step_end(self, info: StepInfo) -> bool | str | None:
         return None
 
@@ -319,6 +323,10 @@ def fit(
                             f"got {type(schedule).__name__}")
 
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    # only the callbacks that override the hook cost a call per step (duck-typed ones may lack it)
+    before_step = [cb.on_before_step for cb in callbacks
+                   if getattr(type(cb), "on_before_step", Callback.on_before_step)
+                   is not Callback.on_before_step]
     result = FitResult()
     for cb in callbacks:
         cb.on_train_start(model, optimizer)
@@ -364,6 +372,8 @@ def fit(
                 break
             if scaler is not None:
                 scaler.unscale_(optimizer)
+            for hook in before_step:
+                hook(model, optimizer)
             grad_norm = None
             if grad_clip is not None:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
