@@ -19,7 +19,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``lrkit search`` (picked up by :mod:`lrkit.cli`)."""
     from ._core import METHODS, PRUNERS
 
-    parser.description = __doc__.split("\n\n")[0]
+    parser.description = ("lrkit search: run a worker on a study (start the same command on any "
+                          "number of processes and machines), or show a study")
     parser.add_argument("action", nargs="?", choices=("run", "show"), default="run",
                         help="run a worker (default) or show a study")
     parser.add_argument("--task", help="built-in task name or 'package.module:function'")
@@ -41,6 +42,10 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heartbeat", type=int, default=10, help="heartbeat interval (s)")
     parser.add_argument("--grace", type=int, default=None,
                         help="seconds without heartbeat before a trial counts as dead")
+    parser.add_argument("--fidelity", default="steps", choices=("steps", "data"),
+                        help="what the pruner's rungs spend: training steps or data subsets")
+    parser.add_argument("--subset", type=float, default=None,
+                        help="train every trial on this fraction of the data")
     parser.add_argument("--json", default=None, help="write the SearchResult as JSON here")
     parser.add_argument("--plot", default=None, help="write metric-vs-LR plot (PNG) here")
     parser.add_argument("--no-progress", action="store_true", help="no live table")
@@ -71,7 +76,8 @@ def cli_main(args: argparse.Namespace) -> int:
                         study_name=args.study, seed=args.seed,
                         progress=not args.no_progress and sys.stderr.isatty(),
                         options=SearchOptions(heartbeat_interval=args.heartbeat,
-                                              grace_period=args.grace))
+                                              grace_period=args.grace, subset=args.subset,
+                                              fidelity=args.fidelity))
     print(result.summary())
     print(result.table())
     if args.json:
