@@ -155,14 +155,21 @@ def _task_oracle(task: str):
     return bench.oracle(task)
 
 
-def oracles(task_names: list[str], specs: list[str], seeds: tuple[int, ...], workers: int) -> None:
+def oracles(task_names: list[str], specs: list[str], seeds: tuple[int, ...], workers: int,
+            defaults_only: list[str] = ()) -> None:
+    """Per-optimizer grids for ``specs``; runs at the textbook default only for ``defaults_only``;
+    then the robustness runs the grids lack."""
     from lrkit import bench
+    from lrkit.optim import default_lr
 
     data = _load()
     for task in task_names:
         ref = _task_oracle(task)
         entry = data.setdefault(task, {"grids": {}, "extra": {}, "trajectories": {}})
+        from lrkit import tasks
+
         entry["task_oracle"] = {"best_lr": ref.best_lr, "best_metric": ref.best_metric,
+                                "optimizer": tasks.get(task).recipe.optimizer,
                                 "higher_is_better": ref.higher_is_better,
                                 "metric": ref.metric_name, "seeds": ref.seeds,
                                 "steps": ref.steps}
@@ -178,6 +185,17 @@ def oracles(task_names: list[str], specs: list[str], seeds: tuple[int, ...], wor
                                     "seeds": o.seeds}
             print(f"{task:8s} {spec:34s} best LR {o.best_lr:.3g} {o.metric_name} "
                   f"{o.best_metric:.4g}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+            _save_one(task, entry)
+        for spec in defaults_only:
+            lr = default_lr(spec.split(":")[0])
+            key = f"{spec}@{lr:.6g}"
+            if spec in entry["grids"] or key in entry["extra"]:
+                continue
+            runs = bench.optimizer_runs(task, spec, [lr], seeds=seeds, workers=workers,
+                                        progress=False)
+            entry["extra"][key] = {"lr": lr, "metrics": [r["metric"] for r in runs]}
+            print(f"{task:8s} {spec:34s} at default {lr:g}: "
+                  f"{np.mean(entry['extra'][key]['metrics']):.4g}", flush=True)
             _save_one(task, entry)
         _robustness_extra(task, entry, seeds, workers)
         _save_one(task, entry)
@@ -195,9 +213,9 @@ def _robustness_extra(task: str, entry: dict, seeds: tuple[int, ...], workers: i
     from lrkit import bench
 
     for base, members in FAMILIES.items():
-        if base not in entry["grids"]:
+        best = _base_best(task, entry, base)
+        if best is None:
             continue
-        best = entry["grids"][base]["best_lr"]
         for spec in members:
             g = entry["grids"].get(spec)
             for k in STARTS:
@@ -212,6 +230,16 @@ def _robustness_extra(task: str, entry: dict, seeds: tuple[int, ...], workers: i
                 runs = bench.optimizer_runs(task, spec, [best * k for k in STARTS], seeds=(0,),
                                             workers=workers, progress=False)
                 entry["trajectories"][spec] = {f"{r['lr']:.6g}": r["lrs"] for r in runs}
+
+
+def _base_best(task: str, entry: dict, base: str) -> float | None:
+    """The best LR of ``base`` on ``task``: its own grid's, else the task oracle's when the task's
+    recipe uses ``base`` (the oracle has 25 LRs and 5 seeds), else None (family skipped)."""
+    if base in entry["grids"]:
+        return entry["grids"][base]["best_lr"]
+    if entry["task_oracle"].get("optimizer") == base:
+        return entry["task_oracle"]["best_lr"]
+    return None
 
 
 def _metric_at(entry: dict, spec: str, lr: float) -> float | None:
@@ -254,16 +282,16 @@ def report() -> str:
         if task.startswith("_"):
             continue
         for base, members in FAMILIES.items():
-            if base not in entry["grids"]:
+            best = _base_best(task, entry, base)
+            if best is None:
                 continue
-            best = entry["grids"][base]["best_lr"]
             for spec in members:
                 cells = [_pct(_regret(entry, _metric_at(entry, spec, best * k))) for k in STARTS]
                 lines.append(f"| {task} | {spec} (from {base} best {best:.3g}) | "
                              + " | ".join(cells) + " |")
         for spec in LR_FREE:
-            if spec in entry["grids"]:
-                m = _metric_at(entry, spec, default_lr(spec.split(":")[0]))
+            m = _metric_at(entry, spec, default_lr(spec.split(":")[0]))
+            if m is not None:
                 lines.append(f"| {task} | {spec} (LR-free, default) | | | {_pct(_regret(entry, m))} | |")
     # per-optimizer oracle table
     lines += ["", "### Each optimizer at its textbook default and at its own best LR", "",
@@ -302,9 +330,9 @@ def _plots(data: dict) -> None:
     for ax, task in zip(axes[0], tasks):
         entry = data[task]
         for base, members in FAMILIES.items():
-            if base not in entry["grids"]:
+            best = _base_best(task, entry, base)
+            if best is None:
                 continue
-            best = entry["grids"][base]["best_lr"]
             for spec, style in zip(members, ("-o", "--s", ":^")):
                 ys = [_regret(entry, _metric_at(entry, spec, best * k)) for k in STARTS]
                 ys = [min(y, 1.0) if y is not None else np.nan for y in ys]
@@ -313,10 +341,9 @@ def _plots(data: dict) -> None:
         from lrkit.optim import default_lr
 
         for i, spec in enumerate(LR_FREE):
-            if spec in entry["grids"]:
-                y = _regret(entry, _metric_at(entry, spec, default_lr(spec)))
-                if y is not None:
-                    ax.axhline(100 * min(y, 1.0), color=f"C{i + 2}", lw=0.8, label=f"{spec} (default)")
+            y = _regret(entry, _metric_at(entry, spec, default_lr(spec)))
+            if y is not None:
+                ax.axhline(100 * min(y, 1.0), color=f"C{i + 2}", lw=0.8, label=f"{spec} (default)")
         ax.set_xscale("log")
         ax.set_yscale("symlog", linthresh=1.0)
         ax.set_xlabel("initial LR / base optimizer's best LR")
@@ -356,9 +383,9 @@ def _plots(data: dict) -> None:
             for k, (lr0, traj) in enumerate(entry["trajectories"].get(spec, {}).items()):
                 x = np.linspace(0, entry["task_oracle"]["steps"], len(traj))
                 ax.plot(x, traj, color=f"C{k}", label=f"start {float(lr0):.2g}")
-            base = "sgd" if spec.startswith("sgd") else "adam"
-            if base in entry["grids"]:
-                ax.axhline(entry["grids"][base]["best_lr"], color="k", lw=0.6, ls=":")
+            best = _base_best(task, entry, "sgd" if spec.startswith("sgd") else "adam")
+            if best is not None:
+                ax.axhline(best, color="k", lw=0.6, ls=":")
             ax.set_yscale("log")
             ax.set_title(f"{task}: {spec.replace(f':{MULT}', ' (mult)')}", fontsize=8)
             ax.tick_params(labelsize=6)
@@ -379,7 +406,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["overhead", "oracles", "report"])
     p.add_argument("--task", action="append", default=None)
-    p.add_argument("--spec", action="append", default=None, help="optimizer specs (default: all)")
+    p.add_argument("--spec", action="append", default=None,
+                   help="optimizer specs to grid (default: all); 'none' for no grid")
+    p.add_argument("--default-only", action="append", default=[],
+                   help="optimizer specs run at their textbook default LR only")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes per grid (1: in-process; run tasks in parallel instead)")
@@ -391,8 +421,9 @@ def main(argv: list[str] | None = None) -> int:
         _save_one("_overhead", {"results": res, "machine": machine(),
                                 "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
     elif args.what == "oracles":
-        oracles(args.task or ["logreg", "digits", "mnist5k", "mnist1d"], args.spec or SPECS,
-                tuple(range(args.seeds)), args.workers)
+        specs = [] if args.spec == ["none"] else (args.spec or SPECS)
+        oracles(args.task or ["logreg", "digits", "mnist5k", "mnist1d"], specs,
+                tuple(range(args.seeds)), args.workers, args.default_only)
     else:
         print(report())
     return 0

@@ -356,6 +356,8 @@ def test_every_name_builds_and_trains_through_recipe_and_run():
 
 
 def test_bench_optimizers_cli_gives_one_table(tmp_path, monkeypatch, capsys):
+    import json
+
     from lrkit import bench, cli
 
     monkeypatch.setenv("LRKIT_CACHE", str(tmp_path / "cache"))
@@ -365,13 +367,25 @@ def test_bench_optimizers_cli_gives_one_table(tmp_path, monkeypatch, capsys):
         bench.parse_optimizer("sgdd")
     with pytest.raises(ValueError, match="key=value"):
         bench.parse_optimizer("sgd:lr")
-    code = cli.main(["bench", "methods", "--task", "tests.tiny_task:make_task", "--points", "13",
-                     "--step-decades", "0.5", "--seeds", "3", "--workers", "1",
-                     "--optimizers", "sgd,sgdhd,adam", "--optimizer-seeds", "3",
+    task = "tests.tiny_task:make_task"  # a reference: worker runs rebuild the task by name
+    code = cli.main(["bench", "methods", "--task", task, "--points", "13", "--step-decades",
+                     "0.5", "--seeds", "3", "--workers", "1", "--optimizers",
+                     "sgd,sgdhd:hypergrad=multiplicative", "--optimizer-oracle",
                      "--out", str(tmp_path / "out")])
     assert code == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| tiny |")]
-    assert [r.split("|")[2].strip() for r in rows] == ["sgd", "sgdhd", "adam"]
-    table = (tmp_path / "out" / "optimizers.md").read_text()
-    assert "| tiny | sgdhd | 0.1 |" in table
+    assert [r.split("|")[2].strip() for r in rows] == ["sgd", "sgdhd:hypergrad=multiplicative"]
+    assert "| tiny | sgd | 0.1 |" in (tmp_path / "out" / "optimizers.md").read_text()
+    # the per-optimizer oracle: its own grid (cached), and the regrets computed from it
+    results = json.loads((tmp_path / "out" / "optimizers.json").read_text())["results"]
+    task_oracle = bench.oracle(task, points=13, step_decades=0.5, seeds=(0, 1, 2), workers=1,
+                               progress=False)
+    for res in results:
+        own = bench.oracle(task, optimizer=res["optimizer"], points=13, step_decades=0.5,
+                           seeds=(0, 1, 2), workers=1, progress=False)
+        assert own.optimizer == res["optimizer"] and 0.1 in own.grid
+        assert res["own_best_lr"] == own.best_lr
+        mean = sum(res["metrics"]) / 3
+        assert res["default_vs_own"] == pytest.approx((mean - own.best_metric) / own.best_metric)
+        assert res["regret"] == pytest.approx(task_oracle.regret(mean))
