@@ -342,7 +342,10 @@ def report(data: dict) -> str:
                   "|---|---:|---:|---|"]
         for k, ns in b["noise_scale"].items():
             i, t = ns["init"], ns["trained"]
-            lines.append(f"| {k} | {i['b_simple']:.0f} | {t['b_simple']:.0f} | "
+            show = lambda r: (f"{r['b_simple']:.0f}" if math.isfinite(r["b_simple"])  # noqa: E731
+                              else f"> {r['batch_big']} (‖G‖² estimate {r['grad_norm_sq']:.2g} "
+                                   f"≤ 0: not resolved)")
+            lines.append(f"| {k} | {show(i)} | {show(t)} | "
                          f"{i['n_batches']} batches of {i['batch_small']} |")
         lines.append("")
     return "\n".join(lines)

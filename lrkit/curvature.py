@@ -1172,7 +1172,12 @@ def scale_lr(lr: float, from_batch: int, to_batch: int, *, rule: str = "linear")
 
 @dataclass(frozen=True)
 class NoiseScale:
-    """The simple gradient noise scale ``B_simple = tr(Σ) / |G|²`` and its two estimates."""
+    """The simple gradient noise scale ``B_simple = tr(Σ) / |G|²`` and its two estimates.
+
+    ``resolved`` is False when the estimate of ``|G|²`` is not positive (near a minimum the true
+    gradient drowns in the noise of ``K`` batches): then ``b_simple`` is ``inf``, read as "larger
+    than ``batch_big``".
+    """
 
     b_simple: float
     trace_cov: float
@@ -1180,6 +1185,7 @@ class NoiseScale:
     batch_small: int
     batch_big: int
     n_batches: int
+    resolved: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -1228,7 +1234,7 @@ def noise_scale(model: nn.Module, loss_fn: LossFn, batches: Iterable, *, num_bat
     tr = (small - big) / (1.0 / B - 1.0 / KB)
     bs = tr / g2 if g2 > 0 else math.inf
     return NoiseScale(b_simple=float(bs), trace_cov=float(tr), grad_norm_sq=float(g2),
-                      batch_small=int(b), batch_big=int(k * b), n_batches=k)
+                      batch_small=int(b), batch_big=int(k * b), n_batches=k, resolved=g2 > 0)
 
 
 def batch_scaled(task: "Task", factor: int, *, keep: str = "epochs") -> "Task":
