@@ -260,8 +260,9 @@ def _plot_batch(out: dict, path: Path) -> None:
         ax.axvline(r["linear"], color="k", ls="--", label=f"linear rule {r['linear']:.3g}")
         ax.axvline(r["sqrt"], color="gray", ls="--", label=f"sqrt rule {r['sqrt']:.3g}")
         ax.set_xscale("log")
-        best = max(base.mean) if base.higher_is_better else min(base.mean)
-        ax.set_ylim(best - 0.15, best + 0.02)
+        bests = [base.best_metric] + [x["best_metric"] for _, x in rows]
+        ax.set_ylim(min(bests) - 0.1, max(bests) + 0.02)  # accuracy tasks
+        ax.set_xlim(base.best_lr / 100, base.best_lr * 30)
         ax.set_xlabel("learning rate")
         ax.set_ylabel(f"{base.metric_name} (mean ± std, 5 seeds)")
         ax.set_title(f"{name} ({r['optimizer']}): oracle at 4x batch")
