@@ -367,7 +367,7 @@ def test_noise_scale_matches_per_example_gradient_statistics():
     batches = [(x[i], y[i]) for i in idx]
     est = C.noise_scale(model, lambda m, b: F.mse_loss(m(b[0]).squeeze(1), b[1]), batches,
                         num_batches=400)
-    assert (est.batch_small, est.batch_big) == (16, 6400)
+    assert (est.batch_small, est.batch_big, est.resolved) == (16, 6400, True)
     assert est.trace_cov == pytest.approx(float(torch.trace(cov)), rel=0.1)
     assert est.grad_norm_sq == pytest.approx(float(G @ G), rel=0.1)
     assert est.b_simple == pytest.approx(ref, rel=0.2)
