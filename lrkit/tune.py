@@ -614,9 +614,11 @@ def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
     findings = _findings(monitor)
     metric, kept = out.metric, None
     if (rec.model is not None and rec.best is not None and not out.diverged
-            and any(f["kind"] == "overfitting" for f in findings)):
+            and any(f["kind"] == "overfitting" for f in findings)
+            and _worse_beyond_noise(rec.val, rec.best[1])):
         # the monitor's action for overfitting is "stop at the best validation step"
-        # (EarlyStopping): keep that checkpoint of the final run, scored on "test" like the end
+        # (EarlyStopping): keep that checkpoint of the final run, scored on "test" like the end,
+        # when the end is worse than it beyond the validation metric's own noise
         rec.model.load_state_dict(rec.best[2])
         rec.model.eval()
         with torch.no_grad():
@@ -639,6 +641,19 @@ def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
     data["stage"] = stage.to_dict()
     folder.save("final", data)
     return data, stage
+
+
+def _worse_beyond_noise(val: Sequence[tuple[int, float]], best: float) -> bool:
+    """Whether the last validation value is worse than ``best`` by more than twice the spread
+    (standard deviation) of the last quarter of the evaluations (at least 3): on a small val
+    split a one-example wobble must not swap the model for an earlier checkpoint."""
+    import statistics
+
+    vs = [v for _, v in val if math.isfinite(v)]
+    if len(vs) < 4:
+        return False
+    tail = vs[-max(3, len(vs) // 4):]
+    return abs(vs[-1] - best) > 2.0 * statistics.pstdev(tail)
 
 
 # ------------------------------------------------------------------- optional integrations
