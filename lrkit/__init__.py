@@ -36,6 +36,8 @@ _LAZY = {
     "safe_lr": ("lrkit.curvature", "safe_lr"),
     "top_eigenvalue": ("lrkit.curvature", "top_eigenvalue"),
     "scale_lr": ("lrkit.curvature", "scale_lr"),
+    "stability_test": ("lrkit.curvature", "stability_test"),
+    "SharpnessTracker": ("lrkit.curvature", "SharpnessTracker"),
     "SGDHD": ("lrkit.optim", "SGDHD"),
     "AdamHD": ("lrkit.optim", "AdamHD"),
 }
