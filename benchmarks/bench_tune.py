@@ -1,4 +1,4 @@
-"""Benchmark of ``lrkit.tune`` on the built-in tasks: quality against the oracle and the peers, cost.
+"""Benchmark of ``lrkit.tune`` on the built-in tasks: quality against oracle and peers, and cost.
 
     python benchmarks/bench_tune.py                      # every built-in task, 3 seeds
     python benchmarks/bench_tune.py --task digits --seeds 5

@@ -1,4 +1,4 @@
-"""The autopilot: ``lrkit.tune(task)`` picks the learning rate and the schedule, trains, and reports.
+"""The autopilot: ``lrkit.tune(task)`` picks the learning rate and the schedule, trains, reports.
 
 Five stages, each stored as JSON in a run folder (``./lrkit-runs/<task>-<timestamp>/``) as soon as
 it finishes, so an interrupted run keeps its work and ``tune(task, out=DIR)`` (``lrkit tune
