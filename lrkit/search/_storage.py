@@ -21,8 +21,10 @@ last seconds or more; use PostgreSQL beyond).
 
 **Schema creation race.** Workers that start at the same moment on an empty PostgreSQL database
 all run Optuna's ``CREATE TYPE`` / ``CREATE TABLE``; all but one fail with ``UniqueViolation``
-(optuna/optuna#1092). lrkit takes a PostgreSQL advisory lock around the storage's creation and
-retries transient integrity/operational errors with jittered backoff on every backend.
+(optuna/optuna#1092); on SQLite its set-up reads then writes, which concurrent deferred
+transactions cannot do. lrkit creates the storage while holding a PostgreSQL advisory lock (a file
+lock next to a SQLite file), and retries transient integrity/operational errors with jittered
+backoff on every backend.
 
 **Heartbeat.** Every storage lrkit opens on a database records a heartbeat per running trial
 (``heartbeat_interval`` seconds); a trial whose heartbeat is older than ``grace_period`` is
@@ -122,12 +124,17 @@ def _sqlite_engine_kwargs(path: str, timeout: float, mode: dict) -> dict[str, An
 
 
 def _with_retries(make: Any, url: str, attempts: int = 8) -> Any:
+    import optuna
     from sqlalchemy import exc
 
     for attempt in range(attempts):
         try:
             return make()
-        except (exc.IntegrityError, exc.OperationalError, exc.ProgrammingError) as e:
+        except (exc.IntegrityError, exc.OperationalError, exc.ProgrammingError,
+                optuna.exceptions.StorageInternalError) as raised:
+            # Optuna wraps the driver's error in StorageInternalError: judge the cause
+            e = raised.__cause__ if isinstance(raised, optuna.exceptions.StorageInternalError) \
+                and raised.__cause__ is not None else raised
             transient = isinstance(e, exc.IntegrityError) or any(
                 s in str(e).lower() for s in ("already exists", "locked", "busy", "duplicate"))
             if not transient or attempt == attempts - 1:
@@ -202,6 +209,7 @@ def open_storage(
                              "for one process or a file URL 'sqlite:///path.db'")
         Path(db).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = _sqlite_engine_kwargs(str(Path(db).expanduser()), sqlite_timeout, mode)
+        engine_kwargs["lock"] = str(Path(db).expanduser()) + ".lrkit-init.lock"
     else:
         engine_kwargs = {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": 2,
                          "pool_recycle": 600}
@@ -217,7 +225,8 @@ def open_storage(
     def make() -> Any:
         mode["immediate"] = False
         st = optuna.storages.RDBStorage(
-            storage, engine_kwargs=dict(engine_kwargs), heartbeat_interval=heartbeat_interval,
+            storage, engine_kwargs={k: v for k, v in engine_kwargs.items() if k != "lock"},
+            heartbeat_interval=heartbeat_interval,
             grace_period=grace, heartbeat_stale_trial_callback=callback)
         mode["immediate"] = True
         return st
@@ -226,6 +235,8 @@ def open_storage(
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if backend == "postgresql":
             return _with_retries(lambda: _postgres_locked(storage, make), storage)
+        if backend == "sqlite":
+            return _with_retries(lambda: _file_locked(engine_kwargs["lock"], make), storage)
         return _with_retries(make, storage)
 
 
@@ -239,6 +250,20 @@ def _with_driver(url: str) -> str:
             driver = "psycopg" if importlib.util.find_spec("psycopg") else "psycopg2"
             return f"postgresql+{driver}://" + url[len(bare):]
     return url
+
+
+def _file_locked(path: str, make: Any) -> Any:
+    """Create the storage while holding an exclusive lock on ``path`` (one schema creator per
+    SQLite file: Optuna's set-up reads then writes, which deferred transactions cannot do
+    concurrently)."""
+    import fcntl
+
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            return make()
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _postgres_locked(url: str, make: Any) -> Any:
