@@ -373,9 +373,18 @@ def _lrkit(task: Any, seed: int) -> Choice:
     return _finder_choice(task, seed, "lrkit")
 
 
-@register_method("lrkit-confirm", "lrkit.find_lr(confirm=True): range test + successive halving on val")
+@register_method("lrkit-confirm", "lrkit.find_lr(confirm=True): range test + short runs on val, "
+                 "travelling window")
 def _lrkit_confirm(task: Any, seed: int) -> Choice:
     return _finder_choice(task, seed, "lrkit", confirm=True)
+
+
+@register_method("search-auto", "lrkit.search(method='auto'): range test + 3 full runs on val")
+def _search_auto(task: Any, seed: int) -> Choice:
+    from .search import bench_choice
+
+    lr, cost = bench_choice(task, seed)
+    return Choice(lr, cost)
 
 
 @register_method("torch-lr-finder", "torch-lr-finder 0.2 (the real package): steepest gradient")

@@ -16,6 +16,9 @@ Contract (checked by ``tests/test_tasks.py`` for every built-in task):
 - ``recipe`` fixes the optimizer family and its non-LR settings, batch size, number of steps and
   default schedule family; ``recipe.make_optimizer(params, lr)`` and ``recipe.make_schedule(lr)``
   build them, so ``lr`` is the only knob (the *peak* LR when the recipe's schedule has a warmup).
+- optional ``with_fold(k, i) -> Task``: the task trained on every fold but ``i``, whose
+  ``evaluate(model, "val")`` scores fold ``i`` (used by ``lrkit.search(cv_folds=k)``; without it,
+  search deals the first epoch's batches into folds and scores the held-out training loss).
 """
 
 from __future__ import annotations
