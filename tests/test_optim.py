@@ -389,3 +389,29 @@ def test_bench_optimizers_cli_gives_one_table(tmp_path, monkeypatch, capsys):
         mean = sum(res["metrics"]) / 3
         assert res["default_vs_own"] == pytest.approx((mean - own.best_metric) / own.best_metric)
         assert res["regret"] == pytest.approx(task_oracle.regret(mean))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (runs on the GPU check)")
+@pytest.mark.parametrize("cls, kw", [(SGDHD, {"lr": 0.01, "momentum": 0.9}),
+                                     (AdamHD, {"lr": 1e-3, "hypergrad_lr": 1e-4})])
+def test_cuda_trajectory_matches_the_cpu(cls, kw):
+    torch.manual_seed(0)
+    x = torch.randn(256, 16)
+    y = x @ torch.randn(16, 1)
+    runs = {}
+    for dev in ("cpu", "cuda"):
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(),
+                                    torch.nn.Linear(32, 1)).to(dev)
+        opt = cls(model.parameters(), **kw)
+        xd, yd = x.to(dev), y.to(dev)
+        lrs = []
+        for _ in range(50):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(xd), yd).backward()
+            opt.step()
+            lrs.append(opt.param_groups[0]["lr"])
+        runs[dev] = (lrs, [p.detach().cpu() for p in model.parameters()])
+    assert runs["cuda"][0] == pytest.approx(runs["cpu"][0], rel=1e-3)
+    for a, b in zip(runs["cpu"][1], runs["cuda"][1]):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-4)
