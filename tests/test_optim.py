@@ -392,9 +392,12 @@ def test_bench_optimizers_cli_gives_one_table(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (runs on the GPU check)")
-@pytest.mark.parametrize("cls, kw", [(SGDHD, {"lr": 0.01, "momentum": 0.9}),
+@pytest.mark.parametrize("cls, kw", [(SGDHD, {"lr": 0.01, "momentum": 0.9, "hypergrad_lr": 1e-4}),
                                      (AdamHD, {"lr": 1e-3, "hypergrad_lr": 1e-4})])
 def test_cuda_trajectory_matches_the_cpu(cls, kw):
+    # hypergrad_lr is set so that the LR adapts smoothly (here float32 and float64 runs on the
+    # CPU agree to 1e-6): at SGD-HD's default 1e-3 this problem's LR bounces between its bounds
+    # and any rounding difference changes the trajectory
     torch.manual_seed(0)
     x = torch.randn(256, 16)
     y = x @ torch.randn(16, 1)
