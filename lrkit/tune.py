@@ -50,7 +50,7 @@ from typing import Any, Mapping, Sequence
 from .errors import check_choice, check_int, check_positive
 
 __all__ = ["TuneResult", "Stage", "tune", "add_cli_arguments", "cli_main", "DEFAULT_SCHEDULES",
-           "FAMILY_LR_KEY"]
+           "FAMILY_LR_KEY", "run_study_trial"]
 
 #: the schedule families tried by default
 DEFAULT_SCHEDULES = ("constant", "step", "cosine", "onecycle", "wsd")
@@ -582,6 +582,8 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     stage = Stage("confirmation (successive halving)", cost, wall, outcome)
     folder.save("halving", {"plan": plan.to_dict(), "centres": dict(centres),
                             "trials": log.trials, "rungs": log.rungs, "stage": stage.to_dict()})
+    if study is not None:
+        study.finish()
     return {"winner": winner, "trials": log.trials, "plan": plan, "centres": centres,
             "walks": walks, "at_edge": edge}, stage
 
@@ -730,32 +732,42 @@ class _Study:
     """Stage 3 as a queue of trials in an Optuna study: the embedded SQLite file in the run folder
     by default, or a shared ``storage`` URL (``postgresql://...``) where every ``lrkit tune``
     process started with the same task, settings and storage joins the same study and works
-    through the same queue.
+    through the same queue, and ``lrkit search`` workers on that study help
+    (:func:`run_study_trial`; ``docs/tune.md``).
 
-    Protocol: each rung's arms are enqueued once (``params`` lr and schedule, user attribute
-    ``lrkit_arm`` = ``rung|family|lr|steps``); a worker pops a waiting trial
-    (:meth:`optuna.Study.ask`), trains it and tells the value (val metric; a diverged run is a
-    failed trial), with the whole record in the user attribute ``lrkit_rec``. The first worker's
-    candidates and plan are stored on the study; later workers adopt them. A trial whose worker
-    stopped sending heartbeats is failed and its arm enqueued again.
+    Protocol: the study's user attributes ``lrkit_tune`` (task key, full-run steps, recipe
+    warmup, seed) and ``lrkit = "tune"`` mark it as tune's. Each rung's arms are enqueued once
+    (``params`` lr and schedule; user attributes ``lrkit_arm`` = ``rung|family|lr|steps``,
+    ``rung``, ``steps``, ``warmup_steps`` and ``seed``); a worker pops a waiting trial
+    (:meth:`optuna.Study.ask`), trains it with :func:`run_study_trial` and tells the value (val
+    metric; a diverged run is a failed trial), with the whole record in the user attribute
+    ``lrkit_rec``. The first worker's candidates and plan are stored on the study; later workers
+    adopt them. A trial whose worker stopped sending heartbeats is failed and its arm enqueued
+    again. When stage 3 is decided, ``lrkit_tune_done`` is set: helpers stop.
     """
 
-    def __init__(self, storage: str, name: str, task: Any, *, poll: float = 0.5) -> None:
+    def __init__(self, storage: str, name: str, task: Any, *, seed: int,
+                 poll: float = 0.5) -> None:
         import optuna
+
+        from .search._storage import open_storage
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.optuna, self.name, self.poll = optuna, name, poll
         self.url = storage
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.storage = optuna.storages.RDBStorage(storage, heartbeat_interval=5,
-                                                      grace_period=30)
+        # lrkit's storage set-up: SQLite transactions that wait for the lock instead of failing
+        # when other processes (tune or search workers) write; no retry copies (tune re-queues
+        # a dead worker's arm itself)
+        self.storage = open_storage(storage, heartbeat_interval=5, grace_period=30, retries=0)
         self.study = optuna.create_study(storage=self.storage, study_name=name,
                                          load_if_exists=True,
                                          direction="maximize" if task.higher_is_better
                                          else "minimize")
-        self.study.set_user_attr("lrkit", "tune")
         self.study.set_user_attr("task", task.key)
+        self.study.set_user_attr("lrkit_tune", {
+            "task": task.key, "task_name": task.name, "full_run_steps": task.recipe.steps,
+            "warmup_steps": task.recipe.warmup_steps, "seed": seed, "metric": task.metric})
+        self.study.set_user_attr("lrkit", "tune")  # last: a helper reads the others after it
 
     def adopt(self, centres: dict[str, float], plan: _Plan) -> tuple[dict[str, float], _Plan]:
         """The study's candidates and plan when another worker set them, else ours (stored)."""
@@ -766,9 +778,13 @@ class _Study:
                                                      "plan": plan.to_dict()})
         return centres, plan
 
+    def finish(self) -> None:
+        """Stage 3 is decided: helpers (``lrkit search`` on this study) may stop."""
+        self.study.set_user_attr("lrkit_tune_done", True)
+
     @staticmethod
     def key(rung: int, family: str, lr: float, steps: int) -> str:
-        return f"{rung}|{family}|{lr:.9g}|{steps}"
+        return _arm_key(rung, family, lr, steps)
 
     def _scan(self, keys: set[str]) -> tuple[dict[str, dict], set[str], bool]:
         S = self.optuna.trial.TrialState
@@ -789,16 +805,10 @@ class _Study:
                 waiting = waiting or t.state == S.WAITING
         return done, pending, waiting
 
-    def _enqueue(self, rung: int, family: str, lr: float, steps: int) -> None:
-        self.study.enqueue_trial({"lr": lr, "schedule": family}, user_attrs={
-            "lrkit_arm": self.key(rung, family, lr, steps), "rung": rung, "steps": steps},
-            skip_if_exists=False)
-
     def run(self, arms: list[_Arm], rung: int, steps: int, task: Any, seed: int, bar: Any,
             finished: Any) -> list[tuple[_Arm, dict]]:
         """Work through the queue until every arm has a result; ``finished(rec, arm)`` is
         called for each of ``arms`` trained here, as soon as it is done."""
-        S = self.optuna.trial.TrialState
         by_key = {self.key(rung, a.family, a.lr, steps): a for a in arms}
         keys = set(by_key)
         while True:
@@ -807,7 +817,7 @@ class _Study:
                 return [(by_key[k], done[k]) for k in by_key]
             for k in keys - set(done) - pending:  # never queued, or its worker died
                 a = by_key[k]
-                self._enqueue(rung, a.family, a.lr, steps)
+                _enqueue_arm(self.study, task, rung, a.family, a.lr, steps, seed)
                 waiting = True
             if not waiting:
                 time.sleep(self.poll)  # the rest is running on other workers
@@ -816,33 +826,105 @@ class _Study:
                 warnings.simplefilter("ignore", UserWarning)
                 trial = self.study.ask()
             attrs = self.storage.get_trial(trial._trial_id).user_attrs
-            if "lrkit_arm" not in attrs:  # not one of ours: give it back
-                self.study.tell(trial, state=S.FAIL)
-                continue
-            # the enqueued values come back through suggest_* (Optuna's fixed params)
-            family = str(trial.suggest_categorical("schedule", list(FAMILY_LR_KEY)))
-            lr = float(trial.suggest_float("lr", 1e-12, 1e6, log=True))
-            t_rung, t_steps = int(attrs["rung"]), int(attrs["steps"])
-            try:
-                rec = _train_arm(task, family, lr, t_steps, t_rung, seed,
-                                 bar if attrs["lrkit_arm"] in keys else None,
-                                 extra=[_Heartbeat(self.storage, trial._trial_id)])
-            except BaseException:
-                # interrupted or crashed: fail it and queue the arm again for whoever goes on
-                self.study.tell(trial, state=S.FAIL)
-                self._enqueue(t_rung, family, lr, t_steps)
-                raise
-            trial.set_user_attr("lrkit_rec", _jsonable(rec))
-            value = _num(rec["metric"])
-            if rec["diverged"] or not math.isfinite(value):
-                self.study.tell(trial, state=S.FAIL)
-            else:
-                self.study.tell(trial, value)
-            if attrs["lrkit_arm"] in keys:
+            rec = run_study_trial(self.study, trial, task, seed=seed,
+                                  bar=bar if attrs.get("lrkit_arm") in keys else None)
+            if rec is not None and attrs["lrkit_arm"] in keys:
                 finished(rec, by_key[attrs["lrkit_arm"]])
 
 
-def _open_study(storage: str | None, folder: _Folder, task: Any) -> Any:
+def _arm_key(rung: int, family: str, lr: float, steps: int) -> str:
+    return f"{rung}|{family}|{lr:.9g}|{steps}"
+
+
+def _enqueue_arm(study: Any, task: Any, rung: int, family: str, lr: float, steps: int,
+                 seed: int) -> None:
+    """Queue one confirmation run as a waiting trial that carries everything needed to train
+    it (:func:`run_study_trial`)."""
+    study.enqueue_trial({"lr": lr, "schedule": family}, user_attrs={
+        "lrkit_arm": _arm_key(rung, family, lr, steps), "rung": rung, "steps": steps,
+        "warmup_steps": _warmup_for(task, family, steps), "seed": seed},
+        skip_if_exists=False)
+
+
+def run_study_trial(study: Any, trial: Any, task: Any, *, seed: int, bar: Any = None
+                    ) -> dict | None:
+    """Train one of tune's queued confirmation runs and tell the study: the worker side of the
+    queue protocol (:class:`_Study`), shared by ``lrkit tune`` workers and by ``lrkit search``
+    workers that help a tune study.
+
+    ``trial`` is what :meth:`optuna.Study.ask` popped. A trial enqueued by tune carries its
+    ``lr`` and ``schedule`` (fixed params) and the user attributes ``rung``, ``steps``,
+    ``warmup_steps`` and ``seed``; it is trained as a miniature of the full run,
+    ``train.run(task, schedules.family(family, lr, steps, warmup_steps=w), steps=steps,
+    seed=seed, eval_split="val")`` with ``w`` the recipe's warmup scaled to ``steps``, and told
+    its val metric (a diverged run: failed), the record in ``lrkit_rec``. Interrupted or
+    crashed, the trial is failed and its arm queued again.
+
+    Args:
+        study: the tune study (an :class:`optuna.Study`).
+        trial: the popped trial.
+        task: the task tune runs (its warmup scaling must give the trial's ``warmup_steps``).
+        seed: the seed when the trial carries none.
+        bar: a tqdm bar advanced per step (or ``None``).
+
+    Returns:
+        The record (as in ``3-halving.json``), or ``None`` when ``trial`` is not one of tune's
+        queued runs (it is then told failed: given back).
+
+    Raises:
+        ValueError: ``task`` is not the task the trial was queued for (its warmup differs).
+    """
+    import optuna
+
+    S = optuna.trial.TrialState
+    storage = study._storage
+    attrs = storage.get_trial(trial._trial_id).user_attrs
+    if "lrkit_arm" not in attrs:  # not one of tune's queued runs: give it back
+        study.tell(trial, state=S.FAIL)
+        return None
+    # the enqueued values come back through suggest_* (Optuna's fixed params)
+    family = str(trial.suggest_categorical("schedule", list(FAMILY_LR_KEY)))
+    lr = float(trial.suggest_float("lr", 1e-12, 1e6, log=True))
+    rung, steps = int(attrs["rung"]), int(attrs["steps"])
+    seed = int(attrs.get("seed", seed))
+    try:
+        w = _warmup_for(task, family, steps)
+        if "warmup_steps" in attrs and int(attrs["warmup_steps"]) != w:
+            raise ValueError(f"task {task.key!r} scales the warmup of a {steps}-step {family} "
+                             f"run to {w} steps, the study's trial to {attrs['warmup_steps']}: "
+                             "pass the task lrkit tune runs")
+        rec = _train_arm(task, family, lr, steps, rung, seed, bar,
+                         extra=[_Heartbeat(storage, trial._trial_id)])
+    except BaseException:
+        # interrupted or crashed: fail it and queue the arm again for whoever goes on
+        study.tell(trial, state=S.FAIL)
+        _enqueue_arm(study, task, rung, family, lr, steps, seed)
+        raise
+    trial.set_user_attr("lrkit_rec", _jsonable(rec))
+    value = _num(rec["metric"])
+    if rec["diverged"] or not math.isfinite(value):
+        study.tell(trial, state=S.FAIL)
+    else:
+        study.tell(trial, value)
+    return rec
+
+
+def _helper_command(task: Any, task_ref: str, url: str, name: str) -> str:
+    """The ``lrkit search`` command that makes another process a helper of this tune study
+    (the URL's password masked)."""
+    import shlex
+
+    from . import tasks as _tasks
+    from .search._storage import mask_url
+
+    ref = task_ref
+    if ":" not in ref and ref not in _tasks.names():  # a Task object passed from Python
+        ref = "package.module:function"
+    return (f"lrkit search --task {shlex.quote(ref)} --storage {shlex.quote(mask_url(url))} "
+            f"--study {shlex.quote(name)}")
+
+
+def _open_study(storage: str | None, folder: _Folder, task: Any, seed: int) -> Any:
     try:
         import optuna  # noqa: F401
     except ImportError:
@@ -851,11 +933,11 @@ def _open_study(storage: str | None, folder: _Folder, task: Any) -> Any:
         return None
     if storage is None:
         return _Study(f"sqlite:///{(folder.path / 'study.db').resolve()}",
-                      f"tune-{folder.path.name}", task)
+                      f"tune-{folder.path.name}", task, seed=seed)
     meta = folder.load("meta") or {}
     name = (f"tune-{task.key}-s{meta.get('seed')}-b{meta.get('budget')}-"
             + "+".join(meta.get("schedules") or ()))
-    return _Study(storage, name, task)
+    return _Study(storage, name, task, seed=seed)
 
 
 # -------------------------------------------------------------------------------- the call
@@ -928,7 +1010,9 @@ def tune(
             run), default 2.0; must be > 1.
         schedules: the schedule families to choose from (:data:`lrkit.schedules.FAMILIES`).
         storage: an Optuna storage URL for the confirmation trials (``postgresql://...`` to
-            share them); default: an embedded SQLite study in the run folder.
+            share them with other ``lrkit tune`` workers and with ``lrkit search`` workers
+            pointed at the study, whose command is printed); default: an embedded SQLite study
+            in the run folder.
         out: the run folder; default ``./lrkit-runs/<task>-<timestamp>/``. A folder that holds
             an earlier, unfinished (or finished) tune of the same task and settings is resumed.
         seed: the seed of every run.
@@ -1000,7 +1084,15 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
     full = task.recipe.steps
 
     rt, st_range = _stage_range_test(task, folder, _range_iters(full, budget), seed, show)
-    study = _open_study(storage, folder, task)
+    study = _open_study(storage, folder, task, seed)
+    if study is not None:
+        helper = _helper_command(task, task_ref, study.url, study.name)
+        line = (f"      study {study.name!r}: to help with its confirmation runs, run: "
+                f"{helper}")
+        if show.enabled:
+            show.say(line)
+        elif storage is not None:  # a shared storage is meant for helpers: say how, always
+            print(line.strip(), file=sys.stderr)
     halving, st_halving = _stage_halving(task, folder, rt, st_range, families, budget, seed,
                                          study, show)
     halving["rungs_kept"] = [r["family"] for r in halving["trials"]
@@ -1052,7 +1144,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated schedule families to choose from")
     parser.add_argument("--storage", default=None,
                         help="Optuna storage URL for the confirmation trials (default: SQLite "
-                             "in the run folder; postgresql://... to share)")
+                             "in the run folder; postgresql://... to share); the study name "
+                             "and the 'lrkit search' command for helper workers are printed")
     parser.add_argument("--out", default=None, help="run folder (default ./lrkit-runs/...)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")

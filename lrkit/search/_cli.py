@@ -5,6 +5,12 @@
 
 Start the same ``lrkit search`` command on as many processes and machines as you like: they
 join one study and share its trials. Storage URLs are printed with their password masked.
+
+Pointed at a study of ``lrkit tune`` (``--study tune-...``, the name and the command that tune
+prints), a worker helps tune: it trains tune's queued confirmation runs exactly as tune does and
+stops when tune has decided (``docs/tune.md``):
+
+    lrkit search --task NAME --storage URL --study tune-...
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", default=None,
                         help="database URL (default: sqlite file ./lrkit-runs/lrkit.db; "
                              "postgresql://user:password@host/db for many machines)")
-    parser.add_argument("--study", default=None, help="study name (workers sharing it cooperate)")
+    parser.add_argument("--study", default=None,
+                        help="study name (workers sharing it cooperate; a 'tune-...' study "
+                             "printed by lrkit tune: help tune with its confirmation runs)")
     parser.add_argument("--method", default="auto", choices=METHODS)
     parser.add_argument("--n-trials", type=int, default=None, help="trials in total (all workers)")
     parser.add_argument("--budget", type=int, default=None,
@@ -46,6 +54,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what the pruner's rungs spend: training steps or data subsets")
     parser.add_argument("--subset", type=float, default=None,
                         help="train every trial on this fraction of the data")
+    parser.add_argument("--poll", type=float, default=0.5,
+                        help="seconds between looks at a study whose work runs elsewhere")
     parser.add_argument("--json", default=None, help="write the SearchResult as JSON here")
     parser.add_argument("--plot", default=None, help="write metric-vs-LR plot (PNG) here")
     parser.add_argument("--no-progress", action="store_true", help="no live table")
@@ -77,7 +87,7 @@ def cli_main(args: argparse.Namespace) -> int:
                         progress=not args.no_progress and sys.stderr.isatty(),
                         options=SearchOptions(heartbeat_interval=args.heartbeat,
                                               grace_period=args.grace, subset=args.subset,
-                                              fidelity=args.fidelity))
+                                              fidelity=args.fidelity, poll=args.poll))
     print(result.summary())
     print(result.table())
     if args.json:

@@ -519,6 +519,19 @@ def search(
     display = None
     result: SearchResult | None = None
     try:
+        helped = _tune_study(optuna, st, name, explicit=study_name is not None, where=where,
+                             poll=options.poll)
+        if helped is not None:  # lrkit tune's study: work through its queue of short runs
+            _check_helper_args(name, task, method=method, pruner=pruner, low=low, high=high,
+                               n_trials=n_trials, budget=budget, cv_folds=cv_folds,
+                               schedules=families, range_test=range_test, options=options)
+            display = _Display(bool(progress), f"lrkit search {name} (helping lrkit tune) on "
+                                               f"{where}")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # heartbeat outside optimize
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                result = _help_tune(optuna, helped, task, options, display, where)
+            return result
         sign = 1.0 if runner.higher_is_better else -1.0
         study, plan = _open_study(optuna, st, name, runner, task if isinstance(task, Task) else
                                   None, method, fams, low, high, n_trials, budget, cv_folds,
@@ -539,6 +552,113 @@ def search(
         if world > 1:  # the followers return rank 0's result (or stop when it failed)
             _bcast(("stop", result.to_dict() if result is not None else None))
     return result
+
+
+# ------------------------------------------------------------------ helping lrkit tune
+#: seconds a helper waits for ``lrkit tune`` to create the study it was pointed at
+_TUNE_WAIT = 1800.0
+#: seconds a helper goes on polling a tune study where nothing waits or runs (tune stopped)
+_TUNE_IDLE = 120.0
+
+
+def _tune_study(optuna: Any, st: Any, name: str, *, explicit: bool, where: str,
+                poll: float) -> Any:
+    """The study ``name`` when it is ``lrkit tune``'s (user attribute ``lrkit == "tune"``), else
+    ``None``. A name given explicitly that starts with ``tune-`` (tune's names) is waited for
+    when the study does not exist yet: helpers may start before tune reaches its stage 3."""
+    deadline = time.monotonic() + _TUNE_WAIT
+    said = False
+    while True:
+        try:
+            study = optuna.load_study(study_name=name, storage=st)
+        except KeyError:
+            study = None
+        if study is not None:
+            attrs = study.user_attrs
+            if attrs.get("lrkit") == "tune":
+                return study
+            if not (explicit and name.startswith("tune-")) or "lrkit_spec" in attrs:
+                return None  # a search study (or one being planned by a search worker)
+        elif not (explicit and name.startswith("tune-")):
+            return None
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"study {name!r} did not appear on {where} within "
+                               f"{_TUNE_WAIT:.0f} s: start lrkit tune with that storage (names "
+                               "starting with 'tune-' are lrkit tune's studies)")
+        if not said:
+            import sys
+
+            print(f"lrkit search: waiting for lrkit tune to open study {name!r} on {where} "
+                  "(names starting with 'tune-' are lrkit tune's)", file=sys.stderr, flush=True)
+            said = True
+        time.sleep(poll)
+
+
+def _check_helper_args(name: str, task: Any, **given: Any) -> None:
+    """A helper trains what tune queued: search settings have no meaning there."""
+    from ..tasks import Task
+
+    if not isinstance(task, Task):
+        raise ValueError(f"study {name!r} is lrkit tune's: pass the task tune runs "
+                         f"(task_or_objective), not an objective")
+    options = given.pop("options")
+    defaults = {"method": "auto", "pruner": "auto"}
+    bad = [k for k, v in given.items() if v is not None and v != defaults.get(k)]
+    if options.subset is not None:
+        bad.append("options.subset")
+    if options.fidelity != "steps":
+        bad.append("options.fidelity")
+    if bad:
+        raise ValueError(f"study {name!r} is lrkit tune's: its trials carry their own LR, "
+                         f"schedule and length; drop {', '.join(bad)}")
+
+
+def _help_tune(optuna: Any, study: Any, task: Any, options: SearchOptions, display: _Display,
+               where: str) -> SearchResult:
+    """Work as a helper of a ``lrkit tune`` study: pop its queued confirmation runs and train
+    each exactly as tune does (:func:`lrkit.tune.run_study_trial`: a miniature of the full run
+    at the trial's LR, schedule family and length, scored on ``"val"``), until tune marks its
+    stage 3 decided (or nothing has waited or run for ``_TUNE_IDLE`` seconds)."""
+    from optuna.trial import TrialState as S
+
+    from ..tune import run_study_trial
+
+    info = study.user_attrs.get("lrkit_tune") or {}
+    mine = {"task": task.key, "full_run_steps": task.recipe.steps,
+            "warmup_steps": task.recipe.warmup_steps}
+    diff = [f"{k}: {info.get(k)!r} != {v!r}" for k, v in mine.items() if info.get(k) != v]
+    if diff:
+        raise ValueError(f"task {task.name!r} is not the task of lrkit tune's study "
+                         f"{study.study_name!r} ({'; '.join(diff)}): pass the same --task")
+    seed = int(info.get("seed", 0))
+    trained: list[int] = []
+    idle_since: float | None = None
+    while True:
+        optuna.storages.fail_stale_trials(study)
+        live = study.get_trials(deepcopy=False, states=(S.WAITING, S.RUNNING))
+        if any(t.state == S.WAITING and "lrkit_arm" in t.user_attrs for t in live):
+            trial = study.ask()
+            if run_study_trial(study, trial, task, seed=seed) is not None:
+                trained.append(trial.number)
+                if display.live is not None:
+                    display.update(result_from_study(study, where))
+            idle_since = None
+            continue
+        if study.user_attrs.get("lrkit_tune_done"):
+            note = "lrkit tune has decided its confirmation stage"
+            break
+        if any(t.state == S.RUNNING for t in live):
+            idle_since = None
+        elif idle_since is None:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since > _TUNE_IDLE:
+            note = f"nothing queued or running for {_TUNE_IDLE:.0f} s (lrkit tune stopped?)"
+            break
+        time.sleep(options.poll)
+    res = result_from_study(study, where, notes=(
+        f"helped lrkit tune: this worker trained {len(trained)} of its confirmation runs"
+        + (f" (trials {', '.join(map(str, trained))})" if trained else "") + f"; {note}",))
+    return dataclasses.replace(res, method="tune", metric_name=task.metric)
 
 
 def _follow(runner: Any) -> SearchResult:
