@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import check_choice, check_int
+from ._json import finite_or_none as _clean
 
 __all__ = ["CompareResult", "compare", "add_cli_arguments", "cli_main", "DEFAULT_SCHEDULES"]
 
@@ -296,16 +297,6 @@ def cli_main(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}")
     print(f"wrote {out}")
     return 0
-
-
-def _clean(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
 
 
 class _CallableModule(types.ModuleType):

@@ -7,6 +7,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
+from .._json import finite_or_none as _clean
+
 __all__ = ["TrialRecord", "SearchResult", "result_from_study"]
 
 #: trial states in a SearchResult table
@@ -188,16 +190,6 @@ class SearchResult:
             with open(text_or_path) as f:
                 text = f.read()
         return cls.from_dict(json.loads(text))
-
-
-def _clean(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
 
 
 def record_of(t: Any) -> TrialRecord:
