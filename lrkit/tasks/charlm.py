@@ -49,32 +49,34 @@ def load() -> dict[str, torch.Tensor]:
     return {"train": ids[:a], "val": ids[a:b], "test": ids[b:]}
 
 
-def _windows(ids: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    offs = starts.unsqueeze(1) + torch.arange(CONTEXT + 1)
+def _windows(ids: torch.Tensor, starts: torch.Tensor, context: int = CONTEXT
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    offs = starts.unsqueeze(1) + torch.arange(context + 1)
     w = ids[offs]
     return w[:, :-1], w[:, 1:]
 
 
-def _batches(seed: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Epochs over non-overlapping windows: each epoch draws a random phase in [0, CONTEXT) and
-    a random order of the windows from a generator seeded with ``seed``."""
+def _batches(seed: int, batch_size: int, context: int = CONTEXT
+             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Epochs over non-overlapping windows: each epoch draws a random phase in [0, context) and
+    a random order of the windows (seeded); incomplete batches at an epoch's end are dropped."""
     ids = load()["train"]
     g = torch.Generator().manual_seed(int(seed))
     while True:
-        phase = int(torch.randint(CONTEXT, (1,), generator=g))
-        count = (len(ids) - 1 - phase) // CONTEXT
-        starts = phase + CONTEXT * torch.randperm(count, generator=g)
+        phase = int(torch.randint(context, (1,), generator=g))
+        count = (len(ids) - 1 - phase) // context
+        starts = phase + context * torch.randperm(count, generator=g)
         for i in range(0, count - batch_size + 1, batch_size):
-            yield _windows(ids, starts[i:i + batch_size])
+            yield _windows(ids, starts[i:i + batch_size], context)
 
 
-@functools.lru_cache(maxsize=2)
-def _eval_windows(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``EVAL_WINDOWS`` fixed windows spread evenly over the split."""
+@functools.lru_cache(maxsize=4)
+def _eval_windows(split: str, context: int = CONTEXT) -> tuple[torch.Tensor, torch.Tensor]:
+    """``EVAL_WINDOWS`` fixed windows of ``context`` characters spread evenly over the split."""
     ids = load()[split]
-    last = len(ids) - CONTEXT - 1
+    last = len(ids) - context - 1
     starts = torch.linspace(0, last, EVAL_WINDOWS).round().to(torch.int64)
-    return _windows(ids, starts)
+    return _windows(ids, starts, context)
 
 
 class _Block(nn.Module):

@@ -18,7 +18,6 @@ recipe unchanged undershoots.
 
 from __future__ import annotations
 
-import functools
 import math
 import sys
 from typing import Iterator
@@ -42,30 +41,17 @@ def load() -> dict[str, torch.Tensor]:
     return charlm_load()
 
 
-def _windows(ids: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    offs = starts.unsqueeze(1) + torch.arange(CONTEXT + 1)
-    w = ids[offs]
-    return w[:, :-1], w[:, 1:]
-
-
 def _batches(seed: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Epochs over non-overlapping windows with a random phase and order per epoch (seeded)."""
-    ids = load()["train"]
-    g = torch.Generator().manual_seed(int(seed))
-    while True:
-        phase = int(torch.randint(CONTEXT, (1,), generator=g))
-        count = (len(ids) - 1 - phase) // CONTEXT
-        starts = phase + CONTEXT * torch.randperm(count, generator=g)
-        for i in range(0, count - batch_size + 1, batch_size):
-            yield _windows(ids, starts[i:i + batch_size])
+    """charlm's epochs over non-overlapping windows, ``CONTEXT`` characters long."""
+    from .charlm import _batches as windows
+
+    return windows(seed, batch_size, CONTEXT)
 
 
-@functools.lru_cache(maxsize=2)
 def _eval_windows(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = load()[split]
-    last = len(ids) - CONTEXT - 1
-    starts = torch.linspace(0, last, EVAL_WINDOWS).round().to(torch.int64)
-    return _windows(ids, starts)
+    from .charlm import _eval_windows as windows
+
+    return windows(split, CONTEXT)
 
 
 class CharLSTM(nn.Module):
