@@ -7,6 +7,11 @@
     lrkit find --task NAME [--plot P] [--json J]  the LR range test on a task
     lrkit bench oracle --task NAME ...            exhaustive LR grid (the truth)
     lrkit bench methods --task NAME ...           every method vs the oracle: regret, band, cost
+    lrkit tune --task NAME                        the autopilot: LR + schedule, trained, HTML report
+    lrkit compare --task NAME                     each schedule at its own best LR
+    lrkit search --task NAME --storage URL ...    LR search on Optuna (one worker per command)
+    lrkit monitor LOG.jsonl                       findings and a plot from a training log
+    lrkit safe-lr --task NAME                     the curvature bound and a stability test
 """
 
 from __future__ import annotations
@@ -113,6 +118,7 @@ def _bench(args: argparse.Namespace) -> int:
 #: command -> (module, help). Each module defines ``add_cli_arguments(parser)`` and
 #: ``cli_main(args) -> int`` (its own sub-commands, if any, hang off ``parser``).
 _COMMANDS: dict[str, tuple[str, str]] = {
+    "find": ("lrkit.finder", "LR range test on a task"),
     "search": ("lrkit.search", "learning-rate search on Optuna (SQLite or PostgreSQL studies)"),
     "monitor": ("lrkit.monitor", "re-read a JSON-lines training log: findings and a plot"),
     "safe-lr": ("lrkit.curvature", "curvature-based safe LR, with a stability test"),
@@ -121,7 +127,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``lrkit`` parser. Of the commands in ``_COMMANDS`` only the one named in ``argv``
+    (default: ``sys.argv[1:]``) imports its module (Optuna, torch...): ``lrkit --help`` and the
+    other commands start fast."""
     p = argparse.ArgumentParser(prog="lrkit", description="Which learning rate, and which schedule?")
     sub = p.add_subparsers(dest="area", required=True)
 
@@ -139,18 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("tasks", help="list the built-in tasks")
 
-    from .finder import add_find_arguments
-
-    add_find_arguments(sub.add_parser("find", help="LR range test on a task"))
-
+    args = list(sys.argv[1:] if argv is None else argv)
+    wanted = next((a for a in args if not a.startswith("-")), None)
     for command, (module, help_text) in _COMMANDS.items():
-        try:  # TEMPORARY while the modules are being written; removed before release
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
-        mod.add_cli_arguments(sub.add_parser(command, help=help_text))
+        parser = sub.add_parser(command, help=help_text)
+        if command == wanted:
+            importlib.import_module(module).add_cli_arguments(parser)
 
     b = sub.add_parser("bench", help="oracle grids and method comparisons")
     bsub = b.add_subparsers(dest="command", required=True)
@@ -184,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         if args.area == "schedule":
             if args.command == "demo":
@@ -203,10 +206,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 t = tasks.get(n)
                 print(f"{n:14s} {t.recipe.optimizer:6s} {t.recipe.steps:5d} steps  {t.description}")
             return 0
-        if args.area == "find":
-            from .finder import cli_find
-
-            return cli_find(args)
         if args.area == "bench":
             return _bench(args)
         if args.area in _COMMANDS:

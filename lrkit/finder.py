@@ -924,3 +924,8 @@ def cli_find(args: argparse.Namespace) -> int:
         res.plot(args.plot)
         print(f"wrote {args.plot}")
     return 0
+
+
+#: the ``lrkit find`` command, for the CLI's command table
+add_cli_arguments = add_find_arguments
+cli_main = cli_find
