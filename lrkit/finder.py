@@ -435,6 +435,9 @@ def find_lr(
                 raise ValueError("confirm=True needs steps: the length of your full training "
                                  "run in optimizer steps (each confirm run is a fraction of it)")
             check_int("steps", steps, minimum=1)
+            from .tasks.torch_task import _schedule_family
+
+            _schedule_family(schedule)  # a bad family fails now, not after the sweep
             if metric_fn is not None and not callable(metric_fn):
                 raise TypeError(f"metric_fn must be callable(model, val_loader) -> float, got "
                                 f"{metric_fn!r}")

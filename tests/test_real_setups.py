@@ -3,7 +3,6 @@ device of the batches, in-place restore, interleaved sweeps, and the "no clear d
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -122,6 +121,11 @@ def test_confirm_from_a_plain_call_names_what_is_missing():
     with pytest.raises(TypeError, match="metric_fn"):
         find_lr(model, opt, tl, F.mse_loss, val_loader=vl, confirm=True, steps=100,
                 metric_fn="accuracy")
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="schedule"):
+        find_lr(model, opt, tl, F.mse_loss, val_loader=vl, confirm=True, steps=100,
+                schedule="zigzag")
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
 # ------------------------------------------------------------------------- in-place restore
