@@ -671,6 +671,9 @@ def _lr_family(schedule: str) -> str:
 PEER_FALLBACK_DROP = 0.05
 #: how far one travel step jumps, in decades, when the best confirm run sits at an edge
 CONFIRM_TRAVEL = 0.5
+#: confirm never travels above this multiple of the curve's band top (a constant-LR bound: for
+#: a cosine peak it allows 4x the constant-LR suggestion)
+CONFIRM_CEILING = 2.0
 #: the most extra compute confirm may spend on travel, as a fraction of one full run (on top
 #: of ``confirm_budget``), so that confirm costs at most one full run in all at the default
 CONFIRM_MAX_TOTAL = 1.0
@@ -734,6 +737,12 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
     def best_row() -> dict:
         return min(table, key=lambda r: (_rank_key(task, r["metric"]), r["lr"]))
 
+    # upward travel never passes CONFIRM_CEILING x the top of the curve's band: beyond it the
+    # constant-LR sweep was already climbing towards divergence, and short runs, which favour
+    # high LRs, are least trustworthy there (charrnn: the window walked to 3x the best peak;
+    # a step shortened to fit under the ceiling put mnist1d just past its cliff)
+    top = s.band[1] if s.band is not None else centre
+    ceiling = max(CONFIRM_CEILING * top, centre * 10 ** CONFIRM_SPACING)
     travelled = 0
     while len(table) < max_runs:
         best = best_row()
@@ -742,6 +751,8 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
             nxt = lrs[0] / 10 ** CONFIRM_TRAVEL
         elif best["lr"] == lrs[-1] and not best["diverged"]:
             nxt = lrs[-1] * 10 ** CONFIRM_TRAVEL
+            if nxt > ceiling:  # no shortened step: a small step up lands near the cliff
+                break
         elif all(r["diverged"] for r in table):
             nxt = lrs[0] / 10 ** CONFIRM_TRAVEL
         else:

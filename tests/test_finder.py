@@ -268,10 +268,13 @@ def test_task_mode_and_confirm_cost():
     cands = conf["candidates"]
     np.testing.assert_allclose(cands[:3], [centre / 10 ** 0.25, centre, centre * 10 ** 0.25],
                                rtol=1e-12)
+    # (upward, never above twice the band's top)
+    ceiling = max(2 * a.suggestion.band[1], centre * 10 ** 0.25)
     for k in range(3, len(cands)):
         tried = cands[:k]
         assert cands[k] == pytest.approx(min(tried) / 10 ** 0.5) or \
             cands[k] == pytest.approx(max(tried) * 10 ** 0.5)
+        assert cands[k] <= ceiling * (1 + 1e-9)
     assert len(cands) <= 6  # at most one full run of confirm steps (6 x 10 = 60)
     # each trains budget / candidates of a full run (60 steps): 10 steps, scored on "val"
     assert [r["steps"] for r in conf["runs"]] == [10] * len(cands)
