@@ -547,7 +547,13 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
         return min(range(len(arms1)), key=lambda i: (_rank(task, _num(res1[i]["metric"]),
                                                            res1[i]["diverged"]), i))
 
-    # walk on while the winner is the lowest or highest LR of its family and the budget lasts
+    # walk on while the winner is the lowest or highest LR of its family and the budget lasts;
+    # upwards never past confirm mode's ceiling (twice the range test's band top, no shortened
+    # step: short runs favour high LRs most where the constant-LR sweep was already climbing)
+    from .finder import CONFIRM_CEILING
+
+    band = rt.suggestion.band
+    ceiling = CONFIRM_CEILING * band[1] if band is not None else math.inf
     left = plan.total_steps - full - range_stage.cost_steps
     walks = 0
     while True:
@@ -560,6 +566,8 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
             break
         direction = -1.0 if w.multiplier == mine[0] else 1.0
         m = w.multiplier * 10 ** (direction * WALK)
+        if direction > 0 and w.centre * m > ceiling:
+            break
         arm = _Arm(w.family, w.centre * m, w.centre, m)
         arms1.append(arm)
         res1 += _run_rung(task, [arm], 1, plan.rung1, log, seed, show)
