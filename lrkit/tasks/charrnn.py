@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._data import check_split, seeded
+from ._data import _device, _eval_mode, check_split, seeded
 from .base import Recipe, Task
 
 STEPS = 300
@@ -75,15 +75,9 @@ def _loss(model: nn.Module, batch: tuple) -> torch.Tensor:
 
 def _evaluate(model: nn.Module, split: str) -> float:
     x, y = _eval_windows(check_split(split))
-    p = next(model.parameters())
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            logits = model(x.to(p.device)).float().cpu()
-            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-    finally:
-        model.train(was)
+    with _eval_mode(model):
+        logits = model(x.to(_device(model))).float().cpu()
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
     return float(nll) / math.log(2.0)
 
 

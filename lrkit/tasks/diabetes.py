@@ -26,7 +26,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ._data import check_split, seeded, shuffled_batches, split_indices
+from ._data import _device, _eval_mode, check_split, seeded, shuffled_batches, split_indices
 from .base import Recipe, Task
 
 STEPS = 600
@@ -67,14 +67,8 @@ def _batches(seed: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.T
 
 def _evaluate(model: nn.Module, split: str) -> float:
     x, y = load()[check_split(split)]
-    p = next(model.parameters())
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return float(nn.functional.mse_loss(model(x.to(p.device)).float().cpu(), y))
-    finally:
-        model.train(was)
+    with _eval_mode(model):
+        return float(nn.functional.mse_loss(model(x.to(_device(model))).float().cpu(), y))
 
 
 def make_task(steps: int = STEPS, *, name: str = "diabetes") -> Task:

@@ -25,7 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._data import check_split, cross_entropy, seeded, shuffled_batches, split_indices
+from ._data import (
+    _device, _eval_mode, check_split, cross_entropy, seeded, shuffled_batches, split_indices,
+)
 from .base import Recipe, Task
 
 STEPS = 400
@@ -57,15 +59,9 @@ def _batches(seed: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.T
 
 def _evaluate(model: nn.Module, split: str) -> float:
     x, y = load()[check_split(split)]
-    p = next(model.parameters())
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            logits = model(x.to(p.device)).float().cpu()
-            return float(nn.functional.cross_entropy(logits, y))
-    finally:
-        model.train(was)
+    with _eval_mode(model):
+        logits = model(x.to(_device(model))).float().cpu()
+        return float(nn.functional.cross_entropy(logits, y))
 
 
 def make_task(steps: int = STEPS, *, name: str = "digits-small") -> Task:
