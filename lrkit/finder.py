@@ -310,13 +310,6 @@ def _val_loss_fn(val_loader: Iterable, loss_fn: Callable | None, step_fn: Callab
     return evaluate
 
 
-def _model_device(model: nn.Module) -> torch.device | None:
-    """The device of the model's first parameter (or buffer), when it is not the CPU."""
-    for t in list(model.parameters())[:1] or list(model.buffers())[:1]:
-        return t.device if t.device.type != "cpu" else None
-    return None
-
-
 def _is_task(obj: Any) -> bool:
     try:
         from .tasks.base import Task
@@ -460,8 +453,9 @@ def find_lr(
                          f"ratios, got {base}")
     scales = [b / base[0] for b in base]
 
-    if device is None and task is None:
-        device = _model_device(model)  # batches follow the model (None: leave them be)
+    if device is None and task is None:  # batches follow the model (left as they are on CPU)
+        device = _train.model_device(model)
+        device = device if device is not None and device.type != "cpu" else None
     snap = None
     if (restore or len(plans) > 1) and task is None:
         gens = _train.loader_generators(train_loader)

@@ -43,6 +43,7 @@ __all__ = [
     "snapshot",
     "loader_generators",
     "global_grad_norm",
+    "model_device",
 ]
 
 
@@ -195,6 +196,14 @@ def _cycle(batches: Iterable) -> Iterator:
         if iter(batches) is batches:  # a one-shot iterator cannot be restarted
             raise ValueError("batches ran out: pass a re-iterable (a DataLoader, a list) or an "
                              "infinite iterator with at least num_steps x accumulation_steps batches")
+
+
+def model_device(model: nn.Module) -> torch.device | None:
+    """The device of the model's first parameter (or, without parameters, its first buffer);
+    ``None`` for a model with neither."""
+    for t in list(model.parameters())[:1] or list(model.buffers())[:1]:
+        return t.device
+    return None
 
 
 def _to_device(batch: Any, device: torch.device | None) -> Any:

@@ -46,16 +46,6 @@ __all__ = ["from_torch"]
 _GROUP_ONLY = ("params", "lr", "initial_lr", "name")
 
 
-def _device_of(model: nn.Module, device: Any) -> torch.device | None:
-    if device is not None:
-        return torch.device(device)
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return None
-
-
 def _move(batch: Any, device: torch.device | None) -> Any:
     from ..train import _to_device
 
@@ -165,7 +155,9 @@ def from_torch(
         raise ValueError("higher_is_better=True needs metric_fn: the default metric is the "
                          "validation loss, where lower is better")
     family = _schedule_family(schedule)
-    dev = _device_of(model, device)
+    from ..train import model_device
+
+    dev = torch.device(device) if device is not None else model_device(model)
 
     # --- the starting point: weights to CPU once, restored in place by build_model
     init = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
