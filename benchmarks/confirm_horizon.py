@@ -38,7 +38,7 @@ def collect(names: list[str]) -> None:
                      "seeds": []}
         for seed in range(2):
             r = lrkit.find_lr(t, seed=seed)
-            c = (r.suggestion.lr_for(finder._lr_family(t.recipe.schedule)) if r.lr
+            c = (r.suggestion.lr_for(t.recipe.schedule) if r.lr
                  else t.recipe.default_lr)
             runs = []
             for k in range(-4, 3):

@@ -391,7 +391,6 @@ def find_lr(
         raise TypeError(f"interleave must be a bool, got {interleave!r}")
     plans = (sweep_plans(start_lr, end_lr, num_iter, mode) if interleave
              else [sweep_lrs(start_lr, end_lr, num_iter, mode)])
-    lrs_plan = plans[0]
     check_range("smooth", smooth, 0.0, 1.0, high_open=True)
     diverge_factor = check_positive("diverge_factor", diverge_factor)
     if diverge_factor <= 1.0:
@@ -416,7 +415,7 @@ def find_lr(
         model = task.build_model(seed)
         if device is not None:
             model.to(device)
-        optimizer = task.recipe.make_optimizer(model.parameters(), float(lrs_plan[0]))
+        optimizer = task.recipe.make_optimizer(model.parameters(), float(plans[0][0]))
         train_loader = task.batches(seed)
         step_fn = task.loss
     else:
@@ -648,16 +647,9 @@ def _confirm_centre(task: Any, result: RangeTestResult) -> tuple[Suggestion, str
                     f"fastai's {name} rule on the same curve" + (" / 10" if div > 1 else ""))
     d = task.recipe.default_lr
     sug = Suggestion.at(d, (d / 2, 2 * d), method=s.method, confidence="none", reason=s.reason)
-    sug = sug.scaled(d / sug.lr_for(_lr_family(task.recipe.schedule)), method=s.method,
+    sug = sug.scaled(d / sug.lr_for(task.recipe.schedule), method=s.method,
                      confidence="none", reason=s.reason)
     return sug, "the recipe's default LR (the curve gave no usable point)"
-
-
-def _lr_family(schedule: str) -> str:
-    """The :meth:`Suggestion.lr_for` family for a recipe's schedule family."""
-    return {"onecycle": "one_cycle", "cyclic": "cyclical", "warmup_cosine": "warmup_cosine",
-            "cosine": "cosine", "wsd": "constant", "step": "constant", "exponential": "constant",
-            "linear": "cosine"}.get(schedule, "constant")
 
 
 #: without lrkit's suggestion, confirm starts from the peers' read of a curve whose smoothed
@@ -699,7 +691,7 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
     s, origin = _confirm_centre(task, result)
     family = task.recipe.schedule
     full = task.recipe.steps
-    centre = float(s.lr_for(_lr_family(family)))
+    centre = float(s.lr_for(family))
     half = (candidates - 1) / 2
     steps = max(1, int(round(budget * full / candidates)))
     max_runs = max(candidates, int(CONFIRM_MAX_TOTAL * full // steps))

@@ -58,6 +58,7 @@ __all__ = [
     "schedule_settings",
     "PEER_METHODS",
     "SCHEDULE_FAMILIES",
+    "RECIPE_LR_FAMILY",
 ]
 
 #: base_lr = max_lr / CLR_BASE_DIV for cyclical schedules: Smith 2017 ("Cyclical Learning Rates for
@@ -73,6 +74,12 @@ _LR_KEYS = ("lr", "base_lr", "max_lr", "peak_lr")
 _FAMILY_LR_KEY = {"constant": "lr", "cyclical": "max_lr", "one_cycle": "max_lr",
                   "cosine": "peak_lr", "warmup_cosine": "peak_lr"}
 SCHEDULE_FAMILIES = tuple(_FAMILY_LR_KEY)
+#: a training schedule family (:data:`lrkit.schedules.FAMILIES`) -> the family above whose LR
+#: is its peak: annealed shapes (cosine, linear and exponential decay) take the cosine peak,
+#: step and WSD (constant for most of the run) the constant LR
+RECIPE_LR_FAMILY = {"constant": "constant", "step": "constant", "wsd": "constant",
+                    "cosine": "cosine", "warmup_cosine": "warmup_cosine", "linear": "cosine",
+                    "exponential": "cosine", "cyclic": "cyclical", "onecycle": "one_cycle"}
 
 
 # ------------------------------------------------------------------------------ the result type
@@ -162,9 +169,12 @@ class Suggestion:
     def lr_for(self, schedule: str) -> float | None:
         """The LR to pass for a run with schedule family ``schedule``: ``lr`` for ``"constant"``,
         the peak for ``"cosine"`` / ``"warmup_cosine"``, ``max_lr`` for ``"one_cycle"`` /
-        ``"cyclical"`` (see :func:`schedule_settings`). ``None`` without a suggestion; a rule
-        without schedule settings (a peer's) gives its plain ``lr``."""
-        check_choice("schedule", schedule, SCHEDULE_FAMILIES)
+        ``"cyclical"`` (see :func:`schedule_settings`); a training schedule family of
+        :data:`lrkit.schedules.FAMILIES` maps through :data:`RECIPE_LR_FAMILY`. ``None`` without
+        a suggestion; a rule without schedule settings (a peer's) gives its plain ``lr``."""
+        check_choice("schedule", schedule, SCHEDULE_FAMILIES + tuple(
+            f for f in RECIPE_LR_FAMILY if f not in SCHEDULE_FAMILIES))
+        schedule = schedule if schedule in SCHEDULE_FAMILIES else RECIPE_LR_FAMILY[schedule]
         settings = self.schedules.get(schedule)
         if self.lr is None or not settings:
             return self.lr

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import check_choice, check_int, check_positive
+from .suggest import RECIPE_LR_FAMILY
 
 __all__ = ["TuneResult", "Stage", "tune", "add_cli_arguments", "cli_main", "DEFAULT_SCHEDULES",
            "FAMILY_LR_KEY", "run_study_trial"]
@@ -55,9 +56,7 @@ __all__ = ["TuneResult", "Stage", "tune", "add_cli_arguments", "cli_main", "DEFA
 #: the schedule families tried by default
 DEFAULT_SCHEDULES = ("constant", "step", "cosine", "onecycle", "wsd")
 #: schedule family -> the :meth:`Suggestion.lr_for` key whose LR is that family's centre (peak)
-FAMILY_LR_KEY = {"constant": "constant", "step": "constant", "wsd": "constant",
-                 "cosine": "cosine", "warmup_cosine": "warmup_cosine", "linear": "cosine",
-                 "exponential": "cosine", "cyclic": "cyclical", "onecycle": "one_cycle"}
+FAMILY_LR_KEY = RECIPE_LR_FAMILY
 #: families whose shape already holds a warmup (no extra warmup is prepended)
 _OWN_WARMUP = ("onecycle",)
 #: the LR neighbours' spacing in decades (the oracle grid's and confirm mode's resolution)

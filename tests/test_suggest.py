@@ -351,3 +351,14 @@ def test_arguments_checked_at_the_door():
         S.suggest(-lrs, y)
     with pytest.raises(ValueError, match="num_iter"):
         S.suggest(lrs, y, num_iter=0)
+
+
+def test_lr_for_takes_training_schedule_families():
+    s = S.Suggestion.at(0.1, (0.05, 0.2), method="lrkit", confidence="high", reason="")
+    peak = math.sqrt(0.1 * 0.2)  # the cosine peak: geometric middle of lr and the band's top
+    assert s.lr_for("step") == s.lr_for("wsd") == s.lr_for("constant") == 0.1
+    assert s.lr_for("exponential") == s.lr_for("linear") == pytest.approx(peak)
+    assert s.lr_for("onecycle") == s.lr_for("one_cycle") == 0.2
+    assert s.lr_for("cyclic") == s.lr_for("cyclical") == 0.2
+    with pytest.raises(ValueError, match="schedule"):
+        s.lr_for("zigzag")
