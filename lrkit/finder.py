@@ -430,6 +430,8 @@ def find_lr(
             from .tasks.torch_task import _schedule_family
 
             _schedule_family(schedule)  # a bad family fails now, not after the sweep
+            if not isinstance(higher_is_better, bool):
+                raise TypeError(f"higher_is_better must be a bool, got {higher_is_better!r}")
             if metric_fn is not None and not callable(metric_fn):
                 raise TypeError(f"metric_fn must be callable(model, val_loader) -> float, got "
                                 f"{metric_fn!r}")

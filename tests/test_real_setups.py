@@ -121,6 +121,11 @@ def test_confirm_from_a_plain_call_names_what_is_missing():
     with pytest.raises(TypeError, match="metric_fn"):
         find_lr(model, opt, tl, F.mse_loss, val_loader=vl, confirm=True, steps=100,
                 metric_fn="accuracy")
+    with pytest.raises(TypeError, match="higher_is_better"):
+        find_lr(model, opt, tl, F.mse_loss, val_loader=vl, confirm=True, steps=100,
+                higher_is_better="yes")
+    with pytest.raises(ValueError, match="steps"):
+        find_lr(model, opt, tl, F.mse_loss, val_loader=vl, confirm=True, steps=-1)
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(ValueError, match="schedule"):
         find_lr(model, opt, tl, F.mse_loss, val_loader=vl, confirm=True, steps=100,
