@@ -217,6 +217,7 @@ def test_abstaining_says_what_to_do():
 # ------------------------------------------------------------- overfitting confirm runs
 class _LowerBetter:
     higher_is_better = False
+    metric = "loss"
 
 
 def test_a_run_that_memorises_is_flagged_and_one_still_learning_is_not():
@@ -239,3 +240,54 @@ def test_a_run_that_memorises_is_flagged_and_one_still_learning_is_not():
     stalled = dict(memorise, train_losses=[0.5] * steps)
     assert _overfit_point(_LowerBetter(), stalled) is None
     assert _overfit_point(_LowerBetter(), dict(memorise, diverged=True)) is None
+
+
+def _run(lr: float, curve: list[tuple[int, float]], diverged: bool = False) -> dict:
+    return {"lr": lr, "metric": curve[-1][1], "diverged": diverged, "val_curve": curve,
+            "train_losses": list(np.linspace(1.0, 0.2, 100))}
+
+
+def _tau_curve(lr: float, val_of_tau, steps: int = 100) -> list[tuple[int, float]]:
+    """A run whose val metric is a function of lr x t only (gradient-flow time rescaling)."""
+    return [(t, float(val_of_tau(lr * t))) for t in range(10, steps + 1, 10)]
+
+
+def test_the_run_above_replaying_the_winner_and_overfitting_rescales_it():
+    from lrkit.finder import COLLAPSE_GAP, _overfits_beyond
+
+    # val(tau) falls to its best at tau = 1 and rises after it: the overfitting class
+    def u(tau):
+        return 0.5 + 0.4 * (np.log10(tau) ** 2)
+
+    w, b = _run(0.01, _tau_curve(0.01, u)), _run(0.0178, _tau_curve(0.0178, u))
+    below = _run(0.0056, _tau_curve(0.0056, u))
+    why = _overfits_beyond(_LowerBetter(), w, [below, w, b])
+    assert why is not None and "lr 0.0178" in why and "gets no better" in why
+    # higher LRs that are worse at equal tau (noise, not time): the winner stands
+    noisy = _run(0.0178, [(t, v + 0.2) for t, v in _tau_curve(0.0178, u)])
+    assert 0.2 > COLLAPSE_GAP * abs(w["val_curve"][0][1] - w["metric"])
+    assert _overfits_beyond(_LowerBetter(), w, [below, w, noisy]) is None
+
+    # val(tau) still falling past the winner's tau (training-limited): more time pays, no rescale
+    def falling(tau):
+        return 1.0 / (1.0 + 3 * tau)
+
+    w2, b2 = _run(0.01, _tau_curve(0.01, falling)), _run(0.0178, _tau_curve(0.0178, falling))
+    assert _overfits_beyond(_LowerBetter(), w2, [w2, b2]) is None
+    # nothing above the winner, or the run above diverged: nothing to read
+    assert _overfits_beyond(_LowerBetter(), w, [below, w]) is None
+    assert _overfits_beyond(_LowerBetter(), w, [w, dict(b, diverged=True)]) is None
+
+
+def test_confirm_on_an_overfitting_regression_lands_below_the_short_run_winner():
+    """diabetes (442 patients, an MLP, SGD): short runs favour LRs ~6x too high (their horizon
+    ends before the model memorises). Confirm's time rescaling brings the pick down to the
+    oracle's good band [5.5e-4, 1.9e-3] (benchmarks/results/oracle-diabetes.json)."""
+    import lrkit
+
+    t = lrkit.tasks.get("diabetes")
+    r = lrkit.find_lr(t, seed=1, confirm=True, progress=False)
+    c = r.confirm
+    assert c["winner"] < c.get("short_run_winner", c["winner"]) / 3
+    assert 4e-4 < r.suggestion.lr_for(t.recipe.schedule) < 2.5e-3
+    assert "time rescaling" in r.suggestion.reason
