@@ -250,14 +250,13 @@ def rule_collapse(table: list[dict], task: _Task, full: int, *, delta: float = 0
 
 
 def rule_finder(table: list[dict], task: _Task, full: int, **kw) -> float:
-    """What ``finder._confirm`` does now: the run above replays the winner and overfits
-    (``_overfits_beyond``), else the winner's own overfitting (``_overfit_point``)."""
+    """What ``finder._confirm`` does now (``finder.overfit_step``): the run above replays the
+    winner and overfits, else the winner's own val peak."""
     from lrkit import finder
 
     best = min(table, key=lambda r: (finder._rank_key(task, r["metric"]), r["lr"]))
-    if finder._overfits_beyond(task, best, table) is not None:
-        return best["lr"] * best["val_curve"][-1][0] / full
-    return rule_current(table, task, full)
+    point = finder.overfit_step(task, best, table)
+    return best["lr"] * point[0] / full if point else best["lr"]
 
 
 RULES = {

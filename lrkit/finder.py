@@ -757,16 +757,10 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
     winner = best["lr"]
     cost = result.cost_steps + spent
     lrs = sorted(r["lr"] for r in table)
-    overfit = _overfit_point(task, best)
-    beyond = _overfits_beyond(task, best, table)
-    if beyond is not None:  # the run above shows where a full run at the winner's LR goes
-        t_star, why = steps, beyond
-    elif overfit is not None:
-        t_star = overfit[0]
-        why = (f"the best short run (lr {winner:.3g}) overfits: its val {task.metric} peaks at "
-               f"step {t_star} of {steps} and then worsens")
-    if beyond is not None or overfit is not None:
+    point = overfit_step(task, best, table)
+    if point is not None:
         # time-rescale: the full run should end where the short run's val was best
+        t_star, why = point
         rescaled = winner * t_star / full
         why += (f", so a {full}-step run at that LR would overfit; at lr x t*/steps = "
                 f"{rescaled:.3g} the full run covers the same 'time' lr x t to that point "
@@ -777,9 +771,7 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
         confirm = {"candidates": [r["lr"] for r in table], "schedule": family, "runs": table,
                    "winner": rescaled, "short_run_winner": winner, "origin": origin,
                    "travel_steps": travelled, "overfit_step": t_star,
-                   "rule": ("time-rescaled: short-run winner x (its best val step / full "
-                            "steps)" if beyond is None else
-                            "time-rescaled: the run above replays the winner and overfits"),
+                   "rule": "time-rescaled: short-run winner x (its best val step / full steps)",
                    "steps": spent, "full_run_steps": full, "fraction_of_full_run": spent / full,
                    "total_fraction_with_range_test": cost / full}
         sugs = dict(result.suggestions)
@@ -922,6 +914,25 @@ def _overfits_beyond(task: Any, best: dict, table: list[dict]) -> str | None:
                 f"{best['lr']:.3g}) lr x t at step {t_match:.0f} with its val {task.metric} "
                 f"({matched:.4g} against {best['metric']:.4g}) and then gets no better "
                 f"({b['metric']:.4g} at step {steps})")
+    return None
+
+
+def overfit_step(task: Any, best: dict, runs: list[dict]) -> tuple[int, str] | None:
+    """``(t*, why)`` when a full run at the best short run's LR would overfit, else ``None``:
+    a full run should then take ``lr x t* / full_steps`` (the same ``lr x t`` as the short run
+    at its best point). First the run above replaying it (``_overfits_beyond``: t* is the
+    short run's end), then the best run's own val peak (``_overfit_point``). ``runs`` are the
+    short runs of one horizon (and one schedule family), ``best`` among them; each a dict with
+    ``lr``, ``metric``, ``diverged``, ``val_curve`` and ``train_losses``. Shared by confirm mode
+    and ``lrkit.tune``."""
+    beyond = _overfits_beyond(task, best, runs)
+    if beyond is not None:
+        return int(best["val_curve"][-1][0]), beyond
+    own = _overfit_point(task, best)
+    if own is not None:
+        steps = best["val_curve"][-1][0]
+        return own[0], (f"the best short run (lr {best['lr']:.3g}) overfits: its val "
+                        f"{task.metric} peaks at step {own[0]} of {steps} and then worsens")
     return None
 
 

@@ -469,17 +469,25 @@ def _train_arm(task: Any, family: str, lr: float, steps: int, rung: int, seed: i
     """One confirmation run: a miniature of the full run (schedule rebuilt for ``steps``)."""
     from . import train
 
+    from .finder import CONFIRM_EVALS, _ValTrack
+
     t0 = time.perf_counter()
     sched = _schedule(task, family, lr, steps)
+    # rung 1 keeps its val curve: the collapse rule (finder._overfits_beyond) reads it
+    track = _ValTrack(task, every=max(1, steps // CONFIRM_EVALS)) if rung >= 1 else None
     out = train.run(task, sched, steps=steps, seed=seed, eval_split="val",
-                    callbacks=[_StepBar(bar, f"{family} {lr:.3g}"), *extra])
+                    callbacks=[_StepBar(bar, f"{family} {lr:.3g}"), *extra,
+                               *([track] if track is not None else [])])
     if bar is not None and out.steps_done < steps:
         bar.update(steps - out.steps_done)
-    return {"rung": rung, "family": family, "lr": lr, "steps": steps,
-            "steps_done": out.steps_done, "metric": out.metric, "diverged": out.diverged,
-            "stop_reason": out.stop_reason, "wall_time": time.perf_counter() - t0,
-            "losses": [float(v) for v in out.losses], "lrs": [float(v) for v in out.lrs],
-            "schedule": sched.spec, "worker": _worker()}
+    rec = {"rung": rung, "family": family, "lr": lr, "steps": steps,
+           "steps_done": out.steps_done, "metric": out.metric, "diverged": out.diverged,
+           "stop_reason": out.stop_reason, "wall_time": time.perf_counter() - t0,
+           "losses": [float(v) for v in out.losses], "lrs": [float(v) for v in out.lrs],
+           "schedule": sched.spec, "worker": _worker()}
+    if track is not None:
+        rec["val_curve"] = [list(p) for p in track.curve] + [[out.steps_done, out.metric]]
+    return rec
 
 
 def _worker() -> str:
@@ -582,17 +590,40 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     all_div = all(r["diverged"] for r in res1)
     mine = sorted(a.multiplier for a in arms1 if a.family == winner.family)
     edge = winner.multiplier in (mine[0], mine[-1])
-    outcome = {"family": winner.family, "lr": winner.lr, "centre": winner.centre,
-               "metric": res1[i_best]["metric"], "kept_rung0": kept, "walks": walks,
-               "all_diverged": all_div, "at_edge": edge, "plan": plan.to_dict()}
+    lr, rescaled = _time_rescaled(task, res1[i_best],
+                                  [r for a, r in zip(arms1, res1) if a.family == winner.family],
+                                  full)
+    outcome = {"family": winner.family, "lr": lr, "short_run_lr": winner.lr,
+               "centre": winner.centre, "metric": res1[i_best]["metric"], "kept_rung0": kept,
+               "walks": walks, "all_diverged": all_div, "at_edge": edge,
+               "time_rescaled": rescaled, "plan": plan.to_dict()}
     wall = sum(float(r["wall_time"]) for r in log.trials)
     stage = Stage("confirmation (successive halving)", cost, wall, outcome)
     folder.save("halving", {"plan": plan.to_dict(), "centres": dict(centres),
                             "trials": log.trials, "rungs": log.rungs, "stage": stage.to_dict()})
     if study is not None:
         study.finish()
-    return {"winner": winner, "trials": log.trials, "plan": plan, "centres": centres,
-            "walks": walks, "at_edge": edge}, stage
+    return {"winner": winner, "lr": lr, "rescaled": rescaled, "trials": log.trials,
+            "plan": plan, "centres": centres, "walks": walks, "at_edge": edge}, stage
+
+
+def _time_rescaled(task: Any, best: dict, family_runs: list[dict],
+                   full: int) -> tuple[float, str | None]:
+    """The full run's LR from the rung-1 winner: ``winner x t* / full`` when a full run at the
+    winner's LR would overfit (confirm mode's rules, :func:`lrkit.finder.overfit_step`: the run
+    above replays the winner at the same ``lr x t`` and then gets worse, or the winner's own val
+    peaks at t* and worsens), else the winner's own LR. Returns ``(lr, why or None)``."""
+    from .finder import overfit_step
+
+    runs = [dict(r, train_losses=r.get("losses", [])) for r in family_runs]
+    point = overfit_step(task, dict(best, train_losses=best.get("losses", [])), runs)
+    if point is None:
+        return float(best["lr"]), None
+    t_star, why = point
+    lr = float(best["lr"]) * t_star / full
+    return lr, (f"{why}: a {full}-step run at lr {best['lr']:.3g} would travel past that "
+                f"point, so the final run takes lr x {t_star}/{full} = {lr:.3g} and covers the "
+                "same lr x t (gradient-flow time rescaling)")
 
 
 def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
@@ -979,6 +1010,8 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
     parts.append(f"Runs of {plan.rung1} steps at three LRs a quarter decade apart{walked} then "
                  f"picked {w.family} at {w.lr:.3g} (validation {name} "
                  f"{fmt(next(r['metric'] for r in r1 if r.get('kept')))}{edge}).")
+    if halving.get("rescaled"):
+        parts.append(f"But {halving['rescaled']}.")
     total = sum(st.cost_steps for st in stages)
     parts.append(f"The full {full}-step run with that schedule scored "
                  f"{fmt(final.get('metric_at_end', final['metric']))} "
@@ -1105,7 +1138,7 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
     halving["rungs_kept"] = [r["family"] for r in halving["trials"]
                              if r["rung"] == 0 and r.get("kept")]
     w: _Arm = halving["winner"]
-    final, st_final = _stage_final(task, folder, w.family, w.lr, seed, show)
+    final, st_final = _stage_final(task, folder, w.family, halving["lr"], seed, show)
     stages = (st_range, Stage("candidates", 0, 0.0, {"arms": 3 * len(families),
                                                      "centres": halving["centres"]}),
               st_halving, st_final)
@@ -1129,7 +1162,8 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
     stages = stages + (Stage("result and report", 0, time.perf_counter() - t0,
                              {"report": str(report)}),)
     result = TuneResult(
-        task=task.name, lr=float(w.lr), family=w.family, schedule=dict(final["schedule"]),
+        task=task.name, lr=float(halving["lr"]), family=w.family,
+        schedule=dict(final["schedule"]),
         metric=_num(final["metric"]), metric_name=task.metric,
         higher_is_better=task.higher_is_better, cost_steps=int(cost), full_run_steps=full,
         stages=stages, findings=tuple(final.get("findings") or ()), report=str(report),

@@ -326,3 +326,36 @@ def test_compare_each_schedule_at_its_own_best_lr(task, tmp_path):
     assert (tmp_path / "cmp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="schedules"):
         compare(task, schedules=("cosine", "nope"), progress=False)
+
+
+def test_the_final_lr_is_time_rescaled_when_the_run_above_replays_the_winner_and_overfits():
+    """Rung-1 records (tune's own keys: ``losses``, ``val_curve``) on a val curve that depends
+    on lr x t only and is best at lr x t = 1: the winner's LR would overfit a full run 8x as
+    long, so the final LR is the winner's x rung1 / full; a still-falling curve keeps it."""
+    import numpy as np
+
+    from lrkit.tune import _time_rescaled
+
+    class T:
+        higher_is_better, metric = False, "mse"
+
+    def rec(lr, u):
+        curve = [[t, float(u(lr * t))] for t in range(10, 101, 10)]
+        return {"lr": lr, "metric": curve[-1][1], "diverged": False, "val_curve": curve,
+                "losses": list(np.linspace(1.0, 0.2, 100))}
+
+    def overfits(tau):
+        return 0.5 + 0.4 * np.log10(tau) ** 2
+
+    runs = [rec(lr, overfits) for lr in (0.0056, 0.01, 0.0178)]
+    lr, why = _time_rescaled(T(), runs[1], runs, full=800)
+    assert lr == pytest.approx(0.01 * 100 / 800) and "gradient-flow time rescaling" in why
+
+    def falling(tau):
+        return 1.0 / (1.0 + 3 * tau)
+
+    runs = [rec(lr, falling) for lr in (0.0056, 0.01, 0.0178)]
+    assert _time_rescaled(T(), runs[2], runs, full=800) == (0.0178, None)
+    # records without val curves (a run folder from an older lrkit): the winner stands
+    old = [{k: v for k, v in r.items() if k != "val_curve"} for r in runs]
+    assert _time_rescaled(T(), old[1], old, full=800) == (0.01, None)

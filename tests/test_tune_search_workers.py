@@ -143,7 +143,12 @@ def test_search_worker_trains_part_of_tunes_queue_and_tune_uses_it(helped):
     rung1 = [r for r in trials if r["rung"] == 1]
     assert {r["family"] for r in rung1} == {best0}
     win = min(rung1, key=lambda r: (score(r), r["multiplier"]))
-    assert (res.family, res.lr) == (win["family"], pytest.approx(win["lr"], rel=1e-12))
+    # ... time-rescaled from the rung-1 val curves, the helper's (through the study) included
+    assert all(len(r["val_curve"]) >= 2 for r in rung1)
+    from lrkit.tune import _time_rescaled
+
+    lr, _ = _time_rescaled(make_task(STEPS), win, rung1, STEPS)
+    assert (res.family, res.lr) == (win["family"], pytest.approx(lr, rel=1e-12))
 
 
 def test_tune_prints_the_helper_command_and_the_study_holds_the_helpers_values(helped):
