@@ -1240,7 +1240,10 @@ def cli_main(args: argparse.Namespace) -> int:
                        for s in res.stages if s.cost_steps)
     print(f"  cost: {res.cost_steps} steps = {res.cost_runs:.2f} full runs ({shares})")
     for f in res.findings:
-        print(f"  monitor: {f.get('kind')} at step {f.get('step')}: {f.get('action')}")
+        updated = (f.get("evidence") or {}).get("updated")
+        when = f"at step {f.get('step')}" + (f" (updated at step {updated})"
+                                              if updated is not None else "")
+        print(f"  monitor: {f.get('kind')} {when}: {f.get('action')}")
     print(f"why: {res.explanation}")
     print(f"report: {res.report}")
     return 0
