@@ -96,11 +96,9 @@ class _Task:
         self.metric = "metric"
 
     def better(self, a: float, b: float) -> bool:
-        if a != a:
-            return False
-        if b != b:
-            return True
-        return a > b if self.higher_is_better else a < b
+        from lrkit.tasks.base import Task
+
+        return Task.better(self, a, b)  # type: ignore[arg-type]
 
 
 def score(oracle: dict, lr: float) -> float:
