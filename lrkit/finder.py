@@ -909,6 +909,8 @@ def _overfits_beyond(task: Any, best: dict, table: list[dict]) -> str | None:
     w_end, b_end = _rank_key(task, best["metric"]), _rank_key(task, b["metric"])
     gap = _rank_key(task, matched) - w_end
     size = abs(curve_w[0][1] - best["metric"])
+    if size <= 0.01 * abs(best["metric"]):  # the winner barely learned: no curve to read
+        return None
     if gap <= COLLAPSE_GAP * size and b_end > _rank_key(task, matched) - PLATEAU_GAIN * size:
         return (f"the short run at lr {b['lr']:.3g} reaches the best run's (lr "
                 f"{best['lr']:.3g}) lr x t at step {t_match:.0f} with its val {task.metric} "

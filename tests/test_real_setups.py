@@ -291,3 +291,17 @@ def test_confirm_on_an_overfitting_regression_lands_below_the_short_run_winner()
     assert c["winner"] < c.get("short_run_winner", c["winner"]) / 3
     assert 4e-4 < r.suggestion.lr_for(t.recipe.schedule) < 2.5e-3
     assert "time rescaling" in r.suggestion.reason
+
+
+def test_runs_that_learn_nothing_are_not_read_as_overfitting():
+    """Val accuracy stuck near chance in every run (noise of +-0.001): the run above matching
+    the winner and then dipping is noise, not a curve past its best; confirm must not scale
+    the LR down there."""
+    from lrkit.finder import _overfits_beyond
+
+    class HigherBetter:
+        higher_is_better, metric = True, "accuracy"
+
+    w = _run(0.01, [(t, 0.1 + 0.0001 * (t % 3)) for t in range(10, 101, 10)])
+    b = _run(0.0178, [(t, 0.1015 if t < 90 else 0.1) for t in range(10, 101, 10)])
+    assert _overfits_beyond(HigherBetter(), w, [w, b]) is None
