@@ -181,7 +181,20 @@ def _run_one(job: tuple) -> dict:
     elif spec is not None:
         factory, lr = _optimizer_factory(spec, task, lr)
         kwargs["optimizer_factory"] = factory
-    r = run(task, lr, steps=steps, seed=seed, eval_split=eval_split, **kwargs)
+    try:
+        r = run(task, lr, steps=steps, seed=seed, eval_split=eval_split, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        from .optim._registry import NAMES
+
+        name = method if method is not None else (
+            parse_optimizer(spec)[0] if spec is not None else None)
+        if name is None or name not in NAMES or not NAMES[name][1]:
+            raise  # lrkit's and torch's own optimizers: a crash is a bug to see, not a result
+        # a third-party optimizer that crashes on this task (D-Adaptation SGD divides by the
+        # first step's gradient norm, taken over param groups with a non-zero LR: 0 under a
+        # warmup that starts at LR 0) is a result: a failed run, with the error
+        return {"lr": job[1], "seed": seed, "metric": task.worst, "diverged": True,
+                "wall_time": 0.0, "error": f"{type(e).__name__}: {e}"}
     out = {"lr": job[1], "seed": seed, "metric": r.metric, "diverged": r.diverged,
            "wall_time": r.wall_time}
     if spec is not None:  # the LR trajectory of adaptive optimizers, thinned to <= 100 points

@@ -101,3 +101,17 @@ def test_bad_arguments(tmp_path):
         bench.oracle(TINY, seeds=(0,), cache_dir=tmp_path)
     with pytest.raises(ValueError, match="did you mean 'default'"):
         bench.compare(TINY, ["defualt"], cache_dir=tmp_path)
+
+
+def test_a_third_party_optimizer_that_crashes_is_a_failed_run_not_a_crashed_bench():
+    """D-Adaptation SGD divides by its first step's gradient norm, summed over param groups with
+    a non-zero LR: under charlm's warmup (LR 0 at step 0) that is a ZeroDivisionError. The bench
+    records a failed run with the error; a crash in lrkit's own code still raises."""
+    pytest.importorskip("dadaptation")
+    from lrkit import bench
+
+    r = bench._run_one(("charlm", 1.0, 0, 5, "val", None, "dadapt_sgd"))
+    assert r["diverged"] and r["metric"] == float("inf")
+    assert r["error"].startswith("ZeroDivisionError")
+    with pytest.raises(ValueError, match="lr"):
+        bench._run_one(("charlm", -1.0, 0, 5, "val", None, None))
