@@ -35,7 +35,7 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = RESULTS / "overfit-runs.json"
 TASKS = ("digits", "digits-long", "mnist5k", "mnist1d", "charlm", "logreg", "diabetes",
-         "digits-small", "charrnn")
+         "digits-small", "charrnn", "cancer-small")
 SEEDS = (0, 1, 2, 3, 4)
 EVALS = 10
 BELOW, ABOVE = 1.5, 1.0  # decades around the centre
@@ -257,7 +257,22 @@ def rule_finder(table: list[dict], task: _Task, full: int, **kw) -> float:
     return best["lr"] * point[0] / full if point else best["lr"]
 
 
+def rule_argmin(table: list[dict], task: _Task, full: int, **kw) -> float:
+    """As shipped, but when the run above replays the winner, t* is the run above's own best
+    val step (its lr x t* locates the val curve's best), not the winner's end."""
+    from lrkit import finder
+
+    best = min(table, key=lambda r: (finder._rank_key(task, r["metric"]), r["lr"]))
+    if finder._overfits_beyond(task, best, table) is not None:
+        b = min((r for r in table if r["lr"] > best["lr"] and not r["diverged"]),
+                key=lambda r: r["lr"])
+        t_b = min(b["val_curve"], key=lambda p: finder._rank_key(task, p[1]))[0]
+        return b["lr"] * t_b / full
+    return rule_finder(table, task, full)
+
+
 RULES = {
+    "argmin-above": (rule_argmin, {}),
     **{f"plateau{d}/{q}": (rule_collapse, {"delta": d / 100, "scale": "improvement",
                                             "plateau": q / 100, "own": True})
        for d in (5, 8, 10, 12, 15) for q in (0, 3, 5, 10)},

@@ -34,6 +34,7 @@ _BUILTIN: dict[str, str] = {
     "diabetes": "lrkit.tasks.diabetes:make_task",
     "digits-small": "lrkit.tasks.digits_small:make_task",
     "charrnn": "lrkit.tasks.charrnn:make_task",
+    "cancer-small": "lrkit.tasks.cancer:make_task",
 }
 
 
