@@ -46,7 +46,10 @@ SPECS = ["sgd", "sgdhd", f"sgdhd:{MULT}", "adam", "adamhd", f"adamhd:{MULT}", "a
          "adagrad", "adadelta", "prodigy", "dadapt", "dadapt_sgd", "schedulefree",
          "schedulefree_sgd"]
 STARTS = (0.01, 0.1, 1.0, 10.0)
-FAMILIES = {"sgd": ["sgd", "sgdhd", f"sgdhd:{MULT}"], "adam": ["adam", "adamhd", f"adamhd:{MULT}"]}
+#: base optimizer -> it and its HD versions (Adam-HD takes decoupled decay under an AdamW recipe,
+#: ``lrkit.bench._optimizer_kwargs``, so it is AdamW-HD there: charlm)
+FAMILIES = {"sgd": ["sgd", "sgdhd", f"sgdhd:{MULT}"], "adam": ["adam", "adamhd", f"adamhd:{MULT}"],
+            "adamw": ["adamw", "adamhd", f"adamhd:{MULT}"]}
 LR_FREE = ["prodigy", "dadapt", "dadapt_sgd", "schedulefree", "schedulefree_sgd"]
 
 
