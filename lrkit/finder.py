@@ -364,7 +364,10 @@ def find_lr(
     short runs at ``confirm_candidates`` LRs a quarter decade apart around the suggestion for
     the task's recipe, scored on the task's ``"val"`` split, and suggests the best of them
     (see ``_confirm``); the window travels (half-decade jumps) while the best run sits at its
-    edge, within one full run of extra steps in all.
+    edge, within one full run of extra steps in all. When the short runs show that a full run at
+    the best one's LR would overfit (the next higher LR replays it at the same ``lr x t`` and
+    then gets worse, or its own val metric peaks and worsens: :func:`overfit_step`), the
+    suggestion is that LR scaled by ``t* / steps``, so the full run covers the same ``lr x t``.
 
     ``confirm=True`` with a plain model needs ``val_loader`` (scores the short runs), ``steps``
     (the length of your full run, in optimizer steps) and ``schedule`` (the family you will
@@ -681,6 +684,8 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
     or confirm has spent ``CONFIRM_MAX_TOTAL`` (one) full run; the best wins (an exact tie goes to
     the lower LR). The result is the centre suggestion moved by ``winner / centre`` (every
     schedule setting with it), so the recipe's own setting is the winner.
+
+    Then :func:`overfit_step` may time-rescale the winner (``benchmarks/design_overfit.py``).
 
     Why this design (``benchmarks/design_confirm.py``, every strategy simulated on short runs at
     every grid LR, scored by the oracle's test metric): 3 candidates at 1/6 of a run each was
