@@ -61,7 +61,7 @@ def test_from_torch_runs_start_from_the_same_point_and_keep_group_ratios():
     with torch.no_grad():
         by_hand = np.mean([float(F.mse_loss(model(x), y)) for x, y in vl])
     assert task.evaluate(model, "val") == pytest.approx(by_hand, rel=1e-6)
-    assert task.metric == "val loss" and not task.higher_is_better
+    assert task.metric == "loss" and not task.higher_is_better
 
 
 def test_from_torch_rejects_bad_arguments_by_name():

@@ -25,7 +25,7 @@ untouched (``find_lr``) snapshot and restore around their runs.
 >>> data = [(torch.randn(8, 3), torch.randn(8, 1)) for _ in range(4)]
 >>> task = from_torch(model, opt, data, nn.functional.mse_loss, val_loader=data, steps=20)
 >>> task.recipe.default_lr, task.metric, task.higher_is_better
-(0.1, 'val loss', False)
+(0.1, 'loss', False)
 """
 
 from __future__ import annotations
@@ -248,7 +248,7 @@ def from_torch(
                     optimizer_factory=make_optimizer)
     return Task(name=name, version="user", description=f"{type(model).__name__} with "
                 f"{opt_cls.__name__} ({steps} steps, {family})", recipe=recipe,
-                metric="metric" if metric_fn is not None else "val loss",
+                metric="metric" if metric_fn is not None else "loss",
                 higher_is_better=higher_is_better, build_model=build_model, batches=batches,
                 loss=loss, evaluate=evaluate, train_size=train_size,
                 worst=-math.inf if higher_is_better else math.inf)
