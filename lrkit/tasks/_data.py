@@ -89,6 +89,36 @@ def _device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+Splits = Callable[[], "dict[str, tuple[torch.Tensor, torch.Tensor]]"]
+
+
+def standardised(x: torch.Tensor, train: np.ndarray) -> torch.Tensor:
+    """``x`` standardised per column with the ``train`` rows' mean and population std, as
+    float32 (the held-out rows never inform the scaling)."""
+    x = x.to(torch.float64)
+    mean, std = x[train].mean(0), x[train].std(0, unbiased=False)
+    return ((x - mean) / std).float()
+
+
+def train_batches(load: Splits, batch_size: int) -> Callable[[int], Iterator]:
+    """``batches(seed)`` of a task whose ``load()["train"]`` is ``(x, y)``: shuffled mini-batches."""
+    def batches(seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        x, y = load()["train"]
+        return shuffled_batches(x, y, batch_size, seed)
+    return batches
+
+
+def split_evaluator(load: Splits, metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+                    ) -> Callable[[nn.Module, str], float]:
+    """``evaluate(model, split)``: ``metric(model(x), y)`` on ``load()[split]`` (``"val"`` or
+    ``"test"``), in eval mode without grad, on the model's device, scored in float32 on CPU."""
+    def evaluate(model: nn.Module, split: str) -> float:
+        x, y = load()[check_split(split)]
+        with _eval_mode(model):
+            return float(metric(model(x.to(_device(model))).float().cpu(), y))
+    return evaluate
+
+
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, chunk: int = 1024) -> float:
     """Fraction of ``argmax model(x) == y``, computed in chunks, in eval mode and without grad."""
     dev = _device(model)

@@ -20,13 +20,12 @@ training loss still falls.
 from __future__ import annotations
 
 import functools
-from typing import Iterator
 
 import torch
 from torch import nn
 
 from ._data import (
-    _device, _eval_mode, check_split, cross_entropy, seeded, shuffled_batches, split_indices,
+    cross_entropy, seeded, split_evaluator, split_indices, standardised, train_batches,
 )
 from .base import Recipe, Task
 
@@ -41,29 +40,15 @@ def load() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     from sklearn.datasets import load_breast_cancer
 
     d = load_breast_cancer()
-    x = torch.tensor(d.data, dtype=torch.float64)
     y = torch.tensor(d.target, dtype=torch.int64)
-    tr, va, te = split_indices(len(x), test=TEST, val=VAL, seed=0)
-    mx, sx = x[tr].mean(0), x[tr].std(0, unbiased=False)
-    xs = ((x - mx) / sx).float()
+    tr, va, te = split_indices(len(y), test=TEST, val=VAL, seed=0)
+    xs = standardised(torch.tensor(d.data), tr)
     return {"train": (xs[tr], y[tr]), "val": (xs[va], y[va]), "test": (xs[te], y[te])}
 
 
 def _model() -> nn.Module:
     return nn.Sequential(nn.Linear(30, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
                          nn.Linear(128, 2))
-
-
-def _batches(seed: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    x, y = load()["train"]
-    return shuffled_batches(x, y, batch_size, seed)
-
-
-def _evaluate(model: nn.Module, split: str) -> float:
-    x, y = load()[check_split(split)]
-    with _eval_mode(model):
-        logits = model(x.to(_device(model))).float().cpu()
-        return float(nn.functional.cross_entropy(logits, y))
 
 
 def make_task(steps: int = STEPS, *, name: str = "cancer-small") -> Task:
@@ -76,5 +61,6 @@ def make_task(steps: int = STEPS, *, name: str = "cancer-small") -> Task:
                     f"steps; test cross-entropy",
         recipe=recipe, metric="cross_entropy", higher_is_better=False,
         build_model=lambda seed: seeded(_model, seed),
-        batches=lambda seed: _batches(seed, recipe.batch_size), loss=cross_entropy,
-        evaluate=_evaluate, train_size=len(load()["train"][0]), worst=float("inf"))
+        batches=train_batches(load, recipe.batch_size), loss=cross_entropy,
+        evaluate=split_evaluator(load, nn.functional.cross_entropy),
+        train_size=len(load()["train"][0]), worst=float("inf"))

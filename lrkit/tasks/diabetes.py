@@ -21,12 +21,11 @@ sits far below where the training-loss range test points.
 from __future__ import annotations
 
 import functools
-from typing import Iterator
 
 import torch
 from torch import nn
 
-from ._data import _device, _eval_mode, check_split, seeded, shuffled_batches, split_indices
+from ._data import seeded, split_evaluator, split_indices, standardised, train_batches
 from .base import Recipe, Task
 
 STEPS = 600
@@ -40,12 +39,9 @@ def load() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     from sklearn.datasets import load_diabetes
 
     d = load_diabetes()
-    x = torch.tensor(d.data, dtype=torch.float64)
-    y = torch.tensor(d.target, dtype=torch.float64).unsqueeze(1)
-    tr, va, te = split_indices(len(x), test=TEST, val=VAL, seed=0)
-    mx, sx = x[tr].mean(0), x[tr].std(0, unbiased=False)
-    my, sy = y[tr].mean(0), y[tr].std(0, unbiased=False)
-    xs, ys = ((x - mx) / sx).float(), ((y - my) / sy).float()
+    tr, va, te = split_indices(len(d.target), test=TEST, val=VAL, seed=0)
+    xs = standardised(torch.tensor(d.data), tr)
+    ys = standardised(torch.tensor(d.target).unsqueeze(1), tr)
     return {"train": (xs[tr], ys[tr]), "val": (xs[va], ys[va]), "test": (xs[te], ys[te])}
 
 
@@ -60,17 +56,6 @@ def mse(model: nn.Module, batch: tuple) -> torch.Tensor:
     return nn.functional.mse_loss(model(x), y)
 
 
-def _batches(seed: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    x, y = load()["train"]
-    return shuffled_batches(x, y, batch_size, seed)
-
-
-def _evaluate(model: nn.Module, split: str) -> float:
-    x, y = load()[check_split(split)]
-    with _eval_mode(model):
-        return float(nn.functional.mse_loss(model(x.to(_device(model))).float().cpu(), y))
-
-
 def make_task(steps: int = STEPS, *, name: str = "diabetes") -> Task:
     """The ``diabetes`` task."""
     recipe = Recipe(optimizer="sgd", batch_size=32, steps=steps, default_lr=0.1,
@@ -81,5 +66,6 @@ def make_task(steps: int = STEPS, *, name: str = "diabetes") -> Task:
                     f"{steps} steps; test MSE of the standardised target",
         recipe=recipe, metric="mse", higher_is_better=False,
         build_model=lambda seed: seeded(_model, seed),
-        batches=lambda seed: _batches(seed, recipe.batch_size), loss=mse, evaluate=_evaluate,
+        batches=train_batches(load, recipe.batch_size), loss=mse,
+        evaluate=split_evaluator(load, nn.functional.mse_loss),
         train_size=len(load()["train"][0]), worst=float("inf"))

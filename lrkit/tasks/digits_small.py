@@ -19,15 +19,12 @@ the accuracy, is what the LR decides).
 from __future__ import annotations
 
 import functools
-from typing import Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from ._data import (
-    _device, _eval_mode, check_split, cross_entropy, seeded, shuffled_batches, split_indices,
-)
+from ._data import cross_entropy, seeded, split_evaluator, split_indices, train_batches
 from .base import Recipe, Task
 
 STEPS = 400
@@ -52,18 +49,6 @@ def _model() -> nn.Module:
                          nn.Linear(256, 10))
 
 
-def _batches(seed: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    x, y = load()["train"]
-    return shuffled_batches(x, y, batch_size, seed)
-
-
-def _evaluate(model: nn.Module, split: str) -> float:
-    x, y = load()[check_split(split)]
-    with _eval_mode(model):
-        logits = model(x.to(_device(model))).float().cpu()
-        return float(nn.functional.cross_entropy(logits, y))
-
-
 def make_task(steps: int = STEPS, *, name: str = "digits-small") -> Task:
     """The ``digits-small`` task."""
     recipe = Recipe(optimizer="adam", batch_size=32, steps=steps, default_lr=1e-3,
@@ -74,5 +59,6 @@ def make_task(steps: int = STEPS, *, name: str = "digits-small") -> Task:
                     f"test cross-entropy",
         recipe=recipe, metric="cross_entropy", higher_is_better=False,
         build_model=lambda seed: seeded(_model, seed),
-        batches=lambda seed: _batches(seed, recipe.batch_size), loss=cross_entropy,
-        evaluate=_evaluate, train_size=TRAIN, worst=float("inf"))
+        batches=train_batches(load, recipe.batch_size), loss=cross_entropy,
+        evaluate=split_evaluator(load, nn.functional.cross_entropy), train_size=TRAIN,
+        worst=float("inf"))
