@@ -198,7 +198,9 @@ class RangeTestResult:
 
     def plot(self, path: str | None = None, *, ax: Any = None, peers: bool = True) -> Any:
         """Draw the curve (raw and smoothed) with the suggestion and its band marked, and the
-        peers' suggestions as ticks; save to ``path`` when given. Returns the figure."""
+        peers' suggestions as ticks; after ``confirm=True`` (and without ``ax``) a second panel
+        shows the confirm runs (:func:`plot_confirm`). Save to ``path`` when given; returns the
+        figure."""
         import matplotlib
 
         if ax is None and path is not None:
@@ -206,7 +208,10 @@ class RangeTestResult:
         import matplotlib.pyplot as plt
 
         fig = None
-        if ax is None:
+        if ax is None and self.confirm and self.confirm.get("runs"):
+            fig, (ax, ax_c) = plt.subplots(1, 2, figsize=(13, 4.2))
+            plot_confirm(self.confirm, ax_c)
+        elif ax is None:
             fig, ax = plt.subplots(figsize=(7, 4.2))
         else:
             fig = ax.figure
@@ -251,6 +256,35 @@ class RangeTestResult:
             fig.savefig(path, dpi=110)
             plt.close(fig)
         return fig
+
+
+def plot_confirm(confirm: Mapping[str, Any], ax: Any) -> None:
+    """Confirm mode's evidence on ``ax``: each short run's val metric against ``lr x step``
+    (gradient-flow time; runs that replay one another collapse onto one curve), the best run in
+    bold, and where a full run at the suggested LR ends in that time (``lr x full steps``)."""
+    runs = [r for r in confirm.get("runs", []) if r.get("val_curve")]
+    best = confirm.get("short_run_winner", confirm.get("winner"))
+    for k, r in enumerate(sorted(runs, key=lambda r: r["lr"])):
+        pts = [(float(t), float(v)) for t, v in r["val_curve"] if math.isfinite(float(v))]
+        if not pts:
+            continue
+        x = [r["lr"] * t for t, _ in pts]
+        win = best is not None and math.isclose(r["lr"], best, rel_tol=1e-9)
+        ax.plot(x, [v for _, v in pts], marker="o", ms=3, lw=2.5 if win else 1.0,
+                color=f"C{k % 10}",
+                label=f"lr {r['lr']:.3g}" + (" (diverged)" if r.get("diverged") else "")
+                + (" best short run" if win else ""))
+    full, chosen = confirm.get("full_run_steps"), confirm.get("winner")
+    if full and chosen:
+        ax.axvline(chosen * full, color="k", ls="--", lw=1.2,
+                   label=f"full run at the suggested lr {chosen:.3g} ends here")
+    ax.set_xscale("log")
+    ax.set_xlabel("lr x step (gradient-flow time)")
+    ax.set_ylabel(f"val {confirm.get('metric', 'metric')}")
+    how = ("time-rescaled to the best run's lr x t" if "short_run_winner" in confirm
+           else "the best val at the end")
+    ax.set_title(f"confirm: {len(runs)} short runs, {how}", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
 
 
 # ------------------------------------------------------------------------------ the callback
@@ -777,6 +811,7 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
                    "winner": rescaled, "short_run_winner": winner, "origin": origin,
                    "travel_steps": travelled, "overfit_step": t_star,
                    "rule": "time-rescaled: short-run winner x (its best val step / full steps)",
+                   "metric": task.metric, "higher_is_better": task.higher_is_better,
                    "steps": spent, "full_run_steps": full, "fraction_of_full_run": spent / full,
                    "total_fraction_with_range_test": cost / full}
         sugs = dict(result.suggestions)
@@ -800,6 +835,7 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
     confirm = {"candidates": [r["lr"] for r in table], "schedule": family, "runs": table,
                "winner": winner, "origin": origin, "travel_steps": travelled,
                "rule": f"best val {task.metric} after {steps} steps (recipe schedule rebuilt)",
+               "metric": task.metric, "higher_is_better": task.higher_is_better,
                "steps": spent, "full_run_steps": full, "fraction_of_full_run": spent / full,
                "total_fraction_with_range_test": cost / full}
     sugs = dict(result.suggestions)

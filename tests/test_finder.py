@@ -368,3 +368,37 @@ def test_ddp_two_ranks_gloo_get_the_same_curve(tmp_path):
     assert r0["first_local"] != r1["first_local"]
     first = r0["result"]["losses"][0]
     assert first == pytest.approx((r0["first_local"] + r1["first_local"]) / 2, rel=1e-5)
+
+
+def test_plot_after_confirm_shows_the_short_runs_against_lr_times_step(tmp_path):
+    """A confirm result plots a second panel: one line per short run, x = lr x step (the
+    gradient-flow time in which replaying runs collapse), and where a full run at the suggested
+    LR ends; it survives the JSON round trip."""
+    import dataclasses
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    model, opt, loader, _ = _setup()
+    res = find_lr(model, opt, loader, F.cross_entropy, num_iter=60, start_lr=1e-5, end_lr=100.0)
+    runs = [{"lr": lr, "diverged": False, "metric": 0.5,
+             "val_curve": [[t, 1.0 / (1 + lr * t)] for t in (5, 10, 15, 20)]}
+            for lr in (0.01, 0.0178, 0.0316)]
+    confirm = {"runs": runs, "winner": 0.003, "short_run_winner": 0.0178, "full_run_steps": 120,
+               "metric": "mse", "rule": "time-rescaled"}
+    res = dataclasses.replace(res, confirm=confirm)
+    fig = RangeTestResult.from_json(res.to_json()).plot(str(tmp_path / "c.png"))
+    curve_ax, confirm_ax = fig.axes
+    lines = confirm_ax.get_lines()
+    xs = [list(line.get_xdata()) for line in lines[:3]]
+    assert xs[1] == pytest.approx([0.0178 * t for t in (5, 10, 15, 20)])
+    assert lines[1].get_linewidth() > lines[0].get_linewidth()  # the best short run in bold
+    assert list(lines[3].get_xdata()) == pytest.approx([0.003 * 120] * 2)  # the full run's end
+    assert confirm_ax.get_xscale() == "log" and "lr x step" in confirm_ax.get_xlabel()
+    assert "mse" in confirm_ax.get_ylabel()
+    assert (tmp_path / "c.png").stat().st_size > 5000
+    # with an axis of the user's, only the curve is drawn there
+    import matplotlib.pyplot as plt
+
+    f2, ax = plt.subplots()
+    assert res.plot(ax=ax) is f2 and len(f2.axes) == 1
