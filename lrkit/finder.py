@@ -265,7 +265,7 @@ def plot_confirm(confirm: Mapping[str, Any], ax: Any) -> None:
     runs = [r for r in confirm.get("runs", []) if r.get("val_curve")]
     best = confirm.get("short_run_winner", confirm.get("winner"))
     for k, r in enumerate(sorted(runs, key=lambda r: r["lr"])):
-        pts = [(float(t), float(v)) for t, v in r["val_curve"] if math.isfinite(float(v))]
+        pts = _finite_points(r["val_curve"])
         if not pts:
             continue
         x = [r["lr"] * t for t, _ in pts]
@@ -886,7 +886,7 @@ def _overfit_point(task: Any, row: dict) -> tuple[int, float] | None:
     the last two evaluations) by more than ``VAL_RISE`` of the best, while its training loss
     (mean over the tenth of the run before each point) still fell by more than ``TRAIN_FALLS``
     from t* to the end: the model memorises the training data."""
-    curve = [(t, v) for t, v in row.get("val_curve", []) if math.isfinite(v)]
+    curve = _finite_points(row.get("val_curve", []))
     losses = np.asarray(row.get("train_losses", []), dtype=float)
     if row["diverged"] or len(curve) < 4 or losses.size < 10:
         return None
@@ -935,28 +935,31 @@ def _overfits_beyond(task: Any, best: dict, table: list[dict]) -> str | None:
     metric's best lies near w's final ``tau``: a full run at w's LR travels past it, at best for
     nothing and usually into overfitting. (When b is worse at equal ``tau``, higher LRs hurt by
     noise, not by time, and the winner stands.)"""
+    if best["diverged"]:
+        return None
     above = sorted((r for r in table if r["lr"] > best["lr"] and not r["diverged"]),
                    key=lambda r: r["lr"])
-    curve_w = [(t, v) for t, v in best.get("val_curve", []) if math.isfinite(v)]
-    if best["diverged"] or not above or len(curve_w) < 2:
+    curve_w = _finite_points(best.get("val_curve", []))
+    if not above or len(curve_w) < 2:
         return None
     b = above[0]
-    curve_b = [(t, v) for t, v in b.get("val_curve", []) if math.isfinite(v)]
+    curve_b = _finite_points(b.get("val_curve", []))
     if len(curve_b) < 2:
         return None
     steps = curve_b[-1][0]
     t_match = steps * best["lr"] / b["lr"]
     matched = float(np.interp(t_match, [t for t, _ in curve_b], [v for _, v in curve_b]))
-    w_end, b_end = _rank_key(task, best["metric"]), _rank_key(task, b["metric"])
+    w_metric, b_metric = curve_w[-1][1], curve_b[-1][1]  # the end: the runs' metrics
+    w_end, b_end = _rank_key(task, w_metric), _rank_key(task, b_metric)
     gap = _rank_key(task, matched) - w_end
-    size = abs(curve_w[0][1] - best["metric"])
-    if size <= 0.01 * abs(best["metric"]):  # the winner barely learned: no curve to read
+    size = abs(curve_w[0][1] - w_metric)
+    if size <= 0.01 * abs(w_metric):  # the winner barely learned: no curve to read
         return None
     if gap <= COLLAPSE_GAP * size and b_end > _rank_key(task, matched) - PLATEAU_GAIN * size:
         return (f"the short run at lr {b['lr']:.3g} reaches the best run's (lr "
                 f"{best['lr']:.3g}) lr x t at step {t_match:.0f} with its val {task.metric} "
-                f"({matched:.4g} against {best['metric']:.4g}) and then gets no better "
-                f"({b['metric']:.4g} at step {steps})")
+                f"({matched:.4g} against {w_metric:.4g}) and then gets no better "
+                f"({b_metric:.4g} at step {steps})")
     return None
 
 
@@ -977,6 +980,20 @@ def overfit_step(task: Any, best: dict, runs: list[dict]) -> tuple[int, str] | N
         return own[0], (f"the best short run (lr {best['lr']:.3g}) overfits: its val "
                         f"{task.metric} peaks at step {own[0]} of {steps} and then worsens")
     return None
+
+
+def _finite_points(curve: Iterable) -> list[tuple[Any, float]]:
+    """The ``(step, value)`` points of a val curve whose value is a finite number (a curve read
+    back from JSON may hold ``None`` or ``"NaN"`` / ``"Infinity"`` strings)."""
+    out = []
+    for t, v in curve:
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(v):
+            out.append((t, v))
+    return out
 
 
 def _rank_key(task: Any, metric: float) -> float:

@@ -359,3 +359,11 @@ def test_the_final_lr_is_time_rescaled_when_the_run_above_replays_the_winner_and
     # records without val curves (a run folder from an older lrkit): the winner stands
     old = [{k: v for k, v in r.items() if k != "val_curve"} for r in runs]
     assert _time_rescaled(T(), old[1], old, full=800) == (0.01, None)
+    # records read back from the run folder or the study (JSON: non-finite values are strings
+    # or null): a diverged run among them, or every run diverged, reads as "nothing to rescale"
+    runs = [rec(lr, overfits) for lr in (0.0056, 0.01, 0.0178)]
+    runs[2] = dict(runs[2], diverged=True, metric="Infinity",
+                   val_curve=[[10, 0.9], [20, "NaN"], [100, None]])
+    assert _time_rescaled(T(), runs[1], runs, full=800) == (0.01, None)
+    dead = [dict(r, diverged=True, metric="NaN", val_curve=[[100, "Infinity"]]) for r in runs]
+    assert _time_rescaled(T(), dead[0], dead, full=800) == (0.0056, None)
