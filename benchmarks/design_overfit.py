@@ -70,7 +70,8 @@ def _collect_task(name: str) -> dict:
             res = train.run(t, lr, steps=n, seed=seed, eval_split="val", callbacks=[track])
             runs[str(j)] = {"lr": lr, "metric": res.metric, "diverged": res.diverged,
                             "val_curve": track.curve + [(res.steps_done, res.metric)],
-                            "train_losses": [float(f"{v:.4g}") for v in res.losses]}
+                            "train_losses": [float(f"{v:.4g}") for v in res.losses],
+                            "lrs": [float(f"{v:.5g}") for v in res.lrs]}
         out["seeds"][str(seed)] = {"centre": centre, "band": band, "origin": origin,
                                    "range_cost": r.cost_steps, "runs": runs}
         print(name, seed, "done", file=sys.stderr, flush=True)
@@ -254,7 +255,8 @@ def rule_finder(table: list[dict], task: _Task, full: int, **kw) -> float:
 
     best = min(table, key=lambda r: (finder._rank_key(task, r["metric"]), r["lr"]))
     point = finder.overfit_step(task, best, table)
-    return best["lr"] * point[0] / full if point else best["lr"]
+    n = best["val_curve"][-1][0]
+    return best["lr"] * point[0] * n / full if point else best["lr"]
 
 
 def rule_argmin(table: list[dict], task: _Task, full: int, **kw) -> float:

@@ -751,7 +751,8 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
         spent += out.steps_done
         row = {"lr": lr, "steps": steps, "metric": out.metric, "diverged": out.diverged,
                "val_curve": track.curve + [(out.steps_done, out.metric)],
-               "train_losses": [float(v) for v in out.losses]}
+               "train_losses": [float(v) for v in out.losses],
+               "lrs": [float(v) for v in out.lrs]}
         table.append(row)
         if bar is not None:
             bar.update(1)
@@ -799,18 +800,19 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
     point = overfit_step(task, best, table)
     if point is not None:
         # time-rescale: the full run should end where the short run's val was best
-        t_star, why = point
-        rescaled = winner * t_star / full
-        why += (f", so a {full}-step run at that LR would overfit; at lr x t*/steps = "
-                f"{rescaled:.3g} the full run covers the same 'time' lr x t to that point "
-                f"(gradient-flow time rescaling); started from {origin}; {len(table)} runs of "
-                f"{steps} steps = {spent / full:.2f} of a full run")
+        fraction, why = point
+        rescaled = winner * fraction * steps / full
+        why += (f", so a {full}-step run at that LR would overfit; at {rescaled:.3g} the full "
+                f"run integrates the same LR as the short run up to that point (gradient-flow "
+                f"time rescaling); started from {origin}; {len(table)} runs of {steps} steps = "
+                f"{spent / full:.2f} of a full run")
         sug = s.scaled(rescaled / centre, method="lrkit+confirm", confidence="medium",
                        reason=why)
         confirm = {"candidates": [r["lr"] for r in table], "schedule": family, "runs": table,
                    "winner": rescaled, "short_run_winner": winner, "origin": origin,
-                   "travel_steps": travelled, "overfit_step": t_star,
-                   "rule": "time-rescaled: short-run winner x (its best val step / full steps)",
+                   "travel_steps": travelled, "overfit_fraction": fraction,
+                   "rule": ("time-rescaled: short-run winner x (its integrated LR to its best "
+                            "val / the full run's)"),
                    "metric": task.metric, "higher_is_better": task.higher_is_better,
                    "steps": spent, "full_run_steps": full, "fraction_of_full_run": spent / full,
                    "total_fraction_with_range_test": cost / full}
@@ -924,17 +926,41 @@ COLLAPSE_GAP = 0.10
 PLATEAU_GAIN = 0.0
 
 
+def _tau(run: Mapping[str, Any]) -> Callable[[float], float]:
+    """``tau(t)``: the LR integrated over a run's first ``t`` steps (``sum`` of its per-step LRs,
+    linear between steps), the gradient-flow time. Without the run's LR trajectory (an older
+    record) the LR is taken as constant: ``lr x t``."""
+    lrs = run.get("lrs") or []
+    if not lrs:
+        return lambda t: float(run["lr"]) * t
+    cum = np.concatenate([[0.0], np.cumsum(np.asarray(lrs, dtype=float))])
+    steps = np.arange(cum.size, dtype=float)
+    return lambda t: float(np.interp(t, steps, cum))
+
+
+def _step_at(run: Mapping[str, Any], tau: float, steps: float) -> float:
+    """The step at which a run's integrated LR reaches ``tau`` (``steps`` if it never does)."""
+    lrs = run.get("lrs") or []
+    if not lrs:
+        return min(steps, tau / float(run["lr"]))
+    cum = np.concatenate([[0.0], np.cumsum(np.asarray(lrs, dtype=float))])
+    if tau >= cum[-1]:
+        return float(min(steps, cum.size - 1))
+    return float(np.interp(tau, cum, np.arange(cum.size, dtype=float)))
+
+
 def _overfits_beyond(task: Any, best: dict, table: list[dict]) -> str | None:
     """Why a full run at the short-run winner's LR would overfit, or ``None``.
 
-    Gradient-flow time rescaling: in the small-LR regime a run's state depends on
-    ``tau = lr x t``, so the next higher LR tried (b) replays the winner's (w) run in less
-    time. When b, at the step where its ``tau`` equals w's final one, has w's final val metric
-    (within ``COLLAPSE_GAP`` of w's improvement: the two runs collapse onto one curve), and b
-    then gains less than ``PLATEAU_GAIN`` of it (or gets worse) with more ``tau``, the val
-    metric's best lies near w's final ``tau``: a full run at w's LR travels past it, at best for
-    nothing and usually into overfitting. (When b is worse at equal ``tau``, higher LRs hurt by
-    noise, not by time, and the winner stands.)"""
+    Gradient-flow time rescaling: in the small-LR regime a run's state depends on the LR
+    integrated over its steps, ``tau(t) = sum of lr_s`` (``lr x t`` at a constant LR; for a
+    schedule, the miniature's own shape), so the next higher LR tried (b) replays the winner's
+    (w) run in less time. When b, at the step where its ``tau`` equals w's final one, has w's
+    final val metric (within ``COLLAPSE_GAP`` of w's improvement: the two runs collapse onto one
+    curve), and b then gains less than ``PLATEAU_GAIN`` of it (or gets worse) with more ``tau``,
+    the val metric's best lies near w's final ``tau``: a full run at w's LR travels past it, at
+    best for nothing and usually into overfitting. (When b is worse at equal ``tau``, higher
+    LRs hurt by noise, not by time, and the winner stands.)"""
     if best["diverged"]:
         return None
     above = sorted((r for r in table if r["lr"] > best["lr"] and not r["diverged"]),
@@ -947,7 +973,7 @@ def _overfits_beyond(task: Any, best: dict, table: list[dict]) -> str | None:
     if len(curve_b) < 2:
         return None
     steps = curve_b[-1][0]
-    t_match = steps * best["lr"] / b["lr"]
+    t_match = _step_at(b, _tau(best)(curve_w[-1][0]), steps)
     matched = float(np.interp(t_match, [t for t, _ in curve_b], [v for _, v in curve_b]))
     w_metric, b_metric = curve_w[-1][1], curve_b[-1][1]  # the end: the runs' metrics
     w_end, b_end = _rank_key(task, w_metric), _rank_key(task, b_metric)
@@ -957,28 +983,32 @@ def _overfits_beyond(task: Any, best: dict, table: list[dict]) -> str | None:
         return None
     if gap <= COLLAPSE_GAP * size and b_end > _rank_key(task, matched) - PLATEAU_GAIN * size:
         return (f"the short run at lr {b['lr']:.3g} reaches the best run's (lr "
-                f"{best['lr']:.3g}) lr x t at step {t_match:.0f} with its val {task.metric} "
-                f"({matched:.4g} against {w_metric:.4g}) and then gets no better "
+                f"{best['lr']:.3g}) integrated lr at step {t_match:.0f} with its val "
+                f"{task.metric} ({matched:.4g} against {w_metric:.4g}) and then gets no better "
                 f"({b_metric:.4g} at step {steps})")
     return None
 
 
-def overfit_step(task: Any, best: dict, runs: list[dict]) -> tuple[int, str] | None:
-    """``(t*, why)`` when a full run at the best short run's LR would overfit, else ``None``:
-    a full run should then take ``lr x t* / full_steps`` (the same ``lr x t`` as the short run
-    at its best point). First the run above replaying it (``_overfits_beyond``: t* is the
-    short run's end), then the best run's own val peak (``_overfit_point``). ``runs`` are the
-    short runs of one horizon (and one schedule family), ``best`` among them; each a dict with
-    ``lr``, ``metric``, ``diverged``, ``val_curve`` and ``train_losses``. Shared by confirm mode
-    and ``lrkit.tune``."""
+def overfit_step(task: Any, best: dict, runs: list[dict]) -> tuple[float, str] | None:
+    """``(fraction, why)`` when a full run at the best short run's LR would overfit, else
+    ``None``. ``fraction = tau(t*) / tau(end)``: the share of the short run's integrated LR at
+    which its val metric was best; the full run then takes ``lr x fraction x steps / full_steps``
+    and covers the same integrated LR (``lr x t*`` at a constant LR, the miniature's shape
+    otherwise). First the run above replaying it (``_overfits_beyond``: t* is the short run's
+    end, fraction 1), then the best run's own val peak (``_overfit_point``). ``runs`` are the
+    short runs of one horizon and one schedule family, ``best`` among them; each a dict with
+    ``lr``, ``metric``, ``diverged``, ``val_curve``, ``train_losses`` and (optional) ``lrs``.
+    Shared by confirm mode and ``lrkit.tune``."""
     beyond = _overfits_beyond(task, best, runs)
     if beyond is not None:
-        return int(best["val_curve"][-1][0]), beyond
+        return 1.0, beyond
     own = _overfit_point(task, best)
     if own is not None:
-        steps = best["val_curve"][-1][0]
-        return own[0], (f"the best short run (lr {best['lr']:.3g}) overfits: its val "
-                        f"{task.metric} peaks at step {own[0]} of {steps} and then worsens")
+        steps = _finite_points(best["val_curve"])[-1][0]
+        tau = _tau(best)
+        return tau(own[0]) / tau(steps), (
+            f"the best short run (lr {best['lr']:.3g}) overfits: its val {task.metric} peaks at "
+            f"step {own[0]} of {steps} and then worsens")
     return None
 
 

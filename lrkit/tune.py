@@ -609,21 +609,23 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
 
 def _time_rescaled(task: Any, best: dict, family_runs: list[dict],
                    full: int) -> tuple[float, str | None]:
-    """The full run's LR from the rung-1 winner: ``winner x t* / full`` when a full run at the
-    winner's LR would overfit (confirm mode's rules, :func:`lrkit.finder.overfit_step`: the run
-    above replays the winner at the same ``lr x t`` and then gets worse, or the winner's own val
-    peaks at t* and worsens), else the winner's own LR. Returns ``(lr, why or None)``."""
+    """The full run's LR from the rung-1 winner: scaled so that the full run integrates the same
+    LR as the winner did up to its best val point, when a full run at the winner's LR would
+    overfit (confirm mode's rules, :func:`lrkit.finder.overfit_step`: the run above replays the
+    winner at the same integrated LR and then gets worse, or the winner's own val peaks and
+    worsens), else the winner's own LR. Returns ``(lr, why or None)``."""
     from .finder import overfit_step
 
     runs = [dict(r, train_losses=r.get("losses", [])) for r in family_runs]
     point = overfit_step(task, dict(best, train_losses=best.get("losses", [])), runs)
     if point is None:
         return float(best["lr"]), None
-    t_star, why = point
-    lr = float(best["lr"]) * t_star / full
+    fraction, why = point
+    steps = int(best["steps"])
+    lr = float(best["lr"]) * fraction * steps / full
     return lr, (f"{why}: a {full}-step run at lr {best['lr']:.3g} would travel past that "
-                f"point, so the final run takes lr x {t_star}/{full} = {lr:.3g} and covers the "
-                "same lr x t (gradient-flow time rescaling)")
+                f"point, so the final run takes lr x {fraction:.2g} x {steps}/{full} = {lr:.3g} "
+                "and integrates the same LR (gradient-flow time rescaling)")
 
 
 def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,

@@ -305,3 +305,26 @@ def test_runs_that_learn_nothing_are_not_read_as_overfitting():
     w = _run(0.01, [(t, 0.1 + 0.0001 * (t % 3)) for t in range(10, 101, 10)])
     b = _run(0.0178, [(t, 0.1015 if t < 90 else 0.1) for t in range(10, 101, 10)])
     assert _overfits_beyond(HigherBetter(), w, [w, b]) is None
+
+
+def test_time_is_the_integrated_lr_of_each_run_schedule_included():
+    """Under a schedule, gradient-flow time is the LR summed over the steps, not lr x t: a
+    step schedule (x0.1 halfway) at 0.0178 reaches the integrated LR of the same schedule at
+    0.01 after 100 steps (0.5 + 0.05) at step 30.9, where lr x t would say 56."""
+    from lrkit.finder import _overfits_beyond, _step_at, _tau
+
+    def step_run(lr, val):
+        lrs = [lr] * 50 + [lr / 10] * 50
+        curve = [(t, val(sum(lrs[:t]))) for t in range(10, 101, 10)]
+        return {"lr": lr, "metric": curve[-1][1], "diverged": False, "val_curve": curve,
+                "lrs": lrs, "train_losses": list(np.linspace(1.0, 0.2, 100))}
+
+    def u(tau):  # best at tau = 0.55, worse on both sides
+        return 0.5 + 0.4 * np.log10(tau / 0.55) ** 2
+
+    w, b = step_run(0.01, u), step_run(0.0178, u)
+    assert _tau(w)(100) == pytest.approx(0.55)
+    assert _step_at(b, 0.55, 100) == pytest.approx(0.55 / 0.0178, rel=1e-6)
+    assert _tau({"lr": 0.01})(100) == pytest.approx(1.0)  # no trajectory: constant LR
+    why = _overfits_beyond(_LowerBetter(), w, [w, b])
+    assert why is not None and "step 31" in why

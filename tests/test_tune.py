@@ -342,7 +342,7 @@ def test_the_final_lr_is_time_rescaled_when_the_run_above_replays_the_winner_and
     def rec(lr, u):
         curve = [[t, float(u(lr * t))] for t in range(10, 101, 10)]
         return {"lr": lr, "metric": curve[-1][1], "diverged": False, "val_curve": curve,
-                "losses": list(np.linspace(1.0, 0.2, 100))}
+                "losses": list(np.linspace(1.0, 0.2, 100)), "steps": 100}
 
     def overfits(tau):
         return 0.5 + 0.4 * np.log10(tau) ** 2
