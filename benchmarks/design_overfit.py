@@ -321,14 +321,20 @@ def leave_one_task_out(data: dict, tasks: list[str]) -> None:
     gaps, gains = (0.05, 0.08, 0.10, 0.12, 0.15), (0.0, 0.03, 0.05, 0.10)
     grid = [(d, q) for d in gaps for q in gains]
     reg: dict = {}
-    for d, q in grid:
-        for t in tasks:
-            dt, o = data[t], _oracle(t)
-            task = _Task(dt["higher_is_better"])
-            picks = [rule_collapse(window(sd, task, dt["full"], dt["n"]), task, dt["full"],
-                                   delta=d, scale="improvement", plateau=q, own=True)
-                     for sd in dt["seeds"].values()]
-            reg[(d, q), t] = float(np.mean([score(o, p) for p in picks]))
+    from lrkit import finder
+
+    shipped = finder.COLLAPSE_GAP, finder.PLATEAU_GAIN
+    try:  # the shipped rule (finder.overfit_step) at each setting of its two constants
+        for d, q in grid:
+            finder.COLLAPSE_GAP, finder.PLATEAU_GAIN = d, q
+            for t in tasks:
+                dt, o = data[t], _oracle(t)
+                task = _Task(dt["higher_is_better"])
+                picks = [rule_finder(window(sd, task, dt["full"], dt["n"]), task, dt["full"])
+                         for sd in dt["seeds"].values()]
+                reg[(d, q), t] = float(np.mean([score(o, p) for p in picks]))
+    finally:
+        finder.COLLAPSE_GAP, finder.PLATEAU_GAIN = shipped
     print("\nleave-one-task-out for (COLLAPSE_GAP, PLATEAU_GAIN): chosen on the other tasks "
           "-> held-out regret (shipped 0.10, 0.0)")
     for t in tasks:
