@@ -291,6 +291,17 @@ def tune_report(
         f"<tr><td class=l>{escape(s['name'])}</td><td>{int(s['cost_steps'])}</td>"
         f"<td>{int(s['cost_steps']) / full:.2f}</td><td>{int(s['cost_steps']) / total:.0%}</td>"
         f"<td>{float(s['wall_time']):.1f}</td></tr>" for s in stages)
+    chosen = [t for t in halving["trials"] if t.get("kept") and int(t["rung"]) == 1]
+    final_lr = final.get("lr")
+    rescaled_html = ""
+    if chosen and final_lr is not None and not math.isclose(float(final_lr),
+                                                             float(chosen[0]["lr"]),
+                                                             rel_tol=1e-9):
+        rescaled_html = (
+            f"<p>The final run does not use the chosen short run's lr "
+            f"{float(chosen[0]['lr']):.3g} but {float(final_lr):.3g}: that run would overfit "
+            "over the full horizon, so its LR is time-rescaled to integrate the same LR as the "
+            "short run up to its best point (see <i>Why</i>).</p>")
     rows_trials = "".join(
         f"<tr class=\"{'kept' if t.get('kept') else ''}\"><td>{int(t['rung'])}</td>"
         f"<td class=l>{escape(t['family'])}</td><td>{float(t['lr']):.3g}</td>"
@@ -348,6 +359,7 @@ good band {band_txt}.</p>
 <h2>2-3. Candidates and successive halving</h2>
 <table><tr><th>rung</th><th class=l>schedule</th><th>lr</th><th>steps</th>
 <th>val {escape(metric)}</th><th>went on</th></tr>{rows_trials}</table>
+{rescaled_html}
 {_img(*imgs['candidates.png'][::-1])}
 <h2>The chosen schedule</h2>
 {_img(*imgs['schedule.png'][::-1])}

@@ -367,3 +367,20 @@ def test_the_final_lr_is_time_rescaled_when_the_run_above_replays_the_winner_and
     assert _time_rescaled(T(), runs[1], runs, full=800) == (0.01, None)
     dead = [dict(r, diverged=True, metric="NaN", val_curve=[[100, "Infinity"]]) for r in runs]
     assert _time_rescaled(T(), dead[0], dead, full=800) == (0.0056, None)
+
+
+def test_tune_on_an_overfitting_task_time_rescales_the_final_lr_and_the_report_says_so(tmp_path):
+    """diabetes, seed 0: rung 1 picks 0.0044 (78-step runs); the run above replays it and gets
+    no better, so the 600-step final run takes 0.0044 x 78/600 = 5.7e-4, inside the oracle's
+    band [5.5e-4, 1.9e-3] (benchmarks/results/oracle-diabetes.json); the report's halving
+    section says why the final LR is not the chosen short run's."""
+    import lrkit
+    from lrkit.tune import tune
+
+    res = tune(lrkit.tasks.get("diabetes"), seed=0, out=str(tmp_path / "run"), progress=False)
+    halving = json.loads((tmp_path / "run" / "3-halving.json").read_text())
+    kept = [t for t in halving["trials"] if t["rung"] == 1 and t.get("kept")][0]
+    assert res.lr < kept["lr"] / 3
+    assert 5.0e-4 < res.lr < 1.9e-3
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "time-rescaled" in page and f"{res.lr:.3g}" in page
