@@ -30,7 +30,6 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 from .errors import (
     check_choice,
-    check_finite,
     check_int,
     check_positive,
     check_probability,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
 from lrkit import schedules
 from lrkit.cli import main
