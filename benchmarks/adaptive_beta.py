@@ -9,7 +9,7 @@
 Needs the cached ``results/adaptive/<task>.json`` of ``bench_adaptive.py oracles``.
 """
 
-import json, sys
+import sys
 sys.path.insert(0, "benchmarks")
 import numpy as np
 import bench_adaptive as BA
