@@ -9,26 +9,42 @@
 Needs the cached ``results/adaptive/<task>.json`` of ``bench_adaptive.py oracles``.
 """
 
+from __future__ import annotations
+
 import sys
-sys.path.insert(0, "benchmarks")
+from pathlib import Path
+
 import numpy as np
-import bench_adaptive as BA
-from lrkit import bench
-data = BA._load()
-tasks = sys.argv[1].split(",")
-out = {}
-for task in tasks:
-    entry = data[task]
-    o = BA._task_oracle(task)
-    for base, spec0 in (("sgd", "sgdhd"), ("adam", "adamhd"), ("adamw", "adamhd")):
-        best = BA._base_best(task, entry, base)
-        if best is None:
-            continue
-        for beta in (0.05, 0.1, 0.2):
-            spec = f"{spec0}:hypergrad=multiplicative:hypergrad_lr={beta}"
-            row = []
-            for k in (0.1, 1.0, 10.0):
-                runs = bench.optimizer_runs(task, spec, [best * k], seeds=(0, 1, 2), workers=1, progress=False)
-                m = float(np.mean([r["metric"] for r in runs]))
-                row.append(o.regret(m) if np.isfinite(m) else float("inf"))
-            print(task, base, beta, " ".join(f"{100*r:+.1f}%" for r in row), flush=True)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_adaptive as BA  # noqa: E402
+
+from lrkit import bench  # noqa: E402
+
+BETAS = (0.05, 0.1, 0.2)
+STARTS = (0.1, 1.0, 10.0)
+#: base optimizer -> its HD version (Adam-HD takes decoupled decay under an AdamW recipe)
+HD = (("sgd", "sgdhd"), ("adam", "adamhd"), ("adamw", "adamhd"))
+
+
+def main(tasks: list[str]) -> None:
+    data = BA._load()
+    for task in tasks:
+        entry, oracle = data[task], BA._task_oracle(task)
+        for base, hd in HD:
+            best = BA._base_best(task, entry, base)
+            if best is None:
+                continue
+            for beta in BETAS:
+                spec = f"{hd}:hypergrad=multiplicative:hypergrad_lr={beta}"
+                row = []
+                for k in STARTS:
+                    runs = bench.optimizer_runs(task, spec, [best * k], seeds=(0, 1, 2),
+                                                workers=1, progress=False)
+                    m = float(np.mean([r["metric"] for r in runs]))
+                    row.append(oracle.regret(m) if np.isfinite(m) else float("inf"))
+                print(task, base, beta, " ".join(f"{100 * r:+.1f}%" for r in row), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1].split(","))
