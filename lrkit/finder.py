@@ -259,29 +259,35 @@ class RangeTestResult:
 
 
 def plot_confirm(confirm: Mapping[str, Any], ax: Any) -> None:
-    """Confirm mode's evidence on ``ax``: each short run's val metric against ``lr x step``
-    (gradient-flow time; runs that replay one another collapse onto one curve), the best run in
-    bold, and where a full run at the suggested LR ends in that time (``lr x full steps``)."""
+    """Confirm mode's evidence on ``ax``: each short run's val metric against its integrated LR
+    (``lr x step`` at a constant LR: gradient-flow time, in which runs that replay one another
+    collapse onto one curve), the best short run in bold, and the integrated LR a full run at
+    the suggested LR reaches (runs are miniatures of the full run: the same shape, scaled)."""
     runs = [r for r in confirm.get("runs", []) if r.get("val_curve")]
     best = confirm.get("short_run_winner", confirm.get("winner"))
+    end_tau = None
     for k, r in enumerate(sorted(runs, key=lambda r: r["lr"])):
         pts = _finite_points(r["val_curve"])
         if not pts:
             continue
-        x = [r["lr"] * t for t, _ in pts]
+        tau = _tau(r)
         win = best is not None and math.isclose(r["lr"], best, rel_tol=1e-9)
-        ax.plot(x, [v for _, v in pts], marker="o", ms=3, lw=2.5 if win else 1.0,
-                color=f"C{k % 10}",
+        ax.plot([tau(t) for t, _ in pts], [v for _, v in pts], marker="o", ms=3,
+                lw=2.5 if win else 1.0, color=f"C{k % 10}",
                 label=f"lr {r['lr']:.3g}" + (" (diverged)" if r.get("diverged") else "")
                 + (" best short run" if win else ""))
-    full, chosen = confirm.get("full_run_steps"), confirm.get("winner")
-    if full and chosen:
-        ax.axvline(chosen * full, color="k", ls="--", lw=1.2,
-                   label=f"full run at the suggested lr {chosen:.3g} ends here")
+        if win:
+            n = pts[-1][0]
+            end_tau = tau(n) * float(confirm["full_run_steps"]) / n \
+                if confirm.get("full_run_steps") else None
+    chosen = confirm.get("winner")
+    if end_tau is not None and chosen:
+        ax.axvline(end_tau * chosen / best, color="k", ls="--", lw=1.2,
+                   label=f"a full run at the suggested lr {chosen:.3g} reaches")
     ax.set_xscale("log")
-    ax.set_xlabel("lr x step (gradient-flow time)")
+    ax.set_xlabel("integrated LR (lr x step at a constant LR)")
     ax.set_ylabel(f"val {confirm.get('metric', 'metric')}")
-    how = ("time-rescaled to the best run's lr x t" if "short_run_winner" in confirm
+    how = ("time-rescaled to the best run's point" if "short_run_winner" in confirm
            else "the best val at the end")
     ax.set_title(f"confirm: {len(runs)} short runs, {how}", fontsize=9)
     ax.legend(fontsize=7, loc="best")

@@ -1,7 +1,7 @@
 """The autopilot's report: one self-contained HTML file, plus its plots as PNGs beside it.
 
 ``tune_report(folder, ...)`` only *draws* what :func:`lrkit.tune` computed ("compute, then draw"):
-it takes plain JSON-able data (the run folder's stage files), renders four matplotlib figures
+it takes plain JSON-able data (the run folder's stage files), renders five matplotlib figures
 (Agg backend) to PNG files in ``folder`` and embeds the same bytes as base64 ``data:`` URIs in
 ``report.html``, so the page needs no network and no other file. Every string that comes from the
 user or the task (names, descriptions, reasons, findings) is HTML-escaped.
@@ -12,8 +12,11 @@ Figures:
    centre, the chosen peak LR and (when known) the curvature's safe-LR bound.
 2. ``candidates.png``: every confirmation run's training loss, per rung, and the halving
    decisions (each arm's validation metric; the arms that went on are filled).
-3. ``schedule.png``: the chosen schedule over the full run (and the safe-LR bound).
-4. ``final.png``: the final run's training loss and validation metric, with the monitor's
+3. ``time.png``: the chosen family's rung-1 runs, val metric against integrated LR, and the
+   integrated LR the final run reaches (the time-rescaling evidence; only when the rung-1 runs
+   carry val curves).
+4. ``schedule.png``: the chosen schedule over the full run (and the safe-LR bound).
+5. ``final.png``: the final run's training loss and validation metric, with the monitor's
    findings marked at their steps.
 """
 
@@ -166,6 +169,29 @@ def _fig_candidates(trials: Sequence[Mapping[str, Any]], metric: str, higher: bo
     return fig
 
 
+def _fig_time(trials: Sequence[Mapping[str, Any]], final: Mapping[str, Any], metric: str,
+              full: int) -> Any:
+    """The chosen family's rung-1 runs: val metric against integrated LR, and where the final
+    run's LR takes a full run (``lrkit.finder.plot_confirm``); ``None`` without val curves."""
+    from .finder import plot_confirm
+
+    chosen = [t for t in trials if int(t["rung"]) == 1 and t.get("kept")]
+    if not chosen:
+        return None
+    runs = [t for t in trials if int(t["rung"]) == 1 and t["family"] == chosen[0]["family"]
+            and t.get("val_curve")]
+    if not runs:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    plot_confirm({"runs": runs, "short_run_winner": float(chosen[0]["lr"]),
+                  "winner": float(final["lr"]), "full_run_steps": full, "metric": metric}, ax)
+    ax.set_title(f"rung 1 ({chosen[0]['family']}): val {metric} against integrated LR",
+                 fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def _fig_schedule(final: Mapping[str, Any], safe: float | None) -> Any:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 3.2))
@@ -279,6 +305,9 @@ def tune_report(
                          safe)),
         ("candidates.png", "confirmation runs and halving decisions",
          _fig_candidates(halving["trials"], metric, higher)),
+        *([("time.png", "rung-1 runs against their integrated LR", time_fig)]
+          if (time_fig := _fig_time(halving["trials"], final, metric, int(task["steps"])))
+          is not None else []),
         ("schedule.png", "the chosen schedule", _fig_schedule(final, safe)),
         ("final.png", "final training curves with monitor findings",
          _fig_final(final, metric, findings)),
@@ -361,6 +390,7 @@ good band {band_txt}.</p>
 <th>val {escape(metric)}</th><th>went on</th></tr>{rows_trials}</table>
 {rescaled_html}
 {_img(*imgs['candidates.png'][::-1])}
+{_img(*imgs['time.png'][::-1]) if 'time.png' in imgs else ''}
 <h2>The chosen schedule</h2>
 {_img(*imgs['schedule.png'][::-1])}
 <h2>4. Final run</h2>

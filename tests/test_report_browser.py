@@ -185,8 +185,8 @@ def test_report_renders_in_chromium(chromium, report, tmp_path):
         except subprocess.TimeoutExpired:  # pragma: no cover
             proc.kill()
 
-    # the four plots decoded at their PNG sizes and laid out
-    assert len(images) == 4
+    # the five plots decoded at their PNG sizes and laid out
+    assert len(images) == 5
     for complete, w, h, shown in images:
         assert complete and w >= 400 and h >= 200 and shown > 300
     # no console error, no exception, and no request beyond the file itself and data: URIs

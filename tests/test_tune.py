@@ -153,8 +153,9 @@ def test_report_is_self_contained_and_complete(done):
     assert res.report == str(out / "report.html")
     assert "http://" not in page and "https://" not in page and "<script" not in page
     srcs = re.findall(r'src="([^"]+)"', page)
-    assert len(srcs) == 4 and all(s.startswith("data:image/png;base64,") for s in srcs)
-    for name, src in zip(("range-test.png", "candidates.png", "schedule.png", "final.png"), srcs):
+    assert len(srcs) == 5 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    for name, src in zip(("range-test.png", "candidates.png", "time.png", "schedule.png",
+                          "final.png"), srcs):
         data = base64.b64decode(src.split(",", 1)[1])
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
         assert (out / name).read_bytes() == data
@@ -384,3 +385,6 @@ def test_tune_on_an_overfitting_task_time_rescales_the_final_lr_and_the_report_s
     assert 5.0e-4 < res.lr < 1.9e-3
     page = (tmp_path / "run" / "report.html").read_text()
     assert "time-rescaled" in page and f"{res.lr:.3g}" in page
+    # the evidence drawn: the chosen family's rung-1 runs against their integrated LR
+    assert (tmp_path / "run" / "time.png").stat().st_size > 5000
+    assert "rung-1 runs against their integrated LR" in page
