@@ -179,6 +179,21 @@ class _HDOptimizer(Optimizer):
         dict.__setitem__(group, "hd_steps", group["hd_steps"] + 1)
 
     @staticmethod
+    def _closure_loss(closure: Callable[[], Any] | None) -> Any:
+        """``closure()`` with gradients enabled (``step`` runs under ``no_grad``), or ``None``."""
+        if closure is None:
+            return None
+        with torch.enable_grad():
+            return closure()
+
+    def _with_grads(self, group: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The group's parameters that have a gradient, and those (dense) gradients."""
+        params = [p for p in group["params"] if p.grad is not None]
+        if any(p.grad.is_sparse for p in params):
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+        return params, [p.grad for p in params]
+
+    @staticmethod
     def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
         """``Σ_i a_i · b_i`` over a list of tensors (one reduction kernel per tensor)."""
         if len(a) == 1:
@@ -263,17 +278,11 @@ class SGDHD(_HDOptimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One SGD-HD update of every param group (see the class docstring)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._closure_loss(closure)
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            params, grads = self._with_grads(group)
             if not params:
                 continue
-            if any(p.grad.is_sparse for p in params):
-                raise RuntimeError("SGDHD does not support sparse gradients")
-            grads = [p.grad for p in params]
             mu, wd, nesterov = group["momentum"], group["weight_decay"], group["nesterov"]
             if wd != 0:
                 grads = torch._foreach_add(grads, params, alpha=wd)
@@ -390,17 +399,11 @@ class AdamHD(_HDOptimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One Adam-HD update of every param group (see the class docstring)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._closure_loss(closure)
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+            params, grads = self._with_grads(group)
             if not params:
                 continue
-            if any(p.grad.is_sparse for p in params):
-                raise RuntimeError("AdamHD does not support sparse gradients")
-            grads = [p.grad for p in params]
             beta1, beta2 = group["betas"]
             wd, decoupled = group["weight_decay"], group["decoupled_weight_decay"]
             if wd != 0 and not decoupled:
