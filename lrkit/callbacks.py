@@ -82,6 +82,18 @@ def _grad_norm(model: nn.Module) -> float:
     return float(torch.linalg.vector_norm(torch.stack([n.float() for n in norms])))
 
 
+def _check_eval(evaluate: Any, eval_every: Any, neither: str = "") -> None:
+    """A callback's own validation schedule: both ``evaluate(model) -> metric`` and
+    ``eval_every`` (an int >= 1), or neither (``neither`` says what happens then)."""
+    if (evaluate is None) != (eval_every is None):
+        raise ValueError("pass both evaluate=callable(model) -> metric and eval_every=int, "
+                         f"or neither{neither}")
+    if evaluate is not None and not callable(evaluate):
+        raise TypeError(f"evaluate must be callable(model) -> float, got {evaluate!r}")
+    if eval_every is not None:
+        check_int("eval_every", eval_every, minimum=1)
+
+
 def _finite_or_none(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
@@ -110,13 +122,7 @@ class _Recorder(Callback):
         if grad_norm_every is not None:
             check_int("grad_norm_every", grad_norm_every, minimum=1)
         self.grad_norm_every = grad_norm_every
-        if (evaluate is None) != (eval_every is None):
-            raise ValueError("pass both evaluate=callable(model) -> metric and eval_every=int, "
-                             "or neither")
-        if evaluate is not None and not callable(evaluate):
-            raise TypeError(f"evaluate must be callable(model) -> float, got {evaluate!r}")
-        if eval_every is not None:
-            check_int("eval_every", eval_every, minimum=1)
+        _check_eval(evaluate, eval_every)
         self.evaluate, self.eval_every = evaluate, eval_every
         self.flush_every = check_int("flush_every", flush_every, minimum=1)
         self._buf: list[dict] = []
@@ -462,13 +468,8 @@ class _ValSource(Callback):
 
     def __init__(self, evaluate: Callable[[nn.Module], float] | None,
                  eval_every: int | None) -> None:
-        if (evaluate is None) != (eval_every is None):
-            raise ValueError("pass both evaluate=callable(model) -> metric and eval_every=int, "
-                             "or neither (then fit(evaluate=..., eval_every=...) supplies them)")
-        if evaluate is not None and not callable(evaluate):
-            raise TypeError(f"evaluate must be callable(model) -> float, got {evaluate!r}")
-        if eval_every is not None:
-            check_int("eval_every", eval_every, minimum=1)
+        _check_eval(evaluate, eval_every,
+                    " (then fit(evaluate=..., eval_every=...) supplies them)")
         self.evaluate, self.eval_every = evaluate, eval_every
 
     def on_step_end(self, info: StepInfo) -> bool | str | None:
