@@ -130,6 +130,14 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, chunk: int =
     return correct / len(x)
 
 
+def next_token_cross_entropy(model: nn.Module, batch: tuple) -> torch.Tensor:
+    """Mean cross-entropy of a sequence model's logits ``(B, T, V)`` against the next tokens
+    ``y`` ``(B, T)``, over every position."""
+    x, y = batch[0], batch[1]
+    logits = model(x)
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
 def cross_entropy(model: nn.Module, batch: tuple) -> torch.Tensor:
     """Mean cross-entropy of ``model(x)`` against integer labels ``y``."""
     x, y = batch[0], batch[1]

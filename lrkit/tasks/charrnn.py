@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._data import _device, _eval_mode, check_split, seeded
+from ._data import _device, _eval_mode, check_split, next_token_cross_entropy, seeded
 from .base import Recipe, Task
 
 STEPS = 300
@@ -67,12 +67,6 @@ class CharLSTM(nn.Module):
         return self.head(self.rnn(self.embed(idx))[0])
 
 
-def _loss(model: nn.Module, batch: tuple) -> torch.Tensor:
-    x, y = batch[0], batch[1]
-    logits = model(x)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-
-
 def _evaluate(model: nn.Module, split: str) -> float:
     x, y = _eval_windows(check_split(split))
     with _eval_mode(model):
@@ -94,5 +88,5 @@ def make_task(steps: int = STEPS, *, name: str = "charrnn") -> Task:
                     f"0.9 + cosine to 0, {steps} steps; bits/char",
         recipe=recipe, metric="bits_per_char", higher_is_better=False,
         build_model=lambda seed: seeded(lambda: CharLSTM(len(VOCAB)), seed),
-        batches=lambda seed: _batches(seed, recipe.batch_size), loss=_loss, evaluate=_evaluate,
+        batches=lambda seed: _batches(seed, recipe.batch_size), loss=next_token_cross_entropy, evaluate=_evaluate,
         train_size=(len(load()["train"]) - 1) // CONTEXT, worst=float("inf"))
