@@ -47,6 +47,19 @@ def done(task, tmp_path_factory, storage):
     return tune(task, out=out, progress=False, storage=storage), out
 
 
+
+def _count_train_runs(monkeypatch) -> list:
+    """Patch ``train.run`` to record each call's ``steps``; returns the list it fills."""
+    calls: list = []
+    orig = train.run
+
+    def counting_run(*a, **k):
+        calls.append(k.get("steps"))
+        return orig(*a, **k)
+
+    monkeypatch.setattr(train, "run", counting_run)
+    return calls
+
 def test_budget_plan_by_hand():
     # 300-step task, budget 2, range test of 57 steps: 243 steps left. Stage 3 costs
     # F r0 + (3 k + 1) r1 with r1 = 2 r0 (one walk run reserved): k = 2 -> 243 // 19 = 12 < the
@@ -180,14 +193,7 @@ def test_interrupt_keeps_finished_work_and_resume_goes_on(task, done, tmp_path, 
     kept = json.loads((out / "3-halving.json").read_text())["trials"]
     assert 1 <= len(kept) < len(tune_mod.DEFAULT_SCHEDULES)
     assert not (out / "result.json").exists()
-    calls = []
-    orig = train.run
-
-    def counting_run(*a, **k):
-        calls.append(k.get("steps"))
-        return orig(*a, **k)
-
-    monkeypatch.setattr(train, "run", counting_run)
+    calls = _count_train_runs(monkeypatch)
     res = tune(task, out=out, progress=False)
     monkeypatch.undo()
     trials = json.loads((out / "3-halving.json").read_text())["trials"]
@@ -244,14 +250,7 @@ def test_shared_study_lets_a_second_worker_skip_the_trials(task, done, storage, 
             assert t.value == pytest.approx(tune_mod._num(r["metric"]))
     # a second worker on the same storage (another folder): the trials are there already, so
     # it trains only its final run and reaches the same decision
-    calls = []
-    orig = train.run
-
-    def counting_run(*a, **k):
-        calls.append(k.get("steps"))
-        return orig(*a, **k)
-
-    monkeypatch.setattr(train, "run", counting_run)
+    calls = _count_train_runs(monkeypatch)
     again = tune(task, out=tmp_path / "worker2", progress=False, storage=storage)
     monkeypatch.undo()
     assert calls == [STEPS]
