@@ -932,24 +932,30 @@ COLLAPSE_GAP = 0.10
 PLATEAU_GAIN = 0.0
 
 
-def _tau(run: Mapping[str, Any]) -> Callable[[float], float]:
-    """``tau(t)``: the LR integrated over a run's first ``t`` steps (``sum`` of its per-step LRs,
-    linear between steps), the gradient-flow time. Without the run's LR trajectory (an older
-    record) the LR is taken as constant: ``lr x t``."""
+def _cum_lr(run: Mapping[str, Any]) -> np.ndarray | None:
+    """A run's LR integrated over its first 0, 1, ..., n steps (the running sum of its per-step
+    LRs); ``None`` without its LR trajectory (an older record)."""
     lrs = run.get("lrs") or []
     if not lrs:
+        return None
+    return np.concatenate([[0.0], np.cumsum(np.asarray(lrs, dtype=float))])
+
+
+def _tau(run: Mapping[str, Any]) -> Callable[[float], float]:
+    """``tau(t)``: the LR integrated over a run's first ``t`` steps (linear between steps), the
+    gradient-flow time. Without the run's LR trajectory the LR is taken as constant: ``lr x t``."""
+    cum = _cum_lr(run)
+    if cum is None:
         return lambda t: float(run["lr"]) * t
-    cum = np.concatenate([[0.0], np.cumsum(np.asarray(lrs, dtype=float))])
     steps = np.arange(cum.size, dtype=float)
     return lambda t: float(np.interp(t, steps, cum))
 
 
 def _step_at(run: Mapping[str, Any], tau: float, steps: float) -> float:
     """The step at which a run's integrated LR reaches ``tau`` (``steps`` if it never does)."""
-    lrs = run.get("lrs") or []
-    if not lrs:
+    cum = _cum_lr(run)
+    if cum is None:
         return min(steps, tau / float(run["lr"]))
-    cum = np.concatenate([[0.0], np.cumsum(np.asarray(lrs, dtype=float))])
     if tau >= cum[-1]:
         return float(min(steps, cum.size - 1))
     return float(np.interp(tau, cum, np.arange(cum.size, dtype=float)))
