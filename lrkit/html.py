@@ -305,13 +305,13 @@ def tune_report(
                          safe)),
         ("candidates.png", "confirmation runs and halving decisions",
          _fig_candidates(halving["trials"], metric, higher)),
-        *([("time.png", "rung-1 runs against their integrated LR", time_fig)]
-          if (time_fig := _fig_time(halving["trials"], final, metric, int(task["steps"])))
-          is not None else []),
         ("schedule.png", "the chosen schedule", _fig_schedule(final, safe)),
         ("final.png", "final training curves with monitor findings",
          _fig_final(final, metric, findings)),
     ]
+    time_fig = _fig_time(halving["trials"], final, metric, int(task["steps"]))
+    if time_fig is not None:
+        figs.insert(2, ("time.png", "rung-1 runs against their integrated LR", time_fig))
     imgs = {name: (alt, figure_png(fig, folder / name)) for name, alt, fig in figs}
 
     total = sum(int(s["cost_steps"]) for s in stages) or 1
