@@ -104,7 +104,9 @@ def overhead(repeats: int = 9, steps: int = 40) -> dict:
         params = list(model.parameters())
         n_bytes = sum(p.numel() * p.element_size() for p in params)
         g = torch.Generator().manual_seed(0)
-        grads = [torch.randn(p.shape, generator=g) * 1e-3 for p in params]
+        # two sets of fixed gradients, alternated: each step sees a gradient tensor other than
+        # the last one, as after zero_grad(set_to_none=True) and backward (PyTorch's default)
+        grad_sets = [[torch.randn(p.shape, generator=g) * 1e-3 for p in params] for _ in range(2)]
         x = torch.randn(64, sizes[0], generator=g)
         y = torch.randint(0, sizes[-1], (64,), generator=g)
         for pname, (make_base, make_hd) in pairs.items():
@@ -114,11 +116,11 @@ def overhead(repeats: int = 9, steps: int = 40) -> dict:
             for rep in range(repeats + 1):
                 for key in (("base", "hd") if rep % 2 else ("hd", "base")):
                     opt = opts[key]
-                    for p, gr in zip(params, grads):
-                        p.grad = gr
                     # CPU time of this process: other processes on a shared machine do not count
                     t0 = time.process_time()
-                    for _ in range(steps):
+                    for i in range(steps):
+                        for p, gr in zip(params, grad_sets[i % 2]):
+                            p.grad = gr
                         opt.step()
                     t1 = time.process_time()
                     for _ in range(steps // 4):  # a whole training step: forward, backward, step

@@ -645,7 +645,10 @@ class _OptimizerCopy:
         for g, saved in zip(opt.param_groups, self.groups):
             for k, v in saved.items():
                 g[k] = copy.deepcopy(v)
-        # 1) free state that did not exist (or changed layout), 2) copy in place, 3) allocate
+        # 1) free state that did not exist (or changed layout), 2) copy in place, 3) allocate.
+        # State that shares memory with a gradient (SGD-HD keeps g_{t-1} by reference) is
+        # re-allocated, never written through: that would change the parameter's .grad too.
+        grad_ptrs = {p.grad.data_ptr() for p in params if p.grad is not None and p.grad.numel()}
         later: list[tuple[torch.Tensor, str, torch.Tensor, torch.device | None]] = []
         for i, p in enumerate(params):
             saved = self.state.get(i)
@@ -659,7 +662,7 @@ class _OptimizerCopy:
                 cur = entry.get(k)
                 if isinstance(v, torch.Tensor):
                     if isinstance(cur, torch.Tensor) and _same_layout(cur, v) and \
-                            cur.device == dev:
+                            cur.device == dev and cur.data_ptr() not in grad_ptrs:
                         with torch.no_grad():
                             cur.copy_(v)
                     else:

@@ -22,13 +22,14 @@ A = [1.0, 4.0]
 THETA0 = [1.0, -0.5]
 
 
-def _quadratic_run(opt_cls, steps: int, **kw) -> tuple[list[list[float]], list[float]]:
+def _quadratic_run(opt_cls, steps: int, set_to_none: bool = True,
+                   **kw) -> tuple[list[list[float]], list[float]]:
     theta = torch.tensor(THETA0, dtype=torch.float64, requires_grad=True)
     opt = opt_cls([theta], **kw)
     a = torch.tensor(A, dtype=torch.float64)
     thetas, lrs = [], []
     for _ in range(steps):
-        opt.zero_grad()
+        opt.zero_grad(set_to_none=set_to_none)
         (0.5 * (a * theta**2).sum()).backward()
         opt.step()
         thetas.append(theta.detach().tolist())
@@ -36,15 +37,16 @@ def _quadratic_run(opt_cls, steps: int, **kw) -> tuple[list[list[float]], list[f
     return thetas, lrs
 
 
-def _hand_sgdhd(steps: int, lr: float, beta: float, mu: float = 0.0,
-                nesterov: bool = False) -> tuple[list[list[float]], list[float]]:
-    """Baydin et al. 2018, Algorithms SGD-HD / SGDN-HD, in plain Python floats."""
+def _hand_sgdhd(steps: int, lr: float, beta: float, mu: float = 0.0, nesterov: bool = False,
+                skip: tuple[int, ...] = ()) -> tuple[list[list[float]], list[float]]:
+    """Baydin et al. 2018, Algorithms SGD-HD / SGDN-HD, in plain Python floats (no adaptation at
+    the steps in ``skip``, 0-based)."""
     th = list(THETA0)
     alpha, prev_d, v = lr, None, None
     thetas, lrs = [], []
-    for _ in range(steps):
+    for t in range(steps):
         g = [a * x for a, x in zip(A, th)]
-        if prev_d is not None:
+        if prev_d is not None and t not in skip:
             alpha = alpha + beta * sum(gi * di for gi, di in zip(g, prev_d))
         if mu == 0:
             d = g
@@ -96,6 +98,63 @@ def test_sgdhd_first_steps_by_hand():
     th, lrs = _quadratic_run(SGDHD, 2, lr=0.05, hypergrad_lr=0.01)
     assert lrs == pytest.approx([0.05, 0.0915], rel=1e-12)
     assert th[1] == pytest.approx([0.95 - 0.0915 * 0.95, -0.4 + 0.0915 * 1.6], rel=1e-12)
+
+
+def test_plain_sgdhd_keeps_the_gradient_by_reference_and_copies_once_it_is_reused():
+    # zero_grad(set_to_none=True): backward hands a fresh gradient each step, so d_{t-1} = g_{t-1}
+    # is kept by reference (no copy) and the trajectory is the paper's
+    theta = torch.tensor(THETA0, dtype=torch.float64, requires_grad=True)
+    opt = SGDHD([theta], lr=0.05, hypergrad_lr=0.01)
+    for _ in range(3):
+        opt.zero_grad()
+        (0.5 * (torch.tensor(A, dtype=torch.float64) * theta**2).sum()).backward()
+        opt.step()
+    assert opt.state[theta]["hd_prev"] is theta.grad and not opt.param_groups[0]["hd_copy"]
+    # set_to_none=False reuses the gradient tensor in place: the kept g_1 is overwritten by g_2,
+    # so step 2 cannot adapt; from then on SGD-HD copies and every later step is the paper's
+    got_th, got_lr = _quadratic_run(SGDHD, 6, set_to_none=False, lr=0.05, hypergrad_lr=0.01)
+    exp_th, exp_lr = _hand_sgdhd(6, 0.05, 0.01, skip=(1,))
+    assert got_lr == pytest.approx(exp_lr, rel=1e-12)
+    assert got_lr[1] == 0.05 and got_lr[2] != 0.05
+    for g, e in zip(got_th, exp_th):
+        assert g == pytest.approx(e, rel=1e-12, abs=1e-15)
+    # with weight decay g_t + λθ is a new tensor each step: kept as it is, whatever zero_grad does
+    for set_to_none in (True, False):
+        _, lrs = _quadratic_run(SGDHD, 6, set_to_none=set_to_none, lr=0.05, hypergrad_lr=0.01,
+                                weight_decay=0.1)
+        if set_to_none:
+            first = lrs
+    assert lrs == first and lrs[1] != 0.05
+
+
+def test_snapshot_restore_of_sgdhd_is_exact_and_leaves_the_gradient_alone():
+    from lrkit.train import snapshot
+
+    def run(interrupt: bool) -> list[torch.Tensor]:
+        model = _mlp()
+        opt = SGDHD(model.parameters(), lr=0.05, hypergrad_lr=0.01)
+        _train(opt, model, 0, 4)
+        _grads(model, 4)  # a fresh gradient, not yet stepped on; hd_prev still holds g_3
+        if interrupt:
+            snap = snapshot(model, opt, grads=True)
+            _train(opt, model, 4, 9)
+            opt.step()  # the state now refers to the live .grad tensors
+            snap.restore()
+        opt.step()
+        _train(opt, model, 5, 10)
+        return [p.detach().clone() for p in model.parameters()] + [
+            torch.tensor(opt.param_groups[0]["lr"])]
+
+    assert all(torch.equal(a, b) for a, b in zip(run(False), run(True)))
+    # a restore without gradients leaves the live .grad as it is
+    model = _mlp()
+    opt = SGDHD(model.parameters(), lr=0.05, hypergrad_lr=0.01)
+    _train(opt, model, 0, 2)
+    snap = snapshot(model, opt)
+    _train(opt, model, 2, 4)
+    grads = [p.grad.clone() for p in model.parameters()]
+    snap.restore()
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
 
 
 def test_adamhd_matches_hand_computation_on_a_quadratic():
@@ -175,6 +234,23 @@ def test_zero_hypergrad_lr_is_the_torch_optimizer(ours, theirs, kw):
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
     assert oa.param_groups[0]["lr"] == kw["lr"]
+
+
+def test_adamhd_parameters_that_join_later_keep_their_own_step_count_as_torch_adam():
+    a, b = _mlp(), _mlp()
+    oa = AdamHD(list(a.parameters())[:2], lr=1e-2, hypergrad_lr=0.0)
+    ob = torch.optim.Adam(list(b.parameters())[:2], lr=1e-2)
+    for t in range(8):
+        if t == 3:  # the last layer joins the group: its bias corrections start from step 1
+            oa.param_groups[0]["params"].extend(list(a.parameters())[2:])
+            ob.param_groups[0]["params"].extend(list(b.parameters())[2:])
+        _grads(a, t)
+        _grads(b, t)
+        oa.step()
+        ob.step()
+    assert oa.state[list(a.parameters())[2]]["step"] == 5
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("cls, kw", [(SGDHD, dict(hypergrad_lr=1e-3)),

@@ -75,6 +75,8 @@ MULTIPLICATIVE_BETA = 0.05
 
 #: group keys the HD optimizers maintain next to the usual ones
 _HD_KEYS = ("hd_lr", "hd_lr0", "hd_factor", "hd_prev_factor", "hd_steps", "hd_clipped")
+#: SGD-HD's flag "the gradient tensors are reused in place, keep copies" (absent in older dicts)
+_COPY_KEY = "hd_copy"
 
 
 class _HDGroup(dict):
@@ -144,7 +146,7 @@ class _HDOptimizer(Optimizer):
         self._check_group(group)
         lr0 = float(group["lr"])
         group.update(hd_lr=lr0, hd_lr0=lr0, hd_factor=1.0, hd_prev_factor=1.0, hd_steps=0,
-                     hd_clipped=0)
+                     hd_clipped=0, **{_COPY_KEY: False})
         self.param_groups[-1] = _HDGroup(group)
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -155,6 +157,7 @@ class _HDOptimizer(Optimizer):
             if missing:
                 raise ValueError(f"state_dict is not from a {type(self).__name__}: its param "
                                  f"groups lack {missing}")
+            dict.setdefault(g, _COPY_KEY, False)
 
     def _adapt(self, group: dict, dot: torch.Tensor | float, norms: float | None) -> None:
         """``α_t`` from the hypergradient dot product ``g_t·d_{t-1}``; sets ``group["lr"]``."""
@@ -245,6 +248,14 @@ class SGDHD(_HDOptimizer):
 
     Memory: plain and Nesterov SGD-HD keep one extra tensor per parameter (``d_{t-1}``); heavy-ball
     momentum reads ``d_{t-1}`` from its momentum buffer and keeps none.
+
+    Plain SGD-HD keeps ``d_{t-1} = g_{t-1}`` by *reference*, not by copy: after
+    ``zero_grad(set_to_none=True)`` (PyTorch's default) the next ``backward`` allocates a fresh
+    gradient, so the old one is still intact at the next step, and the step saves a read and a
+    write of every gradient. If the gradient tensors are instead reused in place
+    (``zero_grad(set_to_none=False)``, accumulating without zeroing, gradient bucket views), the
+    next step finds its gradient in the very tensor it kept; it then skips that one adaptation
+    (``d_{t-1}`` is gone) and copies from then on (``group["hd_copy"]``, saved in the state dict).
     """
 
     def __init__(
@@ -291,6 +302,13 @@ class SGDHD(_HDOptimizer):
             key = "momentum_buffer" if heavy_ball else "hd_prev"
             # --- hypergradient over the parameters that have a previous direction d_{t-1}
             old = [i for i, s in enumerate(states) if key in s]
+            by_reference = mu == 0 and wd == 0 and not group[_COPY_KEY]  # d_{t-1} is a p.grad
+            if by_reference and any(params[i].grad.data_ptr() == states[i][key].data_ptr()
+                                    for i in old if params[i].grad.numel()):
+                dict.__setitem__(group, _COPY_KEY, True)  # reused in place: d_{t-1} is lost
+                for i in old:
+                    del states[i][key]  # it is the live .grad: copies get their own memory
+                old = []
             if old:
                 g_old = [grads[i] for i in old]
                 prev = [states[i][key] for i in old]
@@ -319,6 +337,10 @@ class SGDHD(_HDOptimizer):
                         s["hd_prev"] = d
                 else:
                     direction = bufs
+            elif wd != 0 or not group[_COPY_KEY]:  # g_t is ours (weight decay) or fresh: keep it
+                for s, g in zip(states, grads):
+                    s["hd_prev"] = g
+                direction = grads
             else:
                 for s, g in zip(states, grads):
                     if "hd_prev" not in s:
@@ -433,19 +455,22 @@ class AdamHD(_HDOptimizer):
             torch._foreach_lerp_(m, grads, 1 - beta1)
             torch._foreach_mul_(v, beta2)
             torch._foreach_addcmul_(v, grads, grads, 1 - beta2)
+            # d_t = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps) = m / (sqrt(v) bc1/sqrt(bc2) + eps bc1),
+            # kept for the next hypergradient (the bias corrections ride on the scalars: one pass
+            # over v fewer than dividing and multiplying separately)
             steps = {s["step"] for s in states}
             if len(steps) == 1:
                 t = steps.pop()
-                bc1: Any = 1 - beta1 ** t
-                bc2_sqrt: Any = math.sqrt(1 - beta2 ** t)
+                bc1 = 1 - beta1 ** t
+                scale: Any = bc1 / math.sqrt(1 - beta2 ** t)
+                shift: Any = group["eps"] * bc1
             else:  # parameters that joined later have their own step count, as in torch.optim.Adam
-                bc1 = [1 - beta1 ** s["step"] for s in states]
-                bc2_sqrt = [math.sqrt(1 - beta2 ** s["step"]) for s in states]
-            # d_t = (m / bc1) / (sqrt(v) / sqrt(bc2) + eps), kept for the next hypergradient
+                bc1s = [1 - beta1 ** s["step"] for s in states]
+                scale = [b / math.sqrt(1 - beta2 ** s["step"]) for b, s in zip(bc1s, states)]
+                shift = [group["eps"] * b for b in bc1s]
             denom = torch._foreach_sqrt(v)
-            torch._foreach_div_(denom, bc2_sqrt)
-            torch._foreach_add_(denom, group["eps"])
-            torch._foreach_mul_(denom, bc1)
+            torch._foreach_mul_(denom, scale)
+            torch._foreach_add_(denom, shift)
             direction = torch._foreach_div(m, denom)
             for s, d in zip(states, direction):
                 s["hd_prev"] = d
