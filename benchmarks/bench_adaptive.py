@@ -123,14 +123,14 @@ def overhead(repeats: int = 9, steps: int = 40) -> dict:
                             p.grad = gr
                         opt.step()
                     t1 = time.process_time()
-                    for _ in range(steps // 4):  # a whole training step: forward, backward, step
+                    for _ in range(steps // 2):  # a whole training step: forward, backward, step
                         opt.zero_grad()
                         torch.nn.functional.cross_entropy(model(x), y).backward()
                         opt.step()
                     t2 = time.process_time()
                     if rep:  # the first repeat warms up
                         times[key].append((t1 - t0) / steps)
-                        times[key + "_train"].append((t2 - t1) / (steps // 4))
+                        times[key + "_train"].append((t2 - t1) / (steps // 2))
             med = {k: statistics.median(v) for k, v in times.items()}
             extra = _state_bytes(opts["hd"]) - _state_bytes(opts["base"])
             out[f"{mname} | {pname}"] = {
@@ -432,11 +432,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--default-only", action="append", default=[],
                    help="optimizer specs run at their textbook default LR only")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=9, help="overhead: timed repeats per pair")
     p.add_argument("--workers", type=int, default=1,
                    help="worker processes per grid (1: in-process; run tasks in parallel instead)")
     args = p.parse_args(argv)
     if args.what == "overhead":
-        res = overhead()
+        res = overhead(repeats=args.repeats)
         from lrkit.bench import machine
 
         _save_one("_overhead", {"results": res, "machine": machine(),

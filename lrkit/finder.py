@@ -430,6 +430,10 @@ def find_lr(
     from . import train as _train
 
     num_iter = check_int("num_iter", num_iter, minimum=2)
+    if num_iter < MIN_POINTS:
+        raise ValueError(f"num_iter must be >= {MIN_POINTS}: the rules read at least "
+                         f"{MIN_POINTS} points of the curve ({SWEEP_STEPS} or more is "
+                         f"recommended), got {num_iter}")
     if not isinstance(interleave, bool):
         raise TypeError(f"interleave must be a bool, got {interleave!r}")
     plans = (sweep_plans(start_lr, end_lr, num_iter, mode) if interleave
@@ -482,9 +486,7 @@ def find_lr(
         if not isinstance(model, nn.Module):
             raise TypeError(f"model_or_task must be a torch.nn.Module or a lrkit Task, got "
                             f"{type(model).__name__}")
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
-                            f"{type(optimizer).__name__}")
+        _train.check_optimizer("optimizer", optimizer)
         if train_loader is None:
             raise ValueError("train_loader must be given (an iterable of batches)")
         if (loss_fn is None) == (step_fn is None):
@@ -596,11 +598,23 @@ def find_lr(
     return result
 
 
-def _suggest_sweep(lrs: np.ndarray, losses: np.ndarray, num_iter: int) -> dict[str, Suggestion]:
-    if lrs.size >= 8:
+#: the fewest points of a curve the rules read
+MIN_POINTS = 8
+
+
+def _suggest_sweep(lrs: np.ndarray, losses: np.ndarray, num_iter: int,
+                   stop_reason: str = "completed") -> dict[str, Suggestion]:
+    if lrs.size >= MIN_POINTS:
         return _suggest.suggest_all(lrs, losses, num_iter=num_iter)
-    return {m: Suggestion(None, m, "none", f"only {lrs.size} steps before the test stopped")
-            for m in _suggest.methods()}
+    if lrs.size and not np.isfinite(losses[0]):
+        why = (f"the loss was {losses[0]} at the first step, at lr {lrs[0]:.3g}: the model, "
+               "the data or the loss function produce it, not the learning rate")
+    elif stop_reason in ("nan", "diverged"):
+        why = (f"the loss {'became non-finite' if stop_reason == 'nan' else 'diverged'} after "
+               f"{lrs.size} steps (at lr {lrs[-1]:.3g}), too few to read: lower start_lr")
+    else:
+        why = f"only {lrs.size} steps before the test stopped ({stop_reason})"
+    return {m: Suggestion(None, m, "none", why) for m in _suggest.methods()}
 
 
 _CONFIDENCE = ("none", "low", "medium", "high")
@@ -642,9 +656,9 @@ def _build_result(lrs: np.ndarray, losses: np.ndarray, stop_reason: str, *, meth
                   sweeps: list[tuple[np.ndarray, np.ndarray]] | None = None) -> RangeTestResult:
     n = lrs.size
     if sweeps is not None and len(sweeps) > 1:
-        all_s = _combine([_suggest_sweep(x, y, x.size) for x, y in sweeps])
+        all_s = _combine([_suggest_sweep(x, y, x.size, stop_reason) for x, y in sweeps])
     else:
-        all_s = _suggest_sweep(lrs, losses, num_iter)
+        all_s = _suggest_sweep(lrs, losses, num_iter, stop_reason)
     smoothed = _suggest.smooth_curve(lrs, losses) if n >= 2 else np.full(n, np.nan)
     advice: dict[str, Any] = {}
     if n >= 16:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import math
 import random
 import time
@@ -218,6 +219,23 @@ def _to_device(batch: Any, device: torch.device | None) -> Any:
     return batch
 
 
+def check_optimizer(name: str, optimizer: Any) -> torch.optim.Optimizer:
+    """``optimizer`` if it is a ``torch.optim.Optimizer`` that steps without a closure (lrkit's
+    loops call ``optimizer.step()`` after their own backward); else a TypeError naming ``name``."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"{name} must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    try:
+        closure = inspect.signature(optimizer.step).parameters.get("closure")
+    except (TypeError, ValueError):  # a C-implemented or wrapped step: assume it is optional
+        closure = None
+    if closure is not None and closure.default is inspect.Parameter.empty:
+        raise TypeError(f"{name} is a {type(optimizer).__name__}, whose step() needs a closure "
+                        "(it re-evaluates the loss); lrkit steps once per batch after its own "
+                        "backward: use an optimizer whose step() needs no arguments (SGD, Adam, "
+                        "...)")
+    return optimizer
+
+
 def _default_step_fn(loss_fn: Callable) -> Callable[[nn.Module, Any], torch.Tensor]:
     def step_fn(model: nn.Module, batch: Any) -> torch.Tensor:
         if not isinstance(batch, (list, tuple)) or len(batch) < 2:
@@ -287,8 +305,7 @@ def fit(
         check_int("eval_every", eval_every, minimum=1)
         if evaluate is None:
             raise ValueError("eval_every needs evaluate=callable(model) -> metric")
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    check_optimizer("optimizer", optimizer)
     compute = step_fn if step_fn is not None else _default_step_fn(loss_fn)
     dev = torch.device(device) if device is not None else None
     if dev is not None:
@@ -480,9 +497,7 @@ def run(
         model.to(device)
     if optimizer_factory is not None:
         optimizer = optimizer_factory(model.parameters())
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError("optimizer_factory must return a torch.optim.Optimizer, got "
-                            f"{type(optimizer).__name__}")
+        check_optimizer("optimizer_factory's result", optimizer)
     else:
         optimizer = task.recipe.make_optimizer(model.parameters(), peak)
     if callable(getattr(optimizer, "train", None)):

@@ -215,6 +215,11 @@ def test_arguments_checked():
     model, opt, loader, _ = _setup()
     with pytest.raises(ValueError, match="num_iter"):
         find_lr(model, opt, loader, F.cross_entropy, num_iter=1)
+    with pytest.raises(ValueError, match=r"num_iter must be >= 8: the rules read"):
+        find_lr(model, opt, loader, F.cross_entropy, num_iter=5)
+    lbfgs = torch.optim.LBFGS(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=r"optimizer is a LBFGS, whose step\(\) needs a closure"):
+        find_lr(model, lbfgs, loader, F.cross_entropy)
     with pytest.raises(ValueError, match="loss_fn"):
         find_lr(model, opt, loader)
     with pytest.raises(TypeError, match="optimizer"):
@@ -402,3 +407,13 @@ def test_plot_after_confirm_shows_the_short_runs_against_lr_times_step(tmp_path)
 
     f2, ax = plt.subplots()
     assert res.plot(ax=ax) is f2 and len(f2.axes) == 1
+
+
+def test_a_loss_that_is_nan_from_the_first_step_is_blamed_on_the_setup_not_the_lr():
+    model, opt, loader, _ = _setup()
+    before = [p.detach().clone() for p in model.parameters()]
+    res = find_lr(model, opt, loader, lambda out, y: F.cross_entropy(out, y) * float("nan"))
+    assert res.suggestion.lr is None and res.stop_reason == "nan"
+    assert res.suggestion.reason.startswith("the loss was nan at the first step, at lr 1e-07")
+    assert "not the learning rate" in res.suggestion.reason
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -471,7 +471,11 @@ class AdamHD(_HDOptimizer):
             denom = torch._foreach_sqrt(v)
             torch._foreach_mul_(denom, scale)
             torch._foreach_add_(denom, shift)
-            direction = torch._foreach_div(m, denom)
+            # m / denom as 1 / (denom / m), in denom's memory: no second model-sized allocation
+            # per step (m = ±0 gives ±inf, then ±0, as m / denom does)
+            torch._foreach_div_(denom, m)
+            torch._foreach_reciprocal_(denom)
+            direction = denom
             for s, d in zip(states, direction):
                 s["hd_prev"] = d
             torch._foreach_add_(params, direction, alpha=-lr)

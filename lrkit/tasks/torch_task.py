@@ -131,9 +131,9 @@ def from_torch(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
-                        f"{type(optimizer).__name__}")
+    from ..train import check_optimizer
+
+    check_optimizer("optimizer", optimizer)
     _check_loader("train_loader", train_loader)
     _check_loader("val_loader", val_loader)
     if test_loader is not None:
