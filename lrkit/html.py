@@ -120,6 +120,12 @@ def _fig_range_test(rt: Mapping[str, Any], centres: Mapping[str, float], chosen:
 
 def _fig_candidates(trials: Sequence[Mapping[str, Any]], metric: str, higher: bool) -> Any:
     plt = _plt()
+    if not trials:
+        fig, ax = plt.subplots(figsize=(10, 2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no confirmation runs: the budget left too few steps for them\n"
+                "(the final run takes the range test's LR)", ha="center", va="center")
+        return fig
     rungs = sorted({int(t["rung"]) for t in trials})
     fig, axes = plt.subplots(2, max(1, len(rungs)), figsize=(10, 7), squeeze=False)
     families = sorted({t["family"] for t in trials})

@@ -182,22 +182,28 @@ def _halving_plan(full: int, budget: float, range_cost: int, families: int) -> _
 
     Cost of stage 3 = ``F r0 + 3 k r1`` with ``r1 = 2 r0`` (F families at rung 0; k families x 3
     LRs at rung 1). ``k = ceil(F / ETA)`` when that still leaves ``r0`` at least
-    ``max(MIN_RUNG_STEPS, full * MIN_RUNG_FRACTION)`` steps, else 1.
+    ``max(MIN_RUNG_STEPS, full * MIN_RUNG_FRACTION)`` steps, else 1 (the caller confirms one
+    family only when even then ``r1 < MIN_RUNG_STEPS``). One family has no rung 0:
+    its three LRs get ``r1 = left / (3 + WALK_RESERVE)`` steps each; ``r1 = 0`` (no
+    confirmation) when that is under ``MIN_RUNG_STEPS`` (runs of a few steps only say which LR
+    falls fastest at first: the highest that does not blow up).
     """
     total = int(math.floor(budget * full))
     left = total - full - range_cost
+    if left < 0:
+        raise ValueError(f"budget={budget!r} does not cover the range test ({range_cost} steps) "
+                         f"and the final run ({full} steps): raise budget")
+    if families == 1:
+        r1 = max(left, 0) // (3 + WALK_RESERVE)
+        return _Plan(total_steps=total, range_iters=0, rung0=0,
+                     rung1=int(r1) if r1 >= MIN_RUNG_STEPS else 0, keep=1)
     floor = max(MIN_RUNG_STEPS, int(full * MIN_RUNG_FRACTION))
     keep = min(families, max(1, math.ceil(families / ETA)))
     while True:
-        r0 = left // (families + 2 * (3 * keep + WALK_RESERVE)) if left > 0 else 0
+        r0 = left // (families + 2 * (3 * keep + WALK_RESERVE))
         if r0 >= floor or keep == 1:
             break
         keep -= 1
-    if r0 < 2:
-        raise ValueError(f"budget={budget!r} leaves {max(left, 0)} steps for the confirmation "
-                         f"runs of {families} schedule families (a full run is {full} steps, "
-                         f"the range test took {range_cost}): raise budget or pass fewer "
-                         "schedules")
     return _Plan(total_steps=total, range_iters=0, rung0=int(r0), rung1=int(2 * r0), keep=keep)
 
 
@@ -522,6 +528,10 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
                    show: _Display) -> tuple[dict, Stage]:
     full = task.recipe.steps
     plan = _halving_plan(full, budget, range_stage.cost_steps, len(families))
+    if len(families) > 1 and plan.rung1 < MIN_RUNG_STEPS:
+        # too few steps to compare schedules: confirm the LR of the recipe's own one only
+        families = (task.recipe.schedule if task.recipe.schedule in families else families[0],)
+        plan = _halving_plan(full, budget, range_stage.cost_steps, 1)
     plan = dataclasses.replace(plan, range_iters=int(rt.settings.get("num_iter", 0)))
     centres = _centres(rt.suggestion, task, families)
     if study is not None:
@@ -534,18 +544,24 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
              f"x10^(+-{SPACING}); rung 0 = {plan.rung0} steps, rung 1 = {plan.rung1} steps, "
              f"{plan.keep} schedule(s) go on")
     log = _Trials(folder, plan, centres, study)
+    if plan.rung1 == 0:
+        return _no_confirmation(task, folder, plan, centres, families[0], log, study, show)
     # rung 0: every family at its centre
-    arms0 = [_Arm(f, centres[f], centres[f], 1.0) for f in families]
-    res0 = _run_rung(task, arms0, 0, plan.rung0, log, seed, show)
-    order = sorted(range(len(arms0)), key=lambda i: (_rank(task, _num(res0[i]["metric"]),
-                                                           res0[i]["diverged"]), i))
-    kept = [arms0[i].family for i in order[:plan.keep]]
-    for r in res0:
-        r["kept"] = r["family"] in kept
-    log.rungs = [{"rung": 0, "steps": plan.rung0, "kept": kept,
-                  "rule": f"best {plan.keep} of {len(arms0)} schedules by val {task.metric}"}]
-    log.save()
-    show.table(task, log.trials, 0)
+    if len(families) > 1:
+        arms0 = [_Arm(f, centres[f], centres[f], 1.0) for f in families]
+        res0 = _run_rung(task, arms0, 0, plan.rung0, log, seed, show)
+        order = sorted(range(len(arms0)), key=lambda i: (_rank(task, _num(res0[i]["metric"]),
+                                                               res0[i]["diverged"]), i))
+        kept = [arms0[i].family for i in order[:plan.keep]]
+        for r in res0:
+            r["kept"] = r["family"] in kept
+        log.rungs = [{"rung": 0, "steps": plan.rung0, "kept": kept,
+                      "rule": f"best {plan.keep} of {len(arms0)} schedules by val {task.metric}"}]
+        log.save()
+        show.table(task, log.trials, 0)
+    else:
+        kept = list(families)
+        log.rungs = []
     # rung 1: the kept families, each at its three LRs, twice the horizon
     arms1 = [a for f in kept for a in _arms(centres, f)]
     res1 = _run_rung(task, arms1, 1, plan.rung1, log, seed, show)
@@ -605,6 +621,27 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
         study.finish()
     return {"winner": winner, "lr": lr, "rescaled": rescaled, "trials": log.trials,
             "plan": plan, "centres": centres, "walks": walks, "at_edge": edge}, stage
+
+
+def _no_confirmation(task: Any, folder: _Folder, plan: _Plan, centres: dict[str, float],
+                     family: str, log: Any, study: Any, show: _Display) -> tuple[dict, Stage]:
+    """Stage 3 when the budget leaves too few steps for confirmation runs: the range test's LR
+    for ``family`` goes to the final run as it is."""
+    winner = _Arm(family, centres[family], centres[family], 1.0)
+    show.say(f"[3/5] confirmation: skipped, the budget leaves too few steps for runs of "
+             f">= {MIN_RUNG_STEPS} steps at three LRs; {family} at the range test's "
+             f"{winner.lr:.3g}")
+    outcome = {"family": family, "lr": winner.lr, "short_run_lr": None, "centre": winner.lr,
+               "metric": None, "kept_rung0": [family], "walks": 0, "all_diverged": False,
+               "at_edge": False, "time_rescaled": None, "skipped": True, "plan": plan.to_dict()}
+    stage = Stage("confirmation (successive halving)", 0, 0.0, outcome)
+    log.rungs = []
+    folder.save("halving", {"plan": plan.to_dict(), "centres": dict(centres), "trials": [],
+                            "rungs": [], "stage": stage.to_dict()})
+    if study is not None:
+        study.finish()
+    return {"winner": winner, "lr": winner.lr, "rescaled": None, "trials": [], "plan": plan,
+            "centres": centres, "walks": 0, "at_edge": False, "skipped": True}, stage
 
 
 def _time_rescaled(task: Any, best: dict, family_runs: list[dict],
@@ -1001,17 +1038,29 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
                      f"were centred on the recipe's default LR {task.recipe.default_lr:.3g}.")
     ranking = ", ".join(f"{r['family']} {fmt(None if r['diverged'] else r['metric'])}"
                         for r in best0)
-    parts.append(f"Short runs of {plan.rung0} steps, each schedule at the peak the band suggests "
-                 f"for it, scored validation {name} as: {ranking}; "
-                 f"{' and '.join(halving['rungs_kept'])} went on.")
+    left = plan.total_steps - full - rt.cost_steps
+    if halving.get("skipped"):
+        parts.append(f"The budget left {max(left, 0)} steps after the range test and the final "
+                     f"run: too few for confirmation runs of at least {MIN_RUNG_STEPS} steps at "
+                     f"three LRs, so the final run uses the range test's LR for {w.family} "
+                     f"({w.lr:.3g}) unconfirmed; a larger budget would check it.")
+    elif best0:
+        parts.append(f"Short runs of {plan.rung0} steps, each schedule at the peak the band "
+                     f"suggests for it, scored validation {name} as: {ranking}; "
+                     f"{' and '.join(halving['rungs_kept'])} went on.")
+    else:
+        parts.append(f"The budget left {max(left, 0)} steps for confirmation runs: too few to "
+                     f"compare schedules with runs of at least {MIN_RUNG_STEPS} steps, so only "
+                     f"{w.family} was confirmed.")
     r1 = [r for r in trials if r["rung"] == 1]
     walked = (f", walking on {halving['walks']} time(s) by half a decade while the edge won"
               if halving.get("walks") else "")
     edge = ("; it is the edge of the LRs tried: the best may lie beyond"
             if halving.get("at_edge") else "")
-    parts.append(f"Runs of {plan.rung1} steps at three LRs a quarter decade apart{walked} then "
-                 f"picked {w.family} at {w.lr:.3g} (validation {name} "
-                 f"{fmt(next(r['metric'] for r in r1 if r.get('kept')))}{edge}).")
+    if r1:
+        parts.append(f"Runs of {plan.rung1} steps at three LRs a quarter decade apart{walked} "
+                     f"then picked {w.family} at {w.lr:.3g} (validation {name} "
+                     f"{fmt(next(r['metric'] for r in r1 if r.get('kept')))}{edge}).")
     if halving.get("rescaled"):
         parts.append(f"But {halving['rescaled']}.")
     total = sum(st.cost_steps for st in stages)
@@ -1141,7 +1190,8 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
                              if r["rung"] == 0 and r.get("kept")]
     w: _Arm = halving["winner"]
     final, st_final = _stage_final(task, folder, w.family, halving["lr"], seed, show)
-    stages = (st_range, Stage("candidates", 0, 0.0, {"arms": 3 * len(families),
+    arms = 0 if halving.get("skipped") else 3 * len(halving["centres"])
+    stages = (st_range, Stage("candidates", 0, 0.0, {"arms": arms,
                                                      "centres": halving["centres"]}),
               st_halving, st_final)
     cost = sum(s.cost_steps for s in stages)

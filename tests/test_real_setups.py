@@ -83,6 +83,29 @@ def test_from_torch_rejects_bad_arguments_by_name():
         from_torch(model, other, tl, F.mse_loss, val_loader=vl, steps=10)
 
 
+def test_from_torch_tasks_of_different_setups_never_share_a_key(tmp_path):
+    def key(seed=0, **kw):
+        model, opt, tl, vl = _regression(seed)
+        args = dict(loss_fn=F.mse_loss, val_loader=vl, steps=30)
+        args.update(kw)
+        return from_torch(model, opt, tl, **args).key
+
+    base = key()
+    assert base.startswith("torch@user-") and key() == base
+    assert key(seed=1) == base  # the same set-up from another seed is the same task
+    acc = key(metric_fn=lambda m, loader: 1.0, higher_is_better=True)
+    others = {key(steps=60), key(loss_fn=F.l1_loss), acc, key(schedule="cosine"),
+              key(loss_fn=lambda out, y: F.mse_loss(out, y)),
+              key(loss_fn=lambda out, y: F.mse_loss(out, 2 * y))}
+    assert base not in others and len(others) == 6
+    model, _, tl, vl = _regression()
+    adam = torch.optim.Adam(model.parameters(), lr=0.01)
+    assert from_torch(model, adam, tl, F.mse_loss, val_loader=vl, steps=30).key != base
+    wide = nn.Sequential(nn.Linear(6, 64), nn.ReLU(), nn.Linear(64, 1))
+    opt = torch.optim.SGD(wide.parameters(), lr=0.01, momentum=0.9)
+    assert from_torch(wide, opt, tl, F.mse_loss, val_loader=vl, steps=30).key != base
+
+
 # -------------------------------------------------------------- confirm from plain PyTorch
 def test_confirm_from_a_plain_pytorch_call_restores_everything():
     model, opt, tl, vl = _regression()

@@ -18,6 +18,7 @@ import torch
 
 from lrkit import schedules, train
 from lrkit import tune as tune_mod
+from lrkit.finder import RangeTestResult
 from lrkit.html import escape, smooth
 from lrkit.tasks import from_torch
 from lrkit.tune import TuneResult, tune
@@ -75,8 +76,17 @@ def test_budget_plan_by_hand():
     assert (p.keep, p.rung0, p.rung1) == (2, 247, 494)
     assert tune_mod._range_iters(300, 2.0) == 60 and tune_mod._range_iters(2400, 2.0) == 100
     assert tune_mod._range_iters(100, 2.0) == 30
-    with pytest.raises(ValueError, match="budget=1.05"):
+    with pytest.raises(ValueError, match="budget=1.05 does not cover the range test"):
         tune_mod._halving_plan(300, 1.05, 60, 5)
+    # a short run: 80 steps, budget 2, range test of 30: 50 // 13 = 3 steps of rung 0 leave
+    # rung-1 runs of 6 < 10 steps to choose the LR, so stage 3 confirms one family, without
+    # rung 0: 50 // (3 + 1) = 12-step runs (100 steps: 70 // 13 = 5, rung 1 = 10: all five)
+    assert tune_mod._halving_plan(80, 2.0, 30, 5).rung1 == 6
+    assert tune_mod._halving_plan(100, 2.0, 30, 5).rung1 == 10
+    p = tune_mod._halving_plan(80, 2.0, 30, 1)
+    assert (p.rung0, p.rung1, p.keep) == (0, 12, 1)
+    # 60 steps: 30 // 4 = 7 < 10 steps: no confirmation runs at all
+    assert tune_mod._halving_plan(60, 2.0, 30, 1).rung1 == 0
 
 
 def test_result_matches_independent_replay(task, done):
@@ -228,6 +238,47 @@ def test_user_model_through_from_torch(tmp_path):
     assert res.metric < 0.5 * first  # the tuned run beats the user's own LR on its val loss
     page = (tmp_path / "user" / "report.html").read_text()
     assert "my &lt;model&gt;" in page and "my <model>" not in page
+    # another set-up under the same name is another task: its folder is not "resumed"
+    other = from_torch(model, opt, data, loss_fn, val_loader=val, steps=100, name="my <model>")
+    with pytest.raises(ValueError, match="holds a tune with other settings.*task_key"):
+        tune(other, out=tmp_path / "user", progress=False)
+    absolute = from_torch(model, opt, data, lambda out, target: (out.squeeze(1) - target).abs()
+                          .mean(), val_loader=val, steps=150, name="my <model>")
+    with pytest.raises(ValueError, match="task_key"):
+        tune(absolute, out=tmp_path / "user", progress=False, schedules=("constant", "cosine"))
+
+
+def test_short_runs_confirm_one_schedule_or_none_and_say_so(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(96, 4)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 0.0]) + 0.1 * torch.randn(96)
+    data = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    val = [(x[64:], y[64:])]
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+    def loss_fn(out, target):
+        return torch.nn.functional.mse_loss(out.squeeze(1), target)
+
+    def user_task(steps):
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        return from_torch(model, opt, data, loss_fn, val_loader=val, steps=steps)
+
+    # 80 steps: the 50 steps left would give rung-1 runs of 6 steps; only the recipe's
+    # schedule (constant) is confirmed, at three LRs of 12 steps (no rung 0)
+    res = tune(user_task(80), out=tmp_path / "a", progress=False)
+    log = json.loads((tmp_path / "a" / "3-halving.json").read_text())
+    assert res.family == "constant" and log["plan"]["rung0"] == 0
+    assert {t["rung"] for t in log["trials"]} == {1} and log["trials"][0]["steps"] == 12
+    assert "only constant was confirmed" in res.explanation and res.cost_steps <= 160
+    # 60 steps: 30 left, too few for runs of >= 10 steps at three LRs: none, and the final
+    # run takes the range test's LR for the recipe's schedule as it is
+    res = tune(user_task(60), out=tmp_path / "b", progress=False)
+    rt = json.loads((tmp_path / "b" / "1-range-test.json").read_text())
+    log = json.loads((tmp_path / "b" / "3-halving.json").read_text())
+    assert log["trials"] == [] and res.stages[2].cost_steps == 0
+    assert res.lr == pytest.approx(RangeTestResult.from_dict(rt["result"]).suggestion.lr)
+    assert "unconfirmed" in res.explanation and res.cost_steps == rt["stage"]["cost_steps"] + 60
+    assert "unconfirmed" in (tmp_path / "b" / "report.html").read_text()
 
 
 def test_shared_study_lets_a_second_worker_skip_the_trials(task, done, storage, tmp_path,

@@ -30,6 +30,7 @@ untouched (``find_lr``) snapshot and restore around their runs.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import math
 from typing import Any, Callable, Iterable, Iterator
@@ -87,6 +88,37 @@ def _schedule_family(schedule: Any) -> str:
         raise ValueError(f"schedule must be one of {list(schedules.FAMILIES)} (the family you "
                          f"will train with), got {schedule!r}")
     return schedule
+
+
+def _callable_id(fn: Any) -> str:
+    """A process-independent name for a callable: module, qualified name and, for Python
+    functions, a digest of their bytecode and constants (two lambdas differ)."""
+    if fn is None:
+        return "-"
+    code = getattr(fn, "__code__", None)
+    body = ""
+    if code is not None:
+        body = hashlib.sha1(code.co_code + repr(code.co_consts).encode()).hexdigest()[:12]
+    name = getattr(fn, "__qualname__", None) or repr(fn)  # a module instance: its repr
+    return f"{getattr(fn, '__module__', '')}.{name}:{body}"
+
+
+def _fingerprint(model: nn.Module, opt_cls: type, groups: list, defaults: dict,
+                 ratios: list[float], steps: int, family: str, warmup_steps: int,
+                 loss: Any, metric_fn: Any, higher_is_better: bool, train_size: int,
+                 batch_size: int) -> str:
+    """10 hex digits that tell one user set-up from another (architecture, parameter shapes,
+    optimizer and its settings, horizon, schedule, loss, metric, data size), so that two
+    ``from_torch`` tasks never share a tune folder, a search study or a cached oracle. The
+    initial weights' values are left out: the same set-up from another seed is the same task."""
+    parts = [repr(model),
+             [(k, tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items()],
+             f"{opt_cls.__module__}.{opt_cls.__qualname__}",
+             sorted((k, repr(v)) for k, v in defaults.items()),
+             [(idx, sorted((k, repr(v)) for k, v in st.items())) for idx, st in groups],
+             ratios, steps, family, warmup_steps, _callable_id(loss), _callable_id(metric_fn),
+             higher_is_better, train_size, batch_size]
+    return hashlib.sha1(repr(parts).encode()).hexdigest()[:10]
 
 
 def from_torch(
@@ -246,7 +278,10 @@ def from_torch(
     recipe = Recipe(optimizer=opt_cls.__name__, batch_size=int(batch_size), steps=steps,
                     default_lr=lrs[0], schedule=family, warmup_steps=warmup_steps,
                     optimizer_factory=make_optimizer)
-    return Task(name=name, version="user", description=f"{type(model).__name__} with "
+    version = "user-" + _fingerprint(model, opt_cls, groups, defaults, ratios, steps, family,
+                                     warmup_steps, loss_fn or step_fn, metric_fn,
+                                     higher_is_better, train_size, batch_size)
+    return Task(name=name, version=version, description=f"{type(model).__name__} with "
                 f"{opt_cls.__name__} ({steps} steps, {family})", recipe=recipe,
                 metric="metric" if metric_fn is not None else "loss",
                 higher_is_better=higher_is_better, build_model=build_model, batches=batches,
