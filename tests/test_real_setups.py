@@ -106,6 +106,27 @@ def test_from_torch_tasks_of_different_setups_never_share_a_key(tmp_path):
     assert from_torch(wide, opt, tl, F.mse_loss, val_loader=vl, steps=30).key != base
 
 
+def test_from_torch_key_is_the_same_in_another_process(tmp_path, monkeypatch):
+    # distributed search workers rebuild the task in their own process and must join one study
+    (tmp_path / "user_setup.py").write_text(
+        "import torch\nfrom torch.nn import functional as F\nfrom lrkit.tasks import from_torch\n"
+        "def loss(out, y):\n    scale = lambda a: 2 * a  # a nested code object\n"
+        "    return F.mse_loss(scale(out), y)\n"
+        "def make():\n    torch.manual_seed(0)\n    m = torch.nn.Linear(3, 1)\n"
+        "    d = [(torch.randn(4, 3), torch.randn(4, 1))]\n"
+        "    return from_torch(m, torch.optim.SGD(m.parameters(), lr=0.1), d, loss,\n"
+        "                      val_loader=d, steps=10)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import subprocess
+    import sys
+
+    import user_setup
+
+    out = subprocess.run([sys.executable, "-c", "import user_setup; print(user_setup.make().key)"],
+                         cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == user_setup.make().key
+
+
 # -------------------------------------------------------------- confirm from plain PyTorch
 def test_confirm_from_a_plain_pytorch_call_restores_everything():
     model, opt, tl, vl = _regression()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
+import types
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -90,15 +91,21 @@ def _schedule_family(schedule: Any) -> str:
     return schedule
 
 
+def _code_bytes(code: types.CodeType) -> bytes:
+    """Bytecode and constants, nested functions' code included (never a repr with an address)."""
+    parts = [code.co_code]
+    for c in code.co_consts:
+        parts.append(_code_bytes(c) if isinstance(c, types.CodeType) else repr(c).encode())
+    return b"\x00".join(parts)
+
+
 def _callable_id(fn: Any) -> str:
     """A process-independent name for a callable: module, qualified name and, for Python
     functions, a digest of their bytecode and constants (two lambdas differ)."""
     if fn is None:
         return "-"
     code = getattr(fn, "__code__", None)
-    body = ""
-    if code is not None:
-        body = hashlib.sha1(code.co_code + repr(code.co_consts).encode()).hexdigest()[:12]
+    body = hashlib.sha1(_code_bytes(code)).hexdigest()[:12] if code is not None else ""
     name = getattr(fn, "__qualname__", None) or repr(fn)  # a module instance: its repr
     return f"{getattr(fn, '__module__', '')}.{name}:{body}"
 
