@@ -397,11 +397,24 @@ def hvp(model: nn.Module, loss_fn: LossFn, batches: Iterable, *, vector: Sequenc
         return op.split(op(op.flat(vs)))
 
 
+def _check_loss_fn(loss_fn: Any) -> None:
+    """``loss_fn(model, batch) -> loss``; a criterion or an optimizer in its place is named."""
+    if isinstance(loss_fn, nn.modules.loss._Loss):
+        raise TypeError(f"loss_fn must be callable(model, batch) -> loss (like find_lr's "
+                        f"step_fn), got the criterion {type(loss_fn).__name__}(); pass "
+                        "lambda model, batch: criterion(model(batch[0]), batch[1])")
+    if isinstance(loss_fn, torch.optim.Optimizer):
+        raise TypeError(f"loss_fn must be callable(model, batch) -> loss, got the optimizer "
+                        f"{type(loss_fn).__name__}: the arguments are (model, loss_fn, batches, "
+                        "optimizer=...)")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable(model, batch) -> loss, got {loss_fn!r}")
+
+
 def _check_model(model: Any, loss_fn: Any) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable(model, batch) -> loss, got {loss_fn!r}")
+    _check_loss_fn(loss_fn)
 
 
 # ------------------------------------------------------------------------------- eigenvalues
@@ -1078,8 +1091,7 @@ class SharpnessTracker(Callback):
     def __init__(self, loss_fn: LossFn, batches: Iterable, *, every: int = 50, iters: int = 20,
                  tol: float = 1e-3, method: str = "lanczos", mode: str = "train",
                  hvp: str = "auto", num_batches: int | None = None) -> None:
-        if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable(model, batch) -> loss, got {loss_fn!r}")
+        _check_loss_fn(loss_fn)
         self.loss_fn = loss_fn
         self.batches = _check_batches(batches, num_batches)
         self.every = check_int("every", every, minimum=1)

@@ -330,9 +330,13 @@ class Monitor:
             step = check_int("step", step, minimum=0)
         if step <= self._last_step:
             raise ValueError(f"step must increase, got {step!r} after {self._last_step}")
-        self._last_step = step
         self._new = new = []
-        loss = float(loss)
+        try:
+            loss = float(loss)
+        except (TypeError, ValueError):
+            raise TypeError(f"loss must be a real number (or a one-element tensor), got "
+                            f"{loss!r}") from None
+        self._last_step = step
         if loss - loss != 0.0:  # NaN or +-inf
             self._raise("diverged", step, {"loss": _json_num(loss), "first_loss": self._first},
                         "The loss became non-finite: restart from an earlier checkpoint with the "

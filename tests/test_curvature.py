@@ -394,6 +394,12 @@ def test_bad_arguments_are_named():
         C.safe_lr(model, ce, batches, optimizer=torch.optim.Adagrad(model.parameters()))
     with pytest.raises(ValueError, match="loss_fn and batches"):
         C.safe_lr(tasks.get("logreg"), ce, batches)
+    with pytest.raises(TypeError, match=r"the criterion CrossEntropyLoss\(\); pass lambda"):
+        C.safe_lr(model, torch.nn.CrossEntropyLoss(), batches)
+    with pytest.raises(TypeError, match="got the optimizer SGD: the arguments are"):
+        C.safe_lr(model, torch.optim.SGD(model.parameters(), lr=0.1), batches)
+    with pytest.raises(TypeError, match="criterion MSELoss"):
+        C.SharpnessTracker(torch.nn.MSELoss(), batches)
     with pytest.raises(TypeError, match="Task"):
         C.stability_test(model)
     with pytest.raises(ValueError, match="factors"):

@@ -53,6 +53,9 @@ def test_arguments_are_checked():
     m.update(3, 1.0)
     with pytest.raises(ValueError, match="step must increase"):
         m.update(3, 1.0)
+    with pytest.raises(TypeError, match="loss must be a real number.*'abc'"):
+        m.update(4, "abc")
+    m.update(4, 1.0)  # the bad call did not take step 4
     assert Monitor(thresholds=Thresholds(z=3.0), low_share=0.4).thresholds.z == 3.0
 
 
