@@ -5,7 +5,7 @@ scikit-learn's iris data (150 flowers, 4 features; or wine, breast cancer, digit
 ``lrkit.from_torch``. Prints tune's decision and test loss next to the truth: full runs
 (3 seeds) on a half-decade LR grid, scored on the test split.
 
-    python benchmarks/user_tiny_tune.py 60 [iris|wine|cancer|digits]
+    python benchmarks/user_tiny_tune.py 60 [iris|wine|cancer|digits|synthetic]
     python benchmarks/user_tiny_tune.py 80 iris
 """
 
@@ -23,16 +23,20 @@ import lrkit
 from lrkit import train
 
 
-DATASETS = ("iris", "wine", "cancer", "digits")
+DATASETS = ("iris", "wine", "cancer", "digits", "synthetic")
 
 
 def task(steps: int, name: str = "iris"):
     from sklearn import datasets
 
-    d = {"iris": datasets.load_iris, "wine": datasets.load_wine,
-         "cancer": datasets.load_breast_cancer, "digits": datasets.load_digits}[name]()
-    x = torch.tensor(d.data, dtype=torch.float32)
-    y = torch.tensor(d.target)
+    if name == "synthetic":  # 150 points, 5 Gaussian features, a linear 2-class boundary
+        x = torch.randn(150, 5, generator=torch.Generator().manual_seed(0))
+        y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    else:
+        d = {"iris": datasets.load_iris, "wine": datasets.load_wine,
+             "cancer": datasets.load_breast_cancer, "digits": datasets.load_digits}[name]()
+        x = torch.tensor(d.data, dtype=torch.float32)
+        y = torch.tensor(d.target)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
     tr, va, te = perm[:40], perm[40:70], perm[70:]
     std = x[tr].std(0)
