@@ -133,6 +133,19 @@ def test_load_finds_a_module_in_the_working_directory(tmp_path, monkeypatch):
         sys.modules.pop("lrkit_cwd_tasks", None)
 
 
+def test_load_names_the_missing_submodule_of_a_package_in_the_working_directory(
+        tmp_path, monkeypatch):
+    (tmp_path / "lrkit_cwd_pkg").mkdir()
+    (tmp_path / "lrkit_cwd_pkg" / "__init__.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    try:
+        with pytest.raises(ValueError, match="no module named 'lrkit_cwd_pkg.nomod'"):
+            tasks.load("lrkit_cwd_pkg.nomod:make")
+    finally:
+        sys.modules.pop("lrkit_cwd_pkg", None)
+
+
 def test_import_is_lazy():
     code = ("import sys, lrkit.tasks; "
             "print(sorted(m for m in ('sklearn', 'mlxtend', 'mnist1d', 'torch') if m in sys.modules))")

@@ -83,8 +83,10 @@ def _import(module: str, ref: str):
             sys.path.append(cwd)
             try:
                 return importlib.import_module(module)
-            except ModuleNotFoundError:
-                pass
+            except ModuleNotFoundError as again:  # found more of it from here: name what is not
+                missing = again.name or missing
+                if not (module == missing or module.startswith(missing + ".")):
+                    raise
         raise ValueError(f"cannot import module {module!r} of task reference {ref!r}: "
                          f"no module named {missing!r} (is it installed or in the working "
                          f"directory?)") from None
