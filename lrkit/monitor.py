@@ -276,7 +276,8 @@ class Monitor:
         self._ema_best = math.inf
         self._best_step = 0
         self._prev: float | None = None
-        self._sq_diff = 0.0  # sum of squared successive differences (noise estimate)
+        self._prev_d: float | None = None  # the last successive difference
+        self._sq_diff = 0.0  # sum of squared second differences (noise estimate)
         self._n_diff = 0
         self._neg = False
         self._max_lr = 0.0
@@ -367,8 +368,11 @@ class Monitor:
         prev = self._prev
         if prev is not None:
             d = loss - prev
-            self._sq_diff += d * d
-            self._n_diff += 1
+            if self._prev_d is not None:
+                e = d - self._prev_d
+                self._sq_diff += e * e
+                self._n_diff += 1
+            self._prev_d = d
         self._prev = loss
         if not self._neg:
             th = self.thresholds
@@ -428,7 +432,8 @@ class Monitor:
             first, bias, ema = self._first, self._bias, self._ema
             best, best_step, prev = self._ema_best, self._best_step, self._prev
             sq, nd, bsum, bn = self._sq_diff, self._n_diff, self._b_sum, self._b_n
-            slow = first is None or self._neg or prev is None
+            prev_d = self._prev_d
+            slow = first is None or self._neg or prev is None or prev_d is None
             while i < n_items and not slow:
                 step, loss = steps[i], losses[i]
                 lr = None if lrs is None else lrs[i]
@@ -445,9 +450,10 @@ class Monitor:
                 if smooth < best:
                     best, best_step = smooth, step
                 d = loss - prev
-                sq += d * d
+                e = d - prev_d
+                sq += e * e
                 nd += 1
-                prev = loss
+                prev, prev_d = loss, d
                 tau += lr
                 if lr > max_lr:
                     max_lr = lr
@@ -460,6 +466,7 @@ class Monitor:
             self._last_step, self._n, self._tau, self._max_lr = last_step, n, tau, max_lr
             self._bias, self._ema, self._ema_best, self._best_step = bias, ema, best, best_step
             self._prev, self._sq_diff, self._n_diff, self._b_sum, self._b_n = prev, sq, nd, bsum, bn
+            self._prev_d = prev_d
             if i < n_items:  # the slow path for this one
                 out.extend(self.update(steps[i], losses[i],
                                        lr=None if lrs is None else lrs[i]))
@@ -496,7 +503,7 @@ class Monitor:
         self._new.append(f)
 
     def _noise(self) -> float:
-        return math.sqrt(self._sq_diff / (2 * self._n_diff)) if self._n_diff else 0.0
+        return math.sqrt(self._sq_diff / (6 * self._n_diff)) if self._n_diff else 0.0
 
     def _window(self, lo: float, hi: float) -> tuple[float, int]:
         """Mean loss and count over the closed blocks whose end tau lies in ``(lo, hi]``

@@ -103,7 +103,22 @@ def test_shape_statistics_match_numpy_on_the_blocks():
     assert s["start"] == pytest.approx(window(0, 0.1 * tau), rel=1e-12)
     assert s["middle"] == pytest.approx(window(0.45 * tau, 0.55 * tau), rel=1e-12)
     assert s["end"] == pytest.approx(window(0.9 * tau, tau), rel=1e-12)
-    assert s["noise"] == pytest.approx(np.sqrt(np.mean(np.diff(losses) ** 2) / 2), rel=1e-12)
+    # second differences: white noise of sd sigma gives var = 6 sigma^2, a smooth trend ~ 0
+    assert s["noise"] == pytest.approx(np.sqrt(np.mean(np.diff(losses, 2) ** 2) / 6), rel=1e-12)
+    assert s["noise"] == pytest.approx(0.05, rel=0.1)
+
+
+def test_a_fast_deterministic_descent_is_not_noise():
+    # full-batch gradient descent: no noise at all, the loss falls fast and then flattens. First
+    # differences would call the fall "noise" and the drop insignificant (lr_too_low); second
+    # differences see a smooth curve
+    # (the first-difference estimator raised lr_too_low at step 19 here)
+    losses = [0.2 + 0.5 * math.exp(-2 * t) for t in range(100)]
+    m = Monitor(total_steps=100)
+    for t, loss in enumerate(losses):
+        m.update(t, loss, lr=1.0)
+    assert m.shape()["noise"] < np.sqrt(np.mean(np.diff(losses) ** 2) / 2)
+    assert [f.kind for f in m.findings] == ["plateau"]
 
 
 def _run(losses, *, total=None, lr=0.1, grads=None, vals=None, **kw):
