@@ -7,6 +7,7 @@ scikit-learn's iris data (150 flowers, 4 features; or wine, breast cancer, digit
 
     python benchmarks/user_tiny_tune.py 60 [iris|wine|cancer|digits|synthetic]
     python benchmarks/user_tiny_tune.py 80 iris
+    python benchmarks/user_tiny_tune.py 60 iris --seeds 3 [--range-test 30]   # tune alone
 """
 
 from __future__ import annotations
@@ -52,7 +53,28 @@ def task(steps: int, name: str = "iris"):
                             steps=steps, name=f"{name}-tiny")
 
 
+def seeds(steps: int, name: str, n: int, range_test: int | None) -> None:
+    """tune's test loss over seeds 0..n-1 (and their median); ``range_test`` forces the range
+    test's length (what tune did before it gave a short run's whole allowance to it)."""
+    import lrkit.tune as T
+
+    if range_test is not None:
+        T._range_iters = lambda full, budget: range_test
+    losses = []
+    for seed in range(n):
+        with tempfile.TemporaryDirectory() as out:
+            losses.append(lrkit.tune(task(steps, name), out=out, progress=False,
+                                     seed=seed).metric)
+    print(f"{name}, {steps} steps, range test {range_test or 'default'}: test loss "
+          f"{[round(v, 3) for v in losses]}, median {np.median(losses):.3f}")
+
+
 def main(argv: list[str]) -> int:
+    if "--seeds" in argv:  # user_tiny_tune.py 60 iris --seeds 3 [--range-test 30]
+        i = argv.index("--seeds")
+        rt = int(argv[argv.index("--range-test") + 1]) if "--range-test" in argv else None
+        seeds(int(argv[0]), argv[1], int(argv[i + 1]), rt)
+        return 0
     steps = int(argv[0]) if argv else 60
     name = argv[1] if len(argv) > 1 else "iris"
     t = task(steps, name)

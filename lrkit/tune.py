@@ -173,8 +173,14 @@ class _Plan:
 
 def _range_iters(full: int, budget: float) -> int:
     """Range-test length: a fifth of the confirmation allowance, 30..100 steps (100 is
-    :func:`find_lr`'s default; fewer than ~30 points over 8 decades cannot place a valley)."""
-    return int(min(100, max(30, round(0.2 * (budget - 1.0) * full))))
+    :func:`find_lr`'s default; fewer than ~30 points over 8 decades cannot place a valley).
+    When what is left after it cannot pay for confirmation runs (see :func:`_halving_plan`),
+    the range test takes the whole allowance instead (up to 100 steps): its LR goes to the final
+    run unconfirmed, so it is read off the densest curve the budget buys."""
+    n = int(min(100, max(30, round(0.2 * (budget - 1.0) * full))))
+    if _halving_plan(full, budget, n, 1).rung1 == 0:
+        return int(min(100, max(n, math.floor(budget * full) - full)))
+    return n
 
 
 def _halving_plan(full: int, budget: float, range_cost: int, families: int) -> _Plan:
@@ -1040,10 +1046,11 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
                         for r in best0)
     left = plan.total_steps - full - rt.cost_steps
     if halving.get("skipped"):
-        parts.append(f"The budget left {max(left, 0)} steps after the range test and the final "
-                     f"run: too few for confirmation runs of at least {MIN_RUNG_STEPS} steps at "
-                     f"three LRs, so the final run uses the range test's LR for {w.family} "
-                     f"({w.lr:.3g}) unconfirmed; a larger budget would check it.")
+        parts.append(f"Beyond the final run the budget has {plan.total_steps - full} steps: too "
+                     f"few for a range test and confirmation runs of at least {MIN_RUNG_STEPS} "
+                     f"steps at three LRs, so the range test took them and the final run uses "
+                     f"its LR for {w.family} ({w.lr:.3g}) unconfirmed; a larger budget would "
+                     "check it.")
     elif best0:
         parts.append(f"Short runs of {plan.rung0} steps, each schedule at the peak the band "
                      f"suggests for it, scored validation {name} as: {ranking}; "

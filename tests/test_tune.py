@@ -76,6 +76,9 @@ def test_budget_plan_by_hand():
     assert (p.keep, p.rung0, p.rung1) == (2, 247, 494)
     assert tune_mod._range_iters(300, 2.0) == 60 and tune_mod._range_iters(2400, 2.0) == 100
     assert tune_mod._range_iters(100, 2.0) == 30
+    # 60 steps: with a 30-step range test no confirmation fits (see below), so the range test
+    # takes the whole allowance of 60 steps
+    assert tune_mod._range_iters(60, 2.0) == 60 and tune_mod._range_iters(80, 2.0) == 30
     with pytest.raises(ValueError, match="budget=1.05 does not cover the range test"):
         tune_mod._halving_plan(300, 1.05, 60, 5)
     # a short run: 80 steps, budget 2, range test of 30: 50 // 13 = 3 steps of rung 0 leave
@@ -270,14 +273,16 @@ def test_short_runs_confirm_one_schedule_or_none_and_say_so(tmp_path):
     assert res.family == "constant" and log["plan"]["rung0"] == 0
     assert {t["rung"] for t in log["trials"]} == {1} and log["trials"][0]["steps"] == 12
     assert "only constant was confirmed" in res.explanation and res.cost_steps <= 160
-    # 60 steps: 30 left, too few for runs of >= 10 steps at three LRs: none, and the final
-    # run takes the range test's LR for the recipe's schedule as it is
+    # 60 steps: a 30-step range test would leave 30, too few for runs of >= 10 steps at three
+    # LRs: no confirmation, the range test takes all 60 spare steps, and the final run takes its
+    # LR for the recipe's schedule as it is
     res = tune(user_task(60), out=tmp_path / "b", progress=False)
     rt = json.loads((tmp_path / "b" / "1-range-test.json").read_text())
     log = json.loads((tmp_path / "b" / "3-halving.json").read_text())
     assert log["trials"] == [] and res.stages[2].cost_steps == 0
     assert res.lr == pytest.approx(RangeTestResult.from_dict(rt["result"]).suggestion.lr)
     assert "unconfirmed" in res.explanation and res.cost_steps == rt["stage"]["cost_steps"] + 60
+    assert rt["result"]["settings"]["num_iter"] == 60
     assert "unconfirmed" in (tmp_path / "b" / "report.html").read_text()
 
 
