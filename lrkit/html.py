@@ -344,6 +344,12 @@ def tune_report(
         f"<td>{'diverged' if t['diverged'] else _fmt(t['metric'])}</td>"
         f"<td>{'yes' if t.get('kept') else ''}</td></tr>"
         for t in sorted(halving["trials"], key=lambda t: (t["rung"], t["family"], t["lr"])))
+    trials_html = (
+        f"<table><tr><th>rung</th><th class=l>schedule</th><th>lr</th><th>steps</th>"
+        f"<th>val {escape(metric)}</th><th>went on</th></tr>{rows_trials}</table>"
+        if rows_trials else
+        "<p>No confirmation runs: the budget left too few steps for them, and the final run "
+        "takes the range test's LR (see <i>Why</i>).</p>")
     if findings:
         rows_f = "".join(
             f"<tr><td class=l>{escape(f.get('kind'))}</td><td>{escape(f.get('step'))}</td>"
@@ -392,8 +398,7 @@ good band {band_txt}.</p>
 {_img(*imgs['range-test.png'][::-1])}
 {safe_html}
 <h2>2-3. Candidates and successive halving</h2>
-<table><tr><th>rung</th><th class=l>schedule</th><th>lr</th><th>steps</th>
-<th>val {escape(metric)}</th><th>went on</th></tr>{rows_trials}</table>
+{trials_html}
 {rescaled_html}
 {_img(*imgs['candidates.png'][::-1])}
 {_img(*imgs['time.png'][::-1]) if 'time.png' in imgs else ''}

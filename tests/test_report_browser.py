@@ -141,7 +141,9 @@ def report(tmp_path_factory):
     return Path(res.report)
 
 
-def test_report_renders_in_chromium(chromium, report, tmp_path):
+def _render(chromium: str, report: Path, tmp_path: Path) -> dict:
+    """Open ``report`` in headless Chromium; its images, text, title, DevTools events, page
+    height and a full-page screenshot."""
     profile = tmp_path / "profile"
     proc = subprocess.Popen([chromium, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -184,30 +186,58 @@ def test_report_renders_in_chromium(chromium, report, tmp_path):
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:  # pragma: no cover
             proc.kill()
+    return {"images": images, "text": text, "title": title, "events": cdp.events,
+            "height": height, "shot": shot}
 
-    # the five plots decoded at their PNG sizes and laid out
-    assert len(images) == 5
-    for complete, w, h, shown in images:
-        assert complete and w >= 400 and h >= 200 and shown > 300
-    # no console error, no exception, and no request beyond the file itself and data: URIs
-    errors = [e for e in cdp.events
+
+def _check_clean(events: list) -> None:
+    """No console error, no exception, and no request beyond the file itself and data: URIs."""
+    errors = [e for e in events
               if e.get("method") == "Runtime.exceptionThrown"
               or (e.get("method") == "Runtime.consoleAPICalled"
                   and e["params"]["type"] in ("error", "assert"))
               or (e.get("method") == "Log.entryAdded"
                   and e["params"]["entry"]["level"] == "error")]
     assert errors == []
-    urls = [e["params"]["request"]["url"] for e in cdp.events
+    urls = [e["params"]["request"]["url"] for e in events
             if e.get("method") == "Network.requestWillBeSent"]
     assert urls and all(u.startswith(("file://", "data:")) for u in urls), urls
+
+
+def test_report_renders_in_chromium(chromium, report, tmp_path):
+    page = _render(chromium, report, tmp_path)
+    images, text, title, shot = page["images"], page["text"], page["title"], page["shot"]
+    # the five plots decoded at their PNG sizes and laid out
+    assert len(images) == 5
+    for complete, w, h, shown in images:
+        assert complete and w >= 400 and h >= 200 and shown > 300
+    _check_clean(page["events"])
     # the user's string is shown as text, not parsed as markup
     assert EVIL in text
     assert "Decision:" in text and "Why" in text and title.startswith("lrkit tune")
     # the screenshot is a PNG of the whole page
     assert shot[:8] == b"\x89PNG\r\n\x1a\n"
     w, h = struct.unpack(">II", shot[16:24])
-    assert w == 1100 and h == height > 2000
+    assert w == 1100 and h == page["height"] > 2000
     path = report.parent / "report-screenshot.png"
     path.write_bytes(shot)
     if os.environ.get("LRKIT_SCREENSHOT"):
         shutil.copy(path, os.environ["LRKIT_SCREENSHOT"])
+
+
+def test_an_unconfirmed_report_renders_and_says_so(chromium, tmp_path):
+    # a 40-step run: the budget pays for no confirmation runs (docs/tune.md)
+    from lrkit.tune import tune
+    from tests.tiny_task import make_task
+
+    res = tune(make_task(40), out=tmp_path / "run", progress=False)
+    assert res.stages[2].cost_steps == 0
+    page = _render(chromium, Path(res.report), tmp_path)
+    # range test, the "no confirmation runs" panel, schedule, final run (no time-rescaling plot)
+    assert len(page["images"]) == 4
+    for complete, w, h, shown in page["images"]:
+        assert complete and w >= 400 and h >= 150 and shown > 300
+    _check_clean(page["events"])
+    assert "unconfirmed" in page["text"] and "Decision:" in page["text"]
+    assert "No confirmation runs: the budget left too few steps" in page["text"]
+    (tmp_path / "run" / "report-screenshot.png").write_bytes(page["shot"])
