@@ -546,9 +546,15 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
                                "arms": [dataclasses.asdict(a) for a in _arms(centres)],
                                "band": list(rt.suggestion.band) if rt.suggestion.band else None,
                                "plan": plan.to_dict()})
-    show.say(f"[2/5] candidates: {len(families)} schedules, each at its centre and "
-             f"x10^(+-{SPACING}); rung 0 = {plan.rung0} steps, rung 1 = {plan.rung1} steps, "
-             f"{plan.keep} schedule(s) go on")
+    if len(families) > 1:
+        show.say(f"[2/5] candidates: {len(families)} schedules, each at its centre and "
+                 f"x10^(+-{SPACING}); rung 0 = {plan.rung0} steps, rung 1 = {plan.rung1} steps, "
+                 f"{plan.keep} schedule(s) go on")
+    elif plan.rung1:
+        show.say(f"[2/5] candidates: {families[0]} only, at its centre and x10^(+-{SPACING}); "
+                 f"rung 1 = {plan.rung1} steps")
+    else:
+        show.say(f"[2/5] candidates: {families[0]} at the range test's LR only")
     log = _Trials(folder, plan, centres, study)
     if plan.rung1 == 0:
         return _no_confirmation(task, folder, plan, centres, families[0], log, study, show)
