@@ -251,6 +251,35 @@ def test_a_slow_noisy_fall_of_a_third_is_a_descent():
     assert np.nanmax(sm) < 2.0  # the tail never reaches the smoother (or the plot's y-range)
 
 
+def test_no_curve_whose_smoothed_loss_falls_by_more_than_a_fifth_is_refused():
+    # the bar ("never returns no LR on a curve that falls by more than 20%") on 400
+    # random curves: a flat start, a ramp down by 20-95% over 5-50% of the sweep, noise up to a
+    # sixth of the drop, a blow-up after it in 80% of them, sweeps of 50-400 points; counted
+    # where lrkit's own smoothed curve falls by more than a fifth of its start
+    rng = np.random.default_rng(7)
+    checked = 0
+    for _ in range(400):
+        n = int(rng.choice([50, 100, 200, 400]))
+        lrs = np.logspace(-7, 1, n)
+        x = np.linspace(0, 1, n)
+        start, width = rng.uniform(0.1, 0.6), rng.uniform(0.05, 0.5)
+        fall, level = rng.uniform(0.2, 0.95), rng.uniform(0.1, 10)
+        losses = level * (1 - fall * np.clip((x - start) / width, 0, 1))
+        if rng.random() < 0.8:
+            blow = min(0.99, start + width + rng.uniform(0.0, 0.3))
+            losses = np.where(x > blow, losses * np.exp(20 * (x - blow)), losses)
+        losses = losses + rng.uniform(0, 0.5) * fall * level / 3 * rng.standard_normal(n)
+        sm = np.asarray(S.smooth_curve(lrs, losses), dtype=float)
+        sm = sm[np.isfinite(sm)]
+        low = int(np.argmin(sm))
+        if (sm[: low + 1].max() - sm[low]) <= 0.2 * abs(sm[0]):
+            continue
+        checked += 1
+        s = S.suggest(lrs, losses, "lrkit", num_iter=n)
+        assert s.lr is not None, (n, start, width, fall, s.reason)
+    assert checked > 300
+
+
 def test_abstaining_says_what_to_do():
     lrs = np.logspace(-7, -6, 60)
     flat = 1.0 + 0.01 * np.random.default_rng(1).standard_normal(60)
