@@ -472,7 +472,8 @@ class AdamHD(_HDOptimizer):
             torch._foreach_mul_(denom, scale)
             torch._foreach_add_(denom, shift)
             # m / denom as 1 / (denom / m), in denom's memory: no second model-sized allocation
-            # per step (m = ±0 gives ±inf, then ±0, as m / denom does)
+            # per step (m = ±0 gives ±inf, then ±0, as m / denom does; in float16 a quotient
+            # above 65504 also becomes inf, so directions below ~1.5e-5 round to 0)
             torch._foreach_div_(denom, m)
             torch._foreach_reciprocal_(denom)
             direction = denom
