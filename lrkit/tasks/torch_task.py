@@ -165,6 +165,13 @@ def from_torch(
         device: where batches go; default: the model's device.
         name: the task's name (in reports and run folders).
 
+    Returns:
+        The :class:`Task`. Its ``key`` is ``"<name>@user-<fingerprint>"``: the fingerprint tells
+        this set-up from another (architecture, optimizer and settings, steps, schedule, loss and
+        metric functions, data size), so a tune folder, a search study or a cached oracle is
+        never shared between two set-ups, and every process that builds the same set-up gets
+        the same key.
+
     Raises:
         ValueError / TypeError: a missing or wrong argument, named.
     """
