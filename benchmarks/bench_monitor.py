@@ -115,13 +115,18 @@ def load_logs(names: list[str] | None = None, conditions: Any = None) -> list:
     return logs
 
 
-def judge(log, **thresholds) -> dict:
-    """Replay one log; the first LR finding's label, the first correct step as a fraction."""
+def _replay(log, **thresholds):
+    """The monitor after replaying ``log`` (its val direction and run length from the log)."""
     from lrkit.monitor import Monitor, replay
 
+    return replay(log, Monitor(val_mode="max" if log.meta["higher_is_better"] else "min",
+                               total_steps=int(log.meta["steps"]), **thresholds))
+
+
+def judge(log, **thresholds) -> dict:
+    """Replay one log; the first LR finding's label, the first correct step as a fraction."""
     n = int(log.meta["steps"])
-    m = replay(log, Monitor(val_mode="max" if log.meta["higher_is_better"] else "min",
-                            total_steps=n, **thresholds))
+    m = _replay(log, **thresholds)
     lr_found = sorted(m.lr_findings, key=lambda f: f.step)
     first = lr_found[0] if lr_found else None
     predicted = "none" if first is None else ("low" if first.kind == "lr_too_low" else "high")
@@ -260,8 +265,6 @@ def evaluate(names: list[str] | None = None) -> None:
 def near_best(names: list[str] | None = None) -> list[str]:
     """How often ``lr_too_low`` fires at x1/10 of the best LR (its advice, "raise the LR about
     10x", is right) and at x1/3 (the advice would overshoot), per task (seeds flagged / runs)."""
-    from lrkit.monitor import Monitor, replay
-
     logs = load_logs(names, NEAR)
     if not logs:
         return []
@@ -278,11 +281,8 @@ def near_best(names: list[str] | None = None) -> list[str]:
             for n, cc, _, log in logs:
                 if n != name or cc != c:
                     continue
-                steps = int(log.meta["steps"])
-                m = replay(log, Monitor(val_mode="max" if log.meta["higher_is_better"] else "min",
-                                        total_steps=steps))
-                low = [f.step for f in m.findings if f.kind == "lr_too_low"]
-                fracs.append((min(low) + 1) / steps if low else None)
+                low = [f.step for f in _replay(log).findings if f.kind == "lr_too_low"]
+                fracs.append((min(low) + 1) / int(log.meta["steps"]) if low else None)
             hit = [f for f in fracs if f is not None]
             total[c][0] += len(hit)
             total[c][1] += len(fracs)

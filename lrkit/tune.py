@@ -307,8 +307,7 @@ class _Recorder:
                 v = float(self.task.evaluate(model, "val"))
             model.train(was)
             self.val.append((info.step + 1, v))
-            if math.isfinite(v) and (self.best is None or (
-                    v > self.best[1] if self.task.higher_is_better else v < self.best[1])):
+            if math.isfinite(v) and (self.best is None or self.task.better(v, self.best[1])):
                 self.best = (info.step + 1, v, {k: t.detach().to("cpu", copy=True)
                                                 for k, t in model.state_dict().items()})
         if self.monitor is not None:
@@ -555,9 +554,9 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
                  f"rung 1 = {plan.rung1} steps")
     else:
         show.say(f"[2/5] candidates: {families[0]} at the range test's LR only")
-    log = _Trials(folder, plan, centres, study)
     if plan.rung1 == 0:
-        return _no_confirmation(task, folder, plan, centres, families[0], log, study, show)
+        return _no_confirmation(folder, plan, centres, families[0], study, show)
+    log = _Trials(folder, plan, centres, study)
     # rung 0: every family at its centre
     if len(families) > 1:
         arms0 = [_Arm(f, centres[f], centres[f], 1.0) for f in families]
@@ -635,8 +634,8 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
             "plan": plan, "centres": centres, "walks": walks, "at_edge": edge}, stage
 
 
-def _no_confirmation(task: Any, folder: _Folder, plan: _Plan, centres: dict[str, float],
-                     family: str, log: Any, study: Any, show: _Display) -> tuple[dict, Stage]:
+def _no_confirmation(folder: _Folder, plan: _Plan, centres: dict[str, float], family: str,
+                     study: Any, show: _Display) -> tuple[dict, Stage]:
     """Stage 3 when the budget leaves too few steps for confirmation runs: the range test's LR
     for ``family`` goes to the final run as it is."""
     winner = _Arm(family, centres[family], centres[family], 1.0)
@@ -647,7 +646,6 @@ def _no_confirmation(task: Any, folder: _Folder, plan: _Plan, centres: dict[str,
                "metric": None, "kept_rung0": [family], "walks": 0, "all_diverged": False,
                "at_edge": False, "time_rescaled": None, "skipped": True, "plan": plan.to_dict()}
     stage = Stage("confirmation (successive halving)", 0, 0.0, outcome)
-    log.rungs = []
     folder.save("halving", {"plan": plan.to_dict(), "centres": dict(centres), "trials": [],
                             "rungs": [], "stage": stage.to_dict()})
     if study is not None:
@@ -871,10 +869,6 @@ class _Study:
         """Stage 3 is decided: helpers (``lrkit search`` on this study) may stop."""
         self.study.set_user_attr("lrkit_tune_done", True)
 
-    @staticmethod
-    def key(rung: int, family: str, lr: float, steps: int) -> str:
-        return _arm_key(rung, family, lr, steps)
-
     def _scan(self, keys: set[str]) -> tuple[dict[str, dict], set[str], bool]:
         S = self.optuna.trial.TrialState
         with warnings.catch_warnings():
@@ -898,7 +892,7 @@ class _Study:
             finished: Any) -> list[tuple[_Arm, dict]]:
         """Work through the queue until every arm has a result; ``finished(rec, arm)`` is
         called for each of ``arms`` trained here, as soon as it is done."""
-        by_key = {self.key(rung, a.family, a.lr, steps): a for a in arms}
+        by_key = {_arm_key(rung, a.family, a.lr, steps): a for a in arms}
         keys = set(by_key)
         while True:
             done, pending, waiting = self._scan(keys)

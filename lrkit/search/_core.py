@@ -157,7 +157,7 @@ def _report_callback(reporter: Callable[[int, float], None], every: int, offset:
     values the way the study compares metrics) and stopping the run when the trial is pruned.
     (Built here so that ``import lrkit.search`` needs no torch: objective workers stay light.)"""
     from ..train import Callback
-    
+
     class Report(Callback):
         def __init__(self) -> None:
             self.avg, self.n = 0.0, 0
