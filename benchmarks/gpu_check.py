@@ -13,6 +13,11 @@ nothing). Prints one JSON object per check and writes them all to ``--out`` (JSO
    (same model, batches and number of steps), as a ratio.
 4. bitwise restore with ``torch.use_deterministic_algorithms(True)``: training after ``find_lr``
    equals training without it, bit for bit (fp32 and AMP fp16).
+5. hypergradient optimizers: SGD-HD / Adam-HD step time against SGD / Adam on the same model
+   (the optimizer step alone and a whole training step, CUDA events, alternated), and the extra
+   peak memory of a training step, in copies of the parameters (goal: one gradient copy).
+6. the autopilot as a user runs it: a model of their own on the GPU, ``DataLoader`` s of CPU
+   tensors, ``lrkit.tune`` through ``lrkit.tasks.from_torch`` (decision, metric, cost, report).
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
@@ -178,21 +182,144 @@ def check_bitwise(dev: torch.device) -> None:
         torch.use_deterministic_algorithms(False)
 
 
+def check_hd(dev: torch.device, width: int, depth: int, steps: int) -> None:
+    from lrkit.optim import SGDHD, AdamHD
+
+    pairs = {
+        "sgd": (lambda p: torch.optim.SGD(p, lr=1e-3), lambda p: SGDHD(p, lr=1e-3)),
+        "sgd_momentum": (lambda p: torch.optim.SGD(p, lr=1e-3, momentum=0.9),
+                         lambda p: SGDHD(p, lr=1e-3, momentum=0.9)),
+        "adam": (lambda p: torch.optim.Adam(p, lr=1e-4), lambda p: AdamHD(p, lr=1e-4)),
+        "adam_multiplicative": (lambda p: torch.optim.Adam(p, lr=1e-4),
+                                lambda p: AdamHD(p, lr=1e-4, hypergrad="multiplicative")),
+    }
+    cuda = dev.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    for name, (make_base, make_hd) in pairs.items():
+        torch.manual_seed(0)
+        model = mlp(width, depth).to(dev)
+        params = list(model.parameters())
+        n_bytes = sum(p.numel() * p.element_size() for p in params)
+        g = torch.Generator(device=dev).manual_seed(0)
+        grad_sets = [[torch.randn(p.shape, generator=g, device=dev) * 1e-3 for p in params]
+                     for _ in range(2)]
+        x = torch.randn(256, 256, device=dev)
+        y = torch.randint(0, 10, (256,), device=dev)
+        times: dict[str, list[float]] = {}
+        peaks: dict[str, int] = {}
+        for rep in range(6):
+            for key in (("base", "hd") if rep % 2 else ("hd", "base")):
+                opt = (make_base if key == "base" else make_hd)(params)
+                for p in params:
+                    p.grad = None
+                sync()
+                t0 = time.perf_counter()
+                for i in range(steps):
+                    for p, gr in zip(params, grad_sets[i % 2]):
+                        p.grad = gr
+                    opt.step()
+                sync()
+                t1 = time.perf_counter()
+                for p in params:
+                    p.grad = None
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                for _ in range(steps):
+                    opt.zero_grad(set_to_none=True)
+                    F.cross_entropy(model(x), y).backward()
+                    opt.step()
+                sync()
+                t2 = time.perf_counter()
+                if rep:  # the first pair warms up
+                    times.setdefault(key, []).append((t1 - t0) / steps)
+                    times.setdefault(key + "_train", []).append((t2 - t1) / steps)
+                    if cuda:
+                        peaks[key] = torch.cuda.max_memory_allocated()
+                del opt
+        med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+        report(f"hd_{name}", params=sum(p.numel() for p in params),
+               step_us=(med["base"] * 1e6, med["hd"] * 1e6), step_ratio=med["hd"] / med["base"],
+               train_us=(med["base_train"] * 1e6, med["hd_train"] * 1e6),
+               train_ratio=med["hd_train"] / med["base_train"],
+               extra_peak_copies=((peaks["hd"] - peaks["base"]) / n_bytes) if cuda else None)
+
+
+def check_tune(dev: torch.device, out: Path, steps: int) -> None:
+    import lrkit
+    from lrkit.tasks import from_torch
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(d.target)
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(x), generator=g)
+    tr, va, te = perm[:1000], perm[1000:1400], perm[1400:]
+
+    def dl(idx, shuffle):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[idx], y[idx]),
+                                           batch_size=64, shuffle=shuffle,
+                                           generator=torch.Generator().manual_seed(0))
+
+    def accuracy(model, loader) -> float:
+        hits = n = 0
+        for xb, yb in loader:
+            p = model(xb.to(next(model.parameters()).device)).argmax(1).cpu()
+            hits += int((p == yb).sum())
+            n += len(yb)
+        return hits / n
+
+    for where in ([dev, torch.device("cpu")] if dev.type == "cuda" else [dev]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10)).to(where)
+        before = [p.detach().clone() for p in model.parameters()]
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        task = from_torch(model, opt, dl(tr, True), F.cross_entropy, val_loader=dl(va, False),
+                          test_loader=dl(te, False), steps=steps, schedule="cosine",
+                          metric_fn=accuracy, higher_is_better=True, name="gpu-user")
+        t = time.perf_counter()
+        res = lrkit.tune(task, out=out / f"tune-{where.type}", progress=False)
+        wall = time.perf_counter() - t
+        report_html = Path(res.report)
+        report(f"tune_{where.type}", lr=res.lr, family=res.family, metric=res.metric,
+               cost_runs=res.cost_runs, wall_s=wall, findings=len(res.findings),
+               report_bytes=report_html.stat().st_size if report_html.exists() else None,
+               model_on=str(next(model.parameters()).device),
+               user_weights_unchanged=all(torch.equal(a, b) for a, b in
+                                          zip(before, model.parameters())))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--only", default="device,memory,overhead,bitwise,hd,tune",
+                    help="comma-separated checks to run")
+    ap.add_argument("--tune-dir", default="gpu-tune", help="where check 6 writes its runs")
     args = ap.parse_args(argv)
+    only = set(args.only.split(","))
+    if "bitwise" in only:  # deterministic cuBLAS (read when CUDA starts); it slows cuBLAS's
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # dot ~3x: see check 5
     dev = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     report("machine", device=str(dev), torch=torch.__version__,
            name=torch.cuda.get_device_name() if dev.type == "cuda" else "cpu")
-    check_device(dev)
-    if dev.type == "cuda":
-        check_memory(dev, 8192, 4)  # 4 x 8192^2 + ... ~ 270M parameters
-    else:
-        check_memory(dev, 64, 2)
-    check_overhead(dev, 200 if dev.type == "cuda" else 20)
-    check_bitwise(dev)
+    big = dev.type == "cuda"
+    if "device" in only:
+        check_device(dev)
+    if "memory" in only:
+        check_memory(dev, *((8192, 4) if big else (64, 2)))  # 4 x 8192^2 + ... ~ 204M params
+    if "overhead" in only:
+        check_overhead(dev, 200 if big else 20)
+    if "bitwise" in only:
+        check_bitwise(dev)
+    if "hd" in only:
+        check_hd(dev, *((4096, 4, 50) if big else (64, 2, 5)))  # ~51M parameters on the GPU
+    if "tune" in only:
+        check_tune(dev, Path(args.tune_dir), 300 if big else 60)
     if args.out:
         Path(args.out).write_text(json.dumps(RESULTS, indent=1))
     return 0
