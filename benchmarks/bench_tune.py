@@ -122,10 +122,13 @@ def main() -> int:
             with tempfile.TemporaryDirectory() as tmp:
                 res = tune(task, seed=s, out=Path(tmp) / "run", progress=False)
             wall = time.perf_counter() - t0
+            final = next(st for st in res.stages if st.name == "final run")
             runs.append({"seed": s, "family": res.family, "lr": res.lr, "metric": res.metric,
                          "cost_steps": res.cost_steps, "cost_runs": res.cost_runs,
                          "stages": {st.name: st.cost_steps for st in res.stages},
-                         "findings": [f["kind"] for f in res.findings], "wall": wall})
+                         "findings": [f["kind"] for f in res.findings], "wall": wall,
+                         "metric_at_end": final.outcome.get("metric_at_end"),
+                         "checkpoint_step": final.outcome.get("best_val_checkpoint_step")})
             print(f"{name} seed {s}: {res.family} {res.lr:.3g} -> {res.metric:.4g}, "
                   f"{res.cost_runs:.2f} runs, {wall:.0f} s", flush=True)
         mean = statistics.fmean(r["metric"] for r in runs)

@@ -8,6 +8,7 @@ scikit-learn's iris data (150 flowers, 4 features; or wine, breast cancer, digit
     python benchmarks/user_tiny_tune.py 60 [iris|wine|cancer|digits|synthetic]
     python benchmarks/user_tiny_tune.py 80 iris
     python benchmarks/user_tiny_tune.py 60 iris --seeds 3 [--range-test 30]   # tune alone
+    python benchmarks/user_tiny_tune.py 300 --checkpoints 5   # final run: checkpoint vs end
 """
 
 from __future__ import annotations
@@ -69,7 +70,31 @@ def seeds(steps: int, name: str, n: int, range_test: int | None) -> None:
           f"{[round(v, 3) for v in losses]}, median {np.median(losses):.3f}")
 
 
+def checkpoints(steps: int, n: int) -> None:
+    """On every data set, seeds 0..n-1: whether tune's final run kept its best-validation
+    checkpoint, and the test loss of that checkpoint against the run's end (30 validation
+    examples: the winner's curse of early stopping on a tiny split)."""
+    kept = helped = 0
+    for name in DATASETS:
+        for seed in range(n):
+            with tempfile.TemporaryDirectory() as out:
+                r = lrkit.tune(task(steps, name), out=out, progress=False, seed=seed)
+            final = next(st for st in r.stages if st.name == "final run").outcome
+            step = final.get("best_val_checkpoint_step")
+            end = final.get("metric_at_end")
+            if step is not None:
+                kept += 1
+                helped += r.metric < end
+            print(f"{name:9s} seed {seed}: {r.family:8s} {r.lr:.3g}  test at end {end:.4f}  "
+                  + (f"checkpoint step {step}: {r.metric:.4f}" if step is not None else
+                     "no checkpoint"), flush=True)
+    print(f"checkpoint kept in {kept} of {len(DATASETS) * n} runs; better on test in {helped}")
+
+
 def main(argv: list[str]) -> int:
+    if "--checkpoints" in argv:  # user_tiny_tune.py 300 --checkpoints 5
+        checkpoints(int(argv[0]), int(argv[argv.index("--checkpoints") + 1]))
+        return 0
     if "--seeds" in argv:  # user_tiny_tune.py 60 iris --seeds 3 [--range-test 30]
         i = argv.index("--seeds")
         rt = int(argv[argv.index("--range-test") + 1]) if "--range-test" in argv else None

@@ -486,7 +486,7 @@ def find_lr(
         if not isinstance(model, nn.Module):
             raise TypeError(f"model_or_task must be a torch.nn.Module or a lrkit Task, got "
                             f"{type(model).__name__}")
-        _train.check_optimizer("optimizer", optimizer)
+        _train.check_optimizer("optimizer", optimizer, model)
         if train_loader is None:
             raise ValueError("train_loader must be given (an iterable of batches)")
         if (loss_fn is None) == (step_fn is None):

@@ -219,11 +219,19 @@ def _to_device(batch: Any, device: torch.device | None) -> Any:
     return batch
 
 
-def check_optimizer(name: str, optimizer: Any) -> torch.optim.Optimizer:
+def check_optimizer(name: str, optimizer: Any, model: nn.Module | None = None
+                    ) -> torch.optim.Optimizer:
     """``optimizer`` if it is a ``torch.optim.Optimizer`` that steps without a closure (lrkit's
-    loops call ``optimizer.step()`` after their own backward); else a TypeError naming ``name``."""
+    loops call ``optimizer.step()`` after their own backward) and, when ``model`` is given, holds
+    at least one of its parameters; else a TypeError / ValueError naming ``name``."""
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"{name} must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if model is not None:
+        mine = {id(p) for p in model.parameters()}
+        if mine and not any(id(p) in mine for g in optimizer.param_groups for p in g["params"]):
+            raise ValueError(f"{name} holds none of the model's parameters: it steps another "
+                             "model's (was it built before the model was re-created or "
+                             "copied?); build it over this model's parameters()")
     try:
         closure = inspect.signature(optimizer.step).parameters.get("closure")
     except (TypeError, ValueError):  # a C-implemented or wrapped step: assume it is optional
@@ -305,7 +313,7 @@ def fit(
         check_int("eval_every", eval_every, minimum=1)
         if evaluate is None:
             raise ValueError("eval_every needs evaluate=callable(model) -> metric")
-    check_optimizer("optimizer", optimizer)
+    check_optimizer("optimizer", optimizer, model)
     compute = step_fn if step_fn is not None else _default_step_fn(loss_fn)
     dev = torch.device(device) if device is not None else None
     if dev is not None:

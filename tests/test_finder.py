@@ -220,6 +220,11 @@ def test_arguments_checked():
     lbfgs = torch.optim.LBFGS(model.parameters(), lr=0.1)
     with pytest.raises(TypeError, match=r"optimizer is a LBFGS, whose step\(\) needs a closure"):
         find_lr(model, lbfgs, loader, F.cross_entropy)
+    other, _, _, _ = _setup()  # an optimizer over another model's parameters: refused, untouched
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"optimizer holds none of the model's parameters"):
+        find_lr(model, torch.optim.SGD(other.parameters(), lr=0.1), loader, F.cross_entropy)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     with pytest.raises(ValueError, match="loss_fn"):
         find_lr(model, opt, loader)
     with pytest.raises(TypeError, match="optimizer"):

@@ -164,6 +164,9 @@ def test_bad_arguments():
         fit(m, opt, [(x, y)], num_steps=0, loss_fn=nn.functional.mse_loss)
     with pytest.raises(TypeError, match="optimizer"):
         fit(m, "sgd", [(x, y)], num_steps=1, loss_fn=nn.functional.mse_loss)
+    with pytest.raises(ValueError, match="optimizer holds none of the model's parameters"):
+        fit(m, torch.optim.SGD(_model().parameters(), lr=0.1), [(x, y)], num_steps=1,
+            loss_fn=nn.functional.mse_loss)
     with pytest.raises(ValueError, match="grad_clip"):
         fit(m, opt, [(x, y)], num_steps=1, loss_fn=nn.functional.mse_loss, grad_clip=-1.0)
     with pytest.raises(ValueError, match="ran out"):
