@@ -211,7 +211,8 @@ def compare(
     if isinstance(schedules, str) or not schedules:
         raise ValueError(f"schedules must be a non-empty sequence of family names, got "
                          f"{schedules!r}")
-    fams = tuple(check_choice("schedules[]", s, FAMILIES) for s in schedules)
+    fams = tuple(check_choice(f"schedules[{i}]", s, FAMILIES)
+                 for i, s in enumerate(schedules))
     if len(set(fams)) != len(fams):
         raise ValueError(f"schedules must not repeat a family, got {list(schedules)!r}")
     missing = [f for f in fams if f not in FAMILY_LR_KEY]

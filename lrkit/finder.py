@@ -487,6 +487,11 @@ def find_lr(
             raise TypeError(f"model_or_task must be a torch.nn.Module or a lrkit Task, got "
                             f"{type(model).__name__}")
         _train.check_optimizer("optimizer", optimizer, model)
+        if val_loader is not None:
+            from .tasks.torch_task import _check_loader
+
+            _check_loader("val_loader", val_loader, "every short run restarts it" if confirm
+                          else "the sweep measures the validation loss at every step")
         if train_loader is None:
             raise ValueError("train_loader must be given (an iterable of batches)")
         if (loss_fn is None) == (step_fn is None):
@@ -770,7 +775,7 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
         out = _train.run(task, lr, steps=steps, seed=seed, eval_split="val", callbacks=[track])
         spent += out.steps_done
         row = {"lr": lr, "steps": steps, "metric": out.metric, "diverged": out.diverged,
-               "val_curve": track.curve + [(out.steps_done, out.metric)],
+               "scored": out.scored, "val_curve": track.curve + [(out.steps_done, out.metric)],
                "train_losses": [float(v) for v in out.losses],
                "lrs": [float(v) for v in out.lrs]}
         table.append(row)
@@ -781,6 +786,7 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
 
     for i in range(candidates):
         trial(centre * 10 ** (CONFIRM_SPACING * (i - half)))
+    _train.check_scored(table, "confirm")
 
     def best_row() -> dict:
         return min(table, key=lambda r: (_rank_key(task, r["metric"]), r["lr"]))

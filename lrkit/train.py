@@ -167,6 +167,9 @@ class RunResult:
     losses: list[float]
     lrs: list[float]
     schedule: dict | None
+    #: False when the run trained without diverging but ``task.evaluate`` returned NaN or inf
+    #: (``metric`` is then ``task.worst``): a broken metric rather than a bad LR
+    scored: bool = True
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -516,6 +519,7 @@ def run(
     out = fit(model, optimizer, task.batches(seed), num_steps=n, step_fn=task.loss,
               schedule=schedule, callbacks=cbs, grad_clip=grad_clip,
               accumulation_steps=accumulation_steps, amp=amp, device=device, progress=progress)
+    scored = True
     if out.diverged:
         metric = task.worst
     else:
@@ -525,11 +529,24 @@ def run(
         with torch.no_grad():
             metric = float(task.evaluate(model, eval_split))
         if not math.isfinite(metric):
-            metric = task.worst
+            metric, scored = task.worst, False
     return RunResult(task=task.name, seed=seed, steps=n, metric=metric, diverged=out.diverged,
                      stop_reason=out.stop_reason, steps_done=out.steps_done,
                      wall_time=out.wall_time, losses=out.losses, lrs=out.lrs,
-                     schedule=schedule.spec if schedule is not None else None)
+                     schedule=schedule.spec if schedule is not None else None, scored=scored)
+
+
+def check_scored(runs: Iterable[Any], what: str) -> None:
+    """ValueError when no run of ``runs`` (dicts with ``diverged`` and ``scored``, as
+    :class:`RunResult` gives) got a finite metric although some trained without diverging:
+    every LR would tie at ``task.worst`` and the choice among them would be arbitrary."""
+    runs = list(runs)
+    trained = [r for r in runs if not r["diverged"]]
+    if trained and not any(r.get("scored", True) for r in trained):
+        raise ValueError(f"{what}: none of {len(runs)} runs scored a finite validation metric "
+                         f"({len(trained)} trained without diverging, and evaluating them gave "
+                         "NaN or inf): check metric_fn (it must return a finite float for a "
+                         "trained model) and the validation data")
 
 
 # --------------------------------------------------------------------------------- snapshots

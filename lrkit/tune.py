@@ -493,7 +493,7 @@ def _train_arm(task: Any, family: str, lr: float, steps: int, rung: int, seed: i
         bar.update(steps - out.steps_done)
     rec = {"rung": rung, "family": family, "lr": lr, "steps": steps,
            "steps_done": out.steps_done, "metric": out.metric, "diverged": out.diverged,
-           "stop_reason": out.stop_reason, "wall_time": time.perf_counter() - t0,
+           "scored": out.scored, "stop_reason": out.stop_reason, "wall_time": time.perf_counter() - t0,
            "losses": [float(v) for v in out.losses], "lrs": [float(v) for v in out.lrs],
            "schedule": sched.spec, "worker": _worker()}
     if track is not None:
@@ -531,6 +531,8 @@ def _run_rung(task: Any, arms: list[_Arm], rung: int, steps: int, log: _Trials, 
 def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
                    families: Sequence[str], budget: float, seed: int, study: Any,
                    show: _Display) -> tuple[dict, Stage]:
+    from .train import check_scored
+
     full = task.recipe.steps
     plan = _halving_plan(full, budget, range_stage.cost_steps, len(families))
     if len(families) > 1 and plan.rung1 < MIN_RUNG_STEPS:
@@ -561,6 +563,7 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     if len(families) > 1:
         arms0 = [_Arm(f, centres[f], centres[f], 1.0) for f in families]
         res0 = _run_rung(task, arms0, 0, plan.rung0, log, seed, show)
+        check_scored(res0, "tune, rung 0")
         order = sorted(range(len(arms0)), key=lambda i: (_rank(task, _num(res0[i]["metric"]),
                                                                res0[i]["diverged"]), i))
         kept = [arms0[i].family for i in order[:plan.keep]]
@@ -576,6 +579,7 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     # rung 1: the kept families, each at its three LRs, twice the horizon
     arms1 = [a for f in kept for a in _arms(centres, f)]
     res1 = _run_rung(task, arms1, 1, plan.rung1, log, seed, show)
+    check_scored(res1, "tune, rung 1")
 
     def best() -> int:
         return min(range(len(arms1)), key=lambda i: (_rank(task, _num(res1[i]["metric"]),
@@ -1147,7 +1151,8 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
     if isinstance(schedules, str) or not isinstance(schedules, Sequence) or not schedules:
         raise ValueError(f"schedules must be a non-empty sequence of family names, got "
                          f"{schedules!r}")
-    families = tuple(check_choice("schedules[]", s, FAMILIES) for s in schedules)
+    families = tuple(check_choice(f"schedules[{i}]", s, FAMILIES)
+                 for i, s in enumerate(schedules))
     if len(set(families)) != len(families):
         raise ValueError(f"schedules must not repeat a family, got {list(schedules)!r}")
     seed = check_int("seed", seed, minimum=0)

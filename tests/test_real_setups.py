@@ -174,7 +174,29 @@ def test_confirm_from_a_plain_call_names_what_is_missing():
     with pytest.raises(ValueError, match="schedule"):
         find_lr(model, opt, tl, F.mse_loss, val_loader=vl, confirm=True, steps=100,
                 schedule="zigzag")
+    with pytest.raises(TypeError, match="val_loader must be re-iterable"):
+        find_lr(model, opt, tl, F.mse_loss, val_loader=iter(vl))  # read at every step
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_metric_that_is_never_finite_is_an_error_not_a_choice():
+    """Every confirm run trains, but metric_fn gives NaN: all LRs would tie at the worst value
+    and the lowest would "win" (and travel further down). Refused, and the model restored."""
+    model, opt, tl, vl = _regression()
+    before = _state(model, opt)
+    with pytest.raises(ValueError, match=r"confirm: none of 3 runs scored a finite validation "
+                                         r"metric.*check metric_fn"):
+        find_lr(model, opt, tl, F.mse_loss, val_loader=vl, confirm=True, steps=60,
+                metric_fn=lambda m, loader: float("nan"))
+    after = _state(model, opt)
+    assert all(torch.equal(a, b) for a, b in zip(before[0], after[0]))
+    # runs that diverge are a bad LR, not a broken metric: no error from them
+    train.check_scored([{"diverged": True, "scored": False}] * 3, "x")
+    train.check_scored([{"diverged": False, "scored": False},
+                        {"diverged": False, "scored": True}], "x")
+    with pytest.raises(ValueError, match="x: none of 2 runs"):
+        train.check_scored([{"diverged": True, "scored": False},
+                            {"diverged": False, "scored": False}], "x")
 
 
 # ------------------------------------------------------------------------- in-place restore

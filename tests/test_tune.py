@@ -249,6 +249,11 @@ def test_user_model_through_from_torch(tmp_path):
                           .mean(), val_loader=val, steps=150, name="my <model>")
     with pytest.raises(ValueError, match="task_key"):
         tune(absolute, out=tmp_path / "user", progress=False, schedules=("constant", "cosine"))
+    # a metric_fn that never gives a finite value: an error at the first rung, not a choice
+    broken = from_torch(model, opt, data, loss_fn, val_loader=val, steps=150,
+                        metric_fn=lambda m, loader: float("nan"))
+    with pytest.raises(ValueError, match=r"tune, rung 0: none of 2 runs scored a finite"):
+        tune(broken, out=tmp_path / "broken", progress=False, schedules=("constant", "cosine"))
 
 
 def test_short_runs_confirm_one_schedule_or_none_and_say_so(tmp_path):

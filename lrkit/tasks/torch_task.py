@@ -66,14 +66,14 @@ def _has_cuda_tensor(batch: Any) -> bool:
     return False
 
 
-def _check_loader(name: str, loader: Any) -> None:
+def _check_loader(name: str, loader: Any, why: str = "every short run restarts it") -> None:
     if loader is None:
         raise ValueError(f"{name} must be given: an iterable of batches (a DataLoader or a list)")
     if not hasattr(loader, "__iter__"):
         raise TypeError(f"{name} must be an iterable of batches, got {type(loader).__name__}")
     if iter(loader) is loader:
         raise TypeError(f"{name} must be re-iterable (a DataLoader or a list), not a one-shot "
-                        f"iterator ({type(loader).__name__}): every short run restarts it")
+                        f"iterator ({type(loader).__name__}): {why}")
 
 
 def _schedule_family(schedule: Any) -> str:
