@@ -88,11 +88,14 @@ def constant_best(task, oracle: bench.Oracle, seeds: list[int],
 
 
 def peers(name: str) -> dict:
-    p = RESULTS / "methods.json"
-    if not p.exists():
-        return {}
+    """Each peer rule's mean metric on ``name`` from ``methods.json`` or, for a task measured on
+    its own (a held-out task), ``methods-<name>.json``."""
+    results = []
+    for p in (RESULTS / "methods.json", RESULTS / f"methods-{name}.json"):
+        if p.exists():
+            results += json.loads(p.read_text())["results"]
     out = {}
-    for r in json.loads(p.read_text())["results"]:
+    for r in results:
         if r["task"] == name and r["method"] in PEERS:
             ms = [m for m in r["metrics"]]
             out[r["method"]] = statistics.fmean(ms)

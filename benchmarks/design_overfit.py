@@ -35,7 +35,7 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = RESULTS / "overfit-runs.json"
 TASKS = ("digits", "digits-long", "mnist5k", "mnist1d", "charlm", "logreg", "diabetes",
-         "digits-small", "charrnn", "cancer-small")
+         "digits-small", "charrnn", "cancer-small", "digits-bn")
 SEEDS = (0, 1, 2, 3, 4)
 EVALS = 10
 BELOW, ABOVE = 1.5, 1.0  # decades around the centre

@@ -189,7 +189,7 @@ def _halving_plan(full: int, budget: float, range_cost: int, families: int) -> _
     Cost of stage 3 = ``F r0 + 3 k r1`` with ``r1 = 2 r0`` (F families at rung 0; k families x 3
     LRs at rung 1). ``k = ceil(F / ETA)`` when that still leaves ``r0`` at least
     ``max(MIN_RUNG_STEPS, full * MIN_RUNG_FRACTION)`` steps, else 1 (the caller confirms one
-    family only when even then ``r1 < MIN_RUNG_STEPS``). One family has no rung 0:
+    family only when even then ``r0 < MIN_RUNG_STEPS``). One family has no rung 0:
     its three LRs get ``r1 = left / (3 + WALK_RESERVE)`` steps each; ``r1 = 0`` (no
     confirmation) when that is under ``MIN_RUNG_STEPS`` (runs of a few steps only say which LR
     falls fastest at first: the highest that does not blow up).
@@ -535,8 +535,9 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
 
     full = task.recipe.steps
     plan = _halving_plan(full, budget, range_stage.cost_steps, len(families))
-    if len(families) > 1 and plan.rung1 < MIN_RUNG_STEPS:
-        # too few steps to compare schedules: confirm the LR of the recipe's own one only
+    if len(families) > 1 and plan.rung0 < MIN_RUNG_STEPS:
+        # too few steps to compare schedules (a miniature of a few steps has no shape, and its
+        # val metric has barely moved): confirm the LR of the recipe's own one only
         families = (task.recipe.schedule if task.recipe.schedule in families else families[0],)
         plan = _halving_plan(full, budget, range_stage.cost_steps, 1)
     plan = dataclasses.replace(plan, range_iters=int(rt.settings.get("num_iter", 0)))

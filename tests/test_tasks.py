@@ -19,7 +19,7 @@ from lrkit.train import run
 torch.set_num_threads(1)
 
 BUILTIN = ["digits", "digits-long", "mnist5k", "mnist1d", "charlm", "logreg", "diabetes", "digits-small",
-           "charrnn", "cancer-small"]
+           "charrnn", "cancer-small", "digits-bn"]
 
 
 # ------------------------------------------------------------------------------------ registry
@@ -237,7 +237,7 @@ def test_charlm_splits_are_consecutive_and_disjoint():
 
 
 @pytest.mark.parametrize("name", ["digits", "mnist5k", "mnist1d", "charlm", "logreg", "diabetes",
-                                  "digits-small", "charrnn", "cancer-small"])
+                                  "digits-small", "charrnn", "cancer-small", "digits-bn"])
 def test_evaluate_accepts_only_val_and_test(name):
     t = tasks.get(name)
     m = t.build_model(0)
@@ -348,6 +348,7 @@ LR_MATTERS = [
     ("diabetes", None, (1e-5, 1e-3, 0.03), 0.1),
     ("digits-small", None, (1e-5, 5.6e-4, 0.03), 0.1),
     ("cancer-small", None, (3e-6, 1.78e-4, 0.01), 0.1),
+    ("digits-bn", None, (1e-3, 0.2, 30.0), 0.2),
 ]
 
 
@@ -521,3 +522,21 @@ def test_charrnn_best_cosine_peak_is_well_above_the_constant_sweep_scale():
     assert 2.4 < best.metric < 2.8  # bits/char, vs log2(96) = 6.6 for a uniform guess
     high = run(t, 30.0, seed=0)
     assert high.diverged and high.metric == t.worst and high.steps_done < t.recipe.steps
+
+
+def test_digits_bn_is_the_digits_split_as_images_with_batch_norm_and_a_one_cycle_recipe():
+    from lrkit.tasks import digits, digits_bn
+
+    a, b = digits.load(), digits_bn.load()
+    for split in ("train", "val", "test"):
+        assert b[split][0].shape[1:] == (1, 8, 8)
+        assert torch.equal(b[split][0].reshape(len(a[split][0]), -1), a[split][0])
+        assert torch.equal(b[split][1], a[split][1])
+    t = tasks.get("digits-bn")
+    m = t.build_model(0)
+    assert sum(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules()) == 6
+    assert t.recipe.schedule == "onecycle" and t.recipe.optimizer_kwargs["weight_decay"] > 0
+    # evaluation uses the running statistics: scoring in eval mode changes no BN buffer
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    t.evaluate(m, "val")
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())

@@ -81,11 +81,11 @@ def test_budget_plan_by_hand():
     assert tune_mod._range_iters(60, 2.0) == 60 and tune_mod._range_iters(80, 2.0) == 30
     with pytest.raises(ValueError, match="budget=1.05 does not cover the range test"):
         tune_mod._halving_plan(300, 1.05, 60, 5)
-    # a short run: 80 steps, budget 2, range test of 30: 50 // 13 = 3 steps of rung 0 leave
-    # rung-1 runs of 6 < 10 steps to choose the LR, so stage 3 confirms one family, without
-    # rung 0: 50 // (3 + 1) = 12-step runs (100 steps: 70 // 13 = 5, rung 1 = 10: all five)
+    # a short run: 80 steps, budget 2, range test of 30: 50 // 13 = 3 steps of rung 0 (rung-1
+    # runs of 6), under 10 steps, so stage 3 confirms one family, without rung 0:
+    # 50 // (3 + 1) = 12-step runs (100 steps: 70 // 13 = 5-step rung 0, also one family)
     assert tune_mod._halving_plan(80, 2.0, 30, 5).rung1 == 6
-    assert tune_mod._halving_plan(100, 2.0, 30, 5).rung1 == 10
+    assert tune_mod._halving_plan(100, 2.0, 30, 5).rung0 == 5
     p = tune_mod._halving_plan(80, 2.0, 30, 1)
     assert (p.rung0, p.rung1, p.keep) == (0, 12, 1)
     # 60 steps: 30 // 4 = 7 < 10 steps: no confirmation runs at all
@@ -278,6 +278,11 @@ def test_short_runs_confirm_one_schedule_or_none_and_say_so(tmp_path):
     assert res.family == "constant" and log["plan"]["rung0"] == 0
     assert {t["rung"] for t in log["trials"]} == {1} and log["trials"][0]["steps"] == 12
     assert "only constant was confirmed" in res.explanation and res.cost_steps <= 160
+    # 100 steps: rung 0 would be 70 // 13 = 5 steps, too short to compare schedule shapes:
+    # one family too, at three LRs of 70 // 4 = 17 steps
+    res = tune(user_task(100), out=tmp_path / "c", progress=False)
+    log = json.loads((tmp_path / "c" / "3-halving.json").read_text())
+    assert log["plan"]["rung0"] == 0 and {t["steps"] for t in log["trials"]} == {17}
     # 60 steps: a 30-step range test would leave 30, too few for runs of >= 10 steps at three
     # LRs: no confirmation, the range test takes all 60 spare steps, and the final run takes its
     # LR for the recipe's schedule as it is

@@ -35,6 +35,7 @@ _BUILTIN: dict[str, str] = {
     "digits-small": "lrkit.tasks.digits_small:make_task",
     "charrnn": "lrkit.tasks.charrnn:make_task",
     "cancer-small": "lrkit.tasks.cancer:make_task",
+    "digits-bn": "lrkit.tasks.digits_bn:make_task",
 }
 
 
