@@ -493,9 +493,9 @@ def _train_arm(task: Any, family: str, lr: float, steps: int, rung: int, seed: i
         bar.update(steps - out.steps_done)
     rec = {"rung": rung, "family": family, "lr": lr, "steps": steps,
            "steps_done": out.steps_done, "metric": out.metric, "diverged": out.diverged,
-           "scored": out.scored, "stop_reason": out.stop_reason, "wall_time": time.perf_counter() - t0,
-           "losses": [float(v) for v in out.losses], "lrs": [float(v) for v in out.lrs],
-           "schedule": sched.spec, "worker": _worker()}
+           "scored": out.scored, "stop_reason": out.stop_reason,
+           "wall_time": time.perf_counter() - t0, "losses": [float(v) for v in out.losses],
+           "lrs": [float(v) for v in out.lrs], "schedule": sched.spec, "worker": _worker()}
     if track is not None:
         rec["val_curve"] = [list(p) for p in track.curve] + [[out.steps_done, out.metric]]
     return rec
