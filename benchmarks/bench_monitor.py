@@ -298,8 +298,17 @@ With the first-difference noise estimate used before (2026-11-26, 05:50 UTC), x1
 6/21 runs: logreg's three as well. Its full-batch loss falls fast in the first block and then
 flattens. First differences counted that fall as noise, so the drop looked insignificant and the
 rule read "has not fallen significantly". The second-difference estimate fixed it. Every other
-figure on this page (the 84 labelled runs, the first-correct fractions, leave-one-task-out,
-sensitivity) is identical under both estimators.
+figure on this page (the 84 labelled runs of the seven design tasks, the first-correct
+fractions, leave-one-task-out, sensitivity) is identical under both estimators.
+
+**digits-bn (held out, 2026-11-26):** a batch-normalised CNN under 1-cycle, its 12 labelled runs
+collected after every rule was fixed. First evaluation: 10/12; at the best LR two seeds got
+`overfitting` and `lr_too_high`: val accuracy 0.64 at step 14, 0.50 at step 29, while the 1-cycle
+LR climbed to its peak (and the running statistics lagged), 0.99 at the end. The val rules now
+wait while the LR is above its value at the best evaluation: 12/12, and the 84 design runs
+unchanged. Its near-best runs: x1/10 (0.056, inside the wide band) and x1/3 (0.19) are flagged
+`lr_too_low` on 3/3 seeds, the first right in spirit (the best is 0.56), the second a false
+positive of the same kind as diabetes's below.
 
 - **The same false positive in tune:** in `bench_tune`'s final runs (`results/tune.md`),
   `lr_too_low` also fired on logreg at 0.7x its best LR. It no longer does: 3 seeds, only

@@ -49,7 +49,9 @@ kind                      rule (seed advice it implements)
                           first ``overfit_early`` of the run and the metric is ``overfit_gap``
                           worse, ``lr_too_high`` is raised too: on a small-data task the LR
                           fits the noise long before the run ends (seed 000: the LR "may also
-                          lead to overfitting")
+                          lead to overfitting"). Both wait while the LR is above its value at
+                          the best evaluation (a warmup, a 1-cycle's rising half): a worse
+                          metric then is the schedule's transient
 ========================  ===================================================================
 
 The loss-shape rules assume a loss bounded below near zero (cross-entropy, MSE, bits); a
@@ -281,6 +283,7 @@ class Monitor:
         self._n_diff = 0
         self._neg = False
         self._max_lr = 0.0
+        self._lr_now: float | None = None  # the LR of the last update (when given)
         # blocks: cumulative tau at each block end; prefix sums of loss and count
         self._b_sum = 0.0
         self._b_n = 0
@@ -298,6 +301,7 @@ class Monitor:
         self._val_best: float | None = None
         self._val_best_step = -1
         self._val_bad = 0
+        self._val_lr_at_best: float | None = None
         self._val_loss_at_best = math.inf
 
     @property
@@ -347,6 +351,7 @@ class Monitor:
         if lr is not None:
             lr = float(lr)
             self._tau += lr
+            self._lr_now = lr
             if lr > self._max_lr:
                 self._max_lr = lr
         else:
@@ -429,6 +434,7 @@ class Monitor:
         while i < n_items:
             # load the state into locals
             last_step, n, tau, max_lr = self._last_step, self._n, self._tau, self._max_lr
+            lr_now = self._lr_now
             first, bias, ema = self._first, self._bias, self._ema
             best, best_step, prev = self._ema_best, self._best_step, self._prev
             sq, nd, bsum, bn = self._sq_diff, self._n_diff, self._b_sum, self._b_n
@@ -455,6 +461,7 @@ class Monitor:
                 nd += 1
                 prev, prev_d = loss, d
                 tau += lr
+                lr_now = lr
                 if lr > max_lr:
                     max_lr = lr
                 bsum += loss
@@ -464,6 +471,7 @@ class Monitor:
                 i += 1
             # store the locals back
             self._last_step, self._n, self._tau, self._max_lr = last_step, n, tau, max_lr
+            self._lr_now = lr_now
             self._bias, self._ema, self._ema_best, self._best_step = bias, ema, best, best_step
             self._prev, self._sq_diff, self._n_diff, self._b_sum, self._b_n = prev, sq, nd, bsum, bn
             self._prev_d = prev_d
@@ -643,11 +651,20 @@ class Monitor:
         if better:
             self._val_best, self._val_best_step, self._val_bad = v, step, 0
             self._val_loss_at_best = smooth
+            self._val_lr_at_best = self._lr_now
             return
         gap = (v - best) if self.val_mode == "min" else (best - v)
         if gap > th.overfit_tolerance * max(abs(best), 1e-12):
             self._val_bad += 1  # evaluations since the best that are worse beyond tolerance
-        if self._val_bad >= th.overfit_patience and smooth < self._val_loss_at_best:
+        # while the LR is above its value at the best evaluation (a warmup, the rising half of
+        # a 1-cycle or a cyclic schedule), a worse validation metric is the LR's transient, not
+        # yet overfitting: judge once the LR is back down (digits-bn under 1-cycle: val
+        # accuracy 0.64 at step 14 and 0.50 at step 29 as the LR climbed to its peak, 0.99 at
+        # the end)
+        rising = (self._lr_now is not None and self._val_lr_at_best is not None
+                  and self._lr_now > self._val_lr_at_best)
+        if (self._val_bad >= th.overfit_patience and smooth < self._val_loss_at_best
+                and not rising):
             self._raise("overfitting", step,
                         {"best_val": best, "best_step": self._val_best_step, "val": v,
                          "train_loss": smooth, "train_loss_at_best": self._val_loss_at_best},

@@ -174,6 +174,34 @@ def test_overfitting_needs_a_val_metric_and_flags_an_early_peak_as_too_high():
     assert _run(train, total=n).finding("overfitting") is None  # no val metric: no rule
 
 
+def test_a_val_dip_while_the_lr_rises_is_judged_once_the_lr_is_back_down():
+    """A 1-cycle's rising half: the val metric may get worse while the LR climbs above its value
+    at the best evaluation (the schedule's transient); the overfitting rules wait until the LR
+    is back below it, and then judge the val metric as it is."""
+    n = 400
+    train = [2.0 * math.exp(-t / 30) + 0.01 for t in range(n)]
+    lrs = [0.01 + 0.99 * min(t, 200) / 200 - 0.99 * max(0, t - 200) / 200 for t in range(n)]
+
+    def run(vals):
+        m = Monitor(total_steps=n, val_mode="min")
+        for t, loss in enumerate(train):
+            m.update(t, loss, lr=lrs[t], val_metric=vals.get(t))
+        return m
+
+    # val best at step 40 (LR 0.21), worse while the LR climbs, better than ever once it falls
+    recovers = {t: (1.0 - 0.01 * t if t <= 40 else 0.8 if t < 300 else 0.5)
+                for t in range(0, n, 20)}
+    m = run(recovers)
+    assert m.finding("overfitting") is None and m.finding("lr_too_high") is None
+    # ... still worse than at step 40 when the LR is back below 0.21 (after step 360): flagged
+    stays = {t: (1.0 - 0.01 * t if t <= 40 else 0.8) for t in range(0, n, 20)}
+    f = run(stays).finding("overfitting")
+    assert f is not None and f.step >= 360 and f.evidence["best_step"] == 40
+    # at a constant LR the same dip is flagged at once (the rule of the test above)
+    m = _run(train, total=n, vals=stays)
+    assert m.finding("overfitting").step == 100
+
+
 @pytest.mark.parametrize("task,cond,kinds", [
     ("digits@1", "x1_100", {"lr_too_low"}), ("digits@1", "best", set()),
     ("digits@1", "x30", {"diverged", "lr_too_high"}), ("logreg@1", "x1_100", {"lr_too_low"}),
