@@ -485,8 +485,11 @@ def run(
     first loss, or turns non-finite, stops early and is scored ``task.worst``.
     ``optimizer_factory(params)`` replaces the recipe's optimizer (for LR-free optimizers, whose
     ``lr`` is a multiplier: pass ``lr=1.0`` to keep the recipe's schedule shape, or a constant
-    schedule). Optimizers with ``train()``/``eval()`` modes (schedule-free) are switched to
-    ``eval()`` before scoring. Deterministic on CPU for a given ``seed``.
+    schedule). When that optimizer has neither ``momentum`` nor ``betas`` (Adagrad, Adadelta,
+    ...), a schedule that cycles momentum (``onecycle``, ``cyclic``) keeps its LR shape and drops
+    the cycling: there is nothing to cycle. Optimizers with ``train()``/``eval()`` modes
+    (schedule-free) are switched to ``eval()`` before scoring. Deterministic on CPU for a given
+    ``seed``.
     """
     from .tasks import Task
 
@@ -511,6 +514,7 @@ def run(
         check_optimizer("optimizer_factory's result", optimizer)
     else:
         optimizer = task.recipe.make_optimizer(model.parameters(), peak)
+    schedule = _fit_momentum(schedule, optimizer)
     if callable(getattr(optimizer, "train", None)):
         optimizer.train()  # schedule-free optimizers train on their "y" sequence
     cbs = list(callbacks)
@@ -534,6 +538,19 @@ def run(
                      stop_reason=out.stop_reason, steps_done=out.steps_done,
                      wall_time=out.wall_time, losses=out.losses, lrs=out.lrs,
                      schedule=schedule.spec if schedule is not None else None, scored=scored)
+
+
+def _fit_momentum(schedule: Schedule, optimizer: torch.optim.Optimizer) -> Schedule:
+    """``schedule`` without its momentum cycling when no param group of ``optimizer`` has a
+    momentum to cycle (``momentum`` or ``betas``); else ``schedule`` itself."""
+    from .schedules import from_spec
+    from .torch import _momentum_key
+
+    spec = schedule.spec
+    if (spec.get("cycle_momentum") and schedule.momentum(0) is not None
+            and all(_momentum_key(g) is None for g in optimizer.param_groups)):
+        return from_spec({**spec, "cycle_momentum": False})
+    return schedule
 
 
 def check_scored(runs: Iterable[Any], what: str) -> None:

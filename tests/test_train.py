@@ -227,3 +227,39 @@ def test_snapshot_holds_cpu_copies_not_aliases():
         assert torch.equal(a, b)
     with pytest.raises(TypeError, match="model"):
         snapshot("not a model")
+
+
+def test_run_drops_momentum_cycling_for_an_optimizer_without_momentum():
+    """A 1-cycle recipe run with Adagrad (no momentum, no betas): the LR keeps the 1-cycle shape
+    and the momentum cycling is dropped (LRSchedule itself would refuse); SGD with momentum
+    keeps it, and the momentum it sets follows the schedule."""
+    import dataclasses
+
+    from lrkit import schedules
+    from lrkit.train import run
+    from tests.tiny_task import make_task
+
+    base = make_task(20)
+    task = dataclasses.replace(base, recipe=dataclasses.replace(
+        base.recipe, schedule="onecycle", optimizer_kwargs={"momentum": 0.9}))
+    seen = []
+
+    class Record(Callback):
+        def on_step_end(self, info):
+            seen.append((info.lr, info.optimizer.param_groups[0].get("momentum")))
+
+    res = run(task, 0.05, seed=0, callbacks=[Record()],
+              optimizer_factory=lambda p: torch.optim.Adagrad(p, lr=0.05))
+    ref = schedules.family("onecycle", 0.05, 20)
+    assert res.schedule["cycle_momentum"] is False
+    assert [lr for lr, _ in seen] == pytest.approx([ref(t) for t in range(20)], rel=1e-12)
+    assert all(m is None for _, m in seen)
+    seen.clear()
+    res = run(task, 0.05, seed=0, callbacks=[Record()])
+    assert res.schedule["cycle_momentum"] is True
+    # on_step_end runs after the scheduler has set the next step's momentum
+    assert [m for _, m in seen[:-1]] == pytest.approx([ref.momentum(t + 1) for t in range(19)])
+    with pytest.raises(ValueError, match="cycles momentum"):  # the adapter alone still refuses
+        from lrkit.torch import LRSchedule
+
+        LRSchedule(torch.optim.Adagrad([torch.zeros(1, requires_grad=True)], lr=0.1), ref)
