@@ -1046,15 +1046,20 @@ def overfit_step(task: Any, best: dict, runs: list[dict]) -> tuple[float, str] |
 
 def _finite_points(curve: Iterable) -> list[tuple[Any, float]]:
     """The ``(step, value)`` points of a val curve whose value is a finite number (a curve read
-    back from JSON may hold ``None`` or ``"NaN"`` / ``"Infinity"`` strings)."""
-    out = []
+    back from JSON may hold ``None`` or ``"NaN"`` / ``"Infinity"`` strings), one per step: a
+    run's curve ends with its final metric at the step of its last tracked evaluation, and a
+    repeated point would count as one more evaluation after the best (the last one kept)."""
+    out: list[tuple[Any, float]] = []
     for t, v in curve:
         try:
             v = float(v)
         except (TypeError, ValueError):
             continue
         if math.isfinite(v):
-            out.append((t, v))
+            if out and out[-1][0] == t:
+                out[-1] = (t, v)
+            else:
+                out.append((t, v))
     return out
 
 

@@ -334,6 +334,14 @@ def test_a_run_that_memorises_is_flagged_and_one_still_learning_is_not():
     # a val plateau with a stalled training loss is a noise floor, not memorisation
     stalled = dict(memorise, train_losses=[0.5] * steps)
     assert _overfit_point(_LowerBetter(), stalled) is None
+    # a best at the last-but-one evaluation, then one worse value repeated as the run's final
+    # metric (a run's curve ends with it at the step of its last evaluation): one evaluation
+    # after the best, not two, so no verdict (a still-falling noisy curve, seen on a regression)
+    noisy_end = dict(memorise, val_curve=[(10 * k, 1.0 - 0.05 * k) for k in range(1, 10)]
+                     + [(100, 0.7), (100, 0.7)])
+    assert _overfit_point(_LowerBetter(), noisy_end) is None
+    assert _overfit_point(_LowerBetter(), dict(noisy_end, val_curve=noisy_end["val_curve"][:-1]
+                                              + [(110, 0.7)])) == (90, 0.55)
     assert _overfit_point(_LowerBetter(), dict(memorise, diverged=True)) is None
 
 
