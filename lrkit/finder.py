@@ -53,6 +53,9 @@ def sweep_lrs(start_lr: float, end_lr: float, num_iter: int, mode: str = "exp") 
 #: steps of one sweep: a longer ``num_iter`` buys repeats of a sweep this long, not a denser
 #: sweep (see :func:`sweep_plans`); the rule's constant was fitted on sweeps of this length
 SWEEP_STEPS = 100
+#: a suggestion that moves more than this factor when the curve is thinned 2x and 4x is read off
+#: noise: the result's note says so, and a "high" / "medium" confidence becomes "low"
+THIN_SPREAD = 2.0
 
 
 def sweep_plans(start_lr: float, end_lr: float, num_iter: int, mode: str = "exp"
@@ -125,7 +128,9 @@ class RangeTestResult:
     ``stopped_at`` is the index of the last step taken, ``stop_reason`` one of ``"completed"``,
     ``"diverged"``, ``"nan"``. ``suggestions`` holds every rule of :func:`lrkit.suggest.methods`
     on the same curve; ``num_iter_advice`` how the suggestion moves with the sweep's resolution and a
-    recommended ``num_iter``; ``cost_steps`` the optimizer steps spent (range test + confirm runs).
+    recommended ``num_iter`` (a suggestion that moves more than ``THIN_SPREAD`` x when the curve is
+    thinned 2x and 4x has confidence "low" at most); ``cost_steps`` the optimizer steps spent
+    (range test + confirm runs).
     """
 
     lrs: tuple[float, ...]
@@ -671,9 +676,25 @@ def _build_result(lrs: np.ndarray, losses: np.ndarray, stop_reason: str, *, meth
     advice["recommended_num_iter"] = _suggest.recommended_num_iter(
         train_size=train_size or None, batch_size=batch_size)
     spread = advice.get("spread")
-    if spread is not None and spread > 2.0:
+    more = max(2 * num_iter, advice["recommended_num_iter"])
+    thinned = [advice.get(k) for k in ("1", "2", "4") if k in advice]
+    chosen = all_s[method]
+    if spread is not None and spread > THIN_SPREAD:
         advice["note"] = (f"the suggestion moves {spread:.1f}x when the curve is thinned: use "
-                          f"num_iter >= {max(2 * num_iter, advice['recommended_num_iter'])}")
+                          f"num_iter >= {more}")
+        if chosen.lr is not None and chosen.confidence in ("high", "medium"):
+            # a reading that a coarser sampling of the same curve moves this far is a noise
+            # dip, not a property of the curve: say so in the confidence
+            all_s = {**all_s, method: replace(
+                chosen, confidence="low",
+                reason=f"{chosen.reason}; it moves {spread:.1f}x when the curve is thinned 2x "
+                       f"and 4x (noise): use num_iter >= {more}, or confirm=True")}
+    elif any(v is None for v in thinned) and any(v is not None for v in thinned):
+        advice["note"] = (f"the rule answers on some thinnings of the curve and abstains on "
+                          f"others (it is at the edge of what it can read): use num_iter >= "
+                          f"{more}")
+    elif thinned and all(v is None for v in thinned):
+        advice["note"] = "the rule abstains at every thinning of the curve (2x and 4x)"
     else:
         advice["note"] = "the suggestion is stable under thinning the curve 2x and 4x"
     if num_iter < SWEEP_STEPS:

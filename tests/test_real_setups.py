@@ -431,3 +431,39 @@ def test_time_is_the_integrated_lr_of_each_run_schedule_included():
     assert _tau({"lr": 0.01})(100) == pytest.approx(1.0)  # no trajectory: constant LR
     why = _overfits_beyond(_LowerBetter(), w, [w, b])
     assert why is not None and "step 31" in why
+
+
+def test_a_suggestion_that_thinning_moves_is_low_confidence_and_the_note_says_why():
+    """Over noisy random curves: whenever the rule's LR moves more than THIN_SPREAD when the curve
+    is thinned 2x and 4x, its confidence is at most "low" and its reason says so; when some
+    thinnings answer and others abstain, the note says that, never "stable"."""
+    from lrkit.finder import THIN_SPREAD, _build_result
+
+    rng = np.random.default_rng(7)
+    kinds = set()
+    for _ in range(150):
+        n = 100
+        lrs = np.logspace(-6, 1, n)
+        x = np.log10(lrs)
+        c = rng.uniform(-4, -1)
+        depth = rng.uniform(0.05, 0.6)
+        y = 1.0 - depth / (1 + np.exp(-(x - c) * 3)) + np.where(x > c + 1.5, (x - c - 1.5) ** 3, 0)
+        y = y + rng.normal(0, rng.uniform(0.01, 0.2), n)
+        res = _build_result(lrs, y, "completed", method="lrkit", num_iter=n, cost=n, wall=0.0,
+                            settings={}, train_size=None, batch_size=None)
+        a, s = res.num_iter_advice, res.suggestion
+        thinned = [a[k] for k in ("1", "2", "4")]
+        if a["spread"] is not None and a["spread"] > THIN_SPREAD:
+            kinds.add("moved")
+            assert "when the curve is thinned" in a["note"]
+            if s.lr is not None:
+                assert s.confidence == "low"
+                if "thinned 2x and 4x (noise)" in s.reason:
+                    kinds.add("downgraded")
+        elif any(v is None for v in thinned) and any(v is not None for v in thinned):
+            kinds.add("mixed")
+            assert "abstains on others" in a["note"] and "stable" not in a["note"]
+        elif a["spread"] is not None:
+            kinds.add("stable")
+            assert a["note"].startswith("the suggestion is stable")
+    assert {"moved", "downgraded", "mixed", "stable"} <= kinds
