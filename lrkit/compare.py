@@ -223,7 +223,7 @@ def compare(
     warm = task.recipe.warmup_steps
     t0 = time.perf_counter()
     rt = find_lr(task, seed=seed, progress=progress)
-    centres = _centres(rt.suggestion, task, fams)
+    centres, _ = _centres(rt, task, fams)
     cost = rt.cost_steps
     bar = None
     if progress:

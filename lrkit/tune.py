@@ -67,6 +67,9 @@ ETA = 3
 #: and the budget lasts); the plan reserves room for WALK_RESERVE such runs
 WALK = 0.5
 WALK_RESERVE = 1
+#: a final run that diverges is run once more at its LR / RETRY_FACTOR when the budget still
+#: pays for it (the monitor's advice for divergence: "restart with the LR about 10x lower")
+RETRY_FACTOR = 10.0
 #: the shortest rung-0 horizon worth running, as a fraction of a full run, and in steps
 MIN_RUNG_FRACTION = 1 / 15
 MIN_RUNG_STEPS = 10
@@ -228,16 +231,15 @@ def _schedule(task: Any, family: str, lr: float, steps: int) -> Any:
     return schedules.family(family, lr, steps, warmup_steps=_warmup_for(task, family, steps))
 
 
-def _centres(suggestion: Any, task: Any, families: Sequence[str]) -> dict[str, float]:
-    """Each family's centre LR from the range test's suggestion (the recipe's default LR, with
-    the usual settings around it, when the curve gave none)."""
-    from .suggest import Suggestion
+def _centres(rt: Any, task: Any, families: Sequence[str]) -> tuple[dict[str, float], str]:
+    """Each family's centre LR from the range test's suggestion, and where it came from. When
+    the curve gave none, confirm mode's fallback (:func:`lrkit.finder._confirm_centre`): the
+    peers' read of the same curve, and only then the recipe's default LR (as the peak of the
+    recipe's own schedule)."""
+    from .finder import _confirm_centre
 
-    s = suggestion
-    if s.lr is None:
-        d = task.recipe.default_lr
-        s = Suggestion.at(d, (d / 2, 2 * d), method=s.method, confidence="none", reason=s.reason)
-    return {f: float(s.lr_for(FAMILY_LR_KEY[f])) for f in families}
+    s, origin = _confirm_centre(task, rt)
+    return {f: float(s.lr_for(FAMILY_LR_KEY[f])) for f in families}, origin
 
 
 def _arms(centres: Mapping[str, float], family: str | None = None) -> list[_Arm]:
@@ -438,7 +440,7 @@ def _stage_range_test(task: Any, folder: _Folder, plan_iters: int, seed: int,
         show.say(f"      suggestion {s.lr:.3g}, band {s.band[0]:.3g} .. {s.band[1]:.3g} "
                  f"({s.confidence})")
     else:
-        show.say(f"      no suggestion ({s.reason}): centring on the recipe's default LR")
+        show.say(f"      no suggestion ({s.reason})")
     return res, stage
 
 
@@ -541,13 +543,13 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
         families = (task.recipe.schedule if task.recipe.schedule in families else families[0],)
         plan = _halving_plan(full, budget, range_stage.cost_steps, 1)
     plan = dataclasses.replace(plan, range_iters=int(rt.settings.get("num_iter", 0)))
-    centres = _centres(rt.suggestion, task, families)
+    centres, origin = _centres(rt, task, families)
     if study is not None:
         centres, plan = study.adopt(centres, plan)
     folder.save("candidates", {"centres": centres, "spacing_decades": SPACING,
                                "arms": [dataclasses.asdict(a) for a in _arms(centres)],
                                "band": list(rt.suggestion.band) if rt.suggestion.band else None,
-                               "plan": plan.to_dict()})
+                               "origin": origin, "plan": plan.to_dict()})
     if len(families) > 1:
         show.say(f"[2/5] candidates: {len(families)} schedules, each at its centre and "
                  f"x10^(+-{SPACING}); rung 0 = {plan.rung0} steps, rung 1 = {plan.rung1} steps, "
@@ -558,7 +560,8 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     else:
         show.say(f"[2/5] candidates: {families[0]} at the range test's LR only")
     if plan.rung1 == 0:
-        return _no_confirmation(folder, plan, centres, families[0], study, show)
+        res, stage = _no_confirmation(folder, plan, centres, families[0], study, show)
+        return {**res, "origin": origin}, stage
     log = _Trials(folder, plan, centres, study)
     # rung 0: every family at its centre
     if len(families) > 1:
@@ -588,7 +591,8 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
 
     # walk on while the winner is the lowest or highest LR of its family and the budget lasts;
     # upwards never past confirm mode's ceiling (twice the range test's band top, no shortened
-    # step: short runs favour high LRs most where the constant-LR sweep was already climbing)
+    # step: short runs favour high LRs most where the constant-LR sweep was already climbing);
+    # downwards from the lowest when every run of the family diverged (as confirm mode does)
     from .finder import CONFIRM_CEILING
 
     band = rt.suggestion.band
@@ -600,11 +604,15 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
         w = arms1[i_best]
         mine = sorted(a.multiplier for a in arms1 if a.family == w.family)
         spent = sum(int(r["steps_done"]) for r in log.trials)
-        if (res1[i_best]["diverged"] or spent + plan.rung1 > left
-                or w.multiplier not in (mine[0], mine[-1])):
+        if spent + plan.rung1 > left:
             break
-        direction = -1.0 if w.multiplier == mine[0] else 1.0
-        m = w.multiplier * 10 ** (direction * WALK)
+        if all(r["diverged"] for a, r in zip(arms1, res1) if a.family == w.family):
+            direction, m = -1.0, mine[0] * 10 ** -WALK
+        elif res1[i_best]["diverged"] or w.multiplier not in (mine[0], mine[-1]):
+            break
+        else:
+            direction = -1.0 if w.multiplier == mine[0] else 1.0
+            m = w.multiplier * 10 ** (direction * WALK)
         if direction > 0 and w.centre * m > ceiling:
             break
         arm = _Arm(w.family, w.centre * m, w.centre, m)
@@ -636,7 +644,8 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     if study is not None:
         study.finish()
     return {"winner": winner, "lr": lr, "rescaled": rescaled, "trials": log.trials,
-            "plan": plan, "centres": centres, "walks": walks, "at_edge": edge}, stage
+            "plan": plan, "centres": centres, "walks": walks, "at_edge": edge,
+            "origin": origin}, stage
 
 
 def _no_confirmation(folder: _Folder, plan: _Plan, centres: dict[str, float], family: str,
@@ -681,7 +690,10 @@ def _time_rescaled(task: Any, best: dict, family_runs: list[dict],
 
 
 def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
-                 show: _Display) -> tuple[dict, Stage]:
+                 show: _Display, allowance: int) -> tuple[dict, Stage]:
+    """The full run at ``lr``. When it diverges and ``allowance`` (the budget's steps left for
+    this stage) still pays for another full run, it runs once more at ``lr / RETRY_FACTOR``, as
+    the monitor advises for divergence; the first attempt is kept in ``diverged_attempt``."""
     import torch
 
     from . import train
@@ -691,20 +703,30 @@ def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
         show.say(f"[4/5] final run: resumed from {folder.file('final').name}")
         return saved, Stage.from_dict(saved["stage"])
     full = task.recipe.steps
-    sched = _schedule(task, family, lr, full)
     every = max(1, full // 25)
-    monitor = _make_monitor(task)
-    rec = _Recorder(task, every, monitor)
-    cbs: list[Any] = [rec]
-    bar = show.bar(full, f"[4/5] final run: {family} at {lr:.3g}, {full} steps")
-    cbs.append(_StepBar(bar))
-    t0 = time.perf_counter()
-    try:
-        out = train.run(task, sched, steps=full, seed=seed, eval_split="test", callbacks=cbs)
-    finally:
-        if bar is not None:
-            bar.close()
-    wall = time.perf_counter() - t0
+    first: dict | None = None
+    wall = 0.0
+    while True:
+        sched = _schedule(task, family, lr, full)
+        monitor = _make_monitor(task)
+        rec = _Recorder(task, every, monitor)
+        bar = show.bar(full, f"[4/5] final run: {family} at {lr:.3g}, {full} steps")
+        t0 = time.perf_counter()
+        try:
+            out = train.run(task, sched, steps=full, seed=seed, eval_split="test",
+                            callbacks=[rec, _StepBar(bar)])
+        finally:
+            if bar is not None:
+                bar.close()
+        wall += time.perf_counter() - t0
+        if not out.diverged or first is not None or allowance - out.steps_done < full:
+            break
+        first = {"lr": lr, "steps_done": out.steps_done, "stop_reason": out.stop_reason,
+                 "findings": _findings(monitor)}
+        show.say(f"      the final run diverged at step {out.steps_done}: once more at "
+                 f"{lr / RETRY_FACTOR:.3g} ({RETRY_FACTOR:g}x lower, the monitor's advice)")
+        lr /= RETRY_FACTOR
+    spent = out.steps_done + (first["steps_done"] if first else 0)
     findings = _findings(monitor)
     metric, kept = out.metric, None
     if (rec.model is not None and rec.best is not None and not out.diverged
@@ -727,11 +749,13 @@ def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
             "steps_done": out.steps_done, "losses": [float(v) for v in out.losses],
             "lrs": [float(v) for v in out.lrs], "grad_norms": rec.grad_norms,
             "val": [list(v) for v in rec.val], "findings": findings,
-            "monitor": "lrkit.monitor" if monitor is not None else None}
-    stage = Stage("final run", int(out.steps_done), wall,
+            "monitor": "lrkit.monitor" if monitor is not None else None,
+            "diverged_attempt": first}
+    stage = Stage("final run", int(spent), wall,
                   {"metric": metric, "metric_at_end": out.metric, "split": "test",
                    "diverged": out.diverged, "findings": len(findings),
-                   "best_val_checkpoint_step": kept["step"] if kept else None})
+                   "best_val_checkpoint_step": kept["step"] if kept else None,
+                   "retried_from_lr": first["lr"] if first else None})
     data["stage"] = stage.to_dict()
     folder.save("final", data)
     return data, stage
@@ -1045,8 +1069,9 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
                      f"without blowing up around {s.lr:.3g}, with a good band from "
                      f"{s.band[0]:.3g} to {s.band[1]:.3g}.")
     else:
+        origin = halving.get("origin") or "the recipe's default LR"
         parts.append(f"The range test showed no clear descent ({s.reason}), so the candidates "
-                     f"were centred on the recipe's default LR {task.recipe.default_lr:.3g}.")
+                     f"were centred on {origin}: {w.family} at {w.centre:.3g}.")
     ranking = ", ".join(f"{r['family']} {fmt(None if r['diverged'] else r['metric'])}"
                         for r in best0)
     left = plan.total_steps - full - rt.cost_steps
@@ -1089,6 +1114,11 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
                      f"best-validation checkpoint (step {kept['step']} of {full}): test {name} "
                      f"{fmt(kept['test'])}, against {fmt(kept['test_at_end'])} at the end of "
                      "the run.")
+    retry = final.get("diverged_attempt")
+    if retry:
+        parts.append(f"(The first full run, at {retry['lr']:.3g}, diverged at step "
+                     f"{retry['steps_done']}; as the monitor advises, it ran once more "
+                     f"{RETRY_FACTOR:g}x lower, at {final['lr']:.3g}, within the budget.)")
     if final.get("diverged"):
         parts.append("Warning: the final run diverged; lower the LR or check the task.")
     return " ".join(parts)
@@ -1202,7 +1232,9 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
     halving["rungs_kept"] = [r["family"] for r in halving["trials"]
                              if r["rung"] == 0 and r.get("kept")]
     w: _Arm = halving["winner"]
-    final, st_final = _stage_final(task, folder, w.family, halving["lr"], seed, show)
+    spent = st_range.cost_steps + st_halving.cost_steps
+    final, st_final = _stage_final(task, folder, w.family, halving["lr"], seed, show,
+                                   allowance=halving["plan"].total_steps - spent)
     arms = 0 if halving.get("skipped") else 3 * len(halving["centres"])
     stages = (st_range, Stage("candidates", 0, 0.0, {"arms": arms,
                                                      "centres": halving["centres"]}),
@@ -1227,7 +1259,7 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
     stages = stages + (Stage("result and report", 0, time.perf_counter() - t0,
                              {"report": str(report)}),)
     result = TuneResult(
-        task=task.name, lr=float(halving["lr"]), family=w.family,
+        task=task.name, lr=float(final.get("lr", halving["lr"])), family=w.family,
         schedule=dict(final["schedule"]),
         metric=_num(final["metric"]), metric_name=task.metric,
         higher_is_better=task.higher_is_better, cost_steps=int(cost), full_run_steps=full,

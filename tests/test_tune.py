@@ -256,6 +256,47 @@ def test_user_model_through_from_torch(tmp_path):
         tune(broken, out=tmp_path / "broken", progress=False, schedules=("constant", "cosine"))
 
 
+def test_a_diverged_final_run_runs_once_more_ten_times_lower_within_the_budget(tmp_path):
+    """The monitor's advice for divergence, applied by tune itself while the budget pays: the
+    tiny regression diverges at 1.0 (step 2) and trains at 0.1; with less than a full run left,
+    the diverged run stands and the explanation warns."""
+    task = make_task(200)
+    show = tune_mod._Display(False)
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+    data, stage = tune_mod._stage_final(task, tune_mod._Folder(tmp_path / "a"), "constant", 1.0,
+                                        0, show, allowance=250)
+    first = data["diverged_attempt"]
+    assert first["lr"] == 1.0 and first["steps_done"] == 2 and first["stop_reason"] == "diverged"
+    assert data["lr"] == pytest.approx(0.1) and not data["diverged"]
+    ref = train.run(task, 0.1, seed=0, eval_split="test")
+    assert data["metric_at_end"] == pytest.approx(ref.metric, rel=1e-9)
+    assert stage.cost_steps == 202 and stage.outcome["retried_from_lr"] == 1.0
+    data, stage = tune_mod._stage_final(task, tune_mod._Folder(tmp_path / "b"), "constant", 1.0,
+                                        0, show, allowance=150)
+    assert data["diverged"] and data["diverged_attempt"] is None and stage.cost_steps == 2
+
+
+def test_rung_one_walks_down_when_every_run_diverges(tmp_path, monkeypatch):
+    """Candidates centred far too high (a range test that gave no usable point and a recipe LR
+    that diverges, as on a pretrained model fine-tuned with SGD at 0.1): every rung-1 run
+    diverges, and stage 3 walks down by half decades, as confirm mode does, instead of handing
+    a diverged LR to the final run."""
+    real = tune_mod._centres
+
+    def too_high(rt, task, families):
+        centres, _ = real(rt, task, families)
+        return {f: 30.0 for f in centres}, "a centre far too high (test)"
+
+    monkeypatch.setattr(tune_mod, "_centres", too_high)
+    res = tune(make_task(200), out=tmp_path / "w", progress=False, schedules=("constant",))
+    log = json.loads((tmp_path / "w" / "3-halving.json").read_text())
+    lrs = [(t["lr"], t["diverged"]) for t in log["trials"]]
+    assert all(d for lr, d in lrs if lr > 0.3) and any(not d for _, d in lrs)
+    assert res.lr < 0.3 and math.isfinite(res.metric) and res.cost_steps <= 400
+    assert log["rungs"][-1]["walks"] >= 4  # 30 -> 9.5 -> 3 -> 0.95 -> 0.3 (all diverge) -> ...
+
+
 def test_short_runs_confirm_one_schedule_or_none_and_say_so(tmp_path):
     torch.manual_seed(0)
     x = torch.randn(96, 4)
@@ -453,3 +494,31 @@ def test_tune_on_an_overfitting_task_time_rescales_the_final_lr_and_the_report_s
     # the evidence drawn: the chosen family's rung-1 runs against their integrated LR
     assert (tmp_path / "run" / "time.png").stat().st_size > 5000
     assert "rung-1 runs against their integrated LR" in page
+
+
+def test_without_a_suggestion_tune_centres_where_confirm_would():
+    """When the range test abstains on a curve that did fall (here 12%, in noise), tune's
+    candidates start from the peers' read of the same curve (fastai's valley), as confirm mode
+    does, not from the recipe's textbook LR; a flat curve still falls back to the recipe's."""
+    import numpy as np
+
+    from lrkit.finder import _build_result
+
+    rng = np.random.default_rng(2)
+    lrs = np.logspace(-6, 1, 100)
+    x = np.log10(lrs)
+    y = (1.0 - 0.12 / (1 + np.exp(-(x + 3) * 3)) + np.where(x > 0, 5 * x ** 3, 0)
+         + rng.normal(0, 0.06, 100))
+    rt = _build_result(lrs, y, "completed", method="lrkit", num_iter=100, cost=100, wall=0.0,
+                       settings={}, train_size=None, batch_size=None)
+    assert rt.suggestion.lr is None and rt.suggestions["valley"].lr is not None  # the premise
+    task = make_task(200)
+    centres, origin = tune_mod._centres(rt, task, ("constant", "cosine"))
+    assert origin == "fastai's valley rule on the same curve"
+    assert centres["constant"] == pytest.approx(rt.suggestions["valley"].lr)
+    flat = _build_result(lrs, 1.0 + rng.normal(0, 0.01, 100), "completed", method="lrkit",
+                         num_iter=100, cost=100, wall=0.0, settings={}, train_size=None,
+                         batch_size=None)
+    centres, origin = tune_mod._centres(flat, task, ("constant",))
+    assert origin.startswith("the recipe's default LR")
+    assert centres["constant"] == pytest.approx(task.recipe.default_lr)
