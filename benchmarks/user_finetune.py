@@ -1,0 +1,108 @@
+"""``lrkit tune`` and ``find_lr`` tried the way a user would on a pretrained model fine-tuned.
+
+An MLP 64-128-128-10 is trained on the digits task's training split (Adam, 400 steps, fixed
+seed), then fine-tuned on 200 of those images blurred and noised (a domain shift; val and test
+are the digits val and test splits under the same shift), wrapped as a Task with the user's
+optimizer: SGD momentum 0.9 at 0.1 or AdamW at 1e-3, cosine, 150 steps, test cross-entropy.
+Prints a full-run grid (3 seeds, quarter decades), then per seed the range test's answer, the
+peers' and tune's decision with its regret against the grid's best.
+
+    python benchmarks/user_finetune.py sgd      # or adamw
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+
+import numpy as np
+import torch
+from torch import nn
+
+import lrkit
+from lrkit import train
+from lrkit.tasks import digits
+from lrkit.tasks._data import cross_entropy, seeded, shuffled_batches
+from lrkit.tasks.base import Recipe, Task
+
+
+def _model() -> nn.Module:
+    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(),
+                         nn.Linear(128, 10))
+
+
+def make_task(optimizer: str) -> Task:
+    d = digits.load()
+    (xtr, ytr), (xva, yva), (xte, yte) = d["train"], d["val"], d["test"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(12345)
+        pre = _model()
+        opt = torch.optim.Adam(pre.parameters(), lr=1e-3)
+        it = shuffled_batches(xtr, ytr, 32, 0)
+        for _ in range(400):
+            x, y = next(it)
+            opt.zero_grad()
+            nn.functional.cross_entropy(pre(x), y).backward()
+            opt.step()
+    state = {k: v.clone() for k, v in pre.state_dict().items()}
+    g = torch.Generator().manual_seed(5)
+    kernel = torch.tensor([[0.05, 0.1, 0.05], [0.1, 0.4, 0.1], [0.05, 0.1, 0.05]]).reshape(
+        1, 1, 3, 3)
+
+    def shift(x: torch.Tensor) -> torch.Tensor:
+        out = nn.functional.conv2d(x.reshape(-1, 1, 8, 8), kernel, padding=1).reshape(-1, 64)
+        return (out * 1.6 + 0.15 * torch.randn(out.shape, generator=g)).clamp(0, 1)
+
+    idx = np.random.default_rng(3).permutation(len(xtr))[:200]
+    data = {"train": (shift(xtr[idx]), ytr[idx]), "val": (shift(xva), yva),
+            "test": (shift(xte), yte)}
+
+    def build() -> nn.Module:
+        m = _model()
+        m.load_state_dict(state)
+        return m
+
+    def evaluate(m: nn.Module, split: str) -> float:
+        x, y = data[split]
+        was = m.training
+        m.eval()
+        with torch.no_grad():
+            out = nn.functional.cross_entropy(m(x), y).item()
+        m.train(was)
+        return out
+
+    kwargs = {"momentum": 0.9} if optimizer == "sgd" else {"weight_decay": 0.01}
+    recipe = Recipe(optimizer=optimizer, batch_size=16, steps=150,
+                    default_lr=0.1 if optimizer == "sgd" else 1e-3, optimizer_kwargs=kwargs,
+                    schedule="cosine")
+    return Task(name=f"finetune-{optimizer}", version="1", description="digits MLP fine-tuned",
+                recipe=recipe, metric="cross_entropy", higher_is_better=False,
+                build_model=lambda s: seeded(build, s),
+                batches=lambda s: shuffled_batches(*data["train"], 16, s), loss=cross_entropy,
+                evaluate=evaluate, train_size=200, worst=float("inf"))
+
+
+def main(argv: list[str]) -> int:
+    torch.set_num_threads(1)
+    name = argv[0] if argv else "sgd"
+    task = make_task(name)
+    grid = [10 ** (k / 4) for k in range(-24, 1)]
+    means = [np.mean([train.run(task, lr, seed=s, eval_split="test").metric for s in range(3)])
+             for lr in grid]
+    b = int(np.nanargmin(means))
+    print(f"{name}: grid best {grid[b]:.3g} ({means[b]:.4f}); "
+          + " ".join(f"{lr:.1e}:{m:.3f}" for lr, m in zip(grid, means)))
+    for seed in range(3):
+        r = lrkit.find_lr(task, seed=seed, progress=False)
+        peers = {k: (f"{v.lr:.2g}" if v.lr else None) for k, v in r.suggestions.items()}
+        print(f"  seed {seed} range test: {r.lr and f'{r.lr:.3g}'} ({r.suggestion.confidence}); "
+              f"peers {peers}")
+        with tempfile.TemporaryDirectory() as out:
+            t = lrkit.tune(task, out=out, progress=False, seed=seed)
+        print(f"  seed {seed} tune: {t.family} at {t.lr:.3g}, test {t.metric:.4f} "
+              f"({100 * (t.metric - means[b]) / means[b]:+.1f}%), {t.cost_runs:.2f} runs")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
