@@ -379,6 +379,7 @@ def find_lr(
     diverge_factor: float = 4.0,
     val_loader: Iterable | None = None,
     accumulation_steps: int = 1,
+    grad_clip: float | None = None,
     amp: bool | str = False,
     restore: bool = True,
     method: str = "lrkit",
@@ -402,7 +403,10 @@ def find_lr(
     -> loss`` instead of ``loss_fn(model(x), y)``). Param groups keep their LR ratios: group i gets
     ``lr_i / lr_0`` x the sweep's LR, and the recorded LR is group 0's. ``scheduler`` and
     ``scaler`` (an attached LR scheduler and GradScaler) are restored with the rest when
-    ``restore`` (the default); the scheduler is not stepped during the test.
+    ``restore`` (the default); the scheduler is not stepped during the test. ``grad_clip``
+    clips the global gradient norm before every step, as your training loop does: clipping
+    bounds the step, so a clipped run tolerates higher LRs and the range test must clip too
+    (a Task clips as its recipe says).
 
     With a :class:`~lrkit.tasks.Task`: ``find_lr(task)`` builds the model, optimizer and batches
     for ``seed``. ``confirm=True`` then spends ``confirm_budget`` x one full run on
@@ -448,6 +452,8 @@ def find_lr(
     if diverge_factor <= 1.0:
         raise ValueError(f"diverge_factor must be > 1, got {diverge_factor!r}")
     accumulation_steps = check_int("accumulation_steps", accumulation_steps, minimum=1)
+    if grad_clip is not None:
+        grad_clip = check_positive("grad_clip", grad_clip)
     check_choice("method", method, _suggest.methods())
     seed = check_int("seed", seed, minimum=0)
     confirm_candidates = check_int("confirm_candidates", confirm_candidates, minimum=2)
@@ -470,6 +476,8 @@ def find_lr(
         optimizer = task.recipe.make_optimizer(model.parameters(), float(plans[0][0]))
         train_loader = task.batches(seed)
         step_fn = task.loss
+        if grad_clip is None:
+            grad_clip = task.recipe.grad_clip
     else:
         if confirm:
             if val_loader is None:
@@ -549,7 +557,7 @@ def find_lr(
                                                            beta=smooth), val, bar)
             out = _train.fit(model, optimizer, data, num_steps=len(plan),
                              loss_fn=loss_fn, step_fn=step_fn, schedule=_Sweep(plan),
-                             group_scales=scales, callbacks=[rec],
+                             group_scales=scales, callbacks=[rec], grad_clip=grad_clip,
                              accumulation_steps=accumulation_steps, amp=amp, scaler=scaler,
                              device=device, ddp_average_loss=True)
             lrs_r = list(out.lrs)
@@ -582,6 +590,7 @@ def find_lr(
                                      "sweeps": len(plans), "sweep_steps": len(plans[0]),
                                      "diverge_factor": diverge_factor,
                                      "accumulation_steps": accumulation_steps,
+                                     "grad_clip": grad_clip,
                                      "loss_kind": "val" if val is not None else "train",
                                      "group_scales": scales, "seed": seed,
                                      "task": task.name if task is not None else None},
@@ -597,7 +606,7 @@ def find_lr(
             confirm_task = from_torch(model, optimizer, train_loader, loss_fn,
                                       val_loader=val_loader, steps=steps, schedule=schedule,
                                       metric_fn=metric_fn, higher_is_better=higher_is_better,
-                                      step_fn=step_fn, device=device)
+                                      step_fn=step_fn, device=device, grad_clip=grad_clip)
             result = _confirm(confirm_task, result, seed=seed, candidates=confirm_candidates,
                               budget=confirm_budget, progress=progress)
         finally:

@@ -481,7 +481,7 @@ def run(
 
     ``lr`` is the peak learning rate of the recipe's schedule (a float), or a full
     :class:`~lrkit.schedules.Schedule`. ``steps`` overrides the recipe's horizon (the recipe's
-    schedule is rebuilt for it). A run whose causal smoothed loss exceeds ``diverge_factor`` × its
+    schedule is rebuilt for it). ``grad_clip`` defaults to the recipe's. A run whose causal smoothed loss exceeds ``diverge_factor`` × its
     first loss, or turns non-finite, stops early and is scored ``task.worst``.
     ``optimizer_factory(params)`` replaces the recipe's optimizer (for LR-free optimizers, whose
     ``lr`` is a multiplier: pass ``lr=1.0`` to keep the recipe's schedule shape, or a constant
@@ -520,6 +520,8 @@ def run(
     cbs = list(callbacks)
     if diverge_factor is not None:
         cbs.insert(0, DivergenceStop(diverge_factor, relative_to="initial", beta=0.9))
+    if grad_clip is None:
+        grad_clip = task.recipe.grad_clip
     out = fit(model, optimizer, task.batches(seed), num_steps=n, step_fn=task.loss,
               schedule=schedule, callbacks=cbs, grad_clip=grad_clip,
               accumulation_steps=accumulation_steps, amp=amp, device=device, progress=progress)

@@ -3,6 +3,7 @@ device of the batches, in-place restore, interleaved sweeps, and the "no clear d
 
 from __future__ import annotations
 
+import math
 
 import numpy as np
 import pytest
@@ -467,3 +468,48 @@ def test_a_suggestion_that_thinning_moves_is_low_confidence_and_the_note_says_wh
             kinds.add("stable")
             assert a["note"].startswith("the suggestion is stable")
     assert {"moved", "downgraded", "mixed", "stable"} <= kinds
+
+
+def test_grad_clip_is_applied_as_the_users_loop_does():
+    """find_lr(grad_clip=c) records the losses of a loop that clips the global gradient norm to
+    c before every step (reference: a hand-written loop over the same LRs and batches);
+    from_torch(grad_clip=c) makes every run of the task clip (and gives it another key)."""
+    from lrkit.finder import sweep_lrs
+
+    model, opt, tl, vl = _regression()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)  # no momentum: exact replay below
+    batches = [b for b, _ in zip(tl, range(6))]
+    res = find_lr(model, opt, batches, F.mse_loss, num_iter=12, grad_clip=0.3,
+                  diverge_factor=1e9)
+    assert res.settings["grad_clip"] == 0.3
+    lrs = sweep_lrs(1e-7, 10.0, 12)
+    ref = []
+    for i, lr in enumerate(lrs):
+        x, y = batches[i % len(batches)]
+        for g in opt.param_groups:
+            g["lr"] = float(lr)
+        opt.zero_grad(set_to_none=True)
+        loss = F.mse_loss(model(x), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.3)
+        opt.step()
+        ref.append(float(loss.detach()))
+        if not math.isfinite(ref[-1]):
+            break
+    n = len(res.losses)
+    assert n >= 8 and np.allclose(res.losses, ref[:n], rtol=1e-5)
+    unclipped = find_lr(model, opt, batches, F.mse_loss, num_iter=12, diverge_factor=1e9)
+    assert not np.allclose(unclipped.losses[-4:], res.losses[-4:])
+    # the task clips in every run, and is another set-up than the unclipped one
+    model, opt, tl, vl = _regression()
+    clipped = from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=30, grad_clip=0.3)
+    plain = from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=30)
+    assert clipped.recipe.grad_clip == 0.3 and plain.recipe.grad_clip is None
+    assert clipped.key != plain.key
+    a = train.run(clipped, 0.5, seed=0).metric
+    assert a == train.run(plain, 0.5, seed=0, grad_clip=0.3).metric
+    assert a != train.run(plain, 0.5, seed=0).metric
+    with pytest.raises(ValueError, match="grad_clip must be > 0"):
+        find_lr(model, opt, tl, F.mse_loss, grad_clip=0.0)
+    with pytest.raises(ValueError, match="grad_clip must be > 0"):
+        from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=30, grad_clip=-1)

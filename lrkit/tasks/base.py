@@ -55,6 +55,10 @@ class Recipe:
         schedule: the recipe's schedule family (:data:`lrkit.schedules.FAMILIES`); ``lr`` is
             its peak value (:func:`lrkit.schedules.family` builds it).
         warmup_steps: linear warmup length (see :func:`lrkit.schedules.family`).
+        grad_clip: clip the global gradient norm to this value before every step
+            (``torch.nn.utils.clip_grad_norm_``), or ``None``. Clipping bounds the step, so it
+            moves the LR a run tolerates: the range test, confirm and tune clip as the recipe
+            does.
         optimizer_factory: ``factory(params, lr) -> Optimizer`` replacing the named optimizer
             (``lrkit.tasks.from_torch`` uses it to rebuild a user's own optimizer).
     """
@@ -66,6 +70,7 @@ class Recipe:
     optimizer_kwargs: Mapping[str, Any] = field(default_factory=dict)
     schedule: str = "constant"
     warmup_steps: int = 0
+    grad_clip: float | None = None
     optimizer_factory: Callable[[Any, float], Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -81,6 +86,8 @@ class Recipe:
         check_int("steps", self.steps, minimum=1)
         check_int("warmup_steps", self.warmup_steps, minimum=0)
         check_positive("default_lr", self.default_lr)
+        if self.grad_clip is not None:
+            object.__setattr__(self, "grad_clip", check_positive("grad_clip", self.grad_clip))
         object.__setattr__(self, "optimizer_kwargs", dict(self.optimizer_kwargs))
 
     def make_optimizer(self, params: Any, lr: float) -> "torch.optim.Optimizer":

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from ..errors import check_int
+from ..errors import check_int, check_positive
 from .base import Recipe, Task
 
 __all__ = ["from_torch"]
@@ -113,7 +113,7 @@ def _callable_id(fn: Any) -> str:
 def _fingerprint(model: nn.Module, opt_cls: type, groups: list, defaults: dict,
                  ratios: list[float], steps: int, family: str, warmup_steps: int,
                  loss: Any, metric_fn: Any, higher_is_better: bool, train_size: int,
-                 batch_size: int) -> str:
+                 batch_size: int, grad_clip: float | None = None) -> str:
     """10 hex digits that tell one user set-up from another (architecture, parameter shapes,
     optimizer and its settings, horizon, schedule, loss, metric, data size), so that two
     ``from_torch`` tasks never share a tune folder, a search study or a cached oracle. The
@@ -125,6 +125,8 @@ def _fingerprint(model: nn.Module, opt_cls: type, groups: list, defaults: dict,
              [(idx, sorted((k, repr(v)) for k, v in st.items())) for idx, st in groups],
              ratios, steps, family, warmup_steps, _callable_id(loss), _callable_id(metric_fn),
              higher_is_better, train_size, batch_size]
+    if grad_clip is not None:  # (absent otherwise: the keys of set-ups without it are unchanged)
+        parts.append(("grad_clip", grad_clip))
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:10]
 
 
@@ -143,6 +145,7 @@ def from_torch(
     test_loader: Iterable | None = None,
     step_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
     device: str | torch.device | None = None,
+    grad_clip: float | None = None,
     name: str = "torch",
 ) -> Task:
     """A :class:`Task` that trains ``model`` with ``optimizer``'s settings on ``train_loader``.
@@ -163,6 +166,8 @@ def from_torch(
         higher_is_better: whether a larger ``metric_fn`` is better (accuracy: True).
         test_loader: batches for the ``"test"`` split; default: ``val_loader``.
         device: where batches go; default: the model's device.
+        grad_clip: the global gradient-norm clip of your training loop, if any (every run of
+            the task clips as you do; it moves the LR a run tolerates).
         name: the task's name (in reports and run folders).
 
     Returns:
@@ -189,6 +194,8 @@ def from_torch(
                          "optimizer steps (confirm and search scale their short runs by it)")
     steps = check_int("steps", steps, minimum=1)
     warmup_steps = check_int("warmup_steps", warmup_steps, minimum=0)
+    if grad_clip is not None:
+        grad_clip = check_positive("grad_clip", grad_clip)
     if (loss_fn is None) == (step_fn is None):
         raise ValueError("pass exactly one of loss_fn (loss_fn(model(x), y)) or "
                          "step_fn(model, batch) -> loss")
@@ -291,10 +298,10 @@ def from_torch(
     batch_size = getattr(train_loader, "batch_size", None) or 1
     recipe = Recipe(optimizer=opt_cls.__name__, batch_size=int(batch_size), steps=steps,
                     default_lr=lrs[0], schedule=family, warmup_steps=warmup_steps,
-                    optimizer_factory=make_optimizer)
+                    grad_clip=grad_clip, optimizer_factory=make_optimizer)
     version = "user-" + _fingerprint(model, opt_cls, groups, defaults, ratios, steps, family,
                                      warmup_steps, loss_fn or step_fn, metric_fn,
-                                     higher_is_better, train_size, batch_size)
+                                     higher_is_better, train_size, batch_size, grad_clip)
     return Task(name=name, version=version, description=f"{type(model).__name__} with "
                 f"{opt_cls.__name__} ({steps} steps, {family})", recipe=recipe,
                 metric="metric" if metric_fn is not None else "loss",
