@@ -404,9 +404,9 @@ def find_lr(
     ``lr_i / lr_0`` x the sweep's LR, and the recorded LR is group 0's. ``scheduler`` and
     ``scaler`` (an attached LR scheduler and GradScaler) are restored with the rest when
     ``restore`` (the default); the scheduler is not stepped during the test. ``grad_clip``
-    clips the global gradient norm before every step, as your training loop does: clipping
-    bounds the step, so a clipped run tolerates higher LRs and the range test must clip too
-    (a Task clips as its recipe says).
+    clips the global gradient norm before every step, as your training loop does (a Task clips
+    as its recipe says), and so do confirm's runs. A clipped sweep rarely blows up, and the
+    curve rule, fitted on unclipped sweeps, reads it high: prefer ``confirm=True`` there.
 
     With a :class:`~lrkit.tasks.Task`: ``find_lr(task)`` builds the model, optimizer and batches
     for ``seed``. ``confirm=True`` then spends ``confirm_budget`` x one full run on

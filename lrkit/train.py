@@ -481,8 +481,9 @@ def run(
 
     ``lr`` is the peak learning rate of the recipe's schedule (a float), or a full
     :class:`~lrkit.schedules.Schedule`. ``steps`` overrides the recipe's horizon (the recipe's
-    schedule is rebuilt for it). ``grad_clip`` defaults to the recipe's. A run whose causal smoothed loss exceeds ``diverge_factor`` × its
-    first loss, or turns non-finite, stops early and is scored ``task.worst``.
+    schedule is rebuilt for it); ``grad_clip`` defaults to the recipe's. A run whose causal
+    smoothed loss exceeds ``diverge_factor`` × its first loss, or turns non-finite, stops early
+    and is scored ``task.worst``.
     ``optimizer_factory(params)`` replaces the recipe's optimizer (for LR-free optimizers, whose
     ``lr`` is a multiplier: pass ``lr=1.0`` to keep the recipe's schedule shape, or a constant
     schedule). When that optimizer has neither ``momentum`` nor ``betas`` (Adagrad, Adadelta,
