@@ -569,7 +569,21 @@ def lrkit_rule(lrs: Any, losses: Any, *, bandwidth: float | None = None, k: floa
     big = drop > BIG_DROP * scale
     advice = ("raise num_iter (more, less noisy points), or pass val_loader / confirm=True to "
               "choose by held-out loss instead")
-    if i_min == 0 or (not big and (drop <= 6 * se or drop <= 0.01 * scale)):
+    flat = not big and (drop <= 6 * se or drop <= 0.01 * scale)
+    # (the blow-up cut keeps only points up to the last that returns below the start, so
+    # what is left never climbs away: flat, or falling by less than the noise; a blow-up in
+    # the sweep's first fifth is a range that starts too high, the message below)
+    if (flat or i_min == 0) and 0.2 * y_all.size <= n_ok < y_all.size:
+        # flat until it blows up: a model the data cannot improve at any LR of the sweep, as
+        # an already-trained one being fine-tuned (seen: a pretrained MLP on shifted digits)
+        return Suggestion(None, method, "none",
+                          f"no clear descent: the smoothed loss stays flat (it falls by "
+                          f"{drop:.3g}, noise {se:.2g}, start {s[0]:.4g}) until it blows up at "
+                          f"{float(x_lr[n_ok]):.3g}, as for a model that is already trained "
+                          f"(fine-tuning): LRs well below that point may all train; choose "
+                          f"among them by held-out loss (val_loader / confirm=True), or start "
+                          f"about a decade below it")
+    if i_min == 0 or flat:
         return Suggestion(None, method, "none",
                           f"no clear descent: the smoothed loss falls by {drop:.3g} "
                           f"(noise {se:.2g}, start {s[0]:.4g}); lower start_lr if it starts "

@@ -269,6 +269,19 @@ def test_no_clear_descent_is_reported_not_invented():
         assert "no clear descent" in s.reason
     s = S.suggest(lrs[:5], np.array([2.0, 1.0, 0.5, 0.3, 0.2]))
     assert s.lr is None and s.confidence == "none"
+    # flat, then a blow-up late in the sweep (an already-trained model): the reason says where
+    # it blows up and what to do, not "lower start_lr / raise end_lr"
+    y = 0.3 + 0.05 * rng.standard_normal(100)
+    y[85:] = 0.3 * np.exp(np.arange(15))
+    s = S.suggest(lrs, y)
+    assert s.lr is None and "stays flat" in s.reason
+    at = float(s.reason.split("blows up at ")[1].split(",")[0])
+    assert lrs[84] <= at <= lrs[88] and "start_lr" not in s.reason
+    # the same blow-up in the sweep's first fifth: the range starts too high
+    y = 0.3 + 0.05 * rng.standard_normal(100)
+    y[10:] = 0.3 * np.exp(np.minimum(np.arange(90), 30))
+    s = S.suggest(lrs, y)
+    assert s.lr is None and "lower start_lr" in s.reason
 
 
 def test_still_falling_at_the_end_is_low_confidence():
