@@ -381,6 +381,11 @@ def test_the_run_above_replaying_the_winner_and_overfitting_rescales_it():
     # nothing above the winner, or the run above diverged: nothing to read
     assert _overfits_beyond(_LowerBetter(), w, [below, w]) is None
     assert _overfits_beyond(_LowerBetter(), w, [w, dict(b, diverged=True)]) is None
+    # still falling, but its last evaluation alone jumps above the matched value (noise): the
+    # median of its last three after the match decides, not that one point
+    curve = _tau_curve(0.0178, falling)
+    spiked = _run(0.0178, curve[:-1] + [(curve[-1][0], curve[0][1])])
+    assert _overfits_beyond(_LowerBetter(), w2, [w2, spiked]) is None
 
 
 def test_confirm_on_an_overfitting_regression_lands_below_the_short_run_winner():
