@@ -13,14 +13,12 @@ peers' and tune's decision with its regret against the grid's best.
 from __future__ import annotations
 
 import sys
-import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-import lrkit
-from lrkit import train
 from lrkit.tasks import digits
 from lrkit.tasks._data import cross_entropy, seeded, shuffled_batches
 from lrkit.tasks.base import Recipe, Task
@@ -83,24 +81,12 @@ def make_task(optimizer: str) -> Task:
 
 
 def main(argv: list[str]) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from user_regression import grid_and_tune
+
     torch.set_num_threads(1)
     name = argv[0] if argv else "sgd"
-    task = make_task(name)
-    grid = [10 ** (k / 4) for k in range(-24, 1)]
-    means = [np.mean([train.run(task, lr, seed=s, eval_split="test").metric for s in range(3)])
-             for lr in grid]
-    b = int(np.nanargmin(means))
-    print(f"{name}: grid best {grid[b]:.3g} ({means[b]:.4f}); "
-          + " ".join(f"{lr:.1e}:{m:.3f}" for lr, m in zip(grid, means)))
-    for seed in range(3):
-        r = lrkit.find_lr(task, seed=seed, progress=False)
-        peers = {k: (f"{v.lr:.2g}" if v.lr else None) for k, v in r.suggestions.items()}
-        print(f"  seed {seed} range test: {r.lr and f'{r.lr:.3g}'} ({r.suggestion.confidence}); "
-              f"peers {peers}")
-        with tempfile.TemporaryDirectory() as out:
-            t = lrkit.tune(task, out=out, progress=False, seed=seed)
-        print(f"  seed {seed} tune: {t.family} at {t.lr:.3g}, test {t.metric:.4f} "
-              f"({100 * (t.metric - means[b]) / means[b]:+.1f}%), {t.cost_runs:.2f} runs")
+    grid_and_tune(make_task(name), [10 ** (k / 4) for k in range(-24, 1)], name, peers=True)
     return 0
 
 

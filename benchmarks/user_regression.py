@@ -49,19 +49,28 @@ def friedman(opt_name: str) -> None:
     task = lrkit.from_torch(model, opt, dl, _mse, val_loader=[(x[400:500], y[400:500])],
                             test_loader=[(x[500:], y[500:])], steps=300,
                             name=f"friedman-{opt_name}")
-    grid = [10 ** (k / 4) for k in range(-16, 1)]
+    grid_and_tune(task, [10 ** (k / 4) for k in range(-16, 1)], f"friedman {opt_name}")
+
+
+def grid_and_tune(task, grid: list[float], label: str, peers: bool = False) -> None:
+    """Full runs on ``grid`` (3 seeds, test split, lower is better), then per seed the range
+    test's answer (and the peers' rules) and tune's decision with its regret against the grid's
+    best. Shared with ``user_finetune.py``."""
     means = [np.mean([train.run(task, lr, seed=s, eval_split="test").metric for s in range(3)])
              for lr in grid]
     b = int(np.nanargmin(means))
-    print(f"friedman {opt_name}: grid best {grid[b]:.3g} ({means[b]:.4f}); "
+    print(f"{label}: grid best {grid[b]:.3g} ({means[b]:.4f}); "
           + " ".join(f"{lr:.2g}:{m:.3f}" for lr, m in zip(grid, means)))
     for seed in range(3):
         r = lrkit.find_lr(task, seed=seed, progress=False)
+        if peers:
+            print(f"  seed {seed} peers: "
+                  + str({k: (f"{v.lr:.2g}" if v.lr else None) for k, v in r.suggestions.items()}))
         with tempfile.TemporaryDirectory() as out:
             t = lrkit.tune(task, out=out, progress=False, seed=seed)
         print(f"  seed {seed}: range test {r.lr and f'{r.lr:.3g}'} ({r.suggestion.confidence}); "
               f"tune {t.family} at {t.lr:.3g}, test {t.metric:.4f} "
-              f"({100 * (t.metric - means[b]) / means[b]:+.1f}%)")
+              f"({100 * (t.metric - means[b]) / means[b]:+.1f}%), {t.cost_runs:.2f} runs")
 
 
 def clip() -> None:
