@@ -153,25 +153,32 @@ def classification_task(
     data: Callable[[], dict[str, tuple[torch.Tensor, torch.Tensor]]],
     model: Callable[[], nn.Module],
     classes: int,
+    scored_by: str = "accuracy",
 ) -> "Task":
-    """A Task for ``model`` on ``data()["train" | "val" | "test"]``, scored by accuracy.
+    """A Task for ``model`` on ``data()["train" | "val" | "test"]``, trained on cross-entropy and
+    scored by ``scored_by``: ``"accuracy"`` (higher is better; a diverged run scores chance,
+    ``1 / classes``) or ``"cross_entropy"`` (the held-out log-loss in nats, lower is better; a
+    diverged run scores ``inf``).
 
-    ``data`` is called lazily (on the first batch or evaluation) and should be cached by the caller.
-    A diverged run scores chance accuracy ``1 / classes``.
+    ``data`` should be cached by the caller: the task reads it for every batch stream and
+    evaluation (and once when built, for ``train_size``).
     """
+    from ..errors import check_choice
     from .base import Task
 
-    def batches(seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        x, y = data()["train"]
-        return shuffled_batches(x, y, recipe.batch_size, seed)
-
-    def evaluate(m: nn.Module, split: str) -> float:
-        x, y = data()[check_split(split)]
-        return accuracy(m, x, y)
-
+    check_choice("scored_by", scored_by, ("accuracy", "cross_entropy"))
+    if scored_by == "accuracy":
+        def evaluate(m: nn.Module, split: str) -> float:
+            x, y = data()[check_split(split)]
+            return accuracy(m, x, y)
+        higher, worst = True, 1.0 / classes
+    else:
+        evaluate = split_evaluator(data, nn.functional.cross_entropy)
+        higher, worst = False, float("inf")
     return Task(
         name=name, version=version, description=description, recipe=recipe,
-        metric="accuracy", higher_is_better=True,
-        build_model=lambda seed: seeded(model, seed), batches=batches, loss=cross_entropy,
-        evaluate=evaluate, train_size=len(data()["train"][0]), worst=1.0 / classes,
+        metric=scored_by, higher_is_better=higher,
+        build_model=lambda seed: seeded(model, seed),
+        batches=train_batches(data, recipe.batch_size), loss=cross_entropy,
+        evaluate=evaluate, train_size=len(data()["train"][0]), worst=worst,
     )

@@ -24,9 +24,7 @@ import functools
 import torch
 from torch import nn
 
-from ._data import (
-    cross_entropy, seeded, split_evaluator, split_indices, standardised, train_batches,
-)
+from ._data import classification_task, split_indices, standardised
 from .base import Recipe, Task
 
 STEPS = 400
@@ -55,12 +53,8 @@ def make_task(steps: int = STEPS, *, name: str = "cancer-small") -> Task:
     """The ``cancer-small`` task."""
     recipe = Recipe(optimizer="adam", batch_size=16, steps=steps, default_lr=1e-3,
                     optimizer_kwargs={}, schedule="constant")
-    return Task(
+    return classification_task(
         name=name, version="1",
         description=f"MLP 30-128-128-2 on 150 sklearn breast-cancer tumours, Adam, {steps} "
                     f"steps; test cross-entropy",
-        recipe=recipe, metric="cross_entropy", higher_is_better=False,
-        build_model=lambda seed: seeded(_model, seed),
-        batches=train_batches(load, recipe.batch_size), loss=cross_entropy,
-        evaluate=split_evaluator(load, nn.functional.cross_entropy),
-        train_size=len(load()["train"][0]), worst=float("inf"))
+        recipe=recipe, data=load, model=_model, classes=2, scored_by="cross_entropy")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._data import cross_entropy, seeded, split_evaluator, split_indices, train_batches
+from ._data import classification_task, split_indices
 from .base import Recipe, Task
 
 STEPS = 400
@@ -53,12 +53,8 @@ def make_task(steps: int = STEPS, *, name: str = "digits-small") -> Task:
     """The ``digits-small`` task."""
     recipe = Recipe(optimizer="adam", batch_size=32, steps=steps, default_lr=1e-3,
                     optimizer_kwargs={}, schedule="constant")
-    return Task(
+    return classification_task(
         name=name, version="1",
         description=f"MLP 64-256-256-10 on 300 sklearn digits, Adam, {steps} steps; "
                     f"test cross-entropy",
-        recipe=recipe, metric="cross_entropy", higher_is_better=False,
-        build_model=lambda seed: seeded(_model, seed),
-        batches=train_batches(load, recipe.batch_size), loss=cross_entropy,
-        evaluate=split_evaluator(load, nn.functional.cross_entropy), train_size=TRAIN,
-        worst=float("inf"))
+        recipe=recipe, data=load, model=_model, classes=10, scored_by="cross_entropy")
