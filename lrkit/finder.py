@@ -501,10 +501,9 @@ def find_lr(
                             f"{type(model).__name__}")
         _train.check_optimizer("optimizer", optimizer, model)
         if val_loader is not None:
-            from .tasks.torch_task import _check_loader
-
-            _check_loader("val_loader", val_loader, "every short run restarts it" if confirm
-                          else "the sweep measures the validation loss at every step")
+            _train.check_loader("val_loader", val_loader, "every short run restarts it"
+                                if confirm else "the sweep measures the validation loss at "
+                                "every step")
         if train_loader is None:
             raise ValueError("train_loader must be given (an iterable of batches)")
         if (loss_fn is None) == (step_fn is None):

@@ -45,6 +45,8 @@ __all__ = [
     "loader_generators",
     "global_grad_norm",
     "model_device",
+    "check_loader",
+    "check_optimizer",
 ]
 
 
@@ -245,6 +247,18 @@ def check_optimizer(name: str, optimizer: Any, model: nn.Module | None = None
                         "backward: use an optimizer whose step() needs no arguments (SGD, Adam, "
                         "...)")
     return optimizer
+
+
+def check_loader(name: str, loader: Any, why: str = "every short run restarts it") -> None:
+    """A TypeError / ValueError naming ``name`` unless ``loader`` is a re-iterable of batches (a
+    ``DataLoader`` or a list): ``why`` says what reads it again."""
+    if loader is None:
+        raise ValueError(f"{name} must be given: an iterable of batches (a DataLoader or a list)")
+    if not hasattr(loader, "__iter__"):
+        raise TypeError(f"{name} must be an iterable of batches, got {type(loader).__name__}")
+    if iter(loader) is loader:
+        raise TypeError(f"{name} must be re-iterable (a DataLoader or a list), not a one-shot "
+                        f"iterator ({type(loader).__name__}): {why}")
 
 
 def _default_step_fn(loss_fn: Callable) -> Callable[[nn.Module, Any], torch.Tensor]:

@@ -66,16 +66,6 @@ def _has_cuda_tensor(batch: Any) -> bool:
     return False
 
 
-def _check_loader(name: str, loader: Any, why: str = "every short run restarts it") -> None:
-    if loader is None:
-        raise ValueError(f"{name} must be given: an iterable of batches (a DataLoader or a list)")
-    if not hasattr(loader, "__iter__"):
-        raise TypeError(f"{name} must be an iterable of batches, got {type(loader).__name__}")
-    if iter(loader) is loader:
-        raise TypeError(f"{name} must be re-iterable (a DataLoader or a list), not a one-shot "
-                        f"iterator ({type(loader).__name__}): {why}")
-
-
 def _schedule_family(schedule: Any) -> str:
     from .. import schedules
 
@@ -182,13 +172,13 @@ def from_torch(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    from ..train import check_optimizer
+    from ..train import check_loader, check_optimizer
 
     check_optimizer("optimizer", optimizer)
-    _check_loader("train_loader", train_loader)
-    _check_loader("val_loader", val_loader)
+    check_loader("train_loader", train_loader)
+    check_loader("val_loader", val_loader)
     if test_loader is not None:
-        _check_loader("test_loader", test_loader)
+        check_loader("test_loader", test_loader)
     if steps is None:
         raise ValueError("steps must be given: the length of your full training run in "
                          "optimizer steps (confirm and search scale their short runs by it)")
