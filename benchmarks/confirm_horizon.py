@@ -43,7 +43,7 @@ def collect(names: list[str]) -> None:
             runs = []
             for k in range(-4, 3):
                 lr = c * 10 ** (0.25 * k)
-                track = finder._ValTrack(t, every=max(1, n // 10))
+                track = finder._ValTrack(t, every=max(1, n // 10), steps=n)
                 res = train.run(t, lr, steps=n, seed=seed, eval_split="val", callbacks=[track])
                 runs.append({"lr": lr, "curve": track.curve + [(res.steps_done, res.metric)]})
             out[name]["seeds"].append({"centre": c, "runs": runs})

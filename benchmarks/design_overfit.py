@@ -66,7 +66,7 @@ def _collect_task(name: str) -> dict:
         for j, lr in enumerate(grid):
             if not (centre / 10 ** (BELOW + 0.13) <= lr <= centre * 10 ** (ABOVE + 0.13)):
                 continue
-            track = finder._ValTrack(t, every=max(1, n // EVALS))
+            track = finder._ValTrack(t, every=max(1, n // EVALS), steps=n)
             res = train.run(t, lr, steps=n, seed=seed, eval_split="val", callbacks=[track])
             runs[str(j)] = {"lr": lr, "metric": res.metric, "diverged": res.diverged,
                             "val_curve": track.curve + [(res.steps_done, res.metric)],

@@ -800,7 +800,7 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
 
     def trial(lr: float) -> dict:
         nonlocal spent
-        track = _ValTrack(task, every=max(1, steps // CONFIRM_EVALS))
+        track = _ValTrack(task, every=max(1, steps // CONFIRM_EVALS), steps=steps)
         out = _train.run(task, lr, steps=steps, seed=seed, eval_split="val", callbacks=[track])
         spent += out.steps_done
         row = {"lr": lr, "steps": steps, "metric": out.metric, "diverged": out.diverged,
@@ -911,17 +911,19 @@ TRAIN_FALLS = 0.05
 
 
 class _ValTrack:
-    """Callback: the task's val metric every ``every`` steps of a confirm run."""
+    """Callback: the task's val metric every ``every`` steps of a confirm run of ``steps`` steps,
+    except at the last: the run's own final metric (``train.run(..., eval_split="val")``) is
+    that point, appended by the caller."""
 
-    def __init__(self, task: Any, every: int) -> None:
-        self.task, self.every = task, every
+    def __init__(self, task: Any, every: int, steps: int) -> None:
+        self.task, self.every, self.steps = task, every, steps
         self.curve: list[tuple[int, float]] = []
 
     def on_train_start(self, model: nn.Module, optimizer: Any) -> None:
         self.curve = []
 
     def on_step_end(self, info: Any) -> None:
-        if (info.step + 1) % self.every == 0:
+        if (info.step + 1) % self.every == 0 and info.step + 1 < self.steps:
             model = info.model
             model.eval()
             with torch.no_grad():

@@ -487,7 +487,8 @@ def _train_arm(task: Any, family: str, lr: float, steps: int, rung: int, seed: i
     t0 = time.perf_counter()
     sched = _schedule(task, family, lr, steps)
     # rung 1 keeps its val curve: the collapse rule (finder._overfits_beyond) reads it
-    track = _ValTrack(task, every=max(1, steps // CONFIRM_EVALS)) if rung >= 1 else None
+    track = (_ValTrack(task, every=max(1, steps // CONFIRM_EVALS), steps=steps) if rung >= 1
+             else None)
     out = train.run(task, sched, steps=steps, seed=seed, eval_split="val",
                     callbacks=[_StepBar(bar, f"{family} {lr:.3g}"), *extra,
                                *([track] if track is not None else [])])
