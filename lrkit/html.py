@@ -118,6 +118,13 @@ def _fig_range_test(rt: Mapping[str, Any], centres: Mapping[str, float], chosen:
     return fig
 
 
+def _arm_label(t: Mapping[str, Any]) -> str:
+    """A confirmation run's schedule; the warmup check's run says it has no warmup."""
+    if not t.get("no_warmup"):
+        return str(t["family"])
+    return f"{t['family']}, no warmup" + (" (chosen)" if t.get("warmup_chosen") else "")
+
+
 def _fig_candidates(trials: Sequence[Mapping[str, Any]], metric: str, higher: bool) -> Any:
     plt = _plt()
     if not trials:
@@ -138,7 +145,7 @@ def _fig_candidates(trials: Sequence[Mapping[str, Any]], metric: str, higher: bo
             ls = "-" if t.get("kept") else "--"
             ax.plot(np.arange(1, len(y) + 1), y, color=colour[t["family"]], ls=ls,
                     lw=2 if t.get("kept") else 1,
-                    label=f"{t['family']} {t['lr']:.3g}")
+                    label=f"{_arm_label(t)} {t['lr']:.3g}")
         ax.set_title(f"rung {rung}: training loss ({ts[0]['steps']} steps)" if ts else "")
         ax.set_xlabel("step")
         ax.set_ylabel("training loss (smoothed)")
@@ -150,7 +157,7 @@ def _fig_candidates(trials: Sequence[Mapping[str, Any]], metric: str, higher: bo
         bx = axes[1][j]
         labels, vals, kept, cols = [], [], [], []
         for t in ts:
-            labels.append(f"{t['family']}\n{t['lr']:.3g}")
+            labels.append(f"{_arm_label(t)}\n{t['lr']:.3g}")
             vals.append(np.nan if t["diverged"] else _num(t["metric"]))
             kept.append(bool(t.get("kept")))
             cols.append(colour[t["family"]])
@@ -185,7 +192,7 @@ def _fig_time(trials: Sequence[Mapping[str, Any]], final: Mapping[str, Any], met
     if not chosen:
         return None
     runs = [t for t in trials if int(t["rung"]) == 1 and t["family"] == chosen[0]["family"]
-            and t.get("val_curve")]
+            and t.get("val_curve") and not t.get("no_warmup")]
     if not runs:
         return None
     plt = _plt()
@@ -339,7 +346,7 @@ def tune_report(
             "short run up to its best point (see <i>Why</i>).</p>")
     rows_trials = "".join(
         f"<tr class=\"{'kept' if t.get('kept') else ''}\"><td>{int(t['rung'])}</td>"
-        f"<td class=l>{escape(t['family'])}</td><td>{float(t['lr']):.3g}</td>"
+        f"<td class=l>{escape(_arm_label(t))}</td><td>{float(t['lr']):.3g}</td>"
         f"<td>{int(t['steps'])}</td>"
         f"<td>{'diverged' if t['diverged'] else _fmt(t['metric'])}</td>"
         f"<td>{'yes' if t.get('kept') else ''}</td></tr>"

@@ -522,3 +522,54 @@ def test_without_a_suggestion_tune_centres_where_confirm_would():
     centres, origin = tune_mod._centres(flat, task, ("constant",))
     assert origin.startswith("the recipe's default LR")
     assert centres["constant"] == pytest.approx(task.recipe.default_lr)
+
+
+def test_the_recipe_warmup_is_dropped_only_when_a_run_without_it_scores_better(tmp_path, done):
+    """The warmup check: one more rung-1 run at the winner's LR and schedule without the
+    recipe's warmup; the final run drops the warmup exactly when that run's val metric is
+    strictly better. A recipe without a warmup gets no such run."""
+    base = make_task(STEPS)
+    # half the run warming up: on a least-squares problem (fixed curvature, nothing for a warmup
+    # to protect) that only slows the run down, so the run without it must win
+    task = dataclasses.replace(base, recipe=dataclasses.replace(base.recipe, warmup_steps=100))
+    res = tune(task, out=tmp_path / "w", progress=False, schedules=("constant", "cosine"))
+    h = json.loads((tmp_path / "w" / "3-halving.json").read_text())
+    check = h["stage"]["outcome"]["warmup"]
+    win = next(t for t in h["trials"] if t["rung"] == 1 and t["kept"])
+    bare = [t for t in h["trials"] if t.get("no_warmup")]
+    assert len(bare) == 1 and check is not None and "skipped" not in check
+    (bare,) = bare
+    assert (bare["rung"], bare["family"], bare["steps"]) == (1, win["family"], win["steps"])
+    assert bare["lr"] == pytest.approx(win["lr"])
+    # the winner's miniature warms up over half its steps, the check's run not at all
+    assert win["schedule"]["name"] == "warmup"
+    assert win["schedule"]["steps"] == round(100 * win["steps"] / STEPS)
+    assert bare["schedule"]["name"] != "warmup" and bare["warmup_steps"] == 0
+    # both stored val metrics replay from their specs, and the decision is their comparison
+    for t in (win, bare):
+        again = train.run(task, schedules.from_spec(t["schedule"]), steps=t["steps"], seed=0,
+                          eval_split="val")
+        assert again.metric == pytest.approx(t["metric"], rel=1e-6)
+    assert check["dropped"] == (bare["metric"] < win["metric"])
+    assert check["dropped"]  # a lower val MSE without the warmup, as on a quadratic it must be
+    assert bare["metric"] < 0.9 * win["metric"]
+    # the final run has no warmup, its spec replays to the result's metric, and the cost counts
+    # the extra run
+    assert res.schedule == schedules.family(res.family, res.lr, STEPS).spec
+    assert res.family == win["family"]
+    replay = train.run(task, schedules.from_spec(res.schedule), seed=0, eval_split="test")
+    final = json.loads((tmp_path / "w" / "4-final.json").read_text())
+    assert final["metric_at_end"] == pytest.approx(replay.metric, rel=1e-6)
+    rt = json.loads((tmp_path / "w" / "1-range-test.json").read_text())
+    assert res.cost_steps == (rt["result"]["cost_steps"] + sum(
+        t["steps_done"] for t in h["trials"]) + final["steps_done"])
+    assert res.cost_steps <= 2 * STEPS
+    assert "without the recipe's warmup (the first 100 of 200 steps)" in res.explanation
+    assert "so the final run has no warmup" in res.explanation
+    # the report's table names the check's run
+    assert "no warmup (chosen)" in (tmp_path / "w" / "report.html").read_text()
+    # a recipe without a warmup: no check, no extra run
+    res0, out0 = done
+    h0 = json.loads((out0 / "3-halving.json").read_text())
+    assert h0["stage"]["outcome"]["warmup"] is None
+    assert not any(t.get("no_warmup") for t in h0["trials"])
