@@ -157,9 +157,9 @@ def _fig_candidates(trials: Sequence[Mapping[str, Any]], metric: str, higher: bo
         bx = axes[1][j]
         labels, vals, kept, cols = [], [], [], []
         for t in ts:
-            labels.append(f"{_arm_label(t)}\n{t['lr']:.3g}")
+            labels.append(f"{_arm_label(t)}\n{t['lr']:.3g}".replace(", ", "\n"))
             vals.append(np.nan if t["diverged"] else _num(t["metric"]))
-            kept.append(bool(t.get("kept")))
+            kept.append(bool(t.get("kept") or t.get("warmup_chosen")))
             cols.append(colour[t["family"]])
         x = np.arange(len(ts))
         fin = [v for v in vals if math.isfinite(v)]
@@ -177,7 +177,7 @@ def _fig_candidates(trials: Sequence[Mapping[str, Any]], metric: str, higher: bo
         bx.set_xticks(x)
         bx.set_xticklabels(labels, fontsize=7)
         bx.set_ylabel(f"val {metric} ({'higher' if higher else 'lower'} is better)")
-        bx.set_title(f"rung {rung}: halving decision (filled, * = went on / chosen)")
+        bx.set_title(f"rung {rung}: halving decision (filled, * = went on / chosen)", fontsize=9)
     fig.tight_layout()
     return fig
 
