@@ -571,6 +571,7 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
         res, stage = _no_confirmation(folder, plan, centres, families[0], study, show)
         return {**res, "origin": origin}, stage
     log = _Trials(folder, plan, centres, study)
+    res0: list[dict] = []
     # rung 0: every family at its centre
     if len(families) > 1:
         arms0 = [_Arm(f, centres[f], centres[f], 1.0) for f in families]
@@ -607,12 +608,17 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     ceiling = CONFIRM_CEILING * band[1] if band is not None else math.inf
     left = plan.total_steps - full - range_stage.cost_steps
     walks = 0
+    def spent() -> int:
+        # the runs this decision has read so far, not the whole log: on resume the log already
+        # holds the runs that come later (a walk's, the warmup check's), and counting them here
+        # would stop the walk before the run it made the first time
+        return sum(int(r["steps_done"]) for r in res0 + res1)
+
     while True:
         i_best = best()
         w = arms1[i_best]
         mine = sorted(a.multiplier for a in arms1 if a.family == w.family)
-        spent = sum(int(r["steps_done"]) for r in log.trials)
-        if spent + plan.rung1 > left:
+        if spent() + plan.rung1 > left:
             break
         if all(r["diverged"] for a, r in zip(arms1, res1) if a.family == w.family):
             direction, m = -1.0, mine[0] * 10 ** -WALK
@@ -630,7 +636,8 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     winner = arms1[i_best]
     for i, r in enumerate(res1):
         r["kept"] = i == i_best
-    warmup = _warmup_check(task, winner, res1[i_best], plan, log, seed, show, left)
+    warmup = _warmup_check(task, winner, res1[i_best], plan, log, seed, show,
+                           left - spent())
     log.rungs.append({"rung": 1, "steps": plan.rung1, "kept": [winner.key], "walks": walks,
                       "rule": f"best of {len(arms1)} arms by val {task.metric}"})
     log.save()
@@ -659,7 +666,7 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
 
 
 def _warmup_check(task: Any, winner: _Arm, rec: dict, plan: _Plan, log: _Trials, seed: int,
-                  show: _Display, left: int) -> dict | None:
+                  show: _Display, room: int) -> dict | None:
     """Whether the recipe's warmup pays, asked at the rung-1 winner: one more run of
     ``plan.rung1`` steps at the winner's LR and schedule without the warmup, same seed. The
     warmup is dropped only when that run's val metric is strictly better.
@@ -673,18 +680,16 @@ def _warmup_check(task: Any, winner: _Arm, rec: dict, plan: _Plan, log: _Trials,
     seed 2 by 5 points of accuracy; ``benchmarks/results/tune.md``).
 
     ``None`` when the recipe has no warmup, the family warms up by itself (one-cycle) or the
-    winner diverged; ``{"skipped": why}`` when the budget has no room."""
+    winner diverged; ``{"skipped": why}`` when the budget's ``room`` (steps) cannot pay for it."""
     if (task.recipe.warmup_steps <= 0 or winner.family in _OWN_WARMUP
             or rec["diverged"]):
         return None
     full = task.recipe.steps
     arm = dataclasses.replace(winner, no_warmup=True)
-    spent = sum(int(r["steps_done"]) for r in log.trials)
     base = {"recipe_warmup_steps": _warmup_for(task, winner.family, full)}
-    if log.find(1, arm) is None and spent + plan.rung1 > left:
+    if plan.rung1 > room:
         return {**base, "dropped": False,
-                "skipped": f"the budget left {max(left - spent, 0)} steps, a run needs "
-                           f"{plan.rung1}"}
+                "skipped": f"the budget left {max(room, 0)} steps, a run needs {plan.rung1}"}
     other = _run_rung(task, [arm], 1, plan.rung1, log, seed, show)[0]
     dropped = (_rank(task, _num(other["metric"]), other["diverged"])
                < _rank(task, _num(rec["metric"]), rec["diverged"]))

@@ -573,3 +573,30 @@ def test_the_recipe_warmup_is_dropped_only_when_a_run_without_it_scores_better(t
     h0 = json.loads((out0 / "3-halving.json").read_text())
     assert h0["stage"]["outcome"]["warmup"] is None
     assert not any(t.get("no_warmup") for t in h0["trials"])
+
+
+def test_resume_after_the_confirmation_stage_keeps_its_walk(tmp_path, monkeypatch):
+    """Ctrl-C in the final run, then resume: stage 3 is re-read from its log and must reach the
+    same decision. A walk's budget test counted every run in the log, the walk's own included,
+    so on resume the walk stopped before that run and another LR won (seen on cancer-small)."""
+    real = tune_mod._centres
+
+    def too_low(rt, task, families):  # the top edge wins and rung 1 walks up
+        centres, origin = real(rt, task, families)
+        return {f: c / 30 for f, c in centres.items()}, origin
+
+    monkeypatch.setattr(tune_mod, "_centres", too_low)
+    out = tmp_path / "w"
+    first = tune(make_task(STEPS), out=out, progress=False, schedules=("constant",))
+    h = json.loads((out / "3-halving.json").read_text())
+    assert h["rungs"][-1]["walks"] >= 1  # the situation under test
+    for name in ("4-final.json", "result.json", "final-weights.pt", "report.html"):
+        (out / name).unlink()  # interrupted in the final run
+    calls = _count_train_runs(monkeypatch)
+    again = tune(make_task(STEPS), out=out, progress=False, schedules=("constant",))
+    assert calls == [STEPS]  # the final run only
+    h2 = json.loads((out / "3-halving.json").read_text())
+    assert h2["stage"]["outcome"] == h["stage"]["outcome"]
+    assert (again.lr, again.family, again.cost_steps) == (first.lr, first.family,
+                                                          first.cost_steps)
+    assert again.metric == pytest.approx(first.metric, rel=1e-9)
