@@ -649,10 +649,14 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     lr, rescaled = _time_rescaled(task, res1[i_best],
                                   [r for a, r in zip(arms1, res1) if a.family == winner.family],
                                   full)
+    separation = _separation(task, res1[i_best],
+                             [r for i, (a, r) in enumerate(zip(arms1, res1))
+                              if a.family == winner.family and i != i_best])
     outcome = {"family": winner.family, "lr": lr, "short_run_lr": winner.lr,
                "centre": winner.centre, "metric": res1[i_best]["metric"], "kept_rung0": kept,
                "walks": walks, "all_diverged": all_div, "at_edge": edge,
-               "time_rescaled": rescaled, "warmup": warmup, "plan": plan.to_dict()}
+               "time_rescaled": rescaled, "warmup": warmup, "separation": separation,
+               "plan": plan.to_dict()}
     wall = sum(float(r["wall_time"]) for r in log.trials)
     stage = Stage("confirmation (successive halving)", cost, wall, outcome)
     folder.save("halving", {"plan": plan.to_dict(), "centres": dict(centres),
@@ -661,8 +665,26 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
         study.finish()
     return {"winner": winner, "lr": lr, "rescaled": rescaled, "trials": log.trials,
             "plan": plan, "centres": centres, "walks": walks, "at_edge": edge,
-            "origin": origin, "warmup": warmup,
+            "origin": origin, "warmup": warmup, "separation": separation,
             "no_warmup": bool(warmup and warmup["dropped"])}, stage
+
+
+def _separation(task: Any, best: dict, others: list[dict]) -> dict | None:
+    """How clearly rung 1's winner beat the runner-up of its family: the margin of their val
+    metrics against the winner's own noise, the spread (standard deviation) of the last quarter
+    of its val evaluations (at least 3; it also holds what trend is left, so it errs large).
+    ``None`` without a runner-up that scored or without a val curve."""
+    import statistics
+
+    scored = [r for r in others if not r["diverged"] and math.isfinite(_num(r["metric"]))]
+    vs = [v for _, v in best.get("val_curve") or [] if math.isfinite(_num(v))]
+    if not scored or len(vs) < 4:
+        return None
+    second = min(scored, key=lambda r: _rank(task, _num(r["metric"]), False))
+    margin = abs(_num(best["metric"]) - _num(second["metric"]))
+    noise = statistics.pstdev(vs[-max(3, len(vs) // 4):])
+    return {"runner_up_lr": float(second["lr"]), "runner_up_metric": _num(second["metric"]),
+            "margin": margin, "noise": noise, "clear": margin > noise}
 
 
 def _warmup_check(task: Any, winner: _Arm, rec: dict, plan: _Plan, log: _Trials, seed: int,
@@ -1155,6 +1177,14 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
         parts.append(f"Runs of {plan.rung1} steps at three LRs a quarter decade apart{walked} "
                      f"then picked {w.family} at {w.lr:.3g} (validation {name} "
                      f"{fmt(next(r['metric'] for r in r1 if r.get('kept')))}{edge}).")
+    sep = halving.get("separation")
+    if sep and not sep["clear"]:
+        how = ("the same" if sep["margin"] == 0 else
+               f"{fmt(sep['runner_up_metric'])}, {sep['margin']:.3g} behind, within the spread "
+               f"of the winner's own last evaluations ({sep['noise']:.3g})")
+        parts.append(f"The runner-up at {sep['runner_up_lr']:.3g} scored {how}, so the short "
+                     "runs could not tell these two LRs apart; a larger budget (longer runs) "
+                     "would.")
     if halving.get("rescaled"):
         parts.append(f"But {halving['rescaled']}.")
     parts += _explain_warmup(halving.get("warmup"), name, fmt, full)

@@ -167,6 +167,18 @@ def test_halving_decision_recomputed(task, done):
         assert abs(b) in (3, abs(a) + 2) and (a == 0 or a * b > 0)
     win = min(r1, key=key)
     assert (win["family"], win["lr"]) == (res.family, pytest.approx(res.lr))
+    # how clearly it won: the margin to its family's runner-up against the spread (population
+    # standard deviation) of the last quarter (>= 3) of its own val evaluations
+    sep = h["stage"]["outcome"]["separation"]
+    second = min((t for t in r1 if t is not win and t["family"] == win["family"]), key=key)
+    vals = [v for _, v in win["val_curve"]]
+    tail = vals[-max(3, len(vals) // 4):]
+    spread = (sum((v - sum(tail) / len(tail)) ** 2 for v in tail) / len(tail)) ** 0.5
+    assert sep["runner_up_lr"] == pytest.approx(second["lr"])
+    assert sep["margin"] == pytest.approx(abs(win["metric"] - second["metric"]))
+    assert sep["noise"] == pytest.approx(spread)
+    assert sep["clear"] == (sep["margin"] > spread)
+    assert ("could not tell these two LRs apart" in res.explanation) == (not sep["clear"])
     # one stored short run re-trained from its spec gives the stored val metric
     again = train.run(task, schedules.from_spec(win["schedule"]), steps=win["steps"], seed=0,
                       eval_split="val")
