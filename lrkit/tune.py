@@ -608,6 +608,15 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     ceiling = CONFIRM_CEILING * band[1] if band is not None else math.inf
     left = plan.total_steps - full - range_stage.cost_steps
     walks = 0
+
+    def tied(i: int) -> bool:
+        """Another run of arm ``i``'s family scored exactly as well (on a small val split a
+        tie is common: the lower LR wins it)."""
+        rank = _rank(task, _num(res1[i]["metric"]), res1[i]["diverged"])
+        return any(j != i and a.family == arms1[i].family
+                   and _rank(task, _num(r["metric"]), r["diverged"]) == rank
+                   for j, (a, r) in enumerate(zip(arms1, res1)))
+
     def spent() -> int:
         # the runs this decision has read so far, not the whole log: on resume the log already
         # holds the runs that come later (a walk's, the warmup check's), and counting them here
@@ -622,7 +631,9 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
             break
         if all(r["diverged"] for a, r in zip(arms1, res1) if a.family == w.family):
             direction, m = -1.0, mine[0] * 10 ** -WALK
-        elif res1[i_best]["diverged"] or w.multiplier not in (mine[0], mine[-1]):
+        elif (res1[i_best]["diverged"] or w.multiplier not in (mine[0], mine[-1])
+              or tied(i_best)):
+            # a tie at the edge (the lower LR wins it) is no evidence that the best lies beyond
             break
         else:
             direction = -1.0 if w.multiplier == mine[0] else 1.0
@@ -645,7 +656,7 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     cost = sum(int(r["steps_done"]) for r in log.trials)
     all_div = all(r["diverged"] for r in res1)
     mine = sorted(a.multiplier for a in arms1 if a.family == winner.family)
-    edge = winner.multiplier in (mine[0], mine[-1])
+    edge = winner.multiplier in (mine[0], mine[-1]) and not tied(i_best)
     lr, rescaled = _time_rescaled(task, res1[i_best],
                                   [r for a, r in zip(arms1, res1) if a.family == winner.family],
                                   full)
@@ -1141,7 +1152,10 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
     name = task.metric
     fmt = lambda v: "diverged" if v is None else f"{_num(v):.4g}"  # noqa: E731
     r0 = {r["family"]: r for r in trials if r["rung"] == 0}
-    best0 = sorted(r0.values(), key=lambda r: _rank(task, _num(r["metric"]), r["diverged"]))
+    order = list(halving.get("centres") or r0)  # the families' order breaks ties, as in rung 0
+    best0 = sorted(r0.values(), key=lambda r: (_rank(task, _num(r["metric"]), r["diverged"]),
+                                               order.index(r["family"])
+                                               if r["family"] in order else len(order)))
     parts = []
     if s.lr is not None and s.band:
         parts.append(f"The range test ({rt.cost_steps} steps) found the loss falling fastest "

@@ -612,3 +612,36 @@ def test_resume_after_the_confirmation_stage_keeps_its_walk(tmp_path, monkeypatc
     assert (again.lr, again.family, again.cost_steps) == (first.lr, first.family,
                                                           first.cost_steps)
     assert again.metric == pytest.approx(first.metric, rel=1e-9)
+
+
+def test_a_tie_at_the_edge_of_rung_one_is_not_walked_on(tmp_path):
+    """Two far-apart Gaussian blobs: every short run classifies the val split perfectly, so
+    all rung-1 runs tie. The lower LR wins a tie, which puts the winner at the lower edge, but
+    a tie is no evidence that the best lies beyond: no walk, no "edge" in the explanation."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(200, 2, generator=g) + 5, torch.randn(200, 2, generator=g) - 5])
+    y = torch.cat([torch.zeros(200), torch.ones(200)]).long()
+    perm = torch.randperm(400, generator=g)
+    x, y = x[perm], y[perm]
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:300], y[:300]),
+                                         batch_size=32, shuffle=True, generator=g)
+
+    def accuracy(m, batches):
+        return float(sum((m(a).argmax(1) == b).float().sum() for a, b in batches) / 50)
+
+    task = from_torch(model, opt, loader, torch.nn.CrossEntropyLoss(),
+                      val_loader=[(x[300:350], y[300:350])], test_loader=[(x[350:], y[350:])],
+                      steps=STEPS, metric_fn=accuracy, higher_is_better=True, name="blobs")
+    res = tune(task, out=tmp_path / "w", progress=False, schedules=("constant",))
+    h = json.loads((tmp_path / "w" / "3-halving.json").read_text())
+    r1 = [t for t in h["trials"] if t["rung"] == 1]
+    assert len(r1) == 3 and {t["metric"] for t in r1} == {1.0}  # the situation under test
+    assert h["rungs"][-1]["walks"] == 0
+    win = next(t for t in r1 if t["kept"])
+    assert win["lr"] == min(t["lr"] for t in r1)  # the lower LR wins a tie
+    assert h["stage"]["outcome"]["at_edge"] is False
+    assert "the best may lie beyond" not in res.explanation
+    assert "scored the same, so the short runs could not tell" in res.explanation
