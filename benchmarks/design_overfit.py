@@ -145,6 +145,8 @@ def window(seed_data: dict, task: _Task, full: int, n: int) -> list[dict]:
     while len(table) < max_runs:
         best = min(table, key=key)
         tl = sorted(r["lr"] for r in table)
+        if not best["diverged"] and sum(key(r)[0] == key(best)[0] for r in table) > 1:
+            break  # a tie: no travel (finder._confirm)
         i = js[[k for k in range(len(js)) if runs[js[k]]["lr"] == best["lr"]][0]]
         pos = js.index(i)
         if best["lr"] == tl[0] and not best["diverged"]:

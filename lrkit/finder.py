@@ -830,6 +830,10 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
     while len(table) < max_runs:
         best = best_row()
         lrs = sorted(r["lr"] for r in table)
+        if not best["diverged"] and sum(
+                _rank_key(task, r["metric"]) == _rank_key(task, best["metric"])
+                for r in table) > 1:
+            break  # a tie (the lower LR wins it) is no evidence that the best lies beyond
         if best["lr"] == lrs[0] and not best["diverged"]:
             nxt = lrs[0] / 10 ** CONFIRM_TRAVEL
         elif best["lr"] == lrs[-1] and not best["diverged"]:

@@ -200,6 +200,18 @@ def test_a_metric_that_is_never_finite_is_an_error_not_a_choice():
                             {"diverged": False, "scored": False}], "x")
 
 
+
+def test_confirm_does_not_travel_on_a_tie():
+    """Every run scores the same (a saturated metric: a perfect val accuracy). The lower LR
+    wins a tie, which puts it at the lower edge, but a tie is no evidence that the best lies
+    below: three runs, no travel."""
+    model, opt, tl, vl = _regression()
+    r = find_lr(model, opt, tl, F.mse_loss, val_loader=vl, confirm=True, steps=60,
+                metric_fn=lambda m, loader: 1.0, higher_is_better=True, progress=False)
+    assert r.confirm["travel_steps"] == 0 and len(r.confirm["runs"]) == 3
+    assert r.confirm["winner"] == min(r.confirm["candidates"])
+
+
 # ------------------------------------------------------------------------- in-place restore
 def test_restore_writes_in_place():
     model, opt, tl, vl = _regression()
