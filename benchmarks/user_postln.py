@@ -37,15 +37,9 @@ GRID = (0.0056, 0.01, 0.0178)
 SEEDS = (0, 1, 2)
 
 
-class PostLNBlock(nn.Module):
-    """``x = LN(x + attn(x)); x = LN(x + mlp(x))`` (the original transformer's order)."""
-
-    def __init__(self, d: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+class PostLNBlock(charlm._Block):
+    """charlm's block with the normalisation moved after each residual add:
+    ``x = LN(x + attn(x)); x = LN(x + mlp(x))`` (the original transformer's order)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c = x.shape
