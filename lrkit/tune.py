@@ -188,14 +188,16 @@ def _range_iters(full: int, budget: float) -> int:
     return n
 
 
-def _halving_plan(full: int, budget: float, range_cost: int, families: int) -> _Plan:
+def _halving_plan(full: int, budget: float, range_cost: int, families: int,
+                  reserve: int = WALK_RESERVE) -> _Plan:
     """Rung horizons from the steps left after the range test and the final run.
 
     Cost of stage 3 = ``F r0 + 3 k r1`` with ``r1 = 2 r0`` (F families at rung 0; k families x 3
-    LRs at rung 1). ``k = ceil(F / ETA)`` when that still leaves ``r0`` at least
-    ``max(MIN_RUNG_STEPS, full * MIN_RUNG_FRACTION)`` steps, else 1 (the caller confirms one
-    family only when even then ``r0 < MIN_RUNG_STEPS``). One family has no rung 0:
-    its three LRs get ``r1 = left / (3 + WALK_RESERVE)`` steps each; ``r1 = 0`` (no
+    LRs at rung 1), plus ``reserve`` rung-1 runs (a walk's, ``WALK_RESERVE``; the caller adds
+    one for the warmup check when the recipe has a warmup). ``k = ceil(F / ETA)`` when that
+    still leaves ``r0`` at least ``max(MIN_RUNG_STEPS, full * MIN_RUNG_FRACTION)`` steps, else 1
+    (the caller confirms one family only when even then ``r0 < MIN_RUNG_STEPS``). One family
+    has no rung 0: its three LRs get ``r1 = left / (3 + reserve)`` steps each; ``r1 = 0`` (no
     confirmation) when that is under ``MIN_RUNG_STEPS`` (runs of a few steps only say which LR
     falls fastest at first: the highest that does not blow up).
     """
@@ -205,13 +207,13 @@ def _halving_plan(full: int, budget: float, range_cost: int, families: int) -> _
         raise ValueError(f"budget={budget!r} does not cover the range test ({range_cost} steps) "
                          f"and the final run ({full} steps): raise budget")
     if families == 1:
-        r1 = max(left, 0) // (3 + WALK_RESERVE)
+        r1 = max(left, 0) // (3 + reserve)
         return _Plan(total_steps=total, range_iters=0, rung0=0,
                      rung1=int(r1) if r1 >= MIN_RUNG_STEPS else 0, keep=1)
     floor = max(MIN_RUNG_STEPS, int(full * MIN_RUNG_FRACTION))
     keep = min(families, max(1, math.ceil(families / ETA)))
     while True:
-        r0 = left // (families + 2 * (3 * keep + WALK_RESERVE))
+        r0 = left // (families + 2 * (3 * keep + reserve))
         if r0 >= floor or keep == 1:
             break
         keep -= 1
@@ -544,12 +546,13 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     from .train import check_scored
 
     full = task.recipe.steps
-    plan = _halving_plan(full, budget, range_stage.cost_steps, len(families))
+    reserve = WALK_RESERVE + (task.recipe.warmup_steps > 0)  # + the warmup check's run
+    plan = _halving_plan(full, budget, range_stage.cost_steps, len(families), reserve)
     if len(families) > 1 and plan.rung0 < MIN_RUNG_STEPS:
         # too few steps to compare schedules (a miniature of a few steps has no shape, and its
         # val metric has barely moved): confirm the LR of the recipe's own one only
         families = (task.recipe.schedule if task.recipe.schedule in families else families[0],)
-        plan = _halving_plan(full, budget, range_stage.cost_steps, 1)
+        plan = _halving_plan(full, budget, range_stage.cost_steps, 1, reserve)
     plan = dataclasses.replace(plan, range_iters=int(rt.settings.get("num_iter", 0)))
     centres, origin = _centres(rt, task, families)
     if study is not None:

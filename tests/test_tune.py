@@ -68,6 +68,11 @@ def test_budget_plan_by_hand():
     p = tune_mod._halving_plan(300, 2.0, 57, 5)
     assert (p.rung0, p.rung1, p.keep, p.total_steps) == (18, 36, 1, 600)
     assert 57 + 5 * p.rung0 + (3 * p.keep + 1) * p.rung1 + 300 <= 600
+    # a recipe with a warmup reserves one more rung-1 run (the warmup check): 243 // 15 = 16
+    p = tune_mod._halving_plan(300, 2.0, 57, 5, reserve=2)
+    assert (p.rung0, p.rung1, p.keep) == (16, 32, 1)
+    assert 57 + 5 * p.rung0 + (3 * p.keep + 2) * p.rung1 + 300 <= 600
+    assert tune_mod._halving_plan(300, 2.0, 57, 1, reserve=2).rung1 == 243 // 5
     # 2400 steps, 100-step range test: 2300 // 19 = 121 < 160 -> k = 1, r0 = 2300 // 13 = 176;
     # budget 3 leaves 4700: 4700 // 19 = 247 >= 160 -> k = 2
     p = tune_mod._halving_plan(2400, 2.0, 100, 5)
@@ -550,6 +555,9 @@ def test_the_recipe_warmup_is_dropped_only_when_a_run_without_it_scores_better(t
     win = next(t for t in h["trials"] if t["rung"] == 1 and t["kept"])
     bare = [t for t in h["trials"] if t.get("no_warmup")]
     assert len(bare) == 1 and check is not None and "skipped" not in check
+    assert h["plan"] == dataclasses.asdict(tune_mod._halving_plan(
+        STEPS, 2.0, json.loads((tmp_path / "w" / "1-range-test.json").read_text())[
+            "result"]["cost_steps"], 2, reserve=2)) | {"range_iters": h["plan"]["range_iters"]}
     (bare,) = bare
     assert (bare["rung"], bare["family"], bare["steps"]) == (1, win["family"], win["steps"])
     assert bare["lr"] == pytest.approx(win["lr"])
