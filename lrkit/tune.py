@@ -626,11 +626,13 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
         # would stop the walk before the run it made the first time
         return sum(int(r["steps_done"]) for r in res0 + res1)
 
+    stop = None  # why an edge winner was not walked on
     while True:
         i_best = best()
         w = arms1[i_best]
         mine = sorted(a.multiplier for a in arms1 if a.family == w.family)
         if spent() + plan.rung1 > left:
+            stop = "budget"
             break
         if all(r["diverged"] for a, r in zip(arms1, res1) if a.family == w.family):
             direction, m = -1.0, mine[0] * 10 ** -WALK
@@ -642,6 +644,9 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
             direction = -1.0 if w.multiplier == mine[0] else 1.0
             m = w.multiplier * 10 ** (direction * WALK)
         if direction > 0 and w.centre * m > ceiling:
+            stop = (f"the next step, {w.centre * m:.3g}, would pass the ceiling of twice the "
+                    f"range test's band top ({ceiling:.3g}), above which short runs that favour "
+                    "high LRs are not trusted")
             break
         arm = _Arm(w.family, w.centre * m, w.centre, m)
         arms1.append(arm)
@@ -670,7 +675,7 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
                "centre": winner.centre, "metric": res1[i_best]["metric"], "kept_rung0": kept,
                "walks": walks, "all_diverged": all_div, "at_edge": edge,
                "time_rescaled": rescaled, "warmup": warmup, "separation": separation,
-               "plan": plan.to_dict()}
+               "edge_stop": stop if edge else None, "plan": plan.to_dict()}
     wall = sum(float(r["wall_time"]) for r in log.trials)
     stage = Stage("confirmation (successive halving)", cost, wall, outcome)
     folder.save("halving", {"plan": plan.to_dict(), "centres": dict(centres),
@@ -680,6 +685,7 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     return {"winner": winner, "lr": lr, "rescaled": rescaled, "trials": log.trials,
             "plan": plan, "centres": centres, "walks": walks, "at_edge": edge,
             "origin": origin, "warmup": warmup, "separation": separation,
+            "edge_stop": stop if edge else None,
             "no_warmup": bool(warmup and warmup["dropped"])}, stage
 
 
@@ -1188,8 +1194,10 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
     r1 = [r for r in trials if r["rung"] == 1]
     walked = (f", walking on {halving['walks']} time(s) by half a decade while the edge won"
               if halving.get("walks") else "")
-    edge = ("; it is the edge of the LRs tried: the best may lie beyond"
-            if halving.get("at_edge") else "")
+    why_not = halving.get("edge_stop")
+    why_not = {"budget": "the budget had no run left to look further"}.get(why_not, why_not)
+    edge = (f"; it is the edge of the LRs tried: the best may lie beyond"
+            + (f", but {why_not}" if why_not else "") if halving.get("at_edge") else "")
     if r1:
         parts.append(f"Runs of {plan.rung1} steps at three LRs a quarter decade apart{walked} "
                      f"then picked {w.family} at {w.lr:.3g} (validation {name} "

@@ -184,6 +184,13 @@ def test_halving_decision_recomputed(task, done):
     assert sep["noise"] == pytest.approx(spread)
     assert sep["clear"] == (sep["margin"] > spread)
     assert ("could not tell these two LRs apart" in res.explanation) == (not sep["clear"])
+    # a winner left at an edge says why the walk stopped there: the budget, or the ceiling
+    out = h["stage"]["outcome"]
+    if out["at_edge"]:
+        assert out["edge_stop"] == "budget" or "pass the ceiling" in out["edge_stop"]
+        assert "the best may lie beyond, but " in res.explanation
+    else:
+        assert out["edge_stop"] is None and "the best may lie beyond" not in res.explanation
     # one stored short run re-trained from its spec gives the stored val metric
     again = train.run(task, schedules.from_spec(win["schedule"]), steps=win["steps"], seed=0,
                       eval_split="val")
