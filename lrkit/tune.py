@@ -417,9 +417,11 @@ class _Display:
         for col in ("rung", "schedule", "lr", "steps", f"val {task.metric}", "kept"):
             t.add_column(col, justify="right" if col not in ("schedule",) else "left")
         for r in sorted(trials, key=lambda r: (r["rung"], r["family"], r["lr"])):
-            t.add_row(str(r["rung"]), r["family"], f"{r['lr']:.3g}", str(r["steps"]),
+            t.add_row(str(r["rung"]), r["family"] + (", no warmup" if r.get("no_warmup") else ""),
+                      f"{r['lr']:.3g}", str(r["steps"]),
                       "diverged" if r["diverged"] else f"{_num(r['metric']):.4g}",
-                      "yes" if r.get("kept") else "")
+                      "yes" if r.get("kept") else
+                      "warmup dropped" if r.get("warmup_chosen") else "")
         self.console.print(t)
 
 
