@@ -15,8 +15,11 @@ it finishes, so an interrupted run keeps its work and ``tune(task, out=DIR)`` (`
    ``r0`` (a *miniature* of the full run: the schedule is rebuilt for ``r0`` steps, warmup scaled
    with it), scored on the task's ``"val"`` split; the best ``ceil(F / eta)`` families (``eta =
    3``; one when the budget is tight) go on to rung 1, where each is tried at its three LRs with
-   the longer horizon ``r1 = 2 r0``. The best arm of the last rung is the choice. The rung sizes
-   come from the budget: ``r0 = C / (F + 2 * 3 k)`` with ``C`` the steps left for stage 3.
+   the longer horizon ``r1 = 2 r0``. The best arm of the last rung is the choice (a winner at
+   an edge walks on while it wins; when the recipe has a warmup, one more run without it
+   decides whether the final run keeps it). The rung sizes come from the budget:
+   ``r0 = C / (F + 2 (3 k + R))`` with ``C`` the steps left for stage 3 and ``R`` the rung-1
+   runs reserved (a walk's, and the warmup check's).
 4. **Final run**: the task's full ``recipe.steps`` at the chosen LR and schedule, watched by the
    monitor (when :mod:`lrkit.monitor` is installed), the validation metric recorded along the way
    and the final weights saved; scored on the ``"test"`` split.
