@@ -1174,7 +1174,10 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
     if s.lr is not None and s.band:
         parts.append(f"The range test ({rt.cost_steps} steps) found the loss falling fastest "
                      f"without blowing up around {s.lr:.3g}, with a good band from "
-                     f"{s.band[0]:.3g} to {s.band[1]:.3g}.")
+                     f"{s.band[0]:.3g} to {s.band[1]:.3g}"
+                     + (f" (low confidence: {s.reason}"
+                        + ("" if halving.get("skipped") else "; the short runs below check it")
+                        + ")." if s.confidence == "low" else "."))
     else:
         origin = halving.get("origin") or "the recipe's default LR"
         parts.append(f"The range test showed no clear descent ({s.reason}), so the candidates "

@@ -184,6 +184,10 @@ def test_halving_decision_recomputed(task, done):
     assert sep["noise"] == pytest.approx(spread)
     assert sep["clear"] == (sep["margin"] > spread)
     assert ("could not tell these two LRs apart" in res.explanation) == (not sep["clear"])
+    # a range test of low confidence says so, and why
+    sug = json.loads((out / "1-range-test.json").read_text())["result"]["suggestion"]
+    assert (f"(low confidence: {sug['reason']}" in res.explanation) == (
+        sug["confidence"] == "low")
     # a winner left at an edge says why the walk stopped there: the budget, or the ceiling
     out = h["stage"]["outcome"]
     if out["at_edge"]:
