@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .errors import check_choice, check_int
+from .errors import check_int
 from ._json import finite_or_none as _clean
 
 __all__ = ["CompareResult", "compare", "add_cli_arguments", "cli_main", "DEFAULT_SCHEDULES"]
@@ -199,7 +199,7 @@ def compare(
     from . import tasks as _tasks
     from . import train
     from .finder import find_lr
-    from .schedules import FAMILIES, family
+    from .schedules import check_families, family
     from .tasks import Task
     from .tune import FAMILY_LR_KEY, _centres
 
@@ -208,13 +208,7 @@ def compare(
     if not isinstance(task, Task):
         raise TypeError(f"task must be a lrkit.tasks.Task or a task name, got "
                         f"{type(task).__name__}")
-    if isinstance(schedules, str) or not schedules:
-        raise ValueError(f"schedules must be a non-empty sequence of family names, got "
-                         f"{schedules!r}")
-    fams = tuple(check_choice(f"schedules[{i}]", s, FAMILIES)
-                 for i, s in enumerate(schedules))
-    if len(set(fams)) != len(fams):
-        raise ValueError(f"schedules must not repeat a family, got {list(schedules)!r}")
+    fams = check_families("schedules", schedules)
     missing = [f for f in fams if f not in FAMILY_LR_KEY]
     if missing:  # pragma: no cover - every family has a key today
         raise ValueError(f"no centre rule for schedules {missing}")

@@ -42,6 +42,7 @@ __all__ = [
     "from_spec",
     "names",
     "FAMILIES",
+    "check_families",
     "family",
     "plot",
     # PyTorch families
@@ -1081,6 +1082,17 @@ _SIGNATURES = {name: inspect.signature(fn) for name, fn in _REGISTRY.items()}
 #: the families :func:`family` builds from a peak LR and a run length (training recipes)
 FAMILIES = ("constant", "step", "exponential", "linear", "cosine", "warmup_cosine", "cyclic",
             "onecycle", "wsd")
+
+
+def check_families(name: str, value: Any) -> tuple[str, ...]:
+    """``value`` as a tuple of distinct :data:`FAMILIES` names, else a ValueError naming
+    ``name`` (and the entry, ``name[i]``, that is not a family)."""
+    if isinstance(value, str) or not isinstance(value, Sequence) or not value:
+        raise ValueError(f"{name} must be a non-empty sequence of family names, got {value!r}")
+    out = tuple(check_choice(f"{name}[{i}]", v, FAMILIES) for i, v in enumerate(value))
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} must not repeat a family, got {list(value)!r}")
+    return out
 
 
 def family(name: str, lr: float, steps: int, *, warmup_steps: int = 0) -> Schedule:

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .errors import check_choice, check_int, check_positive
+from .errors import check_int, check_positive
 from .suggest import RECIPE_LR_FAMILY
 
 __all__ = ["TuneResult", "Stage", "tune", "add_cli_arguments", "cli_main", "DEFAULT_SCHEDULES",
@@ -454,10 +454,12 @@ def _stage_range_test(task: Any, folder: _Folder, plan_iters: int, seed: int,
     return res, stage
 
 
-def _rank(task: Any, metric: float, diverged: bool) -> float:
-    if diverged or metric != metric:
-        return math.inf
-    return -metric if task.higher_is_better else metric
+def _rank(task: Any, rec: Mapping[str, Any]) -> float:
+    """A confirmation run's sort key, lower is better: its val metric signed by the task's
+    direction (confirm mode's :func:`lrkit.finder._rank_key`), ``inf`` when it diverged."""
+    from .finder import _rank_key
+
+    return math.inf if rec["diverged"] else _rank_key(task, _num(rec["metric"]))
 
 
 class _Trials:
@@ -585,8 +587,7 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
         arms0 = [_Arm(f, centres[f], centres[f], 1.0) for f in families]
         res0 = _run_rung(task, arms0, 0, plan.rung0, log, seed, show)
         check_scored(res0, "tune, rung 0")
-        order = sorted(range(len(arms0)), key=lambda i: (_rank(task, _num(res0[i]["metric"]),
-                                                               res0[i]["diverged"]), i))
+        order = sorted(range(len(arms0)), key=lambda i: (_rank(task, res0[i]), i))
         kept = [arms0[i].family for i in order[:plan.keep]]
         for r in res0:
             r["kept"] = r["family"] in kept
@@ -603,8 +604,7 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     check_scored(res1, "tune, rung 1")
 
     def best() -> int:
-        return min(range(len(arms1)), key=lambda i: (_rank(task, _num(res1[i]["metric"]),
-                                                           res1[i]["diverged"]), i))
+        return min(range(len(arms1)), key=lambda i: (_rank(task, res1[i]), i))
 
     # walk on while the winner is the lowest or highest LR of its family and the budget lasts;
     # upwards never past confirm mode's ceiling (twice the range test's band top, no shortened
@@ -620,9 +620,7 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     def tied(i: int) -> bool:
         """Another run of arm ``i``'s family scored exactly as well (on a small val split a
         tie is common: the lower LR wins it)."""
-        rank = _rank(task, _num(res1[i]["metric"]), res1[i]["diverged"])
-        return any(j != i and a.family == arms1[i].family
-                   and _rank(task, _num(r["metric"]), r["diverged"]) == rank
+        return any(j != i and a.family == arms1[i].family and _rank(task, r) == _rank(task, res1[i])
                    for j, (a, r) in enumerate(zip(arms1, res1)))
 
     def spent() -> int:
@@ -670,17 +668,15 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     all_div = all(r["diverged"] for r in res1)
     mine = sorted(a.multiplier for a in arms1 if a.family == winner.family)
     edge = winner.multiplier in (mine[0], mine[-1]) and not tied(i_best)
-    lr, rescaled = _time_rescaled(task, res1[i_best],
-                                  [r for a, r in zip(arms1, res1) if a.family == winner.family],
-                                  full)
-    separation = _separation(task, res1[i_best],
-                             [r for i, (a, r) in enumerate(zip(arms1, res1))
-                              if a.family == winner.family and i != i_best])
+    edge_stop = stop if edge else None
+    family_runs = [r for a, r in zip(arms1, res1) if a.family == winner.family]
+    lr, rescaled = _time_rescaled(task, res1[i_best], family_runs, full)
+    separation = _separation(task, res1[i_best], [r for r in family_runs if r is not res1[i_best]])
     outcome = {"family": winner.family, "lr": lr, "short_run_lr": winner.lr,
                "centre": winner.centre, "metric": res1[i_best]["metric"], "kept_rung0": kept,
                "walks": walks, "all_diverged": all_div, "at_edge": edge,
                "time_rescaled": rescaled, "warmup": warmup, "separation": separation,
-               "edge_stop": stop if edge else None, "plan": plan.to_dict()}
+               "edge_stop": edge_stop, "plan": plan.to_dict()}
     wall = sum(float(r["wall_time"]) for r in log.trials)
     stage = Stage("confirmation (successive halving)", cost, wall, outcome)
     folder.save("halving", {"plan": plan.to_dict(), "centres": dict(centres),
@@ -690,24 +686,29 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     return {"winner": winner, "lr": lr, "rescaled": rescaled, "trials": log.trials,
             "plan": plan, "centres": centres, "walks": walks, "at_edge": edge,
             "origin": origin, "warmup": warmup, "separation": separation,
-            "edge_stop": stop if edge else None,
-            "no_warmup": bool(warmup and warmup["dropped"])}, stage
+            "edge_stop": edge_stop, "no_warmup": bool(warmup and warmup["dropped"])}, stage
+
+
+def _tail_spread(values: Sequence[float]) -> float:
+    """The spread (population standard deviation) of the last quarter of a run's val
+    evaluations, at least 3: the metric's own step-to-step noise (it also holds what trend is
+    left, so it errs large)."""
+    import statistics
+
+    return statistics.pstdev(values[-max(3, len(values) // 4):])
 
 
 def _separation(task: Any, best: dict, others: list[dict]) -> dict | None:
     """How clearly rung 1's winner beat the runner-up of its family: the margin of their val
-    metrics against the winner's own noise, the spread (standard deviation) of the last quarter
-    of its val evaluations (at least 3; it also holds what trend is left, so it errs large).
+    metrics against the winner's own noise (:func:`_tail_spread` of its val evaluations).
     ``None`` without a runner-up that scored or without a val curve."""
-    import statistics
-
     scored = [r for r in others if not r["diverged"] and math.isfinite(_num(r["metric"]))]
     vs = [v for _, v in best.get("val_curve") or [] if math.isfinite(_num(v))]
     if not scored or len(vs) < 4:
         return None
-    second = min(scored, key=lambda r: _rank(task, _num(r["metric"]), False))
+    second = min(scored, key=lambda r: _rank(task, r))
     margin = abs(_num(best["metric"]) - _num(second["metric"]))
-    noise = statistics.pstdev(vs[-max(3, len(vs) // 4):])
+    noise = _tail_spread(vs)
     return {"runner_up_lr": float(second["lr"]), "runner_up_metric": _num(second["metric"]),
             "margin": margin, "noise": noise, "clear": margin > noise}
 
@@ -738,8 +739,7 @@ def _warmup_check(task: Any, winner: _Arm, rec: dict, plan: _Plan, log: _Trials,
         return {**base, "dropped": False,
                 "skipped": f"the budget left {max(room, 0)} steps, a run needs {plan.rung1}"}
     other = _run_rung(task, [arm], 1, plan.rung1, log, seed, show)[0]
-    dropped = (_rank(task, _num(other["metric"]), other["diverged"])
-               < _rank(task, _num(rec["metric"]), rec["diverged"]))
+    dropped = _rank(task, other) < _rank(task, rec)
     other["kept"] = False
     other["warmup_chosen"] = dropped
     log.save()
@@ -862,16 +862,13 @@ def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
 
 
 def _worse_beyond_noise(val: Sequence[tuple[int, float]], best: float) -> bool:
-    """Whether the last validation value is worse than ``best`` by more than twice the spread
-    (standard deviation) of the last quarter of the evaluations (at least 3): on a small val
-    split a one-example wobble must not swap the model for an earlier checkpoint."""
-    import statistics
-
+    """Whether the last validation value is worse than ``best`` by more than twice the
+    :func:`_tail_spread` of the evaluations: on a small val split a one-example wobble must not
+    swap the model for an earlier checkpoint."""
     vs = [v for _, v in val if math.isfinite(v)]
     if len(vs) < 4:
         return False
-    tail = vs[-max(3, len(vs) // 4):]
-    return abs(vs[-1] - best) > 2.0 * statistics.pstdev(tail)
+    return abs(vs[-1] - best) > 2.0 * _tail_spread(vs)
 
 
 # ------------------------------------------------------------------- optional integrations
@@ -1167,8 +1164,7 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
     fmt = lambda v: "diverged" if v is None else f"{_num(v):.4g}"  # noqa: E731
     r0 = {r["family"]: r for r in trials if r["rung"] == 0}
     order = list(halving.get("centres") or r0)  # the families' order breaks ties, as in rung 0
-    best0 = sorted(r0.values(), key=lambda r: (_rank(task, _num(r["metric"]), r["diverged"]),
-                                               order.index(r["family"])
+    best0 = sorted(r0.values(), key=lambda r: (_rank(task, r), order.index(r["family"])
                                                if r["family"] in order else len(order)))
     parts = []
     if s.lr is not None and s.band:
@@ -1204,7 +1200,7 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
               if halving.get("walks") else "")
     why_not = halving.get("edge_stop")
     why_not = {"budget": "the budget had no run left to look further"}.get(why_not, why_not)
-    edge = (f"; it is the edge of the LRs tried: the best may lie beyond"
+    edge = ("; it is the edge of the LRs tried: the best may lie beyond"
             + (f", but {why_not}" if why_not else "") if halving.get("at_edge") else "")
     if r1:
         parts.append(f"Runs of {plan.rung1} steps at three LRs a quarter decade apart{walked} "
@@ -1248,7 +1244,7 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
 def _explain_warmup(check: dict | None, name: str, fmt: Any, full: int) -> list[str]:
     if not check:
         return []
-    ours = (f"the recipe's warmup (the first {check['recipe_warmup_steps']} of {full} steps)")
+    ours = f"the recipe's warmup (the first {check['recipe_warmup_steps']} of {full} steps)"
     if check.get("skipped"):
         return [f"Whether {ours} pays was not checked ({check['skipped']}): the final run "
                 "keeps it."]
@@ -1310,19 +1306,13 @@ def tune(
 def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence[str],
           storage: str | None, out: str | os.PathLike | None, seed: int,
           progress: bool) -> TuneResult:
-    from .schedules import FAMILIES
+    from .schedules import check_families
 
     budget = 2.0 if budget is None else check_positive("budget", budget)
     if budget <= 1.0:
         raise ValueError(f"budget must be > 1 (full runs, the final run included), got "
                          f"{budget!r}")
-    if isinstance(schedules, str) or not isinstance(schedules, Sequence) or not schedules:
-        raise ValueError(f"schedules must be a non-empty sequence of family names, got "
-                         f"{schedules!r}")
-    families = tuple(check_choice(f"schedules[{i}]", s, FAMILIES)
-                 for i, s in enumerate(schedules))
-    if len(set(families)) != len(families):
-        raise ValueError(f"schedules must not repeat a family, got {list(schedules)!r}")
+    families = check_families("schedules", schedules)
     seed = check_int("seed", seed, minimum=0)
     if storage is not None and not isinstance(storage, str):
         raise TypeError(f"storage must be a URL string or None, got {type(storage).__name__}")

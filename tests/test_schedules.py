@@ -717,3 +717,15 @@ def test_import_without_torch_numpy_or_matplotlib():
     root = Path(__file__).resolve().parents[1]
     r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_check_families_names_the_argument_and_the_entry():
+    """The check tune and compare share for their ``schedules`` argument."""
+    assert S.check_families("schedules", ["cosine", "wsd"]) == ("cosine", "wsd")
+    for bad in ("cosine", [], None, {"cosine"}):
+        with pytest.raises(ValueError, match="schedules must be a non-empty sequence"):
+            S.check_families("schedules", bad)
+    with pytest.raises(ValueError, match=r"schedules\[1\]"):
+        S.check_families("schedules", ("cosine", "bogus"))
+    with pytest.raises(ValueError, match="schedules must not repeat a family"):
+        S.check_families("schedules", ("wsd", "wsd"))
