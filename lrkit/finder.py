@@ -504,8 +504,8 @@ def find_lr(
             _train.check_loader("val_loader", val_loader, "every short run restarts it"
                                 if confirm else "the sweep measures the validation loss at "
                                 "every step")
-        if train_loader is None:
-            raise ValueError("train_loader must be given (an iterable of batches)")
+        _train.check_loader("train_loader", train_loader,
+                            "every confirm run restarts it" if confirm else None)
         if (loss_fn is None) == (step_fn is None):
             raise ValueError("pass exactly one of loss_fn (loss_fn(model(x), y)) or "
                              "step_fn(model, batch)")

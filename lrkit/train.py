@@ -13,6 +13,7 @@ search and autopilot) goes through :func:`fit`; features plug in as :class:`Call
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import copy
 import inspect
@@ -249,14 +250,24 @@ def check_optimizer(name: str, optimizer: Any, model: nn.Module | None = None
     return optimizer
 
 
-def check_loader(name: str, loader: Any, why: str = "every short run restarts it") -> None:
-    """A TypeError / ValueError naming ``name`` unless ``loader`` is a re-iterable of batches (a
+def check_loader(name: str, loader: Any, why: str | None = "every short run restarts it"
+                 ) -> None:
+    """A TypeError / ValueError naming ``name`` unless ``loader`` is an iterable of batches that
+    is not empty (when it has a length) and, unless ``why`` is None, re-iterable (a
     ``DataLoader`` or a list): ``why`` says what reads it again."""
     if loader is None:
         raise ValueError(f"{name} must be given: an iterable of batches (a DataLoader or a list)")
     if not hasattr(loader, "__iter__"):
         raise TypeError(f"{name} must be an iterable of batches, got {type(loader).__name__}")
-    if iter(loader) is loader:
+    try:
+        empty = len(loader) == 0
+    except TypeError:  # no length (a generator; a DataLoader over an IterableDataset)
+        empty = False
+    if empty:
+        raise ValueError(f"{name} is empty: it holds no batch")
+    # an iterator (its own __iter__, a __next__) is one-shot; asked without iter(), which
+    # would draw from a shuffling DataLoader's generator and change the user's next epoch
+    if why is not None and isinstance(loader, collections.abc.Iterator):
         raise TypeError(f"{name} must be re-iterable (a DataLoader or a list), not a one-shot "
                         f"iterator ({type(loader).__name__}): {why}")
 

@@ -82,6 +82,30 @@ def test_from_torch_rejects_bad_arguments_by_name():
     other = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
     with pytest.raises(ValueError, match="model.parameters"):
         from_torch(model, other, tl, F.mse_loss, val_loader=vl, steps=10)
+    with pytest.raises(ValueError, match="train_loader is empty"):
+        from_torch(model, opt, [], F.mse_loss, val_loader=vl, steps=10)
+    with pytest.raises(ValueError, match="val_loader is empty"):
+        from_torch(model, opt, tl, F.mse_loss, val_loader=[], steps=10)
+
+
+def test_loader_checks_read_no_batch_and_need_no_length():
+    """The door checks neither iterate a loader (that would draw from a shuffling DataLoader's
+    generator) nor need its length (a DataLoader over an IterableDataset has none)."""
+    model, opt, tl, vl = _regression()
+    before = tl.generator.get_state()
+    train.check_loader("train_loader", tl)
+    assert torch.equal(tl.generator.get_state(), before)
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            g = torch.Generator().manual_seed(0)
+            for _ in range(64):
+                x = torch.randn(6, generator=g)
+                yield x, x[:1]
+
+    stream = torch.utils.data.DataLoader(Stream(), batch_size=8)
+    train.check_loader("train_loader", stream)
+    assert from_torch(model, opt, stream, F.mse_loss, val_loader=vl, steps=10).recipe.steps == 10
 
 
 def test_from_torch_tasks_of_different_setups_never_share_a_key(tmp_path):
@@ -177,6 +201,15 @@ def test_confirm_from_a_plain_call_names_what_is_missing():
                 schedule="zigzag")
     with pytest.raises(TypeError, match="val_loader must be re-iterable"):
         find_lr(model, opt, tl, F.mse_loss, val_loader=iter(vl))  # read at every step
+    # an empty loader is named, as the user passed it (not "batches", fit's argument)
+    with pytest.raises(ValueError, match="train_loader is empty"):
+        find_lr(model, opt, [], F.mse_loss)
+    with pytest.raises(TypeError, match="train_loader must be an iterable"):
+        find_lr(model, opt, 5, F.mse_loss)
+    # a plain sweep reads the loader once: a one-shot iterator is fine there, not for confirm
+    with pytest.raises(TypeError, match="train_loader must be re-iterable.*every confirm run"):
+        find_lr(model, opt, iter(list(tl)), F.mse_loss, val_loader=vl, confirm=True,
+                steps=100)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
