@@ -5,7 +5,7 @@ optimizer and the schedule. For each, an oracle grid of the variant's own recipe
 quarter decade apart, 3 seeds, extended while the best sits at an edge) and ``tune(task,
 seed=s)`` with the defaults for seeds 0-2; tune's regret is against the oracle's best mean.
 
-    python benchmarks/tune_variants.py                   # all four (~6 min on 2 cores)
+    python benchmarks/tune_variants.py                   # all five (~7 min on 2 cores)
     python benchmarks/tune_variants.py digits-sgd-step   # one
 
 Writes ``benchmarks/results/tune-variants.json`` (oracles cached under
@@ -31,22 +31,29 @@ from lrkit.tune import tune  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
-#: variant -> (built-in task, optimizer, default LR, optimizer kwargs, schedule, steps or None)
+#: variant -> (built-in task, optimizer, default LR, optimizer kwargs, schedule, steps or None,
+#: batch size or None)
 VARIANTS = {
-    "digits-sgd-step": ("digits", "sgd", 0.1, {"momentum": 0.9, "nesterov": True}, "step", None),
-    "mnist1d-adamw": ("mnist1d", "adamw", 1e-3, {"weight_decay": 0.01}, "cosine", 600),
-    "charrnn-adam": ("charrnn", "adam", 1e-3, {}, "constant", None),
-    "mnist5k-adam-cos": ("mnist5k", "adam", 1e-3, {}, "cosine", None),
+    "digits-sgd-step": ("digits", "sgd", 0.1, {"momentum": 0.9, "nesterov": True}, "step", None,
+                        None),
+    "mnist1d-adamw": ("mnist1d", "adamw", 1e-3, {"weight_decay": 0.01}, "cosine", 600, None),
+    "charrnn-adam": ("charrnn", "adam", 1e-3, {}, "constant", None, None),
+    "mnist5k-adam-cos": ("mnist5k", "adam", 1e-3, {}, "cosine", None, None),
+    # large batch: 512 of digits' ~1,300 training images, so the range test's curve is smooth
+    # and every step is close to a full-batch step
+    "digits-bs512": ("digits", "sgd", 0.1, {"momentum": 0.9}, "constant", 150, 512),
 }
 
 
 def variant(name: str) -> tasks.Task:
-    base, opt, lr, kwargs, schedule, steps = VARIANTS[name]
+    base, opt, lr, kwargs, schedule, steps, batch = VARIANTS[name]
     t = tasks.get(base)
     recipe = dataclasses.replace(t.recipe, optimizer=opt, default_lr=lr, optimizer_kwargs=kwargs,
-                                 schedule=schedule, steps=steps or t.recipe.steps)
+                                 schedule=schedule, steps=steps or t.recipe.steps,
+                                 batch_size=batch or t.recipe.batch_size)
     return dataclasses.replace(t, name=name, recipe=recipe,
-                               description=f"{t.name}'s data and model, {opt} + {schedule}")
+                               description=f"{t.name}'s data and model, {opt} + {schedule}"
+                               + (f", batch {batch}" if batch else ""))
 
 
 # module-level factories, so that the oracle's worker processes can rebuild each variant
@@ -64,6 +71,10 @@ def charrnn_adam() -> tasks.Task:
 
 def mnist5k_adam_cos() -> tasks.Task:
     return variant("mnist5k-adam-cos")
+
+
+def digits_bs512() -> tasks.Task:
+    return variant("digits-bs512")
 
 
 def measure(name: str) -> dict:
