@@ -179,13 +179,28 @@ class _Plan:
         return dataclasses.asdict(self)
 
 
+#: the shortest range test (fewer than ~30 points over 8 decades cannot place a valley)
+MIN_RANGE_ITERS = 30
+#: the default budget, in full runs
+DEFAULT_BUDGET = 2.0
+
+
+def _min_budget(full: int) -> float:
+    """The smallest budget (full runs, two decimals) that pays for the shortest range test and
+    the final run of a ``full``-step task."""
+    b = math.ceil(100 * (MIN_RANGE_ITERS + full) / full) / 100
+    while math.floor(b * full) < MIN_RANGE_ITERS + full:  # float rounding
+        b += 0.01
+    return round(b, 2)
+
+
 def _range_iters(full: int, budget: float) -> int:
     """Range-test length: a fifth of the confirmation allowance, 30..100 steps (100 is
     :func:`find_lr`'s default; fewer than ~30 points over 8 decades cannot place a valley).
     When what is left after it cannot pay for confirmation runs (see :func:`_halving_plan`),
     the range test takes the whole allowance instead (up to 100 steps): its LR goes to the final
     run unconfirmed, so it is read off the densest curve the budget buys."""
-    n = int(min(100, max(30, round(0.2 * (budget - 1.0) * full))))
+    n = int(min(100, max(MIN_RANGE_ITERS, round(0.2 * (budget - 1.0) * full))))
     if _halving_plan(full, budget, n, 1).rung1 == 0:
         return int(min(100, max(n, math.floor(budget * full) - full)))
     return n
@@ -1273,7 +1288,9 @@ def tune(
         task: a :class:`lrkit.tasks.Task`, a built-in task name or ``"package.module:function"``
             (a user's own PyTorch set-up: :func:`lrkit.tasks.from_torch`).
         budget: total cost in full runs of the task (range test + confirmations + the final
-            run), default 2.0; must be > 1.
+            run), default 2.0; it must pay for the final run and a range test of at least
+            :data:`MIN_RANGE_ITERS` steps. For a run so short that 2.0 cannot (under 30 steps),
+            the default becomes the least budget that can, and the explanation says so.
         schedules: the schedule families to choose from (:data:`lrkit.schedules.FAMILIES`).
         storage: an Optuna storage URL for the confirmation trials (``postgresql://...`` to
             share them with other ``lrkit tune`` workers and with ``lrkit search`` workers
@@ -1308,10 +1325,22 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
           progress: bool) -> TuneResult:
     from .schedules import check_families
 
-    budget = 2.0 if budget is None else check_positive("budget", budget)
-    if budget <= 1.0:
-        raise ValueError(f"budget must be > 1 (full runs, the final run included), got "
-                         f"{budget!r}")
+    full = task.recipe.steps
+    least = _min_budget(full)
+    raised = None
+    if budget is None:
+        budget = DEFAULT_BUDGET
+        if budget < least:  # a very short run: the shortest range test costs more than a run
+            raised, budget = budget, least
+    else:
+        budget = check_positive("budget", budget)
+        if budget <= 1.0:
+            raise ValueError(f"budget must be > 1 (full runs, the final run included), got "
+                             f"{budget!r}")
+        if budget < least:
+            raise ValueError(f"budget={budget!r} gives {math.floor(budget * full)} steps for a "
+                             f"{full}-step task: the final run takes {full} and the range test "
+                             f"at least {MIN_RANGE_ITERS}; pass budget >= {least:g}")
     families = check_families("schedules", schedules)
     seed = check_int("seed", seed, minimum=0)
     if storage is not None and not isinstance(storage, str):
@@ -1342,7 +1371,9 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
         show.say(f"lrkit tune {task.name}: {path} holds a finished run")
         return TuneResult.from_dict(done)
     show.say(f"lrkit tune {task.name}: run folder {path}")
-    full = task.recipe.steps
+    if raised is not None:
+        show.say(f"      budget {budget:g} full runs: the default {raised:g} cannot pay for a "
+                 f"{MIN_RANGE_ITERS}-step range test and the {full}-step final run")
 
     rt, st_range = _stage_range_test(task, folder, _range_iters(full, budget), seed, show)
     study = _open_study(storage, folder, task, seed)
@@ -1369,6 +1400,11 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
               st_halving, st_final)
     cost = sum(s.cost_steps for s in stages)
     explanation = _explain(task, rt, halving, final, stages, full)
+    if raised is not None:
+        explanation = (f"The default budget of {raised:g} full runs ({math.floor(raised * full)} "
+                       f"steps) cannot pay for the shortest range test ({MIN_RANGE_ITERS} steps) "
+                       f"and the {full}-step final run, so this run's budget is {budget:g} full "
+                       f"runs. " + explanation)
     show.say("[5/5] report")
     t0 = time.perf_counter()
     safe = _safe_lr(task, seed, folder)

@@ -365,6 +365,18 @@ def test_short_runs_confirm_one_schedule_or_none_and_say_so(tmp_path):
     assert "unconfirmed" in (tmp_path / "b" / "report.html").read_text()
 
 
+    # 20 steps: two runs (40 steps) cannot pay for a 30-step range test and the final run.
+    # The default budget becomes the least that can, 50 / 20 = 2.5, and the explanation says
+    # so; an explicit budget that cannot is refused with the least one that can
+    res = tune(user_task(20), out=tmp_path / "d", progress=False)
+    assert res.cost_steps == 50 and res.cost_runs == pytest.approx(2.5)
+    assert res.explanation.startswith("The default budget of 2 full runs (40 steps) cannot pay")
+    assert "budget is 2.5 full runs" in res.explanation
+    with pytest.raises(ValueError, match=r"budget=2\.0 gives 40 steps .* pass budget >= 2\.5"):
+        tune(user_task(20), budget=2.0, out=tmp_path / "e", progress=False)
+    assert not (tmp_path / "e").exists()  # refused before anything was written
+    # the least budget by hand: (30 + full) / full, rounded up to 0.01 and paying in steps
+    assert [tune_mod._min_budget(n) for n in (20, 7, 300, 30)] == [2.5, 5.29, 1.1, 2.0]
 def test_shared_study_lets_a_second_worker_skip_the_trials(task, done, storage, tmp_path,
                                                            monkeypatch):
     import optuna
