@@ -753,9 +753,26 @@ CONFIRM_TRAVEL = 0.5
 #: confirm never travels above this multiple of the curve's band top (a constant-LR bound: for
 #: a cosine peak it allows 4x the constant-LR suggestion)
 CONFIRM_CEILING = 2.0
+#: the shortest confirm run worth reading: a run of a few steps only shows which LR lowers the
+#: loss fastest at first, the highest that does not blow up (``lrkit.tune``'s rungs too)
+MIN_SHORT_RUN_STEPS = 10
 #: the most extra compute confirm may spend on travel, as a fraction of one full run (on top
 #: of ``confirm_budget``), so that confirm costs at most one full run in all at the default
 CONFIRM_MAX_TOTAL = 1.0
+
+
+def _too_short(conf: str, why: str, steps: int, candidates: int, full: int) -> tuple[str, str]:
+    """Confirm's confidence and reason when its runs are under :data:`MIN_SHORT_RUN_STEPS`:
+    "low", with what would give runs long enough."""
+    if steps >= MIN_SHORT_RUN_STEPS:
+        return conf, why
+    need = MIN_SHORT_RUN_STEPS * candidates / full
+    fix = (f"confirm_budget={math.ceil(100 * need) / 100:g} gives runs of "
+           f"{MIN_SHORT_RUN_STEPS}" if need <= 1.0 else
+           f"a {full}-step run is too short for {candidates} confirm runs of "
+           f"{MIN_SHORT_RUN_STEPS}")
+    return "low", (f"runs of {steps} steps only show which LR lowers the loss fastest at first "
+                   f"({fix}); {why}")
 
 
 def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, budget: float,
@@ -865,8 +882,8 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
                 f"run integrates the same LR as the short run up to that point (gradient-flow "
                 f"time rescaling); started from {origin}; {len(table)} runs of {steps} steps = "
                 f"{spent / full:.2f} of a full run")
-        sug = s.scaled(rescaled / centre, method="lrkit+confirm", confidence="medium",
-                       reason=why)
+        conf, why = _too_short("medium", why, steps, candidates, full)
+        sug = s.scaled(rescaled / centre, method="lrkit+confirm", confidence=conf, reason=why)
         confirm = {"candidates": [r["lr"] for r in table], "schedule": family, "runs": table,
                    "winner": rescaled, "short_run_winner": winner, "origin": origin,
                    "travel_steps": travelled, "overfit_fraction": fraction,
@@ -892,6 +909,7 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
                                        if travelled else ""))
     why += (f"; started from {origin}; {len(table)} runs of {steps} steps = {spent / full:.2f} "
             f"of a full run (range test + confirm: {cost / full:.2f})")
+    conf, why = _too_short(conf, why, steps, candidates, full)
     sug = s.scaled(winner / centre, method="lrkit+confirm", confidence=conf, reason=why)
     confirm = {"candidates": [r["lr"] for r in table], "schedule": family, "runs": table,
                "winner": winner, "origin": origin, "travel_steps": travelled,

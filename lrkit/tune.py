@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import check_int, check_positive
+from .finder import MIN_SHORT_RUN_STEPS
 from .suggest import RECIPE_LR_FAMILY
 
 __all__ = ["TuneResult", "Stage", "tune", "add_cli_arguments", "cli_main", "DEFAULT_SCHEDULES",
@@ -75,7 +76,7 @@ WALK_RESERVE = 1
 RETRY_FACTOR = 10.0
 #: the shortest rung-0 horizon worth running, as a fraction of a full run, and in steps
 MIN_RUNG_FRACTION = 1 / 15
-MIN_RUNG_STEPS = 10
+MIN_RUNG_STEPS = MIN_SHORT_RUN_STEPS
 _FILES = {"meta": "meta.json", "range": "1-range-test.json", "candidates": "2-candidates.json",
           "halving": "3-halving.json", "final": "4-final.json", "result": "result.json",
           "weights": "final-weights.pt", "report": "report.html"}

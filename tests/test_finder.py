@@ -312,6 +312,26 @@ def test_task_mode_and_confirm_cost():
         find_lr(task, confirm=True, confirm_candidates=1)
 
 
+def test_confirm_runs_too_short_to_read_are_low_confidence_and_say_what_would_do():
+    # a 30-step task: confirm_budget 0.5 over 3 candidates gives runs of round(15 / 3) = 5 steps,
+    # under the 10 a run needs to say more than which LR falls fastest at first
+    short = _tiny_task(steps=30)
+    c = find_lr(short, num_iter=40, start_lr=1e-5, end_lr=10.0, confirm=True)
+    assert {r["steps"] for r in c.confirm["runs"]} == {5}
+    assert c.suggestion.confidence == "low"
+    assert c.suggestion.reason.startswith(
+        "runs of 5 steps only show which LR lowers the loss fastest at first "
+        "(confirm_budget=1 gives runs of 10)")
+    # confirm_budget 1.0: runs of 10 steps, read as usual
+    c = find_lr(short, num_iter=40, start_lr=1e-5, end_lr=10.0, confirm=True, confirm_budget=1.0)
+    assert {r["steps"] for r in c.confirm["runs"]} == {10}
+    assert not c.suggestion.reason.startswith("runs of")
+    # a 12-step task cannot pay for three runs of 10 within one full run: it says so
+    c = find_lr(_tiny_task(steps=12), num_iter=40, start_lr=1e-5, end_lr=10.0, confirm=True)
+    assert c.suggestion.confidence == "low"
+    assert "(a 12-step run is too short for 3 confirm runs of 10)" in c.suggestion.reason
+
+
 def test_confirm_without_a_suggestion_centres_on_the_recipe_default():
     # a sweep far below any useful LR is flat: no suggestion, so confirm tries LRs around the
     # recipe's default (0.1), for the recipe's schedule (cosine: its peak is the default itself)
