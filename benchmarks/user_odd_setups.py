@@ -1,0 +1,190 @@
+"""``lrkit tune`` and ``find_lr`` tried the way users would on odd set-ups, through ``from_torch``.
+
+Each probe builds a user's own model, optimizer and loaders, runs ``lrkit.tune`` (seed 0), checks
+that the user's model is left as it was, and prints the truth: full runs of the same task at
+0.1x, 0.3x, 1x, 3x and 10x tune's LR (seed 0, test split).
+
+    python benchmarks/user_odd_setups.py short      # a 20-step run: the default budget, confirm
+    python benchmarks/user_odd_setups.py hf         # dict batches, step_fn, 2 AdamW groups, BN
+    python benchmarks/user_odd_setups.py workers    # DataLoader workers, one killed mid-sweep
+    python benchmarks/user_odd_setups.py bigscale   # Adam on unnormalised regression targets
+    python benchmarks/user_odd_setups.py tinylr     # a tanh net initialised 30x too large
+
+Results: ``benchmarks/results/tune.md`` ("Tried like a user: odd set-ups").
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import tempfile
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+import lrkit
+from lrkit import train
+
+
+def _synthetic(kind: str) -> tuple[nn.Module, torch.optim.Optimizer, lrkit.Task]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 10, generator=g)
+    w = torch.randn(10, 1, generator=g)
+    torch.manual_seed(0)
+    loss_fn: nn.Module = nn.CrossEntropyLoss()
+    y = (x @ w > 0).long().squeeze(1)
+    if kind == "bigscale":  # MSE of order 1e6: the best Adam LR lies far above its default
+        y = (x @ w) * 1000 + 5000
+        model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 1))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        steps, loss_fn = 300, nn.MSELoss()
+    elif kind == "tinylr":  # saturated tanh units: the sweep falls all the way to LR 10
+        model = nn.Sequential(nn.Linear(10, 64), nn.Tanh(), nn.Linear(64, 2))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(30)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        steps = 200
+    elif kind == "short":  # a run of 20 steps
+        model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        steps = 20
+    else:
+        raise ValueError(kind)
+    tr = DataLoader(TensorDataset(x[:400], y[:400]), batch_size=32, shuffle=True,
+                    generator=torch.Generator().manual_seed(1))
+    va = DataLoader(TensorDataset(x[400:500], y[400:500]), batch_size=100)
+    te = DataLoader(TensorDataset(x[500:], y[500:]), batch_size=100)
+    return model, opt, lrkit.from_torch(model, opt, tr, loss_fn, val_loader=va, test_loader=te,
+                                        steps=steps, name=kind)
+
+
+class _Dict(Dataset):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.x[i], "labels": self.y[i]}
+
+
+class _HFLike(nn.Module):
+    """A Hugging Face-style model: keyword inputs, a dict out with the loss when given labels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.ln = nn.Embedding(50, 32), nn.LayerNorm(32)
+        self.drop, self.bn, self.head = nn.Dropout(0.1), nn.BatchNorm1d(32), nn.Linear(32, 2)
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
+        logits = self.head(self.bn(self.drop(self.ln(self.emb(input_ids).mean(1)))))
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = nn.functional.cross_entropy(logits, labels)
+        return out
+
+
+def _accuracy(model: nn.Module, loader) -> float:
+    hit = n = 0
+    for b in loader:
+        hit += int((model(b["input_ids"])["logits"].argmax(1) == b["labels"]).sum())
+        n += len(b["labels"])
+    return hit / n
+
+
+def _hf() -> tuple[nn.Module, torch.optim.Optimizer, lrkit.Task]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 50, (800, 12), generator=g)
+    y = ((x < 25).sum(1) > 6).long()
+    torch.manual_seed(0)
+    model = _HFLike()
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=5e-4)
+    tl = DataLoader(_Dict(x[:600], y[:600]), batch_size=32, shuffle=True,
+                    generator=torch.Generator().manual_seed(1))
+    task = lrkit.from_torch(model, opt, tl, step_fn=lambda m, b: m(**b)["loss"],
+                            val_loader=DataLoader(_Dict(x[600:700], y[600:700]), batch_size=50),
+                            test_loader=DataLoader(_Dict(x[700:], y[700:]), batch_size=100),
+                            metric_fn=_accuracy, higher_is_better=True, steps=300,
+                            schedule="cosine", warmup_steps=30, name="hf-like")
+    return model, opt, task
+
+
+def probe(kind: str) -> None:
+    model, opt, task = _hf() if kind == "hf" else _synthetic(kind)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    groups = [(g["lr"], g.get("weight_decay")) for g in opt.param_groups]
+    with tempfile.TemporaryDirectory() as d:
+        r = lrkit.tune(task, out=os.path.join(d, "run"), progress=False)
+    same = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    same_groups = groups == [(g["lr"], g.get("weight_decay")) for g in opt.param_groups]
+    print(f"== {kind}: {r.family} at {r.lr:.3g}, test {task.metric} {r.metric:.4g}, "
+          f"{r.cost_runs:.2f} runs; model untouched: {same}, optimizer groups: {same_groups}")
+    print(r.explanation)
+    for m in (0.1, 0.3, 1.0, 3.0, 10.0):
+        lr = r.lr * m
+        print(f"   full run at {lr:.3g}: {train.run(task, lr, seed=0, eval_split='test').metric:.4g}")
+    if kind == "short":
+        model.load_state_dict(before)
+        c = lrkit.find_lr(task, confirm=True, progress=False)
+        print(f"confirm: {c.suggestion.lr:.3g} ({c.suggestion.confidence}): "
+              f"{c.suggestion.reason}")
+
+
+class _Crashing(Dataset):
+    """A dataset whose worker process is killed when it reaches item ``die_at``."""
+
+    def __init__(self, n: int, die_at: int | None = None) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 10, generator=g)
+        self.y = (self.x[:, 0] > 0).long()
+        self.die_at = die_at
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if i == self.die_at and torch.utils.data.get_worker_info() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.x[i], self.y[i]
+
+
+def workers() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def untouched() -> bool:
+        return all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+    tl = DataLoader(_Crashing(512), batch_size=32, shuffle=True, num_workers=2)
+    vl = DataLoader(_Crashing(128), batch_size=64, num_workers=2)
+    r = lrkit.find_lr(model, opt, tl, nn.CrossEntropyLoss(), num_iter=60, progress=False)
+    print(f"range test with 2 workers: {r.suggestion.lr:.3g}; model untouched: {untouched()}")
+    r = lrkit.find_lr(model, opt, tl, nn.CrossEntropyLoss(), val_loader=vl, confirm=True,
+                      steps=200, num_iter=60, progress=False)
+    print(f"confirm with 2 workers: {r.suggestion.lr:.3g}; model untouched: {untouched()}")
+    bad = DataLoader(_Crashing(512, die_at=300), batch_size=32, num_workers=2)
+    try:
+        lrkit.find_lr(model, opt, bad, nn.CrossEntropyLoss(), num_iter=60, progress=False)
+    except RuntimeError as e:
+        print(f"a worker killed mid-sweep: {str(e).strip()[:90]}")
+    print(f"model untouched: {untouched()}; optimizer state empty: {len(opt.state) == 0}")
+
+
+def main(argv: list[str]) -> int:
+    torch.set_num_threads(1)
+    for kind in argv or ["short", "hf", "workers"]:
+        workers() if kind == "workers" else probe(kind)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
