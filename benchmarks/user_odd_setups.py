@@ -9,6 +9,8 @@ that the user's model is left as it was, and prints the truth: full runs of the 
     python benchmarks/user_odd_setups.py workers    # DataLoader workers, one killed mid-sweep
     python benchmarks/user_odd_setups.py bigscale   # Adam on unnormalised regression targets
     python benchmarks/user_odd_setups.py tinylr     # a tanh net initialised 30x too large
+    python benchmarks/user_odd_setups.py offset     # MSE - 10: a loss that is negative
+    python benchmarks/user_odd_setups.py nll        # a Gaussian NLL, which crosses zero
 
 Results: ``benchmarks/results/tune.md`` ("Tried like a user: odd set-ups").
 """
@@ -47,6 +49,22 @@ def _synthetic(kind: str) -> tuple[nn.Module, torch.optim.Optimizer, lrkit.Task]
                 p.mul_(30)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         steps = 200
+    elif kind == "offset":  # a loss with a constant offset: negative from the first step
+        y = x @ w
+        model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        steps = 300
+
+        def loss_fn(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return nn.functional.mse_loss(out, target) - 10.0
+    elif kind == "nll":  # mean and variance heads: the Gaussian NLL falls through zero
+        y = (x @ w) * 0.3 + 0.05 * torch.randn(600, 1, generator=g)
+        model = nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 2))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        steps, nll = 400, nn.GaussianNLLLoss()
+
+        def loss_fn(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return nll(out[:, :1], target, nn.functional.softplus(out[:, 1:]) + 1e-4)
     elif kind == "short":  # a run of 20 steps
         model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)

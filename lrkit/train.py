@@ -18,6 +18,7 @@ import contextlib
 import copy
 import inspect
 import math
+import statistics
 import random
 import time
 from dataclasses import dataclass, field
@@ -101,7 +102,19 @@ class DivergenceStop(Callback):
     late, tiny best loss would make a relative rule fire on noise). The EMA is
     ``m_t = beta m_{t-1} + (1 - beta) loss_t``, debiased by ``1 - beta^(t+1)`` (Adam-style), so the
     rule only uses past losses. Non-finite losses are handled by :func:`fit` itself.
+
+    The ratio assumes a loss bounded below by 0 (cross-entropy, MSE). A loss that can be
+    negative (a Gaussian negative log-likelihood, a loss with a constant offset) would make it
+    fire at once: ``4 x (-2)`` is below any loss near ``-2`` (fastai/fastai#962). When the
+    reference is not positive the rule is shift-invariant instead: the EMA rises above the
+    reference by more than ``(factor - 1) x D``, ``D = max(initial - best, s0)`` (the descent so
+    far, or ``s0``, the standard deviation of the first :data:`NOISE_STEPS` losses: the loss's
+    own scale, whatever its offset), and not before that many steps. For losses that stay
+    positive nothing changes.
     """
+
+    #: the first losses whose spread sets the scale of a loss that is not positive
+    NOISE_STEPS = 10
 
     def __init__(self, factor: float = 4.0, *, relative_to: str = "best", beta: float = 0.98,
                  min_steps: int = 1) -> None:
@@ -120,6 +133,7 @@ class DivergenceStop(Callback):
         self._n = 0
         self._best = math.inf
         self._initial: float | None = None
+        self._first: list[float] = []
 
     def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.reset()
@@ -130,9 +144,19 @@ class DivergenceStop(Callback):
         smoothed = self._avg / (1.0 - self.beta**self._n)
         if self._initial is None:
             self._initial = info.loss
+        if len(self._first) < self.NOISE_STEPS:
+            self._first.append(float(info.loss))
         ref = self._best if self.relative_to == "best" else self._initial
+        if ref > 0:
+            limit = self.factor * ref
+        elif len(self._first) < self.NOISE_STEPS:
+            limit = math.inf  # no scale yet
+        else:  # a loss not bounded below by 0: rise above ref by (factor - 1) x its scale
+            best = min(self._best, smoothed)
+            scale = max(self._initial - best, statistics.pstdev(self._first))
+            limit = ref + (self.factor - 1.0) * scale if scale > 0 else math.inf
         self._best = min(self._best, smoothed)
-        if self._n > self.min_steps and smoothed > self.factor * ref:
+        if self._n > self.min_steps and smoothed > limit:
             return "diverged"
         return None
 

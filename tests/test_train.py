@@ -124,6 +124,76 @@ def test_divergence_stop_follows_its_formula():
     assert stopped_at == 6
 
 
+def _stops(cb: DivergenceStop, losses: list[float]) -> int | None:
+    """The index of the loss at which ``cb`` says "diverged", or None."""
+    cb.on_train_start(None, None)
+    for i, loss in enumerate(losses):
+        if cb.on_step_end(type("I", (), {"loss": loss})()) == "diverged":
+            return i
+    return None
+
+
+def test_divergence_stop_on_losses_that_are_not_positive():
+    """A loss that can be negative (a Gaussian NLL crossing zero, a constant offset) made the
+    ratio rule fire at once (4 x -2 < -2). With a reference <= 0 the rule is shift-invariant:
+    EMA > ref + (factor - 1) x max(initial - best, spread of the first 10 losses)."""
+    descent = [1.0, 0.8, 0.6, 0.4, 0.3, 0.2, 0.15, 0.1, 0.08, 0.06, 0.05, 0.04, 0.05]
+    blowup = [0.3, 2.0, 30.0, 500.0]
+    for mode in ("best", "initial"):
+        cb = DivergenceStop(4.0, relative_to=mode, beta=0.5)
+        at = _stops(cb, descent + blowup)
+        assert at is not None and at > len(descent)
+        # the same curve shifted by any constant stops at the same step (here: well below 0)
+        for shift in (-10.0, -0.5, -1000.0):
+            shifted = [v + shift for v in descent + blowup]
+            got = _stops(DivergenceStop(4.0, relative_to=mode, beta=0.5), shifted)
+            assert got is not None and got > len(descent), (mode, shift, got)
+        # a descent through zero (an NLL) with no blow-up never stops
+        assert _stops(DivergenceStop(4.0, relative_to=mode, beta=0.5),
+                      [v - 0.5 for v in descent] * 3) is None
+    # by hand, EMA with beta 0 = the loss: -9, -11 (x5): initial -9, best -11, spread of the
+    # first 10 = 1: scale = max(-9 - (-11), 1) = 2, limit -11 + 3 x 2 = -5 ("initial": -9 + 6)
+    start = [-9.0, -11.0] * 5
+    cb = DivergenceStop(4.0, relative_to="best", beta=0.0)
+    assert _stops(cb, start + [-5.5]) is None and _stops(cb, start + [-4.5]) == 10
+    cb = DivergenceStop(4.0, relative_to="initial", beta=0.0)
+    assert _stops(cb, start + [-3.5]) is None and _stops(cb, start + [-2.5]) == 10
+    # nothing is read before 10 losses give a scale
+    assert _stops(cb, [-10.0, 1e6]) is None
+
+
+def test_a_loss_with_a_negative_offset_gives_the_same_range_test_and_run():
+    """find_lr and train.run on MSE - 10 behave as on MSE (the suggestion, where the sweep
+    stops, the full run): before, the sweep stopped at step 2 and every run 'diverged'."""
+    import lrkit
+    from lrkit import train
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 10, generator=g)
+    y = x @ torch.randn(10, 1, generator=g)
+    out = {}
+    for shift in (0.0, -10.0):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 1))
+        opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+
+        def loss_fn(o, t, s=shift):
+            return nn.functional.mse_loss(o, t) + s
+
+        data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:384], y[:384]),
+                                           batch_size=32, shuffle=True,
+                                           generator=torch.Generator().manual_seed(1))
+        r = lrkit.find_lr(m, opt, data, loss_fn, progress=False)
+        task = lrkit.from_torch(m, opt, data, loss_fn, steps=100, val_loader=[(x[384:], y[384:])])
+        run = train.run(task, 0.003, seed=0)
+        out[shift] = (r, run)
+    (r0, run0), (r1, run1) = out[0.0], out[-10.0]
+    assert r1.stop_reason == r0.stop_reason == "diverged" and len(r1.lrs) == len(r0.lrs) > 50
+    assert r1.suggestion.lr == r0.suggestion.lr
+    assert run1.stop_reason == run0.stop_reason == "completed"
+    assert run1.metric == pytest.approx(run0.metric - 10.0, abs=1e-4)
+
+
 @pytest.mark.parametrize("bad", [dict(factor=1.0), dict(factor=float("nan")),
                                  dict(relative_to="worst"), dict(beta=1.0)])
 def test_divergence_stop_rejects_bad_arguments(bad):
