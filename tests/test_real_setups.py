@@ -233,6 +233,23 @@ def test_a_metric_that_is_never_finite_is_an_error_not_a_choice():
                             {"diverged": False, "scored": False}], "x")
 
 
+@pytest.mark.parametrize("value", ["good", torch.ones(3), None])
+def test_a_metric_that_is_not_one_number_is_named(value):
+    """metric_fn returning a string, a tensor of several values or None: a TypeError that names
+    metric_fn and the split (it said "could not convert string to float"), model restored;
+    one-element tensors and ints are numbers."""
+    model, opt, tl, vl = _regression()
+    before = _state(model, opt)
+    with pytest.raises(TypeError, match=r"metric_fn must give one real number for the 'val' "
+                                        r"split, got"):
+        find_lr(model, opt, tl, F.mse_loss, val_loader=vl, confirm=True, steps=60,
+                metric_fn=lambda m, loader: value)
+    assert all(torch.equal(a, b) for a, b in zip(before[0], _state(model, opt)[0]))
+    task = from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=60,
+                      metric_fn=lambda m, loader: torch.tensor([0.25]))
+    assert task.evaluate(task.build_model(0), "val") == 0.25
+
+
 
 def test_confirm_does_not_travel_on_a_tie():
     """Every run scores the same (a saturated metric: a perfect val accuracy). The lower LR

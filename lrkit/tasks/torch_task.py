@@ -281,7 +281,12 @@ def from_torch(
                 value = metric_fn(m, loader) if metric_fn is not None else mean_loss(m, loader)
         finally:
             m.train(was)
-        return float(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of many values
+            what = "metric_fn" if metric_fn is not None else "the mean of loss_fn / step_fn"
+            raise TypeError(f"{what} must give one real number for the {split!r} split, got "
+                            f"{value!r:.80}") from None
 
     size = getattr(train_loader, "dataset", None)
     train_size = len(size) if size is not None and hasattr(size, "__len__") else 0
