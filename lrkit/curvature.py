@@ -1003,8 +1003,9 @@ def stability_test(
     recipe's optimizer, seed and data), ``steps`` long (default: ``min(recipe.steps, 200)``). A
     run *converged* when it did not diverge (smoothed loss below ``diverge_factor`` × its first
     loss, finite) and its final loss (mean of the last 10% of steps) is at most
-    ``(1 − min_progress)`` × its first loss (a run that stalls near its first loss, as a network
-    whose units died at a too-large LR, did not converge).
+    ``first − min_progress × |first|`` (``(1 − min_progress)`` × a positive first loss; a run
+    that stalls near its first loss, as a network whose units died at a too-large LR, did not
+    converge).
 
     On a quadratic the bound is exact: 0.9× converges, 1.1× diverges. On a network, or on
     logistic regression, the bound holds at the starting point only: runs above it can still
@@ -1058,7 +1059,7 @@ def stability_test(
         final = float(np.mean(tail)) if losses else math.nan
         first = losses[0] if losses else math.nan
         converged = (not r.diverged and r.stop_reason == "completed" and math.isfinite(final)
-                     and final <= (1.0 - min_progress) * first)
+                     and final <= first - min_progress * abs(first))  # a negative loss too
         runs.append(StabilityRun(factor=float(f), lr=float(lr), converged=bool(converged),
                                  diverged=bool(r.diverged), stop_reason=r.stop_reason,
                                  initial_loss=float(first), final_loss=float(final),
