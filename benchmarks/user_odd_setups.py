@@ -11,6 +11,7 @@ that the user's model is left as it was, and prints the truth: full runs of the 
     python benchmarks/user_odd_setups.py tinylr     # a tanh net initialised 30x too large
     python benchmarks/user_odd_setups.py offset     # MSE - 10: a loss that is negative
     python benchmarks/user_odd_setups.py nll        # a Gaussian NLL, which crosses zero
+    python benchmarks/user_odd_setups.py clients    # a LightningModule, a tiny BERT (transformers)
 
 Results: ``benchmarks/results/tune.md`` ("Tried like a user: odd set-ups").
 """
@@ -197,10 +198,89 @@ def workers() -> None:
     print(f"model untouched: {untouched()}; optimizer state empty: {len(opt.state) == 0}")
 
 
+def clients() -> None:
+    """The real clients: a LightningModule through its own ``training_step``, then a
+    ``Trainer.fit`` at the LR found; a tiny BERT from ``transformers`` (built from a config, no
+    download) through ``find_lr(confirm=True)`` and ``tune``, against full runs."""
+    import lightning.pytorch as pl
+    from transformers import BertConfig, BertForSequenceClassification
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 10, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    tl = DataLoader(TensorDataset(x[:384], y[:384]), batch_size=32, shuffle=True,
+                    generator=torch.Generator().manual_seed(1))
+    vl = DataLoader(TensorDataset(x[384:], y[384:]), batch_size=128)
+
+    class Module(pl.LightningModule):
+        def __init__(self, lr: float = 0.1) -> None:
+            super().__init__()
+            self.lr = lr
+            self.net = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+        def training_step(self, batch, i):  # noqa: ANN001, ANN201
+            loss = nn.functional.cross_entropy(self(batch[0]), batch[1])
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+    torch.manual_seed(0)
+    lm = Module()
+    r = lrkit.find_lr(lm, lm.configure_optimizers(), tl, step_fn=lambda m, b: m.training_step(b, 0),
+                      val_loader=vl, confirm=True, steps=200, progress=False)
+    fitted = Module(r.suggestion.lr)
+    fitted.load_state_dict(lm.state_dict())
+    trainer = pl.Trainer(max_steps=200, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(fitted, tl)
+    print(f"LightningModule: confirm {r.suggestion.lr:.3g} ({r.suggestion.confidence}); "
+          f"Trainer.fit there: train loss {float(trainer.callback_metrics['train_loss']):.4f}")
+
+    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, num_labels=2, max_position_embeddings=16)
+    torch.manual_seed(0)
+    bert = BertForSequenceClassification(cfg)
+    ids = torch.randint(0, 50, (512, 12), generator=g)
+    labels = ((ids < 25).sum(1) > 6).long()
+
+    class Tokens(Dataset):
+        def __init__(self, a: torch.Tensor, b: torch.Tensor) -> None:
+            self.a, self.b = a, b
+
+        def __len__(self) -> int:
+            return len(self.a)
+
+        def __getitem__(self, i: int) -> dict:
+            return {"input_ids": self.a[i], "attention_mask": torch.ones_like(self.a[i]),
+                    "labels": self.b[i]}
+
+    btl = DataLoader(Tokens(ids[:384], labels[:384]), batch_size=32, shuffle=True,
+                     generator=torch.Generator().manual_seed(1))
+    bvl = DataLoader(Tokens(ids[384:], labels[384:]), batch_size=64)
+    opt = torch.optim.AdamW(bert.parameters(), lr=5e-5)
+    step = lambda m, b: m(**b).loss  # noqa: E731
+    r = lrkit.find_lr(bert, opt, btl, step_fn=step, val_loader=bvl, confirm=True, steps=300,
+                      schedule="cosine", progress=False)
+    task = lrkit.from_torch(bert, opt, btl, step_fn=step, val_loader=bvl, steps=300,
+                            schedule="cosine", warmup_steps=30, name="tiny-bert")
+    with tempfile.TemporaryDirectory() as d:
+        res = lrkit.tune(task, out=os.path.join(d, "run"), progress=False)
+    print(f"tiny BERT: confirm {r.suggestion.lr:.3g} ({r.suggestion.confidence}); tune "
+          f"{res.family} {res.lr:.3g}, val loss {res.metric:.4f}")
+    for lr in (1e-4, 3e-4, r.suggestion.lr, 1e-3, 3e-3, 1e-2):
+        print(f"   full run (warmup-cosine) at {lr:.3g}: "
+              f"{train.run(task, lr, seed=0, eval_split='test').metric:.4f}")
+
+
 def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
     for kind in argv or ["short", "hf", "workers"]:
-        workers() if kind == "workers" else probe(kind)
+        {"workers": workers, "clients": clients}.get(kind, lambda: probe(kind))()
     return 0
 
 

@@ -450,6 +450,25 @@ def test_the_run_above_replaying_the_winner_and_overfitting_rescales_it():
     assert _overfits_beyond(_LowerBetter(), w2, [w2, spiked]) is None
 
 
+def test_a_plateau_is_not_read_as_the_run_above_overfitting():
+    """Every short run still near chance (seen: a tiny BERT, val loss 0.68 -> 0.657 in 50
+    steps): the same tau-shape as the overfitting class above, but the winner gained 3.5% of its
+    end value, under MIN_LEARNED (10%): no verdict. The same shape scaled to a 40% gain is read."""
+    from lrkit.finder import MIN_LEARNED, _overfits_beyond
+
+    def plateau(scale):
+        return lambda tau: 0.657 + scale * (np.log10(tau) ** 2)
+
+    # gains over the winner's run (tau 0.1 -> 1): scale x 1 of an end value 0.657
+    w, b = (_run(lr, _tau_curve(lr, plateau(0.023))) for lr in (0.01, 0.0178))
+    gain = (w["val_curve"][0][1] - w["metric"]) / w["metric"]
+    assert 0.03 < gain < MIN_LEARNED == 0.1
+    assert _overfits_beyond(_LowerBetter(), w, [w, b]) is None
+    w, b = (_run(lr, _tau_curve(lr, plateau(0.27))) for lr in (0.01, 0.0178))
+    assert (w["val_curve"][0][1] - w["metric"]) / w["metric"] > 0.4
+    assert "gets no better" in _overfits_beyond(_LowerBetter(), w, [w, b])
+
+
 def test_confirm_on_an_overfitting_regression_lands_below_the_short_run_winner():
     """diabetes (442 patients, an MLP, SGD): short runs favour LRs ~6x too high (their horizon
     ends before the model memorises). Confirm's time rescaling brings the pick down to the
