@@ -761,6 +761,33 @@ MIN_SHORT_RUN_STEPS = 10
 CONFIRM_MAX_TOTAL = 1.0
 
 
+def tail_spread(values: Sequence[float]) -> float:
+    """The spread (population standard deviation) of the last quarter of a run's val
+    evaluations, at least 3: the metric's own step-to-step noise (it also holds what trend is
+    left, so it errs large). Confirm and ``lrkit.tune`` use it to say when two short runs cannot
+    be told apart."""
+    vs = list(values)[-max(3, len(values) // 4):]
+    mean = sum(vs) / len(vs)
+    return math.sqrt(sum((v - mean) ** 2 for v in vs) / len(vs))
+
+
+def _unclear(task: Any, best: dict, table: list[dict]) -> str | None:
+    """Why confirm's winner cannot be told from the runner-up (its margin within the winner's
+    own :func:`tail_spread`), or ``None``."""
+    others = [r for r in table if r is not best and not r["diverged"]
+              and math.isfinite(float(r["metric"]))]
+    vs = [v for _, v in _finite_points(best.get("val_curve", []))]
+    if not others or len(vs) < 4:
+        return None
+    second = min(others, key=lambda r: _rank_key(task, r["metric"]))
+    margin, noise = abs(float(best["metric"]) - float(second["metric"])), tail_spread(vs)
+    if margin > noise:
+        return None
+    return (f"the runner-up at {second['lr']:.3g} scored {float(second['metric']):.4g}, within "
+            f"the spread of the winner's own last evaluations ({noise:.2g}): the short runs "
+            f"could not tell these LRs apart")
+
+
 def _too_short(conf: str, why: str, steps: int, candidates: int, full: int) -> tuple[str, str]:
     """Confirm's confidence and reason when its runs are under :data:`MIN_SHORT_RUN_STEPS`:
     "low", with what would give runs long enough."""
@@ -907,6 +934,9 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
         conf, why = "high", (f"the best val {task.metric} of {len(table)} short runs lies inside "
                              "them" + (f" (the window travelled {travelled} half-decade step(s))"
                                        if travelled else ""))
+    unclear = _unclear(task, best, table)
+    if unclear is not None and conf == "high":
+        conf, why = "medium", f"{why}, but {unclear}"
     why += (f"; started from {origin}; {len(table)} runs of {steps} steps = {spent / full:.2f} "
             f"of a full run (range test + confirm: {cost / full:.2f})")
     conf, why = _too_short(conf, why, steps, candidates, full)

@@ -52,6 +52,7 @@ from typing import Any, Mapping, Sequence
 
 from .errors import check_int, check_positive
 from .finder import MIN_SHORT_RUN_STEPS
+from .finder import tail_spread as _tail_spread
 from .suggest import RECIPE_LR_FAMILY
 
 __all__ = ["TuneResult", "Stage", "tune", "add_cli_arguments", "cli_main", "DEFAULT_SCHEDULES",
@@ -703,15 +704,6 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
             "plan": plan, "centres": centres, "walks": walks, "at_edge": edge,
             "origin": origin, "warmup": warmup, "separation": separation,
             "edge_stop": edge_stop, "no_warmup": bool(warmup and warmup["dropped"])}, stage
-
-
-def _tail_spread(values: Sequence[float]) -> float:
-    """The spread (population standard deviation) of the last quarter of a run's val
-    evaluations, at least 3: the metric's own step-to-step noise (it also holds what trend is
-    left, so it errs large)."""
-    import statistics
-
-    return statistics.pstdev(values[-max(3, len(values) // 4):])
 
 
 def _separation(task: Any, best: dict, others: list[dict]) -> dict | None:

@@ -450,6 +450,24 @@ def test_the_run_above_replaying_the_winner_and_overfitting_rescales_it():
     assert _overfits_beyond(_LowerBetter(), w2, [w2, spiked]) is None
 
 
+def test_confirm_says_when_its_runs_cannot_tell_the_winner_from_the_runner_up():
+    """The winner's margin over the runner-up against the spread of the winner's own last
+    evaluations (population s.d. of the last quarter, at least 3): within it, confirm says so
+    (and a "high" becomes "medium"); beyond it, nothing."""
+    from lrkit.finder import _unclear, tail_spread
+
+    assert tail_spread([5.0, 1.0, 2.0, 3.0]) == pytest.approx(np.std([1.0, 2.0, 3.0]))
+    curve = [(10 * k, v) for k, v in enumerate([0.9, 0.7, 0.55, 0.5, 0.52, 0.49, 0.51, 0.5], 1)]
+    w = {"lr": 0.1, "metric": 0.5, "diverged": False, "val_curve": curve}
+    noise = tail_spread([v for _, v in curve])  # the last 3: 0.49, 0.51, 0.5
+    near = {"lr": 0.056, "metric": 0.5 + 0.9 * noise, "diverged": False, "val_curve": []}
+    far = dict(near, metric=0.5 + 1.1 * noise)
+    why = _unclear(_LowerBetter(), w, [near, w, dict(far, lr=0.18)])
+    assert why.startswith("the runner-up at 0.056 scored") and "could not tell" in why
+    assert _unclear(_LowerBetter(), w, [far, w]) is None
+    assert _unclear(_LowerBetter(), w, [dict(near, diverged=True), w]) is None
+
+
 def test_a_plateau_is_not_read_as_the_run_above_overfitting():
     """Every short run still near chance (seen: a tiny BERT, val loss 0.68 -> 0.657 in 50
     steps): the same tau-shape as the overfitting class above, but the winner gained 3.5% of its
