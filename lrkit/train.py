@@ -18,8 +18,8 @@ import contextlib
 import copy
 import inspect
 import math
-import statistics
 import random
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence

@@ -1270,12 +1270,15 @@ def _explain_overfitting(finding: Mapping[str, Any], task: Any, task_ref: str | 
         why = (f", after the short runs' {short} steps ended, so they could not rank the LRs "
                "by it")
     how = f"lrkit.search(task, budget={steps})"
-    if task_ref and (":" in task_ref or task_ref in _builtin_names()):
+    # the command only for a task the CLI can load by that name (a from_torch task's version
+    # is "user-...": its name is only a label)
+    user = str(getattr(task, "version", "")).startswith("user-")
+    if task_ref and not user and (":" in task_ref or task_ref in _builtin_names()):
         how = f"`lrkit search --task {task_ref} --budget {steps}` or {how}"
-    return (f"The final run overfit" + (f" from step {best} of {full}" if best is not None
-                                          else "") +
-            f"{why}: the best LR for the full run may lie lower. Full-length runs would check "
-            f"(a range test and 3 full runs, {steps} steps: {how}).")
+    since = f" from step {best} of {full}" if best is not None else ""
+    return (f"The final run overfit{since}{why}: the best LR for the full run may lie lower. "
+            f"Full-length runs would check (a range test and 3 full runs, {steps} steps: "
+            f"{how}).")
 
 
 def _builtin_names() -> list[str]:

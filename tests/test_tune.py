@@ -559,6 +559,11 @@ def test_a_final_run_that_overfits_after_the_short_runs_points_to_full_length_ru
                                          task, "torch", plan)
     assert "could not rank" not in text and "lrkit search --task" not in text
     assert text.endswith(f"{steps} steps: lrkit.search(task, budget={steps})).")
+    # a from_torch task named like a built-in one is not that task: no command
+    user = dataclasses.replace(task, name="digits", version="user-0123")
+    text = tune_mod._explain_overfitting({"kind": "overfitting", "evidence": {}}, user, "digits",
+                                         plan)
+    assert text.startswith("The final run overfit: ") and "lrkit search --task" not in text
 
 
 def test_without_a_suggestion_tune_centres_where_confirm_would():
