@@ -1039,7 +1039,10 @@ PLATEAU_GAIN = 0.0
 #: plateau, not overfitting (seen: a tiny BERT fine-tuned, 50-step runs at 3.5%: the rule cut
 #: the LR 6x, to a full-run val loss 4x worse). Every collapse on the built-in tasks
 #: (``design_overfit.py``) came after 43% or more, so any value from 0.035 to 0.43 picks the same
-#: there (leave-one-task-out: identical); it was 0.01.
+#: there (leave-one-task-out: identical); it was 0.01. The run above's rise after the match
+#: does not separate the two (1-100% of the winner's gain on the built-in tasks, 16% on the
+#: plateau). A metric that starts near its best (fine-tuning at a high accuracy) and overfits
+#: within the short run is still caught by the winner's own peak (:func:`_overfit_point`).
 MIN_LEARNED = 0.1
 #: ... read as the median of the run above's last this many evaluations after the match (its
 #: final evaluation alone let one noisy point cut a regression's LR 8x in tune: Friedman #1 with
