@@ -19,7 +19,7 @@ from lrkit.train import run
 torch.set_num_threads(1)
 
 BUILTIN = ["digits", "digits-long", "mnist5k", "mnist1d", "charlm", "logreg", "diabetes", "digits-small",
-           "charrnn", "cancer-small", "digits-bn"]
+           "charrnn", "cancer-small", "digits-bn", "digits-noisy"]
 
 
 # ------------------------------------------------------------------------------------ registry
@@ -237,7 +237,8 @@ def test_charlm_splits_are_consecutive_and_disjoint():
 
 
 @pytest.mark.parametrize("name", ["digits", "mnist5k", "mnist1d", "charlm", "logreg", "diabetes",
-                                  "digits-small", "charrnn", "cancer-small", "digits-bn"])
+                                  "digits-small", "charrnn", "cancer-small", "digits-bn",
+                                  "digits-noisy"])
 def test_evaluate_accepts_only_val_and_test(name):
     t = tasks.get(name)
     m = t.build_model(0)
@@ -349,6 +350,7 @@ LR_MATTERS = [
     ("digits-small", None, (1e-5, 5.6e-4, 0.03), 0.1),
     ("cancer-small", None, (3e-6, 1.78e-4, 0.01), 0.1),
     ("digits-bn", None, (1e-3, 0.2, 30.0), 0.2),
+    ("digits-noisy", None, (1e-4, 0.0178, 1.0), 0.2),
 ]
 
 
@@ -540,3 +542,24 @@ def test_digits_bn_is_the_digits_split_as_images_with_batch_norm_and_a_one_cycle
     before = {k: v.clone() for k, v in m.state_dict().items()}
     t.evaluate(m, "val")
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def test_digits_noisy_is_the_digits_split_with_40_percent_of_train_and_val_labels_random():
+    """Train and val labels replaced by a uniform class with probability 0.4 (fixed draws: 1 in
+    10 of those land on the true class, so ~64% stay right), test labels true; the images are
+    digits' own. A long run at a high LR memorises the wrong labels: clean test accuracy falls
+    from the oracle's best (0.0178) to 0.1 (oracle-digits-noisy.json: 0.936 vs 0.857)."""
+    from lrkit.tasks import digits, digits_noisy
+
+    a, b = digits.load(), digits_noisy.load()
+    right = {}
+    for split in ("train", "val", "test"):
+        assert torch.equal(a[split][0], b[split][0])
+        right[split] = float((a[split][1] == b[split][1]).float().mean())
+    assert right["test"] == 1.0
+    assert 0.58 < right["train"] < 0.70 and 0.5 < right["val"] < 0.75
+    assert torch.equal(digits_noisy.load()["train"][1], b["train"][1])  # fixed draws
+    t = tasks.get("digits-noisy")
+    assert t.metric == "accuracy" and t.higher_is_better
+    best, high = (run(t, lr, seed=0, eval_split="test").metric for lr in (0.0178, 0.1))
+    assert best > high + 0.03

@@ -36,6 +36,7 @@ _BUILTIN: dict[str, str] = {
     "charrnn": "lrkit.tasks.charrnn:make_task",
     "cancer-small": "lrkit.tasks.cancer:make_task",
     "digits-bn": "lrkit.tasks.digits_bn:make_task",
+    "digits-noisy": "lrkit.tasks.digits_noisy:make_task",
 }
 
 
