@@ -1239,9 +1239,8 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
                      f"best-validation checkpoint (step {kept['step']} of {full}): test {name} "
                      f"{fmt(kept['test'])}, against {fmt(kept['test_at_end'])} at the end of "
                      "the run.")
-    over = [f for f in final.get("findings") or () if f.get("kind") == "overfitting"]
-    if over and not final.get("diverged"):
-        parts.append(_explain_overfitting(over[0], task, task_ref, plan))
+    if kept:  # overfitting beyond the val metric's noise: the decision itself is in question
+        parts.append(_explain_overfitting(kept["step"], task, task_ref, plan))
     retry = final.get("diverged_attempt")
     if retry:
         parts.append(f"(The first full run, at {retry['lr']:.3g}, diverged at step "
@@ -1252,9 +1251,9 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
     return " ".join(parts)
 
 
-def _explain_overfitting(finding: Mapping[str, Any], task: Any, task_ref: str | None,
-                         plan: _Plan) -> str:
-    """What the final run's overfitting says about the decision, and what would do better:
+def _explain_overfitting(best: int | None, task: Any, task_ref: str | None, plan: _Plan) -> str:
+    """What the final run's overfitting (its end worse than its best validation step ``best``
+    beyond noise: the checkpoint was kept) says about the decision, and what would do better:
     the short runs end before it, so they cannot rank LRs by it; full-length runs can. Measured
     (``benchmarks/results/tune.md``): ``lrkit.search``'s auto method with a range test and 3
     full runs is within 1% on the generalisation-limited tasks where tune is not (digits with
@@ -1263,7 +1262,6 @@ def _explain_overfitting(finding: Mapping[str, Any], task: Any, task_ref: str | 
 
     full = task.recipe.steps
     steps = range_test_steps(task) + 3 * full
-    best = (finding.get("evidence") or {}).get("best_step")
     short = plan.rung1 or plan.rung0
     why = ""
     if best is not None and short and best > short:
