@@ -20,14 +20,21 @@ LONG_FACTOR = 8
 
 
 @functools.lru_cache(maxsize=1)
-def load() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The fixed (train, val, test) split of scikit-learn's digits as float32 / int64 tensors."""
+def images() -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    """All 1,797 images (float32, pixels in [0, 1]) and labels (int64), and the fixed
+    ``(train, val, test)`` index split (``digits-noisy`` draws its noise over the same order)."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
     x = torch.tensor(d.data, dtype=torch.float32) / 16.0
     y = torch.tensor(d.target, dtype=torch.int64)
-    tr, va, te = split_indices(len(x), test=360, val=144, seed=0)
+    return x, y, split_indices(len(x), test=360, val=144, seed=0)
+
+
+@functools.lru_cache(maxsize=1)
+def load() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The fixed (train, val, test) split of scikit-learn's digits as float32 / int64 tensors."""
+    x, y, (tr, va, te) = images()
     return {"train": (x[tr], y[tr]), "val": (x[va], y[va]), "test": (x[te], y[te])}
 
 

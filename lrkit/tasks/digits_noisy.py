@@ -24,7 +24,8 @@ import functools
 import torch
 from torch import nn
 
-from ._data import classification_task, split_indices
+from . import digits
+from ._data import classification_task
 from .base import Recipe, Task
 
 STEPS = 600
@@ -34,12 +35,7 @@ NOISE = 0.4
 @functools.lru_cache(maxsize=1)
 def load() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The fixed split, train and val labels noised (fixed draws), test labels true."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.data, dtype=torch.float32) / 16.0
-    y = torch.tensor(d.target, dtype=torch.int64)
-    tr, va, te = split_indices(len(x), test=360, val=144, seed=0)
+    x, y, (tr, va, te) = digits.images()
     g = torch.Generator().manual_seed(2)
     flip = torch.rand(len(y), generator=g) < NOISE
     noisy = torch.where(flip, torch.randint(0, 10, (len(y),), generator=g), y)
