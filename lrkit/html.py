@@ -26,6 +26,7 @@ import base64
 import html as _html
 import io
 import math
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -49,6 +50,12 @@ img{max-width:100%;height:auto;border:1px solid #eee} .muted{color:#777}
 def escape(value: Any) -> str:
     """``str(value)`` with ``& < > " '`` escaped (every user-provided string goes through it)."""
     return _html.escape(str(value), quote=True)
+
+
+def prose(text: str) -> str:
+    """``text`` escaped, with its `backquoted` spans (commands in the explanation) set as code.
+    The spans are found after escaping, so nothing in them can open a tag."""
+    return re.sub(r"`([^`<>]+)`", r"<code>\1</code>", escape(text))
 
 
 def smooth(values: Sequence[float], window: int) -> np.ndarray:
@@ -395,7 +402,7 @@ def tune_report(
 {total / full:.2f} full runs.<br><span class=muted>schedule spec: <code>{sched_json}</code>
 </span></div>
 <h2>Why</h2>
-<p class=why>{escape(explanation)}</p>
+<p class=why>{prose(explanation)}</p>
 <h2>Cost of each stage</h2>
 <table><tr><th class=l>stage</th><th>steps</th><th>full runs</th><th>share</th>
 <th>wall (s)</th></tr>{rows_stages}</table>

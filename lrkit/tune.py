@@ -1267,7 +1267,7 @@ def _explain_overfitting(best: int | None, task: Any, task_ref: str | None, plan
     if best is not None and short and best > short:
         why = (f", after the short runs' {short} steps ended, so they could not rank the LRs "
                "by it")
-    how = f"lrkit.search(task, budget={steps})"
+    how = f"`lrkit.search(task, budget={steps})`"
     # the command only for a task the CLI can load by that name (a from_torch task's version
     # is "user-...": its name is only a label)
     user = str(getattr(task, "version", "")).startswith("user-")

@@ -19,7 +19,7 @@ import torch
 from lrkit import schedules, train
 from lrkit import tune as tune_mod
 from lrkit.finder import RangeTestResult
-from lrkit.html import escape, smooth
+from lrkit.html import prose, smooth
 from lrkit.tasks import from_torch
 from lrkit.tune import TuneResult, tune
 from tests.tiny_task import make_task
@@ -213,8 +213,18 @@ def test_report_is_self_contained_and_complete(done):
         data = base64.b64decode(src.split(",", 1)[1])
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
         assert (out / name).read_bytes() == data
-    assert escape(res.explanation) in page
+    assert prose(res.explanation) in page
     assert f"{res.lr:.3g}" in page and res.family in page
+
+
+def test_the_explanation_sets_commands_as_code_and_escapes_everything_else():
+    """Backquoted spans become <code> after escaping: a span cannot open a tag, and a user's
+    task name with markup in it stays text."""
+    assert prose("run `lrkit search --task a<b>` now") == \
+        "run <code>lrkit search --task a&lt;b&gt;</code> now"
+    assert prose("`<script>alert(1)</script>`") == \
+        "<code>&lt;script&gt;alert(1)&lt;/script&gt;</code>"
+    assert prose("one ` alone & <i>") == "one ` alone &amp; &lt;i&gt;"
 
 
 def test_interrupt_keeps_finished_work_and_resume_goes_on(task, done, tmp_path, monkeypatch):
@@ -552,12 +562,12 @@ def test_a_final_run_that_overfits_after_the_short_runs_points_to_full_length_ru
                     "ended, so they could not rank the LRs by it: the best LR for the full run "
                     "may lie lower. Full-length runs would check (a range test and 3 full runs, "
                     f"{steps} steps: `lrkit search --task tests.test_tune:tiny_task --budget "
-                    f"{steps}` or lrkit.search(task, budget={steps})).")
+                    f"{steps}` or `lrkit.search(task, budget={steps})`).")
     # within the short runs' horizon they could have seen it: no such claim; a from_torch task
     # (no name the CLI can load) gets the call only
     text = tune_mod._explain_overfitting(20, task, "torch", plan)
     assert "could not rank" not in text and "lrkit search --task" not in text
-    assert text.endswith(f"{steps} steps: lrkit.search(task, budget={steps})).")
+    assert text.endswith(f"{steps} steps: `lrkit.search(task, budget={steps})`).")
     # a from_torch task named like a built-in one is not that task: no command
     user = dataclasses.replace(task, name="digits", version="user-0123")
     text = tune_mod._explain_overfitting(None, user, "digits", plan)
