@@ -908,7 +908,9 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
         why += (f", so a {full}-step run at that LR would overfit; at {rescaled:.3g} the full "
                 f"run integrates the same LR as the short run up to that point (gradient-flow "
                 f"time rescaling); started from {origin}; {len(table)} runs of {steps} steps = "
-                f"{spent / full:.2f} of a full run")
+                f"{spent / full:.2f} of a full run. The rescaling is an estimate: where the best "
+                f"LR is set by overfitting, full-length runs settle it (lrkit.search(task): a "
+                f"range test and 3 full runs)")
         conf, why = _too_short("medium", why, steps, candidates, full)
         sug = s.scaled(rescaled / centre, method="lrkit+confirm", confidence=conf, reason=why)
         confirm = {"candidates": [r["lr"] for r in table], "schedule": family, "runs": table,

@@ -499,6 +499,9 @@ def test_confirm_on_an_overfitting_regression_lands_below_the_short_run_winner()
     assert c["winner"] < c.get("short_run_winner", c["winner"]) / 3
     assert 4e-4 < r.suggestion.lr_for(t.recipe.schedule) < 2.5e-3
     assert "time rescaling" in r.suggestion.reason
+    # and it says what settles it (search's full-length runs: +0.3% on diabetes, RESULTS.md)
+    assert r.suggestion.reason.endswith("full-length runs settle it (lrkit.search(task): a "
+                                        "range test and 3 full runs)")
 
 
 def test_runs_that_learn_nothing_are_not_read_as_overfitting():
