@@ -766,26 +766,35 @@ def tail_spread(values: Sequence[float]) -> float:
     evaluations, at least 3: the metric's own step-to-step noise (it also holds what trend is
     left, so it errs large). Confirm and ``lrkit.tune`` use it to say when two short runs cannot
     be told apart."""
-    vs = list(values)[-max(3, len(values) // 4):]
-    mean = sum(vs) / len(vs)
-    return math.sqrt(sum((v - mean) ** 2 for v in vs) / len(vs))
+    return float(np.std(list(values)[-max(3, len(values) // 4):]))
+
+
+def separation(task: Any, best: dict, others: list[dict]) -> dict | None:
+    """How clearly a short run ``best`` beat the runner-up among ``others`` (run dicts with
+    ``lr``, ``metric``, ``diverged``; ``best`` with its ``val_curve``): the margin of their val
+    metrics against the spread of the winner's own last evaluations (:func:`tail_spread`).
+    ``None`` without a runner-up that scored or without a val curve. Confirm mode and
+    ``lrkit.tune`` say "could not tell apart" when ``clear`` is false."""
+    scored = [r for r in others if not r["diverged"] and math.isfinite(float(r["metric"]))]
+    vs = [v for _, v in _finite_points(best.get("val_curve") or [])]
+    if not scored or len(vs) < 4:
+        return None
+    second = min(scored, key=lambda r: _rank_key(task, float(r["metric"])))
+    margin = abs(float(best["metric"]) - float(second["metric"]))
+    noise = tail_spread(vs)
+    return {"runner_up_lr": float(second["lr"]), "runner_up_metric": float(second["metric"]),
+            "margin": margin, "noise": noise, "clear": margin > noise}
 
 
 def _unclear(task: Any, best: dict, table: list[dict]) -> str | None:
-    """Why confirm's winner cannot be told from the runner-up (its margin within the winner's
-    own :func:`tail_spread`), or ``None``."""
-    others = [r for r in table if r is not best and not r["diverged"]
-              and math.isfinite(float(r["metric"]))]
-    vs = [v for _, v in _finite_points(best.get("val_curve", []))]
-    if not others or len(vs) < 4:
+    """Why confirm's winner cannot be told from the runner-up (:func:`separation`), or
+    ``None``."""
+    sep = separation(task, best, [r for r in table if r is not best])
+    if sep is None or sep["clear"]:
         return None
-    second = min(others, key=lambda r: _rank_key(task, r["metric"]))
-    margin, noise = abs(float(best["metric"]) - float(second["metric"])), tail_spread(vs)
-    if margin > noise:
-        return None
-    return (f"the runner-up at {second['lr']:.3g} scored {float(second['metric']):.4g}, within "
-            f"the spread of the winner's own last evaluations ({noise:.2g}): the short runs "
-            f"could not tell these LRs apart")
+    return (f"the runner-up at {sep['runner_up_lr']:.3g} scored {sep['runner_up_metric']:.4g}, "
+            f"within the spread of the winner's own last evaluations ({sep['noise']:.2g}): the "
+            f"short runs could not tell these LRs apart")
 
 
 def _too_short(conf: str, why: str, steps: int, candidates: int, full: int) -> tuple[str, str]:

@@ -147,15 +147,15 @@ class DivergenceStop(Callback):
         if len(self._first) < self.NOISE_STEPS:
             self._first.append(float(info.loss))
         ref = self._best if self.relative_to == "best" else self._initial
+        best = min(self._best, smoothed)
         if ref > 0:
             limit = self.factor * ref
         elif len(self._first) < self.NOISE_STEPS:
             limit = math.inf  # no scale yet
         else:  # a loss not bounded below by 0: rise above ref by (factor - 1) x its scale
-            best = min(self._best, smoothed)
             scale = max(self._initial - best, statistics.pstdev(self._first))
             limit = ref + (self.factor - 1.0) * scale if scale > 0 else math.inf
-        self._best = min(self._best, smoothed)
+        self._best = best
         if self._n > self.min_steps and smoothed > limit:
             return "diverged"
         return None

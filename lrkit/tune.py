@@ -52,6 +52,7 @@ from typing import Any, Mapping, Sequence
 
 from .errors import check_int, check_positive
 from .finder import MIN_SHORT_RUN_STEPS
+from .finder import separation as _separation
 from .finder import tail_spread as _tail_spread
 from .suggest import RECIPE_LR_FAMILY
 
@@ -706,21 +707,6 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
             "edge_stop": edge_stop, "no_warmup": bool(warmup and warmup["dropped"])}, stage
 
 
-def _separation(task: Any, best: dict, others: list[dict]) -> dict | None:
-    """How clearly rung 1's winner beat the runner-up of its family: the margin of their val
-    metrics against the winner's own noise (:func:`_tail_spread` of its val evaluations).
-    ``None`` without a runner-up that scored or without a val curve."""
-    scored = [r for r in others if not r["diverged"] and math.isfinite(_num(r["metric"]))]
-    vs = [v for _, v in best.get("val_curve") or [] if math.isfinite(_num(v))]
-    if not scored or len(vs) < 4:
-        return None
-    second = min(scored, key=lambda r: _rank(task, r))
-    margin = abs(_num(best["metric"]) - _num(second["metric"]))
-    noise = _tail_spread(vs)
-    return {"runner_up_lr": float(second["lr"]), "runner_up_metric": _num(second["metric"]),
-            "margin": margin, "noise": noise, "clear": margin > noise}
-
-
 def _warmup_check(task: Any, winner: _Arm, rec: dict, plan: _Plan, log: _Trials, seed: int,
                   show: _Display, room: int) -> dict | None:
     """Whether the recipe's warmup pays, asked at the rung-1 winner: one more run of
@@ -1239,7 +1225,7 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
                      f"best-validation checkpoint (step {kept['step']} of {full}): test {name} "
                      f"{fmt(kept['test'])}, against {fmt(kept['test_at_end'])} at the end of "
                      "the run.")
-    if kept:  # overfitting beyond the val metric's noise: the decision itself is in question
+        # overfitting beyond the val metric's noise: the decision itself is in question
         parts.append(_explain_overfitting(kept["step"], task, task_ref, plan))
     retry = final.get("diverged_attempt")
     if retry:
@@ -1251,38 +1237,32 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
     return " ".join(parts)
 
 
-def _explain_overfitting(best: int | None, task: Any, task_ref: str | None, plan: _Plan) -> str:
+def _explain_overfitting(best: int, task: Any, task_ref: str | None, plan: _Plan) -> str:
     """What the final run's overfitting (its end worse than its best validation step ``best``
     beyond noise: the checkpoint was kept) says about the decision, and what would do better:
     the short runs end before it, so they cannot rank LRs by it; full-length runs can. Measured
     (``benchmarks/results/tune.md``): ``lrkit.search``'s auto method with a range test and 3
     full runs is within 1% on the generalisation-limited tasks where tune is not (digits with
     noisy labels, 40% / 20% flipped: tune +3.8% / +4.9%, search +0.6% / +0.4%)."""
+    from . import tasks
     from .search._core import range_test_steps
 
     full = task.recipe.steps
     steps = range_test_steps(task) + 3 * full
     short = plan.rung1 or plan.rung0
     why = ""
-    if best is not None and short and best > short:
+    if short and best > short:
         why = (f", after the short runs' {short} steps ended, so they could not rank the LRs "
                "by it")
     how = f"`lrkit.search(task, budget={steps})`"
     # the command only for a task the CLI can load by that name (a from_torch task's version
     # is "user-...": its name is only a label)
     user = str(getattr(task, "version", "")).startswith("user-")
-    if task_ref and not user and (":" in task_ref or task_ref in _builtin_names()):
+    if task_ref and not user and (":" in task_ref or task_ref in tasks.names()):
         how = f"`lrkit search --task {task_ref} --budget {steps}` or {how}"
-    since = f" from step {best} of {full}" if best is not None else ""
-    return (f"The final run overfit{since}{why}: the best LR for the full run may lie lower. "
-            f"Full-length runs would check (a range test and 3 full runs, {steps} steps: "
-            f"{how}).")
-
-
-def _builtin_names() -> list[str]:
-    from . import tasks
-
-    return tasks.names()
+    return (f"The final run overfit from step {best} of {full}{why}: the best LR for the full "
+            f"run may lie lower. Full-length runs would check (a range test and 3 full runs, "
+            f"{steps} steps: {how}).")
 
 
 def _explain_warmup(check: dict | None, name: str, fmt: Any, full: int) -> list[str]:

@@ -570,8 +570,9 @@ def test_a_final_run_that_overfits_after_the_short_runs_points_to_full_length_ru
     assert text.endswith(f"{steps} steps: `lrkit.search(task, budget={steps})`).")
     # a from_torch task named like a built-in one is not that task: no command
     user = dataclasses.replace(task, name="digits", version="user-0123")
-    text = tune_mod._explain_overfitting(None, user, "digits", plan)
-    assert text.startswith("The final run overfit: ") and "lrkit search --task" not in text
+    text = tune_mod._explain_overfitting(20, user, "digits", plan)
+    assert text.startswith("The final run overfit from step 20 of 200: ")
+    assert "lrkit search --task" not in text
 
 
 def test_without_a_suggestion_tune_centres_where_confirm_would():
