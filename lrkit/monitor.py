@@ -43,11 +43,16 @@ kind                      rule (seed advice it implements)
                           value (seed 002: "Gradient Clipping ... to prevent exploding
                           gradients")
 ``overfitting``           ``overfit_patience`` evaluations since the best one worse than it by
-                          ``overfit_tolerance`` (relative) while the training loss kept falling
+                          ``overfit_tolerance`` (relative), the mean of the last
+                          ``overfit_patience`` evaluations worse than the best such mean by
+                          more than ``overfit_z`` standard errors of the val metric's own noise
+                          (a one-example wobble on a small val split is not overfitting), while
+                          the training loss kept falling
                           (seed 002: "Monitor the training and validation loss to detect
                           overfitting"; "Early Stopping"). If the best evaluation came in the
                           first ``overfit_early`` of the run and the metric is ``overfit_gap``
-                          worse, ``lr_too_high`` is raised too: on a small-data task the LR
+                          worse, ``lr_too_high`` is raised (even within the noise: a metric
+                          that jumps that much is the LR's noise): on a small-data task the LR
                           fits the noise long before the run ends (seed 000: the LR "may also
                           lead to overfitting"). Both wait while the LR is above its value at
                           the best evaluation (a warmup, a 1-cycle's rising half): a worse
@@ -77,6 +82,7 @@ import bisect
 import dataclasses
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -169,6 +175,12 @@ class Thresholds:
         explode_factor, vanish_factor, vanish_progress: the gradient rules (see module doc).
         overfit_tolerance, overfit_patience: the ``overfitting`` rule (``overfit_patience``
             evaluations since the best one that are worse than it beyond the tolerance).
+        overfit_z: ... and the mean of the last ``overfit_patience`` evaluations is worse than
+            the best mean of that many consecutive ones by more than ``overfit_z`` standard
+            errors of a difference of two such means. The val metric's noise ``s`` comes from
+            the median absolute second difference of the last 64 evaluations
+            (``s = median|v_t - 2 v_(t-1) + v_(t-2)| / 1.652``, exact for white noise and blind
+            to a linear trend); the error of the difference is ``s sqrt(2 / overfit_patience)``.
         overfit_early, overfit_gap: with ``total_steps`` known, overfitting whose best validation
             step lies in the first ``overfit_early`` of the run and whose metric is now
             ``overfit_gap`` (relative) worse also raises ``lr_too_high``: the LR fits the noise
@@ -193,6 +205,7 @@ class Thresholds:
     vanish_progress: float = 0.1
     overfit_tolerance: float = 0.02
     overfit_patience: int = 3
+    overfit_z: float = 3.0
     overfit_early: float = 0.15
     overfit_gap: float = 0.1
 
@@ -216,6 +229,7 @@ class Thresholds:
         check_range("vanish_factor", self.vanish_factor, 0.0, 1.0, low_open=True, high_open=True)
         check_range("vanish_progress", self.vanish_progress, 0.0, 1.0, high_open=True)
         check_positive("overfit_tolerance", self.overfit_tolerance, allow_zero=True)
+        check_positive("overfit_z", self.overfit_z, allow_zero=True)
         check_range("overfit_early", self.overfit_early, 0.0, 1.0)
         check_positive("overfit_gap", self.overfit_gap)
 
@@ -303,6 +317,8 @@ class Monitor:
         self._val_bad = 0
         self._val_lr_at_best: float | None = None
         self._val_loss_at_best = math.inf
+        self._vals: list[float] = []  # the last VAL_NOISE_WINDOW finite val metrics, signed
+        self._val_best_mean = math.inf  # the best (lowest signed) mean of patience evaluations
 
     @property
     def findings(self) -> list[Finding]:
@@ -585,8 +601,12 @@ class Monitor:
         share = s["late_share"]
         rel = drop / s["start"] if s["start"] > 0 else math.nan
         ev["relative_drop"] = round(rel, 6)
-        # a run that already overfits (or blew up) has not had too small an LR
-        high = any(k in self._found for k in ("lr_too_high", "diverged", "overfitting"))
+        # a run that already overfits (or blew up) has not had too small an LR; nor has one
+        # whose val metric has stopped improving, even within its noise (raising the LR is no
+        # advice then: diabetes at 100x its best LR, training loss still falling steadily as
+        # the model memorises, val loss 0.57 at step 29 and 0.58-0.95 after)
+        high = (any(k in self._found for k in ("lr_too_high", "diverged", "overfitting"))
+                or self._val_bad >= th.overfit_patience)
         low_due = self._due("lr_too_low", step)
         if low_due and not high and drop > th.z * se and (share >= th.low_share or (
                 share >= th.slow_share and rel < th.slow_drop)):
@@ -646,6 +666,11 @@ class Monitor:
         th = self.thresholds
         if not math.isfinite(v):
             return
+        k = th.overfit_patience
+        self._vals.append(v if self.val_mode == "min" else -v)  # signed: lower is better
+        del self._vals[:-VAL_NOISE_WINDOW]
+        mean_k = sum(self._vals[-k:]) / k if len(self._vals) >= k else math.inf
+        self._val_best_mean = min(self._val_best_mean, mean_k)
         best = self._val_best
         better = best is None or (v < best if self.val_mode == "min" else v > best)
         if better:
@@ -663,25 +688,48 @@ class Monitor:
         # the end)
         rising = (self._lr_now is not None and self._val_lr_at_best is not None
                   and self._lr_now > self._val_lr_at_best)
-        if (self._val_bad >= th.overfit_patience and smooth < self._val_loss_at_best
-                and not rising):
+        if (self._val_bad < th.overfit_patience or smooth >= self._val_loss_at_best
+                or rising):
+            return
+        if self._val_beyond_noise(mean_k):
             self._raise("overfitting", step,
                         {"best_val": best, "best_step": self._val_best_step, "val": v,
                          "train_loss": smooth, "train_loss_at_best": self._val_loss_at_best},
                         f"The validation metric peaked at step {self._val_best_step} while "
                         "the training loss kept falling: stop there (EarlyStopping), or add "
                         "regularisation such as weight decay.")
-            rel = gap / max(abs(best), 1e-12)
-            if (self.total_steps is not None
-                    and self._val_best_step < th.overfit_early * self.total_steps
-                    and rel > th.overfit_gap):
-                self._raise("lr_too_high", step,
-                            {"best_val": best, "best_step": self._val_best_step, "val": v,
-                             "worse_by": rel, "total_steps": self.total_steps},
-                            f"The validation metric peaked at step {self._val_best_step} "
-                            f"({self._val_best_step / self.total_steps:.0%} of the run) and is "
-                            f"{rel:.0%} worse now: lower the LR about 10x for this run length, "
-                            f"or stop at step {self._val_best_step}.")
+        # an early best and a metric now overfit_gap worse reads as an LR too high for the run
+        # length even where the gap is within the metric's noise: a val metric that jumps that
+        # much between evaluations is itself the LR's noise (diabetes at 100x its best LR: val
+        # loss 0.57 at step 29, then 0.58-0.95)
+        rel = gap / max(abs(best), 1e-12)
+        if (self.total_steps is not None
+                and self._val_best_step < th.overfit_early * self.total_steps
+                and rel > th.overfit_gap):
+            self._raise("lr_too_high", step,
+                        {"best_val": best, "best_step": self._val_best_step, "val": v,
+                         "worse_by": rel, "total_steps": self.total_steps},
+                        f"The validation metric peaked at step {self._val_best_step} "
+                        f"({self._val_best_step / self.total_steps:.0%} of the run) and is "
+                        f"{rel:.0%} worse now: lower the LR about 10x for this run length, "
+                        f"or stop at step {self._val_best_step}.")
+
+    def _val_beyond_noise(self, mean_k: float) -> bool:
+        """Whether the mean of the last ``overfit_patience`` val evaluations (signed, lower is
+        better) is worse than the best such mean beyond ``overfit_z`` standard errors of the
+        val metric's noise (seen: ``lrkit tune --task digits`` flagged "overfitting" on a val
+        accuracy that dipped by one example of 144 from its best at step 167, and by three
+        at step 83 in a run whose accuracy then rose 0.90 -> 0.96)."""
+        th = self.thresholds
+        xs = self._vals
+        d2 = [abs(xs[i] - 2 * xs[i - 1] + xs[i - 2]) for i in range(2, len(xs))]
+        noise = (statistics.median(d2) / 1.652) if d2 else 0.0
+        margin = th.overfit_z * noise * math.sqrt(2.0 / th.overfit_patience)
+        return mean_k - self._val_best_mean > margin
+
+
+#: evaluations the val metric's noise estimate looks back on (keeps an evaluation O(1))
+VAL_NOISE_WINDOW = 64
 
 
 def _warmup(steps: int) -> int:

@@ -824,17 +824,20 @@ def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
     findings = _findings(monitor)
     metric, kept = out.metric, None
     if (rec.model is not None and rec.best is not None and not out.diverged
-            and any(f["kind"] == "overfitting" for f in findings)
             and _worse_beyond_noise(rec.val, rec.best[1])):
-        # the monitor's action for overfitting is "stop at the best validation step"
-        # (EarlyStopping): keep that checkpoint of the final run, scored on "test" like the end,
-        # when the end is worse than it beyond the validation metric's own noise
+        # the end worse than the best validation step beyond the metric's own noise: keep that
+        # checkpoint (EarlyStopping, the monitor's action for overfitting; Keras's
+        # save_best_only, Hugging Face's load_best_model_at_end), scored on "test" like the
+        # end. Not only where the monitor reads a trend as overfitting: a constant LR's jitter
+        # is worth choosing from too (mnist1d seed 2: val 0.915 at step 960, 0.835 at the end;
+        # test 0.913 against 0.881)
         rec.model.load_state_dict(rec.best[2])
         rec.model.eval()
         with torch.no_grad():
             metric = float(task.evaluate(rec.model, "test"))
         kept = {"step": rec.best[0], "val": rec.best[1], "test": metric,
-                "test_at_end": out.metric}
+                "test_at_end": out.metric,
+                "overfitting": any(f["kind"] == "overfitting" for f in findings)}
     if rec.model is not None:
         torch.save(rec.model.state_dict(), folder.file("weights"))
     data = {"family": family, "lr": lr, "schedule": sched.spec, "metric": metric,
@@ -1221,12 +1224,19 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
         parts.append(f"The monitor flagged: {', '.join(kinds)}.")
     kept = final.get("best_val_checkpoint")
     if kept:
-        parts.append(f"As the monitor advises for overfitting, the model kept is the final run's "
-                     f"best-validation checkpoint (step {kept['step']} of {full}): test {name} "
-                     f"{fmt(kept['test'])}, against {fmt(kept['test_at_end'])} at the end of "
-                     "the run.")
-        # overfitting beyond the val metric's noise: the decision itself is in question
-        parts.append(_explain_overfitting(kept["step"], task, task_ref, plan))
+        scores = (f"best-validation checkpoint (step {kept['step']} of {full}): test {name} "
+                  f"{fmt(kept['test'])}, against {fmt(kept['test_at_end'])} at the end of the "
+                  "run.")
+        if kept.get("overfitting", True):
+            parts.append(f"As the monitor advises for overfitting, the model kept is the final "
+                         f"run's {scores}")
+            # overfitting beyond the val metric's noise: the decision itself is in question
+            parts.append(_explain_overfitting(kept["step"], task, task_ref, plan))
+        else:
+            parts.append("The run's validation metric ended worse than its best evaluation by "
+                         "more than twice the spread of its last evaluations, a jitter the "
+                         "monitor does not read as overfitting; the model kept is the final "
+                         f"run's {scores}")
     retry = final.get("diverged_attempt")
     if retry:
         parts.append(f"(The first full run, at {retry['lr']:.3g}, diverged at step "

@@ -174,6 +174,36 @@ def test_overfitting_needs_a_val_metric_and_flags_an_early_peak_as_too_high():
     assert _run(train, total=n).finding("overfitting") is None  # no val metric: no rule
 
 
+def test_a_val_dip_within_the_metrics_noise_is_not_overfitting():
+    """The val accuracy of ``lrkit tune --task digits``'s final run (144 val examples, every 12
+    steps): its dips below the best (three examples at step 72, one at the end) are the
+    metric's own noise, and the old rule (three evaluations 2% worse than the best) called
+    both "overfitting". A steady rise of a val loss well above its noise is still flagged."""
+    acc = [0.7153, 0.8403, 0.8403, 0.9028, 0.875, 0.8333, 0.8611, 0.9097, 0.9097, 0.9236,
+           0.9306, 0.9167, 0.875, 0.9583, 0.9236, 0.9097, 0.875, 0.9236, 0.9444, 0.9375,
+           0.9514, 0.9583, 0.9583, 0.9514, 0.9514]
+    n = 300
+    train = [2.3 * math.exp(-t / 40) + 0.03 for t in range(n)]
+    vals = {12 * (i + 1) - 1: a for i, a in enumerate(acc)}
+    m = Monitor(total_steps=n, val_mode="max")
+    for t, loss in enumerate(train):
+        m.update(t, loss, lr=0.3, val_metric=vals.get(t))
+    assert m.finding("overfitting") is None and m.lr_findings == []
+    old = Monitor(total_steps=n, val_mode="max", overfit_z=0.0)  # no noise gate: the old rule
+    for t, loss in enumerate(train):
+        old.update(t, loss, lr=0.3, val_metric=vals.get(t))
+    assert old.finding("overfitting").step == 83
+    # the same noise on a val loss that rises 0.004 per evaluation after step 143: flagged
+    rng = random.Random(0)
+    loss_vals = {12 * (i + 1) - 1: 0.2 + 0.004 * max(0, i - 11) + 0.004 * rng.gauss(0, 1)
+                 for i in range(25)}
+    m = Monitor(total_steps=n, val_mode="min")
+    for t, loss in enumerate(train):
+        m.update(t, loss, lr=0.3, val_metric=loss_vals.get(t))
+    f = m.finding("overfitting")
+    assert f is not None and 143 < f.step < n
+
+
 def test_a_val_dip_while_the_lr_rises_is_judged_once_the_lr_is_back_down():
     """A 1-cycle's rising half: the val metric may get worse while the LR climbs above its value
     at the best evaluation (the schedule's transient); the overfitting rules wait until the LR
@@ -197,9 +227,11 @@ def test_a_val_dip_while_the_lr_rises_is_judged_once_the_lr_is_back_down():
     stays = {t: (1.0 - 0.01 * t if t <= 40 else 0.8) for t in range(0, n, 20)}
     f = run(stays).finding("overfitting")
     assert f is not None and f.step >= 360 and f.evidence["best_step"] == 40
-    # at a constant LR the same dip is flagged at once (the rule of the test above)
+    # at a constant LR the same dip is flagged as soon as it stands out of the val metric's
+    # noise: at step 100 three flat evaluations after a jump read as noise of 0.06 (median
+    # second difference 0.1), the fourth (step 120) settles it
     m = _run(train, total=n, vals=stays)
-    assert m.finding("overfitting").step == 100
+    assert m.finding("overfitting").step == 120
 
 
 @pytest.mark.parametrize("task,cond,kinds", [

@@ -109,11 +109,11 @@ def test_result_matches_independent_replay(task, done):
     tail = vals[-max(3, len(vals) // 4):]
     noisy = abs(vals[-1] - min(vals)) <= 2 * (sum((v - sum(tail) / len(tail)) ** 2 for v in tail)
                                              / len(tail)) ** 0.5
-    assert (kept is None) == (noisy or not any(f["kind"] == "overfitting" for f in res.findings))
+    assert (kept is None) == noisy  # kept where the end is worse beyond noise, flagged or not
     if kept is None:
         assert res.metric == final["metric_at_end"]
-    else:  # the monitor found overfitting: the best-val checkpoint is kept; replay up to it
-        assert any(f["kind"] == "overfitting" for f in res.findings)
+    else:  # the best-val checkpoint is kept; replay up to it
+        assert kept["overfitting"] == any(f["kind"] == "overfitting" for f in res.findings)
         val = dict((s, v) for s, v in final["val"])
         assert kept["val"] == min(val.values()) == val[kept["step"]]  # lower MSE is better
 
@@ -544,6 +544,29 @@ def test_tune_on_an_overfitting_task_time_rescales_the_final_lr_and_the_report_s
     # the evidence drawn: the chosen family's rung-1 runs against their integrated LR
     assert (tmp_path / "run" / "time.png").stat().st_size > 5000
     assert "rung-1 runs against their integrated LR" in page
+
+
+def test_a_checkpoint_kept_without_overfitting_is_explained_as_jitter(task, tmp_path,
+                                                                      monkeypatch):
+    """The best-validation checkpoint is kept wherever the end is worse beyond noise, also
+    where the monitor reads no trend (a constant LR's jitter: mnist1d seed 2, test 0.913 with
+    it, 0.881 without). Forced here on the tiny regression: the model kept is the checkpoint
+    (its saved weights score the reported metric), and the explanation says why without
+    claiming overfitting or pointing to full-length runs."""
+    monkeypatch.setattr(tune_mod, "_worse_beyond_noise", lambda val, best: True)
+    res = tune(task, out=tmp_path / "run", progress=False)
+    final = json.loads((tmp_path / "run" / "4-final.json").read_text())
+    kept = final["best_val_checkpoint"]
+    assert kept is not None and not kept["overfitting"]
+    assert res.metric == kept["test"] and final["metric_at_end"] == kept["test_at_end"]
+    model = task.build_model(0)
+    model.load_state_dict(torch.load(res.weights))
+    model.eval()
+    assert task.evaluate(model, "test") == pytest.approx(res.metric, rel=1e-6)
+    why = json.loads((tmp_path / "run" / "result.json").read_text())["explanation"]
+    assert "a jitter the monitor does not read as overfitting" in why
+    assert f"best-validation checkpoint (step {kept['step']} of {STEPS})" in why
+    assert "overfit from step" not in why and "Full-length runs" not in why
 
 
 def test_a_final_run_that_overfits_after_the_short_runs_points_to_full_length_runs():
