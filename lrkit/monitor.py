@@ -85,7 +85,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .errors import check_choice, check_int, check_positive, check_range, closest
 
@@ -250,6 +250,11 @@ class Monitor:
             judge at ``min_fraction`` of the run instead of after ``fallback_steps``).
         thresholds: a :class:`Thresholds`; keyword overrides of its fields may be given instead
             (``Monitor(z=3.0, low_share=0.3)``).
+        schedule: the run's LR as a function of the step (an :class:`lrkit.schedules.Schedule`
+            or any callable), if known, with ``total_steps``. A ``plateau`` before a decay the
+            schedule already holds (the LR 10x lower later in the run: WSD's stable phase,
+            cosine's first half) then says the schedule's decay is the remedy instead of
+            advising one.
 
     Example:
         >>> m = Monitor(val_mode="max")
@@ -258,8 +263,13 @@ class Monitor:
     """
 
     def __init__(self, *, val_mode: str = "min", total_steps: int | None = None,
-                 thresholds: Thresholds | None = None, **overrides: Any) -> None:
+                 thresholds: Thresholds | None = None,
+                 schedule: Callable[[int], float] | None = None, **overrides: Any) -> None:
         self.val_mode = check_choice("val_mode", val_mode, ("min", "max"))
+        if schedule is not None and not callable(schedule):
+            raise TypeError(f"schedule must be a callable step -> LR (an lrkit Schedule), got "
+                            f"{type(schedule).__name__}")
+        self.schedule = schedule
         self.total_steps = None if total_steps is None else check_int("total_steps", total_steps,
                                                                       minimum=1)
         for key in overrides:
@@ -624,11 +634,32 @@ class Monitor:
                 and s["middle"] - s["end"] < th.z * s["se_late"]):
             cur = self._tau_end[-1] - self._tau_end[-2]
             decayed = self._max_lr > 0 and cur / (th.block * self._max_lr) < 0.1
-            action = ("The loss has stopped improving and the LR has already decayed 10x: stop "
-                      "early (EarlyStopping) and keep the best checkpoint." if decayed else
-                      "The loss has stopped improving: decay the LR 10x (DecayOnPlateau), or "
-                      "stop early.")
+            planned = None if decayed else self._planned_decay(step)
+            if decayed:
+                action = ("The loss has stopped improving and the LR has already decayed 10x: "
+                          "stop early (EarlyStopping) and keep the best checkpoint.")
+            elif planned is not None:
+                ev["planned_decay_step"] = planned
+                action = (f"The loss has stopped improving at this LR; the schedule decays it "
+                          f"10x by step {planned} (of {self.total_steps}), which is the remedy: "
+                          "nothing to change.")
+            else:
+                action = ("The loss has stopped improving: decay the LR 10x (DecayOnPlateau), "
+                          "or stop early.")
             self._raise("plateau", step, ev, action)
+
+    def _planned_decay(self, step: int) -> int | None:
+        """The first step after ``step`` at which the known schedule's LR is 10x below its
+        value at ``step``, or ``None`` (no schedule, no total, or no such decay)."""
+        if self.schedule is None or self.total_steps is None:
+            return None
+        now = float(self.schedule(step))
+        if not (now > 0 and math.isfinite(now)):
+            return None
+        for s in range(step + 1, self.total_steps):
+            if float(self.schedule(s)) <= 0.1 * now:
+                return s
+        return None
 
     def _grad(self, step: int, g: float, smooth: float) -> None:
         th = self.thresholds

@@ -802,7 +802,7 @@ def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
     wall = 0.0
     while True:
         sched = _schedule(task, family, lr, full, no_warmup)
-        monitor = _make_monitor(task)
+        monitor = _make_monitor(task, sched)
         rec = _Recorder(task, every, monitor)
         bar = show.bar(full, f"[4/5] final run: {family} at {lr:.3g}, {full} steps")
         t0 = time.perf_counter()
@@ -869,15 +869,15 @@ def _worse_beyond_noise(val: Sequence[tuple[int, float]], best: float) -> bool:
 
 
 # ------------------------------------------------------------------- optional integrations
-def _make_monitor(task: Any) -> Any:
-    """A :class:`lrkit.monitor.Monitor` for the final run (issue 9), or ``None`` when that module
-    is not installed."""
+def _make_monitor(task: Any, schedule: Any) -> Any:
+    """A :class:`lrkit.monitor.Monitor` for the final run (issue 9) that knows its schedule, or
+    ``None`` when that module is not installed."""
     try:
         from .monitor import Monitor
     except ImportError:
         return None
     return Monitor(val_mode="max" if task.higher_is_better else "min",
-                   total_steps=task.recipe.steps)
+                   total_steps=task.recipe.steps, schedule=schedule)
 
 
 def _findings(monitor: Any) -> list[dict]:

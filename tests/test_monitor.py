@@ -143,6 +143,35 @@ def test_straight_line_is_too_low_and_a_bent_curve_is_not():
     assert m.finding("plateau") is not None  # fast drop, then flat: decay advice
 
 
+def test_a_plateau_before_the_schedules_own_decay_is_not_advised_a_decay():
+    """WSD's stable phase (or cosine's first half) plateaus at the SGD noise floor by design:
+    told the schedule, the monitor says its planned decay is the remedy instead of advising
+    DecayOnPlateau; a constant schedule, or none, still gets the advice."""
+    from lrkit import schedules
+
+    rng = random.Random(1)
+    n = 500
+    bent = [0.2 + 2.1 * math.exp(-t / 15) + 0.02 * rng.gauss(0, 1) for t in range(n)]
+    wsd = schedules.family("wsd", 0.3, n)  # decays over the last 20% (1 - sqrt)
+    m = Monitor(total_steps=n, schedule=wsd)
+    raised = [f for t, loss in enumerate(bent) for f in m.update(t, loss, lr=wsd(t))
+              if f.kind == "plateau"]
+    f = raised[0]  # first raised in the stable phase
+    assert f.step < 400 and "nothing to change" in f.action
+    first = next(s for s in range(f.step + 1, n) if wsd(s) <= 0.1 * wsd(f.step))
+    assert f.evidence["planned_decay_step"] == first
+    assert f"decays it 10x by step {first} (of {n})" in f.action
+    # once the decay has happened and the loss is still flat: stop early
+    assert "already decayed 10x" in m.finding("plateau").action
+    for sched in (schedules.family("constant", 0.3, n), None):
+        m = Monitor(total_steps=n, schedule=sched)
+        for t, loss in enumerate(bent):
+            m.update(t, loss, lr=0.3)
+        assert "DecayOnPlateau" in m.finding("plateau").action
+    with pytest.raises(TypeError, match="schedule must be a callable"):
+        Monitor(total_steps=n, schedule=0.3)
+
+
 def test_loss_climbing_back_is_too_high():
     up = [2.0 * math.exp(-t / 10) + 0.1 for t in range(60)] + [
         0.1 + 0.05 * (t - 60) for t in range(60, 100)]
