@@ -12,6 +12,8 @@ that the user's model is left as it was, and prints the truth: full runs of the 
     python benchmarks/user_odd_setups.py offset     # MSE - 10: a loss that is negative
     python benchmarks/user_odd_setups.py nll        # a Gaussian NLL, which crosses zero
     python benchmarks/user_odd_setups.py clients    # a LightningModule, a tiny BERT (transformers)
+    python benchmarks/user_odd_setups.py plumbing   # param groups, frozen weights, LBFGS, a
+                                                    # generator, a compiled model, a tensor LR...
 
 Results: ``benchmarks/results/tune.md`` ("Tried like a user: odd set-ups").
 """
@@ -277,10 +279,118 @@ def clients() -> None:
               f"{train.run(task, lr, seed=0, eval_split='test').metric:.4f}")
 
 
+def plumbing() -> None:
+    """``find_lr`` on the optimizers, loaders and models users bring: each prints what came back
+    (the suggestion and whether everything was put back) or the error it was refused with."""
+    import copy
+
+    torch.manual_seed(0)
+    x, w = torch.randn(512, 10), torch.randn(10, 3)
+    y = (x @ w).argmax(1)
+    ce = nn.CrossEntropyLoss()
+
+    def loader(n: int = 512, bs: int = 32) -> DataLoader:
+        return DataLoader(TensorDataset(x[:n], y[:n]), batch_size=bs, shuffle=True)
+
+    def mlp() -> nn.Sequential:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 3))
+
+    def same(a: dict, b: dict) -> bool:
+        return all(torch.equal(u, v) for u, v in zip(a.values(), b.values()))
+
+    def find(m: nn.Module, opt: torch.optim.Optimizer, data=None, **kw) -> tuple:
+        before = copy.deepcopy(m.state_dict())
+        r = lrkit.find_lr(m, opt, loader() if data is None else data, ce, **kw)
+        return f"{r.suggestion.lr:.3g}", r.suggestion.confidence, same(before, m.state_dict())
+
+    def groups():
+        m = mlp()
+        opt = torch.optim.SGD([{"params": m[0].parameters(), "lr": 0.01},
+                               {"params": m[2].parameters(), "lr": 0.1}], momentum=0.9)
+        return find(m, opt) + ([g["lr"] for g in opt.param_groups],)
+
+    def frozen():
+        m = mlp()
+        m[0].weight.requires_grad_(False)
+        return find(m, torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1))
+
+    def fused_adam():
+        m = mlp()
+        opt = torch.optim.Adam(m.parameters(), lr=1e-3, fused=True, amsgrad=True,
+                               weight_decay=1e-4)
+        ce(m(x[:32]), y[:32]).backward()
+        opt.step()
+        opt.zero_grad()
+        state = copy.deepcopy(opt.state_dict()["state"])
+        out = find(m, opt)
+        after = opt.state_dict()["state"]
+        return out + (all(torch.equal(state[k][n], after[k][n]) for k in state
+                          for n in state[k]),)
+
+    def tensor_lr():
+        m = mlp()
+        opt = torch.optim.Adam(m.parameters(), lr=torch.tensor(1e-3))
+        return find(m, opt) + (opt.param_groups[0]["lr"],)
+
+    def user_scheduler():
+        m = mlp()
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.StepLR(opt, 5, 0.5)
+        for _ in range(7):
+            opt.step()
+            sched.step()
+        state, lr = copy.deepcopy(sched.state_dict()), opt.param_groups[0]["lr"]
+        out = find(m, opt, scheduler=sched)
+        return out + (sched.state_dict() == state, opt.param_groups[0]["lr"] == lr)
+
+    def eval_mode():
+        m = nn.Sequential(nn.Linear(10, 64), nn.Dropout(0.5), nn.ReLU(), nn.Linear(64, 3)).eval()
+        return find(m, torch.optim.SGD(m.parameters(), lr=0.1)) + (m.training,)
+
+    def short_loader():
+        m = mlp()
+        return find(m, torch.optim.SGD(m.parameters(), lr=0.1), loader(64), num_iter=100)
+
+    def compiled():
+        m = torch.compile(mlp())
+        return find(m, torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9))
+
+    def lbfgs():
+        m = mlp()
+        return find(m, torch.optim.LBFGS(m.parameters()))
+
+    def generator():
+        m = mlp()
+        gen = ((x[i:i + 32], y[i:i + 32]) for i in range(0, 320, 32))
+        return find(m, torch.optim.SGD(m.parameters(), lr=0.1), gen)
+
+    def no_reduction():
+        m = mlp()
+        before = copy.deepcopy(m.state_dict())
+        try:
+            lrkit.find_lr(m, torch.optim.SGD(m.parameters(), lr=0.1), loader(),
+                          nn.CrossEntropyLoss(reduction="none"))
+        finally:
+            print(f"    (weights restored after the error: {same(before, m.state_dict())})")
+
+    def other_model():
+        m = mlp()
+        return find(m, torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1))
+
+    for fn in (groups, frozen, fused_adam, tensor_lr, user_scheduler, eval_mode, short_loader,
+               compiled, lbfgs, generator, no_reduction, other_model):
+        try:
+            print(f"[{fn.__name__}] (lr, confidence, weights restored, ...): {fn()}", flush=True)
+        except Exception as e:  # the refusals are part of what is probed
+            print(f"[{fn.__name__}] refused: {type(e).__name__}: {e}", flush=True)
+
+
 def main(argv: list[str]) -> int:
     torch.set_num_threads(1)
     for kind in argv or ["short", "hf", "workers"]:
-        {"workers": workers, "clients": clients}.get(kind, lambda: probe(kind))()
+        {"workers": workers, "clients": clients, "plumbing": plumbing}.get(
+            kind, lambda: probe(kind))()
     return 0
 
 
