@@ -213,7 +213,18 @@ def evaluate(names: list[str] | None = None) -> None:
         js = [j for _, cc, _, j in rows if cc == c]
         lines.append(f"| {c} | " + " | ".join(str(sum(k in j["kinds"] for j in js)) for k in (
             "plateau", "overfitting", "exploding_gradients", "vanishing_gradients")) + " |")
-    lines += ["", OVERFIT_NOTE]
+    lines += ["", OVERFIT_NOTE, "", "`overfit_z` set by reasoning (3 standard errors); runs "
+              "with `overfitting` at each value, by condition (errors on the labelled LR "
+              "findings in brackets):", "", "| `overfit_z` | " + " | ".join(conds) + " |",
+              "|---|" + "---|" * len(conds)]
+    for z in (0.0, 2.0, 3.0, 4.0):
+        cells = []
+        for c in conds:
+            logs_c = [x for x in logs if x[1] == c]
+            n = sum(_replay(log, overfit_z=z).finding("overfitting") is not None
+                    for *_, log in logs_c)
+            cells.append(f"{n} ({score(logs_c, overfit_z=z)[0]})")
+        lines.append(f"| {z:g} | " + " | ".join(cells) + " |")
     lines += ["", "## First correct finding, as a fraction of the run (max over 3 seeds)", "",
               "| task | " + " | ".join(c for c in conds if c != "best") + " |",
               "|---|---|---|---|"]
