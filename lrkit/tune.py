@@ -1427,6 +1427,10 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
     show.say("[5/5] report")
     t0 = time.perf_counter()
     safe = _safe_lr(task, seed, folder)
+    # a from_torch task trains the user's own model object in place: hand it back as it was
+    # given, as find_lr does (the trained weights are in res.weights); for a built-in task this
+    # builds a model that is thrown away
+    task.build_model(seed)
     from . import html
 
     report = html.tune_report(

@@ -260,7 +260,7 @@ def test_interrupt_keeps_finished_work_and_resume_goes_on(task, done, tmp_path, 
     assert json.loads((out / "result.json").read_text())["metric"] == pytest.approx(res.metric)
 
 
-def test_user_model_through_from_torch(tmp_path):
+def test_user_model_through_from_torch(tmp_path, monkeypatch):
     torch.manual_seed(0)
     x = torch.randn(256, 6)
     y = (x @ torch.randn(6, 1)).squeeze(1) + 0.1 * torch.randn(256)
@@ -272,9 +272,21 @@ def test_user_model_through_from_torch(tmp_path):
     def loss_fn(out, target):
         return torch.nn.functional.mse_loss(out.squeeze(1), target)
 
+    w0 = [p.detach().clone() for p in model.parameters()]
     t = from_torch(model, opt, data, loss_fn, val_loader=val, steps=150, name="my <model>")
+    # without the safe-LR bound (curvature evaluates at the initial weights, so it would reset
+    # the model on its own)
+    monkeypatch.setattr(tune_mod, "_safe_lr", lambda task, seed, folder: None)
     res = tune(t, out=tmp_path / "user", progress=False, schedules=("constant", "cosine"))
+    monkeypatch.undo()
     assert res.cost_steps <= 300 and res.family in ("constant", "cosine")
+    # the user's model is handed back as it was given; the trained weights are in res.weights
+    # and score res.metric
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), w0))
+    model.load_state_dict(torch.load(res.weights))
+    assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), w0))
+    assert t.evaluate(model, "test") == pytest.approx(res.metric, rel=1e-6)
+    t.build_model(0)  # back to the start for the checks below
     first = train.run(t, t.recipe.default_lr, seed=0, eval_split="test").metric
     assert res.metric < 0.5 * first  # the tuned run beats the user's own LR on its val loss
     page = (tmp_path / "user" / "report.html").read_text()

@@ -16,7 +16,8 @@ takes a Task; this helper builds one around the user's own objects:
   ``loss_fn`` over ``val_loader``); ``"test"`` uses ``test_loader`` when given, else the val loader.
 
 The user's model ends up holding whatever the last run trained; callers that must leave it
-untouched (``find_lr``) snapshot and restore around their runs.
+untouched snapshot and restore around their runs (``find_lr``) or load the starting point back
+at the end (``lrkit.tune``, whose trained weights are in ``TuneResult.weights``).
 
 >>> import torch
 >>> from torch import nn
