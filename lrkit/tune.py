@@ -1335,8 +1335,14 @@ def tune(
     if not isinstance(task, Task):
         raise TypeError(f"task must be a lrkit.tasks.Task or a task name, got "
                         f"{type(task).__name__}")
-    return _tune(task, task.name, budget=budget, schedules=schedules, storage=storage, out=out,
-                 seed=seed, progress=progress)
+    try:
+        return _tune(task, task.name, budget=budget, schedules=schedules, storage=storage,
+                     out=out, seed=seed, progress=progress)
+    finally:
+        # a from_torch task trains the user's own model object in place: hand it back as it was
+        # given, as find_lr does, also after an error or Ctrl-C (the trained weights are in
+        # res.weights); for a built-in task this builds a model that is thrown away
+        task.build_model(seed)
 
 
 def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence[str],
@@ -1427,10 +1433,6 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
     show.say("[5/5] report")
     t0 = time.perf_counter()
     safe = _safe_lr(task, seed, folder)
-    # a from_torch task trains the user's own model object in place: hand it back as it was
-    # given, as find_lr does (the trained weights are in res.weights); for a built-in task this
-    # builds a model that is thrown away
-    task.build_model(seed)
     from . import html
 
     report = html.tune_report(

@@ -286,7 +286,22 @@ def test_user_model_through_from_torch(tmp_path, monkeypatch):
     model.load_state_dict(torch.load(res.weights))
     assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), w0))
     assert t.evaluate(model, "test") == pytest.approx(res.metric, rel=1e-6)
-    t.build_model(0)  # back to the start for the checks below
+    # ... and after an interruption in the final run (Ctrl-C)
+    calls = []
+
+    class Interrupt(train.Callback):
+        def on_step_end(self, info):
+            calls.append(info.step)
+            if len(calls) == 20:
+                raise KeyboardInterrupt
+
+    real_run = train.run
+    monkeypatch.setattr(train, "run", lambda *a, **kw: real_run(
+        *a, **{**kw, "callbacks": [*kw.get("callbacks", []), Interrupt()]}))
+    with pytest.raises(KeyboardInterrupt):
+        tune(t, out=tmp_path / "interrupted", progress=False, schedules=("constant", "cosine"))
+    monkeypatch.undo()
+    assert calls and all(torch.equal(p, q) for p, q in zip(model.parameters(), w0))
     first = train.run(t, t.recipe.default_lr, seed=0, eval_split="test").metric
     assert res.metric < 0.5 * first  # the tuned run beats the user's own LR on its val loss
     page = (tmp_path / "user" / "report.html").read_text()
