@@ -400,10 +400,12 @@ def fit(
                 raise ValueError(f"group_scales must have one entry per param group "
                                  f"({len(optimizer.param_groups)}), got {len(scales)}")
 
-            def set_lr(t: int) -> None:
+            def set_group_lrs(t: int) -> None:
                 value = float(schedule(t))
                 for g, s in zip(optimizer.param_groups, scales):
                     g["lr"] = s * value
+
+            set_lr = set_group_lrs
         else:
             raise TypeError(f"schedule must be a lrkit Schedule or a callable step -> lr, "
                             f"got {type(schedule).__name__}")
