@@ -293,6 +293,52 @@ def check_tune(dev: torch.device, out: Path, steps: int) -> None:
                                           zip(before, model.parameters())))
 
 
+def check_tune_amp(dev: torch.device, out: Path, steps: int, width: int) -> None:
+    """tune with a user's wider MLP trained under AMP (``from_torch(amp=True)``: float16 with a
+    GradScaler on CUDA, every range-test, confirmation and final step under it), against the
+    same set-up in float32: the decision, the metric and the wall time of each."""
+    import lrkit
+    from lrkit.tasks import from_torch
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(d.target)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    tr, va, te = perm[:1000], perm[1000:1400], perm[1400:]
+
+    def dl(idx, shuffle):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[idx], y[idx]),
+                                           batch_size=128, shuffle=shuffle,
+                                           generator=torch.Generator().manual_seed(0))
+
+    def accuracy(model, loader) -> float:
+        hits = n = 0
+        for xb, yb in loader:
+            p = model(xb.to(next(model.parameters()).device)).argmax(1).cpu()
+            hits += int((p == yb).sum())
+            n += len(yb)
+        return hits / n
+
+    for amp in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width),
+                              nn.ReLU(), nn.Linear(width, 10)).to(dev)
+        before = [p.detach().clone() for p in model.parameters()]
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+        task = from_torch(model, opt, dl(tr, True), F.cross_entropy, val_loader=dl(va, False),
+                          test_loader=dl(te, False), steps=steps, schedule="cosine",
+                          metric_fn=accuracy, higher_is_better=True, amp=amp,
+                          name=f"gpu-amp-{amp}")
+        t = time.perf_counter()
+        res = lrkit.tune(task, out=out / f"tune-amp-{amp}", progress=False)
+        report(f"tune_amp_{amp}", width=width, lr=res.lr, family=res.family, metric=res.metric,
+               cost_runs=res.cost_runs, wall_s=time.perf_counter() - t,
+               findings=[f["kind"] for f in res.findings],
+               user_weights_unchanged=all(torch.equal(a, b) for a, b in
+                                          zip(before, model.parameters())))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
@@ -320,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         check_hd(dev, *((4096, 4, 50) if big else (64, 2, 5)))  # ~51M parameters on the GPU
     if "tune" in only:
         check_tune(dev, Path(args.tune_dir), 300 if big else 60)
+    if "tune_amp" in only:
+        check_tune_amp(dev, Path(args.tune_dir), 300 if big else 60, 4096 if big else 64)
     if args.out:
         Path(args.out).write_text(json.dumps(RESULTS, indent=1))
     return 0

@@ -109,3 +109,12 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
     hint = closest(str(value), options)
     did_you_mean = f"; did you mean {hint!r}?" if hint else ""
     raise ValueError(f"{name} must be one of {options}, got {value!r}{did_you_mean}")
+
+
+def check_amp(name: str, value: Any) -> bool | str:
+    """Return ``value`` if it is a mixed-precision setting (``False``, ``True``, ``"fp16"``,
+    ``"bf16"``); else say what is expected."""
+    if value is False or value is True or value in ("fp16", "bf16"):
+        return value
+    raise ValueError(f"{name} must be False, True (float16 on CUDA, bfloat16 on CPU), 'fp16' or "
+                     f"'bf16', got {value!r}")

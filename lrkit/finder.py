@@ -380,7 +380,7 @@ def find_lr(
     val_loader: Iterable | None = None,
     accumulation_steps: int = 1,
     grad_clip: float | None = None,
-    amp: bool | str = False,
+    amp: bool | str | None = None,
     restore: bool = True,
     method: str = "lrkit",
     confirm: bool = False,
@@ -405,7 +405,8 @@ def find_lr(
     ``scaler`` (an attached LR scheduler and GradScaler) are restored with the rest when
     ``restore`` (the default); the scheduler is not stepped during the test. ``grad_clip``
     clips the global gradient norm before every step, as your training loop does (a Task clips
-    as its recipe says), and so do confirm's runs. A clipped sweep rarely blows up, and the
+    as its recipe says), and so do confirm's runs; ``amp`` likewise (default: a Task's recipe's,
+    else ``False``). A clipped sweep rarely blows up, and the
     curve rule, fitted on unclipped sweeps, reads it high: prefer ``confirm=True`` there.
 
     With a :class:`~lrkit.tasks.Task`: ``find_lr(task)`` builds the model, optimizer and batches
@@ -478,7 +479,10 @@ def find_lr(
         step_fn = task.loss
         if grad_clip is None:
             grad_clip = task.recipe.grad_clip
+        if amp is None:
+            amp = task.recipe.amp
     else:
+        amp = False if amp is None else amp
         if confirm:
             if val_loader is None:
                 raise ValueError("confirm=True needs val_loader: the short confirm runs are "
@@ -605,7 +609,8 @@ def find_lr(
             confirm_task = from_torch(model, optimizer, train_loader, loss_fn,
                                       val_loader=val_loader, steps=steps, schedule=schedule,
                                       metric_fn=metric_fn, higher_is_better=higher_is_better,
-                                      step_fn=step_fn, device=device, grad_clip=grad_clip)
+                                      step_fn=step_fn, device=device, grad_clip=grad_clip,
+                                      amp=amp)
             result = _confirm(confirm_task, result, seed=seed, candidates=confirm_candidates,
                               budget=confirm_budget, progress=progress)
         finally:

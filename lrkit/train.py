@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import check_choice, check_int, check_positive
+from .errors import check_amp, check_choice, check_int, check_positive
 from .schedules import Schedule
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -371,8 +371,7 @@ def fit(
     if dev is not None:
         model.to(dev)
 
-    if amp not in (False, True, "fp16", "bf16"):
-        raise ValueError(f"amp must be False, True, 'fp16' or 'bf16', got {amp!r}")
+    check_amp("amp", amp)
     use_cuda_amp = bool(amp) and (dev is not None and dev.type == "cuda"
                                   or dev is None and next(model.parameters()).is_cuda)
     half = use_cuda_amp and amp in (True, "fp16")  # float16 needs loss scaling
@@ -522,7 +521,7 @@ def run(
     eval_split: str = "test",
     grad_clip: float | None = None,
     accumulation_steps: int = 1,
-    amp: bool = False,
+    amp: bool | str | None = None,
     device: str | torch.device | None = None,
     diverge_factor: float | None = 4.0,
     optimizer_factory: Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer] | None = None,
@@ -534,7 +533,7 @@ def run(
     :class:`~lrkit.schedules.Schedule`. ``steps`` overrides the recipe's horizon (the recipe's
     schedule is rebuilt for it); ``grad_clip`` defaults to the recipe's. A run whose causal
     smoothed loss exceeds ``diverge_factor`` × its first loss, or turns non-finite, stops early
-    and is scored ``task.worst``.
+    and is scored ``task.worst``. ``amp`` defaults to the recipe's (see :func:`fit`).
     ``optimizer_factory(params)`` replaces the recipe's optimizer (for LR-free optimizers, whose
     ``lr`` is a multiplier: pass ``lr=1.0`` to keep the recipe's schedule shape, or a constant
     schedule). When that optimizer has neither ``momentum`` nor ``betas`` (Adagrad, Adadelta,
@@ -574,6 +573,8 @@ def run(
         cbs.insert(0, DivergenceStop(diverge_factor, relative_to="initial", beta=0.9))
     if grad_clip is None:
         grad_clip = task.recipe.grad_clip
+    if amp is None:
+        amp = task.recipe.amp
     out = fit(model, optimizer, task.batches(seed), num_steps=n, step_fn=task.loss,
               schedule=schedule, callbacks=cbs, grad_clip=grad_clip,
               accumulation_steps=accumulation_steps, amp=amp, device=device, progress=progress)

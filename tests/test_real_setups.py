@@ -296,6 +296,31 @@ def test_cpu_batches_follow_a_cuda_model():
     assert np.isfinite(res.losses[0])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (runs on the GPU check)")
+def test_a_cuda_task_under_float16_amp_trains_every_run_with_a_scaler():
+    """from_torch(amp=True) on a CUDA model with CPU batches: the range test, confirm's runs and
+    train.run step in float16 under a GradScaler; the user's model is restored."""
+    model, opt, tl, vl = _regression()
+    model.cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    before = [p.detach().clone() for p in model.parameters()]
+    seen: list = []
+
+    def step_fn(m, batch):
+        x, y = batch
+        out = m(x)
+        if m.training:
+            seen.append(out.dtype)
+        return F.mse_loss(out.float(), y)
+
+    res = find_lr(model, opt, tl, step_fn=step_fn, num_iter=30, amp=True, confirm=True,
+                  val_loader=vl, steps=120)
+    assert res.suggestion.lr is not None and set(seen) == {torch.float16}
+    assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))
+    task = from_torch(model, opt, tl, step_fn=step_fn, val_loader=vl, steps=60, amp=True)
+    assert math.isfinite(train.run(task, res.suggestion.lr, seed=0).metric)
+
+
 # --------------------------------------------------------------------- interleaved sweeps
 def test_sweep_plans_interleave_repeats_of_one_sweep():
     one = sweep_plans(1e-6, 1.0, SWEEP_STEPS)
@@ -575,6 +600,46 @@ def test_a_suggestion_that_thinning_moves_is_low_confidence_and_the_note_says_wh
             kinds.add("stable")
             assert a["note"].startswith("the suggestion is stable")
     assert {"moved", "downgraded", "mixed", "stable"} <= kinds
+
+
+def test_amp_is_applied_as_the_users_loop_does():
+    """from_torch(amp="bf16") makes every run of the task train under autocast (the range test,
+    confirm's runs, train.run; another key than the float32 set-up), as find_lr(amp=...) does
+    for a plain model and its confirm runs; a bad setting is refused by name."""
+    model, opt, tl, vl = _regression()
+    seen: list = []
+
+    def step_fn(m, batch):
+        x, y = batch
+        out = m(x)
+        if m.training:  # the training steps (evaluation runs in float32)
+            seen.append(out.dtype)
+        return F.mse_loss(out.float(), y)
+
+    bf16 = from_torch(model, opt, tl, step_fn=step_fn, val_loader=vl, steps=30, amp="bf16")
+    plain = from_torch(model, opt, tl, step_fn=step_fn, val_loader=vl, steps=30)
+    assert bf16.recipe.amp == "bf16" and plain.recipe.amp is False and bf16.key != plain.key
+    a = train.run(bf16, 0.05, seed=0).metric
+    assert set(seen) == {torch.bfloat16}
+    assert a == train.run(plain, 0.05, seed=0, amp="bf16").metric  # the recipe's, as given
+    seen.clear()
+    b = train.run(plain, 0.05, seed=0).metric
+    assert set(seen) == {torch.float32} and a != b
+    seen.clear()
+    find_lr(bf16, num_iter=10)
+    assert set(seen) == {torch.bfloat16}
+    # a plain model: the sweep and confirm's runs under the user's amp
+    seen.clear()
+    res = find_lr(model, opt, tl, step_fn=step_fn, num_iter=10, amp="bf16", confirm=True,
+                  val_loader=vl, steps=60, confirm_budget=0.5)
+    assert res.confirm is not None and set(seen) == {torch.bfloat16}
+    seen.clear()
+    find_lr(model, opt, tl, step_fn=step_fn, num_iter=10)
+    assert set(seen) == {torch.float32}
+    with pytest.raises(ValueError, match="amp must be False, True .* got 'fp8'"):
+        from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=30, amp="fp8")
+    with pytest.raises(ValueError, match="amp must be"):
+        find_lr(model, opt, tl, F.mse_loss, amp=1)
 
 
 def test_grad_clip_is_applied_as_the_users_loop_does():

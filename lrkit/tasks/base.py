@@ -27,7 +27,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
-from ..errors import check_choice, check_int, check_positive
+from ..errors import check_amp, check_choice, check_int, check_positive
 from ..optim._registry import names as _optimizer_names
 from ..schedules import FAMILIES as RECIPE_SCHEDULES
 
@@ -61,6 +61,9 @@ class Recipe:
             does.
         optimizer_factory: ``factory(params, lr) -> Optimizer`` replacing the named optimizer
             (``lrkit.tasks.from_torch`` uses it to rebuild a user's own optimizer).
+        amp: mixed precision of every run (``False``, ``True``/``"fp16"``, ``"bf16"``; see
+            :func:`lrkit.train.fit`): the range test, confirm, search and tune train under it
+            as the user's loop does (float16 overflows at LRs float32 survives).
     """
 
     optimizer: str
@@ -72,6 +75,7 @@ class Recipe:
     warmup_steps: int = 0
     grad_clip: float | None = None
     optimizer_factory: Callable[[Any, float], Any] | None = field(default=None, compare=False)
+    amp: bool | str = False
 
     def __post_init__(self) -> None:
         if self.optimizer_factory is None:
@@ -88,6 +92,7 @@ class Recipe:
         check_positive("default_lr", self.default_lr)
         if self.grad_clip is not None:
             object.__setattr__(self, "grad_clip", check_positive("grad_clip", self.grad_clip))
+        check_amp("amp", self.amp)
         object.__setattr__(self, "optimizer_kwargs", dict(self.optimizer_kwargs))
 
     def make_optimizer(self, params: Any, lr: float) -> "torch.optim.Optimizer":

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from ..errors import check_int, check_positive
+from ..errors import check_amp, check_int, check_positive
 from .base import Recipe, Task
 
 __all__ = ["from_torch"]
@@ -104,7 +104,8 @@ def _callable_id(fn: Any) -> str:
 def _fingerprint(model: nn.Module, opt_cls: type, groups: list, defaults: dict,
                  ratios: list[float], steps: int, family: str, warmup_steps: int,
                  loss: Any, metric_fn: Any, higher_is_better: bool, train_size: int,
-                 batch_size: int, grad_clip: float | None = None) -> str:
+                 batch_size: int, grad_clip: float | None = None,
+                 amp: bool | str = False) -> str:
     """10 hex digits that tell one user set-up from another (architecture, parameter shapes,
     optimizer and its settings, horizon, schedule, loss, metric, data size), so that two
     ``from_torch`` tasks never share a tune folder, a search study or a cached oracle. The
@@ -118,6 +119,8 @@ def _fingerprint(model: nn.Module, opt_cls: type, groups: list, defaults: dict,
              higher_is_better, train_size, batch_size]
     if grad_clip is not None:  # (absent otherwise: the keys of set-ups without it are unchanged)
         parts.append(("grad_clip", grad_clip))
+    if amp is not False:  # (likewise)
+        parts.append(("amp", amp))
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:10]
 
 
@@ -137,6 +140,7 @@ def from_torch(
     step_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
     device: str | torch.device | None = None,
     grad_clip: float | None = None,
+    amp: bool | str = False,
     name: str = "torch",
 ) -> Task:
     """A :class:`Task` that trains ``model`` with ``optimizer``'s settings on ``train_loader``.
@@ -159,6 +163,9 @@ def from_torch(
         device: where batches go; default: the model's device.
         grad_clip: the global gradient-norm clip of your training loop, if any (every run of
             the task clips as you do; it moves the LR a run tolerates).
+        amp: the mixed precision of your training loop: ``True``/``"fp16"`` (float16 with a
+            ``GradScaler`` on CUDA), ``"bf16"``, or ``False`` (every run of the task trains under
+            it: float16 overflows at LRs that float32 survives, and it is faster on a GPU).
         name: the task's name (in reports and run folders).
 
     Returns:
@@ -187,6 +194,7 @@ def from_torch(
     warmup_steps = check_int("warmup_steps", warmup_steps, minimum=0)
     if grad_clip is not None:
         grad_clip = check_positive("grad_clip", grad_clip)
+    check_amp("amp", amp)
     if (loss_fn is None) == (step_fn is None):
         raise ValueError("pass exactly one of loss_fn (loss_fn(model(x), y)) or "
                          "step_fn(model, batch) -> loss")
@@ -294,10 +302,11 @@ def from_torch(
     batch_size = getattr(train_loader, "batch_size", None) or 1
     recipe = Recipe(optimizer=opt_cls.__name__, batch_size=int(batch_size), steps=steps,
                     default_lr=lrs[0], schedule=family, warmup_steps=warmup_steps,
-                    grad_clip=grad_clip, optimizer_factory=make_optimizer)
+                    grad_clip=grad_clip, optimizer_factory=make_optimizer, amp=amp)
     version = "user-" + _fingerprint(model, opt_cls, groups, defaults, ratios, steps, family,
                                      warmup_steps, loss_fn or step_fn, metric_fn,
-                                     higher_is_better, train_size, batch_size, grad_clip)
+                                     higher_is_better, train_size, batch_size, grad_clip,
+                                     amp)
     return Task(name=name, version=version, description=f"{type(model).__name__} with "
                 f"{opt_cls.__name__} ({steps} steps, {family})", recipe=recipe,
                 metric="metric" if metric_fn is not None else "loss",
