@@ -570,6 +570,13 @@ def lrkit_rule(lrs: Any, losses: Any, *, bandwidth: float | None = None, k: floa
     advice = ("raise num_iter (more, less noisy points), or pass val_loader / confirm=True to "
               "choose by held-out loss instead")
     flat = not big and (drop <= 6 * se or drop <= 0.01 * scale)
+    # which test a flat curve failed: the noise, or (a fall the noise cannot explain) its size
+    # against the starting loss, which a loss with a large constant offset fails
+    why_flat = ("" if not flat else ": within 6x the noise" if drop <= 6 * se else
+                f": {drop / se:.3g}x the noise but under 1% of the starting loss, as a loss "
+                f"with a large constant offset reads (subtract the offset)" if se > 0 else
+                ": under 1% of the starting loss, as a loss with a large constant offset reads "
+                "(subtract the offset)")
     # (the blow-up cut keeps only points up to the last that returns below the start, so
     # what is left never climbs away: flat, or falling by less than the noise; a blow-up in
     # the sweep's first fifth is a range that starts too high, the message below)
@@ -578,7 +585,8 @@ def lrkit_rule(lrs: Any, losses: Any, *, bandwidth: float | None = None, k: floa
         # an already-trained one being fine-tuned (seen: a pretrained MLP on shifted digits)
         return Suggestion(None, method, "none",
                           f"no clear descent: the smoothed loss stays flat (it falls by "
-                          f"{drop:.3g}, noise {se:.2g}, start {s[0]:.4g}) until it blows up at "
+                          f"{drop:.3g}, noise {se:.2g}, start {s[0]:.4g}{why_flat}) until it "
+                          f"blows up at "
                           f"{float(x_lr[n_ok]):.3g}, as for a model that is already trained "
                           f"(fine-tuning): LRs well below that point may all train; choose "
                           f"among them by held-out loss (val_loader / confirm=True), or start "
@@ -586,7 +594,8 @@ def lrkit_rule(lrs: Any, losses: Any, *, bandwidth: float | None = None, k: floa
     if i_min == 0 or flat:
         return Suggestion(None, method, "none",
                           f"no clear descent: the smoothed loss falls by {drop:.3g} "
-                          f"(noise {se:.2g}, start {s[0]:.4g}); lower start_lr if it starts "
+                          f"(noise {se:.2g}, start {s[0]:.4g}"
+                          f"{why_flat}); lower start_lr if it starts "
                           f"falling at once, raise end_lr if it never does, or {advice}")
     # slope standard error of the local-linear fit: sigma / (h sqrt(n_eff)) (Gaussian kernel)
     se_slope = sigma / (h * np.sqrt(np.maximum(n_eff, 1.0)))

@@ -277,6 +277,16 @@ def test_no_clear_descent_is_reported_not_invented():
     assert s.lr is None and "stays flat" in s.reason
     at = float(s.reason.split("blows up at ")[1].split(",")[0])
     assert lrs[84] <= at <= lrs[88] and "start_lr" not in s.reason
+    assert "within 6x the noise" in s.reason
+    # a clear descent (1.0 -> 0.1 in little noise) on top of a constant 1000: under 1% of the
+    # starting loss, so "flat", and the reason says which test failed and what to do
+    x = np.log10(lrs)
+    y = 1000 + 0.1 + 0.9 / (1 + np.exp((x + 3) * 3)) + 0.01 * rng.standard_normal(100)
+    y[85:] = 1000 * np.exp(np.arange(15))
+    s = S.suggest(lrs, y)
+    assert s.lr is None and "under 1% of the starting loss" in s.reason
+    assert "subtract the offset" in s.reason
+    assert S.suggest(lrs, y - 1000).lr is not None  # the same curve without the offset
     # the same blow-up in the sweep's first fifth: the range starts too high
     y = 0.3 + 0.05 * rng.standard_normal(100)
     y[10:] = 0.3 * np.exp(np.minimum(np.arange(90), 30))
