@@ -752,15 +752,23 @@ class Monitor:
         accuracy that dipped by one example of 144 from its best at step 167, and by three
         at step 83 in a run whose accuracy then rose 0.90 -> 0.96)."""
         th = self.thresholds
-        xs = self._vals
-        d2 = [abs(xs[i] - 2 * xs[i - 1] + xs[i - 2]) for i in range(2, len(xs))]
-        noise = (statistics.median(d2) / 1.652) if d2 else 0.0
-        margin = th.overfit_z * noise * math.sqrt(2.0 / th.overfit_patience)
+        margin = th.overfit_z * val_noise(self._vals) * math.sqrt(2.0 / th.overfit_patience)
         return mean_k - self._val_best_mean > margin
 
 
 #: evaluations the val metric's noise estimate looks back on (keeps an evaluation O(1))
 VAL_NOISE_WINDOW = 64
+
+
+def val_noise(values: Sequence[float]) -> float:
+    """The evaluation-to-evaluation noise (a standard deviation) of a val metric's series:
+    ``median |v_t - 2 v_(t-1) + v_(t-2)| / 1.652``, exact for white noise (the second difference
+    of white noise has standard deviation ``sqrt(6) s``, and ``0.6745 sqrt(6) = 1.652``), blind
+    to a linear trend, and robust to the few points where the curve bends. 0 for fewer than
+    three values. Also what ``lrkit.tune`` asks a best-validation checkpoint to beat: a run
+    annealed to LR 0 ends on identical evaluations, so the spread of its tail says nothing."""
+    d2 = [abs(values[i] - 2 * values[i - 1] + values[i - 2]) for i in range(2, len(values))]
+    return statistics.median(d2) / 1.652 if d2 else 0.0
 
 
 def _warmup(steps: int) -> int:

@@ -233,6 +233,17 @@ def test_a_val_dip_within_the_metrics_noise_is_not_overfitting():
     assert f is not None and 143 < f.step < n
 
 
+def test_val_noise_is_the_second_difference_noise():
+    from lrkit.monitor import val_noise
+
+    assert val_noise([1.0, 2.0]) == 0.0
+    assert val_noise([0.1 * t + 3 for t in range(20)]) == pytest.approx(0.0, abs=1e-12)
+    assert val_noise([(-1.0) ** t for t in range(20)]) == pytest.approx(4 / 1.652)  # |d2| = 4
+    rng = np.random.default_rng(0)
+    white = rng.normal(0.0, 0.5, 20000) + np.linspace(0, 3, 20000)  # a trend does not count
+    assert val_noise(list(white)) == pytest.approx(0.5, rel=0.03)
+
+
 def test_a_val_dip_while_the_lr_rises_is_judged_once_the_lr_is_back_down():
     """A 1-cycle's rising half: the val metric may get worse while the LR climbs above its value
     at the best evaluation (the schedule's transient); the overfitting rules wait until the LR
