@@ -774,10 +774,21 @@ def tail_spread(values: Sequence[float]) -> float:
     return float(np.std(list(values)[-max(3, len(values) // 4):]))
 
 
+def metric_noise(values: Sequence[float]) -> float:
+    """The val metric's evaluation-to-evaluation noise along one run: the larger of the spread
+    of its last evaluations (:func:`tail_spread`) and its second-difference noise
+    (:func:`lrkit.monitor.val_noise`). The spread alone says nothing where a schedule anneals
+    the LR to 0: the run then ends on identical evaluations (spread 0)."""
+    from .monitor import val_noise
+
+    values = list(values)
+    return max(tail_spread(values), val_noise(values))
+
+
 def separation(task: Any, best: dict, others: list[dict]) -> dict | None:
     """How clearly a short run ``best`` beat the runner-up among ``others`` (run dicts with
     ``lr``, ``metric``, ``diverged``; ``best`` with its ``val_curve``): the margin of their val
-    metrics against the spread of the winner's own last evaluations (:func:`tail_spread`).
+    metrics against the noise of the winner's own evaluations (:func:`metric_noise`).
     ``None`` without a runner-up that scored or without a val curve. Confirm mode and
     ``lrkit.tune`` say "could not tell apart" when ``clear`` is false."""
     scored = [r for r in others if not r["diverged"] and math.isfinite(float(r["metric"]))]
@@ -786,7 +797,7 @@ def separation(task: Any, best: dict, others: list[dict]) -> dict | None:
         return None
     second = min(scored, key=lambda r: _rank_key(task, float(r["metric"])))
     margin = abs(float(best["metric"]) - float(second["metric"]))
-    noise = tail_spread(vs)
+    noise = metric_noise(vs)
     return {"runner_up_lr": float(second["lr"]), "runner_up_metric": float(second["metric"]),
             "margin": margin, "noise": noise, "clear": margin > noise}
 
@@ -798,7 +809,7 @@ def _unclear(task: Any, best: dict, table: list[dict]) -> str | None:
     if sep is None or sep["clear"]:
         return None
     return (f"the runner-up at {sep['runner_up_lr']:.3g} scored {sep['runner_up_metric']:.4g}, "
-            f"within the spread of the winner's own last evaluations ({sep['noise']:.2g}): the "
+            f"within the noise of the winner's own evaluations ({sep['noise']:.2g}): the "
             f"short runs could not tell these LRs apart")
 
 

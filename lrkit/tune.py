@@ -53,7 +53,7 @@ from typing import Any, Mapping, Sequence
 from .errors import check_int, check_positive
 from .finder import MIN_SHORT_RUN_STEPS
 from .finder import separation as _separation
-from .finder import tail_spread as _tail_spread
+from .finder import metric_noise
 from .suggest import RECIPE_LR_FAMILY
 
 __all__ = ["TuneResult", "Stage", "tune", "add_cli_arguments", "cli_main", "DEFAULT_SCHEDULES",
@@ -860,17 +860,14 @@ def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
 
 def _worse_beyond_noise(val: Sequence[tuple[int, float]], best: float) -> bool:
     """Whether the last validation value is worse than ``best`` by more than twice the val
-    metric's noise: the larger of the :func:`_tail_spread` of the evaluations and their
-    second-difference noise (:func:`lrkit.monitor.val_noise`). On a small val split a
-    one-example wobble must not swap the model for an earlier checkpoint, and a run annealed
-    to LR 0 ends on identical evaluations whose spread is 0 (seen: digits-long seed 1, val
-    accuracy 0.979 at step 576, 0.972 from there to the end; tail spread 0, noise 0.004)."""
-    from .monitor import val_noise
-
+    metric's noise (:func:`lrkit.finder.metric_noise`): on a small val split a one-example
+    wobble must not swap the model for an earlier checkpoint, and a run annealed to LR 0 ends on
+    identical evaluations whose spread is 0 (seen: digits-long seed 1, val accuracy 0.979 at
+    step 576, 0.972 from there to the end; tail spread 0, noise 0.004)."""
     vs = [v for _, v in val if math.isfinite(v)]
     if len(vs) < 4:
         return False
-    return abs(vs[-1] - best) > 2.0 * max(_tail_spread(vs), val_noise(vs))
+    return abs(vs[-1] - best) > 2.0 * metric_noise(vs)
 
 
 # ------------------------------------------------------------------- optional integrations
@@ -1211,8 +1208,8 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
     sep = halving.get("separation")
     if sep and not sep["clear"]:
         how = ("the same" if sep["margin"] == 0 else
-               f"{fmt(sep['runner_up_metric'])}, {sep['margin']:.3g} behind, within the spread "
-               f"of the winner's own last evaluations ({sep['noise']:.3g})")
+               f"{fmt(sep['runner_up_metric'])}, {sep['margin']:.3g} behind, within the noise "
+               f"of the winner's own evaluations ({sep['noise']:.3g})")
         parts.append(f"The runner-up at {sep['runner_up_lr']:.3g} scored {how}, so the short "
                      "runs could not tell these two LRs apart; a larger budget (longer runs) "
                      "would.")

@@ -476,15 +476,23 @@ def test_the_run_above_replaying_the_winner_and_overfitting_rescales_it():
 
 
 def test_confirm_says_when_its_runs_cannot_tell_the_winner_from_the_runner_up():
-    """The winner's margin over the runner-up against the spread of the winner's own last
-    evaluations (population s.d. of the last quarter, at least 3): within it, confirm says so
-    (and a "high" becomes "medium"); beyond it, nothing."""
-    from lrkit.finder import _unclear, tail_spread
+    """The winner's margin over the runner-up against the noise of the winner's own
+    evaluations: the larger of the spread of its last evaluations (population s.d. of the last
+    quarter, at least 3) and its second-difference noise (median |second difference| / 1.652;
+    a run annealed to LR 0 ends on identical evaluations). Within it, confirm says so (and a
+    "high" becomes "medium"); beyond it, nothing."""
+    from lrkit.finder import _unclear, metric_noise, tail_spread
 
     assert tail_spread([5.0, 1.0, 2.0, 3.0]) == pytest.approx(np.std([1.0, 2.0, 3.0]))
-    curve = [(10 * k, v) for k, v in enumerate([0.9, 0.7, 0.55, 0.5, 0.52, 0.49, 0.51, 0.5], 1)]
+    values = [0.9, 0.7, 0.55, 0.5, 0.52, 0.49, 0.51, 0.5]
+    curve = [(10 * k, v) for k, v in enumerate(values, 1)]
     w = {"lr": 0.1, "metric": 0.5, "diverged": False, "val_curve": curve}
-    noise = tail_spread([v for _, v in curve])  # the last 3: 0.49, 0.51, 0.5
+    # second differences 0.05, 0.1, 0.07, 0.05, 0.05, 0.03: median 0.05, above the spread of
+    # the last 3 (0.49, 0.51, 0.5: 0.008)
+    noise = metric_noise(values)
+    assert noise == pytest.approx(0.05 / 1.652)
+    assert metric_noise([0.9, 0.7, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6]) == pytest.approx(0.0)  # smooth
+    assert metric_noise([0.5, 0.52, 0.49, 0.51, 0.5, 0.5]) > 0.0
     near = {"lr": 0.056, "metric": 0.5 + 0.9 * noise, "diverged": False, "val_curve": []}
     far = dict(near, metric=0.5 + 1.1 * noise)
     why = _unclear(_LowerBetter(), w, [near, w, dict(far, lr=0.18)])

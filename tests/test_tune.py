@@ -175,17 +175,21 @@ def test_halving_decision_recomputed(task, done):
         assert abs(b) in (3, abs(a) + 2) and (a == 0 or a * b > 0)
     win = min(r1, key=key)
     assert (win["family"], win["lr"]) == (res.family, pytest.approx(res.lr))
-    # how clearly it won: the margin to its family's runner-up against the spread (population
-    # standard deviation) of the last quarter (>= 3) of its own val evaluations
+    # how clearly it won: the margin to its family's runner-up against the noise of its own
+    # val evaluations: the larger of the spread (population standard deviation) of the last
+    # quarter (>= 3) and the median |second difference| / 1.652
     sep = h["stage"]["outcome"]["separation"]
     second = min((t for t in r1 if t is not win and t["family"] == win["family"]), key=key)
     vals = [v for _, v in win["val_curve"]]
     tail = vals[-max(3, len(vals) // 4):]
     spread = (sum((v - sum(tail) / len(tail)) ** 2 for v in tail) / len(tail)) ** 0.5
+    d2 = sorted(abs(vals[i] - 2 * vals[i - 1] + vals[i - 2]) for i in range(2, len(vals)))
+    mid = len(d2) // 2
+    noise = max(spread, (d2[mid] if len(d2) % 2 else (d2[mid - 1] + d2[mid]) / 2) / 1.652)
     assert sep["runner_up_lr"] == pytest.approx(second["lr"])
     assert sep["margin"] == pytest.approx(abs(win["metric"] - second["metric"]))
-    assert sep["noise"] == pytest.approx(spread)
-    assert sep["clear"] == (sep["margin"] > spread)
+    assert sep["noise"] == pytest.approx(noise)
+    assert sep["clear"] == (sep["margin"] > noise)
     assert ("could not tell these two LRs apart" in res.explanation) == (not sep["clear"])
     # a range test of low confidence says so, and why
     sug = json.loads((out / "1-range-test.json").read_text())["result"]["suggestion"]
