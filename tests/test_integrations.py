@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -114,6 +116,77 @@ def test_hf_trainer_feeds_every_step_and_records_findings(tmp_path):
         ref.update(h["step"] - 1, h["loss"], lr=h["learning_rate"])
     assert [(f.kind, f.step) for f in ref.lr_findings] == [
         (f.kind, f.step) for f in cb.monitor.lr_findings]
+
+
+def test_the_clients_schedulers_become_the_monitors_schedule(tmp_path):
+    """HF's Trainer builds a LambdaLR (linear decay here) and a LightningModule may configure
+    one per step: the adapters hand it to the monitor as its ``schedule``, which gives the LR
+    the client really stepped with at every step (so a plateau before the decay is not advised
+    a decay)."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    pl = pytest.importorskip("lightning.pytorch")
+    from lrkit.integrations.hf import HFMonitor
+    from lrkit.integrations.lightning import LightningMonitor
+
+    class Reg(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Linear(4, 1)
+
+        def forward(self, x, labels=None):
+            out = self.net(x)
+            return {"loss": nn.functional.mse_loss(out, labels), "logits": out}
+
+    class DS(torch.utils.data.Dataset):
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return {"x": self.x[i], "labels": self.y[i]}
+
+    x, y = _data()
+    torch.manual_seed(0)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=STEPS, per_device_train_batch_size=8,
+        learning_rate=0.05, lr_scheduler_type="linear", warmup_steps=5, logging_steps=1,
+        report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, seed=0)
+    cb = HFMonitor(verbose=False)
+    trainer = transformers.Trainer(model=Reg(), args=args, train_dataset=DS(x, y), callbacks=[cb])
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert cb.monitor.schedule is not None and len(logged) == STEPS
+    for h in logged:
+        assert cb.monitor.schedule(h["step"] - 1) == pytest.approx(h["learning_rate"])
+
+    class LReg(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Linear(4, 1)
+            self.lrs: list[float] = []
+
+        def training_step(self, batch, batch_idx):
+            self.lrs.append(self.trainer.optimizers[0].param_groups[0]["lr"])
+            return nn.functional.mse_loss(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.05)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(
+                math.pi * min(s, STEPS) / STEPS)))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    torch.manual_seed(0)
+    model = LReg()
+    lcb = LightningMonitor(verbose=False)
+    pl.Trainer(max_steps=STEPS, accelerator="cpu", devices=1, logger=False,
+               enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+               callbacks=[lcb]).fit(model, torch.utils.data.DataLoader(
+                   torch.utils.data.TensorDataset(x, y), batch_size=8))
+    assert lcb.monitor.schedule is not None
+    assert [lcb.monitor.schedule(t) for t in range(STEPS)] == pytest.approx(model.lrs[:STEPS])
 
 
 def test_adapters_check_their_arguments():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ..errors import check_choice
 from ..monitor import KINDS, Finding, Monitor
@@ -15,6 +15,24 @@ def make_monitor(monitor: Monitor | None, val_mode: str) -> Monitor:
     if not isinstance(monitor, Monitor):
         raise TypeError(f"monitor must be a lrkit.monitor.Monitor, got {type(monitor).__name__}")
     return monitor
+
+
+def planned_lr(scheduler: Any) -> Callable[[int], float] | None:
+    """Group 0's LR at optimizer step ``s`` as the client's scheduler will set it, for the
+    monitor's ``schedule`` (a plateau before a decay the schedule already holds is not advised a
+    decay): a ``LambdaLR`` (what Hugging Face's ``get_scheduler`` builds: linear, cosine, ... with
+    warmup) is ``base_lr x lr_lambda(s)``; an lrkit ``LRSchedule`` is its schedule. ``None`` for
+    any other scheduler: a chainable one's future is not a function of the step."""
+    import torch
+
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        base, factor = float(scheduler.base_lrs[0]), scheduler.lr_lambdas[0]
+        return lambda s: base * float(factor(s))
+    from ..torch import LRSchedule
+
+    if isinstance(scheduler, LRSchedule):
+        return scheduler.schedule
+    return None
 
 
 def stop_kinds(stop_on: Iterable[str]) -> frozenset[str]:

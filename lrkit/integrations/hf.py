@@ -7,8 +7,10 @@ The ``Trainer`` reports the training loss to callbacks only through ``on_log``, 
 adapter feeds one update per log, at step ``state.global_step - 1``, with the logged
 ``learning_rate`` and ``grad_norm``). Without a logged ``grad_norm`` it computes the global
 gradient norm in ``on_pre_optimizer_step``. Evaluation metrics arrive through ``on_evaluate``
-(``val_key``, e.g. ``"eval_loss"``). ``total_steps`` is ``state.max_steps``. Findings in
-``stop_on`` set ``control.should_training_stop``.
+(``val_key``, e.g. ``"eval_loss"``). ``total_steps`` is ``state.max_steps``, and the
+monitor's ``schedule`` the Trainer's own LR scheduler (:func:`._common.planned_lr`), so a
+plateau before its decay is not advised a decay. Findings in ``stop_on`` set
+``control.should_training_stop``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ except ImportError as e:  # pragma: no cover - exercised only without transforme
                       "transformers accelerate (or pip install 'lrkit[integrations]')") from e
 
 from ..monitor import Monitor
-from ._common import Record, as_float, grad_norm, make_monitor, stop_kinds
+from ._common import Record, as_float, grad_norm, make_monitor, planned_lr, stop_kinds
 
 __all__ = ["HFMonitor"]
 
@@ -62,6 +64,8 @@ class HFMonitor(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.monitor.reset()
         self.monitor.total_steps = int(state.max_steps) if state.max_steps else None
+        if self.monitor.schedule is None:  # the Trainer's own (linear decay by default)
+            self.monitor.schedule = planned_lr(kwargs.get("lr_scheduler"))
         self.record = Record()
         self.steps_seen = 0
         self._last_step = -1

@@ -21,7 +21,7 @@ except ImportError as e:  # pragma: no cover - exercised only without lightning
                       "(or pip install 'lrkit[integrations]')") from e
 
 from ..monitor import Monitor
-from ._common import Record, as_float, grad_norm, make_monitor, stop_kinds
+from ._common import Record, as_float, grad_norm, make_monitor, planned_lr, stop_kinds
 
 __all__ = ["LightningMonitor"]
 
@@ -70,6 +70,10 @@ class LightningMonitor(pl.Callback):
             est = getattr(trainer, "estimated_stepping_batches", None)
             total = int(est) if est is not None and est != float("inf") else None
         self.monitor.total_steps = total
+        if self.monitor.schedule is None:  # a per-step scheduler the module configured
+            configs = getattr(trainer, "lr_scheduler_configs", None) or []
+            step_wise = [c for c in configs if getattr(c, "interval", None) == "step"]
+            self.monitor.schedule = planned_lr(step_wise[0].scheduler) if step_wise else None
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         self._lr = float(optimizer.param_groups[0]["lr"])
