@@ -400,6 +400,9 @@ class MonitorCallback(_Recorder):
                 lg.meta.setdefault("val_mode", self.monitor.val_mode)
                 if self.monitor.total_steps is not None:
                     lg.meta.setdefault("total_steps", self.monitor.total_steps)
+                spec = getattr(self.monitor.schedule, "spec", None)  # an lrkit Schedule's
+                if spec is not None:
+                    lg.meta.setdefault("schedule", spec)
             lg._open(model, optimizer)
 
     def _react(self, rec: dict, new: list[Finding]) -> bool | str | None:

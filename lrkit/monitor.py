@@ -855,12 +855,19 @@ def read_log(path: str | Path) -> Log:
 def replay(log: Log, monitor: Monitor | None = None) -> Monitor:
     """Feed a read-back log to ``monitor`` (a fresh default one if None) and return it.
 
-    The monitor is a pure function of the updates it sees, so this gives exactly the findings of
-    the live run (the NaN in ``loss`` of a non-finite update included)."""
+    The monitor is a pure function of the updates it sees (and of the schedule the log's meta
+    names, which :class:`lrkit.callbacks.MonitorCallback` writes for an lrkit Schedule), so this
+    gives exactly the findings of the live run (the NaN in ``loss`` of a non-finite update
+    included)."""
     meta = log.meta
+    schedule = None
+    if monitor is None and isinstance(meta.get("schedule"), Mapping):
+        from .schedules import from_spec  # (pure Python: the module stays torch-free)
+
+        schedule = from_spec(meta["schedule"])
     m = monitor if monitor is not None else Monitor(
         val_mode=meta.get("val_mode") or ("max" if meta.get("higher_is_better") else "min"),
-        total_steps=meta.get("total_steps", meta.get("steps")))
+        total_steps=meta.get("total_steps", meta.get("steps")), schedule=schedule)
     if not isinstance(m, Monitor):
         raise TypeError(f"monitor must be a Monitor, got {type(m).__name__}")
     steps = log.step.tolist()

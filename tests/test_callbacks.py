@@ -47,6 +47,27 @@ def test_monitor_callback_on_real_runs_matches_replay_of_its_log(tmp_path):
     assert results["high"].lr_findings[0].kind in ("diverged", "lr_too_high")
 
 
+def test_a_run_under_a_known_schedule_replays_with_it(tmp_path):
+    """Given the run's schedule (digits under WSD), the live monitor reads the stable phase's
+    plateau as the schedule's to fix; the log's meta carries the schedule's spec, and a replay
+    of the log gives the same findings, action included."""
+    from lrkit import schedules
+
+    task = tasks.get("digits")
+    steps = task.recipe.steps
+    wsd = schedules.family("wsd", 0.18, steps)
+    path = tmp_path / "wsd.jsonl"
+    cb = MonitorCallback(Monitor(val_mode="max", total_steps=steps, schedule=wsd),
+                         loggers=[JsonlLogger(path)])
+    train.run(task, wsd, seed=0, callbacks=[cb])
+    plateau = cb.monitor.finding("plateau")
+    assert plateau is not None and "nothing to change" in plateau.action
+    log = read_log(path)
+    assert log.meta["schedule"] == wsd.spec
+    assert [f.to_dict() for f in replay(log).findings] == [
+        f.to_dict() for f in cb.monitor.findings]
+
+
 def test_jsonl_fields_grad_norm_and_nan(tmp_path):
     model, batches = _linear()
     path = tmp_path / "log.jsonl"
