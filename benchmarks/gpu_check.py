@@ -248,39 +248,46 @@ def check_hd(dev: torch.device, width: int, depth: int, steps: int) -> None:
                extra_peak_copies=((peaks["hd"] - peaks["base"]) / n_bytes) if cuda else None)
 
 
-def check_tune(dev: torch.device, out: Path, steps: int) -> None:
-    import lrkit
-    from lrkit.tasks import from_torch
+def _digits_loaders(batch: int) -> tuple:
+    """A user's CPU DataLoaders over scikit-learn's digits: 1,000 train (shuffled), 400 val,
+    397 test."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
     x = torch.tensor(d.data / 16.0, dtype=torch.float32)
     y = torch.tensor(d.target)
-    g = torch.Generator().manual_seed(0)
-    perm = torch.randperm(len(x), generator=g)
-    tr, va, te = perm[:1000], perm[1000:1400], perm[1400:]
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
 
     def dl(idx, shuffle):
         return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[idx], y[idx]),
-                                           batch_size=64, shuffle=shuffle,
+                                           batch_size=batch, shuffle=shuffle,
                                            generator=torch.Generator().manual_seed(0))
 
-    def accuracy(model, loader) -> float:
-        hits = n = 0
-        for xb, yb in loader:
-            p = model(xb.to(next(model.parameters()).device)).argmax(1).cpu()
-            hits += int((p == yb).sum())
-            n += len(yb)
-        return hits / n
+    return dl(perm[:1000], True), dl(perm[1000:1400], False), dl(perm[1400:], False)
 
+
+def _accuracy(model, loader) -> float:
+    hits = n = 0
+    for xb, yb in loader:
+        p = model(xb.to(next(model.parameters()).device)).argmax(1).cpu()
+        hits += int((p == yb).sum())
+        n += len(yb)
+    return hits / n
+
+
+def check_tune(dev: torch.device, out: Path, steps: int) -> None:
+    import lrkit
+    from lrkit.tasks import from_torch
+
+    train_dl, val_dl, test_dl = _digits_loaders(64)
     for where in ([dev, torch.device("cpu")] if dev.type == "cuda" else [dev]):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10)).to(where)
         before = [p.detach().clone() for p in model.parameters()]
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        task = from_torch(model, opt, dl(tr, True), F.cross_entropy, val_loader=dl(va, False),
-                          test_loader=dl(te, False), steps=steps, schedule="cosine",
-                          metric_fn=accuracy, higher_is_better=True, name="gpu-user")
+        task = from_torch(model, opt, train_dl, F.cross_entropy, val_loader=val_dl,
+                          test_loader=test_dl, steps=steps, schedule="cosine",
+                          metric_fn=_accuracy, higher_is_better=True, name="gpu-user")
         t = time.perf_counter()
         res = lrkit.tune(task, out=out / f"tune-{where.type}", progress=False)
         wall = time.perf_counter() - t
@@ -299,36 +306,17 @@ def check_tune_amp(dev: torch.device, out: Path, steps: int, width: int) -> None
     same set-up in float32: the decision, the metric and the wall time of each."""
     import lrkit
     from lrkit.tasks import from_torch
-    from sklearn.datasets import load_digits
 
-    d = load_digits()
-    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(d.target)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    tr, va, te = perm[:1000], perm[1000:1400], perm[1400:]
-
-    def dl(idx, shuffle):
-        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[idx], y[idx]),
-                                           batch_size=128, shuffle=shuffle,
-                                           generator=torch.Generator().manual_seed(0))
-
-    def accuracy(model, loader) -> float:
-        hits = n = 0
-        for xb, yb in loader:
-            p = model(xb.to(next(model.parameters()).device)).argmax(1).cpu()
-            hits += int((p == yb).sum())
-            n += len(yb)
-        return hits / n
-
+    train_dl, val_dl, test_dl = _digits_loaders(128)
     for amp in (False, True):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width),
                               nn.ReLU(), nn.Linear(width, 10)).to(dev)
         before = [p.detach().clone() for p in model.parameters()]
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
-        task = from_torch(model, opt, dl(tr, True), F.cross_entropy, val_loader=dl(va, False),
-                          test_loader=dl(te, False), steps=steps, schedule="cosine",
-                          metric_fn=accuracy, higher_is_better=True, amp=amp,
+        task = from_torch(model, opt, train_dl, F.cross_entropy, val_loader=val_dl,
+                          test_loader=test_dl, steps=steps, schedule="cosine",
+                          metric_fn=_accuracy, higher_is_better=True, amp=amp,
                           name=f"gpu-amp-{amp}")
         t = time.perf_counter()
         res = lrkit.tune(task, out=out / f"tune-amp-{amp}", progress=False)

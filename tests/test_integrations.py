@@ -20,6 +20,30 @@ def _data(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+class _HFReg(nn.Module):
+    """A Hugging Face-style model: keyword batch in, ``{"loss", "logits"}`` out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(4, 1)
+
+    def forward(self, x, labels=None):
+        out = self.net(x)
+        loss = nn.functional.mse_loss(out, labels) if labels is not None else None
+        return {"loss": loss, "logits": out}
+
+
+class _HFData(torch.utils.data.Dataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "labels": self.y[i]}
+
+
 def test_lightning_trainer_feeds_every_step_and_records_findings(tmp_path):
     pl = pytest.importorskip("lightning.pytorch")
     from lrkit.integrations.lightning import LightningMonitor
@@ -71,26 +95,6 @@ def test_hf_trainer_feeds_every_step_and_records_findings(tmp_path):
     pytest.importorskip("accelerate")
     from lrkit.integrations.hf import HFMonitor
 
-    class Reg(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = nn.Linear(4, 1)
-
-        def forward(self, x, labels=None):
-            out = self.net(x)
-            loss = nn.functional.mse_loss(out, labels) if labels is not None else None
-            return {"loss": loss, "logits": out}
-
-    class DS(torch.utils.data.Dataset):
-        def __init__(self, x, y):
-            self.x, self.y = x, y
-
-        def __len__(self):
-            return len(self.x)
-
-        def __getitem__(self, i):
-            return {"x": self.x[i], "labels": self.y[i]}
-
     x, y = _data()
     torch.manual_seed(0)
     args = transformers.TrainingArguments(
@@ -99,8 +103,8 @@ def test_hf_trainer_feeds_every_step_and_records_findings(tmp_path):
         use_cpu=True, save_strategy="no", disable_tqdm=True, eval_strategy="steps",
         eval_steps=10, seed=0, max_grad_norm=0.0)
     cb = HFMonitor(val_key="eval_loss", verbose=False)
-    trainer = transformers.Trainer(model=Reg(), args=args, train_dataset=DS(x, y),
-                                   eval_dataset=DS(x, y), callbacks=[cb])
+    trainer = transformers.Trainer(model=_HFReg(), args=args, train_dataset=_HFData(x, y),
+                                   eval_dataset=_HFData(x, y), callbacks=[cb])
     trainer.train()
     assert cb.steps_seen == STEPS
     assert cb.record.steps == list(range(STEPS))
@@ -129,25 +133,6 @@ def test_the_clients_schedulers_become_the_monitors_schedule(tmp_path):
     from lrkit.integrations.hf import HFMonitor
     from lrkit.integrations.lightning import LightningMonitor
 
-    class Reg(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = nn.Linear(4, 1)
-
-        def forward(self, x, labels=None):
-            out = self.net(x)
-            return {"loss": nn.functional.mse_loss(out, labels), "logits": out}
-
-    class DS(torch.utils.data.Dataset):
-        def __init__(self, x, y):
-            self.x, self.y = x, y
-
-        def __len__(self):
-            return len(self.x)
-
-        def __getitem__(self, i):
-            return {"x": self.x[i], "labels": self.y[i]}
-
     x, y = _data()
     torch.manual_seed(0)
     args = transformers.TrainingArguments(
@@ -155,7 +140,8 @@ def test_the_clients_schedulers_become_the_monitors_schedule(tmp_path):
         learning_rate=0.05, lr_scheduler_type="linear", warmup_steps=5, logging_steps=1,
         report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, seed=0)
     cb = HFMonitor(verbose=False)
-    trainer = transformers.Trainer(model=Reg(), args=args, train_dataset=DS(x, y), callbacks=[cb])
+    trainer = transformers.Trainer(model=_HFReg(), args=args, train_dataset=_HFData(x, y),
+                                   callbacks=[cb])
     trainer.train()
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert cb.monitor.schedule is not None and len(logged) == STEPS
