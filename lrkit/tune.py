@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
+import importlib.util
 import json
 import math
 import os
@@ -1137,11 +1138,9 @@ def _helper_command(task: Any, task_ref: str, url: str, name: str) -> str:
 
 
 def _open_study(storage: str | None, folder: _Folder, task: Any, seed: int) -> Any:
-    try:
-        import optuna  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("optuna") is None:
         if storage is not None:
-            raise ValueError("storage needs optuna: pip install 'lrkit[search]'") from None
+            raise ValueError("storage needs optuna: pip install 'lrkit[search]'")
         return None
     if storage is None:
         return _Study(f"sqlite:///{(folder.path / 'study.db').resolve()}",
