@@ -854,6 +854,15 @@ def read_log(path: str | Path) -> Log:
                val_metric=col("val_metric"), findings=list(found.values()), end=end)
 
 
+def _meta_schedule(meta: Mapping[str, Any]) -> Any:
+    """The schedule a log's meta names (an lrkit Schedule's spec), or ``None``."""
+    if not isinstance(meta.get("schedule"), Mapping):
+        return None
+    from .schedules import from_spec  # (pure Python: the module stays torch-free)
+
+    return from_spec(meta["schedule"])
+
+
 def replay(log: Log, monitor: Monitor | None = None) -> Monitor:
     """Feed a read-back log to ``monitor`` (a fresh default one if None) and return it.
 
@@ -862,14 +871,9 @@ def replay(log: Log, monitor: Monitor | None = None) -> Monitor:
     gives exactly the findings of the live run (the NaN in ``loss`` of a non-finite update
     included)."""
     meta = log.meta
-    schedule = None
-    if monitor is None and isinstance(meta.get("schedule"), Mapping):
-        from .schedules import from_spec  # (pure Python: the module stays torch-free)
-
-        schedule = from_spec(meta["schedule"])
     m = monitor if monitor is not None else Monitor(
         val_mode=meta.get("val_mode") or ("max" if meta.get("higher_is_better") else "min"),
-        total_steps=meta.get("total_steps", meta.get("steps")), schedule=schedule)
+        total_steps=meta.get("total_steps", meta.get("steps")), schedule=_meta_schedule(meta))
     if not isinstance(m, Monitor):
         raise TypeError(f"monitor must be a Monitor, got {type(m).__name__}")
     steps = log.step.tolist()
@@ -976,7 +980,8 @@ def cli_main(args: argparse.Namespace) -> int:
         "total_steps", meta.get("steps"))
     mode = args.val_mode or meta.get("val_mode") or (
         "max" if meta.get("higher_is_better") else "min")
-    m = replay(log, Monitor(val_mode=mode, total_steps=total, **overrides))
+    m = replay(log, Monitor(val_mode=mode, total_steps=total, schedule=_meta_schedule(meta),
+                            **overrides))
     found = m.findings
     if args.json:
         print(json.dumps([f.to_dict() for f in found], indent=1))

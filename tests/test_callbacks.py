@@ -47,7 +47,7 @@ def test_monitor_callback_on_real_runs_matches_replay_of_its_log(tmp_path):
     assert results["high"].lr_findings[0].kind in ("diverged", "lr_too_high")
 
 
-def test_a_run_under_a_known_schedule_replays_with_it(tmp_path):
+def test_a_run_under_a_known_schedule_replays_with_it(tmp_path, capsys):
     """Given the run's schedule (digits under WSD), the live monitor reads the stable phase's
     plateau as the schedule's to fix; the log's meta carries the schedule's spec, and a replay
     of the log gives the same findings, action included."""
@@ -66,6 +66,11 @@ def test_a_run_under_a_known_schedule_replays_with_it(tmp_path):
     assert log.meta["schedule"] == wsd.spec
     assert [f.to_dict() for f in replay(log).findings] == [
         f.to_dict() for f in cb.monitor.findings]
+    from lrkit import cli  # ... and `lrkit monitor LOG` replays with it too
+
+    assert cli.main(["monitor", str(path), "--json", "--no-plot"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == [f.to_dict() for f in cb.monitor.findings]
 
 
 def test_jsonl_fields_grad_norm_and_nan(tmp_path):
