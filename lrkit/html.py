@@ -301,7 +301,7 @@ def tune_report(
     Args:
         folder: the run folder (created if missing).
         task: ``name, description, metric, higher_is_better, steps, optimizer,
-            recipe_schedule, warmup_steps``.
+            recipe_schedule, warmup_steps`` (and ``amp`` when the runs trained under it).
         range_test: :meth:`lrkit.finder.RangeTestResult.to_dict`.
         halving: ``plan``, ``centres`` (family -> LR) and ``trials`` (each: rung, family, lr,
             steps, metric, diverged, kept, losses).
@@ -391,11 +391,13 @@ def tune_report(
     band = s.get("band")
     band_txt = f"{band[0]:.3g} .. {band[1]:.3g}" if band else "none"
     sched_json = escape(_json(final["schedule"]))
+    amp = task.get("amp") or False
+    amp_txt = "" if amp is False else f", mixed precision {escape('fp16' if amp is True else amp)}"
     body = f"""
 <h1>lrkit tune: {escape(task['name'])}</h1>
 <p class=muted>{escape(task.get('description', ''))}. Recipe: {escape(task.get('optimizer'))},
 {full} steps, recipe schedule {escape(task.get('recipe_schedule'))}
-(warmup {int(task.get('warmup_steps') or 0)} steps).</p>
+(warmup {int(task.get('warmup_steps') or 0)} steps){amp_txt}.</p>
 <div class=decision><b>Decision:</b> {escape(final['family'])} schedule with peak learning rate
 <b>{float(final['lr']):.3g}</b>. Final run: test {escape(metric)} <b>{_fmt(final['metric'])}</b>
 ({'higher' if higher else 'lower'} is better). Total cost {total} steps =

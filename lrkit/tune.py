@@ -1439,7 +1439,7 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
         path, task={"name": task.name, "description": task.description, "metric": task.metric,
                     "higher_is_better": task.higher_is_better, "steps": full,
                     "optimizer": task.recipe.optimizer, "recipe_schedule": task.recipe.schedule,
-                    "warmup_steps": task.recipe.warmup_steps},
+                    "warmup_steps": task.recipe.warmup_steps, "amp": task.recipe.amp},
         range_test=rt.to_dict(), halving={"plan": halving["plan"].to_dict(),
                                           "centres": halving["centres"],
                                           "trials": halving["trials"]},
