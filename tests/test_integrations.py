@@ -147,6 +147,17 @@ def test_the_clients_schedulers_become_the_monitors_schedule(tmp_path):
     assert cb.monitor.schedule is not None and len(logged) == STEPS
     for h in logged:
         assert cb.monitor.schedule(h["step"] - 1) == pytest.approx(h["learning_rate"])
+    # a schedule the user gave the monitor is kept; another train reads the Trainer's anew
+    def mine(step):
+        return 1.0
+
+    own = HFMonitor(Monitor(schedule=mine), verbose=False)
+    transformers.Trainer(model=_HFReg(), args=args, train_dataset=_HFData(x, y),
+                         callbacks=[own]).train()
+    assert own.monitor.schedule is mine
+    first = cb.monitor.schedule
+    trainer.train()
+    assert cb.monitor.schedule is not first
 
     class LReg(pl.LightningModule):
         def __init__(self) -> None:

@@ -46,6 +46,7 @@ class HFMonitor(TrainerCallback):
     def __init__(self, monitor: Monitor | None = None, *, val_key: str | None = None,
                  val_mode: str = "min", stop_on: Iterable[str] = (), verbose: bool = True) -> None:
         self.monitor = make_monitor(monitor, val_mode)
+        self._read_schedule = self.monitor.schedule is None  # else the user's, kept
         self.val_key = val_key
         self.stop_on = stop_kinds(stop_on)
         self.verbose = bool(verbose)
@@ -64,7 +65,7 @@ class HFMonitor(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.monitor.reset()
         self.monitor.total_steps = int(state.max_steps) if state.max_steps else None
-        if self.monitor.schedule is None:  # the Trainer's own (linear decay by default)
+        if self._read_schedule:  # the Trainer's own (linear decay by default), each train
             self.monitor.schedule = planned_lr(kwargs.get("lr_scheduler"))
         self.record = Record()
         self.steps_seen = 0

@@ -44,6 +44,7 @@ class LightningMonitor(pl.Callback):
                  stop_on: Iterable[str] = (), verbose: bool = True) -> None:
         super().__init__()
         self.monitor = make_monitor(monitor, val_mode)
+        self._read_schedule = self.monitor.schedule is None  # else the user's, kept
         self.val_key = val_key
         self.total_steps = total_steps
         self.grad_norm = bool(grad_norm)
@@ -70,7 +71,7 @@ class LightningMonitor(pl.Callback):
             est = getattr(trainer, "estimated_stepping_batches", None)
             total = int(est) if est is not None and est != float("inf") else None
         self.monitor.total_steps = total
-        if self.monitor.schedule is None:  # a per-step scheduler the module configured
+        if self._read_schedule:  # a per-step scheduler the module configured, each fit
             configs = getattr(trainer, "lr_scheduler_configs", None) or []
             step_wise = [c for c in configs if getattr(c, "interval", None) == "step"]
             self.monitor.schedule = planned_lr(step_wise[0].scheduler) if step_wise else None
