@@ -250,16 +250,9 @@ def clients() -> None:
     ids = torch.randint(0, 50, (512, 12), generator=g)
     labels = ((ids < 25).sum(1) > 6).long()
 
-    class Tokens(Dataset):
-        def __init__(self, a: torch.Tensor, b: torch.Tensor) -> None:
-            self.a, self.b = a, b
-
-        def __len__(self) -> int:
-            return len(self.a)
-
+    class Tokens(_Dict):
         def __getitem__(self, i: int) -> dict:
-            return {"input_ids": self.a[i], "attention_mask": torch.ones_like(self.a[i]),
-                    "labels": self.b[i]}
+            return {**super().__getitem__(i), "attention_mask": torch.ones_like(self.x[i])}
 
     btl = DataLoader(Tokens(ids[:384], labels[:384]), batch_size=32, shuffle=True,
                      generator=torch.Generator().manual_seed(1))

@@ -52,9 +52,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import check_int, check_positive
-from .finder import MIN_SHORT_RUN_STEPS
+from .finder import MIN_SHORT_RUN_STEPS, metric_noise
 from .finder import separation as _separation
-from .finder import metric_noise
 from .suggest import RECIPE_LR_FAMILY
 
 __all__ = ["TuneResult", "Stage", "tune", "add_cli_arguments", "cli_main", "DEFAULT_SCHEDULES",
@@ -1352,11 +1351,15 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
 
     full = task.recipe.steps
     least = _min_budget(full)
-    raised = None
+    raised = None  # why the default budget was raised, said live and in the explanation
     if budget is None:
         budget = DEFAULT_BUDGET
         if budget < least:  # a very short run: the shortest range test costs more than a run
-            raised, budget = budget, least
+            raised = (f"The default budget of {budget:g} full runs ({math.floor(budget * full)} "
+                      f"steps) cannot pay for the shortest range test ({MIN_RANGE_ITERS} steps) "
+                      f"and the {full}-step final run, so this run's budget is {least:g} full "
+                      "runs.")
+            budget = least
     else:
         budget = check_positive("budget", budget)
         if budget <= 1.0:
@@ -1397,8 +1400,7 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
         return TuneResult.from_dict(done)
     show.say(f"lrkit tune {task.name}: run folder {path}")
     if raised is not None:
-        show.say(f"      budget {budget:g} full runs: the default {raised:g} cannot pay for a "
-                 f"{MIN_RANGE_ITERS}-step range test and the {full}-step final run")
+        show.say(f"      {raised}")
 
     rt, st_range = _stage_range_test(task, folder, _range_iters(full, budget), seed, show)
     study = _open_study(storage, folder, task, seed)
@@ -1426,10 +1428,7 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
     cost = sum(s.cost_steps for s in stages)
     explanation = _explain(task, rt, halving, final, stages, full, task_ref)
     if raised is not None:
-        explanation = (f"The default budget of {raised:g} full runs ({math.floor(raised * full)} "
-                       f"steps) cannot pay for the shortest range test ({MIN_RANGE_ITERS} steps) "
-                       f"and the {full}-step final run, so this run's budget is {budget:g} full "
-                       f"runs. " + explanation)
+        explanation = f"{raised} {explanation}"
     show.say("[5/5] report")
     t0 = time.perf_counter()
     safe = _safe_lr(task, seed, folder)
