@@ -846,7 +846,7 @@ def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
             "steps_done": out.steps_done, "losses": [float(v) for v in out.losses],
             "lrs": [float(v) for v in out.lrs], "grad_norms": rec.grad_norms,
             "val": [list(v) for v in rec.val], "findings": findings,
-            "monitor": "lrkit.monitor" if monitor is not None else None,
+            "monitor": "lrkit.monitor",
             "diverged_attempt": first}
     stage = Stage("final run", int(spent), wall,
                   {"metric": metric, "metric_at_end": out.metric, "split": "test",
@@ -872,19 +872,14 @@ def _worse_beyond_noise(val: Sequence[tuple[int, float]], best: float) -> bool:
 
 # ------------------------------------------------------------------- optional integrations
 def _make_monitor(task: Any, schedule: Any) -> Any:
-    """A :class:`lrkit.monitor.Monitor` for the final run (issue 9) that knows its schedule, or
-    ``None`` when that module is not installed."""
-    try:
-        from .monitor import Monitor
-    except ImportError:
-        return None
+    """A :class:`lrkit.monitor.Monitor` for the final run (issue 9) that knows its schedule."""
+    from .monitor import Monitor
+
     return Monitor(val_mode="max" if task.higher_is_better else "min",
                    total_steps=task.recipe.steps, schedule=schedule)
 
 
 def _findings(monitor: Any) -> list[dict]:
-    if monitor is None:
-        return []
     return [_jsonable(f.to_dict()) for f in monitor.findings]
 
 
