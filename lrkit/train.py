@@ -208,11 +208,19 @@ class RunResult:
 
 # ------------------------------------------------------------------------------------ the loop
 def global_grad_norm(params: Iterable[torch.Tensor]) -> float:
-    """Global L2 norm of the gradients of ``params`` (params without grad are skipped)."""
-    norms = [p.grad.detach().norm(2) for p in params if p.grad is not None]
-    if not norms:
+    """Global L2 norm of the gradients of ``params`` (params without grad are skipped), as
+    ``clip_grad_norm_`` computes it: one norm per tensor (``torch._foreach_norm`` per device and
+    dtype), their norm on the first gradient's device, and one host sync for the result (a sync
+    per tensor idled a GPU for most of a small model's step)."""
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    if not grads:
         return 0.0
-    return float(torch.linalg.vector_norm(torch.stack([n.float().cpu() for n in norms]), 2))
+    home = grads[0].device
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for g in grads:
+        groups.setdefault((g.device, g.dtype), []).append(g)
+    norms = [n.float().to(home) for gs in groups.values() for n in torch._foreach_norm(gs, 2)]
+    return float(torch.linalg.vector_norm(torch.stack(norms), 2))
 
 
 def _cycle(batches: Iterable) -> Iterator:
@@ -349,8 +357,9 @@ def fit(
 
     ``amp=True`` (or ``"fp16"``) runs the forward pass under ``torch.autocast`` (float16 with a
     ``GradScaler`` on CUDA, bfloat16 without scaling on CPU); ``amp="bf16"`` uses bfloat16
-    without scaling everywhere. A non-finite loss stops the run at once with
-    ``stop_reason="nan"``. ``ddp_average_loss`` all-reduces the recorded loss across ranks when
+    without scaling everywhere. ``device`` moves the model there first; every batch goes to the
+    model's device (a CUDA model fed by a CPU ``DataLoader`` just works). A non-finite loss stops
+    the run at once with ``stop_reason="nan"``. ``ddp_average_loss`` all-reduces the recorded loss across ranks when
     ``torch.distributed`` is initialised (every rank then sees the same trace).
     ``track_grad_norm`` computes the global gradient norm every step for callbacks (it is
     computed anyway when clipping); off by default because it costs a pass over the gradients.
@@ -370,6 +379,10 @@ def fit(
     dev = torch.device(device) if device is not None else None
     if dev is not None:
         model.to(dev)
+    # batches follow the model (a CUDA model fed by a CPU DataLoader, as find_lr does); a CPU
+    # model's batches are left as they come unless ``device`` was given
+    home = model_device(model)
+    batch_dev = home if dev is not None or (home is not None and home.type != "cpu") else None
 
     check_amp("amp", amp)
     use_cuda_amp = bool(amp) and (dev is not None and dev.type == "cuda"
@@ -424,6 +437,7 @@ def fit(
         bar = tqdm(total=num_steps, desc=progress if isinstance(progress, str) else "training",
                    leave=False)
     data = _cycle(batches)
+    pending = None  # the next step's first batch, drawn during this step's backward
     model.train()
     start = time.perf_counter()
     try:
@@ -433,8 +447,9 @@ def fit(
             lr = float(optimizer.param_groups[0]["lr"])
             optimizer.zero_grad(set_to_none=True)
             total: torch.Tensor | None = None
-            for _ in range(accumulation_steps):
-                batch = _to_device(next(data), dev)
+            for k in range(accumulation_steps):
+                batch = pending if pending is not None else _to_device(next(data), batch_dev)
+                pending = None
                 with autocast():
                     loss = compute(model, batch)
                 if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
@@ -447,6 +462,10 @@ def fit(
                 # the recorded loss sums in float64 on the loss's device: one sync per update
                 part = loss.detach().double()
                 total = part if total is None else total + part
+                if k + 1 == accumulation_steps and t + 1 < num_steps:
+                    # draw the next batch (and queue its copy to the device) while the device
+                    # still works through this backward: the sync below would idle it meanwhile
+                    pending = _to_device(next(data), batch_dev)
             mean_loss = total.cpu() / accumulation_steps if accumulation_steps > 1 else total.cpu()
             if ddp_average_loss:
                 mean_loss = _ddp_mean(mean_loss)

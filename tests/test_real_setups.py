@@ -299,6 +299,24 @@ def test_cpu_batches_follow_a_cuda_model():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (runs on the GPU check)")
+def test_fit_moves_cpu_batches_to_a_cuda_model():
+    """train.fit with device=None, as find_lr: the batches follow the model (a user's loader of
+    CPU tensors); the loss falls, and the trace equals the one with device="cuda"."""
+    traces = []
+    for device in (None, "cuda"):
+        model, _, tl, _ = _regression()
+        model.cuda()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        torch.manual_seed(0)
+        traces.append(train.fit(model, opt, tl, num_steps=40, loss_fn=F.mse_loss,
+                                device=device, track_grad_norm=True))
+    a, b = traces
+    assert a.steps_done == 40 and np.mean(a.losses[-5:]) < np.mean(a.losses[:5])
+    assert np.allclose(a.losses, b.losses, rtol=1e-5)
+    assert np.allclose(a.grad_norms, b.grad_norms, rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (runs on the GPU check)")
 def test_a_cuda_task_under_float16_amp_trains_every_run_with_a_scaler():
     """from_torch(amp=True) on a CUDA model with CPU batches: the range test, confirm's runs and
     train.run step in float16 under a GradScaler; the user's model is restored."""
