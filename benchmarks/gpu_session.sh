@@ -20,9 +20,9 @@ for round in 1 2; do
     [ -d .old/lrkit ] && timeout 60 python3 .old/benchmarks/gpu_check.py --only overhead 2>&1 \
         | grep overhead | sed 's/^/old /'
 done | tee "$OUT/overhead.log"
-echo "== 3. SGD-HD / Adam-HD on the GPU, and tune with a user's model (default cuBLAS settings)"
+echo "== 3. SGD-HD / Adam-HD on the GPU, and tune with a user's MLP and conv net (default cuBLAS settings)"
 TUNE_DIR=$(mktemp -d)
-timeout 150 python3 benchmarks/gpu_check.py --only hd,tune,tune_amp --tune-dir "$TUNE_DIR" \
+timeout 240 python3 benchmarks/gpu_check.py --only hd,tune,tune_amp,tune_cnn --tune-dir "$TUNE_DIR" \
     --out "$OUT/gpu_check_hd_tune.json" 2>&1 | tee "$OUT/gpu_check_hd_tune.log"
 cp "$TUNE_DIR"/tune-cuda/report.html "$OUT/tune_cuda_report.html" 2>/dev/null
 timeout 100 python3 benchmarks/gpu_hd_dot.py > "$OUT/hd_dot.log" 2>&1
