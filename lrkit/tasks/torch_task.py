@@ -158,6 +158,11 @@ def from_torch(
         warmup_steps: warmup length for the families that have one.
         metric_fn: ``metric_fn(model, loader) -> float`` scoring a run (model in eval mode, no
             grad); default: the mean of ``loss_fn`` (or ``step_fn``) over the loader's batches.
+            The overfitting rules of confirm and tune compare changes with the metric's own
+            value, so give one whose 0 is either perfect or nothing learned (a loss, an error
+            rate, accuracy); not a loss plus a constant (measured: diabetes' MSE + 10 turned
+            them off on 3 of 3 seeds, test MSE 0.497 -> 0.512). Its scale and a flip of
+            direction (accuracy or error rate) change nothing.
         higher_is_better: whether a larger ``metric_fn`` is better (accuracy: True).
         test_loader: batches for the ``"test"`` split; default: ``val_loader``.
         device: where batches go; default: the model's device.
