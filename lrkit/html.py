@@ -307,8 +307,8 @@ def tune_report(
             steps, metric, diverged, kept, losses).
         final: the final run (family, lr, schedule, metric, losses, lrs, val, findings).
         stages: each stage's ``name, cost_steps, wall_time``.
-        safe_lr: the curvature bound (``{"lr": ...}``), ``{"error": ...}``, or ``None`` when
-            :mod:`lrkit.curvature` is not installed.
+        safe_lr: the curvature bound (``{"lr": ...}``, with its cost), ``{"error": ...}``,
+            ``{"skipped": why}``, or ``None`` (not computed).
         explanation: the plain-words paragraph.
         monitor_available: whether the monitor watched the final run.
     """
@@ -378,15 +378,26 @@ def tune_report(
         findings_html = ("<p class=muted>The monitor (<code>lrkit.monitor</code>) is not "
                          "installed in this version: no findings were computed.</p>")
     if safe is not None and math.isfinite(safe):
+        cost = ""
+        if "cost_batches" in safe_lr:
+            cost = (f" Estimated on {int(safe_lr['examples'])} examples with "
+                    f"{int(safe_lr['n_hvp'])} Hessian-vector products"
+                    f"{'' if safe_lr.get('converged', True) else ' (not converged)'}: "
+                    f"{int(safe_lr['cost_batches'])} batch gradients, "
+                    f"{float(safe_lr['cost_runs']):.2f} of a full run, "
+                    f"{float(safe_lr.get('wall_time', 0.0)):.1f} s, outside the budget (fewer "
+                    "examples read a sharper curvature: the bound reads low).")
         safe_html = (f"<p>Curvature bound at the initial weights: the safe LR is "
                      f"<b>{safe:.3g}</b> (the chosen peak is {float(final['lr']) / safe:.2g}x "
                      f"it): {escape(safe_lr.get('formula', ''))}. A local bound: where the "
-                     "curvature falls during training the best LR can lie above it.</p>")
+                     f"curvature falls during training the best LR can lie above it.{cost}</p>")
     elif safe_lr and "error" in safe_lr:
         safe_html = f"<p class=muted>Safe-LR bound unavailable: {escape(safe_lr['error'])}</p>"
+    elif safe_lr and "skipped" in safe_lr:
+        safe_html = (f"<p class=muted>Safe-LR bound not computed: "
+                     f"{escape(safe_lr['skipped'])}.</p>")
     else:
-        safe_html = ("<p class=muted>Safe-LR bound unavailable: <code>lrkit.curvature</code> "
-                     "is not installed in this version.</p>")
+        safe_html = "<p class=muted>Safe-LR bound not computed.</p>"
     s = range_test.get("suggestion") or {}
     band = s.get("band")
     band_txt = f"{band[0]:.3g} .. {band[1]:.3g}" if band else "none"

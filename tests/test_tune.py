@@ -153,6 +153,27 @@ def test_cost_accounting_and_budget(task, done):
     assert res.cost_runs == pytest.approx(spent / STEPS)
 
 
+def test_the_safe_lr_bound_is_planned_within_its_share_and_its_cost_reported(done):
+    plan = tune_mod.safe_lr_plan
+    share = tune_mod.SAFE_LR_SHARE
+    assert plan(10_000, 32) == (20, 8)  # a long run: the curvature module's 256 examples
+    assert plan(300, 32) == (15, 2)  # digits: fewer batches and products
+    assert plan(100, 64) is None  # digits-bn: even 10 products over 2 batches cost too much
+    assert plan(100, 569) == (10, 1)  # full batch: one batch is all there is
+    for steps in (40, 100, 200, 300, 600, 1000, 5000):
+        for bs in (1, 16, 32, 64, 256, 1000):
+            p = plan(steps, bs)
+            if p is not None:
+                iters, nb = p
+                assert nb * (2 * iters + 1) <= share * steps and nb >= 1
+    res, out = done
+    bound = json.loads((out / "safe-lr.json").read_text())
+    assert bound["cost_batches"] <= share * STEPS
+    assert bound["cost_runs"] == pytest.approx(bound["cost_batches"] / STEPS)
+    page = (out / "report.html").read_text()
+    assert f"{bound['cost_batches']} batch gradients, {bound['cost_runs']:.2f} of a full run" in page
+
+
 def test_halving_decision_recomputed(task, done):
     res, out = done
     h = json.loads((out / "3-halving.json").read_text())
