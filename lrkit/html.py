@@ -385,7 +385,7 @@ def tune_report(
                     f"{'' if safe_lr.get('converged', True) else ' (not converged)'}: "
                     f"{int(safe_lr['cost_batches'])} batch gradients, "
                     f"{float(safe_lr['cost_runs']):.2f} of a full run, "
-                    f"{float(safe_lr.get('wall_time', 0.0)):.1f} s, outside the budget (fewer "
+                    f"{float(safe_lr.get('wall_time', 0.0)):.2g} s, outside the budget (fewer "
                     "examples read a sharper curvature: the bound reads low).")
         safe_html = (f"<p>Curvature bound at the initial weights: the safe LR is "
                      f"<b>{safe:.3g}</b> (the chosen peak is {float(final['lr']) / safe:.2g}x "
