@@ -358,9 +358,12 @@ def fit(
     ``amp=True`` (or ``"fp16"``) runs the forward pass under ``torch.autocast`` (float16 with a
     ``GradScaler`` on CUDA, bfloat16 without scaling on CPU); ``amp="bf16"`` uses bfloat16
     without scaling everywhere. ``device`` moves the model there first; every batch goes to the
-    model's device (a CUDA model fed by a CPU ``DataLoader`` just works). A non-finite loss stops
-    the run at once with ``stop_reason="nan"``. ``ddp_average_loss`` all-reduces the recorded loss across ranks when
-    ``torch.distributed`` is initialised (every rank then sees the same trace).
+    model's device (a CUDA model fed by a CPU ``DataLoader`` just works), the next one drawn and
+    its copy queued while the device runs the backward (so two batches' inputs are on the device
+    for a moment, and a run stopped early has drawn one batch it did not use). A non-finite loss
+    stops the run at once with ``stop_reason="nan"``. ``ddp_average_loss`` all-reduces the
+    recorded loss across ranks when ``torch.distributed`` is initialised (every rank then sees
+    the same trace).
     ``track_grad_norm`` computes the global gradient norm every step for callbacks (it is
     computed anyway when clipping); off by default because it costs a pass over the gradients.
     """
