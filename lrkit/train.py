@@ -358,9 +358,10 @@ def fit(
     ``amp=True`` (or ``"fp16"``) runs the forward pass under ``torch.autocast`` (float16 with a
     ``GradScaler`` on CUDA, bfloat16 without scaling on CPU); ``amp="bf16"`` uses bfloat16
     without scaling everywhere. ``device`` moves the model there first; every batch goes to the
-    model's device (a CUDA model fed by a CPU ``DataLoader`` just works), the next one drawn and
-    its copy queued while the device runs the backward (so two batches' inputs are on the device
-    for a moment, and a run stopped early has drawn one batch it did not use). A non-finite loss
+    model's device (a CUDA model fed by a CPU ``DataLoader`` just works); on an accelerator the
+    next one is drawn and its copy queued while the device runs the backward (so two batches'
+    inputs are on the device for a moment, and a run stopped early has drawn one batch it did
+    not use). A non-finite loss
     stops the run at once with ``stop_reason="nan"``. ``ddp_average_loss`` all-reduces the
     recorded loss across ranks when ``torch.distributed`` is initialised (every rank then sees
     the same trace).
@@ -440,7 +441,11 @@ def fit(
         bar = tqdm(total=num_steps, desc=progress if isinstance(progress, str) else "training",
                    leave=False)
     data = _cycle(batches)
-    pending = None  # the next step's first batch, drawn during this step's backward
+    # on an accelerator the next step's first batch is drawn during this step's backward; on
+    # the CPU nothing would overlap, and batches are drawn as they are used (a run that stops
+    # early leaves its data stream exactly there: find_lr's sweeps share one stream)
+    prefetch = batch_dev is not None and batch_dev.type != "cpu"
+    pending = None
     model.train()
     start = time.perf_counter()
     try:
@@ -465,7 +470,7 @@ def fit(
                 # the recorded loss sums in float64 on the loss's device: one sync per update
                 part = loss.detach().double()
                 total = part if total is None else total + part
-                if k + 1 == accumulation_steps and t + 1 < num_steps:
+                if prefetch and k + 1 == accumulation_steps and t + 1 < num_steps:
                     # draw the next batch (and queue its copy to the device) while the device
                     # still works through this backward: the sync below would idle it meanwhile
                     pending = _to_device(next(data), batch_dev)
