@@ -378,7 +378,7 @@ def find_lr(
     smooth: float = 0.98,
     diverge_factor: float = 4.0,
     val_loader: Iterable | None = None,
-    accumulation_steps: int = 1,
+    accumulation_steps: int | None = None,
     grad_clip: float | None = None,
     amp: bool | str | None = None,
     restore: bool = True,
@@ -405,8 +405,9 @@ def find_lr(
     ``scaler`` (an attached LR scheduler and GradScaler) are restored with the rest when
     ``restore`` (the default); the scheduler is not stepped during the test. ``grad_clip``
     clips the global gradient norm before every step, as your training loop does (a Task clips
-    as its recipe says), and so do confirm's runs; ``amp`` likewise (default: a Task's recipe's,
-    else ``False``). A clipped sweep rarely blows up, and the
+    as its recipe says), and so do confirm's runs; ``amp`` and ``accumulation_steps``
+    (micro-batches per optimizer step, their losses averaged) likewise (default: a Task's
+    recipe's, else ``False`` and 1). A clipped sweep rarely blows up, and the
     curve rule, fitted on unclipped sweeps, reads it high: prefer ``confirm=True`` there.
 
     With a :class:`~lrkit.tasks.Task`: ``find_lr(task)`` builds the model, optimizer and batches
@@ -452,7 +453,8 @@ def find_lr(
     diverge_factor = check_positive("diverge_factor", diverge_factor)
     if diverge_factor <= 1.0:
         raise ValueError(f"diverge_factor must be > 1, got {diverge_factor!r}")
-    accumulation_steps = check_int("accumulation_steps", accumulation_steps, minimum=1)
+    if accumulation_steps is not None:
+        accumulation_steps = check_int("accumulation_steps", accumulation_steps, minimum=1)
     if grad_clip is not None:
         grad_clip = check_positive("grad_clip", grad_clip)
     check_choice("method", method, _suggest.methods())
@@ -481,8 +483,11 @@ def find_lr(
             grad_clip = task.recipe.grad_clip
         if amp is None:
             amp = task.recipe.amp
+        if accumulation_steps is None:
+            accumulation_steps = task.recipe.accumulation_steps
     else:
         amp = False if amp is None else amp
+        accumulation_steps = 1 if accumulation_steps is None else accumulation_steps
         if confirm:
             if val_loader is None:
                 raise ValueError("confirm=True needs val_loader: the short confirm runs are "
@@ -587,7 +592,7 @@ def find_lr(
         x not in ("completed", "nan") for x in reasons) else "completed")
     result = _build_result(lrs, losses, stop_reason, method=method, num_iter=num_iter,
                            sweeps=per_sweep,
-                           cost=steps_done * accumulation_steps, wall=wall,
+                           cost=steps_done, wall=wall,
                            settings={"start_lr": float(start_lr), "end_lr": float(end_lr),
                                      "num_iter": num_iter, "mode": mode, "smooth": float(smooth),
                                      "sweeps": len(plans), "sweep_steps": len(plans[0]),
@@ -610,7 +615,7 @@ def find_lr(
                                       val_loader=val_loader, steps=steps, schedule=schedule,
                                       metric_fn=metric_fn, higher_is_better=higher_is_better,
                                       step_fn=step_fn, device=device, grad_clip=grad_clip,
-                                      amp=amp)
+                                      amp=amp, accumulation_steps=accumulation_steps)
             result = _confirm(confirm_task, result, seed=seed, candidates=confirm_candidates,
                               budget=confirm_budget, progress=progress)
         finally:

@@ -547,7 +547,7 @@ def run(
     callbacks: Sequence[Callback] = (),
     eval_split: str = "test",
     grad_clip: float | None = None,
-    accumulation_steps: int = 1,
+    accumulation_steps: int | None = None,
     amp: bool | str | None = None,
     device: str | torch.device | None = None,
     diverge_factor: float | None = 4.0,
@@ -560,8 +560,8 @@ def run(
     :class:`~lrkit.schedules.Schedule`. ``steps`` overrides the recipe's horizon (the recipe's
     schedule is rebuilt for it); ``grad_clip`` defaults to the recipe's. A run whose causal
     smoothed loss exceeds ``diverge_factor`` × its first loss, or turns non-finite, stops early
-    and is scored ``task.worst``. ``amp`` defaults to the recipe's (see :func:`fit`).
-    ``optimizer_factory(params)`` replaces the recipe's optimizer (for LR-free optimizers, whose
+    and is scored ``task.worst``. ``amp`` and ``accumulation_steps`` default to the recipe's
+    (see :func:`fit`). ``optimizer_factory(params)`` replaces the recipe's optimizer (for LR-free optimizers, whose
     ``lr`` is a multiplier: pass ``lr=1.0`` to keep the recipe's schedule shape, or a constant
     schedule). When that optimizer has neither ``momentum`` nor ``betas`` (Adagrad, Adadelta,
     ...), a schedule that cycles momentum (``onecycle``, ``cyclic``) keeps its LR shape and drops
@@ -602,6 +602,8 @@ def run(
         grad_clip = task.recipe.grad_clip
     if amp is None:
         amp = task.recipe.amp
+    if accumulation_steps is None:
+        accumulation_steps = task.recipe.accumulation_steps
     out = fit(model, optimizer, task.batches(seed), num_steps=n, step_fn=task.loss,
               schedule=schedule, callbacks=cbs, grad_clip=grad_clip,
               accumulation_steps=accumulation_steps, amp=amp, device=device, progress=progress)

@@ -722,3 +722,42 @@ def test_grad_clip_is_applied_as_the_users_loop_does():
         find_lr(model, opt, tl, F.mse_loss, grad_clip=0.0)
     with pytest.raises(ValueError, match="grad_clip must be > 0"):
         from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=30, grad_clip=-1)
+
+
+def test_gradient_accumulation_is_applied_as_the_users_loop_does(tmp_path, monkeypatch):
+    """from_torch(accumulation_steps=k) and find_lr(accumulation_steps=k, confirm=True): every
+    optimizer step of every run (the range test, confirm's, tune's, train.run) averages k
+    micro-batches, as the user's loop does (before, confirm's and tune's runs stepped on one
+    micro-batch: a batch k times smaller than the user's); every cost is in optimizer steps."""
+    model, opt, tl, vl = _regression()
+    calls = [0]
+
+    def step_fn(m, batch):
+        if m.training:  # the training micro-batches (evaluation runs in eval mode)
+            calls[0] += 1
+        return F.mse_loss(m(batch[0]), batch[1])
+
+    acc = from_torch(model, opt, tl, step_fn=step_fn, val_loader=vl, steps=40,
+                     accumulation_steps=3)
+    plain = from_torch(model, opt, tl, step_fn=step_fn, val_loader=vl, steps=40)
+    assert acc.recipe.accumulation_steps == 3 and plain.recipe.accumulation_steps == 1
+    assert acc.key != plain.key and "of 3 micro-batches" in acc.description
+    out = train.run(acc, 0.01, seed=0)
+    assert out.steps_done == 40 and calls[0] == 3 * 40
+    assert out.metric == train.run(plain, 0.01, seed=0, accumulation_steps=3).metric
+    calls[0] = 0
+    res = find_lr(model, opt, tl, step_fn=step_fn, num_iter=20, accumulation_steps=2,
+                  confirm=True, val_loader=vl, steps=60)
+    assert res.confirm is not None and res.cost_steps > 20
+    assert calls[0] == 2 * res.cost_steps  # the sweep's and every confirm run's steps
+    calls[0] = 0
+    r = find_lr(acc, num_iter=20)  # a task's range test accumulates as its recipe says
+    assert calls[0] == 3 * r.cost_steps
+    import lrkit.tune as tune_mod
+
+    monkeypatch.setattr(tune_mod, "_safe_lr", lambda task, seed, folder: {})
+    calls[0] = 0
+    res_t = lrkit.tune(acc, out=tmp_path / "t", progress=False, schedules=("constant",))
+    assert calls[0] == 3 * res_t.cost_steps
+    with pytest.raises(ValueError, match="accumulation_steps must be an integer >= 1, got 0"):
+        from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=30, accumulation_steps=0)

@@ -64,6 +64,11 @@ class Recipe:
         amp: mixed precision of every run (``False``, ``True``/``"fp16"``, ``"bf16"``; see
             :func:`lrkit.train.fit`): the range test, confirm, search and tune train under it
             as the user's loop does (float16 overflows at LRs float32 survives).
+        accumulation_steps: micro-batches of ``batch_size`` per optimizer step, their losses
+            averaged (a loop that calls ``backward`` k times before ``step``): every run of
+            the task, the range test's included, steps on ``batch_size x accumulation_steps``
+            examples as the user's loop does (the best LR moves with the batch an update sees).
+            ``steps`` and every cost stay counted in optimizer steps.
     """
 
     optimizer: str
@@ -76,6 +81,7 @@ class Recipe:
     grad_clip: float | None = None
     optimizer_factory: Callable[[Any, float], Any] | None = field(default=None, compare=False)
     amp: bool | str = False
+    accumulation_steps: int = 1
 
     def __post_init__(self) -> None:
         if self.optimizer_factory is None:
@@ -93,6 +99,7 @@ class Recipe:
         if self.grad_clip is not None:
             object.__setattr__(self, "grad_clip", check_positive("grad_clip", self.grad_clip))
         check_amp("amp", self.amp)
+        check_int("accumulation_steps", self.accumulation_steps, minimum=1)
         object.__setattr__(self, "optimizer_kwargs", dict(self.optimizer_kwargs))
 
     def make_optimizer(self, params: Any, lr: float) -> "torch.optim.Optimizer":

@@ -105,7 +105,7 @@ def _fingerprint(model: nn.Module, opt_cls: type, groups: list, defaults: dict,
                  ratios: list[float], steps: int, family: str, warmup_steps: int,
                  loss: Any, metric_fn: Any, higher_is_better: bool, train_size: int,
                  batch_size: int, grad_clip: float | None = None,
-                 amp: bool | str = False) -> str:
+                 amp: bool | str = False, accumulation_steps: int = 1) -> str:
     """10 hex digits that tell one user set-up from another (architecture, parameter shapes,
     optimizer and its settings, horizon, schedule, loss, metric, data size), so that two
     ``from_torch`` tasks never share a tune folder, a search study or a cached oracle. The
@@ -121,6 +121,8 @@ def _fingerprint(model: nn.Module, opt_cls: type, groups: list, defaults: dict,
         parts.append(("grad_clip", grad_clip))
     if amp is not False:  # (likewise)
         parts.append(("amp", amp))
+    if accumulation_steps != 1:  # (likewise)
+        parts.append(("accumulation_steps", accumulation_steps))
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:10]
 
 
@@ -141,6 +143,7 @@ def from_torch(
     device: str | torch.device | None = None,
     grad_clip: float | None = None,
     amp: bool | str = False,
+    accumulation_steps: int = 1,
     name: str = "torch",
 ) -> Task:
     """A :class:`Task` that trains ``model`` with ``optimizer``'s settings on ``train_loader``.
@@ -171,6 +174,10 @@ def from_torch(
         amp: the mixed precision of your training loop: ``True``/``"fp16"`` (float16 with a
             ``GradScaler`` on CUDA), ``"bf16"``, or ``False`` (every run of the task trains under
             it: float16 overflows at LRs that float32 survives, and it is faster on a GPU).
+        accumulation_steps: the micro-batches of ``train_loader`` your loop accumulates per
+            optimizer step (``loss / k``, ``backward`` k times, then ``step``): every run of the
+            task, the range test's included, does the same, so the LR is found for the batch
+            an update really sees; ``steps`` counts optimizer steps.
         name: the task's name (in reports and run folders).
 
     Returns:
@@ -200,6 +207,7 @@ def from_torch(
     if grad_clip is not None:
         grad_clip = check_positive("grad_clip", grad_clip)
     check_amp("amp", amp)
+    accumulation_steps = check_int("accumulation_steps", accumulation_steps, minimum=1)
     if (loss_fn is None) == (step_fn is None):
         raise ValueError("pass exactly one of loss_fn (loss_fn(model(x), y)) or "
                          "step_fn(model, batch) -> loss")
@@ -307,13 +315,16 @@ def from_torch(
     batch_size = getattr(train_loader, "batch_size", None) or 1
     recipe = Recipe(optimizer=opt_cls.__name__, batch_size=int(batch_size), steps=steps,
                     default_lr=lrs[0], schedule=family, warmup_steps=warmup_steps,
-                    grad_clip=grad_clip, optimizer_factory=make_optimizer, amp=amp)
+                    grad_clip=grad_clip, optimizer_factory=make_optimizer, amp=amp,
+                    accumulation_steps=accumulation_steps)
     version = "user-" + _fingerprint(model, opt_cls, groups, defaults, ratios, steps, family,
                                      warmup_steps, loss_fn or step_fn, metric_fn,
                                      higher_is_better, train_size, batch_size, grad_clip,
-                                     amp)
+                                     amp, accumulation_steps)
     return Task(name=name, version=version, description=f"{type(model).__name__} with "
-                f"{opt_cls.__name__} ({steps} steps, {family})", recipe=recipe,
+                f"{opt_cls.__name__} ({steps} steps"
+                + (f" of {accumulation_steps} micro-batches" if accumulation_steps > 1 else "")
+                + f", {family})", recipe=recipe,
                 metric="metric" if metric_fn is not None else "loss",
                 higher_is_better=higher_is_better, build_model=build_model, batches=batches,
                 loss=loss, evaluate=evaluate, train_size=train_size,
