@@ -347,6 +347,30 @@ def _mnist_loaders(batch: int, workers: int) -> tuple:
         dl(perm[4500:], False, 0)
 
 
+def plain_loop(model: nn.Module, opt: torch.optim.Optimizer, loader, dev: torch.device,
+               steps: int, *, sched=None, after_backward=None) -> None:
+    """A user's plain training loop: ``steps`` steps of cross-entropy over ``loader`` (restarted
+    each epoch), batches moved to ``dev`` as they come, no host sync unless
+    ``after_backward(model, loss)`` makes one; ``sched`` stepped after every step."""
+    it, done = iter(loader), 0
+    while done < steps:
+        try:
+            xb, yb = next(it)
+        except StopIteration:
+            it = iter(loader)
+            continue
+        xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if after_backward is not None:
+            after_backward(model, loss)
+        opt.step()
+        if sched is not None:
+            sched.step()
+        done += 1
+
+
 def _cnn(width: int) -> nn.Module:
     """A batch-normalised conv net (4 conv layers, ``width`` up to 4x channels)."""
     w = width
@@ -384,22 +408,9 @@ def check_tune_cnn(dev: torch.device, out: Path, steps: int, width: int, workers
     # the user's own loop: one-cycle over `steps` steps, batches moved as they come
     model, opt = build()
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=steps)
-    it, done = iter(train_dl), 0
     sync()
     t = time.perf_counter()
-    while done < steps:
-        try:
-            xb, yb = next(it)
-        except StopIteration:
-            it = iter(train_dl)
-            continue
-        xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
-        loss = F.cross_entropy(model(xb), yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        done += 1
+    plain_loop(model, opt, train_dl, dev, steps, sched=sched)
     sync()
     plain = time.perf_counter() - t
     plain_acc = _accuracy(model.eval(), test_dl)

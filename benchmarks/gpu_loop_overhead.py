@@ -36,7 +36,7 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_check import _accuracy, _cnn, _mnist_loaders  # noqa: E402
+from gpu_check import _accuracy, _cnn, _mnist_loaders, plain_loop  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,24 +68,15 @@ def main(argv: list[str] | None = None) -> int:
         return m, torch.optim.SGD(m.parameters(), lr=0.02, momentum=0.9, nesterov=True)
 
     def plain(item: bool, norm: bool):
+        def after_backward(m, loss):
+            if item:
+                float(loss.item())
+            if norm:
+                float(torch.nn.utils.get_total_norm([p.grad for p in m.parameters()]))
+
         def go(m, opt):
-            it, done = iter(train_dl), 0
-            while done < steps:
-                try:
-                    xb, yb = next(it)
-                except StopIteration:
-                    it = iter(train_dl)
-                    continue
-                xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
-                loss = F.cross_entropy(m(xb), yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if item:
-                    float(loss.item())
-                if norm:
-                    float(torch.nn.utils.get_total_norm([p.grad for p in m.parameters()]))
-                opt.step()
-                done += 1
+            plain_loop(m, opt, train_dl, dev, steps,
+                       after_backward=after_backward if item or norm else None)
         return go
 
     def fit(norm: bool, final: bool):

@@ -894,9 +894,9 @@ def _findings(monitor: Any) -> list[dict]:
 
 def safe_lr_plan(steps: int, batch_size: int) -> tuple[int, int] | None:
     """``(iters, num_batches)`` for the report's safe-LR bound within :data:`SAFE_LR_SHARE` of a
-    run of ``steps`` steps (``iters`` Lanczos products over ``num_batches`` batches, each product
-    counted as two batch gradients, plus one a batch for Adam's second moments), or ``None`` when
-    even the smallest plan costs more.
+    run of ``steps`` batch gradients (optimizer steps x accumulation steps): ``iters`` Lanczos
+    products over ``num_batches`` batches, each product counted as two batch gradients, plus one
+    a batch for Adam's second moments; ``None`` when even the smallest plan costs more.
 
     The curvature module's default (enough batches for 256 examples, at most 8 here) is kept
     while it fits; then fewer batches (never fewer than 2 where the default has more), then
@@ -921,7 +921,8 @@ def _safe_lr(task: Any, seed: int, folder: _Folder) -> dict:
     if p.exists():
         return json.loads(p.read_text(encoding="utf-8"))
     full = task.recipe.steps
-    plan = safe_lr_plan(full, task.recipe.batch_size)
+    grads = full * task.recipe.accumulation_steps  # a full run's batch gradients
+    plan = safe_lr_plan(grads, task.recipe.batch_size)
     if plan is None:
         d = {"skipped": (f"its smallest plan (10 Hessian-vector products over 2 batches) costs "
                          f"more than {SAFE_LR_SHARE:.0%} of this {full}-step run's batch "
@@ -937,7 +938,7 @@ def _safe_lr(task: Any, seed: int, folder: _Folder) -> dict:
                  "reference": str(res.reference), "summary": res.summary(),
                  "examples": int(res.eigen.examples), "n_hvp": int(res.eigen.n_hvp),
                  "converged": bool(res.eigen.converged), "cost_batches": int(batches),
-                 "cost_runs": batches / full, "wall_time": time.perf_counter() - t0}
+                 "cost_runs": batches / grads, "wall_time": time.perf_counter() - t0}
         except Exception as e:  # the bound is an extra: the report says why it is missing
             d = {"error": f"{type(e).__name__}: {e}"}
     p.write_text(json.dumps(_jsonable(d), indent=1), encoding="utf-8")
