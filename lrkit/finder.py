@@ -498,7 +498,7 @@ def find_lr(
             check_int("steps", steps, minimum=1)
             from .tasks.torch_task import _schedule_family
 
-            _schedule_family(schedule)  # a bad family fails now, not after the sweep
+            _schedule_family(schedule, steps)  # a bad schedule fails now, not after the sweep
             if not isinstance(higher_is_better, bool):
                 raise TypeError(f"higher_is_better must be a bool, got {higher_is_better!r}")
             if metric_fn is not None and not callable(metric_fn):

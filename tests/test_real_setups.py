@@ -761,3 +761,32 @@ def test_gradient_accumulation_is_applied_as_the_users_loop_does(tmp_path, monke
     assert calls[0] == 3 * res_t.cost_steps
     with pytest.raises(ValueError, match="accumulation_steps must be an integer >= 1, got 0"):
         from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=30, accumulation_steps=0)
+
+
+def test_a_schedule_given_as_a_schedule_keeps_its_warmup_or_is_refused():
+    """from_torch / find_lr(confirm=True) given a Schedule: its family and its warmup are read
+    from it (a warmup_cosine or wsd Schedule's warmup was dropped, and a warmed-up cosine was
+    refused); a Schedule of another shape is refused by name instead of trained as a family."""
+    from lrkit import schedules
+
+    model, opt, tl, vl = _regression()
+    for fam in schedules.FAMILIES:
+        s = schedules.family(fam, 0.05, 60, warmup_steps=6)
+        t = from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=60, schedule=s)
+        assert (t.recipe.schedule, t.recipe.warmup_steps) == (fam, 6)
+    plain = from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=60, schedule="wsd")
+    assert plain.recipe.warmup_steps == 0
+    with pytest.raises(ValueError, match="contradicts the schedule's own warmup of 6 steps"):
+        from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=60, warmup_steps=3,
+                   schedule=schedules.family("wsd", 0.05, 60, warmup_steps=6))
+    with pytest.raises(ValueError, match="got a 'cosine' schedule of another shape"):
+        from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=60,
+                   schedule=schedules.cosine(0.05, T_max=30))
+    with pytest.raises(ValueError, match="of another shape"):
+        find_lr(model, opt, tl, F.mse_loss, val_loader=vl, confirm=True, steps=60,
+                schedule=schedules.cosine(0.05, T_max=30))
+    # confirm's runs warm up as the user's schedule does: each starts at LR 0
+    res = find_lr(model, opt, tl, F.mse_loss, num_iter=20, val_loader=vl, confirm=True,
+                  steps=60, schedule=schedules.family("wsd", 0.05, 60, warmup_steps=12))
+    runs = res.confirm["runs"]
+    assert runs and all(r["lrs"][0] == 0.0 and max(r["lrs"]) > 0 for r in runs)

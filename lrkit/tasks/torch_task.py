@@ -37,6 +37,7 @@ import math
 import types
 from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -67,19 +68,39 @@ def _has_cuda_tensor(batch: Any) -> bool:
     return False
 
 
-def _schedule_family(schedule: Any) -> str:
+def _schedule_family(schedule: Any, steps: int) -> tuple[str, int | None]:
+    """``(family, warmup_steps)`` of ``schedule``: a family name (warmup ``None``: the caller's
+    ``warmup_steps`` says it), or a :class:`~lrkit.schedules.Schedule` whose LR over ``steps``
+    steps has one family's shape as :func:`lrkit.schedules.family` builds it (any peak), its
+    warmup included. Confirm's and tune's runs are miniatures of that family, so a Schedule of
+    another shape is refused rather than trained as something else (a ``warmup_cosine`` or
+    ``wsd`` Schedule's warmup used to be dropped)."""
     from .. import schedules
 
-    if isinstance(schedule, schedules.Schedule):
-        name = schedule.spec.get("name")
-        if name in schedules.FAMILIES:
-            return name
-        raise ValueError(f"schedule must be a family name {list(schedules.FAMILIES)} or a "
-                         f"Schedule of one of them, got a {name!r} schedule")
-    if not isinstance(schedule, str) or schedule not in schedules.FAMILIES:
-        raise ValueError(f"schedule must be one of {list(schedules.FAMILIES)} (the family you "
-                         f"will train with), got {schedule!r}")
-    return schedule
+    if not isinstance(schedule, schedules.Schedule):
+        if not isinstance(schedule, str) or schedule not in schedules.FAMILIES:
+            raise ValueError(f"schedule must be one of {list(schedules.FAMILIES)} (the family "
+                             f"you will train with), got {schedule!r}")
+        return schedule, None
+    spec = schedule.spec
+    warm = int(spec.get("steps", 0)) if spec.get("name") == "warmup" else int(
+        spec.get("warmup_steps", 0) or 0)
+    grid = sorted(set(np.linspace(0, steps - 1, min(steps, 512)).round().astype(int).tolist()))
+    values = np.array([float(schedule(t)) for t in grid])
+    peak = float(values.max()) if values.size else 0.0
+    own = spec.get("name")  # its own family first (warmup_cosine and a warmed-up cosine agree)
+    if peak > 0:
+        for name in sorted(schedules.FAMILIES, key=lambda f: f != own):
+            ref = schedules.family(name, 1.0, steps, warmup_steps=warm)
+            shape = np.array([float(ref(t)) for t in grid])
+            if np.allclose(values / peak, shape / shape.max(), rtol=1e-6, atol=1e-9):
+                return name, warm
+    raise ValueError(
+        f"schedule must be a family name {list(schedules.FAMILIES)} or a Schedule of one over "
+        f"the run's {steps} steps as lrkit.schedules.family(name, lr, {steps}, warmup_steps=w) "
+        f"builds it (confirm and tune train miniatures of that family), got a "
+        f"{spec.get('name')!r} schedule of another shape: pass the family's name and "
+        "warmup_steps")
 
 
 def _code_bytes(code: types.CodeType) -> bytes:
@@ -157,8 +178,10 @@ def from_torch(
         val_loader: held-out batches that score a run (required).
         steps: the length of the user's full training run, in optimizer steps.
         schedule: the family the user will train with (:data:`lrkit.schedules.FAMILIES`), or a
-            Schedule of one; the run's LR is its peak.
-        warmup_steps: warmup length for the families that have one.
+            Schedule of one over ``steps`` steps as :func:`lrkit.schedules.family` builds it
+            (any peak; its warmup is read from it); the run's LR is its peak. A Schedule of
+            another shape is refused: every run is a miniature of the family.
+        warmup_steps: warmup length for the families that have one (or read from a Schedule).
         metric_fn: ``metric_fn(model, loader) -> float`` scoring a run (model in eval mode, no
             grad); default: the mean of ``loss_fn`` (or ``step_fn``) over the loader's batches.
             The overfitting rules of confirm and tune compare changes with the metric's own
@@ -219,7 +242,12 @@ def from_torch(
     if metric_fn is None and higher_is_better:
         raise ValueError("higher_is_better=True needs metric_fn: the default metric is the "
                          "validation loss, where lower is better")
-    family = _schedule_family(schedule)
+    family, scheduled_warmup = _schedule_family(schedule, steps)
+    if scheduled_warmup is not None:
+        if warmup_steps not in (0, scheduled_warmup):
+            raise ValueError(f"warmup_steps={warmup_steps} contradicts the schedule's own warmup "
+                             f"of {scheduled_warmup} steps: give one of them")
+        warmup_steps = scheduled_warmup
     from ..train import model_device
 
     dev = torch.device(device) if device is not None else model_device(model)
