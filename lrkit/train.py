@@ -219,8 +219,13 @@ def global_grad_norm(params: Iterable[torch.Tensor]) -> float:
     groups: dict[tuple, list[torch.Tensor]] = {}
     for g in grads:
         groups.setdefault((g.device, g.dtype), []).append(g)
-    norms = [n.float().to(home) for gs in groups.values() for n in torch._foreach_norm(gs, 2)]
-    return float(torch.linalg.vector_norm(torch.stack(norms), 2))
+    norms = []
+    for (_, dtype), gs in groups.items():
+        if dtype in (torch.float16, torch.bfloat16):  # in float32: a half norm overflows at 65504
+            norms += [torch.linalg.vector_norm(g, 2, dtype=torch.float32) for g in gs]
+        else:
+            norms += torch._foreach_norm(gs, 2)
+    return float(torch.linalg.vector_norm(torch.stack([n.float().to(home) for n in norms]), 2))
 
 
 def _cycle(batches: Iterable) -> Iterator:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from lrkit import train
 from lrkit.train import Callback, DivergenceStop, fit, loader_generators, snapshot
 
 torch.set_num_threads(1)
@@ -333,3 +334,17 @@ def test_run_drops_momentum_cycling_for_an_optimizer_without_momentum():
         from lrkit.torch import LRSchedule
 
         LRSchedule(torch.optim.Adagrad([torch.zeros(1, requires_grad=True)], lr=0.1), ref)
+
+
+def test_global_grad_norm_is_clip_grad_norms_and_does_not_overflow_in_half_precision():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(10, 50), nn.ReLU(), nn.Linear(50, 3))
+    m(torch.randn(8, 10)).sum().backward()
+    ps = list(m.parameters())
+    assert train.global_grad_norm(ps) == float(torch.nn.utils.clip_grad_norm_(ps, 1e9))
+    half = nn.Linear(1000, 100).half()
+    half.weight.grad = torch.full_like(half.weight, 300.0)  # norm 94,868 > float16's 65,504
+    half.bias.grad = torch.ones_like(half.bias)
+    ref = math.sqrt(300.0 ** 2 * 100_000 + 100)
+    assert train.global_grad_norm(half.parameters()) == pytest.approx(ref, rel=1e-4)  # float32 sums
+    assert train.global_grad_norm([nn.Parameter(torch.ones(2))]) == 0.0  # no gradient yet

@@ -40,13 +40,10 @@ def stop_kinds(stop_on: Iterable[str]) -> frozenset[str]:
 
 
 def grad_norm(model: Any) -> float:
-    """Global L2 norm of the model's gradients (0.0 when none)."""
-    import torch
+    """Global L2 norm of the model's gradients (0.0 when none): :func:`lrkit.train.global_grad_norm`."""
+    from ..train import global_grad_norm
 
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return 0.0
-    return float(torch.linalg.vector_norm(torch.stack([g.detach().float().norm() for g in grads])))
+    return global_grad_norm(model.parameters())
 
 
 def as_float(x: Any) -> float | None:
