@@ -518,6 +518,16 @@ def find_lr(
         if (loss_fn is None) == (step_fn is None):
             raise ValueError("pass exactly one of loss_fn (loss_fn(model(x), y)) or "
                              "step_fn(model, batch)")
+        if confirm:  # built before the sweep: a set-up it cannot rebuild fails before any step,
+            # and every confirm run starts from the user's weights (with restore=False the
+            # sweep leaves its own behind)
+            from .tasks.torch_task import from_torch
+
+            confirm_task = from_torch(model, optimizer, train_loader, loss_fn,
+                                      val_loader=val_loader, steps=steps, schedule=schedule,
+                                      metric_fn=metric_fn, higher_is_better=higher_is_better,
+                                      step_fn=step_fn, device=device, grad_clip=grad_clip,
+                                      amp=amp, accumulation_steps=accumulation_steps)
 
     base = [float(g["lr"]) for g in optimizer.param_groups]
     if base[0] <= 0 or any(b < 0 for b in base):
@@ -605,17 +615,10 @@ def find_lr(
                            train_size=getattr(task, "train_size", None) if task else None,
                            batch_size=task.recipe.batch_size if task else None)
     if confirm and task is None:
-        from .tasks.torch_task import from_torch
-
         user = _train.snapshot(model, optimizer, scheduler=scheduler, scaler=scaler,
                                generators=_train.loader_generators(train_loader)
                                + _train.loader_generators(val_loader), grads=True)
         try:
-            confirm_task = from_torch(model, optimizer, train_loader, loss_fn,
-                                      val_loader=val_loader, steps=steps, schedule=schedule,
-                                      metric_fn=metric_fn, higher_is_better=higher_is_better,
-                                      step_fn=step_fn, device=device, grad_clip=grad_clip,
-                                      amp=amp, accumulation_steps=accumulation_steps)
             result = _confirm(confirm_task, result, seed=seed, candidates=confirm_candidates,
                               budget=confirm_budget, progress=progress)
         finally:

@@ -790,3 +790,31 @@ def test_a_schedule_given_as_a_schedule_keeps_its_warmup_or_is_refused():
                   steps=60, schedule=schedules.family("wsd", 0.05, 60, warmup_steps=12))
     runs = res.confirm["runs"]
     assert runs and all(r["lrs"][0] == 0.0 and max(r["lrs"]) > 0 for r in runs)
+
+
+def test_confirm_starts_from_the_users_weights_and_checks_the_optimizer_before_the_sweep():
+    """find_lr(confirm=True) builds its task before the sweep: with restore=False (the sweep
+    leaves its own weights behind) confirm's runs still start from the user's weights, and an
+    optimizer that every run cannot rebuild is refused before any step, naming the way out."""
+    model, opt, tl, vl = _regression()
+    kw = dict(num_iter=20, val_loader=vl, confirm=True, steps=60)
+    kept = find_lr(model, opt, tl, F.mse_loss, **kw)
+    model, opt, tl, vl = _regression()
+    left = find_lr(model, opt, tl, F.mse_loss, restore=False, **kw)
+    assert [r["metric"] for r in left.confirm["runs"]] == \
+        [r["metric"] for r in kept.confirm["runs"]]
+
+    class Needy(torch.optim.SGD):
+        def __init__(self, params, lr, special):  # a setting that is not in its defaults
+            super().__init__(params, lr=lr)
+
+    model, _, tl, vl = _regression()
+    calls = [0]
+
+    def step_fn(m, batch):
+        calls[0] += 1
+        return F.mse_loss(m(batch[0]), batch[1])
+
+    with pytest.raises(TypeError, match=r"every run rebuilds it as Needy\(param_groups"):
+        find_lr(model, Needy(model.parameters(), 0.1, special=3), tl, step_fn=step_fn, **kw)
+    assert calls[0] == 0

@@ -290,6 +290,15 @@ def from_torch(
                  for (idx, settings), r in zip(groups, ratios)]
         return opt_cls(built, lr=lr, **defaults)
 
+    try:  # every run rebuilds the optimizer: one that cannot be rebuilt fails here, not later
+        make_optimizer(model.parameters(), lrs[0])
+    except Exception as e:
+        raise TypeError(
+            f"optimizer: every run rebuilds it as {opt_cls.__name__}(param_groups, lr=..., "
+            f"**its defaults) and that failed ({type(e).__name__}: {e}); pass an optimizer whose "
+            "constructor settings are all in its defaults, or build a lrkit.tasks.Task whose "
+            "Recipe(optimizer_factory=...) makes it") from e
+
     compute = step_fn if step_fn is not None else (lambda m, b: loss_fn(m(b[0]), b[1]))
 
     def loss(m: nn.Module, batch: Any) -> torch.Tensor:
