@@ -31,7 +31,8 @@ kind                      rule (seed advice it implements)
                           errors of the step-to-step noise) (seed 002: "too low ... converge
                           very slowly"; seed 000: "if the loss function decreases slowly ... the
                           learning rate could be too low"); not read once the LR has annealed
-                          below ``anneal_share`` of its peak (the noise floor falls with it)
+                          below ``anneal_share`` of its peak (the noise floor falls with it),
+                          nor after ``low_until`` of a run of known length
 ``plateau``               the early drop is significant but the second half of ``tau`` brought no
                           significant further drop (seed 000: "decreases rapidly at the beginning
                           and then plateaus"; seed 002: "decay on plateau"). The seed reads this
@@ -175,6 +176,10 @@ class Thresholds:
         anneal_share: ``lr_too_low`` is not read once the LR (the last block's mean) has
             annealed below this share of its peak so far: a decaying LR's loss falls late
             because the noise floor falls with it, which a constant too-low LR's does not.
+        low_until: with ``total_steps`` known, ``lr_too_low`` is read only up to this fraction
+            of the run: a too-low LR shows by ``min_fraction`` (every labelled one did, at 0.2),
+            and a loss still falling steadily later is a run that needs more steps, not a 10x
+            higher LR (charlm at its best constant LR was told so at step 279 of 300).
         z: significance of a drop, in standard errors of the window means (noise estimated from
             successive differences, ``var = mean((l_t - l_{t-1})^2) / 2``).
         plateau_steps: updates before ``plateau`` may fire.
@@ -205,6 +210,7 @@ class Thresholds:
     slow_share: float = 0.25
     slow_drop: float = 0.4
     anneal_share: float = 0.7
+    low_until: float = 0.5
     z: float = 4.0
     plateau_steps: int = 100
     explode_factor: float = 100.0
@@ -225,6 +231,7 @@ class Thresholds:
         check_range("slow_share", self.slow_share, 0.0, 1.0, low_open=True)
         check_range("slow_drop", self.slow_drop, 0.0, 1.0, low_open=True)
         check_range("anneal_share", self.anneal_share, 0.0, 1.0)
+        check_range("low_until", self.low_until, 0.0, 1.0, low_open=True)
         check_int("plateau_steps", self.plateau_steps, minimum=1)
         check_int("overfit_patience", self.overfit_patience, minimum=1)
         check_range("ema", self.ema, 0.0, 1.0, high_open=True)
@@ -631,7 +638,8 @@ class Monitor:
         # 10x" at step 579 of 1000, the LR by then at 0.65 of its peak)
         cur = self._tau_end[-1] - self._tau_end[-2]
         annealed = self._max_lr > 0 and cur / (th.block * self._max_lr) < th.anneal_share
-        low_due = self._due("lr_too_low", step) and not annealed
+        late = self.total_steps is not None and step + 1 > th.low_until * self.total_steps
+        low_due = self._due("lr_too_low", step) and not annealed and not late
         if low_due and not high and drop > th.z * se and (share >= th.low_share or (
                 share >= th.slow_share and rel < th.slow_drop)):
             self._raise("lr_too_low", step, ev,
