@@ -496,9 +496,6 @@ def find_lr(
                 raise ValueError("confirm=True needs steps: the length of your full training "
                                  "run in optimizer steps (each confirm run is a fraction of it)")
             check_int("steps", steps, minimum=1)
-            from .tasks.torch_task import _schedule_family
-
-            _schedule_family(schedule, steps)  # a bad schedule fails now, not after the sweep
             if not isinstance(higher_is_better, bool):
                 raise TypeError(f"higher_is_better must be a bool, got {higher_is_better!r}")
             if metric_fn is not None and not callable(metric_fn):
@@ -518,9 +515,9 @@ def find_lr(
         if (loss_fn is None) == (step_fn is None):
             raise ValueError("pass exactly one of loss_fn (loss_fn(model(x), y)) or "
                              "step_fn(model, batch)")
-        if confirm:  # built before the sweep: a set-up it cannot rebuild fails before any step,
-            # and every confirm run starts from the user's weights (with restore=False the
-            # sweep leaves its own behind)
+        if confirm:  # built before the sweep: a set-up it cannot rebuild (or a schedule it
+            # cannot read) fails before any step, and every confirm run starts from the user's
+            # weights (with restore=False the sweep leaves its own behind)
             from .tasks.torch_task import from_torch
 
             confirm_task = from_torch(model, optimizer, train_loader, loss_fn,

@@ -366,10 +366,9 @@ def fit(
     model's device (a CUDA model fed by a CPU ``DataLoader`` just works); on an accelerator the
     next one is drawn and its copy queued while the device runs the backward (so two batches'
     inputs are on the device for a moment, and a run stopped early has drawn one batch it did
-    not use). A non-finite loss
-    stops the run at once with ``stop_reason="nan"``. ``ddp_average_loss`` all-reduces the
-    recorded loss across ranks when ``torch.distributed`` is initialised (every rank then sees
-    the same trace).
+    not use). A non-finite loss stops the run at once with ``stop_reason="nan"``.
+    ``ddp_average_loss`` all-reduces the recorded loss across ranks when ``torch.distributed``
+    is initialised (every rank then sees the same trace).
     ``track_grad_norm`` computes the global gradient norm every step for callbacks (it is
     computed anyway when clipping); off by default because it costs a pass over the gradients.
     """
@@ -566,9 +565,9 @@ def run(
     schedule is rebuilt for it); ``grad_clip`` defaults to the recipe's. A run whose causal
     smoothed loss exceeds ``diverge_factor`` × its first loss, or turns non-finite, stops early
     and is scored ``task.worst``. ``amp`` and ``accumulation_steps`` default to the recipe's
-    (see :func:`fit`). ``optimizer_factory(params)`` replaces the recipe's optimizer (for LR-free optimizers, whose
-    ``lr`` is a multiplier: pass ``lr=1.0`` to keep the recipe's schedule shape, or a constant
-    schedule). When that optimizer has neither ``momentum`` nor ``betas`` (Adagrad, Adadelta,
+    (see :func:`fit`). ``optimizer_factory(params)`` replaces the recipe's optimizer (for
+    LR-free optimizers, whose ``lr`` is a multiplier: pass ``lr=1.0`` to keep the recipe's
+    schedule shape, or a constant schedule). When that optimizer has neither ``momentum`` nor ``betas`` (Adagrad, Adadelta,
     ...), a schedule that cycles momentum (``onecycle``, ``cyclic``) keeps its LR shape and drops
     the cycling: there is nothing to cycle. Optimizers with ``train()``/``eval()`` modes
     (schedule-free) are switched to ``eval()`` before scoring. Deterministic on CPU for a given

@@ -78,7 +78,7 @@ WALK_RESERVE = 1
 RETRY_FACTOR = 10.0
 #: the safe-LR bound in the report may spend at most this share of a full run's batch gradients
 #: (one Hessian-vector product over a batch counted as two): with the curvature module's
-#: default of >= 256 examples and up to 30 products it cost 0.1-3.3 full runs of wall time on
+#: default of >= 256 examples and up to 30 products it cost up to 3.2 final runs of wall time on
 #: the built-in tasks (an RNN's double backward ~7 steps a batch), outside tune's budget
 SAFE_LR_SHARE = 0.25
 #: the bound's plans, most accurate first: (Lanczos products, at least this many batches); one
@@ -879,7 +879,7 @@ def _worse_beyond_noise(val: Sequence[tuple[int, float]], best: float) -> bool:
     return abs(vs[-1] - best) > 2.0 * metric_noise(vs)
 
 
-# ------------------------------------------------------------------- optional integrations
+# ------------------------------------------------------------ the monitor and the safe-LR bound
 def _make_monitor(task: Any, schedule: Any) -> Any:
     """A :class:`lrkit.monitor.Monitor` for the final run (issue 9) that knows its schedule."""
     from .monitor import Monitor

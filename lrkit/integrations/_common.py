@@ -40,7 +40,7 @@ def stop_kinds(stop_on: Iterable[str]) -> frozenset[str]:
 
 
 def grad_norm(model: Any) -> float:
-    """Global L2 norm of the model's gradients (0.0 when none): :func:`lrkit.train.global_grad_norm`."""
+    """The model's global gradient norm (:func:`lrkit.train.global_grad_norm`; 0.0 if none)."""
     from ..train import global_grad_norm
 
     return global_grad_norm(model.parameters())
