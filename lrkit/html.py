@@ -395,7 +395,7 @@ def tune_report(
         safe_html = f"<p class=muted>Safe-LR bound unavailable: {escape(safe_lr['error'])}</p>"
     elif safe_lr and "skipped" in safe_lr:
         safe_html = (f"<p class=muted>Safe-LR bound not computed: "
-                     f"{escape(safe_lr['skipped'])}.</p>")
+                     f"{prose(safe_lr['skipped'])}.</p>")
     else:
         safe_html = "<p class=muted>Safe-LR bound not computed.</p>"
     s = range_test.get("suggestion") or {}

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,6 +173,11 @@ def test_the_safe_lr_bound_is_planned_within_its_share_and_its_cost_reported(don
     assert bound["cost_runs"] == pytest.approx(bound["cost_batches"] / STEPS)
     page = (out / "report.html").read_text()
     assert f"{bound['cost_batches']} batch gradients, {bound['cost_runs']:.2f} of a full run" in page
+    # too short a run for the bound: the report says so, the command set as code
+    short = tune(make_task(40), out=out.parent / "short", progress=False)
+    skipped = json.loads((out.parent / "short" / "safe-lr.json").read_text())
+    assert "costs more than 25% of this 40-step run" in skipped["skipped"]
+    assert "<code>lrkit safe-lr</code>" in Path(short.report).read_text()
 
 
 def test_halving_decision_recomputed(task, done):
