@@ -1223,8 +1223,9 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
                      f"compare schedules with runs of at least {MIN_RUNG_STEPS} steps, so only "
                      f"{w.family} was confirmed.")
     r1 = [r for r in trials if r["rung"] == 1]
-    walked = (f", walking on {halving['walks']} time(s) by half a decade while the edge won"
-              if halving.get("walks") else "")
+    n_walks = int(halving.get("walks") or 0)
+    walked = (f", walking on by half a decade {'once' if n_walks == 1 else f'{n_walks} times'} "
+              "while the edge won," if n_walks else "")
     why_not = halving.get("edge_stop")
     why_not = {"budget": "the budget had no run left to look further"}.get(why_not, why_not)
     edge = ("; it is the edge of the LRs tried: the best may lie beyond"
