@@ -69,6 +69,26 @@ def test_bad_arguments_name_the_argument(kwargs: dict, error: type, match: str) 
         search(make_task(), progress=False, **{"low": 1e-3, "high": 1.0, **kwargs})
 
 
+def test_a_budget_that_cannot_pay_for_one_trial_is_refused_before_any_step() -> None:
+    """``budget`` counts optimizer steps: ``--budget 3`` meant as "3 runs" used to run the range
+    test and end with no trial at all; now it is refused, naming the least budget that pays."""
+    from lrkit.search._core import range_test_steps
+
+    task = make_task()
+    steps, rt = task.recipe.steps, range_test_steps(task)
+    with pytest.raises(ValueError, match=rf"budget=3 optimizer steps cannot pay for the range "
+                                         rf"test \({rt} steps\) and one trial \({steps} steps: "
+                                         rf"a full run\); pass budget >= {rt + steps}"):
+        search(task, budget=3, storage="memory", progress=False)
+    # random in [low, high]: no range test to pay for
+    with pytest.raises(ValueError, match=rf"one trial \({steps} steps: a full run\); pass "
+                                         rf"budget >= {steps} "):
+        search(task, method="random", low=1e-3, high=1.0, budget=steps - 1, storage="memory",
+               progress=False)
+    with pytest.raises(ValueError, match=rf"x 2 folds\); pass budget >= {rt + 2 * steps}"):
+        search(task, budget=rt + steps, cv_folds=2, storage="memory", progress=False)
+
+
 def test_objective_needs_its_range_and_no_folds() -> None:
     with pytest.raises(ValueError, match="low and high are required"):
         search(bowl, storage="memory")

@@ -503,6 +503,16 @@ def search(
     else:
         raise TypeError(f"task_or_objective must be a lrkit Task, a task name or a callable "
                         f"f(lr, report) -> metric, got {type(task).__name__}")
+    if budget is not None:  # one that cannot pay for a single trial is refused before any step
+        rt_steps = (range_test_steps(task) if isinstance(task, Task) and range_test is None
+                    and (method == "auto" or low is None or high is None) else 0)
+        if budget < rt_steps + runner.cost:
+            raise ValueError(
+                f"budget={budget} optimizer steps cannot pay for "
+                + (f"the range test ({rt_steps} steps) and " if rt_steps else "")
+                + f"one trial ({runner.cost} steps: a full run"
+                + (f" x {cv_folds} folds" if cv_folds else "") + "); pass budget >= "
+                f"{rt_steps + runner.cost} (it counts optimizer steps, not runs), or n_trials")
     rank, world = _ddp()
     if rank > 0:
         return _follow(runner)
