@@ -24,6 +24,8 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+from .errors import LRKitError
+
 
 def _schedule_demo(out: str, steps: int) -> None:
     from . import schedules as S
@@ -213,6 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError) as e:
         print(f"lrkit: error: {e}", file=sys.stderr)
         return 2
+    except LRKitError as e:  # lrkit's own runtime errors (a storage it cannot open): one line
+        print(f"lrkit: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

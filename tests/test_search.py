@@ -98,10 +98,22 @@ def test_objective_needs_its_range_and_no_folds() -> None:
         search(42, low=1e-4, high=1.0, storage="memory")
 
 
-def test_storage_errors_never_show_the_password() -> None:
+def test_storage_errors_never_show_the_password(capsys) -> None:
     with pytest.raises(LRKitError) as e:
         S.open_storage("postgresql://u:topsecret@127.0.0.1:1/db")
     assert "topsecret" not in str(e.value) and "u:***@127.0.0.1:1/db" in str(e.value)
+    # a short password is masked as a token, not wherever its letters occur ("p" used to turn
+    # "psycopg2" and "port" into "***syco***g2" and "***ort")
+    with pytest.raises(LRKitError) as e:
+        S.open_storage("postgresql://u:p@127.0.0.1:1/db")
+    assert "u:***@127.0.0.1:1/db" in str(e.value) and "port 1 failed" in str(e.value)
+    # the CLI says it in one line (it printed a traceback)
+    from lrkit import cli
+
+    assert cli.main(["search", "--task", "digits", "--storage",
+                     "postgresql://u:p@127.0.0.1:1/db"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lrkit: error: cannot open storage") and "Traceback" not in err
 
 
 # ------------------------------------------------------------------------- grid on a task

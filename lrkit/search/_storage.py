@@ -71,8 +71,8 @@ def _scrub(text: str, url: str) -> str:
     """Remove the password of ``url`` from any message (drivers may echo parts of a URL)."""
     m = _PASSWORD.search(url)
     out = text.replace(url, mask_url(url))
-    if m and m.group("pw"):
-        out = out.replace(m.group("pw"), "***")
+    if m and m.group("pw"):  # as a whole token: a password "p" must not eat the p of "port"
+        out = re.sub(rf"(?<![A-Za-z0-9]){re.escape(m.group('pw'))}(?![A-Za-z0-9])", "***", out)
     return mask_url(out)
 
 
