@@ -218,6 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LRKitError as e:  # lrkit's own runtime errors (a storage it cannot open): one line
         print(f"lrkit: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # (tune and search say how to go on themselves)
+        print("\nlrkit: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -64,3 +64,23 @@ def test_bench_oracle_writes_json_and_png(tmp_path, monkeypatch, capsys):
 def test_unknown_task_is_a_clear_error(capsys):
     assert main(["find", "--task", "digitz", "--no-progress"]) == 2
     assert "did you mean 'digits'" in capsys.readouterr().err
+
+
+def test_ctrl_c_is_one_line_that_says_how_to_go_on(tmp_path, monkeypatch, capsys):
+    """Ctrl-C ends a command with exit status 130 and a line, not a traceback: search says its
+    study keeps the finished trials (a rerun retries the interrupted one), the others say so."""
+    import lrkit.finder
+    import lrkit.search._core
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(lrkit.search._core, "search", interrupted)
+    assert main(["search", "--task", "digits", "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: the study in sqlite:///" in err and "the same command goes on" in err
+    monkeypatch.setattr(lrkit.finder, "find_lr", interrupted)
+    assert main(["find", "--task", "digits"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "lrkit: interrupted" and "Traceback" not in err

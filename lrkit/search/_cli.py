@@ -80,14 +80,19 @@ def cli_main(args: argparse.Namespace) -> int:
             raise ValueError("--task is required (a built-in task name or "
                              "'package.module:function')")
         schedules = [s.strip() for s in args.schedules.split(",")] if args.schedules else None
-        result = search(args.task, low=args.low, high=args.high, method=args.method,
-                        n_trials=args.n_trials, budget=args.budget, pruner=args.pruner,
-                        cv_folds=args.cv_folds, schedules=schedules, storage=args.storage,
-                        study_name=args.study, seed=args.seed,
-                        progress=not args.no_progress and sys.stderr.isatty(),
-                        options=SearchOptions(heartbeat_interval=args.heartbeat,
-                                              grace_period=args.grace, subset=args.subset,
-                                              fidelity=args.fidelity, poll=args.poll))
+        try:
+            result = search(args.task, low=args.low, high=args.high, method=args.method,
+                            n_trials=args.n_trials, budget=args.budget, pruner=args.pruner,
+                            cv_folds=args.cv_folds, schedules=schedules, storage=args.storage,
+                            study_name=args.study, seed=args.seed,
+                            progress=not args.no_progress and sys.stderr.isatty(),
+                            options=SearchOptions(heartbeat_interval=args.heartbeat,
+                                                  grace_period=args.grace, subset=args.subset,
+                                                  fidelity=args.fidelity, poll=args.poll))
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: the study in {describe(args.storage)} keeps its finished "
+                  "trials; the same command goes on with it", file=sys.stderr)
+            return 130
     print(result.summary())
     print(result.table())
     if args.json:
