@@ -420,6 +420,11 @@ def find_lr(
     then gets worse, or its own val metric peaks and worsens: :func:`overfit_step`), the
     suggestion is that LR scaled by ``t* / steps``, so the full run covers the same ``lr x t``.
 
+    Without ``confirm``, ``val_loader`` makes the sweep record the mean validation loss over
+    the whole loader after every step instead of the training loss (torch-lr-finder's val
+    mode; ``settings["loss_kind"] == "val"``): one pass over it per step, outside
+    ``cost_steps``, so hand it a few batches.
+
     ``confirm=True`` with a plain model needs ``val_loader`` (scores the short runs), ``steps``
     (the length of your full run, in optimizer steps) and ``schedule`` (the family you will
     train with, :data:`lrkit.schedules.FAMILIES`); ``metric_fn(model, val_loader) -> float``
