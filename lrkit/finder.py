@@ -575,11 +575,16 @@ def find_lr(
                     snap.restore(rng=False)
             rec = _RangeTestRecorder(_train.DivergenceStop(diverge_factor, relative_to="best",
                                                            beta=smooth), val, bar)
-            out = _train.fit(model, optimizer, data, num_steps=len(plan),
-                             loss_fn=loss_fn, step_fn=step_fn, schedule=_Sweep(plan),
-                             group_scales=scales, callbacks=[rec], grad_clip=grad_clip,
-                             accumulation_steps=accumulation_steps, amp=amp, scaler=scaler,
-                             device=device, ddp_average_loss=True)
+            frozen = _freeze_hypergradients(optimizer)
+            try:
+                out = _train.fit(model, optimizer, data, num_steps=len(plan),
+                                 loss_fn=loss_fn, step_fn=step_fn, schedule=_Sweep(plan),
+                                 group_scales=scales, callbacks=[rec], grad_clip=grad_clip,
+                                 accumulation_steps=accumulation_steps, amp=amp, scaler=scaler,
+                                 device=device, ddp_average_loss=True)
+            finally:
+                for group, beta in frozen:
+                    group["hypergrad_lr"] = beta
             lrs_r = list(out.lrs)
             losses_r = list(rec.losses if val is not None else out.losses)
             if len(losses_r) < len(lrs_r):  # a non-finite training loss stopped fit early
@@ -629,6 +634,23 @@ def find_lr(
         result = _confirm(task, result, seed=seed, candidates=confirm_candidates,
                           budget=confirm_budget, progress=progress)
     return result
+
+
+def _freeze_hypergradients(optimizer: Any) -> list[tuple[dict, float]]:
+    """Switch off a hypergradient optimizer's LR adaptation for a sweep, returning each group
+    with its ``hypergrad_lr`` to put back. The sweep then steps at exactly its LR, as the base
+    rule (SGD, Adam) would: what it finds is the initial LR the adaptation starts from (and
+    scales its bounds by). Adapting during the sweep, SGD-HD's additive rule lifted a 1e-7
+    step to ~1e-2 at once, the test blew up at its start and tune trained at 1.6e-7 (digits:
+    test accuracy 0.10, chance)."""
+    from .optim.hd import _HDOptimizer
+
+    if not isinstance(optimizer, _HDOptimizer):
+        return []
+    frozen = [(g, g["hypergrad_lr"]) for g in optimizer.param_groups]
+    for g, _ in frozen:
+        g["hypergrad_lr"] = 0.0
+    return frozen
 
 
 #: the fewest points of a curve the rules read

@@ -371,6 +371,8 @@ def fit(
     is initialised (every rank then sees the same trace).
     ``track_grad_norm`` computes the global gradient norm every step for callbacks (it is
     computed anyway when clipping); off by default because it costs a pass over the gradients.
+    An optimizer with ``train()``/``eval()`` modes (schedule-free) is switched to ``train()``
+    first.
     """
     num_steps = check_int("num_steps", num_steps, minimum=1)
     accumulation_steps = check_int("accumulation_steps", accumulation_steps, minimum=1)
@@ -444,6 +446,8 @@ def fit(
 
         bar = tqdm(total=num_steps, desc=progress if isinstance(progress, str) else "training",
                    leave=False)
+    if callable(getattr(optimizer, "train", None)):
+        optimizer.train()  # schedule-free optimizers step on their "y" sequence
     data = _cycle(batches)
     # on an accelerator the next step's first batch is drawn during this step's backward; on
     # the CPU nothing would overlap, and batches are drawn as they are used (a run that stops
@@ -597,8 +601,6 @@ def run(
     else:
         optimizer = task.recipe.make_optimizer(model.parameters(), peak)
     schedule = _fit_momentum(schedule, optimizer)
-    if callable(getattr(optimizer, "train", None)):
-        optimizer.train()  # schedule-free optimizers train on their "y" sequence
     cbs = list(callbacks)
     if diverge_factor is not None:
         cbs.insert(0, DivergenceStop(diverge_factor, relative_to="initial", beta=0.9))

@@ -442,3 +442,51 @@ def test_a_loss_that_is_nan_from_the_first_step_is_blamed_on_the_setup_not_the_l
     assert res.suggestion.reason.startswith("the loss was nan at the first step, at lr 1e-07")
     assert "not the learning rate" in res.suggestion.reason
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_hypergradient_optimizer_sweeps_at_exactly_its_lrs_and_keeps_its_adaptation():
+    """SGD-HD / Adam-HD adapt their own LR: during the sweep the adaptation is off, so every
+    step runs at the sweep's LR as the base rule would (what the test finds is the initial LR
+    the adaptation starts from); afterwards, restored or not, the optimizer adapts again. With
+    the adaptation on, SGD-HD's additive rule lifted the sweep's 1e-7 to ~1e-2 at once, the
+    test blew up at its start, and tune trained digits at 1.6e-7 (test accuracy 0.10)."""
+    from lrkit.optim import SGDHD, AdamHD
+
+    for cls, kw in ((SGDHD, dict(momentum=0.9)), (AdamHD, {})):
+        for restore in (True, False):
+            model, _, loader, _ = _setup()
+            opt = cls(model.parameters(), lr=0.01, **kw)
+            beta = opt.param_groups[0]["hypergrad_lr"]
+            seen = []
+
+            def step_fn(m, batch, opt=opt):
+                seen.append(opt.param_groups[0]["lr"])
+                return nn.functional.cross_entropy(m(batch[0]), batch[1])
+
+            res = find_lr(model, opt, loader, step_fn=step_fn, num_iter=30, end_lr=1.0,
+                          restore=restore)
+            np.testing.assert_allclose(seen[:len(res.lrs)], res.lrs, rtol=1e-12)
+            np.testing.assert_allclose(res.lrs, sweep_lrs(1e-7, 1.0, 30)[:len(res.lrs)],
+                                       rtol=1e-9)
+            assert opt.param_groups[0]["hypergrad_lr"] == beta > 0
+
+
+def test_every_optimizer_by_name_runs_the_range_test_and_tune(tmp_path):
+    """Recipes naming a hypergradient, an LR-free or a schedule-free optimizer go through the
+    range test and tune (schedule-free's range test stopped at once: "Optimizer was not in
+    train mode"; SGD-HD's tune trained at 1.6e-7)."""
+    from lrkit.tune import tune
+    from tests.tiny_task import make_task
+
+    base = make_task(60)
+    for name, lr in (("sgdhd", 0.1), ("adamhd", 1e-3), ("prodigy", 1.0),
+                     ("schedulefree", 2.5e-3)):
+        recipe = dataclasses.replace(base.recipe, optimizer=name, default_lr=lr,
+                                     optimizer_kwargs={})
+        task = dataclasses.replace(base, name=f"tiny-{name}", recipe=recipe)
+        rt = find_lr(task, num_iter=30)
+        assert len(rt.lrs) >= 8
+        if name.endswith("hd"):  # (Prodigy's multiplier may read flat on this tiny task)
+            assert rt.lr is not None and rt.lr > 1e-4, (name, rt.lr)
+        res = tune(task, out=tmp_path / name, progress=False, schedules=("constant",))
+        assert math.isfinite(res.metric) and res.lr > 1e-4, (name, res.lr)
