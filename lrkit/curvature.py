@@ -681,12 +681,17 @@ def _rule_from_optimizer(opt: torch.optim.Optimizer, model: nn.Module, estimate:
     notes: list[str] = []
     wds = [float(g.get("weight_decay", 0.0) or 0.0) for g in groups]
     name = type(opt).__name__
-    if isinstance(opt, torch.optim.SGD):
+    from .optim.hd import SGDHD, AdamHD
+
+    if isinstance(opt, (SGDHD, AdamHD)):
+        notes.append(f"{name} adapts its LR: this is the bound of its base rule's update, against "
+                     "which the adapted LR can be read at any step")
+    if isinstance(opt, (torch.optim.SGD, SGDHD)):
         beta = float(g0.get("momentum", 0.0) or 0.0)
         c, kind, formula, ref = _sgd_rule(beta, dampening=float(g0.get("dampening", 0.0) or 0.0),
                                           nesterov=bool(g0.get("nesterov", False)))
         return _Rule(kind, c, formula, ref, beta, None, wds if any(wds) else None, tuple(notes))
-    if isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)):
+    if isinstance(opt, (torch.optim.Adam, torch.optim.AdamW, AdamHD)):
         beta1, beta2 = (float(b) for b in g0["betas"])
         eps = float(g0["eps"])
         decoupled = isinstance(opt, torch.optim.AdamW) or bool(g0.get("decoupled_weight_decay"))
@@ -740,8 +745,8 @@ def _rule_from_optimizer(opt: torch.optim.Optimizer, model: nn.Module, estimate:
         return _Rule("rmsprop", c, formula, _ADAM_REF, beta, pre, wds if any(wds) else None,
                      tuple(notes))
     raise TypeError(f"optimizer {name} has no stability rule here: pass a torch SGD (with or "
-                    f"without momentum), Adam, AdamW or RMSprop, or optimizer='sgd' | 'momentum' "
-                    f"| 'adam'")
+                    f"without momentum), Adam, AdamW or RMSprop (or lrkit's SGDHD / AdamHD), or "
+                    f"optimizer='sgd' | 'momentum' | 'adam'")
 
 
 def _squared_gradients(model: nn.Module, loss_fn: LossFn, batches: list, mode: str) -> list:

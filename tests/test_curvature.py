@@ -457,3 +457,28 @@ def test_cuda_matches_cpu_and_fused_attention_falls_back():
         ref = C.top_eigenvalue(attn, ce, xb, iters=40, tol=1e-6, hvp="double-backward")
     assert r.hvp in ("double-backward", "finite-difference")
     assert r.eigenvalue == pytest.approx(ref.eigenvalue, rel=1e-2)
+
+
+def test_a_hypergradient_optimizer_gets_its_base_rules_bound():
+    """SGD-HD and Adam-HD step as SGD (momentum, Nesterov) and Adam do at their current LR: the
+    bound is the base rule's, exactly (it was "no stability rule here", so tune's report had
+    none for such a recipe), and the summary says what it means for an adapted LR."""
+    from lrkit.optim import SGDHD, AdamHD
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 1))
+    x = torch.randn(64, 6)
+    batches = [(x[:32], x[:32, :1]), (x[32:], x[32:, :1])]
+
+    def loss(m, b):
+        return ((m(b[0]) - b[1]) ** 2).mean()
+
+    pairs = ((torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True),
+              SGDHD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)),
+             (torch.optim.Adam(model.parameters(), lr=1e-3),
+              AdamHD(model.parameters(), lr=1e-3)))
+    for base, hd in pairs:
+        a = C.safe_lr(model, loss, batches, optimizer=base, seed=0)
+        b = C.safe_lr(model, loss, batches, optimizer=hd, seed=0)
+        assert b.lr == a.lr and b.formula == a.formula
+        assert "adapts its LR" in b.summary()
