@@ -443,9 +443,9 @@ def local_fit(x: Any, y: Any, *, bandwidth: float, robust_iters: int = 2
     if x.size > MAX_FIT_POINTS:
         order = np.argsort(x, kind="stable")
         bins = np.array_split(order, MAX_FIT_POINTS)
-        count = np.array([b.size for b in bins], dtype=float)
-        xb = np.array([x[b].mean() for b in bins])
-        yb = np.array([y[b].mean() for b in bins])
+        count = np.array([ix.size for ix in bins], dtype=float)
+        xb = np.array([x[ix].mean() for ix in bins])
+        yb = np.array([y[ix].mean() for ix in bins])
         a, b, n_eff = local_fit(xb, yb, bandwidth=bandwidth, robust_iters=robust_iters)
         return (np.interp(x, xb, a), np.interp(x, xb, b),
                 np.interp(x, xb, n_eff) * float(count.mean()))
