@@ -636,8 +636,10 @@ class Monitor:
         # loss falls late because the noise floor falls with the LR (tune's one-cycle final run
         # on mnist1d at its chosen 0.259, test accuracy 0.947, was told "raise the LR about
         # 10x" at step 579 of 1000, the LR by then at 0.65 of its peak)
-        cur = self._tau_end[-1] - self._tau_end[-2]
-        annealed = self._max_lr > 0 and cur / (th.block * self._max_lr) < th.anneal_share
+        # the last block's mean LR as a share of the peak so far (1 when no LR is given)
+        lr_share = ((self._tau_end[-1] - self._tau_end[-2]) / (th.block * self._max_lr)
+                    if self._max_lr > 0 else 1.0)
+        annealed = lr_share < th.anneal_share
         late = self.total_steps is not None and step + 1 > th.low_until * self.total_steps
         low_due = self._due("lr_too_low", step) and not annealed and not late
         if low_due and not high and drop > th.z * se and (share >= th.low_share or (
@@ -654,7 +656,7 @@ class Monitor:
         if (self._n >= th.plateau_steps and self._due("plateau", step)
                 and s["start"] - s["middle"] > th.z * s["se_early"]
                 and s["middle"] - s["end"] < th.z * s["se_late"]):
-            decayed = self._max_lr > 0 and cur / (th.block * self._max_lr) < 0.1
+            decayed = lr_share < 0.1
             planned = None if decayed else self._planned_decay(step)
             if decayed:
                 action = ("The loss has stopped improving and the LR has already decayed 10x: "

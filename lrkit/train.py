@@ -395,8 +395,7 @@ def fit(
     batch_dev = home if dev is not None or (home is not None and home.type != "cpu") else None
 
     check_amp("amp", amp)
-    use_cuda_amp = bool(amp) and (dev is not None and dev.type == "cuda"
-                                  or dev is None and next(model.parameters()).is_cuda)
+    use_cuda_amp = bool(amp) and home is not None and home.type == "cuda"
     half = use_cuda_amp and amp in (True, "fp16")  # float16 needs loss scaling
     if half and scaler is None:
         scaler = torch.amp.GradScaler("cuda")
