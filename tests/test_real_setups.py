@@ -67,6 +67,36 @@ def test_from_torch_runs_start_from_the_same_point_and_keep_group_ratios():
     assert task.metric == "loss" and not task.higher_is_better
 
 
+def test_a_loader_built_on_a_batch_sampler_gives_its_batch_size():
+    """``DataLoader(batch_sampler=...)`` has ``batch_size=None``: the recipe's batch was 1, so
+    search's subsets and folds (sized in batches of it) read 32x too many batches."""
+    from lrkit.search._core import _subset_task
+    from lrkit.tasks.torch_task import loader_batch_size
+
+    model, opt, tl, vl = _regression()
+    ds = tl.dataset  # 192 examples
+    by_sampler = torch.utils.data.DataLoader(
+        ds, batch_sampler=torch.utils.data.BatchSampler(
+            torch.utils.data.RandomSampler(ds, generator=torch.Generator().manual_seed(0)),
+            batch_size=32, drop_last=False))
+    assert by_sampler.batch_size is None
+    task = from_torch(model, opt, by_sampler, F.mse_loss, val_loader=vl, steps=30)
+    assert task.recipe.batch_size == 32
+    assert _subset_task(task, 0.5).train_size == 3 * 32  # half an epoch of 6 batches
+    # uneven batches (a bucketing sampler without a batch_size): the mean batch, 192 / 4
+    uneven = [list(range(0, 16)), list(range(16, 80)), list(range(80, 112)),
+              list(range(112, 192))]
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=uneven)
+    assert loader_batch_size(loader, len(ds)) == 48
+    assert loader_batch_size(tl, len(ds)) == 32
+    # a plain iterable says nothing: 1, and nothing is drawn from it
+    def gen():
+        raise AssertionError("a batch was drawn")
+        yield
+    assert loader_batch_size(gen()) == 1
+    assert loader_batch_size([(torch.zeros(5, 6), torch.zeros(5, 1))]) == 1
+
+
 def test_from_torch_rejects_bad_arguments_by_name():
     model, opt, tl, vl = _regression()
     with pytest.raises(ValueError, match="steps"):

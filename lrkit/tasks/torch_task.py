@@ -122,6 +122,24 @@ def _callable_id(fn: Any) -> str:
     return f"{getattr(fn, '__module__', '')}.{name}:{body}"
 
 
+def loader_batch_size(loader: Any, train_size: int = 0) -> int:
+    """Examples per batch of a training loader: its ``batch_size``; else its batch sampler's
+    (``DataLoader(batch_sampler=...)`` sets ``loader.batch_size`` to ``None``); else the mean
+    batch, ``train_size / len(loader)``, when both are known (a sampler of uneven batches);
+    else 1 (a plain iterable says nothing). Read from attributes only: no batch is drawn.
+    ``lrkit.search`` sizes its subsets and folds by it (a batch of 1 for a loader of 32 read
+    32 times too many batches) and tune's safe-LR bound its examples."""
+    for source in (loader, getattr(loader, "batch_sampler", None)):
+        bs = getattr(source, "batch_size", None)
+        if isinstance(bs, int) and not isinstance(bs, bool) and bs >= 1:
+            return bs
+    try:
+        n = len(loader)
+    except TypeError:  # an iterable without a length
+        n = 0
+    return max(1, round(train_size / n)) if train_size > 0 and n > 0 else 1
+
+
 def _fingerprint(model: nn.Module, opt_cls: type, groups: list, defaults: dict,
                  ratios: list[float], steps: int, family: str, warmup_steps: int,
                  loss: Any, metric_fn: Any, higher_is_better: bool, train_size: int,
@@ -349,7 +367,7 @@ def from_torch(
 
     size = getattr(train_loader, "dataset", None)
     train_size = len(size) if size is not None and hasattr(size, "__len__") else 0
-    batch_size = getattr(train_loader, "batch_size", None) or 1
+    batch_size = loader_batch_size(train_loader, train_size)
     recipe = Recipe(optimizer=opt_cls.__name__, batch_size=int(batch_size), steps=steps,
                     default_lr=lrs[0], schedule=family, warmup_steps=warmup_steps,
                     grad_clip=grad_clip, optimizer_factory=make_optimizer, amp=amp,
