@@ -795,10 +795,15 @@ def compare_optimizers(
     parsed = [parse_optimizer(spec) for spec in specs]
     seeds = [check_int("seeds[]", s, minimum=0) for s in seeds]
     o = oracle_result or oracle(ref, workers=workers, cache_dir=cache_dir, progress=progress)
+    lrs = [check_positive(f"{spec}'s lr", float(extra.get("lr", default_lr(name))))
+           for spec, (name, extra) in zip(specs, parsed)]
+    # every optimizer's runs in one pool: a pool per optimizer paid its start-up (~5 s of
+    # spawned workers importing torch) once per optimizer, longer than the runs of a small task
+    jobs = [(ref, lr, s, None, "test", None, spec) for spec, lr in zip(specs, lrs) for s in seeds]
+    all_runs = _map(jobs, workers, f"{ref} optimizers", progress)
     out = []
-    for spec, (name, extra) in zip(specs, parsed):
-        lr = float(extra.get("lr", default_lr(name)))
-        runs = optimizer_runs(ref, spec, [lr], seeds=seeds, workers=workers, progress=progress)
+    for k, (spec, lr) in enumerate(zip(specs, lrs)):
+        runs = all_runs[k * len(seeds):(k + 1) * len(seeds)]
         metrics = [r["metric"] for r in runs]
         mean = float(np.mean(metrics))
         finals = [r["final_lr"] for r in runs if r.get("final_lr") is not None]
