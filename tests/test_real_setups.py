@@ -453,6 +453,11 @@ class _LowerBetter:
     metric = "loss"
 
 
+class _HigherBetter:
+    higher_is_better = True
+    metric = "accuracy"
+
+
 def test_a_run_that_memorises_is_flagged_and_one_still_learning_is_not():
     from lrkit.finder import _overfit_point
 
@@ -622,6 +627,25 @@ def test_time_is_the_integrated_lr_of_each_run_schedule_included():
     assert _tau({"lr": 0.01})(100) == pytest.approx(1.0)  # no trajectory: constant LR
     why = _overfits_beyond(_LowerBetter(), w, [w, b])
     assert why is not None and "step 31" in why
+
+
+def test_a_wobble_after_a_step_decay_is_not_a_peak_but_the_same_fall_at_a_constant_lr_is():
+    """The run's own val peak is read only when the run trained on after it: a step schedule
+    (x0.1 at half, x0.01 at three quarters) adds 5% of its integrated LR after step 50, so a val
+    accuracy that slips 4% from there is the schedule's noise, not overfitting (a random mnist1d
+    task: the final run's LR was cut 5x, +16.7%); at a constant LR the same curve is."""
+    from lrkit.finder import OWN_TAU_GROWTH, overfit_step
+
+    vals = [0.155, 0.19, 0.2025, 0.21, 0.2925, 0.285, 0.285, 0.2825, 0.28, 0.28]
+    curve = [(10 * (k + 1), v) for k, v in enumerate(vals)]  # best at step 50 of 100
+    step = [0.012] * 50 + [0.0012] * 25 + [0.00012] * 25
+    row = {"lr": 0.012, "metric": 0.28, "diverged": False, "val_curve": curve, "lrs": step,
+           "train_losses": list(np.linspace(2.3, 2.0, 100))}
+    assert sum(step) / sum(step[:50]) < 1 + OWN_TAU_GROWTH
+    assert overfit_step(_HigherBetter(), row, [row]) is None
+    constant = dict(row, lrs=[0.012] * 100)
+    fraction, why = overfit_step(_HigherBetter(), constant, [constant])
+    assert fraction == pytest.approx(0.5) and "peaks at step 50" in why
 
 
 def test_a_suggestion_that_thinning_moves_is_low_confidence_and_the_note_says_why():
