@@ -832,20 +832,24 @@ def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
     spent = out.steps_done + (first["steps_done"] if first else 0)
     findings = _findings(monitor)
     metric, kept = out.metric, None
-    if (rec.model is not None and rec.best is not None and not out.diverged
-            and _worse_beyond_noise(rec.val, rec.best[1])):
+    if (rec.model is not None and rec.best is not None
+            and (out.diverged or _worse_beyond_noise(rec.val, rec.best[1]))):
         # the end worse than the best validation step beyond the metric's own noise: keep that
         # checkpoint (EarlyStopping, the monitor's action for overfitting; Keras's
         # save_best_only, Hugging Face's load_best_model_at_end), scored on "test" like the
         # end. Not only where the monitor reads a trend as overfitting: a constant LR's jitter
         # is worth choosing from too (mnist1d seed 2: val 0.915 at step 960, 0.835 at the end;
-        # test 0.913 against 0.881)
+        # test 0.913 against 0.881). And a run that diverged with no budget left to run it
+        # again keeps its best model from before the blow-up rather than returning a diverged
+        # one (a random digits task, `benchmarks/heldout_random_tasks.py`: a 1-cycle peak that
+        # 78-step runs trained at blew up at step 211 of 600, 30 steps after reaching it:
+        # test accuracy 0.10, chance; its checkpoint at step 120 scores 0.90)
         rec.model.load_state_dict(rec.best[2])
         rec.model.eval()
         with torch.no_grad():
             metric = float(task.evaluate(rec.model, "test"))
         kept = {"step": rec.best[0], "val": rec.best[1], "test": metric,
-                "test_at_end": out.metric,
+                "test_at_end": out.metric, "diverged": out.diverged,
                 "overfitting": any(f["kind"] == "overfitting" for f in findings)}
     if rec.model is not None:
         torch.save(rec.model.state_dict(), folder.file("weights"))
@@ -1258,7 +1262,14 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
         scores = (f"best-validation checkpoint (step {kept['step']} of {full}): test {name} "
                   f"{fmt(kept['test'])}, against {fmt(kept['test_at_end'])} at the end of the "
                   "run.")
-        if kept.get("overfitting", True):
+        if kept.get("diverged"):
+            why = ("diverged again" if final.get("diverged_attempt") else
+                   "diverged and the budget left could not pay for another full run")
+            parts.append(f"The final run {why} (at step {final['steps_done']}), so the model "
+                         f"kept is its {scores} Run tune with a larger budget, or train at a "
+                         f"lower LR (about {final['lr'] / RETRY_FACTOR:.3g}, the monitor's "
+                         "advice for divergence).")
+        elif kept.get("overfitting", True):
             parts.append(f"As the monitor advises for overfitting, the model kept is the final "
                          f"run's {scores}")
             # overfitting beyond the val metric's noise: the decision itself is in question
@@ -1272,7 +1283,7 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
         parts.append(f"(The first full run, at {retry['lr']:.3g}, diverged at step "
                      f"{retry['steps_done']}; as the monitor advises, it ran once more "
                      f"{RETRY_FACTOR:g}x lower, at {final['lr']:.3g}, within the budget.)")
-    if final.get("diverged"):
+    if final.get("diverged") and not kept:
         parts.append("Warning: the final run diverged; lower the LR or check the task.")
     return " ".join(parts)
 

@@ -376,6 +376,31 @@ def test_a_diverged_final_run_runs_once_more_ten_times_lower_within_the_budget(t
     assert data["diverged"] and data["diverged_attempt"] is None and stage.cost_steps == 2
 
 
+def test_a_final_run_that_diverges_late_keeps_its_best_model_from_before(tmp_path):
+    """A 1-cycle at a peak the short runs survived can blow up late in the full run, when the
+    LR has stayed near its peak; with no budget left to run it again, tune keeps the run's best
+    validation checkpoint from before the blow-up instead of handing back a diverged model,
+    and says so. Here the tiny regression trains while the 1-cycle warms up to its peak of 0.5
+    and diverges on the way (step 58); the kept model is exactly the run stopped at its best
+    validation step."""
+    task = make_task(200)
+    folder = tune_mod._Folder(tmp_path)
+    data, stage = tune_mod._stage_final(task, folder, "onecycle", 0.5, 0,
+                                        tune_mod._Display(False), allowance=200)
+    kept = data["best_val_checkpoint"]
+    assert data["diverged"] and data["diverged_attempt"] is None
+    assert math.isinf(data["metric_at_end"]) and kept["diverged"]
+    assert 0 < kept["step"] < data["steps_done"] < 200
+    sched = tune_mod._schedule(task, "onecycle", 0.5, 200, False)
+    ref = train.run(task, sched, steps=kept["step"], seed=0, eval_split="test")
+    assert data["metric"] == kept["test"] == pytest.approx(ref.metric, rel=1e-6)
+    assert stage.outcome["best_val_checkpoint_step"] == kept["step"]
+    weights = torch.load(folder.file("weights"))
+    model = task.build_model(0)
+    model.load_state_dict(weights)
+    assert task.evaluate(model, "test") == pytest.approx(kept["test"], rel=1e-6)
+
+
 def test_rung_one_walks_down_when_every_run_diverges(tmp_path, monkeypatch):
     """Candidates centred far too high (a range test that gave no usable point and a recipe LR
     that diverges, as on a pretrained model fine-tuned with SGD at 0.1): every rung-1 run
