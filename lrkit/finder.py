@@ -1199,7 +1199,8 @@ def overfit_step(task: Any, best: dict, runs: list[dict]) -> tuple[float, str] |
     which its val metric was best; the full run then takes ``lr x fraction x steps / full_steps``
     and covers the same integrated LR (``lr x t*`` at a constant LR, the miniature's shape
     otherwise). First the run above replaying it (``_overfits_beyond``: t* is the short run's
-    end, fraction 1), then the best run's own val peak (``_overfit_point``). ``runs`` are the
+    end, fraction 1), then the best run's own val peak (``_overfit_point``), read only when
+    the run integrated ``OWN_TAU_GROWTH`` more LR after it. ``runs`` are the
     short runs of one horizon and one schedule family, ``best`` among them; each a dict with
     ``lr``, ``metric``, ``diverged``, ``val_curve``, ``train_losses`` and (optional) ``lrs``.
     Shared by confirm mode and ``lrkit.tune``."""
