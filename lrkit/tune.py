@@ -76,6 +76,10 @@ WALK_RESERVE = 1
 #: a final run that diverges is run once more at its LR / RETRY_FACTOR when the budget still
 #: pays for it (the monitor's advice for divergence: "restart with the LR about 10x lower")
 RETRY_FACTOR = 10.0
+#: ... and when the budget left pays for less than a full run but at least this share of one,
+#: the retry is that long (its schedule rebuilt for it); the kept model is then the better by
+#: validation of the retry and the diverged run's best checkpoint from before its blow-up
+RETRY_MIN_SHARE = 0.5
 #: the safe-LR bound in the report may spend at most this share of a full run's batch gradients
 #: (one Hessian-vector product over a batch counted as two): with the curvature module's
 #: default of >= 256 examples and up to 30 products it cost up to 3.2 final runs of wall time on
@@ -795,8 +799,11 @@ def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
                  show: _Display, allowance: int, no_warmup: bool = False) -> tuple[dict, Stage]:
     """The full run at ``lr`` (``no_warmup``: without the recipe's warmup, see
     :func:`_warmup_check`). When it diverges and ``allowance`` (the budget's steps left for
-    this stage) still pays for another full run, it runs once more at ``lr / RETRY_FACTOR``, as
-    the monitor advises for divergence; the first attempt is kept in ``diverged_attempt``."""
+    this stage) still pays for at least ``RETRY_MIN_SHARE`` of another run, it runs once more
+    at ``lr / RETRY_FACTOR``, as the monitor advises for divergence, for a full run or what the
+    budget has left (then the better by validation of it and the first run's best checkpoint
+    is kept); the first attempt is kept in ``diverged_attempt``. A run that diverges with
+    nothing run after it keeps its best checkpoint from before the blow-up."""
     import torch
 
     from . import train
@@ -808,32 +815,44 @@ def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
     full = task.recipe.steps
     every = max(1, full // 25)
     first: dict | None = None
+    first_rec: _Recorder | None = None
     wall = 0.0
+    steps = full
     while True:
-        sched = _schedule(task, family, lr, full, no_warmup)
+        sched = _schedule(task, family, lr, steps, no_warmup)
         monitor = _make_monitor(task, sched)
         rec = _Recorder(task, every, monitor)
-        bar = show.bar(full, f"[4/5] final run: {family} at {lr:.3g}, {full} steps")
+        bar = show.bar(steps, f"[4/5] final run: {family} at {lr:.3g}, {steps} steps")
         t0 = time.perf_counter()
         try:
-            out = train.run(task, sched, steps=full, seed=seed, eval_split="test",
+            out = train.run(task, sched, steps=steps, seed=seed, eval_split="test",
                             callbacks=[rec, _StepBar(bar)])
         finally:
             if bar is not None:
                 bar.close()
         wall += time.perf_counter() - t0
-        if not out.diverged or first is not None or allowance - out.steps_done < full:
+        left = allowance - out.steps_done
+        if not out.diverged or first is not None or left < RETRY_MIN_SHARE * full:
             break
+        steps = min(full, left)
         first = {"lr": lr, "steps_done": out.steps_done, "stop_reason": out.stop_reason,
-                 "findings": _findings(monitor)}
+                 "findings": _findings(monitor), "retry_steps": steps}
+        first_rec = rec
         show.say(f"      the final run diverged at step {out.steps_done}: once more at "
-                 f"{lr / RETRY_FACTOR:.3g} ({RETRY_FACTOR:g}x lower, the monitor's advice)")
+                 f"{lr / RETRY_FACTOR:.3g} ({RETRY_FACTOR:g}x lower, the monitor's advice)"
+                 + (f", for the {steps} steps the budget has left" if steps < full else ""))
         lr /= RETRY_FACTOR
     spent = out.steps_done + (first["steps_done"] if first else 0)
     findings = _findings(monitor)
     metric, kept = out.metric, None
-    if (rec.model is not None and rec.best is not None
-            and (out.diverged or _worse_beyond_noise(rec.val, rec.best[1]))):
+    # a retry the budget paid only part of a run for is weighed against the diverged run's
+    # best checkpoint from before its blow-up, by validation: the better of the two is kept
+    from_first = (first_rec is not None and first_rec.best is not None and steps < full
+                  and (out.diverged or not rec.val
+                       or task.better(first_rec.best[1], _kept_val(rec))))
+    src = first_rec if from_first else rec
+    if (src.model is not None and src.best is not None
+            and (from_first or out.diverged or _worse_beyond_noise(src.val, src.best[1]))):
         # the end worse than the best validation step beyond the metric's own noise: keep that
         # checkpoint (EarlyStopping, the monitor's action for overfitting; Keras's
         # save_best_only, Hugging Face's load_best_model_at_end), scored on "test" like the
@@ -844,15 +863,16 @@ def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
         # one (a random digits task, `benchmarks/heldout_random_tasks.py`: a 1-cycle peak that
         # 78-step runs trained at blew up at step 211 of 600, 30 steps after reaching it:
         # test accuracy 0.10, chance; its checkpoint at step 120 scores 0.90)
-        rec.model.load_state_dict(rec.best[2])
-        rec.model.eval()
+        src.model.load_state_dict(src.best[2])
+        src.model.eval()
         with torch.no_grad():
-            metric = float(task.evaluate(rec.model, "test"))
-        kept = {"step": rec.best[0], "val": rec.best[1], "test": metric,
-                "test_at_end": out.metric, "diverged": out.diverged,
+            metric = float(task.evaluate(src.model, "test"))
+        kept = {"step": src.best[0], "val": src.best[1], "test": metric,
+                "test_at_end": out.metric, "diverged": from_first or out.diverged,
+                "from_first_attempt": from_first,
                 "overfitting": any(f["kind"] == "overfitting" for f in findings)}
-    if rec.model is not None:
-        torch.save(rec.model.state_dict(), folder.file("weights"))
+    if src.model is not None:
+        torch.save(src.model.state_dict(), folder.file("weights"))
     data = {"family": family, "lr": lr, "schedule": sched.spec, "metric": metric,
             "metric_at_end": out.metric, "best_val_checkpoint": kept,
             "diverged": out.diverged, "stop_reason": out.stop_reason,
@@ -869,6 +889,14 @@ def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
     data["stage"] = stage.to_dict()
     folder.save("final", data)
     return data, stage
+
+
+def _kept_val(rec: _Recorder) -> float:
+    """The validation value of the model a final run keeps: its best checkpoint's when the
+    end is worse beyond noise (:func:`_worse_beyond_noise`), else its last evaluation's."""
+    if rec.best is not None and _worse_beyond_noise(rec.val, rec.best[1]):
+        return rec.best[1]
+    return rec.val[-1][1]
 
 
 def _worse_beyond_noise(val: Sequence[tuple[int, float]], best: float) -> bool:
@@ -1257,14 +1285,32 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
     if final.get("findings"):
         kinds = sorted({str(f.get('kind')) for f in final["findings"]})
         parts.append(f"The monitor flagged: {', '.join(kinds)}.")
+    parts += _explain_final_run(final, task, task_ref, plan, name, fmt, full)
+    return " ".join(parts)
+
+
+def _explain_final_run(final: dict, task: Any, task_ref: str | None, plan: _Plan, name: str,
+                       fmt: Any, full: int) -> list[str]:
+    """The explanation's sentences on the final run's kept model: a best-validation
+    checkpoint (overfitting, jitter, or from before a divergence), and a retry."""
+    parts: list[str] = []
     kept = final.get("best_val_checkpoint")
     if kept:
         scores = (f"best-validation checkpoint (step {kept['step']} of {full}): test {name} "
                   f"{fmt(kept['test'])}, against {fmt(kept['test_at_end'])} at the end of the "
                   "run.")
-        if kept.get("diverged"):
+        if kept.get("from_first_attempt"):
+            first = final["diverged_attempt"]
+            parts.append(f"The first full run, at {first['lr']:.3g}, diverged at step "
+                         f"{first['steps_done']}; the budget left paid for a "
+                         f"{first['retry_steps']}-step run {RETRY_FACTOR:g}x lower, at "
+                         f"{final['lr']:.3g}, which validated worse than the first run's "
+                         f"best-validation checkpoint (step {kept['step']}, test {name} "
+                         f"{fmt(kept['test'])}), so that checkpoint is the model kept. Run tune "
+                         "with a larger budget for a full run at the lower LR.")
+        elif kept.get("diverged"):
             why = ("diverged again" if final.get("diverged_attempt") else
-                   "diverged and the budget left could not pay for another full run")
+                   "diverged and the budget left could not pay for another run")
             parts.append(f"The final run {why} (at step {final['steps_done']}), so the model "
                          f"kept is its {scores} Run tune with a larger budget, or train at a "
                          f"lower LR (about {final['lr'] / RETRY_FACTOR:.3g}, the monitor's "
@@ -1279,13 +1325,16 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
                          "more than twice its own noise, a jitter the monitor does not read as "
                          f"overfitting; the model kept is the final run's {scores}")
     retry = final.get("diverged_attempt")
-    if retry:
+    if retry and not (kept and kept.get("from_first_attempt")):
+        short = retry.get("retry_steps", full)
         parts.append(f"(The first full run, at {retry['lr']:.3g}, diverged at step "
                      f"{retry['steps_done']}; as the monitor advises, it ran once more "
-                     f"{RETRY_FACTOR:g}x lower, at {final['lr']:.3g}, within the budget.)")
+                     f"{RETRY_FACTOR:g}x lower, at {final['lr']:.3g}, within the budget"
+                     + (f": {short} of the {full} steps, what the budget had left" if short < full
+                        else "") + ".)")
     if final.get("diverged") and not kept:
         parts.append("Warning: the final run diverged; lower the LR or check the task.")
-    return " ".join(parts)
+    return parts
 
 
 def _explain_overfitting(best: int, task: Any, task_ref: str | None, plan: _Plan) -> str:

@@ -371,8 +371,17 @@ def test_a_diverged_final_run_runs_once_more_ten_times_lower_within_the_budget(t
     ref = train.run(task, 0.1, seed=0, eval_split="test")
     assert data["metric_at_end"] == pytest.approx(ref.metric, rel=1e-9)
     assert stage.cost_steps == 202 and stage.outcome["retried_from_lr"] == 1.0
+    # the budget left pays for 148 of the 200 steps (at least RETRY_MIN_SHARE of a run): the
+    # retry runs that long, its schedule rebuilt for it
     data, stage = tune_mod._stage_final(task, tune_mod._Folder(tmp_path / "b"), "constant", 1.0,
                                         0, show, allowance=150)
+    assert data["diverged_attempt"]["retry_steps"] == 148 and not data["diverged"]
+    ref = train.run(task, 0.1, steps=148, seed=0, eval_split="test")
+    assert data["metric_at_end"] == pytest.approx(ref.metric, rel=1e-9)
+    assert stage.cost_steps == 150
+    (tmp_path / "c").mkdir()
+    data, stage = tune_mod._stage_final(task, tune_mod._Folder(tmp_path / "c"), "constant", 1.0,
+                                        0, show, allowance=101)  # 99 steps left: under half
     assert data["diverged"] and data["diverged_attempt"] is None and stage.cost_steps == 2
 
 
@@ -386,7 +395,7 @@ def test_a_final_run_that_diverges_late_keeps_its_best_model_from_before(tmp_pat
     task = make_task(200)
     folder = tune_mod._Folder(tmp_path)
     data, stage = tune_mod._stage_final(task, folder, "onecycle", 0.5, 0,
-                                        tune_mod._Display(False), allowance=200)
+                                        tune_mod._Display(False), allowance=150)
     kept = data["best_val_checkpoint"]
     assert data["diverged"] and data["diverged_attempt"] is None
     assert math.isinf(data["metric_at_end"]) and kept["diverged"]
@@ -399,6 +408,43 @@ def test_a_final_run_that_diverges_late_keeps_its_best_model_from_before(tmp_pat
     model = task.build_model(0)
     model.load_state_dict(weights)
     assert task.evaluate(model, "test") == pytest.approx(kept["test"], rel=1e-6)
+    text = " ".join(tune_mod._explain_final_run(data, task, None, None, "mse",
+                                                lambda v: f"{v:.4g}", 200))
+    assert "diverged and the budget left could not pay for another run (at step 58)" in text
+    assert "Warning" not in text
+
+
+def test_a_shortened_retry_is_weighed_against_the_diverged_runs_checkpoint(tmp_path,
+                                                                           monkeypatch):
+    """With the budget for only part of a run left, the retry runs that long; the model kept is
+    the better by validation of it and the diverged run's best checkpoint. At LR / 10 the
+    retry wins; at LR / 10,000 (barely training in 142 steps) the checkpoint does, and the
+    explanation says why."""
+    task = make_task(200)
+    show = tune_mod._Display(False)
+    (tmp_path / "a").mkdir()
+    data, _ = tune_mod._stage_final(task, tune_mod._Folder(tmp_path / "a"), "onecycle", 0.5, 0,
+                                    show, allowance=200)
+    assert data["diverged_attempt"]["retry_steps"] == 142 and not data["diverged"]
+    assert data["best_val_checkpoint"] is None and data["lr"] == pytest.approx(0.05)
+    monkeypatch.setattr(tune_mod, "RETRY_FACTOR", 1e4)
+    folder = tune_mod._Folder(tmp_path / "b")
+    (tmp_path / "b").mkdir()
+    data, stage = tune_mod._stage_final(task, folder, "onecycle", 0.5, 0, show, allowance=200)
+    kept = data["best_val_checkpoint"]
+    assert kept["from_first_attempt"] and kept["step"] == 48
+    assert kept["val"] < data["val"][-1][1]  # the checkpoint validates better than the retry
+    sched = tune_mod._schedule(task, "onecycle", 0.5, 200, False)
+    ref = train.run(task, sched, steps=48, seed=0, eval_split="test")
+    assert data["metric"] == pytest.approx(ref.metric, rel=1e-6)
+    assert stage.cost_steps == 58 + 142
+    model = task.build_model(0)
+    model.load_state_dict(torch.load(folder.file("weights")))
+    assert task.evaluate(model, "test") == pytest.approx(ref.metric, rel=1e-6)
+    text = " ".join(tune_mod._explain_final_run(data, task, None, None, "mse",
+                                                lambda v: f"{v:.4g}", 200))
+    assert "diverged at step 58" in text and "142-step run" in text
+    assert "validated worse than the first run's best-validation checkpoint (step 48" in text
 
 
 def test_rung_one_walks_down_when_every_run_diverges(tmp_path, monkeypatch):
