@@ -1,0 +1,207 @@
+"""``lrkit tune`` on random tasks no rule was designed on, against a full-run grid of each.
+
+The built-in tasks are the development set; this draws set-ups from the class of problem
+instead: a dataset that ships inside scikit-learn or lrkit (digits, wine, breast cancer, mnist1d,
+diabetes regression), an MLP of random depth, width, activation and normalisation, a random
+optimizer (SGD with or without momentum, Adam, AdamW, RMSprop), schedule (constant, step,
+cosine, warmup-cosine, 1-cycle), batch size and run length. Each task's truth is a grid of full
+runs of its own recipe (half-decade LRs over 5 decades around the optimizer's textbook default,
+seeds 0-1); tune runs with seeds 0-1 at the default budget. Regret of tune's mean test metric
+against the grid's best mean (negative: tune's schedule choice beat the recipe's grid), and
+against the grid's best within the recipe's family at tune's own LR, are printed per task.
+
+    python benchmarks/heldout_random_tasks.py --seed 0 --n 30 --out results/heldout-0.json
+    python benchmarks/heldout_random_tasks.py --seed 0 --n 30 --out new.json \
+        --truth results/heldout-0.json        # tune again on the same tasks, same grids
+
+Nothing here is fitted: it is a measurement of how far the built-in tasks' figures carry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import math
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import lrkit
+from lrkit import train
+from lrkit.tasks import Recipe, Task
+from lrkit.tasks._data import (accuracy, seeded, split_evaluator, split_indices,
+                               train_batches)
+
+DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3}
+
+
+@functools.lru_cache(maxsize=None)
+def _data(name: str) -> dict:
+    """Standardised (train, val, test) splits as float32 / int64 (or float32 targets)."""
+    import sklearn.datasets as skd
+
+    if name == "mnist1d":
+        from lrkit.tasks import mnist1d
+
+        d = mnist1d.load()
+        return {k: (v[0].flatten(1), v[1]) for k, v in d.items()}
+    loader = {"digits": skd.load_digits, "wine": skd.load_wine,
+              "cancer": skd.load_breast_cancer, "diabetes": skd.load_diabetes}[name]
+    x, y = loader(return_X_y=True)
+    n = len(x)
+    test, val = max(30, n // 4), max(30, n // 6)
+    tr, va, te = split_indices(n, test=test, val=val, seed=1)
+    mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-8
+    x = torch.tensor((x - mu) / sd, dtype=torch.float32)
+    if name == "diabetes":
+        ym, ys = y[tr].mean(), y[tr].std()
+        y = torch.tensor((y - ym) / ys, dtype=torch.float32)[:, None]
+    else:
+        y = torch.tensor(y, dtype=torch.int64)
+    return {"train": (x[tr], y[tr]), "val": (x[va], y[va]), "test": (x[te], y[te])}
+
+
+def _mlp(d_in: int, d_out: int, depth: int, width: int, act: str, norm: str,
+         dropout: float) -> nn.Module:
+    layers: list[nn.Module] = []
+    d = d_in
+    for _ in range(depth):
+        layers.append(nn.Linear(d, width))
+        if norm == "bn":
+            layers.append(nn.BatchNorm1d(width))
+        elif norm == "ln":
+            layers.append(nn.LayerNorm(width))
+        layers.append({"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}[act]())
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        d = width
+    layers.append(nn.Linear(d, d_out))
+    return nn.Sequential(*layers)
+
+
+def draw(rng: random.Random, i: int) -> tuple[dict, Task]:
+    """One random task and its description."""
+    data = rng.choice(["digits", "digits", "wine", "cancer", "mnist1d", "diabetes"])
+    opt = rng.choice(["sgd", "sgd", "adam", "adamw", "rmsprop"])
+    cfg = dict(
+        data=data, opt=opt,
+        momentum=rng.choice([0.0, 0.9, 0.9]) if opt == "sgd" else None,
+        schedule=rng.choice(["constant", "constant", "step", "cosine", "warmup_cosine",
+                             "onecycle"]),
+        steps=rng.choice([150, 300, 600]), batch=rng.choice([16, 32, 64, 128]),
+        depth=rng.choice([1, 2, 3]), width=rng.choice([32, 128, 256]),
+        act=rng.choice(["relu", "relu", "tanh", "gelu"]), norm=rng.choice(["", "", "bn", "ln"]),
+        dropout=rng.choice([0.0, 0.0, 0.2]),
+        scored=rng.choice(["accuracy", "cross_entropy"]) if data != "diabetes" else "mse")
+    d = _data(data)
+    n_in = d["train"][0].shape[1]
+    regression = data == "diabetes"
+    n_out = 1 if regression else int(d["train"][1].max()) + 1
+    kwargs: dict = {}
+    if opt == "sgd":
+        kwargs["momentum"] = cfg["momentum"]
+    if opt == "adamw":
+        kwargs["weight_decay"] = 0.05
+    recipe = Recipe(optimizer=opt, batch_size=cfg["batch"], steps=cfg["steps"],
+                    default_lr=DEFAULT_LR[opt], optimizer_kwargs=kwargs,
+                    schedule=cfg["schedule"],
+                    warmup_steps=cfg["steps"] // 10 if cfg["schedule"] == "warmup_cosine" else 0)
+    loss_fn = nn.functional.mse_loss if regression else nn.functional.cross_entropy
+    build = functools.partial(_mlp, n_in, n_out, cfg["depth"], cfg["width"], cfg["act"],
+                              cfg["norm"], cfg["dropout"])
+
+    def loss(model: nn.Module, batch: tuple) -> torch.Tensor:
+        return loss_fn(model(batch[0]), batch[1])
+
+    if cfg["scored"] == "accuracy":
+        def evaluate(m: nn.Module, split: str) -> float:
+            x, y = _data(data)[split]
+            return accuracy(m, x, y)
+        higher, worst = True, 1.0 / n_out
+    else:
+        evaluate = split_evaluator(lambda: _data(data), loss_fn)
+        higher, worst = False, math.inf
+    key = hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:10]
+    task = Task(name=f"random{i}", version=key,
+                description=json.dumps(cfg), recipe=recipe, metric=cfg["scored"],
+                higher_is_better=higher, build_model=lambda seed: seeded(build, seed),
+                batches=train_batches(lambda: _data(data), recipe.batch_size), loss=loss,
+                evaluate=evaluate, train_size=len(d["train"][0]), worst=worst)
+    return cfg, task
+
+
+def measure(cfg: dict, task: Task, seeds: tuple[int, ...] = (0, 1),
+            truth: dict | None = None) -> dict:
+    """The grid's truth (``truth``: a row measured before for the same task) and tune's
+    decisions for one task."""
+    sign = 1.0 if task.higher_is_better else -1.0
+    default = task.recipe.default_lr
+    grid = [default * 10 ** (k / 2) for k in range(-6, 5)]
+    if truth is not None and truth["cfg"] == cfg and truth["grid"] == grid:
+        means = list(truth["means"])
+    else:
+        means = []
+        for lr in grid:
+            vals = [train.run(task, lr, seed=s, eval_split="test").metric for s in seeds]
+            means.append(float(np.mean(vals)) if all(math.isfinite(v) for v in vals)
+                         else float(task.worst))
+    b = int(np.argmax([sign * m for m in means]))
+    tunes = []
+    for s in seeds:
+        with tempfile.TemporaryDirectory() as out:
+            t = lrkit.tune(task, out=out, progress=False, seed=s)
+        tunes.append({"family": t.family, "lr": t.lr, "metric": t.metric,
+                      "cost_runs": t.cost_runs})
+    tm = float(np.mean([t["metric"] for t in tunes]))
+    best = means[b]
+    regret = sign * (best - tm) / max(abs(best), 1e-12)
+    return {"cfg": cfg, "grid": grid, "means": means, "best_lr": grid[b], "best": best,
+            "at_edge": b in (0, len(grid) - 1), "tune": tunes, "tune_mean": tm,
+            "regret": regret}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=int, default=20)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--truth", type=Path, default=None,
+                   help="a previous --out of the same --seed: its grids are reused (the truth "
+                        "does not depend on tune), only tune runs again")
+    args = p.parse_args(argv)
+    truths = json.loads(args.truth.read_text()) if args.truth else []
+    torch.set_num_threads(1)
+    rng = random.Random(args.seed)
+    rows = json.loads(args.out.read_text()) if args.out.exists() else []
+    for i in range(args.n):
+        cfg, task = draw(rng, 1000 * args.seed + i)
+        if i < len(rows):
+            continue
+        t0 = time.perf_counter()
+        row = measure(cfg, task, truth=truths[i] if i < len(truths) else None)
+        row["wall"] = time.perf_counter() - t0
+        rows.append(row)
+        args.out.write_text(json.dumps(rows, indent=1))
+        picks = ", ".join(f"{t['family']} {t['lr']:.2g}: {t['metric']:.4g}" for t in row["tune"])
+        print(f"{i:3d} {cfg['data']:8s} {cfg['opt']:7s} {cfg['schedule']:13s} "
+              f"S={cfg['steps']} b={cfg['batch']} {cfg['scored']:13s} grid best "
+              f"{row['best_lr']:.2g} ({row['best']:.4g}){' EDGE' if row['at_edge'] else ''}  "
+              f"tune {picks}  regret {100 * row['regret']:+.1f}%  ({row['wall']:.0f} s)",
+              flush=True)
+    regrets = [r["regret"] for r in rows]
+    print(f"{len(rows)} tasks: mean regret {100 * np.mean(regrets):+.1f}%, median "
+          f"{100 * np.median(regrets):+.1f}%, within 1%: {sum(r <= 0.01 for r in regrets)}, "
+          f"within 5%: {sum(r <= 0.05 for r in regrets)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
