@@ -168,6 +168,29 @@ def measure(cfg: dict, task: Task, seeds: tuple[int, ...] = (0, 1),
             "regret": regret}
 
 
+def measure_methods(cfg: dict, task: Task, truth: dict, names: list[str],
+                    seeds: tuple[int, ...] = (0, 1)) -> dict:
+    """The range test's rules (``lrkit.bench`` methods: ``lrkit``, ``lrkit-confirm``, the
+    peers) on one task: each chooses per seed, a full run at its choice scores it; regret
+    against the same grid as tune's."""
+    from lrkit import bench
+
+    sign = 1.0 if task.higher_is_better else -1.0
+    best = truth["best"]
+    out = {}
+    for name in names:
+        choose = bench._METHODS[name][1]
+        picks, metrics = [], []
+        for s in seeds:
+            c = choose(task, s)
+            picks.append(c.lr)
+            metrics.append(train.run(task, c.lr, seed=s, eval_split="test").metric)
+        m = float(np.mean(metrics)) if all(math.isfinite(v) for v in metrics) else task.worst
+        out[name] = {"lrs": picks, "metrics": metrics,
+                     "regret": sign * (best - m) / max(abs(best), 1e-12)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, default=0)
@@ -176,8 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--truth", type=Path, default=None,
                    help="a previous --out of the same --seed: its grids are reused (the truth "
                         "does not depend on tune), only tune runs again")
+    p.add_argument("--methods", default=None,
+                   help="instead of tune: these lrkit.bench methods (comma-separated, e.g. "
+                        "lrkit,lrkit-confirm,fastai-valley) on the tasks of --truth")
     args = p.parse_args(argv)
     truths = json.loads(args.truth.read_text()) if args.truth else []
+    if args.methods:
+        return _methods_main(args, truths)
     torch.set_num_threads(1)
     rng = random.Random(args.seed)
     rows = json.loads(args.out.read_text()) if args.out.exists() else []
@@ -200,6 +228,33 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(rows)} tasks: mean regret {100 * np.mean(regrets):+.1f}%, median "
           f"{100 * np.median(regrets):+.1f}%, within 1%: {sum(r <= 0.01 for r in regrets)}, "
           f"within 5%: {sum(r <= 0.05 for r in regrets)}")
+    return 0
+
+
+def _methods_main(args: argparse.Namespace, truths: list[dict]) -> int:
+    names = [n for n in args.methods.split(",") if n]
+    if not truths:
+        raise SystemExit("--methods needs --truth (the grids to score against)")
+    torch.set_num_threads(1)
+    rng = random.Random(args.seed)
+    rows = json.loads(args.out.read_text()) if args.out.exists() else []
+    for i, truth in enumerate(truths[:args.n]):
+        cfg, task = draw(rng, 1000 * args.seed + i)
+        if i < len(rows):
+            continue
+        if cfg != truth["cfg"]:
+            raise SystemExit(f"--truth row {i} is another task (another --seed?)")
+        row = {"cfg": cfg, "best": truth["best"], "methods": measure_methods(cfg, task, truth,
+                                                                          names)}
+        rows.append(row)
+        args.out.write_text(json.dumps(rows, indent=1))
+        print(f"{i:3d} {cfg['data']:8s} {cfg['opt']:7s} {cfg['schedule']:13s} "
+              + "  ".join(f"{n} {100 * r['regret']:+.1f}%" for n, r in row["methods"].items()),
+              flush=True)
+    for n in names:
+        r = [row["methods"][n]["regret"] for row in rows]
+        print(f"{n}: median {100 * np.median(r):+.1f}%, within 1%: {sum(v <= 0.01 for v in r)}, "
+              f"within 5%: {sum(v <= 0.05 for v in r)} of {len(r)}")
     return 0
 
 
