@@ -8,7 +8,7 @@ it finishes, so an interrupted run keeps its work and ``tune(task, out=DIR)`` (`
    ``lr*`` and its good band ``[low, high]``.
 2. **Candidates** from the band: for each schedule family ``f`` its centre ``c_f`` (the peak the
    suggestion hands to that family, :meth:`lrkit.suggest.Suggestion.lr_for`: ``lr*`` for constant,
-   step and WSD, ``sqrt(lr* high)`` for cosine-like decays, ``high`` for one-cycle / cyclic) and
+   step and WSD, ``sqrt(lr* high)`` for cosine-like decays and one-cycle, ``high`` for cyclic) and
    the neighbours ``c_f 10^(+-1/4)`` (a quarter decade, the oracle grid's resolution).
 3. **Confirmation by successive halving** (Jamieson & Talwalkar 2016; Li et al. 2018,
    "Hyperband"), coarse to fine: rung 0 trains every family at its centre for a short horizon

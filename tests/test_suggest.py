@@ -326,7 +326,8 @@ def test_lr_for_reads_the_schedule_family_setting():
     # annealed recipes get the geometric middle of lr and the band's top (= sqrt(2) lr here)
     assert s.lr_for("cosine") == pytest.approx(math.sqrt(s.lr * s.band[1]))
     assert s.lr_for("warmup_cosine") == pytest.approx(math.sqrt(2) * s.lr)
-    assert s.lr_for("one_cycle") == s.max_lr == s.lr_for("cyclical")
+    assert s.lr_for("one_cycle") == pytest.approx(math.sqrt(s.lr * s.band[1]))
+    assert s.max_lr == s.lr_for("cyclical") == s.band[1]
     # a peer's rule has one number; no suggestion stays None
     steep = S.suggest(lrs, y, "steep")
     assert steep.lr_for("cosine") == steep.lr
@@ -381,7 +382,7 @@ def test_lr_for_takes_training_schedule_families():
     peak = math.sqrt(0.1 * 0.2)  # the cosine peak: geometric middle of lr and the band's top
     assert s.lr_for("step") == s.lr_for("wsd") == s.lr_for("constant") == 0.1
     assert s.lr_for("exponential") == s.lr_for("linear") == pytest.approx(peak)
-    assert s.lr_for("onecycle") == s.lr_for("one_cycle") == 0.2
+    assert s.lr_for("onecycle") == s.lr_for("one_cycle") == pytest.approx(peak)
     assert s.lr_for("cyclic") == s.lr_for("cyclical") == 0.2
     with pytest.raises(ValueError, match="schedule"):
         s.lr_for("zigzag")
