@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 import lrkit
-from lrkit import train
+from lrkit import bench, train
 from lrkit.tasks import Recipe, Task
 from lrkit.tasks._data import (accuracy, seeded, split_evaluator, split_indices,
                                train_batches)
@@ -138,6 +138,12 @@ def draw(rng: random.Random, i: int) -> tuple[dict, Task]:
     return cfg, task
 
 
+def _mean_or_worst(task: Task, metrics: list[float]) -> float:
+    """The mean over seeds, or the task's worst metric when a run diverged (as the oracle)."""
+    return (float(np.mean(metrics)) if all(math.isfinite(v) for v in metrics)
+            else float(task.worst))
+
+
 def measure(cfg: dict, task: Task, seeds: tuple[int, ...] = (0, 1),
             truth: dict | None = None) -> dict:
     """The grid's truth (``truth``: a row measured before for the same task) and tune's
@@ -148,11 +154,8 @@ def measure(cfg: dict, task: Task, seeds: tuple[int, ...] = (0, 1),
     if truth is not None and truth["cfg"] == cfg and truth["grid"] == grid:
         means = list(truth["means"])
     else:
-        means = []
-        for lr in grid:
-            vals = [train.run(task, lr, seed=s, eval_split="test").metric for s in seeds]
-            means.append(float(np.mean(vals)) if all(math.isfinite(v) for v in vals)
-                         else float(task.worst))
+        means = [_mean_or_worst(task, [train.run(task, lr, seed=s, eval_split="test").metric
+                                       for s in seeds]) for lr in grid]
     b = int(np.argmax([sign * m for m in means]))
     tunes = []
     for s in seeds:
@@ -162,7 +165,7 @@ def measure(cfg: dict, task: Task, seeds: tuple[int, ...] = (0, 1),
                       "cost_runs": t.cost_runs})
     tm = float(np.mean([t["metric"] for t in tunes]))
     best = means[b]
-    regret = sign * (best - tm) / max(abs(best), 1e-12)
+    regret = bench.regret(tm, best, higher_is_better=task.higher_is_better)
     return {"cfg": cfg, "grid": grid, "means": means, "best_lr": grid[b], "best": best,
             "at_edge": b in (0, len(grid) - 1), "tune": tunes, "tune_mean": tm,
             "regret": regret}
@@ -173,9 +176,6 @@ def measure_methods(cfg: dict, task: Task, truth: dict, names: list[str],
     """The range test's rules (``lrkit.bench`` methods: ``lrkit``, ``lrkit-confirm``, the
     peers) on one task: each chooses per seed, a full run at its choice scores it; regret
     against the same grid as tune's."""
-    from lrkit import bench
-
-    sign = 1.0 if task.higher_is_better else -1.0
     best = truth["best"]
     out = {}
     for name in names:
@@ -185,9 +185,9 @@ def measure_methods(cfg: dict, task: Task, truth: dict, names: list[str],
             c = choose(task, s)
             picks.append(c.lr)
             metrics.append(train.run(task, c.lr, seed=s, eval_split="test").metric)
-        m = float(np.mean(metrics)) if all(math.isfinite(v) for v in metrics) else task.worst
         out[name] = {"lrs": picks, "metrics": metrics,
-                     "regret": sign * (best - m) / max(abs(best), 1e-12)}
+                     "regret": bench.regret(_mean_or_worst(task, metrics), best,
+                                            higher_is_better=task.higher_is_better)}
     return out
 
 

@@ -739,8 +739,15 @@ def optimizer_runs(
     lrs = [check_positive("lrs[]", lr) for lr in lrs]
     seeds = [check_int("seeds[]", s, minimum=0) for s in seeds]
     workers = check_int("workers", workers, minimum=1)
-    jobs = [(ref, lr, s, None, "test", None, optimizer) for lr in lrs for s in seeds]
-    return _map(jobs, workers, f"{ref} {optimizer}", progress)
+    return _map(_optimizer_jobs(ref, optimizer, lrs, seeds), workers, f"{ref} {optimizer}",
+                progress)
+
+
+def _optimizer_jobs(ref: str, spec: str, lrs: Sequence[float], seeds: Sequence[int]
+                    ) -> list[tuple]:
+    """``_run_one`` jobs: full runs of task ``ref`` with optimizer ``spec`` at every LR and
+    seed, scored on the test split."""
+    return [(ref, lr, s, None, "test", None, spec) for lr in lrs for s in seeds]
 
 
 @dataclass
@@ -799,7 +806,7 @@ def compare_optimizers(
            for spec, (name, extra) in zip(specs, parsed)]
     # every optimizer's runs in one pool: a pool per optimizer paid its start-up (~5 s of
     # spawned workers importing torch) once per optimizer, longer than the runs of a small task
-    jobs = [(ref, lr, s, None, "test", None, spec) for spec, lr in zip(specs, lrs) for s in seeds]
+    jobs = [j for spec, lr in zip(specs, lrs) for j in _optimizer_jobs(ref, spec, [lr], seeds)]
     all_runs = _map(jobs, workers, f"{ref} optimizers", progress)
     out = []
     for k, (spec, lr) in enumerate(zip(specs, lrs)):
