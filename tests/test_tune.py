@@ -494,6 +494,23 @@ def test_short_runs_confirm_one_schedule_or_none_and_say_so(tmp_path):
     res = tune(user_task(100), out=tmp_path / "c", progress=False)
     log = json.loads((tmp_path / "c" / "3-halving.json").read_text())
     assert log["plan"]["rung0"] == 0 and {t["steps"] for t in log["trials"]} == {17}
+    # the one family is the recipe's own, else constant with the recipe's warmup (a prefix
+    # of the full run, not a miniature), else the first offered: a warmup-cosine recipe of
+    # 100 steps confirms constant at 70 // (3 + 2) = 14-step runs (one more run is kept for
+    # the warmup check), each warming up for 10 * 14 / 100 = 1 step
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    warm = from_torch(model, opt, data, loss_fn, val_loader=val, steps=100,
+                      schedule="warmup_cosine", warmup_steps=10)
+    res = tune(warm, out=tmp_path / "w", progress=False, schedules=("cosine", "constant"))
+    log = json.loads((tmp_path / "w" / "3-halving.json").read_text())
+    assert log["plan"]["rung0"] == 0 and {t["family"] for t in log["trials"]} == {"constant"}
+    assert {t["steps"] for t in log["trials"]} == {14} and res.family == "constant"
+    kept = [t["schedule"] for t in log["trials"] if t["kept"]]
+    assert [(s["name"], s["steps"], s["schedule"]["name"]) for s in kept] == [("warmup", 1,
+                                                                             "constant")]
+    assert "only constant was confirmed" in res.explanation
+    assert [tune_mod._recipe_family(warm, f) for f in
+            (("step", "warmup_cosine"), ("onecycle", "cosine"))] == ["warmup_cosine", "onecycle"]
     # 60 steps: a 30-step range test would leave 30, too few for runs of >= 10 steps at three
     # LRs: no confirmation, the range test takes all 60 spare steps, and the final run takes its
     # LR for the recipe's schedule as it is
