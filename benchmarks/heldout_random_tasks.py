@@ -13,6 +13,8 @@ against the grid's best within the recipe's family at tune's own LR, are printed
     python benchmarks/heldout_random_tasks.py --seed 0 --n 30 --out results/heldout-0.json
     python benchmarks/heldout_random_tasks.py --seed 0 --n 30 --out new.json \
         --truth results/heldout-0.json        # tune again on the same tasks, same grids
+    python benchmarks/heldout_random_tasks.py --seed 0 --out val.json --val-oracle \
+        --truth results/heldout-0.json        # the floor of choosing by validation
 
 Nothing here is fitted: it is a measurement of how far the built-in tasks' figures carry.
 """
@@ -191,6 +193,25 @@ def measure_methods(cfg: dict, task: Task, truth: dict, names: list[str],
     return out
 
 
+def measure_val_oracle(cfg: dict, task: Task, truth: dict, seeds: tuple[int, ...] = (0, 1),
+                       reach: int = 2) -> dict:
+    """The floor of any choice made on the validation split: the grid's full runs within
+    ``reach`` points of its test-best LR scored on "val" (same seeds), the LR they rank first
+    (the lower on a tie), and that LR's regret on test. Tune sees only val; where val and test
+    disagree (a few hundred examples, a heavy-tailed metric), no val-based choice can do
+    better than this."""
+    sign = 1.0 if task.higher_is_better else -1.0
+    grid, b = truth["grid"], truth["grid"].index(truth["best_lr"])
+    ks = range(max(0, b - reach), min(len(grid), b + reach + 1))
+    val = {k: _mean_or_worst(task, [train.run(task, grid[k], seed=s, eval_split="val").metric
+                                    for s in seeds]) for k in ks}
+    kv = max(ks, key=lambda k: (sign * val[k], -k))
+    return {"cfg": cfg, "val": {str(grid[k]): val[k] for k in ks}, "val_lr": grid[kv],
+            "best_lr": truth["best_lr"], "tune_regret": truth["regret"],
+            "val_regret": bench.regret(truth["means"][kv], truth["best"],
+                                       higher_is_better=task.higher_is_better)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, default=0)
@@ -202,9 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=None,
                    help="instead of tune: these lrkit.bench methods (comma-separated, e.g. "
                         "lrkit,lrkit-confirm,fastai-valley) on the tasks of --truth")
+    p.add_argument("--val-oracle", action="store_true",
+                   help="instead of tune: the grid's LRs near its best scored on val, and the "
+                        "test regret of val's pick (needs --truth)")
     args = p.parse_args(argv)
     truths = json.loads(args.truth.read_text()) if args.truth else []
-    if args.methods:
+    if args.methods or args.val_oracle:
         return _methods_main(args, truths)
     torch.set_num_threads(1)
     rng = random.Random(args.seed)
@@ -232,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _methods_main(args: argparse.Namespace, truths: list[dict]) -> int:
-    names = [n for n in args.methods.split(",") if n]
+    names = [n for n in (args.methods or "").split(",") if n]
     if not truths:
         raise SystemExit("--methods needs --truth (the grids to score against)")
     torch.set_num_threads(1)
@@ -244,6 +268,14 @@ def _methods_main(args: argparse.Namespace, truths: list[dict]) -> int:
             continue
         if cfg != truth["cfg"]:
             raise SystemExit(f"--truth row {i} is another task (another --seed?)")
+        if args.val_oracle:
+            row = measure_val_oracle(cfg, task, truth)
+            rows.append(row)
+            args.out.write_text(json.dumps(rows, indent=1))
+            print(f"{i:3d} {cfg['data']:8s} {cfg['scored']:13s} val picks {row['val_lr']:.2g}, "
+                  f"test best {row['best_lr']:.2g}: regret {100 * row['val_regret']:+.1f}% "
+                  f"(tune {100 * row['tune_regret']:+.1f}%)", flush=True)
+            continue
         row = {"cfg": cfg, "best": truth["best"], "methods": measure_methods(cfg, task, truth,
                                                                           names)}
         rows.append(row)
@@ -251,6 +283,14 @@ def _methods_main(args: argparse.Namespace, truths: list[dict]) -> int:
         print(f"{i:3d} {cfg['data']:8s} {cfg['opt']:7s} {cfg['schedule']:13s} "
               + "  ".join(f"{n} {100 * r['regret']:+.1f}%" for n, r in row["methods"].items()),
               flush=True)
+    if args.val_oracle:
+        for kind in sorted({row["cfg"]["scored"] for row in rows}):
+            v = [row["val_regret"] for row in rows if row["cfg"]["scored"] == kind]
+            t = [row["tune_regret"] for row in rows if row["cfg"]["scored"] == kind]
+            print(f"{kind}: val's pick median {100 * np.median(v):+.1f}%, within 5%: "
+                  f"{sum(x <= 0.05 for x in v)} of {len(v)}; tune {100 * np.median(t):+.1f}%, "
+                  f"{sum(x <= 0.05 for x in t)}")
+        return 0
     for n in names:
         r = [row["methods"][n]["regret"] for row in rows]
         print(f"{n}: median {100 * np.median(r):+.1f}%, within 1%: {sum(v <= 0.01 for v in r)}, "
