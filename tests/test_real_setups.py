@@ -648,6 +648,49 @@ def test_a_wobble_after_a_step_decay_is_not_a_peak_but_the_same_fall_at_a_consta
     assert fraction == pytest.approx(0.5) and "peaks at step 50" in why
 
 
+def test_a_dip_the_runs_below_share_at_the_same_steps_is_not_overfitting():
+    """Overfitting comes at an integrated LR: a run at a lower LR reaches the winner's peak
+    later, if at all. The three 36-step runs of tune's rung 1 on digits (seed 2; val accuracy
+    every 3 steps) all peaked at step 30 and fell by step 36 (the batches are the same for
+    all three): the winner's own peak is not read, and the final run keeps the winner's LR
+    (it was cut 10x). The same winner alone, with a run below that is still improving or
+    that peaks at another step, or under a schedule whose LR still moves after the peak, is
+    read as before."""
+    from lrkit.finder import overfit_step
+
+    def run(lr, vals, losses):
+        curve = [(3 * (k + 1), v) for k, v in enumerate(vals)]
+        return {"lr": lr, "metric": vals[-1], "diverged": False, "val_curve": curve,
+                "train_losses": losses}
+
+    falling = list(np.linspace(2.3, 0.25, 36))
+    w = run(0.229, [0.174, 0.410, 0.549, 0.674, 0.708, 0.736, 0.764, 0.792, 0.813, 0.889, 0.875,
+                    0.819], falling)
+    mid = run(0.129, [0.139, 0.229, 0.396, 0.576, 0.660, 0.715, 0.743, 0.799, 0.826, 0.847,
+                      0.833, 0.8125], falling)
+    low = run(0.0724, [0.167, 0.229, 0.299, 0.479, 0.583, 0.556, 0.639, 0.757, 0.743, 0.778,
+                       0.757, 0.778], falling)
+    assert overfit_step(_HigherBetter(), w, [low, mid, w]) is None
+    fraction, why = overfit_step(_HigherBetter(), w, [w])
+    assert fraction == pytest.approx(30 / 36) and "peaks at step 30 of 36" in why
+    assert overfit_step(_HigherBetter(), w, [low, w]) == (fraction, why)  # low still improves
+    # a run below that peaks at another step (diabetes: 28 of 78 against the winner's 49, on
+    # val curves that jump 25% between evaluations) does not veto the winner's peak
+    early = run(0.129, [0.139, 0.229, 0.396, 0.576, 0.660, 0.715, 0.743, 0.799, 0.847, 0.826,
+                        0.833, 0.8125], falling)
+    assert overfit_step(_HigherBetter(), w, [early, w]) == (fraction, why)
+    # under a schedule whose LR still moves after the peak, every run passes the same phase at
+    # the same step: the shared dip is the schedule's, and the winner's peak is read
+    ramp = list(np.linspace(0.6, 1.2, 36))
+    ws = dict(w, lrs=[0.229 * f for f in ramp])
+    mids = dict(mid, lrs=[0.129 * f for f in ramp])
+    point = overfit_step(_HigherBetter(), ws, [mids, ws])
+    assert point is not None and "peaks at step 30 of 36" in point[1]
+    # the runs below read as they are: a dip under VAL_RISE (3%) is none
+    flat = run(0.129, [v for _, v in mid["val_curve"]][:10] + [0.845, 0.84], falling)
+    assert overfit_step(_HigherBetter(), w, [flat, w]) == (fraction, why)
+
+
 def test_a_suggestion_that_thinning_moves_is_low_confidence_and_the_note_says_why():
     """Over noisy random curves: whenever the rule's LR moves more than THIN_SPREAD when the curve
     is thinned 2x and 4x, its confidence is at most "low" and its reason says so; when some
