@@ -1304,8 +1304,54 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
     if final.get("findings"):
         kinds = sorted({str(f.get('kind')) for f in final["findings"]})
         parts.append(f"The monitor flagged: {', '.join(kinds)}.")
+    parts += _explain_lr_too_low(final, halving, task, name, fmt, s.band)
     parts += _explain_final_run(final, task, task_ref, plan, name, fmt, full)
     return " ".join(parts)
+
+
+def _explain_lr_too_low(final: dict, halving: dict, task: Any, name: str, fmt: Any,
+                        band: Sequence[float] | None = None) -> list[str]:
+    """The monitor's ``lr_too_low`` on the final run, weighed against the confirmation runs.
+
+    The monitor reads the training loss alone, early in the run (still falling steadily: raise
+    the LR about 10x); the confirmation runs scored higher LRs of the same schedule on
+    validation. Where one of them scored worse than the winner, the two disagree and the
+    sentence says which evidence tune followed; where none was tried above, the range test's
+    ``band`` says whether 10x lies past the LRs at which its loss still fell; else the flag is
+    worth a check. Seen on 9 of 36 built-in final runs at the LR tune chose (4 of them one-cycle runs
+    flagged while the schedule itself was raising the LR)."""
+    if (not any(f.get("kind") == "lr_too_low" for f in final.get("findings") or ())
+            or final.get("diverged_attempt") or halving.get("skipped")):
+        return []
+    w = halving["winner"]
+    lr = float(final["lr"])
+    if halving.get("rescaled"):
+        return ["The monitor's lr_too_low (the training loss still falling steadily early in "
+                f"the run) is what the lower LR chosen above does on purpose: at the short "
+                f"runs' {w.lr:.3g} the full run would overfit."]
+    rung1 = [r for r in halving["trials"] if r["rung"] == 1 and r["family"] == w.family
+             and not r.get("no_warmup")]
+    won = [r for r in rung1 if r.get("kept")]
+    above = sorted((r for r in rung1 if float(r["lr"]) > 1.01 * lr), key=lambda r: r["lr"])
+    worse = [r for r in above if won and (r["diverged"] or _rank(task, r) > _rank(task, won[0]))]
+    if worse:
+        r = worse[0]
+        seen = fmt(None if r["diverged"] else r["metric"])
+        return [f"The monitor flagged lr_too_low (the training loss still falling steadily "
+                f"early in the run: raise the LR about 10x), but the short run at "
+                f"{float(r['lr']):.3g} ({float(r['lr']) / lr:.2g}x) scored validation {name} "
+                f"{seen} against {fmt(won[0]['metric'])} at {lr:.3g}: tune keeps its LR. A loss "
+                "still falling at a fifth of the run is often the run's length rather than a "
+                "low LR; a 10x higher LR is what the short runs ruled out."]
+    top = max((float(r["lr"]) for r in rung1), default=lr)
+    if band and 10 * lr > float(band[1]):
+        return [f"The monitor flagged lr_too_low (raise the LR about 10x), but 10x, "
+                f"{10 * lr:.3g}, lies above the range test's band ({float(band[0]):.3g} to "
+                f"{float(band[1]):.3g}), past the LRs at which its loss still fell, and no short "
+                f"run tried above {top:.3g}: tune keeps its LR. A loss still falling at a fifth "
+                "of the run is often the run's length rather than a low LR."]
+    return [f"The monitor flagged lr_too_low (raise the LR about 10x), and no short run tried "
+            f"above {top:.3g}: worth a check with `lrkit search` or a run at a higher LR."]
 
 
 def _explain_final_run(final: dict, task: Any, task_ref: str | None, plan: _Plan, name: str,

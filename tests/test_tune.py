@@ -536,6 +536,43 @@ def test_short_runs_confirm_one_schedule_or_none_and_say_so(tmp_path):
     assert not (tmp_path / "e").exists()  # refused before anything was written
     # the least budget by hand: (30 + full) / full, rounded up to 0.01 and paying in steps
     assert [tune_mod._min_budget(n) for n in (20, 7, 300, 30)] == [2.5, 5.29, 1.1, 2.0]
+def test_the_monitors_lr_too_low_is_weighed_against_the_confirmation_runs():
+    """tune's final run at the LR it chose can still get the monitor's lr_too_low (the
+    training loss falling steadily at a fifth of the run): the explanation says what the
+    confirmation runs and the range test showed above that LR, and which evidence tune kept."""
+    task = make_task()  # mse, lower is better
+    fmt = lambda v: "diverged" if v is None else f"{v:.4g}"  # noqa: E731
+    flag = {"kind": "lr_too_low", "step": 8, "action": "raise the LR about 10x"}
+    win = tune_mod._Arm("constant", 0.1, 0.1, 1.0)
+
+    def trial(lr, metric, kept=False, diverged=False):
+        return {"rung": 1, "family": "constant", "lr": lr, "metric": metric, "kept": kept,
+                "diverged": diverged}
+
+    final = {"lr": 0.1, "findings": [flag]}
+    halving = {"winner": win, "trials": [trial(0.056, 0.30), trial(0.1, 0.20, kept=True),
+                                         trial(0.178, 0.25)]}
+    out = " ".join(tune_mod._explain_lr_too_low(final, halving, task, "mse", fmt))
+    assert "the short run at 0.178 (1.8x) scored validation mse 0.25 against 0.2 at 0.1" in out
+    assert "tune keeps its LR" in out
+    # the run above diverged: that is worse too
+    halving["trials"][2] = trial(0.178, float("nan"), diverged=True)
+    assert "scored validation mse diverged" in " ".join(
+        tune_mod._explain_lr_too_low(final, halving, task, "mse", fmt))
+    # nothing tried above: the range test's band decides, else it is worth a check
+    halving["trials"] = halving["trials"][:2]
+    out = " ".join(tune_mod._explain_lr_too_low(final, halving, task, "mse", fmt, (0.02, 0.08)))
+    assert "10x, 1, lies above the range test's band (0.02 to 0.08)" in out
+    out = " ".join(tune_mod._explain_lr_too_low(final, halving, task, "mse", fmt, (0.02, 2.0)))
+    assert "no short run tried above 0.1: worth a check" in out
+    # a final LR lowered on purpose (time rescaling) says so; no flag, no sentence
+    out = tune_mod._explain_lr_too_low(final, dict(halving, rescaled="overfits"), task, "mse",
+                                       fmt)
+    assert "does on purpose: at the short runs' 0.1 the full run would overfit" in out[0]
+    assert tune_mod._explain_lr_too_low({"lr": 0.1, "findings": []}, halving, task, "mse",
+                                        fmt) == []
+
+
 def test_shared_study_lets_a_second_worker_skip_the_trials(task, done, storage, tmp_path,
                                                            monkeypatch):
     import optuna
