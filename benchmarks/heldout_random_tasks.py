@@ -89,9 +89,44 @@ def _mlp(d_in: int, d_out: int, depth: int, width: int, act: str, norm: str,
     return nn.Sequential(*layers)
 
 
-def draw(rng: random.Random, i: int) -> tuple[dict, Task]:
-    """One random task and its description."""
-    data = rng.choice(["digits", "digits", "wine", "cancer", "mnist1d", "diabetes"])
+class _ConvNet(nn.Module):
+    """Conv blocks (3-wide kernels, optional BatchNorm, a 2x max-pool after each of the first
+    two) on digits as 1x8x8 images or MNIST-1D as 1x40 signals, global average pooling and a
+    linear head."""
+
+    def __init__(self, image: bool, n_out: int, depth: int, width: int, act: str, norm: str,
+                 dropout: float) -> None:
+        super().__init__()
+        conv, bn, pool = ((nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d) if image
+                          else (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d))
+        layers: list[nn.Module] = []
+        c = 1
+        for k in range(depth):
+            layers.append(conv(c, width, 3, padding=1))
+            if norm == "bn":
+                layers.append(bn(width))
+            layers.append({"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}[act]())
+            if k < 2:
+                layers.append(pool(2))
+            c = width
+        self.image = image
+        self.body = nn.Sequential(*layers)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(width, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.view(len(x), 1, 8, 8) if self.image else x.view(len(x), 1, -1)
+        h = self.body(x).flatten(2).mean(2)
+        return self.head(self.drop(h))
+
+
+def draw(rng: random.Random, i: int, arch: str = "mlp") -> tuple[dict, Task]:
+    """One random task and its description (``arch``: "mlp" on every dataset, "cnn" on
+    digits' 8x8 images and MNIST-1D's signals)."""
+    if arch == "cnn":
+        data = rng.choice(["digits", "digits", "mnist1d"])
+    else:
+        data = rng.choice(["digits", "digits", "wine", "cancer", "mnist1d", "diabetes"])
     opt = rng.choice(["sgd", "sgd", "adam", "adamw", "rmsprop"])
     cfg = dict(
         data=data, opt=opt,
@@ -99,10 +134,14 @@ def draw(rng: random.Random, i: int) -> tuple[dict, Task]:
         schedule=rng.choice(["constant", "constant", "step", "cosine", "warmup_cosine",
                              "onecycle"]),
         steps=rng.choice([150, 300, 600]), batch=rng.choice([16, 32, 64, 128]),
-        depth=rng.choice([1, 2, 3]), width=rng.choice([32, 128, 256]),
-        act=rng.choice(["relu", "relu", "tanh", "gelu"]), norm=rng.choice(["", "", "bn", "ln"]),
+        depth=rng.choice([1, 2, 3]),
+        width=rng.choice([32, 128, 256] if arch == "mlp" else [8, 16, 32]),
+        act=rng.choice(["relu", "relu", "tanh", "gelu"]),
+        norm=rng.choice(["", "", "bn", "ln"] if arch == "mlp" else ["", "bn"]),
         dropout=rng.choice([0.0, 0.0, 0.2]),
         scored=rng.choice(["accuracy", "cross_entropy"]) if data != "diabetes" else "mse")
+    if arch != "mlp":
+        cfg["arch"] = arch
     d = _data(data)
     n_in = d["train"][0].shape[1]
     regression = data == "diabetes"
@@ -117,8 +156,12 @@ def draw(rng: random.Random, i: int) -> tuple[dict, Task]:
                     schedule=cfg["schedule"],
                     warmup_steps=cfg["steps"] // 10 if cfg["schedule"] == "warmup_cosine" else 0)
     loss_fn = nn.functional.mse_loss if regression else nn.functional.cross_entropy
-    build = functools.partial(_mlp, n_in, n_out, cfg["depth"], cfg["width"], cfg["act"],
-                              cfg["norm"], cfg["dropout"])
+    if arch == "cnn":
+        build = functools.partial(_ConvNet, data == "digits", n_out, cfg["depth"], cfg["width"],
+                                  cfg["act"], cfg["norm"], cfg["dropout"])
+    else:
+        build = functools.partial(_mlp, n_in, n_out, cfg["depth"], cfg["width"], cfg["act"],
+                                  cfg["norm"], cfg["dropout"])
 
     def loss(model: nn.Module, batch: tuple) -> torch.Tensor:
         return loss_fn(model(batch[0]), batch[1])
@@ -223,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=None,
                    help="instead of tune: these lrkit.bench methods (comma-separated, e.g. "
                         "lrkit,lrkit-confirm,fastai-valley) on the tasks of --truth")
+    p.add_argument("--arch", choices=["mlp", "cnn"], default="mlp",
+                   help="the model class drawn (mlp: the sets in results/heldout/random-*.json)")
     p.add_argument("--val-oracle", action="store_true",
                    help="instead of tune: the grid's LRs near its best scored on val, and the "
                         "test regret of val's pick (needs --truth)")
@@ -234,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     rows = json.loads(args.out.read_text()) if args.out.exists() else []
     for i in range(args.n):
-        cfg, task = draw(rng, 1000 * args.seed + i)
+        cfg, task = draw(rng, 1000 * args.seed + i, args.arch)
         if i < len(rows):
             continue
         t0 = time.perf_counter()
@@ -263,7 +308,7 @@ def _methods_main(args: argparse.Namespace, truths: list[dict]) -> int:
     rng = random.Random(args.seed)
     rows = json.loads(args.out.read_text()) if args.out.exists() else []
     for i, truth in enumerate(truths[:args.n]):
-        cfg, task = draw(rng, 1000 * args.seed + i)
+        cfg, task = draw(rng, 1000 * args.seed + i, args.arch)
         if i < len(rows):
             continue
         if cfg != truth["cfg"]:

@@ -413,7 +413,7 @@ def find_lr(
     With a :class:`~lrkit.tasks.Task`: ``find_lr(task)`` builds the model, optimizer and batches
     for ``seed``. ``confirm=True`` then spends ``confirm_budget`` x one full run on
     short runs at ``confirm_candidates`` LRs a quarter decade apart around the suggestion for
-    the task's recipe, scored on the task's ``"val"`` split, and suggests the best of them
+    the task's recipe (a decade apart around a guess when the curve gives none), scored on the task's ``"val"`` split, and suggests the best of them
     (see ``_confirm``); the window travels (half-decade jumps) while the best run sits at its
     edge, within one full run of extra steps in all. When the short runs show that a full run at
     the best one's LR would overfit (the next higher LR replays it at the same ``lr x t`` and
@@ -756,6 +756,11 @@ def _build_result(lrs: np.ndarray, losses: np.ndarray, stop_reason: str, *, meth
 # ------------------------------------------------------------------------------- confirm mode
 #: spacing of the confirm candidates in decades of LR (the oracle grid's resolution)
 CONFIRM_SPACING = 0.25
+#: ... and a decade when the curve's rule abstained and the centre is a guess (the peers'
+#: read of the curve, else the recipe's default LR), with no ceiling on the travel up: a
+#: guess is as uncertain as that (random small CNNs whose loss sat at chance through the
+#: sweep: the best LR lay 10-400x above the guessed centre; ``lrkit.tune`` does the same)
+CONFIRM_GUESS_SPACING = 1.0
 
 
 def _confirm_centre(task: Any, result: RangeTestResult) -> tuple[Suggestion, str]:
@@ -866,7 +871,8 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
 
     Candidates: ``candidates`` LRs ``CONFIRM_SPACING`` (a quarter) decade apart, centred on the
     curve's suggestion for the task's recipe (``Suggestion.lr_for``; when the rule abstains, the
-    peers' read of the same curve, see ``_confirm_centre``). Each trains ``budget / candidates``
+    peers' read of the same curve, see ``_confirm_centre``, and then ``CONFIRM_GUESS_SPACING``,
+    a decade, apart). Each trains ``budget / candidates``
     of a full run with the recipe's schedule rebuilt for that horizon (a miniature of the full
     run) and is scored on the task's ``"val"`` split. While the best sits at an edge of the LRs
     tried, one more run ``CONFIRM_TRAVEL`` (half a) decade beyond it follows, until a run is worse
@@ -885,6 +891,8 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
     from . import train as _train
 
     s, origin = _confirm_centre(task, result)
+    guess = result.suggestion.lr is None
+    spacing = CONFIRM_GUESS_SPACING if guess else CONFIRM_SPACING
     family = task.recipe.schedule
     full = task.recipe.steps
     centre = float(s.lr_for(family))
@@ -915,7 +923,7 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
         return row
 
     for i in range(candidates):
-        trial(centre * 10 ** (CONFIRM_SPACING * (i - half)))
+        trial(centre * 10 ** (spacing * (i - half)))
     _train.check_scored(table, "confirm")
 
     def best_row() -> dict:
@@ -926,7 +934,7 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
     # high LRs, are least trustworthy there (charrnn: the window walked to 3x the best peak;
     # a step shortened to fit under the ceiling put mnist1d just past its cliff)
     top = s.band[1] if s.band is not None else centre
-    ceiling = max(CONFIRM_CEILING * top, centre * 10 ** CONFIRM_SPACING)
+    ceiling = math.inf if guess else max(CONFIRM_CEILING * top, centre * 10 ** spacing)
     travelled = 0
     while len(table) < max_runs:
         best = best_row()

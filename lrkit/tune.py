@@ -9,7 +9,8 @@ it finishes, so an interrupted run keeps its work and ``tune(task, out=DIR)`` (`
 2. **Candidates** from the band: for each schedule family ``f`` its centre ``c_f`` (the peak the
    suggestion hands to that family, :meth:`lrkit.suggest.Suggestion.lr_for`: ``lr*`` for constant,
    step and WSD, ``sqrt(lr* high)`` for cosine-like decays and one-cycle, ``high`` for cyclic) and
-   the neighbours ``c_f 10^(+-1/4)`` (a quarter decade, the oracle grid's resolution).
+   the neighbours ``c_f 10^(+-1/4)`` (a quarter decade, the oracle grid's resolution; a decade
+   when the range test gave no LR and the centre is a guess).
 3. **Confirmation by successive halving** (Jamieson & Talwalkar 2016; Li et al. 2018,
    "Hyperband"), coarse to fine: rung 0 trains every family at its centre for a short horizon
    ``r0`` (a *miniature* of the full run: the schedule is rebuilt for ``r0`` steps, warmup scaled
@@ -67,6 +68,11 @@ FAMILY_LR_KEY = RECIPE_LR_FAMILY
 _OWN_WARMUP = ("onecycle",)
 #: the LR neighbours' spacing in decades (the oracle grid's and confirm mode's resolution)
 SPACING = 0.25
+#: ... and when the centre is a guess (the range test abstained: the peers' read of its curve,
+#: else the recipe's default LR), a decade, the guess's own uncertainty: on random small CNNs
+#: whose loss sat at chance through tune's 30-60-step sweep, the best LR lay 10-400x above the
+#: guessed centre, and three runs a quarter decade apart plus one walk could not reach it
+GUESS_SPACING = 1.0
 #: successive halving's reduction factor (keep the best 1/ETA families)
 ETA = 3
 #: a rung-1 winner at the edge of its LRs walks on by this many decades per step (while it wins
@@ -299,13 +305,14 @@ def _centres(rt: Any, task: Any, families: Sequence[str]) -> tuple[dict[str, flo
     return {f: float(s.lr_for(FAMILY_LR_KEY[f])) for f in families}, origin
 
 
-def _arms(centres: Mapping[str, float], family: str | None = None) -> list[_Arm]:
+def _arms(centres: Mapping[str, float], family: str | None = None,
+          spacing: float = SPACING) -> list[_Arm]:
     out = []
     for f, c in centres.items():
         if family is not None and f != family:
             continue
         for k in (-1, 0, 1):
-            m = 10 ** (SPACING * k)
+            m = 10 ** (spacing * k)
             out.append(_Arm(f, c * m, c, m))
     return out
 
@@ -612,18 +619,20 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
         plan = _halving_plan(full, budget, range_stage.cost_steps, 1, reserve)
     plan = dataclasses.replace(plan, range_iters=int(rt.settings.get("num_iter", 0)))
     centres, origin = _centres(rt, task, families)
+    spacing = SPACING if rt.suggestion.lr is not None else GUESS_SPACING
     if study is not None:
         centres, plan = study.adopt(centres, plan)
-    folder.save("candidates", {"centres": centres, "spacing_decades": SPACING,
-                               "arms": [dataclasses.asdict(a) for a in _arms(centres)],
+    folder.save("candidates", {"centres": centres, "spacing_decades": spacing,
+                               "arms": [dataclasses.asdict(a) for a in _arms(centres,
+                                                                             spacing=spacing)],
                                "band": list(rt.suggestion.band) if rt.suggestion.band else None,
                                "origin": origin, "plan": plan.to_dict()})
     if len(families) > 1:
         show.say(f"[2/5] candidates: {len(families)} schedules, each at its centre and "
-                 f"x10^(+-{SPACING}); rung 0 = {plan.rung0} steps, rung 1 = {plan.rung1} steps, "
+                 f"x10^(+-{spacing}); rung 0 = {plan.rung0} steps, rung 1 = {plan.rung1} steps, "
                  f"{plan.keep} schedule(s) go on")
     elif plan.rung1:
-        show.say(f"[2/5] candidates: {families[0]} only, at its centre and x10^(+-{SPACING}); "
+        show.say(f"[2/5] candidates: {families[0]} only, at its centre and x10^(+-{spacing}); "
                  f"rung 1 = {plan.rung1} steps")
     else:
         show.say(f"[2/5] candidates: {families[0]} at the range test's LR only")
@@ -649,7 +658,7 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
         kept = list(families)
         log.rungs = []
     # rung 1: the kept families, each at its three LRs, twice the horizon
-    arms1 = [a for f in kept for a in _arms(centres, f)]
+    arms1 = [a for f in kept for a in _arms(centres, f, spacing)]
     res1 = _run_rung(task, arms1, 1, plan.rung1, log, seed, show)
     check_scored(res1, "tune, rung 1")
 
@@ -736,7 +745,8 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     return {"winner": winner, "lr": lr, "rescaled": rescaled, "trials": log.trials,
             "plan": plan, "centres": centres, "walks": walks, "at_edge": edge,
             "origin": origin, "warmup": warmup, "separation": separation,
-            "edge_stop": edge_stop, "no_warmup": bool(warmup and warmup["dropped"])}, stage
+            "edge_stop": edge_stop, "no_warmup": bool(warmup and warmup["dropped"]),
+            "spacing": spacing}, stage
 
 
 def _warmup_check(task: Any, winner: _Arm, rec: dict, plan: _Plan, log: _Trials, seed: int,
@@ -1282,7 +1292,12 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
     edge = ("; it is the edge of the LRs tried: the best may lie beyond"
             + (f", but {why_not}" if why_not else "") if halving.get("at_edge") else "")
     if r1:
-        parts.append(f"Runs of {plan.rung1} steps at three LRs a quarter decade apart{walked} "
+        spacing = float(halving.get("spacing", SPACING))
+        apart = {0.25: "a quarter decade", 0.5: "half a decade", 1.0: "a decade"}.get(
+            spacing, f"{spacing:g} decades")
+        guess = (" (the range test gave no LR: the centre is a guess)" if spacing != SPACING
+                 else "")
+        parts.append(f"Runs of {plan.rung1} steps at three LRs {apart} apart{guess}{walked} "
                      f"then picked {w.family} at {w.lr:.3g} (validation {name} "
                      f"{fmt(next(r['metric'] for r in r1 if r.get('kept')))}{edge}).")
     sep = halving.get("separation")

@@ -294,6 +294,30 @@ def test_confirm_does_not_travel_on_a_tie():
     assert r.confirm["winner"] == min(r.confirm["candidates"])
 
 
+def test_confirm_spreads_a_guessed_centre_a_decade_apart():
+    """Where the curve's rule abstains, confirm's centre is a guess (the peers' read of the
+    curve, else the recipe's LR) and its three runs are a decade apart, not a quarter decade:
+    a model whose hidden units are dead (zero weights, negative bias) fitting a zero-mean
+    target gives a flat sweep."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 4)
+    y = (x @ torch.tensor([1.0, -2.0, 0.5, 0.0]))[:, None]
+    y = y - y.mean()
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.fill_(-1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    tl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:192], y[:192]),
+                                     batch_size=32, shuffle=True)
+    vl = [(x[192:], y[192:])]
+    r = find_lr(model, opt, tl, F.mse_loss, val_loader=vl, confirm=True, steps=120,
+                progress=False)
+    assert r.suggestions["lrkit"].lr is None  # the premise: the curve's rule abstains
+    first = sorted(r.confirm["candidates"][:3])
+    assert first[1] / first[0] == pytest.approx(10) and first[2] / first[1] == pytest.approx(10)
+
+
 # ------------------------------------------------------------------------- in-place restore
 def test_restore_writes_in_place():
     model, opt, tl, vl = _regression()

@@ -823,6 +823,38 @@ def test_without_a_suggestion_tune_centres_where_confirm_would():
     assert centres["constant"] == pytest.approx(task.recipe.default_lr)
 
 
+def test_a_guessed_centre_spreads_its_candidates_a_decade_apart(tmp_path):
+    """When the range test gives no LR, the candidates' centre is a guess (the peers' read of
+    the curve, else the recipe's default), and its three rung-1 LRs are a decade apart instead
+    of a quarter decade. A model whose hidden units are dead (zero weights, negative bias)
+    fitting a zero-mean target: no suggestion from the range test."""
+    torch.manual_seed(0)
+    x = torch.randn(96, 4)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 0.0])
+    y = y - y.mean()
+    data = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.fill_(-1.0)
+
+    def loss_fn(out, target):
+        return torch.nn.functional.mse_loss(out.squeeze(1), target)
+
+    task = from_torch(model, torch.optim.SGD(model.parameters(), lr=0.01), data, loss_fn,
+                      val_loader=[(x[64:], y[64:])], steps=200)
+    res = tune(task, out=tmp_path / "g", progress=False, schedules=("constant",))
+    rt = json.loads((tmp_path / "g" / "1-range-test.json").read_text())
+    assert rt["stage"]["outcome"]["lr"] is None  # the premise: no suggestion
+    cand = json.loads((tmp_path / "g" / "2-candidates.json").read_text())
+    assert cand["spacing_decades"] == tune_mod.GUESS_SPACING == 1.0
+    c = cand["centres"]["constant"]
+    h = json.loads((tmp_path / "g" / "3-halving.json").read_text())
+    first = [t["lr"] for t in h["trials"] if t["rung"] == 1][:3]
+    assert sorted(first) == pytest.approx([c / 10, c, 10 * c])
+    assert "three LRs a decade apart (the range test gave no LR" in res.explanation
+
+
 def test_the_recipe_warmup_is_dropped_only_when_a_run_without_it_scores_better(tmp_path, done):
     """The warmup check: one more rung-1 run at the winner's LR and schedule without the
     recipe's warmup; the final run drops the warmup exactly when that run's val metric is
