@@ -243,12 +243,10 @@ def measure_val_oracle(cfg: dict, task: Task, truth: dict, seeds: tuple[int, ...
     (the lower on a tie), and that LR's regret on test. Tune sees only val; where val and test
     disagree (a few hundred examples, a heavy-tailed metric), no val-based choice can do
     better than this."""
-    sign = 1.0 if task.higher_is_better else -1.0
     grid, b = truth["grid"], truth["grid"].index(truth["best_lr"])
-    ks = range(max(0, b - reach), min(len(grid), b + reach + 1))
-    val = {k: _mean_or_worst(task, [train.run(task, grid[k], seed=s, eval_split="val").metric
-                                    for s in seeds]) for k in ks}
-    kv = max(ks, key=lambda k: (sign * val[k], -k))
+    ks = list(range(max(0, b - reach), min(len(grid), b + reach + 1)))
+    pick, vals = bench.val_choice(task, [grid[k] for k in ks], seeds)
+    val, kv = dict(zip(ks, vals)), ks[pick]
     return {"cfg": cfg, "val": {str(grid[k]): val[k] for k in ks}, "val_lr": grid[kv],
             "best_lr": truth["best_lr"], "tune_regret": truth["regret"],
             "val_regret": bench.regret(truth["means"][kv], truth["best"],

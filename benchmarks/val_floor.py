@@ -13,28 +13,21 @@ meets the tolerance: the two splits disagree.
 from __future__ import annotations
 
 import argparse
-import math
 
-import numpy as np
 import torch
 
-from lrkit import bench, tasks, train
+from lrkit import bench, tasks
 
 
 def floor(name: str, reach: int = 4) -> dict:
     """Val's pick among the oracle grid's LRs near its best, and its test regret."""
     orc = bench.oracle(name, progress=False)
-    task = tasks.get(name)
-    sign = 1.0 if orc.higher_is_better else -1.0
     b = orc.best_index
-    ks = range(max(0, b - reach), min(len(orc.grid), b + reach + 1))
-    val = {}
-    for k in ks:
-        m = [train.run(task, orc.grid[k], seed=s, eval_split="val").metric for s in orc.seeds]
-        val[k] = float(np.mean(m)) if all(math.isfinite(v) for v in m) else float(task.worst)
-    kv = max(ks, key=lambda k: (sign * val[k], -k))
+    ks = list(range(max(0, b - reach), min(len(orc.grid), b + reach + 1)))
+    pick, val = bench.val_choice(tasks.get(name), [orc.grid[k] for k in ks], orc.seeds)
+    kv = ks[pick]
     return {"task": name, "seeds": list(orc.seeds), "tol": orc.tol,
-            "grid": [orc.grid[k] for k in ks], "val": [val[k] for k in ks],
+            "grid": [orc.grid[k] for k in ks], "val": val,
             "test": [orc.mean[k] for k in ks], "best_lr": orc.grid[b],
             "val_lr": orc.grid[kv],
             "regret": bench.regret(orc.mean[kv], orc.mean[b],

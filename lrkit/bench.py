@@ -37,6 +37,7 @@ __all__ = [
     "methods",
     "register_method",
     "regret",
+    "val_choice",
     "default_cache_dir",
     "markdown_table",
     "OptimizerResult",
@@ -61,6 +62,23 @@ def regret(metric: float, best: float, *, higher_is_better: bool) -> float:
         return math.inf
     gap = (best - metric) if higher_is_better else (metric - best)
     return gap / max(abs(best), 1e-12)
+
+
+def val_choice(task: Any, lrs: Sequence[float], seeds: Sequence[int]) -> tuple[int, list[float]]:
+    """What a choice made on the validation split picks among full runs at ``lrs``: each LR's
+    mean ``"val"`` metric over ``seeds`` (``task.worst`` when a run gives a non-finite one),
+    and the index of the one val ranks first (the lower LR on a tie). Scored on test, its
+    regret is the floor of every val-based method (tune, confirm, search) where the two
+    splits disagree (``benchmarks/val_floor.py``)."""
+    from . import train
+
+    sign = 1.0 if task.higher_is_better else -1.0
+    val = []
+    for lr in lrs:
+        m = [train.run(task, lr, seed=s, eval_split="val").metric for s in seeds]
+        val.append(float(np.mean(m)) if all(math.isfinite(v) for v in m) else float(task.worst))
+    best = max(range(len(lrs)), key=lambda k: (sign * val[k], -float(lrs[k])))
+    return best, val
 
 
 # ------------------------------------------------------------------------------------- oracle

@@ -413,8 +413,8 @@ def find_lr(
     With a :class:`~lrkit.tasks.Task`: ``find_lr(task)`` builds the model, optimizer and batches
     for ``seed``. ``confirm=True`` then spends ``confirm_budget`` x one full run on
     short runs at ``confirm_candidates`` LRs a quarter decade apart around the suggestion for
-    the task's recipe (a decade apart around a guess when the curve gives none), scored on the task's ``"val"`` split, and suggests the best of them
-    (see ``_confirm``); the window travels (half-decade jumps) while the best run sits at its
+    the task's recipe (a decade apart around a guess when the curve gives none), scored on the
+    task's ``"val"`` split, and suggests the best of them (see ``_confirm``); the window travels (half-decade jumps) while the best run sits at its
     edge, within one full run of extra steps in all. When the short runs show that a full run at
     the best one's LR would overfit (the next higher LR replays it at the same ``lr x t`` and
     then gets worse, or its own val metric peaks and worsens: :func:`overfit_step`), the

@@ -1333,8 +1333,8 @@ def _explain_lr_too_low(final: dict, halving: dict, task: Any, name: str, fmt: A
     validation. Where one of them scored worse than the winner, the two disagree and the
     sentence says which evidence tune followed; where none was tried above, the range test's
     ``band`` says whether 10x lies past the LRs at which its loss still fell; else the flag is
-    worth a check. Seen on 9 of 36 built-in final runs at the LR tune chose (4 of them one-cycle runs
-    flagged while the schedule itself was raising the LR)."""
+    worth a check. Seen on 9 of 36 built-in final runs at the LR tune chose (4 of them
+    one-cycle runs flagged while the schedule itself was raising the LR)."""
     if (not any(f.get("kind") == "lr_too_low" for f in final.get("findings") or ())
             or final.get("diverged_attempt") or halving.get("skipped")):
         return []
@@ -1357,7 +1357,7 @@ def _explain_lr_too_low(final: dict, halving: dict, task: Any, name: str, fmt: A
                 f"{float(r['lr']):.3g} ({float(r['lr']) / lr:.2g}x) scored validation {name} "
                 f"{seen} against {fmt(won[0]['metric'])} at {lr:.3g}: tune keeps its LR. A loss "
                 "still falling at a fifth of the run is often the run's length rather than a "
-                "low LR; a 10x higher LR is what the short runs ruled out."]
+                "low LR."]
     top = max((float(r["lr"]) for r in rung1), default=lr)
     if band and 10 * lr > float(band[1]):
         return [f"The monitor flagged lr_too_low (raise the LR about 10x), but 10x, "

@@ -115,3 +115,22 @@ def test_a_third_party_optimizer_that_crashes_is_a_failed_run_not_a_crashed_benc
     assert r["error"].startswith("ZeroDivisionError")
     with pytest.raises(ValueError, match="lr"):
         bench._run_one(("charlm", -1.0, 0, 5, "val", None, None))
+
+
+def test_val_choice_is_the_best_mean_val_metric_of_full_runs_lower_lr_on_a_tie():
+    """bench.val_choice: full runs at each LR scored on "val" (mean over seeds), the index val
+    ranks first; an LR that diverges scores the task's worst; a tie goes to the lower LR."""
+    import dataclasses
+
+    from lrkit import train
+    from tests.tiny_task import make_task
+
+    task = make_task()
+    lrs = [0.01, 0.1, 30.0]
+    pick, val = bench.val_choice(task, lrs, seeds=(0, 1))
+    direct = [np.mean([train.run(task, lr, seed=s, eval_split="val").metric for s in (0, 1)])
+              for lr in lrs[:2]]
+    assert val[:2] == pytest.approx(direct, rel=1e-12) and val[2] == task.worst  # diverged
+    assert pick == int(np.argmin(val)) and pick != 2
+    flat = dataclasses.replace(task, evaluate=lambda model, split: 0.5)
+    assert bench.val_choice(flat, [0.1, 0.01], seeds=(0,)) == (1, [0.5, 0.5])
