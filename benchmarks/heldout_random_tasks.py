@@ -15,6 +15,12 @@ against the grid's best within the recipe's family at tune's own LR, are printed
         --truth results/heldout-0.json        # tune again on the same tasks, same grids
     python benchmarks/heldout_random_tasks.py --seed 0 --out val.json --val-oracle \
         --truth results/heldout-0.json        # the floor of choosing by validation
+    python benchmarks/heldout_random_tasks.py --arch cnn --seed 10 --n 15 --out cnn-10.json
+    python benchmarks/heldout_random_tasks.py --arch seq --seed 20 --n 10 --out seq-20.json
+
+``--arch cnn`` draws small conv nets on digits' 8x8 images and MNIST-1D's signals; ``--arch
+seq`` character LMs (LSTM, GRU or a small pre-LN transformer) on charlm's pydoc text, scored
+in bits per character. The default (MLPs) draws the sets in ``results/heldout/random-*.json``.
 
 Nothing here is fitted: it is a measurement of how far the built-in tasks' figures carry.
 """
@@ -120,9 +126,90 @@ class _ConvNet(nn.Module):
         return self.head(self.drop(h))
 
 
+class _CharModel(nn.Module):
+    """A character LM on the pydoc text: an LSTM or GRU (``kind``), or a pre-LN transformer of
+    ``depth`` blocks (charlm's), ``width`` wide; logits over the next character."""
+
+    def __init__(self, kind: str, depth: int, width: int, context: int) -> None:
+        super().__init__()
+        from lrkit.tasks.charlm import VOCAB, _Block
+
+        self.kind = kind
+        self.embed = nn.Embedding(len(VOCAB), width)
+        if kind == "transformer":
+            self.pos = nn.Parameter(torch.randn(context, width) * 0.02)
+            self.body = nn.Sequential(*[_Block(width, 4) for _ in range(depth)])
+            self.ln = nn.LayerNorm(width)
+        else:
+            rnn = nn.LSTM if kind == "lstm" else nn.GRU
+            self.rnn = rnn(width, width, num_layers=depth, batch_first=True)
+        self.head = nn.Linear(width, len(VOCAB))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.embed(idx)
+        if self.kind == "transformer":
+            x = self.ln(self.body(x + self.pos[: idx.shape[1]]))
+        else:
+            x = self.rnn(x)[0]
+        return self.head(x)
+
+
+def _char_task(rng: random.Random, i: int) -> tuple[dict, Task]:
+    """A random character LM on the pydoc text (charlm's data and splits), scored in bits per
+    character on fixed val / test windows."""
+    from lrkit.tasks import charlm
+    from lrkit.tasks._data import next_token_cross_entropy
+
+    opt = rng.choice(["sgd", "adam", "adamw", "adamw", "rmsprop"])
+    cfg = dict(
+        data="pydoc", arch="seq", opt=opt,
+        momentum=rng.choice([0.0, 0.9, 0.9]) if opt == "sgd" else None,
+        schedule=rng.choice(["constant", "constant", "step", "cosine", "warmup_cosine",
+                             "onecycle"]),
+        steps=rng.choice([150, 300, 600]), batch=rng.choice([16, 32, 64]),
+        model=rng.choice(["lstm", "gru", "transformer"]), depth=rng.choice([1, 2]),
+        width=rng.choice([32, 64, 128]), context=rng.choice([16, 32, 64]),
+        scored="bits_per_char")
+    kwargs: dict = {}
+    if opt == "sgd":
+        kwargs["momentum"] = cfg["momentum"]
+    if opt == "adamw":
+        kwargs["weight_decay"] = 0.01
+    recipe = Recipe(optimizer=opt, batch_size=cfg["batch"], steps=cfg["steps"],
+                    default_lr=DEFAULT_LR[opt], optimizer_kwargs=kwargs,
+                    schedule=cfg["schedule"],
+                    warmup_steps=cfg["steps"] // 10 if cfg["schedule"] == "warmup_cosine" else 0)
+    ctx = cfg["context"]
+    build = functools.partial(_CharModel, cfg["model"], cfg["depth"], cfg["width"], ctx)
+
+    def evaluate(m: nn.Module, split: str) -> float:
+        x, y = charlm._eval_windows(split, ctx)
+        was = m.training
+        m.eval()
+        try:
+            with torch.no_grad():
+                logits = m(x)
+                nll = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                  y.reshape(-1))
+        finally:
+            m.train(was)
+        return float(nll) / math.log(2.0)
+
+    key = hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:10]
+    task = Task(name=f"random{i}", version=key, description=json.dumps(cfg), recipe=recipe,
+                metric="bits_per_char", higher_is_better=False,
+                build_model=lambda seed: seeded(build, seed),
+                batches=lambda seed: charlm._batches(seed, recipe.batch_size, ctx),
+                loss=next_token_cross_entropy, evaluate=evaluate,
+                train_size=(len(charlm.load()["train"]) - 1) // ctx, worst=math.inf)
+    return cfg, task
+
+
 def draw(rng: random.Random, i: int, arch: str = "mlp") -> tuple[dict, Task]:
     """One random task and its description (``arch``: "mlp" on every dataset, "cnn" on
-    digits' 8x8 images and MNIST-1D's signals)."""
+    digits' 8x8 images and MNIST-1D's signals, "seq": character LMs on the pydoc text)."""
+    if arch == "seq":
+        return _char_task(rng, i)
     if arch == "cnn":
         data = rng.choice(["digits", "digits", "mnist1d"])
     else:
@@ -264,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=None,
                    help="instead of tune: these lrkit.bench methods (comma-separated, e.g. "
                         "lrkit,lrkit-confirm,fastai-valley) on the tasks of --truth")
-    p.add_argument("--arch", choices=["mlp", "cnn"], default="mlp",
+    p.add_argument("--arch", choices=["mlp", "cnn", "seq"], default="mlp",
                    help="the model class drawn (mlp: the sets in results/heldout/random-*.json)")
     p.add_argument("--val-oracle", action="store_true",
                    help="instead of tune: the grid's LRs near its best scored on val, and the "
