@@ -126,6 +126,20 @@ class _ConvNet(nn.Module):
         return self.head(self.drop(h))
 
 
+def _recipe(cfg: dict, weight_decay: float) -> Recipe:
+    """The drawn recipe: the optimizer at its textbook LR (SGD's momentum as drawn, AdamW's
+    ``weight_decay``), the schedule (a warmup-cosine one warms up for a tenth of the run)."""
+    opt = cfg["opt"]
+    kwargs: dict = {}
+    if opt == "sgd":
+        kwargs["momentum"] = cfg["momentum"]
+    if opt == "adamw":
+        kwargs["weight_decay"] = weight_decay
+    return Recipe(optimizer=opt, batch_size=cfg["batch"], steps=cfg["steps"],
+                  default_lr=DEFAULT_LR[opt], optimizer_kwargs=kwargs, schedule=cfg["schedule"],
+                  warmup_steps=cfg["steps"] // 10 if cfg["schedule"] == "warmup_cosine" else 0)
+
+
 class _CharModel(nn.Module):
     """A character LM on the pydoc text: an LSTM or GRU (``kind``), or a pre-LN transformer of
     ``depth`` blocks (charlm's), ``width`` wide; logits over the next character."""
@@ -170,15 +184,7 @@ def _char_task(rng: random.Random, i: int) -> tuple[dict, Task]:
         model=rng.choice(["lstm", "gru", "transformer"]), depth=rng.choice([1, 2]),
         width=rng.choice([32, 64, 128]), context=rng.choice([16, 32, 64]),
         scored="bits_per_char")
-    kwargs: dict = {}
-    if opt == "sgd":
-        kwargs["momentum"] = cfg["momentum"]
-    if opt == "adamw":
-        kwargs["weight_decay"] = 0.01
-    recipe = Recipe(optimizer=opt, batch_size=cfg["batch"], steps=cfg["steps"],
-                    default_lr=DEFAULT_LR[opt], optimizer_kwargs=kwargs,
-                    schedule=cfg["schedule"],
-                    warmup_steps=cfg["steps"] // 10 if cfg["schedule"] == "warmup_cosine" else 0)
+    recipe = _recipe(cfg, weight_decay=0.01)
     ctx = cfg["context"]
     build = functools.partial(_CharModel, cfg["model"], cfg["depth"], cfg["width"], ctx)
 
@@ -233,15 +239,7 @@ def draw(rng: random.Random, i: int, arch: str = "mlp") -> tuple[dict, Task]:
     n_in = d["train"][0].shape[1]
     regression = data == "diabetes"
     n_out = 1 if regression else int(d["train"][1].max()) + 1
-    kwargs: dict = {}
-    if opt == "sgd":
-        kwargs["momentum"] = cfg["momentum"]
-    if opt == "adamw":
-        kwargs["weight_decay"] = 0.05
-    recipe = Recipe(optimizer=opt, batch_size=cfg["batch"], steps=cfg["steps"],
-                    default_lr=DEFAULT_LR[opt], optimizer_kwargs=kwargs,
-                    schedule=cfg["schedule"],
-                    warmup_steps=cfg["steps"] // 10 if cfg["schedule"] == "warmup_cosine" else 0)
+    recipe = _recipe(cfg, weight_decay=0.05)
     loss_fn = nn.functional.mse_loss if regression else nn.functional.cross_entropy
     if arch == "cnn":
         build = functools.partial(_ConvNet, data == "digits", n_out, cfg["depth"], cfg["width"],
