@@ -1333,7 +1333,7 @@ def _explain_lr_too_low(final: dict, halving: dict, task: Any, name: str, fmt: A
     validation. Where one of them scored worse than the winner, the two disagree and the
     sentence says which evidence tune followed; where none was tried above, the range test's
     ``band`` says whether 10x lies past the LRs at which its loss still fell; else the flag is
-    worth a check. Seen on 9 of 36 built-in final runs at the LR tune chose (4 of them
+    worth a check. Seen on 7 of 36 built-in final runs at the LR tune chose (4 of them
     one-cycle runs flagged while the schedule itself was raising the LR)."""
     if (not any(f.get("kind") == "lr_too_low" for f in final.get("findings") or ())
             or final.get("diverged_attempt") or halving.get("skipped")):
