@@ -401,6 +401,8 @@ def tune_report(
     s = range_test.get("suggestion") or {}
     band = s.get("band")
     band_txt = f"{band[0]:.3g} .. {band[1]:.3g}" if band else "none"
+    # no LR from the curve is an abstention, not a divergence (what _fmt says for a missing number)
+    sug_txt = ("No suggestion" if s.get("lr") is None else f"Suggestion {_fmt(s.get('lr'), 3)}")
     sched_json = escape(_json(final["schedule"]))
     amp = task.get("amp") or False
     amp_txt = "" if amp is False else f", mixed precision {escape('fp16' if amp is True else amp)}"
@@ -420,7 +422,7 @@ def tune_report(
 <table><tr><th class=l>stage</th><th>steps</th><th>full runs</th><th>share</th>
 <th>wall (s)</th></tr>{rows_stages}</table>
 <h2>1. Range test</h2>
-<p>Suggestion {_fmt(s.get('lr'), 3)} ({escape(s.get('confidence'))}: {escape(s.get('reason'))}),
+<p>{sug_txt} ({escape(s.get('confidence'))}: {escape(s.get('reason'))}),
 good band {band_txt}.</p>
 {_img(*imgs['range-test.png'][::-1])}
 {safe_html}

@@ -853,6 +853,8 @@ def test_a_guessed_centre_spreads_its_candidates_a_decade_apart(tmp_path):
     first = [t["lr"] for t in h["trials"] if t["rung"] == 1][:3]
     assert sorted(first) == pytest.approx([c / 10, c, 10 * c])
     assert "three LRs a decade apart (the range test gave no LR" in res.explanation
+    html = (tmp_path / "g" / "report.html").read_text()
+    assert "<p>No suggestion (none: " in html and "Suggestion diverged" not in html
 
 
 def test_the_recipe_warmup_is_dropped_only_when_a_run_without_it_scores_better(tmp_path, done):
