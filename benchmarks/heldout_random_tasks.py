@@ -268,12 +268,6 @@ def draw(rng: random.Random, i: int, arch: str = "mlp") -> tuple[dict, Task]:
     return cfg, task
 
 
-def _mean_or_worst(task: Task, metrics: list[float]) -> float:
-    """The mean over seeds, or the task's worst metric when a run diverged (as the oracle)."""
-    return (float(np.mean(metrics)) if all(math.isfinite(v) for v in metrics)
-            else float(task.worst))
-
-
 def measure(cfg: dict, task: Task, seeds: tuple[int, ...] = (0, 1),
             truth: dict | None = None) -> dict:
     """The grid's truth (``truth``: a row measured before for the same task) and tune's
@@ -284,8 +278,9 @@ def measure(cfg: dict, task: Task, seeds: tuple[int, ...] = (0, 1),
     if truth is not None and truth["cfg"] == cfg and truth["grid"] == grid:
         means = list(truth["means"])
     else:
-        means = [_mean_or_worst(task, [train.run(task, lr, seed=s, eval_split="test").metric
-                                       for s in seeds]) for lr in grid]
+        means = [bench._mean_or_worst(task, [train.run(task, lr, seed=s,
+                                                       eval_split="test").metric
+                                             for s in seeds]) for lr in grid]
     b = int(np.argmax([sign * m for m in means]))
     tunes = []
     for s in seeds:
@@ -316,7 +311,7 @@ def measure_methods(cfg: dict, task: Task, truth: dict, names: list[str],
             picks.append(c.lr)
             metrics.append(train.run(task, c.lr, seed=s, eval_split="test").metric)
         out[name] = {"lrs": picks, "metrics": metrics,
-                     "regret": bench.regret(_mean_or_worst(task, metrics), best,
+                     "regret": bench.regret(bench._mean_or_worst(task, metrics), best,
                                             higher_is_better=task.higher_is_better)}
     return out
 
@@ -331,8 +326,8 @@ def measure_val_oracle(cfg: dict, task: Task, truth: dict, seeds: tuple[int, ...
     grid, b = truth["grid"], truth["grid"].index(truth["best_lr"])
     ks = list(range(max(0, b - reach), min(len(grid), b + reach + 1)))
     pick, vals = bench.val_choice(task, [grid[k] for k in ks], seeds)
-    val, kv = dict(zip(ks, vals)), ks[pick]
-    return {"cfg": cfg, "val": {str(grid[k]): val[k] for k in ks}, "val_lr": grid[kv],
+    kv = ks[pick]
+    return {"cfg": cfg, "val": {str(grid[k]): v for k, v in zip(ks, vals)}, "val_lr": grid[kv],
             "best_lr": truth["best_lr"], "tune_regret": truth["regret"],
             "val_regret": bench.regret(truth["means"][kv], truth["best"],
                                        higher_is_better=task.higher_is_better)}

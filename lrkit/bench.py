@@ -73,12 +73,17 @@ def val_choice(task: Any, lrs: Sequence[float], seeds: Sequence[int]) -> tuple[i
     from . import train
 
     sign = 1.0 if task.higher_is_better else -1.0
-    val = []
-    for lr in lrs:
-        m = [train.run(task, lr, seed=s, eval_split="val").metric for s in seeds]
-        val.append(float(np.mean(m)) if all(math.isfinite(v) for v in m) else float(task.worst))
+    val = [_mean_or_worst(task, [train.run(task, lr, seed=s, eval_split="val").metric
+                                 for s in seeds]) for lr in lrs]
     best = max(range(len(lrs)), key=lambda k: (sign * val[k], -float(lrs[k])))
     return best, val
+
+
+def _mean_or_worst(task: Any, metrics: Sequence[float]) -> float:
+    """The mean over seeds, or ``task.worst`` when a run gave a non-finite metric (a diverged
+    run scores the worst, as in the oracle's mean)."""
+    return (float(np.mean(metrics)) if all(math.isfinite(v) for v in metrics)
+            else float(task.worst))
 
 
 # ------------------------------------------------------------------------------------- oracle

@@ -414,8 +414,9 @@ def find_lr(
     for ``seed``. ``confirm=True`` then spends ``confirm_budget`` x one full run on
     short runs at ``confirm_candidates`` LRs a quarter decade apart around the suggestion for
     the task's recipe (a decade apart around a guess when the curve gives none), scored on the
-    task's ``"val"`` split, and suggests the best of them (see ``_confirm``); the window travels (half-decade jumps) while the best run sits at its
-    edge, within one full run of extra steps in all. When the short runs show that a full run at
+    task's ``"val"`` split, and suggests the best of them (see ``_confirm``); the window
+    travels (half-decade jumps) while the best run sits at its edge, within one full run of
+    extra steps in all. When the short runs show that a full run at
     the best one's LR would overfit (the next higher LR replays it at the same ``lr x t`` and
     then gets worse, or its own val metric peaks and worsens: :func:`overfit_step`), the
     suggestion is that LR scaled by ``t* / steps``, so the full run covers the same ``lr x t``.
@@ -763,6 +764,14 @@ CONFIRM_SPACING = 0.25
 CONFIRM_GUESS_SPACING = 1.0
 
 
+def window_spacing(result: RangeTestResult) -> float:
+    """Decades between neighbouring short-run LRs around the centre that
+    :func:`_confirm_centre` gives for ``result`` (confirm mode's and ``lrkit.tune``'s):
+    ``CONFIRM_SPACING`` around the curve's suggestion, ``CONFIRM_GUESS_SPACING`` around a
+    guess."""
+    return CONFIRM_SPACING if result.suggestion.lr is not None else CONFIRM_GUESS_SPACING
+
+
 def _confirm_centre(task: Any, result: RangeTestResult) -> tuple[Suggestion, str]:
     """Where confirm starts: the curve's suggestion; when it abstains, the peers' read of the
     same curve (fastai's valley, else its minimum / 10), and only then the recipe's default."""
@@ -891,8 +900,8 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
     from . import train as _train
 
     s, origin = _confirm_centre(task, result)
+    spacing = window_spacing(result)
     guess = result.suggestion.lr is None
-    spacing = CONFIRM_GUESS_SPACING if guess else CONFIRM_SPACING
     family = task.recipe.schedule
     full = task.recipe.steps
     centre = float(s.lr_for(family))

@@ -68,11 +68,6 @@ FAMILY_LR_KEY = RECIPE_LR_FAMILY
 _OWN_WARMUP = ("onecycle",)
 #: the LR neighbours' spacing in decades (the oracle grid's and confirm mode's resolution)
 SPACING = 0.25
-#: ... and when the centre is a guess (the range test abstained: the peers' read of its curve,
-#: else the recipe's default LR), a decade, the guess's own uncertainty: on random small CNNs
-#: whose loss sat at chance through tune's 30-60-step sweep, the best LR lay 10-400x above the
-#: guessed centre, and three runs a quarter decade apart plus one walk could not reach it
-GUESS_SPACING = 1.0
 #: successive halving's reduction factor (keep the best 1/ETA families)
 ETA = 3
 #: a rung-1 winner at the edge of its LRs walks on by this many decades per step (while it wins
@@ -606,6 +601,7 @@ def _run_rung(task: Any, arms: list[_Arm], rung: int, steps: int, log: _Trials, 
 def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
                    families: Sequence[str], budget: float, seed: int, study: Any,
                    show: _Display) -> tuple[dict, Stage]:
+    from .finder import window_spacing
     from .train import check_scored
 
     full = task.recipe.steps
@@ -619,7 +615,10 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
         plan = _halving_plan(full, budget, range_stage.cost_steps, 1, reserve)
     plan = dataclasses.replace(plan, range_iters=int(rt.settings.get("num_iter", 0)))
     centres, origin = _centres(rt, task, families)
-    spacing = SPACING if rt.suggestion.lr is not None else GUESS_SPACING
+    # a decade apart when the range test gave no LR and the centre is a guess: on random small
+    # CNNs whose loss sat at chance through tune's 30-60-step sweep, the best LR lay 10-400x
+    # above it, out of reach of three runs a quarter decade apart and one walk
+    spacing = window_spacing(rt)
     if study is not None:
         centres, plan = study.adopt(centres, plan)
     folder.save("candidates", {"centres": centres, "spacing_decades": spacing,
@@ -1340,6 +1339,8 @@ def _explain_lr_too_low(final: dict, halving: dict, task: Any, name: str, fmt: A
         return []
     w = halving["winner"]
     lr = float(final["lr"])
+    length = ("A loss still falling at a fifth of the run is often the run's length rather "
+              "than a low LR.")
     if halving.get("rescaled"):
         return ["The monitor's lr_too_low (the training loss still falling steadily early in "
                 f"the run) is what the lower LR chosen above does on purpose: at the short "
@@ -1355,16 +1356,14 @@ def _explain_lr_too_low(final: dict, halving: dict, task: Any, name: str, fmt: A
         return [f"The monitor flagged lr_too_low (the training loss still falling steadily "
                 f"early in the run: raise the LR about 10x), but the short run at "
                 f"{float(r['lr']):.3g} ({float(r['lr']) / lr:.2g}x) scored validation {name} "
-                f"{seen} against {fmt(won[0]['metric'])} at {lr:.3g}: tune keeps its LR. A loss "
-                "still falling at a fifth of the run is often the run's length rather than a "
-                "low LR."]
+                f"{seen} against {fmt(won[0]['metric'])} at {lr:.3g}: tune keeps its LR. "
+                + length]
     top = max((float(r["lr"]) for r in rung1), default=lr)
     if band and 10 * lr > float(band[1]):
         return [f"The monitor flagged lr_too_low (raise the LR about 10x), but 10x, "
                 f"{10 * lr:.3g}, lies above the range test's band ({float(band[0]):.3g} to "
                 f"{float(band[1]):.3g}), past the LRs at which its loss still fell, and no short "
-                f"run tried above {top:.3g}: tune keeps its LR. A loss still falling at a fifth "
-                "of the run is often the run's length rather than a low LR."]
+                f"run tried above {top:.3g}: tune keeps its LR. " + length]
     return [f"The monitor flagged lr_too_low (raise the LR about 10x), and no short run tried "
             f"above {top:.3g}: worth a check with `lrkit search` or a run at a higher LR."]
 

@@ -299,14 +299,9 @@ def test_confirm_spreads_a_guessed_centre_a_decade_apart():
     curve, else the recipe's LR) and its three runs are a decade apart, not a quarter decade:
     a model whose hidden units are dead (zero weights, negative bias) fitting a zero-mean
     target gives a flat sweep."""
-    torch.manual_seed(0)
-    x = torch.randn(256, 4)
-    y = (x @ torch.tensor([1.0, -2.0, 0.5, 0.0]))[:, None]
-    y = y - y.mean()
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
-    with torch.no_grad():
-        model[0].weight.zero_()
-        model[0].bias.fill_(-1.0)
+    from tests.tiny_task import dead_relu_regression
+
+    model, x, y = dead_relu_regression(256)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     tl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:192], y[:192]),
                                      batch_size=32, shuffle=True)

@@ -19,11 +19,11 @@ import torch
 
 from lrkit import schedules, train
 from lrkit import tune as tune_mod
-from lrkit.finder import RangeTestResult
+from lrkit.finder import CONFIRM_GUESS_SPACING, RangeTestResult
 from lrkit.html import prose, smooth
 from lrkit.tasks import from_torch
 from lrkit.tune import TuneResult, tune
-from tests.tiny_task import make_task
+from tests.tiny_task import dead_relu_regression, make_task
 
 STEPS = 200
 
@@ -828,26 +828,15 @@ def test_a_guessed_centre_spreads_its_candidates_a_decade_apart(tmp_path):
     the curve, else the recipe's default), and its three rung-1 LRs are a decade apart instead
     of a quarter decade. A model whose hidden units are dead (zero weights, negative bias)
     fitting a zero-mean target: no suggestion from the range test."""
-    torch.manual_seed(0)
-    x = torch.randn(96, 4)
-    y = x @ torch.tensor([1.0, -2.0, 0.5, 0.0])
-    y = y - y.mean()
+    model, x, y = dead_relu_regression(96)
     data = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
-    with torch.no_grad():
-        model[0].weight.zero_()
-        model[0].bias.fill_(-1.0)
-
-    def loss_fn(out, target):
-        return torch.nn.functional.mse_loss(out.squeeze(1), target)
-
-    task = from_torch(model, torch.optim.SGD(model.parameters(), lr=0.01), data, loss_fn,
-                      val_loader=[(x[64:], y[64:])], steps=200)
+    task = from_torch(model, torch.optim.SGD(model.parameters(), lr=0.01), data,
+                      torch.nn.functional.mse_loss, val_loader=[(x[64:], y[64:])], steps=200)
     res = tune(task, out=tmp_path / "g", progress=False, schedules=("constant",))
     rt = json.loads((tmp_path / "g" / "1-range-test.json").read_text())
     assert rt["stage"]["outcome"]["lr"] is None  # the premise: no suggestion
     cand = json.loads((tmp_path / "g" / "2-candidates.json").read_text())
-    assert cand["spacing_decades"] == tune_mod.GUESS_SPACING == 1.0
+    assert cand["spacing_decades"] == CONFIRM_GUESS_SPACING == 1.0
     c = cand["centres"]["constant"]
     h = json.loads((tmp_path / "g" / "3-halving.json").read_text())
     first = [t["lr"] for t in h["trials"] if t["rung"] == 1][:3]

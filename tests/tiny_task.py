@@ -51,3 +51,17 @@ def make_task(steps: int = 40) -> Task:
         metric="mse", higher_is_better=False, build_model=_model, batches=_batches,
         loss=lambda m, b: torch.nn.functional.mse_loss(m(b[0]).squeeze(1), b[1]),
         evaluate=_evaluate, train_size=len(X), worst=float("inf"))
+
+
+def dead_relu_regression(n: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """``(model, x, y)`` whose loss stays flat in a range test: an MLP 4-8-1 whose hidden
+    ReLUs are dead (zero weights, bias -1) fitting a zero-mean linear target, ``y`` of shape
+    ``(n, 1)``: no LR moves it, so the curve's rule abstains."""
+    torch.manual_seed(0)
+    x = torch.randn(n, 4)
+    y = (x @ torch.tensor([1.0, -2.0, 0.5, 0.0]))[:, None]
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.fill_(-1.0)
+    return model, x, y - y.mean()
