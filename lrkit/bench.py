@@ -72,6 +72,11 @@ def val_choice(task: Any, lrs: Sequence[float], seeds: Sequence[int]) -> tuple[i
     splits disagree (``benchmarks/val_floor.py``)."""
     from . import train
 
+    lrs = [check_positive(f"lrs[{i}]", lr) for i, lr in enumerate(lrs)]
+    seeds = [check_int(f"seeds[{i}]", s) for i, s in enumerate(seeds)]
+    if not lrs or not seeds:
+        raise ValueError(f"lrs and seeds must each hold at least one value, got {len(lrs)} LRs "
+                         f"and {len(seeds)} seeds")
     sign = 1.0 if task.higher_is_better else -1.0
     val = [_mean_or_worst(task, [train.run(task, lr, seed=s, eval_split="val").metric
                                  for s in seeds]) for lr in lrs]

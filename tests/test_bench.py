@@ -134,3 +134,11 @@ def test_val_choice_is_the_best_mean_val_metric_of_full_runs_lower_lr_on_a_tie()
     assert pick == int(np.argmin(val)) and pick != 2
     flat = dataclasses.replace(task, evaluate=lambda model, split: 0.5)
     assert bench.val_choice(flat, [0.1, 0.01], seeds=(0,)) == (1, [0.5, 0.5])
+    for lrs, seeds, match in (([], (0,), "at least one value, got 0 LRs"),
+                              ([0.1], (), "at least one value, got 1 LRs and 0 seeds"),
+                              ([0.1, float("nan")], (0,), r"lrs\[1\]"),
+                              ([-0.1], (0,), r"lrs\[0\] must be > 0")):
+        with pytest.raises(ValueError, match=match):
+            bench.val_choice(task, lrs, seeds)
+    with pytest.raises(TypeError, match=r"seeds\[0\] must be an integer"):
+        bench.val_choice(task, [0.1], (0.5,))
