@@ -848,6 +848,76 @@ def separation(task: Any, best: dict, others: list[dict]) -> dict | None:
             "margin": margin, "noise": noise, "clear": margin > noise}
 
 
+#: how many combined standard errors of the held-out batch loss must separate two runs before
+#: :func:`loss_tiebreak` overrides val's pick (a one-sided test at about 2%)
+TIEBREAK_Z = 2.0
+
+
+def fresh_loss(task: Any, run: dict) -> tuple[float, float] | None:
+    """The mean training loss over the last quarter of a short run, and its standard error,
+    when every batch of the run was new to the model (``steps x batch_size <= train_size``):
+    the loss on a batch it has not trained on is a held-out estimate, averaged over far more
+    examples than a small val split holds. ``None`` for a longer run (its batch losses then
+    measure fitting, not generalising), a diverged one, an unknown ``train_size`` or fewer
+    than 8 losses."""
+    losses = np.asarray(run.get("losses") or run.get("train_losses") or [], dtype=float)
+    size = int(getattr(task, "train_size", 0) or 0)
+    if (run.get("diverged") or size <= 0 or losses.size < 8
+            or losses.size * int(task.recipe.batch_size) > size):
+        return None
+    tail = losses[-(losses.size // 4):]
+    if not np.all(np.isfinite(tail)):
+        return None
+    return float(tail.mean()), float(tail.std(ddof=1) / math.sqrt(tail.size))
+
+
+def loss_tiebreak(task: Any, best: int, runs: Sequence[dict]) -> int:
+    """Break a val tie with held-out training loss: among the runs whose val metric lies within
+    the noise of ``runs[best]``'s own evaluations (:func:`metric_noise`), the one whose
+    :func:`fresh_loss` is lowest, when it beats ``runs[best]``'s by more than ``TIEBREAK_Z``
+    combined standard errors; else ``best``. Every run compared must have a fresh loss.
+
+    Seen on small CNNs scored by accuracy (``benchmarks/results/heldout-random.md``): after 30
+    steps every LR sat within a few val images of chance, so val's pick (or a tie's lower LR)
+    was noise, while the batch losses (30 x 16 new examples) fell clearly faster at the LR the
+    full run preferred."""
+    vs = [v for _, v in _finite_points(runs[best].get("val_curve") or [])]
+    own = fresh_loss(task, runs[best])
+    if own is None or len(vs) < 4:
+        return best
+    noise = metric_noise(vs)
+    pick, pick_loss = best, own
+    for i, r in enumerate(runs):
+        if i == best or r["diverged"] or not math.isfinite(float(r["metric"])):
+            continue
+        if abs(float(r["metric"]) - float(runs[best]["metric"])) > noise:
+            continue
+        fl = fresh_loss(task, r)
+        if fl is None:
+            return best
+        if fl[0] + TIEBREAK_Z * math.hypot(fl[1], own[1]) < own[0] and fl[0] < pick_loss[0]:
+            pick, pick_loss = i, fl
+    return pick
+
+
+def tiebreak_evidence(task: Any, winner: dict, val_pick: dict) -> dict:
+    """What :func:`loss_tiebreak` weighed when ``winner`` beat ``val_pick`` (val's own pick):
+    both val metrics and both held-out batch losses with their standard errors."""
+    (lw, sw), (lv, sv) = fresh_loss(task, winner), fresh_loss(task, val_pick)  # type: ignore
+    return {"val_pick_lr": float(val_pick["lr"]), "val_pick_metric": float(val_pick["metric"]),
+            "loss": lw, "loss_se": sw, "val_pick_loss": lv, "val_pick_loss_se": sv}
+
+
+def tiebreak_sentence(tb: dict, fmt: Callable[[float], str] = "{:.4g}".format) -> str:
+    """The plain-words account of a :func:`tiebreak_evidence` (confirm's reason, tune's
+    explanation)."""
+    return (f"validation could not tell it from {tb['val_pick_lr']:.3g} (which scored "
+            f"{fmt(tb['val_pick_metric'])}, within the noise of its evaluations), but the "
+            f"training loss on batches neither run had seen before could: {tb['loss']:.4g} ± "
+            f"{tb['loss_se']:.2g} against {tb['val_pick_loss']:.4g} ± "
+            f"{tb['val_pick_loss_se']:.2g} over the last quarter of each run")
+
+
 def _unclear(task: Any, best: dict, table: list[dict]) -> str | None:
     """Why confirm's winner cannot be told from the runner-up (:func:`separation`), or
     ``None``."""
@@ -886,8 +956,9 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
     run) and is scored on the task's ``"val"`` split. While the best sits at an edge of the LRs
     tried, one more run ``CONFIRM_TRAVEL`` (half a) decade beyond it follows, until a run is worse
     or confirm has spent ``CONFIRM_MAX_TOTAL`` (one) full run; the best wins (an exact tie goes to
-    the lower LR). The result is the centre suggestion moved by ``winner / centre`` (every
-    schedule setting with it), so the recipe's own setting is the winner.
+    the lower LR, unless the runs' losses on batches they had not seen tell them apart:
+    :func:`loss_tiebreak`). The result is the centre suggestion moved by ``winner / centre``
+    (every schedule setting with it), so the recipe's own setting is the winner.
 
     Then :func:`overfit_step` may time-rescale the winner (``benchmarks/design_overfit.py``).
 
@@ -935,8 +1006,18 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
         trial(centre * 10 ** (spacing * (i - half)))
     _train.check_scored(table, "confirm")
 
+    # val's pick (an exact tie to the lower LR), unless val could not tell it from another
+    # run and their held-out batch losses could (loss_tiebreak): then {id(winner): val's pick}
+    by_loss: dict[int, dict] = {}
+
     def best_row() -> dict:
-        return min(table, key=lambda r: (_rank_key(task, r["metric"]), r["lr"]))
+        i = min(range(len(table)), key=lambda k: (_rank_key(task, table[k]["metric"]),
+                                                  table[k]["lr"]))
+        j = loss_tiebreak(task, i, table)
+        by_loss.clear()
+        if j != i:
+            by_loss[id(table[j])] = table[i]
+        return table[j]
 
     # upward travel never passes CONFIRM_CEILING x the top of the curve's band: beyond it the
     # constant-LR sweep was already climbing towards divergence, and short runs, which favour
@@ -948,7 +1029,7 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
     while len(table) < max_runs:
         best = best_row()
         lrs = sorted(r["lr"] for r in table)
-        if not best["diverged"] and sum(
+        if not best["diverged"] and id(best) not in by_loss and sum(
                 _rank_key(task, r["metric"]) == _rank_key(task, best["metric"])
                 for r in table) > 1:
             break  # a tie (the lower LR wins it) is no evidence that the best lies beyond
@@ -1003,15 +1084,21 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
         conf, why = "low", (f"every confirm run diverged; {winner:.3g} is the lowest LR tried: "
                             "lower start_lr / end_lr")
     elif winner in (lrs[0], lrs[-1]):
-        conf, why = "medium", (f"the best val {task.metric} is at the "
+        subject = ("the chosen LR" if id(best) in by_loss else f"the best val {task.metric}")
+        conf, why = "medium", (f"{subject} is at the "
                                f"{'low' if winner == lrs[0] else 'high'} edge of the LRs tried "
                                f"after {travelled} travel step(s): the best may lie beyond")
     else:
-        conf, why = "high", (f"the best val {task.metric} of {len(table)} short runs lies inside "
+        subject = ("the chosen" if id(best) in by_loss else f"the best val {task.metric}")
+        conf, why = "high", (f"{subject} of {len(table)} short runs lies inside "
                              "them" + (f" (the window travelled {travelled} half-decade step(s))"
                                        if travelled else ""))
+    tiebreak = (tiebreak_evidence(task, best, by_loss[id(best)]) if id(best) in by_loss
+                else None)
     unclear = _unclear(task, best, table)
-    if unclear is not None and conf == "high":
+    if tiebreak is not None:
+        why = f"{why}; {tiebreak_sentence(tiebreak)}"
+    elif unclear is not None and conf == "high":
         conf, why = "medium", f"{why}, but {unclear}"
     why += (f"; started from {origin}; {len(table)} runs of {steps} steps = {spent / full:.2f} "
             f"of a full run (range test + confirm: {cost / full:.2f})")
@@ -1019,6 +1106,7 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
     sug = s.scaled(winner / centre, method="lrkit+confirm", confidence=conf, reason=why)
     confirm = {"candidates": [r["lr"] for r in table], "schedule": family, "runs": table,
                "winner": winner, "origin": origin, "travel_steps": travelled,
+               "loss_tiebreak": tiebreak,
                "rule": f"best val {task.metric} after {steps} steps (recipe schedule rebuilt)",
                "metric": task.metric, "higher_is_better": task.higher_is_better,
                "steps": spent, "full_run_steps": full, "fraction_of_full_run": spent / full,

@@ -53,7 +53,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import check_int, check_positive
-from .finder import MIN_SHORT_RUN_STEPS, metric_noise
+from .finder import (MIN_SHORT_RUN_STEPS, loss_tiebreak, metric_noise, tiebreak_evidence,
+                     tiebreak_sentence)
 from .finder import separation as _separation
 from .suggest import RECIPE_LR_FAMILY
 
@@ -661,8 +662,18 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     res1 = _run_rung(task, arms1, 1, plan.rung1, log, seed, show)
     check_scored(res1, "tune, rung 1")
 
+    # val's pick, unless val could not tell it from another run of its family and their
+    # held-out batch losses could (finder.loss_tiebreak): then {winner index: val's pick}
+    by_loss: dict[int, int] = {}
+
     def best() -> int:
-        return min(range(len(arms1)), key=lambda i: (_rank(task, res1[i]), i))
+        i = min(range(len(arms1)), key=lambda i: (_rank(task, res1[i]), i))
+        mine = [j for j, a in enumerate(arms1) if a.family == arms1[i].family]
+        j = mine[loss_tiebreak(task, mine.index(i), [res1[k] for k in mine])]
+        by_loss.clear()
+        if j != i:
+            by_loss[j] = i
+        return j
 
     # walk on while the winner is the lowest or highest LR of its family and the budget lasts;
     # upwards never past confirm mode's ceiling (twice the range test's band top, no shortened
@@ -678,8 +689,9 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     def tied(i: int) -> bool:
         """Another run of arm ``i``'s family scored exactly as well (on a small val split a
         tie is common: the lower LR wins it)."""
-        return any(j != i and a.family == arms1[i].family and _rank(task, r) == _rank(task, res1[i])
-                   for j, (a, r) in enumerate(zip(arms1, res1)))
+        return i not in by_loss and any(
+            j != i and a.family == arms1[i].family and _rank(task, r) == _rank(task, res1[i])
+            for j, (a, r) in enumerate(zip(arms1, res1)))
 
     def spent() -> int:
         # the runs this decision has read so far, not the whole log: on resume the log already
@@ -730,11 +742,14 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     family_runs = [r for a, r in zip(arms1, res1) if a.family == winner.family]
     lr, rescaled = _time_rescaled(task, res1[i_best], family_runs, full)
     separation = _separation(task, res1[i_best], [r for r in family_runs if r is not res1[i_best]])
+    tiebreak = None
+    if i_best in by_loss:
+        tiebreak = tiebreak_evidence(task, res1[i_best], res1[by_loss[i_best]])
     outcome = {"family": winner.family, "lr": lr, "short_run_lr": winner.lr,
                "centre": winner.centre, "metric": res1[i_best]["metric"], "kept_rung0": kept,
                "walks": walks, "all_diverged": all_div, "at_edge": edge,
                "time_rescaled": rescaled, "warmup": warmup, "separation": separation,
-               "edge_stop": edge_stop, "plan": plan.to_dict()}
+               "loss_tiebreak": tiebreak, "edge_stop": edge_stop, "plan": plan.to_dict()}
     wall = sum(float(r["wall_time"]) for r in log.trials)
     stage = Stage("confirmation (successive halving)", cost, wall, outcome)
     folder.save("halving", {"plan": plan.to_dict(), "centres": dict(centres),
@@ -744,8 +759,8 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     return {"winner": winner, "lr": lr, "rescaled": rescaled, "trials": log.trials,
             "plan": plan, "centres": centres, "walks": walks, "at_edge": edge,
             "origin": origin, "warmup": warmup, "separation": separation,
-            "edge_stop": edge_stop, "no_warmup": bool(warmup and warmup["dropped"]),
-            "spacing": spacing}, stage
+            "loss_tiebreak": tiebreak, "edge_stop": edge_stop,
+            "no_warmup": bool(warmup and warmup["dropped"]), "spacing": spacing}, stage
 
 
 def _warmup_check(task: Any, winner: _Arm, rec: dict, plan: _Plan, log: _Trials, seed: int,
@@ -1299,8 +1314,11 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
         parts.append(f"Runs of {plan.rung1} steps at three LRs {apart} apart{guess}{walked} "
                      f"then picked {w.family} at {w.lr:.3g} (validation {name} "
                      f"{fmt(next(r['metric'] for r in r1 if r.get('kept')))}{edge}).")
-    sep = halving.get("separation")
-    if sep and not sep["clear"]:
+    sep, tb = halving.get("separation"), halving.get("loss_tiebreak")
+    if tb:
+        text = tiebreak_sentence(tb, fmt)
+        parts.append(f"{text[0].upper()}{text[1:]}.")
+    elif sep and not sep["clear"]:
         how = ("the same" if sep["margin"] == 0 else
                f"{fmt(sep['runner_up_metric'])}, {sep['margin']:.3g} behind, within the noise "
                f"of the winner's own evaluations ({sep['noise']:.3g})")

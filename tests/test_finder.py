@@ -490,3 +490,77 @@ def test_every_optimizer_by_name_runs_the_range_test_and_tune(tmp_path):
             assert rt.lr is not None and rt.lr > 1e-4, (name, rt.lr)
         res = tune(task, out=tmp_path / name, progress=False, schedules=("constant",))
         assert math.isfinite(res.metric) and res.lr > 1e-4, (name, res.lr)
+
+
+def _run(lr: float, metric: float, losses: list[float], val_curve: list, diverged=False) -> dict:
+    return {"lr": lr, "metric": metric, "losses": losses, "val_curve": val_curve,
+            "diverged": diverged}
+
+
+def test_fresh_loss_only_for_runs_whose_batches_were_all_new():
+    from lrkit.finder import fresh_loss
+    from tests.tiny_task import make_task
+
+    task = make_task()  # batch 32, 256 training examples: 8 steps see each example once
+    losses = [3.0, 3.0, 2.0, 2.0, 1.0, 1.0, 1.0, 3.0]
+    mean, se = fresh_loss(task, _run(0.1, 0.5, losses, []))
+    assert mean == pytest.approx(2.0)
+    assert se == pytest.approx(float(np.std([1, 3], ddof=1)) / 2 ** .5)
+    assert fresh_loss(task, _run(0.1, 0.5, losses + [1.0], [])) is None  # 9 x 32 > 256
+    assert fresh_loss(task, _run(0.1, 0.5, losses[:7], [])) is None      # too few to read
+    assert fresh_loss(task, _run(0.1, 0.5, losses, [], diverged=True)) is None
+    assert fresh_loss(dataclasses.replace(task, train_size=0), _run(0.1, 0.5, losses, [])) is None
+
+
+def test_loss_tiebreak_picks_the_lower_held_out_loss_only_within_val_noise():
+    from lrkit.finder import loss_tiebreak
+    from tests.tiny_task import make_task
+
+    task = make_task()
+    val = [[1, 0.50], [2, 0.52], [3, 0.49], [4, 0.51], [5, 0.50]]  # noise about 0.01-0.02
+    slow = [2.0] * 6 + [1.50, 1.52]
+    fast = [2.0] * 6 + [1.00, 1.02]
+    runs = [_run(0.01, 0.50, slow, val), _run(0.1, 0.505, fast, val)]
+    assert loss_tiebreak(task, 0, runs) == 1  # val within noise: the lower batch loss wins
+    runs[1]["metric"] = 0.60                  # val clearly worse: val decides
+    assert loss_tiebreak(task, 0, runs) == 0
+    runs[1]["metric"] = 0.505
+    runs[1]["losses"] = [2.0] * 6 + [1.30, 1.60]  # lower (1.45 < 1.51) but within its s.e.
+    assert loss_tiebreak(task, 0, runs) == 0
+    runs[1]["losses"] = fast + [1.0]            # a run that saw examples twice: no tiebreak
+    assert loss_tiebreak(task, 0, runs) == 0
+
+
+def test_confirm_breaks_a_val_tie_with_the_loss_on_unseen_batches():
+    """Two far-apart Gaussian blobs and 5,000 training examples: every confirm run classifies
+    the 50 val points perfectly (a tie that the lower LR would win), while each run's batches
+    are all new to it; the run with the clearly lower batch loss wins, and the reason says so."""
+    g = torch.Generator().manual_seed(0)
+    n = 2600
+    x = torch.cat([torch.randn(n, 2, generator=g) + 5, torch.randn(n, 2, generator=g) - 5])
+    y = torch.cat([torch.zeros(n), torch.ones(n)]).long()
+    perm = torch.randperm(2 * n, generator=g)
+    x, y = x[perm], y[perm]
+    torch.manual_seed(0)
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:5000], y[:5000]),
+                                         batch_size=32, shuffle=True, generator=g)
+
+    def accuracy(m, batches):
+        return float(sum((m(a).argmax(1) == b).float().sum() for a, b in batches) / 50)
+
+    res = find_lr(model, opt, loader, nn.CrossEntropyLoss(),
+                  val_loader=[(x[5000:5050], y[5000:5050])],
+                  confirm=True, steps=200, metric_fn=accuracy, higher_is_better=True,
+                  progress=False)
+    runs = res.confirm["runs"]
+    assert {r["metric"] for r in runs} == {1.0}  # the situation under test: a tie on val
+    tb = res.confirm["loss_tiebreak"]
+    assert tb is not None and tb["val_pick_lr"] == min(r["lr"] for r in runs)
+    win = next(r for r in runs if r["lr"] == res.confirm["winner"])
+    q = len(win["train_losses"]) // 4
+    assert sum(win["train_losses"][-q:]) / q == pytest.approx(tb["loss"])
+    assert tb["loss"] + 2 * math.hypot(tb["loss_se"], tb["val_pick_loss_se"]) < tb["val_pick_loss"]
+    assert "the training loss on batches neither run had seen before could" in \
+        res.suggestion.reason

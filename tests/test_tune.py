@@ -958,3 +958,47 @@ def test_a_tie_at_the_edge_of_rung_one_is_not_walked_on(tmp_path):
     assert h["stage"]["outcome"]["at_edge"] is False
     assert "the best may lie beyond" not in res.explanation
     assert "scored the same, so the short runs could not tell" in res.explanation
+
+
+def test_a_val_tie_is_broken_by_the_loss_on_batches_no_run_had_seen(tmp_path):
+    """The blobs of the test above, with 5,000 training examples: every rung-1 run still
+    classifies the val split perfectly (a tie), but each run's batches are all new to it, so
+    their losses are a held-out estimate over far more examples than the val split. The run
+    whose loss is lower beyond two standard errors wins, and the explanation says why."""
+    g = torch.Generator().manual_seed(0)
+    n = 2600
+    x = torch.cat([torch.randn(n, 2, generator=g) + 5, torch.randn(n, 2, generator=g) - 5])
+    y = torch.cat([torch.zeros(n), torch.ones(n)]).long()
+    perm = torch.randperm(2 * n, generator=g)
+    x, y = x[perm], y[perm]
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:5000], y[:5000]),
+                                         batch_size=32, shuffle=True, generator=g)
+
+    def accuracy(m, batches):
+        return float(sum((m(a).argmax(1) == b).float().sum() for a, b in batches) / 50)
+
+    task = from_torch(model, opt, loader, torch.nn.CrossEntropyLoss(),
+                      val_loader=[(x[5000:5050], y[5000:5050])],
+                      test_loader=[(x[5050:], y[5050:])], steps=STEPS, metric_fn=accuracy,
+                      higher_is_better=True, name="blobs")
+    res = tune(task, out=tmp_path / "w", progress=False, schedules=("constant",))
+    h = json.loads((tmp_path / "w" / "3-halving.json").read_text())
+    r1 = [t for t in h["trials"] if t["rung"] == 1]
+    assert {t["metric"] for t in r1} == {1.0}  # the situation under test: a tie on val
+    assert all(t["steps"] * 32 <= 5000 for t in r1)  # every batch new to the run
+    tb = h["stage"]["outcome"]["loss_tiebreak"]
+    assert tb is not None
+    win = next(t for t in r1 if t["kept"])
+    assert win["lr"] > tb["val_pick_lr"] == min(t["lr"] for t in r1[:3])
+
+    def tail_loss(t):
+        q = len(t["losses"]) // 4
+        return sum(t["losses"][-q:]) / q
+
+    assert tail_loss(win) == pytest.approx(tb["loss"])
+    assert tb["loss"] + 2 * math.hypot(tb["loss_se"], tb["val_pick_loss_se"]) < tb["val_pick_loss"]
+    assert min(r1, key=tail_loss) is win or h["rungs"][-1]["walks"] > 0
+    assert "the training loss on batches neither run had seen before could" in res.explanation
