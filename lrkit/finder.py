@@ -855,7 +855,8 @@ TIEBREAK_Z = 2.0
 
 def fresh_loss(task: Any, run: dict) -> tuple[float, float] | None:
     """The mean training loss over the last quarter of a short run, and its standard error,
-    when every batch of the run was new to the model (``steps x batch_size <= train_size``):
+    when every batch of the run was new to the model (``steps x batch_size x
+    accumulation_steps <= train_size``):
     the loss on a batch it has not trained on is a held-out estimate, averaged over far more
     examples than a small val split holds. ``None`` for a longer run (its batch losses then
     measure fitting, not generalising), a diverged one, an unknown ``train_size`` or fewer
@@ -863,7 +864,8 @@ def fresh_loss(task: Any, run: dict) -> tuple[float, float] | None:
     losses = np.asarray(run.get("losses") or run.get("train_losses") or [], dtype=float)
     size = int(getattr(task, "train_size", 0) or 0)
     if (run.get("diverged") or size <= 0 or losses.size < 8
-            or losses.size * int(task.recipe.batch_size) > size):
+            or losses.size * int(task.recipe.batch_size)
+            * int(getattr(task.recipe, "accumulation_steps", 1) or 1) > size):
         return None
     tail = losses[-(losses.size // 4):]
     if not np.all(np.isfinite(tail)):

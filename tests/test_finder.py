@@ -508,6 +508,10 @@ def test_fresh_loss_only_for_runs_whose_batches_were_all_new():
     assert se == pytest.approx(float(np.std([1, 3], ddof=1)) / 2 ** .5)
     assert fresh_loss(task, _run(0.1, 0.5, losses + [1.0], [])) is None  # 9 x 32 > 256
     assert fresh_loss(task, _run(0.1, 0.5, losses[:7], [])) is None      # too few to read
+    two = dataclasses.replace(task, recipe=dataclasses.replace(task.recipe, accumulation_steps=2))
+    assert fresh_loss(two, _run(0.1, 0.5, losses, [])) is None  # 8 steps x 2 x 32 > 256
+    assert fresh_loss(dataclasses.replace(two, train_size=512), _run(0.1, 0.5, losses, [])) \
+        == (mean, se)
     assert fresh_loss(task, _run(0.1, 0.5, losses, [], diverged=True)) is None
     assert fresh_loss(dataclasses.replace(task, train_size=0), _run(0.1, 0.5, losses, [])) is None
 
