@@ -287,7 +287,7 @@ def measure(cfg: dict, task: Task, seeds: tuple[int, ...] = (0, 1),
         with tempfile.TemporaryDirectory() as out:
             t = lrkit.tune(task, out=out, progress=False, seed=s)
         tunes.append({"family": t.family, "lr": t.lr, "metric": t.metric,
-                      "cost_runs": t.cost_runs})
+                      "cost_runs": t.cost_runs, "lr_range": list(t.lr_range)})
     tm = float(np.mean([t["metric"] for t in tunes]))
     best = means[b]
     regret = bench.regret(tm, best, higher_is_better=task.higher_is_better)

@@ -848,6 +848,33 @@ def separation(task: Any, best: dict, others: list[dict]) -> dict | None:
             "margin": margin, "noise": noise, "clear": margin > noise}
 
 
+def bracket(task: Any, best: dict, runs: Sequence[dict]) -> dict[str, Any]:
+    """The short runs' uncertainty about the best LR, around the winner ``best``.
+
+    ``below`` / ``above``: the nearest LRs under and over ``best["lr"]`` whose run scored worse
+    than ``best`` beyond the noise of ``best``'s own evaluations (:func:`metric_noise`), or
+    diverged; if the val metric is unimodal in the LR, the best LR for runs of this length lies
+    strictly between them (``None`` on a side where no run was worse: it may lie beyond).
+    ``alike``: the lowest and highest LR that scored within that noise of ``best`` (``best``'s
+    own LR twice when none did)."""
+    vs = [v for _, v in _finite_points(best.get("val_curve") or [])]
+    noise = metric_noise(vs) if len(vs) >= 4 else 0.0
+    own, at = _rank_key(task, float(best["metric"])), float(best["lr"])
+    below = above = None
+    alike = [at, at]
+    for r in runs:
+        lr = float(r["lr"])
+        if (r["diverged"] or not math.isfinite(float(r["metric"]))
+                or _rank_key(task, float(r["metric"])) - own > noise):
+            if lr < at and (below is None or lr > below):
+                below = lr
+            elif lr > at and (above is None or lr < above):
+                above = lr
+        else:
+            alike = [min(alike[0], lr), max(alike[1], lr)]
+    return {"below": below, "above": above, "alike": alike}
+
+
 #: how many combined standard errors of the held-out batch loss must separate two runs before
 #: :func:`loss_tiebreak` overrides val's pick (a one-sided test at about 2%)
 TIEBREAK_Z = 2.0

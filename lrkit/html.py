@@ -295,6 +295,7 @@ def tune_report(
     safe_lr: Mapping[str, Any] | None,
     explanation: str,
     monitor_available: bool,
+    uncertainty: str = "",
 ) -> Path:
     """Write ``report.html`` and its PNGs to ``folder``; return the report's path.
 
@@ -311,6 +312,7 @@ def tune_report(
             ``{"skipped": why}``, or ``None`` (not computed).
         explanation: the plain-words paragraph.
         monitor_available: whether the monitor watched the final run.
+        uncertainty: the chosen LR's uncertainty in words (:func:`lrkit.tune.range_sentence`).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -414,7 +416,8 @@ def tune_report(
 <div class=decision><b>Decision:</b> {escape(final['family'])} schedule with peak learning rate
 <b>{float(final['lr']):.3g}</b>. Final run: test {escape(metric)} <b>{_fmt(final['metric'])}</b>
 ({'higher' if higher else 'lower'} is better). Total cost {total} steps =
-{total / full:.2f} full runs.<br><span class=muted>schedule spec: <code>{sched_json}</code>
+{total / full:.2f} full runs.{f"<br>Uncertainty: {escape(uncertainty)}." if uncertainty else ""}
+<br><span class=muted>schedule spec: <code>{sched_json}</code>
 </span></div>
 <h2>Why</h2>
 <p class=why>{prose(explanation)}</p>

@@ -53,8 +53,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import check_int, check_positive
-from .finder import (MIN_SHORT_RUN_STEPS, loss_tiebreak, metric_noise, tiebreak_evidence,
-                     tiebreak_sentence)
+from .finder import (MIN_SHORT_RUN_STEPS, bracket, loss_tiebreak, metric_noise,
+                     tiebreak_evidence, tiebreak_sentence)
 from .finder import separation as _separation
 from .suggest import RECIPE_LR_FAMILY
 
@@ -128,7 +128,11 @@ class TuneResult:
     task's ``"test"`` split, ``cost_steps`` every optimizer step spent (range test, confirmation
     runs and the final run), ``stages`` each stage's cost and outcome, ``findings`` the monitor's
     findings on the final run (plain dicts: kind, step, evidence, action), ``report`` the HTML
-    report's path.
+    report's path. ``lr_range`` is the uncertainty of ``lr``: the nearest confirmation runs
+    below and above the winner that scored worse beyond the noise of its own evaluations, at
+    the final run's scale (:func:`lrkit.finder.bracket`; ``None`` on an open side; without
+    confirmation runs, the range test's band; after a diverged final run, ``(None, the LR that
+    diverged)``).
     """
 
     task: str
@@ -146,6 +150,7 @@ class TuneResult:
     run_dir: str
     weights: str
     explanation: str = ""
+    lr_range: tuple[float | None, float | None] = (None, None)
 
     @property
     def cost_runs(self) -> float:
@@ -165,6 +170,8 @@ class TuneResult:
         kw = {k: v for k, v in d.items() if k in names}
         kw["stages"] = tuple(Stage.from_dict(s) for s in d["stages"])
         kw["findings"] = tuple(dict(f) for f in d.get("findings") or ())
+        if "lr_range" in kw:
+            kw["lr_range"] = tuple(kw["lr_range"])
         return cls(**kw)
 
 
@@ -638,7 +645,10 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
         show.say(f"[2/5] candidates: {families[0]} at the range test's LR only")
     if plan.rung1 == 0:
         res, stage = _no_confirmation(folder, plan, centres, families[0], study, show)
-        return {**res, "origin": origin}, stage
+        s = rt.suggestion
+        scale = centres[families[0]] / s.lr if s.lr and s.band else None
+        lr_range = [s.band[0] * scale, s.band[1] * scale] if scale else [None, None]
+        return {**res, "origin": origin, "lr_range": lr_range}, stage
     log = _Trials(folder, plan, centres, study)
     res0: list[dict] = []
     # rung 0: every family at its centre
@@ -745,11 +755,15 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     tiebreak = None
     if i_best in by_loss:
         tiebreak = tiebreak_evidence(task, res1[i_best], res1[by_loss[i_best]])
+    br = bracket(task, res1[i_best], family_runs)
+    lr_range = [None if br[k] is None else br[k] * lr / winner.lr for k in ("below", "above")]
+    lr_alike = [b * lr / winner.lr for b in br["alike"]]
     outcome = {"family": winner.family, "lr": lr, "short_run_lr": winner.lr,
                "centre": winner.centre, "metric": res1[i_best]["metric"], "kept_rung0": kept,
                "walks": walks, "all_diverged": all_div, "at_edge": edge,
                "time_rescaled": rescaled, "warmup": warmup, "separation": separation,
-               "loss_tiebreak": tiebreak, "edge_stop": edge_stop, "plan": plan.to_dict()}
+               "loss_tiebreak": tiebreak, "lr_range": lr_range, "lr_alike": lr_alike,
+               "edge_stop": edge_stop, "plan": plan.to_dict()}
     wall = sum(float(r["wall_time"]) for r in log.trials)
     stage = Stage("confirmation (successive halving)", cost, wall, outcome)
     folder.save("halving", {"plan": plan.to_dict(), "centres": dict(centres),
@@ -759,8 +773,9 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     return {"winner": winner, "lr": lr, "rescaled": rescaled, "trials": log.trials,
             "plan": plan, "centres": centres, "walks": walks, "at_edge": edge,
             "origin": origin, "warmup": warmup, "separation": separation,
-            "loss_tiebreak": tiebreak, "edge_stop": edge_stop,
-            "no_warmup": bool(warmup and warmup["dropped"]), "spacing": spacing}, stage
+            "loss_tiebreak": tiebreak, "lr_range": lr_range, "lr_alike": lr_alike,
+            "edge_stop": edge_stop, "no_warmup": bool(warmup and warmup["dropped"]),
+            "spacing": spacing}, stage
 
 
 def _warmup_check(task: Any, winner: _Arm, rec: dict, plan: _Plan, log: _Trials, seed: int,
@@ -1617,6 +1632,11 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
     explanation = _explain(task, rt, halving, final, stages, full, task_ref)
     if raised is not None:
         explanation = f"{raised} {explanation}"
+    lr_range = tuple(halving.get("lr_range") or (None, None))
+    if final.get("diverged_attempt"):  # the full run bounds it from above
+        lr_range = (None, float(final["diverged_attempt"]["lr"]))
+    uncertainty = range_sentence(lr_range, halving.get("lr_alike"), lr_range[1]
+                                 if final.get("diverged_attempt") else None)
     show.say("[5/5] report")
     t0 = time.perf_counter()
     safe = _safe_lr(task, seed, folder)
@@ -1631,7 +1651,8 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
                                           "centres": halving["centres"],
                                           "trials": halving["trials"]},
         final=final, stages=[s.to_dict() for s in stages], safe_lr=safe,
-        explanation=explanation, monitor_available=final.get("monitor") is not None)
+        explanation=explanation, monitor_available=final.get("monitor") is not None,
+        uncertainty=uncertainty)
     stages = stages + (Stage("result and report", 0, time.perf_counter() - t0,
                              {"report": str(report)}),)
     result = TuneResult(
@@ -1640,9 +1661,35 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
         metric=_num(final["metric"]), metric_name=task.metric,
         higher_is_better=task.higher_is_better, cost_steps=int(cost), full_run_steps=full,
         stages=stages, findings=tuple(final.get("findings") or ()), report=str(report),
-        run_dir=str(path), weights=str(folder.file("weights")), explanation=explanation)
+        run_dir=str(path), weights=str(folder.file("weights")), explanation=explanation,
+        lr_range=lr_range)
     folder.save("result", result.to_dict())
     return result
+
+
+def range_sentence(lr_range: Sequence[float | None],
+                   alike: Sequence[float] | None = None, diverged: float | None = None) -> str:
+    """``TuneResult.lr_range`` in words, with the confirmation runs that scored alike
+    (``alike``, the halving outcome's ``lr_alike``), or the LR at which the final run
+    diverged (``diverged``: it is then the upper bound). It is the short runs' uncertainty:
+    on held-out tasks the full-run best lay outside it on about a quarter of the MLP runs
+    (``docs/tune.md``)."""
+    if diverged is not None:
+        return f"the best peak lr lies below {diverged:.3g}, where the full run diverged"
+    lo, hi = lr_range
+    same = (f"runs from {alike[0]:.3g} to {alike[1]:.3g} scored alike"
+            if alike and alike[1] > alike[0] * 1.0001 else "")
+    if lo is not None and hi is not None:
+        where = f"between {lo:.3g} and {hi:.3g} (worse beyond noise at both"
+    elif lo is not None:
+        where = f"above {lo:.3g} (worse beyond noise there, none above"
+    elif hi is not None:
+        where = f"below {hi:.3g} (worse beyond noise there, none below"
+    elif same:
+        return f"the short {same} within noise and none was worse: they do not bound the best"
+    else:
+        return "no short runs bound the best peak lr"
+    return f"by the short runs, the best peak lr lies {where}{'; ' + same if same else ''})"
 
 
 # ------------------------------------------------------------------------------------- CLI
@@ -1707,6 +1754,11 @@ def cli_main(args: argparse.Namespace) -> int:
         return 130
     better = "higher" if res.higher_is_better else "lower"
     print(f"decision: {res.family} schedule, peak lr {res.lr:.3g}")
+    alike = next((st.outcome.get("lr_alike") for st in res.stages
+                  if st.outcome.get("lr_alike")), None)
+    retried = next((st.outcome["retried_from_lr"] for st in res.stages
+                    if st.outcome.get("retried_from_lr")), None)
+    print(f"  uncertainty: {range_sentence(res.lr_range, alike, retried)}")
     print(f"  schedule spec: {json.dumps(res.schedule)}")
     print(f"  test {res.metric_name}: {res.metric:.4g} ({better} is better)")
     shares = ", ".join(f"{s.name} {s.cost_steps / max(res.cost_steps, 1):.0%}"

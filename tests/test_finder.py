@@ -568,3 +568,19 @@ def test_confirm_breaks_a_val_tie_with_the_loss_on_unseen_batches():
     assert tb["loss"] + 2 * math.hypot(tb["loss_se"], tb["val_pick_loss_se"]) < tb["val_pick_loss"]
     assert "the training loss on batches neither run had seen before could" in \
         res.suggestion.reason
+
+
+def test_bracket_names_the_nearest_worse_runs_on_each_side():
+    from lrkit.finder import bracket
+    from tests.tiny_task import make_task
+
+    task = make_task()  # mse: lower is better
+    val = [[1, 0.50], [2, 0.52], [3, 0.49], [4, 0.51], [5, 0.50]]  # winner's noise ~0.02
+    best = _run(0.1, 0.50, [], val)
+    runs = [_run(0.01, 0.90, [], []), _run(0.03, 0.60, [], []), best,
+            _run(0.2, 0.505, [], []), _run(0.3, 0.8, [], []), _run(1.0, math.inf, [], []),
+            _run(3.0, 0.4, [], [], diverged=True)]
+    assert bracket(task, best, runs) == {"below": 0.03, "above": 0.3, "alike": [0.1, 0.2]}
+    assert bracket(task, best, [best, runs[3]]) == {"below": None, "above": None,
+                                                     "alike": [0.1, 0.2]}
+    assert bracket(task, best, [best, runs[-1]])["above"] == 3.0  # diverged: worse

@@ -635,6 +635,9 @@ def test_cli_prints_decision_and_report(done, capsys):
     text = capsys.readouterr().out
     assert rc == 0
     assert f"decision: {res.family} schedule, peak lr {res.lr:.3g}" in text
+    h = next(st for st in res.stages if st.name.startswith("confirmation")).outcome
+    assert (f"uncertainty: {tune_mod.range_sentence(res.lr_range, h.get('lr_alike'))}"
+            in text)
     assert f"report: {out / 'report.html'}" in text
     assert f"{res.cost_steps} steps" in text
     assert cli.main(["tune", "--resume", str(out.parent / "nothing")]) == 2
@@ -1002,3 +1005,36 @@ def test_a_val_tie_is_broken_by_the_loss_on_batches_no_run_had_seen(tmp_path):
     assert tb["loss"] + 2 * math.hypot(tb["loss_se"], tb["val_pick_loss_se"]) < tb["val_pick_loss"]
     assert min(r1, key=tail_loss) is win or h["rungs"][-1]["walks"] > 0
     assert "the training loss on batches neither run had seen before could" in res.explanation
+
+
+def test_the_lr_range_and_its_sentence(tmp_path):
+    """``TuneResult.lr_range`` is the bracket of the rung-1 runs of the winner's family, at the
+    final run's scale, survives ``to_dict`` / ``from_dict``, and reads in words."""
+    from lrkit.finder import bracket
+    from lrkit.tune import range_sentence
+
+    task = make_task(steps=STEPS)
+    res = tune(task, out=tmp_path / "w", progress=False, schedules=("constant",))
+    h = json.loads((tmp_path / "w" / "3-halving.json").read_text())
+    runs = [t for t in h["trials"] if t["rung"] == 1 and not t.get("no_warmup")]
+    win = next(t for t in runs if t["kept"])
+    br = bracket(task, win, runs)
+    scale = h["stage"]["outcome"]["lr"] / win["lr"]
+    assert list(res.lr_range) == [None if br[k] is None else pytest.approx(br[k] * scale)
+                                  for k in ("below", "above")]
+    assert TuneResult.from_dict(json.loads(json.dumps(res.to_dict()))).lr_range == res.lr_range
+    assert range_sentence((0.1, 0.3), [0.15, 0.2]) == (
+        "by the short runs, the best peak lr lies between 0.1 and 0.3 (worse beyond noise at "
+        "both; runs from 0.15 to 0.2 scored alike)")
+    assert range_sentence((None, 0.3)) == (
+        "by the short runs, the best peak lr lies below 0.3 (worse beyond noise there, none "
+        "below)")
+    assert range_sentence((0.1, None), [0.2, 0.2]) == (
+        "by the short runs, the best peak lr lies above 0.1 (worse beyond noise there, none "
+        "above)")
+    assert range_sentence((None, None), [0.1, 0.3]) == (
+        "the short runs from 0.1 to 0.3 scored alike within noise and none was worse: they do "
+        "not bound the best")
+    assert range_sentence((None, 2.0), diverged=2.0) == (
+        "the best peak lr lies below 2, where the full run diverged")
+    assert "Uncertainty: " in Path(res.report).read_text()

@@ -1,0 +1,64 @@
+"""How often ``TuneResult.lr_range`` (the short runs' bracket of the best LR) holds the full-run
+grid's best LR, on the held-out random tasks.
+
+``heldout_random_tasks.py`` stores each tune run's ``lr_range`` beside the task's grid of full
+runs (11 LRs half a decade apart, 2 seeds). A range holds the grid's best when ``low < best <
+high`` (an open side holds anything); with ``--tol D`` each side is widened by ``D`` decades
+(0.25: half the grid's spacing, its resolution).
+
+    python benchmarks/tune_uncertainty.py results/heldout/random-{0,1,2}.json
+    python benchmarks/tune_uncertainty.py --tol 0.25 results/heldout/cnn-{10,11,12}.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+def coverage(rows: list[dict], tol: float = 0.0) -> dict:
+    """Counts of tune runs whose ``lr_range`` holds their task's grid best, by kind of range."""
+    out = {k: [0, 0] for k in ("all", "two-sided", "lower only", "upper only", "open")}
+    widths = []
+    for r in rows:
+        best = float(r["best_lr"])
+        for t in r["tune"]:
+            lo, hi = t.get("lr_range") or (None, None)
+            inside = ((lo is None or lo / 10 ** tol < best)
+                      and (hi is None or best < hi * 10 ** tol))
+            kind = ("two-sided" if lo is not None and hi is not None else
+                    "lower only" if lo is not None else "upper only" if hi is not None
+                    else "open")
+            if kind == "two-sided":
+                widths.append(math.log10(hi / lo))
+            for k in ("all", kind):
+                out[k][0] += inside
+                out[k][1] += 1
+    out["median_width_decades"] = float(np.median(widths)) if widths else None
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--tol", type=float, default=0.0, help="widen each side by this many decades")
+    args = p.parse_args(argv)
+    rows = [r for f in args.files for r in json.loads(f.read_text())]
+    missing = sum("lr_range" not in t for r in rows for t in r["tune"])
+    if missing:
+        raise SystemExit(f"{missing} tune runs carry no lr_range: re-run heldout_random_tasks.py "
+                         "with --truth on these files")
+    c = coverage(rows, args.tol)
+    for k in ("all", "two-sided", "lower only", "upper only", "open"):
+        hit, n = c[k]
+        print(f"{k:11s} {hit:4d} / {n:4d} hold the grid's best")
+    print(f"two-sided ranges: median width {c['median_width_decades']:.2f} decades")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
