@@ -539,25 +539,11 @@ def test_confirm_breaks_a_val_tie_with_the_loss_on_unseen_batches():
     """Two far-apart Gaussian blobs and 5,000 training examples: every confirm run classifies
     the 50 val points perfectly (a tie that the lower LR would win), while each run's batches
     are all new to it; the run with the clearly lower batch loss wins, and the reason says so."""
-    g = torch.Generator().manual_seed(0)
-    n = 2600
-    x = torch.cat([torch.randn(n, 2, generator=g) + 5, torch.randn(n, 2, generator=g) - 5])
-    y = torch.cat([torch.zeros(n), torch.ones(n)]).long()
-    perm = torch.randperm(2 * n, generator=g)
-    x, y = x[perm], y[perm]
-    torch.manual_seed(0)
-    model = nn.Linear(2, 2)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:5000], y[:5000]),
-                                         batch_size=32, shuffle=True, generator=g)
+    from tests.tiny_task import blobs
 
-    def accuracy(m, batches):
-        return float(sum((m(a).argmax(1) == b).float().sum() for a, b in batches) / 50)
-
-    res = find_lr(model, opt, loader, nn.CrossEntropyLoss(),
-                  val_loader=[(x[5000:5050], y[5000:5050])],
-                  confirm=True, steps=200, metric_fn=accuracy, higher_is_better=True,
-                  progress=False)
+    model, opt, loader, val, _, accuracy = blobs(2600, 5000)
+    res = find_lr(model, opt, loader, nn.CrossEntropyLoss(), val_loader=val, confirm=True,
+                  steps=200, metric_fn=accuracy, higher_is_better=True, progress=False)
     runs = res.confirm["runs"]
     assert {r["metric"] for r in runs} == {1.0}  # the situation under test: a tie on val
     tb = res.confirm["loss_tiebreak"]

@@ -23,7 +23,7 @@ from lrkit.finder import CONFIRM_GUESS_SPACING, RangeTestResult
 from lrkit.html import prose, smooth
 from lrkit.tasks import from_torch
 from lrkit.tune import TuneResult, tune
-from tests.tiny_task import dead_relu_regression, make_task
+from tests.tiny_task import blobs, dead_relu_regression, make_task
 
 STEPS = 200
 
@@ -930,30 +930,23 @@ def test_resume_after_the_confirmation_stage_keeps_its_walk(tmp_path, monkeypatc
     assert again.metric == pytest.approx(first.metric, rel=1e-9)
 
 
+def _tune_blobs(per_class: int, n_train: int, tmp_path: Path) -> tuple:
+    """tune (constant only) on :func:`tests.tiny_task.blobs`: the result, the halving log
+    and its rung-1 runs."""
+    model, opt, loader, val, test, accuracy = blobs(per_class, n_train)
+    task = from_torch(model, opt, loader, torch.nn.CrossEntropyLoss(), val_loader=val,
+                      test_loader=test, steps=STEPS, metric_fn=accuracy, higher_is_better=True,
+                      name="blobs")
+    res = tune(task, out=tmp_path / "w", progress=False, schedules=("constant",))
+    h = json.loads((tmp_path / "w" / "3-halving.json").read_text())
+    return res, h, [t for t in h["trials"] if t["rung"] == 1]
+
+
 def test_a_tie_at_the_edge_of_rung_one_is_not_walked_on(tmp_path):
     """Two far-apart Gaussian blobs: every short run classifies the val split perfectly, so
     all rung-1 runs tie. The lower LR wins a tie, which puts the winner at the lower edge, but
     a tie is no evidence that the best lies beyond: no walk, no "edge" in the explanation."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.cat([torch.randn(200, 2, generator=g) + 5, torch.randn(200, 2, generator=g) - 5])
-    y = torch.cat([torch.zeros(200), torch.ones(200)]).long()
-    perm = torch.randperm(400, generator=g)
-    x, y = x[perm], y[perm]
-    torch.manual_seed(0)
-    model = torch.nn.Linear(2, 2)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:300], y[:300]),
-                                         batch_size=32, shuffle=True, generator=g)
-
-    def accuracy(m, batches):
-        return float(sum((m(a).argmax(1) == b).float().sum() for a, b in batches) / 50)
-
-    task = from_torch(model, opt, loader, torch.nn.CrossEntropyLoss(),
-                      val_loader=[(x[300:350], y[300:350])], test_loader=[(x[350:], y[350:])],
-                      steps=STEPS, metric_fn=accuracy, higher_is_better=True, name="blobs")
-    res = tune(task, out=tmp_path / "w", progress=False, schedules=("constant",))
-    h = json.loads((tmp_path / "w" / "3-halving.json").read_text())
-    r1 = [t for t in h["trials"] if t["rung"] == 1]
+    res, h, r1 = _tune_blobs(200, 300, tmp_path)
     assert len(r1) == 3 and {t["metric"] for t in r1} == {1.0}  # the situation under test
     assert h["rungs"][-1]["walks"] == 0
     win = next(t for t in r1 if t["kept"])
@@ -968,28 +961,7 @@ def test_a_val_tie_is_broken_by_the_loss_on_batches_no_run_had_seen(tmp_path):
     classifies the val split perfectly (a tie), but each run's batches are all new to it, so
     their losses are a held-out estimate over far more examples than the val split. The run
     whose loss is lower beyond two standard errors wins, and the explanation says why."""
-    g = torch.Generator().manual_seed(0)
-    n = 2600
-    x = torch.cat([torch.randn(n, 2, generator=g) + 5, torch.randn(n, 2, generator=g) - 5])
-    y = torch.cat([torch.zeros(n), torch.ones(n)]).long()
-    perm = torch.randperm(2 * n, generator=g)
-    x, y = x[perm], y[perm]
-    torch.manual_seed(0)
-    model = torch.nn.Linear(2, 2)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:5000], y[:5000]),
-                                         batch_size=32, shuffle=True, generator=g)
-
-    def accuracy(m, batches):
-        return float(sum((m(a).argmax(1) == b).float().sum() for a, b in batches) / 50)
-
-    task = from_torch(model, opt, loader, torch.nn.CrossEntropyLoss(),
-                      val_loader=[(x[5000:5050], y[5000:5050])],
-                      test_loader=[(x[5050:], y[5050:])], steps=STEPS, metric_fn=accuracy,
-                      higher_is_better=True, name="blobs")
-    res = tune(task, out=tmp_path / "w", progress=False, schedules=("constant",))
-    h = json.loads((tmp_path / "w" / "3-halving.json").read_text())
-    r1 = [t for t in h["trials"] if t["rung"] == 1]
+    res, h, r1 = _tune_blobs(2600, 5000, tmp_path)
     assert {t["metric"] for t in r1} == {1.0}  # the situation under test: a tie on val
     assert all(t["steps"] * 32 <= 5000 for t in r1)  # every batch new to the run
     tb = h["stage"]["outcome"]["loss_tiebreak"]

@@ -65,3 +65,29 @@ def dead_relu_regression(n: int) -> tuple[torch.nn.Module, torch.Tensor, torch.T
         model[0].weight.zero_()
         model[0].bias.fill_(-1.0)
     return model, x, y - y.mean()
+
+
+def blobs(per_class: int, n_train: int, n_val: int = 50) -> tuple:
+    """Two far-apart Gaussian blobs in 2-D (means +5 and -5), which any linear classifier
+    separates: ``(model, optimizer, train_loader, val_batches, test_batches, accuracy)`` with a
+    ``Linear(2, 2)`` under SGD (lr 0.1), a shuffling loader of the first ``n_train`` of the
+    ``2 * per_class`` examples (batch 32), the next ``n_val`` as val, the rest as test, and
+    ``accuracy(model, batches)`` as the count right over ``n_val``."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(per_class, 2, generator=g) + 5,
+                   torch.randn(per_class, 2, generator=g) - 5])
+    y = torch.cat([torch.zeros(per_class), torch.ones(per_class)]).long()
+    perm = torch.randperm(2 * per_class, generator=g)
+    x, y = x[perm], y[perm]
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:n_train], y[:n_train]),
+                                         batch_size=32, shuffle=True, generator=g)
+    end = n_train + n_val
+
+    def accuracy(m: torch.nn.Module, batches) -> float:
+        return float(sum((m(a).argmax(1) == b).float().sum() for a, b in batches) / n_val)
+
+    return (model, opt, loader, [(x[n_train:end], y[n_train:end])], [(x[end:], y[end:])],
+            accuracy)
