@@ -875,6 +875,31 @@ def bracket(task: Any, best: dict, runs: Sequence[dict]) -> dict[str, Any]:
     return {"below": below, "above": above, "alike": alike}
 
 
+def range_sentence(lr_range: Sequence[float | None],
+                   alike: Sequence[float] | None = None, diverged: float | None = None) -> str:
+    """``TuneResult.lr_range`` in words, with the confirmation runs that scored alike
+    (``alike``, the halving outcome's ``lr_alike``), or the LR at which the final run
+    diverged (``diverged``: it is then the upper bound). It is the short runs' uncertainty:
+    on held-out tasks the full-run best lay outside tune's on about a third of the MLP runs
+    (``docs/tune.md``)."""
+    if diverged is not None:
+        return f"the best peak lr lies below {diverged:.3g}, where the full run diverged"
+    lo, hi = lr_range
+    same = (f"runs from {alike[0]:.3g} to {alike[1]:.3g} scored alike"
+            if alike and alike[1] > alike[0] * 1.0001 else "")
+    if lo is not None and hi is not None:
+        where = f"between {lo:.3g} and {hi:.3g} (worse beyond noise at both"
+    elif lo is not None:
+        where = f"above {lo:.3g} (worse beyond noise there, none above"
+    elif hi is not None:
+        where = f"below {hi:.3g} (worse beyond noise there, none below"
+    elif same:
+        return f"the short {same} within noise and none was worse: they do not bound the best"
+    else:
+        return "no short runs bound the best peak lr"
+    return f"by the short runs, the best peak lr lies {where}{'; ' + same if same else ''})"
+
+
 #: how many combined standard errors of the held-out batch loss must separate two runs before
 #: :func:`loss_tiebreak` overrides val's pick (a one-sided test at about 2%)
 TIEBREAK_Z = 2.0
@@ -1084,6 +1109,7 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
     winner = best["lr"]
     cost = result.cost_steps + spent
     lrs = sorted(r["lr"] for r in table)
+    br = bracket(task, best, table)
     point = overfit_step(task, best, table)
     if point is not None:
         # time-rescale: the full run should end where the short run's val was best
@@ -1100,6 +1126,8 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
         confirm = {"candidates": [r["lr"] for r in table], "schedule": family, "runs": table,
                    "winner": rescaled, "short_run_winner": winner, "origin": origin,
                    "travel_steps": travelled, "overfit_fraction": fraction,
+                   "lr_range": [None if br[k] is None else br[k] * rescaled / winner
+                                for k in ("below", "above")],
                    "rule": ("time-rescaled: short-run winner x (its integrated LR to its best "
                             "val / the full run's)"),
                    "metric": task.metric, "higher_is_better": task.higher_is_better,
@@ -1129,13 +1157,15 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
         why = f"{why}; {tiebreak_sentence(tiebreak)}"
     elif unclear is not None and conf == "high":
         conf, why = "medium", f"{why}, but {unclear}"
-    why += (f"; started from {origin}; {len(table)} runs of {steps} steps = {spent / full:.2f} "
-            f"of a full run (range test + confirm: {cost / full:.2f})")
+    lr_range = [br["below"], br["above"]]
+    why += (f"; {range_sentence(lr_range, br['alike'])}; started from {origin}; {len(table)} "
+            f"runs of {steps} steps = {spent / full:.2f} of a full run (range test + confirm: "
+            f"{cost / full:.2f})")
     conf, why = _too_short(conf, why, steps, candidates, full)
     sug = s.scaled(winner / centre, method="lrkit+confirm", confidence=conf, reason=why)
     confirm = {"candidates": [r["lr"] for r in table], "schedule": family, "runs": table,
                "winner": winner, "origin": origin, "travel_steps": travelled,
-               "loss_tiebreak": tiebreak,
+               "loss_tiebreak": tiebreak, "lr_range": lr_range, "lr_alike": br["alike"],
                "rule": f"best val {task.metric} after {steps} steps (recipe schedule rebuilt)",
                "metric": task.metric, "higher_is_better": task.higher_is_better,
                "steps": spent, "full_run_steps": full, "fraction_of_full_run": spent / full,

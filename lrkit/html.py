@@ -312,7 +312,7 @@ def tune_report(
             ``{"skipped": why}``, or ``None`` (not computed).
         explanation: the plain-words paragraph.
         monitor_available: whether the monitor watched the final run.
-        uncertainty: the chosen LR's uncertainty in words (:func:`lrkit.tune.range_sentence`).
+        uncertainty: the chosen LR's uncertainty in words (:func:`lrkit.finder.range_sentence`).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

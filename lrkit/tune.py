@@ -54,7 +54,7 @@ from typing import Any, Mapping, Sequence
 
 from .errors import check_int, check_positive
 from .finder import (MIN_SHORT_RUN_STEPS, bracket, loss_tiebreak, metric_noise,
-                     tiebreak_evidence, tiebreak_sentence)
+                     range_sentence, tiebreak_evidence, tiebreak_sentence)
 from .finder import separation as _separation
 from .suggest import RECIPE_LR_FAMILY
 
@@ -1665,31 +1665,6 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
         lr_range=lr_range)
     folder.save("result", result.to_dict())
     return result
-
-
-def range_sentence(lr_range: Sequence[float | None],
-                   alike: Sequence[float] | None = None, diverged: float | None = None) -> str:
-    """``TuneResult.lr_range`` in words, with the confirmation runs that scored alike
-    (``alike``, the halving outcome's ``lr_alike``), or the LR at which the final run
-    diverged (``diverged``: it is then the upper bound). It is the short runs' uncertainty:
-    on held-out tasks the full-run best lay outside it on about a quarter of the MLP runs
-    (``docs/tune.md``)."""
-    if diverged is not None:
-        return f"the best peak lr lies below {diverged:.3g}, where the full run diverged"
-    lo, hi = lr_range
-    same = (f"runs from {alike[0]:.3g} to {alike[1]:.3g} scored alike"
-            if alike and alike[1] > alike[0] * 1.0001 else "")
-    if lo is not None and hi is not None:
-        where = f"between {lo:.3g} and {hi:.3g} (worse beyond noise at both"
-    elif lo is not None:
-        where = f"above {lo:.3g} (worse beyond noise there, none above"
-    elif hi is not None:
-        where = f"below {hi:.3g} (worse beyond noise there, none below"
-    elif same:
-        return f"the short {same} within noise and none was worse: they do not bound the best"
-    else:
-        return "no short runs bound the best peak lr"
-    return f"by the short runs, the best peak lr lies {where}{'; ' + same if same else ''})"
 
 
 # ------------------------------------------------------------------------------------- CLI

@@ -306,6 +306,13 @@ def test_task_mode_and_confirm_cost():
     assert conf["fraction_of_full_run"] == pytest.approx(10 * len(cands) / 60)
     assert c.cost_steps == a.cost_steps + 10 * len(cands)
     assert c.suggestion.confidence in ("high", "medium")
+    # its uncertainty: the nearest runs either side that scored worse beyond noise, in words
+    from lrkit.finder import bracket, range_sentence
+
+    if "overfit_fraction" not in conf:
+        br = bracket(task, best, conf["runs"])
+        assert conf["lr_range"] == [br["below"], br["above"]] and conf["lr_alike"] == br["alike"]
+        assert range_sentence(conf["lr_range"], conf["lr_alike"]) in c.suggestion.reason
     with pytest.raises(ValueError, match="confirm_budget"):
         find_lr(task, confirm=True, confirm_budget=0.0)
     with pytest.raises(ValueError, match="confirm_candidates"):

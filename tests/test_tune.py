@@ -19,7 +19,7 @@ import torch
 
 from lrkit import schedules, train
 from lrkit import tune as tune_mod
-from lrkit.finder import CONFIRM_GUESS_SPACING, RangeTestResult
+from lrkit.finder import CONFIRM_GUESS_SPACING, RangeTestResult, range_sentence
 from lrkit.html import prose, smooth
 from lrkit.tasks import from_torch
 from lrkit.tune import TuneResult, tune
@@ -636,7 +636,7 @@ def test_cli_prints_decision_and_report(done, capsys):
     assert rc == 0
     assert f"decision: {res.family} schedule, peak lr {res.lr:.3g}" in text
     h = next(st for st in res.stages if st.name.startswith("confirmation")).outcome
-    assert (f"uncertainty: {tune_mod.range_sentence(res.lr_range, h.get('lr_alike'))}"
+    assert (f"uncertainty: {range_sentence(res.lr_range, h.get('lr_alike'))}"
             in text)
     assert f"report: {out / 'report.html'}" in text
     assert f"{res.cost_steps} steps" in text
@@ -983,7 +983,6 @@ def test_the_lr_range_and_its_sentence(tmp_path):
     """``TuneResult.lr_range`` is the bracket of the rung-1 runs of the winner's family, at the
     final run's scale, survives ``to_dict`` / ``from_dict``, and reads in words."""
     from lrkit.finder import bracket
-    from lrkit.tune import range_sentence
 
     task = make_task(steps=STEPS)
     res = tune(task, out=tmp_path / "w", progress=False, schedules=("constant",))
