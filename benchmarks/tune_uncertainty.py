@@ -1,5 +1,6 @@
 """How often ``TuneResult.lr_range`` (the short runs' bracket of the best LR) holds the full-run
-grid's best LR, on the held-out random tasks.
+grid's best LR, on the held-out random tasks; with ``--confirm``, confirm mode's
+(``find_lr(task, confirm=True).confirm["lr_range"]``, run here on the same tasks, seeds 0 and 1).
 
 ``heldout_random_tasks.py`` stores each tune run's ``lr_range`` beside the task's grid of full
 runs (11 LRs half a decade apart, 2 seeds). A range holds the grid's best when ``low < best <
@@ -8,6 +9,7 @@ high`` (an open side holds anything); with ``--tol D`` each side is widened by `
 
     python benchmarks/tune_uncertainty.py results/heldout/random-{0,1,2}.json
     python benchmarks/tune_uncertainty.py --tol 0.25 results/heldout/cnn-{10,11,12}.json
+    python benchmarks/tune_uncertainty.py --confirm results/heldout/random-{0,1,2}.json
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
+import sys
 from pathlib import Path
 
 import numpy as np
 
 
 def coverage(rows: list[dict], tol: float = 0.0) -> dict:
-    """Counts of tune runs whose ``lr_range`` holds their task's grid best, by kind of range."""
+    """Counts of runs (``row["tune"]``) whose ``lr_range`` holds their task's grid best, by kind
+    of range."""
     out = {k: [0, 0] for k in ("all", "two-sided", "lower only", "upper only", "open")}
     widths = []
     for r in rows:
@@ -42,12 +47,46 @@ def coverage(rows: list[dict], tol: float = 0.0) -> dict:
     return out
 
 
+def confirm_rows(path: Path) -> list[dict]:
+    """The rows of a held-out file with ``tune`` replaced by confirm mode's picks and ranges
+    (the file's tasks drawn again as ``heldout_random_tasks.py`` drew them)."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import heldout_random_tasks as heldout
+
+    from lrkit.finder import find_lr
+
+    torch.set_num_threads(1)
+    name = path.stem
+    arch = "cnn" if name.startswith("cnn") else "seq" if name.startswith("seq") else "mlp"
+    seed = int(name.split("-")[1])
+    rng = random.Random(seed)
+    rows = json.loads(path.read_text())
+    out = []
+    for i, row in enumerate(rows):
+        cfg, task = heldout.draw(rng, 1000 * seed + i, arch)
+        if cfg != row["cfg"]:
+            raise SystemExit(f"{path}: row {i} is not the task drawn again")
+        picks = []
+        for s in (0, 1):
+            c = find_lr(task, confirm=True, seed=s, progress=False).confirm
+            picks.append({"lr": c["winner"], "lr_range": c["lr_range"]})
+        out.append(dict(row, tune=picks))
+        print(f"{name} {i:2d}: grid best {row['best_lr']:.3g}, confirm "
+              + ", ".join(f"{p['lr']:.3g} in {p['lr_range']}" for p in picks), flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--tol", type=float, default=0.0, help="widen each side by this many decades")
+    p.add_argument("--confirm", action="store_true",
+                   help="confirm mode's ranges (run here) instead of tune's (stored)")
     args = p.parse_args(argv)
-    rows = [r for f in args.files for r in json.loads(f.read_text())]
+    rows = [r for f in args.files for r in (confirm_rows(f) if args.confirm
+                                             else json.loads(f.read_text()))]
     missing = sum("lr_range" not in t for r in rows for t in r["tune"])
     if missing:
         raise SystemExit(f"{missing} tune runs carry no lr_range: re-run heldout_random_tasks.py "
