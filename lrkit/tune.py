@@ -132,7 +132,7 @@ class TuneResult:
     below and above the winner that scored worse beyond the noise of its own evaluations, at
     the final run's scale (:func:`lrkit.finder.bracket`; ``None`` on an open side; without
     confirmation runs, the range test's band; after a diverged final run, ``(None, the LR that
-    diverged)``).
+    diverged)``), and ``uncertainty`` says it in words.
     """
 
     task: str
@@ -151,6 +151,7 @@ class TuneResult:
     weights: str
     explanation: str = ""
     lr_range: tuple[float | None, float | None] = (None, None)
+    uncertainty: str = ""
 
     @property
     def cost_runs(self) -> float:
@@ -1635,8 +1636,12 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
     lr_range = tuple(halving.get("lr_range") or (None, None))
     if final.get("diverged_attempt"):  # the full run bounds it from above
         lr_range = (None, float(final["diverged_attempt"]["lr"]))
-    uncertainty = range_sentence(lr_range, halving.get("lr_alike"), lr_range[1]
-                                 if final.get("diverged_attempt") else None)
+    if halving.get("skipped"):
+        uncertainty = ("no confirmation runs; the range test's band: "
+                       + (f"{lr_range[0]:.3g} .. {lr_range[1]:.3g}" if lr_range[0] else "none"))
+    else:
+        uncertainty = range_sentence(lr_range, halving.get("lr_alike"), lr_range[1]
+                                     if final.get("diverged_attempt") else None)
     show.say("[5/5] report")
     t0 = time.perf_counter()
     safe = _safe_lr(task, seed, folder)
@@ -1662,7 +1667,7 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
         higher_is_better=task.higher_is_better, cost_steps=int(cost), full_run_steps=full,
         stages=stages, findings=tuple(final.get("findings") or ()), report=str(report),
         run_dir=str(path), weights=str(folder.file("weights")), explanation=explanation,
-        lr_range=lr_range)
+        lr_range=lr_range, uncertainty=uncertainty)
     folder.save("result", result.to_dict())
     return result
 
@@ -1729,11 +1734,8 @@ def cli_main(args: argparse.Namespace) -> int:
         return 130
     better = "higher" if res.higher_is_better else "lower"
     print(f"decision: {res.family} schedule, peak lr {res.lr:.3g}")
-    alike = next((st.outcome.get("lr_alike") for st in res.stages
-                  if st.outcome.get("lr_alike")), None)
-    retried = next((st.outcome["retried_from_lr"] for st in res.stages
-                    if st.outcome.get("retried_from_lr")), None)
-    print(f"  uncertainty: {range_sentence(res.lr_range, alike, retried)}")
+    if res.uncertainty:
+        print(f"  uncertainty: {res.uncertainty}")
     print(f"  schedule spec: {json.dumps(res.schedule)}")
     print(f"  test {res.metric_name}: {res.metric:.4g} ({better} is better)")
     shares = ", ".join(f"{s.name} {s.cost_steps / max(res.cost_steps, 1):.0%}"

@@ -522,6 +522,10 @@ def test_short_runs_confirm_one_schedule_or_none_and_say_so(tmp_path):
     assert "unconfirmed" in res.explanation and res.cost_steps == rt["stage"]["cost_steps"] + 60
     assert rt["result"]["settings"]["num_iter"] == 60
     assert "unconfirmed" in (tmp_path / "b" / "report.html").read_text()
+    band = RangeTestResult.from_dict(rt["result"]).suggestion.band  # its uncertainty: the band
+    assert res.lr_range == pytest.approx(band)
+    assert res.uncertainty == (f"no confirmation runs; the range test's band: {band[0]:.3g} .. "
+                               f"{band[1]:.3g}")
 
 
     # 20 steps: two runs (40 steps) cannot pay for a 30-step range test and the final run.
@@ -636,8 +640,8 @@ def test_cli_prints_decision_and_report(done, capsys):
     assert rc == 0
     assert f"decision: {res.family} schedule, peak lr {res.lr:.3g}" in text
     h = next(st for st in res.stages if st.name.startswith("confirmation")).outcome
-    assert (f"uncertainty: {range_sentence(res.lr_range, h.get('lr_alike'))}"
-            in text)
+    assert res.uncertainty == range_sentence(res.lr_range, h.get("lr_alike"))
+    assert f"uncertainty: {res.uncertainty}" in text
     assert f"report: {out / 'report.html'}" in text
     assert f"{res.cost_steps} steps" in text
     assert cli.main(["tune", "--resume", str(out.parent / "nothing")]) == 2
@@ -1008,4 +1012,4 @@ def test_the_lr_range_and_its_sentence(tmp_path):
         "not bound the best")
     assert range_sentence((None, 2.0), diverged=2.0) == (
         "the best peak lr lies below 2, where the full run diverged")
-    assert "Uncertainty: " in Path(res.report).read_text()
+    assert f"Uncertainty: {res.uncertainty}." in Path(res.report).read_text()
