@@ -131,7 +131,8 @@ def main() -> int:
                          "stages": {st.name: st.cost_steps for st in res.stages},
                          "findings": [f["kind"] for f in res.findings], "wall": wall,
                          "metric_at_end": final.outcome.get("metric_at_end"),
-                         "checkpoint_step": final.outcome.get("best_val_checkpoint_step")})
+                         "checkpoint_step": final.outcome.get("best_val_checkpoint_step"),
+                         "lr_range": list(res.lr_range)})
             print(f"{name} seed {s}: {res.family} {res.lr:.3g} -> {res.metric:.4g}, "
                   f"{res.cost_runs:.2f} runs, {wall:.0f} s", flush=True)
         mean = statistics.fmean(r["metric"] for r in runs)

@@ -10,6 +10,12 @@ high`` (an open side holds anything); with ``--tol D`` each side is widened by `
     python benchmarks/tune_uncertainty.py results/heldout/random-{0,1,2}.json
     python benchmarks/tune_uncertainty.py --tol 0.25 results/heldout/cnn-{10,11,12}.json
     python benchmarks/tune_uncertainty.py --confirm results/heldout/random-{0,1,2}.json
+    python benchmarks/tune_uncertainty.py --builtin results/tune.json
+
+``--builtin`` reads ``bench_tune.py``'s runs on the built-in tasks and holds each range against
+the oracle of the family tune chose (25 LRs a quarter decade apart, 5 seeds): the best constant
+LR for a constant pick, the recipe oracle's for a pick of the recipe's own family; picks of
+other families have no oracle and are left out.
 """
 
 from __future__ import annotations
@@ -78,15 +84,32 @@ def confirm_rows(path: Path) -> list[dict]:
     return out
 
 
+def builtin_rows(path: Path) -> list[dict]:
+    """``bench_tune.py``'s rows as rows of this script (``best_lr``, and ``tune`` the runs whose
+    family has an oracle)."""
+    out = []
+    for row in json.loads(path.read_text())["rows"]:
+        oracle = json.loads((path.parent / f"oracle-{row['task']}.json").read_text())
+        truth = {"constant": row["constant"]["best_lr"], row["recipe_schedule"]: oracle["best_lr"]}
+        for fam, best in truth.items():
+            runs = [r for r in row["runs"] if r["family"] == fam]
+            if runs:
+                out.append({"best_lr": best, "tune": runs})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--tol", type=float, default=0.0, help="widen each side by this many decades")
     p.add_argument("--confirm", action="store_true",
                    help="confirm mode's ranges (run here) instead of tune's (stored)")
+    p.add_argument("--builtin", action="store_true",
+                   help="the files are bench_tune.py's (results/tune.json): the built-in tasks")
     args = p.parse_args(argv)
-    rows = [r for f in args.files for r in (confirm_rows(f) if args.confirm
-                                             else json.loads(f.read_text()))]
+    rows = [r for f in args.files for r in (confirm_rows(f) if args.confirm else
+                                             builtin_rows(f) if args.builtin else
+                                             json.loads(f.read_text()))]
     missing = sum("lr_range" not in t for r in rows for t in r["tune"])
     if missing:
         raise SystemExit(f"{missing} tune runs carry no lr_range: re-run heldout_random_tasks.py "
