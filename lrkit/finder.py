@@ -831,6 +831,13 @@ def metric_noise(values: Sequence[float]) -> float:
     return max(tail_spread(values), val_noise(values))
 
 
+def _own_noise(run: dict) -> float | None:
+    """:func:`metric_noise` of a short run's own val evaluations (``run["val_curve"]``), or
+    ``None`` with fewer than 4 finite ones."""
+    vs = [v for _, v in _finite_points(run.get("val_curve") or [])]
+    return metric_noise(vs) if len(vs) >= 4 else None
+
+
 def separation(task: Any, best: dict, others: list[dict]) -> dict | None:
     """How clearly a short run ``best`` beat the runner-up among ``others`` (run dicts with
     ``lr``, ``metric``, ``diverged``; ``best`` with its ``val_curve``): the margin of their val
@@ -838,12 +845,11 @@ def separation(task: Any, best: dict, others: list[dict]) -> dict | None:
     ``None`` without a runner-up that scored or without a val curve. Confirm mode and
     ``lrkit.tune`` say "could not tell apart" when ``clear`` is false."""
     scored = [r for r in others if not r["diverged"] and math.isfinite(float(r["metric"]))]
-    vs = [v for _, v in _finite_points(best.get("val_curve") or [])]
-    if not scored or len(vs) < 4:
+    noise = _own_noise(best)
+    if not scored or noise is None:
         return None
     second = min(scored, key=lambda r: _rank_key(task, float(r["metric"])))
     margin = abs(float(best["metric"]) - float(second["metric"]))
-    noise = metric_noise(vs)
     return {"runner_up_lr": float(second["lr"]), "runner_up_metric": float(second["metric"]),
             "margin": margin, "noise": noise, "clear": margin > noise}
 
@@ -857,8 +863,7 @@ def bracket(task: Any, best: dict, runs: Sequence[dict]) -> dict[str, Any]:
     strictly between them (``None`` on a side where no run was worse: it may lie beyond).
     ``alike``: the lowest and highest LR that scored within that noise of ``best`` (``best``'s
     own LR twice when none did)."""
-    vs = [v for _, v in _finite_points(best.get("val_curve") or [])]
-    noise = metric_noise(vs) if len(vs) >= 4 else 0.0
+    noise = _own_noise(best) or 0.0
     own, at = _rank_key(task, float(best["metric"])), float(best["lr"])
     below = above = None
     alike = [at, at]
@@ -935,11 +940,9 @@ def loss_tiebreak(task: Any, best: int, runs: Sequence[dict]) -> int:
     steps every LR sat within a few val images of chance, so val's pick (or a tie's lower LR)
     was noise, while the batch losses (30 x 16 new examples) fell clearly faster at the LR the
     full run preferred."""
-    vs = [v for _, v in _finite_points(runs[best].get("val_curve") or [])]
-    own = fresh_loss(task, runs[best])
-    if own is None or len(vs) < 4:
+    own, noise = fresh_loss(task, runs[best]), _own_noise(runs[best])
+    if own is None or noise is None:
         return best
-    noise = metric_noise(vs)
     pick, pick_loss = best, own
     for i, r in enumerate(runs):
         if i == best or r["diverged"] or not math.isfinite(float(r["metric"])):
