@@ -1636,12 +1636,13 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
     lr_range = tuple(halving.get("lr_range") or (None, None))
     if final.get("diverged_attempt"):  # the full run bounds it from above
         lr_range = (None, float(final["diverged_attempt"]["lr"]))
-    if halving.get("skipped"):
+        uncertainty = range_sentence(lr_range, diverged=lr_range[1])
+    elif halving.get("skipped"):
         uncertainty = ("no confirmation runs; the range test's band: "
-                       + (f"{lr_range[0]:.3g} .. {lr_range[1]:.3g}" if lr_range[0] else "none"))
+                       + (f"{lr_range[0]:.3g} .. {lr_range[1]:.3g}" if lr_range[0] is not None
+                          else "none"))
     else:
-        uncertainty = range_sentence(lr_range, halving.get("lr_alike"), lr_range[1]
-                                     if final.get("diverged_attempt") else None)
+        uncertainty = range_sentence(lr_range, halving.get("lr_alike"))
     show.say("[5/5] report")
     t0 = time.perf_counter()
     safe = _safe_lr(task, seed, folder)

@@ -1013,3 +1013,16 @@ def test_the_lr_range_and_its_sentence(tmp_path):
     assert range_sentence((None, 2.0), diverged=2.0) == (
         "the best peak lr lies below 2, where the full run diverged")
     assert f"Uncertainty: {res.uncertainty}." in Path(res.report).read_text()
+
+
+def test_after_a_diverged_final_run_the_uncertainty_is_the_lr_that_diverged(tmp_path,
+                                                                           monkeypatch):
+    """Whatever the short runs said, a final run that diverged bounds the LR from above: the
+    tiny regression diverges at 1.0, where the rung-1 winner is sent here."""
+    monkeypatch.setattr(tune_mod, "_time_rescaled", lambda *a: (1.0, None))
+    res = tune(make_task(STEPS), out=tmp_path / "w", progress=False, schedules=("constant",))
+    final = next(st for st in res.stages if st.name == "final run")
+    assert final.outcome["retried_from_lr"] == 1.0 and res.lr == pytest.approx(0.1)
+    assert res.lr_range == (None, 1.0)
+    assert res.uncertainty == "the best peak lr lies below 1, where the full run diverged"
+    assert f"Uncertainty: {res.uncertainty}." in Path(res.report).read_text()
