@@ -293,7 +293,7 @@ def check_tune(dev: torch.device, out: Path, steps: int) -> None:
         wall = time.perf_counter() - t
         report_html = Path(res.report)
         report(f"tune_{where.type}", lr=res.lr, family=res.family, metric=res.metric,
-               cost_runs=res.cost_runs, wall_s=wall, findings=len(res.findings),
+               lr_range=res.lr_range, cost_runs=res.cost_runs, wall_s=wall, findings=len(res.findings),
                report_bytes=report_html.stat().st_size if report_html.exists() else None,
                model_on=str(next(model.parameters()).device),
                user_weights_unchanged=all(torch.equal(a, b) for a, b in
@@ -425,6 +425,7 @@ def check_tune_cnn(dev: torch.device, out: Path, steps: int, width: int, workers
     sync()
     wall = time.perf_counter() - t
     report("cnn_find_lr_confirm", lr=r.lr, confidence=r.suggestion.confidence,
+           lr_range=(r.confirm or {}).get("lr_range"),
            cost_steps=r.cost_steps, cost_runs=r.cost_steps / steps, wall_s=wall,
            wall_runs=wall / plain,
            weights_unchanged=all(torch.equal(a, b) for a, b in
@@ -436,7 +437,7 @@ def check_tune_cnn(dev: torch.device, out: Path, steps: int, width: int, workers
     t = time.perf_counter()
     res = lrkit.tune(task, out=out / "tune-cnn", progress=False)
     wall = time.perf_counter() - t
-    report("cnn_tune", lr=res.lr, family=res.family, metric=res.metric,
+    report("cnn_tune", lr=res.lr, family=res.family, metric=res.metric, lr_range=res.lr_range,
            plain_loop_accuracy=plain_acc, cost_runs=res.cost_runs, wall_s=wall,
            wall_runs=wall / plain,
            stage_wall_s={s.name: round(s.wall_time, 2) for s in res.stages},

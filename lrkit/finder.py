@@ -1083,8 +1083,13 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
     top = s.band[1] if s.band is not None else centre
     ceiling = math.inf if guess else max(CONFIRM_CEILING * top, centre * 10 ** spacing)
     travelled = 0
-    while len(table) < max_runs:
+    stop = None  # why an edge winner was not travelled beyond
+    while True:
         best = best_row()
+        if len(table) >= max_runs:
+            stop = (f"confirm's budget ({CONFIRM_MAX_TOTAL:g} full run of travel and "
+                    "candidates) was spent")
+            break
         lrs = sorted(r["lr"] for r in table)
         if not best["diverged"] and id(best) not in by_loss and sum(
                 _rank_key(task, r["metric"]) == _rank_key(task, best["metric"])
@@ -1095,6 +1100,9 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
         elif best["lr"] == lrs[-1] and not best["diverged"]:
             nxt = lrs[-1] * 10 ** CONFIRM_TRAVEL
             if nxt > ceiling:  # no shortened step: a small step up lands near the cliff
+                stop = (f"the next step, {nxt:.3g}, would pass the ceiling of twice the range "
+                        f"test's band top ({ceiling:.3g}), above which short runs that favour "
+                        "high LRs are not trusted")
                 break
         elif all(r["diverged"] for r in table):
             nxt = lrs[0] / 10 ** CONFIRM_TRAVEL
@@ -1147,7 +1155,8 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
         subject = ("the chosen LR" if id(best) in by_loss else f"the best val {task.metric}")
         conf, why = "medium", (f"{subject} is at the "
                                f"{'low' if winner == lrs[0] else 'high'} edge of the LRs tried "
-                               f"after {travelled} travel step(s): the best may lie beyond")
+                               f"after {travelled} travel step(s): the best may lie beyond"
+                               + (f" ({stop})" if stop else ""))
     else:
         subject = ("the chosen" if id(best) in by_loss else f"the best val {task.metric}")
         conf, why = "high", (f"{subject} of {len(table)} short runs lies inside "
@@ -1168,6 +1177,7 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
     sug = s.scaled(winner / centre, method="lrkit+confirm", confidence=conf, reason=why)
     confirm = {"candidates": [r["lr"] for r in table], "schedule": family, "runs": table,
                "winner": winner, "origin": origin, "travel_steps": travelled,
+               "travel_stop": stop if winner in (lrs[0], lrs[-1]) else None,
                "loss_tiebreak": tiebreak, "lr_range": lr_range, "lr_alike": br["alike"],
                "rule": f"best val {task.metric} after {steps} steps (recipe schedule rebuilt)",
                "metric": task.metric, "higher_is_better": task.higher_is_better,

@@ -294,6 +294,30 @@ def test_confirm_does_not_travel_on_a_tie():
     assert r.confirm["winner"] == min(r.confirm["candidates"])
 
 
+def test_confirm_says_why_an_edge_winner_was_not_travelled_beyond():
+    """A metric that always prefers the LR that moved the weights furthest puts the winner at
+    the top edge every time: travel goes up until twice the range test's band top or confirm's
+    budget stops it, and the suggestion's reason says which (it said only "after 0 travel
+    step(s): the best may lie beyond")."""
+    model, opt, tl, vl = _regression()
+    start = [p.detach().clone() for p in model.parameters()]
+
+    def moved(m, loader):  # lower is better: the furthest-moved weights win
+        return -float(sum((a - b).norm() for a, b in zip(m.parameters(), start)))
+
+    r = find_lr(model, opt, tl, F.mse_loss, val_loader=vl, confirm=True, steps=60,
+                metric_fn=moved, progress=False)
+    conf = r.confirm
+    assert conf["winner"] == max(conf["candidates"])
+    stop = conf["travel_stop"]
+    assert stop and f"({stop})" in r.suggestion.reason
+    if "ceiling" in stop:  # the step it did not take would have passed the ceiling
+        nxt = conf["winner"] * 10 ** 0.5
+        assert f"{nxt:.3g}" in stop and len(conf["runs"]) < 6
+    else:
+        assert "budget" in stop and len(conf["runs"]) == 6
+
+
 def test_confirm_spreads_a_guessed_centre_a_decade_apart():
     """Where the curve's rule abstains, confirm's centre is a guess (the peers' read of the
     curve, else the recipe's LR) and its three runs are a decade apart, not a quarter decade:
