@@ -16,6 +16,7 @@ __all__ = [
     "DivergedError",
     "check_choice",
     "check_finite",
+    "check_group_lrs",
     "check_int",
     "check_positive",
     "check_probability",
@@ -118,3 +119,26 @@ def check_amp(name: str, value: Any) -> bool | str:
         return value
     raise ValueError(f"{name} must be False, True (float16 on CUDA, bfloat16 on CPU), 'fp16' or "
                      f"'bf16', got {value!r}")
+
+
+def check_group_lrs(optimizer: Any) -> list[float]:
+    """The param groups' LR ratios ``lr_i / lr_0`` of a ``torch.optim`` optimizer (lrkit scales
+    every group by its ratio and records group 0's LR), after checking that they can be kept:
+    finite, non-negative, group 0's positive, and some parameter that trains."""
+    lrs = []
+    for g in optimizer.param_groups:
+        try:  # a float, or a one-element tensor (PyTorch accepts a tensor LR)
+            lrs.append(float(g.get("lr")))
+        except (TypeError, ValueError, RuntimeError):
+            lrs.append(math.nan)
+    if not all(math.isfinite(v) and v >= 0 for v in lrs) or not lrs[0] > 0:
+        hint = ("; a group held at LR 0 (frozen) may follow the first one: put a group that "
+                "trains first" if lrs[0] == 0 and any(v > 0 for v in lrs) else "")
+        raise ValueError("optimizer: its param-group LRs must be finite and >= 0, and group "
+                         "0's > 0 (every group keeps its ratio lr_i / lr_0 to the LR lrkit "
+                         f"sets, which is group 0's), got {lrs}{hint}")
+    if not any(getattr(p, "requires_grad", False) for g in optimizer.param_groups
+               for p in g["params"]):
+        raise ValueError("optimizer: none of its parameters requires grad (every one is "
+                         "frozen): there is nothing to train")
+    return [v / lrs[0] for v in lrs]

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import check_choice, check_int, check_positive, check_range
+from .errors import check_choice, check_group_lrs, check_int, check_positive, check_range
 
 # not `from . import suggest`: the package's lazy attribute `lrkit.suggest` is the function
 _suggest = importlib.import_module("lrkit.suggest")
@@ -532,11 +532,7 @@ def find_lr(
                                       step_fn=step_fn, device=device, grad_clip=grad_clip,
                                       amp=amp, accumulation_steps=accumulation_steps)
 
-    base = [float(g["lr"]) for g in optimizer.param_groups]
-    if base[0] <= 0 or any(b < 0 for b in base):
-        raise ValueError(f"the optimizer's param-group LRs must be > 0 (group 0) to keep their "
-                         f"ratios, got {base}")
-    scales = [b / base[0] for b in base]
+    scales = check_group_lrs(optimizer)
 
     if device is None and task is None:  # batches follow the model (left as they are on CPU)
         device = _train.model_device(model)

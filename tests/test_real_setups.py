@@ -283,6 +283,39 @@ def test_a_metric_that_is_not_one_number_is_named(value):
 
 
 
+def test_group_lrs_and_frozen_models_get_errors_that_say_what_to_do():
+    """Group 0 held at LR 0 (a frozen backbone listed first): the error says to put a group that
+    trains first (a later group at 0 stays at 0, and runs); an optimizer whose every parameter
+    is frozen: an error before any step (it was PyTorch's "element 0 of tensors does not
+    require grad" from backward); a tensor LR still runs. The user's state is untouched."""
+    model, _, tl, vl = _regression()
+    first_frozen = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.0},
+                                    {"params": model[2].parameters(), "lr": 0.1}])
+    before = _state(model, first_frozen)
+    for call in (lambda: find_lr(model, first_frozen, tl, F.mse_loss, progress=False),
+                 lambda: from_torch(model, first_frozen, tl, F.mse_loss, val_loader=vl, steps=60)):
+        with pytest.raises(ValueError, match=r"group 0's > 0 .*got \[0\.0, 0\.1\]; a group held "
+                                             r"at LR 0 \(frozen\) may follow the first one"):
+            call()
+    assert all(torch.equal(a, b) for a, b in zip(before[0], _state(model, first_frozen)[0]))
+    later_frozen = torch.optim.SGD([{"params": model[2].parameters(), "lr": 0.1},
+                                    {"params": model[0].parameters(), "lr": 0.0}])
+    w0 = model[0].weight.detach().clone()
+    r = find_lr(model, later_frozen, tl, F.mse_loss, progress=False, restore=False)
+    assert r.lr is not None and torch.equal(model[0].weight, w0)  # never moved
+    with pytest.raises(ValueError, match="got \\[0\\.1, nan\\]"):
+        find_lr(model, torch.optim.SGD([{"params": model[2].parameters(), "lr": 0.1},
+                                        {"params": model[0].parameters(), "lr": math.nan}]),
+                tl, F.mse_loss, progress=False)
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="none of its parameters requires grad"):
+        find_lr(model, torch.optim.SGD(model.parameters(), lr=0.1), tl, F.mse_loss,
+                progress=False)
+    model.requires_grad_(True)
+    tensor_lr = torch.optim.Adam(model.parameters(), lr=torch.tensor(1e-3))
+    assert find_lr(model, tensor_lr, tl, F.mse_loss, progress=False).lrs
+
+
 def test_confirm_does_not_travel_on_a_tie():
     """Every run scores the same (a saturated metric: a perfect val accuracy). The lower LR
     wins a tie, which puts it at the lower edge, but a tie is no evidence that the best lies

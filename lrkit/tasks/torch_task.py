@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import check_amp, check_int, check_positive
+from ..errors import check_amp, check_group_lrs, check_int, check_positive
 from .base import Recipe, Task
 
 __all__ = ["from_torch"]
@@ -292,11 +292,8 @@ def from_torch(
                              "build the optimizer over this model's parameters")
         groups.append(([index[id(p)] for p in g["params"]],
                        {k: v for k, v in g.items() if k not in _GROUP_ONLY}))
+    ratios = check_group_lrs(optimizer)
     lrs = [float(g["lr"]) for g in optimizer.param_groups]
-    if not (lrs[0] > 0 and math.isfinite(lrs[0])) or any(v < 0 for v in lrs):
-        raise ValueError(f"optimizer's param-group LRs must be > 0 (group 0) to keep their "
-                         f"ratios, got {lrs}")
-    ratios = [v / lrs[0] for v in lrs]
     opt_cls = type(optimizer)
     accepted = inspect.signature(opt_cls.__init__).parameters
     defaults = {k: v for k, v in optimizer.defaults.items()
