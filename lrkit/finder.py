@@ -597,6 +597,8 @@ def find_lr(
             bar.close()
         if snap is not None and restore:
             snap.restore()
+        if task is not None and not confirm:
+            put_back(task, seed)
     wall = time.perf_counter() - start
 
     order = np.argsort(np.asarray(all_lrs, dtype=float), kind="stable")
@@ -628,9 +630,22 @@ def find_lr(
         finally:
             user.restore()
     elif confirm:
-        result = _confirm(task, result, seed=seed, candidates=confirm_candidates,
-                          budget=confirm_budget, progress=progress)
+        try:
+            result = _confirm(task, result, seed=seed, candidates=confirm_candidates,
+                              budget=confirm_budget, progress=progress)
+        finally:
+            put_back(task, seed)
     return result
+
+
+def put_back(task: Any, seed: int) -> None:
+    """Leave a Task's model at its starting point after runs of it (``find_lr``, ``lrkit.tune``
+    and ``lrkit.search`` do, also after an error or Ctrl-C): a :func:`lrkit.tasks.from_torch`
+    task (or ``from_lightning``'s) trains the user's own model object in place, and hands it
+    back as it was given; for a built-in task this builds a model that is thrown away, and
+    anything else (a search objective) is left alone."""
+    if _is_task(task):
+        task.build_model(seed)
 
 
 def _freeze_hypergradients(optimizer: Any) -> list[tuple[dict, float]]:

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import check_int, check_positive
-from .finder import (MIN_SHORT_RUN_STEPS, bracket, loss_tiebreak, metric_noise,
+from .finder import (MIN_SHORT_RUN_STEPS, bracket, loss_tiebreak, metric_noise, put_back,
                      range_sentence, tiebreak_evidence, tiebreak_sentence)
 from .finder import separation as _separation
 from .suggest import RECIPE_LR_FAMILY
@@ -1541,11 +1541,8 @@ def tune(
     try:
         return _tune(task, task.name, budget=budget, schedules=schedules, storage=storage,
                      out=out, seed=seed, progress=progress)
-    finally:
-        # a from_torch task trains the user's own model object in place: hand it back as it was
-        # given, as find_lr does, also after an error or Ctrl-C (the trained weights are in
-        # res.weights); for a built-in task this builds a model that is thrown away
-        task.build_model(seed)
+    finally:  # the user's model as it was given (the trained weights are in res.weights)
+        put_back(task, seed)
 
 
 def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence[str],

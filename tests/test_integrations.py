@@ -194,3 +194,115 @@ def test_adapters_check_their_arguments():
         LightningMonitor(monitor="nope")
     with pytest.raises(ValueError, match="stop_on"):
         LightningMonitor(stop_on=["exploded"])
+
+
+def _lightning_setup(pl, config: str = "dict"):
+    """A LightningModule (a dict-returning training_step that logs, an optimizer with two
+    groups and a scheduler in ``configure_optimizers``) and a DataModule that builds its
+    datasets in ``setup``."""
+    x, y = _data(256)
+
+    class Reg(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            loss = nn.functional.mse_loss(self(batch[0]), batch[1])
+            self.log("train_loss", loss)
+            return {"loss": loss}
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD([{"params": self.net[0].parameters(), "lr": 0.01},
+                                   {"params": self.net[2].parameters()}], lr=0.1, momentum=0.9)
+            sched = torch.optim.lr_scheduler.StepLR(opt, 10)
+            if config == "dict":
+                return {"optimizer": opt, "lr_scheduler": sched}
+            if config == "lists":
+                return [opt], [sched]
+            return [opt, torch.optim.SGD(self.parameters(), lr=0.1)]
+
+    class Data(pl.LightningDataModule):
+        def setup(self, stage):
+            self.train = torch.utils.data.TensorDataset(x[:192], y[:192])
+            self.val = torch.utils.data.TensorDataset(x[192:], y[192:])
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(self.train, batch_size=32, shuffle=True,
+                                               generator=torch.Generator().manual_seed(0))
+
+        def val_dataloader(self):
+            return torch.utils.data.DataLoader(self.val, batch_size=64)
+
+    return Reg(), Data()
+
+
+def test_from_lightning_is_from_torch_on_the_modules_training_step(tmp_path):
+    """A LightningModule and its DataModule become the Task that find_lr's confirm and tune
+    train: the same losses, step for step, as from_torch with the same optimizer and loaders,
+    the module's weights untouched by a confirm, any of Lightning's optimizer forms read."""
+    pl = pytest.importorskip("lightning.pytorch")
+    from lrkit import find_lr, train
+    from lrkit.integrations.lightning import from_lightning
+    from lrkit.tasks import from_torch
+
+    module, dm = _lightning_setup(pl)
+    start = [p.detach().clone() for p in module.parameters()]
+    task = from_lightning(module, dm, steps=60)
+    dm2 = _lightning_setup(pl)[1]
+    dm2.setup("fit")
+    twin = from_torch(module, module.configure_optimizers()["optimizer"],
+                      dm2.train_dataloader(), nn.functional.mse_loss,
+                      val_loader=dm2.val_dataloader(), steps=60)
+    a, b = train.run(task, 0.05, steps=20, seed=0), train.run(twin, 0.05, steps=20, seed=0)
+    assert a.losses == b.losses and a.metric == b.metric  # val: training_step's loss
+    assert task.recipe.default_lr == 0.01 and task.key != twin.key  # group 0's LR; its own key
+    assert from_lightning(_lightning_setup(pl)[0], _lightning_setup(pl)[1], steps=60).key == \
+        task.key  # the same set-up, the same key
+    r = find_lr(task, confirm=True, progress=False)  # (after train.run left its own weights)
+    assert r.lr is not None and r.confirm["runs"]
+    assert all(torch.equal(p, q) for p, q in zip(start, module.parameters()))  # put back
+    # ([optimizers], [schedulers]) reads the same; two optimizers, manual optimisation, data
+    # given twice or not at all: errors that name the cause
+    module, dm = _lightning_setup(pl, "lists")
+    assert from_lightning(module, dm, steps=60).recipe.default_lr == 0.01
+    module, dm = _lightning_setup(pl, "two")
+    with pytest.raises(ValueError, match="must return one torch.optim optimizer .* got SGD, "
+                                         "SGD"):
+        from_lightning(module, dm, steps=60)
+    module, dm = _lightning_setup(pl)
+    with pytest.raises(ValueError, match="not both"):
+        from_lightning(module, dm, train_dataloaders=[], steps=60)
+    with pytest.raises(ValueError, match="needs validation data"):
+        dm.setup("fit")
+        from_lightning(module, train_dataloaders=dm.train_dataloader(), steps=60)
+    with pytest.raises(TypeError, match="takes no loss_fn"):
+        from_lightning(module, dm, steps=60, loss_fn=nn.functional.mse_loss)
+    with pytest.raises(TypeError, match="LightningModule, got Linear"):
+        from_lightning(nn.Linear(4, 1), dm, steps=60)
+    module.automatic_optimization = False
+    with pytest.raises(ValueError, match="manual optimisation"):
+        from_lightning(module, dm, steps=60)
+
+
+def test_from_lightning_says_why_a_training_step_that_reads_the_trainer_fails():
+    pl = pytest.importorskip("lightning.pytorch")
+    from lrkit import train
+    from lrkit.integrations.lightning import from_lightning
+
+    module, dm = _lightning_setup(pl)
+    plain = type(module).training_step
+
+    def reads_trainer(self, batch, batch_idx):
+        self.trainer.global_step  # noqa: B018 - what a user's step may do
+        return plain(self, batch, batch_idx)
+
+    type(module).training_step = reads_trainer
+    task = from_lightning(module, dm, steps=30)
+    with pytest.raises(RuntimeError, match="reads self.trainer, but lrkit's runs call "
+                                           "training_step without a Trainer"):
+        train.run(task, 0.05, steps=5, seed=0)

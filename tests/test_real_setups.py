@@ -316,6 +316,30 @@ def test_group_lrs_and_frozen_models_get_errors_that_say_what_to_do():
     assert find_lr(model, tensor_lr, tl, F.mse_loss, progress=False).lrs
 
 
+def test_find_lr_and_search_on_a_from_torch_task_hand_the_model_back():
+    """A from_torch task trains the user's model object in place; find_lr (with or without
+    confirm) and search on it leave the model at its starting point, as tune does (they left
+    the last run's weights in it); train.run, which hands back the trained model, does not."""
+    model, opt, tl, vl = _regression()
+    start = [p.detach().clone() for p in model.parameters()]
+    task = from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=40)
+
+    def at_start():
+        return all(torch.equal(a, b) for a, b in zip(start, model.parameters()))
+
+    train.run(task, 0.01, steps=5, seed=0)
+    assert not at_start()
+    find_lr(task, num_iter=30, progress=False)
+    assert at_start()
+    train.run(task, 0.01, steps=5, seed=0)
+    find_lr(task, num_iter=30, confirm=True, progress=False)
+    assert at_start()
+    train.run(task, 0.01, steps=5, seed=0)
+    lrkit.search(task, method="grid", low=1e-3, high=1e-2, n_trials=2, storage="memory",
+                 progress=False)
+    assert at_start()
+
+
 def test_confirm_does_not_travel_on_a_tie():
     """Every run scores the same (a saturated metric: a perfect val accuracy). The lower LR
     wins a tie, which puts it at the lower edge, but a tie is no evidence that the best lies

@@ -1,6 +1,10 @@
-"""``LightningMonitor``: feed an lrkit :class:`~lrkit.monitor.Monitor` from Lightning's ``Trainer``.
+"""Lightning and lrkit: ``LightningMonitor`` feeds an lrkit :class:`~lrkit.monitor.Monitor` from
+Lightning's ``Trainer``; ``from_lightning`` turns a ``LightningModule`` and its data into the
+:class:`~lrkit.tasks.Task` that ``find_lr(confirm=True)``, ``lrkit.tune`` and ``lrkit.search``
+train (in place of ``Tuner(trainer).lr_find(module)``).
 
 >>> trainer = lightning.pytorch.Trainer(callbacks=[LightningMonitor(val_key="val_loss")])  # doctest: +SKIP
+>>> res = lrkit.tune(from_lightning(module, datamodule, steps=trainer_steps))  # doctest: +SKIP
 
 Per optimizer step it records the training loss (the ``loss`` the ``training_step`` returned),
 the LR of the first optimizer's group 0 and the global gradient norm (taken in
@@ -12,7 +16,9 @@ defaults to ``trainer.estimated_stepping_batches``. Findings in ``stop_on`` set
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import itertools
+import warnings
+from typing import Any, Callable, Iterable, Mapping
 
 try:
     import lightning.pytorch as pl
@@ -23,7 +29,7 @@ except ImportError as e:  # pragma: no cover - exercised only without lightning
 from ..monitor import Monitor
 from ._common import Record, as_float, grad_norm, make_monitor, planned_lr, stop_kinds
 
-__all__ = ["LightningMonitor"]
+__all__ = ["LightningMonitor", "from_lightning"]
 
 
 class LightningMonitor(pl.Callback):
@@ -105,3 +111,150 @@ class LightningMonitor(pl.Callback):
         new = self.monitor.observe_val(self._last_step, value)
         self.record.raised.extend(new)
         self._react(trainer, new)
+
+
+def _one_optimizer(config: Any) -> Any:
+    """The optimizer of ``configure_optimizers()``'s answer, in any of the forms Lightning
+    accepts: an optimizer, a list or tuple of them, ``([optimizers], [schedulers])``, or a dict
+    (or list of dicts) with ``"optimizer"``. Its LR scheduler is not used: lrkit's runs follow
+    ``schedule=``."""
+    import torch
+
+    if isinstance(config, Mapping):
+        config = config.get("optimizer")
+    elif (isinstance(config, (list, tuple)) and len(config) == 2
+          and isinstance(config[0], (list, tuple))):
+        config = config[0]  # ([optimizers], [schedulers])
+    found = list(config) if isinstance(config, (list, tuple)) else [config]
+    found = [c.get("optimizer") if isinstance(c, Mapping) else c for c in found]
+    if len(found) != 1 or not isinstance(found[0], torch.optim.Optimizer):
+        what = ("nothing" if not found or found == [None]
+                else ", ".join(type(c).__name__ for c in found))
+        raise ValueError("module.configure_optimizers() must return one torch.optim optimizer "
+                         "(alone, in a list, in ([optimizers], [schedulers]) or a dict with "
+                         f"'optimizer'), got {what}: lrkit tunes the LR of one optimizer")
+    return found[0]
+
+
+def _only_loader(name: str, loaders: Any) -> Any:
+    """A dataloader, or the single one of a list or tuple (Lightning accepts several)."""
+    if isinstance(loaders, (list, tuple)):
+        if len(loaders) != 1:
+            raise ValueError(f"{name}: one dataloader, got {len(loaders)} (lrkit scores a run "
+                             "on one validation set and trains on one stream)")
+        return loaders[0]
+    return loaders
+
+
+def _overrides(dm: Any, hook: str) -> bool:
+    return getattr(type(dm), hook, None) is not getattr(pl.LightningDataModule, hook, None)
+
+
+def lightning_step_fn(module: Any) -> Callable[[Any, Any], Any]:
+    """``step_fn(model, batch) -> loss`` calling ``model.training_step(batch, batch_idx)``, as
+    Lightning's automatic optimisation does (``batch_idx`` counts the calls): a returned tensor,
+    or the ``"loss"`` of a returned dict. ``self.log`` without a ``Trainer`` is a no-op and its
+    warning is silenced; a ``training_step`` that reads ``self.trainer`` gets an error that says
+    why there is none."""
+    count = itertools.count()
+
+    def step_fn(model: Any, batch: Any) -> Any:
+        import torch
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*`self\.trainer` reference is not "
+                                    r"registered")
+            try:
+                out = model.training_step(batch, next(count))
+            except RuntimeError as e:
+                if "not attached to a `Trainer`" not in str(e):
+                    raise
+                raise RuntimeError(
+                    f"{type(module).__name__}.training_step reads self.trainer, but lrkit's runs "
+                    "call training_step without a Trainer (as a plain PyTorch loop): compute "
+                    "the loss without it, or pass from_torch(step_fn=...) your own") from e
+        loss = out.get("loss") if isinstance(out, Mapping) else out
+        if not isinstance(loss, torch.Tensor):
+            raise TypeError(f"{type(module).__name__}.training_step must return the loss (a "
+                            f"tensor, or a dict with 'loss'), got {type(out).__name__}")
+        return loss
+
+    # the task's key (from_torch's fingerprint names its step_fn) follows training_step's code
+    from ..tasks.torch_task import _callable_id
+
+    step_fn.__qualname__ = (f"training_step of {type(module).__qualname__} "
+                            f"[{_callable_id(getattr(type(module), 'training_step', None))}]")
+    return step_fn
+
+
+def from_lightning(module: Any, datamodule: Any = None, *, train_dataloaders: Any = None,
+                   val_dataloaders: Any = None, test_dataloaders: Any = None, steps: int,
+                   schedule: Any = "constant", name: str = "lightning", **kwargs: Any) -> Any:
+    """A :class:`~lrkit.tasks.Task` from a ``LightningModule`` (built on
+    :func:`lrkit.tasks.from_torch`): every run starts from the module's current weights, steps
+    the optimizer ``module.configure_optimizers()`` returns (class, settings and group LR ratios
+    kept; its LR scheduler is replaced by ``schedule``) on ``training_step``'s loss, and is
+    scored on the validation batches: by default the mean of ``training_step``'s loss over
+    them (eval mode, no grad); pass ``metric_fn(model, loader)`` and ``higher_is_better`` for
+    another metric (accuracy, say).
+
+    Args:
+        module: a ``lightning.pytorch.LightningModule`` with automatic optimisation and one
+            optimizer; moved to a device first if it should train there.
+        datamodule: a ``LightningDataModule`` (``prepare_data()`` and ``setup("fit")`` are
+            called, as ``Trainer.fit`` does, then its train and val dataloaders; its test
+            dataloader, after ``setup("test")``, when it defines one); or pass
+        train_dataloaders, val_dataloaders, test_dataloaders: the dataloaders themselves
+            (``test_dataloaders`` defaults to the validation ones).
+        steps: the length of the full run you will train, in optimizer steps (the Trainer's
+            ``max_steps``, or epochs x batches per epoch / ``accumulate_grad_batches``).
+        schedule, name, **kwargs: as :func:`lrkit.tasks.from_torch` (``metric_fn``,
+            ``higher_is_better``, ``warmup_steps``, ``grad_clip`` (the Trainer's
+            ``gradient_clip_val``), ``amp``, ``accumulation_steps``, ``device``).
+
+    Raises:
+        TypeError / ValueError: a module that is not a LightningModule, manual optimisation,
+            several optimizers or dataloaders, data given twice or not at all, and every error
+            of ``from_torch``.
+    """
+    from ..tasks.torch_task import from_torch
+
+    if not isinstance(module, pl.LightningModule):
+        raise TypeError(f"module must be a lightning.pytorch.LightningModule, got "
+                        f"{type(module).__name__} (a plain nn.Module goes to "
+                        "lrkit.tasks.from_torch)")
+    if not module.automatic_optimization:
+        raise ValueError("module uses manual optimisation (automatic_optimization = False): "
+                         "lrkit steps the optimizer itself; wrap your step in "
+                         "from_torch(step_fn=...) instead")
+    for bad in ("loss_fn", "step_fn", "val_loader", "test_loader"):
+        if bad in kwargs:
+            raise TypeError(f"from_lightning() takes no {bad}: the loss is training_step's "
+                            "and the data is the datamodule's or the *_dataloaders")
+    if datamodule is not None:
+        if train_dataloaders is not None or val_dataloaders is not None:
+            raise ValueError("pass datamodule or train_dataloaders / val_dataloaders, not both")
+        if not isinstance(datamodule, pl.LightningDataModule):
+            raise TypeError(f"datamodule must be a lightning.pytorch.LightningDataModule, got "
+                            f"{type(datamodule).__name__}")
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        train_dataloaders = datamodule.train_dataloader()
+        if _overrides(datamodule, "val_dataloader"):
+            val_dataloaders = datamodule.val_dataloader()
+        if test_dataloaders is None and _overrides(datamodule, "test_dataloader"):
+            datamodule.setup("test")
+            test_dataloaders = datamodule.test_dataloader()
+    if train_dataloaders is None:
+        raise ValueError("from_lightning needs data: datamodule=, or train_dataloaders= and "
+                         "val_dataloaders=")
+    if val_dataloaders is None:
+        raise ValueError("from_lightning needs validation data to score its runs: a datamodule "
+                         "with val_dataloader(), or val_dataloaders=")
+    optimizer = _one_optimizer(module.configure_optimizers())
+    return from_torch(module, optimizer, _only_loader("train_dataloaders", train_dataloaders),
+                      val_loader=_only_loader("val_dataloaders", val_dataloaders),
+                      test_loader=(None if test_dataloaders is None
+                                   else _only_loader("test_dataloaders", test_dataloaders)),
+                      steps=steps, schedule=schedule, step_fn=lightning_step_fn(module),
+                      name=name, **kwargs)

@@ -515,7 +515,12 @@ def search(
                 f"{rt_steps + runner.cost} (it counts optimizer steps, not runs), or n_trials")
     rank, world = _ddp()
     if rank > 0:
-        return _follow(runner)
+        from ..finder import put_back
+
+        try:
+            return _follow(runner)
+        finally:
+            put_back(task, seed)
     fams = families or ([task.recipe.schedule] if isinstance(task, Task) else [None])
     name = study_name or _default_name(task_name, method, dict(
         low=low, high=high, n=n_trials, budget=budget, cv=cv_folds, sched=families, seed=seed,
@@ -561,6 +566,9 @@ def search(
         optuna.logging.set_verbosity(verbosity)
         if world > 1:  # the followers return rank 0's result (or stop when it failed)
             _bcast(("stop", result.to_dict() if result is not None else None))
+        from ..finder import put_back
+
+        put_back(task, seed)
     return result
 
 

@@ -15,9 +15,10 @@ takes a Task; this helper builds one around the user's own objects:
 - ``evaluate(model, "val")`` is ``metric_fn(model, val_loader)`` (default: the mean loss under
   ``loss_fn`` over ``val_loader``); ``"test"`` uses ``test_loader`` when given, else the val loader.
 
-The user's model ends up holding whatever the last run trained; callers that must leave it
-untouched snapshot and restore around their runs (``find_lr``) or load the starting point back
-at the end (``lrkit.tune``, whose trained weights are in ``TuneResult.weights``).
+A run (``lrkit.train.run``) leaves the user's model holding what it trained; ``find_lr``,
+``lrkit.search`` and ``lrkit.tune`` load the starting point back at the end
+(``lrkit.finder.put_back``; tune's trained weights are in ``TuneResult.weights``), and
+``find_lr`` on a model snapshots and restores it exactly.
 
 >>> import torch
 >>> from torch import nn
