@@ -148,8 +148,19 @@ class RangeTestResult:
 
     @property
     def lr(self) -> float | None:
-        """The suggested learning rate (``None`` for "no clear descent")."""
+        """The suggested constant learning rate (``None`` for "no clear descent"); for another
+        schedule's peak, :attr:`schedule_lr` or ``suggestion.lr_for(family)``."""
         return self.suggestion.lr
+
+    @property
+    def schedule_lr(self) -> float | None:
+        """The LR to give the run confirm was asked about: the peak of the schedule it
+        confirmed (``confirm["schedule"]``: ``confirm["winner"]``, which is
+        ``suggestion.lr_for(that family)``; under cosine or one-cycle it sits above :attr:`lr`,
+        the constant-LR equivalent); without confirm, :attr:`lr`."""
+        if self.confirm is None or self.suggestion.lr is None:
+            return self.lr
+        return float(self.confirm["winner"])
 
     def to_dict(self) -> dict:
         return {

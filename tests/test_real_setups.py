@@ -340,6 +340,21 @@ def test_find_lr_and_search_on_a_from_torch_task_hand_the_model_back():
     assert at_start()
 
 
+def test_schedule_lr_is_the_peak_of_the_schedule_confirm_ran():
+    """After confirm with schedule="cosine", ``res.lr`` is the constant-LR equivalent and
+    ``res.schedule_lr`` the cosine peak the short runs chose (a user who trained a cosine run
+    at ``res.lr`` started ~1.4x too low); it survives the JSON round trip; without confirm it is
+    ``res.lr``."""
+    model, opt, tl, vl = _regression()
+    r = find_lr(model, opt, tl, F.mse_loss, val_loader=vl, confirm=True, steps=60,
+                schedule="cosine", progress=False)
+    assert r.schedule_lr == r.confirm["winner"] == pytest.approx(r.suggestion.lr_for("cosine"))
+    assert r.schedule_lr > r.lr
+    assert type(r).from_json(r.to_json()).schedule_lr == r.schedule_lr
+    plain = find_lr(model, opt, tl, F.mse_loss, progress=False)
+    assert plain.schedule_lr == plain.lr
+
+
 def test_confirm_does_not_travel_on_a_tie():
     """Every run scores the same (a saturated metric: a perfect val accuracy). The lower LR
     wins a tie, which puts it at the lower edge, but a tie is no evidence that the best lies
