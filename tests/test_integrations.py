@@ -306,3 +306,59 @@ def test_from_lightning_says_why_a_training_step_that_reads_the_trainer_fails():
     with pytest.raises(RuntimeError, match="reads self.trainer, but lrkit's runs call "
                                            "training_step without a Trainer"):
         train.run(task, 0.05, steps=5, seed=0)
+
+
+def test_from_hf_trains_as_the_trainer_would(tmp_path):
+    """A Hugging Face Trainer becomes the Task that find_lr's confirm and tune train: its
+    compute_loss on its own dataloaders, its optimizer's class and weight-decay groups, its
+    clipping, accumulation, schedule and warmup and run length from TrainingArguments; the
+    Trainer's optimizer slot is left empty, so a later train() builds one at the new LR."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from lrkit import find_lr, train
+    from lrkit.integrations.hf import from_hf
+    from lrkit.tasks import from_torch
+
+    x, y = _data(96)
+
+    def trainer(**kw):
+        torch.manual_seed(0)
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path), per_device_train_batch_size=8, report_to=[],
+            use_cpu=True, save_strategy="no", disable_tqdm=True, seed=0, **kw)
+        return transformers.Trainer(model=_HFReg(), args=args, train_dataset=_HFData(x[:64],
+                                    y[:64]), eval_dataset=_HFData(x[64:], y[64:]))
+
+    tr = trainer(num_train_epochs=3, gradient_accumulation_steps=2, learning_rate=0.05,
+                 lr_scheduler_type="linear", warmup_steps=3, weight_decay=0.01)
+    start = [p.detach().clone() for p in tr.model.parameters()]
+    task = from_hf(tr)
+    r = task.recipe
+    # 64 examples / 8 = 8 batches, 4 optimizer steps an epoch, 3 epochs
+    assert (r.steps, r.schedule, r.warmup_steps, r.accumulation_steps, r.grad_clip) == \
+        (12, "linear", 3, 2, 1.0)
+    assert r.default_lr == 0.05 and tr.optimizer is None
+    opt = tr.create_optimizer()
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]  # HF's decay groups
+    twin = from_torch(tr.model, opt, tr.get_train_dataloader(),
+                      step_fn=lambda m, b: m(**b)["loss"], val_loader=tr.get_eval_dataloader(),
+                      steps=12, schedule="linear", warmup_steps=3, grad_clip=1.0,
+                      accumulation_steps=2)
+    a, b = train.run(task, 0.05, seed=0), train.run(twin, 0.05, seed=0)
+    assert a.losses == b.losses and a.metric == b.metric
+    res = find_lr(task, confirm=True, progress=False)
+    assert res.schedule_lr is not None
+    assert all(torch.equal(p, q) for p, q in zip(start, tr.model.parameters()))
+    # cosine with a warmup ratio (a float < 1); max_steps wins; unknown scheduler types refused
+    t2 = from_hf(trainer(max_steps=40, lr_scheduler_type="cosine", warmup_steps=0.1,
+                         max_grad_norm=0.0))
+    assert (t2.recipe.steps, t2.recipe.schedule, t2.recipe.warmup_steps, t2.recipe.grad_clip) \
+        == (40, "warmup_cosine", 4, None)
+    with pytest.raises(ValueError, match="'polynomial' has no lrkit family"):
+        from_hf(trainer(max_steps=40, lr_scheduler_type="polynomial"))
+    assert from_hf(trainer(max_steps=40, lr_scheduler_type="polynomial"),
+                   schedule="linear").recipe.schedule == "linear"
+    with pytest.raises(TypeError, match="takes no grad_clip"):
+        from_hf(tr, grad_clip=0.5)
+    with pytest.raises(TypeError, match="must be a transformers.Trainer"):
+        from_hf(object())

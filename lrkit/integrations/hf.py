@@ -1,6 +1,10 @@
-"""``HFMonitor``: feed an lrkit :class:`~lrkit.monitor.Monitor` from Hugging Face's ``Trainer``.
+"""Hugging Face and lrkit: ``HFMonitor`` feeds an lrkit :class:`~lrkit.monitor.Monitor` from
+Hugging Face's ``Trainer``; ``from_hf`` turns a ``Trainer`` (model, arguments, datasets, loss)
+into the :class:`~lrkit.tasks.Task` that ``find_lr(confirm=True)``, ``lrkit.tune`` and
+``lrkit.search`` train.
 
 >>> Trainer(model, args, callbacks=[HFMonitor(val_key="eval_loss")])  # doctest: +SKIP
+>>> res = lrkit.tune(from_hf(trainer)); trainer.args.learning_rate = res.lr  # doctest: +SKIP
 
 The ``Trainer`` reports the training loss to callbacks only through ``on_log``, averaged over
 ``args.logging_steps`` optimizer steps; set ``logging_steps=1`` for a per-step monitor (the
@@ -15,7 +19,8 @@ plateau before its decay is not advised a decay. Findings in ``stop_on`` set
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import math
+from typing import Any, Callable, Iterable
 
 try:
     from transformers import TrainerCallback
@@ -26,7 +31,7 @@ except ImportError as e:  # pragma: no cover - exercised only without transforme
 from ..monitor import Monitor
 from ._common import Record, as_float, grad_norm, make_monitor, planned_lr, stop_kinds
 
-__all__ = ["HFMonitor"]
+__all__ = ["HFMonitor", "from_hf"]
 
 
 class HFMonitor(TrainerCallback):
@@ -102,3 +107,99 @@ class HFMonitor(TrainerCallback):
         new = self.monitor.observe_val(self._last_step, value)
         self.record.raised.extend(new)
         self._react(control, new)
+
+
+#: ``TrainingArguments.lr_scheduler_type`` -> lrkit's family (its warmup from the arguments)
+HF_FAMILIES = {"linear": "linear", "cosine": "cosine", "constant": "constant",
+               "constant_with_warmup": "constant", "warmup_stable_decay": "wsd"}
+
+
+def hf_step_fn(trainer: Any) -> Callable[[Any, Any], Any]:
+    """``step_fn(model, batch) -> loss``: the Trainer's own ``compute_loss`` on the batch as
+    its ``_prepare_inputs`` readies it (a custom ``compute_loss`` of a Trainer subclass is
+    used as it is)."""
+
+    def step_fn(model: Any, batch: Any) -> Any:
+        return trainer.compute_loss(model, trainer._prepare_inputs(batch))
+
+    from ..tasks.torch_task import _callable_id  # the task's key follows the loss's code
+
+    step_fn.__qualname__ = (f"compute_loss of {type(trainer).__qualname__} "
+                            f"[{_callable_id(getattr(type(trainer), 'compute_loss', None))}]")
+    return step_fn
+
+
+def from_hf(trainer: Any, *, steps: int | None = None, test_dataset: Any = None,
+            schedule: Any = None, name: str = "hf", **kwargs: Any) -> Any:
+    """A :class:`~lrkit.tasks.Task` from a Hugging Face ``Trainer`` (built on
+    :func:`lrkit.tasks.from_torch`), so that ``lrkit.tune(from_hf(trainer))`` picks the LR
+    (then ``trainer.args.learning_rate = res.lr`` and ``trainer.train()``). Every run starts from
+    ``trainer.model``'s current weights and trains as the Trainer would: its optimizer
+    (``create_optimizer()``: the class, settings and weight-decay groups; ``trainer.optimizer``
+    is left as it was, so a later ``train()`` builds its own at the new LR), its loss
+    (``compute_loss``), its train and eval dataloaders, and from ``trainer.args`` the gradient
+    accumulation, the gradient clipping (``max_grad_norm``), fp16/bf16, the schedule
+    (``lr_scheduler_type``: linear, cosine, constant, constant_with_warmup,
+    warmup_stable_decay) with its warmup, and the run's length. Runs are scored by the mean
+    ``compute_loss`` over the eval dataloader (eval mode, no grad), or by ``metric_fn(model,
+    loader)`` with ``higher_is_better``.
+
+    Args:
+        trainer: a ``transformers.Trainer`` with an ``eval_dataset``.
+        steps: the full run's optimizer steps (default: ``args.max_steps``, else the epochs'
+            ``ceil(epochs x batches per epoch / accumulation)``, as the Trainer counts them).
+        test_dataset: a dataset for the task's ``"test"`` split (default: the eval one).
+        schedule: an lrkit family or Schedule to use instead of ``lr_scheduler_type``.
+        name, **kwargs: as :func:`lrkit.tasks.from_torch` (``metric_fn``,
+            ``higher_is_better``, ``device``).
+
+    Raises:
+        TypeError / ValueError: not a Trainer, no eval dataset, a scheduler type lrkit has no
+            family for (pass ``schedule=``), and every error of ``from_torch``.
+    """
+    from transformers import Trainer
+
+    from ..tasks.torch_task import from_torch
+
+    if not isinstance(trainer, Trainer):
+        raise TypeError(f"trainer must be a transformers.Trainer, got {type(trainer).__name__}")
+    for bad in ("loss_fn", "step_fn", "val_loader", "test_loader", "grad_clip", "amp",
+                "accumulation_steps", "warmup_steps"):
+        if bad in kwargs:
+            raise TypeError(f"from_hf() takes no {bad}: it is read from the Trainer and its "
+                            "TrainingArguments")
+    if trainer.eval_dataset is None:
+        raise ValueError("from_hf needs the Trainer's eval_dataset: lrkit scores its runs on it")
+    args = trainer.args
+    train_loader = trainer.get_train_dataloader()
+    accumulation = int(args.gradient_accumulation_steps)
+    if steps is None:
+        if args.max_steps and args.max_steps > 0:
+            steps = int(args.max_steps)
+        else:
+            per_epoch = max(1, len(train_loader) // accumulation)
+            steps = math.ceil(float(args.num_train_epochs) * per_epoch)
+    warmup = 0
+    if schedule is None:
+        kind = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+        if kind not in HF_FAMILIES:
+            raise ValueError(f"trainer.args.lr_scheduler_type {kind!r} has no lrkit family "
+                             f"(lrkit knows {sorted(HF_FAMILIES)}): pass schedule= the family "
+                             "nearest to it")
+        schedule = HF_FAMILIES[kind]
+        warmup = int(args.get_warmup_steps(steps))
+        if schedule == "cosine" and warmup > 0:
+            schedule = "warmup_cosine"
+    had = trainer.optimizer
+    optimizer = had if had is not None else trainer.create_optimizer()
+    trainer.optimizer = had  # a later train() builds its own, at args.learning_rate
+    amp: bool | str = "bf16" if args.bf16 else bool(args.fp16)
+    return from_torch(trainer.model, optimizer, train_loader,
+                      val_loader=trainer.get_eval_dataloader(),
+                      test_loader=(None if test_dataset is None
+                                   else trainer.get_test_dataloader(test_dataset)),
+                      steps=steps, schedule=schedule, warmup_steps=warmup,
+                      step_fn=hf_step_fn(trainer),
+                      grad_clip=(float(args.max_grad_norm) if args.max_grad_norm
+                                 and args.max_grad_norm > 0 else None),
+                      amp=amp, accumulation_steps=accumulation, name=name, **kwargs)
