@@ -446,6 +446,68 @@ def check_tune_cnn(dev: torch.device, out: Path, steps: int, width: int, workers
                                  zip(before, model.state_dict().values())))
 
 
+def check_integrations(dev: torch.device, out: Path) -> None:
+    """Lightning's and Hugging Face's users as they come: a ``LightningModule`` moved to the
+    GPU with a ``DataModule`` of CPU tensors, and a ``transformers.Trainer`` (which places the
+    model on the GPU itself), each through ``from_lightning`` / ``from_hf`` into
+    ``find_lr(confirm=True)`` and ``lrkit.tune``; the model's device and weights afterwards."""
+    import warnings
+
+    import lrkit
+
+    warnings.filterwarnings("ignore")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import user_lightning as ul
+
+    from lrkit.integrations.lightning import from_lightning
+
+    torch.manual_seed(0)
+    module = ul.Net().to(dev)
+    before = [p.detach().clone() for p in module.parameters()]
+    task = from_lightning(module, ul.Data(), steps=ul.STEPS, schedule="cosine",
+                          metric_fn=_accuracy, higher_is_better=True, name="gpu-lightning")
+    t = time.perf_counter()
+    r = lrkit.find_lr(task, confirm=True, progress=False)
+    confirm_s = time.perf_counter() - t
+    t = time.perf_counter()
+    res = lrkit.tune(task, out=out / "tune-lightning", progress=False)
+    report("lightning", confirm_lr=r.schedule_lr, confirm_s=confirm_s, tune_lr=res.lr,
+           tune_family=res.family, tune_test_accuracy=res.metric, tune_runs=res.cost_runs,
+           tune_s=time.perf_counter() - t, model_on=str(next(module.parameters()).device),
+           weights_unchanged=all(torch.equal(a, b) for a, b in zip(before,
+                                                                    module.parameters())))
+
+    import tempfile
+
+    import transformers
+
+    from lrkit.integrations.hf import from_hf
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.test_integrations import _data, _HFData, _HFReg
+
+    x, y = _data(640)
+    torch.manual_seed(0)
+    args = transformers.TrainingArguments(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=32, report_to=[],
+        use_cpu=dev.type != "cuda", save_strategy="no", disable_tqdm=True, seed=0,
+        max_steps=300, learning_rate=5e-5)
+    trainer = transformers.Trainer(model=_HFReg(), args=args,
+                                   train_dataset=_HFData(x[:512], y[:512]),
+                                   eval_dataset=_HFData(x[512:], y[512:]))
+    start = trainer.evaluate()["eval_loss"]
+    t = time.perf_counter()
+    res = lrkit.tune(from_hf(trainer), schedules=("linear",), out=out / "tune-hf",
+                     progress=False)
+    tune_s = time.perf_counter() - t
+    trainer.args.learning_rate = res.lr
+    trainer.train()
+    report("hf", eval_loss_at_start=start, tune_lr=res.lr, tune_family=res.family,
+           tune_eval_loss=res.metric, tune_runs=res.cost_runs, tune_s=tune_s,
+           train_at_tuned_lr_eval_loss=trainer.evaluate()["eval_loss"],
+           model_on=str(next(trainer.model.parameters()).device))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
@@ -477,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
         check_tune_amp(dev, Path(args.tune_dir), 300 if big else 60, 4096 if big else 64)
     if "tune_cnn" in only:
         check_tune_cnn(dev, Path(args.tune_dir), 800 if big else 60, 64 if big else 4, 2)
+    if "integrations" in only:
+        check_integrations(dev, Path(args.tune_dir))
     if args.out:
         Path(args.out).write_text(json.dumps(RESULTS, indent=1))
     return 0

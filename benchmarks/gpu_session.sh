@@ -20,7 +20,7 @@ for round in 1 2; do
     [ -d .old/lrkit ] && timeout 60 python3 .old/benchmarks/gpu_check.py --only overhead 2>&1 \
         | grep overhead | sed 's/^/old /'
 done | tee "$OUT/overhead.log"
-echo "== 3. SGD-HD / Adam-HD on the GPU, and tune with a user's MLP and conv net (default cuBLAS settings)"
+echo "== 3. SGD-HD / Adam-HD on the GPU; tune with a user's MLP, conv net, LightningModule and HF Trainer (default cuBLAS settings)"
 TUNE_DIR=$(mktemp -d)
 timeout 240 python3 benchmarks/gpu_check.py --only hd,tune,tune_amp,tune_cnn --tune-dir "$TUNE_DIR" \
     --out "$OUT/gpu_check_hd_tune.json" 2>&1 | tee "$OUT/gpu_check_hd_tune.log"
