@@ -22,7 +22,7 @@ for round in 1 2; do
 done | tee "$OUT/overhead.log"
 echo "== 3. SGD-HD / Adam-HD on the GPU; tune with a user's MLP, conv net, LightningModule and HF Trainer (default cuBLAS settings)"
 TUNE_DIR=$(mktemp -d)
-timeout 240 python3 benchmarks/gpu_check.py --only hd,tune,tune_amp,tune_cnn --tune-dir "$TUNE_DIR" \
+timeout 300 python3 benchmarks/gpu_check.py --only hd,tune,tune_amp,tune_cnn,integrations --tune-dir "$TUNE_DIR" \
     --out "$OUT/gpu_check_hd_tune.json" 2>&1 | tee "$OUT/gpu_check_hd_tune.log"
 cp "$TUNE_DIR"/tune-cuda/report.html "$OUT/tune_cuda_report.html" 2>/dev/null
 timeout 100 python3 benchmarks/gpu_hd_dot.py > "$OUT/hd_dot.log" 2>&1
