@@ -362,3 +362,7 @@ def test_from_hf_trains_as_the_trainer_would(tmp_path):
         from_hf(tr, grad_clip=0.5)
     with pytest.raises(TypeError, match="must be a transformers.Trainer"):
         from_hf(object())
+    several = trainer(max_steps=40)
+    several.eval_dataset = {"a": several.eval_dataset, "b": several.eval_dataset}
+    with pytest.raises(ValueError, match=r"holds 2 datasets \(\['a', 'b'\]\): lrkit scores"):
+        from_hf(several)

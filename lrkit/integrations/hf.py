@@ -170,6 +170,10 @@ def from_hf(trainer: Any, *, steps: int | None = None, test_dataset: Any = None,
                             "TrainingArguments")
     if trainer.eval_dataset is None:
         raise ValueError("from_hf needs the Trainer's eval_dataset: lrkit scores its runs on it")
+    if isinstance(trainer.eval_dataset, dict):
+        raise ValueError(f"trainer.eval_dataset holds {len(trainer.eval_dataset)} datasets "
+                         f"({sorted(trainer.eval_dataset)}): lrkit scores its runs on one; "
+                         "set trainer.eval_dataset to the one to choose the LR by")
     args = trainer.args
     train_loader = trainer.get_train_dataloader()
     accumulation = int(args.gradient_accumulation_steps)
