@@ -826,6 +826,15 @@ CONFIRM_TRAVEL = 0.5
 #: confirm never travels above this multiple of the curve's band top (a constant-LR bound: for
 #: a cosine peak it allows 4x the constant-LR suggestion)
 CONFIRM_CEILING = 2.0
+
+
+def ceiling_stop(nxt: float, ceiling: float) -> str:
+    """Why an upward walk (confirm's travel, tune's rung-1 walk) stopped at the ceiling of
+    ``CONFIRM_CEILING`` x the range test's band top, in words."""
+    return (f"the next step, {nxt:.3g}, would pass the ceiling of twice the range test's band "
+            f"top ({ceiling:.3g}), above which short runs that favour high LRs are not trusted")
+
+
 #: the shortest confirm run worth reading: a run of a few steps only shows which LR lowers the
 #: loss fastest at first, the highest that does not blow up (``lrkit.tune``'s rungs too)
 MIN_SHORT_RUN_STEPS = 10
@@ -1122,9 +1131,7 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
         elif best["lr"] == lrs[-1] and not best["diverged"]:
             nxt = lrs[-1] * 10 ** CONFIRM_TRAVEL
             if nxt > ceiling:  # no shortened step: a small step up lands near the cliff
-                stop = (f"the next step, {nxt:.3g}, would pass the ceiling of twice the range "
-                        f"test's band top ({ceiling:.3g}), above which short runs that favour "
-                        "high LRs are not trusted")
+                stop = ceiling_stop(nxt, ceiling)
                 break
         elif all(r["diverged"] for r in table):
             nxt = lrs[0] / 10 ** CONFIRM_TRAVEL

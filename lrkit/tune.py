@@ -690,7 +690,7 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     # upwards never past confirm mode's ceiling (twice the range test's band top, no shortened
     # step: short runs favour high LRs most where the constant-LR sweep was already climbing);
     # downwards from the lowest when every run of the family diverged (as confirm mode does)
-    from .finder import CONFIRM_CEILING
+    from .finder import CONFIRM_CEILING, ceiling_stop
 
     band = rt.suggestion.band
     ceiling = CONFIRM_CEILING * band[1] if band is not None else math.inf
@@ -728,9 +728,7 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
             direction = -1.0 if w.multiplier == mine[0] else 1.0
             m = w.multiplier * 10 ** (direction * WALK)
         if direction > 0 and w.centre * m > ceiling:
-            stop = (f"the next step, {w.centre * m:.3g}, would pass the ceiling of twice the "
-                    f"range test's band top ({ceiling:.3g}), above which short runs that favour "
-                    "high LRs are not trusted")
+            stop = ceiling_stop(w.centre * m, ceiling)
             break
         arm = _Arm(w.family, w.centre * m, w.centre, m)
         arms1.append(arm)

@@ -1,4 +1,5 @@
-"""What both adapters share: the monitor they feed and the per-step bookkeeping."""
+"""What both adapters share: the monitor they feed, the per-step bookkeeping, and how their
+``from_*`` tasks name the loss they train on."""
 
 from __future__ import annotations
 
@@ -7,6 +8,19 @@ from typing import Any, Callable, Iterable
 
 from ..errors import check_choice
 from ..monitor import KINDS, Finding, Monitor
+
+
+def keyed_by(step_fn: Callable, owner: Any, method: str) -> Callable:
+    """Name ``step_fn`` after ``type(owner).method`` (its class and a digest of its code), so
+    that the task ``from_torch`` builds around it is keyed by the loss it trains on (its
+    fingerprint names the ``step_fn``): a ``training_step`` or ``compute_loss`` that changes
+    gives another task key, the same one in another process the same key."""
+    from ..tasks.torch_task import _callable_id
+
+    cls = type(owner)
+    step_fn.__qualname__ = (f"{method} of {cls.__qualname__} "
+                            f"[{_callable_id(getattr(cls, method, None))}]")
+    return step_fn
 
 
 def make_monitor(monitor: Monitor | None, val_mode: str) -> Monitor:

@@ -29,7 +29,8 @@ except ImportError as e:  # pragma: no cover - exercised only without transforme
                       "transformers accelerate (or pip install 'lrkit[integrations]')") from e
 
 from ..monitor import Monitor
-from ._common import Record, as_float, grad_norm, make_monitor, planned_lr, stop_kinds
+from ._common import (Record, as_float, grad_norm, keyed_by, make_monitor, planned_lr,
+                      stop_kinds)
 
 __all__ = ["HFMonitor", "from_hf"]
 
@@ -122,11 +123,7 @@ def hf_step_fn(trainer: Any) -> Callable[[Any, Any], Any]:
     def step_fn(model: Any, batch: Any) -> Any:
         return trainer.compute_loss(model, trainer._prepare_inputs(batch))
 
-    from ..tasks.torch_task import _callable_id  # the task's key follows the loss's code
-
-    step_fn.__qualname__ = (f"compute_loss of {type(trainer).__qualname__} "
-                            f"[{_callable_id(getattr(type(trainer), 'compute_loss', None))}]")
-    return step_fn
+    return keyed_by(step_fn, trainer, "compute_loss")
 
 
 def from_hf(trainer: Any, *, steps: int | None = None, test_dataset: Any = None,

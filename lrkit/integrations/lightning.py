@@ -27,7 +27,8 @@ except ImportError as e:  # pragma: no cover - exercised only without lightning
                       "(or pip install 'lrkit[integrations]')") from e
 
 from ..monitor import Monitor
-from ._common import Record, as_float, grad_norm, make_monitor, planned_lr, stop_kinds
+from ._common import (Record, as_float, grad_norm, keyed_by, make_monitor, planned_lr,
+                      stop_kinds)
 
 __all__ = ["LightningMonitor", "from_lightning"]
 
@@ -179,12 +180,7 @@ def lightning_step_fn(module: Any) -> Callable[[Any, Any], Any]:
                             f"tensor, or a dict with 'loss'), got {type(out).__name__}")
         return loss
 
-    # the task's key (from_torch's fingerprint names its step_fn) follows training_step's code
-    from ..tasks.torch_task import _callable_id
-
-    step_fn.__qualname__ = (f"training_step of {type(module).__qualname__} "
-                            f"[{_callable_id(getattr(type(module), 'training_step', None))}]")
-    return step_fn
+    return keyed_by(step_fn, module, "training_step")
 
 
 def from_lightning(module: Any, datamodule: Any = None, *, train_dataloaders: Any = None,
