@@ -360,6 +360,8 @@ def test_from_hf_trains_as_the_trainer_would(tmp_path):
                    schedule="linear").recipe.schedule == "linear"
     with pytest.raises(TypeError, match="takes no grad_clip"):
         from_hf(tr, grad_clip=0.5)
+    with pytest.raises(TypeError, match="steps must be an integer, got '10'"):
+        from_hf(tr, steps="10")
     with pytest.raises(TypeError, match="must be a transformers.Trainer"):
         from_hf(object())
     several = trainer(max_steps=40)

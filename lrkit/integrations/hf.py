@@ -28,6 +28,7 @@ except ImportError as e:  # pragma: no cover - exercised only without transforme
     raise ImportError("lrkit.integrations.hf needs Hugging Face transformers: pip install "
                       "transformers accelerate (or pip install 'lrkit[integrations]')") from e
 
+from ..errors import check_int
 from ..monitor import Monitor
 from ._common import (Record, as_float, grad_norm, keyed_by, make_monitor, planned_lr,
                       stop_kinds)
@@ -174,12 +175,13 @@ def from_hf(trainer: Any, *, steps: int | None = None, test_dataset: Any = None,
     args = trainer.args
     train_loader = trainer.get_train_dataloader()
     accumulation = int(args.gradient_accumulation_steps)
-    if steps is None:
-        if args.max_steps and args.max_steps > 0:
-            steps = int(args.max_steps)
-        else:
-            per_epoch = max(1, len(train_loader) // accumulation)
-            steps = math.ceil(float(args.num_train_epochs) * per_epoch)
+    if steps is not None:
+        steps = check_int("steps", steps, minimum=1)
+    elif args.max_steps and args.max_steps > 0:
+        steps = int(args.max_steps)
+    else:
+        per_epoch = max(1, len(train_loader) // accumulation)
+        steps = math.ceil(float(args.num_train_epochs) * per_epoch)
     warmup = 0
     if schedule is None:
         kind = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
