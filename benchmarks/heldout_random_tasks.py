@@ -269,9 +269,9 @@ def draw(rng: random.Random, i: int, arch: str = "mlp") -> tuple[dict, Task]:
 
 
 def measure(cfg: dict, task: Task, seeds: tuple[int, ...] = (0, 1),
-            truth: dict | None = None) -> dict:
+            truth: dict | None = None, budget: float | None = None) -> dict:
     """The grid's truth (``truth``: a row measured before for the same task) and tune's
-    decisions for one task."""
+    decisions for one task (``budget``: tune's, in full runs; ``None``: its default)."""
     sign = 1.0 if task.higher_is_better else -1.0
     default = task.recipe.default_lr
     grid = [default * 10 ** (k / 2) for k in range(-6, 5)]
@@ -285,7 +285,7 @@ def measure(cfg: dict, task: Task, seeds: tuple[int, ...] = (0, 1),
     tunes = []
     for s in seeds:
         with tempfile.TemporaryDirectory() as out:
-            t = lrkit.tune(task, out=out, progress=False, seed=s)
+            t = lrkit.tune(task, out=out, progress=False, seed=s, budget=budget)
         tunes.append({"family": t.family, "lr": t.lr, "metric": t.metric,
                       "cost_runs": t.cost_runs, "lr_range": list(t.lr_range)})
     tm = float(np.mean([t["metric"] for t in tunes]))
@@ -346,6 +346,11 @@ def main(argv: list[str] | None = None) -> int:
                         "lrkit,lrkit-confirm,fastai-valley) on the tasks of --truth")
     p.add_argument("--arch", choices=["mlp", "cnn", "seq"], default="mlp",
                    help="the model class drawn (mlp: the sets in results/heldout/random-*.json)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="tune's budget in full runs (default: tune's own default)")
+    p.add_argument("--scored", default=None,
+                   help="only the tasks scored by this metric (accuracy, cross_entropy, mse); "
+                        "the others are kept in --out as skipped rows, so rows stay aligned")
     p.add_argument("--val-oracle", action="store_true",
                    help="instead of tune: the grid's LRs near its best scored on val, and the "
                         "test regret of val's pick (needs --truth)")
@@ -360,8 +365,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg, task = draw(rng, 1000 * args.seed + i, args.arch)
         if i < len(rows):
             continue
+        if args.scored and cfg["scored"] != args.scored:
+            rows.append({"cfg": cfg, "skipped": f"scored by {cfg['scored']}"})
+            args.out.write_text(json.dumps(rows, indent=1))
+            continue
         t0 = time.perf_counter()
-        row = measure(cfg, task, truth=truths[i] if i < len(truths) else None)
+        row = measure(cfg, task, truth=truths[i] if i < len(truths) else None,
+                      budget=args.budget)
         row["wall"] = time.perf_counter() - t0
         rows.append(row)
         args.out.write_text(json.dumps(rows, indent=1))
@@ -371,8 +381,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['best_lr']:.2g} ({row['best']:.4g}){' EDGE' if row['at_edge'] else ''}  "
               f"tune {picks}  regret {100 * row['regret']:+.1f}%  ({row['wall']:.0f} s)",
               flush=True)
-    regrets = [r["regret"] for r in rows]
-    print(f"{len(rows)} tasks: mean regret {100 * np.mean(regrets):+.1f}%, median "
+    regrets = [r["regret"] for r in rows if "regret" in r]
+    print(f"{len(regrets)} tasks: mean regret {100 * np.mean(regrets):+.1f}%, median "
           f"{100 * np.median(regrets):+.1f}%, within 1%: {sum(r <= 0.01 for r in regrets)}, "
           f"within 5%: {sum(r <= 0.05 for r in regrets)}")
     return 0

@@ -828,11 +828,16 @@ CONFIRM_TRAVEL = 0.5
 CONFIRM_CEILING = 2.0
 
 
-def ceiling_stop(nxt: float, ceiling: float) -> str:
-    """Why an upward walk (confirm's travel, tune's rung-1 walk) stopped at the ceiling of
-    ``CONFIRM_CEILING`` x the range test's band top, in words."""
-    return (f"the next step, {nxt:.3g}, would pass the ceiling of twice the range test's band "
-            f"top ({ceiling:.3g}), above which short runs that favour high LRs are not trusted")
+def ceiling_stop(nxt: float, ceiling: float, top: float | None) -> str:
+    """Why an upward walk (confirm's travel, tune's rung-1 walk) stopped at ``ceiling``, in
+    words: ``CONFIRM_CEILING`` x the range test's band ``top``, or (confirm, when its first
+    window already reaches higher) that window's top LR."""
+    if top is not None and math.isclose(ceiling, CONFIRM_CEILING * top, rel_tol=1e-9):
+        what = f"{CONFIRM_CEILING:g}x the range test's band top"
+    else:
+        what = "the top of the first window of candidates"
+    return (f"the next step, {nxt:.3g}, would pass the ceiling of {what} ({ceiling:.3g}), "
+            "above which short runs that favour high LRs are not trusted")
 
 
 #: the shortest confirm run worth reading: a run of a few steps only shows which LR lowers the
@@ -1131,7 +1136,7 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
         elif best["lr"] == lrs[-1] and not best["diverged"]:
             nxt = lrs[-1] * 10 ** CONFIRM_TRAVEL
             if nxt > ceiling:  # no shortened step: a small step up lands near the cliff
-                stop = ceiling_stop(nxt, ceiling)
+                stop = ceiling_stop(nxt, ceiling, s.band[1] if s.band is not None else None)
                 break
         elif all(r["diverged"] for r in table):
             nxt = lrs[0] / 10 ** CONFIRM_TRAVEL

@@ -728,7 +728,7 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
             direction = -1.0 if w.multiplier == mine[0] else 1.0
             m = w.multiplier * 10 ** (direction * WALK)
         if direction > 0 and w.centre * m > ceiling:
-            stop = ceiling_stop(w.centre * m, ceiling)
+            stop = ceiling_stop(w.centre * m, ceiling, band[1])
             break
         arm = _Arm(w.family, w.centre * m, w.centre, m)
         arms1.append(arm)

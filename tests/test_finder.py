@@ -577,3 +577,16 @@ def test_bracket_names_the_nearest_worse_runs_on_each_side():
     assert bracket(task, best, [best, runs[3]]) == {"below": None, "above": None,
                                                      "alike": [0.1, 0.2]}
     assert bracket(task, best, [best, runs[-1]])["above"] == 3.0  # diverged: worse
+
+
+def test_ceiling_stop_names_the_ceiling_that_bound():
+    """The walk's stop sentence names the ceiling it met: twice the band top, or (confirm,
+    whose first window can reach above that) the window's own top; never 'twice the band top'
+    for a ceiling that is not."""
+    from lrkit.finder import CONFIRM_CEILING, ceiling_stop
+
+    at_band = ceiling_stop(0.5, CONFIRM_CEILING * 0.1, 0.1)
+    assert "2x the range test's band top (0.2)" in at_band and "0.5" in at_band
+    window = ceiling_stop(0.9, 0.3, 0.1)  # 0.3 > 2 x 0.1: the first window's top
+    assert "band top" not in window and "first window" in window and "(0.3)" in window
+    assert "first window" in ceiling_stop(0.9, 0.3, None)  # no band at all
