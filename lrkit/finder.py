@@ -345,7 +345,10 @@ class _RangeTestRecorder:
 
 def _val_loss_fn(val_loader: Iterable, loss_fn: Callable | None, step_fn: Callable | None,
                  device: Any) -> Callable[[nn.Module], float]:
-    from .train import _ddp_mean, _to_device
+    from .train import _ddp_mean, _default_step_fn, _to_device
+
+    if step_fn is None:
+        step_fn = _default_step_fn(loss_fn)
 
     def evaluate(model: nn.Module) -> float:
         was = model.training
@@ -354,8 +357,7 @@ def _val_loss_fn(val_loader: Iterable, loss_fn: Callable | None, step_fn: Callab
         with torch.no_grad():
             for batch in val_loader:
                 batch = _to_device(batch, device)
-                loss = step_fn(model, batch) if step_fn is not None else loss_fn(model(batch[0]),
-                                                                                 batch[1])
+                loss = step_fn(model, batch)
                 total += float(loss)
                 count += 1
         model.train(was)

@@ -314,7 +314,18 @@ def _default_step_fn(loss_fn: Callable) -> Callable[[nn.Module, Any], torch.Tens
         if not isinstance(batch, (list, tuple)) or len(batch) < 2:
             raise ValueError("with loss_fn, each batch must be a (inputs, targets) pair; "
                              "pass step_fn(model, batch) -> loss for other batch layouts")
-        return loss_fn(model(batch[0]), batch[1])
+        out = model(batch[0])
+        try:
+            return loss_fn(out, batch[1])
+        except (TypeError, AttributeError) as e:
+            if isinstance(out, torch.Tensor):
+                raise
+            # a model returning a tuple, a dict or a Hugging Face ModelOutput: PyTorch's own
+            # message ("argument 'input' must be Tensor, not tuple") names neither lrkit's
+            # convention nor the way out
+            raise TypeError(f"loss_fn(model(x), y) failed: model(x) returned a "
+                            f"{type(out).__name__}, not a tensor ({e}); pass a loss_fn that "
+                            "takes that output, or step_fn(model, batch) -> loss") from e
 
     return step_fn
 

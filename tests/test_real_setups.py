@@ -316,6 +316,39 @@ def test_group_lrs_and_frozen_models_get_errors_that_say_what_to_do():
     assert find_lr(model, tensor_lr, tl, F.mse_loss, progress=False).lrs
 
 
+class _TupleOut(nn.Module):
+    """A model whose forward returns (prediction, an auxiliary value), as many do."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model(x), x.abs().mean()
+
+
+def test_a_model_that_returns_a_tuple_gets_told_what_to_pass():
+    """``loss_fn(model(x), y)`` on a model returning a tuple failed with PyTorch's "argument
+    'input' must be Tensor, not tuple", naming neither lrkit's convention nor the way out. The
+    error now says what model(x) returned and to pass a loss_fn that takes it or a step_fn, on
+    the sweep, the val loss and from_torch alike; a loss_fn that takes the tuple just works, and
+    the weights are untouched by the failed call."""
+    model, opt, tl, vl = _regression()
+    wrapped = _TupleOut(model)
+    before = _state(model, opt)
+    hint = r"model\(x\) returned a tuple, not a tensor .*step_fn\(model, batch\)"
+    for call in (lambda: find_lr(wrapped, opt, tl, F.mse_loss, progress=False),
+                 lambda: lrkit.tasks.from_torch(wrapped, opt, tl, F.mse_loss, val_loader=vl,
+                                                steps=60).loss(wrapped, next(iter(tl)))):
+        with pytest.raises(TypeError, match=hint):
+            call()
+    assert all(torch.equal(a, b) for a, b in zip(before[0], _state(model, opt)[0]))
+    takes_tuple = find_lr(wrapped, opt, tl, lambda out, y: F.mse_loss(out[0], y), val_loader=vl,
+                          progress=False)
+    plain = find_lr(model, opt, tl, F.mse_loss, val_loader=vl, progress=False)
+    assert takes_tuple.lrs == plain.lrs and takes_tuple.losses == plain.losses
+
+
 def test_find_lr_and_search_on_a_from_torch_task_hand_the_model_back():
     """A from_torch task trains the user's model object in place; find_lr (with or without
     confirm) and search on it leave the model at its starting point, as tune does (they left

@@ -315,12 +315,11 @@ def from_torch(
             "constructor settings are all in its defaults, or build a lrkit.tasks.Task whose "
             "Recipe(optimizer_factory=...) makes it") from e
 
-    compute = step_fn if step_fn is not None else (lambda m, b: loss_fn(m(b[0]), b[1]))
+    from ..train import _default_step_fn
+
+    compute = step_fn if step_fn is not None else _default_step_fn(loss_fn)
 
     def loss(m: nn.Module, batch: Any) -> torch.Tensor:
-        if step_fn is None and (not isinstance(batch, (list, tuple)) or len(batch) < 2):
-            raise ValueError("with loss_fn, each batch must be an (inputs, targets) pair; pass "
-                             "step_fn(model, batch) -> loss for other batch layouts")
         return compute(m, batch)
 
     def batches(seed: int) -> Iterator:
