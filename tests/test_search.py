@@ -8,6 +8,7 @@ partition, spreads with ``np.std``. The PostgreSQL tests are in ``test_search_po
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -114,6 +115,27 @@ def test_storage_errors_never_show_the_password(capsys) -> None:
                      "postgresql://u:p@127.0.0.1:1/db"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("lrkit: error: cannot open storage") and "Traceback" not in err
+
+
+
+def test_an_unknown_database_or_a_missing_driver_is_named(capsys) -> None:
+    """A scheme SQLAlchemy does not know and a driver that is not installed reached the user as
+    SQLAlchemy's and Optuna's tracebacks; each is now one line that names the URL (masked)."""
+    with pytest.raises(ValueError, match=r"no database called 'bogus'; use 'sqlite:///"):
+        S.open_storage("bogus://u:topsecret@host/db")
+    with pytest.raises(ValueError, match=r"SQLAlchemy has no driver 'nosuch' for 'postgresql'"):
+        S.open_storage("postgresql+nosuch://u:topsecret@127.0.0.1/db")
+    if importlib.util.find_spec("oracledb") is None:  # a dialect SQLAlchemy has, its driver not
+        with pytest.raises(LRKitError, match=r"its driver 'oracledb' for oracle is not "
+                                             r"installed") as e:
+            S.open_storage("oracle+oracledb://u:topsecret@127.0.0.1/db")
+        assert "topsecret" not in str(e.value)
+    from lrkit import cli
+
+    assert cli.main(["tune", "--task", "digits", "--storage", "bogus://x",
+                     "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lrkit: error: storage 'bogus://x'") and "Traceback" not in err
 
 
 # ------------------------------------------------------------------------- grid on a task

@@ -200,6 +200,7 @@ def open_storage(
     except Exception:  # noqa: BLE001 - SQLAlchemy's message would echo the URL
         raise ValueError(f"storage is not a valid database URL: {mask_url(storage)!r}") from None
     backend = parsed.get_backend_name()
+    _check_driver(parsed, storage)
     engine_kwargs: dict[str, Any] = {}
     mode = {"immediate": False}
     if backend == "sqlite":
@@ -238,6 +239,28 @@ def open_storage(
         if backend == "sqlite":
             return _with_retries(lambda: _file_locked(engine_kwargs["lock"], make), storage)
         return _with_retries(make, storage)
+
+
+def _check_driver(parsed: Any, storage: str) -> None:
+    """A database SQLAlchemy does not know, or one whose driver is not installed, named in one
+    line (they reached the user as SQLAlchemy's NoSuchModuleError and Optuna's "Failed to import
+    DB access module" tracebacks)."""
+    try:
+        dialect = parsed.get_dialect()
+    except Exception:  # noqa: BLE001 - NoSuchModuleError: an unknown scheme
+        base, _, driver = parsed.drivername.partition("+")
+        what = (f"SQLAlchemy has no driver {driver!r} for {base!r}" if driver
+                else f"no database called {base!r}")
+        raise ValueError(f"storage {mask_url(storage)!r}: {what}; use 'sqlite:///path.db', "
+                         "'postgresql://user:password@host/db' or 'memory'") from None
+    load = getattr(dialect, "import_dbapi", None) or getattr(dialect, "dbapi", None)
+    try:
+        if load is not None:
+            load()
+    except ImportError as e:
+        raise LRKitError(f"cannot open storage {mask_url(storage)}: its driver "
+                         f"{parsed.get_driver_name()!r} for {parsed.get_backend_name()} is not "
+                         f"installed ({e}); install it, or use 'sqlite:///path.db'") from None
 
 
 def _with_driver(url: str) -> str:
