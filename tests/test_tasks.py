@@ -109,6 +109,10 @@ def test_load_user_task_and_get_accepts_a_reference(user_module):
     ("lrkit_user_tasks:mkae", ValueError, "has no attribute 'mkae'; did you mean 'make'"),
     ("lrkit_user_tasks:CONSTANT", TypeError, "must name a function.*got a int"),
     ("lrkit_user_tasks:not_a_task", TypeError, "must return a lrkit.tasks.Task, got int"),
+    # a function that needs arguments: said with the reference (was "join() missing 1 required
+    # positional argument: 'a'", naming neither the reference nor that it is called bare)
+    ("os.path:join", TypeError, r"'os.path:join' is called with no arguments, but missing a "
+                                r"required argument: 'a'"),
 ])
 def test_load_errors(user_module, ref, error, match):
     with pytest.raises(error, match=match):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import os
 import sys
 
@@ -123,6 +124,12 @@ def load(ref: str) -> Task:
     if not callable(obj):
         raise TypeError(f"task reference {ref!r} must name a function returning a Task, "
                         f"got a {type(obj).__name__}")
+    try:  # the signature, not the call: a TypeError from inside the user's function is theirs
+        inspect.signature(obj).bind()
+    except TypeError as e:
+        raise TypeError(f"task reference {ref!r} is called with no arguments, but {e}") from None
+    except ValueError:  # no signature to read (some builtins): let the call say
+        pass
     task = obj()
     if not isinstance(task, Task):
         raise TypeError(f"task reference {ref!r} must return a lrkit.tasks.Task, "
