@@ -1578,7 +1578,11 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
         raise TypeError(f"progress must be a bool, got {progress!r}")
 
     path = Path(out) if out is not None else _default_out(task.name)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # before any step is spent: a run whose stages cannot be saved
+        raise ValueError(f"out: cannot make the run folder {str(path)!r} "
+                         f"({e.strerror or type(e).__name__}: {e.filename or path})") from None
     folder = _Folder(path)
     meta = {"task": task.name, "task_ref": task_ref, "task_key": task.key,
             "budget": budget, "schedules": list(families), "seed": seed,

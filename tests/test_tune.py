@@ -622,6 +622,10 @@ def test_bad_arguments(task, tmp_path, done):
         tune(42, out=tmp_path / "d", progress=False)
     with pytest.raises(ValueError, match="unknown task"):
         tune("digitz", out=tmp_path / "e", progress=False)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match=r"out: cannot make the run folder .*a-file/run"):
+        tune(task, out=blocker / "run", progress=False)  # a file where a folder must go
     _, out = done
     with pytest.raises(ValueError, match="other settings.*budget"):
         tune(task, budget=3.0, out=out, progress=False)
