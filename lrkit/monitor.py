@@ -64,7 +64,8 @@ kind                      rule (seed advice it implements)
 
 The loss-shape rules assume a loss bounded below near zero (cross-entropy, MSE, bits); a
 negative loss disables the ratio rules of ``diverged`` and ``lr_too_high`` (the shape rules
-still run). The monitor works without a validation metric (only ``overfitting`` needs one).
+still run), and ``diverged`` then reads the rise above the first loss in units of the loss's
+own scale instead (:func:`offset_rise_limit`, the training loop's rule). The monitor works without a validation metric (only ``overfitting`` needs one).
 
 Cost: O(1) Python arithmetic per update (two EMAs and a block sum); the shape rules run at block
 ends (every ``block`` updates, then every ~2% of the blocks so far) on prefix sums with a binary
@@ -112,6 +113,25 @@ KINDS: tuple[str, ...] = ("diverged", "lr_too_high", "lr_too_low", "plateau",
                           "vanishing_gradients", "exploding_gradients", "overfitting")
 #: the kinds whose action is "restart with another LR" (the labelled evaluation scores these)
 LR_KINDS: frozenset[str] = frozenset({"diverged", "lr_too_high", "lr_too_low"})
+
+#: the first losses whose spread sets the scale of a loss that is not positive
+NOISE_STEPS = 10
+
+
+def offset_rise_limit(ref: float, initial: float, best: float, first: Sequence[float],
+                      factor: float) -> float:
+    """The divergence threshold of a loss not bounded below by 0 (a Gaussian negative
+    log-likelihood, a loss with a constant offset), where ``factor x ref`` means nothing
+    (``4 x (-2)`` lies below every loss near ``-2``; fastai/fastai#962): ``ref + (factor - 1) D``
+    with ``D = max(initial - best, pstdev(first))``, the descent so far or the spread of the
+    first :data:`NOISE_STEPS` losses, the loss's own scale whatever its offset. ``inf`` until
+    ``first`` holds that many losses, or when ``D`` is 0. Shift-invariant; for a positive loss
+    that starts near its floor it matches the ratio rule's ``(factor - 1) x ref`` rise in kind.
+    Shared by :class:`lrkit.train.DivergenceStop` and :class:`Monitor`'s ``diverged``."""
+    if len(first) < NOISE_STEPS:
+        return math.inf
+    scale = max(initial - best, statistics.pstdev(first))
+    return ref + (factor - 1.0) * scale if scale > 0 else math.inf
 
 
 @dataclass(frozen=True)
@@ -332,6 +352,7 @@ class Monitor:
         self._sq_diff = 0.0  # sum of squared second differences (noise estimate)
         self._n_diff = 0
         self._neg = False
+        self._first_few: list[float] = []  # the first NOISE_STEPS losses (offset_rise_limit)
         self._max_lr = 0.0
         self._lr_now: float | None = None  # the LR of the last update (when given)
         # blocks: cumulative tau at each block end; prefix sums of loss and count
@@ -413,6 +434,8 @@ class Monitor:
             self._first = first = loss
         if loss < 0:
             self._neg = True
+        if len(self._first_few) < NOISE_STEPS:
+            self._first_few.append(loss)
         # loss EMA, debiased like Adam's moments: m_n / (1 - beta^n)
         beta = self._beta
         self._bias *= beta
@@ -431,7 +454,19 @@ class Monitor:
                 self._n_diff += 1
             self._prev_d = d
         self._prev = loss
-        if not self._neg:
+        if self._neg:  # the ratio rules mean nothing: the shift-invariant rise only
+            th = self.thresholds
+            limit = offset_rise_limit(first, first, best, self._first_few, th.diverge_factor)
+            if smooth > limit and self._due("diverged", step):
+                scale = (limit - first) / (th.diverge_factor - 1.0)
+                self._raise("diverged", step,
+                            {"smoothed_loss": smooth, "first_loss": first, "scale": scale,
+                             "rise": (smooth - first) / scale},
+                            f"The loss rose {(smooth - first) / scale:.3g}x its own scale above "
+                            "its first value (a loss that goes negative: the rise, not the "
+                            "ratio): restart with the LR about 10x lower, or add warmup and "
+                            "gradient clipping.")
+        else:
             th = self.thresholds
             if smooth > th.diverge_factor * first:
                 if self._due("diverged", step):
@@ -491,7 +526,8 @@ class Monitor:
             best, best_step, prev = self._ema_best, self._best_step, self._prev
             sq, nd, bsum, bn = self._sq_diff, self._n_diff, self._b_sum, self._b_n
             prev_d = self._prev_d
-            slow = first is None or self._neg or prev is None or prev_d is None
+            slow = (first is None or self._neg or prev is None or prev_d is None
+                    or len(self._first_few) < NOISE_STEPS)  # (its first losses: update)
             while i < n_items and not slow:
                 step, loss = steps[i], losses[i]
                 lr = None if lrs is None else lrs[i]

@@ -19,7 +19,6 @@ import copy
 import inspect
 import math
 import random
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from .errors import check_amp, check_choice, check_int, check_positive
+from .monitor import NOISE_STEPS, offset_rise_limit
 from .schedules import Schedule
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -114,7 +114,7 @@ class DivergenceStop(Callback):
     """
 
     #: the first losses whose spread sets the scale of a loss that is not positive
-    NOISE_STEPS = 10
+    NOISE_STEPS = NOISE_STEPS
 
     def __init__(self, factor: float = 4.0, *, relative_to: str = "best", beta: float = 0.98,
                  min_steps: int = 1) -> None:
@@ -150,11 +150,8 @@ class DivergenceStop(Callback):
         best = min(self._best, smoothed)
         if ref > 0:
             limit = self.factor * ref
-        elif len(self._first) < self.NOISE_STEPS:
-            limit = math.inf  # no scale yet
         else:  # a loss not bounded below by 0: rise above ref by (factor - 1) x its scale
-            scale = max(self._initial - best, statistics.pstdev(self._first))
-            limit = ref + (self.factor - 1.0) * scale if scale > 0 else math.inf
+            limit = offset_rise_limit(ref, self._initial, best, self._first, self.factor)
         self._best = best
         if self._n > self.min_steps and smoothed > limit:
             return "diverged"

@@ -83,6 +83,39 @@ def test_loss_above_factor_times_first_is_diverged_at_the_hand_computed_step():
     assert m.finding("diverged").step == expected
 
 
+def test_a_negative_loss_that_blows_up_is_diverged_at_the_hand_computed_step():
+    """A loss that goes negative (a Gaussian NLL) turned the ratio rule off, and a blow-up from
+    -2 to +359 raised nothing. ``diverged`` now reads the rise above the first loss in units of
+    the loss's own scale, D = max(first - best EMA, pstdev of the first 10 losses) (the
+    training loop's rule): hand-computed here. The same curve shifted by a constant raises it at
+    the same step; a steady negative descent raises nothing."""
+    import statistics
+
+    rng = random.Random(0)
+    losses = [-1.0 - 0.01 * t + 0.05 * rng.random() for t in range(80)]
+    losses += [losses[-1] + 0.5 * (t + 1) ** 2 for t in range(20)]
+    expected, ema, best = None, 0.0, math.inf
+    for n, l in enumerate(losses, 1):
+        ema = 0.9 * ema + 0.1 * l
+        smooth = ema / (1 - 0.9 ** n)
+        best = min(best, smooth)
+        scale = max(losses[0] - best, statistics.pstdev(losses[:10]))
+        if n >= 10 and smooth > losses[0] + 2.0 * scale:
+            expected = n - 1
+            break
+    assert expected is not None and expected > 80
+    for shift in (0.0, -100.0):
+        m = Monitor()
+        for t, l in enumerate(losses):
+            m.update(t, l + shift, lr=0.1)
+        assert m.finding("diverged").step == expected
+        assert "its own scale" in m.finding("diverged").action
+    steady = Monitor()
+    for t, l in enumerate(losses[:80]):
+        steady.update(t, l, lr=0.1)
+    assert "diverged" not in [f.kind for f in steady.findings]
+
+
 def test_shape_statistics_match_numpy_on_the_blocks():
     rng = random.Random(0)
     m = Monitor(block=5, min_steps=10**6)
