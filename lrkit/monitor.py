@@ -65,7 +65,8 @@ kind                      rule (seed advice it implements)
 The loss-shape rules assume a loss bounded below near zero (cross-entropy, MSE, bits); a
 negative loss disables the ratio rules of ``diverged`` and ``lr_too_high`` (the shape rules
 still run), and ``diverged`` then reads the rise above the first loss in units of the loss's
-own scale instead (:func:`offset_rise_limit`, the training loop's rule). The monitor works without a validation metric (only ``overfitting`` needs one).
+own scale instead (:func:`offset_rise_limit`, the training loop's rule). The monitor works
+without a validation metric (only ``overfitting`` needs one).
 
 Cost: O(1) Python arithmetic per update (two EMAs and a block sum); the shape rules run at block
 ends (every ``block`` updates, then every ~2% of the blocks so far) on prefix sums with a binary
@@ -125,9 +126,7 @@ def offset_rise_limit(ref: float, initial: float, best: float, first: Sequence[f
     (``4 x (-2)`` lies below every loss near ``-2``; fastai/fastai#962): ``ref + (factor - 1) D``
     with ``D = max(initial - best, pstdev(first))``, the descent so far or the spread of the
     first :data:`NOISE_STEPS` losses, the loss's own scale whatever its offset. ``inf`` until
-    ``first`` holds that many losses, or when ``D`` is 0. Shift-invariant; for a positive loss
-    that starts near its floor it matches the ratio rule's ``(factor - 1) x ref`` rise in kind.
-    Shared by :class:`lrkit.train.DivergenceStop` and :class:`Monitor`'s ``diverged``."""
+    ``first`` holds that many losses, or when ``D`` is 0. Shift-invariant. Shared by :class:`lrkit.train.DivergenceStop` and :class:`Monitor`'s ``diverged``."""
     if len(first) < NOISE_STEPS:
         return math.inf
     scale = max(initial - best, statistics.pstdev(first))
