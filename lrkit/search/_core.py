@@ -514,9 +514,9 @@ def search(
                 + (f" x {cv_folds} folds" if cv_folds else "") + "); pass budget >= "
                 f"{rt_steps + runner.cost} (it counts optimizer steps, not runs), or n_trials")
     rank, world = _ddp()
-    if rank > 0:
-        from ..finder import put_back
+    from ..finder import put_back  # (lazily: finder imports torch)
 
+    if rank > 0:
         try:
             return _follow(runner)
         finally:
@@ -566,8 +566,6 @@ def search(
         optuna.logging.set_verbosity(verbosity)
         if world > 1:  # the followers return rank 0's result (or stop when it failed)
             _bcast(("stop", result.to_dict() if result is not None else None))
-        from ..finder import put_back
-
         put_back(task, seed)
     return result
 

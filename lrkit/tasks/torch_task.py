@@ -294,7 +294,7 @@ def from_torch(
         groups.append(([index[id(p)] for p in g["params"]],
                        {k: v for k, v in g.items() if k not in _GROUP_ONLY}))
     ratios = check_group_lrs(optimizer)
-    lrs = [float(g["lr"]) for g in optimizer.param_groups]
+    lr0 = float(optimizer.param_groups[0]["lr"])
     opt_cls = type(optimizer)
     accepted = inspect.signature(opt_cls.__init__).parameters
     defaults = {k: v for k, v in optimizer.defaults.items()
@@ -307,7 +307,7 @@ def from_torch(
         return opt_cls(built, lr=lr, **defaults)
 
     try:  # every run rebuilds the optimizer: one that cannot be rebuilt fails here, not later
-        make_optimizer(model.parameters(), lrs[0])
+        make_optimizer(model.parameters(), lr0)
     except Exception as e:
         raise TypeError(
             f"optimizer: every run rebuilds it as {opt_cls.__name__}(param_groups, lr=..., "
@@ -366,7 +366,7 @@ def from_torch(
     train_size = len(size) if size is not None and hasattr(size, "__len__") else 0
     batch_size = loader_batch_size(train_loader, train_size)
     recipe = Recipe(optimizer=opt_cls.__name__, batch_size=int(batch_size), steps=steps,
-                    default_lr=lrs[0], schedule=family, warmup_steps=warmup_steps,
+                    default_lr=lr0, schedule=family, warmup_steps=warmup_steps,
                     grad_clip=grad_clip, optimizer_factory=make_optimizer, amp=amp,
                     accumulation_steps=accumulation_steps)
     version = "user-" + _fingerprint(model, opt_cls, groups, defaults, ratios, steps, family,
