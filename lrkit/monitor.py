@@ -119,17 +119,34 @@ LR_KINDS: frozenset[str] = frozenset({"diverged", "lr_too_high", "lr_too_low"})
 NOISE_STEPS = 10
 
 
-def offset_rise_limit(ref: float, initial: float, best: float, first: Sequence[float],
+@dataclass
+class FirstSpread:
+    """The spread (population standard deviation) of a run's first :data:`NOISE_STEPS` losses,
+    computed once, when the last of them arrives (``value`` is ``None`` until then)."""
+
+    losses: list[float] = field(default_factory=list)
+    value: float | None = None
+
+    def add(self, loss: float) -> None:
+        if self.value is None:
+            self.losses.append(float(loss))
+            if len(self.losses) == NOISE_STEPS:
+                self.value = statistics.pstdev(self.losses)
+
+
+def offset_rise_limit(ref: float, initial: float, best: float, spread: float | None,
                       factor: float) -> float:
     """The divergence threshold of a loss not bounded below by 0 (a Gaussian negative
     log-likelihood, a loss with a constant offset), where ``factor x ref`` means nothing
     (``4 x (-2)`` lies below every loss near ``-2``; fastai/fastai#962): ``ref + (factor - 1) D``
-    with ``D = max(initial - best, pstdev(first))``, the descent so far or the spread of the
-    first :data:`NOISE_STEPS` losses, the loss's own scale whatever its offset. ``inf`` until
-    ``first`` holds that many losses, or when ``D`` is 0. Shift-invariant. Shared by :class:`lrkit.train.DivergenceStop` and :class:`Monitor`'s ``diverged``."""
-    if len(first) < NOISE_STEPS:
+    with ``D = max(initial - best, spread)``, the descent so far or the spread of the first
+    :data:`NOISE_STEPS` losses (:class:`FirstSpread`), the loss's own scale whatever its offset.
+    ``inf`` while ``spread`` is ``None`` (too few losses yet), or when ``D`` is 0.
+    Shift-invariant. Shared by :class:`lrkit.train.DivergenceStop` and :class:`Monitor`'s
+    ``diverged``."""
+    if spread is None:
         return math.inf
-    scale = max(initial - best, statistics.pstdev(first))
+    scale = max(initial - best, spread)
     return ref + (factor - 1.0) * scale if scale > 0 else math.inf
 
 
@@ -351,7 +368,7 @@ class Monitor:
         self._sq_diff = 0.0  # sum of squared second differences (noise estimate)
         self._n_diff = 0
         self._neg = False
-        self._first_few: list[float] = []  # the first NOISE_STEPS losses (offset_rise_limit)
+        self._spread = FirstSpread()  # of the first losses (offset_rise_limit)
         self._max_lr = 0.0
         self._lr_now: float | None = None  # the LR of the last update (when given)
         # blocks: cumulative tau at each block end; prefix sums of loss and count
@@ -433,8 +450,8 @@ class Monitor:
             self._first = first = loss
         if loss < 0:
             self._neg = True
-        if len(self._first_few) < NOISE_STEPS:
-            self._first_few.append(loss)
+        if self._spread.value is None:
+            self._spread.add(loss)
         # loss EMA, debiased like Adam's moments: m_n / (1 - beta^n)
         beta = self._beta
         self._bias *= beta
@@ -455,7 +472,7 @@ class Monitor:
         self._prev = loss
         if self._neg:  # the ratio rules mean nothing: the shift-invariant rise only
             th = self.thresholds
-            limit = offset_rise_limit(first, first, best, self._first_few, th.diverge_factor)
+            limit = offset_rise_limit(first, first, best, self._spread.value, th.diverge_factor)
             if smooth > limit and self._due("diverged", step):
                 scale = (limit - first) / (th.diverge_factor - 1.0)
                 self._raise("diverged", step,
@@ -526,7 +543,7 @@ class Monitor:
             sq, nd, bsum, bn = self._sq_diff, self._n_diff, self._b_sum, self._b_n
             prev_d = self._prev_d
             slow = (first is None or self._neg or prev is None or prev_d is None
-                    or len(self._first_few) < NOISE_STEPS)  # (its first losses: update)
+                    or self._spread.value is None)  # (its first losses: update)
             while i < n_items and not slow:
                 step, loss = steps[i], losses[i]
                 lr = None if lrs is None else lrs[i]

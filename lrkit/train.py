@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .errors import check_amp, check_choice, check_int, check_positive
-from .monitor import NOISE_STEPS, offset_rise_limit
+from .monitor import NOISE_STEPS, FirstSpread, offset_rise_limit
 from .schedules import Schedule
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -133,7 +133,7 @@ class DivergenceStop(Callback):
         self._n = 0
         self._best = math.inf
         self._initial: float | None = None
-        self._first: list[float] = []
+        self._spread = FirstSpread()
 
     def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.reset()
@@ -144,14 +144,13 @@ class DivergenceStop(Callback):
         smoothed = self._avg / (1.0 - self.beta**self._n)
         if self._initial is None:
             self._initial = info.loss
-        if len(self._first) < self.NOISE_STEPS:
-            self._first.append(float(info.loss))
+        self._spread.add(info.loss)
         ref = self._best if self.relative_to == "best" else self._initial
         best = min(self._best, smoothed)
         if ref > 0:
             limit = self.factor * ref
         else:  # a loss not bounded below by 0: rise above ref by (factor - 1) x its scale
-            limit = offset_rise_limit(ref, self._initial, best, self._first, self.factor)
+            limit = offset_rise_limit(ref, self._initial, best, self._spread.value, self.factor)
         self._best = best
         if self._n > self.min_steps and smoothed > limit:
             return "diverged"
