@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the model class drawn (mlp: the sets in results/heldout/random-*.json)")
     p.add_argument("--budget", type=float, default=None,
                    help="tune's budget in full runs (default: tune's own default)")
-    p.add_argument("--scored", default=None,
+    p.add_argument("--scored", default=None, choices=["accuracy", "cross_entropy", "mse"],
                    help="only the tasks scored by this metric (accuracy, cross_entropy, mse); "
                         "the others are kept in --out as skipped rows, so rows stay aligned")
     p.add_argument("--val-oracle", action="store_true",
