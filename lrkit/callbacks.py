@@ -38,7 +38,7 @@ from torch import nn
 
 from .errors import check_choice, check_int, check_positive
 from .monitor import Finding, Monitor
-from .train import Callback, FitResult, StepInfo
+from .train import Callback, FitResult, StepInfo, evaluating
 
 __all__ = [
     "LOG_FIELDS",
@@ -154,12 +154,8 @@ class _Recorder(Callback):
             rec["grad_norm"] = gn
         urgent = False
         if self.evaluate is not None and (step + 1) % self.eval_every == 0:
-            model = info.model
-            was_training = model.training
-            model.eval()
-            with torch.no_grad():
-                rec["val_metric"] = float(self.evaluate(model))
-            model.train(was_training)
+            with evaluating(info.model):
+                rec["val_metric"] = float(self.evaluate(info.model))
             urgent = True
         rec["time"] = time.perf_counter() - self._start
         buf = self._buf

@@ -165,14 +165,11 @@ class _ValCurve:
         self.curve = []
 
     def on_step_end(self, info: Any) -> None:
-        import torch
+        from .train import evaluating
 
         if (info.step + 1) % self.every == 0:
-            was = info.model.training
-            info.model.eval()
-            with torch.no_grad():
+            with evaluating(info.model):
                 self.curve.append((info.step + 1, float(self.task.evaluate(info.model, "val"))))
-            info.model.train(was)
         return None
 
     def on_eval(self, step: int, metric: float) -> None:

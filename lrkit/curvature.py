@@ -206,19 +206,23 @@ def _mode(model: nn.Module, mode: str, notes: list[str]) -> Iterator[None]:
     """Put ``model`` in the Hessian's mode; restore module flags and BatchNorm statistics after.
 
     ``"train"``: the loss the optimizer descends: BatchNorm normalises with batch statistics (its
-    running statistics are saved and put back), dropout is switched off so that the operator is
+    running statistics are saved and put back; a layer the user froze in eval mode stays
+    frozen, as in :func:`lrkit.train.training_modes`), dropout is switched off so that the operator is
     deterministic (Lanczos needs a fixed matrix). ``"eval"``: every module in eval mode.
     """
-    flags = {name: m.training for name, m in model.named_modules()}
+    from .train import module_modes, set_module_modes, training_modes
+
+    flags = module_modes(model)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
     saved = [{k: v.detach().clone() for k, v in m.named_buffers(recurse=False)} for m in norms]
     dropouts = [m for m in model.modules() if _is_dropout(m) and m.p > 0]
     if mode == "train":
-        model.train()
+        training_modes(model)  # as the training loop does: a frozen BatchNorm stays frozen
         for m in dropouts:
             m.eval()
-        if norms:
-            notes.append(f"train mode: {len(norms)} BatchNorm layer(s) use batch statistics "
+        live = [m for m in norms if m.training]
+        if live:
+            notes.append(f"train mode: {len(live)} BatchNorm layer(s) use batch statistics "
                          f"(running statistics restored afterwards)")
         if dropouts:
             notes.append(f"train mode with {len(dropouts)} dropout layer(s) switched off, so the "
@@ -235,9 +239,7 @@ def _mode(model: nn.Module, mode: str, notes: list[str]) -> Iterator[None]:
             for m, bufs in zip(norms, saved):
                 for k, v in m.named_buffers(recurse=False):
                     v.copy_(bufs[k])
-        for name, m in model.named_modules():
-            if name in flags:
-                m.training = flags[name]
+        set_module_modes(model, flags)
 
 
 class _Operator:

@@ -345,22 +345,19 @@ class _RangeTestRecorder:
 
 def _val_loss_fn(val_loader: Iterable, loss_fn: Callable | None, step_fn: Callable | None,
                  device: Any) -> Callable[[nn.Module], float]:
-    from .train import _ddp_mean, _default_step_fn, _to_device
+    from .train import _ddp_mean, _default_step_fn, _to_device, evaluating
 
     if step_fn is None:
         step_fn = _default_step_fn(loss_fn)
 
     def evaluate(model: nn.Module) -> float:
-        was = model.training
-        model.eval()
         total, count = 0.0, 0
-        with torch.no_grad():
+        with evaluating(model):
             for batch in val_loader:
                 batch = _to_device(batch, device)
                 loss = step_fn(model, batch)
                 total += float(loss)
                 count += 1
-        model.train(was)
         if count == 0:
             raise ValueError("val_loader yielded no batch")
         return float(_ddp_mean(torch.tensor(total / count, dtype=torch.float64)))

@@ -45,6 +45,8 @@ __all__ = [
     "run",
     "snapshot",
     "loader_generators",
+    "evaluating",
+    "training_modes",
     "global_grad_norm",
     "model_device",
     "check_loader",
@@ -236,6 +238,42 @@ def _cycle(batches: Iterable) -> Iterator:
         if iter(batches) is batches:  # a one-shot iterator cannot be restarted
             raise ValueError("batches ran out: pass a re-iterable (a DataLoader, a list) or an "
                              "infinite iterator with at least num_steps x accumulation_steps batches")
+
+
+def module_modes(model: nn.Module) -> dict[str, bool]:
+    """Every submodule's ``training`` flag, by name."""
+    return {name: m.training for name, m in model.named_modules()}
+
+
+def set_module_modes(model: nn.Module, modes: dict[str, bool]) -> None:
+    """Put back flags taken by :func:`module_modes` (``model.train(was)`` would not: it sets
+    every submodule alike, which unfreezes a BatchNorm layer the user keeps in eval mode)."""
+    for name, m in model.named_modules():
+        if name in modes:
+            m.training = modes[name]
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """``model.eval()`` and ``torch.no_grad()`` for the block, then every submodule's own mode
+    back."""
+    modes = module_modes(model)
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        set_module_modes(model, modes)
+
+
+def training_modes(model: nn.Module) -> dict[str, bool]:
+    """Put ``model`` in the modes it trains in and return them: a model handed over in eval mode
+    (just evaluated) is switched to ``train()``, as every training loop does; a model whose root
+    is in train mode keeps its submodules' own flags (a BatchNorm layer frozen in eval mode for
+    fine-tuning stays frozen; fastai's ``train_bn=False`` and detection models do this)."""
+    if not model.training:
+        model.train()
+    return module_modes(model)
 
 
 def model_device(model: nn.Module) -> torch.device | None:
@@ -460,7 +498,8 @@ def fit(
     # early leaves its data stream exactly there: find_lr's sweeps share one stream)
     prefetch = batch_dev is not None and batch_dev.type != "cpu"
     pending = None
-    model.train()
+    entry_modes = module_modes(model)
+    train_modes = training_modes(model)
     start = time.perf_counter()
     try:
         for t in range(num_steps):
@@ -528,7 +567,7 @@ def fit(
                 reason = cb.on_step_end(info) or reason
             if evaluate is not None and eval_every is not None and (t + 1) % eval_every == 0:
                 metric = float(evaluate(model))
-                model.train()
+                set_module_modes(model, train_modes)
                 result.evals.append((t + 1, metric))
                 for cb in callbacks:
                     reason = cb.on_eval(t + 1, metric) or reason
@@ -538,6 +577,7 @@ def fit(
     finally:
         if bar is not None:
             bar.close()
+        set_module_modes(model, entry_modes)
     result.wall_time = time.perf_counter() - start
     for cb in callbacks:
         cb.on_train_end(result)
@@ -703,7 +743,7 @@ class Snapshot:
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
         self.generators = list(generators)
         self._model = _cpu_copy(model.state_dict())
-        self._training = {name: m.training for name, m in model.named_modules()}
+        self._training = module_modes(model)
         self._optimizer = _OptimizerCopy(optimizer) if optimizer is not None else None
         self._grads = None
         if grads:
@@ -722,9 +762,7 @@ class Snapshot:
         generators and the global RNGs as they are (model, optimizer, gradients, scheduler and
         scaler only)."""
         _copy_into_module(self.model, self._model)
-        for name, m in self.model.named_modules():
-            if name in self._training:
-                m.training = self._training[name]
+        set_module_modes(self.model, self._training)
         if self._grads is not None:
             for p, saved in zip(self.model.parameters(), self._grads):
                 _restore_grad(p, saved)

@@ -360,9 +360,7 @@ class _Recorder:
         self.model = model
 
     def on_step_end(self, info: Any) -> bool | str | None:
-        import torch
-
-        from .train import global_grad_norm
+        from .train import evaluating, global_grad_norm
 
         g = info.grad_norm
         if g is None:
@@ -370,16 +368,12 @@ class _Recorder:
         self.grad_norms.append(float(g))
         v = None
         if (info.step + 1) % self.every == 0:
-            model = info.model
-            was = model.training
-            model.eval()
-            with torch.no_grad():
-                v = float(self.task.evaluate(model, "val"))
-            model.train(was)
+            with evaluating(info.model):
+                v = float(self.task.evaluate(info.model, "val"))
             self.val.append((info.step + 1, v))
             if math.isfinite(v) and (self.best is None or self.task.better(v, self.best[1])):
                 self.best = (info.step + 1, v, {k: t.detach().to("cpu", copy=True)
-                                                for k, t in model.state_dict().items()})
+                                                for k, t in info.model.state_dict().items()})
         if self.monitor is not None:
             self.monitor.update(info.step, info.loss, lr=info.lr, grad_norm=float(g),
                                 val_metric=v)

@@ -213,6 +213,28 @@ def test_confirm_from_a_plain_pytorch_call_restores_everything():
     assert c.get("short_run_winner", c["winner"]) == best["lr"]
 
 
+def test_range_test_and_confirm_train_a_frozen_batchnorm_frozen():
+    """A fine-tuning set-up: the root in train mode, a BatchNorm kept in eval mode. Every run
+    (the sweep, the confirm runs and their evaluations) trains it as the user's loop does: its
+    statistics stay put even without restore, and every flag comes back as given."""
+    x, y = torch.randn(192, 6), torch.randn(192, 1)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 1))
+    model[1].eval()
+    stats = model[1].running_mean.clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    tl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:128], y[:128]), 32)
+    vl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[128:], y[128:]), 64)
+    find_lr(model, opt, tl, F.mse_loss, num_iter=40, restore=False)
+    assert torch.equal(model[1].running_mean, stats)
+    assert model.training and not model[1].training
+    task = from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=40)
+    task.evaluate(model, "val")  # ends with every flag as it was (model.train(was) did not)
+    assert model.training and not model[1].training
+    find_lr(model, opt, tl, F.mse_loss, val_loader=vl, confirm=True, steps=40, num_iter=40)
+    assert torch.equal(model[1].running_mean, stats) and not model[1].training
+
+
 def test_confirm_from_a_plain_call_names_what_is_missing():
     model, opt, tl, vl = _regression()
     with pytest.raises(ValueError, match="val_loader"):

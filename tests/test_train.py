@@ -223,6 +223,61 @@ def test_callback_stop_reason_and_eval():
     assert ("eval", 2, 42.0) in seen and seen[0] == (0, 0.01)
 
 
+def _frozen_bn_model() -> nn.Module:
+    """Root in train mode, its BatchNorm frozen in eval mode (fine-tuning with small batches)."""
+    m = _model(bn=True)
+    m.train()
+    m[1].eval()
+    return m
+
+
+def test_fit_keeps_a_frozen_batchnorm_frozen_and_puts_modes_back():
+    x, y = _data(32)
+    m = _frozen_bn_model()
+    stats = m[1].running_mean.clone()
+    modes = []
+
+    class Modes(Callback):
+        def on_step_end(self, info):
+            modes.append((info.model.training, info.model[1].training))
+
+    def evaluate(model):  # a user's evaluate that ends in model.train(), unfreezing the BN
+        model.eval()
+        model.train()
+        return 0.0
+
+    fit(m, torch.optim.SGD(m.parameters(), lr=0.01), _batches(x, y, 8), num_steps=4,
+        loss_fn=nn.functional.mse_loss, callbacks=[Modes()], evaluate=evaluate, eval_every=1)
+    # every step (also after each evaluation) trains with the BN frozen: its statistics are
+    # untouched (model.train() after an evaluation used to unfreeze it)
+    assert modes == [(True, False)] * 4
+    assert torch.equal(m[1].running_mean, stats)
+    assert m.training and not m[1].training
+
+
+def test_fit_trains_a_model_handed_over_in_eval_mode_in_train_mode_and_puts_it_back():
+    x, y = _data(32)
+    m = _model(bn=True).eval()
+    modes = []
+
+    class Modes(Callback):
+        def on_step_end(self, info):
+            modes.append(info.model[1].training)
+
+    fit(m, torch.optim.SGD(m.parameters(), lr=0.01), _batches(x, y, 8), num_steps=3,
+        loss_fn=nn.functional.mse_loss, callbacks=[Modes()])
+    assert modes == [True] * 3  # batch statistics, as a training loop trains
+    assert not m.training and not m[1].training
+    assert int(m[1].num_batches_tracked) == 3
+
+
+def test_evaluating_restores_every_submodules_own_mode():
+    m = _frozen_bn_model()
+    with train.evaluating(m):
+        assert not m.training and not m[0].training and not torch.is_grad_enabled()
+    assert m.training and not m[1].training and m[0].training
+
+
 def test_bad_arguments():
     x, y = _data(8)
     m = _model()

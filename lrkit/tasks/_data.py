@@ -75,13 +75,10 @@ def seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
 
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was)
+    from ..train import evaluating  # lazily: the tasks load before the training loop
+
+    with evaluating(model):
+        yield
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ._data import check_split, next_token_cross_entropy, seeded
+from ._data import _eval_mode, check_split, next_token_cross_entropy, seeded
 from .base import Recipe, Task
 
 STEPS = 300
@@ -116,18 +116,13 @@ class CharTransformer(nn.Module):
 def _evaluate(model: nn.Module, split: str) -> float:
     x, y = _eval_windows(check_split(split))
     p = next(model.parameters())
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            total = 0.0
-            for i in range(0, len(x), 64):
-                logits = model(x[i:i + 64].to(p.device)).float()
-                total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                               y[i:i + 64].to(p.device).reshape(-1),
-                                               reduction="sum"))
-    finally:
-        model.train(was)
+    with _eval_mode(model):
+        total = 0.0
+        for i in range(0, len(x), 64):
+            logits = model(x[i:i + 64].to(p.device)).float()
+            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                           y[i:i + 64].to(p.device).reshape(-1),
+                                           reduction="sum"))
     return total / y.numel() / math.log(2.0)
 
 

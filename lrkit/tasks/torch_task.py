@@ -267,20 +267,19 @@ def from_torch(
             raise ValueError(f"warmup_steps={warmup_steps} contradicts the schedule's own warmup "
                              f"of {scheduled_warmup} steps: give one of them")
         warmup_steps = scheduled_warmup
-    from ..train import model_device
+    from ..train import model_device, module_modes, set_module_modes
 
     dev = torch.device(device) if device is not None else model_device(model)
 
     # --- the starting point: weights to CPU once, restored in place by build_model
     init = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    training = {n: m.training for n, m in model.named_modules()}
+    training = module_modes(model)
 
     def build_model(seed: int) -> nn.Module:
         with torch.no_grad():
             for k, v in model.state_dict().items():
                 v.copy_(init[k])
-        for n, m in model.named_modules():
-            m.training = training.get(n, m.training)
+        set_module_modes(model, training)
         return model
 
     # --- the optimizer: class, settings and groups (by position in model.parameters())
@@ -348,13 +347,10 @@ def from_torch(
         from ._data import check_split
 
         loader = val_loader if check_split(split) == "val" or test_loader is None else test_loader
-        was = m.training
-        m.eval()
-        try:
-            with torch.no_grad():
-                value = metric_fn(m, loader) if metric_fn is not None else mean_loss(m, loader)
-        finally:
-            m.train(was)
+        from ..train import evaluating
+
+        with evaluating(m):
+            value = metric_fn(m, loader) if metric_fn is not None else mean_loss(m, loader)
         try:
             return float(value)
         except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of many values
