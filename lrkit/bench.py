@@ -564,6 +564,19 @@ def _choose(job: tuple) -> dict:
             "time": time.perf_counter() - start}
 
 
+def check_methods(method_names: Iterable[str] | None) -> list[str]:
+    """The method names to compare (all when ``None``); an unknown one is a ValueError."""
+    names = list(method_names) if method_names is not None else list(_METHODS)
+    for n in names:
+        if n not in _METHODS:
+            from .errors import closest
+
+            hint = closest(n, _METHODS)
+            raise ValueError(f"unknown method {n!r}" + (f"; did you mean {hint!r}?" if hint else "")
+                             + f" (known: {sorted(_METHODS)})")
+    return names
+
+
 def compare(
     task: Any,
     method_names: Iterable[str] | None = None,
@@ -579,14 +592,7 @@ def compare(
 
     t = tasks.get(task) if isinstance(task, str) else task
     ref = task if isinstance(task, str) else t.name
-    names = list(method_names) if method_names is not None else list(_METHODS)
-    for n in names:
-        if n not in _METHODS:
-            from .errors import closest
-
-            hint = closest(n, _METHODS)
-            raise ValueError(f"unknown method {n!r}" + (f"; did you mean {hint!r}?" if hint else "")
-                             + f" (known: {sorted(_METHODS)})")
+    names = check_methods(method_names)
     seeds = [check_int("seeds[]", s, minimum=0) for s in seeds]
     o = oracle_result or oracle(ref, seeds=seeds if len(seeds) >= 3 else (0, 1, 2, 3, 4),
                                 workers=workers, cache_dir=cache_dir, progress=progress)

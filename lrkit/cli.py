@@ -67,6 +67,8 @@ def _schedule_plot(specs: Sequence[str], steps: int, out: str) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from . import bench, report
 
+    if args.command != "oracle" and (args.method is not None or not args.optimizers):
+        bench.check_methods(args.method)  # before any oracle run is spent
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     task_names = args.task

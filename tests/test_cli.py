@@ -61,6 +61,16 @@ def test_bench_oracle_writes_json_and_png(tmp_path, monkeypatch, capsys):
     assert "tiny: best LR" in capsys.readouterr().out
 
 
+def test_bench_methods_names_an_unknown_method_before_running_the_oracle(tmp_path, monkeypatch,
+                                                                        capsys):
+    monkeypatch.setenv("LRKIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "bench"
+    assert main(["bench", "methods", "--task", TINY, "--method", "fastai-valey",
+                 "--out", str(out)]) == 2
+    assert "did you mean 'fastai-valley'" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "cache").exists()  # no oracle run was spent
+
+
 def test_unknown_task_is_a_clear_error(capsys):
     assert main(["find", "--task", "digitz", "--no-progress"]) == 2
     assert "did you mean 'digits'" in capsys.readouterr().err
