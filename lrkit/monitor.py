@@ -425,11 +425,14 @@ class Monitor:
         if step <= self._last_step:
             raise ValueError(f"step must increase, got {step!r} after {self._last_step}")
         self._new = new = []
-        try:
-            loss = float(loss)
-        except (TypeError, ValueError):
-            raise TypeError(f"loss must be a real number (or a one-element tensor), got "
-                            f"{loss!r}") from None
+        if loss.__class__ is not float:
+            loss = _real("loss", loss)
+        if lr is not None and lr.__class__ is not float:
+            lr = _real("lr", lr)
+        if grad_norm is not None:
+            grad_norm = _real("grad_norm", grad_norm)
+        if val_metric is not None:
+            val_metric = _real("val_metric", val_metric)
         self._last_step = step
         if loss - loss != 0.0:  # NaN or +-inf
             self._raise("diverged", step, {"loss": _json_num(loss), "first_loss": self._first},
@@ -438,7 +441,6 @@ class Monitor:
             return new
         self._n += 1
         if lr is not None:
-            lr = float(lr)
             self._tau += lr
             self._lr_now = lr
             if lr > self._max_lr:
@@ -506,9 +508,9 @@ class Monitor:
                             f"{self._best_step}) to its start: lower the LR about 3x, or add "
                             f"{_warmup(self._best_step)} warmup steps.")
         if grad_norm is not None:
-            self._grad(step, float(grad_norm), smooth)
+            self._grad(step, grad_norm, smooth)
         if val_metric is not None:
-            self._val(step, float(val_metric), smooth)
+            self._val(step, val_metric, smooth)
         # blocks
         self._b_sum += loss
         self._b_n += 1
@@ -864,6 +866,17 @@ def _warmup(steps: int) -> int:
     n = max(10, 2 * int(steps))
     digits = max(0, len(str(n)) - 2)
     return int(round(n, -digits))
+
+
+def _real(name: str, value: Any) -> float:
+    """``float(value)`` for a number, a NumPy scalar or a one-element tensor; anything else (a
+    string such as "0.5" included: a log read without parsing) is a TypeError naming it."""
+    if not isinstance(value, (str, bytes)):
+        try:
+            return float(value)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    raise TypeError(f"{name} must be a real number (or a one-element tensor), got {value!r}")
 
 
 def _json_num(x: float) -> float | str:

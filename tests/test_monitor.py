@@ -55,7 +55,15 @@ def test_arguments_are_checked():
         m.update(3, 1.0)
     with pytest.raises(TypeError, match="loss must be a real number.*'abc'"):
         m.update(4, "abc")
-    m.update(4, 1.0)  # the bad call did not take step 4
+    # a numeric string is a log read without parsing, not a number (float() would take it)
+    for kw, bad in (("loss", "1.0"), ("lr", "0.1"), ("grad_norm", "2"), ("val_metric", [0.5])):
+        with pytest.raises(TypeError, match=f"{kw} must be a real number"):
+            m.update(4, **({"loss": 1.0} | {kw: bad}))
+    import torch
+
+    m.update(4, np.float32(1.0), lr=torch.tensor(0.1), grad_norm=np.float64(2.0), val_metric=1)
+    with pytest.raises(ValueError, match="step must increase"):  # the bad calls had not taken it
+        m.update(4, 1.0)
     assert Monitor(thresholds=Thresholds(z=3.0), low_share=0.4).thresholds.z == 3.0
 
 
