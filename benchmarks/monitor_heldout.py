@@ -5,7 +5,8 @@ by ``heldout_random_tasks.py`` at their full-run grid's best LR x 1/100, x 1/10 
 (seed 0, the monitor told the run's length, val metric every 1/20 of the run) and reports
 the first LR finding of each run: ``lr_too_low`` is right at x1/100 and x1/10, any LR finding
 is a false alarm at x1 ("raise the LR about 10x" at the best LR would blow many of these
-runs up: x30 diverges on most).
+runs up: x30 diverges on most), and which of its two statements ``lr_too_low`` made (evidence
+``confidence``: "high" says raise about 10x, "low" that the LR may be too low).
 
     python benchmarks/monitor_heldout.py --out results/heldout/monitor.json \\
         random-2:0 random-2:9 cnn-10:0 seq-21:5      # <grid file under results/heldout>:<row>
@@ -74,11 +75,15 @@ def main(argv: list[str] | None = None) -> int:
             ev = r["evidence"]
             print(f"{spec:12s} {cond:7s} {r['predicted']:5s} {'ok' if ok else 'WRONG':5s} "
                   f"late share {ev.get('late_share', float('nan')):.2f}, "
-                  f"drop {ev.get('relative_drop', float('nan')):.2f}", flush=True)
+                  f"drop {ev.get('relative_drop', float('nan')):.2f}"
+                  + (f", confidence {ev['confidence']}" if "confidence" in ev else ""), flush=True)
         args.out.write_text(json.dumps(rows, indent=1))
     for cond in FACTORS:
         got = [r["ok"] for r in rows if r["cond"] == cond]
-        print(f"{cond}: {sum(got)} of {len(got)} right")
+        low = [r["evidence"].get("confidence") for r in rows
+               if r["cond"] == cond and r["predicted"] == "low"]
+        print(f"{cond}: {sum(got)} of {len(got)} right; lr_too_low said 'raise about 10x' on "
+              f"{low.count('high')}, 'may be too low: check first' on {low.count('low')}")
     return 0
 
 

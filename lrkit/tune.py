@@ -1380,18 +1380,20 @@ def _explain_lr_too_low(final: dict, halving: dict, task: Any, name: str, fmt: A
         r = worse[0]
         seen = fmt(None if r["diverged"] else r["metric"])
         return [f"The monitor flagged lr_too_low (the training loss still falling steadily "
-                f"early in the run: raise the LR about 10x), but the short run at "
+                f"early in the run), but the short run at "
                 f"{float(r['lr']):.3g} ({float(r['lr']) / lr:.2g}x) scored validation {name} "
                 f"{seen} against {fmt(won[0]['metric'])} at {lr:.3g}: tune keeps its LR. "
                 + length]
     top = max((float(r["lr"]) for r in rung1), default=lr)
     if band and 10 * lr > float(band[1]):
-        return [f"The monitor flagged lr_too_low (raise the LR about 10x), but 10x, "
+        return [f"The monitor flagged lr_too_low (the training loss still falling steadily "
+                f"early in the run), but 10x, "
                 f"{10 * lr:.3g}, lies above the range test's band ({float(band[0]):.3g} to "
                 f"{float(band[1]):.3g}), past the LRs at which its loss still fell, and no short "
                 f"run tried above {top:.3g}: tune keeps its LR. " + length]
-    return [f"The monitor flagged lr_too_low (raise the LR about 10x), and no short run tried "
-            f"above {top:.3g}: worth a check with `lrkit search` or a run at a higher LR."]
+    return [f"The monitor flagged lr_too_low (the training loss still falling steadily early "
+            f"in the run), and no short run tried above {top:.3g}: worth a check with "
+            f"`lrkit search` or a run at a higher LR."]
 
 
 def _explain_final_run(final: dict, task: Any, task_ref: str | None, plan: _Plan, name: str,

@@ -205,6 +205,26 @@ def test_a_loss_that_already_fell_far_is_not_too_low_a_lr():
         Thresholds(low_max_drop=0.0)
 
 
+def test_a_falling_loss_far_below_its_start_is_told_the_lr_may_be_low_not_to_raise_it_10x():
+    """Where best-LR runs of training-limited models also sit (the loss down a quarter or more
+    of its start, still falling straight), the finding says the LR *may* be low and to check
+    first; under a quarter it says "raise about 10x". Straight lines from 2.3 falling 5%, 20%,
+    30% and 45% by step 100 of 500 (the check at a fifth of the run)."""
+    n = 500
+    for frac, sure in ((0.05, True), (0.20, True), (0.30, False), (0.45, False)):
+        line = [2.3 * (1 - frac * t / 100) if t <= 100 else 2.3 * (1 - frac) - 0.0001 * t
+                for t in range(n)]
+        f = _run(line, total=n).finding("lr_too_low")
+        assert f.step == 99 and f.evidence["relative_drop"] == pytest.approx(frac, abs=0.05)
+        assert f.evidence["confidence"] == ("high" if sure else "low")
+        assert ("raise the LR about 10x" in f.action) == sure
+        assert sure or ("may be too low" in f.action and "lrkit find" in f.action)
+    flat = _run([2.3 + 0.01 * (t % 2) for t in range(n)], total=n).finding("lr_too_low")
+    assert flat.evidence["confidence"] == "high" and "10x" in flat.action  # not fallen at all
+    with pytest.raises(ValueError, match="low_sure_drop"):
+        Thresholds(low_sure_drop=1.5)
+
+
 def test_a_plateau_before_the_schedules_own_decay_is_not_advised_a_decay():
     """WSD's stable phase (or cosine's first half) plateaus at the SGD noise floor by design:
     told the schedule, the monitor says its planned decay is the remedy instead of advising
