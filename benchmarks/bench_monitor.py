@@ -28,6 +28,7 @@ import gzip
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +141,8 @@ def judge(log, **thresholds) -> dict:
     correct = (not lr_found) if truth == "none" else (bool(hits) and predicted == truth)
     return {"truth": truth, "predicted": predicted, "correct": correct,
             "first_correct": (min(hits) + 1) / n if hits else None,
-            "kinds": [f.kind for f in m.findings]}
+            "kinds": [f.kind for f in m.findings],
+            "confidence": None if first is None else first.evidence.get("confidence")}
 
 
 def score(logs, **thresholds) -> tuple[int, float]:
@@ -177,8 +179,6 @@ def fit_thresholds(logs) -> dict:
 
 
 def evaluate(names: list[str] | None = None) -> None:
-    from collections import Counter
-
     from lrkit.monitor import Thresholds
 
     logs = load_logs(names)
@@ -195,14 +195,16 @@ def evaluate(names: list[str] | None = None) -> None:
              f"seeds {list(SEEDS)}; default thresholds `{Thresholds().to_dict()}`; "
              "`total_steps` given (the recipe's), validation metric every 1/20 of the run.", "",
              "## Confusion matrix (first LR finding of each run)", "",
-             "| condition | runs | -> too high (diverged / lr_too_high) | -> too low (lr_too_low) "
-             "| -> no LR finding | correct |", "|---|---|---|---|---|---|"]
+             "| condition | runs | -> too high (diverged / lr_too_high) | -> too low (lr_too_low: "
+             "'raise about 10x' / 'may be too low') | -> no LR finding | correct |",
+             "|---|---|---|---|---|---|"]
     for c in conds:
         js = [j for _, cc, _, j in rows if cc == c]
         cnt = Counter(j["predicted"] for j in js)
+        sure = Counter(j["confidence"] for j in js if j["predicted"] == "low")
         ok = sum(j["correct"] for j in js)
-        lines.append(f"| {c} ({LABEL[c]}) | {len(js)} | {cnt['high']} | {cnt['low']} | "
-                     f"{cnt['none']} | {ok}/{len(js)} |")
+        lines.append(f"| {c} ({LABEL[c]}) | {len(js)} | {cnt['high']} | {cnt['low']} "
+                     f"({sure['high']} / {sure['low']}) | {cnt['none']} | {ok}/{len(js)} |")
     total_ok = sum(j["correct"] for *_, j in rows)
     lines += ["", f"**{total_ok}/{len(rows)} runs correct.** Other findings raised (count of runs):", "",
               "| condition | " + " | ".join(k for k in ("plateau", "overfitting",
@@ -286,6 +288,7 @@ def near_best(names: list[str] | None = None) -> list[str]:
              "| task | " + " | ".join(NEAR) + " |", "|---|" + "---|" * len(NEAR)]
     tasks_ = list(dict.fromkeys(n for n, *_ in logs))
     total = {c: [0, 0] for c in NEAR}
+    said = {c: Counter() for c in NEAR}
     for name in tasks_:
         cells = []
         for c in NEAR:
@@ -293,14 +296,18 @@ def near_best(names: list[str] | None = None) -> list[str]:
             for n, cc, _, log in logs:
                 if n != name or cc != c:
                     continue
-                low = [f.step for f in _replay(log).findings if f.kind == "lr_too_low"]
-                fracs.append((min(low) + 1) / int(log.meta["steps"]) if low else None)
+                low = [f for f in _replay(log).findings if f.kind == "lr_too_low"]
+                said[c].update(f.evidence.get("confidence") for f in low)
+                fracs.append((min(f.step for f in low) + 1) / int(log.meta["steps"])
+                             if low else None)
             hit = [f for f in fracs if f is not None]
             total[c][0] += len(hit)
             total[c][1] += len(fracs)
             cells.append(f"{len(hit)}/{len(fracs)}" + (f" ({max(hit):.2f})" if hit else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("| all | " + " | ".join(f"{a}/{b}" for a, b in total.values()) + " |")
+    lines += ["", "Of the flags, 'raise about 10x' / 'may be too low: check first': "
+              + ", ".join(f"{c} {said[c]['high']} / {said[c]['low']}" for c in NEAR) + "."]
     return lines + ["", NEAR_NOTE, ""]
 
 
