@@ -847,13 +847,19 @@ class Monitor:
         if (self.total_steps is not None
                 and self._val_best_step < th.overfit_early * self.total_steps
                 and rel > th.overfit_gap):
+            # by gradient-flow time (lr x t) a run at lr x best_step / total_steps ends about
+            # where this one peaked (held out: the grid near that LR beat such runs on every
+            # log-loss task, `benchmarks/results/heldout-random.md`, fourteenth round)
+            factor = self.total_steps / max(self._val_best_step, 1)
             self._raise("lr_too_high", step,
                         {"best_val": best, "best_step": self._val_best_step, "val": v,
-                         "worse_by": rel, "total_steps": self.total_steps},
+                         "worse_by": rel, "total_steps": self.total_steps,
+                         "factor": round(factor, 3)},
                         f"The validation metric peaked at step {self._val_best_step} "
                         f"({self._val_best_step / self.total_steps:.0%} of the run) and is "
-                        f"{rel:.0%} worse now: lower the LR about 10x for this run length, "
-                        f"or stop at step {self._val_best_step}.")
+                        f"{rel:.0%} worse now: lower the LR about {factor:.2g}x for this run "
+                        f"length (a run at that LR ends about where this one peaked), or stop "
+                        f"at step {self._val_best_step}.")
 
     def _val_beyond_noise(self, mean_k: float) -> bool:
         """Whether the mean of the last ``overfit_patience`` val evaluations (signed, lower is

@@ -336,7 +336,11 @@ def test_overfitting_needs_a_val_metric_and_flags_an_early_peak_as_too_high():
     m = _run(train, total=n, vals=vals)
     f = m.finding("overfitting")
     assert f is not None and f.evidence["best_step"] == 40
-    assert m.finding("lr_too_high") is not None  # peaked at 10% of the run
+    high = m.finding("lr_too_high")  # peaked at 10% of the run: lower the LR 400/40 = 10x
+    assert high.evidence["factor"] == 10.0 and "lower the LR about 10x" in high.action
+    vals = {t: 1.0 - 0.01 * t if t <= 20 else 0.8 + 0.004 * (t - 20) for t in range(0, n, 20)}
+    high = _run(train, total=n, vals=vals).finding("lr_too_high")  # at 5%: 20x
+    assert high.evidence["factor"] == 20.0 and "lower the LR about 20x" in high.action
     assert _run(train, total=n).finding("overfitting") is None  # no val metric: no rule
 
 

@@ -806,6 +806,23 @@ def test_a_final_run_that_overfits_after_the_short_runs_points_to_full_length_ru
     assert "lrkit search --task" not in text
 
 
+def test_an_early_overfit_names_the_lr_for_the_run_length():
+    """A final run that peaked on validation in its first third and then overfit names
+    ``lr x step / steps`` (gradient-flow time): a full run there ends where this one peaked.
+    Not for a later peak, a jitter or a checkpoint from before a divergence."""
+    kept = {"step": 72, "overfitting": True, "diverged": False}
+    assert tune_mod.run_length_lr(0.0113, kept, 600) == pytest.approx(0.0113 * 72 / 600)
+    assert tune_mod.run_length_lr(0.0113, {**kept, "step": 201}, 600) is None
+    assert tune_mod.run_length_lr(0.0113, {**kept, "overfitting": False}, 600) is None
+    assert tune_mod.run_length_lr(0.0113, {**kept, "diverged": True}, 600) is None
+    task = make_task(200)
+    plan = tune_mod._Plan(total_steps=400, range_iters=40, rung0=15, rung1=30, keep=1)
+    text = tune_mod._explain_overfitting(40, task, "torch", plan, 0.02)
+    assert text.startswith("The final run overfit from step 40 of 200, after the short runs' "
+                           "30 steps ended, so they could not rank the LRs by it: the best LR "
+                           "for the full run is likely lower, about 0.02 (the LR times 40/200")
+
+
 def test_without_a_suggestion_tune_centres_where_confirm_would():
     """When the range test abstains on a curve that did fall (here 12%, in noise), tune's
     candidates start from the peers' read of the same curve (fastai's valley), as confirm mode
