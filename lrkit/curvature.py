@@ -207,8 +207,9 @@ def _mode(model: nn.Module, mode: str, notes: list[str]) -> Iterator[None]:
 
     ``"train"``: the loss the optimizer descends: BatchNorm normalises with batch statistics (its
     running statistics are saved and put back; a layer the user froze in eval mode stays
-    frozen, as in :func:`lrkit.train.training_modes`), dropout is switched off so that the operator is
-    deterministic (Lanczos needs a fixed matrix). ``"eval"``: every module in eval mode.
+    frozen, as in :func:`lrkit.train.training_modes`), dropout is switched off so that the
+    operator is deterministic (Lanczos needs a fixed matrix). ``"eval"``: every module in eval
+    mode.
     """
     from .train import module_modes, set_module_modes, training_modes
 

@@ -441,9 +441,9 @@ class Monitor:
             loss = _real("loss", loss)
         if lr is not None and lr.__class__ is not float:
             lr = _real("lr", lr)
-        if grad_norm is not None:
+        if grad_norm is not None and grad_norm.__class__ is not float:
             grad_norm = _real("grad_norm", grad_norm)
-        if val_metric is not None:
+        if val_metric is not None and val_metric.__class__ is not float:
             val_metric = _real("val_metric", val_metric)
         self._last_step = step
         if loss - loss != 0.0:  # NaN or +-inf

@@ -47,6 +47,8 @@ __all__ = [
     "loader_generators",
     "evaluating",
     "training_modes",
+    "module_modes",
+    "set_module_modes",
     "global_grad_norm",
     "model_device",
     "check_loader",

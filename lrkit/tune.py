@@ -1475,7 +1475,7 @@ def _explain_final_run(final: dict, task: Any, task_ref: str | None, plan: _Plan
 
 
 def _explain_overfitting(best: int, task: Any, task_ref: str | None, plan: _Plan,
-                         run_length_lr: float | None = None) -> str:
+                         lower_lr: float | None = None) -> str:
     """What the final run's overfitting (its end worse than its best validation step ``best``
     beyond noise: the checkpoint was kept) says about the decision, and what would do better:
     the short runs end before it, so they cannot rank LRs by it; full-length runs can. Measured
@@ -1499,8 +1499,8 @@ def _explain_overfitting(best: int, task: Any, task_ref: str | None, plan: _Plan
     if task_ref and not user and (":" in task_ref or task_ref in tasks.names()):
         how = f"`lrkit search --task {task_ref} --budget {steps}` or {how}"
     lower = "may lie lower"
-    if run_length_lr is not None:
-        lower = (f"is likely lower, about {run_length_lr:.3g} (the LR times {best}/{full}: a "
+    if lower_lr is not None:  # run_length_lr's
+        lower = (f"is likely lower, about {lower_lr:.3g} (the LR times {best}/{full}: a "
                  f"full run there ends about where this one peaked, by the slower path)")
     return (f"The final run overfit from step {best} of {full}{why}: the best LR for the full "
             f"run {lower}. Full-length runs would check (a range test and 3 full runs, "

@@ -199,6 +199,23 @@ def test_train_and_eval_mode_hessians_with_batchnorm_and_dropout():
     assert abs(r_train.eigenvalue / r_eval.eigenvalue - 1) > 0.05
 
 
+def test_train_mode_hessian_keeps_a_frozen_batchnorm_frozen():
+    """A fine-tuning set-up (root in train mode, BatchNorm kept in eval mode) descends the loss
+    with the running statistics: the train-mode Hessian is that loss's, and every flag comes
+    back as it was."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 2)).double()
+    model[1].running_mean.fill_(0.3)
+    model[1].running_var.fill_(2.0)
+    model[1].eval()
+    batches = [data(4)]
+    r = C.top_eigenvalue(model, ce, batches, iters=40, tol=1e-10, mode="train")
+    assert model.training and not model[1].training
+    assert not any("batch statistics" in n for n in r.notes)
+    h = exact_hessian(model, ce, batches)  # the user's own modes: running statistics
+    assert r.eigenvalue == pytest.approx(float(torch.linalg.eigvalsh(h)[-1]), rel=1e-8)
+
+
 # -------------------------------------------------------------------------------- the bound
 def least_squares_task(optimizer_kwargs: dict, *, steps: int = 200) -> tuple[Task, float, float]:
     """Full-batch least squares; returns (task, exact λ_max of 2XᵀX/n, optimal loss)."""
