@@ -473,12 +473,8 @@ class _ValSource(Callback):
 
     def on_step_end(self, info: StepInfo) -> bool | str | None:
         if self.evaluate is not None and (info.step + 1) % self.eval_every == 0:
-            model = info.model
-            was = model.training
-            model.eval()
-            with torch.no_grad():
-                metric = float(self.evaluate(model))
-            model.train(was)
+            with evaluating(info.model):
+                metric = float(self.evaluate(info.model))
             return self.on_eval(info.step + 1, metric)
         return None
 

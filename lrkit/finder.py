@@ -1256,11 +1256,10 @@ class _ValTrack:
 
     def on_step_end(self, info: Any) -> None:
         if (info.step + 1) % self.every == 0 and info.step + 1 < self.steps:
-            model = info.model
-            model.eval()
-            with torch.no_grad():
-                value = float(self.task.evaluate(model, "val"))
-            model.train()
+            from .train import evaluating
+
+            with evaluating(info.model):
+                value = float(self.task.evaluate(info.model, "val"))
             self.curve.append((info.step + 1, value))
 
     def on_eval(self, step: int, metric: float) -> None:

@@ -249,3 +249,27 @@ def test_decay_on_plateau_with_a_plain_callable_schedule():
               callbacks=[dec, Spy()])
     assert seen == pytest.approx([0.1 / (t + 1) * 0.5 ** max(0, t - 1) for t in range(10)],
                                  rel=1e-12)
+
+
+def test_callbacks_that_evaluate_keep_a_frozen_batchnorm_frozen():
+    """EarlyStopping (and MonitorCallback) evaluate in eval mode and then put back every
+    submodule's own flag, not ``model.train(was)``, which unfroze a BatchNorm kept in eval
+    mode for fine-tuning."""
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 4), torch.randn(64, 1)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 1))
+    model[1].eval()
+    stats = model[1].running_mean.clone()
+    seen = []
+
+    def step_fn(m, batch):
+        seen.append((m.training, m[1].training))
+        return nn.functional.mse_loss(m(batch[0]), batch[1])
+
+    cbs = [EarlyStopping(patience=100, evaluate=lambda m: 0.0, eval_every=2),
+           MonitorCallback(evaluate=lambda m: 0.0, eval_every=3)]
+    train.fit(model, torch.optim.SGD(model.parameters(), lr=0.01),
+              [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)], num_steps=12,
+              step_fn=step_fn, callbacks=cbs)
+    assert seen == [(True, False)] * 12
+    assert torch.equal(model[1].running_mean, stats)

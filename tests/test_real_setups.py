@@ -222,6 +222,7 @@ def test_range_test_and_confirm_train_a_frozen_batchnorm_frozen():
     model = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 1))
     model[1].eval()
     stats = model[1].running_mean.clone()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     tl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:128], y[:128]), 32)
     vl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[128:], y[128:]), 64)
@@ -231,8 +232,18 @@ def test_range_test_and_confirm_train_a_frozen_batchnorm_frozen():
     task = from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=40)
     task.evaluate(model, "val")  # ends with every flag as it was (model.train(was) did not)
     assert model.training and not model[1].training
-    find_lr(model, opt, tl, F.mse_loss, val_loader=vl, confirm=True, steps=40, num_iter=40)
+    model.load_state_dict(start)  # (restore=False left the sweep's blown-up weights)
+    seen = []
+
+    def step_fn(m, batch):  # every training step of every run sees the layer frozen
+        if m.training:
+            seen.append(m[1].training)
+        return F.mse_loss(m(batch[0]), batch[1])
+
+    res = find_lr(model, opt, tl, step_fn=step_fn, val_loader=vl, confirm=True, steps=60,
+                  num_iter=40)
     assert torch.equal(model[1].running_mean, stats) and not model[1].training
+    assert len(seen) == res.cost_steps > 60 and not any(seen)
 
 
 def test_confirm_from_a_plain_call_names_what_is_missing():
