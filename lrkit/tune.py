@@ -1774,6 +1774,11 @@ def cli_main(args: argparse.Namespace) -> int:
     shares = ", ".join(f"{s.name} {s.cost_steps / max(res.cost_steps, 1):.0%}"
                        for s in res.stages if s.cost_steps)
     print(f"  cost: {res.cost_steps} steps = {res.cost_runs:.2f} full runs ({shares})")
+    final = next((s.outcome for s in res.stages if s.name == "final run"), {})
+    if final.get("lr_for_run_length"):
+        print(f"  run length: the final run overfit from step "
+              f"{final['best_val_checkpoint_step']}; for this run length a peak of about "
+              f"{final['lr_for_run_length']:.3g} is likely better (not run: see why)")
     for f in res.findings:
         updated = (f.get("evidence") or {}).get("updated")
         when = f"at step {f.get('step')}" + (f" (updated at step {updated})"

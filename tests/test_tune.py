@@ -648,8 +648,24 @@ def test_cli_prints_decision_and_report(done, capsys):
     assert f"uncertainty: {res.uncertainty}" in text
     assert f"report: {out / 'report.html'}" in text
     assert f"{res.cost_steps} steps" in text
+    assert "run length:" not in text  # the final run did not overfit early
     assert cli.main(["tune", "--resume", str(out.parent / "nothing")]) == 2
     assert cli.main(["tune", "--no-progress"]) == 2  # neither --task nor --resume
+
+
+def test_cli_prints_the_run_length_lr_of_an_early_overfit(done, capsys, monkeypatch):
+    from lrkit import cli
+
+    res, out = done
+    early = {"lr_for_run_length": 0.0123, "best_val_checkpoint_step": 40}
+    hinted = dataclasses.replace(res, stages=tuple(
+        dataclasses.replace(st, outcome={**st.outcome, **early}) if st.name == "final run"
+        else st for st in res.stages))
+    monkeypatch.setattr(tune_mod, "_tune", lambda *args, **kwargs: hinted)
+    assert cli.main(["tune", "--resume", str(out), "--task", "tests.test_tune:tiny_task",
+                     "--no-progress"]) == 0
+    assert ("  run length: the final run overfit from step 40; for this run length a peak of "
+            "about 0.0123 is likely better (not run: see why)") in capsys.readouterr().out
 
 
 def test_smooth_against_hand_average():
