@@ -34,24 +34,22 @@ sys.path.insert(0, str(HERE))
 import heldout_random_tasks as H  # noqa: E402
 
 import lrkit  # noqa: E402
-from lrkit import schedules, train  # noqa: E402
+from lrkit import bench, schedules, train  # noqa: E402
 from lrkit.monitor import Monitor  # noqa: E402
 
 
-def _task(set_file: str, row: int, arch: str = "mlp"):
-    seed_set = int(Path(set_file).stem.split("-")[1])
-    rng = random.Random(seed_set)
-    for i in range(row + 1):
-        cfg, task = H.draw(rng, 1000 * seed_set + i, arch)
-    return cfg, task
+def _seed_of(set_file: str) -> int:
+    return int(Path(set_file).stem.split("-")[1])
 
 
 def scan(set_file: str, out: Path, arch: str) -> None:
     torch.set_num_threads(1)
     rows = json.loads(Path(set_file).read_text())
+    seed_set = _seed_of(set_file)
+    rng = random.Random(seed_set)
     res = []
     for i, row in enumerate(rows):
-        cfg, task = _task(set_file, i, arch)
+        cfg, task = H.draw(rng, 1000 * seed_set + i, arch)
         assert cfg == row["cfg"], "another task: the file and its seed disagree"
         for s in (0, 1):
             with tempfile.TemporaryDirectory() as d:
@@ -80,8 +78,7 @@ def _grid_at(r: dict, lr: float) -> float:
 
 
 def _regret(r: dict, v: float) -> float:
-    b = r["best"]
-    return (b - v) / abs(b) if r["higher"] else (v - b) / abs(b)
+    return bench.regret(v, r["best"], higher_is_better=r["higher"])
 
 
 def analyze(files: list[str]) -> None:
@@ -176,7 +173,7 @@ def rewind(files: list[str]) -> None:
         for r in json.loads(Path(f).read_text()):
             if not (r["overfitting"] and r["ck_step"] is not None):
                 continue
-            _, task = _task(r["set"], r["row"])
+            _, task = H.task_at(_seed_of(r["set"]), r["row"])
             m, info = _rewind_run(task, r["family"], r["lr"], r["seed"])
             print(f"{Path(r['set']).stem} row {r['row']} seed {r['seed']} {r['scored']} "
                   f"{r['family']} lr {r['lr']:.3g}: tune {100 * _regret(r, r['metric']):+.1f}%"

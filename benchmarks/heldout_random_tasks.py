@@ -211,6 +211,14 @@ def _char_task(rng: random.Random, i: int) -> tuple[dict, Task]:
     return cfg, task
 
 
+def task_at(seed: int, row: int, arch: str = "mlp") -> tuple[dict, Task]:
+    """Row ``row`` of the set drawn with ``--seed seed`` (its tasks come in order from one RNG)."""
+    rng = random.Random(seed)
+    for i in range(row + 1):
+        cfg, task = draw(rng, 1000 * seed + i, arch)
+    return cfg, task
+
+
 def draw(rng: random.Random, i: int, arch: str = "mlp") -> tuple[dict, Task]:
     """One random task and its description (``arch``: "mlp" on every dataset, "cnn" on
     digits' 8x8 images and MNIST-1D's signals, "seq": character LMs on the pydoc text)."""

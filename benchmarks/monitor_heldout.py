@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 from pathlib import Path
 
@@ -38,10 +37,7 @@ def task_of(spec: str):
     name, row = spec.split(":")
     rows = json.loads((HERE / "results" / "heldout" / f"{name}.json").read_text())
     arch = "cnn" if name.startswith("cnn") else "seq" if name.startswith("seq") else "mlp"
-    seed = int(name.split("-")[1])
-    rng = random.Random(seed)
-    for k in range(int(row) + 1):
-        cfg, task = heldout.draw(rng, 1000 * seed + k, arch)
+    cfg, task = heldout.task_at(int(name.split("-")[1]), int(row), arch)
     return cfg, task, float(rows[int(row)]["best_lr"])
 
 
