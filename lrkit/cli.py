@@ -69,6 +69,9 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.command != "oracle" and (args.method is not None or not args.optimizers):
         bench.check_methods(args.method)  # before any oracle run is spent
+    if args.seeds < 3:
+        raise ValueError(f"--seeds is the number of oracle seeds (0..N-1) and must be >= 3, "
+                         f"got {args.seeds}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     task_names = args.task
@@ -166,7 +169,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         c.add_argument("--task", action="append", required=True, help="task name; repeatable")
         c.add_argument("--points", type=int, default=25, help="grid points (>= 13)")
         c.add_argument("--step-decades", type=float, default=0.25, help="grid spacing in decades")
-        c.add_argument("--seeds", type=int, default=5, help="oracle seeds (>= 3)")
+        c.add_argument("--seeds", type=int, default=5, help="number of oracle seeds, run as 0..N-1 (>= 3)")
         c.add_argument("--workers", type=int, default=2)
         c.add_argument("--refresh", action="store_true", help="ignore the oracle cache")
         c.add_argument("--out", default="bench-out")

@@ -1099,7 +1099,11 @@ def cli_main(args: argparse.Namespace) -> int:
         if not sep:
             raise ValueError(f"--threshold must be NAME=VALUE, got {item!r}")
         field_type = {f.name: f.type for f in dataclasses.fields(Thresholds)}.get(key, "float")
-        overrides[key] = int(value) if field_type == "int" else float(value)
+        try:
+            overrides[key] = int(value) if field_type == "int" else float(value)
+        except ValueError:
+            want = "an integer" if field_type == "int" else "a number"
+            raise ValueError(f"--threshold {key}: expected {want}, got {value!r}") from None
     meta = log.meta
     total = args.total_steps if args.total_steps is not None else meta.get(
         "total_steps", meta.get("steps"))

@@ -71,6 +71,14 @@ def test_bench_methods_names_an_unknown_method_before_running_the_oracle(tmp_pat
     assert not out.exists() and not (tmp_path / "cache").exists()  # no oracle run was spent
 
 
+def test_bench_seeds_is_a_count_checked_before_any_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LRKIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "bench"
+    assert main(["bench", "oracle", "--task", TINY, "--seeds", "2", "--out", str(out)]) == 2
+    assert "--seeds is the number of oracle seeds" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "cache").exists()
+
+
 def test_unknown_task_is_a_clear_error(capsys):
     assert main(["find", "--task", "digitz", "--no-progress"]) == 2
     assert "did you mean 'digits'" in capsys.readouterr().err

@@ -450,6 +450,10 @@ def test_read_log_checks_and_cli(tmp_path, capsys):
                      "min_fraction=0.5"]) == 0
     found = json.loads(capsys.readouterr().out)
     assert found[0]["kind"] == "lr_too_low" and found[0]["step"] + 1 == 50
+    for bad, want in (("z=abc", "--threshold z: expected a number, got 'abc'"),
+                      ("min_steps=1.5", "--threshold min_steps: expected an integer")):
+        assert cli.main(["monitor", str(log), "--no-plot", "--threshold", bad]) == 2
+        assert want in capsys.readouterr().err
 
 
 def test_update_cost_is_constant_per_step():
