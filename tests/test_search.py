@@ -259,6 +259,32 @@ def test_random_never_trains_above_a_known_divergence_point() -> None:
         assert t.lr >= known and t.steps == 0
 
 
+def test_an_objective_that_always_diverges_ends_at_n_trials_and_says_so() -> None:
+    # a NaN before any finite result has no penalty value: the trial is told FAIL. Those
+    # trials did not count towards n_trials, and the worker asked for trials forever
+    def nan(lr: float, report) -> float:
+        return math.nan
+
+    res = search(nan, low=1e-6, high=1.0, n_trials=5, storage="memory", progress=False)
+    assert [t.state for t in res.trials] == ["diverged"] * 5 and res.best_lr is None
+    x = [math.log10(t.lr) for t in res.trials]
+    assert x == pytest.approx([-3.0, -3.5, -4.0, -4.5, -5.0])  # down half a decade each time
+    assert "no trial finished without diverging" in res.summary()
+
+
+@pytest.mark.parametrize("method", ["auto", "coarse_to_fine"])  # lrkit's own policies
+def test_a_diverged_start_with_no_value_yet_moves_the_search_down(method: str) -> None:
+    # the objective diverges above 1e-4 and is best at 1e-5; auto starts at 1e-3.5 (the middle)
+    def f(lr: float, report) -> float:
+        return math.nan if lr > 1e-4 else (math.log10(lr) + 5) ** 2
+
+    res = search(f, low=1e-7, high=1.0, method=method, n_trials=12, storage="memory",
+                 seed=0, progress=False)
+    assert abs(math.log10(res.best_lr) + 5) < 0.3
+    first = min(t.lr for t in res.trials if t.state == "diverged")
+    assert all(t.steps == 0 for t in res.trials if t.lr >= first and t.state == "skipped")
+
+
 def test_median_pruner_stops_bad_trials() -> None:
     def f(lr: float, report) -> float:
         v = (math.log10(lr) + 2) ** 2

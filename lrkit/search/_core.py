@@ -862,8 +862,11 @@ def _limits_reached(trials: Sequence[Any], plan: _Plan, states: Any) -> bool:
     if plan.budget is not None and len(live) >= 4 * (plan.budget // plan.trial_cost + 1) + 10:
         return True  # a guard: trials skipped above a divergence point cost nothing
     if plan.n_trials is not None:
+        # a diverged trial told as FAIL (no value to give it yet: an objective that returned
+        # NaN before any finite result) counts too, or an objective that always diverges
+        # would be asked for trials forever
         counted = sum(t.state in (states.COMPLETE, states.PRUNED, states.RUNNING,
-                                  states.WAITING) for t in live)
+                                  states.WAITING) or _told_diverged(t, states) for t in live)
         if counted >= plan.n_trials:
             return True
     if plan.budget is not None:
@@ -875,6 +878,12 @@ def _limits_reached(trials: Sequence[Any], plan: _Plan, states: Any) -> bool:
         if spent + running + cost > plan.budget:
             return True
     return False
+
+
+def _told_diverged(t: Any, states: Any) -> bool:
+    """A trial lrkit told as FAIL because it diverged (see :func:`_penalty`), not one that
+    crashed or was interrupted (those go back to the queue)."""
+    return t.state == states.FAIL and bool(t.user_attrs.get("diverged"))
 
 
 def _penalty(trials: Sequence[Any], runner: Any, sign: float, out: _Outcome,
@@ -954,7 +963,8 @@ def _run_trial(study: Any, trial: Any, trials: Sequence[Any], plan: _Plan, runne
         if family is not None:
             trial.set_user_attr("schedule", family)
     lr = trial.suggest_float("lr", plan.low, plan.high, log=True)
-    diverged_at = min((t.params["lr"] for t in trials if t.state == S.COMPLETE
+    diverged_at = min((t.params["lr"] for t in trials
+                       if (t.state == S.COMPLETE or _told_diverged(t, S))
                        and t.user_attrs.get("diverged") and not t.user_attrs.get("skipped")
                        and t.params.get("schedule", t.user_attrs.get("schedule")) == family
                        and "lr" in t.params), default=math.inf)

@@ -63,6 +63,9 @@ def observations(trials: Sequence[Any], family: str | None, sign: float
             done.append(Observation(x, score, diverged))
         elif t.state == TrialState.PRUNED:
             done.append(Observation(x, -math.inf, bool(t.user_attrs.get("diverged"))))
+        elif t.state == TrialState.FAIL and t.user_attrs.get("diverged"):
+            # diverged with no value to tell it with yet (an objective's first trials)
+            done.append(Observation(x, -math.inf, True))
     return done, pending
 
 
@@ -125,12 +128,20 @@ def auto_next(obs: Sequence[Observation], pending: Sequence[float], start: float
     def ok(x: float) -> bool:
         return lo <= x <= top and not _tried(x, xs)
 
-    start = min(max(start, lo), top)
+    finite = [o for o in obs if math.isfinite(o.score)]
+    if not finite and math.isfinite(bound):
+        # everything finished so far diverged: go down half a decade below all that was tried
+        # (not just below the bound: an objective that diverged at its start point crept down
+        # 1/32 decade a trial, 5 trials in 0.12 decade, all diverged)
+        below = min(xs) - 0.5
+        return below if ok(below) else _random_free(xs, lo, top, rng)
+    # into the range, not below the divergence bound: a start that diverged is left to the
+    # probes below it and to the bracket, not crept down from 1/32 decade at a time
+    start = min(max(start, lo), hi)
     for d in AUTO_PROBES:
         if ok(start + d):
             return start + d
-    finite = [o for o in obs if math.isfinite(o.score)]
-    if not finite:  # everything tried so far diverged or is pending: go down
+    if not finite:  # the rest is pending: go down
         below = min(xs) - 0.5 if xs else start
         return below if ok(below) else _random_free(xs, lo, top, rng)
     best = max(finite, key=lambda o: o.score)

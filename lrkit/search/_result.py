@@ -103,6 +103,12 @@ class SearchResult:
             sched = f" with schedule {self.best_schedule}" if self.best_schedule else ""
             out.append(f"best LR {self.best_lr:.4g}{sched}: {self.metric_name} "
                        f"{self.best_metric:.4g}")
+        elif self.divergence and not any(t.state in ("running", "waiting")
+                                         for t in self.trials):
+            lowest = min(self.divergence.values())
+            out.append(f"no trial finished without diverging (the lowest LR tried that "
+                       f"diverged: {lowest:.3g}): lower the range's low end, or check the "
+                       "model and data at a tiny LR")
         else:
             out.append("no completed trial yet")
         for fam, lr in sorted(self.divergence.items()):
@@ -197,7 +203,8 @@ def record_of(t: Any) -> TrialRecord:
     from optuna.trial import TrialState
 
     ua = t.user_attrs
-    if t.state == TrialState.COMPLETE:
+    if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and ua.get("diverged")):
+        # FAIL + diverged: told without a value (no finite result to penalise it with yet)
         state = "skipped" if ua.get("skipped") else "diverged" if ua.get("diverged") else "complete"
     else:
         state = {TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
