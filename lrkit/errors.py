@@ -37,6 +37,22 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def as_real(name: str, value: Any) -> float:
+    """``float(value)`` for a number, a NumPy scalar or a one-element tensor or array (NaN and
+    inf included); a bool, a string such as "0.5" (a log read without parsing) or anything else
+    is a TypeError naming ``name``."""
+    if not isinstance(value, (str, bytes, bool)):
+        size = getattr(value, "size", None)  # NumPy: an attribute; PyTorch: a method
+        one = (value.numel() if callable(getattr(value, "numel", None))
+               else size if isinstance(size, int) else None) == 1
+        try:
+            # .item() for a one-element array of any shape (NumPy 2 refuses float() on [4.0])
+            return float(value.item() if one and hasattr(value, "item") else value)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    raise TypeError(f"{name} must be a real number (or a one-element tensor), got {value!r}")
+
+
 def check_finite(name: str, value: Any) -> float:
     """Return ``float(value)`` if it is a finite real number, else raise naming ``name``."""
     if not _is_real(value):

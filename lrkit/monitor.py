@@ -96,7 +96,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .errors import check_choice, check_int, check_positive, check_range, closest
+from .errors import as_real, check_choice, check_int, check_positive, check_range, closest
 
 __all__ = [
     "KINDS",
@@ -438,13 +438,13 @@ class Monitor:
             raise ValueError(f"step must increase, got {step!r} after {self._last_step}")
         self._new = new = []
         if loss.__class__ is not float:
-            loss = _real("loss", loss)
+            loss = as_real("loss", loss)
         if lr is not None and lr.__class__ is not float:
-            lr = _real("lr", lr)
+            lr = as_real("lr", lr)
         if grad_norm is not None and grad_norm.__class__ is not float:
-            grad_norm = _real("grad_norm", grad_norm)
+            grad_norm = as_real("grad_norm", grad_norm)
         if val_metric is not None and val_metric.__class__ is not float:
-            val_metric = _real("val_metric", val_metric)
+            val_metric = as_real("val_metric", val_metric)
         self._last_step = step
         if loss - loss != 0.0:  # NaN or +-inf
             self._raise("diverged", step, {"loss": _json_num(loss), "first_loss": self._first},
@@ -893,17 +893,6 @@ def _warmup(steps: int) -> int:
     n = max(10, 2 * int(steps))
     digits = max(0, len(str(n)) - 2)
     return int(round(n, -digits))
-
-
-def _real(name: str, value: Any) -> float:
-    """``float(value)`` for a number, a NumPy scalar or a one-element tensor; anything else (a
-    string such as "0.5" included: a log read without parsing) is a TypeError naming it."""
-    if not isinstance(value, (str, bytes)):
-        try:
-            return float(value)
-        except (TypeError, ValueError, RuntimeError):
-            pass
-    raise TypeError(f"{name} must be a real number (or a one-element tensor), got {value!r}")
 
 
 def _json_num(x: float) -> float | str:

@@ -97,6 +97,27 @@ def test_objective_needs_its_range_and_no_folds() -> None:
         search(bowl, low=1e-4, high=1.0, cv_folds=3, storage="memory")
     with pytest.raises(TypeError, match="task_or_objective must be"):
         search(42, low=1e-4, high=1.0, storage="memory")
+    with pytest.raises(TypeError, match=r"called as objective\(lr, report\).*add a second"):
+        search(lambda lr: 1.0, low=1e-4, high=1.0, storage="memory")
+
+
+def test_objective_values_numpy_and_tensors_count_strings_are_named() -> None:
+    import torch
+
+    for kind in (np.float32, torch.tensor, lambda v: np.array([v])):
+        res = search(lambda lr, report: kind((math.log10(lr) + 2) ** 2), low=1e-4, high=1.0,
+                     method="grid", n_trials=5, storage="memory", progress=False)
+        assert res.best_lr == pytest.approx(1e-2) and res.best_metric == pytest.approx(0.0)
+    with pytest.raises(TypeError, match="the objective's return value must be a real number"):
+        search(lambda lr, report: "0.5", low=1e-4, high=1.0, n_trials=2, storage="memory",
+               progress=False)
+
+    def reports_text(lr: float, report) -> float:
+        report(0, "0.5")
+        return 1.0
+
+    with pytest.raises(TypeError, match=r"report\(step, value\)'s value must be a real"):
+        search(reports_text, low=1e-4, high=1.0, n_trials=2, storage="memory", progress=False)
 
 
 def test_storage_errors_never_show_the_password(capsys) -> None:

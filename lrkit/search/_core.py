@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import math
 import threading
@@ -12,7 +13,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from ..errors import DivergedError, check_choice, check_int, check_positive, check_range
+from ..errors import DivergedError, as_real, check_choice, check_int, check_positive, check_range
 from ._result import SearchResult, result_from_study
 from ._storage import describe, open_storage
 
@@ -284,6 +285,18 @@ class _ObjectiveRunner:
     """Calls a user objective ``f(lr, report)`` (``schedule=`` too when searching schedules)."""
 
     def __init__(self, fn: Callable, *, higher_is_better: bool) -> None:
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):  # a builtin without one: found out at the first call
+            sig = None
+        if sig is not None:
+            try:
+                sig.bind(1.0, lambda step, value: None)
+            except TypeError:
+                raise TypeError(f"the objective is called as objective(lr, report), and "
+                                f"{getattr(fn, '__name__', 'it')}{sig} cannot take that: add "
+                                "a second parameter (report(step, value) feeds pruning; it may "
+                                "go unused)") from None
         self.fn = fn
         self.metric = getattr(fn, "__name__", "objective")
         self.higher_is_better = higher_is_better
@@ -297,7 +310,7 @@ class _ObjectiveRunner:
         def report(step: int, value: float) -> None:
             step = check_int("step", step, minimum=0)
             last[0] = max(last[0], step)
-            reporter(step, float(value))
+            reporter(step, as_real("report(step, value)'s value", value))
 
         try:
             value = self.fn(lr, report) if schedule is None else self.fn(lr, report,
@@ -306,8 +319,7 @@ class _ObjectiveRunner:
             return _Outcome(None, max(1, last[0]), False, True, [])
         except DivergedError:
             return _Outcome(None, max(1, last[0]), True, False, [])
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"the objective must return a number, got {value!r}")
+        value = as_real("the objective's return value", value)
         if not math.isfinite(value):
             return _Outcome(None, max(1, last[0]), True, False, [])
         return _Outcome(float(value), max(1, last[0]), False, False, [float(value)])
