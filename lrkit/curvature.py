@@ -173,6 +173,8 @@ def _check_batches(batches: Any, num_batches: int | None) -> list:
             raise ValueError("batches has no length (an iterator or generator): pass num_batches, "
                              "how many batches to average the Hessian over")
         num_batches = len(batches)
+        if num_batches == 0:  # not "num_batches must be >= 1": it was not given
+            raise ValueError("batches is empty: the Hessian needs at least one batch")
     num_batches = check_int("num_batches", num_batches, minimum=1)
     out = []
     for b in batches:

@@ -403,6 +403,8 @@ def test_bad_arguments_are_named():
         C.top_eigenvalue(model, ce, data(0))
     with pytest.raises(ValueError, match="num_batches"):
         C.top_eigenvalue(model, ce, iter(batches))
+    with pytest.raises(ValueError, match="batches is empty"):  # not "num_batches ... got 0"
+        C.top_eigenvalue(model, ce, [])
     with pytest.raises(TypeError, match="model"):
         C.top_eigenvalue("model", ce, batches)
     with pytest.raises(ValueError, match="optimizer"):
