@@ -45,7 +45,9 @@ kind                      rule (seed advice it implements)
                           value while the loss has not dropped below ``1 - vanish_progress`` of
                           its start (seed 002: "Observe Gradients ... vanishing")
 ``exploding_gradients``   the smoothed gradient norm above ``explode_factor`` x its starting
-                          value (seed 002: "Gradient Clipping ... to prevent exploding
+                          value, or a non-finite norm on ``skipped_steps`` updates in a row
+                          (fewer are a mixed-precision GradScaler skipping steps, by design)
+                          (seed 002: "Gradient Clipping ... to prevent exploding
                           gradients")
 ``overfitting``           ``overfit_patience`` evaluations since the best one worse than it by
                           ``overfit_tolerance`` (relative), the mean of the last
@@ -239,6 +241,14 @@ class Thresholds:
             successive differences, ``var = mean((l_t - l_{t-1})^2) / 2``).
         plateau_steps: updates before ``plateau`` may fire.
         explode_factor, vanish_factor, vanish_progress: the gradient rules (see module doc).
+        skipped_steps: consecutive updates with a non-finite gradient norm (and a finite loss)
+            before ``exploding_gradients`` says so. Mixed precision makes them on purpose:
+            ``torch.amp.GradScaler`` starts at a scale of 2^16, skips every step whose scaled
+            gradients overflow and halves the scale, so the first few steps of a healthy fp16
+            run (and one step after each later growth of the scale) have an infinite norm.
+            After 17 halvings the scale is below 1 and an overflow is the gradient's own.
+            Without a scaler, the step with the non-finite gradient makes the weights, and
+            the next loss, non-finite: ``diverged`` says so at once.
         overfit_tolerance, overfit_patience: the ``overfitting`` rule (``overfit_patience``
             evaluations since the best one that are worse than it beyond the tolerance).
         overfit_z: ... and the mean of the last ``overfit_patience`` evaluations is worse than
@@ -271,6 +281,7 @@ class Thresholds:
     z: float = 4.0
     plateau_steps: int = 100
     explode_factor: float = 100.0
+    skipped_steps: int = 17
     vanish_factor: float = 1e-3
     vanish_progress: float = 0.1
     overfit_tolerance: float = 0.02
@@ -292,6 +303,7 @@ class Thresholds:
         check_range("anneal_share", self.anneal_share, 0.0, 1.0)
         check_range("low_until", self.low_until, 0.0, 1.0, low_open=True)
         check_int("plateau_steps", self.plateau_steps, minimum=1)
+        check_int("skipped_steps", self.skipped_steps, minimum=1)
         check_int("overfit_patience", self.overfit_patience, minimum=1)
         check_range("ema", self.ema, 0.0, 1.0, high_open=True)
         for name in ("diverge_factor", "explode_factor"):
@@ -375,6 +387,7 @@ class Monitor:
         self._ema_sd = math.sqrt((1.0 - self._beta) / (1.0 + self._beta))
         self._ema_best = math.inf
         self._best_step = 0
+        self._best_n = 1  # updates averaged into the best smoothed loss (its noise: _ema_sd_at)
         self._prev: float | None = None
         self._prev_d: float | None = None  # the last successive difference
         self._sq_diff = 0.0  # sum of squared second differences (noise estimate)
@@ -394,6 +407,9 @@ class Monitor:
         # gradient norms
         self._g_ema = 0.0
         self._g_n = 0
+        self._skip_sum, self._skip_n = 0.0, 0  # losses of updates skipped before the first
+        self._g_bad = 0  # consecutive non-finite gradient norms, since this step:
+        self._g_bad_since = 0
         self._g_ref: float | None = None
         self._g_first: list[float] = []
         # validation
@@ -451,6 +467,17 @@ class Monitor:
                         "The loss became non-finite: restart from an earlier checkpoint with the "
                         "LR about 10x lower, or add warmup and gradient clipping.")
             return new
+        if (grad_norm is not None and grad_norm - grad_norm != 0.0 and self._n == 0
+                and val_metric is None):
+            # a mixed-precision step the GradScaler skipped before any update was made: the
+            # weights are the initial ones, so the loss is one more sample of the starting
+            # loss (averaged into it), not a step of the curve (a first batch that happened
+            # to be easy, then a flat start while the scale settled, read as a climb)
+            self._skip_sum += loss
+            self._skip_n += 1
+            self._first = self._skip_sum / self._skip_n
+            self._grad(step, grad_norm, self._first)
+            return new
         self._n += 1
         if lr is not None:
             self._tau += lr
@@ -475,6 +502,7 @@ class Monitor:
         if smooth < best:
             self._ema_best = best = smooth
             self._best_step = step
+            self._best_n = self._n
         prev = self._prev
         if prev is not None:
             d = loss - prev
@@ -511,13 +539,20 @@ class Monitor:
                   + th.z * self._noise() * self._ema_sd
                   and self._n_diff >= th.block and step - self._best_step >= th.block
                   and self._due("lr_too_high", step)):
-                share = (smooth - best) / max(first - best, 1e-300)
+                drop = first - best
+                if drop > th.z * self._noise() * self._ema_sd_at(self._best_n):
+                    share = (smooth - best) / drop
+                    evidence, said = {"climbed_back": share}, (
+                        f"The loss climbed back {share:.0%} of the way from its best (step "
+                        f"{self._best_step}) to its start")
+                else:  # it never fell beyond its noise: a share of no drop means nothing
+                    rise = (smooth - first) / abs(first)
+                    evidence, said = {"rise": rise}, (
+                        f"The loss rose {rise:.0%} above its start without falling first")
                 self._raise("lr_too_high", step,
                             {"smoothed_loss": smooth, "best_loss": best,
-                             "best_step": self._best_step, "first_loss": first,
-                             "climbed_back": share},
-                            f"The loss climbed back {share:.0%} of the way from its best (step "
-                            f"{self._best_step}) to its start: lower the LR about 3x, or add "
+                             "best_step": self._best_step, "first_loss": first, **evidence},
+                            f"{said}: lower the LR about 3x, or add "
                             f"{_warmup(self._best_step)} warmup steps.")
         if grad_norm is not None:
             self._grad(step, grad_norm, smooth)
@@ -553,7 +588,8 @@ class Monitor:
             last_step, n, tau, max_lr = self._last_step, self._n, self._tau, self._max_lr
             lr_now = self._lr_now
             first, bias, ema = self._first, self._bias, self._ema
-            best, best_step, prev = self._ema_best, self._best_step, self._prev
+            best, best_step, best_n, prev = (self._ema_best, self._best_step, self._best_n,
+                                             self._prev)
             sq, nd, bsum, bn = self._sq_diff, self._n_diff, self._b_sum, self._b_n
             prev_d = self._prev_d
             slow = (first is None or self._neg or prev is None or prev_d is None
@@ -572,7 +608,7 @@ class Monitor:
                     break  # a rule may fire: the full update decides
                 bias, ema = b2, e2
                 if smooth < best:
-                    best, best_step = smooth, step
+                    best, best_step, best_n = smooth, step, n + 1
                 d = loss - prev
                 e = d - prev_d
                 sq += e * e
@@ -591,6 +627,7 @@ class Monitor:
             self._last_step, self._n, self._tau, self._max_lr = last_step, n, tau, max_lr
             self._lr_now = lr_now
             self._bias, self._ema, self._ema_best, self._best_step = bias, ema, best, best_step
+            self._best_n = best_n
             self._prev, self._sq_diff, self._n_diff, self._b_sum, self._b_n = prev, sq, nd, bsum, bn
             self._prev_d = prev_d
             if i < n_items:  # the slow path for this one
@@ -627,6 +664,15 @@ class Monitor:
             f = Finding(kind, old.step, {**evidence, "updated": step}, action)
         self._found[kind] = f
         self._new.append(f)
+
+    def _ema_sd_at(self, n: int) -> float:
+        """The standard deviation of the debiased loss EMA after ``n`` updates, in units of one
+        loss's noise: ``sqrt((1 - b) / (1 + b) (1 + b^n) / (1 - b^n))`` (1 for one update,
+        ``_ema_sd`` in the limit): whether the best smoothed loss lies below the first loss
+        beyond noise (the loss fell before it climbed back)."""
+        b = self._beta
+        n = max(int(n), 1)
+        return self._ema_sd * math.sqrt((1.0 + b ** n) / (1.0 - b ** n))
 
     def _noise(self) -> float:
         return math.sqrt(self._sq_diff / (6 * self._n_diff)) if self._n_diff else 0.0
@@ -774,10 +820,19 @@ class Monitor:
     def _grad(self, step: int, g: float, smooth: float) -> None:
         th = self.thresholds
         if not math.isfinite(g):
-            self._raise("exploding_gradients", step, {"grad_norm": _json_num(g)},
-                        "The gradient norm became non-finite: clip it (ClipGradNorm) and lower "
-                        "the LR about 10x.")
+            # a mixed-precision step the GradScaler skipped, until it persists (see
+            # Thresholds.skipped_steps)
+            if self._g_bad == 0:
+                self._g_bad_since = step
+            self._g_bad += 1
+            if self._g_bad == th.skipped_steps:
+                self._raise("exploding_gradients", self._g_bad_since,
+                            {"grad_norm": _json_num(g), "non_finite_steps": self._g_bad},
+                            f"The gradient norm was non-finite on {self._g_bad} updates in a "
+                            "row (more than a GradScaler's skipped steps): clip it "
+                            "(ClipGradNorm) and lower the LR about 10x.")
             return
+        self._g_bad = 0
         if self._g_ref is None:
             self._g_first.append(g)
             if len(self._g_first) >= th.block:

@@ -273,3 +273,29 @@ def test_callbacks_that_evaluate_keep_a_frozen_batchnorm_frozen():
               step_fn=step_fn, callbacks=cbs)
     assert seen == [(True, False)] * 12
     assert torch.equal(model[1].running_mean, stats)
+
+
+def test_a_grad_scalers_skipped_steps_are_not_exploding_gradients():
+    """A real ``torch.amp.GradScaler`` (on the CPU): a scale too large for the loss overflows,
+    the scaler skips those steps and halves the scale until the scaled loss fits (9 steps
+    here), then trains. The monitor called the skipped steps exploding gradients ("lower the
+    LR about 10x") on every run; it now waits for a streak no scaler makes."""
+    x = torch.randn(512, 10, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long()
+    batches = [(x[i:i + 64], y[i:i + 64]) for i in range(0, 512, 64)]
+    for k, skipped in ((1e3, 9), (1e7, 23)):  # the loss x k: the scale needs more halvings
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
+        monitor = Monitor(total_steps=200)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)
+        out = train.fit(model, torch.optim.SGD(model.parameters(), lr=0.1 / k), batches,
+                        num_steps=200, loss_fn=lambda o, t: k * nn.functional.cross_entropy(o, t),
+                        scaler=scaler, callbacks=[MonitorCallback(monitor)],
+                        track_grad_norm=True)
+        bad = [i for i, g in enumerate(out.grad_norms) if not math.isfinite(g)]
+        assert bad == list(range(skipped))
+        assert out.losses[-1] < 0.3 * k  # it trained once the scale fit
+        kinds = {f.kind for f in monitor.findings}
+        assert "lr_too_high" not in kinds
+        # 23 in a row is past any scaler's settling (17 halvings from 2^16): said, from step 0
+        assert ("exploding_gradients" in kinds) == (skipped > 17)

@@ -329,6 +329,36 @@ def test_gradient_rules():
     assert m.finding("vanishing_gradients") is None  # converged, not vanished
 
 
+def test_non_finite_gradient_norms_of_skipped_mixed_precision_steps_are_not_an_explosion():
+    # a GradScaler skips every step whose scaled gradients overflow and halves its scale: a
+    # healthy fp16 run has a few at its start and one after each growth of the scale
+    inf, n = math.inf, 500
+    curve = [2.3 * math.exp(-t / 150) + 0.1 for t in range(n)]
+    grads = [inf] * 9 + [1.0] * 111 + [inf] + [1.0] * 139 + [inf] + [1.0] * 239
+    assert _run(curve, grads=grads, total=n).finding("exploding_gradients") is None
+    # past skipped_steps (17) in a row the overflow is the gradient's own: found at its start
+    for streak, found in ((16, False), (17, True)):
+        grads = [1.0] * 100 + [inf] * streak + [1.0] * (n - 100 - streak)
+        f = _run(curve, grads=grads, total=n).finding("exploding_gradients")
+        assert (f is not None) == found
+    assert f.step == 100 and f.evidence["non_finite_steps"] == 17
+
+
+def test_a_flat_start_is_not_a_climb_back():
+    # an easy first batch (0.60), then the loss flat at 0.72 +- 0.01: no drop to climb back from
+    rng = random.Random(0)
+    losses = [0.60] + [0.72 + 0.01 * rng.gauss(0, 1) for _ in range(199)]
+    f = _run(losses, total=200).finding("lr_too_high")
+    # the share of a drop of ~0 was reported as "climbed back 4.5e301%"
+    assert f is not None and "rose 20% above its start without falling first" in f.action
+    assert f.evidence["rise"] == pytest.approx(0.2, abs=0.01) and "climbed_back" not in f.evidence
+    # the same start, its first 9 updates skipped by a GradScaler (non-finite gradient norm):
+    # the weights did not move, so those losses average into the starting loss
+    grads = [math.inf] * 9 + [1.0] * 191
+    m = _run(losses, total=200, grads=grads)
+    assert m.finding("lr_too_high") is None and m.finding("exploding_gradients") is None
+
+
 def test_overfitting_needs_a_val_metric_and_flags_an_early_peak_as_too_high():
     n = 400
     train = [2.0 * math.exp(-t / 30) + 0.01 for t in range(n)]
