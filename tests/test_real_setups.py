@@ -298,11 +298,11 @@ def test_a_metric_that_is_never_finite_is_an_error_not_a_choice():
                             {"diverged": False, "scored": False}], "x")
 
 
-@pytest.mark.parametrize("value", ["good", torch.ones(3), None])
+@pytest.mark.parametrize("value", ["good", "0.9", torch.ones(3), None])
 def test_a_metric_that_is_not_one_number_is_named(value):
     """metric_fn returning a string, a tensor of several values or None: a TypeError that names
-    metric_fn and the split (it said "could not convert string to float"), model restored;
-    one-element tensors and ints are numbers."""
+    metric_fn and the split (it said "could not convert string to float"; "0.9" was parsed and
+    every run scored the same), model restored; one-element tensors and ints are numbers."""
     model, opt, tl, vl = _regression()
     before = _state(model, opt)
     with pytest.raises(TypeError, match=r"metric_fn must give one real number for the 'val' "

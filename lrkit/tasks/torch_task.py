@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import check_amp, check_group_lrs, check_int, check_positive
+from ..errors import as_real, check_amp, check_group_lrs, check_int, check_positive
 from .base import Recipe, Task
 
 __all__ = ["from_torch"]
@@ -351,9 +351,9 @@ def from_torch(
 
         with evaluating(m):
             value = metric_fn(m, loader) if metric_fn is not None else mean_loss(m, loader)
-        try:
-            return float(value)
-        except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of many values
+        try:  # a string ("0.9") is refused too: float() would have parsed it
+            return as_real("value", value)
+        except TypeError:
             what = "metric_fn" if metric_fn is not None else "the mean of loss_fn / step_fn"
             raise TypeError(f"{what} must give one real number for the {split!r} split, got "
                             f"{value!r:.80}") from None
