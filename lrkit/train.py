@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import check_amp, check_choice, check_int, check_positive
+from .errors import as_real, check_amp, check_choice, check_int, check_positive
 from .monitor import NOISE_STEPS, FirstSpread, offset_rise_limit
 from .schedules import Schedule
 
@@ -568,7 +568,7 @@ def fit(
             for cb in callbacks:
                 reason = cb.on_step_end(info) or reason
             if evaluate is not None and eval_every is not None and (t + 1) % eval_every == 0:
-                metric = float(evaluate(model))
+                metric = as_real("evaluate(model)'s value", evaluate(model))
                 set_module_modes(model, train_modes)
                 result.evals.append((t + 1, metric))
                 for cb in callbacks:
@@ -669,7 +669,8 @@ def run(
             optimizer.eval()  # schedule-free: evaluate the averaged "x" sequence
         model.eval()
         with torch.no_grad():
-            metric = float(task.evaluate(model, eval_split))
+            metric = as_real(f"task.evaluate(model, {eval_split!r})'s value",
+                             task.evaluate(model, eval_split))
         if not math.isfinite(metric):
             metric, scored = task.worst, False
     return RunResult(task=task.name, seed=seed, steps=n, metric=metric, diverged=out.diverged,

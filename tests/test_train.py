@@ -223,6 +223,27 @@ def test_callback_stop_reason_and_eval():
     assert ("eval", 2, 42.0) in seen and seen[0] == (0, 0.01)
 
 
+def test_an_evaluate_that_returns_text_is_named_not_parsed():
+    """float() would parse "0.5": every LR would score the same and a choice among them would be
+    arbitrary. A NumPy scalar or a one-element tensor is a number."""
+    import dataclasses
+
+    from lrkit import tasks
+
+    x, y = _data(16)
+    m = _model()
+    with pytest.raises(TypeError, match="evaluate\\(model\\)'s value must be a real number"):
+        fit(m, torch.optim.SGD(m.parameters(), lr=0.01), [(x, y)], num_steps=4,
+            loss_fn=nn.functional.mse_loss, evaluate=lambda model: "0.5", eval_every=2)
+    res = fit(m, torch.optim.SGD(m.parameters(), lr=0.01), [(x, y)], num_steps=4,
+              loss_fn=nn.functional.mse_loss, evaluate=lambda model: np.float32(0.5),
+              eval_every=2)
+    assert res.evals == [(2, 0.5), (4, 0.5)]
+    task = dataclasses.replace(tasks.get("logreg"), evaluate=lambda model, split: "0.5")
+    with pytest.raises(TypeError, match="task.evaluate\\(model, 'test'\\)'s value"):
+        train.run(task, 0.1, steps=3)
+
+
 def _frozen_bn_model() -> nn.Module:
     """Root in train mode, its BatchNorm frozen in eval mode (fine-tuning with small batches)."""
     m = _model(bn=True)
