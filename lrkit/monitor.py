@@ -606,7 +606,7 @@ class Monitor:
                 b2 = bias * beta
                 e2 = beta * ema + (1.0 - beta) * loss
                 smooth = e2 / (1.0 - b2)
-                if smooth > dfac * first or smooth - min(best, smooth) > margin * first:
+                if smooth > dfac * first or smooth - min(best, smooth, first) > margin * first:
                     break  # a rule may fire: the full update decides
                 bias, ema = b2, e2
                 if smooth < best and n + 1 >= block:
@@ -675,9 +675,10 @@ class Monitor:
         noise (a loss that jumps at once inflates the noise estimate with its own jumps); each
         by more than ``start_margin`` of the first loss."""
         th = self.thresholds
-        if self._n_diff < th.block:
-            return False
-        sd, margin = self._noise() * th.z, th.start_margin * first
+        margin = th.start_margin * first
+        if smooth - min(best, first) <= margin or self._n_diff < th.block:
+            return False  # (the cheap test first: this runs on every update)
+        sd = self._noise() * th.z
         now = self._ema_sd_at(self._n)
         if (step - self._best_step >= th.block and smooth - best > margin
                 and smooth - best > th.rise_share * (first - best)

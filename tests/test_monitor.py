@@ -347,6 +347,27 @@ def test_a_slow_noisy_start_is_rarely_called_too_high():
     assert sum(run(s) for s in range(100)) == 8
 
 
+def test_update_many_equals_the_update_loop_on_rises_above_the_first_loss():
+    # update_many's fast path hands an update to the full rules when one may fire; a rise
+    # judged against the first loss (no best yet, or a best above it: a loss that jumps 2.5x
+    # at its second step and stays there) is one of them
+    for seed in range(24):
+        rng = random.Random(seed)
+        steps = list(range(400))
+        lrs = [0.1 * min(1.0, (t + 1) / 50) for t in steps]
+        losses = [(1.0 if t < 50 else 0.8 * math.exp(-(t - 50) / 300) + 0.2)
+                  * math.exp(0.1 * rng.gauss(0, 1)) * (2.5 if seed % 3 == 0 and t > 0 else 1.0)
+                  for t in steps]
+        a = Monitor(total_steps=400)
+        for t, v, r in zip(steps, losses, lrs):
+            a.update(t, v, lr=r)
+        b = Monitor(total_steps=400)
+        b.update_many(steps, losses, lrs)
+        assert [(f.kind, f.step) for f in a.findings] == [(f.kind, f.step) for f in b.findings]
+        if seed % 3 == 0:
+            assert a.finding("lr_too_high") is not None
+
+
 def test_non_finite_gradient_norms_of_skipped_mixed_precision_steps_are_not_an_explosion():
     # a GradScaler skips every step whose scaled gradients overflow and halves its scale: a
     # healthy fp16 run has a few at its start and one after each growth of the scale
