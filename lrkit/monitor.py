@@ -540,7 +540,9 @@ class Monitor:
                                 f"The loss rose to {smooth / first:.3g}x its first value: "
                                 "restart with the LR about 10x lower, or add warmup and "
                                 "gradient clipping.")
-            elif self._climbs(step, smooth, first, best) and self._due("lr_too_high", step):
+            elif (smooth - (best if best < first else first) > th.start_margin * first
+                  and self._climbs(step, smooth, first, best)
+                  and self._due("lr_too_high", step)):
                 drop = first - best
                 if drop > th.z * self._noise() * self._ema_sd_at(self._best_n):
                     share = (smooth - best) / drop
