@@ -457,6 +457,7 @@ def find_lr(
     from . import train as _train
 
     num_iter = check_int("num_iter", num_iter, minimum=2)
+    device = _train.check_device("device", device)
     if num_iter < MIN_POINTS:
         raise ValueError(f"num_iter must be >= {MIN_POINTS}: the rules read at least "
                          f"{MIN_POINTS} points of the curve ({SWEEP_STEPS} or more is "

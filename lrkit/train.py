@@ -47,6 +47,7 @@ __all__ = [
     "loader_generators",
     "evaluating",
     "training_modes",
+    "check_device",
     "module_modes",
     "set_module_modes",
     "global_grad_norm",
@@ -278,6 +279,29 @@ def training_modes(model: nn.Module) -> dict[str, bool]:
     return module_modes(model)
 
 
+def check_device(name: str, device: Any) -> torch.device | None:
+    """``torch.device(device)`` (``None`` stays ``None``), refused by name when it cannot be
+    used here: an unknown device string, or CUDA / MPS on a machine without it (PyTorch's own
+    "Torch not compiled with CUDA enabled" comes from deep inside the first ``.to()``)."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"{name} must be a torch device such as 'cpu' or 'cuda:0', got "
+                         f"{device!r} ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name}={device!r}, but CUDA is not available here "
+                         f"(torch {torch.__version__}, torch.cuda.is_available() is False)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"{name}={device!r}, but this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s)")
+    mps = getattr(torch.backends, "mps", None)
+    if dev.type == "mps" and not (mps is not None and mps.is_available()):
+        raise ValueError(f"{name}={device!r}, but MPS is not available here")
+    return dev
+
+
 def model_device(model: nn.Module) -> torch.device | None:
     """The device of the model's first parameter (or, without parameters, its first buffer);
     ``None`` for a model with neither."""
@@ -433,7 +457,7 @@ def fit(
             raise ValueError("eval_every needs evaluate=callable(model) -> metric")
     check_optimizer("optimizer", optimizer, model)
     compute = step_fn if step_fn is not None else _default_step_fn(loss_fn)
-    dev = torch.device(device) if device is not None else None
+    dev = check_device("device", device)
     if dev is not None:
         model.to(dev)
     # batches follow the model (a CUDA model fed by a CPU DataLoader, as find_lr does); a CPU

@@ -500,6 +500,27 @@ def test_restore_drops_state_the_snapshot_did_not_have():
 
 
 # ------------------------------------------------------------------------- the device
+def test_a_device_that_is_not_here_is_named_before_anything_moves():
+    """device='cuda' on a machine without CUDA (or a typo): a ValueError naming the argument,
+    before any step; PyTorch's own AssertionError ("Torch not compiled with CUDA enabled") came
+    from deep inside the first .to(). The model stays where it was."""
+    model, opt, tl, vl = _regression()
+    before = _state(model, opt)
+    missing = "mps" if torch.cuda.is_available() else "cuda"
+    if missing == "mps" and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        pytest.skip("both CUDA and MPS are here")
+    for bad, match in ((missing, f"device='{missing}', but"), ("cuda:99" if missing == "mps"
+                       else "cuda:1", "but"), ("gpu", "device must be a torch device")):
+        with pytest.raises(ValueError, match=match):
+            find_lr(model, opt, tl, F.mse_loss, num_iter=20, device=bad)
+        with pytest.raises(ValueError, match=match):
+            from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=40, device=bad)
+        with pytest.raises(ValueError, match=match):
+            train.fit(model, opt, tl, num_steps=2, loss_fn=F.mse_loss, device=bad)
+    assert all(torch.equal(a, b) for a, b in zip(before[0], _state(model, opt)[0]))
+    assert train.model_device(model).type == "cpu"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (runs on the GPU check)")
 def test_cpu_batches_follow_a_cuda_model():
     model, opt, tl, vl = _regression()

@@ -267,9 +267,9 @@ def from_torch(
             raise ValueError(f"warmup_steps={warmup_steps} contradicts the schedule's own warmup "
                              f"of {scheduled_warmup} steps: give one of them")
         warmup_steps = scheduled_warmup
-    from ..train import model_device, module_modes, set_module_modes
+    from ..train import check_device, model_device, module_modes, set_module_modes
 
-    dev = torch.device(device) if device is not None else model_device(model)
+    dev = check_device("device", device) if device is not None else model_device(model)
 
     # --- the starting point: weights to CPU once, restored in place by build_model
     init = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
