@@ -20,8 +20,10 @@ kind                      rule (seed advice it implements)
                           seed 003: "some learning rates will cause your loss to diverge")
 ``lr_too_high``           the smoothed loss climbs back ``rise_share`` of the way from its best
                           to its first value (and by more than ``start_margin`` of it and ``z``
-                          noise units), or after ``min_fraction`` of the run its level is still
-                          above the first loss (seed 002: "overshoot the minimum, leading to
+                          noise units of the difference), or rises above the first loss by
+                          ``z`` noise units of that one sample or to ``rise_factor`` x it, or
+                          after ``min_fraction`` of the run its level is still above the
+                          first loss (seed 002: "overshoot the minimum, leading to
                           oscillations"; seed 003: the loss "starts to get worse ... ragged")
 ``lr_too_low``            after ``min_fraction`` of the run: the loss falls but its curve has
                           not bent (at least ``low_share`` of the drop so far came in the second
@@ -504,7 +506,8 @@ class Monitor:
         best = self._ema_best
         # a best needs a block of updates behind it: the smoothed loss of the first few is
         # nearly one batch's loss, and an easy first batch made a slow start look like a climb
-        # back (lr_too_high on 20-45 of 100 synthetic runs with 5-40% batch noise)
+        # back (lr_too_high on 20-52 of 100 synthetic runs with 5-40% batch noise,
+        # benchmarks/monitor_noisy_start.py)
         if smooth < best and self._n >= self._block:
             self._ema_best = best = smooth
             self._best_step = step
