@@ -69,7 +69,8 @@ def analyze(files: list[Path]) -> None:
     for s in {r["set"] for r in rows}:
         for i, t in enumerate(json.loads((HERE / f"results/heldout/random-{s}.json").read_text())):
             truth[(s, i)] = t
-    print("class | tasks | median regret: tune, (h/N)^0.5, (h/N)^1 | within 5% | mean (capped at +200%)")
+    print("class | tasks | median regret: tune, (h/N)^0.5, (h/N)^1 | within 5% "
+          "| mean (capped at +200%)")
     for cls in ("accuracy", "mse", "cross_entropy"):
         regs = []
         for r in rows:

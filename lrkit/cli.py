@@ -169,7 +169,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         c.add_argument("--task", action="append", required=True, help="task name; repeatable")
         c.add_argument("--points", type=int, default=25, help="grid points (>= 13)")
         c.add_argument("--step-decades", type=float, default=0.25, help="grid spacing in decades")
-        c.add_argument("--seeds", type=int, default=5, help="number of oracle seeds, run as 0..N-1 (>= 3)")
+        c.add_argument("--seeds", type=int, default=5,
+                       help="number of oracle seeds, run as 0..N-1 (>= 3)")
         c.add_argument("--workers", type=int, default=2)
         c.add_argument("--refresh", action="store_true", help="ignore the oracle cache")
         c.add_argument("--out", default="bench-out")

@@ -507,7 +507,8 @@ def test_a_device_that_is_not_here_is_named_before_anything_moves():
     model, opt, tl, vl = _regression()
     before = _state(model, opt)
     missing = "mps" if torch.cuda.is_available() else "cuda"
-    if missing == "mps" and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+    mps = getattr(torch.backends, "mps", None)
+    if missing == "mps" and mps is not None and mps.is_available():
         pytest.skip("both CUDA and MPS are here")
     for bad, match in ((missing, f"device='{missing}', but"), ("cuda:99" if missing == "mps"
                        else "cuda:1", "but"), ("gpu", "device must be a torch device")):
