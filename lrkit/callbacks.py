@@ -57,7 +57,8 @@ LOG_FIELDS: dict[str, str] = {
     "step": "0-based index of the optimizer update (int)",
     "loss": "mean training loss of the update (float; null when not finite)",
     "lr": "learning rate of param group 0 used for the update (float)",
-    "grad_norm": "global L2 norm of the gradients before clipping (float; absent if not computed)",
+    "grad_norm": "global L2 norm of the gradients before clipping (float; absent if not computed; "
+                 "the string \"inf\" when non-finite: a step a GradScaler skipped, or an overflow)",
     "val_metric": "validation metric measured after this update (float; only on evaluated steps)",
     "time": "seconds since the start of training (float)",
     "findings": "findings raised or updated at this step (list of Finding.to_dict(); if any)",
@@ -222,7 +223,9 @@ class JsonlLogger(_Recorder):
     The first line is ``{"lrkit_log": 1, "meta": {...}}``, the last ``{"end": {...}}``; any
     JSON-lines reader (``pandas.read_json(path, lines=True)``, ``jq``) reads it, and
     :func:`lrkit.monitor.read_log` turns it back into arrays. Non-finite losses are written as
-    ``null``. Lines are formatted by hand (no ``json.dumps`` per step) and written through a
+    ``null``, a non-finite gradient norm as the string ``"inf"`` (``null`` would read back as
+    "not computed", and the monitor treats the two differently: see
+    ``Thresholds.skipped_steps``). Lines are formatted by hand (no ``json.dumps`` per step) and written through a
     buffered file, so logging costs about a microsecond per update.
 
     Use it alone as a callback, or pass it to :class:`MonitorCallback` (``loggers=[...]``) to add
@@ -268,8 +271,8 @@ class JsonlLogger(_Recorder):
                             f'"grad_norm": {gn!r}, "time": {rec["time"]!r}}}\n')
             return
         parts = [f'{{"step": {rec["step"]}, "loss": {_num(loss)}, "lr": {_num(lr)}']
-        if gn is not None:
-            parts.append(f', "grad_norm": {_num(gn)}')
+        if gn is not None:  # non-finite: "inf", not null, which reads back as "not computed"
+            parts.append(', "grad_norm": ' + (_num(gn) if gn - gn == 0.0 else '"inf"'))
         val = rec.get("val_metric")
         if val is not None:
             parts.append(f', "val_metric": {_num(val)}')

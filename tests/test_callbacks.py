@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -275,7 +276,7 @@ def test_callbacks_that_evaluate_keep_a_frozen_batchnorm_frozen():
     assert torch.equal(model[1].running_mean, stats)
 
 
-def test_a_grad_scalers_skipped_steps_are_not_exploding_gradients():
+def test_a_grad_scalers_skipped_steps_are_not_exploding_gradients(tmp_path):
     """A real ``torch.amp.GradScaler`` (on the CPU): a scale too large for the loss overflows,
     the scaler skips those steps and halves the scale until the scaled loss fits (9 steps
     here), then trains. The monitor called the skipped steps exploding gradients ("lower the
@@ -288,10 +289,17 @@ def test_a_grad_scalers_skipped_steps_are_not_exploding_gradients():
         model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
         monitor = Monitor(total_steps=200)
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)
+        path = tmp_path / f"amp-{k:g}.jsonl"
         out = train.fit(model, torch.optim.SGD(model.parameters(), lr=0.1 / k), batches,
                         num_steps=200, loss_fn=lambda o, t: k * nn.functional.cross_entropy(o, t),
-                        scaler=scaler, callbacks=[MonitorCallback(monitor)],
+                        scaler=scaler, callbacks=[MonitorCallback(monitor,
+                                                                  loggers=[JsonlLogger(path)])],
                         track_grad_norm=True)
+        # the log keeps "non-finite" apart from "not computed" (null): its replay is the run
+        log = read_log(path)
+        assert np.isinf(log.grad_norm[:skipped]).all()
+        assert ([(f.kind, f.step) for f in replay(log, Monitor(total_steps=200)).findings]
+                == [(f.kind, f.step) for f in monitor.findings])
         bad = [i for i, g in enumerate(out.grad_norms) if not math.isfinite(g)]
         assert bad == list(range(skipped))
         assert out.losses[-1] < 0.3 * k  # it trained once the scale fit
