@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .errors import check_choice, check_int, check_positive
+from .errors import as_real, check_choice, check_int, check_positive
 from .monitor import Finding, Monitor
 from .train import Callback, FitResult, StepInfo, evaluating
 
@@ -156,7 +156,7 @@ class _Recorder(Callback):
         urgent = False
         if self.evaluate is not None and (step + 1) % self.eval_every == 0:
             with evaluating(info.model):
-                rec["val_metric"] = float(self.evaluate(info.model))
+                rec["val_metric"] = as_real("evaluate(model)'s value", self.evaluate(info.model))
             urgent = True
         rec["time"] = time.perf_counter() - self._start
         buf = self._buf
@@ -225,8 +225,8 @@ class JsonlLogger(_Recorder):
     :func:`lrkit.monitor.read_log` turns it back into arrays. Non-finite losses are written as
     ``null``, a non-finite gradient norm as the string ``"inf"`` (``null`` would read back as
     "not computed", and the monitor treats the two differently: see
-    ``Thresholds.skipped_steps``). Lines are formatted by hand (no ``json.dumps`` per step) and written through a
-    buffered file, so logging costs about a microsecond per update.
+    ``Thresholds.skipped_steps``). Lines are formatted by hand (no ``json.dumps`` per step) and
+    written through a buffered file, so logging costs about a microsecond per update.
 
     Use it alone as a callback, or pass it to :class:`MonitorCallback` (``loggers=[...]``) to add
     the monitor's findings to the log.
@@ -477,7 +477,7 @@ class _ValSource(Callback):
     def on_step_end(self, info: StepInfo) -> bool | str | None:
         if self.evaluate is not None and (info.step + 1) % self.eval_every == 0:
             with evaluating(info.model):
-                metric = float(self.evaluate(info.model))
+                metric = as_real("evaluate(model)'s value", self.evaluate(info.model))
             return self.on_eval(info.step + 1, metric)
         return None
 

@@ -169,7 +169,7 @@ class _ValCurve:
 
         if (info.step + 1) % self.every == 0:
             with evaluating(info.model):
-                self.curve.append((info.step + 1, float(self.task.evaluate(info.model, "val"))))
+                self.curve.append((info.step + 1, self.task.score(info.model, "val")))
         return None
 
     def on_eval(self, step: int, metric: float) -> None:

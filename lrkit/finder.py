@@ -1260,7 +1260,7 @@ class _ValTrack:
             from .train import evaluating
 
             with evaluating(info.model):
-                value = float(self.task.evaluate(info.model, "val"))
+                value = self.task.score(info.model, "val")
             self.curve.append((info.step + 1, value))
 
     def on_eval(self, step: int, metric: float) -> None:

@@ -693,8 +693,7 @@ def run(
             optimizer.eval()  # schedule-free: evaluate the averaged "x" sequence
         model.eval()
         with torch.no_grad():
-            metric = as_real(f"task.evaluate(model, {eval_split!r})'s value",
-                             task.evaluate(model, eval_split))
+            metric = task.score(model, eval_split)
         if not math.isfinite(metric):
             metric, scored = task.worst, False
     return RunResult(task=task.name, seed=seed, steps=n, metric=metric, diverged=out.diverged,

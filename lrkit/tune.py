@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .errors import as_real, check_int, check_positive
+from .errors import check_int, check_positive
 from .finder import (MIN_SHORT_RUN_STEPS, bracket, loss_tiebreak, metric_noise, put_back,
                      range_sentence, tiebreak_evidence, tiebreak_sentence)
 from .finder import separation as _separation
@@ -369,7 +369,7 @@ class _Recorder:
         v = None
         if (info.step + 1) % self.every == 0:
             with evaluating(info.model):
-                v = float(self.task.evaluate(info.model, "val"))
+                v = self.task.score(info.model, "val")
             self.val.append((info.step + 1, v))
             if math.isfinite(v) and (self.best is None or self.task.better(v, self.best[1])):
                 self.best = (info.step + 1, v, {k: t.detach().to("cpu", copy=True)
@@ -917,8 +917,7 @@ def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
         src.model.load_state_dict(src.best[2])
         src.model.eval()
         with torch.no_grad():
-            metric = as_real("task.evaluate(model, 'test')'s value",
-                             task.evaluate(src.model, "test"))
+            metric = task.score(src.model, "test")
         kept = {"step": src.best[0], "val": src.best[1], "test": metric,
                 "test_at_end": out.metric, "diverged": from_first or out.diverged,
                 "from_first_attempt": from_first,

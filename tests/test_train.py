@@ -242,6 +242,19 @@ def test_an_evaluate_that_returns_text_is_named_not_parsed():
     task = dataclasses.replace(tasks.get("logreg"), evaluate=lambda model, split: "0.5")
     with pytest.raises(TypeError, match="task.evaluate\\(model, 'test'\\)'s value"):
         train.run(task, 0.1, steps=3)
+    # every reader of a task's metric goes through Task.score: confirm's val tracking too
+    from lrkit.finder import _ValTrack
+
+    with pytest.raises(TypeError, match="task.evaluate\\(model, 'val'\\)'s value"):
+        train.run(task, 0.1, steps=4, callbacks=[_ValTrack(task, every=2, steps=4)])
+    assert dataclasses.replace(task, evaluate=lambda m, s: np.float32(0.5)).score(m, "val") == 0.5
+    from lrkit.callbacks import MonitorCallback
+
+    with pytest.raises(TypeError, match="evaluate\\(model\\)'s value must be a real number"):
+        fit(m, torch.optim.SGD(m.parameters(), lr=0.01), [(x, y)], num_steps=4,
+            loss_fn=nn.functional.mse_loss,
+            callbacks=[MonitorCallback(evaluate=lambda model: "0.5", eval_every=2,
+                                       flush_every=1)])
 
 
 def _frozen_bn_model() -> nn.Module:

@@ -27,7 +27,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
-from ..errors import check_amp, check_choice, check_int, check_positive
+from ..errors import as_real, check_amp, check_choice, check_int, check_positive
 from ..optim._registry import names as _optimizer_names
 from ..schedules import FAMILIES as RECIPE_SCHEDULES
 
@@ -160,6 +160,12 @@ class Task:
         check_int("steps", steps, minimum=1)
         recipe = dataclasses.replace(self.recipe, steps=steps)
         return dataclasses.replace(self, recipe=recipe, name=name or f"{self.name}-{steps}")
+
+    def score(self, model: "torch.nn.Module", split: str) -> float:
+        """``evaluate(model, split)`` as a float: a NumPy scalar or a one-element tensor counts,
+        text ("0.9", which ``float()`` would parse) or many values are a TypeError naming the
+        call. The caller sets the model's mode (see :func:`lrkit.train.evaluating`)."""
+        return as_real(f"task.evaluate(model, {split!r})'s value", self.evaluate(model, split))
 
     def better(self, a: float, b: float) -> bool:
         """Whether metric ``a`` is strictly better than ``b`` (NaN is never better)."""
