@@ -544,7 +544,8 @@ class Monitor:
                                 "restart with the LR about 10x lower, or add warmup and "
                                 "gradient clipping.")
             elif (smooth - (best if best < first else first) > th.start_margin * first
-                  and self._climbs(step, smooth, first, best)
+                  and self._climbs(step, smooth, first, best)  # (the cheap margin test first:
+                                                               # this runs on every update)
                   and self._due("lr_too_high", step)):
                 drop = first - best
                 if drop > th.z * self._noise() * self._ema_sd_at(self._best_n):
@@ -680,9 +681,9 @@ class Monitor:
         noise (a loss that jumps at once inflates the noise estimate with its own jumps); each
         by more than ``start_margin`` of the first loss."""
         th = self.thresholds
+        if self._n_diff < th.block:
+            return False
         margin = th.start_margin * first
-        if smooth - min(best, first) <= margin or self._n_diff < th.block:
-            return False  # (the cheap test first: this runs on every update)
         sd = self._noise() * th.z
         now = self._ema_sd_at(self._n)
         if (step - self._best_step >= th.block and smooth - best > margin

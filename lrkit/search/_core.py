@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ..errors import DivergedError, as_real, check_choice, check_int, check_positive, check_range
-from ._result import SearchResult, result_from_study
+from ._result import SearchResult, result_from_study, told_diverged
 from ._storage import describe, open_storage
 
 __all__ = ["search", "METHODS", "PRUNERS", "Pruned", "SearchOptions"]
@@ -878,7 +878,7 @@ def _limits_reached(trials: Sequence[Any], plan: _Plan, states: Any) -> bool:
         # NaN before any finite result) counts too, or an objective that always diverges
         # would be asked for trials forever
         counted = sum(t.state in (states.COMPLETE, states.PRUNED, states.RUNNING,
-                                  states.WAITING) or _told_diverged(t, states) for t in live)
+                                  states.WAITING) or told_diverged(t) for t in live)
         if counted >= plan.n_trials:
             return True
     if plan.budget is not None:
@@ -890,12 +890,6 @@ def _limits_reached(trials: Sequence[Any], plan: _Plan, states: Any) -> bool:
         if spent + running + cost > plan.budget:
             return True
     return False
-
-
-def _told_diverged(t: Any, states: Any) -> bool:
-    """A trial lrkit told as FAIL because it diverged (see :func:`_penalty`), not one that
-    crashed or was interrupted (those go back to the queue)."""
-    return t.state == states.FAIL and bool(t.user_attrs.get("diverged"))
 
 
 def _penalty(trials: Sequence[Any], runner: Any, sign: float, out: _Outcome,
@@ -976,7 +970,7 @@ def _run_trial(study: Any, trial: Any, trials: Sequence[Any], plan: _Plan, runne
             trial.set_user_attr("schedule", family)
     lr = trial.suggest_float("lr", plan.low, plan.high, log=True)
     diverged_at = min((t.params["lr"] for t in trials
-                       if (t.state == S.COMPLETE or _told_diverged(t, S))
+                       if (t.state == S.COMPLETE or told_diverged(t))
                        and t.user_attrs.get("diverged") and not t.user_attrs.get("skipped")
                        and t.params.get("schedule", t.user_attrs.get("schedule")) == family
                        and "lr" in t.params), default=math.inf)

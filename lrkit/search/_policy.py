@@ -28,6 +28,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import TrialState
 
+from ._result import told_diverged
+
 __all__ = ["Observation", "observations", "coarse_to_fine_next", "auto_next", "PolicySampler"]
 
 _MIN_GAP = 1.0 / 32.0  # decades: closer than this to a tried LR is "the same LR"
@@ -63,7 +65,7 @@ def observations(trials: Sequence[Any], family: str | None, sign: float
             done.append(Observation(x, score, diverged))
         elif t.state == TrialState.PRUNED:
             done.append(Observation(x, -math.inf, bool(t.user_attrs.get("diverged"))))
-        elif t.state == TrialState.FAIL and t.user_attrs.get("diverged"):
+        elif told_diverged(t):
             # diverged with no value to tell it with yet (an objective's first trials)
             done.append(Observation(x, -math.inf, True))
     return done, pending

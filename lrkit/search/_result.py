@@ -198,12 +198,21 @@ class SearchResult:
         return cls.from_dict(json.loads(text))
 
 
+def told_diverged(t: Any) -> bool:
+    """A trial lrkit told as FAIL because it diverged before any finite value could penalise it
+    (an objective's first NaN: ``_core._penalty``), not one that crashed or was interrupted
+    (those go back to the queue)."""
+    from optuna.trial import TrialState
+
+    return t.state == TrialState.FAIL and bool(t.user_attrs.get("diverged"))
+
+
 def record_of(t: Any) -> TrialRecord:
     """A :class:`TrialRecord` from an Optuna ``FrozenTrial`` written by lrkit."""
     from optuna.trial import TrialState
 
     ua = t.user_attrs
-    if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and ua.get("diverged")):
+    if t.state == TrialState.COMPLETE or told_diverged(t):
         # FAIL + diverged: told without a value (no finite result to penalise it with yet)
         state = "skipped" if ua.get("skipped") else "diverged" if ua.get("diverged") else "complete"
     else:
