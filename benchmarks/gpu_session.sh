@@ -29,5 +29,5 @@ timeout 100 python3 benchmarks/gpu_hd_dot.py > "$OUT/hd_dot.log" 2>&1
 CUBLAS_WORKSPACE_CONFIG=:4096:8 timeout 100 python3 benchmarks/gpu_hd_dot.py \
     > "$OUT/hd_dot_deterministic_cublas.log" 2>&1
 echo "== 4. CUDA tests (skipped on CPU in CI)"
-timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_real_setups.py tests/test_optim.py \
-    tests/test_curvature.py -k cuda 2>&1 | tail -8 | tee "$OUT/cuda_tests.log"
+timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_real_setups.py tests/test_optim.py tests/test_callbacks.py \
+    tests/test_curvature.py -k "cuda or device" 2>&1 | tail -8 | tee "$OUT/cuda_tests.log"

@@ -307,3 +307,26 @@ def test_a_grad_scalers_skipped_steps_are_not_exploding_gradients(tmp_path):
         assert "lr_too_high" not in kinds
         # 23 in a row is past any scaler's settling (17 halvings from 2^16): said, from step 0
         assert ("exploding_gradients" in kinds) == (skipped > 17)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (runs on the GPU check)")
+def test_a_cuda_float16_run_under_the_default_grad_scaler_is_not_flagged():
+    """As a user runs mixed precision: a CUDA model, float16 autocast, PyTorch's default
+    ``GradScaler`` (scale 2^16). A loss large enough that the first scales overflow float16
+    makes the scaler skip steps while it settles; the monitor stays quiet about them, and the
+    skipped steps are exactly those with a non-finite gradient norm."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1024, 32, generator=g)
+    y = (x[:, :4].sum(1) > 0).long()
+    batches = [(x[i:i + 64], y[i:i + 64]) for i in range(0, 1024, 64)]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 2)).cuda()
+    k = 1e3  # the scaled loss k * 2^16 * CE overflows float16's 65504 for the first steps
+    monitor = Monitor(total_steps=300)
+    out = train.fit(model, torch.optim.SGD(model.parameters(), lr=0.1 / k), batches,
+                    num_steps=300, loss_fn=lambda o, t: k * nn.functional.cross_entropy(o.float(), t),
+                    amp="fp16", callbacks=[MonitorCallback(monitor)], track_grad_norm=True)
+    bad = [i for i, v in enumerate(out.grad_norms) if not math.isfinite(v)]
+    assert 0 < len(bad) <= 17 and bad == list(range(len(bad)))  # the scaler's settling
+    assert out.losses[-1] < 0.5 * out.losses[len(bad)]  # then it trained
+    assert monitor.findings == []
