@@ -564,7 +564,8 @@ def find_lr(
         bar = tqdm(total=sum(len(p) for p in plans), desc="LR range test", leave=False)
     val = _val_loss_fn(val_loader, loss_fn, step_fn, device) if val_loader is not None else None
     # one data stream for all sweeps: each sweep sees new batches (independent noise)
-    data = train_loader if len(plans) == 1 else _train._cycle(train_loader)
+    data = (train_loader if len(plans) == 1 else
+            _train._cycle(train_loader, sum(len(p) for p in plans) * accumulation_steps))
     start = time.perf_counter()
     all_lrs: list[float] = []
     all_losses: list[float] = []

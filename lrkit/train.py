@@ -229,18 +229,25 @@ def global_grad_norm(params: Iterable[torch.Tensor]) -> float:
     return float(torch.linalg.vector_norm(torch.stack([n.float().to(home) for n in norms]), 2))
 
 
-def _cycle(batches: Iterable) -> Iterator:
-    """Iterate ``batches`` forever, restarting it (a new epoch) each time it is exhausted."""
+def _cycle(batches: Iterable, need: int | None = None) -> Iterator:
+    """Iterate ``batches`` forever, restarting it (a new epoch) each time it is exhausted; a
+    one-shot iterator that runs out is refused with how many batches it gave and ``need``."""
+    seen = 0
     while True:
         empty = True
         for b in batches:
             empty = False
+            seen += 1
             yield b
         if empty:
             raise ValueError("batches is empty: the data loader yielded no batch")
         if iter(batches) is batches:  # a one-shot iterator cannot be restarted
-            raise ValueError("batches ran out: pass a re-iterable (a DataLoader, a list) or an "
-                             "infinite iterator with at least num_steps x accumulation_steps batches")
+            wanted = f"{need} batches" if need is not None else "enough batches"
+            raise ValueError(
+                f"batches ran out after {seen}: a one-shot iterator (a generator) cannot be "
+                f"restarted for a new epoch, and this run needs {wanted} (num_steps x "
+                "accumulation_steps; for find_lr, num_iter x accumulation_steps). Pass a "
+                "re-iterable (a DataLoader, a list) or an iterator that yields at least that many")
 
 
 def module_modes(model: nn.Module) -> dict[str, bool]:
@@ -518,7 +525,7 @@ def fit(
                    leave=False)
     if callable(getattr(optimizer, "train", None)):
         optimizer.train()  # schedule-free optimizers step on their "y" sequence
-    data = _cycle(batches)
+    data = _cycle(batches, num_steps * accumulation_steps)
     # on an accelerator the next step's first batch is drawn during this step's backward; on
     # the CPU nothing would overlap, and batches are drawn as they are used (a run that stops
     # early leaves its data stream exactly there: find_lr's sweeps share one stream)

@@ -1118,3 +1118,20 @@ def test_confirm_starts_from_the_users_weights_and_checks_the_optimizer_before_t
     with pytest.raises(TypeError, match=r"every run rebuilds it as Needy\(param_groups"):
         find_lr(model, Needy(model.parameters(), 0.1, special=3), tl, step_fn=step_fn, **kw)
     assert calls[0] == 0
+
+
+def test_a_generator_that_runs_out_is_named_with_the_batches_needed():
+    """A one-shot generator of a few batches for a 100-step range test: the error says how many
+    it gave and how many the test needs (it said "num_steps", an argument find_lr does not
+    have); the model is restored. With repeated sweeps the need counts every sweep."""
+    model, opt, tl, _ = _regression()
+    before = _state(model, opt)
+    batches = list(tl)[:8]
+    n = len(batches)
+    with pytest.raises(ValueError, match=rf"ran out after {n}: .* needs 100 batches .*num_iter"):
+        find_lr(model, opt, iter(batches), F.mse_loss, num_iter=100)
+    need = sum(len(p) for p in sweep_plans(1e-7, 10.0, 2 * SWEEP_STEPS))
+    with pytest.raises(ValueError, match=rf"ran out after {n}: .* needs {need} batches"):
+        find_lr(model, opt, iter(batches), F.mse_loss, num_iter=2 * SWEEP_STEPS, start_lr=1e-7,
+                end_lr=10.0)
+    assert all(torch.equal(a, b) for a, b in zip(before[0], _state(model, opt)[0]))
