@@ -4,7 +4,8 @@ The labelled evaluation (``bench_monitor.py``) runs the built-in tasks; this run
 by ``heldout_random_tasks.py`` at their full-run grid's best LR x 1/100, x 1/10 and x 1
 (seed 0, the monitor told the run's length, val metric every 1/20 of the run) and reports
 the first LR finding of each run: ``lr_too_low`` is right at x1/100 and x1/10, any LR finding
-is a false alarm at x1 ("raise the LR about 10x" at the best LR would blow many of these
+is a false alarm at x1 (and with ``--conds ...,x10``, any finding that the LR is too high, or
+``diverged``, is right at x10) ("raise the LR about 10x" at the best LR would blow many of these
 runs up: x30 diverges on most), and which of its two statements ``lr_too_low`` made (evidence
 ``confidence``: "high" says raise about 10x, "low" that the LR may be too low).
 
@@ -28,8 +29,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import heldout_random_tasks as heldout  # noqa: E402
 
-FACTORS = {"x1/100": 0.01, "x1/10": 0.1, "best": 1.0}
-LABEL = {"x1/100": "low", "x1/10": "low", "best": "none"}
+FACTORS = {"x1/100": 0.01, "x1/10": 0.1, "best": 1.0, "x10": 10.0}
+LABEL = {"x1/100": "low", "x1/10": "low", "best": "none", "x10": "high"}
 
 
 def task_of(spec: str):
@@ -59,13 +60,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("tasks", nargs="+", help="<grid file under results/heldout>:<row>")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--conds", default="x1/100,x1/10,best",
+                   help=f"comma-separated, of {', '.join(FACTORS)} (x10: 10x the grid's best "
+                        "LR, where any finding that the LR is too high, diverged included, "
+                        "is right)")
     args = p.parse_args(argv)
+    conds = args.conds.split(",")
+    bad = [c for c in conds if c not in FACTORS]
+    if bad:
+        p.error(f"--conds: unknown {bad}; choose from {list(FACTORS)}")
     torch.set_num_threads(1)
     rows = []
     for spec in args.tasks:
         cfg, task, best = task_of(spec)
-        for cond, factor in FACTORS.items():
-            r = first_lr_finding(task, best * factor)
+        for cond in conds:
+            r = first_lr_finding(task, best * FACTORS[cond])
             ok = r["predicted"] == LABEL[cond]
             rows.append({"task": spec, "cfg": cfg, "cond": cond, "ok": ok, **r})
             ev = r["evidence"]
@@ -74,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"drop {ev.get('relative_drop', float('nan')):.2f}"
                   + (f", confidence {ev['confidence']}" if "confidence" in ev else ""), flush=True)
         args.out.write_text(json.dumps(rows, indent=1))
-    for cond in FACTORS:
+    for cond in conds:
         got = [r["ok"] for r in rows if r["cond"] == cond]
         low = [r["evidence"].get("confidence") for r in rows
                if r["cond"] == cond and r["predicted"] == "low"]

@@ -23,7 +23,10 @@ kind                      rule (seed advice it implements)
                           noise units of the difference), or rises above the first loss by
                           ``z`` noise units of that one sample or to ``rise_factor`` x it, or
                           after ``min_fraction`` of the run its level is still above the
-                          first loss (seed 002: "overshoot the minimum, leading to
+                          first loss, or it has not fallen significantly while the gradient
+                          norm rose ``stuck_grad_rise`` x (the weights knocked away), or the
+                          val metric, best early, got worse beyond its noise while the training
+                          loss did not fall (seed 002: "overshoot the minimum, leading to
                           oscillations"; seed 003: the loss "starts to get worse ... ragged")
 ``lr_too_low``            after ``min_fraction`` of the run: the loss falls but its curve has
                           not bent (at least ``low_share`` of the drop so far came in the second
@@ -31,7 +34,9 @@ kind                      rule (seed advice it implements)
                           little (``slow_share``) but lost less than ``slow_drop`` of its start
                           (and a straight line only while under ``low_max_drop``), or it has
                           not fallen significantly at all (drop under ``z`` standard
-                          errors of the step-to-step noise) (seed 002: "too low ... converge
+                          errors of the step-to-step noise; "check first" rather than "raise
+                          10x" when it is no lower than its start: a too-high LR that broke
+                          the model looks the same) (seed 002: "too low ... converge
                           very slowly"; seed 000: "if the loss function decreases slowly ... the
                           learning rate could be too low"); not read once the LR has annealed
                           below ``anneal_share`` of its peak (the noise floor falls with it),
@@ -253,6 +258,15 @@ class Thresholds:
             After 17 halvings the scale is below 1 and an overflow is the gradient's own.
             Without a scaler, the step with the non-finite gradient makes the weights, and
             the next loss, non-finite: ``diverged`` says so at once.
+        stuck_grad_rise: a loss that has not fallen significantly by the shape rules' first
+            reading is ``lr_too_high``, not ``lr_too_low``, when the smoothed gradient norm
+            has meanwhile risen to this multiple of its first block's mean: an LR that knocks
+            the weights away from where they learn (a small net at 10x its best LR, its loss
+            at ln(10) for the whole run) makes the gradient norm jump, and one too low to
+            move the model leaves it where it was. On 29 held-out tasks
+            (``benchmarks/results/monitor-heldout.md``, sixteenth round) the stuck runs at
+            x1/100 of their best LR peaked at 0.96-1.08x, those at x10 at 0.88-7.5x; any value
+            from 1.1 to 2.7 splits them alike. Without gradient norms the rule is off.
         overfit_tolerance, overfit_patience: the ``overfitting`` rule (``overfit_patience``
             evaluations since the best one that are worse than it beyond the tolerance).
         overfit_z: ... and the mean of the last ``overfit_patience`` evaluations is worse than
@@ -287,6 +301,7 @@ class Thresholds:
     plateau_steps: int = 100
     explode_factor: float = 100.0
     skipped_steps: int = 17
+    stuck_grad_rise: float = 2.0
     vanish_factor: float = 1e-3
     vanish_progress: float = 0.1
     overfit_tolerance: float = 0.02
@@ -311,7 +326,7 @@ class Thresholds:
         check_int("skipped_steps", self.skipped_steps, minimum=1)
         check_int("overfit_patience", self.overfit_patience, minimum=1)
         check_range("ema", self.ema, 0.0, 1.0, high_open=True)
-        for name in ("diverge_factor", "explode_factor", "rise_factor"):
+        for name in ("diverge_factor", "explode_factor", "rise_factor", "stuck_grad_rise"):
             if check_positive(name, getattr(self, name)) <= 1.0:
                 raise ValueError(f"{name} must be > 1, got {getattr(self, name)!r}")
         check_positive("start_margin", self.start_margin, allow_zero=True)
@@ -416,6 +431,7 @@ class Monitor:
         self._g_bad = 0  # consecutive non-finite gradient norms, since this step:
         self._g_bad_since = 0
         self._g_ref: float | None = None
+        self._g_peak, self._g_peak_step = 0.0, 0  # the highest smoothed norm since the ref
         self._g_first: list[float] = []
         # validation
         self._val_best: float | None = None
@@ -800,6 +816,7 @@ class Monitor:
                 or (share >= th.slow_share and rel < th.slow_drop)):
             seen = (f"The loss is still falling steadily ({share:.0%} of its drop came in the "
                     f"second half, {rel:.0%} below its start)")
+            ev["reading"] = "still_falling"
             if rel < th.low_sure_drop:
                 ev["confidence"] = "high"
                 self._raise("lr_too_low", step, ev, f"{seen}: raise the LR about 10x, or run "
@@ -811,11 +828,7 @@ class Monitor:
                             f"needs every step of the run looks the same. Check with `lrkit "
                             f"find` (or a short run at 3x) before raising it.")
         elif low_due and not high and drop <= th.z * se:
-            ev["confidence"] = "high"
-            self._raise("lr_too_low", step, ev,
-                        f"The loss has not fallen significantly in {self._n} updates ({rel:.1%} "
-                        f"below its start): raise the LR about 10x, or check that the model "
-                        f"trains at all.")
+            self._not_fallen(step, ev, drop, rel)
         if (self._n >= th.plateau_steps and self._due("plateau", step)
                 and s["start"] - s["middle"] > th.z * s["se_early"]
                 and s["middle"] - s["end"] < th.z * s["se_late"]):
@@ -833,6 +846,44 @@ class Monitor:
                 action = ("The loss has stopped improving: decay the LR 10x (DecayOnPlateau), "
                           "or stop early.")
             self._raise("plateau", step, ev, action)
+
+    def _not_fallen(self, step: int, ev: dict, drop: float, rel: float) -> None:
+        """The loss has not fallen significantly by a shape reading: which way the LR is off.
+
+        Too low leaves the gradient norm where it was and the loss a little lower; too high
+        (seen at 10x the best LR on 10 of 29 held-out tasks, which were all told "raise the LR
+        about 10x") makes the gradient norm jump (``stuck_grad_rise``) and leaves the loss no
+        lower than at its start, or jumping too much for its drop to mean anything."""
+        th = self.thresholds
+        n = self._n
+        ev["reading"] = "not_fallen"
+        g_rise = self._g_peak / self._g_ref if self._g_ref else 0.0
+        where = f"{rel:.1%} below its start" if rel >= 0 else f"{-rel:.1%} above its start"
+        if g_rise >= th.stuck_grad_rise:
+            if self._due("lr_too_high", step):
+                ev["grad_rise"] = round(g_rise, 3)
+                self._raise("lr_too_high", step, ev,
+                            f"The loss has not fallen significantly in {n} updates ({where}) "
+                            f"while its gradient norm rose to {g_rise:.2g}x its start (step "
+                            f"{self._g_peak_step}): an LR that knocks the weights away from "
+                            "where they learn looks like this (one too low to move them "
+                            "leaves the gradient norm where it was). Lower the LR about 10x, "
+                            f"or add {_warmup(self._g_peak_step)} warmup steps.")
+        elif drop <= 0.0 or rel >= th.low_sure_drop:
+            ev["confidence"] = "low"
+            why = ("no lower than at its start" if drop <= 0.0 else
+                   "a drop that its own noise hides")
+            self._raise("lr_too_low", step, ev,
+                        f"The loss has not fallen significantly in {n} updates ({where}: "
+                        f"{why}): an LR too low to move the model looks like this, and so "
+                        "does one high enough to have broken it early. Check with `lrkit "
+                        "find` (a range test) before changing it, and that the model trains "
+                        "at all.")
+        else:
+            ev["confidence"] = "high"
+            self._raise("lr_too_low", step, ev,
+                        f"The loss has not fallen significantly in {n} updates ({where}): "
+                        "raise the LR about 10x, or check that the model trains at all.")
 
     def _planned_decay(self, step: int) -> int | None:
         """The first step after ``step`` at which the known schedule's LR is 10x below its
@@ -873,6 +924,8 @@ class Monitor:
         ref = self._g_ref
         if ref is None or ref <= 0:
             return
+        if gs > self._g_peak:
+            self._g_peak, self._g_peak_step = gs, step
         if gs > th.explode_factor * ref and self._due("exploding_gradients", step):
             self._raise("exploding_gradients", step,
                         {"grad_norm": gs, "initial_grad_norm": ref, "ratio": gs / ref},
@@ -914,8 +967,10 @@ class Monitor:
         # the end)
         rising = (self._lr_now is not None and self._val_lr_at_best is not None
                   and self._lr_now > self._val_lr_at_best)
-        if (self._val_bad < th.overfit_patience or smooth >= self._val_loss_at_best
-                or rising):
+        if self._val_bad < th.overfit_patience or rising:
+            return
+        if smooth >= self._val_loss_at_best:
+            self._val_broken(step, v, smooth, mean_k)
             return
         if self._val_beyond_noise(mean_k):
             self._raise("overfitting", step,
@@ -945,6 +1000,35 @@ class Monitor:
                         f"{rel:.0%} worse now: lower the LR about {factor:.2g}x for this run "
                         f"length (a run at that LR ends about where this one peaked), or stop "
                         f"at step {self._val_best_step}.")
+
+    def _val_broken(self, step: int, v: float, smooth: float, mean_k: float) -> None:
+        """``lr_too_high`` for a val metric that peaked early (in the first ``overfit_early`` of
+        the run) and is now ``overfit_gap`` worse beyond its own noise while the training loss
+        has *not* fallen since: not memorising (that is ``overfitting``) but an LR that undid
+        what the model had learned. Seen: a small CNN under SGD at 10x its best LR (a random
+        held-out task, ``benchmarks/heldout_random_tasks.py --arch cnn --seed 15``, row 14),
+        val accuracy 0.23 at step 12 and 0.09-0.11 (chance) for the rest of its 300 steps, its
+        training loss at ln(10) throughout: no finding at all, since the low-LR reading is
+        rightly silent once the val metric has got worse, and the overfitting readings asked
+        for a falling training loss."""
+        th = self.thresholds
+        best = self._val_best
+        if self.total_steps is None or best is None or \
+                self._val_best_step >= th.overfit_early * self.total_steps:
+            return
+        gap = (v - best) if self.val_mode == "min" else (best - v)
+        rel = gap / max(abs(best), 1e-12)
+        if rel <= th.overfit_gap or not self._val_beyond_noise(mean_k):
+            return
+        self._raise("lr_too_high", step,
+                    {"best_val": best, "best_step": self._val_best_step, "val": v,
+                     "worse_by": rel, "train_loss": smooth,
+                     "train_loss_at_best": self._val_loss_at_best},
+                    f"The validation metric peaked at step {self._val_best_step} "
+                    f"({self._val_best_step / self.total_steps:.0%} of the run) and is "
+                    f"{rel:.0%} worse now, while the training loss has not fallen since: the "
+                    "LR is undoing what the model learned (not memorising). Lower the LR about "
+                    f"10x, or add {_warmup(self._val_best_step)} warmup steps.")
 
     def _val_beyond_noise(self, mean_k: float) -> bool:
         """Whether the mean of the last ``overfit_patience`` val evaluations (signed, lower is

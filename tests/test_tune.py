@@ -575,6 +575,13 @@ def test_the_monitors_lr_too_low_is_weighed_against_the_confirmation_runs():
     assert "does on purpose: at the short runs' 0.1 the full run would overfit" in out[0]
     assert tune_mod._explain_lr_too_low({"lr": 0.1, "findings": []}, halving, task, "mse",
                                         fmt) == []
+    # a loss that has not fallen at all is said so (it was "still falling steadily"), with
+    # the other reading of a stuck loss
+    stuck = dict(flag, evidence={"reading": "not_fallen"})
+    out = " ".join(tune_mod._explain_lr_too_low({"lr": 0.1, "findings": [stuck]}, halving,
+                                                task, "mse", fmt, (0.02, 2.0)))
+    assert "(the training loss not falling significantly early in the run)" in out
+    assert "still falling" not in out and "broken the model early" in out
 
 
 def test_shared_study_lets_a_second_worker_skip_the_trials(task, done, storage, tmp_path,
