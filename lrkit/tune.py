@@ -1369,14 +1369,14 @@ def _explain_lr_too_low(final: dict, halving: dict, task: Any, name: str, fmt: A
     lr = float(final["lr"])
     low = next(f for f in final["findings"] if f.get("kind") == "lr_too_low")
     stuck = (low.get("evidence") or {}).get("reading") == "not_fallen"
-    seen = ("the training loss not falling significantly early in the run" if stuck else
-            "the training loss still falling steadily early in the run")
+    reading = ("the training loss not falling significantly early in the run" if stuck else
+               "the training loss still falling steadily early in the run")
     length = ("A loss still falling at a fifth of the run is often the run's length rather "
               "than a low LR." if not stuck else
               "A loss that has not fallen can also be an LR high enough to have broken the "
               "model early.")
     if halving.get("rescaled"):
-        return [f"The monitor's lr_too_low ({seen}) is what the lower LR chosen above does on "
+        return [f"The monitor's lr_too_low ({reading}) is what the lower LR chosen above does on "
                 f"purpose: at the short runs' {w.lr:.3g} the full run would overfit."]
     rung1 = [r for r in halving["trials"] if r["rung"] == 1 and r["family"] == w.family
              and not r.get("no_warmup")]
@@ -1386,17 +1386,17 @@ def _explain_lr_too_low(final: dict, halving: dict, task: Any, name: str, fmt: A
     if worse:
         r = worse[0]
         seen = fmt(None if r["diverged"] else r["metric"])
-        return [f"The monitor flagged lr_too_low ({seen}), but the short run at "
+        return [f"The monitor flagged lr_too_low ({reading}), but the short run at "
                 f"{float(r['lr']):.3g} ({float(r['lr']) / lr:.2g}x) scored validation {name} "
                 f"{seen} against {fmt(won[0]['metric'])} at {lr:.3g}: tune keeps its LR. "
                 + length]
     top = max((float(r["lr"]) for r in rung1), default=lr)
     if band and 10 * lr > float(band[1]):
-        return [f"The monitor flagged lr_too_low ({seen}), but 10x, "
+        return [f"The monitor flagged lr_too_low ({reading}), but 10x, "
                 f"{10 * lr:.3g}, lies above the range test's band ({float(band[0]):.3g} to "
                 f"{float(band[1]):.3g}), past the LRs at which its loss still fell, and no short "
                 f"run tried above {top:.3g}: tune keeps its LR. " + length]
-    return [f"The monitor flagged lr_too_low ({seen}), and no short run tried above "
+    return [f"The monitor flagged lr_too_low ({reading}), and no short run tried above "
             f"{top:.3g}: worth a check with `lrkit search` or a run at a higher LR."
             + (f" {length}" if stuck else "")]
 

@@ -558,6 +558,8 @@ def test_the_monitors_lr_too_low_is_weighed_against_the_confirmation_runs():
                                          trial(0.178, 0.25)]}
     out = " ".join(tune_mod._explain_lr_too_low(final, halving, task, "mse", fmt))
     assert "the short run at 0.178 (1.8x) scored validation mse 0.25 against 0.2 at 0.1" in out
+    assert out.startswith("The monitor flagged lr_too_low (the training loss still falling "
+                          "steadily early in the run), but")
     assert "tune keeps its LR" in out
     # the run above diverged: that is worse too
     halving["trials"][2] = trial(0.178, float("nan"), diverged=True)
