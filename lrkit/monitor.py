@@ -969,8 +969,31 @@ class Monitor:
                   and self._lr_now > self._val_lr_at_best)
         if self._val_bad < th.overfit_patience or rising:
             return
+        # an early best (in the first overfit_early of the run) and a metric now overfit_gap
+        # worse: the LR, not the run's length, is what to change
+        rel = gap / max(abs(best), 1e-12)
+        early = (self.total_steps is not None
+                 and self._val_best_step < th.overfit_early * self.total_steps
+                 and rel > th.overfit_gap)
         if smooth >= self._val_loss_at_best:
-            self._val_broken(step, v, smooth, mean_k)
+            # worse while the training loss has not fallen since: not memorising (that is
+            # overfitting) but an LR that undid what the model had learned. Seen: a small CNN
+            # under SGD at 10x its best LR (`heldout_random_tasks.py --arch cnn --seed 15`, row
+            # 14), val accuracy 0.23 at step 12 and 0.09-0.11 (chance) for the rest of its 300
+            # steps, its training loss at ln(10) throughout: it had no finding at all, since
+            # the low-LR reading is rightly silent once the val metric has got worse, and the
+            # overfitting readings asked for a falling training loss
+            if early and self._val_beyond_noise(mean_k):
+                self._raise("lr_too_high", step,
+                            {"best_val": best, "best_step": self._val_best_step, "val": v,
+                             "worse_by": rel, "train_loss": smooth,
+                             "train_loss_at_best": self._val_loss_at_best},
+                            f"The validation metric peaked at step {self._val_best_step} "
+                            f"({self._val_best_step / self.total_steps:.0%} of the run) and is "
+                            f"{rel:.0%} worse now, while the training loss has not fallen "
+                            "since: the LR is undoing what the model learned (not memorising). "
+                            f"Lower the LR about 10x, or add {_warmup(self._val_best_step)} "
+                            "warmup steps.")
             return
         if self._val_beyond_noise(mean_k):
             self._raise("overfitting", step,
@@ -979,14 +1002,11 @@ class Monitor:
                         f"The validation metric peaked at step {self._val_best_step} while "
                         "the training loss kept falling: stop there (EarlyStopping), or add "
                         "regularisation such as weight decay.")
-        # an early best and a metric now overfit_gap worse reads as an LR too high for the run
+        # with the training loss falling, an early peak reads as an LR too high for the run
         # length even where the gap is within the metric's noise: a val metric that jumps that
         # much between evaluations is itself the LR's noise (diabetes at 100x its best LR: val
         # loss 0.57 at step 29, then 0.58-0.95)
-        rel = gap / max(abs(best), 1e-12)
-        if (self.total_steps is not None
-                and self._val_best_step < th.overfit_early * self.total_steps
-                and rel > th.overfit_gap):
+        if early:
             # by gradient-flow time (lr x t) a run at lr x best_step / total_steps ends about
             # where this one peaked (held out: the grid near that LR beat such runs on every
             # log-loss task, `benchmarks/results/heldout-random.md`, fourteenth round)
@@ -1000,35 +1020,6 @@ class Monitor:
                         f"{rel:.0%} worse now: lower the LR about {factor:.2g}x for this run "
                         f"length (a run at that LR ends about where this one peaked), or stop "
                         f"at step {self._val_best_step}.")
-
-    def _val_broken(self, step: int, v: float, smooth: float, mean_k: float) -> None:
-        """``lr_too_high`` for a val metric that peaked early (in the first ``overfit_early`` of
-        the run) and is now ``overfit_gap`` worse beyond its own noise while the training loss
-        has *not* fallen since: not memorising (that is ``overfitting``) but an LR that undid
-        what the model had learned. Seen: a small CNN under SGD at 10x its best LR (a random
-        held-out task, ``benchmarks/heldout_random_tasks.py --arch cnn --seed 15``, row 14),
-        val accuracy 0.23 at step 12 and 0.09-0.11 (chance) for the rest of its 300 steps, its
-        training loss at ln(10) throughout: no finding at all, since the low-LR reading is
-        rightly silent once the val metric has got worse, and the overfitting readings asked
-        for a falling training loss."""
-        th = self.thresholds
-        best = self._val_best
-        if self.total_steps is None or best is None or \
-                self._val_best_step >= th.overfit_early * self.total_steps:
-            return
-        gap = (v - best) if self.val_mode == "min" else (best - v)
-        rel = gap / max(abs(best), 1e-12)
-        if rel <= th.overfit_gap or not self._val_beyond_noise(mean_k):
-            return
-        self._raise("lr_too_high", step,
-                    {"best_val": best, "best_step": self._val_best_step, "val": v,
-                     "worse_by": rel, "train_loss": smooth,
-                     "train_loss_at_best": self._val_loss_at_best},
-                    f"The validation metric peaked at step {self._val_best_step} "
-                    f"({self._val_best_step / self.total_steps:.0%} of the run) and is "
-                    f"{rel:.0%} worse now, while the training loss has not fallen since: the "
-                    "LR is undoing what the model learned (not memorising). Lower the LR about "
-                    f"10x, or add {_warmup(self._val_best_step)} warmup steps.")
 
     def _val_beyond_noise(self, mean_k: float) -> bool:
         """Whether the mean of the last ``overfit_patience`` val evaluations (signed, lower is
