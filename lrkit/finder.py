@@ -557,15 +557,16 @@ def find_lr(
         snap = _train.snapshot(model, optimizer, scheduler=scheduler, scaler=scaler,
                                generators=gens, grads=True)
 
+    total = sum(len(p) for p in plans)  # steps over every sweep
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=sum(len(p) for p in plans), desc="LR range test", leave=False)
+        bar = tqdm(total=total, desc="LR range test", leave=False)
     val = _val_loss_fn(val_loader, loss_fn, step_fn, device) if val_loader is not None else None
     # one data stream for all sweeps: each sweep sees new batches (independent noise)
     data = (train_loader if len(plans) == 1 else
-            _train._cycle(train_loader, sum(len(p) for p in plans) * accumulation_steps))
+            _train._cycle(train_loader, total * accumulation_steps))
     start = time.perf_counter()
     all_lrs: list[float] = []
     all_losses: list[float] = []

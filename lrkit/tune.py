@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .errors import check_int, check_positive
+from .errors import check_finite, check_int
 from .finder import (MIN_SHORT_RUN_STEPS, bracket, loss_tiebreak, metric_noise, put_back,
                      range_sentence, tiebreak_evidence, tiebreak_sentence)
 from .finder import separation as _separation
@@ -1596,7 +1596,7 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
                       "runs.")
             budget = least
     else:
-        budget = check_positive("budget", budget)
+        budget = check_finite("budget", budget)
         if budget <= 1.0:
             raise ValueError(f"budget must be > 1 (full runs, the final run included), got "
                              f"{budget!r}")

@@ -623,6 +623,10 @@ def test_bad_arguments(task, tmp_path, done):
         lrkit.tune(task, budget=0.5, out=tmp_path / "z", progress=False)
     with pytest.raises(ValueError, match="budget must be > 1"):
         tune(task, budget=1.0, out=tmp_path / "a", progress=False)
+    with pytest.raises(ValueError, match="budget must be > 1"):  # not "> 0": the real bound
+        tune(task, budget=-1, out=tmp_path / "a", progress=False)
+    with pytest.raises(ValueError, match="budget must be a finite number"):
+        tune(task, budget=float("nan"), out=tmp_path / "a", progress=False)
     with pytest.raises(ValueError, match="schedules"):
         tune(task, schedules=("cosine", "bogus"), out=tmp_path / "b", progress=False)
     with pytest.raises(ValueError, match="repeat"):

@@ -23,6 +23,14 @@ def keyed_by(step_fn: Callable, owner: Any, method: str) -> Callable:
     return step_fn
 
 
+def refuse(caller: str, kwargs: dict, names: Iterable[str], source: str) -> None:
+    """A ``from_torch`` keyword that ``caller`` reads from the client itself is a TypeError
+    that says where it comes from (a ``loss_fn`` passed to ``from_hf`` would be ignored)."""
+    for name in names:
+        if name in kwargs:
+            raise TypeError(f"{caller}() takes no {name}: {source}")
+
+
 def make_monitor(monitor: Monitor | None, val_mode: str) -> Monitor:
     if monitor is None:
         return Monitor(val_mode=val_mode)

@@ -30,7 +30,7 @@ except ImportError as e:  # pragma: no cover - exercised only without transforme
 
 from ..errors import check_int
 from ..monitor import Monitor
-from ._common import (Record, as_float, grad_norm, keyed_by, make_monitor, planned_lr,
+from ._common import (Record, as_float, grad_norm, keyed_by, make_monitor, planned_lr, refuse,
                       stop_kinds)
 
 __all__ = ["HFMonitor", "from_hf"]
@@ -161,11 +161,9 @@ def from_hf(trainer: Any, *, steps: int | None = None, test_dataset: Any = None,
 
     if not isinstance(trainer, Trainer):
         raise TypeError(f"trainer must be a transformers.Trainer, got {type(trainer).__name__}")
-    for bad in ("loss_fn", "step_fn", "val_loader", "test_loader", "grad_clip", "amp",
-                "accumulation_steps", "warmup_steps"):
-        if bad in kwargs:
-            raise TypeError(f"from_hf() takes no {bad}: it is read from the Trainer and its "
-                            "TrainingArguments")
+    refuse("from_hf", kwargs, ("loss_fn", "step_fn", "val_loader", "test_loader", "grad_clip",
+                               "amp", "accumulation_steps", "warmup_steps"),
+           "it is read from the Trainer and its TrainingArguments")
     if trainer.eval_dataset is None:
         raise ValueError("from_hf needs the Trainer's eval_dataset: lrkit scores its runs on it")
     if isinstance(trainer.eval_dataset, dict):

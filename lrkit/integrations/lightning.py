@@ -27,7 +27,7 @@ except ImportError as e:  # pragma: no cover - exercised only without lightning
                       "(or pip install 'lrkit[integrations]')") from e
 
 from ..monitor import Monitor
-from ._common import (Record, as_float, grad_norm, keyed_by, make_monitor, planned_lr,
+from ._common import (Record, as_float, grad_norm, keyed_by, make_monitor, planned_lr, refuse,
                       stop_kinds)
 
 __all__ = ["LightningMonitor", "from_lightning"]
@@ -223,10 +223,8 @@ def from_lightning(module: Any, datamodule: Any = None, *, train_dataloaders: An
         raise ValueError("module uses manual optimisation (automatic_optimization = False): "
                          "lrkit steps the optimizer itself; wrap your step in "
                          "from_torch(step_fn=...) instead")
-    for bad in ("loss_fn", "step_fn", "val_loader", "test_loader"):
-        if bad in kwargs:
-            raise TypeError(f"from_lightning() takes no {bad}: the loss is training_step's "
-                            "and the data is the datamodule's or the *_dataloaders")
+    refuse("from_lightning", kwargs, ("loss_fn", "step_fn", "val_loader", "test_loader"),
+           "the loss is training_step's and the data is the datamodule's or the *_dataloaders")
     if datamodule is not None:
         if train_dataloaders is not None or val_dataloaders is not None:
             raise ValueError("pass datamodule or train_dataloaders / val_dataloaders, not both")
