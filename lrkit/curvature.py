@@ -402,12 +402,31 @@ def hvp(model: nn.Module, loss_fn: LossFn, batches: Iterable, *, vector: Sequenc
         return op.split(op(op.flat(vs)))
 
 
+def _functional_losses() -> frozenset:
+    """``torch.nn.functional``'s criteria (``cross_entropy``, ``mse_loss``, ...): what
+    ``find_lr`` takes as its ``loss_fn(output, target)``."""
+    import torch.nn.functional as F
+
+    names = [n for n in dir(F) if n.endswith("_loss")] + [
+        "cross_entropy", "binary_cross_entropy", "binary_cross_entropy_with_logits", "kl_div"]
+    return frozenset(getattr(F, n) for n in names if callable(getattr(F, n, None)))
+
+
+_FUNCTIONAL_LOSSES = _functional_losses()
+
+
 def _check_loss_fn(loss_fn: Any) -> None:
-    """``loss_fn(model, batch) -> loss``; a criterion or an optimizer in its place is named."""
+    """``loss_fn(model, batch) -> loss``; a criterion (a module or a ``torch.nn.functional``
+    one, find_lr's ``loss_fn(output, target)``) or an optimizer in its place is named."""
     if isinstance(loss_fn, nn.modules.loss._Loss):
         raise TypeError(f"loss_fn must be callable(model, batch) -> loss (like find_lr's "
                         f"step_fn), got the criterion {type(loss_fn).__name__}(); pass "
                         "lambda model, batch: criterion(model(batch[0]), batch[1])")
+    if loss_fn in _FUNCTIONAL_LOSSES:
+        raise TypeError(f"loss_fn must be callable(model, batch) -> loss (like find_lr's "
+                        f"step_fn), got the criterion {loss_fn.__name__}(output, target) "
+                        f"(find_lr's loss_fn); pass lambda model, batch: "
+                        f"{loss_fn.__name__}(model(batch[0]), batch[1])")
     if isinstance(loss_fn, torch.optim.Optimizer):
         raise TypeError(f"loss_fn must be callable(model, batch) -> loss, got the optimizer "
                         f"{type(loss_fn).__name__}: the arguments are (model, loss_fn, batches, "

@@ -415,6 +415,12 @@ def test_bad_arguments_are_named():
         C.safe_lr(tasks.get("logreg"), ce, batches)
     with pytest.raises(TypeError, match=r"the criterion CrossEntropyLoss\(\); pass lambda"):
         C.safe_lr(model, torch.nn.CrossEntropyLoss(), batches)
+    # find_lr's loss_fn(output, target), the function form: PyTorch's "must be Tensor, not
+    # Sequential" before
+    with pytest.raises(TypeError, match=r"criterion cross_entropy\(output, target\) \(find_lr's"):
+        C.safe_lr(model, torch.nn.functional.cross_entropy, batches)
+    with pytest.raises(TypeError, match=r"pass lambda model, batch: mse_loss\(model\(batch"):
+        C.SharpnessTracker(torch.nn.functional.mse_loss, batches)
     with pytest.raises(TypeError, match="got the optimizer SGD: the arguments are"):
         C.safe_lr(model, torch.optim.SGD(model.parameters(), lr=0.1), batches)
     with pytest.raises(TypeError, match="criterion MSELoss"):
