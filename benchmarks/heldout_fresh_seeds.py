@@ -77,6 +77,73 @@ def measure(job: tuple) -> dict:
             "wall": time.perf_counter() - start}
 
 
+def measure_resplit(job: tuple) -> dict:
+    """One task on another val/test partition of its held-out examples (``H.RESPLIT``): the
+    grid's points within ``REACH`` of the stored best, re-scored on the new test split (the
+    same trained models: the train split does not move), and tune, which now chooses on the
+    new val split; seeds 0-1 as stored."""
+    name, seed, arch, row, stored, resplit = job
+    torch.set_num_threads(1)
+    H.RESPLIT = resplit
+    cfg, task = H.task_at(seed, row, arch)
+    if cfg != stored["cfg"]:
+        raise RuntimeError(f"{name} row {row}: the drawn task is not the stored one")
+    start = time.perf_counter()
+    grid = stored["grid"]
+    b = grid.index(stored["best_lr"])
+    ks = range(max(0, b - REACH), min(len(grid), b + REACH + 1))
+    means = {grid[k]: bench._mean_or_worst(task, [train.run(task, grid[k], seed=s,
+                                                            eval_split="test").metric
+                                                  for s in (0, 1)]) for k in ks}
+    sign = 1.0 if task.higher_is_better else -1.0
+    best_lr = max(means, key=lambda lr: sign * means[lr])
+    tunes = []
+    for s in (0, 1):
+        with tempfile.TemporaryDirectory() as out:
+            t = lrkit.tune(task, out=out, progress=False, seed=s)
+        tunes.append({"family": t.family, "lr": t.lr, "metric": t.metric})
+    tm = bench._mean_or_worst(task, [t["metric"] for t in tunes])
+    return {"set": name, "row": row, "cfg": cfg, "resplit": resplit,
+            "higher_is_better": task.higher_is_better, "means": means, "best_lr": best_lr,
+            "best": means[best_lr], "best_at_edge": best_lr in (grid[ks[0]], grid[ks[-1]]),
+            "stored_best_lr": stored["best_lr"], "regret_stored": stored["regret"],
+            "stored_tune_lrs": [t["lr"] for t in stored["tune"]], "tune": tunes, "tune_mean": tm,
+            "regret": bench.regret(tm, means[best_lr], higher_is_better=task.higher_is_better),
+            "wall": time.perf_counter() - start}
+
+
+def _decades(lrs: list[float], best: float) -> float:
+    """How far the geometric mean of ``lrs`` lies above ``best``, in decades."""
+    return float(np.mean(np.log10(lrs)) - np.log10(best))
+
+
+REACH = 2  # grid points each side of the stored best re-scored on a new partition
+
+
+def resplit_summary(rows: list[dict]) -> str:
+    """Per data set and partition: tune's regret, and where its LR lies against the best."""
+    out = ["| data (metric) | partition | tasks | tune: median regret / within 5% | tune's LR "
+           "above / below the partition's best by > 0.25 decades |", "|---|---|---|---|---|"]
+    keys = sorted({(r["cfg"]["data"], r["cfg"]["scored"]) for r in rows})
+    for data, metric in keys:
+        g = [r for r in rows if (r["cfg"]["data"], r["cfg"]["scored"]) == (data, metric)]
+        tasks = sorted({(r["set"], r["row"]) for r in g})
+        first = [next(r for r in g if (r["set"], r["row"]) == t) for t in tasks]
+        stored = [r["regret_stored"] for r in first]
+        side = [_decades(r["stored_tune_lrs"], r["stored_best_lr"]) for r in first]
+        out.append(f"| {data} ({metric}) | the measured one | {len(tasks)} | "
+                   f"{100 * statistics.median(stored):+.1f}% / {sum(x <= 0.05 for x in stored)}"
+                   f" | {sum(x > 0.25 for x in side)} / {sum(x < -0.25 for x in side)} |")
+        for k in sorted({r["resplit"] for r in g}):
+            gk = [r for r in g if r["resplit"] == k]
+            reg = [r["regret"] for r in gk]
+            side = [_decades([t["lr"] for t in r["tune"]], r["best_lr"]) for r in gk]
+            out.append(f"| | {k} | {len(gk)} | {100 * statistics.median(reg):+.1f}% / "
+                       f"{sum(x <= 0.05 for x in reg)} | {sum(x > 0.25 for x in side)} / "
+                       f"{sum(x < -0.25 for x in side)} |")
+    return "\n".join(out)
+
+
 def _worse(row: dict) -> list[float]:
     """Tune's paired gap per seed, positive when tune is worse (the metric's own units)."""
     sign = -1.0 if row["higher_is_better"] else 1.0
@@ -123,12 +190,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--limit", type=int, default=None, help="only the first N tasks (a trial)")
+    p.add_argument("--data", action="append", default=None,
+                   help="only tasks on this data set (repeatable: digits, wine, cancer, ...)")
+    p.add_argument("--resplit", default=None,
+                   help="comma-separated partition seeds: re-partition each task's held-out "
+                        "examples into val and test, tune and re-score the grid there "
+                        "(scikit-learn data only: mnist1d's split is the package's)")
     p.add_argument("--summary", type=Path, nargs="*", default=None,
                    help="print the table of stored result files and stop")
     a = p.parse_args(argv)
     if a.summary:
         rows = [r for f in a.summary for r in json.loads(f.read_text())]
-        print(summary(rows))
+        print(resplit_summary(rows) if "resplit" in rows[0] else summary(rows))
         return 0
     if not a.sets or a.out is None:
         p.error("give the set files and --out (or --summary FILES)")
@@ -137,23 +210,35 @@ def main(argv: list[str] | None = None) -> int:
     for path in a.sets:
         seed, arch = _set_of(path)
         for row, stored in enumerate(json.loads(path.read_text())):
-            if a.scored is None or stored["cfg"]["scored"] in a.scored:
-                jobs.append((path.stem, seed, arch, row, stored, seeds))
+            if ((a.scored is None or stored["cfg"]["scored"] in a.scored)
+                    and (a.data is None or stored["cfg"]["data"] in a.data)):
+                if a.resplit is None:
+                    jobs.append((path.stem, seed, arch, row, stored, seeds))
+                else:
+                    jobs += [(path.stem, seed, arch, row, stored, int(k))
+                             for k in a.resplit.split(",")]
     # the log-loss tasks first, conv nets first among them: the slowest and most wanted first
     jobs.sort(key=lambda j: (j[4]["cfg"]["scored"] != "cross_entropy", j[2] != "cnn"))
     jobs = jobs[:a.limit]
     print(f"{len(jobs)} tasks, seeds {seeds}, {a.workers} worker(s)", flush=True)
     rows = []
     with mp.get_context("fork").Pool(a.workers) as pool:
-        for r in pool.imap_unordered(measure, jobs):
+        for r in pool.imap_unordered(measure if a.resplit is None else measure_resplit, jobs):
             rows.append(r)
-            s = scores(r)
-            print(f"{r['set']:>10} row {r['row']:>2} {r['cfg']['scored']:>13}: stored "
-                  f"{100 * r['regret_stored']:+7.1f}%  fresh {100 * s['regret_fresh']:+7.1f}%  "
-                  f"gap {s['gap']:+.4f} ± {s['se']:.4f}  ({r['wall']:.0f} s)", flush=True)
-            a.out.write_text(json.dumps(sorted(rows, key=lambda r: (r["set"], r["row"])),
+            if a.resplit is None:
+                s = scores(r)
+                print(f"{r['set']:>10} row {r['row']:>2} {r['cfg']['scored']:>13}: stored "
+                      f"{100 * r['regret_stored']:+7.1f}%  fresh "
+                      f"{100 * s['regret_fresh']:+7.1f}%  gap {s['gap']:+.4f} ± {s['se']:.4f}"
+                      f"  ({r['wall']:.0f} s)", flush=True)
+            else:
+                print(f"{r['set']:>10} row {r['row']:>2} {r['cfg']['data']:>7} partition "
+                      f"{r['resplit']}: stored {100 * r['regret_stored']:+7.1f}%  here "
+                      f"{100 * r['regret']:+7.1f}%  ({r['wall']:.0f} s)", flush=True)
+            a.out.write_text(json.dumps(sorted(rows, key=lambda r: (r["set"], r["row"],
+                                                                    r.get("resplit", 0))),
                                         indent=1))
-    print(summary(rows))
+    print(summary(rows) if a.resplit is None else resplit_summary(rows))
     return 0
 
 

@@ -51,9 +51,20 @@ from lrkit.tasks._data import (accuracy, seeded, split_evaluator, split_indices,
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3}
 
 
-@functools.lru_cache(maxsize=None)
+RESPLIT: int | None = None
+"""Another partition of the same held-out examples into val and test (``None``: the one every
+set was measured on). The train split, and so every trained model, stays the same: what moves
+is which of the held-out examples tune chooses on and which score it (``heldout_fresh_seeds.py
+--resplit``)."""
+
+
 def _data(name: str) -> dict:
     """Standardised (train, val, test) splits as float32 / int64 (or float32 targets)."""
+    return _splits(name, RESPLIT)
+
+
+@functools.lru_cache(maxsize=None)
+def _splits(name: str, resplit: int | None) -> dict:
     import sklearn.datasets as skd
 
     if name == "mnist1d":
@@ -67,6 +78,9 @@ def _data(name: str) -> dict:
     n = len(x)
     test, val = max(30, n // 4), max(30, n // 6)
     tr, va, te = split_indices(n, test=test, val=val, seed=1)
+    if resplit is not None:
+        pool = np.random.default_rng(resplit).permutation(np.concatenate([va, te]))
+        va, te = np.sort(pool[:len(va)]), np.sort(pool[len(va):])
     mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-8
     x = torch.tensor((x - mu) / sd, dtype=torch.float32)
     if name == "diabetes":
