@@ -400,13 +400,33 @@ class _Folder:
         p = self.file(key)
         if not p.exists():
             return None
-        return json.loads(p.read_text(encoding="utf-8"))
+        return _read_json(p)
 
     def save(self, key: str, data: Any) -> None:
         p = self.file(key)
         tmp = p.with_suffix(p.suffix + ".tmp")
         tmp.write_text(json.dumps(_jsonable(data), indent=1, allow_nan=False), encoding="utf-8")
         os.replace(tmp, p)
+
+
+def _read_json(p: Path) -> Any:
+    """A run folder's JSON file; a damaged one (edited by hand, or cut short by a full disk:
+    lrkit writes them atomically) is a ValueError that names it and says how to go on."""
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{str(p)!r} is not valid JSON ({e}): delete it, and the stage files "
+                         "numbered after it, to redo those stages on --resume") from None
+
+
+def _rebased(done: dict, path: Path) -> dict:
+    """A finished run's ``result.json`` with its file paths in ``path``, the folder it was
+    read from (a run folder moved or copied elsewhere still names its own report)."""
+    done = dict(done, run_dir=str(path))
+    for key in ("report", "weights"):
+        if done.get(key):
+            done[key] = str(path / Path(done[key]).name)
+    return done
 
 
 def _jsonable(x: Any) -> Any:
@@ -1004,7 +1024,7 @@ def _safe_lr(task: Any, seed: int, folder: _Folder) -> dict:
 
     p = folder.path / "safe-lr.json"
     if p.exists():
-        return json.loads(p.read_text(encoding="utf-8"))
+        return _read_json(p)
     full = task.recipe.steps
     grads = full * task.recipe.accumulation_steps  # a full run's batch gradients
     plan = safe_lr_plan(grads, task.recipe.batch_size)
@@ -1634,6 +1654,8 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
         folder.save("meta", meta)
     show = _Display(progress)
     done = folder.load("result")
+    if done is not None:
+        done = _rebased(done, path)
     if done is not None and Path(done["report"]).exists():
         show.say(f"lrkit tune {task.name}: {path} holds a finished run")
         return TuneResult.from_dict(done)
@@ -1740,7 +1762,7 @@ def cli_main(args: argparse.Namespace) -> int:
         if not meta_path.exists():
             raise ValueError(f"--resume {args.resume!r}: no {_FILES['meta']} there (not a "
                              "lrkit tune run folder)")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = _read_json(meta_path)
         out = args.resume
         task_ref = task_ref or meta["task_ref"]
         budget = meta["budget"] if budget is None else budget

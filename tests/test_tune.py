@@ -666,6 +666,31 @@ def test_cli_prints_decision_and_report(done, capsys):
     assert cli.main(["tune", "--no-progress"]) == 2  # neither --task nor --resume
 
 
+def test_a_copied_or_damaged_run_folder_on_resume(task, done, tmp_path, capsys):
+    import shutil
+
+    from lrkit import cli
+
+    res, out = done
+    # a finished run folder copied elsewhere names its own report and weights, not the
+    # original's (it named the original's while that one existed)
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    again = tune(task, out=copy, progress=False)
+    assert (again.report, again.weights, again.run_dir) == (
+        str(copy / "report.html"), str(copy / "final-weights.pt"), str(copy))
+    assert (again.lr, again.metric, again.cost_steps) == (res.lr, res.metric, res.cost_steps)
+    # a damaged stage file is named, with what to do (it was a bare JSONDecodeError)
+    halving = copy / "3-halving.json"
+    halving.write_text(halving.read_text()[:100])
+    (copy / "result.json").unlink()
+    with pytest.raises(ValueError, match=r"3-halving.json' is not valid JSON .*delete it"):
+        tune(task, out=copy, progress=False)
+    (copy / "meta.json").write_text("{")
+    assert cli.main(["tune", "--resume", str(copy), "--no-progress"]) == 2
+    assert "meta.json' is not valid JSON" in capsys.readouterr().err
+
+
 def test_cli_prints_the_run_length_lr_of_an_early_overfit(done, capsys, monkeypatch):
     from lrkit import cli
 
