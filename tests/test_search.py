@@ -139,6 +139,20 @@ def test_storage_errors_never_show_the_password(capsys) -> None:
 
 
 
+def test_a_file_that_is_not_a_database_is_named(tmp_path, capsys) -> None:
+    junk = tmp_path / "notes.db"
+    junk.write_text("not a database\n")
+    with pytest.raises(LRKitError, match=r"cannot open storage sqlite:///.*notes.db: "
+                                         r"DatabaseError: .*file is not a database"):
+        S.open_storage(f"sqlite:///{junk}")
+    from lrkit import cli
+
+    assert cli.main(["search", "--task", "logreg", "--storage", f"sqlite:///{junk}"]) == 1
+    err = capsys.readouterr().err  # it was SQLAlchemy's traceback
+    assert err.startswith("lrkit: error: cannot open storage") and "Traceback" not in err
+    assert junk.read_text() == "not a database\n"  # left as it was
+
+
 def test_an_unknown_database_or_a_missing_driver_is_named(capsys) -> None:
     """A scheme SQLAlchemy does not know and a driver that is not installed reached the user as
     SQLAlchemy's and Optuna's tracebacks; each is now one line that names the URL (masked)."""

@@ -130,8 +130,9 @@ def _with_retries(make: Any, url: str, attempts: int = 8) -> Any:
     for attempt in range(attempts):
         try:
             return make()
-        except (exc.IntegrityError, exc.OperationalError, exc.ProgrammingError,
-                optuna.exceptions.StorageInternalError) as raised:
+        except (exc.DatabaseError, optuna.exceptions.StorageInternalError) as raised:
+            # DatabaseError: IntegrityError, OperationalError, ProgrammingError, and a file
+            # that is not a database at all (it was a traceback)
             # Optuna wraps the driver's error in StorageInternalError: judge the cause
             e = raised.__cause__ if isinstance(raised, optuna.exceptions.StorageInternalError) \
                 and raised.__cause__ is not None else raised
