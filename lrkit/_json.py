@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Any
+import os
+from typing import Any, Iterable
 
-__all__ = ["finite_or_none"]
+__all__ = ["finite_or_none", "read_object"]
 
 
 def finite_or_none(obj: Any) -> Any:
@@ -18,3 +20,30 @@ def finite_or_none(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [finite_or_none(v) for v in obj]
     return obj
+
+
+def read_object(text_or_path: Any, kind: str, keys: Iterable[str]) -> dict:
+    """The JSON object in ``text_or_path`` (a JSON string, or a path to a file holding one),
+    which must hold ``keys`` (``kind``, e.g. ``"RangeTestResult"``, names what was expected).
+    Text that is neither JSON nor a file, invalid JSON, and another object are ValueErrors
+    that say which (they were a FileNotFoundError on the text, a JSONDecodeError, a KeyError).
+    """
+    if not isinstance(text_or_path, (str, os.PathLike)):
+        raise TypeError(f"text_or_path must be a JSON string or a path, got "
+                        f"{type(text_or_path).__name__}")
+    text, where = str(text_or_path), "the JSON text"
+    if not text.lstrip().startswith(("{", "[")):
+        if not os.path.isfile(text):
+            raise ValueError(f"text_or_path is neither a JSON object nor an existing file: "
+                             f"{text[:80]!r}")
+        with open(text, encoding="utf-8") as fh:
+            text, where = fh.read(), repr(str(text_or_path))
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where} is not valid JSON ({e})") from None
+    keys = list(keys)
+    if not isinstance(d, dict) or not set(keys) <= d.keys():
+        raise ValueError(f"{where} is not a {kind}'s JSON ({kind}.to_json writes an object "
+                         f"with {', '.join(repr(k) for k in keys)})")
+    return d

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._json import read_object
 from .errors import check_choice, check_group_lrs, check_int, check_positive, check_range
 
 # not `from . import suggest`: the package's lazy attribute `lrkit.suggest` is the function
@@ -206,11 +207,8 @@ class RangeTestResult:
     @classmethod
     def from_json(cls, text_or_path: str) -> "RangeTestResult":
         """Parse :meth:`to_json` output (a JSON string, or a path to a file holding one)."""
-        text = text_or_path
-        if not text.lstrip().startswith("{"):
-            with open(text_or_path, encoding="utf-8") as fh:
-                text = fh.read()
-        return cls.from_dict(json.loads(text))
+        return cls.from_dict(read_object(text_or_path, "RangeTestResult",
+                                         ("lrs", "losses", "suggestion")))
 
     def plot(self, path: str | None = None, *, ax: Any = None, peers: bool = True) -> Any:
         """Draw the curve (raw and smoothed) with the suggestion and its band marked, and the

@@ -198,6 +198,16 @@ def test_json_round_trip_and_plot(tmp_path):
     assert back.suggestion == res.suggestion and back.stop_reason == res.stop_reason
     assert set(back.suggestions) >= {"lrkit", "valley", "steepest", "lightning"}
     assert "recommended_num_iter" in back.num_iter_advice
+    assert RangeTestResult.from_json(tmp_path / "r.json").to_json() == text  # a Path too
+    # each wrong input says what it is (a KeyError, a JSONDecodeError, and a FileNotFoundError
+    # on the text itself before)
+    with pytest.raises(ValueError, match=r"not a RangeTestResult's JSON .*'lrs'"):
+        RangeTestResult.from_json('{"best_lr": 0.1, "trials": []}')  # a SearchResult's
+    (tmp_path / "cut.json").write_text(text[:50])
+    with pytest.raises(ValueError, match=r"cut.json' is not valid JSON"):
+        RangeTestResult.from_json(str(tmp_path / "cut.json"))
+    with pytest.raises(ValueError, match="neither a JSON object nor an existing file"):
+        RangeTestResult.from_json(str(tmp_path / "missing.json"))
     res.plot(str(tmp_path / "r.png"))
     assert (tmp_path / "r.png").stat().st_size > 5000
 

@@ -413,6 +413,8 @@ def test_result_round_trips_and_plots(tmp_path: Path, capsys: pytest.CaptureFixt
     assert SearchResult.from_json(res.to_json()) == res
     res.to_json(str(tmp_path / "r.json"))
     assert SearchResult.from_json(str(tmp_path / "r.json")) == res
+    with pytest.raises(ValueError, match=r"not a SearchResult's JSON .*'trials'"):
+        SearchResult.from_json('{"lrs": [], "losses": [], "suggestion": {}}')
     png = res.plot(str(tmp_path / "r.png"))
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| 2 | 0.01 |" in res.table()

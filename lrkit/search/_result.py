@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 from .._json import finite_or_none as _clean
+from .._json import read_object
 
 __all__ = ["TrialRecord", "SearchResult", "result_from_study"]
 
@@ -191,11 +192,7 @@ class SearchResult:
     @classmethod
     def from_json(cls, text_or_path: str) -> "SearchResult":
         """Read :meth:`to_json`'s text, or a file holding it."""
-        text = text_or_path
-        if not text_or_path.lstrip().startswith("{"):
-            with open(text_or_path) as f:
-                text = f.read()
-        return cls.from_dict(json.loads(text))
+        return cls.from_dict(read_object(text_or_path, "SearchResult", ("trials", "best_lr")))
 
 
 def told_diverged(t: Any) -> bool:
