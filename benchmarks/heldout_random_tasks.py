@@ -36,6 +36,7 @@ import random
 import sys
 import tempfile
 import time
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +224,20 @@ def _char_task(rng: random.Random, i: int) -> tuple[dict, Task]:
                 loss=next_token_cross_entropy, evaluate=evaluate,
                 train_size=(len(charlm.load()["train"]) - 1) // ctx, worst=math.inf)
     return cfg, task
+
+
+def stored(sets: str, keep: Callable[[dict], bool], prefix: str = "random"
+           ) -> list[tuple[str, int, int, dict]]:
+    """``(set name, set seed, row, stored row)`` for the rows of the stored sets
+    ``results/heldout/<prefix>-K.json`` (``sets``: comma-separated K) whose task ``keep(cfg)``
+    accepts: what the analyses of the held-out sets re-run."""
+    out = []
+    for k in sets.split(","):
+        name = f"{prefix}-{int(k)}"
+        rows = json.loads((Path(__file__).parent / "results" / "heldout" / f"{name}.json")
+                          .read_text())
+        out += [(name, int(k), i, st) for i, st in enumerate(rows) if keep(st["cfg"])]
+    return out
 
 
 def task_at(seed: int, row: int, arch: str = "mlp") -> tuple[dict, Task]:

@@ -129,13 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--out", type=Path, default=None, help="keep the curves (JSON)")
     a = p.parse_args(argv)
-    jobs = []
-    for k in a.sets.split(","):
-        path = HERE / "results" / "heldout" / f"random-{k}.json"
-        for row, st in enumerate(json.loads(path.read_text())):
-            if st["cfg"]["data"] == "digits" and st["cfg"]["scored"] in ("cross_entropy",
-                                                                         "accuracy"):
-                jobs.append((f"random-{k}", int(k), row, st))
+    jobs = H.stored(a.sets, lambda c: c["data"] == "digits"
+                    and c["scored"] in ("cross_entropy", "accuracy"))
     with mp.get_context("fork").Pool(a.workers) as pool:
         rows = list(pool.imap_unordered(curves, jobs))
     if a.out is not None:

@@ -117,12 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", type=Path, default=None, help="keep the rung-1 curves (JSON)")
     a = p.parse_args(argv)
-    jobs = []
-    for k in range(6):
-        path = HERE / "results" / "heldout" / f"random-{k}.json"
-        for row, st in enumerate(json.loads(path.read_text())):
-            if st["cfg"]["data"] in a.data and st["cfg"]["scored"] in a.scored:
-                jobs += [(f"random-{k}", k, row, st, s) for s in (0, 1)]
+    jobs = [job + (s,) for job in H.stored("0,1,2,3,4,5", lambda c: c["data"] in a.data
+                                               and c["scored"] in a.scored) for s in (0, 1)]
     with mp.get_context("fork").Pool(a.workers) as pool:
         rows = list(pool.imap_unordered(rung1, jobs))
     if a.out is not None:

@@ -18,7 +18,6 @@ confidence bound over the val examples) that would undo a noisy-winner bias.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import sys
 from pathlib import Path
@@ -114,13 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--z", default="0,0.5,1,2")
     p.add_argument("--workers", type=int, default=1)
     a = p.parse_args(argv)
-    jobs = []
-    for k in a.sets.split(","):
-        name = f"random-{k}"
-        for row, st in enumerate(json.loads((HERE / "results" / "heldout" / f"{name}.json")
-                                            .read_text())):
-            if st["cfg"]["scored"] == "cross_entropy" and st["cfg"]["data"] == a.data:
-                jobs.append((name, int(k), "mlp", row, st))
+    jobs = [(name, k, "mlp", row, st) for name, k, row, st in H.stored(
+        a.sets, lambda c: c["scored"] == "cross_entropy" and c["data"] == a.data)]
     print(f"{len(jobs)} tasks ({a.data}, scored by test log-loss)", flush=True)
     with mp.get_context("fork").Pool(a.workers) as pool:
         rows = list(pool.imap_unordered(per_example, jobs))
