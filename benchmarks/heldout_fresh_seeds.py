@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{100 * r['regret']:+7.1f}%  ({r['wall']:.0f} s)", flush=True)
             a.out.write_text(json.dumps(sorted(rows, key=lambda r: (r["set"], r["row"],
                                                                     r.get("resplit", 0))),
-                                        indent=1))
+                                        separators=(",", ":")))
     print(summary(rows) if a.resplit is None else resplit_summary(rows))
     return 0
 
