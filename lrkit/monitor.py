@@ -817,6 +817,8 @@ class Monitor:
             seen = (f"The loss is still falling steadily ({share:.0%} of its drop came in the "
                     f"second half, {rel:.0%} below its start)")
             ev["reading"] = "still_falling"
+            if self._g_ref:  # the gradient norm's peak since the first block, x its level there
+                ev["grad_rise"] = round(self._g_peak / self._g_ref, 3)
             if rel < th.low_sure_drop:
                 ev["confidence"] = "high"
                 self._raise("lr_too_low", step, ev, f"{seen}: raise the LR about 10x, or run "

@@ -229,6 +229,16 @@ def test_a_falling_loss_far_below_its_start_is_told_the_lr_may_be_low_not_to_rai
     assert "no lower than at its start" in flat.action and "lrkit find" in flat.action
     with pytest.raises(ValueError, match="low_sure_drop"):
         Thresholds(low_sure_drop=1.5)
+    # the evidence says how far the gradient norm rose since the first block (best-LR runs of
+    # held-out conv nets: 1.2-25x; most 100x too low: under 1.1x; a partial separation,
+    # recorded, not a rule: results/monitor-heldout.md, seventeenth round)
+    line = [2.3 * (1 - 0.3 * t / 100) if t <= 100 else 1.61 - 0.0001 * t for t in range(n)]
+    level = _run(line, total=n, grads=[1.0] * n).finding("lr_too_low")
+    assert level.evidence["grad_rise"] == pytest.approx(1.0)
+    rising = [1.0 + min(max(t - 20, 0), 80) / 80 for t in range(n)]  # 2x from step 100 on
+    f = _run(line, total=n, grads=rising).finding("lr_too_low")
+    assert 1.8 < f.evidence["grad_rise"] <= 2.0 and f.evidence["confidence"] == "low"
+    assert "grad_rise" not in _run(line, total=n).finding("lr_too_low").evidence  # no norms
 
 
 def test_a_plateau_before_the_schedules_own_decay_is_not_advised_a_decay():
