@@ -474,6 +474,9 @@ class _ValSource(Callback):
                     " (then fit(evaluate=..., eval_every=...) supplies them)")
         self.evaluate, self.eval_every = evaluate, eval_every
 
+    def needs_eval(self) -> bool:
+        return self.evaluate is None
+
     def on_step_end(self, info: StepInfo) -> bool | str | None:
         if self.evaluate is not None and (info.step + 1) % self.eval_every == 0:
             with evaluating(info.model):
@@ -636,6 +639,9 @@ class DecayOnPlateau(_LRScaler, _ValSource):
 
     def _target(self, i: int, base: float) -> float | None:
         return base * self.state.scale
+
+    def needs_eval(self) -> bool:
+        return self.source == "val" and self.evaluate is None
 
     def _report(self, step: int, metric: float) -> None:
         before = self.state.scale

@@ -98,6 +98,11 @@ class Callback:
     def on_train_end(self, result: "FitResult") -> None:
         pass
 
+    def needs_eval(self) -> bool:
+        """Whether this callback acts on validation metrics that only ``fit(evaluate=...,
+        eval_every=...)`` would supply (``fit`` refuses to start without them)."""
+        return False
+
 
 class DivergenceStop(Callback):
     """Stop when the loss explodes: causal debiased EMA of the loss > ``factor`` × reference.
@@ -450,7 +455,10 @@ def fit(
     ``track_grad_norm`` computes the global gradient norm every step for callbacks (it is
     computed anyway when clipping); off by default because it costs a pass over the gradients.
     An optimizer with ``train()``/``eval()`` modes (schedule-free) is switched to ``train()``
-    first.
+    first. ``evaluate(model)`` is called every ``eval_every`` updates and its value handed to
+    every callback's ``on_eval``; the two go together, and a callback that acts on validation
+    metrics (``EarlyStopping``, ``DecayOnPlateau(source="val")``) without an ``evaluate`` of its
+    own is refused before any step when ``fit`` has none.
     """
     num_steps = check_int("num_steps", num_steps, minimum=1)
     accumulation_steps = check_int("accumulation_steps", accumulation_steps, minimum=1)
@@ -462,6 +470,16 @@ def fit(
         check_int("eval_every", eval_every, minimum=1)
         if evaluate is None:
             raise ValueError("eval_every needs evaluate=callable(model) -> metric")
+    elif evaluate is not None:  # it was never called: a silent no-op
+        raise ValueError("evaluate needs eval_every=N (evaluate every N updates)")
+    # an EarlyStopping that never sees a metric never stops, silently (a callback need not
+    # subclass Callback: one without needs_eval needs nothing)
+    blind = [type(cb).__name__ for cb in callbacks
+             if evaluate is None and hasattr(cb, "needs_eval") and cb.needs_eval()]
+    if blind:
+        raise ValueError(f"{blind[0]} acts on a validation metric, and nothing supplies one: "
+                         f"pass evaluate=callable(model) -> metric and eval_every=N to it or "
+                         f"to fit")
     check_optimizer("optimizer", optimizer, model)
     compute = step_fn if step_fn is not None else _default_step_fn(loss_fn)
     dev = check_device("device", device)

@@ -146,6 +146,34 @@ def test_early_stopping_patience_and_restore():
         EarlyStopping(evaluate=lambda m: 0.0)
 
 
+def test_a_callback_that_needs_a_val_metric_no_one_supplies_is_refused():
+    """EarlyStopping() and DecayOnPlateau() with no evaluate of their own, in a fit without
+    evaluate/eval_every (or in train.run, which passes none), never saw a metric: the run went
+    to its end without a word. fit(evaluate=...) without eval_every never called it either."""
+    model, batches = _linear()
+    w = model.weight.detach().clone()
+
+    def go(**kw):
+        return train.fit(model, torch.optim.SGD(model.parameters(), lr=0.01), batches,
+                         num_steps=20, loss_fn=nn.functional.mse_loss, **kw)
+
+    for cb in (EarlyStopping(), DecayOnPlateau()):
+        with pytest.raises(ValueError, match=f"{type(cb).__name__} acts on a validation metric"):
+            go(callbacks=[cb])
+        assert torch.equal(model.weight.detach(), w)  # refused before any step
+    with pytest.raises(ValueError, match="evaluate needs eval_every"):
+        go(evaluate=lambda m: 0.0)
+    with pytest.raises(ValueError, match="EarlyStopping acts on a validation metric"):
+        train.run(tasks.get("logreg"), 0.5, steps=5, callbacks=[EarlyStopping()])
+    # supplied by fit, by the callback itself, or not needed (the training loss as the source)
+    metrics = iter([1.0, 0.9, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8])
+    out = go(callbacks=[EarlyStopping(patience=1)], evaluate=lambda m: next(metrics),
+             eval_every=2)
+    assert out.stop_reason == "early_stop" and out.steps_done == 8
+    go(callbacks=[EarlyStopping(evaluate=lambda m: 0.0, eval_every=5)])
+    go(callbacks=[DecayOnPlateau(source="loss", every=5)])
+
+
 @needs_hook
 def test_clip_callback_equals_fits_own_clipping():
     ref, batches = _linear()
