@@ -247,6 +247,8 @@ class JsonlLogger(_Recorder):
         if not isinstance(path, (str, Path)):
             raise TypeError(f"path must be a str or Path, got {type(path).__name__}")
         self.path = Path(path)
+        if self.path.is_dir():  # it was IsADirectoryError once training had started
+            raise ValueError(f"path must be a file to write, got the folder {str(path)!r}")
         self.meta = dict(meta or {})
         json.dumps(self.meta)  # fail at the door on a non-JSON-able meta
         self._file: Any = None

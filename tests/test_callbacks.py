@@ -88,6 +88,8 @@ def test_jsonl_fields_grad_norm_and_nan(tmp_path):
     assert {k for r in steps for k in r} <= set(LOG_FIELDS)
     assert [r["loss"] for r in steps] == out.losses
     assert [r["grad_norm"] for r in steps] == pytest.approx(out.grad_norms, rel=1e-6)
+    with pytest.raises(ValueError, match="path must be a file to write, got the folder"):
+        JsonlLogger(path.parent)  # was IsADirectoryError once the run had started
     # without fit's norm, the logger computes it: for MSE on a linear model, by hand
     model, batches = _linear()
     w0 = model.weight.detach().clone(), model.bias.detach().clone()
