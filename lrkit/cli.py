@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -194,9 +195,30 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """``--json``/``--plot`` destinations, before any work: their folders are made, and a
+    folder given as the file or one that cannot be made is refused (``lrkit find --json
+    missing/dir/r.json`` ran the whole range test, then raised FileNotFoundError)."""
+    for name in ("json", "plot"):
+        value = getattr(args, name, None)
+        if not value or not isinstance(value, str):
+            continue
+        path = Path(value)
+        if path.is_dir():
+            raise ValueError(f"--{name}: {value!r} is a folder; give a file to write")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"--{name}: cannot make the folder {str(path.parent)!r} "
+                             f"({e.strerror or type(e).__name__})") from None
+        if not os.access(path.parent, os.W_OK):
+            raise ValueError(f"--{name}: the folder {str(path.parent)!r} is not writable")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     try:
+        _check_outputs(args)
         if args.area == "schedule":
             if args.command == "demo":
                 _schedule_demo(args.out, args.steps)

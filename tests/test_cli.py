@@ -49,6 +49,27 @@ def test_find_writes_json_and_plot(tmp_path, capsys):
     assert "suggested lr" in capsys.readouterr().out or data["suggestion"]["lr"] is None
 
 
+def test_output_paths_are_checked_before_the_work(tmp_path, monkeypatch, capsys):
+    """``--json missing/dir/r.json`` ran the whole range test, then raised FileNotFoundError:
+    its folder is now made first; a folder in its place is refused before any step."""
+    from lrkit import finder
+
+    js = tmp_path / "new" / "dir" / "r.json"
+    assert main(["find", "--task", TINY, "--num-iter", "40", "--json", str(js),
+                 "--no-progress"]) == 0
+    assert json.loads(js.read_text())["lrs"]
+    ran = []
+    monkeypatch.setattr(finder, "find_lr", lambda *a, **k: ran.append(1))
+    for flag in ("--json", "--plot"):
+        assert main(["find", "--task", TINY, flag, str(tmp_path), "--no-progress"]) == 2
+        assert f"{flag}: {str(tmp_path)!r} is a folder" in capsys.readouterr().err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["search", "--task", TINY, "--plot", str(blocker / "p.png")]) == 2
+    assert "--plot: cannot make the folder" in capsys.readouterr().err
+    assert ran == []
+
+
 def test_bench_oracle_writes_json_and_png(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LRKIT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "bench"
