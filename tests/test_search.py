@@ -61,7 +61,8 @@ def test_mask_url(url: str, masked: str) -> None:
     (dict(cv_folds=1), ValueError, "cv_folds must be an integer >= 2"),
     (dict(pruner="asha"), ValueError, "pruner must be one of"),
     (dict(schedules="cosine"), TypeError, "schedules must be a non-empty list"),
-    (dict(schedules=["cosine", "cosin"]), ValueError, "schedules\\[\\] must be one of"),
+    (dict(schedules=["cosine", "cosin"]), ValueError, "schedules\\[1\\] must be one of"),
+    (dict(schedules=["cosine", "cosine"]), ValueError, "schedules must not repeat a family"),
     (dict(storage="nowhere"), ValueError, "storage must be a database URL"),
     (dict(storage=3), TypeError, "storage must be None"),
 ])

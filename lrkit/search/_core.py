@@ -134,15 +134,12 @@ def _check_args(method: str, pruner: str, low: Any, high: Any, n_trials: Any, bu
         raise ValueError(f"study_name must be a non-empty string, got {study_name!r}")
     if schedules is None:
         return None
-    from ..schedules import FAMILIES
+    from ..schedules import check_families
 
     if isinstance(schedules, str) or not isinstance(schedules, Sequence) or not schedules:
         raise TypeError(f"schedules must be a non-empty list of schedule family names, got "
                         f"{schedules!r}")
-    out = [check_choice("schedules[]", s, FAMILIES) for s in schedules]
-    if len(set(out)) != len(out):
-        raise ValueError(f"schedules must not repeat a family, got {list(schedules)!r}")
-    return out
+    return list(check_families("schedules", schedules))  # names the entry: schedules[1]
 
 
 def _default_name(task_name: str, method: str, args: dict) -> str:
