@@ -1068,6 +1068,9 @@ class Log:
 
     Arrays are numpy arrays over the logged updates; ``grad_norm`` and ``val_metric`` hold NaN
     where a line had none; ``findings`` are the last version of each finding written in the log.
+    ``restarts`` lists ``(step, superseded)`` for each place where the steps went back (a run
+    resumed from a checkpoint and appended to the same log): the resumed records replace the
+    ``superseded`` earlier ones from that step on.
     """
 
     meta: dict
@@ -1078,6 +1081,7 @@ class Log:
     val_metric: Any
     findings: list[Finding]
     end: dict | None
+    restarts: list[tuple[int, int]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.step)
@@ -1094,7 +1098,7 @@ def read_log(path: str | Path) -> Log:
     meta: dict = {}
     end = None
     rows: list[dict] = []
-    found: dict[str, Finding] = {}
+    restarts: list[tuple[int, int]] = []
     import gzip
 
     opener = gzip.open if p.suffix == ".gz" else open
@@ -1117,9 +1121,15 @@ def read_log(path: str | Path) -> Log:
                 if "step" not in obj or "loss" not in obj:
                     raise ValueError(f"{p}:{i}: a step line needs 'step' and 'loss', got "
                                      f"{sorted(obj)}")
+                if rows and int(obj["step"]) <= int(rows[-1]["step"]):  # a resumed run
+                    keep = [r for r in rows if int(r["step"]) < int(obj["step"])]
+                    restarts.append((int(obj["step"]), len(rows) - len(keep)))
+                    rows, end = keep, None
                 rows.append(obj)
-                for fd in obj.get("findings") or ():
-                    found[fd["kind"]] = Finding.from_dict(fd)
+    found: dict[str, Finding] = {}
+    for r in rows:
+        for fd in r.get("findings") or ():
+            found[fd["kind"]] = Finding.from_dict(fd)
 
     def col(key: str) -> Any:
         return np.array([np.nan if r.get(key) is None else float(r[key]) for r in rows],
@@ -1127,7 +1137,8 @@ def read_log(path: str | Path) -> Log:
 
     return Log(meta=meta, step=np.array([int(r["step"]) for r in rows], dtype=int),
                loss=col("loss"), lr=col("lr"), grad_norm=col("grad_norm"),
-               val_metric=col("val_metric"), findings=list(found.values()), end=end)
+               val_metric=col("val_metric"), findings=list(found.values()), end=end,
+               restarts=restarts)
 
 
 def _meta_schedule(meta: Mapping[str, Any]) -> Any:
@@ -1268,6 +1279,8 @@ def cli_main(args: argparse.Namespace) -> int:
     else:
         print(f"{args.log}: {len(log)} updates"
               + (f", stop reason {log.end.get('stop_reason')}" if log.end else ""))
+        for step, superseded in log.restarts:
+            print(f"  resumed at step {step}: its records replace {superseded} earlier ones")
         if not found:
             print("no findings")
         for f in found:

@@ -541,6 +541,28 @@ def test_read_log_checks_and_cli(tmp_path, capsys):
         assert want in capsys.readouterr().err
 
 
+def test_a_resumed_run_appended_to_its_log_replaces_the_steps_it_retraced(tmp_path, capsys):
+    """A run resumed from its step-60 checkpoint and appended to the same log: its steps go back
+    (lrkit monitor stopped with "step must increase, got 60 after 99"). The resumed records
+    replace the first attempt's from that step on, findings and end line included."""
+    from lrkit import cli
+
+    first = [{"lrkit_log": 1, "meta": {"steps": 100}}]
+    first += [{"step": t, "loss": 2.3 - 0.005 * t, "lr": 1e-4} for t in range(100)]
+    first[-1]["findings"] = [{"kind": "plateau", "step": 99, "evidence": {}, "action": "x"}]
+    first += [{"end": {"stop_reason": "interrupted"}}]
+    resumed = [{"step": t, "loss": 1.0 - 0.001 * t, "lr": 1e-3} for t in range(60, 120)]
+    path = tmp_path / "resumed.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in first + resumed) + "\n")
+    log = read_log(path)
+    assert log.step.tolist() == list(range(120)) and log.restarts == [(60, 40)]
+    assert log.loss[59] == pytest.approx(2.3 - 0.005 * 59) and log.loss[60] == pytest.approx(0.94)
+    assert log.lr[60] == 1e-3 and log.findings == [] and log.end is None
+    assert cli.main(["monitor", str(path), "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    assert "120 updates" in out and "resumed at step 60: its records replace 40 earlier" in out
+
+
 def test_update_cost_is_constant_per_step():
     # blocks are kept, but each check is a binary search: 20x more updates cost ~20x the time
     import time
