@@ -1758,11 +1758,10 @@ def cli_main(args: argparse.Namespace) -> int:
     task_ref = args.task
     budget, schedules, seed = args.budget, args.schedules, args.seed
     if args.resume is not None:
-        meta_path = Path(args.resume) / _FILES["meta"]
-        if not meta_path.exists():
+        meta = _Folder(Path(args.resume)).load("meta")
+        if meta is None:
             raise ValueError(f"--resume {args.resume!r}: no {_FILES['meta']} there (not a "
                              "lrkit tune run folder)")
-        meta = _read_json(meta_path)
         out = args.resume
         task_ref = task_ref or meta["task_ref"]
         budget = meta["budget"] if budget is None else budget
