@@ -312,9 +312,20 @@ def test_task_mode_and_confirm_cost():
                                               a.suggestion.band[1] * factor))
     assert c.suggestion.schedules["one_cycle"]["div_factor"] == 25.0
     assert c.suggestion.method == "lrkit+confirm" and c.suggestions["lrkit"] == a.suggestion
-    assert conf["steps"] == 10 * len(cands)
-    assert conf["fraction_of_full_run"] == pytest.approx(10 * len(cands) / 60)
-    assert c.cost_steps == a.cost_steps + 10 * len(cands)
+    # what the full run leaves (>= 2 short runs) trains one longer run at the short-run winner
+    long = conf["long_check"]
+    room = 60 - 10 * len(cands)
+    if room >= 20:
+        assert long["steps"] == room and long["lr"] == best["lr"]
+        assert long["metric"] == run(task, best["lr"], steps=room, seed=0,
+                                     eval_split="val").metric
+        assert f"one of {room} at the winner" in c.suggestion.reason
+    else:
+        assert long is None
+    extra = 10 * len(cands) + (room if long else 0)
+    assert conf["steps"] == extra <= 60
+    assert conf["fraction_of_full_run"] == pytest.approx(extra / 60)
+    assert c.cost_steps == a.cost_steps + extra
     assert c.suggestion.confidence in ("high", "medium")
     # its uncertainty: the nearest runs either side that scored worse beyond noise, in words
     from lrkit.finder import bracket, range_sentence
