@@ -398,15 +398,12 @@ def _blowup(y: np.ndarray) -> int:
     """Length of the curve before it blows up: the first point, once the loss has dropped by
     more than 6 sigma, whose raw loss climbs above the initial level (median of the first 10% of
     points, at least 3, + 2 sigma) by a quarter of the drop seen so far; sigma is the robust
-    step-to-step noise (MAD of first differences / sqrt 2). Not a point whose next two losses
-    are back under that level and after which the loss reaches a new low (2 sigma below the
-    lowest before it): that is a spike (one bad batch), and the descent goes on (a spike at 3e-3
-    on a descent that runs on to 0.1 cut the curve there, and the suggestion was 4e-4; on the
-    35 design curves and the sweeps of 105 random held-out tasks no suggestion moves).
-    Also (for noisy descents that never
+    step-to-step noise (MAD of first differences / sqrt 2). Also (for noisy descents that never
     clear 6 sigma) the first point from which no raw loss comes back below the initial level,
     unless that is only the last point. A rule on raw values, so the diverged tail never reaches
-    the smoother."""
+    the smoother. A one-point spike above the start counts: reading past spikes that the loss
+    recovers from moved one real suggestion, 6x away from the best LR (an Adam instability,
+    cancer-small seed 1; ``benchmarks/RESULTS.md``, eighteenth round)."""
     k0 = max(3, y.size // 10)
     if y.size <= k0:
         return y.size
@@ -415,23 +412,11 @@ def _blowup(y: np.ndarray) -> int:
     sigma = 1.4826 * float(np.median(np.abs(d - np.median(d)))) / math.sqrt(2.0)
     top = float(np.median(y[:k0])) + 2.0 * sigma
     drop = top - run_min[k0:]
-    limit = np.concatenate([np.full(k0, np.inf), top + 0.25 * drop])
-    over = k0 + np.flatnonzero((drop > 6 * sigma) & (y[k0:] > limit[k0:]))
-    # a spike is not the blow-up: the next two losses are back under the limit, and the descent
-    # goes on to a new low (by 2 sigma). Instability near the edge also dips to new lows on its
-    # way up, but it crosses for two points in a row first (a flat val-loss sweep: 5.698,
-    # 5.719, then 5.49 and 5.20 among its swings before it diverged)
-    later_min = np.minimum.accumulate(y[::-1])[::-1]  # min of y[i:], for every i
-    n = y.size
-    for i in over:
-        if (i + 3 < y.size and max(y[i + 1], y[i + 2]) <= min(limit[i + 1], limit[i + 2])
-                and later_min[i + 1] < run_min[i] - 2.0 * sigma):
-            continue
-        n = int(i)
-        break
+    over = np.flatnonzero((drop > 6 * sigma) & (y[k0:] > top + 0.25 * drop))
+    n = int(k0 + over[0]) if over.size else y.size
     # a noisy descent may never clear 6 sigma: then cut where the loss leaves its starting level
     # for good (from there on no raw loss comes back below it), the diverged tail
-    never_back = np.flatnonzero(later_min[k0:] > top)
+    never_back = np.flatnonzero(np.minimum.accumulate(y[::-1])[::-1][k0:] > top)
     if never_back.size and k0 + int(never_back[0]) < y.size - 1:
         n = min(n, k0 + int(never_back[0]))
     return n

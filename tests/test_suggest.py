@@ -258,30 +258,20 @@ def test_lrkit_never_suggests_from_nan_or_the_diverged_tail():
     assert s2.found and s2.lr < lrs[85] / 3
 
 
-def test_a_one_batch_spike_mid_descent_is_not_the_blow_up():
-    """One raw loss far above the start in the middle of the descent (one bad batch), after
-    which the loss reaches new lows: the curve is not cut there, and the suggestion is the one
-    of the same curve without the spike (it was 4e-4, below the spike, where the valley lies
-    near 0.03). A loss that climbs above the start and never makes a new low is still cut."""
+def test_a_loss_above_the_start_mid_descent_is_read_as_the_blow_up():
+    """One raw loss above the start in the middle of the descent cuts the curve there, even
+    when the loss recovers and falls further: one sweep cannot tell a bad batch from an
+    instability, and reading past it moved a real suggestion 6x away from the best LR
+    (cancer-small seed 1 under Adam: 1.05 at 0.01 where the start is 0.70, then the training
+    loss fell towards 1e-4 before it blew up)."""
     lrs, y = _bowl(x_drop=-2.5, x_blow=0.2, noise=0.02)
-    clean = S.suggest(lrs, y)
     k = int(np.argmin(np.abs(lrs - 3e-3)))
     spiked = y.copy()
     spiked[k] = 3.0
-    assert S._blowup(spiked) == S._blowup(y) > k
+    assert spiked[k + 3:].min() < spiked[:k].min() - 0.1  # it recovers and goes lower
+    assert S._blowup(spiked) == k < S._blowup(y)
     s = S.suggest(lrs, spiked)
-    assert s.found and s.lr > 3 * lrs[k]
-    assert s.lr == pytest.approx(clean.lr, rel=0.1)
-    # the same jump followed by losses that stay above the lowest before it: the blow-up
-    stuck = spiked.copy()
-    stuck[k + 1:] = np.maximum(stuck[k + 1:], spiked[:k].min() + 0.05)
-    assert S._blowup(stuck) == k
-    # instability swings: above the start for two losses in a row, then dips to new lows on
-    # its way up (seen on a val-loss sweep at the edge of stability): the blow-up, not a spike
-    swing = spiked.copy()
-    swing[k + 1] = 3.0
-    assert swing[k + 3:].min() < spiked[:k].min()
-    assert S._blowup(swing) == k
+    assert s.found and s.lr < lrs[k]
 
 
 def test_no_clear_descent_is_reported_not_invented():
