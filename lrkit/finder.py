@@ -440,7 +440,10 @@ def find_lr(
     suggestion is that LR scaled by ``t* / steps``, so the full run covers the same ``lr x t``.
     Otherwise what is left of that one full run (when it is at least two short runs) trains
     one longer run at the winner, read the same way for overfitting that starts beyond the
-    short runs' horizon (``confirm["long_check"]``). Confirm then costs about one full run.
+    short runs' horizon (``confirm["long_check"]``: its ``lr``, ``steps``, ``metric`` and
+    ``val_curve``; ``overfit_fraction`` when it rescaled the winner; ``not_read``, the reason,
+    when its peak was within its noise or time rescaling did not hold below the winner).
+    Confirm then costs about one full run.
 
     Without ``confirm``, ``val_loader`` makes the sweep record the mean validation loss over
     the whole loader after every step instead of the training loss (torch-lr-finder's val
@@ -1103,7 +1106,7 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
     table: list[dict] = []
     spent = 0
 
-    def trial(lr: float, n: int = steps) -> dict:
+    def trial(lr: float, n: int = steps, short: bool = True) -> dict:
         nonlocal spent
         track = _ValTrack(task, every=max(1, n // CONFIRM_EVALS), steps=n)
         out = _train.run(task, lr, steps=n, seed=seed, eval_split="val", callbacks=[track])
@@ -1112,7 +1115,7 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
                "scored": out.scored, "val_curve": track.curve + [(out.steps_done, out.metric)],
                "train_losses": [float(v) for v in out.losses],
                "lrs": [float(v) for v in out.lrs]}
-        if n == steps:
+        if short:
             table.append(row)
         if bar is not None:
             bar.update(1)
@@ -1185,12 +1188,13 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
         # that sets in beyond the short runs' horizon
         if bar is not None:
             bar.total += 1
-        row = trial(winner, room)
+        row = trial(winner, room, short=False)
         long_check = {k: row[k] for k in ("lr", "steps", "metric", "diverged", "val_curve",
                                           "lrs")}
         own = overfit_step(task, row, [row])
-        if own is not None and not _long_rise_is_real(task, row, best, table):
-            long_check["not_read"] = True
+        doubt = _long_rise_doubt(task, row, best, table) if own is not None else None
+        if doubt is not None:
+            long_check["not_read"] = doubt
             own = None
         if own is not None:
             horizon, fraction = row["steps"], own[0]
@@ -1256,7 +1260,9 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
     lr_range = [br["below"], br["above"]]
     if long_check is not None:
         why += (f"; a longer run at it ({long_check['steps']} steps) "
-                + ("diverged" if long_check["diverged"] else "did not overfit"))
+                + ("diverged" if long_check["diverged"] else
+                   f"peaked and worsened, not read: {long_check['not_read']}"
+                   if "not_read" in long_check else "did not overfit"))
     why += (f"; {range_sentence(lr_range, br['alike'])}; started from {origin}; {runs_said} = "
             f"{spent / full:.2f} of a full run (range test + confirm: {cost / full:.2f})")
     conf, why = _too_short(conf, why, steps, candidates, full)
@@ -1458,9 +1464,9 @@ def _overfits_beyond(task: Any, best: dict, table: list[dict]) -> str | None:
     return None
 
 
-def _long_rise_is_real(task: Any, long: dict, best: dict, runs: list[dict]) -> bool:
-    """Whether the longer run's val peak (:func:`_overfit_point`) may time-rescale the winner.
-    Two checks the short runs do not need (there the run above and the runs below at the same
+def _long_rise_doubt(task: Any, long: dict, best: dict, runs: list[dict]) -> str | None:
+    """Why the longer run's val peak (:func:`_overfit_point`) may not time-rescale the winner,
+    or ``None`` when it may. Two checks the short runs do not need (there the run above and the runs below at the same
     horizon are the comparison), each seen failing on random held-out tasks
     (``benchmarks/heldout_random_tasks.py``):
 
@@ -1476,21 +1482,28 @@ def _long_rise_is_real(task: Any, long: dict, best: dict, runs: list[dict]) -> b
       diabetes regression under cosine: the winner's short run had val MSE 0.555 where the run
       below ended at 0.612 at the same ``lr x t``; rescaled 8-16x down, +20.7% instead of
       +3.9%)."""
-    curve = _finite_points(long.get("val_curve", []))
-    values = [v for _, v in curve]
+    values = [v for _, v in _finite_points(long.get("val_curve", []))]
     peak = _overfit_point(task, long)
-    if peak is None or abs(values[-1] - peak[1]) <= 2.0 * metric_noise(values):
-        return False
+    if peak is None:
+        return "no peak"
+    noise = metric_noise(values)
+    if abs(values[-1] - peak[1]) <= 2.0 * noise:
+        return (f"its rise, {abs(values[-1] - peak[1]):.3g}, is within twice its evaluations' "
+                f"noise ({noise:.3g})")
     below = sorted((r for r in runs if r["lr"] < best["lr"] and not r["diverged"]),
                    key=lambda r: r["lr"])
     curve_w = _finite_points(best.get("val_curve", []))
     curve_b = _finite_points(below[-1].get("val_curve", [])) if below else []
     if len(curve_w) < 2 or not curve_b:
-        return False
+        return "no short run below the winner to check time rescaling against"
     t = _step_at(best, _tau(below[-1])(curve_b[-1][0]), curve_w[-1][0])
     matched = float(np.interp(t, [x for x, _ in curve_w], [v for _, v in curve_w]))
     size = abs(curve_w[0][1] - curve_w[-1][1])
-    return _rank_key(task, curve_b[-1][1]) - _rank_key(task, matched) <= COLLAPSE_GAP * size
+    if _rank_key(task, curve_b[-1][1]) - _rank_key(task, matched) > COLLAPSE_GAP * size:
+        return (f"the run at {below[-1]['lr']:.3g} ends worse ({curve_b[-1][1]:.4g}) than the "
+                f"winner was at the same integrated LR ({matched:.4g}): time rescaling does not "
+                "hold")
+    return None
 
 
 def overfit_step(task: Any, best: dict, runs: list[dict]) -> tuple[float, str] | None:

@@ -833,7 +833,7 @@ def test_a_longer_runs_peak_counts_only_beyond_noise_and_where_time_rescaling_ho
     beyond the short runs' tau <= 1): read, when the runs obey gradient-flow time (a function
     of lr x t only). Not read when its rise is within twice its own noise, nor when the run
     below is worse at the same lr x t than the winner was (RMSprop's first steps)."""
-    from lrkit.finder import _long_rise_is_real, _overfit_point, metric_noise
+    from lrkit.finder import _long_rise_doubt, _overfit_point, metric_noise
 
     def u(tau):
         return 0.5 + 0.4 * (np.log10(tau / 2.5) ** 2)
@@ -842,12 +842,12 @@ def test_a_longer_runs_peak_counts_only_beyond_noise_and_where_time_rescaling_ho
     below, w = _run(0.005, _tau_curve(0.005, u)), _run(0.01, _tau_curve(0.01, u))
     long = _run(0.01, _tau_curve(0.01, u, steps=500))
     long["train_losses"] = list(np.linspace(1.0, 0.2, 500))
-    assert _long_rise_is_real(t, long, w, [below, w])
+    assert _long_rise_doubt(t, long, w, [below, w]) is None
     # the run below, at its end, worse than the winner at the same lr x t: no rescaling
     slow = _run(0.005, [(x, v + 0.2) for x, v in below["val_curve"]])
-    assert not _long_rise_is_real(t, long, w, [slow, w])
+    assert "time rescaling does not hold" in _long_rise_doubt(t, long, w, [slow, w])
     # no run below the winner to check it against
-    assert not _long_rise_is_real(t, long, w, [w])
+    assert "no short run below" in _long_rise_doubt(t, long, w, [w])
     # the same best and end (0.5 at step 200, 0.56 at the end: +12%), once on a smooth curve
     # and once inside evaluations that jump by more than the rise: only the first is read
     steps = [50 * k for k in range(1, 11)]
@@ -857,7 +857,8 @@ def test_a_longer_runs_peak_counts_only_beyond_noise_and_where_time_rescaling_ho
         run = dict(long, val_curve=list(zip(steps, values)), metric=values[-1])
         assert _overfit_point(t, run) == (200, 0.5)  # a peak by the shared rule, both times
         assert (2 * metric_noise(values) < 0.06) is read
-        assert _long_rise_is_real(t, run, w, [below, w]) is read
+        doubt = _long_rise_doubt(t, run, w, [below, w])
+        assert doubt is None if read else "within twice its evaluations' noise" in doubt
 
 
 def test_runs_that_learn_nothing_are_not_read_as_overfitting():
