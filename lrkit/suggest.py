@@ -593,6 +593,15 @@ def lrkit_rule(lrs: Any, losses: Any, *, bandwidth: float | None = None, k: floa
     resid = y - s
     sigma = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
     i_min = int(np.argmin(s))
+    k0 = max(3, n_ok // 10)
+    if i_min < k0 < n_ok // 2:
+        # the lowest smoothed point in the sweep's first tenth: the local-linear fit at the
+        # sweep's edge extrapolates from one side, and a few low first losses pull it under the
+        # plateau that follows (a random diabetes task under Adam: first losses 0.65, 0.56,
+        # then ~1.1 for four decades, then 0.4-0.7 before the blow-up; read as "falls by 0").
+        # The minimum is read after that block; a curve that is lowest there anyway is flat or
+        # falls from the start, and the tests below say so
+        i_min = k0 + int(np.argmin(s[k0:]))
     i_top = int(np.argmax(s[: i_min + 1]))
     drop = float(s[i_top] - s[i_min])
     se = sigma / math.sqrt(max(float(n_eff[i_min]), 1.0))
