@@ -861,6 +861,72 @@ def test_a_longer_runs_peak_counts_only_beyond_noise_and_where_time_rescaling_ho
         assert doubt is None if read else "within twice its evaluations' noise" in doubt
 
 
+def test_a_longer_run_that_keeps_improving_past_the_short_runs_end():
+    """After the collapse rule, the longer run at the winner decides whether the winner's own
+    best lies later: its val at its end against its val at the short runs' end (step 100),
+    beyond twice its evaluations' noise."""
+    from lrkit.finder import _kept_improving
+
+    t = _LowerBetter()
+    steps = list(range(30, 301, 30))
+    falling = [0.9, 0.7, 0.55, 0.45, 0.4, 0.36, 0.33, 0.31, 0.3, 0.29]
+    long = {"lr": 0.01, "diverged": False, "val_curve": list(zip(steps, falling))}
+    assert _kept_improving(t, long, 100)  # 0.53 at step 100 -> 0.29
+    flat = [0.9, 0.7, 0.5, 0.45, 0.46, 0.44, 0.45, 0.46, 0.44, 0.45]
+    assert not _kept_improving(t, dict(long, val_curve=list(zip(steps, flat))), 100)
+    assert not _kept_improving(t, dict(long, diverged=True), 100)
+    # higher is better: an accuracy that climbs on
+    acc = [1 - v for v in falling]
+    assert _kept_improving(_HigherBetter(), dict(long, val_curve=list(zip(steps, acc))), 100)
+    assert not _kept_improving(_HigherBetter(), long, 100)
+
+
+def test_confirm_on_tiny_data_under_adam_reads_past_the_collapse_point(monkeypatch):
+    """Iris, 60 training examples, an MLP under Adam, 150 steps. The run above the short-run
+    winner replays it and then gets worse, and the collapse rule alone rescales the winner
+    to its short run's end (0.0063). A longer run at the winner kept improving past that
+    point, so the pick moves to that run's end: x longer / short steps, and a full run there
+    scores a better test loss."""
+    from sklearn.datasets import load_iris
+
+    from lrkit import finder
+    from lrkit.train import run
+
+    x, y = load_iris(return_X_y=True)
+    order = np.random.default_rng(0).permutation(150)
+    x = torch.tensor((x - x.mean(0)) / x.std(0), dtype=torch.float32)[order]
+    y = torch.tensor(y)[order]
+
+    def loader(part, batch, shuffle):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[part], y[part]),
+                                           batch_size=batch, shuffle=shuffle)
+
+    def confirm():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        tl, vl = loader(slice(0, 60), 8, True), loader(slice(60, 90), 30, False)
+        r = find_lr(model, opt, tl, F.cross_entropy, val_loader=vl, confirm=True, steps=150,
+                    progress=False)
+        task = from_torch(model, opt, tl, F.cross_entropy, val_loader=vl, steps=150,
+                          test_loader=loader(slice(90, 150), 60, False))
+        return r, task
+
+    r, task = confirm()
+    c = r.confirm
+    long, short = c["long_check"], c["short_run_winner"]
+    assert long is not None and long["lr"] == short and long["overfit_fraction"] == 1.0
+    assert c["winner"] == pytest.approx(short * long["steps"] / 150)
+    assert "kept improving to its end" in r.suggestion.reason
+    monkeypatch.setattr(finder, "LONG_CHECK_COLLAPSE", False)
+    r0, _ = confirm()
+    assert r0.confirm["long_check"] is None and r0.confirm["short_run_winner"] == short
+    assert r0.confirm["winner"] == pytest.approx(short * c["runs"][0]["steps"] / 150)
+    test = [np.mean([run(task, lr, seed=s, eval_split="test").metric for s in (0, 1)])
+            for lr in (c["winner"], r0.confirm["winner"])]
+    assert test[0] < test[1]
+
+
 def test_runs_that_learn_nothing_are_not_read_as_overfitting():
     """Val accuracy stuck near chance in every run (noise of +-0.001): the run above matching
     the winner and then dipping is noise, not a curve past its best; confirm must not scale
