@@ -1198,7 +1198,8 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
     if ((point is None or (collapse and LONG_CHECK_COLLAPSE)) and not best["diverged"]
             and room >= LONG_CHECK_MIN * steps):
         # what the budget has left: one longer run at the winner, read for the overfitting
-        # that sets in beyond the short runs' horizon
+        # that sets in beyond the short runs' horizon (after the collapse rule: for whether
+        # the winner's own best lies later than the point the run above gave)
         if bar is not None:
             bar.total += 1
         row = trial(winner, room, short=False)
@@ -1246,7 +1247,8 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
                    "lr_range": [None if br[k] is None else br[k] * rescaled / winner
                                 for k in ("below", "above")],
                    "rule": ("time-rescaled: short-run winner x (the integrated LR to the best "
-                            "val of " + ("the longer run at it" if long_check else "its run")
+                            "val of "
+                            + ("the longer run at it" if horizon != steps else "its run")
                             + " / the full run's)"),
                    "metric": task.metric, "higher_is_better": task.higher_is_better,
                    "steps": spent, "full_run_steps": full, "fraction_of_full_run": spent / full,
@@ -1497,9 +1499,9 @@ def _kept_improving(task: Any, long: dict, steps: int) -> bool:
 
 def _long_rise_doubt(task: Any, long: dict, best: dict, runs: list[dict]) -> str | None:
     """Why the longer run's val peak (:func:`_overfit_point`) may not time-rescale the winner,
-    or ``None`` when it may. Two checks the short runs do not need (there the run above and the runs below at the same
-    horizon are the comparison), each seen failing on random held-out tasks
-    (``benchmarks/heldout_random_tasks.py``):
+    or ``None`` when it may. Two checks the short runs do not need (there the run above and
+    the runs below at the same horizon are the comparison), each seen failing on random
+    held-out tasks (``benchmarks/heldout_random_tasks.py``):
 
     - the rise from the peak to the end is beyond twice the longer run's own noise
       (:func:`metric_noise`): an RMSprop run at a constant LR on mnist1d fell 0.46 -> 0.43
