@@ -240,6 +240,18 @@ def stored(sets: str, keep: Callable[[dict], bool], prefix: str = "random"
     return out
 
 
+def pooled(fn: Callable, jobs: list, workers: int, out: Path | None = None) -> list:
+    """``fn`` over ``jobs`` in ``workers`` forked processes (rows in the order they finish),
+    kept as JSON in ``out`` when given: what the analyses of the held-out sets run."""
+    import multiprocessing as mp
+
+    with mp.get_context("fork").Pool(workers) as pool:
+        rows = list(pool.imap_unordered(fn, jobs))
+    if out is not None:
+        out.write_text(json.dumps(rows))
+    return rows
+
+
 def task_at(seed: int, row: int, arch: str = "mlp") -> tuple[dict, Task]:
     """Row ``row`` of the set drawn with ``--seed seed`` (its tasks come in order from one RNG)."""
     rng = random.Random(seed)

@@ -18,8 +18,6 @@ point and its neighbours) is ``eta*(t)``. Compared with the test's best at the f
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing as mp
 import sys
 from pathlib import Path
 
@@ -131,11 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     jobs = H.stored(a.sets, lambda c: c["data"] == "digits"
                     and c["scored"] in ("cross_entropy", "accuracy"))
-    with mp.get_context("fork").Pool(a.workers) as pool:
-        rows = list(pool.imap_unordered(curves, jobs))
-    if a.out is not None:
-        a.out.write_text(json.dumps(rows))
-    print(table(rows))
+    print(table(H.pooled(curves, jobs, a.workers, a.out)))
     return 0
 
 

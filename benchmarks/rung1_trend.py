@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import sys
 import tempfile
 from pathlib import Path
@@ -119,11 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     jobs = [job + (s,) for job in H.stored("0,1,2,3,4,5", lambda c: c["data"] in a.data
                                                and c["scored"] in a.scored) for s in (0, 1)]
-    with mp.get_context("fork").Pool(a.workers) as pool:
-        rows = list(pool.imap_unordered(rung1, jobs))
-    if a.out is not None:
-        a.out.write_text(json.dumps(rows))
-    print(table(rows))
+    print(table(H.pooled(rung1, jobs, a.workers, a.out)))
     return 0
 
 

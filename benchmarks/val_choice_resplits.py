@@ -18,7 +18,6 @@ confidence bound over the val examples) that would undo a noisy-winner bias.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import sys
 from pathlib import Path
 
@@ -116,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(name, k, "mlp", row, st) for name, k, row, st in H.stored(
         a.sets, lambda c: c["scored"] == "cross_entropy" and c["data"] == a.data)]
     print(f"{len(jobs)} tasks ({a.data}, scored by test log-loss)", flush=True)
-    with mp.get_context("fork").Pool(a.workers) as pool:
-        rows = list(pool.imap_unordered(per_example, jobs))
+    rows = H.pooled(per_example, jobs, a.workers)
     print(compare(rows, [float(z) for z in a.z.split(",")], a.partitions))
     return 0
 
