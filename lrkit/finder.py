@@ -1441,6 +1441,15 @@ def _step_at(run: Mapping[str, Any], tau: float, steps: float) -> float:
     return float(np.interp(tau, cum, np.arange(cum.size, dtype=float)))
 
 
+def _val_at(run: Mapping[str, Any], curve: Sequence[tuple[Any, float]],
+            tau: float) -> tuple[float, float]:
+    """``(step, val)``: where ``run`` (its finite val ``curve``) has integrated ``tau`` of LR,
+    and its val metric there (linear between evaluations): one run read at another's
+    gradient-flow time."""
+    t = _step_at(run, tau, curve[-1][0])
+    return t, float(np.interp(t, [x for x, _ in curve], [v for _, v in curve]))
+
+
 def _overfits_beyond(task: Any, best: dict, table: list[dict]) -> str | None:
     """Why a full run at the short-run winner's LR would overfit, or ``None``.
 
@@ -1465,8 +1474,7 @@ def _overfits_beyond(task: Any, best: dict, table: list[dict]) -> str | None:
     if len(curve_b) < 2:
         return None
     steps = curve_b[-1][0]
-    t_match = _step_at(b, _tau(best)(curve_w[-1][0]), steps)
-    matched = float(np.interp(t_match, [t for t, _ in curve_b], [v for _, v in curve_b]))
+    t_match, matched = _val_at(b, curve_b, _tau(best)(curve_w[-1][0]))
     w_metric, b_metric = curve_w[-1][1], curve_b[-1][1]  # the end: the runs' metrics
     w_end, b_end = _rank_key(task, w_metric), _rank_key(task, b_metric)
     gap = _rank_key(task, matched) - w_end
@@ -1529,8 +1537,7 @@ def _long_rise_doubt(task: Any, long: dict, best: dict, runs: list[dict]) -> str
     curve_b = _finite_points(below[-1].get("val_curve", [])) if below else []
     if len(curve_w) < 2 or not curve_b:
         return "no short run below the winner to check time rescaling against"
-    t = _step_at(best, _tau(below[-1])(curve_b[-1][0]), curve_w[-1][0])
-    matched = float(np.interp(t, [x for x, _ in curve_w], [v for _, v in curve_w]))
+    _, matched = _val_at(best, curve_w, _tau(below[-1])(curve_b[-1][0]))
     size = abs(curve_w[0][1] - curve_w[-1][1])
     if _rank_key(task, curve_b[-1][1]) - _rank_key(task, matched) > COLLAPSE_GAP * size:
         return (f"the run at {below[-1]['lr']:.3g} ends worse ({curve_b[-1][1]:.4g}) than the "
