@@ -67,7 +67,7 @@ def raw_fall(losses) -> float:
     y = np.asarray(losses, dtype=float)
     y = y[np.isfinite(y)]
     n = S._blowup(y)
-    k0 = max(3, n // 10)
+    k0 = S._start_block(n)
     start = float(np.median(y[:k0]))
     tail = [float(np.median(y[max(0, i - 2):i + 1])) for i in range(k0, n)]
     return (start - min(tail)) / start if tail else 0.0

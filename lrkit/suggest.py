@@ -394,6 +394,12 @@ def _peer(method: str, lrs: np.ndarray, raw: np.ndarray, num_iter: int | None) -
 
 
 # ------------------------------------------------------------------------ lrkit's own rule
+def _start_block(n: int) -> int:
+    """Points in a curve's starting block, its first tenth and at least 3: the initial level of
+    :func:`_blowup`, and where :func:`lrkit_rule` does not read a minimum."""
+    return max(3, n // 10)
+
+
 def _blowup(y: np.ndarray) -> int:
     """Length of the curve before it blows up: the first point, once the loss has dropped by
     more than 6 sigma, whose raw loss climbs above the initial level (median of the first 10% of
@@ -404,7 +410,7 @@ def _blowup(y: np.ndarray) -> int:
     the smoother. A one-point spike above the start counts: reading past spikes that the loss
     recovers from moved one real suggestion, 6x away from the best LR (an Adam instability,
     cancer-small seed 1; ``benchmarks/RESULTS.md``, eighteenth round)."""
-    k0 = max(3, y.size // 10)
+    k0 = _start_block(y.size)
     if y.size <= k0:
         return y.size
     run_min = np.minimum.accumulate(y)
@@ -593,7 +599,7 @@ def lrkit_rule(lrs: Any, losses: Any, *, bandwidth: float | None = None, k: floa
     resid = y - s
     sigma = 1.4826 * float(np.median(np.abs(resid - np.median(resid))))
     i_min = int(np.argmin(s))
-    k0 = max(3, n_ok // 10)
+    k0 = _start_block(n_ok)
     if i_min < k0 < n_ok // 2:
         # the lowest smoothed point in the sweep's first tenth: the local-linear fit at the
         # sweep's edge extrapolates from one side, and a few low first losses pull it under the
