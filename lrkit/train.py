@@ -383,9 +383,14 @@ def check_loader(name: str, loader: Any, why: str | None = "every short run rest
 
 def _default_step_fn(loss_fn: Callable) -> Callable[[nn.Module, Any], torch.Tensor]:
     def step_fn(model: nn.Module, batch: Any) -> torch.Tensor:
-        if not isinstance(batch, (list, tuple)) or len(batch) < 2:
-            raise ValueError("with loss_fn, each batch must be a (inputs, targets) pair; "
-                             "pass step_fn(model, batch) -> loss for other batch layouts")
+        if not isinstance(batch, (list, tuple)) or len(batch) != 2:
+            # a third element (sample weights, a mask, an index) would be dropped without a
+            # word, and the loss would not be the one the user trains on
+            got = (f"a {type(batch).__name__} of {len(batch)}"
+                   if isinstance(batch, (list, tuple)) else f"a {type(batch).__name__}")
+            raise ValueError(f"with loss_fn, each batch must be an (inputs, targets) pair, got "
+                             f"{got}; pass step_fn(model, batch) -> loss for other batch "
+                             "layouts (weights, masks, dicts)")
         out = model(batch[0])
         try:
             return loss_fn(out, batch[1])

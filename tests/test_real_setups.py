@@ -382,6 +382,36 @@ def test_a_model_that_returns_a_tuple_gets_told_what_to_pass():
     assert takes_tuple.lrs == plain.lrs and takes_tuple.losses == plain.losses
 
 
+def test_a_batch_with_a_third_element_is_refused_with_loss_fn():
+    """A loader yielding ``(x, y, w)`` (sample weights, a mask) with ``loss_fn`` had its third
+    element dropped without a word: the range test swept an unweighted loss the user does not
+    train on. It is now refused, naming the batch's length and the way out (``step_fn``), on
+    the sweep and on a from_torch task alike, with the weights untouched; a ``step_fn`` that
+    uses the weights sweeps the weighted loss."""
+    model, opt, tl, vl = _regression()
+    x, y = tl.dataset.tensors
+    weights = torch.linspace(0.5, 1.5, len(x))[:, None]
+    wl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y, weights),
+                                     batch_size=32, shuffle=True,
+                                     generator=torch.Generator().manual_seed(0))
+    before = _state(model, opt)
+    hint = r"\(inputs, targets\) pair, got a list of 3; pass step_fn\(model, batch\)"
+    with pytest.raises(ValueError, match=hint):
+        find_lr(model, opt, wl, F.mse_loss, progress=False)
+    with pytest.raises(ValueError, match=hint):
+        lrkit.tasks.from_torch(model, opt, wl, F.mse_loss, val_loader=vl,
+                               steps=60).loss(model, next(iter(wl)))
+    assert all(torch.equal(a, b) for a, b in zip(before[0], _state(model, opt)[0]))
+
+    def weighted(m, batch):
+        xb, yb, wb = batch
+        return (wb * (m(xb) - yb) ** 2).mean()
+
+    res = find_lr(model, opt, wl, step_fn=weighted, progress=False)
+    plain = find_lr(model, opt, tl, F.mse_loss, progress=False)
+    assert len(res.losses) > 10 and res.losses[0] != pytest.approx(plain.losses[0], rel=1e-3)
+
+
 def test_find_lr_and_search_on_a_from_torch_task_hand_the_model_back():
     """A from_torch task trains the user's model object in place; find_lr (with or without
     confirm) and search on it leave the model at its starting point, as tune does (they left
