@@ -1663,8 +1663,10 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
     if raised is not None:
         show.say(f"      {raised}")
 
-    rt, st_range = _stage_range_test(task, folder, _range_iters(full, budget), seed, show)
+    # the storage first: an unreachable server or a mistyped URL is said before the range
+    # test's minutes, not after them
     study = _open_study(storage, folder, task, seed)
+    rt, st_range = _stage_range_test(task, folder, _range_iters(full, budget), seed, show)
     if study is not None:
         helper = _helper_command(task, task_ref, study.url, study.name)
         line = (f"      study {study.name!r}: to help with its confirmation runs, run: "

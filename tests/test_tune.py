@@ -1101,3 +1101,19 @@ def test_after_a_diverged_final_run_the_uncertainty_is_the_lr_that_diverged(tmp_
     assert res.lr_range == (None, 1.0)
     assert res.uncertainty == "the best peak lr lies below 1, where the full run diverged"
     assert f"Uncertainty: {res.uncertainty}." in Path(res.report).read_text()
+
+
+def test_an_unreachable_storage_is_said_before_the_range_test(tmp_path, capsys):
+    """``lrkit tune --storage postgresql://...`` with no server there ran the whole range test
+    and then failed on the storage; it now fails first, in one line that names the URL with
+    its password masked, and the run folder holds no stage (``--resume`` with the right URL
+    starts from the range test)."""
+    from lrkit import cli
+
+    out = tmp_path / "run"
+    rc = cli.main(["tune", "--task", "tests.test_tune:tiny_task", "--out", str(out),
+                   "--storage", "postgresql://u:secret@127.0.0.1:1/db", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("lrkit: error: cannot open storage")
+    assert "secret" not in err and "Traceback" not in err
+    assert not (out / tune_mod._FILES["range"]).exists()
