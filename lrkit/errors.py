@@ -113,8 +113,9 @@ def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
 
 
 def closest(word: str, choices: Iterable[str]) -> str | None:
-    """The closest spelling among ``choices`` (for "did you mean" hints), or None."""
-    hits = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.4)
+    """The closest spelling among ``choices`` (for "did you mean" hints), or None. difflib's
+    own cutoff, 0.6: at 0.4 an unrelated word got a hint ("nope" -> "logreg")."""
+    hits = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
     return hits[0] if hits else None
 
 

@@ -63,6 +63,9 @@ def test_unknown_name_suggests_the_closest():
         tasks.get("digts")
     with pytest.raises(ValueError, match="unknown task 'zzzzzz'"):
         tasks.get("zzzzzz")
+    with pytest.raises(ValueError) as e:  # an unrelated word gets no hint (it got 'logreg')
+        tasks.get("nope")
+    assert "did you mean" not in str(e.value)
     with pytest.raises(TypeError, match="name must be"):
         tasks.get(3)
 
