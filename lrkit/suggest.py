@@ -575,8 +575,9 @@ def lrkit_rule(lrs: Any, losses: Any, *, bandwidth: float | None = None, k: floa
        The constants (bandwidth 0.4, floor 1/3, k = 4, no robustness weights) were chosen on
        lrkit's built-in tasks against a grid-search oracle (``benchmarks/design_rule.py``, with
        a leave-one-task-out check for k).
-    5. Confidence: "low" when the minimum sits at the sweep's end (still falling: raise end_lr) or
-       the descent starts at the sweep's first point (lower start_lr); "high" when the drop is more
+    5. Confidence: "low" when the loss never rises after its minimum (still falling over the
+       sweep's last decade, or flat to its end: either way no blow-up bounds the band; raise
+       end_lr) or the descent starts at the sweep's first point (lower start_lr); "high" when the drop is more
        than 20x its standard error and the valley floor is at most 1.5 decades wide; "medium"
        otherwise (a shallow or wide, ill-located floor).
     """
@@ -673,9 +674,14 @@ def lrkit_rule(lrs: Any, losses: Any, *, bandwidth: float | None = None, k: floa
     width = float(x[hi] - x[lo])
     if not rises_after or j_desc <= 1:
         conf = "low"
-        why = ("the loss was still falling at the end of the sweep: raise end_lr"
-               if not rises_after else
-               "the descent starts at the sweep's first point: lower start_lr")
+        if rises_after:
+            why = "the descent starts at the sweep's first point: lower start_lr"
+        elif float(s[int(np.searchsorted(x, x[n_ok - 1] - 1.0))] - s[n_ok - 1]) > 2 * se:
+            # the smoothed loss fell by more than its noise over the sweep's last decade
+            why = "the loss was still falling at the end of the sweep: raise end_lr"
+        else:  # a floor that never rose: the band has no blow-up above it to stand on
+            why = ("the loss flattened and never rose before the sweep's end (no blow-up "
+                   "bounds the band from above): raise end_lr")
     elif strength > 20 and width <= 1.5:
         conf = "high"
         why = (f"clear descent ({drop:.3g}, {strength:.0f}x the noise) to a valley floor "

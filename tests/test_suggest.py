@@ -341,7 +341,14 @@ def test_still_falling_at_the_end_is_low_confidence():
     lrs = np.logspace(-6, -2, 60)
     y = 2.3 - 2.0 / (1 + np.exp(-(np.log10(lrs) + 2.0) * 3.0))
     s = S.suggest(lrs, y)
-    assert s.confidence == "low" and "end_lr" in s.reason
+    assert s.confidence == "low" and "still falling at the end" in s.reason
+    # a curve that fell and then lay flat for two decades is not "still falling" (it said so)
+    lrs = np.logspace(-7, 1, 100)
+    y = 2.3 - 2.0 / (1 + np.exp(-(np.log10(lrs) + 2.0) / 0.3))
+    y = y * (1 + 0.03 * np.random.default_rng(0).standard_normal(y.size))
+    s = S.suggest(lrs, y)
+    assert s.confidence == "low" and "flattened and never rose" in s.reason
+    assert "end_lr" in s.reason and 0.03 < s.lr < 0.3
 
 
 def test_suggestion_round_trip_and_methods():
