@@ -1093,6 +1093,10 @@ class _Study:
     again. When stage 3 is decided, ``lrkit_tune_done`` is set: helpers stop.
     """
 
+    #: a running trial's heartbeat (seconds), and how long without one before it counts as
+    #: dead (its worker killed) and its arm is queued again
+    HEARTBEAT, GRACE = 5, 30
+
     def __init__(self, storage: str, name: str, task: Any, *, seed: int,
                  poll: float = 0.5) -> None:
         import optuna
@@ -1105,7 +1109,8 @@ class _Study:
         # lrkit's storage set-up: SQLite transactions that wait for the lock instead of failing
         # when other processes (tune or search workers) write; no retry copies (tune re-queues
         # a dead worker's arm itself)
-        self.storage = open_storage(storage, heartbeat_interval=5, grace_period=30, retries=0)
+        self.storage = open_storage(storage, heartbeat_interval=self.HEARTBEAT,
+                                    grace_period=self.GRACE, retries=0)
         self.study = optuna.create_study(storage=self.storage, study_name=name,
                                          load_if_exists=True,
                                          direction="maximize" if task.higher_is_better
@@ -1154,6 +1159,7 @@ class _Study:
         called for each of ``arms`` trained here, as soon as it is done."""
         by_key = {_arm_key(rung, a.family, a.lr, steps, a.no_warmup): a for a in arms}
         keys = set(by_key)
+        said = False
         while True:
             done, pending, waiting = self._scan(keys)
             if keys <= set(done):
@@ -1164,7 +1170,15 @@ class _Study:
                              a.no_warmup)
                 waiting = True
             if not waiting:
-                time.sleep(self.poll)  # the rest is running on other workers
+                # the rest is running on other workers, or on one that was killed (a resumed
+                # run's own earlier process): say why the bar stands still, once
+                if bar is not None and not said:
+                    bar.set_postfix_str(
+                        f"waiting for {len(pending)} run(s) another process started; one "
+                        f"killed is taken back after {self.GRACE} s without a heartbeat",
+                        refresh=True)
+                    said = True
+                time.sleep(self.poll)
                 continue
             with warnings.catch_warnings():  # "heartbeat is meant for Study.optimize": we beat
                 warnings.simplefilter("ignore", UserWarning)

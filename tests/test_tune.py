@@ -1117,3 +1117,38 @@ def test_an_unreachable_storage_is_said_before_the_range_test(tmp_path, capsys):
     assert rc == 1 and err.startswith("lrkit: error: cannot open storage")
     assert "secret" not in err and "Traceback" not in err
     assert not (out / tune_mod._FILES["range"]).exists()
+
+
+def test_a_run_left_running_by_a_killed_process_is_said_and_taken_back(tmp_path, monkeypatch):
+    """``lrkit tune --resume`` after a ``kill -9`` finds the killed process's confirmation run
+    still "running" in its study: it waited out the heartbeat's grace (30 s) with its progress
+    bar at 1 step, an ETA of an hour and no word. The bar now says what it waits for and for
+    how long; the run is then taken back and trained here, once."""
+    monkeypatch.setattr(tune_mod._Study, "HEARTBEAT", 1)
+    monkeypatch.setattr(tune_mod._Study, "GRACE", 2)
+    task = tiny_task()
+    study = tune_mod._Study(f"sqlite:///{tmp_path / 'study.db'}", "t", task, seed=0, poll=0.05)
+    arm = tune_mod._Arm("constant", 0.01, 0.01, 1.0)
+    tune_mod._enqueue_arm(study.study, task, 1, arm.family, arm.lr, 20, 0)
+    with pytest.warns(UserWarning, match="Heartbeat"):  # Optuna's: we beat by hand
+        trial = study.study.ask()  # a worker pops the run, beats once and is killed
+    study.storage.record_heartbeat(trial._trial_id)
+
+    class Bar:
+        def __init__(self):
+            self.said, self.steps = [], 0
+
+        def set_postfix_str(self, text, refresh=True):
+            self.said.append(text)
+
+        def update(self, n=1):
+            self.steps += n
+
+    bar, trained = Bar(), []
+    got = study.run([arm], 1, 20, task, 0, bar, lambda rec, a: trained.append(a))
+    assert any(t.startswith("waiting for 1 run(s) another process started") and "2 s" in t
+               for t in bar.said)
+    assert trained == [arm] and bar.steps == 20
+    assert got[0][1]["steps_done"] == 20 and math.isfinite(got[0][1]["metric"])
+    states = sorted(t.state.name for t in study.study.get_trials(deepcopy=False))
+    assert states == ["COMPLETE", "FAIL"]  # the dead one failed, its arm trained again
