@@ -577,9 +577,9 @@ def lrkit_rule(lrs: Any, losses: Any, *, bandwidth: float | None = None, k: floa
        a leave-one-task-out check for k).
     5. Confidence: "low" when the loss never rises after its minimum (still falling over the
        sweep's last decade, or flat to its end: either way no blow-up bounds the band; raise
-       end_lr) or the descent starts at the sweep's first point (lower start_lr); "high" when the drop is more
-       than 20x its standard error and the valley floor is at most 1.5 decades wide; "medium"
-       otherwise (a shallow or wide, ill-located floor).
+       end_lr) or the descent starts at the sweep's first point (lower start_lr); "high" when
+       the drop is more than 20x its standard error and the valley floor is at most 1.5
+       decades wide; "medium" otherwise (a shallow or wide, ill-located floor).
     """
     k = check_range("k", k, 1.0, math.inf)
     floor = check_probability("floor", floor)
