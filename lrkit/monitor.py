@@ -572,7 +572,8 @@ class Monitor:
                 else:  # it never fell beyond its noise: a share of no drop means nothing
                     rise = (smooth - first) / abs(first)
                     evidence, said = {"rise": rise}, (
-                        f"The loss rose {rise:.0%} above its start without falling first")
+                        f"The loss rose {rise:.0%} above its start with no fall beyond its "
+                        "noise before")
                 self._raise("lr_too_high", step,
                             {"smoothed_loss": smooth, "best_loss": best,
                              "best_step": self._best_step, "first_loss": first, **evidence},
@@ -785,7 +786,9 @@ class Monitor:
         ev = {k: round(v, 6) for k, v in s.items()}
         ev["steps"] = self._n
         first = self._first
-        if (not self._neg and self._due("lr_too_high", step)
+        # once diverged, its own finding gives the advice (10x lower, restart): this rule's
+        # "about 3x, or N warmup steps" on a loss 1e9x its start would contradict it
+        if (not self._neg and "diverged" not in self._found and self._due("lr_too_high", step)
                 and s["end"] > (1.0 + th.start_margin) * first
                 and s["end"] - first > th.z * s["noise"] / math.sqrt(s["n_end"])):
             self._raise("lr_too_high", step, ev,
