@@ -1073,7 +1073,8 @@ class Log:
     where a line had none; ``findings`` are the last version of each finding written in the log.
     ``restarts`` lists ``(step, superseded)`` for each place where the steps went back (a run
     resumed from a checkpoint and appended to the same log): the resumed records replace the
-    ``superseded`` earlier ones from that step on.
+    ``superseded`` earlier ones from that step on. ``cut_short`` is the number of the last line
+    when the file ended in the middle of it (a run killed while writing), which was skipped.
     """
 
     meta: dict
@@ -1085,6 +1086,7 @@ class Log:
     findings: list[Finding]
     end: dict | None
     restarts: list[tuple[int, int]] = field(default_factory=list)
+    cut_short: int | None = None
 
     def __len__(self) -> int:
         return len(self.step)
@@ -1092,7 +1094,10 @@ class Log:
 
 def read_log(path: str | Path) -> Log:
     """Read a log written by :class:`lrkit.callbacks.JsonlLogger` (or any JSON-lines file with
-    ``step`` and ``loss`` per line; other fields optional; ``.gz`` files are decompressed)."""
+    ``step`` and ``loss`` per line; other fields optional; ``.gz`` files are decompressed).
+    A last line cut short (the file, or the gzip stream, ends inside it: the run was killed
+    while writing) is skipped and named in ``Log.cut_short``; a damaged line anywhere else is a
+    ValueError that names it."""
     import numpy as np
 
     p = Path(path)
@@ -1105,30 +1110,42 @@ def read_log(path: str | Path) -> Log:
     import gzip
 
     opener = gzip.open if p.suffix == ".gz" else open
+    text = []
+    cut_short = None
     with opener(p, "rt", encoding="utf-8") as fh:
-        for i, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{p}:{i}: not a JSON object ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{p}:{i}: expected a JSON object per line, got {obj!r}")
-            if "lrkit_log" in obj:
-                meta = dict(obj.get("meta") or {})
-            elif "end" in obj:
-                end = obj["end"]
-            else:
-                if "step" not in obj or "loss" not in obj:
-                    raise ValueError(f"{p}:{i}: a step line needs 'step' and 'loss', got "
-                                     f"{sorted(obj)}")
-                if rows and int(obj["step"]) <= int(rows[-1]["step"]):  # a resumed run
-                    keep = [r for r in rows if int(r["step"]) < int(obj["step"])]
-                    restarts.append((int(obj["step"]), len(rows) - len(keep)))
-                    rows, end = keep, None
-                rows.append(obj)
+        try:
+            for raw in fh:
+                text.append(raw)
+        except EOFError:  # a gzip stream that ends early: what was read is the log so far
+            if text and not text[-1].endswith("\n"):
+                text.pop()
+            cut_short = len(text) + 1
+    for i, raw in enumerate(text, 1):
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(text) and not raw.endswith("\n"):
+                cut_short = i  # the last line, cut short by a killed writer: skipped
+                break
+            raise ValueError(f"{p}:{i}: not a JSON object ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{p}:{i}: expected a JSON object per line, got {obj!r}")
+        if "lrkit_log" in obj:
+            meta = dict(obj.get("meta") or {})
+        elif "end" in obj:
+            end = obj["end"]
+        else:
+            if "step" not in obj or "loss" not in obj:
+                raise ValueError(f"{p}:{i}: a step line needs 'step' and 'loss', got "
+                                 f"{sorted(obj)}")
+            if rows and int(obj["step"]) <= int(rows[-1]["step"]):  # a resumed run
+                keep = [r for r in rows if int(r["step"]) < int(obj["step"])]
+                restarts.append((int(obj["step"]), len(rows) - len(keep)))
+                rows, end = keep, None
+            rows.append(obj)
     found: dict[str, Finding] = {}
     for r in rows:
         for fd in r.get("findings") or ():
@@ -1141,7 +1158,7 @@ def read_log(path: str | Path) -> Log:
     return Log(meta=meta, step=np.array([int(r["step"]) for r in rows], dtype=int),
                loss=col("loss"), lr=col("lr"), grad_norm=col("grad_norm"),
                val_metric=col("val_metric"), findings=list(found.values()), end=end,
-               restarts=restarts)
+               restarts=restarts, cut_short=cut_short)
 
 
 def _meta_schedule(meta: Mapping[str, Any]) -> Any:
@@ -1284,6 +1301,9 @@ def cli_main(args: argparse.Namespace) -> int:
               + (f", stop reason {log.end.get('stop_reason')}" if log.end else ""))
         for step, superseded in log.restarts:
             print(f"  resumed at step {step}: its records replace {superseded} earlier ones")
+        if log.cut_short is not None:
+            print(f"  line {log.cut_short} is cut short (the run stopped while writing it): "
+                  "skipped")
         if not found:
             print("no findings")
         for f in found:

@@ -48,6 +48,40 @@ def test_monitor_callback_on_real_runs_matches_replay_of_its_log(tmp_path):
     assert results["high"].lr_findings[0].kind in ("diverged", "lr_too_high")
 
 
+def test_a_log_cut_short_by_a_killed_run_is_read_up_to_its_last_whole_line(tmp_path, capsys):
+    """A run killed while its logger wrote a line leaves a log whose last line is cut short
+    (plain), or a gzip stream that ends early. ``read_log`` and ``lrkit monitor`` refused the
+    whole log ("not a JSON object"), the one a user most wants to read; the whole lines are now
+    read, the cut line is named and skipped, and a damaged line elsewhere is still an error."""
+    import gzip
+
+    from lrkit import cli
+
+    task = tasks.get("logreg")
+    full = tmp_path / "run.jsonl"
+    cb = MonitorCallback(total_steps=task.recipe.steps, loggers=[JsonlLogger(full)])
+    train.run(task, 1.0, seed=0, callbacks=[cb])
+    whole = read_log(full)
+    lines = full.read_bytes().split(b"\n")
+    cut = b"\n".join(lines[:60]) + b"\n" + lines[60][: len(lines[60]) // 2]
+    for suffix in (".jsonl", ".jsonl.gz"):
+        path = tmp_path / f"cut{suffix}"
+        # gzip: the stream itself ends early (its last 12 bytes, the trailer and some data, lost)
+        path.write_bytes(gzip.compress(cut)[:-12] if suffix.endswith(".gz") else cut)
+        log = read_log(path)
+        n = len(log)
+        assert 50 <= n <= 59 and log.cut_short in (60, 61)  # the header line, then steps
+        assert list(log.step) == list(whole.step[:n]) and np.array_equal(log.loss,
+                                                                          whole.loss[:n])
+        assert cli.main(["monitor", str(path), "--no-plot"]) == 0
+        assert "is cut short (the run stopped while writing it): skipped" in (
+            capsys.readouterr().out)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"step": 0, "loss": 1.0}\n{"step": 1, "loss": 0.9\n{"step": 2, "loss": 0.8}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not a JSON object"):
+        read_log(bad)
+
+
 def test_a_run_under_a_known_schedule_replays_with_it(tmp_path, capsys):
     """Given the run's schedule (digits under WSD), the live monitor reads the stable phase's
     plateau as the schedule's to fix; the log's meta carries the schedule's spec, and a replay
