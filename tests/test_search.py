@@ -435,6 +435,12 @@ def test_cli_search_and_show(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert SearchResult.from_json(str(tmp_path / "r.json")).table() in shown
     assert main(["search", "show", "--storage", url, "--study", "nope"]) == 2
     assert "studies there: ['cli']" in capsys.readouterr().err
+    # "--trials" (said for --n-trials) was read as the positional action: "argument action:
+    # invalid choice: '2'"; it is an alias now, and the study grows by its count
+    assert main(["search", "--task", "tests.tiny_task:make_task", "--storage", url, "--study",
+                 "cli2", "--method", "grid", "--trials", "2", "--low", "0.01", "--high", "0.2",
+                 "--no-progress"]) == 0
+    assert capsys.readouterr().out.count("| complete |") == 2
 
 
 def test_joining_with_other_settings_is_refused(tmp_path: Path) -> None:

@@ -37,7 +37,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         help="study name (workers sharing it cooperate; a 'tune-...' study "
                              "printed by lrkit tune: help tune with its confirmation runs)")
     parser.add_argument("--method", default="auto", choices=METHODS)
-    parser.add_argument("--n-trials", type=int, default=None, help="trials in total (all workers)")
+    parser.add_argument("--n-trials", "--trials", type=int, default=None,
+                        help="trials in total (all workers)")
     parser.add_argument("--budget", type=int, default=None,
                         help="optimizer steps in total (all workers, range test included)")
     parser.add_argument("--low", type=float, default=None)
