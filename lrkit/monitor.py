@@ -1110,42 +1110,38 @@ def read_log(path: str | Path) -> Log:
     import gzip
 
     opener = gzip.open if p.suffix == ".gz" else open
-    text = []
     cut_short = None
+    i = 0
     with opener(p, "rt", encoding="utf-8") as fh:
         try:
-            for raw in fh:
-                text.append(raw)
-        except EOFError:  # a gzip stream that ends early: what was read is the log so far
-            if text and not text[-1].endswith("\n"):
-                text.pop()
-            cut_short = len(text) + 1
-    for i, raw in enumerate(text, 1):
-        line = raw.strip()
-        if not line:
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == len(text) and not raw.endswith("\n"):
-                cut_short = i  # the last line, cut short by a killed writer: skipped
-                break
-            raise ValueError(f"{p}:{i}: not a JSON object ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise ValueError(f"{p}:{i}: expected a JSON object per line, got {obj!r}")
-        if "lrkit_log" in obj:
-            meta = dict(obj.get("meta") or {})
-        elif "end" in obj:
-            end = obj["end"]
-        else:
-            if "step" not in obj or "loss" not in obj:
-                raise ValueError(f"{p}:{i}: a step line needs 'step' and 'loss', got "
-                                 f"{sorted(obj)}")
-            if rows and int(obj["step"]) <= int(rows[-1]["step"]):  # a resumed run
-                keep = [r for r in rows if int(r["step"]) < int(obj["step"])]
-                restarts.append((int(obj["step"]), len(rows) - len(keep)))
-                rows, end = keep, None
-            rows.append(obj)
+            for i, raw in enumerate(fh, 1):
+                line = raw.strip()
+                if not line:
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    if not raw.endswith("\n"):  # only the last line can lack its newline:
+                        cut_short = i            # cut short by a killed writer, skipped
+                        break
+                    raise ValueError(f"{p}:{i}: not a JSON object ({e.msg})") from None
+                if not isinstance(obj, dict):
+                    raise ValueError(f"{p}:{i}: expected a JSON object per line, got {obj!r}")
+                if "lrkit_log" in obj:
+                    meta = dict(obj.get("meta") or {})
+                elif "end" in obj:
+                    end = obj["end"]
+                else:
+                    if "step" not in obj or "loss" not in obj:
+                        raise ValueError(f"{p}:{i}: a step line needs 'step' and 'loss', got "
+                                         f"{sorted(obj)}")
+                    if rows and int(obj["step"]) <= int(rows[-1]["step"]):  # a resumed run
+                        keep = [r for r in rows if int(r["step"]) < int(obj["step"])]
+                        restarts.append((int(obj["step"]), len(rows) - len(keep)))
+                        rows, end = keep, None
+                    rows.append(obj)
+        except EOFError:  # a gzip stream that ends early: the log so far, its cut line lost
+            cut_short = i + 1
     found: dict[str, Finding] = {}
     for r in rows:
         for fd in r.get("findings") or ():
