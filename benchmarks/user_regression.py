@@ -60,12 +60,17 @@ def friedman(opt_name: str) -> None:
     grid_and_tune(task, [10 ** (k / 4) for k in range(-16, 1)], f"friedman {opt_name}")
 
 
+def grid_means(task, grid: list[float], seeds: int = 3) -> list[float]:
+    """The mean test metric of full runs at each LR of ``grid`` over seeds 0..``seeds``-1."""
+    return [float(np.mean([train.run(task, lr, seed=s, eval_split="test").metric
+                           for s in range(seeds)])) for lr in grid]
+
+
 def grid_and_tune(task, grid: list[float], label: str, peers: bool = False) -> None:
     """Full runs on ``grid`` (3 seeds, test split, lower is better), then per seed the range
     test's answer (and the peers' rules) and tune's decision with its regret against the grid's
     best. Shared with ``user_finetune.py``."""
-    means = [np.mean([train.run(task, lr, seed=s, eval_split="test").metric for s in range(3)])
-             for lr in grid]
+    means = grid_means(task, grid)
     b = int(np.nanargmin(means))
     print(f"{label}: grid best {grid[b]:.3g} ({means[b]:.4f}); "
           + " ".join(f"{lr:.2g}:{m:.3f}" for lr, m in zip(grid, means)))
@@ -99,8 +104,7 @@ def clip() -> None:
         m, o, dl = setup()
         task = lrkit.from_torch(m, o, dl, _mse, val_loader=[(x[384:], y[384:])], steps=300,
                                 grad_clip=c)
-        means = [np.mean([train.run(task, lr, seed=s, eval_split="test").metric
-                          for s in range(2)]) for lr in grid]
+        means = grid_means(task, grid, seeds=2)
         sugg = []
         for s in range(3):
             m, o, dl = setup()
@@ -136,9 +140,7 @@ def raw(opt_name: str, compare_rescale: bool) -> None:
             r = lrkit.find_lr(task, seed=seed, confirm=True)
             print(f"  seed {seed}: confirm {r.lr:.3g}; {r.suggestion.reason}")
         return
-    means = [np.mean([train.run(task, lr, seed=s, eval_split="test").metric for s in range(3)])
-             for lr in grid]
-    best = float(np.nanmin(means))
+    best = float(np.nanmin(grid_means(task, grid)))
     shipped = lrkit.finder.overfit_step
     for label, rule in (("on", shipped), ("off", lambda *a, **k: None)):
         lrkit.finder.overfit_step = rule
