@@ -107,6 +107,8 @@ def test_from_torch_rejects_bad_arguments_by_name():
         from_torch(model, opt, tl, F.mse_loss, val_loader=iter(list(vl)), steps=10)
     with pytest.raises(ValueError, match="schedule"):
         from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=10, schedule="zigzag")
+    with pytest.raises(ValueError, match=r"warmup_steps must be < steps \(10\), got 10"):
+        from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=10, warmup_steps=10)
     with pytest.raises(TypeError, match="metric_fn"):
         from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=10, metric_fn=3)
     with pytest.raises(ValueError, match="higher_is_better"):

@@ -729,3 +729,15 @@ def test_check_families_names_the_argument_and_the_entry():
         S.check_families("schedules", ("cosine", "bogus"))
     with pytest.raises(ValueError, match="schedules must not repeat a family"):
         S.check_families("schedules", ("wsd", "wsd"))
+
+
+def test_family_refuses_a_warmup_as_long_as_the_run():
+    # it was clamped to steps - 1 without a word: a schedule of another shape than asked for
+    assert S.family("cosine", 0.1, 10, warmup_steps=9)(9) == pytest.approx(0.1)
+    for name in ("cosine", "wsd", "warmup_cosine", "constant"):
+        with pytest.raises(ValueError, match=r"warmup_steps must be < steps \(10\), got 10"):
+            S.family(name, 0.1, 10, warmup_steps=10)
+    from lrkit.tasks import Recipe
+    with pytest.raises(ValueError, match=r"warmup_steps must be < steps \(50\), got 60"):
+        Recipe(optimizer="sgd", batch_size=8, steps=50, warmup_steps=60, default_lr=0.1,
+               schedule="warmup_cosine")

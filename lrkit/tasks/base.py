@@ -95,6 +95,9 @@ class Recipe:
         check_int("batch_size", self.batch_size, minimum=1)
         check_int("steps", self.steps, minimum=1)
         check_int("warmup_steps", self.warmup_steps, minimum=0)
+        if self.warmup_steps and self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps must be < steps ({self.steps}), got "
+                             f"{self.warmup_steps}")
         check_positive("default_lr", self.default_lr)
         if self.grad_clip is not None:
             object.__setattr__(self, "grad_clip", check_positive("grad_clip", self.grad_clip))

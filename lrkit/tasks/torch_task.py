@@ -246,6 +246,9 @@ def from_torch(
                          "optimizer steps (confirm and search scale their short runs by it)")
     steps = check_int("steps", steps, minimum=1)
     warmup_steps = check_int("warmup_steps", warmup_steps, minimum=0)
+    if warmup_steps and warmup_steps >= steps:
+        raise ValueError(f"warmup_steps must be < steps ({steps}), got {warmup_steps}: the "
+                         "warmup is part of the run")
     if grad_clip is not None:
         grad_clip = check_positive("grad_clip", grad_clip)
     check_amp("amp", amp)
