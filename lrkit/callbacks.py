@@ -38,7 +38,7 @@ from torch import nn
 
 from .errors import as_real, check_choice, check_int, check_positive
 from .monitor import Finding, Monitor
-from .train import Callback, FitResult, StepInfo, evaluating
+from .train import Callback, FitResult, StepInfo, clip_grad_norm, evaluating, global_grad_norm
 
 __all__ = [
     "LOG_FIELDS",
@@ -73,14 +73,7 @@ def _has_pre_step_hook() -> bool:
 
 def _grad_norm(model: nn.Module) -> float:
     """Global L2 norm of the model's gradients (0.0 when none), one device sync."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return 0.0
-    norms = torch._foreach_norm(grads) if hasattr(torch, "_foreach_norm") else [
-        g.norm() for g in grads]
-    if len(norms) == 1:
-        return float(norms[0])
-    return float(torch.linalg.vector_norm(torch.stack([n.float() for n in norms])))
+    return global_grad_norm(model.parameters())
 
 
 def _check_eval(evaluate: Any, eval_every: Any, neither: str = "") -> None:
@@ -566,8 +559,11 @@ class ClipGradNorm(Callback):
         self.norms, self.clipped = [], 0
 
     def on_before_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        norm = float(torch.nn.utils.clip_grad_norm_(self._params, self.max_norm,
-                                                     norm_type=self.norm_type))
+        if self.norm_type == 2.0:  # sparse gradients too
+            norm = clip_grad_norm(self._params, self.max_norm)
+        else:
+            norm = float(torch.nn.utils.clip_grad_norm_(self._params, self.max_norm,
+                                                         norm_type=self.norm_type))
         self.norms.append(norm)
         self.clipped += norm > self.max_norm
 

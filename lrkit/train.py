@@ -217,21 +217,43 @@ def global_grad_norm(params: Iterable[torch.Tensor]) -> float:
     """Global L2 norm of the gradients of ``params`` (params without grad are skipped), as
     ``clip_grad_norm_`` computes it: one norm per tensor (``torch._foreach_norm`` per device and
     dtype), their norm on the first gradient's device, and one host sync for the result (a sync
-    per tensor idled a GPU for most of a small model's step)."""
+    per tensor idled a GPU for most of a small model's step). A sparse gradient
+    (``nn.Embedding(sparse=True)``) counts by its coalesced values: PyTorch's own norm (and so
+    ``clip_grad_norm_``) raises ``NotImplementedError`` on one."""
     grads = [p.grad.detach() for p in params if p.grad is not None]
     if not grads:
         return 0.0
     home = grads[0].device
     groups: dict[tuple, list[torch.Tensor]] = {}
-    for g in grads:
-        groups.setdefault((g.device, g.dtype), []).append(g)
     norms = []
+    for g in grads:
+        if g.is_sparse:
+            norms.append(torch.linalg.vector_norm(g.coalesce().values(), 2,
+                                                  dtype=torch.float32))
+        else:
+            groups.setdefault((g.device, g.dtype), []).append(g)
     for (_, dtype), gs in groups.items():
         if dtype in (torch.float16, torch.bfloat16):  # in float32: a half norm overflows at 65504
             norms += [torch.linalg.vector_norm(g, 2, dtype=torch.float32) for g in gs]
         else:
             norms += torch._foreach_norm(gs, 2)
     return float(torch.linalg.vector_norm(torch.stack([n.float().to(home) for n in norms]), 2))
+
+
+def clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float) -> float:
+    """``torch.nn.utils.clip_grad_norm_(params, max_norm)`` (its return value: the norm before
+    clipping), also where a gradient is sparse, which PyTorch's refuses: then every gradient is
+    scaled by ``min(1, max_norm / (norm + 1e-6))``, PyTorch's factor, in place."""
+    params = list(params)
+    if not any(p.grad is not None and p.grad.is_sparse for p in params):
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    norm = global_grad_norm(params)
+    coef = max_norm / (norm + 1e-6)
+    if coef < 1.0:
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(coef)
+    return norm
 
 
 def _cycle(batches: Iterable, need: int | None = None) -> Iterator:
@@ -599,7 +621,7 @@ def fit(
                 hook(model, optimizer)
             grad_norm = None
             if grad_clip is not None:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+                grad_norm = clip_grad_norm(params, grad_clip)
             elif track_grad_norm:
                 grad_norm = global_grad_norm(params)
             if scaler is not None:

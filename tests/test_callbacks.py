@@ -394,3 +394,17 @@ def test_a_cuda_float16_run_under_the_default_grad_scaler_is_not_flagged():
     assert 0 < len(bad) <= 17 and bad == list(range(len(bad)))  # the scaler's settling
     assert out.losses[-1] < 0.5 * out.losses[len(bad)]  # then it trained
     assert monitor.findings == []
+
+
+def test_monitor_and_clip_callbacks_take_sparse_gradients():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.EmbeddingBag(50, 8, mode="mean", sparse=True), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randint(0, 50, (16, 5), generator=g), torch.randint(0, 2, (16,), generator=g))
+               for _ in range(8)]
+    clip, mon = ClipGradNorm(0.01), MonitorCallback(total_steps=8, grad_norm_every=1)
+    res = train.fit(model, opt, batches, num_steps=8, loss_fn=nn.functional.cross_entropy,
+              callbacks=[mon, clip])
+    assert res.steps_done == 8 and len(clip.norms) == 8 and clip.clipped == 8
+    assert all(n > 0.01 for n in clip.norms)

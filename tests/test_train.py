@@ -438,3 +438,35 @@ def test_global_grad_norm_is_clip_grad_norms_and_does_not_overflow_in_half_preci
     ref = math.sqrt(300.0 ** 2 * 100_000 + 100)
     assert train.global_grad_norm(half.parameters()) == pytest.approx(ref, rel=1e-4)  # float32 sums
     assert train.global_grad_norm([nn.Parameter(torch.ones(2))]) == 0.0  # no gradient yet
+
+
+def _bag_model(sparse: bool) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.EmbeddingBag(50, 8, mode="mean", sparse=sparse), nn.Linear(8, 2))
+
+
+def test_sparse_gradients_are_clipped_and_normed_as_their_dense_twins():
+    # nn.Embedding(sparse=True): PyTorch's clip_grad_norm_ raises NotImplementedError on a
+    # sparse gradient, and so did fit(grad_clip=...) and every monitored run (tune's final run)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randint(0, 50, (16, 5), generator=g), torch.randint(0, 2, (16,), generator=g))
+               for _ in range(6)]
+    runs = {}
+    for sparse in (False, True):
+        model = _bag_model(sparse)
+        opt = torch.optim.SGD(model.parameters(), lr=3.0)
+        runs[sparse] = (fit(model, opt, batches, num_steps=6, loss_fn=nn.functional.cross_entropy,
+                            grad_clip=0.05), model)
+    (dense, dm), (sp, sm) = runs[False], runs[True]
+    assert sp.grad_norms == pytest.approx(dense.grad_norms, rel=1e-5)
+    assert max(sp.grad_norms) > 0.05  # the clip cut
+    assert sp.losses == pytest.approx(dense.losses, rel=1e-5)
+    for p, q in zip(sm.parameters(), dm.parameters()):
+        torch.testing.assert_close(p, q)
+    # the norm of a sparse gradient with repeated rows is that of its coalesced (summed) values
+    model = _bag_model(True)
+    nn.functional.cross_entropy(model(torch.tensor([[3, 3, 4]])), torch.tensor([1])).backward()
+    dense_grad = model[0].weight.grad.to_dense()
+    want = float(torch.linalg.vector_norm(torch.cat([dense_grad.flatten(),
+                                                     *[p.grad.flatten() for p in model[1].parameters()]])))
+    assert train.global_grad_norm(model.parameters()) == pytest.approx(want, rel=1e-6)
