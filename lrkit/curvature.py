@@ -275,7 +275,9 @@ class _Operator:
         return out
 
     def flat(self, parts: Sequence[torch.Tensor | None]) -> torch.Tensor:
-        return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1).to(self.dtype)
+        # a sparse gradient (nn.Embedding(sparse=True)) has no reshape: densified
+        return torch.cat([(torch.zeros_like(p) if g is None else
+                           g.to_dense() if g.is_sparse else g).reshape(-1).to(self.dtype)
                           for p, g in zip(self.params, parts)])
 
     def loss(self, batch: Any) -> torch.Tensor:

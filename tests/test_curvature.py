@@ -507,3 +507,18 @@ def test_a_hypergradient_optimizer_gets_its_base_rules_bound():
         b = C.safe_lr(model, loss, batches, optimizer=hd, seed=0)
         assert b.lr == a.lr and b.formula == a.formula
         assert "adapts its LR" in b.summary()
+
+
+def test_safe_lr_of_a_sparse_embedding_is_its_dense_twins():
+    # a sparse gradient has no reshape: safe_lr raised "reshape is not implemented for sparse
+    # tensors" (and tune's report lost its safe-LR bound) on nn.EmbeddingBag(sparse=True)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randint(0, 50, (16, 5), generator=g), torch.randint(0, 2, (16,), generator=g))
+               for _ in range(4)]
+    lrs = []
+    for sparse in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.EmbeddingBag(50, 8, mode="mean", sparse=sparse), nn.Linear(8, 2))
+        lrs.append(C.safe_lr(model, lambda m, b: F.cross_entropy(m(b[0]), b[1]), batches,
+                           optimizer="sgd").lr)
+    assert lrs[1] == pytest.approx(lrs[0], rel=1e-5)
