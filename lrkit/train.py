@@ -594,6 +594,13 @@ def fit(
                 if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
                     raise TypeError("the loss must be a scalar tensor, got "
                                     f"{type(loss).__name__} {getattr(loss, 'shape', '')}")
+                if not loss.requires_grad:
+                    # PyTorch's "element 0 of tensors does not require grad" names neither
+                    # the loss function nor the usual causes
+                    raise ValueError("the loss does not require grad: it is cut off from the "
+                                     "model's parameters (a .detach() or .item() in loss_fn "
+                                     "/ step_fn, a forward under torch.no_grad(), or a "
+                                     "tensor rebuilt with torch.tensor(...))")
                 scaled = loss if loss.dtype == torch.float32 else loss.float()
                 if accumulation_steps > 1:
                     scaled = scaled / accumulation_steps

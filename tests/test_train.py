@@ -470,3 +470,19 @@ def test_sparse_gradients_are_clipped_and_normed_as_their_dense_twins():
     want = float(torch.linalg.vector_norm(torch.cat([dense_grad.flatten(),
                                                      *[p.grad.flatten() for p in model[1].parameters()]])))
     assert train.global_grad_norm(model.parameters()) == pytest.approx(want, rel=1e-6)
+
+
+def test_a_loss_cut_off_from_the_parameters_is_named_and_the_model_restored():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = [(torch.randn(8, 4), torch.randn(8, 1))]
+    w0 = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="the loss does not require grad.*detach"):
+        fit(model, opt, batches, num_steps=3,
+            loss_fn=lambda out, y: nn.functional.mse_loss(out, y).detach())
+    from lrkit import find_lr
+    with pytest.raises(ValueError, match="does not require grad"):
+        find_lr(model, opt, batches, lambda out, y: nn.functional.mse_loss(out, y).detach(),
+                num_iter=20)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), w0))
