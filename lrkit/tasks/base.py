@@ -115,12 +115,15 @@ class Recipe:
         return make_optimizer(self.optimizer, params, lr, **self.optimizer_kwargs)
 
     def make_schedule(self, lr: float, steps: int | None = None) -> "Schedule":
-        """The recipe's schedule with peak ``lr`` over ``steps`` (default: ``self.steps``)."""
+        """The recipe's schedule with peak ``lr`` over ``steps`` (default: ``self.steps``). The
+        warmup keeps its length in steps (it is there for the first steps' stability), cut to
+        ``steps - 1`` for a run shorter than it (confirm's short runs)."""
         from .. import schedules
 
         check_positive("lr", lr)
         n = self.steps if steps is None else check_int("steps", steps, minimum=1)
-        return schedules.family(self.schedule, lr, n, warmup_steps=self.warmup_steps)
+        return schedules.family(self.schedule, lr, n,
+                                warmup_steps=min(self.warmup_steps, n - 1))
 
 
 @dataclass(frozen=True)
