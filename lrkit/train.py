@@ -827,7 +827,7 @@ class Snapshot:
                  generators: Sequence[torch.Generator] = (), grads: bool = False) -> None:
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
         self.generators = list(generators)
-        self._model = _cpu_copy(model.state_dict())
+        self._model = _cpu_copy(module_state(model))
         self._training = module_modes(model)
         self._optimizer = _OptimizerCopy(optimizer) if optimizer is not None else None
         self._grads = None
@@ -872,12 +872,31 @@ def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype
 
 
+def module_state(model: nn.Module) -> dict[str, Any]:
+    """``model.state_dict()`` plus the non-persistent buffers (``register_buffer(...,
+    persistent=False)``), which ``state_dict`` leaves out but training can change (a counter,
+    a running statistic): what a snapshot must put back for the model to be as it was."""
+    state = dict(model.state_dict())
+    for name, b in model.named_buffers():
+        if b is not None and name not in state:
+            state[name] = b
+    return state
+
+
 def _copy_into_module(model: nn.Module, saved: dict) -> None:
-    """``model.load_state_dict(saved)``, done as ``copy_`` into the existing tensors."""
-    current = model.state_dict()
+    """``model.load_state_dict(saved)`` (``saved`` from :func:`module_state`), done as
+    ``copy_`` into the existing tensors."""
+    current = module_state(model)
     if set(current) != set(saved) or not all(
             isinstance(v, torch.Tensor) and _same_layout(v, saved[k]) for k, v in current.items()):
-        model.load_state_dict(saved)
+        persistent = set(model.state_dict())
+        model.load_state_dict({k: v for k, v in saved.items() if k in persistent})
+        for name, value in saved.items():
+            if name not in persistent:  # a non-persistent buffer, re-registered as it was
+                owner, _, leaf = name.rpartition(".")
+                mod = model.get_submodule(owner) if owner else model
+                mod.register_buffer(leaf, value.to(getattr(current.get(name), "device", "cpu")),
+                                    persistent=False)
         return
     with torch.no_grad():
         for k, v in current.items():

@@ -486,3 +486,50 @@ def test_a_loss_cut_off_from_the_parameters_is_named_and_the_model_restored():
         find_lr(model, opt, batches, lambda out, y: nn.functional.mse_loss(out, y).detach(),
                 num_iter=20)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), w0))
+
+
+class _Counting(nn.Module):
+    """A model with a non-persistent buffer that training changes (not in its state_dict)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 1)
+        self.register_buffer("seen", torch.zeros(()), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.seen += x.shape[0]
+        return self.lin(x)
+
+
+def test_snapshot_and_find_lr_put_back_non_persistent_buffers():
+    torch.manual_seed(0)
+    model = _Counting()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = [(torch.randn(8, 4), torch.randn(8, 1)) for _ in range(3)]
+    snap = snapshot(model, opt)
+    fit(model, opt, batches, num_steps=3, loss_fn=nn.functional.mse_loss)
+    assert float(model.seen) == 24.0
+    snap.restore()
+    assert float(model.seen) == 0.0
+    from lrkit import find_lr
+    find_lr(model, opt, batches, nn.functional.mse_loss, num_iter=20)
+    assert float(model.seen) == 0.0  # was 160: state_dict() leaves the buffer out
+    # a buffer the model replaced by one of another shape is re-registered as it was
+    snap = snapshot(model, opt)
+    model.seen = torch.zeros(3)
+    snap.restore()
+    assert model.seen.shape == () and "seen" not in model.state_dict()
+
+
+def test_from_torch_runs_start_with_non_persistent_buffers_reset():
+    from lrkit.tasks import from_torch
+
+    torch.manual_seed(0)
+    model = _Counting()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = [(torch.randn(8, 4), torch.randn(8, 1)) for _ in range(3)]
+    task = from_torch(model, opt, batches, nn.functional.mse_loss, val_loader=batches[:1],
+                      steps=5)
+    train.run(task, 0.01, seed=0)
+    assert float(task.build_model(0).seen) == 0.0

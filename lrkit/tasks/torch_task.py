@@ -270,18 +270,17 @@ def from_torch(
             raise ValueError(f"warmup_steps={warmup_steps} contradicts the schedule's own warmup "
                              f"of {scheduled_warmup} steps: give one of them")
         warmup_steps = scheduled_warmup
-    from ..train import check_device, model_device, module_modes, set_module_modes
+    from ..train import (_copy_into_module, check_device, model_device, module_modes,
+                         module_state, set_module_modes)
 
     dev = check_device("device", device) if device is not None else model_device(model)
 
     # --- the starting point: weights to CPU once, restored in place by build_model
-    init = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    init = {k: v.detach().to("cpu", copy=True) for k, v in module_state(model).items()}
     training = module_modes(model)
 
     def build_model(seed: int) -> nn.Module:
-        with torch.no_grad():
-            for k, v in model.state_dict().items():
-                v.copy_(init[k])
+        _copy_into_module(model, init)
         set_module_modes(model, training)
         return model
 
