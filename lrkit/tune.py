@@ -285,10 +285,9 @@ def _recipe_family(task: Any, families: Sequence[str]) -> str:
 def _warmup_for(task: Any, family: str, steps: int, no_warmup: bool = False) -> int:
     """The task's warmup, scaled to a run of ``steps`` (0 when the recipe has none, with
     ``no_warmup``, and for families whose shape warms up by itself)."""
-    w, full = task.recipe.warmup_steps, task.recipe.steps
-    if w <= 0 or no_warmup or family in _OWN_WARMUP:
+    if no_warmup or family in _OWN_WARMUP:
         return 0
-    return int(min(steps - 1, max(1, round(w * steps / full))))
+    return task.recipe.warmup_for(steps)
 
 
 def _schedule(task: Any, family: str, lr: float, steps: int, no_warmup: bool = False) -> Any:

@@ -570,3 +570,18 @@ def test_digits_noisy_is_the_digits_split_with_40_percent_of_train_and_val_label
     assert t.metric == "accuracy" and t.higher_is_better
     best, high = (run(t, lr, seed=0, eval_split="test").metric for lr in (0.0178, 0.1))
     assert best > high + 0.03
+
+
+def test_a_short_run_of_a_recipe_scales_its_warmup():
+    from lrkit.tasks import Recipe
+
+    r = Recipe(optimizer="sgd", batch_size=8, steps=300, warmup_steps=30, default_lr=0.1,
+               schedule="warmup_cosine")
+    assert [r.warmup_for(n) for n in (300, 50, 5, 2, 1)] == [30, 5, 1, 1, 0]
+    s = r.make_schedule(1.0, 50)  # a miniature: 5 warmup steps, then cosine to 0 over 45
+    assert [s(t) for t in range(5)] == pytest.approx([t / 5 for t in range(5)])
+    assert s(5) == pytest.approx(1.0)
+    assert s(5 + 45 // 2) == pytest.approx(0.5 * (1 + math.cos(math.pi * 22 / 45)))
+    full = r.make_schedule(1.0)
+    assert full(29) < 1.0 and full(30) == pytest.approx(1.0)
+    assert Recipe(optimizer="sgd", batch_size=8, steps=300, default_lr=0.1).warmup_for(50) == 0
