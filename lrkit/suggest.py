@@ -639,7 +639,10 @@ def lrkit_rule(lrs: Any, losses: Any, *, bandwidth: float | None = None, k: floa
                           f"{float(x_lr[n_ok]):.3g}, as for a model that is already trained "
                           f"(fine-tuning): LRs well below that point may all train; choose "
                           f"among them by held-out loss (val_loader / confirm=True), or start "
-                          f"about a decade below it")
+                          f"about a decade below it. A model that is not trained yet and "
+                          f"stays flat cannot train at these settings: check it before the LR "
+                          f"(vanishing gradients in a deep net without normalisation, frozen "
+                          f"layers, labels)")
     if i_min == 0 or flat:
         return Suggestion(None, method, "none",
                           f"no clear descent: the smoothed loss falls by {drop:.3g} "

@@ -1380,8 +1380,41 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
         kinds = sorted({str(f.get('kind')) for f in final["findings"]})
         parts.append(f"The monitor flagged: {', '.join(kinds)}.")
     parts += _explain_lr_too_low(final, halving, task, name, fmt, s.band)
+    parts += _explain_no_learning(final, trials, full)
     parts += _explain_final_run(final, task, task_ref, plan, name, fmt, full)
     return " ".join(parts)
+
+
+#: a final run whose training loss fell by less than this share of its start (first tenth
+#: against last tenth) barely trained. A deep tanh MLP with PyTorch's default initialisation
+#: (20 layers, digits, no normalisation): 0.5% at every LR up to divergence, test accuracy at
+#: chance, and the range test's reason reads its flat curve first as "already trained";
+#: the slowest real learner measured (a sparse bag-of-words under SGD, ``user_sparse.py``)
+#: fell 12%
+NO_LEARNING_FALL = 0.05
+
+
+def _explain_no_learning(final: dict, trials: Sequence[Mapping[str, Any]],
+                         full: int) -> list[str]:
+    """A sentence when the final run barely trained (:data:`NO_LEARNING_FALL`): then the LR
+    is not what to fix first, and the flat range-test curve (\"as for a model that is already
+    trained\") and tied short runs say so only indirectly."""
+    from .finder import _train_fall
+
+    losses = final.get("losses") or []
+    fall = _train_fall({"train_losses": losses})
+    if not math.isfinite(fall) or fall >= NO_LEARNING_FALL or final.get("diverged_attempt"):
+        return []
+    scored = {round(float(r["metric"]), 12) for r in trials
+              if not r.get("diverged") and r.get("metric") is not None}
+    tied = (f" and all {len(trials)} short runs scored the same validation value"
+            if len(trials) > 1 and len(scored) == 1 else "")
+    return [f"The final run's training loss fell by only {100 * max(fall, 0.0):.1f}% over its "
+            f"{full} steps{tied}: the model barely trains at the LRs tried, as an already "
+            "trained one (fine-tuning) or one that cannot train does. If it is not trained "
+            "already, check the model before the LR: a deep net without normalisation or with "
+            "a poor initialisation (vanishing gradients), frozen layers, labels that do not "
+            "match the inputs."]
 
 
 def _explain_lr_too_low(final: dict, halving: dict, task: Any, name: str, fmt: Any,

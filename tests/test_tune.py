@@ -1210,3 +1210,26 @@ def test_a_winner_still_near_chance_is_not_time_rescaled():
         assert lr == pytest.approx(0.003857 * 30 / 150) and "gets no better" in why
     finally:
         lrkit.finder.MIN_TRAIN_FALL = lrkit_min
+
+
+def test_a_model_that_cannot_train_is_named_in_the_explanation(tmp_path, monkeypatch):
+    # dead ReLUs on a zero-mean target: no LR moves the loss; the range test reads the flat
+    # curve "as for a model that is already trained", the short runs tie, and the monitor's
+    # lr_too_low says to raise the LR; the explanation says the model barely trains
+    monkeypatch.setattr(tune_mod, "_safe_lr", lambda task, seed, folder: None)
+    model, x, y = dead_relu_regression(256)
+    data = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 192, 32)]
+    t = from_torch(model, torch.optim.SGD(model.parameters(), lr=0.01), data,
+                   torch.nn.functional.mse_loss, val_loader=[(x[192:], y[192:])], steps=80)
+    res = tune(t, out=tmp_path / "dead", progress=False, schedules=("constant", "cosine"))
+    m = re.search(r"The final run's training loss fell by only (-?[\d.]+)% over its 80 steps",
+                  res.explanation)
+    assert m and float(m.group(1)) < 100 * tune_mod.NO_LEARNING_FALL
+    assert "check the model before the LR" in res.explanation
+    # a model that trains gets no such sentence
+    torch.manual_seed(0)
+    live = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    t2 = from_torch(live, torch.optim.SGD(live.parameters(), lr=0.01), data,
+                    torch.nn.functional.mse_loss, val_loader=[(x[192:], y[192:])], steps=80)
+    res2 = tune(t2, out=tmp_path / "live", progress=False, schedules=("constant", "cosine"))
+    assert "barely trains" not in res2.explanation
