@@ -1379,8 +1379,9 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
     if final.get("findings"):
         kinds = sorted({str(f.get('kind')) for f in final["findings"]})
         parts.append(f"The monitor flagged: {', '.join(kinds)}.")
-    parts += _explain_lr_too_low(final, halving, task, name, fmt, s.band)
-    parts += _explain_no_learning(final, trials, full)
+    # a model that barely trains: the monitor's "raise the LR" is not the advice to give
+    parts += (_explain_no_learning(final, trials, full)
+              or _explain_lr_too_low(final, halving, task, name, fmt, s.band))
     parts += _explain_final_run(final, task, task_ref, plan, name, fmt, full)
     return " ".join(parts)
 

@@ -1226,6 +1226,7 @@ def test_a_model_that_cannot_train_is_named_in_the_explanation(tmp_path, monkeyp
                   res.explanation)
     assert m and float(m.group(1)) < 100 * tune_mod.NO_LEARNING_FALL
     assert "check the model before the LR" in res.explanation
+    assert "at a higher LR" not in res.explanation  # the monitor's lr_too_low advice is not given
     # a model that trains gets no such sentence
     torch.manual_seed(0)
     live = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
