@@ -127,8 +127,9 @@ class Recipe:
         """The recipe's schedule with peak ``lr`` over ``steps`` (default: ``self.steps``), its
         warmup scaled to that length (:meth:`warmup_for`): confirm's and search's short runs are
         miniatures of the full run, as tune's rungs are. (Until the twentieth round a short run
-        kept the full run's warmup in steps, 30 of a 50-step charlm run; on held-out tasks
-        scaling it moved 11 confirm picks, 7 better and 3 worse: ``benchmarks/RESULTS.md``.)"""
+        kept the full run's warmup in steps, 30 of a 50-step charlm run; on seven held-out
+        sets scaling it moved 21 confirm picks, 12 better and 7 worse:
+        ``benchmarks/RESULTS.md``.)"""
         from .. import schedules
 
         check_positive("lr", lr)
