@@ -770,9 +770,35 @@ def _rule_from_optimizer(opt: torch.optim.Optimizer, model: nn.Module, estimate:
             "2/λ, λ of P^-1/2 H P^-1/2"
         return _Rule("rmsprop", c, formula, _ADAM_REF, beta, pre, wds if any(wds) else None,
                      tuple(notes))
+    if isinstance(opt, torch.optim.Adagrad):
+        # θ ← θ − η_t g / (sqrt(G) + ε), G the running sum of squared gradients (Duchi et al.
+        # 2011): gradient descent preconditioned by D = (sqrt(G) + ε)^-1, stable while
+        # η_t λ(D^1/2 H D^1/2) < 2 at the current G (no momentum)
+        eps = float(g0["eps"])
+        step = float(opt.state.get(params[0], {}).get("step", 0)) if params else 0.0
+        if step < 1:
+            # G is the initial accumulator alone until the first step adds g²
+            vs = [v + float(g.get("initial_accumulator_value", 0.0))
+                  for v, g in zip(estimate(), groups)]
+            notes.append("the optimizer has taken no step yet: G estimated as its initial "
+                         "accumulator plus the mean squared mini-batch gradient over the "
+                         "batches used (Adagrad's G after a first step)")
+        else:
+            vs = [opt.state[p]["sum"].detach() for p in params]
+            notes.append(f"P = sqrt(G) + ε from the optimizer's running sum of squared "
+                         f"gradients (step {int(step)}); it only grows, so the bound rises "
+                         "as training goes on")
+        decay = float(g0.get("lr_decay", 0.0) or 0.0)
+        if decay:
+            notes.append(f"lr_decay={decay:g}: the bound is on the decayed LR η/(1 + (t-1)"
+                         f"·lr_decay) that the optimizer steps with at step t")
+        pre = [(v.sqrt() + eps).rsqrt() for v in vs]
+        return _Rule("adagrad", 2.0, "2/λ, λ of P^-1/2 H P^-1/2",
+                     "Duchi et al. 2011 (Adagrad) as preconditioned gradient descent; "
+                     + _GD_REF, 0.0, pre, wds if any(wds) else None, tuple(notes))
     raise TypeError(f"optimizer {name} has no stability rule here: pass a torch SGD (with or "
-                    f"without momentum), Adam, AdamW or RMSprop (or lrkit's SGDHD / AdamHD), or "
-                    f"optimizer='sgd' | 'momentum' | 'adam'")
+                    f"without momentum), Adam, AdamW, RMSprop or Adagrad (or lrkit's SGDHD / "
+                    f"AdamHD), or optimizer='sgd' | 'momentum' | 'adam'")
 
 
 def _squared_gradients(model: nn.Module, loss_fn: LossFn, batches: list, mode: str) -> list:
@@ -825,6 +851,7 @@ def safe_lr(
     torch SGD, nesterov=True      ``(2+2β)/((1+2β)λ)``                    Cohen et al. 2021, App.
     ``"adam"`` (β1)               ``(2+2β1)/((1−β1)λ)`` = 38/λ at β1=0.9   Cohen et al. 2022
     torch RMSprop (momentum β)    ``(2+2β)/λ`` on the preconditioned H    Cohen et al. 2022
+    torch Adagrad                 ``2/λ``, ``P = sqrt(G) + ε`` (G: Σ g²)   Duchi et al. 2011
     ============================  ======================================  ==========================
 
     Torch SGD's dampening ``d`` divides by ``1−d``; coupled weight decay ``wd`` (SGD, Adam) adds

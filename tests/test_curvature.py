@@ -409,8 +409,8 @@ def test_bad_arguments_are_named():
         C.top_eigenvalue("model", ce, batches)
     with pytest.raises(ValueError, match="optimizer"):
         C.safe_lr(model, ce, batches, optimizer="lion")
-    with pytest.raises(TypeError, match="Adagrad"):
-        C.safe_lr(model, ce, batches, optimizer=torch.optim.Adagrad(model.parameters()))
+    with pytest.raises(TypeError, match="Adadelta"):
+        C.safe_lr(model, ce, batches, optimizer=torch.optim.Adadelta(model.parameters()))
     with pytest.raises(ValueError, match="loss_fn and batches"):
         C.safe_lr(tasks.get("logreg"), ce, batches)
     with pytest.raises(TypeError, match=r"the criterion CrossEntropyLoss\(\); pass lambda"):
@@ -522,3 +522,27 @@ def test_safe_lr_of_a_sparse_embedding_is_its_dense_twins():
         lrs.append(C.safe_lr(model, lambda m, b: F.cross_entropy(m(b[0]), b[1]), batches,
                            optimizer="sgd").lr)
     assert lrs[1] == pytest.approx(lrs[0], rel=1e-5)
+
+
+def test_adagrad_is_gradient_descent_preconditioned_by_its_running_sum():
+    model = mlp(5)
+    batches = [data(6, 32)]
+    opt = torch.optim.Adagrad(model.parameters(), lr=0.05, eps=1e-6)
+    train.fit(model, opt, batches, num_steps=5, step_fn=ce)
+    s = C.safe_lr(model, ce, batches, optimizer=opt, iters=60, tol=1e-10)
+    h = exact_hessian(model, ce, batches)
+    g = torch.cat([opt.state[p]["sum"].reshape(-1) for p in model.parameters()])
+    d = (g.sqrt() + 1e-6).rsqrt()
+    lam = float(torch.linalg.eigvalsh(d[:, None] * h * d[None, :])[-1])
+    assert s.optimizer == "adagrad" and s.eigen.preconditioned
+    assert s.eigen.eigenvalue == pytest.approx(lam, rel=1e-6)
+    assert s.constant == 2.0 and s.lr == pytest.approx(2.0 / lam, rel=1e-6)
+    # before its first step, G is its initial accumulator plus the mean squared gradient
+    fresh = torch.optim.Adagrad(model.parameters(), lr=0.05, eps=1e-6,
+                                initial_accumulator_value=0.1)
+    f = C.safe_lr(model, ce, batches, optimizer=fresh, iters=60, tol=1e-10)
+    grads = torch.autograd.grad(ce(model, batches[0]), list(model.parameters()))
+    d0 = (torch.cat([x.reshape(-1) for x in grads]) ** 2 + 0.1).sqrt().add(1e-6).rsqrt()
+    lam0 = float(torch.linalg.eigvalsh(d0[:, None] * h * d0[None, :])[-1])
+    assert f.lr == pytest.approx(2.0 / lam0, rel=1e-5)
+    assert any("no step yet" in n for n in f.eigen.notes)
