@@ -1234,3 +1234,23 @@ def test_a_model_that_cannot_train_is_named_in_the_explanation(tmp_path, monkeyp
                     torch.nn.functional.mse_loss, val_loader=[(x[192:], y[192:])], steps=80)
     res2 = tune(t2, out=tmp_path / "live", progress=False, schedules=("constant", "cosine"))
     assert "barely trains" not in res2.explanation
+
+
+def test_tune_trains_a_model_with_sparse_gradients(tmp_path):
+    # nn.EmbeddingBag(sparse=True): the final run's monitor (gradient norm), its clipping and
+    # the safe-LR bound all raised on sparse gradients before (benchmarks/user_sparse.py)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 40, (320, 6), generator=g)
+    y = (x < 20).sum(1).gt(3).long()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.EmbeddingBag(40, 8, mode="mean", sparse=True),
+                                torch.nn.Linear(8, 2))
+    data = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 256, 32)]
+    t = from_torch(model, torch.optim.Adagrad(model.parameters(), lr=0.05), data,
+                   torch.nn.functional.cross_entropy, val_loader=[(x[256:], y[256:])],
+                   steps=300, grad_clip=1.0)
+    res = tune(t, out=tmp_path / "sparse", progress=False, schedules=("constant", "cosine"))
+    assert math.isfinite(res.metric) and res.cost_steps <= 600
+    safe = json.loads((tmp_path / "sparse" / "safe-lr.json").read_text())
+    assert "error" not in safe, safe
+    assert safe["lr"] > 0
