@@ -10,7 +10,8 @@ most 16 per line; 2,400 lines to train, 800 to validate, 1,600 to test. The mode
 
 Found with it (twentieth round): PyTorch's ``clip_grad_norm_`` and vector norm have no sparse
 kernel, so ``fit(grad_clip=...)`` and every monitored run (tune's final run) raised
-``NotImplementedError``, and ``safe_lr`` raised "reshape is not implemented for sparse tensors".
+``NotImplementedError``; ``safe_lr`` raised "reshape is not implemented for sparse tensors",
+and had no rule for Adagrad.
 
 Prints, per optimizer, a full-run grid (3 seeds, quarter decades), then per seed the range test's
 answer, confirm's and tune's, each with its regret against the grid's best.
