@@ -1388,8 +1388,9 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
 
 #: a final run whose training loss fell by less than this share of its start (first tenth
 #: against last tenth) barely trained. A deep tanh MLP with PyTorch's default initialisation
-#: (20 layers, digits, no normalisation): 0.5% at every LR up to divergence, test accuracy at
-#: chance, and the range test's reason reads its flat curve first as "already trained";
+#: (20 layers, digits, no normalisation): its range test's loss falls 0.5% up to divergence,
+#: tune's final run 0.1%, test accuracy at chance at every LR, and the range test's reason
+#: reads its flat curve first as "already trained";
 #: the slowest real learner measured (a sparse bag-of-words under SGD, ``user_sparse.py``)
 #: fell 12%
 NO_LEARNING_FALL = 0.05
@@ -1406,10 +1407,10 @@ def _explain_no_learning(final: dict, trials: Sequence[Mapping[str, Any]],
     fall = _train_fall({"train_losses": losses})
     if not math.isfinite(fall) or fall >= NO_LEARNING_FALL or final.get("diverged_attempt"):
         return []
-    scored = {round(float(r["metric"]), 12) for r in trials
-              if not r.get("diverged") and r.get("metric") is not None}
-    tied = (f" and all {len(trials)} short runs scored the same validation value"
-            if len(trials) > 1 and len(scored) == 1 else "")
+    done = [round(float(r["metric"]), 12) for r in trials
+            if not r.get("diverged") and r.get("metric") is not None]
+    tied = (f" and all {len(done)} short runs that finished scored the same validation value"
+            if len(done) > 1 and len(set(done)) == 1 else "")
     return [f"The final run's training loss fell by only {100 * max(fall, 0.0):.1f}% over its "
             f"{full} steps{tied}: the model barely trains at the LRs tried, as an already "
             "trained one (fine-tuning) or one that cannot train does. If it is not trained "
