@@ -1236,6 +1236,7 @@ def test_a_model_that_cannot_train_is_named_in_the_explanation(tmp_path, monkeyp
     assert "barely trains" not in res2.explanation
 
 
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks:UserWarning")  # torch's Adagrad
 def test_tune_trains_a_model_with_sparse_gradients(tmp_path):
     # nn.EmbeddingBag(sparse=True): the final run's monitor (gradient norm), its clipping and
     # the safe-LR bound all raised on sparse gradients before (benchmarks/user_sparse.py)
