@@ -112,6 +112,17 @@ def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
     return value
 
 
+def check_warmup(warmup_steps: Any, steps: int) -> int:
+    """Return ``warmup_steps`` if it is an int >= 0 and below ``steps`` (a warmup is part of
+    the run: one as long as it leaves no step at the peak, and clamping it would hand back a
+    schedule of another shape than the one asked for)."""
+    w = check_int("warmup_steps", warmup_steps, minimum=0)
+    if w and w >= steps:
+        raise ValueError(f"warmup_steps must be < steps ({steps}), got {w}: a warmup as long as "
+                         "the run leaves no step at the peak")
+    return w
+
+
 def closest(word: str, choices: Iterable[str]) -> str | None:
     """The closest spelling among ``choices`` (for "did you mean" hints), or None. difflib's
     own cutoff, 0.6: at 0.4 an unrelated word got a hint ("nope" -> "logreg")."""

@@ -1075,8 +1075,8 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
     peers' read of the same curve, see ``_confirm_centre``, and then ``CONFIRM_GUESS_SPACING``,
     a decade, apart). Each trains ``budget / candidates``
     of a full run with the recipe's schedule rebuilt for that horizon (a miniature of the full
-    run, its warmup scaled: :meth:`lrkit.tasks.Recipe.warmup_for`) and is scored on the task's ``"val"`` split. While the best sits at an edge of the LRs
-    tried, one more run ``CONFIRM_TRAVEL`` (half a) decade beyond it follows, until a run is worse
+    run, its warmup scaled: :meth:`lrkit.tasks.Recipe.warmup_for`) and is scored on the task's
+    ``"val"`` split. While the best sits at an edge of the LRs tried, one more run ``CONFIRM_TRAVEL`` (half a) decade beyond it follows, until a run is worse
     or confirm has spent ``CONFIRM_MAX_TOTAL`` (one) full run; the best wins (an exact tie goes to
     the lower LR, unless the runs' losses on batches they had not seen tell them apart:
     :func:`loss_tiebreak`). The result is the centre suggestion moved by ``winner / centre``

@@ -34,6 +34,7 @@ from .errors import (
     check_positive,
     check_probability,
     check_range,
+    check_warmup,
     closest,
 )
 
@@ -1121,11 +1122,7 @@ def family(name: str, lr: float, steps: int, *, warmup_steps: int = 0) -> Schedu
     check_choice("name", name, FAMILIES)
     lr = check_positive("lr", lr)
     n = check_int("steps", steps, minimum=1)
-    w = check_int("warmup_steps", warmup_steps, minimum=0)
-    if w and w >= n:
-        # clamping it would hand back a schedule of another shape than the one asked for
-        raise ValueError(f"warmup_steps must be < steps ({n}), got {w}: a warmup as long as "
-                         "the run leaves no step at the peak")
+    w = check_warmup(warmup_steps, n)
     if name == "warmup_cosine":
         return warmup_cosine(lr, warmup_steps=w, total_steps=n)
     if name == "linear":

@@ -27,7 +27,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
-from ..errors import as_real, check_amp, check_choice, check_int, check_positive
+from ..errors import (as_real, check_amp, check_choice, check_int, check_positive,
+                      check_warmup)
 from ..optim._registry import names as _optimizer_names
 from ..schedules import FAMILIES as RECIPE_SCHEDULES
 
@@ -94,10 +95,7 @@ class Recipe:
         check_choice("schedule", self.schedule, RECIPE_SCHEDULES)
         check_int("batch_size", self.batch_size, minimum=1)
         check_int("steps", self.steps, minimum=1)
-        check_int("warmup_steps", self.warmup_steps, minimum=0)
-        if self.warmup_steps and self.warmup_steps >= self.steps:
-            raise ValueError(f"warmup_steps must be < steps ({self.steps}), got "
-                             f"{self.warmup_steps}")
+        check_warmup(self.warmup_steps, self.steps)
         check_positive("default_lr", self.default_lr)
         if self.grad_clip is not None:
             object.__setattr__(self, "grad_clip", check_positive("grad_clip", self.grad_clip))

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import as_real, check_amp, check_group_lrs, check_int, check_positive
+from ..errors import (as_real, check_amp, check_group_lrs, check_int, check_positive,
+                      check_warmup)
 from .base import Recipe, Task
 
 __all__ = ["from_torch"]
@@ -245,10 +246,7 @@ def from_torch(
         raise ValueError("steps must be given: the length of your full training run in "
                          "optimizer steps (confirm and search scale their short runs by it)")
     steps = check_int("steps", steps, minimum=1)
-    warmup_steps = check_int("warmup_steps", warmup_steps, minimum=0)
-    if warmup_steps and warmup_steps >= steps:
-        raise ValueError(f"warmup_steps must be < steps ({steps}), got {warmup_steps}: the "
-                         "warmup is part of the run")
+    warmup_steps = check_warmup(warmup_steps, steps)
     if grad_clip is not None:
         grad_clip = check_positive("grad_clip", grad_clip)
     check_amp("amp", amp)
