@@ -688,6 +688,42 @@ def _adam_constant(beta1: float) -> tuple[float, str]:
     return (2 + 2 * beta1) / (1 - beta1), f"(2+2β1)/((1-β1)λ), β1={beta1:g}, λ of P^-1/2 H P^-1/2"
 
 
+def _nesterov_adam_constant(a: float, b: float, beta1: float) -> float:
+    """``c`` with ``η λ < c`` for the update ``θ ← θ − η(a·g + b·m)``, ``m ← β1 m + (1−β1) g``.
+
+    On ``f = λθ²/2`` the state ``(θ_t, m_{t−1})`` maps linearly with trace ``1 + β1 − ηλ(a +
+    b(1−β1))`` and determinant ``β1(1 − ηλa)``: an eigenvalue leaves the unit disc through −1
+    at ``ηλ = (2+2β1)/(a(1+β1) + b(1−β1))``, or as a complex pair once the determinant reaches
+    −1, at ``ηλ = (1+1/β1)/a``. Adam is ``a=0, b=1``: ``(2+2β1)/(1−β1)``; torch's Nesterov SGD
+    (``b = β/(1−β)`` for ``m`` in EMA units) ``a=1``: ``(2+2β)/(1+2β)``."""
+    c = (2 + 2 * beta1) / (a * (1 + beta1) + b * (1 - beta1))
+    if a > 0 and beta1 > 0:
+        c = min(c, (1 + 1 / beta1) / a)
+    return c
+
+
+def _second_moments(opt: torch.optim.Optimizer, params: list, key: str,
+                    scale: Callable[[dict], float]) -> list | None:
+    """Each parameter's ``opt.state[p][key] * scale(state)``, or ``None`` when any lacks it (a
+    fresh optimizer)."""
+    out = []
+    for p in params:
+        st = opt.state.get(p, {})
+        if key not in st:
+            return None
+        out.append(st[key].detach() * scale(st))
+    return out
+
+
+def _debias(beta2: float) -> Callable[[dict], float]:
+    """The bias correction ``1/(1 − β2^t)`` of a parameter's second moments at its step ``t``."""
+    return lambda st: 1.0 / (1.0 - beta2 ** max(float(st.get("step", 1)), 1.0))
+
+
+_NO_MOMENTS = ("the optimizer has no second moments yet: P estimated from the mean squared "
+               "mini-batch gradient over the batches used (its v after a first step)")
+
+
 def _rule_from_optimizer(opt: torch.optim.Optimizer, model: nn.Module, estimate: Callable[[], list]
                          ) -> _Rule:
     """Read the rule, the preconditioner and coupled weight decay from a torch optimizer."""
@@ -726,20 +762,11 @@ def _rule_from_optimizer(opt: torch.optim.Optimizer, model: nn.Module, estimate:
                 notes.append("decoupled weight decay (AdamW) is left out of the Hessian: it adds "
                              "only lr·wd to the update's linear map")
             wds = [0.0] * len(wds)
-        vs = []
-        for p in params:
-            st = opt.state.get(p, {})
-            sq = st.get("max_exp_avg_sq") if g0.get("amsgrad") else st.get("exp_avg_sq")
-            if sq is None:
-                vs = None
-                break
-            step = float(st.get("step", 1))
-            vs.append(sq.detach() / (1.0 - beta2 ** max(step, 1.0)))
+        key = "max_exp_avg_sq" if g0.get("amsgrad") else "exp_avg_sq"
+        vs = _second_moments(opt, params, key, _debias(beta2))
         if vs is None:
             vs = estimate()
-            notes.append("the optimizer has no second moments yet: P estimated from the mean "
-                         "squared mini-batch gradient over the batches used (Adam's v after a "
-                         "first step)")
+            notes.append(_NO_MOMENTS)
         else:
             notes.append(f"P = sqrt(v̂) + ε from the optimizer's second moments (step "
                          f"{int(float(opt.state[params[0]].get('step', 0)))})")
@@ -796,9 +823,88 @@ def _rule_from_optimizer(opt: torch.optim.Optimizer, model: nn.Module, estimate:
         return _Rule("adagrad", 2.0, "2/λ, λ of P^-1/2 H P^-1/2",
                      "Duchi et al. 2011 (Adagrad) as preconditioned gradient descent; "
                      + _GD_REF, 0.0, pre, wds if any(wds) else None, tuple(notes))
+    if isinstance(opt, (torch.optim.NAdam, torch.optim.RAdam, torch.optim.Adamax)):
+        return _adam_family_rule(opt, params, wds, estimate, notes)
+    if isinstance(opt, torch.optim.ASGD):
+        # θ ← θ(1 − λ_d η_t) − η_t (g + wd θ): gradient descent on H + (wd + λ_d) I at the
+        # step size η_t = lr / (1 + λ_d lr t)^α, which starts at lr and only falls
+        lambds = [float(g.get("lambd", 0.0) or 0.0) for g in groups]
+        wds = [w + d for w, d in zip(wds, lambds)]
+        notes.append("the bound is on ASGD's step size η_t = lr/(1 + λ·lr·t)^α, which starts at "
+                     "lr and only falls; its decay term λ is added to the Hessian like weight "
+                     "decay")
+        return _Rule("asgd", 2.0, "2/λ", "Polyak & Juditsky 1992 (ASGD) as gradient descent; "
+                     + _GD_REF, 0.0, None, wds if any(wds) else None, tuple(notes))
     raise TypeError(f"optimizer {name} has no stability rule here: pass a torch SGD (with or "
-                    f"without momentum), Adam, AdamW, RMSprop or Adagrad (or lrkit's SGDHD / "
-                    f"AdamHD), or optimizer='sgd' | 'momentum' | 'adam'")
+                    f"without momentum), Adam, AdamW, NAdam, RAdam, Adamax, RMSprop, Adagrad or "
+                    f"ASGD (or lrkit's SGDHD / AdamHD), or optimizer='sgd' | 'momentum' | 'adam'")
+
+
+def _adam_family_rule(opt: torch.optim.Optimizer, params: list, wds: list[float],
+                      estimate: Callable[[], list], notes: list[str]) -> _Rule:
+    """The rules of torch's NAdam, RAdam and Adamax: Adam's update with another momentum term
+    (NAdam), a rectification factor (RAdam) or an infinity-norm preconditioner (Adamax)."""
+    g0 = opt.param_groups[0]
+    beta1, beta2 = (float(b) for b in g0["betas"])
+    eps = float(g0["eps"])
+    if g0.get("decoupled_weight_decay"):
+        if any(wds):
+            notes.append("decoupled weight decay is left out of the Hessian: it adds only lr·wd "
+                         "to the update's linear map")
+        wds = [0.0] * len(wds)
+    step = float(opt.state.get(params[0], {}).get("step", 0)) if params else 0.0
+    if isinstance(opt, torch.optim.Adamax):
+        # θ ← θ − lr/(1−β1^t) · m / u, u = max(β2 u, |g| + ε): Adam with P = u (ε inside)
+        us = _second_moments(opt, params, "exp_inf", lambda st: 1.0)
+        if us is None:
+            us = [v.sqrt() + eps for v in estimate()]
+            notes.append("the optimizer has no infinity norm yet: P estimated as the root mean "
+                         "squared mini-batch gradient over the batches used, plus ε")
+        else:
+            notes.append(f"P = u, the optimizer's exponentially weighted infinity norm (step "
+                         f"{int(step)})")
+        c, formula = _adam_constant(beta1)
+        return _Rule("adamax", c, formula.replace("P^-1/2 H P^-1/2", "P^-1/2 H P^-1/2, P = u"),
+                     "Kingma & Ba 2015 (Adamax); " + _ADAM_REF, beta1, [u.rsqrt() for u in us],
+                     wds if any(wds) else None, tuple(notes))
+
+    vs = _second_moments(opt, params, "exp_avg_sq", _debias(beta2))
+    if vs is None:
+        vs = estimate()
+        notes.append(_NO_MOMENTS)
+    else:
+        notes.append(f"P = sqrt(v̂) + ε from the optimizer's second moments (step {int(step)})")
+    pre = [(v.sqrt() + eps).rsqrt() for v in vs]
+    if isinstance(opt, torch.optim.RAdam):
+        # once rectified, θ ← θ − lr·r_t·m̂/(sqrt(v̂) + ε) with r_t <= 1 rising to 1: Adam's
+        # bound divided by r_t, so Adam's own (r_t = 1) is the tightest it reaches
+        c, formula = _adam_constant(beta1)
+        notes.append("RAdam's rectification r_t <= 1 only loosens Adam's bound, by 1/r_t; this "
+                     "is the bound once r_t reaches 1 (its first steps, before rectification, "
+                     "are momentum SGD on the raw Hessian)")
+        return _Rule("radam", c, formula, "Liu et al. 2020 (RAdam); " + _ADAM_REF, beta1, pre,
+                     wds if any(wds) else None, tuple(notes))
+    # NAdam (Dozat 2016) as torch steps it at t = step + 1: θ ← θ − lr(a·g + b·m)/P with
+    # a = (1−μ_t)/(1−Π_t), b = μ_{t+1}/(1−Π_t μ_{t+1}), μ_t = β1(1 − 0.5·0.96^(tψ)), Π_t the
+    # product of μ_1..μ_t, and m the β1-EMA of g (:func:`_nesterov_adam_constant`)
+    psi = float(g0.get("momentum_decay", 0.004))
+    t = step + 1.0
+
+    def mu(k: float) -> float:
+        return beta1 * (1.0 - 0.5 * 0.96 ** (k * psi))
+
+    prod = float(opt.state.get(params[0], {}).get("mu_product", 1.0)) if params else 1.0
+    prod *= mu(t)
+    a = (1.0 - mu(t)) / (1.0 - prod)
+    b = mu(t + 1) / (1.0 - prod * mu(t + 1))
+    c = _nesterov_adam_constant(a, b, beta1)
+    notes.append(f"NAdam's momentum μ_t grows slowly with the step (μ = {mu(t):.3g} at step "
+                 f"{int(t)}, β1 = {beta1:g} in the limit), and the bound with it: this is the "
+                 "bound at the optimizer's next step")
+    return _Rule("nadam", c, f"c/λ, c = (2+2β1)/(a(1+β1) + b(1-β1)) = {c:.4g} (a = {a:.3g}, "
+                 f"b = {b:.3g} at step {int(t)}), λ of P^-1/2 H P^-1/2",
+                 "Dozat 2016 (NAdam); " + _ADAM_REF, beta1, pre, wds if any(wds) else None,
+                 tuple(notes))
 
 
 def _squared_gradients(model: nn.Module, loss_fn: LossFn, batches: list, mode: str) -> list:
@@ -852,6 +958,13 @@ def safe_lr(
     ``"adam"`` (β1)               ``(2+2β1)/((1−β1)λ)`` = 38/λ at β1=0.9   Cohen et al. 2022
     torch RMSprop (momentum β)    ``(2+2β)/λ`` on the preconditioned H    Cohen et al. 2022
     torch Adagrad                 ``2/λ``, ``P = sqrt(G) + ε`` (G: Σ g²)   Duchi et al. 2011
+    torch RAdam                   Adam's (rectification ``r_t ≤ 1`` only   Liu et al. 2020
+                                  loosens it, by ``1/r_t``)
+    torch NAdam                   ``(2+2β1)/((a(1+β1) + b(1−β1))λ)``,     Dozat 2016; the
+                                  ``a``, ``b`` its gradient and momentum   update's 2x2 linear
+                                  weights at the next step                 map (derived here)
+    torch Adamax                  Adam's, ``P = u`` (its infinity norm)    Kingma & Ba 2015
+    torch ASGD                    ``2/λ`` on ``H + λ_d`` (its decay)       Polyak & Juditsky 1992
     ============================  ======================================  ==========================
 
     Torch SGD's dampening ``d`` divides by ``1−d``; coupled weight decay ``wd`` (SGD, Adam) adds

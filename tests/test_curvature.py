@@ -546,3 +546,82 @@ def test_adagrad_is_gradient_descent_preconditioned_by_its_running_sum():
     lam0 = float(torch.linalg.eigvalsh(d0[:, None] * h * d0[None, :])[-1])
     assert f.lr == pytest.approx(2.0 / lam0, rel=1e-5)
     assert any("no step yet" in n for n in f.eigen.notes)
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: torch.optim.Adam(p, lr=1e-3, eps=1e10),
+    lambda p: torch.optim.NAdam(p, lr=1e-3, eps=1e10, momentum_decay=0.0),
+    lambda p: torch.optim.RAdam(p, lr=1e-3, eps=1e10, betas=(0.9, 0.9)),
+    lambda p: torch.optim.Adamax(p, lr=1e-3, eps=1e10),
+    lambda p: torch.optim.ASGD(p, lr=1e-3, lambd=0.0),
+], ids=["adam", "nadam", "radam", "adamax", "asgd"])
+def test_the_bound_is_where_torchs_own_optimizer_turns_unstable(make):
+    """On a quadratic (curvatures 1, 4, 10), torch's own optimizer, stepped from its state after
+    100 steps at 5% below ``safe_lr``'s bound, converges; at 5% above it blows up. (An ε far above
+    every gradient holds the preconditioner fixed, as the linear analysis assumes: Adam's
+    growing second moments otherwise damp the blow-up. NAdam with ``momentum_decay=0`` holds its
+    momentum μ fixed; RAdam with β2=0.9 has its rectification at 1 by then.) NAdam, RAdam,
+    Adamax and ASGD had no rule ("no stability rule here")."""
+    h = torch.tensor([1.0, 4.0, 10.0], dtype=torch.float64)
+
+    def loss(m, b):
+        return 0.5 * (h * m[0].weight.squeeze(0) ** 2).sum()
+
+    ends = []
+    for factor in (0.95, 1.05):
+        model = nn.Sequential(nn.Linear(3, 1, bias=False)).double()
+        with torch.no_grad():
+            model[0].weight.fill_(1.0)
+        opt = make(model.parameters())
+        for _ in range(100):
+            opt.zero_grad()
+            loss(model, None).backward()
+            opt.step()
+        s = C.safe_lr(model, loss, [(torch.zeros(1),)], optimizer=opt, iters=50, tol=1e-12)
+        with torch.no_grad():
+            model[0].weight.fill_(1.0)
+        for g in opt.param_groups:
+            g["lr"] = factor * s.lr
+        for _ in range(100):
+            opt.zero_grad()
+            loss(model, None).backward()
+            opt.step()
+        ends.append(float(model[0].weight.detach().abs().max()))
+    assert ends[0] < 1.0 and ends[1] > 1e3, ends
+
+
+def test_nadam_radam_adamax_rules_read_their_state_or_estimate_it():
+    model = mlp(5)
+    batches = [data(6, 32)]
+    h = exact_hessian(model, ce, batches)
+    grads = torch.autograd.grad(ce(model, batches[0]), list(model.parameters()))
+    g2 = torch.cat([x.reshape(-1) for x in grads]) ** 2
+    params = list(model.parameters())
+
+    def top(p_diag):
+        d = p_diag.rsqrt()
+        return float(torch.linalg.eigvalsh(d[:, None] * h * d[None, :])[-1])
+
+    # fresh: P from the mean squared gradient (Adamax: its root, plus ε)
+    for make, p_diag, name in (
+            (lambda: torch.optim.RAdam(params, eps=1e-6), g2.sqrt() + 1e-6, "radam"),
+            (lambda: torch.optim.Adamax(params, eps=1e-6), g2.sqrt() + 1e-6, "adamax")):
+        s = C.safe_lr(model, ce, batches, optimizer=make(), iters=60, tol=1e-10)
+        assert s.optimizer == name and s.constant == pytest.approx(38.0)
+        assert s.lr == pytest.approx(38.0 / top(p_diag), rel=1e-5)
+    # a fresh NAdam steps next with μ1 = 0.45 (β1 = 0.9, ψ = 0.004): a = 1, b = μ2/(1 − μ1μ2),
+    # about 20x tighter than Adam's 38
+    mu1, mu2 = (0.9 * (1 - 0.5 * 0.96 ** (k * 0.004)) for k in (1, 2))
+    b = mu2 / (1 - mu1 * mu2)
+    c = min(3.8 / (1.9 + b * 0.1), (1 + 1 / 0.9) / 1.0)
+    s = C.safe_lr(model, ce, batches, optimizer=torch.optim.NAdam(params, eps=1e-6), iters=60,
+                  tol=1e-10)
+    assert s.optimizer == "nadam" and s.constant == pytest.approx(c, rel=1e-9)
+    assert s.lr == pytest.approx(c / top(g2.sqrt() + 1e-6), rel=1e-5)
+    # after steps: Adamax's P is its infinity norm u, read from its state
+    opt = torch.optim.Adamax(params, lr=1e-3, eps=1e-6)
+    train.fit(model, opt, batches, num_steps=3, step_fn=ce)
+    h = exact_hessian(model, ce, batches)
+    u = torch.cat([opt.state[p]["exp_inf"].reshape(-1) for p in params])
+    s = C.safe_lr(model, ce, batches, optimizer=opt, iters=60, tol=1e-10)
+    assert s.lr == pytest.approx(38.0 / top(u), rel=1e-5)
