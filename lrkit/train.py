@@ -51,6 +51,8 @@ __all__ = [
     "module_modes",
     "set_module_modes",
     "global_grad_norm",
+    "clip_grad_norm",
+    "module_state",
     "model_device",
     "check_loader",
     "check_optimizer",
@@ -592,8 +594,9 @@ def fit(
                 with autocast():
                     loss = compute(model, batch)
                 if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-                    raise TypeError("the loss must be a scalar tensor, got "
-                                    f"{type(loss).__name__} {getattr(loss, 'shape', '')}")
+                    shape = f" of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else ""
+                    raise TypeError(f"the loss must be a scalar tensor, got "
+                                    f"{type(loss).__name__}{shape}{_loss_hint(loss)}")
                 if not loss.requires_grad:
                     # PyTorch's "element 0 of tensors does not require grad" names neither
                     # the loss function nor the usual causes
@@ -870,6 +873,19 @@ class Snapshot:
 
 def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype
+
+
+def _loss_hint(loss: Any) -> str:
+    """What to do about a loss that is not a scalar tensor, by what it is."""
+    if isinstance(loss, (tuple, list)) and loss and isinstance(loss[0], torch.Tensor):
+        return ("; a loss function that returns (loss, extras) can be passed as "
+                "lambda out, y: fn(out, y)[0] (or a step_fn returning the loss alone)")
+    if isinstance(loss, dict):
+        return "; pass a step_fn that picks the loss out of the dict (step_fn(model, batch))"
+    if isinstance(loss, torch.Tensor):
+        return ("; a per-example loss (reduction='none') needs its mean: "
+                "lambda out, y: fn(out, y).mean()")
+    return ""
 
 
 def module_state(model: nn.Module) -> dict[str, Any]:

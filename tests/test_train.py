@@ -488,6 +488,20 @@ def test_a_loss_cut_off_from_the_parameters_is_named_and_the_model_restored():
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), w0))
 
 
+@pytest.mark.parametrize("loss_fn, hint", [
+    (lambda out, y: (nn.functional.mse_loss(out, y), {"mae": 0.0}), r"fn\(out, y\)\[0\]"),
+    (lambda out, y: {"loss": nn.functional.mse_loss(out, y)}, "picks the loss out of the dict"),
+    (lambda out, y: nn.functional.mse_loss(out, y, reduction="none"), r"Tensor of shape \(8, 1\); a per-example.*\.mean\(\)"),
+    (lambda out, y: 1.0, "got float$"),
+], ids=["tuple", "dict", "per-example", "float"])
+def test_a_loss_that_is_not_a_scalar_says_what_to_pass(loss_fn, hint):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match="the loss must be a scalar tensor.*" + hint):
+        fit(model, opt, [(torch.randn(8, 4), torch.randn(8, 1))], num_steps=2, loss_fn=loss_fn)
+
+
 class _Counting(nn.Module):
     """A model with a non-persistent buffer that training changes (not in its state_dict)."""
 
