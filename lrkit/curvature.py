@@ -1203,7 +1203,7 @@ def stability_test(
     if not isinstance(task, Task):
         raise TypeError(f"task must be a lrkit.tasks.Task (for a plain model build one with "
                         f"lrkit.tasks.from_torch), got {type(task).__name__}")
-    fs = [check_positive("factors[]", f) for f in factors]
+    fs = [check_positive(f"factors[{i}]", f) for i, f in enumerate(factors)]
     if not fs:
         raise ValueError("factors must hold at least one factor")
     n = min(task.recipe.steps, 200) if steps is None else check_int("steps", steps, minimum=1)
@@ -1486,6 +1486,8 @@ def cli_main(args: argparse.Namespace) -> int:
     from . import tasks
 
     task = tasks.get(args.task)
+    for i, f in enumerate(args.factors or ()):  # before the bound's Hessian-vector products
+        check_positive(f"factors[{i}]", f)
     s = safe_lr(task, seed=args.seed, num_batches=args.num_batches, iters=args.iters,
                 method=args.method, mode=args.mode)
     print(f"{task.name}: {task.recipe.optimizer} recipe, batch {task.recipe.batch_size}")

@@ -427,7 +427,7 @@ def test_bad_arguments_are_named():
         C.SharpnessTracker(torch.nn.MSELoss(), batches)
     with pytest.raises(TypeError, match="Task"):
         C.stability_test(model)
-    with pytest.raises(ValueError, match="factors"):
+    with pytest.raises(ValueError, match=r"factors\[1\] must be > 0"):
         C.stability_test(tasks.get("logreg"), factors=(0.5, -1.0))
     with pytest.raises(ValueError, match="every"):
         C.SharpnessTracker(ce, batches, every=0)
@@ -453,6 +453,8 @@ def test_cli_safe_lr(tmp_path, capsys):
     d = json.loads(out.read_text())
     assert [r["converged"] for r in d["test"]["runs"]] == [True, True, False]
     assert main(["safe-lr", "--task", "no-such-task"]) == 2
+    assert main(["safe-lr", "--task", "logreg", "--factors", "1", "-1"]) == 2
+    assert "factors[1] must be > 0" in capsys.readouterr().err
 
 
 def test_docstring_examples_run():
