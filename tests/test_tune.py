@@ -1255,3 +1255,30 @@ def test_tune_trains_a_model_with_sparse_gradients(tmp_path):
     safe = json.loads((tmp_path / "sparse" / "safe-lr.json").read_text())
     assert "error" not in safe, safe
     assert safe["lr"] > 0
+
+
+def test_a_constant_winner_trains_with_a_cooldown_unless_the_short_runs_saw_overfitting(tmp_path):
+    """Constant wins the short runs (which end before a cooldown pays); the final run holds its
+    LR and decays over the last fifth (WSD at the same peak), where WSD is offered and no time
+    rescaling said the model overfits. The result, its schedule and the saved run say so."""
+    ff = tune_mod._final_family
+    for family, offered, halving, want in (
+            ("constant", ("constant", "wsd"), {}, "wsd"),
+            ("constant", ("constant", "cosine"), {}, "constant"),  # WSD not offered
+            ("constant", ("constant", "wsd"), {"rescaled": "overfits"}, "constant"),
+            ("constant", ("constant", "wsd"), {"skipped": True}, "constant"),
+            ("cosine", ("cosine", "wsd"), {}, "cosine")):
+        assert ff(family, offered, halving) == want
+        assert ("cooldown" in halving) == (want != family)
+    res = tune(make_task(STEPS), out=tmp_path / "c", progress=False, schedules=("constant", "wsd"))
+    halving = json.loads((tmp_path / "c" / "3-halving.json").read_text())["stage"]["outcome"]
+    assert halving["family"] == "constant" and not halving["time_rescaled"]
+    assert res.family == "wsd"
+    assert res.schedule == schedules.family("wsd", res.lr, STEPS).spec
+    final = json.loads((tmp_path / "c" / "4-final.json").read_text())
+    assert final["family"] == "wsd" and final["lrs"][-1] < 0.1 * final["lrs"][0]
+    assert final["lrs"][int(0.79 * STEPS)] == pytest.approx(res.lr)  # held until the last fifth
+    assert "decays it to 0 over its last fifth (WSD)" in res.explanation
+    # only constant offered: kept as it is
+    res = tune(make_task(STEPS), out=tmp_path / "k", progress=False, schedules=("constant",))
+    assert res.family == "constant" and "cooldown" not in res.explanation
