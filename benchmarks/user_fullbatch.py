@@ -18,10 +18,8 @@ answer, confirm's, tune's and ``safe_lr``'s, each with its regret against the gr
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -31,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lrkit  # noqa: E402
-from user_regression import grid_means  # noqa: E402
+from user_regression import grid_best, picks  # noqa: E402
 
 
 def regret(v: float, best: float) -> str:
@@ -87,17 +85,9 @@ def main(argv: list[str]) -> int:
     names = argv[0].split(",") if argv else ["lsq", "fit"]
     for name in names:
         task, bound, grid = {"lsq": lsq, "fit": fit}[name]()
-        means = grid_means(task, grid)
-        b = int(np.nanargmin(means))
-        best = float(means[b])
-        print(f"{name}: grid best {grid[b]:.3g} ({best:.4f}); "
-              + " ".join(f"{lr:.2g}:{m:.3g}" for lr, m in zip(grid, means)), flush=True)
+        best = grid_best(task, grid, name, ".3g")
         for seed in range(3):
-            r = lrkit.find_lr(task, seed=seed, progress=False)
-            c = lrkit.find_lr(task, seed=seed, progress=False, confirm=True)
-            full = lrkit.train.run(task, c.lr, seed=seed, eval_split="test").metric
-            with tempfile.TemporaryDirectory() as out:
-                t = lrkit.tune(task, out=out, progress=False, seed=seed)
+            r, c, full, t = picks(task, seed)
             s = lrkit.safe_lr(task, seed=seed)
             print(f"  seed {seed}: range test {r.lr and f'{r.lr:.3g}'} ({r.suggestion.confidence},"
                   f" {r.suggestion.reason}); confirm {c.lr:.3g}, test {full:.4g} "

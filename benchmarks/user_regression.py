@@ -66,14 +66,31 @@ def grid_means(task, grid: list[float], seeds: int = 3) -> list[float]:
                            for s in range(seeds)])) for lr in grid]
 
 
+def grid_best(task, grid: list[float], label: str, fmt: str = ".3f") -> float:
+    """Print the grid's mean test metric at each LR (:func:`grid_means`, 3 seeds) and return
+    the best (lowest). Shared with ``user_sparse.py`` and ``user_fullbatch.py``."""
+    means = grid_means(task, grid)
+    b = int(np.nanargmin(means))
+    print(f"{label}: grid best {grid[b]:.3g} ({means[b]:.4f}); "
+          + " ".join(f"{lr:.2g}:{m:{fmt}}" for lr, m in zip(grid, means)), flush=True)
+    return float(means[b])
+
+
+def picks(task, seed: int) -> tuple:
+    """``(range test, confirm, confirm's full-run test metric, tune)`` of one seed."""
+    r = lrkit.find_lr(task, seed=seed, progress=False)
+    c = lrkit.find_lr(task, seed=seed, progress=False, confirm=True)
+    full = train.run(task, c.lr, seed=seed, eval_split="test").metric
+    with tempfile.TemporaryDirectory() as out:
+        t = lrkit.tune(task, out=out, progress=False, seed=seed)
+    return r, c, full, t
+
+
 def grid_and_tune(task, grid: list[float], label: str, peers: bool = False) -> None:
     """Full runs on ``grid`` (3 seeds, test split, lower is better), then per seed the range
     test's answer (and the peers' rules) and tune's decision with its regret against the grid's
     best. Shared with ``user_finetune.py``."""
-    means = grid_means(task, grid)
-    b = int(np.nanargmin(means))
-    print(f"{label}: grid best {grid[b]:.3g} ({means[b]:.4f}); "
-          + " ".join(f"{lr:.2g}:{m:.3f}" for lr, m in zip(grid, means)))
+    best = grid_best(task, grid, label)
     for seed in range(3):
         r = lrkit.find_lr(task, seed=seed, progress=False)
         if peers:
@@ -83,7 +100,7 @@ def grid_and_tune(task, grid: list[float], label: str, peers: bool = False) -> N
             t = lrkit.tune(task, out=out, progress=False, seed=seed)
         print(f"  seed {seed}: range test {r.lr and f'{r.lr:.3g}'} ({r.suggestion.confidence}); "
               f"tune {t.family} at {t.lr:.3g}, test {t.metric:.4f} "
-              f"({100 * (t.metric - means[b]) / means[b]:+.1f}%), {t.cost_runs:.2f} runs")
+              f"({100 * (t.metric - best) / best:+.1f}%), {t.cost_runs:.2f} runs")
 
 
 def clip() -> None:

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import re
 import sys
-import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -36,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import lrkit  # noqa: E402
-from user_regression import grid_means  # noqa: E402
+from user_regression import grid_best, picks  # noqa: E402
 from user_textcls import FILES, data  # noqa: E402
 
 BUCKETS, WORDS = 4096, 16
@@ -91,17 +89,9 @@ def main(argv: list[str]) -> int:
             test_loader=DataLoader(TensorDataset(x[te], y[te]), batch_size=400),
             steps=300, name=f"sparse-{name}")
         grid = [10 ** (k / 4) for k in range(-12, 9)]  # 1e-3 .. 100
-        means = grid_means(task, grid)
-        b = int(np.nanargmin(means))
-        best = float(means[b])
-        print(f"{name}: grid best {grid[b]:.3g} ({best:.4f}); "
-              + " ".join(f"{lr:.2g}:{m:.3f}" for lr, m in zip(grid, means)), flush=True)
+        best = grid_best(task, grid, name)
         for seed in range(3):
-            r = lrkit.find_lr(task, seed=seed, progress=False)
-            c = lrkit.find_lr(task, seed=seed, progress=False, confirm=True)
-            full = lrkit.train.run(task, c.lr, seed=seed, eval_split="test").metric
-            with tempfile.TemporaryDirectory() as out:
-                t = lrkit.tune(task, out=out, progress=False, seed=seed)
+            r, c, full, t = picks(task, seed)
             print(f"  seed {seed}: range test {r.lr and f'{r.lr:.3g}'} ({r.suggestion.confidence});"
                   f" confirm {c.lr:.3g}, test {full:.4f} ({regret(full, best)}); tune "
                   f"{t.family} at {t.lr:.3g}, test {t.metric:.4f} ({regret(t.metric, best)}), "
