@@ -753,27 +753,9 @@ def _rule_from_optimizer(opt: torch.optim.Optimizer, model: nn.Module, estimate:
         c, kind, formula, ref = _sgd_rule(beta, dampening=float(g0.get("dampening", 0.0) or 0.0),
                                           nesterov=bool(g0.get("nesterov", False)))
         return _Rule(kind, c, formula, ref, beta, None, wds if any(wds) else None, tuple(notes))
-    if isinstance(opt, (torch.optim.Adam, torch.optim.AdamW, AdamHD)):
-        beta1, beta2 = (float(b) for b in g0["betas"])
-        eps = float(g0["eps"])
-        decoupled = isinstance(opt, torch.optim.AdamW) or bool(g0.get("decoupled_weight_decay"))
-        if decoupled:
-            if any(wds):
-                notes.append("decoupled weight decay (AdamW) is left out of the Hessian: it adds "
-                             "only lr·wd to the update's linear map")
-            wds = [0.0] * len(wds)
-        key = "max_exp_avg_sq" if g0.get("amsgrad") else "exp_avg_sq"
-        vs = _second_moments(opt, params, key, _debias(beta2))
-        if vs is None:
-            vs = estimate()
-            notes.append(_NO_MOMENTS)
-        else:
-            notes.append(f"P = sqrt(v̂) + ε from the optimizer's second moments (step "
-                         f"{int(float(opt.state[params[0]].get('step', 0)))})")
-        pre = [(v.sqrt() + eps).rsqrt() for v in vs]
-        c, formula = _adam_constant(beta1)
-        return _Rule("adam", c, formula, _ADAM_REF, beta1, pre, wds if any(wds) else None,
-                     tuple(notes))
+    if isinstance(opt, (torch.optim.Adam, torch.optim.AdamW, AdamHD, torch.optim.NAdam,
+                        torch.optim.RAdam, torch.optim.Adamax)):
+        return _adam_family_rule(opt, params, wds, estimate, notes)
     if isinstance(opt, torch.optim.RMSprop):
         beta = float(g0.get("momentum", 0.0) or 0.0)
         eps = float(g0["eps"])
@@ -823,8 +805,6 @@ def _rule_from_optimizer(opt: torch.optim.Optimizer, model: nn.Module, estimate:
         return _Rule("adagrad", 2.0, "2/λ, λ of P^-1/2 H P^-1/2",
                      "Duchi et al. 2011 (Adagrad) as preconditioned gradient descent; "
                      + _GD_REF, 0.0, pre, wds if any(wds) else None, tuple(notes))
-    if isinstance(opt, (torch.optim.NAdam, torch.optim.RAdam, torch.optim.Adamax)):
-        return _adam_family_rule(opt, params, wds, estimate, notes)
     if isinstance(opt, torch.optim.ASGD):
         # θ ← θ(1 − λ_d η_t) − η_t (g + wd θ): gradient descent on H + (wd + λ_d) I at the
         # step size η_t = lr / (1 + λ_d lr t)^α, which starts at lr and only falls
@@ -842,15 +822,16 @@ def _rule_from_optimizer(opt: torch.optim.Optimizer, model: nn.Module, estimate:
 
 def _adam_family_rule(opt: torch.optim.Optimizer, params: list, wds: list[float],
                       estimate: Callable[[], list], notes: list[str]) -> _Rule:
-    """The rules of torch's NAdam, RAdam and Adamax: Adam's update with another momentum term
-    (NAdam), a rectification factor (RAdam) or an infinity-norm preconditioner (Adamax)."""
+    """The rules of Adam (torch's Adam and AdamW, lrkit's AdamHD) and of torch's NAdam, RAdam
+    and Adamax: Adam's update with another momentum term (NAdam), a rectification factor
+    (RAdam) or an infinity-norm preconditioner (Adamax)."""
     g0 = opt.param_groups[0]
     beta1, beta2 = (float(b) for b in g0["betas"])
     eps = float(g0["eps"])
-    if g0.get("decoupled_weight_decay"):
+    if isinstance(opt, torch.optim.AdamW) or g0.get("decoupled_weight_decay"):
         if any(wds):
-            notes.append("decoupled weight decay is left out of the Hessian: it adds only lr·wd "
-                         "to the update's linear map")
+            notes.append("decoupled weight decay (AdamW, decoupled_weight_decay=True) is left "
+                         "out of the Hessian: it adds only lr·wd to the update's linear map")
         wds = [0.0] * len(wds)
     step = float(opt.state.get(params[0], {}).get("step", 0)) if params else 0.0
     if isinstance(opt, torch.optim.Adamax):
@@ -868,13 +849,18 @@ def _adam_family_rule(opt: torch.optim.Optimizer, params: list, wds: list[float]
                      "Kingma & Ba 2015 (Adamax); " + _ADAM_REF, beta1, [u.rsqrt() for u in us],
                      wds if any(wds) else None, tuple(notes))
 
-    vs = _second_moments(opt, params, "exp_avg_sq", _debias(beta2))
+    key = "max_exp_avg_sq" if g0.get("amsgrad") else "exp_avg_sq"
+    vs = _second_moments(opt, params, key, _debias(beta2))
     if vs is None:
         vs = estimate()
         notes.append(_NO_MOMENTS)
     else:
         notes.append(f"P = sqrt(v̂) + ε from the optimizer's second moments (step {int(step)})")
     pre = [(v.sqrt() + eps).rsqrt() for v in vs]
+    if not isinstance(opt, (torch.optim.RAdam, torch.optim.NAdam)):  # Adam, AdamW, AdamHD
+        c, formula = _adam_constant(beta1)
+        return _Rule("adam", c, formula, _ADAM_REF, beta1, pre, wds if any(wds) else None,
+                     tuple(notes))
     if isinstance(opt, torch.optim.RAdam):
         # once rectified, θ ← θ − lr·r_t·m̂/(sqrt(v̂) + ε) with r_t <= 1 rising to 1: Adam's
         # bound divided by r_t, so Adam's own (r_t = 1) is the tightest it reaches

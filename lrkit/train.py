@@ -594,9 +594,8 @@ def fit(
                 with autocast():
                     loss = compute(model, batch)
                 if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-                    shape = f" of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else ""
                     raise TypeError(f"the loss must be a scalar tensor, got "
-                                    f"{type(loss).__name__}{shape}{_loss_hint(loss)}")
+                                    f"{type(loss).__name__}{_loss_hint(loss)}")
                 if not loss.requires_grad:
                     # PyTorch's "element 0 of tensors does not require grad" names neither
                     # the loss function nor the usual causes
@@ -883,8 +882,8 @@ def _loss_hint(loss: Any) -> str:
     if isinstance(loss, dict):
         return "; pass a step_fn that picks the loss out of the dict (step_fn(model, batch))"
     if isinstance(loss, torch.Tensor):
-        return ("; a per-example loss (reduction='none') needs its mean: "
-                "lambda out, y: fn(out, y).mean()")
+        return (f" of shape {tuple(loss.shape)}; a per-example loss (reduction='none') needs "
+                "its mean: lambda out, y: fn(out, y).mean()")
     return ""
 
 

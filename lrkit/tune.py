@@ -870,8 +870,7 @@ def _final_family(family: str, families: Sequence[str], halving: dict) -> str:
     gets a cooldown, the WSD shape at the same peak (the LR held, then a 1-sqrt decay to 0 over
     the run's last fifth, as :func:`lrkit.schedules.family` shapes it), when WSD is among
     ``families`` and the short runs gave no sign of overfitting (no time rescaling; not when
-    confirmation was skipped); the explanation's sentence for it goes to
-    ``halving["cooldown"]``.
+    confirmation was skipped); the explanation says so (:data:`COOLDOWN_SENTENCE`).
 
     Why: a short run cannot show what a cooldown is worth, since the noise it averages away
     only matters once the run has reached its noise floor; so constant wins the short runs'
@@ -888,14 +887,16 @@ def _final_family(family: str, families: Sequence[str], halving: dict) -> str:
     regret -0.4% -> -2.3% (``benchmarks/RESULTS.md``, twenty-first round)."""
     if (family == "constant" and "wsd" in families and not halving.get("rescaled")
             and not halving.get("skipped")):
-        halving["cooldown"] = (
-            "Constant won the short runs, which end before a cooldown pays; so the final run "
-            "holds that LR and decays it to 0 over its last fifth (WSD), which "
-            "at the same peak matches cosine and beats the constant LR it ends (Hägele et al. "
-            "2024); the short runs saw no overfitting, which the LR's noise would be holding "
-            "back.")
         return "wsd"
     return family
+
+
+#: the explanation's sentence for a cooldown (:func:`_final_family`)
+COOLDOWN_SENTENCE = (
+    "Constant won the short runs, which end before a cooldown pays; so the final run holds "
+    "that LR and decays it to 0 over its last fifth (WSD), which at the same peak matches "
+    "cosine and beats the constant LR it ends (Hägele et al. 2024); the short runs saw no "
+    "overfitting, which the LR's noise would be holding back.")
 
 
 def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
@@ -1403,8 +1404,8 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
                      "would.")
     if halving.get("rescaled"):
         parts.append(f"But {halving['rescaled']}.")
-    if halving.get("cooldown"):
-        parts.append(halving["cooldown"])
+    if final.get("family", w.family) != w.family:  # the final run's cooldown
+        parts.append(COOLDOWN_SENTENCE)
     parts += _explain_warmup(halving.get("warmup"), name, fmt, full)
     total = sum(st.cost_steps for st in stages)
     parts.append(f"The full {full}-step run with that schedule scored "

@@ -1268,8 +1268,9 @@ def test_a_constant_winner_trains_with_a_cooldown_unless_the_short_runs_saw_over
             ("constant", ("constant", "wsd"), {"rescaled": "overfits"}, "constant"),
             ("constant", ("constant", "wsd"), {"skipped": True}, "constant"),
             ("cosine", ("cosine", "wsd"), {}, "cosine")):
+        before = dict(halving)
         assert ff(family, offered, halving) == want
-        assert ("cooldown" in halving) == (want != family)
+        assert halving == before  # a pure choice: the explanation reads it from the final run
     res = tune(make_task(STEPS), out=tmp_path / "c", progress=False, schedules=("constant", "wsd"))
     halving = json.loads((tmp_path / "c" / "3-halving.json").read_text())["stage"]["outcome"]
     assert halving["family"] == "constant" and not halving["time_rescaled"]
@@ -1278,6 +1279,7 @@ def test_a_constant_winner_trains_with_a_cooldown_unless_the_short_runs_saw_over
     final = json.loads((tmp_path / "c" / "4-final.json").read_text())
     assert final["family"] == "wsd" and final["lrs"][-1] < 0.1 * final["lrs"][0]
     assert final["lrs"][int(0.79 * STEPS)] == pytest.approx(res.lr)  # held until the last fifth
+    assert tune_mod.COOLDOWN_SENTENCE in res.explanation
     assert "decays it to 0 over its last fifth (WSD)" in res.explanation
     # only constant offered: kept as it is
     res = tune(make_task(STEPS), out=tmp_path / "k", progress=False, schedules=("constant",))
