@@ -497,7 +497,102 @@ def find_lr(
     if not isinstance(restore, bool):
         raise TypeError(f"restore must be a bool, got {restore!r}")
 
-    task = None
+    setup = _set_up(model_or_task, optimizer, train_loader, loss_fn, step_fn,
+                    first_lr=float(plans[0][0]), seed=seed, device=device,
+                    val_loader=val_loader, grad_clip=grad_clip, amp=amp,
+                    accumulation_steps=accumulation_steps,
+                    confirm_options=(dict(steps=steps, schedule=schedule, metric_fn=metric_fn,
+                                          higher_is_better=higher_is_better)
+                                     if confirm else None))
+    task = setup.task
+    scales = check_group_lrs(setup.optimizer)
+    snap = None
+    if (restore or len(plans) > 1) and task is None:
+        gens = _train.loader_generators(setup.train_loader)
+        if val_loader is not None:
+            gens += [g for g in _train.loader_generators(val_loader)
+                     if all(g is not h for h in gens)]
+        snap = _train.snapshot(setup.model, setup.optimizer, scheduler=scheduler, scaler=scaler,
+                               generators=gens, grads=True)
+    try:
+        per_sweep, reasons, steps_done, wall = _run_sweeps(
+            setup, plans, seed=seed, snap=snap, scales=scales, val_loader=val_loader,
+            stop=lambda: _train.DivergenceStop(diverge_factor, relative_to="best", beta=smooth),
+            scaler=scaler, progress=progress)
+    finally:
+        if snap is not None and restore:
+            snap.restore()
+        if task is not None and not confirm:
+            put_back(task, seed)
+
+    lrs = np.concatenate([x for x, _ in per_sweep])
+    order = np.argsort(lrs, kind="stable")
+    losses = np.concatenate([y for _, y in per_sweep])[order]
+    lrs = lrs[order]
+    stop_reason = ("nan" if "nan" in reasons else "diverged" if any(
+        x not in ("completed", "nan") for x in reasons) else "completed")
+    result = _build_result(lrs, losses, stop_reason, method=method, num_iter=num_iter,
+                           sweeps=per_sweep,
+                           cost=steps_done, wall=wall,
+                           settings={"start_lr": float(start_lr), "end_lr": float(end_lr),
+                                     "num_iter": num_iter, "mode": mode, "smooth": float(smooth),
+                                     "sweeps": len(plans), "sweep_steps": len(plans[0]),
+                                     "diverge_factor": diverge_factor,
+                                     "accumulation_steps": setup.accumulation_steps,
+                                     "grad_clip": setup.grad_clip,
+                                     "loss_kind": "val" if val_loader is not None else "train",
+                                     "group_scales": scales, "seed": seed,
+                                     "task": task.name if task is not None else None},
+                           train_size=getattr(task, "train_size", None) if task else None,
+                           batch_size=task.recipe.batch_size if task else None)
+    if not confirm:
+        return result
+    if task is not None:
+        try:
+            return _confirm(task, result, seed=seed, candidates=confirm_candidates,
+                            budget=confirm_budget, progress=progress)
+        finally:
+            put_back(task, seed)
+    user = _train.snapshot(setup.model, setup.optimizer, scheduler=scheduler, scaler=scaler,
+                           generators=_train.loader_generators(setup.train_loader)
+                           + _train.loader_generators(val_loader), grads=True)
+    try:
+        return _confirm(setup.confirm_task, result, seed=seed, candidates=confirm_candidates,
+                        budget=confirm_budget, progress=progress)
+    finally:
+        user.restore()
+
+
+@dataclass
+class _Setup:
+    """What a range test trains: the model, optimizer, batches and loss, and the loop's
+    options, from a Task (``task``, rebuilt per sweep) or the user's own objects (with
+    ``confirm_task``, the :func:`lrkit.tasks.from_torch` Task confirm's runs use)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    train_loader: Iterable
+    loss_fn: Callable | None
+    step_fn: Callable | None
+    device: Any
+    grad_clip: float | None
+    amp: bool | str
+    accumulation_steps: int
+    task: Any = None
+    confirm_task: Any = None
+
+
+def _set_up(model_or_task: Any, optimizer: Any, train_loader: Any, loss_fn: Any, step_fn: Any,
+            *, first_lr: float, seed: int, device: Any, val_loader: Any, grad_clip: Any,
+            amp: Any, accumulation_steps: Any, confirm_options: dict | None) -> _Setup:
+    """:func:`find_lr`'s model, optimizer and batches, checked: built from a Task for ``seed``
+    (its recipe fills the loop options left ``None``), or the user's own, with the confirm
+    Task built from them before any step when ``confirm_options`` (``steps``, ``schedule``,
+    ``metric_fn``, ``higher_is_better``) are given: a set-up it cannot rebuild, or a schedule
+    it cannot read, fails before the sweep, and every confirm run starts from the user's
+    weights (with ``restore=False`` the sweep leaves its own behind)."""
+    from . import train as _train
+
     if _is_task(model_or_task):
         task = model_or_task
         for name, value in (("optimizer", optimizer), ("train_loader", train_loader),
@@ -509,105 +604,109 @@ def find_lr(
         model = task.build_model(seed)
         if device is not None:
             model.to(device)
-        optimizer = task.recipe.make_optimizer(model.parameters(), float(plans[0][0]))
-        train_loader = task.batches(seed)
-        step_fn = task.loss
-        if grad_clip is None:
-            grad_clip = task.recipe.grad_clip
-        if amp is None:
-            amp = task.recipe.amp
-        if accumulation_steps is None:
-            accumulation_steps = task.recipe.accumulation_steps
-    else:
-        amp = False if amp is None else amp
-        accumulation_steps = 1 if accumulation_steps is None else accumulation_steps
-        if confirm:
-            if val_loader is None:
-                raise ValueError("confirm=True needs val_loader: the short confirm runs are "
-                                 "scored on held-out data")
-            if steps is None:
-                raise ValueError("confirm=True needs steps: the length of your full training "
-                                 "run in optimizer steps (each confirm run is a fraction of it)")
-            check_int("steps", steps, minimum=1)
-            if not isinstance(higher_is_better, bool):
-                raise TypeError(f"higher_is_better must be a bool, got {higher_is_better!r}")
-            if metric_fn is not None and not callable(metric_fn):
-                raise TypeError(f"metric_fn must be callable(model, val_loader) -> float, got "
-                                f"{metric_fn!r}")
-        model = model_or_task
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model_or_task must be a torch.nn.Module or a lrkit Task, got "
-                            f"{type(model).__name__}")
-        _train.check_optimizer("optimizer", optimizer, model)
-        if val_loader is not None:
-            _train.check_loader("val_loader", val_loader, "every short run restarts it"
-                                if confirm else "the sweep measures the validation loss at "
-                                "every step")
-        _train.check_loader("train_loader", train_loader,
-                            "every confirm run restarts it" if confirm else None)
-        if (loss_fn is None) == (step_fn is None):
-            raise ValueError("pass exactly one of loss_fn (loss_fn(model(x), y)) or "
-                             "step_fn(model, batch)")
-        if confirm:  # built before the sweep: a set-up it cannot rebuild (or a schedule it
-            # cannot read) fails before any step, and every confirm run starts from the user's
-            # weights (with restore=False the sweep leaves its own behind)
-            from .tasks.torch_task import from_torch
+        recipe = task.recipe
+        return _Setup(model, recipe.make_optimizer(model.parameters(), first_lr),
+                      task.batches(seed), None, task.loss, device,
+                      recipe.grad_clip if grad_clip is None else grad_clip,
+                      recipe.amp if amp is None else amp,
+                      (recipe.accumulation_steps if accumulation_steps is None
+                       else accumulation_steps), task=task)
+    amp = False if amp is None else amp
+    accumulation_steps = 1 if accumulation_steps is None else accumulation_steps
+    if confirm_options is not None:
+        _check_confirm_options(val_loader, **confirm_options)
+    model = model_or_task
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model_or_task must be a torch.nn.Module or a lrkit Task, got "
+                        f"{type(model).__name__}")
+    _train.check_optimizer("optimizer", optimizer, model)
+    confirm = confirm_options is not None
+    if val_loader is not None:
+        _train.check_loader("val_loader", val_loader, "every short run restarts it"
+                            if confirm else "the sweep measures the validation loss at "
+                            "every step")
+    _train.check_loader("train_loader", train_loader,
+                        "every confirm run restarts it" if confirm else None)
+    if (loss_fn is None) == (step_fn is None):
+        raise ValueError("pass exactly one of loss_fn (loss_fn(model(x), y)) or "
+                         "step_fn(model, batch)")
+    confirm_task = None
+    if confirm:
+        from .tasks.torch_task import from_torch
 
-            confirm_task = from_torch(model, optimizer, train_loader, loss_fn,
-                                      val_loader=val_loader, steps=steps, schedule=schedule,
-                                      metric_fn=metric_fn, higher_is_better=higher_is_better,
-                                      step_fn=step_fn, device=device, grad_clip=grad_clip,
-                                      amp=amp, accumulation_steps=accumulation_steps)
+        confirm_task = from_torch(model, optimizer, train_loader, loss_fn,
+                                  val_loader=val_loader, step_fn=step_fn, device=device,
+                                  grad_clip=grad_clip, amp=amp,
+                                  accumulation_steps=accumulation_steps, **confirm_options)
+    if device is None:  # batches follow the model (left as they are on CPU)
+        home = _train.model_device(model)
+        device = home if home is not None and home.type != "cpu" else None
+    return _Setup(model, optimizer, train_loader, loss_fn, step_fn, device, grad_clip, amp,
+                  accumulation_steps, confirm_task=confirm_task)
 
-    scales = check_group_lrs(optimizer)
 
-    if device is None and task is None:  # batches follow the model (left as they are on CPU)
-        device = _train.model_device(model)
-        device = device if device is not None and device.type != "cpu" else None
-    snap = None
-    if (restore or len(plans) > 1) and task is None:
-        gens = _train.loader_generators(train_loader)
-        if val_loader is not None:
-            gens += [g for g in _train.loader_generators(val_loader)
-                     if all(g is not h for h in gens)]
-        snap = _train.snapshot(model, optimizer, scheduler=scheduler, scaler=scaler,
-                               generators=gens, grads=True)
+def _check_confirm_options(val_loader: Any, *, steps: Any, schedule: Any, metric_fn: Any,
+                           higher_is_better: Any) -> None:
+    """The arguments ``confirm=True`` needs with a plain model, named when missing or wrong
+    (``schedule`` is read by :func:`lrkit.tasks.from_torch`)."""
+    if val_loader is None:
+        raise ValueError("confirm=True needs val_loader: the short confirm runs are "
+                         "scored on held-out data")
+    if steps is None:
+        raise ValueError("confirm=True needs steps: the length of your full training "
+                         "run in optimizer steps (each confirm run is a fraction of it)")
+    check_int("steps", steps, minimum=1)
+    if not isinstance(higher_is_better, bool):
+        raise TypeError(f"higher_is_better must be a bool, got {higher_is_better!r}")
+    if metric_fn is not None and not callable(metric_fn):
+        raise TypeError(f"metric_fn must be callable(model, val_loader) -> float, got "
+                        f"{metric_fn!r}")
 
+
+def _run_sweeps(setup: _Setup, plans: list[np.ndarray], *, seed: int, snap: Any,
+                scales: list[float], val_loader: Any, stop: Callable[[], Any], scaler: Any,
+                progress: bool) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str], int,
+                                         float]:
+    """Train every sweep of ``plans`` through :func:`lrkit.train.fit`, each from the same
+    starting point (a Task's model rebuilt, else ``snap`` restored) on the next batches of one
+    data stream (independent noise), stopped by a fresh ``stop()`` callback. Returns each
+    sweep's ``(lrs, losses)`` (the val loss when ``val_loader`` is given), its stop reason,
+    the steps trained and the wall time."""
+    from . import train as _train
+
+    model, optimizer, task = setup.model, setup.optimizer, setup.task
     total = sum(len(p) for p in plans)  # steps over every sweep
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc="LR range test", leave=False)
-    val = _val_loss_fn(val_loader, loss_fn, step_fn, device) if val_loader is not None else None
-    # one data stream for all sweeps: each sweep sees new batches (independent noise)
-    data = (train_loader if len(plans) == 1 else
-            _train._cycle(train_loader, total * accumulation_steps))
+    val = (_val_loss_fn(val_loader, setup.loss_fn, setup.step_fn, setup.device)
+           if val_loader is not None else None)
+    data = (setup.train_loader if len(plans) == 1 else
+            _train._cycle(setup.train_loader, total * setup.accumulation_steps))
     start = time.perf_counter()
-    all_lrs: list[float] = []
-    all_losses: list[float] = []
     per_sweep: list[tuple[np.ndarray, np.ndarray]] = []
     reasons: list[str] = []
     steps_done = 0
     try:
         for r, plan in enumerate(plans):
-            if r > 0:  # every sweep starts from the same point, on the next batches
-                if task is not None:
-                    model = task.build_model(seed)
-                    if device is not None:
-                        model.to(device)
-                    optimizer = task.recipe.make_optimizer(model.parameters(), float(plan[0]))
-                else:
-                    snap.restore(rng=False)
-            rec = _RangeTestRecorder(_train.DivergenceStop(diverge_factor, relative_to="best",
-                                                           beta=smooth), val, bar)
+            if r > 0 and task is not None:
+                model = task.build_model(seed)
+                if setup.device is not None:
+                    model.to(setup.device)
+                optimizer = task.recipe.make_optimizer(model.parameters(), float(plan[0]))
+            elif r > 0:
+                snap.restore(rng=False)
+            rec = _RangeTestRecorder(stop(), val, bar)
             frozen = _freeze_hypergradients(optimizer)
             try:
                 out = _train.fit(model, optimizer, data, num_steps=len(plan),
-                                 loss_fn=loss_fn, step_fn=step_fn, schedule=_Sweep(plan),
-                                 group_scales=scales, callbacks=[rec], grad_clip=grad_clip,
-                                 accumulation_steps=accumulation_steps, amp=amp, scaler=scaler,
-                                 device=device, ddp_average_loss=True)
+                                 loss_fn=setup.loss_fn, step_fn=setup.step_fn,
+                                 schedule=_Sweep(plan), group_scales=scales, callbacks=[rec],
+                                 grad_clip=setup.grad_clip,
+                                 accumulation_steps=setup.accumulation_steps, amp=setup.amp,
+                                 scaler=scaler, device=setup.device, ddp_average_loss=True)
             finally:
                 for group, beta in frozen:
                     group["hypergrad_lr"] = beta
@@ -616,55 +715,13 @@ def find_lr(
             if len(losses_r) < len(lrs_r):  # a non-finite training loss stopped fit early
                 losses_r = (list(out.losses) if val is None else losses_r + [math.nan]
                             )[: len(lrs_r)]
-            all_lrs += lrs_r
-            all_losses += losses_r
             per_sweep.append((np.asarray(lrs_r, dtype=float), np.asarray(losses_r, dtype=float)))
             reasons.append(out.stop_reason)
             steps_done += out.steps_done
     finally:
         if bar is not None:
             bar.close()
-        if snap is not None and restore:
-            snap.restore()
-        if task is not None and not confirm:
-            put_back(task, seed)
-    wall = time.perf_counter() - start
-
-    order = np.argsort(np.asarray(all_lrs, dtype=float), kind="stable")
-    lrs = np.asarray(all_lrs, dtype=float)[order]
-    losses = np.asarray(all_losses, dtype=float)[order]
-    stop_reason = ("nan" if "nan" in reasons else "diverged" if any(
-        x not in ("completed", "nan") for x in reasons) else "completed")
-    result = _build_result(lrs, losses, stop_reason, method=method, num_iter=num_iter,
-                           sweeps=per_sweep,
-                           cost=steps_done, wall=wall,
-                           settings={"start_lr": float(start_lr), "end_lr": float(end_lr),
-                                     "num_iter": num_iter, "mode": mode, "smooth": float(smooth),
-                                     "sweeps": len(plans), "sweep_steps": len(plans[0]),
-                                     "diverge_factor": diverge_factor,
-                                     "accumulation_steps": accumulation_steps,
-                                     "grad_clip": grad_clip,
-                                     "loss_kind": "val" if val is not None else "train",
-                                     "group_scales": scales, "seed": seed,
-                                     "task": task.name if task is not None else None},
-                           train_size=getattr(task, "train_size", None) if task else None,
-                           batch_size=task.recipe.batch_size if task else None)
-    if confirm and task is None:
-        user = _train.snapshot(model, optimizer, scheduler=scheduler, scaler=scaler,
-                               generators=_train.loader_generators(train_loader)
-                               + _train.loader_generators(val_loader), grads=True)
-        try:
-            result = _confirm(confirm_task, result, seed=seed, candidates=confirm_candidates,
-                              budget=confirm_budget, progress=progress)
-        finally:
-            user.restore()
-    elif confirm:
-        try:
-            result = _confirm(task, result, seed=seed, candidates=confirm_candidates,
-                              budget=confirm_budget, progress=progress)
-        finally:
-            put_back(task, seed)
-    return result
+    return per_sweep, reasons, steps_done, time.perf_counter() - start
 
 
 def put_back(task: Any, seed: int) -> None:
@@ -1098,208 +1155,249 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
     locates; travel only spends more where the window's edge wins, which is where a
     generalisation-limited best LR lies more than half a decade from the curve's suggestion.
     """
-    from . import train as _train
+    from .train import check_scored
 
     s, origin = _confirm_centre(task, result)
     spacing = window_spacing(result)
-    guess = result.suggestion.lr is None
     family = task.recipe.schedule
     full = task.recipe.steps
     centre = float(s.lr_for(family))
     half = (candidates - 1) / 2
     steps = max(1, int(round(budget * full / candidates)))
-    max_runs = max(candidates, int(CONFIRM_MAX_TOTAL * full // steps))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    runs = _ConfirmRuns(task, seed, steps, candidates, progress)
+    try:
+        for i in range(candidates):
+            runs.trial(centre * 10 ** (spacing * (i - half)))
+        check_scored(runs.table, "confirm")
+        # upward travel never passes CONFIRM_CEILING x the top of the curve's band: beyond it
+        # the constant-LR sweep was already climbing towards divergence, and short runs, which
+        # favour high LRs, are least trustworthy there (charrnn: the window walked to 3x the
+        # best peak; a step shortened to fit under the ceiling put mnist1d just past its cliff)
+        top = s.band[1] if s.band is not None else centre
+        ceiling = (math.inf if result.suggestion.lr is None
+                   else max(CONFIRM_CEILING * top, centre * 10 ** spacing))
+        travelled, stop = _travel(runs, ceiling, s.band[1] if s.band is not None else None,
+                                  max(candidates, int(CONFIRM_MAX_TOTAL * full // steps)))
+        best = runs.best()
+        point = overfit_step(task, best, runs.table)
+        collapse = point is not None and _overfits_beyond(task, best, runs.table) is not None
+        horizon, long_check = steps, None
+        room = min(full, int(CONFIRM_MAX_TOTAL * full) - runs.spent)
+        if ((point is None or (collapse and LONG_CHECK_COLLAPSE)) and not best["diverged"]
+                and room >= LONG_CHECK_MIN * steps):
+            horizon, long_check, point = _long_check(runs, best, room, point, collapse)
+    finally:
+        runs.close()
+    cost = result.cost_steps + runs.spent
+    runs_said = f"{len(runs.table)} runs of {steps} steps" + (
+        f" and one of {long_check['steps']} at the winner" if long_check else "")
+    common = {"candidates": [r["lr"] for r in runs.table], "schedule": family,
+              "runs": runs.table, "origin": origin, "travel_steps": travelled,
+              "long_check": long_check, "metric": task.metric,
+              "higher_is_better": task.higher_is_better, "steps": runs.spent,
+              "full_run_steps": full, "fraction_of_full_run": runs.spent / full,
+              "total_fraction_with_range_test": cost / full}
+    said = (f"started from {origin}; {runs_said} = {runs.spent / full:.2f} of a full run")
+    if point is not None:
+        sug, confirm = _rescaled(runs, best, point, horizon, s, centre, said, common)
+    else:
+        sug, confirm = _kept(runs, best, stop, travelled, long_check, s, centre,
+                             f"{said} (range test + confirm: {cost / full:.2f})", common)
+    sugs = dict(result.suggestions)
+    sugs["lrkit+confirm"] = sug
+    return replace(result, suggestion=sug, suggestions=sugs, cost_steps=cost, confirm=confirm)
 
-        bar = tqdm(total=candidates, desc="confirm runs", leave=False)
-    table: list[dict] = []
-    spent = 0
 
-    def trial(lr: float, n: int = steps, short: bool = True) -> dict:
-        nonlocal spent
-        track = _ValTrack(task, every=max(1, n // CONFIRM_EVALS), steps=n)
-        out = _train.run(task, lr, steps=n, seed=seed, eval_split="val", callbacks=[track])
-        spent += out.steps_done
+class _ConfirmRuns:
+    """Confirm's runs of one task and seed: :meth:`trial` trains one (``steps`` long unless
+    told), scored on val every ``steps // CONFIRM_EVALS`` and at its end; the short ones go in
+    ``table``; ``spent`` counts every step; :meth:`best` is the pick among ``table``.
+    ``candidates`` is the first window's size."""
+
+    def __init__(self, task: Any, seed: int, steps: int, candidates: int,
+                 progress: bool) -> None:
+        self.task, self.seed, self.steps, self.candidates = task, seed, steps, candidates
+        self.table: list[dict] = []
+        self.spent = 0
+        # val's pick lost to the held-out batch losses (loss_tiebreak): {id(winner): val's}
+        self.by_loss: dict[int, dict] = {}
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=candidates, desc="confirm runs", leave=False)
+
+    def trial(self, lr: float, n: int | None = None, short: bool = True) -> dict:
+        from . import train as _train
+
+        n = self.steps if n is None else n
+        if self.bar is not None and self.bar.n >= self.bar.total:
+            self.bar.total += 1
+        track = _ValTrack(self.task, every=max(1, n // CONFIRM_EVALS), steps=n)
+        out = _train.run(self.task, lr, steps=n, seed=self.seed, eval_split="val",
+                         callbacks=[track])
+        self.spent += out.steps_done
         row = {"lr": lr, "steps": n, "metric": out.metric, "diverged": out.diverged,
                "scored": out.scored, "val_curve": track.curve + [(out.steps_done, out.metric)],
                "train_losses": [float(v) for v in out.losses],
                "lrs": [float(v) for v in out.lrs]}
         if short:
-            table.append(row)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(lr=f"{lr:.2g}", metric=f"{out.metric:.4g}")
+            self.table.append(row)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(lr=f"{lr:.2g}", metric=f"{out.metric:.4g}")
         return row
 
-    for i in range(candidates):
-        trial(centre * 10 ** (spacing * (i - half)))
-    _train.check_scored(table, "confirm")
-
-    # val's pick (an exact tie to the lower LR), unless val could not tell it from another
-    # run and their held-out batch losses could (loss_tiebreak): then {id(winner): val's pick}
-    by_loss: dict[int, dict] = {}
-
-    def best_row() -> dict:
-        i = min(range(len(table)), key=lambda k: (_rank_key(task, table[k]["metric"]),
+    def best(self) -> dict:
+        """Val's pick (an exact tie to the lower LR), unless val could not tell it from another
+        run and their held-out batch losses could (:func:`loss_tiebreak`)."""
+        table = self.table
+        i = min(range(len(table)), key=lambda k: (_rank_key(self.task, table[k]["metric"]),
                                                   table[k]["lr"]))
-        j = loss_tiebreak(task, i, table)
-        by_loss.clear()
+        j = loss_tiebreak(self.task, i, table)
+        self.by_loss.clear()
         if j != i:
-            by_loss[id(table[j])] = table[i]
+            self.by_loss[id(table[j])] = table[i]
         return table[j]
 
-    # upward travel never passes CONFIRM_CEILING x the top of the curve's band: beyond it the
-    # constant-LR sweep was already climbing towards divergence, and short runs, which favour
-    # high LRs, are least trustworthy there (charrnn: the window walked to 3x the best peak;
-    # a step shortened to fit under the ceiling put mnist1d just past its cliff)
-    top = s.band[1] if s.band is not None else centre
-    ceiling = math.inf if guess else max(CONFIRM_CEILING * top, centre * 10 ** spacing)
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _travel(runs: _ConfirmRuns, ceiling: float, band_top: float | None,
+            max_runs: int) -> tuple[int, str | None]:
+    """While the best run sits at an edge of the LRs tried, one more run ``CONFIRM_TRAVEL``
+    decade beyond it, until a run is worse, the next upward step would pass ``ceiling`` (no
+    shortened step: a small step up lands near the cliff), or ``max_runs`` are spent; every run
+    diverged: downwards. Returns the travel steps taken and why an edge winner was not
+    travelled beyond (or ``None``)."""
+    task, table = runs.task, runs.table
     travelled = 0
-    stop = None  # why an edge winner was not travelled beyond
     while True:
-        best = best_row()
+        best = runs.best()
         if len(table) >= max_runs:
-            stop = (f"confirm's budget ({CONFIRM_MAX_TOTAL:g} full run of travel and "
-                    "candidates) was spent")
-            break
+            return travelled, (f"confirm's budget ({CONFIRM_MAX_TOTAL:g} full run of travel "
+                               "and candidates) was spent")
         lrs = sorted(r["lr"] for r in table)
-        if not best["diverged"] and id(best) not in by_loss and sum(
+        if not best["diverged"] and id(best) not in runs.by_loss and sum(
                 _rank_key(task, r["metric"]) == _rank_key(task, best["metric"])
                 for r in table) > 1:
-            break  # a tie (the lower LR wins it) is no evidence that the best lies beyond
+            return travelled, None  # a tie (the lower LR wins it): no evidence of a best beyond
         if best["lr"] == lrs[0] and not best["diverged"]:
             nxt = lrs[0] / 10 ** CONFIRM_TRAVEL
         elif best["lr"] == lrs[-1] and not best["diverged"]:
             nxt = lrs[-1] * 10 ** CONFIRM_TRAVEL
-            if nxt > ceiling:  # no shortened step: a small step up lands near the cliff
-                stop = ceiling_stop(nxt, ceiling, s.band[1] if s.band is not None else None)
-                break
+            if nxt > ceiling:
+                return travelled, ceiling_stop(nxt, ceiling, band_top)
         elif all(r["diverged"] for r in table):
             nxt = lrs[0] / 10 ** CONFIRM_TRAVEL
         else:
-            break
-        if bar is not None:
-            bar.total += 1
-        row = trial(nxt)
+            return travelled, None
+        row = runs.trial(nxt)
         travelled += 1
         if not task.better(row["metric"], best["metric"]):
-            break
-    best = best_row()
-    winner = best["lr"]
+            return travelled, None
+
+
+def _long_check(runs: _ConfirmRuns, best: dict, room: int, point: tuple | None,
+                collapse: bool) -> tuple[int, dict, tuple | None]:
+    """What the budget has left (``room`` steps): one longer run at the winner, read for the
+    overfitting that sets in beyond the short runs' horizon (after the collapse rule: for
+    whether the winner's own best lies later than the point the run above gave). Returns the
+    horizon the overfitting point refers to, the longer run's record, and the point
+    (``(fraction, why)``, the short runs' own when the longer run says nothing new)."""
+    task, winner, steps = runs.task, best["lr"], runs.steps
+    row = runs.trial(winner, room, short=False)
+    long_check = {k: row[k] for k in ("lr", "steps", "metric", "diverged", "val_curve", "lrs")}
+    own = overfit_step(task, row, [row])
+    doubt = _long_rise_doubt(task, row, best, runs.table) if own is not None else None
+    if doubt is not None:
+        long_check["not_read"] = doubt
+        own = None
+    if own is not None:
+        horizon, fraction = row["steps"], own[0]
+        t_star = _step_at(row, fraction * _tau(row)(horizon), horizon)
+        long_check["overfit_fraction"] = fraction
+        return horizon, long_check, (fraction, (
+            f"a longer run at the best short run's lr {winner:.3g} ({horizon} steps) overfits: "
+            f"its val {task.metric} peaks at step {t_star:.0f} and then worsens"))
+    if collapse and doubt is None and _kept_improving(task, row, steps):
+        long_check["overfit_fraction"] = 1.0
+        return row["steps"], long_check, (1.0, (
+            f"the short run above replays the best one (lr {winner:.3g}) and then gets no "
+            f"better, but a longer run at {winner:.3g} ({row['steps']} steps) kept improving "
+            f"to its end, past the short runs' point"))
+    return steps, long_check, point
+
+
+def _rescaled(runs: _ConfirmRuns, best: dict, point: tuple, horizon: int, s: Suggestion,
+              centre: float, said: str, common: dict) -> tuple[Suggestion, dict]:
+    """Confirm's pick when the runs overfit: the winner time-rescaled so the full run ends where
+    the (short or longer) run's val was best (gradient-flow time rescaling)."""
+    task, winner = runs.task, best["lr"]
+    full = task.recipe.steps
+    fraction, why = point
+    rescaled = winner * fraction * horizon / full
+    why += (f", so a {full}-step run at that LR would overfit; at {rescaled:.3g} the full "
+            f"run integrates the same LR as that run up to that point (gradient-flow "
+            f"time rescaling); {said}. The rescaling is an estimate: where the best "
+            f"LR is set by overfitting, full-length runs settle it (lrkit.search(task): a "
+            f"range test and 3 full runs)")
+    conf, why = _too_short("medium", why, runs.steps, runs.candidates, full)
+    br = bracket(task, best, runs.table)
+    return s.scaled(rescaled / centre, method="lrkit+confirm", confidence=conf, reason=why), {
+        **common, "winner": rescaled, "short_run_winner": winner,
+        "overfit_fraction": fraction,
+        "lr_range": [None if br[k] is None else br[k] * rescaled / winner
+                     for k in ("below", "above")],
+        "rule": ("time-rescaled: short-run winner x (the integrated LR to the best val of "
+                 + ("the longer run at it" if horizon != runs.steps else "its run")
+                 + " / the full run's)")}
+
+
+def _kept(runs: _ConfirmRuns, best: dict, stop: str | None, travelled: int,
+          long_check: dict | None, s: Suggestion, centre: float, said: str,
+          common: dict) -> tuple[Suggestion, dict]:
+    """Confirm's pick when no overfitting moved it: the best short run's LR, its confidence by
+    where it lies among the LRs tried."""
+    task, table, winner = runs.task, runs.table, best["lr"]
     lrs = sorted(r["lr"] for r in table)
-    br = bracket(task, best, table)
-    point = overfit_step(task, best, table)
-    collapse = point is not None and _overfits_beyond(task, best, table) is not None
-    horizon = steps
-    long_check = None
-    room = min(full, int(CONFIRM_MAX_TOTAL * full) - spent)
-    if ((point is None or (collapse and LONG_CHECK_COLLAPSE)) and not best["diverged"]
-            and room >= LONG_CHECK_MIN * steps):
-        # what the budget has left: one longer run at the winner, read for the overfitting
-        # that sets in beyond the short runs' horizon (after the collapse rule: for whether
-        # the winner's own best lies later than the point the run above gave)
-        if bar is not None:
-            bar.total += 1
-        row = trial(winner, room, short=False)
-        long_check = {k: row[k] for k in ("lr", "steps", "metric", "diverged", "val_curve",
-                                          "lrs")}
-        own = overfit_step(task, row, [row])
-        doubt = _long_rise_doubt(task, row, best, table) if own is not None else None
-        if doubt is not None:
-            long_check["not_read"] = doubt
-            own = None
-        if own is not None:
-            horizon, fraction = row["steps"], own[0]
-            t_star = _step_at(row, fraction * _tau(row)(horizon), horizon)
-            long_check["overfit_fraction"] = fraction
-            point = fraction, (f"a longer run at the best short run's lr {winner:.3g} "
-                               f"({horizon} steps) overfits: its val {task.metric} peaks at "
-                               f"step {t_star:.0f} and then worsens")
-        elif collapse and doubt is None and _kept_improving(task, row, steps):
-            horizon = row["steps"]
-            long_check["overfit_fraction"] = 1.0
-            point = 1.0, (f"the short run above replays the best one (lr {winner:.3g}) and "
-                          f"then gets no better, but a longer run at {winner:.3g} ({horizon} "
-                          f"steps) kept improving to its end, past the short runs' point")
-    if bar is not None:
-        bar.close()
-    cost = result.cost_steps + spent
-    runs_said = f"{len(table)} runs of {steps} steps" + (
-        f" and one of {long_check['steps']} at the winner" if long_check else "")
-    if point is not None:
-        # time-rescale: the full run should end where the (short or longer) run's val was best
-        fraction, why = point
-        rescaled = winner * fraction * horizon / full
-        why += (f", so a {full}-step run at that LR would overfit; at {rescaled:.3g} the full "
-                f"run integrates the same LR as that run up to that point (gradient-flow "
-                f"time rescaling); started from {origin}; {runs_said} = "
-                f"{spent / full:.2f} of a full run. The rescaling is an estimate: where the best "
-                f"LR is set by overfitting, full-length runs settle it (lrkit.search(task): a "
-                f"range test and 3 full runs)")
-        conf, why = _too_short("medium", why, steps, candidates, full)
-        sug = s.scaled(rescaled / centre, method="lrkit+confirm", confidence=conf, reason=why)
-        confirm = {"candidates": [r["lr"] for r in table], "schedule": family, "runs": table,
-                   "winner": rescaled, "short_run_winner": winner, "origin": origin,
-                   "travel_steps": travelled, "overfit_fraction": fraction,
-                   "long_check": long_check,
-                   "lr_range": [None if br[k] is None else br[k] * rescaled / winner
-                                for k in ("below", "above")],
-                   "rule": ("time-rescaled: short-run winner x (the integrated LR to the best "
-                            "val of "
-                            + ("the longer run at it" if horizon != steps else "its run")
-                            + " / the full run's)"),
-                   "metric": task.metric, "higher_is_better": task.higher_is_better,
-                   "steps": spent, "full_run_steps": full, "fraction_of_full_run": spent / full,
-                   "total_fraction_with_range_test": cost / full}
-        sugs = dict(result.suggestions)
-        sugs["lrkit+confirm"] = sug
-        return replace(result, suggestion=sug, suggestions=sugs, cost_steps=cost,
-                       confirm=confirm)
+    tied_out = id(best) in runs.by_loss
     if all(r["diverged"] for r in table):
         conf, why = "low", (f"every confirm run diverged; {winner:.3g} is the lowest LR tried: "
                             "lower start_lr / end_lr")
     elif winner in (lrs[0], lrs[-1]):
-        subject = ("the chosen LR" if id(best) in by_loss else f"the best val {task.metric}")
+        subject = "the chosen LR" if tied_out else f"the best val {task.metric}"
         conf, why = "medium", (f"{subject} is at the "
                                f"{'low' if winner == lrs[0] else 'high'} edge of the LRs tried "
                                f"after {travelled} travel step(s): the best may lie beyond"
                                + (f" ({stop})" if stop else ""))
     else:
-        subject = ("the chosen" if id(best) in by_loss else f"the best val {task.metric}")
+        subject = "the chosen" if tied_out else f"the best val {task.metric}"
         conf, why = "high", (f"{subject} of {len(table)} short runs lies inside "
                              "them" + (f" (the window travelled {travelled} half-decade step(s))"
                                        if travelled else ""))
-    tiebreak = (tiebreak_evidence(task, best, by_loss[id(best)]) if id(best) in by_loss
-                else None)
+    tiebreak = tiebreak_evidence(task, best, runs.by_loss[id(best)]) if tied_out else None
     unclear = _unclear(task, best, table)
     if tiebreak is not None:
         why = f"{why}; {tiebreak_sentence(tiebreak)}"
     elif unclear is not None and conf == "high":
         conf, why = "medium", f"{why}, but {unclear}"
+    br = bracket(task, best, table)
     lr_range = [br["below"], br["above"]]
     if long_check is not None:
         why += (f"; a longer run at it ({long_check['steps']} steps) "
                 + ("diverged" if long_check["diverged"] else
                    f"peaked and worsened, not read: {long_check['not_read']}"
                    if "not_read" in long_check else "did not overfit"))
-    why += (f"; {range_sentence(lr_range, br['alike'])}; started from {origin}; {runs_said} = "
-            f"{spent / full:.2f} of a full run (range test + confirm: {cost / full:.2f})")
-    conf, why = _too_short(conf, why, steps, candidates, full)
-    sug = s.scaled(winner / centre, method="lrkit+confirm", confidence=conf, reason=why)
-    confirm = {"candidates": [r["lr"] for r in table], "schedule": family, "runs": table,
-               "winner": winner, "origin": origin, "travel_steps": travelled,
-               "travel_stop": stop if winner in (lrs[0], lrs[-1]) else None,
-               "loss_tiebreak": tiebreak, "lr_range": lr_range, "lr_alike": br["alike"],
-               "long_check": long_check,
-               "rule": f"best val {task.metric} after {steps} steps (recipe schedule rebuilt)",
-               "metric": task.metric, "higher_is_better": task.higher_is_better,
-               "steps": spent, "full_run_steps": full, "fraction_of_full_run": spent / full,
-               "total_fraction_with_range_test": cost / full}
-    sugs = dict(result.suggestions)
-    sugs["lrkit+confirm"] = sug
-    return replace(result, suggestion=sug, suggestions=sugs, cost_steps=cost, confirm=confirm)
+    why += f"; {range_sentence(lr_range, br['alike'])}; {said}"
+    conf, why = _too_short(conf, why, runs.steps, runs.candidates, task.recipe.steps)
+    return s.scaled(winner / centre, method="lrkit+confirm", confidence=conf, reason=why), {
+        **common, "winner": winner,
+        "travel_stop": stop if winner in (lrs[0], lrs[-1]) else None,
+        "loss_tiebreak": tiebreak, "lr_range": lr_range, "lr_alike": br["alike"],
+        "rule": f"best val {task.metric} after {runs.steps} steps (recipe schedule rebuilt)"}
 
 
 #: validation evaluations along each confirm run (to see a run overfit)

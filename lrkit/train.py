@@ -441,6 +441,142 @@ def _ddp_mean(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+
+def _check_fit_options(loss_fn: Callable | None, step_fn: Callable | None,
+                       grad_clip: float | None, evaluate: Callable | None,
+                       eval_every: int | None, callbacks: Sequence[Callback]) -> None:
+    """:func:`fit`'s checks of how the loss is computed and what the callbacks need."""
+    if (loss_fn is None) == (step_fn is None):
+        raise ValueError("pass exactly one of loss_fn (loss_fn(model(x), y)) or step_fn(model, batch)")
+    if grad_clip is not None:
+        check_positive("grad_clip", grad_clip)
+    if eval_every is not None:
+        check_int("eval_every", eval_every, minimum=1)
+        if evaluate is None:
+            raise ValueError("eval_every needs evaluate=callable(model) -> metric")
+    elif evaluate is not None:  # it was never called: a silent no-op
+        raise ValueError("evaluate needs eval_every=N (evaluate every N updates)")
+    # an EarlyStopping that never sees a metric never stops, silently (a callback need not
+    # subclass Callback: one without needs_eval needs nothing)
+    blind = [type(cb).__name__ for cb in callbacks
+             if evaluate is None and hasattr(cb, "needs_eval") and cb.needs_eval()]
+    if blind:
+        raise ValueError(f"{blind[0]} acts on a validation metric, and nothing supplies one: "
+                         f"pass evaluate=callable(model) -> metric and eval_every=N to it or "
+                         f"to fit")
+
+
+def _mixed_precision(amp: bool | str, home: torch.device | None,
+                     scaler: Any) -> tuple[Callable[[], Any], Any]:
+    """``(autocast, scaler)`` for :func:`fit`: ``autocast()`` is the forward pass's context
+    (float16 with a ``GradScaler`` on CUDA for ``amp=True``/``"fp16"``, else bfloat16), a
+    ``nullcontext`` without ``amp``; the scaler is the caller's, or a new one where float16
+    needs it."""
+    check_amp("amp", amp)
+    use_cuda_amp = bool(amp) and home is not None and home.type == "cuda"
+    half = use_cuda_amp and amp in (True, "fp16")  # float16 needs loss scaling
+    if half and scaler is None:
+        scaler = torch.amp.GradScaler("cuda")
+    autocast_device = "cuda" if use_cuda_amp else "cpu"
+    autocast_dtype = torch.float16 if half else torch.bfloat16
+
+    def autocast() -> Any:
+        if not amp:  # entering a disabled autocast context still costs a few us per step
+            return contextlib.nullcontext()
+        return torch.autocast(autocast_device, dtype=autocast_dtype)
+
+    return autocast, scaler
+
+
+def _lr_driver(optimizer: torch.optim.Optimizer, schedule: Any,
+               group_scales: Sequence[float] | None
+               ) -> tuple[Any, Callable[[int], None] | None]:
+    """What sets :func:`fit`'s LRs: ``(scheduler, None)`` for a lrkit Schedule (an
+    :class:`lrkit.torch.LRSchedule`, stepped after each update), ``(None, set_lr)`` for a plain
+    callable ``step -> lr`` (``set_lr(t)`` before update ``t``), ``(None, None)`` for none."""
+    if schedule is None:
+        return None, None
+    if isinstance(schedule, Schedule):
+        from .torch import LRSchedule
+
+        return LRSchedule(optimizer, schedule, group_scales=group_scales), None
+    if not callable(schedule):
+        raise TypeError(f"schedule must be a lrkit Schedule or a callable step -> lr, "
+                        f"got {type(schedule).__name__}")
+    scales = list(group_scales) if group_scales is not None else [1.0] * len(
+        optimizer.param_groups)
+    if len(scales) != len(optimizer.param_groups):
+        raise ValueError(f"group_scales must have one entry per param group "
+                         f"({len(optimizer.param_groups)}), got {len(scales)}")
+
+    def set_group_lrs(t: int) -> None:
+        value = float(schedule(t))
+        for g, s in zip(optimizer.param_groups, scales):
+            g["lr"] = s * value
+
+    return None, set_group_lrs
+
+
+def _backward(model: nn.Module, compute: Callable, data: Iterator, pending: Any,
+              batch_dev: torch.device | None, autocast: Callable[[], Any], scaler: Any,
+              accumulation_steps: int, prefetch: bool) -> tuple[torch.Tensor, Any]:
+    """One update's forward and backward passes over ``accumulation_steps`` micro-batches
+    (each loss divided by their number, scaled by ``scaler`` when there is one). Returns the
+    sum of their losses (float64, on the loss's device: one sync per update when the caller
+    reads it) and, with ``prefetch``, the next update's first batch, drawn and queued to the
+    device while this backward runs."""
+    total: torch.Tensor | None = None
+    for k in range(accumulation_steps):
+        batch = pending if pending is not None else _to_device(next(data), batch_dev)
+        pending = None
+        with autocast():
+            loss = compute(model, batch)
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            raise TypeError(f"the loss must be a scalar tensor, got "
+                            f"{type(loss).__name__}{_loss_hint(loss)}")
+        if not loss.requires_grad:
+            # PyTorch's "element 0 of tensors does not require grad" names neither the loss
+            # function nor the usual causes
+            raise ValueError("the loss does not require grad: it is cut off from the model's "
+                             "parameters (a .detach() or .item() in loss_fn / step_fn, a "
+                             "forward under torch.no_grad(), or a tensor rebuilt with "
+                             "torch.tensor(...))")
+        scaled = loss if loss.dtype == torch.float32 else loss.float()
+        if accumulation_steps > 1:
+            scaled = scaled / accumulation_steps
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        part = loss.detach().double()
+        total = part if total is None else total + part
+        if prefetch and k + 1 == accumulation_steps:
+            # draw the next batch (and queue its copy to the device) while the device still
+            # works through this backward: the caller's sync would idle it meanwhile
+            pending = _to_device(next(data), batch_dev)
+    assert total is not None  # accumulation_steps >= 1
+    return total, pending
+
+
+def _update(model: nn.Module, optimizer: torch.optim.Optimizer, params: list,
+            scaler: Any, before_step: list[Callable], grad_clip: float | None,
+            track_grad_norm: bool) -> float | None:
+    """One optimizer update from the gradients in place: unscale (AMP), the callbacks'
+    ``on_before_step`` hooks, the global-norm clip, then the step (through ``scaler`` when
+    there is one). Returns the global gradient norm when clipped or tracked, else ``None``."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    for hook in before_step:
+        hook(model, optimizer)
+    grad_norm = None
+    if grad_clip is not None:
+        grad_norm = clip_grad_norm(params, grad_clip)
+    elif track_grad_norm:
+        grad_norm = global_grad_norm(params)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return grad_norm
+
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -491,24 +627,7 @@ def fit(
     """
     num_steps = check_int("num_steps", num_steps, minimum=1)
     accumulation_steps = check_int("accumulation_steps", accumulation_steps, minimum=1)
-    if (loss_fn is None) == (step_fn is None):
-        raise ValueError("pass exactly one of loss_fn (loss_fn(model(x), y)) or step_fn(model, batch)")
-    if grad_clip is not None:
-        check_positive("grad_clip", grad_clip)
-    if eval_every is not None:
-        check_int("eval_every", eval_every, minimum=1)
-        if evaluate is None:
-            raise ValueError("eval_every needs evaluate=callable(model) -> metric")
-    elif evaluate is not None:  # it was never called: a silent no-op
-        raise ValueError("evaluate needs eval_every=N (evaluate every N updates)")
-    # an EarlyStopping that never sees a metric never stops, silently (a callback need not
-    # subclass Callback: one without needs_eval needs nothing)
-    blind = [type(cb).__name__ for cb in callbacks
-             if evaluate is None and hasattr(cb, "needs_eval") and cb.needs_eval()]
-    if blind:
-        raise ValueError(f"{blind[0]} acts on a validation metric, and nothing supplies one: "
-                         f"pass evaluate=callable(model) -> metric and eval_every=N to it or "
-                         f"to fit")
+    _check_fit_options(loss_fn, step_fn, grad_clip, evaluate, eval_every, callbacks)
     check_optimizer("optimizer", optimizer, model)
     compute = step_fn if step_fn is not None else _default_step_fn(loss_fn)
     dev = check_device("device", device)
@@ -518,43 +637,8 @@ def fit(
     # model's batches are left as they come unless ``device`` was given
     home = model_device(model)
     batch_dev = home if dev is not None or (home is not None and home.type != "cpu") else None
-
-    check_amp("amp", amp)
-    use_cuda_amp = bool(amp) and home is not None and home.type == "cuda"
-    half = use_cuda_amp and amp in (True, "fp16")  # float16 needs loss scaling
-    if half and scaler is None:
-        scaler = torch.amp.GradScaler("cuda")
-    autocast_device = "cuda" if use_cuda_amp else "cpu"
-    autocast_dtype = torch.float16 if half else torch.bfloat16
-
-    def autocast() -> Any:
-        if not amp:  # entering a disabled autocast context still costs a few us per step
-            return contextlib.nullcontext()
-        return torch.autocast(autocast_device, dtype=autocast_dtype)
-
-    scheduler = None
-    set_lr: Callable[[int], None] | None = None
-    if schedule is not None:
-        if isinstance(schedule, Schedule):
-            from .torch import LRSchedule
-
-            scheduler = LRSchedule(optimizer, schedule, group_scales=group_scales)
-        elif callable(schedule):
-            scales = list(group_scales) if group_scales is not None else [1.0] * len(
-                optimizer.param_groups)
-            if len(scales) != len(optimizer.param_groups):
-                raise ValueError(f"group_scales must have one entry per param group "
-                                 f"({len(optimizer.param_groups)}), got {len(scales)}")
-
-            def set_group_lrs(t: int) -> None:
-                value = float(schedule(t))
-                for g, s in zip(optimizer.param_groups, scales):
-                    g["lr"] = s * value
-
-            set_lr = set_group_lrs
-        else:
-            raise TypeError(f"schedule must be a lrkit Schedule or a callable step -> lr, "
-                            f"got {type(schedule).__name__}")
+    autocast, scaler = _mixed_precision(amp, home, scaler)
+    scheduler, set_lr = _lr_driver(optimizer, schedule, group_scales)
 
     params = [p for g in optimizer.param_groups for p in g["params"]]
     # only the callbacks that override the hook cost a call per step (duck-typed ones may lack it)
@@ -587,33 +671,8 @@ def fit(
                 set_lr(t)
             lr = float(optimizer.param_groups[0]["lr"])
             optimizer.zero_grad(set_to_none=True)
-            total: torch.Tensor | None = None
-            for k in range(accumulation_steps):
-                batch = pending if pending is not None else _to_device(next(data), batch_dev)
-                pending = None
-                with autocast():
-                    loss = compute(model, batch)
-                if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-                    raise TypeError(f"the loss must be a scalar tensor, got "
-                                    f"{type(loss).__name__}{_loss_hint(loss)}")
-                if not loss.requires_grad:
-                    # PyTorch's "element 0 of tensors does not require grad" names neither
-                    # the loss function nor the usual causes
-                    raise ValueError("the loss does not require grad: it is cut off from the "
-                                     "model's parameters (a .detach() or .item() in loss_fn "
-                                     "/ step_fn, a forward under torch.no_grad(), or a "
-                                     "tensor rebuilt with torch.tensor(...))")
-                scaled = loss if loss.dtype == torch.float32 else loss.float()
-                if accumulation_steps > 1:
-                    scaled = scaled / accumulation_steps
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                # the recorded loss sums in float64 on the loss's device: one sync per update
-                part = loss.detach().double()
-                total = part if total is None else total + part
-                if prefetch and k + 1 == accumulation_steps and t + 1 < num_steps:
-                    # draw the next batch (and queue its copy to the device) while the device
-                    # still works through this backward: the sync below would idle it meanwhile
-                    pending = _to_device(next(data), batch_dev)
+            total, pending = _backward(model, compute, data, pending, batch_dev, autocast, scaler,
+                                       accumulation_steps, prefetch and t + 1 < num_steps)
             mean_loss = total.cpu() / accumulation_steps if accumulation_steps > 1 else total.cpu()
             if ddp_average_loss:
                 mean_loss = _ddp_mean(mean_loss)
@@ -624,20 +683,8 @@ def fit(
                 result.steps_done = t + 1
                 result.stop_reason = "nan"
                 break
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            for hook in before_step:
-                hook(model, optimizer)
-            grad_norm = None
-            if grad_clip is not None:
-                grad_norm = clip_grad_norm(params, grad_clip)
-            elif track_grad_norm:
-                grad_norm = global_grad_norm(params)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            grad_norm = _update(model, optimizer, params, scaler, before_step, grad_clip,
+                                track_grad_norm)
             if scheduler is not None:
                 scheduler.step()
             result.losses.append(loss_value)
