@@ -53,8 +53,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import check_finite, check_int
-from .finder import (MIN_SHORT_RUN_STEPS, bracket, loss_tiebreak, metric_noise, put_back,
-                     range_sentence, tiebreak_evidence, tiebreak_sentence)
+from .finder import (CONFIRM_CEILING, MIN_SHORT_RUN_STEPS, bracket, ceiling_stop,
+                     loss_tiebreak, metric_noise, put_back, range_sentence, tiebreak_evidence,
+                     tiebreak_sentence)
 from .finder import separation as _separation
 from .suggest import RECIPE_LR_FAMILY
 
@@ -620,6 +621,93 @@ def _run_rung(task: Any, arms: list[_Arm], rung: int, steps: int, log: _Trials, 
     return [log.find(rung, a) for a in arms]  # type: ignore[misc]
 
 
+def _rung0(task: Any, families: Sequence[str], centres: dict[str, float], plan: _Plan,
+           log: _Trials, seed: int, show: _Display) -> tuple[list[str], list[dict]]:
+    """Rung 0: every family at its centre for ``plan.rung0`` steps; the best ``plan.keep`` by
+    val go on. Returns the kept families and the runs."""
+    from .train import check_scored
+
+    arms0 = [_Arm(f, centres[f], centres[f], 1.0) for f in families]
+    res0 = _run_rung(task, arms0, 0, plan.rung0, log, seed, show)
+    check_scored(res0, "tune, rung 0")
+    order = sorted(range(len(arms0)), key=lambda i: (_rank(task, res0[i]), i))
+    kept = [arms0[i].family for i in order[:plan.keep]]
+    for r in res0:
+        r["kept"] = r["family"] in kept
+    log.rungs = [{"rung": 0, "steps": plan.rung0, "kept": kept,
+                  "rule": f"best {plan.keep} of {len(arms0)} schedules by val {task.metric}"}]
+    log.save()
+    show.table(task, log.trials, 0)
+    return kept, res0
+
+
+class _Rung1:
+    """Rung 1's arms and their runs (``arms[i]`` ran as ``res[i]``; a walk appends to both),
+    and how the winner is read from them."""
+
+    def __init__(self, task: Any, arms: list[_Arm], res: list[dict]) -> None:
+        self.task, self.arms, self.res = task, arms, res
+        #: {winner index: val's pick} when val could not tell the winner from another run of
+        #: its family and their held-out batch losses could (finder.loss_tiebreak)
+        self.by_loss: dict[int, int] = {}
+
+    def best(self) -> int:
+        """The index of val's pick (an exact tie to the lower index), or the loss tiebreak's."""
+        task, arms, res = self.task, self.arms, self.res
+        i = min(range(len(arms)), key=lambda i: (_rank(task, res[i]), i))
+        mine = [j for j, a in enumerate(arms) if a.family == arms[i].family]
+        j = mine[loss_tiebreak(task, mine.index(i), [res[k] for k in mine])]
+        self.by_loss.clear()
+        if j != i:
+            self.by_loss[j] = i
+        return j
+
+    def tied(self, i: int) -> bool:
+        """Another run of arm ``i``'s family scored exactly as well (on a small val split a
+        tie is common: the lower LR wins it)."""
+        return i not in self.by_loss and any(
+            j != i and a.family == self.arms[i].family
+            and _rank(self.task, r) == _rank(self.task, self.res[i])
+            for j, (a, r) in enumerate(zip(self.arms, self.res)))
+
+
+def _walk(r1: _Rung1, plan: _Plan, log: _Trials, seed: int, show: _Display, *,
+          ceiling: float, band_top: float | None, left: int,
+          spent_before: int) -> tuple[int, int, str | None]:
+    """Walk on while the winner is the lowest or highest LR of its family and the budget
+    (``left`` steps, of which rung 0 spent ``spent_before``) lasts: ``WALK`` decades a step;
+    upwards never past ``ceiling`` (confirm mode's: twice the range test's band top, no
+    shortened step: short runs favour high LRs most where the constant-LR sweep was already
+    climbing); downwards from the lowest when every run of the family diverged (as confirm
+    mode does). Returns the winner's index, the walks and why an edge winner was not walked
+    on (or ``None``)."""
+    walks = 0
+    while True:
+        i_best = r1.best()
+        w = r1.arms[i_best]
+        mine = sorted(a.multiplier for a in r1.arms if a.family == w.family)
+        # the runs this decision has read so far, not the whole log: on resume the log already
+        # holds the runs that come later (a walk's, the warmup check's), and counting them
+        # here would stop the walk before the run it made the first time
+        if spent_before + sum(int(r["steps_done"]) for r in r1.res) + plan.rung1 > left:
+            return i_best, walks, "budget"
+        if all(r["diverged"] for a, r in zip(r1.arms, r1.res) if a.family == w.family):
+            direction, m = -1.0, mine[0] * 10 ** -WALK
+        elif (r1.res[i_best]["diverged"] or w.multiplier not in (mine[0], mine[-1])
+              or r1.tied(i_best)):
+            # a tie at the edge (the lower LR wins it) is no evidence that the best lies beyond
+            return i_best, walks, None
+        else:
+            direction = -1.0 if w.multiplier == mine[0] else 1.0
+            m = w.multiplier * 10 ** (direction * WALK)
+        if direction > 0 and w.centre * m > ceiling:
+            return i_best, walks, ceiling_stop(w.centre * m, ceiling, band_top)
+        arm = _Arm(w.family, w.centre * m, w.centre, m)
+        r1.arms.append(arm)
+        r1.res += _run_rung(r1.task, [arm], 1, plan.rung1, log, seed, show)
+        walks += 1
+
+
 def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
                    families: Sequence[str], budget: float, seed: int, study: Any,
                    show: _Display) -> tuple[dict, Stage]:
@@ -665,19 +753,8 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
         return {**res, "origin": origin, "lr_range": lr_range}, stage
     log = _Trials(folder, plan, centres, study)
     res0: list[dict] = []
-    # rung 0: every family at its centre
     if len(families) > 1:
-        arms0 = [_Arm(f, centres[f], centres[f], 1.0) for f in families]
-        res0 = _run_rung(task, arms0, 0, plan.rung0, log, seed, show)
-        check_scored(res0, "tune, rung 0")
-        order = sorted(range(len(arms0)), key=lambda i: (_rank(task, res0[i]), i))
-        kept = [arms0[i].family for i in order[:plan.keep]]
-        for r in res0:
-            r["kept"] = r["family"] in kept
-        log.rungs = [{"rung": 0, "steps": plan.rung0, "kept": kept,
-                      "rule": f"best {plan.keep} of {len(arms0)} schedules by val {task.metric}"}]
-        log.save()
-        show.table(task, log.trials, 0)
+        kept, res0 = _rung0(task, families, centres, plan, log, seed, show)
     else:
         kept = list(families)
         log.rungs = []
@@ -685,73 +762,21 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     arms1 = [a for f in kept for a in _arms(centres, f, spacing)]
     res1 = _run_rung(task, arms1, 1, plan.rung1, log, seed, show)
     check_scored(res1, "tune, rung 1")
-
-    # val's pick, unless val could not tell it from another run of its family and their
-    # held-out batch losses could (finder.loss_tiebreak): then {winner index: val's pick}
-    by_loss: dict[int, int] = {}
-
-    def best() -> int:
-        i = min(range(len(arms1)), key=lambda i: (_rank(task, res1[i]), i))
-        mine = [j for j, a in enumerate(arms1) if a.family == arms1[i].family]
-        j = mine[loss_tiebreak(task, mine.index(i), [res1[k] for k in mine])]
-        by_loss.clear()
-        if j != i:
-            by_loss[j] = i
-        return j
-
-    # walk on while the winner is the lowest or highest LR of its family and the budget lasts;
-    # upwards never past confirm mode's ceiling (twice the range test's band top, no shortened
-    # step: short runs favour high LRs most where the constant-LR sweep was already climbing);
-    # downwards from the lowest when every run of the family diverged (as confirm mode does)
-    from .finder import CONFIRM_CEILING, ceiling_stop
-
     band = rt.suggestion.band
-    ceiling = CONFIRM_CEILING * band[1] if band is not None else math.inf
-    left = plan.total_steps - full - range_stage.cost_steps
-    walks = 0
-
-    def tied(i: int) -> bool:
-        """Another run of arm ``i``'s family scored exactly as well (on a small val split a
-        tie is common: the lower LR wins it)."""
-        return i not in by_loss and any(
-            j != i and a.family == arms1[i].family and _rank(task, r) == _rank(task, res1[i])
-            for j, (a, r) in enumerate(zip(arms1, res1)))
-
-    def spent() -> int:
-        # the runs this decision has read so far, not the whole log: on resume the log already
-        # holds the runs that come later (a walk's, the warmup check's), and counting them here
-        # would stop the walk before the run it made the first time
-        return sum(int(r["steps_done"]) for r in res0 + res1)
-
-    stop = None  # why an edge winner was not walked on
-    while True:
-        i_best = best()
-        w = arms1[i_best]
-        mine = sorted(a.multiplier for a in arms1 if a.family == w.family)
-        if spent() + plan.rung1 > left:
-            stop = "budget"
-            break
-        if all(r["diverged"] for a, r in zip(arms1, res1) if a.family == w.family):
-            direction, m = -1.0, mine[0] * 10 ** -WALK
-        elif (res1[i_best]["diverged"] or w.multiplier not in (mine[0], mine[-1])
-              or tied(i_best)):
-            # a tie at the edge (the lower LR wins it) is no evidence that the best lies beyond
-            break
-        else:
-            direction = -1.0 if w.multiplier == mine[0] else 1.0
-            m = w.multiplier * 10 ** (direction * WALK)
-        if direction > 0 and w.centre * m > ceiling:
-            stop = ceiling_stop(w.centre * m, ceiling, band[1])
-            break
-        arm = _Arm(w.family, w.centre * m, w.centre, m)
-        arms1.append(arm)
-        res1 += _run_rung(task, [arm], 1, plan.rung1, log, seed, show)
-        walks += 1
+    r1 = _Rung1(task, arms1, res1)
+    i_best, walks, stop = _walk(
+        r1, plan, log, seed, show,
+        ceiling=CONFIRM_CEILING * band[1] if band is not None else math.inf,
+        band_top=band[1] if band is not None else None,
+        left=plan.total_steps - full - range_stage.cost_steps,
+        spent_before=sum(int(r["steps_done"]) for r in res0))
+    by_loss, tied = r1.by_loss, r1.tied
+    spent = sum(int(r["steps_done"]) for r in res0 + res1)
     winner = arms1[i_best]
     for i, r in enumerate(res1):
         r["kept"] = i == i_best
     warmup = _warmup_check(task, winner, res1[i_best], plan, log, seed, show,
-                           left - spent())
+                           plan.total_steps - full - range_stage.cost_steps - spent)
     log.rungs.append({"rung": 1, "steps": plan.rung1, "kept": [winner.key], "walks": walks,
                       "rule": f"best of {len(arms1)} arms by val {task.metric}"})
     log.save()
