@@ -409,6 +409,39 @@ class _Heartbeat:
 
 
 # ------------------------------------------------------------------------------- the search
+def _runner_for(task: Any, *, cv_folds: int | None, options: SearchOptions, seed: int,
+                low: float | None, high: float | None, direction: str | None
+                ) -> tuple[Any, Any, str]:
+    """:func:`search`'s task (a name looked up), the runner of its trials and its name: a
+    :class:`_TaskRunner` for a Task, an :class:`_ObjectiveRunner` for a callable objective
+    (which needs ``low`` and ``high`` and takes ``direction``); what does not fit either is
+    refused by name."""
+    from ..tasks import Task
+
+    if isinstance(task, str):
+        from .. import tasks as _tasks
+
+        task = _tasks.get(task)
+    if isinstance(task, Task):
+        if direction is not None:
+            raise ValueError("direction is for objectives; a task knows whether its metric is "
+                             "higher-is-better")
+        return task, _TaskRunner(task, cv_folds=cv_folds, options=options, seed=seed), task.name
+    if not callable(task):
+        raise TypeError(f"task_or_objective must be a lrkit Task, a task name or a callable "
+                        f"f(lr, report) -> metric, got {type(task).__name__}")
+    if cv_folds is not None:
+        raise ValueError("cv_folds needs a Task (an objective does its own validation)")
+    if options.subset is not None:
+        raise ValueError("options.subset needs a Task")
+    if low is None or high is None:
+        raise ValueError("low and high are required with an objective (there is no task "
+                         "to run a range test on)")
+    d = check_choice("direction", direction or "minimize", ("minimize", "maximize"))
+    return (task, _ObjectiveRunner(task, higher_is_better=d == "maximize"),
+            getattr(task, "__name__", "objective"))
+
+
 def search(
     task_or_objective: Any,
     *,
@@ -487,31 +520,8 @@ def search(
         raise TypeError(f"options must be a SearchOptions, got {type(options).__name__}")
     families = _check_args(method, pruner, low, high, n_trials, budget, cv_folds, schedules,
                            seed, study_name)
-    task = task_or_objective
-    if isinstance(task, str):
-        from .. import tasks as _tasks
-
-        task = _tasks.get(task)
-    if isinstance(task, Task):
-        if direction is not None:
-            raise ValueError("direction is for objectives; a task knows whether its metric is "
-                             "higher-is-better")
-        runner: Any = _TaskRunner(task, cv_folds=cv_folds, options=options, seed=seed)
-        task_name = task.name
-    elif callable(task):
-        if cv_folds is not None:
-            raise ValueError("cv_folds needs a Task (an objective does its own validation)")
-        if options.subset is not None:
-            raise ValueError("options.subset needs a Task")
-        if low is None or high is None:
-            raise ValueError("low and high are required with an objective (there is no task "
-                             "to run a range test on)")
-        d = check_choice("direction", direction or "minimize", ("minimize", "maximize"))
-        runner = _ObjectiveRunner(task, higher_is_better=d == "maximize")
-        task_name = getattr(task, "__name__", "objective")
-    else:
-        raise TypeError(f"task_or_objective must be a lrkit Task, a task name or a callable "
-                        f"f(lr, report) -> metric, got {type(task).__name__}")
+    task, runner, task_name = _runner_for(task_or_objective, cv_folds=cv_folds, options=options,
+                                          seed=seed, low=low, high=high, direction=direction)
     if budget is not None:  # one that cannot pay for a single trial is refused before any step
         rt_steps = (range_test_steps(task) if isinstance(task, Task) and range_test is None
                     and (method == "auto" or low is None or high is None) else 0)
