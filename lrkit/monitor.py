@@ -537,6 +537,22 @@ class Monitor:
                 self._n_diff += 1
             self._prev_d = d
         self._prev = loss
+        self._loss_rules(step, smooth, first, best)
+        if grad_norm is not None:
+            self._grad(step, grad_norm, smooth)
+        if val_metric is not None:
+            self._val(step, val_metric, smooth)
+        # blocks
+        self._b_sum += loss
+        self._b_n += 1
+        if self._b_n >= self._block:
+            self._close_block(step)
+        return new
+
+    def _loss_rules(self, step: int, smooth: float, first: float, best: float) -> None:
+        """The training-loss rules on the debiased EMA ``smooth``: ``diverged`` (a rise to
+        ``diverge_factor`` x the first loss, or, for a loss that goes negative, that many times
+        its own scale above it) and ``lr_too_high`` (a climb back from its best)."""
         if self._neg:  # the ratio rules mean nothing: the shift-invariant rise only
             th = self.thresholds
             limit = offset_rise_limit(first, first, best, self._spread.value, th.diverge_factor)
@@ -579,16 +595,6 @@ class Monitor:
                              "best_step": self._best_step, "first_loss": first, **evidence},
                             f"{said}: lower the LR about 3x, or add "
                             f"{_warmup(self._best_step)} warmup steps.")
-        if grad_norm is not None:
-            self._grad(step, grad_norm, smooth)
-        if val_metric is not None:
-            self._val(step, val_metric, smooth)
-        # blocks
-        self._b_sum += loss
-        self._b_n += 1
-        if self._b_n >= self._block:
-            self._close_block(step)
-        return new
 
     def update_many(self, steps: Sequence[int], losses: Sequence[float],
                     lrs: Sequence[float | None] | None = None) -> list[Finding]:
