@@ -755,10 +755,31 @@ def _freeze_hypergradients(optimizer: Any) -> list[tuple[dict, float]]:
 MIN_POINTS = 8
 
 
+#: a sweep that blows up within this share of its planned steps, with no descent before, started
+#: above the LRs that train (a model that is already trained stays flat for longer: from the
+#: default start_lr, 1e-7, the first fifth ends at 4e-6)
+EARLY_BLOWUP_SHARE = 0.2
+
+
 def _suggest_sweep(lrs: np.ndarray, losses: np.ndarray, num_iter: int,
-                   stop_reason: str = "completed") -> dict[str, Suggestion]:
+                   stop_reason: str = "completed", planned: int | None = None
+                   ) -> dict[str, Suggestion]:
+    """Every rule's suggestion from one sweep (``num_iter``: what the peers' trimming reads;
+    ``planned``: the sweep's planned length, default ``num_iter``)."""
+    planned = num_iter if planned is None else planned
     if lrs.size >= MIN_POINTS:
-        return _suggest.suggest_all(lrs, losses, num_iter=num_iter)
+        out = _suggest.suggest_all(lrs, losses, num_iter=num_iter)
+        own = out["lrkit"]
+        if (own.lr is None and stop_reason in ("nan", "diverged")
+                and lrs.size < EARLY_BLOWUP_SHARE * planned):
+            out["lrkit"] = replace(own, reason=(
+                f"no clear descent before the loss "
+                f"{'became non-finite' if stop_reason == 'nan' else 'diverged'} after "
+                f"{lrs.size} of {planned} steps, at lr {lrs[-1]:.3g}: the sweep starts above "
+                f"the LRs that train; lower start_lr (a decade or more below "
+                f"{lrs[0]:.3g}). If it still blows up at once, check the model, the loss and "
+                f"the data before the LR (the rule read: {own.reason})"))
+        return out
     if lrs.size and not np.isfinite(losses[0]):
         why = (f"the loss was {losses[0]} at the first step, at lr {lrs[0]:.3g}: the model, "
                "the data or the loss function produce it, not the learning rate")
@@ -809,7 +830,9 @@ def _build_result(lrs: np.ndarray, losses: np.ndarray, stop_reason: str, *, meth
                   sweeps: list[tuple[np.ndarray, np.ndarray]] | None = None) -> RangeTestResult:
     n = lrs.size
     if sweeps is not None and len(sweeps) > 1:
-        all_s = _combine([_suggest_sweep(x, y, x.size, stop_reason) for x, y in sweeps])
+        all_s = _combine([_suggest_sweep(x, y, x.size, stop_reason,
+                                         planned=settings.get("sweep_steps"))
+                          for x, y in sweeps])
     else:
         all_s = _suggest_sweep(lrs, losses, num_iter, stop_reason)
     smoothed = _suggest.smooth_curve(lrs, losses) if n >= 2 else np.full(n, np.nan)

@@ -169,6 +169,26 @@ def test_divergence_stops_early_and_suggestion_is_below_the_blow_up():
         assert res.lr < res.lrs[-1]
 
 
+def test_a_sweep_that_blows_up_at_once_says_start_lr_is_too_high():
+    # the sweep starts at 1 for an SGD-momentum MLP (its LRs that train lie below ~1): it
+    # diverges after about a tenth of its steps (enough for the rule to read) with no fall
+    # before; the reason names start_lr, and the user's model is restored
+    for num_iter in (100, 300):  # one sweep; three repeats, each read on its own
+        model, opt, loader, _ = _setup()
+        before = [p.detach().clone() for p in model.parameters()]
+        res = find_lr(model, opt, loader, F.cross_entropy, num_iter=num_iter, start_lr=1.0,
+                      end_lr=1e8)
+        assert res.lr is None and res.suggestion.confidence == "none"
+        assert res.stop_reason in ("diverged", "nan")
+        assert 8 * res.settings["sweeps"] <= len(res.lrs) < 0.2 * num_iter
+        assert "the sweep starts above the LRs that train; lower start_lr" in res.suggestion.reason
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    # a sweep from the default start that blows up late is not blamed on start_lr
+    model, opt, loader, _ = _setup()
+    res = find_lr(model, opt, loader, F.cross_entropy, num_iter=100, start_lr=1e-5, end_lr=1e4)
+    assert "lower start_lr (a decade" not in res.suggestion.reason
+
+
 def test_nan_loss_stops_and_is_never_suggested():
     model, opt, loader, _ = _setup()
     x, y = _data()
