@@ -203,8 +203,7 @@ def compare(
     if isinstance(task, str):
         task = _tasks.get(task)
     if not isinstance(task, Task):
-        raise TypeError(f"task must be a lrkit.tasks.Task or a task name, got "
-                        f"{type(task).__name__}")
+        raise _tasks.not_a_task("task", task)
     fams = check_families("schedules", schedules)
     missing = [f for f in fams if f not in FAMILY_LR_KEY]
     if missing:  # pragma: no cover - every family has a key today

@@ -405,6 +405,13 @@ def check_loader(name: str, loader: Any, why: str | None = "every short run rest
                         f"iterator ({type(loader).__name__}): {why}")
 
 
+def _describe(value: Any) -> str:
+    """A tensor's shape and dtype (or the type's name), for an error message."""
+    if isinstance(value, torch.Tensor):
+        return f"a {str(value.dtype).replace('torch.', '')} tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
 def _default_step_fn(loss_fn: Callable) -> Callable[[nn.Module, Any], torch.Tensor]:
     def step_fn(model: nn.Module, batch: Any) -> torch.Tensor:
         if not isinstance(batch, (list, tuple)) or len(batch) != 2:
@@ -418,8 +425,12 @@ def _default_step_fn(loss_fn: Callable) -> Callable[[nn.Module, Any], torch.Tens
         out = model(batch[0])
         try:
             return loss_fn(out, batch[1])
-        except (TypeError, AttributeError) as e:
-            if isinstance(out, torch.Tensor):
+        except Exception as e:
+            if isinstance(out, torch.Tensor) or not isinstance(e, (TypeError, AttributeError)):
+                if hasattr(e, "add_note"):  # Python 3.11+: said under PyTorch's own message
+                    e.add_note(f"(raised inside loss_fn, which lrkit calls as loss_fn(model(x), "
+                               f"y): the model's output first, then the batch's targets; here "
+                               f"{_describe(out)} and {_describe(batch[1])})")
                 raise
             # a model returning a tuple, a dict or a Hugging Face ModelOutput: PyTorch's own
             # message ("argument 'input' must be Tensor, not tuple") names neither lrkit's

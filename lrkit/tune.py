@@ -1699,8 +1699,7 @@ def tune(
         return _tune(_tasks.get(task), task, budget=budget, schedules=schedules,
                      storage=storage, out=out, seed=seed, progress=progress)
     if not isinstance(task, Task):
-        raise TypeError(f"task must be a lrkit.tasks.Task or a task name, got "
-                        f"{type(task).__name__}")
+        raise _tasks.not_a_task("task", task)
     try:
         return _tune(task, task.name, budget=budget, schedules=schedules, storage=storage,
                      out=out, seed=seed, progress=progress)

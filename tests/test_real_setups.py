@@ -4,6 +4,7 @@ device of the batches, in-place restore, interleaved sweeps, and the "no clear d
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,19 @@ def test_from_torch_rejects_bad_arguments_by_name():
         from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=10, warmup_steps=10)
     with pytest.raises(TypeError, match="metric_fn"):
         from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=10, metric_fn=3)
+    # a signature that cannot take the two arguments is refused before any step (a confirm
+    # call failed on it after its whole range test)
+    with pytest.raises(TypeError, match=r"metric_fn is called as metric_fn\(model, loader\), "
+                                        r"but its signature \(m\) cannot take that"):
+        from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=10,
+                   metric_fn=lambda m: 0.0)
+    with pytest.raises(TypeError, match=r"step_fn is called as step_fn\(model, batch\)"):
+        from_torch(model, opt, tl, val_loader=vl, steps=10, step_fn=lambda batch: batch[0].sum())
+    with pytest.raises(TypeError, match=r"metric_fn is called"):
+        find_lr(model, opt, tl, F.mse_loss, val_loader=vl, confirm=True, steps=10,
+                metric_fn=lambda m, loader, extra: 0.0)
+    assert from_torch(model, opt, tl, nn.MSELoss(), val_loader=vl, steps=10,
+                      metric_fn=lambda *a: 0.0).recipe.steps == 10  # a module, *args: fine
     with pytest.raises(ValueError, match="higher_is_better"):
         from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=10, higher_is_better=True)
     other = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
@@ -378,6 +392,17 @@ def test_a_model_that_returns_a_tuple_gets_told_what_to_pass():
         with pytest.raises(TypeError, match=hint):
             call()
     assert all(torch.equal(a, b) for a, b in zip(before[0], _state(model, opt)[0]))
+    # any other error inside loss_fn keeps its own message and gets a note of the call's order
+    # and what it was given (Python 3.11+: exception notes)
+    def swapped(y, out):
+        raise RuntimeError("expected target dtype to be Long")  # what PyTorch says, say
+
+    if sys.version_info >= (3, 11):
+        with pytest.raises(RuntimeError, match="expected target dtype") as info:
+            find_lr(model, opt, tl, swapped, progress=False)
+        assert any("lrkit calls as loss_fn(model(x), y): the model's output first, then the "
+                   "batch's targets; here a float32 tensor of shape (32, 1)" in n
+                   for n in info.value.__notes__)
     takes_tuple = find_lr(wrapped, opt, tl, lambda out, y: F.mse_loss(out[0], y), val_loader=vl,
                           progress=False)
     plain = find_lr(model, opt, tl, F.mse_loss, val_loader=vl, progress=False)

@@ -633,6 +633,9 @@ def test_bad_arguments(task, tmp_path, done):
         tune(task, schedules=("cosine", "cosine"), out=tmp_path / "c", progress=False)
     with pytest.raises(TypeError, match="task must be"):
         tune(42, out=tmp_path / "d", progress=False)
+    with pytest.raises(TypeError, match=r"got Linear: for your own model, build one with "
+                                        r"lrkit.tasks.from_torch\(model, optimizer"):
+        tune(torch.nn.Linear(2, 2), out=tmp_path / "d", progress=False)
     with pytest.raises(ValueError, match="unknown task"):
         tune("digitz", out=tmp_path / "e", progress=False)
     blocker = tmp_path / "a-file"

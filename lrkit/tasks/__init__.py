@@ -17,12 +17,13 @@ import importlib
 import inspect
 import os
 import sys
+from typing import Any
 
 from ..errors import closest
 from .base import OPTIMIZERS, RECIPE_SCHEDULES, Recipe, Task
 
 __all__ = ["Recipe", "Task", "OPTIMIZERS", "RECIPE_SCHEDULES", "from_torch", "get", "load",
-           "names"]
+           "names", "not_a_task"]
 
 #: built-in task name -> "module:function" that builds it (imported on first use)
 _BUILTIN: dict[str, str] = {
@@ -39,6 +40,19 @@ _BUILTIN: dict[str, str] = {
     "digits-bn": "lrkit.tasks.digits_bn:make_task",
     "digits-noisy": "lrkit.tasks.digits_noisy:make_task",
 }
+
+
+def not_a_task(name: str, value: Any) -> TypeError:
+    """The error for ``value`` passed where a Task or a task name goes; a torch module gets
+    the way from a model to a Task (:func:`from_torch`)."""
+    from torch import nn
+
+    hint = ""
+    if isinstance(value, nn.Module):
+        hint = (": for your own model, build one with lrkit.tasks.from_torch(model, optimizer, "
+                "train_loader, loss_fn, val_loader=..., steps=...)")
+    return TypeError(f"{name} must be a lrkit.tasks.Task or a task name, got "
+                     f"{type(value).__name__}{hint}")
 
 
 def names() -> list[str]:

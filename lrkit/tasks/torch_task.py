@@ -167,6 +167,20 @@ def _fingerprint(model: nn.Module, opt_cls: type, groups: list, defaults: dict,
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:10]
 
 
+def _check_two_arguments(arg: str, fn: Callable, call: str) -> None:
+    """Refuse ``fn`` before any step when its signature cannot take the two positional
+    arguments lrkit passes (a run would otherwise fail after the range test)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature to read (some builtins): let the call say
+        return
+    try:
+        sig.bind(None, None)
+    except TypeError as e:
+        raise TypeError(f"{arg} is called as {call}, but its signature {sig} cannot take "
+                        f"that: {e}") from None
+
+
 def from_torch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -254,9 +268,13 @@ def from_torch(
     if (loss_fn is None) == (step_fn is None):
         raise ValueError("pass exactly one of loss_fn (loss_fn(model(x), y)) or "
                          "step_fn(model, batch) -> loss")
-    for arg, fn in (("loss_fn", loss_fn), ("step_fn", step_fn), ("metric_fn", metric_fn)):
+    for arg, fn, call in (("loss_fn", loss_fn, "loss_fn(output, targets)"),
+                          ("step_fn", step_fn, "step_fn(model, batch)"),
+                          ("metric_fn", metric_fn, "metric_fn(model, loader)")):
         if fn is not None and not callable(fn):
             raise TypeError(f"{arg} must be callable, got {fn!r}")
+        if fn is not None:
+            _check_two_arguments(arg, fn, call)
     if not isinstance(higher_is_better, bool):
         raise TypeError(f"higher_is_better must be a bool, got {higher_is_better!r}")
     if metric_fn is None and higher_is_better:
