@@ -219,6 +219,11 @@ def _fig_schedule(final: Mapping[str, Any], safe: float | None) -> Any:
     ax.plot(np.arange(len(lrs)), lrs, color="C3", lw=2,
             label=f"{final['family']} (peak {final['lr']:.3g})")
     top = max([v for v in lrs if math.isfinite(v)] or [1.0])
+    for i, c in enumerate(final.get("lr_cuts") or []):
+        ax.axvline(float(c["step"]), color="C3", ls="--", lw=1.0,
+                   label=("LR lowered on the monitor's finding" if i == 0 else None))
+        ax.annotate(f"x{_num(c['scale']):.2g} ({c['kind']})", (float(c["step"]), top),
+                    fontsize=7, color="C3", rotation=90, va="top", ha="right")
     if safe is not None and math.isfinite(safe):
         if safe <= 3 * top:
             ax.axhline(safe, color="C1", ls=":", label=f"safe-LR bound {safe:.3g}")
@@ -374,6 +379,13 @@ def tune_report(
         findings_html = ("<table><tr><th class=l>finding</th><th>step</th>"
                          "<th class=l>evidence</th><th class=l>action</th></tr>"
                          f"{rows_f}</table>")
+        cuts = final.get("lr_cuts") or []
+        if cuts:
+            acted = ", ".join(f"{escape(c['kind'])} at step {escape(c['step'])}" for c in cuts)
+            scale = _num(cuts[-1]["scale"])
+            findings_html += (f"<p>The final run acted on {acted}: from there its LR was the "
+                              f"schedule's x{scale:.3g} (the monitor's advice, taken at "
+                              "once).</p>")
     elif monitor_available:
         findings_html = "<p>The monitor watched the final run and found nothing to flag.</p>"
     else:

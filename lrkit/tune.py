@@ -79,6 +79,9 @@ WALK_RESERVE = 1
 #: a final run that diverges is run once more at its LR / RETRY_FACTOR when the budget still
 #: pays for it (the monitor's advice for divergence: "restart with the LR about 10x lower")
 RETRY_FACTOR = 10.0
+#: the final run multiplies its LR by 1 / CUT_FACTOR from the step its monitor finds the LR too
+#: high on (the monitor's advice for ``lr_too_high``; ``callbacks.DecayOnFinding``)
+CUT_FACTOR = 3.0
 #: ... and when the budget left pays for less than a full run but at least this share of one,
 #: the retry is that long (its schedule rebuilt for it); the kept model is then the better by
 #: validation of the retry and the diverged run's best checkpoint from before its blow-up
@@ -936,6 +939,7 @@ def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
     import torch
 
     from . import train
+    from .callbacks import DecayOnFinding
 
     saved = folder.load("final")
     if saved is not None and folder.file("weights").exists():
@@ -954,8 +958,14 @@ def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
         bar = show.bar(steps, f"[4/5] final run: {family} at {lr:.3g}, {steps} steps")
         t0 = time.perf_counter()
         try:
+            # the monitor's advice for lr_too_high (a 3x lower LR), taken in this run: the
+            # short runs end before a separable task's shrinking gradients or Adam's growing
+            # steps turn a high LR unstable (benchmarks/RESULTS.md, twenty-second round); not
+            # for a climb while a warmup still raises the LR (its transient)
+            peak = max(range(steps), key=lambda t: (sched(t), -t))
+            cut = DecayOnFinding(monitor, factor=1 / CUT_FACTOR, start_step=peak)
             out = train.run(task, sched, steps=steps, seed=seed, eval_split="test",
-                            callbacks=[rec, _StepBar(bar)])
+                            callbacks=[rec, _StepBar(bar), cut])
         finally:
             if bar is not None:
                 bar.close()
@@ -965,7 +975,8 @@ def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
             break
         steps = min(full, left)
         first = {"lr": lr, "steps_done": out.steps_done, "stop_reason": out.stop_reason,
-                 "findings": _findings(monitor), "retry_steps": steps}
+                 "findings": _findings(monitor), "retry_steps": steps,
+                 "lr_cuts": _cuts(cut)}
         first_rec = rec
         show.say(f"      the final run diverged at step {out.steps_done}: once more at "
                  f"{lr / RETRY_FACTOR:.3g} ({RETRY_FACTOR:g}x lower, the monitor's advice)"
@@ -1009,17 +1020,25 @@ def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
             "steps_done": out.steps_done, "losses": [float(v) for v in out.losses],
             "lrs": [float(v) for v in out.lrs], "grad_norms": rec.grad_norms,
             "val": [list(v) for v in rec.val], "findings": findings,
-            "monitor": "lrkit.monitor",
+            "lr_cuts": _cuts(cut), "monitor": "lrkit.monitor",
             "diverged_attempt": first}
     stage = Stage("final run", int(spent), wall,
                   {"metric": metric, "metric_at_end": out.metric, "split": "test",
                    "diverged": out.diverged, "findings": len(findings),
                    "best_val_checkpoint_step": kept["step"] if kept else None,
                    "lr_for_run_length": kept["lr_for_run_length"] if kept else None,
-                   "retried_from_lr": first["lr"] if first else None})
+                   "retried_from_lr": first["lr"] if first else None,
+                   "lr_cuts": _cuts(cut)})
     data["stage"] = stage.to_dict()
     folder.save("final", data)
     return data, stage
+
+
+def _cuts(cut: Any) -> list[dict]:
+    """A :class:`~lrkit.callbacks.DecayOnFinding`'s cuts as JSON: the step, the finding, the
+    LR's multiplier from then on."""
+    return [{"step": int(step), "kind": kind, "scale": cut.factor ** (i + 1)}
+            for i, (step, kind) in enumerate(cut.cuts)]
 
 
 def _kept_val(rec: _Recorder) -> float:
@@ -1440,11 +1459,23 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
     if final.get("findings"):
         kinds = sorted({str(f.get('kind')) for f in final["findings"]})
         parts.append(f"The monitor flagged: {', '.join(kinds)}.")
+    parts += _explain_cuts(final.get("lr_cuts") or [], final.get("lr"))
     # a model that barely trains: the monitor's "raise the LR" is not the advice to give
     parts += (_explain_no_learning(final, trials, full)
               or _explain_lr_too_low(final, halving, task, name, fmt, s.band))
     parts += _explain_final_run(final, task, task_ref, plan, name, fmt, full)
     return " ".join(parts)
+
+
+def _explain_cuts(cuts: Sequence[Mapping[str, Any]], lr: float | None) -> list[str]:
+    """The final run's LR cut on the monitor's ``lr_too_high`` (raised once a run), in words."""
+    if not cuts:
+        return []
+    c = cuts[0]
+    rerun = f" (a rerun would start near {lr * float(c['scale']):.3g})" if lr else ""
+    return [f"The monitor found the LR too high at step {c['step']} (the loss climbing back "
+            f"from its best), so the final run took its advice at once: it lowered the LR "
+            f"{CUT_FACTOR:g}x from there{rerun}."]
 
 
 #: a final run whose training loss fell by less than this share of its start (first tenth

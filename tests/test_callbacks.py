@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from lrkit import tasks, train
-from lrkit.callbacks import (LOG_FIELDS, SWA, ClipGradNorm, DecayOnPlateau, EarlyStopping,
-                             JsonlLogger, MonitorCallback, TensorBoardLogger, _has_pre_step_hook)
+from lrkit.callbacks import (LOG_FIELDS, SWA, ClipGradNorm, DecayOnFinding, DecayOnPlateau,
+                             EarlyStopping, JsonlLogger, MonitorCallback, TensorBoardLogger, _has_pre_step_hook)
 from lrkit.monitor import Monitor, read_log, replay
 from lrkit.torch import Plateau
 
@@ -245,6 +245,62 @@ def test_decay_on_plateau_reuses_plateau_and_composes_with_a_schedule():
     assert dec.cuts == list(range(2, 21))
     with pytest.raises(TypeError, match="Plateau"):
         DecayOnPlateau(rule="plateau")
+
+
+def test_decay_on_finding_cuts_the_lr_from_the_step_the_monitor_finds_it_too_high():
+    from lrkit import schedules
+
+    model, batches = _linear()
+    sched = schedules.family("cosine", 0.1, 120)
+    # the recorded loss falls from 2 to 0.5 over 50 steps, then climbs back: the monitor's
+    # lr_too_high (the smoothed loss climbing back from its best beyond its noise)
+    rng = np.random.default_rng(0)
+    path = np.concatenate([np.linspace(2.0, 0.5, 50), np.linspace(0.5, 1.8, 70)])
+    path = path * (1 + 0.01 * rng.standard_normal(path.size))
+    t = iter(range(10**6))
+    seen = []
+
+    class Spy(train.Callback):
+        def on_step_end(self, info):
+            seen.append(info.lr)
+
+    mon = MonitorCallback(total_steps=120, flush_every=1)
+    cut = DecayOnFinding(mon.monitor)
+    train.fit(model, torch.optim.SGD(model.parameters(), lr=0.1), batches, num_steps=120,
+              loss_fn=lambda out, y: (out * 0).sum() + float(path[next(t)]), schedule=sched,
+              callbacks=[mon, cut, Spy()])
+    too_high = [f.step for f in mon.monitor.findings if f.kind == "lr_too_high"]
+    assert len(too_high) == 1 and 50 < too_high[0] < 120
+    s = cut.cuts[0][0]
+    assert cut.cuts == [(s, "lr_too_high")] and cut.scale == pytest.approx(1 / 3)
+    # every step up to the finding at the schedule's LR, every one after it at a third of it
+    for k in range(120):
+        expected = sched(k) * (1 / 3 if k > s else 1.0)
+        assert seen[k] == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    # a second run starts again at the schedule's LR (the monitor is reset by its callback)
+    t = iter(range(10**6))
+    seen.clear()
+    train.fit(model, torch.optim.SGD(model.parameters(), lr=0.1), batches, num_steps=40,
+              loss_fn=lambda out, y: (out * 0).sum() + float(path[next(t)]), schedule=sched,
+              callbacks=[mon, cut, Spy()])
+    assert cut.cuts == [] and seen == [pytest.approx(sched(k)) for k in range(40)]
+    # a finding raised before start_step (a warmup's end) never cuts, then or later
+    t = iter(range(10**6))
+    seen.clear()
+    late = DecayOnFinding(mon.monitor, start_step=too_high[0] + 1)
+    train.fit(model, torch.optim.SGD(model.parameters(), lr=0.1), batches, num_steps=120,
+              loss_fn=lambda out, y: (out * 0).sum() + float(path[next(t)]), schedule=sched,
+              callbacks=[mon, late, Spy()])
+    assert [f.step for f in mon.monitor.findings if f.kind == "lr_too_high"] == too_high
+    assert late.cuts == [] and seen == [pytest.approx(sched(k)) for k in range(120)]
+    with pytest.raises(TypeError, match="lrkit.monitor.Monitor"):
+        DecayOnFinding(mon)
+    with pytest.raises(ValueError, match=r"kinds\[\] must be one of"):
+        DecayOnFinding(mon.monitor, kinds=("too_high",))
+    with pytest.raises(TypeError, match="kinds must be a sequence"):
+        DecayOnFinding(mon.monitor, kinds="lr_too_high")
+    with pytest.raises(ValueError, match=r"factor must be in \(0, 1\)"):
+        DecayOnFinding(mon.monitor, factor=3.0)
 
 
 def test_swa_average_lr_and_batchnorm(tmp_path):
