@@ -563,7 +563,7 @@ def find_lr(
         user.restore()
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Setup:
     """What a range test trains: the model, optimizer, batches and loss, and the loop's
     options, from a Task (``task``, rebuilt per sweep) or the user's own objects (with
