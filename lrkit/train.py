@@ -568,14 +568,19 @@ def _backward(model: nn.Module, compute: Callable, data: Iterator, pending: Any,
 
 def _update(model: nn.Module, optimizer: torch.optim.Optimizer, params: list,
             scaler: Any, before_step: list[Callable], grad_clip: float | None,
-            track_grad_norm: bool) -> float | None:
+            track_grad_norm: bool, lr: float) -> tuple[float | None, float]:
     """One optimizer update from the gradients in place: unscale (AMP), the callbacks'
     ``on_before_step`` hooks, the global-norm clip, then the step (through ``scaler`` when
-    there is one). Returns the global gradient norm when clipped or tracked, else ``None``."""
+    there is one). Returns the global gradient norm when clipped or tracked (else ``None``)
+    and the LR the step used: ``lr``, or group 0's after the hooks when there are any (one
+    may scale it: ``DecayOnPlateau``, ``DecayOnFinding``, ``SWA`` under a callable
+    schedule)."""
     if scaler is not None:
         scaler.unscale_(optimizer)
     for hook in before_step:
         hook(model, optimizer)
+    if before_step:
+        lr = float(optimizer.param_groups[0]["lr"])
     grad_norm = None
     if grad_clip is not None:
         grad_norm = clip_grad_norm(params, grad_clip)
@@ -586,7 +591,7 @@ def _update(model: nn.Module, optimizer: torch.optim.Optimizer, params: list,
         scaler.update()
     else:
         optimizer.step()
-    return grad_norm
+    return grad_norm, lr
 
 def fit(
     model: nn.Module,
@@ -694,8 +699,8 @@ def fit(
                 result.steps_done = t + 1
                 result.stop_reason = "nan"
                 break
-            grad_norm = _update(model, optimizer, params, scaler, before_step, grad_clip,
-                                track_grad_norm)
+            grad_norm, lr = _update(model, optimizer, params, scaler, before_step, grad_clip,
+                                    track_grad_norm, lr)
             if scheduler is not None:
                 scheduler.step()
             result.losses.append(loss_value)

@@ -365,11 +365,14 @@ def test_decay_on_plateau_with_a_plain_callable_schedule():
             seen.append(optimizer.param_groups[0]["lr"])
 
     dec = DecayOnPlateau(Plateau(patience=0, factor=0.5), source="loss", every=1)
-    train.fit(model, torch.optim.SGD(model.parameters(), lr=0.1), batches, num_steps=10,
-              loss_fn=lambda out, y: (out * 0).sum() + 1.0, schedule=lambda t: 0.1 / (t + 1),
-              callbacks=[dec, Spy()])
+    out = train.fit(model, torch.optim.SGD(model.parameters(), lr=0.1), batches, num_steps=10,
+                    loss_fn=lambda out, y: (out * 0).sum() + 1.0,
+                    schedule=lambda t: 0.1 / (t + 1), callbacks=[dec, Spy()])
     assert seen == pytest.approx([0.1 / (t + 1) * 0.5 ** max(0, t - 1) for t in range(10)],
                                  rel=1e-12)
+    # ... and the LR recorded for each step (FitResult.lrs, StepInfo.lr, what the monitor
+    # reads) is the one the step used, not the schedule's before the scale
+    assert out.lrs == seen
 
 
 def test_callbacks_that_evaluate_keep_a_frozen_batchnorm_frozen():
