@@ -20,9 +20,9 @@ Acting (each composes with any lrkit schedule, since each only reads or scales w
   ``torch.nn.utils.clip_grad_norm_``; it needs the ``Callback.on_before_step`` hook of ``fit``.
 - :class:`DecayOnPlateau` multiplies the scheduled LR by the scale of a
   :class:`lrkit.torch.Plateau` rule fed with the validation metric or the smoothed training loss.
-- :class:`DecayOnFinding` multiplies the scheduled LR by ``factor`` each time a monitor raises a
-  finding of ``kinds`` (default ``lr_too_high``: the monitor's own advice, "lower the LR about
-  3x", taken at once instead of in the next run).
+- :class:`DecayOnFinding` multiplies the scheduled LR by ``factor`` when a monitor raises a
+  finding of ``kinds`` (default ``lr_too_high``: the monitor's advice, "lower the LR about 3x",
+  taken at once instead of in the next run).
 - :class:`SWA` averages the weights from a chosen step with ``torch.optim.swa_utils.AveragedModel``
   at its own constant LR (``SWALR``-style) and recomputes BatchNorm statistics at the end
   (Izmailov et al. 2018, "Averaging Weights Leads to Wider Optima and Better Generalization").
@@ -673,9 +673,10 @@ class DecayOnFinding(_LRScaler):
     """Multiply the scheduled LR by ``factor`` when ``monitor`` raises a finding of one of
     ``kinds``, for the rest of the run (composes with any lrkit schedule).
 
-    The default acts on ``lr_too_high`` (the smoothed loss climbing back from its best beyond
-    its noise) with the monitor's own advice, a 3x lower LR, taken in the same run rather than
-    the next. Put it after the callback that feeds the monitor (:class:`MonitorCallback`, whose
+    The default acts on ``lr_too_high`` (any of the monitor's readings: the smoothed loss
+    climbing back from its best, the validation metric undone while the training loss stalls,
+    or its best in the run's first third and worse since) with the monitor's advice for a
+    climbing loss, a 3x lower LR, taken in the same run rather than the next. Put it after the callback that feeds the monitor (:class:`MonitorCallback`, whose
     findings come at most ``flush_every`` updates late). The monitor raises each kind once (and
     then only updates it), so each kind cuts at most once; a finding raised before
     ``start_step`` never does (pass the step where a warmup ends: a climb while the schedule
