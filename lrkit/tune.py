@@ -1459,7 +1459,7 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
     if final.get("findings"):
         kinds = sorted({str(f.get('kind')) for f in final["findings"]})
         parts.append(f"The monitor flagged: {', '.join(kinds)}.")
-    parts += _explain_cuts(final.get("lr_cuts") or [], final.get("lr"))
+    parts += _explain_cuts(final)
     # a model that barely trains: the monitor's "raise the LR" is not the advice to give
     parts += (_explain_no_learning(final, trials, full)
               or _explain_lr_too_low(final, halving, task, name, fmt, s.band))
@@ -1467,15 +1467,25 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
     return " ".join(parts)
 
 
-def _explain_cuts(cuts: Sequence[Mapping[str, Any]], lr: float | None) -> list[str]:
-    """The final run's LR cut on the monitor's ``lr_too_high`` (raised once a run), in words."""
+def _explain_cuts(final: Mapping[str, Any]) -> list[str]:
+    """The final run's LR cut on the monitor's ``lr_too_high`` (raised once a run), in words,
+    with the reading that raised it."""
+    cuts = final.get("lr_cuts") or []
     if not cuts:
         return []
-    c = cuts[0]
+    c, lr = cuts[0], final.get("lr")
+    ev = next((f.get("evidence") or {} for f in final.get("findings") or []
+               if f.get("kind") == c["kind"]), {})
+    if "climbed_back" in ev or "rise" in ev:
+        why = "the loss climbing back from its best"
+    elif "factor" in ev:
+        why = (f"the validation metric best at step {ev.get('best_step')}, early in the run, "
+               "and worse since")
+    else:
+        why = "the validation metric undone while the training loss stalled"
     rerun = f" (a rerun would start near {lr * float(c['scale']):.3g})" if lr else ""
-    return [f"The monitor found the LR too high at step {c['step']} (the loss climbing back "
-            f"from its best), so the final run took its advice at once: it lowered the LR "
-            f"{CUT_FACTOR:g}x from there{rerun}."]
+    return [f"The monitor found the LR too high at step {c['step']} ({why}), so the final run "
+            f"took its advice at once: it lowered the LR {CUT_FACTOR:g}x from there{rerun}."]
 
 
 #: a final run whose training loss fell by less than this share of its start (first tenth

@@ -1328,10 +1328,29 @@ def test_the_final_run_lowers_its_lr_when_the_monitor_finds_it_too_high(tmp_path
         assert lr == pytest.approx(sched(k) * (1 / 3 if k > s else 1.0), rel=1e-12, abs=1e-15)
     plain = train.run(task, sched, steps=300, seed=2, eval_split="test")
     assert res.metric < 0.9 * plain.metric
-    assert (f"The monitor found the LR too high at step {s} (the loss climbing back from its "
-            f"best), so the final run took its advice at once: it lowered the LR 3x from there"
-            in res.explanation)
+    best = next(f for f in final["findings"] if f["kind"] == "lr_too_high")["evidence"]
+    assert (f"The monitor found the LR too high at step {s} (the validation metric best at step "
+            f"{best['best_step']}, early in the run, and worse since), so the final run took its "
+            f"advice at once: it lowered the LR 3x from there" in res.explanation)
     stage = next(st for st in res.stages if st.name == "final run")
     assert stage.outcome["lr_cuts"] == final["lr_cuts"]
     assert (f"The final run acted on lr_too_high at step {s}: from there its LR was the "
             "schedule's x0.333" in Path(res.report).read_text())
+
+
+def test_the_cut_is_explained_by_the_reading_that_raised_it():
+    cut = [{"step": 80, "kind": "lr_too_high", "scale": 1 / 3}]
+
+    def said(evidence):
+        final = {"lr": 0.3, "lr_cuts": cut,
+                 "findings": [{"kind": "lr_too_high", "step": 80, "evidence": evidence}]}
+        return tune_mod._explain_cuts(final)[0]
+
+    assert "(the loss climbing back from its best)" in said({"climbed_back": 0.8})
+    assert "(the loss climbing back from its best)" in said({"rise": 0.2})
+    assert ("(the validation metric best at step 20, early in the run, and worse since)"
+            in said({"best_step": 20, "factor": 15.0}))
+    assert ("(the validation metric undone while the training loss stalled)"
+            in said({"best_step": 20, "train_loss_at_best": 0.5}))
+    assert "lowered the LR 3x from there (a rerun would start near 0.1)." in said({"rise": 0.2})
+    assert tune_mod._explain_cuts({"lr": 0.3, "lr_cuts": []}) == []
