@@ -1196,10 +1196,11 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
         # the constant-LR sweep was already climbing towards divergence, and short runs, which
         # favour high LRs, are least trustworthy there (charrnn: the window walked to 3x the
         # best peak; a step shortened to fit under the ceiling put mnist1d just past its cliff)
-        top = s.band[1] if s.band is not None else centre
-        ceiling = (math.inf if result.suggestion.lr is None
-                   else max(CONFIRM_CEILING * top, centre * 10 ** spacing))
-        travelled, stop = _travel(runs, ceiling, s.band[1] if s.band is not None else None,
+        band_top = s.band[1] if s.band is not None else None
+        ceiling = (math.inf if result.suggestion.lr is None else
+                   max(CONFIRM_CEILING * (centre if band_top is None else band_top),
+                       centre * 10 ** spacing))
+        travelled, stop = _travel(runs, ceiling, band_top,
                                   max(candidates, int(CONFIRM_MAX_TOTAL * full // steps)))
         best = runs.best()
         point = overfit_step(task, best, runs.table)
@@ -1220,7 +1221,7 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
               "higher_is_better": task.higher_is_better, "steps": runs.spent,
               "full_run_steps": full, "fraction_of_full_run": runs.spent / full,
               "total_fraction_with_range_test": cost / full}
-    said = (f"started from {origin}; {runs_said} = {runs.spent / full:.2f} of a full run")
+    said = f"started from {origin}; {runs_said} = {runs.spent / full:.2f} of a full run"
     if point is not None:
         sug, confirm = _rescaled(runs, best, point, horizon, s, centre, said, common)
     else:

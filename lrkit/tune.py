@@ -765,21 +765,19 @@ def _stage_halving(task: Any, folder: _Folder, rt: Any, range_stage: Stage,
     arms1 = [a for f in kept for a in _arms(centres, f, spacing)]
     res1 = _run_rung(task, arms1, 1, plan.rung1, log, seed, show)
     check_scored(res1, "tune, rung 1")
-    band = rt.suggestion.band
+    band_top = rt.suggestion.band[1] if rt.suggestion.band is not None else None
+    left = plan.total_steps - full - range_stage.cost_steps
     r1 = _Rung1(task, arms1, res1)
     i_best, walks, stop = _walk(
         r1, plan, log, seed, show,
-        ceiling=CONFIRM_CEILING * band[1] if band is not None else math.inf,
-        band_top=band[1] if band is not None else None,
-        left=plan.total_steps - full - range_stage.cost_steps,
-        spent_before=sum(int(r["steps_done"]) for r in res0))
+        ceiling=math.inf if band_top is None else CONFIRM_CEILING * band_top,
+        band_top=band_top, left=left, spent_before=sum(int(r["steps_done"]) for r in res0))
     by_loss, tied = r1.by_loss, r1.tied
     spent = sum(int(r["steps_done"]) for r in res0 + res1)
     winner = arms1[i_best]
     for i, r in enumerate(res1):
         r["kept"] = i == i_best
-    warmup = _warmup_check(task, winner, res1[i_best], plan, log, seed, show,
-                           plan.total_steps - full - range_stage.cost_steps - spent)
+    warmup = _warmup_check(task, winner, res1[i_best], plan, log, seed, show, left - spent)
     log.rungs.append({"rung": 1, "steps": plan.rung1, "kept": [winner.key], "walks": walks,
                       "rule": f"best of {len(arms1)} arms by val {task.metric}"})
     log.save()
