@@ -701,8 +701,8 @@ class DecayOnFinding(_LRScaler):
                             f".monitor), got {type(monitor).__name__}")
         from .monitor import KINDS
 
-        if isinstance(kinds, str):
-            raise TypeError(f"kinds must be a sequence of finding kinds, got the string {kinds!r}")
+        if isinstance(kinds, str) or not isinstance(kinds, Iterable):
+            raise TypeError(f"kinds must be a sequence of finding kinds, got {kinds!r}")
         self.kinds = frozenset(check_choice("kinds[]", k, KINDS) for k in kinds)
         if not self.kinds:
             raise ValueError("kinds must name at least one finding kind")

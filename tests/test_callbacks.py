@@ -299,6 +299,14 @@ def test_decay_on_finding_cuts_the_lr_from_the_step_the_monitor_finds_it_too_hig
         DecayOnFinding(mon.monitor, kinds=("too_high",))
     with pytest.raises(TypeError, match="kinds must be a sequence"):
         DecayOnFinding(mon.monitor, kinds="lr_too_high")
+    with pytest.raises(TypeError, match="kinds must be a sequence of finding kinds, got None"):
+        DecayOnFinding(mon.monitor, kinds=None)
+    with pytest.raises(ValueError, match="kinds must name at least one"):
+        DecayOnFinding(mon.monitor, kinds=[])
+    with pytest.raises(ValueError, match="factor must be a finite number"):
+        DecayOnFinding(mon.monitor, factor=float("nan"))
+    with pytest.raises(ValueError, match="start_step must be an integer >= 0"):
+        DecayOnFinding(mon.monitor, start_step=-1)
     with pytest.raises(ValueError, match=r"factor must be in \(0, 1\)"):
         DecayOnFinding(mon.monitor, factor=3.0)
 
