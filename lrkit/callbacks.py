@@ -673,17 +673,19 @@ class DecayOnFinding(_LRScaler):
     """Multiply the scheduled LR by ``factor`` when ``monitor`` raises a finding of one of
     ``kinds``, for the rest of the run (composes with any lrkit schedule).
 
-    The default acts on ``lr_too_high`` (any of the monitor's readings: the smoothed loss
-    climbing back from its best, the validation metric undone while the training loss stalls,
-    or its best in the run's first third and worse since) with the monitor's advice for a
-    climbing loss, a 3x lower LR, taken in the same run rather than the next. Put it after the callback that feeds the monitor (:class:`MonitorCallback`, whose
-    findings come at most ``flush_every`` updates late). The monitor raises each kind once (and
+    The default acts on ``lr_too_high`` (any of the monitor's readings,
+    :data:`lrkit.monitor.RULES`: the smoothed loss climbing back from its best, the validation
+    metric undone while the training loss stalls, or its best early in the run and worse since)
+    with the monitor's advice for a climbing loss, a 3x lower LR, taken in the same run rather
+    than the next. Put it after the callback that feeds the monitor (:class:`MonitorCallback`,
+    whose findings come at most ``flush_every`` updates late). The monitor raises each kind once (and
     then only updates it), so each kind cuts at most once; a finding raised before
     ``start_step`` never does (pass the step where a warmup ends: a climb while the schedule
     still raises the LR is the warmup's transient, the loss spiking and recovering as the LR
     first passes the curvature's limit, Lewkowycz et al. 2020, not the peak's verdict).
-    ``scale`` is the current multiplier and ``cuts`` the ``(step, kind)`` of each cut (the step
-    the cut was made at).
+    ``scale`` is the current multiplier and ``cuts`` the ``(step, finding)`` of each cut: the
+    step the cut was made at and the :class:`~lrkit.monitor.Finding` as it was then (its
+    ``rule`` names the reading that raised it).
 
     Measured (``benchmarks/RESULTS.md``, twenty-second round): in ``lrkit tune``'s final run on
     a separable task under 13 torch optimizers it cut 8 runs' regret against the grid's best
@@ -713,7 +715,7 @@ class DecayOnFinding(_LRScaler):
         self.monitor, self.factor = monitor, factor
         self.start_step = check_int("start_step", start_step, minimum=0)
         self.scale = 1.0
-        self.cuts: list[tuple[int, str]] = []
+        self.cuts: list[tuple[int, Finding]] = []
         self._seen: set[str] = set()
 
     def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -733,7 +735,7 @@ class DecayOnFinding(_LRScaler):
                 self._seen.add(f.kind)
                 if f.step >= self.start_step:
                     self.scale *= self.factor
-                    self.cuts.append((info.step, f.kind))
+                    self.cuts.append((info.step, f))
         self._apply()
         return None
 

@@ -77,6 +77,13 @@ def smooth(values: Sequence[float], window: int) -> np.ndarray:
         return np.where(cnt > 0, (c[hi] - c[lo]) / np.maximum(cnt, 1), np.nan)
 
 
+def _rule(finding: Mapping[str, Any]) -> str:
+    """The monitor's reading that raised ``finding`` (``Finding.rule``), as a muted suffix for
+    its kind; ``""`` for a finding without one."""
+    rule = finding.get("rule")
+    return f" <span class=muted>({escape(rule)})</span>" if rule else ""
+
+
 def _num(x: Any) -> float:
     if x is None:
         return float("nan")
@@ -373,7 +380,8 @@ def tune_report(
         "takes the range test's LR (see <i>Why</i>).</p>")
     if findings:
         rows_f = "".join(
-            f"<tr><td class=l>{escape(f.get('kind'))}</td><td>{escape(f.get('step'))}</td>"
+            f"<tr><td class=l>{escape(f.get('kind'))}{_rule(f)}</td>"
+            f"<td>{escape(f.get('step'))}</td>"
             f"<td class=l>{escape(f.get('evidence'))}</td>"
             f"<td class=l>{escape(f.get('action'))}</td></tr>" for f in findings)
         findings_html = ("<table><tr><th class=l>finding</th><th>step</th>"

@@ -110,6 +110,7 @@ from .errors import as_real, check_choice, check_int, check_positive, check_rang
 __all__ = [
     "KINDS",
     "LR_KINDS",
+    "RULES",
     "Finding",
     "Thresholds",
     "Monitor",
@@ -125,6 +126,50 @@ KINDS: tuple[str, ...] = ("diverged", "lr_too_high", "lr_too_low", "plateau",
                           "vanishing_gradients", "exploding_gradients", "overfitting")
 #: the kinds whose action is "restart with another LR" (the labelled evaluation scores these)
 LR_KINDS: frozenset[str] = frozenset({"diverged", "lr_too_high", "lr_too_low"})
+#: the readings that raise each kind (``Finding.rule``), in words; a kind refreshed by another
+#: reading takes that one's name with its evidence
+RULES: Mapping[str, Mapping[str, str]] = {
+    "diverged": {
+        "non_finite": "the loss became NaN or infinite",
+        "loss_ratio": "the smoothed loss rose to diverge_factor x its first value",
+        "offset_rise": "a loss that goes negative rose (diverge_factor - 1) x its own scale "
+                       "above its first value",
+    },
+    "lr_too_high": {
+        "climbed_back": "the smoothed loss climbed back rise_share of the way from its best "
+                        "to its start",
+        "rose_from_start": "the smoothed loss rose above its start with no fall beyond its "
+                           "noise before",
+        "above_start": "at min_fraction of the run, the loss curve's end level is above its "
+                       "first loss",
+        "stuck_grad_rise": "the loss has not fallen significantly while the gradient norm rose "
+                           "stuck_grad_rise x its start",
+        "val_undone": "the val metric peaked early and got worse while the training loss did "
+                      "not fall",
+        "early_val_peak": "the val metric peaked in the first overfit_early of the run and is "
+                          "overfit_gap worse (even within its noise)",
+    },
+    "lr_too_low": {
+        "still_falling": "at min_fraction of the run, the loss curve has not bent and has "
+                         "lost little",
+        "not_fallen": "at min_fraction of the run, the loss has not fallen significantly",
+    },
+    "plateau": {
+        "stalled": "a significant early drop and none since",
+    },
+    "vanishing_gradients": {
+        "grad_fall": "the gradient norm fell vanish_factor x its start while the loss has not "
+                     "moved",
+    },
+    "exploding_gradients": {
+        "grad_growth": "the gradient norm grew explode_factor x its start",
+        "non_finite_grad": "the gradient norm was non-finite on skipped_steps updates in a row",
+    },
+    "overfitting": {
+        "val_peak": "the val metric is worse than its best beyond its noise while the training "
+                    "loss kept falling",
+    },
+}
 
 #: the first losses whose spread sets the scale of a loss that is not positive
 NOISE_STEPS = 10
@@ -170,26 +215,31 @@ class Finding:
         step: the update at which the finding was first raised (it keeps this step when updated).
         evidence: the steps and numbers that triggered it (``"updated"``: the last update step).
         action: one plain sentence saying what to do, with a factor where one applies.
+        rule: the reading of :data:`RULES` that raised it (or last refreshed it, with its
+            evidence); ``""`` for a finding not made by :class:`Monitor` (an older log's).
     """
 
     kind: str
     step: int
     evidence: Mapping[str, Any] = field(default_factory=dict)
     action: str = ""
+    rule: str = ""
 
     def __post_init__(self) -> None:
         check_choice("kind", self.kind, KINDS)
         check_int("step", self.step, minimum=0)
+        if self.rule:
+            check_choice("rule", self.rule, tuple(RULES[self.kind]))
         object.__setattr__(self, "evidence", dict(self.evidence))
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "step": self.step, "evidence": dict(self.evidence),
-                "action": self.action}
+                "action": self.action, "rule": self.rule}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Finding":
         return cls(kind=data["kind"], step=int(data["step"]), evidence=dict(data["evidence"]),
-                   action=str(data["action"]))
+                   action=str(data["action"]), rule=str(data.get("rule", "")))
 
     def __str__(self) -> str:
         return f"[{self.kind} @ step {self.step}] {self.action}"
@@ -484,7 +534,8 @@ class Monitor:
             val_metric = as_real("val_metric", val_metric)
         self._last_step = step
         if loss - loss != 0.0:  # NaN or +-inf
-            self._raise("diverged", step, {"loss": _json_num(loss), "first_loss": self._first},
+            self._raise("diverged", "non_finite", step,
+                        {"loss": _json_num(loss), "first_loss": self._first},
                         "The loss became non-finite: restart from an earlier checkpoint with the "
                         "LR about 10x lower, or add warmup and gradient clipping.")
             return new
@@ -558,7 +609,7 @@ class Monitor:
             limit = offset_rise_limit(first, first, best, self._spread.value, th.diverge_factor)
             if smooth > limit and self._due("diverged", step):
                 scale = (limit - first) / (th.diverge_factor - 1.0)
-                self._raise("diverged", step,
+                self._raise("diverged", "offset_rise", step,
                             {"smoothed_loss": smooth, "first_loss": first, "scale": scale,
                              "rise": (smooth - first) / scale},
                             f"The loss rose {(smooth - first) / scale:.3g}x its own scale above "
@@ -569,7 +620,7 @@ class Monitor:
             th = self.thresholds
             if smooth > th.diverge_factor * first:
                 if self._due("diverged", step):
-                    self._raise("diverged", step,
+                    self._raise("diverged", "loss_ratio", step,
                                 {"smoothed_loss": smooth, "first_loss": first,
                                  "ratio": smooth / first},
                                 f"The loss rose to {smooth / first:.3g}x its first value: "
@@ -582,15 +633,15 @@ class Monitor:
                 drop = first - best
                 if drop > th.z * self._noise() * self._ema_sd_at(self._best_n):
                     share = (smooth - best) / drop
-                    evidence, said = {"climbed_back": share}, (
+                    rule, evidence, said = "climbed_back", {"climbed_back": share}, (
                         f"The loss climbed back {share:.0%} of the way from its best (step "
                         f"{self._best_step}) to its start")
                 else:  # it never fell beyond its noise: a share of no drop means nothing
                     rise = (smooth - first) / abs(first)
-                    evidence, said = {"rise": rise}, (
+                    rule, evidence, said = "rose_from_start", {"rise": rise}, (
                         f"The loss rose {rise:.0%} above its start with no fall beyond its "
                         "noise before")
-                self._raise("lr_too_high", step,
+                self._raise("lr_too_high", rule, step,
                             {"smoothed_loss": smooth, "best_loss": best,
                              "best_step": self._best_step, "first_loss": first, **evidence},
                             f"{said}: lower the LR about 3x, or add "
@@ -628,8 +679,8 @@ class Monitor:
             while i < n_items and not slow:
                 step, loss = steps[i], losses[i]
                 lr = None if lrs is None else lrs[i]
-                if (lr.__class__ is not float or step.__class__ is not int or step <= last_step or loss.__class__ is not float
-                        or loss - loss != 0.0 or loss < 0.0
+                if (lr.__class__ is not float or step.__class__ is not int or step <= last_step
+                        or loss.__class__ is not float or loss - loss != 0.0 or loss < 0.0
                         or bn + 1 >= block):
                     break
                 b2 = bias * beta
@@ -687,12 +738,12 @@ class Monitor:
         last = old.evidence.get("updated", old.step)
         return step - last >= max(self.thresholds.block, self._n // 10)
 
-    def _raise(self, kind: str, step: int, evidence: dict, action: str) -> None:
+    def _raise(self, kind: str, rule: str, step: int, evidence: dict, action: str) -> None:
         old = self._found.get(kind)
         if old is None:
-            f = Finding(kind, step, evidence, action)
+            f = Finding(kind, step, evidence, action, rule)
         else:
-            f = Finding(kind, old.step, {**evidence, "updated": step}, action)
+            f = Finding(kind, old.step, {**evidence, "updated": step}, action, rule)
         self._found[kind] = f
         self._new.append(f)
 
@@ -797,7 +848,7 @@ class Monitor:
         if (not self._neg and "diverged" not in self._found and self._due("lr_too_high", step)
                 and s["end"] > (1.0 + th.start_margin) * first
                 and s["end"] - first > th.z * s["noise"] / math.sqrt(s["n_end"])):
-            self._raise("lr_too_high", step, ev,
+            self._raise("lr_too_high", "above_start", step, ev,
                         f"The loss is {s['end'] / first:.3g}x its first value after "
                         f"{self._n} updates: lower the LR about 3x, or add "
                         f"{_warmup(self._n)} warmup steps.")
@@ -825,16 +876,15 @@ class Monitor:
                 or (share >= th.slow_share and rel < th.slow_drop)):
             seen = (f"The loss is still falling steadily ({share:.0%} of its drop came in the "
                     f"second half, {rel:.0%} below its start)")
-            ev["reading"] = "still_falling"
             if self._g_ref:  # the gradient norm's peak since the first block, x its level there
                 ev["grad_rise"] = round(self._g_peak / self._g_ref, 3)
             if rel < th.low_sure_drop:
                 ev["confidence"] = "high"
-                self._raise("lr_too_low", step, ev, f"{seen}: raise the LR about 10x, or run "
-                            f"`lrkit find` to pick one.")
+                self._raise("lr_too_low", "still_falling", step, ev,
+                            f"{seen}: raise the LR about 10x, or run `lrkit find` to pick one.")
             else:  # where best-LR runs of training-limited models sit too
                 ev["confidence"] = "low"
-                self._raise("lr_too_low", step, ev,
+                self._raise("lr_too_low", "still_falling", step, ev,
                             f"{seen}: the LR may be too low, but a model at its best LR that "
                             f"needs every step of the run looks the same. Check with `lrkit "
                             f"find` (or a short run at 3x) before raising it.")
@@ -856,7 +906,7 @@ class Monitor:
             else:
                 action = ("The loss has stopped improving: decay the LR 10x (DecayOnPlateau), "
                           "or stop early.")
-            self._raise("plateau", step, ev, action)
+            self._raise("plateau", "stalled", step, ev, action)
 
     def _not_fallen(self, step: int, ev: dict, drop: float, rel: float) -> None:
         """The loss has not fallen significantly by a shape reading: which way the LR is off.
@@ -867,13 +917,12 @@ class Monitor:
         lower than at its start, or jumping too much for its drop to mean anything."""
         th = self.thresholds
         n = self._n
-        ev["reading"] = "not_fallen"
         g_rise = self._g_peak / self._g_ref if self._g_ref else 0.0
         where = f"{rel:.1%} below its start" if rel >= 0 else f"{-rel:.1%} above its start"
         if g_rise >= th.stuck_grad_rise:
             if self._due("lr_too_high", step):
                 ev["grad_rise"] = round(g_rise, 3)
-                self._raise("lr_too_high", step, ev,
+                self._raise("lr_too_high", "stuck_grad_rise", step, ev,
                             f"The loss has not fallen significantly in {n} updates ({where}) "
                             f"while its gradient norm rose to {g_rise:.2g}x its start (step "
                             f"{self._g_peak_step}): an LR that knocks the weights away from "
@@ -884,7 +933,7 @@ class Monitor:
             ev["confidence"] = "low"
             why = ("no lower than at its start" if drop <= 0.0 else
                    "a drop that its own noise hides")
-            self._raise("lr_too_low", step, ev,
+            self._raise("lr_too_low", "not_fallen", step, ev,
                         f"The loss has not fallen significantly in {n} updates ({where}: "
                         f"{why}): an LR too low to move the model looks like this, and so "
                         "does one high enough to have broken it early. Check with `lrkit "
@@ -892,7 +941,7 @@ class Monitor:
                         "at all.")
         else:
             ev["confidence"] = "high"
-            self._raise("lr_too_low", step, ev,
+            self._raise("lr_too_low", "not_fallen", step, ev,
                         f"The loss has not fallen significantly in {n} updates ({where}): "
                         "raise the LR about 10x, or check that the model trains at all.")
 
@@ -918,7 +967,7 @@ class Monitor:
                 self._g_bad_since = step
             self._g_bad += 1
             if self._g_bad == th.skipped_steps:
-                self._raise("exploding_gradients", self._g_bad_since,
+                self._raise("exploding_gradients", "non_finite_grad", self._g_bad_since,
                             {"grad_norm": _json_num(g), "non_finite_steps": self._g_bad},
                             f"The gradient norm was non-finite on {self._g_bad} updates in a "
                             "row (more than a GradScaler's skipped steps): clip it "
@@ -938,14 +987,14 @@ class Monitor:
         if gs > self._g_peak:
             self._g_peak, self._g_peak_step = gs, step
         if gs > th.explode_factor * ref and self._due("exploding_gradients", step):
-            self._raise("exploding_gradients", step,
+            self._raise("exploding_gradients", "grad_growth", step,
                         {"grad_norm": gs, "initial_grad_norm": ref, "ratio": gs / ref},
                         f"The gradient norm grew {gs / ref:.3g}x: clip it at about "
                         f"{2 * ref:.3g} (ClipGradNorm), or lower the LR about 3x.")
         elif (gs < th.vanish_factor * ref and self._first is not None and not self._neg
               and self._due("vanishing_gradients", step)
               and smooth > (1.0 - th.vanish_progress) * self._first):
-            self._raise("vanishing_gradients", step,
+            self._raise("vanishing_gradients", "grad_fall", step,
                         {"grad_norm": gs, "initial_grad_norm": ref, "ratio": gs / ref,
                          "smoothed_loss": smooth, "first_loss": self._first},
                         f"The gradient norm fell to {gs / ref:.2g}x its start while the loss "
@@ -995,7 +1044,7 @@ class Monitor:
             # the low-LR reading is rightly silent once the val metric has got worse, and the
             # overfitting readings asked for a falling training loss
             if early and self._val_beyond_noise(mean_k):
-                self._raise("lr_too_high", step,
+                self._raise("lr_too_high", "val_undone", step,
                             {"best_val": best, "best_step": self._val_best_step, "val": v,
                              "worse_by": rel, "train_loss": smooth,
                              "train_loss_at_best": self._val_loss_at_best},
@@ -1007,7 +1056,7 @@ class Monitor:
                             "warmup steps.")
             return
         if self._val_beyond_noise(mean_k):
-            self._raise("overfitting", step,
+            self._raise("overfitting", "val_peak", step,
                         {"best_val": best, "best_step": self._val_best_step, "val": v,
                          "train_loss": smooth, "train_loss_at_best": self._val_loss_at_best},
                         f"The validation metric peaked at step {self._val_best_step} while "
@@ -1022,7 +1071,7 @@ class Monitor:
             # where this one peaked (held out: the grid near that LR beat such runs on every
             # log-loss task, `benchmarks/results/heldout-random.md`, fourteenth round)
             factor = self.total_steps / max(self._val_best_step, 1)
-            self._raise("lr_too_high", step,
+            self._raise("lr_too_high", "early_val_peak", step,
                         {"best_val": best, "best_step": self._val_best_step, "val": v,
                          "worse_by": rel, "total_steps": self.total_steps,
                          "factor": round(factor, 3)},

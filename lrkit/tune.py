@@ -1009,7 +1009,7 @@ def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
                 "test_at_end": out.metric, "diverged": from_first or out.diverged,
                 "from_first_attempt": from_first,
                 "overfitting": any(f["kind"] == "overfitting" for f in findings)}
-        kept["lr_for_run_length"] = run_length_lr(lr, kept, full)
+        kept["lr_for_run_length"] = run_length_lr(lr, kept, full, _cuts(cut))
     if src.model is not None:
         torch.save(src.model.state_dict(), folder.file("weights"))
     data = {"family": family, "lr": lr, "schedule": sched.spec, "metric": metric,
@@ -1033,10 +1033,11 @@ def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
 
 
 def _cuts(cut: Any) -> list[dict]:
-    """A :class:`~lrkit.callbacks.DecayOnFinding`'s cuts as JSON: the step, the finding, the
-    LR's multiplier from then on."""
-    return [{"step": int(step), "kind": kind, "scale": cut.factor ** (i + 1)}
-            for i, (step, kind) in enumerate(cut.cuts)]
+    """A :class:`~lrkit.callbacks.DecayOnFinding`'s cuts as JSON: the step, the finding's kind,
+    the monitor's reading that raised it with its evidence then, the LR's multiplier from then
+    on."""
+    return [{"step": int(step), "kind": f.kind, "rule": f.rule, "evidence": dict(f.evidence),
+             "scale": cut.factor ** (i + 1)} for i, (step, f) in enumerate(cut.cuts)]
 
 
 def _kept_val(rec: _Recorder) -> float:
@@ -1472,15 +1473,15 @@ def _explain_cuts(final: Mapping[str, Any]) -> list[str]:
     if not cuts:
         return []
     c, lr = cuts[0], final.get("lr")
-    ev = next((f.get("evidence") or {} for f in final.get("findings") or []
-               if f.get("kind") == c["kind"]), {})
-    if "climbed_back" in ev or "rise" in ev:
-        why = "the loss climbing back from its best"
-    elif "factor" in ev:
-        why = (f"the validation metric best at step {ev.get('best_step')}, early in the run, "
-               "and worse since")
-    else:
-        why = "the validation metric undone while the training loss stalled"
+    ev = c.get("evidence") or {}
+    why = {"climbed_back": "the loss climbing back from its best",
+           "rose_from_start": "the loss rising above its start",
+           "above_start": "the loss rising above its start",
+           "stuck_grad_rise": "the loss not falling while its gradient norm rose",
+           "val_undone": "the validation metric undone while the training loss stalled",
+           "early_val_peak": f"the validation metric best at step {ev.get('best_step')}, early "
+                             "in the run, and worse since",
+           }.get(c.get("rule", ""), "one of its readings")  # (a folder from before rules)
     rerun = f" (a rerun would start near {lr * float(c['scale']):.3g})" if lr else ""
     return [f"The monitor found the LR too high at step {c['step']} ({why}), so the final run "
             f"took its advice at once: it lowered the LR {CUT_FACTOR:g}x from there{rerun}."]
@@ -1536,7 +1537,7 @@ def _explain_lr_too_low(final: dict, halving: dict, task: Any, name: str, fmt: A
     w = halving["winner"]
     lr = float(final["lr"])
     low = next(f for f in final["findings"] if f.get("kind") == "lr_too_low")
-    stuck = (low.get("evidence") or {}).get("reading") == "not_fallen"
+    stuck = low.get("rule") == "not_fallen"
     reading = ("the training loss not falling significantly early in the run" if stuck else
                "the training loss still falling steadily early in the run")
     length = ("A loss still falling at a fifth of the run is often the run's length rather "
@@ -1577,10 +1578,13 @@ def _explain_lr_too_low(final: dict, halving: dict, task: Any, name: str, fmt: A
 EARLY_OVERFIT = 1 / 3
 
 
-def run_length_lr(lr: float, kept: Mapping[str, Any], steps: int) -> float | None:
+def run_length_lr(lr: float, kept: Mapping[str, Any], steps: int,
+                  cuts: Sequence[Mapping[str, Any]] = ()) -> float | None:
     """The LR for the full run length when the final run overfit early: ``lr x step / steps``
     for a kept best-validation ``step`` in the first :data:`EARLY_OVERFIT` of the run, else
-    ``None`` (also for a checkpoint from before a divergence, or from a run's jitter).
+    ``None`` (also for a checkpoint from before a divergence, or from a run's jitter). Where
+    the run's LR was cut (``cuts``: its ``lr_cuts``, each a ``step`` and the ``scale`` from
+    the update after it on) before ``step``, the updates after a cut count at its scale.
 
     In the small-LR regime a run's state depends on ``lr x t`` (gradient-flow time), so a full
     run at this LR ends about where the final run peaked, by the slower path that generalises
@@ -1593,7 +1597,13 @@ def run_length_lr(lr: float, kept: Mapping[str, Any], steps: int) -> float | Non
     if (kept.get("diverged") or not kept.get("overfitting") or step <= 0
             or step > EARLY_OVERFIT * steps):
         return None
-    return lr * step / steps
+    done, at, scale = 0.0, 0, 1.0  # updates at full LR equivalent, up to update `at`
+    for c in sorted(cuts, key=lambda c: c["step"]):
+        upto = min(step, int(c["step"]) + 1)
+        if upto > at:
+            done, at = done + (upto - at) * scale, upto
+        scale = float(c["scale"])
+    return lr * (done + (step - at) * scale) / steps
 
 
 def _explain_final_run(final: dict, task: Any, task_ref: str | None, plan: _Plan, name: str,

@@ -271,8 +271,9 @@ def test_decay_on_finding_cuts_the_lr_from_the_step_the_monitor_finds_it_too_hig
               callbacks=[mon, cut, Spy()])
     too_high = [f.step for f in mon.monitor.findings if f.kind == "lr_too_high"]
     assert len(too_high) == 1 and 50 < too_high[0] < 120
-    s = cut.cuts[0][0]
-    assert cut.cuts == [(s, "lr_too_high")] and cut.scale == pytest.approx(1 / 3)
+    (s, f), = cut.cuts
+    assert f.kind == "lr_too_high" and f.step == too_high[0] and cut.scale == pytest.approx(1 / 3)
+    assert f.rule == "climbed_back" and f.evidence["climbed_back"] > 0.5  # (the path climbs)
     # every step up to the finding at the schedule's LR, every one after it at a third of it
     for k in range(120):
         expected = sched(k) * (1 / 3 if k > s else 1.0)

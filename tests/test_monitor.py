@@ -37,6 +37,16 @@ def test_finding_is_frozen_and_round_trips():
     assert Finding.from_dict(json.loads(json.dumps(f.to_dict()))) == f
     with pytest.raises(ValueError, match="kind"):
         Finding("lr_too_hot", 0)
+    # the reading that raised it: one of its kind's, kept through JSON; a log written before
+    # findings named their rule reads as rule ""
+    g = Finding("lr_too_high", 9, {"climbed_back": 0.6}, "Lower the LR about 3x.", "climbed_back")
+    assert Finding.from_dict(json.loads(json.dumps(g.to_dict()))) == g
+    old = {k: v for k, v in g.to_dict().items() if k != "rule"}
+    assert Finding.from_dict(old).rule == ""
+    with pytest.raises(ValueError, match="rule.*'climbed_back'"):
+        Finding("lr_too_high", 9, rule="climbed")
+    with pytest.raises(ValueError, match="rule"):
+        Finding("plateau", 9, rule="climbed_back")  # another kind's reading
     assert set(LR_KINDS) <= set(KINDS) and len(KINDS) == 7
 
 
@@ -226,6 +236,7 @@ def test_a_falling_loss_far_below_its_start_is_told_the_lr_may_be_low_not_to_rai
     # not fallen at all: too low looks like this, and so does too high; check first
     flat = _run([2.3 + 0.01 * (t % 2) for t in range(n)], total=n).finding("lr_too_low")
     assert flat.evidence["confidence"] == "low" and "10x" not in flat.action
+    assert flat.rule == "not_fallen"
     assert "no lower than at its start" in flat.action and "lrkit find" in flat.action
     with pytest.raises(ValueError, match="low_sure_drop"):
         Thresholds(low_sure_drop=1.5)
@@ -396,7 +407,7 @@ def test_non_finite_gradient_norms_of_skipped_mixed_precision_steps_are_not_an_e
         grads = [1.0] * 100 + [inf] * streak + [1.0] * (n - 100 - streak)
         f = _run(curve, grads=grads, total=n).finding("exploding_gradients")
         assert (f is not None) == found
-    assert f.step == 100 and f.evidence["non_finite_steps"] == 17
+    assert f.step == 100 and f.evidence["non_finite_steps"] == 17 and f.rule == "non_finite_grad"
 
 
 def test_after_diverged_lr_too_high_does_not_contradict_it():
@@ -424,6 +435,7 @@ def test_a_flat_start_is_not_a_climb_back():
     # the share of a drop of ~0 was reported as "climbed back 4.5e301%"
     assert f is not None and "rose 20% above its start with no fall beyond its noise" in f.action
     assert f.evidence["rise"] == pytest.approx(0.2, abs=0.01) and "climbed_back" not in f.evidence
+    assert f.rule == "rose_from_start"
     # the same start, its first 9 updates skipped by a GradScaler (non-finite gradient norm):
     # the weights did not move, so those losses average into the starting loss
     grads = [math.inf] * 9 + [1.0] * 191
@@ -437,9 +449,10 @@ def test_overfitting_needs_a_val_metric_and_flags_an_early_peak_as_too_high():
     vals = {t: 1.0 - 0.01 * t if t <= 40 else 0.6 + 0.004 * (t - 40) for t in range(0, n, 20)}
     m = _run(train, total=n, vals=vals)
     f = m.finding("overfitting")
-    assert f is not None and f.evidence["best_step"] == 40
+    assert f is not None and f.evidence["best_step"] == 40 and f.rule == "val_peak"
     high = m.finding("lr_too_high")  # peaked at 10% of the run: lower the LR 400/40 = 10x
     assert high.evidence["factor"] == 10.0 and "lower the LR about 10x" in high.action
+    assert high.rule == "early_val_peak"
     vals = {t: 1.0 - 0.01 * t if t <= 20 else 0.8 + 0.004 * (t - 20) for t in range(0, n, 20)}
     high = _run(train, total=n, vals=vals).finding("lr_too_high")  # at 5%: 20x
     assert high.evidence["factor"] == 20.0 and "lower the LR about 20x" in high.action
@@ -630,6 +643,7 @@ def test_a_stuck_loss_whose_gradient_norm_jumped_is_an_lr_too_high_not_too_low()
     f = m.finding("lr_too_high")
     assert m.finding("lr_too_low") is None and f is not None and f.step + 1 == 0.2 * n
     assert f.evidence["grad_rise"] > 2.0 and "Lower the LR about 10x" in f.action
+    assert f.rule == "stuck_grad_rise"
     # the same loss, the gradient norm where it was: no direction to tell, "check first"
     m = _run(stuck, total=n, grads=[1.0 + 0.05 * rng.gauss(0, 1) for _ in range(n)])
     assert m.finding("lr_too_high") is None
@@ -652,6 +666,7 @@ def test_a_val_metric_that_collapses_after_an_early_peak_with_a_flat_loss_is_lr_
     f = m.finding("lr_too_high")
     assert f is not None and m.finding("overfitting") is None
     assert f.evidence["best_step"] == 11 and f.evidence["worse_by"] > 0.4
+    assert f.rule == "val_undone"
     assert "not memorising" in f.action and "Lower the LR about 10x" in f.action
     # a val metric that keeps improving while the loss is flat: nothing of the kind
     vals = {t: 0.1 + 0.0005 * t for t in range(11, n, 12)}

@@ -21,6 +21,7 @@ from lrkit import schedules, train
 from lrkit import tune as tune_mod
 from lrkit.finder import CONFIRM_GUESS_SPACING, RangeTestResult, range_sentence
 from lrkit.html import prose, smooth
+from lrkit.monitor import RULES
 from lrkit.tasks import from_torch
 from lrkit.tune import TuneResult, tune
 from tests.tiny_task import blobs, dead_relu_regression, make_task
@@ -579,7 +580,7 @@ def test_the_monitors_lr_too_low_is_weighed_against_the_confirmation_runs():
                                         fmt) == []
     # a loss that has not fallen at all is said so (it was "still falling steadily"), with
     # the other reading of a stuck loss
-    stuck = dict(flag, evidence={"reading": "not_fallen"})
+    stuck = dict(flag, rule="not_fallen")
     out = " ".join(tune_mod._explain_lr_too_low({"lr": 0.1, "findings": [stuck]}, halving,
                                                 task, "mse", fmt, (0.02, 2.0)))
     assert "(the training loss not falling significantly early in the run)" in out
@@ -872,6 +873,14 @@ def test_an_early_overfit_names_the_lr_for_the_run_length():
     assert tune_mod.run_length_lr(0.0113, {**kept, "step": 201}, 600) is None
     assert tune_mod.run_length_lr(0.0113, {**kept, "overfitting": False}, 600) is None
     assert tune_mod.run_length_lr(0.0113, {**kept, "diverged": True}, 600) is None
+    # a cut at step 40 (updates 41 on at a third): 41 updates at 0.0113, 31 at a third of it
+    cut = [{"step": 40, "scale": 1 / 3}]
+    assert tune_mod.run_length_lr(0.0113, kept, 600, cut) == pytest.approx(
+        0.0113 * (41 + 31 / 3) / 600)
+    assert tune_mod.run_length_lr(0.0113, kept, 600, [{"step": 80, "scale": 1 / 3}]) == \
+        pytest.approx(0.0113 * 72 / 600)  # a cut after the checkpoint changes nothing
+    assert tune_mod.run_length_lr(0.0113, kept, 600, cut + [{"step": 50, "scale": 1 / 9}]) == \
+        pytest.approx(0.0113 * (41 + 10 / 3 + 21 / 9) / 600)
     task = make_task(200)
     plan = tune_mod._Plan(total_steps=400, range_iters=40, rung0=15, rung1=30, keep=1)
     text = tune_mod._explain_overfitting(40, task, "torch", plan, 0.02)
@@ -1328,29 +1337,40 @@ def test_the_final_run_lowers_its_lr_when_the_monitor_finds_it_too_high(tmp_path
         assert lr == pytest.approx(sched(k) * (1 / 3 if k > s else 1.0), rel=1e-12, abs=1e-15)
     plain = train.run(task, sched, steps=300, seed=2, eval_split="test")
     assert res.metric < 0.9 * plain.metric
-    best = next(f for f in final["findings"] if f["kind"] == "lr_too_high")["evidence"]
+    cut = final["lr_cuts"][0]
+    assert cut["rule"] == "early_val_peak"  # the reading that raised it, with its evidence
+    best = cut["evidence"]
     assert (f"The monitor found the LR too high at step {s} (the validation metric best at step "
             f"{best['best_step']}, early in the run, and worse since), so the final run took its "
             f"advice at once: it lowered the LR 3x from there" in res.explanation)
     stage = next(st for st in res.stages if st.name == "final run")
     assert stage.outcome["lr_cuts"] == final["lr_cuts"]
+    page = Path(res.report).read_text()
     assert (f"The final run acted on lr_too_high at step {s}: from there its LR was the "
-            "schedule's x0.333" in Path(res.report).read_text())
+            "schedule's x0.333" in page)
+    rules = [f["rule"] for f in final["findings"]]  # each finding's row names its reading
+    assert all(f"<span class=muted>({r})</span>" in page for r in rules) and rules
 
 
 def test_the_cut_is_explained_by_the_reading_that_raised_it():
-    cut = [{"step": 80, "kind": "lr_too_high", "scale": 1 / 3}]
-
-    def said(evidence):
-        final = {"lr": 0.3, "lr_cuts": cut,
-                 "findings": [{"kind": "lr_too_high", "step": 80, "evidence": evidence}]}
+    def said(rule, evidence=None):
+        cut = {"step": 80, "kind": "lr_too_high", "rule": rule, "evidence": evidence or {},
+               "scale": 1 / 3}
+        # the final findings hold the finding as refreshed later, by another reading: the
+        # cut's own record is what names why it was made
+        final = {"lr": 0.3, "lr_cuts": [cut], "findings": [
+            {"kind": "lr_too_high", "step": 80, "rule": "above_start", "evidence": {}}]}
         return tune_mod._explain_cuts(final)[0]
 
-    assert "(the loss climbing back from its best)" in said({"climbed_back": 0.8})
-    assert "(the loss climbing back from its best)" in said({"rise": 0.2})
+    assert "(the loss climbing back from its best)" in said("climbed_back")
+    assert "(the loss rising above its start)" in said("rose_from_start")
     assert ("(the validation metric best at step 20, early in the run, and worse since)"
-            in said({"best_step": 20, "factor": 15.0}))
+            in said("early_val_peak", {"best_step": 20, "factor": 15.0}))
     assert ("(the validation metric undone while the training loss stalled)"
-            in said({"best_step": 20, "train_loss_at_best": 0.5}))
-    assert "lowered the LR 3x from there (a rerun would start near 0.1)." in said({"rise": 0.2})
+            in said("val_undone"))
+    assert "(the loss not falling while its gradient norm rose)" in said("stuck_grad_rise")
+    assert "lowered the LR 3x from there (a rerun would start near 0.1)." in said("climbed_back")
+    # every lr_too_high reading the monitor has is said in words
+    assert not [r for r in RULES["lr_too_high"] if "(one of its readings)" in said(r)]
+    assert "(one of its readings)" in said("")  # a run folder from before rules
     assert tune_mod._explain_cuts({"lr": 0.3, "lr_cuts": []}) == []
