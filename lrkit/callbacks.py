@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -572,32 +573,61 @@ class ClipGradNorm(Callback):
         self.clipped += norm > self.max_norm
 
 
+class _Scaling:
+    """What the LR scalers of one optimizer share: each group's LR as the schedule (or the
+    user) last set it (``base``), the LR last written over it (``written``), and the scalers in
+    the order ``fit`` started them (``members``), so that each scaler's transform applies once
+    whatever the others do."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.base = [float(g["lr"]) for g in optimizer.param_groups]
+        self.written: list[float | None] = [None] * len(optimizer.param_groups)
+        self.members: list[_LRScaler] = []
+        self.applied = False
+
+
+#: an optimizer's shared :class:`_Scaling` (weakly keyed: it goes with the optimizer)
+_SCALING: "weakref.WeakKeyDictionary[torch.optim.Optimizer, _Scaling]" = \
+    weakref.WeakKeyDictionary()
+
+
 class _LRScaler(Callback):
     """Multiply (or replace) the LR the schedule set, once per step, whatever the schedule.
 
     ``fit`` sets the LR at the start of a step (a callable schedule) or after the optimizer step
-    (an :class:`lrkit.torch.LRSchedule`); without a schedule the LR just stays. This class
+    (an :class:`lrkit.torch.LRSchedule`); without a schedule the LR just stays. A scaler
     rewrites each group's LR in ``on_step_end`` (for the next step) and ``on_before_step`` (for
-    this step), and treats a group LR that differs from the one it last wrote as the schedule's
-    fresh value, so a scale is applied exactly once per step and composes with any schedule.
+    this step), and treats a group LR that differs from the one last written over it as the
+    schedule's fresh value, so a scale is applied exactly once per step and composes with any
+    schedule. Scalers on one optimizer share that record and write the composition of their
+    transforms, in the order ``fit`` started them (``DecayOnPlateau`` and ``DecayOnFinding``
+    together: the product of their scales; each alone read the other's write as a fresh
+    schedule value and scaled it again, so the LR without a schedule fell as a power of the
+    steps).
     """
 
     def _start(self, optimizer: torch.optim.Optimizer) -> None:
-        self._opt = optimizer
-        self._written = [None] * len(optimizer.param_groups)
-        self._base = [float(g["lr"]) for g in optimizer.param_groups]
+        shared = _SCALING.get(optimizer)
+        if shared is None or shared.applied or self in shared.members:  # a new fit
+            shared = _SCALING[optimizer] = _Scaling(optimizer)
+        shared.members.append(self)
+        self._opt, self._shared = optimizer, shared
 
     def _target(self, i: int, base: float) -> float | None:
         return None
 
     def _apply(self) -> None:
+        shared = self._shared
+        shared.applied = True
         for i, g in enumerate(self._opt.param_groups):
-            if self._written[i] is None or g["lr"] != self._written[i]:
-                self._base[i] = float(g["lr"])
-            new = self._target(i, self._base[i])
-            if new is not None:
-                g["lr"] = new
-                self._written[i] = new
+            if shared.written[i] is None or g["lr"] != shared.written[i]:
+                shared.base[i] = float(g["lr"])
+            lr = shared.base[i]
+            for m in shared.members:
+                new = m._target(i, lr)
+                lr = lr if new is None else new
+            g["lr"] = lr
+            shared.written[i] = lr
 
     def on_before_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self._apply()
@@ -775,7 +805,7 @@ class SWA(_LRScaler):
         self._model = model
         self._has_bn = has_bn
         self._t = 0
-        self._anneal_from: list[float] | None = None
+        self._anneal_from: dict[int, float] = {}
         self.averaged = AveragedModel(model)
         self.n_averaged = 0
 
@@ -783,12 +813,11 @@ class SWA(_LRScaler):
         k = self._t - self.start_step  # updates into the SWA phase (the one about to run)
         if k < 0:
             return None
-        if self._anneal_from is None:
-            self._anneal_from = list(self._base)
+        lr0 = self._anneal_from.setdefault(i, base)  # the LR as the SWA phase began
         if self.anneal_steps and k < self.anneal_steps:
             # SWALR's cosine: alpha = (1 - cos(pi t / T)) / 2, lr = swa_lr alpha + lr0 (1 - alpha)
             alpha = (1 - math.cos(math.pi * (k + 1) / self.anneal_steps)) / 2
-            return self.swa_lr * alpha + self._anneal_from[i] * (1 - alpha)
+            return self.swa_lr * alpha + lr0 * (1 - alpha)
         return self.swa_lr
 
     def on_step_end(self, info: StepInfo) -> bool | str | None:

@@ -247,6 +247,40 @@ def test_decay_on_plateau_reuses_plateau_and_composes_with_a_schedule():
         DecayOnPlateau(rule="plateau")
 
 
+@pytest.mark.parametrize("family", [None, "cosine"])
+def test_two_lr_scalers_compose_as_the_product_of_their_scales(family):
+    """DecayOnPlateau and DecayOnFinding on one run: each step's LR is the schedule's (or the
+    optimizer's, without one) times both scales in force. Each used to read the other's write
+    as a fresh schedule value and scale it again: without a schedule the LR fell 0.1 -> 1e-57
+    in 120 steps."""
+    from lrkit import schedules
+
+    model, batches = _linear()
+    sched = schedules.family(family, 0.1, 120) if family else None
+    rng = np.random.default_rng(0)  # falls, then climbs back: lr_too_high after step 50
+    path = np.concatenate([np.linspace(2.0, 0.5, 50), np.linspace(0.5, 1.8, 70)])
+    path = path * (1 + 0.01 * rng.standard_normal(path.size))
+    t = iter(range(10**6))
+    mon = MonitorCallback(total_steps=120, flush_every=1)
+    plateau = DecayOnPlateau(Plateau(patience=3, factor=0.5), source="loss", every=10)
+    cut = DecayOnFinding(mon.monitor)
+    seen, scales = [], [1.0]
+
+    class Spy(train.Callback):
+        def on_step_end(self, info):
+            seen.append(info.lr)
+            scales.append(plateau.scale * cut.scale)  # in force from the next step
+
+    train.fit(model, torch.optim.SGD(model.parameters(), lr=0.1), batches, num_steps=120,
+              loss_fn=lambda out, y: (out * 0).sum() + float(path[next(t)]), schedule=sched,
+              callbacks=[mon, plateau, cut, Spy()])
+    assert plateau.cuts and cut.cuts  # both acted
+    for k in range(120):
+        base = sched(k) if sched else 0.1
+        assert seen[k] == pytest.approx(base * scales[k], rel=1e-12, abs=1e-15), k
+    assert seen[-1] == pytest.approx((sched(119) if sched else 0.1) * plateau.scale / 3)
+
+
 def test_decay_on_finding_cuts_the_lr_from_the_step_the_monitor_finds_it_too_high():
     from lrkit import schedules
 
