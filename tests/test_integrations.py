@@ -368,3 +368,77 @@ def test_from_hf_trains_as_the_trainer_would(tmp_path):
     several.eval_dataset = {"a": several.eval_dataset, "b": several.eval_dataset}
     with pytest.raises(ValueError, match=r"holds 2 datasets \(\['a', 'b'\]\): lrkit scores"):
         from_hf(several)
+
+
+def _hf_lr_trainer(tmp_path, kind: str, warmup: int, kwargs: dict | None, steps: int = 20):
+    """A Trainer on the regression data with a callback recording every optimizer step's LR."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+
+    class LRs(transformers.TrainerCallback):
+        def __init__(self):
+            self.lrs = []
+
+        def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kw):
+            self.lrs.append(optimizer.param_groups[0]["lr"])
+
+    x, y = _data()
+    torch.manual_seed(0)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=8,
+        learning_rate=0.1, lr_scheduler_type=kind, warmup_steps=warmup,
+        lr_scheduler_kwargs=kwargs, report_to=[], use_cpu=True, save_strategy="no",
+        logging_strategy="no", disable_tqdm=True, seed=0)
+    rec = LRs()
+    tr = transformers.Trainer(model=_HFReg(), args=args, train_dataset=_HFData(x, y),
+                              eval_dataset=_HFData(x[:16], y[:16]), callbacks=[rec])
+    return tr, rec
+
+
+@pytest.mark.parametrize("kind, warmup, kwargs, family, recipe_warmup", [
+    ("linear", 4, None, "linear", 4),
+    ("cosine", 0, None, "cosine", 0),
+    ("cosine", 4, {"num_cycles": 0.5}, "warmup_cosine", 4),
+    ("constant", 4, None, "constant", 0),  # get_scheduler ignores the warmup for "constant"
+    ("constant_with_warmup", 4, None, "constant", 4),
+    ("warmup_stable_decay", 4, {"num_decay_steps": 4, "decay_type": "1-sqrt"}, "wsd", 4),
+    ("warmup_stable_decay", 4, {"num_decay_steps": 4, "decay_type": "1-sqrt",
+                                "num_stable_steps": 12, "num_cycles": 3.0}, "wsd", 4),
+])
+def test_from_hf_runs_use_the_trainers_own_lr_at_every_step(tmp_path, kind, warmup, kwargs,
+                                                            family, recipe_warmup):
+    """The LR of every step of an lrkit run on from_hf(trainer) is the LR the real Trainer
+    steps with (recorded in on_pre_optimizer_step of its own train())."""
+    from lrkit import train
+    from lrkit.integrations.hf import from_hf
+
+    tr, rec = _hf_lr_trainer(tmp_path, kind, warmup, kwargs)
+    task = from_hf(tr)
+    assert (task.recipe.schedule, task.recipe.warmup_steps) == (family, recipe_warmup)
+    ours = train.run(task, 0.1, seed=0).lrs
+    tr.train()
+    assert len(rec.lrs) == len(ours) == 20
+    assert ours == pytest.approx(rec.lrs, rel=1e-9, abs=1e-12)
+    assert max(rec.lrs) == pytest.approx(0.1) and (kind == "constant") == (min(rec.lrs) == 0.1)
+
+
+@pytest.mark.parametrize("kind, kwargs, match", [
+    # the Trainer decays over the last 8 steps (cosine by default), lrkit's wsd its last 4, 1-sqrt
+    ("warmup_stable_decay", {"num_decay_steps": 8},
+     r"at step 13 the Trainer's LR is 0\.96194 x learning_rate, lrkit's 'wsd' family's 1 x\. "
+     r"lrkit reproduces 'warmup_stable_decay' with num_decay_steps=max\(1, steps // 5\) = 4"),
+    ("warmup_stable_decay", {"num_decay_steps": 4, "decay_type": "1-sqrt", "min_lr_ratio": 0.1},
+     r"at step 0 the Trainer's LR is 0\.1 x"),
+    ("cosine", {"num_cycles": 1.0},
+     r"'cosine' with lr_scheduler_kwargs=\{'num_cycles': 1\.0\}.* at step 5 the Trainer's LR "
+     r"is 0\.96194 x.*reproduces 'cosine' with num_cycles=0\.5"),
+    ("linear", {"power": 2.0}, r"\{'power': 2\.0\} do not build a 'linear' scheduler"),
+    ("warmup_stable_decay", {}, r"do not build a 'warmup_stable_decay' scheduler.*num_decay_steps"),
+])
+def test_from_hf_refuses_a_schedule_it_would_not_reproduce(tmp_path, kind, kwargs, match):
+    from lrkit.integrations.hf import from_hf
+
+    tr, _ = _hf_lr_trainer(tmp_path, kind, 4, kwargs)
+    with pytest.raises(ValueError, match=match):
+        from_hf(tr)
+    assert from_hf(tr, schedule="linear").recipe.schedule == "linear"  # the user's choice

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -356,6 +357,66 @@ def test_without_adaptation_the_schedule_alone_sets_the_lr():
 def test_lr_bounds_hold():
     _, lrs = _quadratic_run(SGDHD, 30, lr=1e-3, hypergrad_lr=10.0, lr_bounds=(0.5, 4.0))
     assert max(lrs) == pytest.approx(4e-3) and min(lrs) >= 0.5e-3
+
+
+@pytest.mark.parametrize("rule", ["additive", "multiplicative"])
+@pytest.mark.parametrize("high", [1e3, math.inf])
+def test_an_overflowing_hypergradient_falls_to_the_low_bound(rule, high):
+    # float32 θ = 1e20: step 2's g·d = 2 x (2 x 9.98e19)^2 overflows to inf (so does the
+    # multiplicative rule's norm product, inf / inf = NaN): the LR is the low bound 1e-6, never
+    # inf (upper bound inf) nor 1e-3 x high, and θ stays finite: θ_t = θ_{t-1} (1 - 2 α_t)
+    w = torch.nn.Parameter(torch.tensor([1e20, 1e20]))
+    opt = SGDHD([w], lr=1e-3, hypergrad_lr=0.5, hypergrad=rule, lr_bounds=(1e-3, high))
+    lrs, theta = [], 1e20
+    for _ in range(3):
+        opt.zero_grad()
+        (w ** 2).sum().backward()
+        opt.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    for lr in lrs:
+        theta = float(torch.tensor(theta * (1 - 2 * lr), dtype=torch.float32))
+    assert lrs == [1e-3, 1e-6, 1e-6]
+    assert opt.param_groups[0]["hd_clipped"] == 2
+    assert w.tolist() == pytest.approx([theta, theta], rel=1e-6)
+    ref = SGDHDReference([w], lr=1e-3, hypergrad_lr=0.5, lr_bounds=(1e-3, high))
+    ref.prev_d = torch.tensor([math.inf, 1.0], dtype=torch.float64)
+    ref.step([torch.tensor([1.0, 1.0])])
+    assert ref.lrs == [1e-6]  # the reference twin clips a non-finite LR the same way
+
+
+@pytest.mark.parametrize("lr", [torch.tensor(0.1), torch.tensor([0.1]), np.float32(0.1),
+                                np.float64(0.1), torch.tensor(0.1, dtype=torch.float64)])
+def test_tensor_and_numpy_lrs_are_taken_as_torch_sgd_takes_them(lr):
+    value = float(lr.item())
+    _, lrs = _quadratic_run(SGDHD, 4, lr=lr, hypergrad_lr=0.0)
+    assert lrs == [value] * 4 and type(lrs[0]) is float
+    got, got_lrs = _quadratic_run(SGDHD, 4, lr=lr, hypergrad_lr=0.01)
+    exp, exp_lrs = _hand_sgdhd(4, value, 0.01)
+    assert got_lrs == pytest.approx(exp_lrs, rel=1e-12)
+    assert got[-1] == pytest.approx(exp[-1], rel=1e-12)
+    theirs, _ = _quadratic_run(torch.optim.SGD, 4, lr=lr)
+    ours, _ = _quadratic_run(SGDHD, 4, lr=lr, hypergrad_lr=0.0)
+    assert ours[-1] == pytest.approx(theirs[-1], rel=1e-12)  # torch.optim.SGD, same lr
+    adam = AdamHD([torch.nn.Parameter(torch.zeros(2))], lr=lr)
+    assert adam.param_groups[0]["lr"] == value and adam.param_groups[0]["hd_lr0"] == value
+
+
+def test_tensor_lrs_in_groups_and_schedule_writes():
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    opt = SGDHD([{"params": [a], "lr": torch.tensor(0.5)}, {"params": [b]}], lr=np.float32(0.25))
+    assert [g["lr"] for g in opt.param_groups] == [0.5, 0.25]
+    opt.param_groups[0]["lr"] = np.float32(0.25)  # a schedule writing a NumPy scalar: c = 0.5
+    assert opt.param_groups[0]["hd_factor"] == 0.5 and opt.param_groups[0]["lr"] == 0.25
+
+
+@pytest.mark.parametrize("lr, error", [(torch.tensor([0.1, 0.2]), TypeError),
+                                       (torch.tensor(True), TypeError),
+                                       (np.bool_(True), TypeError),
+                                       (torch.tensor(-0.1), ValueError),
+                                       (np.float32("nan"), ValueError)])
+def test_bad_tensor_and_numpy_lrs_are_named(lr, error):
+    with pytest.raises(error, match="^lr must be"):
+        SGDHD([torch.nn.Parameter(torch.zeros(2))], lr=lr)
 
 
 def test_extra_memory_is_one_gradient_copy():

@@ -33,7 +33,7 @@ from ..monitor import Monitor
 from ._common import (Record, as_float, grad_norm, keyed_by, make_monitor, planned_lr, refuse,
                       stop_kinds)
 
-__all__ = ["HFMonitor", "from_hf"]
+__all__ = ["HFMonitor", "from_hf", "hf_schedule"]
 
 
 class HFMonitor(TrainerCallback):
@@ -111,9 +111,96 @@ class HFMonitor(TrainerCallback):
         self._react(control, new)
 
 
-#: ``TrainingArguments.lr_scheduler_type`` -> lrkit's family (its warmup from the arguments)
+#: ``TrainingArguments.lr_scheduler_type`` -> lrkit's family (its warmup from the arguments;
+#: ``constant`` has none: ``get_scheduler`` ignores the warmup for it)
 HF_FAMILIES = {"linear": "linear", "cosine": "cosine", "constant": "constant",
                "constant_with_warmup": "constant", "warmup_stable_decay": "wsd"}
+
+#: what of each type lrkit's family reproduces, for the refusal's message
+_HF_REPRODUCED = {
+    "linear": "no lr_scheduler_kwargs",
+    "cosine": "num_cycles=0.5 (the default) and no other lr_scheduler_kwargs",
+    "warmup_stable_decay": ("num_decay_steps=max(1, steps // 5) = {decay}, decay_type='1-sqrt', "
+                            "min_lr_ratio=0, warmup_type='linear' and no num_stable_steps other "
+                            "than steps - warmup - decay (lrkit's wsd family, Hägele et al.)"),
+}
+
+
+def hf_lr_factors(kind: str, steps: int, warmup: int, kwargs: Any) -> list[float]:
+    """The Trainer's LR at steps ``0 .. steps - 1`` as a multiple of ``args.learning_rate``:
+    transformers' own ``get_scheduler(kind, ...)`` (what ``Trainer.create_scheduler`` calls),
+    on a one-parameter SGD at LR 1.
+
+    Raises:
+        ValueError: ``kwargs`` do not build a scheduler of ``kind`` (the Trainer would fail
+            too), or it is not a ``LambdaLR`` (its LR is not a function of the step).
+    """
+    import warnings
+
+    import torch
+    from transformers import get_scheduler
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. wsd's "num_stable_steps will be used"
+            sched = get_scheduler(kind, optimizer=opt, num_warmup_steps=warmup,
+                                  num_training_steps=steps, scheduler_specific_kwargs=kwargs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"trainer.args.lr_scheduler_kwargs {kwargs!r} do not build a {kind!r} "
+                         f"scheduler (the Trainer would fail too): {e}") from e
+    lr_at = planned_lr(sched)
+    if lr_at is None:  # pragma: no cover - every type in HF_FAMILIES builds a LambdaLR
+        raise ValueError(f"lr_scheduler_type {kind!r} is not a function of the step")
+    return [lr_at(t) for t in range(steps)]
+
+
+def _first_mismatch(hf: list[float], family: str, steps: int, warmup: int) -> int | None:
+    """The first step at which lrkit's ``family`` (peak 1) differs from ``hf``, else None."""
+    from .. import schedules
+
+    ours = schedules.family(family, 1.0, steps, warmup_steps=warmup)
+    for t, want in enumerate(hf):
+        if not math.isclose(float(ours(t)), want, rel_tol=1e-9, abs_tol=1e-12):
+            return t
+    return None
+
+
+def hf_schedule(args: Any, steps: int) -> tuple[str, int]:
+    """``(family, warmup_steps)`` of lrkit's schedule that *is* the Trainer's over ``steps``
+    steps: the family of ``args.lr_scheduler_type`` with ``args.get_warmup_steps(steps)`` (none
+    for ``constant``, as ``get_scheduler`` builds it), checked step by step against
+    transformers' own scheduler (:func:`hf_lr_factors`) built with ``lr_scheduler_kwargs``.
+
+    Raises:
+        ValueError: a type lrkit has no family for, or kwargs (``num_cycles=1.0`` for cosine,
+            a WSD decay other than lrkit's) that give another schedule: the message names the
+            first step that differs and what lrkit reproduces.
+    """
+    kind = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+    if kind not in HF_FAMILIES:
+        raise ValueError(f"trainer.args.lr_scheduler_type {kind!r} has no lrkit family "
+                         f"(lrkit knows {sorted(HF_FAMILIES)}): pass schedule= the family "
+                         "nearest to it")
+    kwargs = args.lr_scheduler_kwargs or {}  # a JSON string is a dict after __post_init__
+    warmup = 0 if kind == "constant" else int(args.get_warmup_steps(steps))
+    family = HF_FAMILIES[kind]
+    if family == "cosine" and warmup > 0:
+        family = "warmup_cosine"
+    hf = hf_lr_factors(kind, steps, warmup, kwargs)
+    t = _first_mismatch(hf, family, steps, warmup)
+    if t is None:
+        return family, warmup
+    from .. import schedules
+
+    ours = float(schedules.family(family, 1.0, steps, warmup_steps=warmup)(t))
+    what = _HF_REPRODUCED.get(kind, "its defaults").format(decay=max(1, steps // 5))
+    raise ValueError(
+        f"trainer.args.lr_scheduler_type {kind!r} with lr_scheduler_kwargs={kwargs!r} "
+        f"({warmup} warmup steps of {steps}) is a schedule lrkit does not reproduce: at step "
+        f"{t} the Trainer's LR is {hf[t]:.6g} x learning_rate, lrkit's {family!r} family's "
+        f"{ours:.6g} x. lrkit reproduces {kind!r} with {what}; change the arguments, or pass "
+        "schedule= the lrkit family to choose the LR for (the Trainer still trains its own)")
 
 
 def hf_step_fn(trainer: Any) -> Callable[[Any, Any], Any]:
@@ -136,9 +223,14 @@ def from_hf(trainer: Any, *, steps: int | None = None, test_dataset: Any = None,
     (``create_optimizer()``: the class, settings and weight-decay groups; ``trainer.optimizer``
     is left as it was, so a later ``train()`` builds its own at the new LR), its loss
     (``compute_loss``), its train and eval dataloaders, and from ``trainer.args`` the gradient
-    accumulation, the gradient clipping (``max_grad_norm``), fp16/bf16, the schedule
-    (``lr_scheduler_type``: linear, cosine, constant, constant_with_warmup,
-    warmup_stable_decay) with its warmup, and the run's length. Runs are scored by the mean
+    accumulation, the gradient clipping (``max_grad_norm``), fp16/bf16, the run's length and
+    the schedule (:func:`hf_schedule`): ``lr_scheduler_type`` linear, cosine, constant (no
+    warmup, as the Trainer ignores it there), constant_with_warmup or warmup_stable_decay,
+    with its warmup and ``lr_scheduler_kwargs``, only where lrkit's family gives the Trainer's
+    LR at every step (checked against transformers' own scheduler; cosine with
+    ``num_cycles=0.5``, WSD with lrkit's decay: ``num_decay_steps=max(1, steps // 5)``,
+    ``decay_type="1-sqrt"``); any other is refused, never trained as something else.
+    Runs are scored by the mean
     ``compute_loss`` over the eval dataloader (eval mode, no grad), or by ``metric_fn(model,
     loader)`` with ``higher_is_better``.
 
@@ -152,8 +244,9 @@ def from_hf(trainer: Any, *, steps: int | None = None, test_dataset: Any = None,
             ``higher_is_better``, ``device``).
 
     Raises:
-        TypeError / ValueError: not a Trainer, no eval dataset, a scheduler type lrkit has no
-            family for (pass ``schedule=``), and every error of ``from_torch``.
+        TypeError / ValueError: not a Trainer, no eval dataset, a scheduler type or
+            ``lr_scheduler_kwargs`` lrkit does not reproduce (pass ``schedule=``), and every
+            error of ``from_torch``.
     """
     from transformers import Trainer
 
@@ -182,15 +275,7 @@ def from_hf(trainer: Any, *, steps: int | None = None, test_dataset: Any = None,
         steps = math.ceil(float(args.num_train_epochs) * per_epoch)
     warmup = 0
     if schedule is None:
-        kind = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
-        if kind not in HF_FAMILIES:
-            raise ValueError(f"trainer.args.lr_scheduler_type {kind!r} has no lrkit family "
-                             f"(lrkit knows {sorted(HF_FAMILIES)}): pass schedule= the family "
-                             "nearest to it")
-        schedule = HF_FAMILIES[kind]
-        warmup = int(args.get_warmup_steps(steps))
-        if schedule == "cosine" and warmup > 0:
-            schedule = "warmup_cosine"
+        schedule, warmup = hf_schedule(args, steps)
     had = trainer.optimizer
     optimizer = had if had is not None else trainer.create_optimizer()
     trainer.optimizer = had  # a later train() builds its own, at args.learning_rate

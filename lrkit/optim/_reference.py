@@ -42,6 +42,8 @@ class _Reference:
             norm = float(g.norm() * self.prev_d.norm())
             alpha = self.alpha * (1 - self.beta * self.prev_factor * (h / norm if norm else 0.0))
         lo, hi = self.bounds[0] * self.lr0, self.bounds[1] * self.lr0
+        if not math.isfinite(alpha):  # NaN or overflow: the low bound, whatever hi is
+            return lo
         return min(max(alpha, lo), hi)
 
     def params(self) -> list[torch.Tensor]:

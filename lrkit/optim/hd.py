@@ -19,7 +19,9 @@ What lrkit adds (the original package, ``gbaydin/hypergradient-descent``, has ne
 - **Every param group adapts its own LR** (the dot product runs over the group's parameters).
 - **Bounds.** The adapted LR stays in ``[lr_bounds[0] * lr0, lr_bounds[1] * lr0]`` where ``lr0`` is
   the group's initial LR (default ``(1e-3, 1e3)``: three decades either way). A step that would
-  leave the interval is clipped to it and counted in ``group["hd_clipped"]``.
+  leave the interval is clipped to it and counted in ``group["hd_clipped"]``. A non-finite
+  candidate (a NaN, or an inf from an overflowing dot product, even with ``high = inf``) is
+  set to the *low* bound and counted: the hypergradient it came from says nothing.
 - **A scale-free rule** (``hypergrad="multiplicative"``): the hypergradient normalised to a cosine,
   applied multiplicatively (the multiplicative variant discussed by Baydin et al. and analysed by
   Martínez Rubio, 2017)::
@@ -62,7 +64,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch.optim import Optimizer
 
-from ..errors import check_choice, check_finite, check_positive, check_range
+from ..errors import as_real, check_choice, check_finite, check_positive, check_range
 
 __all__ = ["SGDHD", "AdamHD", "HYPERGRAD_RULES", "MULTIPLICATIVE_BETA"]
 
@@ -88,9 +90,7 @@ class _HDGroup(dict):
 
     def __setitem__(self, key: str, value: Any) -> None:
         if key == "lr" and "hd_lr0" in self:
-            if isinstance(value, torch.Tensor):
-                value = value.item()
-            s = check_finite("param_group['lr']", value)
+            s = check_finite("param_group['lr']", _as_number("param_group['lr']", value))
             if s < 0:
                 raise ValueError(f"param_group['lr'] must be >= 0, got {value!r}")
             factor = s / self["hd_lr0"]
@@ -101,6 +101,18 @@ class _HDGroup(dict):
 
     def __reduce__(self) -> tuple:  # copy / pickle without going through __setitem__
         return (_HDGroup, (dict(self),))
+
+
+def _as_number(name: str, value: Any) -> Any:
+    """``value`` as a float when it is a one-element tensor or a NumPy scalar (what
+    ``torch.optim.SGD`` takes as an LR), else unchanged for the checks that follow."""
+    if isinstance(value, torch.Tensor) or type(value).__module__ == "numpy":
+        is_bool = (value.dtype == torch.bool if isinstance(value, torch.Tensor)
+                   else getattr(value.dtype, "kind", "") == "b")
+        if is_bool:
+            raise TypeError(f"{name} must be a real number, got {value!r}")
+        return as_real(name, value)
+    return value
 
 
 def _check_bounds(value: Any) -> tuple[float, float]:
@@ -126,7 +138,7 @@ class _HDOptimizer(Optimizer):
     _DEFAULT_BETA = 1e-3
 
     def _check_common(self, group: dict) -> None:
-        group["lr"] = check_positive("lr", group["lr"])
+        group["lr"] = check_positive("lr", _as_number("lr", group["lr"]))
         if group["hypergrad_lr"] is None:
             group["hypergrad_lr"] = (self._DEFAULT_BETA if group["hypergrad"] == "additive"
                                      else MULTIPLICATIVE_BETA)
@@ -171,7 +183,10 @@ class _HDOptimizer(Optimizer):
             new = alpha * (1.0 + beta * cosine)
         low, high = group["lr_bounds"]
         lo, hi = low * group["hd_lr0"], high * group["hd_lr0"]
-        if not new >= lo or not new <= hi:  # also catches NaN (clipped to the low bound)
+        if not math.isfinite(new):  # NaN or an overflow (even under lr_bounds[1] = inf)
+            new = lo
+            dict.__setitem__(group, "hd_clipped", group["hd_clipped"] + 1)
+        elif not lo <= new <= hi:
             new = hi if new > hi else lo
             dict.__setitem__(group, "hd_clipped", group["hd_clipped"] + 1)
         dict.__setitem__(group, "hd_lr", new)
@@ -228,7 +243,8 @@ class SGDHD(_HDOptimizer):
 
     Args:
         params: parameters or param-group dicts (each group adapts its own LR).
-        lr: initial learning rate ``α_0`` (> 0).
+        lr: initial learning rate ``α_0`` (> 0): a number, a NumPy scalar or a one-element
+            tensor (kept as a float).
         momentum: ``μ`` in ``[0, 1)``.
         dampening: ``τ`` in ``[0, 1]``.
         nesterov: Nesterov momentum (needs ``momentum > 0`` and ``dampening == 0``).
@@ -241,7 +257,8 @@ class SGDHD(_HDOptimizer):
             model (see ``docs/adaptive.md``).
         hypergrad: ``"additive"`` (the paper) or ``"multiplicative"`` (scale-free; ``β < 1``).
         lr_bounds: ``(low, high)`` multiples of the initial lr that bound the adapted LR,
-            ``0 < low <= 1 <= high`` (``high`` may be ``inf``).
+            ``0 < low <= 1 <= high`` (``high`` may be ``inf``; a non-finite adapted LR still
+            falls to the low bound, see :mod:`lrkit.optim.hd`).
 
     Raises:
         ValueError / TypeError: a bad hyper-parameter; the message names it.
@@ -371,7 +388,8 @@ class AdamHD(_HDOptimizer):
 
     Args:
         params: parameters or param-group dicts (each group adapts its own LR).
-        lr: initial learning rate ``α_0`` (> 0).
+        lr: initial learning rate ``α_0`` (> 0): a number, a NumPy scalar or a one-element
+            tensor (kept as a float).
         betas: ``(β1, β2)``, each in ``[0, 1)``.
         eps: ``ε`` (> 0).
         weight_decay: ``λ`` (>= 0).
