@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from typing import Any, Iterable
 
 __all__ = [
@@ -34,7 +35,9 @@ class DivergedError(LRKitError):
 
 
 def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A Python or NumPy real number (``np.float32(3e-4)`` as well: a schedule's LR from a
+    config array was refused as "not a real number"), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def as_real(name: str, value: Any) -> float:

@@ -253,12 +253,23 @@ def constant(lr: float) -> Schedule:
     return _Constant(lr=check_positive("lr", lr))
 
 
+def _power(gamma: float, k: int) -> float:
+    """``gamma ** k``; where a ``gamma > 1`` overflows a float, an error that says so (it was a
+    bare "Numerical result out of range" from inside ``LRSchedule.step()``)."""
+    try:
+        return gamma**k
+    except OverflowError:
+        raise OverflowError(f"gamma ** {k} = {gamma!r} ** {k} overflows a float: a gamma > 1 "
+                            "grows the LR without bound; end the run sooner or use gamma <= 1"
+                            ) from None
+
+
 class _Step(Schedule):
     __slots__ = ("lr", "step_size", "gamma")
     name = "step"
 
     def _lr(self, t: int) -> float:
-        return self.lr * self.gamma ** (t // self.step_size)
+        return self.lr * _power(self.gamma, t // self.step_size)
 
 
 @_register
@@ -283,7 +294,7 @@ class _MultiStep(Schedule):
     name = "multistep"
 
     def _lr(self, t: int) -> float:
-        return self.lr * self.gamma ** bisect.bisect_right(self.milestones, t)
+        return self.lr * _power(self.gamma, bisect.bisect_right(self.milestones, t))
 
 
 @_register
@@ -309,7 +320,7 @@ class _Exponential(Schedule):
     name = "exponential"
 
     def _lr(self, t: int) -> float:
-        return self.lr * self.gamma**t
+        return self.lr * _power(self.gamma, t)
 
 
 @_register
@@ -459,7 +470,7 @@ class _Cyclic(Schedule):
         elif self.mode == "triangular2":
             amp = 1 / (2.0 ** (cycle - 1))
         else:  # exp_range scales by iterations
-            amp = self.gamma**t
+            amp = _power(self.gamma, t)
         return height, amp
 
     def _lr(self, t: int) -> float:

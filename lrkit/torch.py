@@ -390,6 +390,17 @@ class LRSchedule(LRScheduler):
             self._plateau_state = self.plateau.update(self._plateau_state, metric)
         self._apply(self._updates)
 
+    def _update_lr(self, epoch: int | None = None) -> None:
+        """PyTorch's hook for a scheduler set to a given step: ``SequentialLR`` starts the next
+        scheduler at its milestone with ``_update_lr(0)``. The clock restarts there (it counted
+        updates since construction: in ``SequentialLR([LinearLR warmup, LRSchedule(cosine)])``
+        the cosine jumped from its step 0 to its step 11 one update after the milestone)."""
+        if epoch is None:
+            self.step()
+            return
+        self._updates = check_int("epoch", epoch, minimum=0)
+        self._apply(self._updates)
+
     def report(self, metric: Any) -> bool:
         """Feed a validation metric to the plateau rule; returns True when it cut the scale.
 

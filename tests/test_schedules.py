@@ -741,3 +741,26 @@ def test_family_refuses_a_warmup_as_long_as_the_run():
     with pytest.raises(ValueError, match=r"warmup_steps must be < steps \(50\), got 60"):
         Recipe(optimizer="sgd", batch_size=8, steps=50, warmup_steps=60, default_lr=0.1,
                schedule="warmup_cosine")
+
+
+def test_numpy_scalars_are_numbers_and_bools_are_not():
+    """An LR read from a config array (``np.float32(3e-4)``) was refused as "not a real
+    number"; it is the number it holds (as the monitor and ``as_real`` already took it)."""
+    import numpy as np
+
+    s = S.cosine(np.float32(3e-4), np.int64(100))
+    assert s(0) == pytest.approx(3e-4, rel=1e-6) and s.horizon == 100
+    assert S.exponential(0.1, np.float64(0.5))(2) == pytest.approx(0.025)
+    with pytest.raises(TypeError, match="lr must be a real number"):
+        S.cosine(True, 100)
+
+
+@pytest.mark.parametrize("make", [lambda: S.exponential(0.1, 2.0),
+                                  lambda: S.step(0.1, 1, gamma=2.0)])
+def test_a_growing_schedule_that_overflows_says_so(make):
+    """``gamma > 1`` (a growth schedule, as torch allows) is exact while it fits a float and
+    says why past it (it was a bare "Numerical result out of range" from ``LRSchedule.step()``)."""
+    s = make()
+    assert s(10) == pytest.approx(0.1 * 2.0**10)
+    with pytest.raises(OverflowError, match=r"2.0 \*\* 2000 overflows a float: a gamma > 1"):
+        s(2000)

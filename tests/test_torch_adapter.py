@@ -535,3 +535,27 @@ def test_misuse_after_construction_raises_clearly():
     opt.add_param_group({"params": [nn.Parameter(torch.zeros(1))]})
     with pytest.raises(ValueError, match="param groups"):
         sched.step()
+
+
+def test_inside_sequential_lr_the_clock_restarts_at_the_milestone():
+    """``SequentialLR([LinearLR warmup, LRSchedule(cosine)])`` gives torch's own
+    ``SequentialLR([LinearLR, CosineAnnealingLR])`` LRs at every step (the cosine jumped from
+    its step 0 at the milestone to its step 11 one update later)."""
+
+    def lrs(second):
+        p = nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+        seq = tls.SequentialLR(opt, [tls.LinearLR(opt, 0.1, 1.0, 10), second(opt)], [10])
+        out = []
+        for _ in range(30):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            seq.step()
+        return out
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch's own SequentialLR warnings
+        ours = lrs(lambda o: LRSchedule(o, S.cosine(0.1, 20)))
+        ref = lrs(lambda o: tls.CosineAnnealingLR(o, 20))
+    assert ours == pytest.approx(ref, rel=1e-12, abs=1e-15)
+    assert ours[11] == pytest.approx(0.1 * (1 + math.cos(math.pi / 20)) / 2)
