@@ -11,7 +11,8 @@ during training:
 - :func:`top_eigenvalue`: Lanczos (default) or power iteration on the Hessian (or on the
   preconditioned Hessian ``P^-1/2 H P^-1/2``) of the loss averaged over a fixed set of batches.
 - :func:`safe_lr`: ``2/λ`` (GD), ``(2+2β)/λ`` (heavy ball), ``(2+2β)/((1+2β)λ)`` (Nesterov),
-  ``(2+2β1)/((1−β1)λ)`` on the preconditioned Hessian (Adam; Cohen et al. 2022).
+  ``(2+2β1)/((1−β1)λ)`` on the preconditioned Hessian (Adam; Cohen et al. 2022); with param
+  groups at LR ratios ``R``, on the reference group's LR with ``λ`` of ``R^1/2 H R^1/2``.
 - :func:`stability_test`: short constant-LR runs at fractions and multiples of the bound through
   :func:`lrkit.train.run`, so the bound is checked and not just computed.
 - :class:`SharpnessTracker`: a :class:`lrkit.train.Callback` recording sharpness against the
@@ -88,7 +89,8 @@ class EigenResult:
         mode: ``"train"`` or ``"eval"`` (see :func:`top_eigenvalue`).
         batches: how many batches the loss was averaged over (a subset of the data).
         examples: how many examples those batches hold (leading dimension of their first tensor).
-        preconditioned: whether this is the eigenvalue of ``P^-1/2 H P^-1/2``.
+        preconditioned: whether this is the eigenvalue of ``D H D`` for a diagonal ``D``
+            (``P^-1/2`` of an adaptive optimizer, ``R^1/2`` of param groups' LR ratios, or both).
         notes: what was chosen or fell back, in words.
     """
 
@@ -124,6 +126,11 @@ class SafeLR:
     ``constant`` is the optimizer's stability constant (2 for GD, ``2+2β`` for heavy ball, 38 for
     Adam with β1 = 0.9); ``threshold(lr) = constant / lr`` is the sharpness at which training at
     ``lr`` sits on the edge of stability.
+
+    With a torch optimizer whose param groups step at different LRs, ``lr`` is the bound on the
+    reference group's LR (``reference_group``: the first with an LR > 0), ``eigenvalue`` that of
+    ``R^1/2 H R^1/2`` with ``R`` each parameter's group ratio ``lr_ratios[g]`` (group LR over the
+    reference's), and group ``g``'s safe LR is ``lr_ratios[g] × lr`` (:attr:`group_lrs`).
     """
 
     lr: float
@@ -133,9 +140,16 @@ class SafeLR:
     reference: str
     eigen: EigenResult
     beta: float = 0.0
+    lr_ratios: tuple[float, ...] = ()
+    reference_group: int = 0
+
+    @property
+    def group_lrs(self) -> tuple[float, ...]:
+        """Each param group's safe LR, ``lr_ratios[g] × lr`` (``(lr,)`` without groups)."""
+        return tuple(r * self.lr for r in self.lr_ratios) if self.lr_ratios else (self.lr,)
 
     def threshold(self, lr: float) -> float:
-        """The sharpness above which ``lr`` is unstable: ``constant / lr``."""
+        """The sharpness above which ``lr`` (the reference group's) is unstable: ``constant/lr``."""
         return self.constant / check_positive("lr", lr)
 
     def summary(self) -> str:
@@ -145,6 +159,10 @@ class SafeLR:
                  f"{'converged' if e.converged else 'NOT converged'}; {e.hvp} HVPs; "
                  f"{e.mode} mode; {e.batches} batches, {e.examples} examples)",
                  f"safe lr ({self.optimizer}) = {self.formula} = {self.lr:.4g}   [{self.reference}]"]
+        if any(r != 1.0 for r in self.lr_ratios):
+            lrs = ", ".join(f"{x:.4g}" for x in self.group_lrs)
+            lines.append(f"safe lr per param group ({self.reference_group} is the reference): "
+                         f"{lrs}")
         lines += [f"note: {n}" for n in e.notes]
         return "\n".join(lines)
 
@@ -157,6 +175,7 @@ class SafeLR:
     def from_dict(cls, d: dict) -> "SafeLR":
         d = dict(d)
         d["eigen"] = EigenResult.from_dict(d["eigen"])
+        d["lr_ratios"] = tuple(d.get("lr_ratios", ()))
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
@@ -203,21 +222,64 @@ def _is_dropout(m: nn.Module) -> bool:
                           nn.FeatureAlphaDropout))
 
 
+#: the seed of the random numbers a forward pass draws during a measurement (functional dropout,
+#: RReLU, ...): batch ``k`` draws from ``_FORWARD_SEED + k`` on every product, so the operator is
+#: one fixed matrix, inside a forked RNG so that the caller's stream is untouched
+_FORWARD_SEED = 0
+
+_Saved = list[tuple[nn.Module, str, torch.Tensor, torch.Tensor]]
+
+
+def _save_buffers(model: nn.Module) -> _Saved:
+    """Every buffer of ``model`` (BatchNorm statistics, spectral norm's ``u`` and ``v``, any
+    state a forward pass mutates): (module, name, the tensor, a copy)."""
+    return [(m, name, b, b.detach().clone()) for m in model.modules()
+            for name, b in m._buffers.items() if b is not None]
+
+
+def _restore_buffers(saved: _Saved) -> None:
+    """Put every saved buffer back, the same tensor object with its saved values."""
+    with torch.no_grad():
+        for m, name, b, copy in saved:
+            m._buffers[name] = b
+            b.copy_(copy)
+
+
+def _cuda_devices(model: nn.Module) -> list[int]:
+    """The CUDA devices holding ``model``'s parameters or buffers (whose RNGs are forked)."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sorted({t.get_device() for t in tensors if t.is_cuda})
+
+
+def _rng_states(cuda: list[int]) -> list[torch.Tensor]:
+    return [torch.get_rng_state()] + [torch.cuda.get_rng_state(i) for i in cuda]
+
+
+def _seed(seed: int, cuda: list[int]) -> None:
+    """Seed the CPU generator and those of ``cuda`` (not every device, as ``manual_seed``)."""
+    torch.random.default_generator.manual_seed(seed)
+    for i in cuda:
+        torch.cuda.default_generators[i].manual_seed(seed)
+
+
 @contextlib.contextmanager
 def _mode(model: nn.Module, mode: str, notes: list[str]) -> Iterator[None]:
-    """Put ``model`` in the Hessian's mode; restore module flags and BatchNorm statistics after.
+    """Put ``model`` in the Hessian's mode; restore module flags, every buffer and the RNG after.
 
-    ``"train"``: the loss the optimizer descends: BatchNorm normalises with batch statistics (its
-    running statistics are saved and put back; a layer the user froze in eval mode stays
-    frozen, as in :func:`lrkit.train.training_modes`), dropout is switched off so that the
-    operator is deterministic (Lanczos needs a fixed matrix). ``"eval"``: every module in eval
-    mode.
+    ``"train"``: the loss the optimizer descends: BatchNorm normalises with batch statistics (a
+    layer the user froze in eval mode stays frozen, as in :func:`lrkit.train.training_modes`),
+    dropout modules are switched off so that the operator is deterministic (Lanczos needs a
+    fixed matrix). ``"eval"``: every module in eval mode. Either way every buffer (BatchNorm's
+    running statistics, spectral norm's ``u``/``v``) is put back afterwards, and the CPU and
+    model's CUDA RNGs are forked (``torch.random.fork_rng``), so the caller's random stream is
+    untouched: a measurement leaves the model's ``state_dict`` and the training run bitwise as
+    they were.
     """
     from .train import module_modes, set_module_modes, training_modes
 
     flags = module_modes(model)
+    saved = _save_buffers(model)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
-    saved = [{k: v.detach().clone() for k, v in m.named_buffers(recurse=False)} for m in norms]
     dropouts = [m for m in model.modules() if _is_dropout(m) and m.p > 0]
     if mode == "train":
         training_modes(model)  # as the training loop does: a frozen BatchNorm stays frozen
@@ -236,18 +298,21 @@ def _mode(model: nn.Module, mode: str, notes: list[str]) -> Iterator[None]:
             notes.append(f"eval mode: BatchNorm uses running statistics, dropout is off "
                          f"({len(norms)} BatchNorm, {len(dropouts)} dropout layer(s))")
     try:
-        yield
+        with torch.random.fork_rng(devices=_cuda_devices(model)):
+            yield
     finally:
-        with torch.no_grad():
-            for m, bufs in zip(norms, saved):
-                for k, v in m.named_buffers(recurse=False):
-                    v.copy_(bufs[k])
+        _restore_buffers(saved)
         set_module_modes(model, flags)
 
 
 class _Operator:
     """``v -> D (H + wd) D v`` for the loss averaged over fixed batches (D = 1 without a
-    preconditioner), on flat vectors. Counts products; chooses double backward or differences."""
+    preconditioner), on flat vectors. Counts products; chooses double backward or differences.
+
+    Every forward pass starts from the same state: the model's buffers as they were (spectral
+    norm's power iteration would otherwise move ``u``/``v`` on each pass) and the RNG seeded with
+    ``_FORWARD_SEED + k`` for batch ``k`` (functional dropout draws the same mask on every
+    product). Use it inside :func:`_mode`, which forks the RNG and restores the buffers after."""
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, batches: list, *, hvp: str,
                  weight_decay: Sequence[float] | None, scale: Sequence[torch.Tensor] | None,
@@ -265,6 +330,9 @@ class _Operator:
                                                            for s in scale])
         self.n = sum(p.numel() for p in self.params)
         self.count = 0
+        self.saved = _save_buffers(model)
+        self.cuda = _cuda_devices(model)
+        self.checked_rng = False
 
     # -- flat <-> per-parameter
     def split(self, v: torch.Tensor) -> list[torch.Tensor]:
@@ -280,8 +348,21 @@ class _Operator:
                            g.to_dense() if g.is_sparse else g).reshape(-1).to(self.dtype)
                           for p, g in zip(self.params, parts)])
 
-    def loss(self, batch: Any) -> torch.Tensor:
-        out = self.loss_fn(self.model, batch)
+    def loss(self, k: int) -> torch.Tensor:
+        """The loss of batch ``k``, from the saved buffers and batch ``k``'s fixed seed."""
+        _restore_buffers(self.saved)
+        _seed(_FORWARD_SEED + k, self.cuda)
+        if self.checked_rng:
+            out = self.loss_fn(self.model, self.batches[k])
+        else:  # the first pass: does the forward draw random numbers?
+            seeded = _rng_states(self.cuda)
+            out = self.loss_fn(self.model, self.batches[k])
+            self.checked_rng = True
+            if any(not torch.equal(a, b) for a, b in zip(seeded, _rng_states(self.cuda))):
+                self.notes.append("the forward pass draws random numbers (functional dropout or "
+                                  "the like, which cannot be switched off as dropout modules "
+                                  "are): each batch draws from a fixed seed, the same on every "
+                                  "product, so the Hessian is that of one fixed draw")
         if not isinstance(out, torch.Tensor) or out.dim() != 0:
             raise TypeError("loss_fn(model, batch) must return a scalar tensor, got "
                             f"{type(out).__name__} {getattr(out, 'shape', '')}")
@@ -290,15 +371,15 @@ class _Operator:
     def gradient(self) -> torch.Tensor:
         """The mean gradient over the batches (flat)."""
         total = torch.zeros(self.n, device=self.device, dtype=self.dtype)
-        for b in self.batches:
-            g = torch.autograd.grad(self.loss(b), self.params, allow_unused=True)
+        for k in range(len(self.batches)):
+            g = torch.autograd.grad(self.loss(k), self.params, allow_unused=True)
             total += self.flat(g)
         return total / len(self.batches)
 
     def _double_backward(self, vs: list[torch.Tensor]) -> torch.Tensor:
         total = torch.zeros(self.n, device=self.device, dtype=self.dtype)
-        for b in self.batches:
-            g = torch.autograd.grad(self.loss(b), self.params, create_graph=True, allow_unused=True)
+        for k in range(len(self.batches)):
+            g = torch.autograd.grad(self.loss(k), self.params, create_graph=True, allow_unused=True)
             dot = sum((gi * vi).sum() for gi, vi in zip(g, vs) if gi is not None)
             if not isinstance(dot, torch.Tensor) or not dot.requires_grad:
                 raise RuntimeError("the gradient does not require grad: no double backward")
@@ -450,14 +531,28 @@ def _start_vector(n: int, seed: int, device: torch.device, dtype: torch.dtype) -
     return v / v.norm()
 
 
+#: Lanczos steps before the convergence test may stop it (fewer only when the parameters are
+#: fewer; a run with fewer ``iters`` is not converged). The a-posteriori bound certifies that
+#: the top Ritz value is close to *an* eigenvalue, not to the largest, which a start vector
+#: nearly orthogonal to the top eigenvector hides from a small Krylov space (a 5-parameter
+#: regression stopped at its second eigenvalue after 3 steps, its start vector's top component
+#: 0.006). Each further step amplifies that component by a Chebyshev factor; ARPACK (scipy's
+#: ``eigsh``) searches a Krylov space of at least 20 for one eigenvalue by default, lrkit's
+#: cheaper floor is 10.
+_MIN_LANCZOS_STEPS = 10
+
+
 def _lanczos(op: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, iters: int, tol: float
              ) -> tuple[float, float, float, bool, int]:
     """Lanczos with full reorthogonalisation (Golub & Van Loan 2013, §10.1).
 
     Returns (largest Ritz value, largest-|.| Ritz value, smallest Ritz value, converged, steps).
     Convergence of the top Ritz value θ with Ritz vector y uses the a-posteriori bound
-    ``|λ − θ| ≤ min(r, r²/gap)``, ``r = β_k |s_k|`` (Parlett 1998, Thm 11.7.1 and §11.5).
+    ``|λ − θ| ≤ min(r, r²/gap)``, ``r = β_k |s_k|`` (Parlett 1998, Thm 11.7.1 and §11.5), tested
+    from step ``min(_MIN_LANCZOS_STEPS, n)`` on; an invariant Krylov space (``β_k ≈ 0``) stops it
+    at any step.
     """
+    least = min(_MIN_LANCZOS_STEPS, v.numel())
     Q = torch.zeros(iters, v.numel(), dtype=v.dtype, device=v.device)  # the Lanczos basis
     Q[0] = v
     alphas: list[float] = []
@@ -482,7 +577,7 @@ def _lanczos(op: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, iters:
         gap = float(theta[-1] - theta[-2]) if len(theta) > 1 else 0.0
         bound = min(r, r * r / gap) if gap > 0 else r  # no gap known yet: the residual alone
         scale = max(abs(top), abs(low), 1e-30)
-        if bound <= tol * max(abs(top), 1e-30) or beta <= 1e-12 * scale:
+        if beta <= 1e-12 * scale or (k + 1 >= least and bound <= tol * max(abs(top), 1e-30)):
             return top, big, low, True, k + 1
         if k + 1 == iters:
             break
@@ -539,22 +634,31 @@ def top_eigenvalue(
       ``eigenvalue`` is always the largest *algebraic* one, the one step-size stability depends on;
       ``largest_magnitude`` keeps the other.
     - **train vs eval mode**: BatchNorm and dropout change the Hessian. ``mode="train"`` (default)
-      measures the loss the optimizer descends: BatchNorm with batch statistics (its running
-      statistics are restored afterwards), dropout switched *off* so that the operator is a fixed
-      matrix. ``mode="eval"`` puts every module in eval mode.
+      measures the loss the optimizer descends: BatchNorm with batch statistics, dropout modules
+      switched *off* so that the operator is a fixed matrix. ``mode="eval"`` puts every module in
+      eval mode.
+    - **state and randomness in the forward**: every forward pass starts from the model's
+      buffers as they were (BatchNorm statistics, spectral norm's ``u``/``v``) and from a fixed
+      seed per batch (functional dropout draws the same mask on every product), inside a forked
+      RNG: the operator is one matrix, and afterwards the model's ``state_dict`` and the caller's
+      random stream are bitwise as before.
+    - **a start vector blind to the top eigenvector**: Lanczos tests convergence only from step
+      ``min(10, n_params)`` on (a small Krylov space can converge to the second eigenvalue).
     - **no double backward** (fused attention kernels): ``hvp="auto"`` falls back to central
       finite differences, two gradient evaluations per product.
 
     Args:
         model, loss_fn, batches, num_batches: as in :func:`hvp`.
-        iters: the most HVPs to spend (Lanczos steps or power iterations).
+        iters: the most HVPs to spend (Lanczos steps or power iterations; Lanczos reports
+            convergence only after ``min(10, n_params)`` steps).
         tol: relative accuracy at which to stop (Lanczos: the a-posteriori error bound; power:
             the Rayleigh quotient's relative change).
         method: ``"lanczos"`` or ``"power"``.
         mode: ``"train"`` or ``"eval"``.
         hvp: ``"auto"``, ``"double-backward"`` or ``"finite-difference"``.
-        precondition: one tensor ``d`` per trainable parameter: the eigenvalue of ``D H D``,
-            ``D = diag(d)`` (Adam: ``d = (sqrt(v̂) + ε)^-1/2``, so ``D H D = P^-1/2 H P^-1/2``).
+        precondition: one tensor ``d >= 0`` per trainable parameter: the eigenvalue of ``D H
+            D``, ``D = diag(d)`` (Adam: ``d = (sqrt(v̂) + ε)^-1/2``, so ``D H D = P^-1/2 H
+            P^-1/2``; 0 where the optimizer does not move a coordinate).
         weight_decay: coupled L2 weight decay ``wd`` added to the Hessian (``H + wd I``): a float, or
             one value per trainable parameter.
         seed: the start vector's seed.
@@ -604,10 +708,14 @@ def top_eigenvalue(
                                                                      op.dtype), left, tol, big)
                     top, low = shifted + big, big
                     converged = converged and conv2
-        n_hvp = op.count
+        n_hvp, n_params = op.count, op.n
         used = op.method
     if not converged:
         notes.append(f"not converged to tol={tol:g} within iters={iters} HVPs")
+        if method == "lanczos" and iters < min(_MIN_LANCZOS_STEPS, n_params):
+            notes.append(f"Lanczos claims convergence only after {_MIN_LANCZOS_STEPS} steps (or "
+                         f"one per parameter): fewer cannot rule out a larger eigenvalue that "
+                         f"the start vector barely touches")
     if top <= 0:
         notes.append("no positive curvature found: the loss is locally concave or flat here, "
                      "so curvature gives no step-size bound")
@@ -640,8 +748,10 @@ def _check_precondition(precondition: Any, params: list) -> list[torch.Tensor] |
                                      for d, p in zip(ds, params)):
         raise ValueError("precondition must hold one tensor per trainable parameter, shaped like "
                          "it")
-    if any(not bool(torch.isfinite(d).all()) or bool((d <= 0).any()) for d in ds):
-        raise ValueError("precondition must be finite and > 0 everywhere")
+    if any(not bool(torch.isfinite(d).all()) or bool((d < 0).any()) for d in ds):
+        raise ValueError("precondition must be finite and >= 0 everywhere")
+    if not any(bool((d > 0).any()) for d in ds):
+        raise ValueError("precondition is 0 everywhere: no coordinate moves")
     return [d.detach().to(p.device) for d, p in zip(ds, params)]
 
 
@@ -658,6 +768,8 @@ class _Rule:
     precondition: list[torch.Tensor] | None = None
     weight_decay: list[float] | None = None
     notes: tuple[str, ...] = ()
+    lr_ratios: tuple[float, ...] = ()
+    reference_group: int = 0
 
 
 _GD_REF = "Nesterov 2004, Thm 2.1.14 (descent lemma); Cohen et al. 2021"
@@ -735,7 +847,8 @@ def _rule_from_optimizer(opt: torch.optim.Optimizer, model: nn.Module, estimate:
                          f"(parameters {missing[:5]} are missing)")
     groups = [group_of[id(p)] for p in params]
     g0 = opt.param_groups[0]
-    for key in ("momentum", "betas", "nesterov", "dampening", "alpha", "centered", "eps"):
+    for key in ("momentum", "betas", "nesterov", "dampening", "alpha", "centered", "eps",
+                "lr_decay"):
         vals = {repr(g.get(key)) for g in opt.param_groups}
         if len(vals) > 1:
             raise ValueError(f"optimizer's param groups disagree on {key!r} ({sorted(vals)}): "
@@ -820,6 +933,51 @@ def _rule_from_optimizer(opt: torch.optim.Optimizer, model: nn.Module, estimate:
                     f"ASGD (or lrkit's SGDHD / AdamHD), or optimizer='sgd' | 'momentum' | 'adam'")
 
 
+def _lr_ratios(opt: torch.optim.Optimizer) -> tuple[int, list[float], str]:
+    """(reference group, each param group's LR over the reference group's, the key read).
+
+    The reference is the first group with an LR > 0 (group 0 unless it is frozen at 0). Where
+    every LR is 0 (a warmup from 0), an LR scheduler's base LRs (``initial_lr``) give the ratios;
+    without them the groups count as equal."""
+    groups = opt.param_groups
+    for key in ("lr", "initial_lr"):
+        if any(key not in g for g in groups):
+            continue
+        lrs = [float(g[key]) for g in groups]
+        ref = next((i for i, lr in enumerate(lrs) if lr > 0), None)
+        if ref is not None:
+            return ref, [lr / lrs[ref] for lr in lrs], key
+    return 0, [1.0] * len(groups), "lr"
+
+
+def _with_lr_ratios(rule: _Rule, opt: torch.optim.Optimizer, params: list) -> _Rule:
+    """``rule`` for param groups at different LRs.
+
+    Group ``g`` steps at ``r_g·lr`` (``lr`` the reference group's), so the update is ``lr·R·u``
+    with ``R = diag(r_g)`` over the coordinates: gradient descent's linear map ``I − lr·R·H`` has
+    the eigenvalues of ``I − lr·R^1/2 H R^1/2``, and with a preconditioner ``D = P^-1/2`` those
+    of ``I − lr·(R^1/2 D) H (D R^1/2)``. The momentum rules keep their constant (the same change
+    of variables ``θ = R^1/2 φ`` maps their state), so the bound is on ``lr`` with ``λ`` of the
+    rescaled operator ``v → R^1/2 D (H + wd) D R^1/2 v``."""
+    ref, ratios, key = _lr_ratios(opt)
+    rule = dataclasses.replace(rule, lr_ratios=tuple(ratios), reference_group=ref)
+    if all(r == 1.0 for r in ratios):
+        return rule
+    group_of = {id(p): i for i, g in enumerate(opt.param_groups) for p in g["params"]}
+    base = rule.precondition or [torch.ones_like(p) for p in params]
+    pre = [d * math.sqrt(ratios[group_of[id(p)]]) for d, p in zip(base, params)]
+    formula = rule.formula.replace("λ of P^-1/2 H P^-1/2", "λ of R^1/2 P^-1/2 H P^-1/2 R^1/2")
+    if formula == rule.formula:  # no preconditioner
+        formula += ", λ of R^1/2 H R^1/2"
+    listed = ", ".join(f"{r:.4g}" for r in ratios)
+    source = "" if key == "lr" else " (the LR scheduler's base LRs: every LR is 0 now)"
+    note = (f"param groups step at different LRs, ({listed}) × group {ref}'s{source}: the bound "
+            f"is on group {ref}'s LR with λ of R^1/2 H R^1/2 (R = diag of each parameter's group "
+            f"ratio); group g's safe LR is its ratio × this one (SafeLR.group_lrs)")
+    return dataclasses.replace(rule, precondition=pre, formula=formula,
+                               notes=rule.notes + (note,))
+
+
 def _adam_family_rule(opt: torch.optim.Optimizer, params: list, wds: list[float],
                       estimate: Callable[[], list], notes: list[str]) -> _Rule:
     """The rules of Adam (torch's Adam and AdamW, lrkit's AdamHD) and of torch's NAdam, RAdam
@@ -900,8 +1058,8 @@ def _squared_gradients(model: nn.Module, loss_fn: LossFn, batches: list, mode: s
         op = _Operator(model, loss_fn, batches, hvp="auto", weight_decay=None, scale=None,
                        notes=notes)
         acc = [torch.zeros_like(p) for p in op.params]
-        for b in op.batches:
-            g = torch.autograd.grad(op.loss(b), op.params, allow_unused=True)
+        for k in range(len(op.batches)):
+            g = torch.autograd.grad(op.loss(k), op.params, allow_unused=True)
             for a, gi in zip(acc, g):
                 if gi is not None:
                     a += gi.detach() ** 2
@@ -953,6 +1111,14 @@ def safe_lr(
     torch ASGD                    ``2/λ`` on ``H + λ_d`` (its decay)       Polyak & Juditsky 1992
     ============================  ======================================  ==========================
 
+    **Param groups at different LRs** (a backbone at ``lr``, a head at ``10·lr``): group ``g``
+    steps at ``r_g·lr``, so the update is ``lr·R·u`` with ``R = diag(r_g)``, stable while ``lr·λ <
+    c`` with ``λ`` the top eigenvalue of ``R^1/2 H R^1/2`` (of ``R^1/2 P^-1/2 H P^-1/2 R^1/2`` for
+    the adaptive rules). The result's ``lr`` is then the bound on the reference group's LR (the
+    first group with an LR > 0), ``lr_ratios`` the groups' ratios to it and ``group_lrs`` each
+    group's safe LR; the notes say so. Groups that disagree on momentum, betas or eps (the rule's
+    constants) are refused.
+
     Torch SGD's dampening ``d`` divides by ``1−d``; coupled weight decay ``wd`` (SGD, Adam) adds
     ``wd`` to the Hessian; AdamW's decoupled decay is left out (said in the notes). Without
     second moments in the optimizer (a fresh one, or ``optimizer="adam"``), ``v`` is estimated by
@@ -977,7 +1143,7 @@ def safe_lr(
         num_batches, iters, tol, method, mode, hvp, seed: as in :func:`top_eigenvalue`.
 
     Returns:
-        :class:`SafeLR` (``.lr``, the rule, and the :class:`EigenResult`).
+        :class:`SafeLR` (``.lr``, the rule, the :class:`EigenResult`, ``group_lrs``).
 
     >>> m = nn.Linear(2, 1, bias=False)
     >>> x = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
@@ -1012,6 +1178,7 @@ def safe_lr(
 
     if isinstance(optimizer, torch.optim.Optimizer):
         rule = _rule_from_optimizer(optimizer, model, estimate)
+        rule = _with_lr_ratios(rule, optimizer, [p for p in model.parameters() if p.requires_grad])
     elif isinstance(optimizer, str):
         kind = check_choice("optimizer", optimizer, ("sgd", "momentum", "adam"))
         if kind == "sgd":
@@ -1042,7 +1209,8 @@ def safe_lr(
         eig = dataclasses.replace(eig, notes=tuple(rule.notes) + eig.notes)
     lr = rule.constant / eig.eigenvalue if eig.eigenvalue > 0 else math.inf
     return SafeLR(lr=float(lr), constant=float(rule.constant), optimizer=rule.name,
-                  formula=rule.formula, reference=rule.reference, eigen=eig, beta=rule.beta)
+                  formula=rule.formula, reference=rule.reference, eigen=eig, beta=rule.beta,
+                  lr_ratios=rule.lr_ratios, reference_group=rule.reference_group)
 
 
 def _take(it: Iterator, n: int) -> list:
@@ -1232,11 +1400,14 @@ class SharpnessTracker(Callback):
     fixed ``batches`` (preconditioned by the optimizer's current second moments for Adam/RMSprop)
     and records it next to ``constant / lr`` (``2/lr`` for GD, ``(2+2β)/lr`` heavy ball,
     ``38/lr`` Adam β1 = 0.9). Training whose ``λ`` rises to and hovers at that threshold is at the
-    **edge of stability** (Cohen et al. 2021; 2022 for Adam). HVPs use ``torch.autograd.grad`` (no
-    ``.grad`` is touched), BatchNorm statistics and module modes are restored, so the training
-    trajectory is the same as without the tracker.
+    **edge of stability** (Cohen et al. 2021; 2022 for Adam). With param groups at different LRs,
+    ``lr`` is the reference group's (the first with an LR > 0) and ``λ`` that of ``R^1/2 H
+    R^1/2`` (``R``: each group's LR over it), as in :func:`safe_lr`. HVPs use
+    ``torch.autograd.grad`` (no ``.grad`` is touched); module modes, every buffer and the RNG
+    are restored, so the training trajectory is bitwise the same as without the tracker.
 
-    Attributes (after training): ``steps``, ``sharpness``, ``lrs``, ``thresholds``, ``n_hvp``.
+    Attributes (after training): ``steps``, ``sharpness``, ``lrs`` (the reference group's),
+    ``thresholds``, ``reference_groups``, ``n_hvp``.
 
     Args:
         loss_fn: ``loss_fn(model, batch) -> scalar``.
@@ -1262,15 +1433,17 @@ class SharpnessTracker(Callback):
         self.sharpness: list[float] = []
         self.lrs: list[float] = []
         self.thresholds: list[float] = []
+        self.reference_groups: list[int] = []
         self.n_hvp = 0
         self.rule = ""
         self.constant = math.nan
 
     def _measure(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        lr = float(optimizer.param_groups[0]["lr"])
         s = safe_lr(model, self.loss_fn, self.batches, optimizer=optimizer, iters=self.iters,
                     tol=self.tol, method=self.method, mode=self.mode, hvp=self.hvp)
+        lr = float(optimizer.param_groups[s.reference_group]["lr"])
         self.rule, self.constant = s.formula, s.constant
+        self.reference_groups.append(s.reference_group)
         self.steps.append(step)
         self.sharpness.append(s.eigen.eigenvalue)
         self.lrs.append(lr)
@@ -1279,6 +1452,7 @@ class SharpnessTracker(Callback):
 
     def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.steps, self.sharpness, self.lrs, self.thresholds, self.n_hvp = [], [], [], [], 0
+        self.reference_groups = []
         self._measure(0, model, optimizer)
 
     def on_step_end(self, info: StepInfo) -> bool | str | None:
@@ -1297,8 +1471,8 @@ class SharpnessTracker(Callback):
 
     def to_dict(self) -> dict:
         return {"steps": self.steps, "sharpness": self.sharpness, "lrs": self.lrs,
-                "thresholds": self.thresholds, "n_hvp": self.n_hvp, "rule": self.rule,
-                "constant": self.constant}
+                "thresholds": self.thresholds, "reference_groups": self.reference_groups,
+                "n_hvp": self.n_hvp, "rule": self.rule, "constant": self.constant}
 
     def plot(self, path: str, *, title: str = "sharpness during training") -> None:
         """Sharpness and the threshold ``constant/lr`` against the step (log y)."""
@@ -1393,8 +1567,8 @@ def noise_scale(model: nn.Module, loss_fn: LossFn, batches: Iterable, *, num_bat
         op = _Operator(model, loss_fn, data, hvp="auto", weight_decay=None, scale=None,
                        notes=notes)
         grads = []
-        for batch in op.batches:
-            g = torch.autograd.grad(op.loss(batch), op.params, allow_unused=True)
+        for i in range(len(op.batches)):
+            g = torch.autograd.grad(op.loss(i), op.params, allow_unused=True)
             grads.append(op.flat(g).double())
     g_all = torch.stack(grads)
     small = float((g_all ** 2).sum(1).mean())

@@ -627,3 +627,241 @@ def test_nadam_radam_adamax_rules_read_their_state_or_estimate_it():
     u = torch.cat([opt.state[p]["exp_inf"].reshape(-1) for p in params])
     s = C.safe_lr(model, ce, batches, optimizer=opt, iters=60, tol=1e-10)
     assert s.lr == pytest.approx(38.0 / top(u), rel=1e-5)
+
+
+# -------------------------------------------------------------- param groups at different LRs
+class TwoBlockQuadratic(nn.Module):
+    """``½ wᵀHw`` over ``w = [a, b]``: a "backbone" ``a`` and a "head" ``b`` of 3 each."""
+
+    def __init__(self, h: torch.Tensor) -> None:
+        super().__init__()
+        self.h = h
+        self.a = nn.Parameter(torch.ones(3, dtype=torch.float64))
+        self.b = nn.Parameter(torch.ones(3, dtype=torch.float64))
+
+    def forward(self, _batch) -> torch.Tensor:
+        w = torch.cat([self.a, self.b])
+        return 0.5 * w @ self.h @ w
+
+
+def two_block_hessian() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(6, 6, generator=g, dtype=torch.float64)
+    return a @ a.T / 6 + 0.05 * torch.eye(6, dtype=torch.float64)
+
+
+def quad_loss(m: nn.Module, b) -> torch.Tensor:
+    return m(b)
+
+
+def grouped(make, m: TwoBlockQuadratic, lr: float, head: float):
+    return make([{"params": [m.a]}, {"params": [m.b], "lr": head * lr}], lr)
+
+
+def steps(m: nn.Module, opt, n: int) -> float:
+    for _ in range(n):
+        opt.zero_grad()
+        quad_loss(m, None).backward()
+        opt.step()
+    return float(quad_loss(m, None).detach())
+
+
+@pytest.mark.parametrize("make, constant", [
+    (lambda g, lr: torch.optim.SGD(g, lr=lr), 2.0),
+    (lambda g, lr: torch.optim.SGD(g, lr=lr, momentum=0.9), 3.8),
+    (lambda g, lr: torch.optim.Adam(g, lr=lr, eps=1e10), 38.0),
+], ids=["sgd", "momentum", "adam"])
+def test_param_groups_at_different_lrs_bound_the_rescaled_hessian(make, constant):
+    """A head at 10x the backbone's LR: the update is lr·R·g, stable while lr·λ(R^1/2 H R^1/2)
+    < c. The plain bound c/λ(H) on group 0 diverges even at half of it; the rescaled one
+    converges at 0.9x and blows up at 1.1x. (Adam: ε far above the gradients holds P = ε fixed,
+    as the linear analysis assumes; its state comes from 100 small steps first.)"""
+    h = two_block_hessian()
+    r = torch.tensor([1.0] * 3 + [10.0] * 3, dtype=torch.float64)
+    p = 1.0 / 1e10 if constant == 38.0 else 1.0   # Adam's P^-1 = 1/(sqrt(v̂) + ε) ≈ 1/ε
+    lam = float(torch.linalg.eigvalsh(p * r.sqrt()[:, None] * h * r.sqrt()[None, :])[-1])
+    plain = constant / float(torch.linalg.eigvalsh(p * h)[-1])
+    def warmed() -> tuple[TwoBlockQuadratic, torch.optim.Optimizer]:
+        m = TwoBlockQuadratic(h)
+        opt = grouped(make, m, 1e-3 * plain, 10.0)
+        steps(m, opt, 100)
+        with torch.no_grad():
+            m.a.fill_(1.0)
+            m.b.fill_(1.0)
+        return m, opt
+
+    m, opt = warmed()
+    s = C.safe_lr(m, quad_loss, [None], optimizer=opt, iters=30, tol=1e-12)
+    assert s.lr == pytest.approx(constant / lam, rel=1e-6)
+    assert s.lr_ratios == (1.0, 10.0) and s.reference_group == 0
+    assert s.group_lrs == pytest.approx((s.lr, 10 * s.lr))
+    assert "R^1/2" in s.formula and any("group g's safe LR" in n for n in s.eigen.notes)
+    assert "safe lr per param group" in s.summary()
+    assert C.SafeLR.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    finals = {}
+    for name, lr in (("plain/2", 0.5 * plain), ("0.9", 0.9 * s.lr), ("1.1", 1.1 * s.lr)):
+        m, opt = warmed()
+        opt.param_groups[0]["lr"], opt.param_groups[1]["lr"] = lr, 10 * lr
+        finals[name] = steps(m, opt, 200)
+    start = float(quad_loss(TwoBlockQuadratic(h), None).detach())
+    assert finals["plain/2"] > 1e3 * start and finals["1.1"] > 1e3 * start, finals
+    assert finals["0.9"] < 0.5 * start, finals
+
+
+def test_param_group_at_lr_zero_and_the_tracker_use_the_same_reference():
+    h = two_block_hessian()
+    # a frozen backbone (lr 0): the reference is the head's group, λ that of H's head block
+    m = TwoBlockQuadratic(h)
+    opt = torch.optim.SGD([{"params": [m.a], "lr": 0.0}, {"params": [m.b]}], lr=0.1)
+    s = C.safe_lr(m, quad_loss, [None], optimizer=opt, tol=1e-12)
+    assert (s.reference_group, s.lr_ratios) == (1, (0.0, 1.0))
+    assert s.eigen.eigenvalue == pytest.approx(float(torch.linalg.eigvalsh(h[3:, 3:])[-1]),
+                                               rel=1e-9)
+    # every LR 0 (a warmup from 0): the scheduler's base LRs give the ratios
+    opt = grouped(lambda g, lr: torch.optim.SGD(g, lr=lr), m, 0.01, 4.0)
+    torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.0)
+    s = C.safe_lr(m, quad_loss, [None], optimizer=opt, tol=1e-12)
+    assert s.lr_ratios == (1.0, 4.0) and any("base LRs" in n for n in s.eigen.notes)
+    # a group whose rule differs in more than its LR has no single bound
+    opt = torch.optim.Adagrad([{"params": [m.a]}, {"params": [m.b], "lr_decay": 0.1}], lr=0.1)
+    with pytest.raises(ValueError, match="disagree on 'lr_decay'"):
+        C.safe_lr(m, quad_loss, [None], optimizer=opt)
+    # the tracker: λ of R^1/2 H R^1/2 against 2 / group 0's LR
+    r = torch.tensor([1.0] * 3 + [10.0] * 3, dtype=torch.float64)
+    lam = float(torch.linalg.eigvalsh(r.sqrt()[:, None] * h * r.sqrt()[None, :])[-1])
+    m = TwoBlockQuadratic(h)
+    opt = grouped(lambda g, lr: torch.optim.SGD(g, lr=lr), m, 0.5 / lam, 10.0)
+    tracker = C.SharpnessTracker(quad_loss, [None], every=5, tol=1e-12)
+    train.fit(m, opt, [None] * 10, num_steps=10, step_fn=quad_loss, callbacks=[tracker])
+    assert tracker.sharpness == pytest.approx([lam] * 3, rel=1e-9)
+    assert tracker.lrs == pytest.approx([0.5 / lam] * 3)
+    assert tracker.ratio == pytest.approx([0.25] * 3, rel=1e-9)   # λ·lr/2
+    assert tracker.reference_groups == [0, 0, 0]
+
+
+# ------------------------------------------------------ measurements leave no trace behind
+class FunctionalDropout(nn.Module):
+    """Dropout through ``F.dropout(..., training=self.training)``: no module to switch off."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.a, self.b, self.p = nn.Linear(3, 6).double(), nn.Linear(6, 2).double(), p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(F.dropout(torch.tanh(self.a(x)), self.p, training=self.training))
+
+
+def test_functional_dropout_sees_one_fixed_operator_and_the_rng_is_untouched():
+    model, batches = FunctionalDropout(), [data(0), data(1)]
+    before = torch.get_rng_state()
+    r1 = C.top_eigenvalue(model, ce, batches, iters=60, tol=1e-10)
+    assert torch.equal(before, torch.get_rng_state())
+    r2 = C.top_eigenvalue(model, ce, batches, iters=60, tol=1e-10)
+    assert r1.eigenvalue == r2.eigenvalue and r1.converged
+    assert any("draws random numbers" in n for n in r1.notes)
+    # the operator is the Hessian of the loss with one fixed mask per batch: batch k's draw
+    # comes from seed _FORWARD_SEED + k, on every product
+
+    def seeded(m, b):
+        torch.manual_seed(C._FORWARD_SEED + b[2])
+        return ce(m, b)
+
+    with torch.random.fork_rng():
+        h = exact_hessian(model, seeded, [(x, y, k) for k, (x, y) in enumerate(batches)])
+    assert r1.eigenvalue == pytest.approx(float(torch.linalg.eigvalsh(h)[-1]), rel=1e-8)
+    # no randomness in eval mode, and no note
+    e = C.top_eigenvalue(model, ce, batches, mode="eval")
+    assert not any("random" in n for n in e.notes)
+
+
+def test_sharpness_tracker_leaves_a_functional_dropout_run_bitwise_unchanged():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 2, (64,), generator=g)
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    out = []
+    for track in (False, True):
+        model = FunctionalDropout(0.3)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        cbs = [C.SharpnessTracker(ce, batches[:2], every=5, iters=10)] if track else []
+        torch.manual_seed(2)
+        fit = train.fit(model, opt, batches, num_steps=20, step_fn=ce, callbacks=cbs)
+        out.append((fit.losses, [p.detach().clone() for p in model.parameters()]))
+    assert out[0][0] == out[1][0]
+    assert all(torch.equal(a, b) for a, b in zip(out[0][1], out[1][1]))
+    assert len(cbs[0].sharpness) == 5
+
+
+def test_spectral_norm_and_batchnorm_buffers_are_bitwise_restored():
+    """Spectral norm's train-mode forward runs a power-iteration step on its u/v buffers:
+    every product starts from the saved ones (a fixed operator) and the state_dict is bitwise
+    what it was after top_eigenvalue, hvp, safe_lr and noise_scale."""
+    torch.manual_seed(0)
+    sn = nn.utils.parametrizations.spectral_norm
+    model = nn.Sequential(sn(nn.Linear(3, 5)), nn.BatchNorm1d(5), nn.Tanh(),
+                          nn.Linear(5, 2)).double()
+    batches = [data(0), data(1)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def unchanged() -> bool:
+        after = model.state_dict()
+        return before.keys() == after.keys() and all(torch.equal(before[k], after[k])
+                                                     for k in before)
+
+    r = C.top_eigenvalue(model, ce, batches, iters=80, tol=1e-10)
+    assert unchanged() and r.converged
+    C.hvp(model, ce, batches, vector=[torch.ones_like(p) for p in model.parameters()])
+    C.safe_lr(model, ce, batches, optimizer=torch.optim.Adam(model.parameters()))
+    C.noise_scale(model, ce, batches * 2, num_batches=4)
+    assert unchanged()
+    # the reference: one power-iteration step from the saved u/v, then u/v held fixed
+    # (eval mode uses them as stored; BatchNorm then forced to batch statistics)
+    ref = nn.Sequential(sn(nn.Linear(3, 5)), nn.BatchNorm1d(5, track_running_stats=False),
+                        nn.Tanh(), nn.Linear(5, 2)).double()
+    ref.load_state_dict({k: v for k, v in before.items() if "running" not in k
+                         and "num_batches" not in k})
+    ref(batches[0][0])
+    ref.eval()
+    h = exact_hessian(ref, ce, batches)
+    assert r.eigenvalue == pytest.approx(float(torch.linalg.eigvalsh(h)[-1]), rel=1e-8)
+
+
+# ------------------------------------------------- Lanczos that must not stop too early
+def test_lanczos_does_not_stop_at_the_second_eigenvalue_of_a_linear_regression():
+    """Seed 0's start vector has component 0.006 on the top eigenvector of this 5-parameter
+    regression: Lanczos stopped after 3 products at the second eigenvalue (2.445 vs 3.372)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 4, dtype=torch.float64), torch.randn(32, dtype=torch.float64)
+    model = nn.Linear(4, 1).double()
+    loss = lambda m, b: F.mse_loss(m(b[0]).squeeze(-1), b[1])  # noqa: E731
+    exact = float(torch.linalg.eigvalsh(exact_hessian(model, loss, [(x, y)]))[-1])
+    assert exact == pytest.approx(3.372, abs=1e-3)
+    for seed in range(5):
+        r = C.top_eigenvalue(model, loss, [(x, y)], seed=seed)
+        assert r.eigenvalue == pytest.approx(exact, rel=1e-9) and r.converged
+        assert r.n_hvp == 5   # one product per parameter: the whole space
+
+
+def test_lanczos_finds_a_top_eigenvector_its_start_vector_barely_touches():
+    """50 parameters, eigenvalues 3.372, 3.0 and the rest in [0.1, 1], the top eigenvector at
+    0.006 to the start vector: at least 10 steps find 3.372 (the a-posteriori test alone had
+    stopped at step 4 on 3.003). Fewer iters than that are not reported as converged."""
+    n = 50
+    v0 = C._start_vector(n, 0, torch.device("cpu"), torch.float64)
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(n, generator=g, dtype=torch.float64)
+    w = w - (w @ v0) * v0
+    u = 0.006 * v0 + math.sqrt(1 - 0.006 ** 2) * w / w.norm()
+    q, _ = torch.linalg.qr(torch.cat([u[:, None], torch.randn(n, n - 1, generator=g,
+                                                                dtype=torch.float64)], 1))
+    q[:, 0] = u
+    ev = torch.cat([torch.tensor([3.372, 3.0]), torch.linspace(0.1, 1.0, n - 2)]).double()
+    h = q @ torch.diag(ev) @ q.T
+    model = nn.Linear(n, 1, bias=False).double()
+    loss = lambda m, b: 0.5 * m.weight[0] @ h @ m.weight[0]  # noqa: E731
+    r = C.top_eigenvalue(model, loss, [None], tol=1e-3)
+    assert r.eigenvalue == pytest.approx(float(torch.linalg.eigvalsh(h)[-1]), rel=1e-3)
+    assert r.converged and r.n_hvp >= 10
+    short = C.top_eigenvalue(model, loss, [None], iters=6, tol=1e-3)
+    assert not short.converged and any("only after 10 steps" in n for n in short.notes)
