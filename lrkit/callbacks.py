@@ -708,8 +708,8 @@ class DecayOnFinding(_LRScaler):
     metric undone while the training loss stalls, or its best early in the run and worse since)
     with the monitor's advice for a climbing loss, a 3x lower LR, taken in the same run rather
     than the next. Put it after the callback that feeds the monitor (:class:`MonitorCallback`,
-    whose findings come at most ``flush_every`` updates late). The monitor raises each kind once (and
-    then only updates it), so each kind cuts at most once; a finding raised before
+    whose findings come at most ``flush_every`` updates late). The monitor raises each kind
+    once (and then only updates it), so each kind cuts at most once; a finding raised before
     ``start_step`` never does (pass the step where a warmup ends: a climb while the schedule
     still raises the LR is the warmup's transient, the loss spiking and recovering as the LR
     first passes the curvature's limit, Lewkowycz et al. 2020, not the peak's verdict).
