@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._json import read_object
+from ._json import finite_or_none, read_object
 from .errors import check_choice, check_group_lrs, check_int, check_positive, check_range
 
 # not `from . import suggest`: the package's lazy attribute `lrkit.suggest` is the function
@@ -164,7 +164,10 @@ class RangeTestResult:
         return float(self.confirm["winner"])
 
     def to_dict(self) -> dict:
-        return {
+        """The result as plain JSON-ready values: the curve's non-finite values as ``"NaN"`` /
+        ``"Infinity"`` strings (read back as floats), any other non-finite number (a diverged
+        confirm run's metric, its val curve) as ``None``."""
+        return finite_or_none({
             "lrs": _enc(self.lrs),
             "losses": _enc(self.losses),
             "smoothed": _enc(self.smoothed),
@@ -177,7 +180,7 @@ class RangeTestResult:
             "settings": dict(self.settings),
             "confirm": dict(self.confirm) if self.confirm is not None else None,
             "wall_time": self.wall_time,
-        }
+        })
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RangeTestResult":
@@ -279,7 +282,8 @@ def plot_confirm(confirm: Mapping[str, Any], ax: Any) -> None:
     confirm made one), and the integrated LR a full run at the suggested LR reaches (runs are
     miniatures of the full run: the same shape, scaled)."""
     runs = [r for r in confirm.get("runs", []) if r.get("val_curve")]
-    best = confirm.get("short_run_winner", confirm.get("winner"))
+    best = confirm.get("short_run_winner", confirm.get("stepped_down_from",
+                                                        confirm.get("winner")))
     end_tau = None
     for k, r in enumerate(sorted(runs, key=lambda r: r["lr"])):
         pts = _finite_points(r["val_curve"])
@@ -363,7 +367,10 @@ def _val_loss_fn(val_loader: Iterable, loss_fn: Callable | None, step_fn: Callab
         with evaluating(model):
             for batch in val_loader:
                 batch = _to_device(batch, device)
-                loss = step_fn(model, batch)
+                try:
+                    loss = step_fn(model, batch)
+                except ValueError as e:  # a batch layout loss_fn cannot take: name the loader
+                    raise ValueError(f"val_loader: {e}") from e
                 total += float(loss)
                 count += 1
         if count == 0:
@@ -444,8 +451,11 @@ def find_lr(
     improving past the point the run above gave (``confirm["long_check"]``: its ``lr``,
     ``steps``, ``metric`` and
     ``val_curve``; ``overfit_fraction`` when it rescaled the winner; ``not_read``, the reason,
-    when its peak was within its noise or time rescaling did not hold below the winner).
-    Confirm then costs about one full run.
+    when its peak was within its noise or time rescaling did not hold below the winner;
+    ``diverged_at``, the step, when it diverged: the pick then steps down to the nearest lower
+    short run that trained, ``confirm["stepped_down_from"]`` holding the winner, with
+    confidence "low" and ``lr_range`` capped at the winner). Confirm then costs about one full
+    run.
 
     Without ``confirm``, ``val_loader`` makes the sweep record the mean validation loss over
     the whole loader after every step instead of the training loss (torch-lr-finder's val
@@ -505,7 +515,7 @@ def find_lr(
                                           higher_is_better=higher_is_better)
                                      if confirm else None))
     task = setup.task
-    scales = check_group_lrs(setup.optimizer)
+    scales = _group_scales(setup.optimizer, scheduler)
     snap = None
     if (restore or len(plans) > 1) and task is None:
         gens = _train.loader_generators(setup.train_loader)
@@ -645,6 +655,25 @@ def _set_up(model_or_task: Any, optimizer: Any, train_loader: Any, loss_fn: Any,
                   accumulation_steps, confirm_task=confirm_task)
 
 
+def _group_scales(optimizer: torch.optim.Optimizer, scheduler: Any) -> list[float]:
+    """:func:`lrkit.errors.check_group_lrs`, whose error names an LR scheduler attached to
+    ``optimizer`` (``scheduler``, or one that left ``initial_lr`` in its groups) as what set
+    the LRs it refuses: a warmup from 0 (``LambdaLR(lambda s: s / n)``) leaves group 0 at 0."""
+    try:
+        return check_group_lrs(optimizer)
+    except ValueError as e:
+        attached = any("initial_lr" in g for g in optimizer.param_groups)
+        if scheduler is None and not attached:
+            raise
+        which = (f"scheduler ({type(scheduler).__name__}, at step "
+                 f"{getattr(scheduler, 'last_epoch', '?')})" if scheduler is not None
+                 else "an LR scheduler attached to the optimizer")
+        raise ValueError(
+            f"{e}: {which} set these LRs (a warmup from 0 starts at 0), and the range test "
+            "keeps only their ratios: run find_lr before attaching the scheduler, or once it "
+            "has stepped past 0") from None
+
+
 def _check_confirm_options(val_loader: Any, *, steps: Any, schedule: Any, metric_fn: Any,
                            higher_is_better: Any) -> None:
     """The arguments ``confirm=True`` needs with a plain model, named when missing or wrong
@@ -728,9 +757,16 @@ def put_back(task: Any, seed: int) -> None:
     """Leave a Task's model at its starting point after runs of it (``find_lr``, ``lrkit.tune``
     and ``lrkit.search`` do, also after an error or Ctrl-C): a :func:`lrkit.tasks.from_torch`
     task (or ``from_lightning``'s) trains the user's own model object in place, and hands it
-    back as it was given; for a built-in task this builds a model that is thrown away, and
-    anything else (a search objective) is left alone."""
-    if _is_task(task):
+    back as it was given (its weights, buffers, modes and ``.grad``, and the training
+    loader's generator, through its ``build_model.put_back()``); for a built-in task this
+    builds a model that is thrown away, and anything else (a search objective) is left
+    alone."""
+    if not _is_task(task):
+        return
+    back = getattr(task.build_model, "put_back", None)
+    if callable(back):
+        back()
+    else:
         task.build_model(seed)
 
 
@@ -759,6 +795,36 @@ MIN_POINTS = 8
 #: above the LRs that train (a model that is already trained stays flat for longer: from the
 #: default start_lr, 1e-7, the first fifth ends at 4e-6)
 EARLY_BLOWUP_SHARE = 0.2
+#: ... and so did one with no descent whose loss over the rest of that first fifth (its median)
+#: already stands this many times above the loss at its first step, blown up or not. The
+#: blow-up rule misses such a sweep: its divergence stop compares with the best smoothed loss,
+#: which the jump itself sets high (start_lr 5 on an MLP: 2.3 at once to 3.5-20, stopped only
+#: after 28 of 50 steps), so the rule read a flat curve "as for a model already trained"
+EARLY_RISE = 1.5
+
+
+def _starts_too_high(lrs: np.ndarray, losses: np.ndarray, stop_reason: str,
+                     planned: int) -> str | None:
+    """What shows that a sweep with no clear descent started above the LRs that train, in
+    words (``None`` when nothing does): a blow-up within ``EARLY_BLOWUP_SHARE`` of its
+    ``planned`` steps, or a loss that stands ``EARLY_RISE`` x above its first value over the
+    rest of that share."""
+    if stop_reason in ("nan", "diverged") and lrs.size < EARLY_BLOWUP_SHARE * planned:
+        return (f"before the loss "
+                f"{'became non-finite' if stop_reason == 'nan' else 'diverged'} after "
+                f"{lrs.size} of {planned} steps, at lr {lrs[-1]:.3g}")
+    k = min(lrs.size - 1, max(MIN_POINTS, int(EARLY_BLOWUP_SHARE * planned)))
+    early = losses[1:k + 1]
+    early = early[np.isfinite(early)]
+    first = float(losses[0])
+    if early.size < 3 or not (math.isfinite(first) and first > 0):
+        return None
+    median = float(np.median(early))
+    if median <= EARLY_RISE * first:
+        return None
+    return (f"and the loss rose at once: from {first:.3g} at the first step (lr "
+            f"{lrs[0]:.3g}) to a median of {median:.3g} over the next {k} (up to lr "
+            f"{lrs[k]:.3g})")
 
 
 def _suggest_sweep(lrs: np.ndarray, losses: np.ndarray, num_iter: int,
@@ -770,15 +836,14 @@ def _suggest_sweep(lrs: np.ndarray, losses: np.ndarray, num_iter: int,
     if lrs.size >= MIN_POINTS:
         out = _suggest.suggest_all(lrs, losses, num_iter=num_iter)
         own = out["lrkit"]
-        if (own.lr is None and stop_reason in ("nan", "diverged")
-                and lrs.size < EARLY_BLOWUP_SHARE * planned):
+        high = (_starts_too_high(lrs, losses, stop_reason, planned) if own.lr is None
+                else None)
+        if high is not None:
             out["lrkit"] = replace(own, reason=(
-                f"no clear descent before the loss "
-                f"{'became non-finite' if stop_reason == 'nan' else 'diverged'} after "
-                f"{lrs.size} of {planned} steps, at lr {lrs[-1]:.3g}: the sweep starts above "
-                f"the LRs that train; lower start_lr (a decade or more below "
-                f"{lrs[0]:.3g}). If it still blows up at once, check the model, the loss and "
-                f"the data before the LR (the rule read: {own.reason})"))
+                f"no clear descent {high}: the sweep starts above the LRs that train; lower "
+                f"start_lr (a decade or more below {lrs[0]:.3g}). If the loss still rises or "
+                f"blows up at once, check the model, the loss and the data before the LR (the "
+                f"rule read: {own.reason})"))
         return out
     if lrs.size and not np.isfinite(losses[0]):
         why = (f"the loss was {losses[0]} at the first step, at lr {lrs[0]:.3g}: the model, "
@@ -1224,6 +1289,8 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
     said = f"started from {origin}; {runs_said} = {runs.spent / full:.2f} of a full run"
     if point is not None:
         sug, confirm = _rescaled(runs, best, point, horizon, s, centre, said, common)
+        if long_check is not None and long_check["diverged"]:
+            sug, confirm = _capped_by_divergence(sug, confirm, long_check)
     else:
         sug, confirm = _kept(runs, best, stop, travelled, long_check, s, centre,
                              f"{said} (range test + confirm: {cost / full:.2f})", common)
@@ -1334,6 +1401,8 @@ def _long_check(runs: _ConfirmRuns, best: dict, room: int, point: tuple | None,
     task, winner, steps = runs.task, best["lr"], runs.steps
     row = runs.trial(winner, room, short=False)
     long_check = {k: row[k] for k in ("lr", "steps", "metric", "diverged", "val_curve", "lrs")}
+    if row["diverged"]:
+        long_check["diverged_at"] = row["val_curve"][-1][0]  # (steps done, metric)
     own = overfit_step(task, row, [row])
     doubt = _long_rise_doubt(task, row, best, runs.table) if own is not None else None
     if doubt is not None:
@@ -1410,18 +1479,59 @@ def _kept(runs: _ConfirmRuns, best: dict, stop: str | None, travelled: int,
         conf, why = "medium", f"{why}, but {unclear}"
     br = bracket(task, best, table)
     lr_range = [br["below"], br["above"]]
-    if long_check is not None:
+    pick, ranged, extra = winner, range_sentence(lr_range, br["alike"]), {}
+    if long_check is not None and long_check["diverged"]:
+        pick, lower = _below_divergence(table, winner)
+        lo = br["below"] if br["below"] is not None and br["below"] <= pick else None
+        conf, lr_range, extra = "low", [lo, winner], {"stepped_down_from": winner}
+        why += (f"; but a longer run at it ({long_check['steps']} steps) diverged at step "
+                f"{long_check['diverged_at']}: a full run at {winner:.3g} may diverge too, so "
+                f"the pick steps down to {lower}")
+        ranged = (f"the best peak lr lies below {winner:.3g}, where the longer run diverged"
+                  + (f", and above {lo:.3g} (worse beyond noise there)" if lo else ""))
+    elif long_check is not None:
         why += (f"; a longer run at it ({long_check['steps']} steps) "
-                + ("diverged" if long_check["diverged"] else
-                   f"peaked and worsened, not read: {long_check['not_read']}"
+                + (f"peaked and worsened, not read: {long_check['not_read']}"
                    if "not_read" in long_check else "did not overfit"))
-    why += f"; {range_sentence(lr_range, br['alike'])}; {said}"
+    why += f"; {ranged}; {said}"
     conf, why = _too_short(conf, why, runs.steps, runs.candidates, task.recipe.steps)
-    return s.scaled(winner / centre, method="lrkit+confirm", confidence=conf, reason=why), {
-        **common, "winner": winner,
+    return s.scaled(pick / centre, method="lrkit+confirm", confidence=conf, reason=why), {
+        **common, "winner": pick, **extra,
         "travel_stop": stop if winner in (lrs[0], lrs[-1]) else None,
         "loss_tiebreak": tiebreak, "lr_range": lr_range, "lr_alike": br["alike"],
         "rule": f"best val {task.metric} after {runs.steps} steps (recipe schedule rebuilt)"}
+
+
+#: when the longer run at confirm's winner diverges, the pick steps down to the nearest lower
+#: short run that trained (did not diverge, scored); with none below, to the winner divided by
+#: this factor (one step of the candidates' spacing: a quarter decade)
+LONG_DIVERGED_CUT = 10 ** CONFIRM_SPACING
+
+
+def _below_divergence(table: list[dict], winner: float) -> tuple[float, str]:
+    """Confirm's pick when the longer run at ``winner`` diverged, and how it was chosen in
+    words: the nearest lower short run's LR that trained, else ``winner /
+    LONG_DIVERGED_CUT``."""
+    lower = [float(r["lr"]) for r in table if float(r["lr"]) < winner and not r["diverged"]
+             and math.isfinite(float(r["metric"]))]
+    if lower:
+        pick = max(lower)
+        return pick, f"the nearest lower short run's lr, {pick:.3g} (it trained)"
+    pick = winner / LONG_DIVERGED_CUT
+    return pick, (f"{pick:.3g}, {LONG_DIVERGED_CUT:.3g}x below it (no short run below it "
+                  "trained)")
+
+
+def _capped_by_divergence(sug: Suggestion, confirm: dict, long_check: dict
+                          ) -> tuple[Suggestion, dict]:
+    """A time-rescaled pick (below the short-run winner) after the longer run at the winner
+    diverged: ``lr_range``'s top capped at the winner, and the reason says why."""
+    lr, (lo, hi) = float(long_check["lr"]), confirm["lr_range"]
+    why = (f"{sug.reason}; a longer run at the short-run winner {lr:.3g} "
+           f"({long_check['steps']} steps) diverged at step {long_check['diverged_at']}: the "
+           f"best peak lr lies below it")
+    return replace(sug, reason=why), {**confirm,
+                                      "lr_range": [lo, lr if hi is None else min(hi, lr)]}
 
 
 #: validation evaluations along each confirm run (to see a run overfit)

@@ -542,9 +542,11 @@ def _backward(model: nn.Module, compute: Callable, data: Iterator, pending: Any,
         pending = None
         with autocast():
             loss = compute(model, batch)
-        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise TypeError(f"the loss must be a scalar tensor, got "
                             f"{type(loss).__name__}{_loss_hint(loss)}")
+        if loss.dim() != 0:  # one element (shape (1,), (1, 1)): backward takes it as it is
+            loss = loss.reshape(())
         if not loss.requires_grad:
             # PyTorch's "element 0 of tensors does not require grad" names neither the loss
             # function nor the usual causes
@@ -877,7 +879,8 @@ def loader_generators(loader: Any) -> list[torch.Generator]:
 
 class Snapshot:
     """Model, optimizer, scheduler, scaler, gradients, generator and global RNG state, held in
-    CPU memory.
+    CPU memory. The parameters the optimizer steps outside the model (a learnable loss
+    temperature in its own param group) are captured too, with their ``.grad`` when ``grads``.
 
     ``restore()`` puts everything back bitwise: training after restore equals training from the
     moment of the snapshot. Tensors are copied to CPU, never kept as a second GPU copy and never
@@ -897,8 +900,10 @@ class Snapshot:
         self._optimizer = _OptimizerCopy(optimizer) if optimizer is not None else None
         self._grads = None
         if grads:
-            self._grads = [None if p.grad is None else p.grad.detach().to("cpu", copy=True)
-                           for p in model.parameters()]
+            self._grads = [_cpu_grad(p) for p in model.parameters()]
+        self._extra = _params_outside(model, optimizer)
+        self._extra_values = [p.detach().to("cpu", copy=True) for p in self._extra]
+        self._extra_grads = [_cpu_grad(p) for p in self._extra] if grads else None
         self._scheduler = _cpu_copy(scheduler.state_dict()) if scheduler is not None else None
         self._scaler = _cpu_copy(scaler.state_dict()) if scaler is not None else None
         self._generators = [g.get_state() for g in self.generators]
@@ -916,6 +921,10 @@ class Snapshot:
         if self._grads is not None:
             for p, saved in zip(self.model.parameters(), self._grads):
                 _restore_grad(p, saved)
+        for i, (p, saved) in enumerate(zip(self._extra, self._extra_values)):
+            _restore_tensor(p, saved)
+            if self._extra_grads is not None:
+                _restore_grad(p, self._extra_grads[i])
         if self._optimizer is not None:
             self._optimizer.restore()
         if self.scheduler is not None:
@@ -979,6 +988,37 @@ def _copy_into_module(model: nn.Module, saved: dict) -> None:
     with torch.no_grad():
         for k, v in current.items():
             v.copy_(saved[k])
+
+
+def _cpu_grad(p: torch.Tensor) -> torch.Tensor | None:
+    """A CPU copy of ``p.grad`` (``None`` when it has none)."""
+    return None if p.grad is None else p.grad.detach().to("cpu", copy=True)
+
+
+def _params_outside(model: nn.Module, optimizer: torch.optim.Optimizer | None
+                    ) -> list[torch.Tensor]:
+    """The tensors ``optimizer`` steps that are neither parameters nor buffers of ``model``
+    (each once, in the optimizer's order): a snapshot of the model alone would miss them."""
+    if optimizer is None:
+        return []
+    seen = {id(t) for t in model.parameters()} | {id(t) for t in model.buffers()}
+    out = []
+    for g in optimizer.param_groups:
+        for p in g["params"]:
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
+def _restore_tensor(p: torch.Tensor, saved: torch.Tensor) -> None:
+    """Write ``saved`` back into ``p`` in place (its storage kept), or rebind its data when its
+    shape or dtype changed."""
+    with torch.no_grad():
+        if _same_layout(p, saved):
+            p.copy_(saved)
+        else:
+            p.data = saved.to(p.device)
 
 
 def _restore_grad(p: torch.Tensor, saved: torch.Tensor | None) -> None:

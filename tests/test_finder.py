@@ -97,6 +97,91 @@ def test_restores_everything_bitwise_mid_training_with_a_scheduler():
         assert torch.equal(sa[k]["momentum_buffer"], sb[k]["momentum_buffer"])
 
 
+def test_a_parameter_the_optimizer_steps_outside_the_model_is_restored_with_its_grad():
+    """A learnable loss temperature in its own param group (not a model parameter): a real
+    loop trains it first (value, .grad, momentum buffer), then find_lr, twice: once over two
+    interleaved sweeps (each must start from it), once after its .grad was set to None. It
+    came back as -126 with a .grad set (only model.parameters() were snapshot). The loop
+    after find_lr equals the same loop without it. from_torch (confirm) still refuses it."""
+    def fresh():
+        model, _, loader, _ = _setup()
+        temp = nn.Parameter(torch.zeros(()))
+        opt = torch.optim.SGD([{"params": model.parameters()}, {"params": [temp]}], lr=0.05,
+                              momentum=0.9)
+
+        def loss_fn(out, y):
+            seen.append(float(temp.detach()))
+            return F.cross_entropy(out * temp.exp(), y)
+
+        for (xb, yb), _ in zip(loader, range(3)):
+            opt.zero_grad()
+            loss_fn(model(xb), yb).backward()
+            opt.step()
+        return model, opt, loader, temp, loss_fn
+
+    def more(model, opt, loader, loss_fn):
+        for (xb, yb), _ in zip(loader, range(3)):
+            opt.zero_grad()
+            loss_fn(model(xb), yb).backward()
+            opt.step()
+
+    seen: list[float] = []
+    ref = fresh()
+    more(ref[0], ref[1], ref[2], ref[4])
+    model, opt, loader, temp, loss_fn = fresh()
+    value, grad = temp.detach().clone(), temp.grad.clone()
+    buf = opt.state[temp]["momentum_buffer"].clone()
+    assert value != 0 and grad.abs() > 0
+    seen.clear()
+    res = find_lr(model, opt, loader, loss_fn, num_iter=200, start_lr=1e-5, end_lr=100.0)
+    sweep = res.settings["sweep_steps"]
+    assert res.settings["sweeps"] == 2 and len(seen) > sweep
+    # the sweeps trained it (far from where it started), and each started from it
+    assert abs(seen[sweep - 1] - float(value)) > 0.1
+    assert seen[0] == seen[sweep] == float(value)
+    assert torch.equal(temp.detach(), value) and torch.equal(temp.grad, grad)
+    assert torch.equal(opt.state[temp]["momentum_buffer"], buf)
+    more(model, opt, loader, loss_fn)
+    assert torch.equal(temp, ref[3]) and all(
+        torch.equal(a, b) for a, b in zip(model.parameters(), ref[0].parameters()))
+    temp.grad = None
+    find_lr(model, opt, loader, loss_fn, num_iter=40)
+    assert temp.grad is None and torch.equal(temp.detach(), ref[3].detach())
+    with pytest.raises(ValueError, match=r"not model.parameters\(\) .*register such a "
+                                         r"parameter on the model"):
+        find_lr(model, opt, loader, loss_fn, num_iter=40, confirm=True, val_loader=loader,
+                steps=100)
+
+
+def test_a_one_element_loss_is_the_scalar_it_holds():
+    """A loss of shape (1,) (a .reshape(1), a sum kept in a dimension) backprops in PyTorch;
+    it was refused, with a hint about reduction='none'. The sweep is the scalar loss's."""
+    model, opt, loader, _ = _setup()
+    scalar = find_lr(model, opt, loader, F.cross_entropy, num_iter=30)
+    shaped = find_lr(model, opt, loader, lambda out, y: F.cross_entropy(out, y).reshape(1),
+                     num_iter=30)
+    assert shaped.losses == scalar.losses and shaped.lr == scalar.lr
+
+
+def test_a_group_lr_of_0_set_by_an_attached_warmup_names_the_scheduler():
+    """LambdaLR(lambda s: s / 100), a warmup from 0, leaves group 0's LR at 0: the refusal
+    names the scheduler as what set it (passed or only attached), and what to do."""
+    model, _, loader, _ = _setup()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: s / 100)
+    with pytest.raises(ValueError, match=r"got \[0\.0\]: scheduler \(LambdaLR, at step 0\) set "
+                                         r"these LRs \(a warmup from 0 starts at 0\).*before "
+                                         r"attaching"):
+        find_lr(model, opt, loader, F.cross_entropy, num_iter=20, scheduler=sched)
+    with pytest.raises(ValueError, match="an LR scheduler attached to the optimizer set"):
+        find_lr(model, opt, loader, F.cross_entropy, num_iter=20)
+    opt.step()  # (no grads: nothing moves)
+    sched.step()  # past 0: it runs, and the scheduler is put back
+    state = sched.state_dict()
+    assert find_lr(model, opt, loader, F.cross_entropy, num_iter=20, scheduler=sched).lrs
+    assert sched.state_dict() == state and opt.param_groups[0]["lr"] == pytest.approx(1e-5)
+
+
 def test_global_rng_restored_and_no_restore_changes_the_model():
     model, opt, loader, _ = _setup()
     torch.manual_seed(123)
@@ -187,6 +272,30 @@ def test_a_sweep_that_blows_up_at_once_says_start_lr_is_too_high():
     model, opt, loader, _ = _setup()
     res = find_lr(model, opt, loader, F.cross_entropy, num_iter=100, start_lr=1e-5, end_lr=1e4)
     assert "lower start_lr (a decade" not in res.suggestion.reason
+
+
+def test_a_sweep_whose_loss_jumps_at_once_says_start_lr_is_too_high():
+    """The curve a probe recorded (start_lr=5 on a digits MLP, 50 planned steps): 2.3 at the
+    first step, then 2.3-21 at once; the divergence stop, relative to the best smoothed loss
+    that the jump set high, fired only after 29 steps, past the early blow-up rule's first
+    fifth, and the reason read a flat curve "as for a model that is already trained". Now it
+    says the sweep starts too high. The same curve with the first loss at the level of the
+    rest (a trained model, flat in noise) keeps the rule's own reading."""
+    from lrkit.finder import _suggest_sweep
+
+    losses = np.array([2.3, 3.54, 2.55, 4.5, 2.61, 2.29, 6.07, 20.78, 5.63, 4.97, 5.55, 3.4,
+                       5.75, 4.51, 3.54, 5.26, 5.57, 5.92, 4.52, 8.86, 9.82, 13.35, 16.28,
+                       18.35, 13.22, 15.27, 22.16, 16.32, 27.84])
+    lrs = sweep_lrs(5.0, 1000.0, 50)[: losses.size]
+    own = _suggest_sweep(lrs, losses, 50, "diverged")["lrkit"]
+    assert own.lr is None
+    assert own.reason.startswith("no clear descent and the loss rose at once: from 2.3 at the "
+                                 "first step (lr 5) to a median of 4.73 over the next 10")
+    assert "the sweep starts above the LRs that train; lower start_lr" in own.reason
+    flat = losses.copy()
+    flat[0] = float(np.median(losses[1:11]))
+    assert "lower start_lr (a decade" not in _suggest_sweep(lrs, flat, 50, "diverged")[
+        "lrkit"].reason
 
 
 def test_nan_loss_stops_and_is_never_suggested():

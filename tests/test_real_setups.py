@@ -439,6 +439,29 @@ def test_a_batch_with_a_third_element_is_refused_with_loss_fn():
     assert len(res.losses) > 10 and res.losses[0] != pytest.approx(plain.losses[0], rel=1e-3)
 
 
+def test_a_val_loader_batch_loss_fn_cannot_take_names_val_loader():
+    """A val_loader of dicts (or triples) beside a train_loader of pairs, with loss_fn: the
+    error said "each batch must be an (inputs, targets) pair" without naming the loader,
+    after the whole range test when confirm=True. It names val_loader, in the val-loss sweep,
+    in confirm's scoring and in a from_torch task's evaluate; the weights are untouched."""
+    model, opt, tl, vl = _regression()
+    x, y = vl.dataset.tensors
+    dicts = [{"x": x, "y": y}]
+    triples = [(x, y, torch.ones(len(y)))]
+    before = _state(model, opt)
+    hint = r"^val_loader: with loss_fn, each batch must be an \(inputs, targets\) pair, got a "
+    for val, got in ((dicts, "dict"), (triples, "tuple of 3")):
+        with pytest.raises(ValueError, match=hint + got):
+            find_lr(model, opt, tl, F.mse_loss, val_loader=val, num_iter=20, progress=False)
+        with pytest.raises(ValueError, match=hint + got):
+            find_lr(model, opt, tl, F.mse_loss, val_loader=val, num_iter=20, confirm=True,
+                    steps=60, progress=False)
+        task = from_torch(model, opt, tl, F.mse_loss, val_loader=val, steps=60)
+        with pytest.raises(ValueError, match=hint + got):
+            task.evaluate(model, "val")
+    assert all(torch.equal(a, b) for a, b in zip(before[0], _state(model, opt)[0]))
+
+
 def test_find_lr_and_search_on_a_from_torch_task_hand_the_model_back():
     """A from_torch task trains the user's model object in place; find_lr (with or without
     confirm) and search on it leave the model at its starting point, as tune does (they left
@@ -461,6 +484,96 @@ def test_find_lr_and_search_on_a_from_torch_task_hand_the_model_back():
     lrkit.search(task, method="grid", low=1e-3, high=1e-2, n_trials=2, storage="memory",
                  progress=False)
     assert at_start()
+
+
+def test_from_torch_tasks_hand_back_grads_and_the_loaders_generator(tmp_path):
+    """find_lr(task) and tune on a from_torch task left the last run's gradient on every
+    parameter (None before) and tune re-seeded the loader's generator: the user's next step
+    then added a stale gradient (SGD-momentum: not a clean step). Both now come back as
+    given: None stays None, a gradient the model held is restored, and so is the
+    generator's state."""
+    model, opt, tl, vl = _regression()
+    start = [p.detach().clone() for p in model.parameters()]
+    gen = tl.generator.get_state()
+    task = from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=40)
+    find_lr(task, num_iter=30, progress=False)
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(tl.generator.get_state(), gen)
+    # the user's next step equals one from a fresh copy of the starting point
+    ref = _regression()[0]
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9)
+    x, y = tl.dataset.tensors
+    for m, o in ((ref, ref_opt), (model, opt)):
+        F.mse_loss(m(x[:32]), y[:32]).backward()
+        o.step()
+    assert all(torch.equal(a, b) for a, b in zip(ref.parameters(), model.parameters()))
+    # a model that holds gradients (and momentum) when the task is built; then tune
+    grads = [p.grad.clone() for p in model.parameters()]
+    weights = [p.detach().clone() for p in model.parameters()]
+    assert not all(torch.equal(a, b) for a, b in zip(start, weights))
+    task = from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=20)
+    lrkit.tune(task, progress=False, out=tmp_path / "tune")
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
+    assert all(torch.equal(w, p) for w, p in zip(weights, model.parameters()))
+    assert torch.equal(tl.generator.get_state(), gen)
+
+
+def test_confirm_steps_down_when_its_longer_run_diverges_and_writes_json(tmp_path):
+    """Three short runs train; the longer run at their winner diverges late (a NaN once the
+    head's weight norm doubles stands in for an overflow that only a longer run reaches).
+    Confirm recommended that winner anyway ("medium"), its lr_range open above, and to_json
+    failed on the diverged runs' inf metrics. Now the pick steps down to the nearest lower
+    short run that trained, with confidence "low" and lr_range capped at the winner, the
+    reason says why, and the result round-trips through JSON (non-finite metrics as null)."""
+    import json
+
+    from lrkit.finder import RangeTestResult
+
+    model, opt, tl, vl = _regression()
+    cap = 2.0 * model[2].weight.norm().item()
+
+    def step(m, batch):
+        loss = F.mse_loss(m(batch[0]), batch[1])
+        return loss + torch.where(m[2].weight.norm() > cap, float("nan"), 0.0)
+
+    res = find_lr(model, opt, tl, step_fn=step, val_loader=vl, confirm=True, steps=300,
+                  num_iter=60, start_lr=1e-4, end_lr=10.0, progress=False)
+    c, long = res.confirm, res.confirm["long_check"]
+    winner = long["lr"]
+    short = next(r for r in c["runs"] if r["lr"] == winner)
+    assert long["diverged"] and not short["diverged"] and long["diverged_at"] > short["steps"]
+    trained_below = [r["lr"] for r in c["runs"] if r["lr"] < winner and not r["diverged"]]
+    assert c["stepped_down_from"] == winner and c["winner"] == max(trained_below)
+    assert res.lr == pytest.approx(c["winner"]) and res.schedule_lr == c["winner"]
+    assert res.suggestion.confidence == "low" and c["lr_range"][1] == winner
+    assert (f"a longer run at it ({long['steps']} steps) diverged at step {long['diverged_at']}"
+            in res.suggestion.reason and "so the pick steps down to" in res.suggestion.reason)
+    assert any(r["diverged"] for r in c["runs"])  # short runs with an inf metric too
+    text = res.to_json(str(tmp_path / "r.json"))
+    saved = json.loads(text)["confirm"]
+    assert saved["long_check"]["metric"] is None
+    assert all(r["metric"] is None for r in saved["runs"] if r["diverged"])
+    back = RangeTestResult.from_json(str(tmp_path / "r.json"))
+    assert back.lr == res.lr and back.confirm["stepped_down_from"] == winner
+    assert back.to_json() == text
+    back.plot(str(tmp_path / "r.png"))
+    assert (tmp_path / "r.png").stat().st_size > 5000
+
+
+def test_a_time_rescaled_pick_below_a_diverged_longer_run_keeps_its_lr_and_caps_the_range():
+    """When the collapse rule rescaled the winner (a pick below it) and the longer run at the
+    winner diverged, the pick stands and lr_range's top is capped at the winner."""
+    from lrkit.finder import _capped_by_divergence
+    from lrkit.suggest import Suggestion
+
+    sug = Suggestion(0.001, "lrkit+confirm", "medium", "time-rescaled")
+    long = {"lr": 0.01, "steps": 200, "diverged": True, "diverged_at": 150}
+    for hi, top in ((None, 0.01), (0.05, 0.01), (0.004, 0.004)):
+        out, c = _capped_by_divergence(sug, {"winner": 0.001, "lr_range": [5e-4, hi]}, long)
+        assert c["lr_range"] == [5e-4, top] and c["winner"] == 0.001
+        assert out.lr == 0.001 and out.confidence == "medium"
+        assert out.reason.endswith("a longer run at the short-run winner 0.01 (200 steps) "
+                                   "diverged at step 150: the best peak lr lies below it")
 
 
 def test_schedule_lr_is_the_peak_of_the_schedule_confirm_ran():

@@ -11,13 +11,15 @@ takes a Task; this helper builds one around the user's own objects:
   fresh optimizer of that class over the same parameter groups at the run's LR (group ``i`` gets
   ``lr * lr_i / lr_0``);
 - training batches come from ``train_loader`` (restarted each epoch, moved to the model's device);
-  the loader's shuffling generator, if it has one, is seeded with the run's seed;
+  the loader's shuffling generator, if it has one, is seeded with the run's seed (and its state
+  as given is put back with the model, below);
 - ``evaluate(model, "val")`` is ``metric_fn(model, val_loader)`` (default: the mean loss under
   ``loss_fn`` over ``val_loader``); ``"test"`` uses ``test_loader`` when given, else the val loader.
 
 A run (``lrkit.train.run``) leaves the user's model holding what it trained; ``find_lr``,
-``lrkit.search`` and ``lrkit.tune`` load the starting point back at the end
-(``lrkit.finder.put_back``; tune's trained weights are in ``TuneResult.weights``), and
+``lrkit.search`` and ``lrkit.tune`` load the starting point back at the end, with every
+parameter's ``.grad`` and the training loader's generator as given (``lrkit.finder.put_back``;
+tune's trained weights are in ``TuneResult.weights``), and
 ``find_lr`` on a model snapshots and restores it exactly.
 
 >>> import torch
@@ -103,6 +105,44 @@ def _schedule_family(schedule: Any, steps: int) -> tuple[str, int | None]:
         f"builds it (confirm and tune train miniatures of that family), got a "
         f"{spec.get('name')!r} schedule of another shape: pass the family's name and "
         "warmup_steps")
+
+
+class _StartingPoint:
+    """A from_torch task's ``build_model``: loads the model's weights and buffers as given
+    (copied to CPU once) back into the same model object, in place, with its train/eval
+    modes. :meth:`put_back` also hands back what the runs change besides: every parameter's
+    ``.grad`` as given (``None`` stays ``None``) and the state of the training loader's
+    shuffling generators, which every run re-seeds (:func:`lrkit.finder.put_back` calls it
+    after ``find_lr``, ``lrkit.tune`` and ``lrkit.search``)."""
+
+    def __init__(self, model: nn.Module, train_loader: Iterable) -> None:
+        from ..train import _cpu_grad, loader_generators, module_modes, module_state
+
+        self.model = model
+        self.weights = {k: v.detach().to("cpu", copy=True)
+                        for k, v in module_state(model).items()}
+        self.modes = module_modes(model)
+        self.grads = [_cpu_grad(p) for p in model.parameters()]
+        self.generators = loader_generators(train_loader)
+        self.generator_states = [g.get_state() for g in self.generators]
+
+    def __call__(self, seed: int) -> nn.Module:
+        from ..train import _copy_into_module, set_module_modes
+
+        _copy_into_module(self.model, self.weights)
+        set_module_modes(self.model, self.modes)
+        return self.model
+
+    def put_back(self) -> None:
+        """The model (weights, buffers, modes, gradients) and the loader's generators as
+        given to :func:`from_torch`."""
+        from ..train import _restore_grad
+
+        self(0)
+        for p, saved in zip(self.model.parameters(), self.grads):
+            _restore_grad(p, saved)
+        for g, state in zip(self.generators, self.generator_states):
+            g.set_state(state)
 
 
 def _code_bytes(code: types.CodeType) -> bytes:
@@ -286,19 +326,12 @@ def from_torch(
             raise ValueError(f"warmup_steps={warmup_steps} contradicts the schedule's own warmup "
                              f"of {scheduled_warmup} steps: give one of them")
         warmup_steps = scheduled_warmup
-    from ..train import (_copy_into_module, check_device, model_device, module_modes,
-                         module_state, set_module_modes)
+    from ..train import check_device, model_device
 
     dev = check_device("device", device) if device is not None else model_device(model)
 
     # --- the starting point: weights to CPU once, restored in place by build_model
-    init = {k: v.detach().to("cpu", copy=True) for k, v in module_state(model).items()}
-    training = module_modes(model)
-
-    def build_model(seed: int) -> nn.Module:
-        _copy_into_module(model, init)
-        set_module_modes(model, training)
-        return model
+    build_model = _StartingPoint(model, train_loader)
 
     # --- the optimizer: class, settings and groups (by position in model.parameters())
     index = {id(p): i for i, p in enumerate(model.parameters())}
@@ -306,8 +339,12 @@ def from_torch(
     for g in optimizer.param_groups:
         missing = [p for p in g["params"] if id(p) not in index]
         if missing:
-            raise ValueError("optimizer has parameters that are not model.parameters(); "
-                             "build the optimizer over this model's parameters")
+            raise ValueError("optimizer has parameters that are not model.parameters() (a "
+                             "learnable loss weight in its own param group?): every run "
+                             "rebuilds the optimizer over the model's parameters and starts "
+                             "from the model's weights; register such a parameter on the "
+                             "model (model.log_temp = nn.Parameter(...)), or build the "
+                             "optimizer over this model's parameters")
         groups.append(([index[id(p)] for p in g["params"]],
                        {k: v for k, v in g.items() if k not in _GROUP_ONLY}))
     ratios = check_group_lrs(optimizer)
@@ -352,23 +389,29 @@ def from_torch(
             if empty:
                 raise ValueError("train_loader yielded no batch")
 
-    def mean_loss(m: nn.Module, loader: Iterable) -> float:
+    def mean_loss(m: nn.Module, loader: Iterable, name: str) -> float:
         total, count = 0.0, 0
         for b in loader:
-            total += float(loss(m, _move(b, dev)))
+            try:
+                total += float(loss(m, _move(b, dev)))
+            except ValueError as e:  # a batch layout loss_fn cannot take: say which loader
+                raise ValueError(f"{name}: {e}") from e
             count += 1
         if count == 0:
-            raise ValueError("the validation loader yielded no batch")
+            raise ValueError(f"{name} yielded no batch")
         return total / count
 
     def evaluate(m: nn.Module, split: str) -> float:
         from ._data import check_split
 
-        loader = val_loader if check_split(split) == "val" or test_loader is None else test_loader
+        name = ("val_loader" if check_split(split) == "val" or test_loader is None
+                else "test_loader")
+        loader = val_loader if name == "val_loader" else test_loader
         from ..train import evaluating
 
         with evaluating(m):
-            value = metric_fn(m, loader) if metric_fn is not None else mean_loss(m, loader)
+            value = (metric_fn(m, loader) if metric_fn is not None
+                     else mean_loss(m, loader, name))
         try:  # a string ("0.9") is refused too: float() would have parsed it
             return as_real("value", value)
         except TypeError:
