@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +226,98 @@ def test_interrupted_study_resumes_with_completed_trials_kept(tmp_path: Path) ->
     assert len(failed) == 1
     assert [t.retry_of for t in res.trials if t.retry_of is not None] == [failed[0].number]
     assert res.best_lr == pytest.approx(1e-2)
+
+
+def _study(url: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=S.open_storage(url))
+
+
+def test_a_study_whose_planning_raised_is_taken_over_by_the_next_call(tmp_path: Path) -> None:
+    """A range test that raised (a bug in the loss; Ctrl-C alike) left its study created but
+    never planned, and the same call after the fix waited 300 s, then refused the study name.
+    The failed planner now marks its claim, and the next call plans the study and runs it."""
+    good = make_task()
+
+    def broken(model: torch.nn.Module, batch: tuple) -> torch.Tensor:
+        raise RuntimeError("bug in my loss")
+
+    kw = dict(n_trials=2, storage=sqlite(tmp_path), progress=False)
+    with pytest.raises(RuntimeError, match="bug in my loss"):
+        search(dataclasses.replace(good, loss=broken), **kw)  # method="auto": a range test
+    (summary,) = optuna.get_all_study_summaries(S.open_storage(sqlite(tmp_path)))
+    attrs = _study(sqlite(tmp_path), summary.study_name).user_attrs
+    assert "lrkit_spec" not in attrs and attrs["lrkit_planning"]["failed"]
+    assert attrs["lrkit_planning"]["error"] == "RuntimeError: bug in my loss"
+    start = time.monotonic()
+    res = search(good, **kw)  # the same call, default study name: resumes that study
+    assert time.monotonic() - start < 60  # no wait for a planner that is gone
+    assert res.study_name == summary.study_name and res.range_test is not None
+    assert len(res.trials) == 2 and all(t.state == "complete" for t in res.trials)
+    for t in res.trials:  # the independent reference: a plain run at each trial's LR
+        assert t.metric == run(good, t.lr, eval_split="val").metric
+    fresh = search(good, n_trials=2, storage="memory", progress=False)  # never interrupted
+    assert [t.lr for t in res.trials] == [t.lr for t in fresh.trials]
+
+
+_SLOW_PLANNER = textwrap.dedent("""
+    import dataclasses, sys, time
+    from lrkit.search import SearchOptions, search
+    from tests.tiny_task import make_task
+    task = make_task()
+    def slow(model, batch):  # a range test of ~5 s: longer than the 3 s grace period
+        time.sleep(0.1)
+        return task.loss(model, batch)
+    search(dataclasses.replace(task, loss=slow), n_trials=1, storage=sys.argv[1],
+           study_name="plan", progress=False, options=SearchOptions(heartbeat_interval=1))
+""")
+
+
+def _slow_planner(url: str) -> subprocess.Popen:
+    """A worker process that has created study "plan" and is running its range test."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    p = subprocess.Popen([sys.executable, "-c", _SLOW_PLANNER, url], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and p.poll() is None:
+        try:
+            if "lrkit_planning" in _study(url, "plan").user_attrs:
+                return p
+        except KeyError:  # not created yet
+            pass
+        time.sleep(0.1)
+    p.kill()
+    raise AssertionError(f"the planner never claimed its study: {p.communicate()[1][-2000:]!r}")
+
+
+@pytest.mark.parametrize("planner", ["alive", "killed"])
+def test_a_live_planner_is_waited_for_and_a_killed_one_taken_over(
+        planner: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers joining a study being planned wait as long as its planner's claim beats (here
+    past their 3 s grace period: the range test takes ~5 s), and take over a study whose
+    planner was killed (SIGKILL: it could mark nothing) once its claim has been still for the
+    grace period."""
+    tests: list[int] = []
+    real = S._core._range_test
+    monkeypatch.setattr(S._core, "_range_test",
+                        lambda task, **kw: tests.append(1) or real(task, **kw))
+    url = sqlite(tmp_path)
+    p = _slow_planner(url)
+    if planner == "killed":
+        time.sleep(1.0)
+        p.kill()
+        p.wait()
+    try:
+        res = search(make_task(), n_trials=1, storage=url, study_name="plan", progress=False,
+                     options=S.SearchOptions(heartbeat_interval=1))
+    finally:
+        _, err = p.communicate(timeout=120)
+    if planner == "alive":
+        assert p.returncode == 0, err.decode()[-3000:]
+        assert tests == []  # it never stole the study: one range test, the planner's
+    else:
+        assert tests == [1]  # it planned the study itself
+    assert len(res.trials) == 1 and res.trials[0].state == "complete"
+    assert res.trials[0].metric == run(make_task(), res.trials[0].lr, eval_split="val").metric
 
 
 # ------------------------------------------------------------------ many local processes
@@ -449,6 +542,57 @@ def test_joining_with_other_settings_is_refused(tmp_path: Path) -> None:
     search(bowl, method="grid", **kw)
     with pytest.raises(ValueError, match="created with method='grid'"):
         search(bowl, method="tpe", **kw)
+
+
+def test_joining_as_another_task_or_objective_is_refused(tmp_path: Path) -> None:
+    """Another objective or task under the same study_name got the first one's study and, its
+    trials used up, returned the other's best LR as its own; now the study stores what it
+    searches, and a joiner that is something else (or trains with another seed or subset) is
+    refused, naming both."""
+    def other(lr: float, report) -> float:  # another problem: its minimum is at 1e-4
+        return (math.log10(lr) + 4) ** 2
+
+    kw = dict(low=1e-4, high=1.0, method="random", n_trials=2, storage=sqlite(tmp_path),
+              progress=False)
+    search(bowl, study_name="obj", **kw)
+    here = f"{__name__}.test_joining_as_another_task_or_objective_is_refused.<locals>.other"
+    with pytest.raises(ValueError, match=rf"study 'obj' searches 'objective {__name__}\.bowl',"
+                                         rf" this call 'objective {here}'"):
+        search(other, study_name="obj", **kw)
+    kw = dict(kw, method="grid", low=1e-2, high=0.2)
+    search(make_task(), study_name="task", **kw)
+    renamed = dataclasses.replace(make_task(), name="another-task")
+    with pytest.raises(ValueError, match="study 'task' searches 'task tiny@1', this call "
+                                         "'task another-task@1'"):
+        search(renamed, study_name="task", **kw)
+    with pytest.raises(ValueError, match="created with seed=0, this call has seed=1"):
+        search(make_task(), study_name="task", seed=1, **kw)
+    with pytest.raises(ValueError, match="created with subset=None, this call has subset=0.5"):
+        search(make_task(), study_name="task", options=S.SearchOptions(subset=0.5), **kw)
+    assert len(search(make_task(), study_name="task", **kw).trials) == 2  # the same: joins
+
+
+def test_a_larger_n_trials_or_budget_extends_the_study_and_a_grid_is_fixed(
+        tmp_path: Path) -> None:
+    """A rerun asking for more trials returned the old ones silently; now n_trials and budget
+    are the call's own totals over the study: the trials it holds are kept and the rest run."""
+    kw = dict(low=1e-4, high=1.0, method="random", pruner="none", storage=sqlite(tmp_path),
+              study_name="s", progress=False)
+    first = search(bowl, n_trials=3, **kw)
+    res = search(bowl, n_trials=5, **kw)
+    assert [(t.lr, t.metric) for t in res.trials[:3]] == [(t.lr, t.metric) for t in first.trials]
+    assert len(res.trials) == 5 and all(t.metric == bowl(t.lr, lambda *a: None)
+                                        for t in res.trials)
+    assert any("changed the study's limits: n_trials 3 -> 5" in n for n in res.notes)
+    again = search(bowl, **kw)  # no limits given: the study's (now 5), nothing to run
+    assert len(again.trials) == 5 and not any("limits" in n for n in again.notes)
+    # budget: each trial of bowl costs the 10 steps it reports; 7 trials fit in 70
+    assert len(search(bowl, budget=70, **kw).trials) == 7
+    kw = dict(kw, method="grid", study_name="g")
+    search(bowl, n_trials=3, **kw)
+    with pytest.raises(ValueError, match=r"study 'g' is a grid of 3 points fixed when it was "
+                                         r"created \(n_trials=3\), this call has n_trials=4"):
+        search(bowl, n_trials=4, **kw)
 
 
 # ------------------------------------------------------------------------------------ DDP

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
 import math
 import threading
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -103,6 +105,10 @@ class _Plan:
     grid: list[tuple[str, float]]
     task_name: str
     notes: list[str]
+    identity: str = ""
+    subset: float | None = None
+    #: notes for this call's result only (not stored in the study)
+    call_notes: list[str] = dataclasses.field(default_factory=list)
 
     def spec(self) -> dict:
         return {"method": self.method, "families": self.families, "low": self.low,
@@ -110,7 +116,41 @@ class _Plan:
                 "metric": self.metric, "n_trials": self.n_trials, "budget": self.budget,
                 "trial_cost": self.trial_cost, "cv_folds": self.cv_folds, "seed": self.seed,
                 "starts": self.starts, "task": self.task_name, "notes": self.notes,
-                "grid": [[f, lr] for f, lr in self.grid]}
+                "grid": [[f, lr] for f, lr in self.grid], "identity": self.identity,
+                "subset": self.subset}
+
+
+@dataclass(frozen=True)
+class _Asked:
+    """What one ``search`` call asks of its study: the settings a joining worker must share
+    with the study's plan, and the trial limits it works to (``None``: the study's)."""
+
+    method: str
+    families: list
+    low: float | None
+    high: float | None
+    n_trials: int | None
+    budget: int | None
+    cv_folds: int | None
+    seed: int
+    subset: float | None
+    identity: str
+    task_name: str
+
+
+def _identity(task: Any) -> str:
+    """What a study searches, as stored in it and compared when a worker joins:
+    ``"task name@version"`` for a Task, ``"objective module.qualname"`` for a callable."""
+    from ..tasks import Task
+
+    if isinstance(task, Task):
+        return f"task {task.key}"
+    fn = task
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    module = getattr(fn, "__module__", None) or type(fn).__module__
+    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"objective {module}.{qualname}"
 
 
 def _check_args(method: str, pruner: str, low: Any, high: Any, n_trials: Any, budget: Any,
@@ -496,7 +536,11 @@ def search(
         storage: ``None`` (``./lrkit-runs/lrkit.db``, SQLite), a database URL (e.g.
             ``postgresql://user:password@host/db``), ``"memory"``, or an Optuna storage.
         study_name: the study to create or join (default: derived from the task, method and
-            settings, so the same call resumes the same study).
+            settings, so the same call resumes the same study). A joiner must search the same
+            task (``name@version``) or objective (``module.qualname``) with the same settings,
+            else ``ValueError``; its ``n_trials``/``budget`` (totals over the study) may grow
+            a study, except a grid's. A study whose planning raised or whose planner died is
+            taken over by the next call.
         seed: seeds the samplers, the range test and every trial's training run.
         progress: show a live table of the study's trials.
         direction: for an objective, ``"minimize"`` (default) or ``"maximize"``.
@@ -567,9 +611,11 @@ def search(
                 result = _help_tune(optuna, helped, task, options, display, where)
             return result
         sign = 1.0 if runner.higher_is_better else -1.0
+        asked = _Asked(method=method, families=fams, low=low, high=high, n_trials=n_trials,
+                       budget=budget, cv_folds=cv_folds, seed=seed, subset=options.subset,
+                       identity=_identity(task), task_name=task_name)
         study, plan = _open_study(optuna, st, name, runner, task if isinstance(task, Task) else
-                                  None, method, fams, low, high, n_trials, budget, cv_folds,
-                                  seed, range_test, world)
+                                  None, asked, range_test, options, world)
         study.sampler = _sampler(optuna, plan, sign)
         study.pruner = _pruner(optuna, pruner, plan, runner, world)
         display = _Display(bool(progress), f"lrkit search {name} ({method}) on {where}")
@@ -578,7 +624,7 @@ def search(
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             _work(optuna, study, plan, runner, sign, options, display, where)
-        result = result_from_study(study, where)
+        result = result_from_study(study, where, notes=plan.call_notes)
     finally:
         if display is not None:
             display.close()
@@ -612,7 +658,8 @@ def _tune_study(optuna: Any, st: Any, name: str, *, explicit: bool, where: str,
             attrs = study.user_attrs
             if attrs.get("lrkit") == "tune":
                 return study
-            if not (explicit and name.startswith("tune-")) or "lrkit_spec" in attrs:
+            if not (explicit and name.startswith("tune-")) or "lrkit_spec" in attrs or \
+                    _PLANNING in attrs:
                 return None  # a search study (or one being planned by a search worker)
         elif not (explicit and name.startswith("tune-")):
             return None
@@ -722,54 +769,226 @@ def _range_test(task: Any, *, seed: int) -> Any:
     return find_lr(task, seed=seed, num_iter=range_test_steps(task))
 
 
-def _open_study(optuna: Any, st: Any, name: str, runner: Any, task: Any, method: str,
-                fams: list, low: float | None, high: float | None, n_trials: int | None,
-                budget: int | None, cv_folds: int | None, seed: int, range_test: Any,
-                world: int) -> tuple[Any, _Plan]:
-    """Create the study (and plan it) or join it (and check it was planned the same way)."""
-    direction = "maximize" if runner.higher_is_better else "minimize"
+#: user attribute of a study being planned: {"owner", "beat", "every"} while its planner lives,
+#: {"owner", "failed": True, "error"} once its planning raised (Ctrl-C included)
+_PLANNING = "lrkit_planning"
+#: seconds a worker taking a study over waits before it looks whether its claim held
+_SETTLE = 2.0
+
+
+class _Lease:
+    """A worker's claim to plan a study, kept in its ``lrkit_planning`` attribute.
+
+    While it plans, a thread renews the claim's ``beat`` every ``every`` seconds; if planning
+    raises (a bug in the loss, Ctrl-C), the claim is marked failed so that the next call takes
+    the study over at once. Waiting workers judge a claim by whether it changes, on their own
+    clock: no two machines' clocks are compared.
+    """
+
+    def __init__(self, study: Any, every: float) -> None:
+        self.study, self.every = study, every
+        self.owner = uuid.uuid4().hex
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def claim(self) -> None:
+        self.study.set_user_attr(_PLANNING, {"owner": self.owner, "beat": time.time(),
+                                             "every": self.every})
+
+    def held(self) -> bool:
+        return (self.study.user_attrs.get(_PLANNING) or {}).get("owner") == self.owner
+
+    def _beat(self) -> None:
+        while not self.stop.wait(self.every):
+            try:
+                if not self.held():
+                    return  # taken over (this worker stalled past the grace period)
+                self.claim()
+            except Exception:  # noqa: BLE001 - a missed beat only risks a takeover
+                pass
+
+    def __enter__(self) -> "_Lease":
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, kind: Any, error: Any, tb: Any) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+        if error is not None:
+            self.fail(error)
+
+    def fail(self, error: BaseException) -> None:
+        """Mark the claim failed (if still this worker's): the next caller takes over at once."""
+        try:
+            if self.held():
+                self.study.set_user_attr(_PLANNING, {
+                    "owner": self.owner, "failed": True,
+                    "error": f"{type(error).__name__}: {error}"[:300]})
+        except Exception:  # noqa: BLE001 - the planning error matters more; the claim
+            pass  # then goes stale and is taken over after the grace period
+
+
+def _await_plan(study: Any, options: SearchOptions) -> _Lease | None:
+    """Wait until the study is planned (``None``), or take it over and return this worker's
+    lease when its planner failed (marked so) or fell silent: its claim unchanged for 3 of its
+    beat intervals (and at least this worker's grace period), e.g. a planner killed by SIGKILL.
+
+    Several waiters may take over at once: each writes its claim, waits ``_SETTLE`` s and plans
+    only if its claim is still the one stored (the last writer wins; the others wait on it).
+    """
+    seen: Any = ...
+    since = time.monotonic()
+    own_grace = options.grace_period or 3 * options.heartbeat_interval
+    while True:
+        attrs = study.user_attrs
+        if attrs.get("lrkit_ready"):
+            return None
+        claim = attrs.get(_PLANNING) or {}
+        if claim != seen:
+            seen, since = claim, time.monotonic()
+        grace = max(own_grace, 3 * float(claim.get("every", 0)))
+        if claim.get("failed") or time.monotonic() - since > grace:
+            lease = _Lease(study, options.heartbeat_interval)
+            lease.claim()
+            try:
+                time.sleep(_SETTLE)
+                won = lease.held() and not study.user_attrs.get("lrkit_ready")
+            except BaseException as e:  # Ctrl-C while settling: leave no live-looking claim
+                lease.fail(e)
+                raise
+            if won:
+                return lease
+            seen, since = ..., time.monotonic()  # another worker's claim won: wait on it
+        time.sleep(options.poll)
+
+
+def _create_or_load(optuna: Any, st: Any, name: str, direction: str,
+                    options: SearchOptions) -> tuple[Any, _Lease | None]:
+    """The study and, when this worker must plan it, its lease: the creator plans (creating a
+    study is atomic: exactly one worker succeeds); a joiner waits for the plan, or takes the
+    study over when its planner failed or died (:func:`_await_plan`)."""
     try:
         study = optuna.create_study(storage=st, study_name=name, direction=direction,
                                     load_if_exists=False)
-        creator = True
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=st)
-        creator = False
-    if creator:
-        plan = _make_plan(runner, task, method, fams, low, high, n_trials, budget, cv_folds,
-                          seed, range_test, world)
-        study.set_user_attr("lrkit_spec", plan.spec())
-        if plan.range_test is not None:
-            study.set_user_attr("lrkit_range_test", plan.range_test)
-        for fam, lr in plan.grid:
-            study.enqueue_trial({"lr": lr, "schedule": fam} if fam is not None else {"lr": lr})
-        study.set_user_attr("lrkit_ready", True)
-        return study, plan
-    deadline = time.monotonic() + 300
-    while not study.user_attrs.get("lrkit_ready"):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"study {name!r} exists but its creator never finished planning "
-                               f"it (did it crash?); use another study_name")
-        time.sleep(0.2)
-    spec = study.user_attrs["lrkit_spec"]
-    if study.direction.name.lower() != direction:
-        raise ValueError(f"study {name!r} {study.direction.name.lower()}s; this search "
-                         f"would {direction}")
-    given = {"method": method, "families": fams, "cv_folds": cv_folds, "low": low,
-             "high": high}
-    for key, value in given.items():
-        if value is not None and key in spec and spec[key] != value and not (
-                isinstance(value, float) and math.isclose(value, spec[key], rel_tol=1e-9)):
+        if study.direction.name.lower() != direction:
+            raise ValueError(f"study {name!r} {study.direction.name.lower()}s; this search "
+                             f"would {direction}") from None
+        return study, _await_plan(study, options)
+    lease = _Lease(study, options.heartbeat_interval)
+    lease.claim()
+    return study, lease
+
+
+def _open_study(optuna: Any, st: Any, name: str, runner: Any, task: Any, asked: _Asked,
+                range_test: Any, options: SearchOptions, world: int) -> tuple[Any, _Plan]:
+    """Create the study (and plan it) or join it (and check it was planned the same way)."""
+    direction = "maximize" if runner.higher_is_better else "minimize"
+    study, lease = _create_or_load(optuna, st, name, direction, options)
+    while lease is not None:  # this worker plans (nothing of the study is published yet)
+        with lease:
+            plan = _make_plan(runner, task, asked.method, asked.families, asked.low,
+                              asked.high, asked.n_trials, asked.budget, asked.cv_folds,
+                              asked.seed, range_test, world)
+            plan.identity, plan.subset = asked.identity, asked.subset
+            if lease.held():
+                _publish(study, plan)
+                return study, plan
+        lease = _await_plan(study, options)  # taken over while this worker stalled
+    return study, _joined_plan(study, name, asked)
+
+
+def _publish(study: Any, plan: _Plan) -> None:
+    """Write the plan into the study (spec, range test, the grid's queue), then mark it ready.
+    Points a planner killed mid-way had queued are voided first, so none is run twice."""
+    from optuna.trial import TrialState as S
+
+    storage = study._storage
+    for t in study.get_trials(deepcopy=False, states=(S.WAITING,)):
+        storage.set_trial_user_attr(t._trial_id, "lrkit_void", True)
+        storage.set_trial_state_values(t._trial_id, S.FAIL)
+    study.set_user_attr("lrkit_spec", plan.spec())
+    if plan.range_test is not None:
+        study.set_user_attr("lrkit_range_test", plan.range_test)
+    for fam, lr in plan.grid:
+        study.enqueue_trial({"lr": lr, "schedule": fam} if fam is not None else {"lr": lr})
+    study.set_user_attr("lrkit_ready", True)
+
+
+def _check_join(name: str, spec: dict, asked: _Asked) -> None:
+    """Refuse, naming the difference, a call that would join a study planned for another task
+    or objective, or with other settings (method, families, folds, range, subset, seed)."""
+    theirs = spec.get("identity")
+    if theirs is None:  # a study written before identities were stored: its task's name
+        theirs, mine = spec["task"], asked.task_name
+    else:
+        mine = asked.identity
+    if theirs != mine:
+        raise ValueError(f"study {name!r} searches {theirs!r}, this call {mine!r}: pass the "
+                         f"same task or objective, or another study_name")
+    given = {"method": asked.method, "families": asked.families, "cv_folds": asked.cv_folds,
+             "low": asked.low, "high": asked.high}
+    strict = {"subset": asked.subset}  # None is a setting here ("all data"), not "unsaid"
+    if asked.identity.startswith("task "):  # trials train with it (an objective ignores it)
+        strict["seed"] = asked.seed
+    for key, value in {**given, **strict}.items():
+        if key not in spec or (value is None and key in given):
+            continue
+        if spec[key] != value and not (_is_real(value) and _is_real(spec[key])
+                                       and math.isclose(value, spec[key], rel_tol=1e-9)):
             raise ValueError(f"study {name!r} was created with {key}={spec[key]!r}, this call "
                              f"has {key}={value!r}: use the same settings or another study_name")
-    plan = _Plan(method=spec["method"], families=spec["families"], low=spec["low"],
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _joined_limits(name: str, spec: dict, asked: _Asked) -> tuple[int | None, int | None,
+                                                                  list[str]]:
+    """The trial limits of a call joining a study, and a note when they changed: the call's
+    own when it gives any (totals over the study: a larger ``n_trials`` or ``budget`` runs the
+    trials beyond the study's), else the study's. A grid's points are fixed: other limits are
+    refused."""
+    if asked.n_trials is None and asked.budget is None:
+        return spec["n_trials"], spec["budget"], []
+    if spec["method"] == "grid":
+        for key in ("n_trials", "budget"):
+            value = getattr(asked, key)
+            if value is not None and value != spec[key]:
+                raise ValueError(
+                    f"study {name!r} is a grid of {len(spec['grid'])} points fixed when it was "
+                    f"created ({key}={spec[key]!r}), this call has {key}={value!r}: a grid "
+                    f"cannot grow; use another study_name for another grid")
+        return spec["n_trials"], spec["budget"], []
+    if (asked.n_trials, asked.budget) == (spec["n_trials"], spec["budget"]):
+        return asked.n_trials, asked.budget, []
+    changes = [f"{key} {spec[key]} -> {value}" for key, value in
+               (("n_trials", asked.n_trials), ("budget", asked.budget)) if spec[key] != value]
+    note = (f"this call changed the study's limits: {', '.join(changes)} (totals over the "
+            f"study: the trials it already held count towards them)")
+    return asked.n_trials, asked.budget, [note]
+
+
+def _joined_plan(study: Any, name: str, asked: _Asked) -> _Plan:
+    """The plan stored in the study, checked against this call, with this call's limits (which
+    the study then records, for ``search show`` and later calls that give none)."""
+    spec = study.user_attrs["lrkit_spec"]
+    _check_join(name, spec, asked)
+    n_trials, budget, notes = _joined_limits(name, spec, asked)
+    if notes:
+        study.set_user_attr("lrkit_spec", {**spec, "n_trials": n_trials, "budget": budget})
+    return _Plan(method=spec["method"], families=spec["families"], low=spec["low"],
                  high=spec["high"], higher_is_better=spec["higher_is_better"],
-                 metric=spec["metric"], n_trials=spec["n_trials"], budget=spec["budget"],
+                 metric=spec["metric"], n_trials=n_trials, budget=budget,
                  trial_cost=spec["trial_cost"], cv_folds=spec["cv_folds"], seed=spec["seed"],
                  starts=spec["starts"], range_test=study.user_attrs.get("lrkit_range_test"),
                  grid=[(f, lr) for f, lr in spec["grid"]], task_name=spec["task"],
-                 notes=spec["notes"])
-    return study, plan
+                 notes=spec["notes"], identity=spec.get("identity", ""),
+                 subset=spec.get("subset"), call_notes=notes)
 
 
 def _make_plan(runner: Any, task: Any, method: str, fams: list, low: float | None,
