@@ -597,7 +597,7 @@ class _LRScaler(Callback):
     ``fit`` sets the LR at the start of a step (a callable schedule) or after the optimizer step
     (an :class:`lrkit.torch.LRSchedule`); without a schedule the LR just stays. A scaler
     rewrites each group's LR in ``on_step_end`` (for the next step) and ``on_before_step`` (for
-    this step), and treats a group LR that differs from the one last written over it as the
+    this step), and treats a group LR other than the one last written over it as the
     schedule's fresh value, so a scale is applied exactly once per step and composes with any
     schedule. Scalers on one optimizer share that record and write the composition of their
     transforms, in the order ``fit`` started them (``DecayOnPlateau`` and ``DecayOnFinding``
@@ -620,7 +620,11 @@ class _LRScaler(Callback):
         shared = self._shared
         shared.applied = True
         for i, g in enumerate(self._opt.param_groups):
-            if shared.written[i] is None or g["lr"] != shared.written[i]:
+            # by identity, not value: a schedule's decay can land on the very value a scale
+            # wrote (step(0.1, gamma=0.1) at 0.01 where DecayOnPlateau(factor=0.1) had cut to
+            # it), and read as "unchanged" the decay was lost for the rest of the run; every
+            # schedule write is a new float object, and an LR nothing rewrote is this one
+            if shared.written[i] is None or g["lr"] is not shared.written[i]:
                 shared.base[i] = float(g["lr"])
             lr = shared.base[i]
             for m in shared.members:

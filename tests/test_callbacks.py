@@ -281,6 +281,26 @@ def test_two_lr_scalers_compose_as_the_product_of_their_scales(family):
     assert seen[-1] == pytest.approx((sched(119) if sched else 0.1) * plateau.scale / 3)
 
 
+@pytest.mark.parametrize("callable_schedule", [False, True])
+def test_a_schedule_decay_onto_the_value_a_scale_wrote_is_not_lost(callable_schedule):
+    """step(0.1, 30, gamma=0.1) with DecayOnPlateau(factor=0.1) cutting at step 20: at step 30
+    the schedule's 0.01 is the very value the cut wrote, and read as "unchanged" it was lost
+    (0.01 to the end instead of 0.001)."""
+    from lrkit import schedules
+
+    model, batches = _linear()
+    s = schedules.step(0.1, 30, gamma=0.1)
+    vals = iter([1.0, 2.0, 0.5, 0.4])  # one cut, at the evaluation after step 19
+    dec = DecayOnPlateau(Plateau(factor=0.1, patience=0), evaluate=lambda m: next(vals),
+                         eval_every=10)
+    res = train.fit(model, torch.optim.SGD(model.parameters(), lr=0.1), batches, num_steps=40,
+                    loss_fn=nn.functional.mse_loss,
+                    schedule=(lambda t: s(t)) if callable_schedule else s, callbacks=[dec])
+    assert dec.cuts == [20]
+    for t in range(40):
+        assert res.lrs[t] == pytest.approx(s(t) * (0.1 if t >= 20 else 1.0), rel=1e-12), t
+
+
 def test_decay_on_finding_cuts_the_lr_from_the_step_the_monitor_finds_it_too_high():
     from lrkit import schedules
 
