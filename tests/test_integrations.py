@@ -90,6 +90,97 @@ def test_lightning_trainer_feeds_every_step_and_records_findings(tmp_path):
     assert ref.finding("diverged").step == cb.monitor.finding("diverged").step
 
 
+class _Spy(Monitor):
+    """A Monitor that keeps what the adapter fed it: ``(step, loss, lr)`` and ``(step, val)``."""
+
+    def reset(self) -> None:
+        super().reset()
+        self.fed: list[tuple[int, float, float | None]] = []
+        self.vals: list[tuple[int, float]] = []
+
+    def update(self, step, loss, **kw):
+        self.fed.append((step, loss, kw.get("lr")))
+        return super().update(step, loss, **kw)
+
+    def observe_val(self, step, val_metric):
+        self.vals.append((step, val_metric))
+        return super().observe_val(step, val_metric)
+
+
+def _accumulating_fit(pl, tmp_path, k: int, epochs: int, ckpt: str | None = None):
+    """Fit a LightningModule that records each training_step loss for ``epochs`` epochs of 7
+    batches with ``accumulate_grad_batches=k`` (checkpointing each epoch; resumed from
+    ``ckpt`` if given); return the module, the callback and the trainer."""
+    from lrkit.integrations.lightning import LightningMonitor
+
+    class Reg(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nn.Linear(4, 1)
+            self.losses: list[float] = []
+
+        def training_step(self, batch, batch_idx):
+            loss = nn.functional.mse_loss(self.net(batch[0]), batch[1])
+            self.losses.append(float(loss.detach()))
+            return loss
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", nn.functional.mse_loss(self.net(batch[0]), batch[1]))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    x, y = _data(56)
+    ds = torch.utils.data.TensorDataset(x, y)
+    module, cb = Reg(), LightningMonitor(_Spy(), val_key="val_loss", verbose=False)
+    trainer = pl.Trainer(max_epochs=epochs, accumulate_grad_batches=k, accelerator="cpu",
+                         devices=1, logger=False, default_root_dir=str(tmp_path / f"fit{epochs}"),
+                         enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, callbacks=[cb])
+    trainer.fit(module, torch.utils.data.DataLoader(ds, batch_size=8),
+                torch.utils.data.DataLoader(ds, batch_size=56), ckpt_path=ckpt)
+    return module, cb, trainer
+
+
+def _window_means(losses: list[float], k: int, per_epoch: int = 7) -> list[float]:
+    """Mean loss of each optimizer update: windows of k batches, restarted each epoch (whose
+    last window is shorter when k does not divide its batches, as Lightning steps it)."""
+    means = []
+    for e in range(0, len(losses), per_epoch):
+        epoch = losses[e:e + per_epoch]
+        means += [sum(epoch[i:i + k]) / len(epoch[i:i + k]) for i in range(0, len(epoch), k)]
+    return means
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_lightning_monitor_feeds_the_mean_loss_of_each_accumulated_update(tmp_path, k):
+    """With ``accumulate_grad_batches=k`` the monitor gets one record per optimizer update:
+    the mean of the losses training_step returned over its micro-batches (not Lightning's
+    last ``loss / k``), the 7th batch of an epoch a window of its own for k=3; a fit resumed
+    from a checkpoint goes on at the restored step with the new updates only."""
+    pl = pytest.importorskip("lightning.pytorch")
+    per_epoch = -(-7 // k)  # 7 or 3 updates an epoch
+    module, cb, trainer = _accumulating_fit(pl, tmp_path, k, epochs=1)
+    assert trainer.global_step == per_epoch
+    fed = cb.monitor.fed
+    assert [s for s, _, _ in fed] == list(range(per_epoch)) == cb.record.steps
+    assert [v for _, v, _ in fed] == pytest.approx(_window_means(module.losses, k), rel=1e-6)
+    assert all(lr == 0.05 for _, _, lr in fed)
+    assert cb.monitor.vals == [(per_epoch - 1, pytest.approx(
+        float(trainer.callback_metrics["val_loss"])))]
+    if k == 3:  # the last micro-batch's loss / k, what Lightning hands on, is far from it
+        assert fed[0][1] != pytest.approx(module.losses[2] / 3, rel=0.05)
+
+    ckpt = trainer.checkpoint_callback.best_model_path
+    module2, cb2, trainer2 = _accumulating_fit(pl, tmp_path, k, epochs=3, ckpt=ckpt)
+    assert trainer2.global_step == 3 * per_epoch and len(module2.losses) == 14
+    fed2 = cb2.monitor.fed
+    assert [s for s, _, _ in fed2] == list(range(per_epoch, 3 * per_epoch))
+    assert [v for _, v, _ in fed2] == pytest.approx(_window_means(module2.losses, k), rel=1e-6)
+    assert [s for s, _ in cb2.monitor.vals] == [2 * per_epoch - 1, 3 * per_epoch - 1]
+
+
 def test_hf_trainer_feeds_every_step_and_records_findings(tmp_path):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")

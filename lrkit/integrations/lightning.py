@@ -6,12 +6,13 @@ train (in place of ``Tuner(trainer).lr_find(module)``).
 >>> trainer = lightning.pytorch.Trainer(callbacks=[LightningMonitor(val_key="val_loss")])  # doctest: +SKIP
 >>> res = lrkit.tune(from_lightning(module, datamodule, steps=trainer_steps))  # doctest: +SKIP
 
-Per optimizer step it records the training loss (the ``loss`` the ``training_step`` returned),
-the LR of the first optimizer's group 0 and the global gradient norm (taken in
-``on_before_optimizer_step``, i.e. after unscaling and before clipping and the step). After each
-validation run it passes ``trainer.callback_metrics[val_key]`` to the monitor. ``total_steps``
-defaults to ``trainer.estimated_stepping_batches``. Findings in ``stop_on`` set
-``trainer.should_stop``; new findings are printed on rank zero (``verbose``).
+Per optimizer step it records the training loss (the ``loss`` the ``training_step`` returned;
+with ``accumulate_grad_batches=k``, its mean over the step's micro-batches, the last window of an
+epoch as short as Lightning steps it), the LR of the first optimizer's group 0 and the global
+gradient norm (taken in ``on_before_optimizer_step``, i.e. after unscaling and before clipping
+and the step). After each validation run it passes ``trainer.callback_metrics[val_key]`` to the
+monitor. ``total_steps`` defaults to ``trainer.estimated_stepping_batches``. Findings in
+``stop_on`` set ``trainer.should_stop``; new findings are printed on rank zero (``verbose``).
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ class LightningMonitor(pl.Callback):
         self.record = Record()
         self._gn: float | None = None
         self._lr: float | None = None
-        self._last_step = -1
+        self._last_step = -1  # 0-based index of the last optimizer step seen
+        self._first_step = 0  # trainer.global_step when this fit started (resumed: > 0)
+        self._losses: list[float] = []  # training_step losses of the update under way
 
     def _react(self, trainer: Any, new: list) -> None:
         for f in new:
@@ -72,7 +75,9 @@ class LightningMonitor(pl.Callback):
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self.monitor.reset()
         self.record = Record()
-        self._last_step = -1
+        self._first_step = int(trainer.global_step)
+        self._last_step = self._first_step - 1
+        self._losses = []
         total = self.total_steps
         if total is None:
             est = getattr(trainer, "estimated_stepping_batches", None)
@@ -89,22 +94,25 @@ class LightningMonitor(pl.Callback):
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        value = _step_loss(outputs, trainer.accumulate_grad_batches)
+        if value is not None:
+            self._losses.append(value)
         step = int(trainer.global_step) - 1  # optimizer steps done, 0-based index of the last
         if step <= self._last_step:
             return  # an accumulation micro-batch: no optimizer step yet
         self._last_step = step
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        value = as_float(loss)
-        if value is None:
+        losses, self._losses = self._losses, []
+        if not losses:
             return
         lr = self._lr if self._lr is not None else float(
             trainer.optimizers[0].param_groups[0]["lr"])
-        new = self.monitor.update(step, value, lr=lr, grad_norm=self._gn)
+        new = self.monitor.update(step, sum(losses) / len(losses), lr=lr, grad_norm=self._gn)
         self.record.add(step, new)
         self._react(trainer, new)
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        if self.val_key is None or trainer.sanity_checking or self._last_step < 0:
+        if (self.val_key is None or trainer.sanity_checking
+                or self._last_step < self._first_step):  # no step in this fit yet
             return
         value = as_float(trainer.callback_metrics.get(self.val_key))
         if value is None:
@@ -112,6 +120,15 @@ class LightningMonitor(pl.Callback):
         new = self.monitor.observe_val(self._last_step, value)
         self.record.raised.extend(new)
         self._react(trainer, new)
+
+
+def _step_loss(outputs: Any, accumulate: int) -> float | None:
+    """The loss ``training_step`` returned, from ``on_train_batch_end``'s ``outputs``: Lightning
+    hands on ``loss / accumulate_grad_batches`` (its gradient is the mean over the window), so
+    the division is undone. None where the step returned no loss (a skipped batch)."""
+    loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+    value = as_float(loss)
+    return None if value is None else value * int(accumulate)
 
 
 def _one_optimizer(config: Any) -> Any:
