@@ -58,7 +58,8 @@ __all__ = [
 
 #: The fields of one line of a :class:`JsonlLogger` log (JSON lines: one object per line).
 LOG_FIELDS: dict[str, str] = {
-    "lrkit_log": "first line only: the log format version (1); with 'meta', a free-form object",
+    "lrkit_log": "first line only: the log format version (1); with 'meta', a free-form object "
+                 "(non-finite numbers in it written as the strings \"nan\", \"inf\", \"-inf\")",
     "step": "0-based index of the optimizer update (int)",
     "loss": "mean training loss of the update (float; null when not finite)",
     "lr": "learning rate of param group 0 used for the update (float)",
@@ -67,7 +68,8 @@ LOG_FIELDS: dict[str, str] = {
     "val_metric": "validation metric measured after this update (float; only on evaluated steps)",
     "time": "seconds since the start of training (float)",
     "findings": "findings raised or updated at this step (list of Finding.to_dict(); if any)",
-    "end": "last line only: {'stop_reason': ..., 'steps_done': ...}",
+    "end": "last line only: {'stop_reason': ..., 'steps_done': ...}; a run that raised ends "
+           "with {'stop_reason': 'error', 'steps_done': ..., 'error': '<type>: <message>'}",
 }
 
 
@@ -103,8 +105,10 @@ class _Recorder(Callback):
     The gradient norm is ``StepInfo.grad_norm`` when ``fit`` computed it, else this callback
     computes it every ``grad_norm_every`` updates (before the optimizer step and before any
     clipping when ``fit`` has the ``on_before_step`` hook, else after the step from the same
-    ``.grad`` tensors). The validation metric comes from ``fit``'s ``evaluate``/``eval_every``
-    (``on_eval``) or from this callback's own ``evaluate(model)`` every ``eval_every`` updates.
+    ``.grad`` tensors); once ``fit`` is seen to supply it (from the first update on), this
+    callback computes none. The validation metric comes from this callback's own
+    ``evaluate(model)`` every ``eval_every`` updates when it has one (``fit``'s ``on_eval`` is
+    then ignored: one series, one metric), else from ``fit``'s ``evaluate``/``eval_every``.
 
     Per update the callback only appends the record to a buffer; every ``flush_every`` updates
     (and at an evaluation, a non-finite loss and the end) the buffered records are processed in a
@@ -126,6 +130,7 @@ class _Recorder(Callback):
         self.flush_every = check_int("flush_every", flush_every, minimum=1)
         self._buf: list[dict] = []
         self._pre_norm: float | None = None
+        self._fit_norms = False  # fit supplies StepInfo.grad_norm (seen at the first update)
         self._t = 0
         self._start = 0.0
 
@@ -133,17 +138,21 @@ class _Recorder(Callback):
     def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self._buf = []
         self._pre_norm = None
+        self._fit_norms = False
         self._t = 0
         self._start = time.perf_counter()
         self._open(model, optimizer)
 
     def on_before_step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         every = self.grad_norm_every
-        self._pre_norm = _grad_norm(model) if every is not None and self._t % every == 0 else None
+        self._pre_norm = (_grad_norm(model) if every is not None and self._t % every == 0
+                          and not self._fit_norms else None)
 
     def on_step_end(self, info: StepInfo) -> bool | str | None:
         step = info.step
         gn = info.grad_norm
+        if step == 0:
+            self._fit_norms = gn is not None
         if gn is None and self.grad_norm_every is not None and step % self.grad_norm_every == 0:
             gn = self._pre_norm if self._pre_norm is not None else _grad_norm(info.model)
             self._pre_norm = None
@@ -164,6 +173,8 @@ class _Recorder(Callback):
         return None
 
     def on_eval(self, step: int, metric: float) -> bool | str | None:
+        if self.evaluate is not None:  # its own evaluate is its one source of metrics
+            return None
         for rec in reversed(self._buf):
             if rec["step"] == step - 1:
                 rec["val_metric"] = float(metric)
@@ -177,6 +188,15 @@ class _Recorder(Callback):
                               "lr": result.lrs[-1], "time": time.perf_counter() - self._start})
         self._drain(keep_last=False)
         self._close({"stop_reason": result.stop_reason, "steps_done": result.steps_done})
+
+    def on_train_error(self, exc: BaseException) -> None:
+        """The run raised: process and emit the buffered records, then close with the end
+        record ``{"stop_reason": "error", "steps_done": ..., "error": "<type>: <message>"}``."""
+        try:
+            self._drain(keep_last=False)
+        finally:
+            self._close({"stop_reason": "error", "steps_done": self._t,
+                         "error": f"{type(exc).__name__}: {exc}"})
 
     def _drain(self, *, keep_last: bool) -> bool | str | None:
         """Observe and emit the buffered records (all but the newest with ``keep_last``)."""
@@ -215,6 +235,18 @@ def _num(x: float) -> str:
     return repr(float(x)) if math.isfinite(x) else "null"
 
 
+def _strict(obj: Any) -> Any:
+    """``obj`` (JSON-able) with every non-finite float, at any depth, as the string ``"nan"``,
+    ``"inf"`` or ``"-inf"``: strict JSON, which has no NaN or Infinity."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if obj != obj else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, Mapping):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    return obj
+
+
 class JsonlLogger(_Recorder):
     """Write one JSON object per optimizer update to ``path`` (fields: :data:`LOG_FIELDS`).
 
@@ -223,8 +255,16 @@ class JsonlLogger(_Recorder):
     :func:`lrkit.monitor.read_log` turns it back into arrays. Non-finite losses are written as
     ``null``, a non-finite gradient norm as the string ``"inf"`` (``null`` would read back as
     "not computed", and the monitor treats the two differently: see
-    ``Thresholds.skipped_steps``). Lines are formatted by hand (no ``json.dumps`` per step) and
-    written through a buffered file, so logging costs about a microsecond per update.
+    ``Thresholds.skipped_steps``); so are non-finite numbers in ``meta`` (``"nan"``, ``"inf"``,
+    ``"-inf"``): every line is strict JSON. Lines are formatted by hand (no ``json.dumps`` per
+    step) and written through a buffered file, so logging costs about a microsecond per update.
+
+    The header is on disk as soon as training starts, and the file is flushed at least every
+    ``flush_secs`` seconds of training (checked as records are written, from their ``time``)
+    as well as whenever its 64 KB buffer fills: a run killed outright (SIGKILL, the OOM killer)
+    loses at most the last ``flush_secs`` and the records not yet processed (up to
+    ``flush_every`` updates). A run that raises is closed with an ``end`` line saying
+    ``"error"`` (``Callback.on_train_error``).
 
     Use it alone as a callback, or pass it to :class:`MonitorCallback` (``loggers=[...]``) to add
     the monitor's findings to the log.
@@ -233,43 +273,55 @@ class JsonlLogger(_Recorder):
         path: the ``.jsonl`` file to write (parent folders are created; an existing file is
             replaced).
         meta: JSON-able facts about the run for the first line (task, LR, seed...).
-        grad_norm_every, evaluate, eval_every: see :class:`MonitorCallback`.
+        grad_norm_every, evaluate, eval_every, flush_every: see :class:`MonitorCallback`.
+        flush_secs: flush the file to disk at least this often (seconds of training).
     """
 
     def __init__(self, path: str | Path, *, meta: Mapping[str, Any] | None = None,
                  grad_norm_every: int | None = 1,
                  evaluate: Callable[[nn.Module], float] | None = None,
-                 eval_every: int | None = None, flush_every: int = 16) -> None:
+                 eval_every: int | None = None, flush_every: int = 16,
+                 flush_secs: float = 1.0) -> None:
         super().__init__(grad_norm_every=grad_norm_every, evaluate=evaluate, eval_every=eval_every,
                          flush_every=flush_every)
+        self.flush_secs = check_positive("flush_secs", flush_secs)
         if not isinstance(path, (str, Path)):
             raise TypeError(f"path must be a str or Path, got {type(path).__name__}")
         self.path = Path(path)
         if self.path.is_dir():  # it was IsADirectoryError once training had started
             raise ValueError(f"path must be a file to write, got the folder {str(path)!r}")
         self.meta = dict(meta or {})
-        json.dumps(self.meta)  # fail at the door on a non-JSON-able meta
+        json.dumps(_strict(self.meta), allow_nan=False)  # fail at the door on a non-JSON-able meta
         self._file: Any = None
+        self._flush_at = 0.0
 
     def _open(self, model: Any = None, optimizer: Any = None) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "w", encoding="utf-8", buffering=1 << 16)
         self._write = self._file.write
-        self._file.write(json.dumps({"lrkit_log": 1, "meta": self.meta}) + "\n")
+        self._file.write(json.dumps({"lrkit_log": 1, "meta": _strict(self.meta)},
+                                    allow_nan=False) + "\n")
+        self._file.flush()  # the header on disk at once, whatever happens to the run
+        self._flush_at = self.flush_secs
 
     def _emit(self, rec: dict) -> None:
+        self._write(self._line(rec))
+        if rec["time"] >= self._flush_at:  # no clock read: the record's own time
+            self._file.flush()
+            self._flush_at = rec["time"] + self.flush_secs
+
+    def _line(self, rec: dict) -> str:
+        """One record as a JSON line."""
         loss, lr, gn = rec["loss"], rec["lr"], rec.get("grad_norm")
         n = len(rec)
         # fast path (most updates): finite numbers, no val metric, no findings
         if loss - loss == 0.0 and lr - lr == 0.0 and (
                 n == 4 or (n == 5 and gn is not None and gn - gn == 0.0)):
             if gn is None:
-                self._write(f'{{"step": {rec["step"]}, "loss": {loss!r}, "lr": {lr!r}, '
-                            f'"time": {rec["time"]!r}}}\n')
-            else:
-                self._write(f'{{"step": {rec["step"]}, "loss": {loss!r}, "lr": {lr!r}, '
-                            f'"grad_norm": {gn!r}, "time": {rec["time"]!r}}}\n')
-            return
+                return (f'{{"step": {rec["step"]}, "loss": {loss!r}, "lr": {lr!r}, '
+                        f'"time": {rec["time"]!r}}}\n')
+            return (f'{{"step": {rec["step"]}, "loss": {loss!r}, "lr": {lr!r}, '
+                    f'"grad_norm": {gn!r}, "time": {rec["time"]!r}}}\n')
         parts = [f'{{"step": {rec["step"]}, "loss": {_num(loss)}, "lr": {_num(lr)}']
         if gn is not None:  # non-finite: "inf", not null, which reads back as "not computed"
             parts.append(', "grad_norm": ' + (_num(gn) if gn - gn == 0.0 else '"inf"'))
@@ -281,13 +333,15 @@ class JsonlLogger(_Recorder):
         if found:
             parts.append(', "findings": ' + json.dumps([f.to_dict() for f in found]))
         parts.append("}\n")
-        self._write("".join(parts))
+        return "".join(parts)
 
     def _close(self, end: dict) -> None:
         if self._file is not None:
-            self._file.write(json.dumps({"end": end}) + "\n")
-            self._file.close()
-            self._file = None
+            try:
+                self._file.write(json.dumps({"end": _strict(end)}) + "\n")
+            finally:
+                self._file.close()
+                self._file = None
 
 
 class TensorBoardLogger(_Recorder):
@@ -360,8 +414,10 @@ class MonitorCallback(_Recorder):
         grad_norm_every: compute the global gradient norm every this many updates when ``fit``
             does not (None: only use ``fit``'s); it costs one pass over the gradients.
         evaluate, eval_every: measure a validation metric ``evaluate(model)`` every
-            ``eval_every`` updates (in ``eval()`` mode, without gradients); metrics from
-            ``fit(evaluate=..., eval_every=...)`` are used too.
+            ``eval_every`` updates (in ``eval()`` mode, without gradients); then the metrics of
+            ``fit(evaluate=..., eval_every=...)`` are ignored (one metric in one series, the one
+            the loggers write, so a replay of the log finds what the run found); without them,
+            ``fit``'s are used.
 
     Example:
         >>> cb = MonitorCallback(total_steps=300)          # doctest: +SKIP
@@ -466,7 +522,9 @@ class MonitorCallback(_Recorder):
 
 # -------------------------------------------------------------------------------------- acting
 class _ValSource(Callback):
-    """Validation metrics from ``fit``'s ``on_eval`` or an own ``evaluate(model)`` schedule."""
+    """Validation metrics from an own ``evaluate(model)`` schedule or, without one, from
+    ``fit``'s ``on_eval``: one source, never both (each evaluation would count twice); they
+    reach :meth:`_metric`."""
 
     def __init__(self, evaluate: Callable[[nn.Module], float] | None,
                  eval_every: int | None) -> None:
@@ -481,17 +539,33 @@ class _ValSource(Callback):
         if self.evaluate is not None and (info.step + 1) % self.eval_every == 0:
             with evaluating(info.model):
                 metric = as_real("evaluate(model)'s value", self.evaluate(info.model))
-            return self.on_eval(info.step + 1, metric)
+            return self._metric(info.step + 1, metric)
+        return None
+
+    def on_eval(self, step: int, metric: float) -> bool | str | None:
+        if self.evaluate is not None:  # its own evaluate is its one source
+            return None
+        return self._metric(step, metric)
+
+    def _metric(self, step: int, metric: float) -> bool | str | None:
+        """A validation metric measured after update ``step`` (1-based); may request a stop."""
         return None
 
 
 class EarlyStopping(_ValSource):
-    """Stop when the validation metric has not improved for ``patience`` evaluations.
+    """Stop once the validation metric has not improved for ``patience`` evaluations in a row
+    (Keras' and Lightning's ``EarlyStopping``: ``patience=1`` stops at the first evaluation
+    that does not improve, as does ``patience=0``).
 
-    "Better" is :meth:`lrkit.torch.Plateau.is_better` (``metric < best (1 - min_delta)`` for
-    ``mode="min"``, relative by default, as ``ReduceLROnPlateau``). With ``restore_best`` the
-    model's weights at the best evaluation are put back at the end of training (kept in CPU
-    memory). The stop reason is ``"early_stop"``.
+    An evaluation improves when ``metric < best - min_delta |best|`` (``mode="min"``;
+    ``metric > best + min_delta |best|`` for ``"max"``), relative by default;
+    ``delta_mode="abs"`` uses ``min_delta`` itself. ``|best|`` keeps the direction for a
+    negative metric (a negative log-likelihood, an ELBO), where ``ReduceLROnPlateau``'s
+    ``best (1 - min_delta)`` would call a worse value better. The metric comes from its own
+    ``evaluate``/``eval_every`` or, without them, from ``fit(evaluate=..., eval_every=...)``.
+    With ``restore_best`` the model's weights at the best evaluation are put back at the end of
+    training (kept in CPU memory; not when the run raises). The stop reason is
+    ``"early_stop"``.
     """
 
     def __init__(self, *, patience: int = 5, mode: str = "min", min_delta: float = 0.0,
@@ -499,15 +573,15 @@ class EarlyStopping(_ValSource):
                  evaluate: Callable[[nn.Module], float] | None = None,
                  eval_every: int | None = None) -> None:
         super().__init__(evaluate, eval_every)
-        from .torch import Plateau
-
         self.patience = check_int("patience", patience, minimum=0)
-        self._rule = Plateau(mode=mode, threshold=min_delta, threshold_mode=delta_mode)
+        self.mode = check_choice("mode", mode, ("min", "max"))
+        self.min_delta = check_positive("min_delta", min_delta, allow_zero=True)
+        self.delta_mode = check_choice("delta_mode", delta_mode, ("rel", "abs"))
         self.restore_best = bool(restore_best)
         self.reset()
 
     def reset(self) -> None:
-        self.best = math.inf if self._rule.mode == "min" else -math.inf
+        self.best = math.inf if self.mode == "min" else -math.inf
         self.best_step = -1
         self.bad = 0
         self.stopped_step: int | None = None
@@ -518,15 +592,24 @@ class EarlyStopping(_ValSource):
         self.reset()
         self._model = model
 
-    def on_eval(self, step: int, metric: float) -> bool | str | None:
-        if self._rule.is_better(metric, self.best):
+    def _improves(self, metric: float) -> bool:
+        """Whether ``metric`` beats ``self.best`` by more than ``min_delta`` (a NaN never
+        does; the first finite metric always does)."""
+        best = self.best
+        if not math.isfinite(best):
+            return metric < best if self.mode == "min" else metric > best
+        margin = self.min_delta * (abs(best) if self.delta_mode == "rel" else 1.0)
+        return metric < best - margin if self.mode == "min" else metric > best + margin
+
+    def _metric(self, step: int, metric: float) -> bool | str | None:
+        if self._improves(metric):
             self.best, self.best_step, self.bad = metric, step, 0
             if self.restore_best and self._model is not None:
                 self._best_state = {k: v.detach().to("cpu", copy=True)
                                     for k, v in self._model.state_dict().items()}
             return None
         self.bad += 1
-        if self.bad > self.patience:
+        if self.bad >= self.patience:
             self.stopped_step = step
             return "early_stop"
         return None
@@ -696,7 +779,7 @@ class DecayOnPlateau(_LRScaler, _ValSource):
         self._apply()
         return reason
 
-    def on_eval(self, step: int, metric: float) -> bool | str | None:
+    def _metric(self, step: int, metric: float) -> bool | str | None:
         if self.source == "val":
             self._report(step, metric)
             self._apply()
@@ -783,17 +866,29 @@ class SWA(_LRScaler):
     running mean). At the end of training BatchNorm statistics of the average are recomputed with
     ``torch.optim.swa_utils.update_bn`` over ``bn_batches`` (needed when the model has BatchNorm)
     and, with ``swap=True``, the averaged weights are copied into the model (so
-    :func:`lrkit.train.run` scores the average). ``averaged`` is the ``AveragedModel``.
+    :func:`lrkit.train.run` scores the average). ``averaged`` is the ``AveragedModel``. A run
+    that raises swaps nothing in (the model keeps its last weights).
+
+    ``update_bn`` feeds the model ``batch[0]`` of a list or tuple batch (or the batch, a
+    tensor); for other batches (dicts) pass ``forward(model, batch)``, which runs the model on
+    one batch (``fit``'s ``step_fn`` does: its loss is ignored). Dict batches in a list or tuple
+    ``bn_batches`` without ``forward`` are refused when training starts.
     """
 
     def __init__(self, start_step: int, swa_lr: float, *, anneal_steps: int = 0,
                  avg_every: int = 1, bn_batches: Iterable | None = None,
+                 forward: Callable[[nn.Module, Any], Any] | None = None,
                  swap: bool = True) -> None:
         self.start_step = check_int("start_step", start_step, minimum=0)
         self.swa_lr = check_positive("swa_lr", swa_lr)
         self.anneal_steps = check_int("anneal_steps", anneal_steps, minimum=0)
         self.avg_every = check_int("avg_every", avg_every, minimum=1)
-        self.bn_batches = bn_batches
+        if bn_batches is not None and not hasattr(bn_batches, "__iter__"):
+            raise TypeError(f"bn_batches must be an iterable of batches, got "
+                            f"{type(bn_batches).__name__}")
+        if forward is not None and not callable(forward):
+            raise TypeError(f"forward must be callable(model, batch), got {forward!r}")
+        self.bn_batches, self.forward = bn_batches, forward
         self.swap = bool(swap)
         self.averaged: Any = None
         self.n_averaged = 0
@@ -802,9 +897,8 @@ class SWA(_LRScaler):
         from torch.optim.swa_utils import AveragedModel
 
         has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-        if has_bn and self.bn_batches is None:
-            raise ValueError("the model has BatchNorm layers: pass bn_batches=<training batches> "
-                             "so SWA can recompute their statistics for the averaged weights")
+        if has_bn:
+            self._check_bn_batches()
         self._start(optimizer)
         self._model = model
         self._has_bn = has_bn
@@ -812,6 +906,16 @@ class SWA(_LRScaler):
         self._anneal_from: dict[int, float] = {}
         self.averaged = AveragedModel(model)
         self.n_averaged = 0
+
+    def _check_bn_batches(self) -> None:
+        """Refuse, before training, ``bn_batches`` that the BatchNorm pass cannot feed."""
+        if self.bn_batches is None:
+            raise ValueError("the model has BatchNorm layers: pass bn_batches=<training batches> "
+                             "so SWA can recompute their statistics for the averaged weights")
+        if self.forward is not None or not isinstance(self.bn_batches, (list, tuple)):
+            return  # (a DataLoader is not drawn from here: that would change its next epoch)
+        for batch in self.bn_batches[:1]:
+            _bn_input(batch)
 
     def _target(self, i: int, base: float) -> float | None:
         k = self._t - self.start_step  # updates into the SWA phase (the one about to run)
@@ -837,9 +941,45 @@ class SWA(_LRScaler):
         if self.n_averaged == 0:
             return
         if self._has_bn:
-            from torch.optim.swa_utils import update_bn
-
-            dev = next(self._model.parameters()).device
-            update_bn(self.bn_batches, self.averaged, device=dev)
+            self._update_bn()
         if self.swap:
             self._model.load_state_dict(self.averaged.module.state_dict())
+
+    def _update_bn(self) -> None:
+        """``torch.optim.swa_utils.update_bn`` over ``bn_batches`` for the averaged weights:
+        each batch (its model input without ``forward``) moved to their device, and fed to the
+        model through ``forward`` when given."""
+        from torch.optim.swa_utils import update_bn
+
+        from .train import _to_device
+
+        dev = next(self._model.parameters()).device
+        pick = _bn_input if self.forward is None else (lambda b: b)
+        batches = ((_to_device(pick(b), dev),) for b in self.bn_batches)  # update_bn takes [0]
+        model = self.averaged if self.forward is None else _Forward(self.averaged.module,
+                                                                    self.forward)
+        update_bn(batches, model)
+
+
+def _bn_input(batch: Any) -> Any:
+    """The model input of a batch as ``torch.optim.swa_utils.update_bn`` takes it (``batch[0]``
+    of a list or tuple, a tensor itself); a TypeError naming ``forward`` for any other."""
+    if isinstance(batch, (list, tuple)) and batch:
+        return batch[0]
+    if isinstance(batch, torch.Tensor):
+        return batch
+    raise TypeError(f"bn_batches holds {type(batch).__name__} batches, and SWA's BatchNorm pass "
+                    "(torch's update_bn) feeds the model batch[0] of a list or tuple, or a "
+                    "tensor: pass SWA(..., forward=callable(model, batch)) that runs the model "
+                    "on one (fit's step_fn will do)")
+
+
+class _Forward(nn.Module):
+    """``forward(module, batch)`` as a module's forward (what ``update_bn`` calls)."""
+
+    def __init__(self, module: nn.Module, forward: Callable[[nn.Module, Any], Any]) -> None:
+        super().__init__()
+        self.module, self._fn = module, forward
+
+    def forward(self, batch: Any) -> Any:
+        return self._fn(self.module, batch)

@@ -81,7 +81,10 @@ class Callback:
     """Base class of the callback protocol; override what you need.
 
     ``on_step_end`` and ``on_eval`` may request a stop by returning something truthy; a string is
-    recorded as the run's ``stop_reason``.
+    recorded as the run's ``stop_reason``. Each callback whose ``on_train_start`` ran gets
+    either ``on_train_end`` (the run completed or stopped) or ``on_train_error`` (it raised).
+    A callback with an ``evaluate`` of its own uses only that metric and ignores ``on_eval``
+    from ``fit(evaluate=...)`` (two metrics at one step would count twice).
     """
 
     def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
@@ -99,6 +102,12 @@ class Callback:
 
     def on_train_end(self, result: "FitResult") -> None:
         pass
+
+    def on_train_error(self, exc: BaseException) -> None:
+        """Called instead of ``on_train_end`` when the run raises (a callback, the loss, the
+        data, Ctrl-C), then ``fit`` re-raises ``exc``: release what ``on_train_start`` opened
+        (a log file). Nothing is finished as after a run: ``SWA`` does not swap the average
+        in and ``EarlyStopping`` does not restore its best weights."""
 
     def needs_eval(self) -> bool:
         """Whether this callback acts on validation metrics that only ``fit(evaluate=...,
@@ -242,19 +251,28 @@ def global_grad_norm(params: Iterable[torch.Tensor]) -> float:
     return float(torch.linalg.vector_norm(torch.stack([n.float().to(home) for n in norms]), 2))
 
 
-def clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float) -> float:
+def clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float, *,
+                   norm: float | None = None) -> float:
     """``torch.nn.utils.clip_grad_norm_(params, max_norm)`` (its return value: the norm before
     clipping), also where a gradient is sparse, which PyTorch's refuses: then every gradient is
-    scaled by ``min(1, max_norm / (norm + 1e-6))``, PyTorch's factor, in place."""
+    scaled by ``min(1, max_norm / (norm + 1e-6))``, PyTorch's factor, in place. ``norm``, the
+    gradients' global norm when already computed (:func:`global_grad_norm`), is not computed
+    again; the factor is then computed in float32 as PyTorch does (bitwise the same clip for
+    float32 gradients)."""
     params = list(params)
-    if not any(p.grad is not None and p.grad.is_sparse for p in params):
+    sparse = any(p.grad is not None and p.grad.is_sparse for p in params)
+    if norm is None and not sparse:
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    norm = global_grad_norm(params)
-    coef = max_norm / (norm + 1e-6)
-    if coef < 1.0:
+    if norm is None:
+        norm = global_grad_norm(params)
+    if sparse:
+        coef: Any = max_norm / (norm + 1e-6)
+    else:
+        coef = torch.clamp(max_norm / (torch.tensor(norm, dtype=torch.float32) + 1e-6), max=1.0)
+    if float(coef) < 1.0:  # (PyTorch multiplies by 1.0 otherwise: no change)
         for p in params:
             if p.grad is not None:
-                p.grad.mul_(coef)
+                p.grad.mul_(coef if sparse else coef.to(p.grad.device))
     return norm
 
 
@@ -568,25 +586,47 @@ def _backward(model: nn.Module, compute: Callable, data: Iterator, pending: Any,
     return total, pending
 
 
+def _grad_versions(params: list) -> list[tuple[Any, int]]:
+    """Each parameter's gradient and its version counter (bumped by every in-place change):
+    with :func:`_grads_unchanged`, whether the hooks in between read or changed them."""
+    return [(None, 0) if p.grad is None else (p.grad, p.grad._version) for p in params]
+
+
+def _grads_unchanged(params: list, versions: list[tuple[Any, int]]) -> bool:
+    return all(p.grad is g and (g is None or g._version == v)
+               for p, (g, v) in zip(params, versions))
+
+
 def _update(model: nn.Module, optimizer: torch.optim.Optimizer, params: list,
             scaler: Any, before_step: list[Callable], grad_clip: float | None,
             track_grad_norm: bool, lr: float) -> tuple[float | None, float]:
     """One optimizer update from the gradients in place: unscale (AMP), the callbacks'
     ``on_before_step`` hooks, the global-norm clip, then the step (through ``scaler`` when
-    there is one). Returns the global gradient norm when clipped or tracked (else ``None``)
-    and the LR the step used: ``lr``, or group 0's after the hooks when there are any (one
-    may scale it: ``DecayOnPlateau``, ``DecayOnFinding``, ``SWA`` under a callable
-    schedule)."""
+    there is one). Returns the global gradient norm before any clipping (``fit``'s or a hook's,
+    such as ``ClipGradNorm``) when clipped or tracked (else ``None``), and the LR the step
+    used: ``lr``, or group 0's after the hooks when there are any (one may scale it:
+    ``DecayOnPlateau``, ``DecayOnFinding``, ``SWA`` under a callable schedule).
+
+    The norm is computed once: before the hooks when there are any, and ``fit``'s clip reuses
+    it unless a hook changed a gradient (then the clip needs the norm it left)."""
     if scaler is not None:
         scaler.unscale_(optimizer)
-    for hook in before_step:
-        hook(model, optimizer)
-    if before_step:
-        lr = float(optimizer.param_groups[0]["lr"])
     grad_norm = None
+    if before_step:
+        if grad_clip is not None or track_grad_norm:
+            versions = _grad_versions(params) if grad_clip is not None else []
+            grad_norm = global_grad_norm(params)
+        for hook in before_step:
+            hook(model, optimizer)
+        lr = float(optimizer.param_groups[0]["lr"])
     if grad_clip is not None:
-        grad_norm = clip_grad_norm(params, grad_clip)
-    elif track_grad_norm:
+        if grad_norm is None:
+            grad_norm = clip_grad_norm(params, grad_clip)
+        elif _grads_unchanged(params, versions):  # the hooks only read them
+            clip_grad_norm(params, grad_clip, norm=grad_norm)
+        else:
+            clip_grad_norm(params, grad_clip)
+    elif track_grad_norm and grad_norm is None:
         grad_norm = global_grad_norm(params)
     if scaler is not None:
         scaler.step(optimizer)
@@ -594,6 +634,7 @@ def _update(model: nn.Module, optimizer: torch.optim.Optimizer, params: list,
     else:
         optimizer.step()
     return grad_norm, lr
+
 
 def fit(
     model: nn.Module,
@@ -637,11 +678,17 @@ def fit(
     is initialised (every rank then sees the same trace).
     ``track_grad_norm`` computes the global gradient norm every step for callbacks (it is
     computed anyway when clipping); off by default because it costs a pass over the gradients.
+    The norm recorded (``StepInfo.grad_norm``, ``FitResult.grad_norms``) is the one before any
+    clipping, ``grad_clip``'s or a callback's (``ClipGradNorm``).
     An optimizer with ``train()``/``eval()`` modes (schedule-free) is switched to ``train()``
-    first. ``evaluate(model)`` is called every ``eval_every`` updates and its value handed to
-    every callback's ``on_eval``; the two go together, and a callback that acts on validation
-    metrics (``EarlyStopping``, ``DecayOnPlateau(source="val")``) without an ``evaluate`` of its
-    own is refused before any step when ``fit`` has none.
+    first. ``evaluate(model)`` is called every ``eval_every`` updates, in ``eval()`` mode under
+    ``torch.no_grad()`` (every submodule's mode put back after: :func:`evaluating`, as the
+    callbacks' own ``evaluate``), and its value handed to every callback's ``on_eval``; the two
+    go together, and a callback that acts on validation metrics (``EarlyStopping``,
+    ``DecayOnPlateau(source="val")``) without an ``evaluate`` of its own is refused before any
+    step when ``fit`` has none. When the run raises (a callback, the loss, the data, Ctrl-C),
+    each started callback that has not ended gets ``on_train_error(exc)`` (a logger closes its
+    file) before the exception propagates.
     """
     num_steps = check_int("num_steps", num_steps, minimum=1)
     accumulation_steps = check_int("accumulation_steps", accumulation_steps, minimum=1)
@@ -664,26 +711,25 @@ def fit(
                    if getattr(type(cb), "on_before_step", Callback.on_before_step)
                    is not Callback.on_before_step]
     result = FitResult()
-    for cb in callbacks:
-        cb.on_train_start(model, optimizer)
+    running = _start_callbacks(callbacks, model, optimizer)
     bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=num_steps, desc=progress if isinstance(progress, str) else "training",
-                   leave=False)
-    if callable(getattr(optimizer, "train", None)):
-        optimizer.train()  # schedule-free optimizers step on their "y" sequence
-    data = _cycle(batches, num_steps * accumulation_steps)
-    # on an accelerator the next step's first batch is drawn during this step's backward; on
-    # the CPU nothing would overlap, and batches are drawn as they are used (a run that stops
-    # early leaves its data stream exactly there: find_lr's sweeps share one stream)
-    prefetch = batch_dev is not None and batch_dev.type != "cpu"
-    pending = None
     entry_modes = module_modes(model)
-    train_modes = training_modes(model)
-    start = time.perf_counter()
     try:
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=num_steps, leave=False,
+                       desc=progress if isinstance(progress, str) else "training")
+        if callable(getattr(optimizer, "train", None)):
+            optimizer.train()  # schedule-free optimizers step on their "y" sequence
+        data = _cycle(batches, num_steps * accumulation_steps)
+        # on an accelerator the next step's first batch is drawn during this step's backward; on
+        # the CPU nothing would overlap, and batches are drawn as they are used (a run that stops
+        # early leaves its data stream exactly there: find_lr's sweeps share one stream)
+        prefetch = batch_dev is not None and batch_dev.type != "cpu"
+        pending = None
+        training_modes(model)
+        start = time.perf_counter()
         for t in range(num_steps):
             if set_lr is not None:
                 set_lr(t)
@@ -718,22 +764,77 @@ def fit(
             for cb in callbacks:
                 reason = cb.on_step_end(info) or reason
             if evaluate is not None and eval_every is not None and (t + 1) % eval_every == 0:
-                metric = as_real("evaluate(model)'s value", evaluate(model))
-                set_module_modes(model, train_modes)
-                result.evals.append((t + 1, metric))
-                for cb in callbacks:
-                    reason = cb.on_eval(t + 1, metric) or reason
+                reason = _evaluate_step(model, evaluate, t + 1, callbacks, result) or reason
             if reason:
                 result.stop_reason = reason if isinstance(reason, str) else "callback"
                 break
+    except BaseException as exc:
+        _train_error(running, exc)
+        raise
     finally:
         if bar is not None:
             bar.close()
         set_module_modes(model, entry_modes)
     result.wall_time = time.perf_counter() - start
-    for cb in callbacks:
-        cb.on_train_end(result)
+    _end_callbacks(running, result)
     return result
+
+
+def _start_callbacks(callbacks: Sequence[Callback], model: nn.Module,
+                     optimizer: torch.optim.Optimizer) -> list[Callback]:
+    """``on_train_start`` for each callback in order; returns them (the callbacks to end).
+    When one raises, those started before it get ``on_train_error``."""
+    running: list[Callback] = []
+    try:
+        for cb in callbacks:
+            cb.on_train_start(model, optimizer)
+            running.append(cb)
+    except BaseException as exc:
+        _train_error(running, exc)
+        raise
+    return running
+
+
+def _end_callbacks(running: list[Callback], result: FitResult) -> None:
+    """``on_train_end(result)`` for each callback in order; when one raises, it and those after
+    it get ``on_train_error`` (a logger after a failing ``SWA`` still closes its file)."""
+    try:
+        while running:
+            running[0].on_train_end(result)
+            running.pop(0)
+    except BaseException as exc:
+        _train_error(running, exc)
+        raise
+
+
+def _evaluate_step(model: nn.Module, evaluate: Callable[[nn.Module], float], step: int,
+                   callbacks: Sequence[Callback], result: FitResult) -> bool | str | None:
+    """``fit``'s evaluation after update ``step`` (1-based): ``evaluate(model)`` under
+    :func:`evaluating`, recorded in ``result.evals`` and handed to every callback's
+    ``on_eval``; returns the stop any of them requested."""
+    with evaluating(model):
+        metric = as_real("evaluate(model)'s value", evaluate(model))
+    result.evals.append((step, metric))
+    reason = None
+    for cb in callbacks:
+        reason = cb.on_eval(step, metric) or reason
+    return reason
+
+
+def _train_error(running: Sequence[Callback], exc: BaseException) -> None:
+    """``on_train_error(exc)`` for each callback in ``running`` that has the hook (duck-typed
+    ones may not). One that raises in turn does not stop the others, and what it raised is
+    added to ``exc`` as a note (``exc`` is the error the caller sees)."""
+    for cb in running:
+        hook = getattr(cb, "on_train_error", None)
+        if hook is None:
+            continue
+        try:
+            hook(exc)
+        except Exception as e:  # noqa: BLE001 - the run's own error is the one to raise
+            if hasattr(exc, "add_note"):  # Python 3.11+
+                exc.add_note(f"(then {type(cb).__name__}.on_train_error raised "
+                             f"{type(e).__name__}: {e})")
 
 
 # --------------------------------------------------------------------------------- task runs

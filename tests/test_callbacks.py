@@ -166,7 +166,7 @@ def test_tensorboard_scalars_and_findings(tmp_path):
 
 
 def test_early_stopping_patience_and_restore():
-    metrics = iter([1.0, 0.8, 0.85, 0.9, 0.7, 0.75, 0.76, 0.77, 0.78])
+    metrics = iter([1.0, 0.8, 0.85, 0.7, 0.75, 0.76, 0.77, 0.78])
     model, batches = _linear()
     snapshots = []
     es = EarlyStopping(patience=2, restore_best=True,
@@ -174,10 +174,11 @@ def test_early_stopping_patience_and_restore():
                                            next(metrics))[1], eval_every=2)
     out = train.fit(model, torch.optim.SGD(model.parameters(), lr=0.01), batches, num_steps=100,
                     loss_fn=nn.functional.mse_loss, callbacks=[es])
-    # best 0.7 at the 5th evaluation (step 10); evaluations 6, 7, 8 do not improve -> stop at 16
-    assert out.stop_reason == "early_stop" and out.steps_done == 16
-    assert (es.best, es.best_step) == (0.7, 10)
-    assert torch.equal(model.weight.detach(), snapshots[4])
+    # best 0.7 at the 4th evaluation (step 8), after one that did not improve (the count
+    # starts again); evaluations 5, 6 do not improve -> stop at 12
+    assert out.stop_reason == "early_stop" and out.steps_done == 12
+    assert (es.best, es.best_step) == (0.7, 8)
+    assert torch.equal(model.weight.detach(), snapshots[3])
     with pytest.raises(ValueError, match="eval_every"):
         EarlyStopping(evaluate=lambda m: 0.0)
 
@@ -205,7 +206,7 @@ def test_a_callback_that_needs_a_val_metric_no_one_supplies_is_refused():
     metrics = iter([1.0, 0.9, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8])
     out = go(callbacks=[EarlyStopping(patience=1)], evaluate=lambda m: next(metrics),
              eval_every=2)
-    assert out.stop_reason == "early_stop" and out.steps_done == 8
+    assert out.stop_reason == "early_stop" and out.steps_done == 6
     go(callbacks=[EarlyStopping(evaluate=lambda m: 0.0, eval_every=5)])
     go(callbacks=[DecayOnPlateau(source="loss", every=5)])
 
@@ -530,3 +531,232 @@ def test_monitor_and_clip_callbacks_take_sparse_gradients():
               callbacks=[mon, clip])
     assert res.steps_done == 8 and len(clip.norms) == 8 and clip.clipped == 8
     assert all(n > 0.01 for n in clip.norms)
+
+
+def _fit(callbacks, *, steps=100, lr=0.01, **kw):
+    model, batches = _linear()
+    out = train.fit(model, torch.optim.SGD(model.parameters(), lr=lr), batches, num_steps=steps,
+                    loss_fn=nn.functional.mse_loss, callbacks=callbacks, **kw)
+    return out, model
+
+
+@pytest.mark.parametrize("patience", [0, 1, 2, 3])
+def test_early_stopping_stops_after_patience_evaluations_without_improvement(patience):
+    """As documented and as Keras and Lightning count: patience=1 stops at the first evaluation
+    that does not improve (it took two), patience=3 at the third (0 behaves as 1)."""
+    metrics = iter([1.0, 0.5] + [0.9] * 20)
+    es = EarlyStopping(patience=patience)
+    out, _ = _fit([es], evaluate=lambda m: next(metrics), eval_every=5)
+    bad = max(patience, 1)
+    assert out.stop_reason == "early_stop" and len(out.evals) == 2 + bad
+    assert out.steps_done == es.stopped_step == 5 * (2 + bad)
+    assert (es.best, es.best_step, es.bad) == (0.5, 10, bad)
+
+
+def test_early_stopping_min_delta_keeps_its_direction_for_negative_metrics():
+    """The relative margin is min_delta x |best|: for a negative best, best x (1 - min_delta)
+    lies above best, and every worse value (-2.0, -1.95, -1.9...) counted as an improvement."""
+    worse = [-2.0, -1.95, -1.9, -1.85, -1.8, -1.7]
+    for mode, values in (("min", worse), ("max", [-v for v in worse])):
+        metrics = iter(values)
+        es = EarlyStopping(patience=2, mode=mode, min_delta=0.05)
+        out, _ = _fit([es], steps=60, evaluate=lambda m: next(metrics), eval_every=5)
+        assert (out.stop_reason, out.steps_done) == ("early_stop", 15)
+        assert (es.best, es.best_step) == (values[0], 5)
+    # improvements by more than 5% of |best| = 0.1 count, smaller ones do not, in both modes
+    cases = {("min", "rel"): [-2.0, -2.05, -2.2, -2.25, -2.2], ("max", "rel"): [-2.0, -1.95, -1.8],
+             ("min", "abs"): [-2.0, -2.04, -2.06], ("max", "abs"): [3.0, 3.04, 3.06, 3.1]}
+    for (mode, delta_mode), values in cases.items():
+        es = EarlyStopping(patience=100, mode=mode, min_delta=0.05, delta_mode=delta_mode)
+        sign = 1.0 if mode == "min" else -1.0
+        best, want = math.inf, []
+        for v in values:  # the rule by hand: beat best by min_delta x |best| (or min_delta)
+            margin = 0.05 * (abs(best) if delta_mode == "rel" and math.isfinite(best) else 1.0)
+            if sign * v < sign * best - margin or not math.isfinite(best):
+                best = v
+            want.append(best)
+        got = []
+        for step, v in enumerate(values, 1):
+            es._metric(step, v)
+            got.append(es.best)
+        assert got == want, (mode, delta_mode)
+    # a positive metric is compared as before (ReduceLROnPlateau's best x (1 - min_delta))
+    es = EarlyStopping(min_delta=0.05)
+    es._metric(1, 1.0)
+    es._metric(2, 0.96)
+    es._metric(3, 0.94)
+    assert (es.best, es.best_step) == (0.94, 3)
+    with pytest.raises(ValueError, match="min_delta must be >= 0"):
+        EarlyStopping(min_delta=-0.1)
+    with pytest.raises(ValueError, match="delta_mode"):
+        EarlyStopping(delta_mode="relative")
+
+
+def test_a_callbacks_own_evaluate_is_its_only_metric():
+    """A callback with its own evaluate also took fit(evaluate=...)'s metric at the same step:
+    EarlyStopping counted each evaluation twice (patience=3 stopped at step 30, not 40),
+    MonitorCallback mixed two metrics into one series that its log did not hold, and
+    DecayOnPlateau's rule got two reports per evaluation."""
+    es = EarlyStopping(patience=3, evaluate=lambda m: 0.7, eval_every=10)
+    out, _ = _fit([es], evaluate=lambda m: 0.7, eval_every=10)
+    assert out.steps_done == 40 and es.best_step == 10 and es.bad == 3
+
+    class Spy(Monitor):
+        def reset(self):
+            super().reset()
+            self.vals = []
+
+        def update(self, step, loss, **kw):
+            if kw.get("val_metric") is not None:
+                self.vals.append((step, kw["val_metric"]))
+            return super().update(step, loss, **kw)
+
+        def observe_val(self, step, value):
+            self.vals.append((step, value))
+            return super().observe_val(step, value)
+
+    dec = DecayOnPlateau(Plateau(patience=100), evaluate=lambda m: 0.5, eval_every=10)
+    mon = MonitorCallback(Spy(total_steps=40), evaluate=lambda m: 0.5, eval_every=10)
+    out, _ = _fit([mon, dec], steps=40, evaluate=lambda m: 0.9, eval_every=10)
+    assert mon.monitor.vals == [(9, 0.5), (19, 0.5), (29, 0.5), (39, 0.5)]
+    assert out.evals == [(10, 0.9), (20, 0.9), (30, 0.9), (40, 0.9)]  # fit's, for the rest
+    assert (dec.state.best, dec.state.num_bad) == (0.5, 3)  # four reports of 0.5, not eight
+
+
+def test_the_logged_grad_norm_is_the_unclipped_one_with_fits_tracked_norm(tmp_path):
+    """The docs' setup (MonitorCallback before ClipGradNorm) with fit(track_grad_norm=True):
+    the monitor, the log and fit's grad_norms all held the clipped value, 0.01 at every step."""
+    path = tmp_path / "clip.jsonl"
+    clip = ClipGradNorm(0.01)
+    mon = MonitorCallback(total_steps=6, flush_every=1, loggers=[JsonlLogger(path)])
+    out, _ = _fit([mon, clip], steps=6, track_grad_norm=True)
+    assert min(clip.norms) > 0.01 and clip.clipped == 6
+    assert out.grad_norms == clip.norms
+    assert list(read_log(path).grad_norm) == clip.norms
+
+
+class _Boom(train.Callback):
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_step_end(self, info):
+        if info.step == self.at:
+            raise RuntimeError("boom")
+
+
+def test_a_jsonl_log_of_a_run_that_raises_is_whole_and_closed(tmp_path):
+    """A callback raising at step 30 left a 0-byte log (its header still in the buffer) and an
+    open file. The log now holds every update up to the error and an end line saying so."""
+    path = tmp_path / "boom.jsonl"
+    log = JsonlLogger(path, evaluate=lambda m: 0.25, eval_every=10)
+    with pytest.raises(RuntimeError, match="boom"):
+        _fit([log, _Boom(30)])
+    assert log._file is None  # closed
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [d["step"] for d in lines[1:-1]] == list(range(31))
+    assert lines[-1] == {"end": {"stop_reason": "error", "steps_done": 31,
+                                 "error": "RuntimeError: boom"}}
+    assert read_log(path).val_metric[[9, 19, 29]].tolist() == [0.25] * 3
+    # in a MonitorCallback the loggers are closed too
+    path2 = tmp_path / "boom-mon.jsonl"
+    with pytest.raises(RuntimeError, match="boom"):
+        _fit([MonitorCallback(total_steps=100, loggers=[JsonlLogger(path2)]), _Boom(5)])
+    assert json.loads(path2.read_text().splitlines()[-1])["end"]["stop_reason"] == "error"
+
+
+def test_a_jsonl_log_is_on_disk_within_flush_secs(tmp_path):
+    """A killed run (SIGKILL) left only what the 64 KB buffer had flushed: the header and 560 of
+    1000 updates. The header is written at once, and the file flushed every flush_secs of
+    training; what the file holds is read from disk while the run goes on."""
+    on_disk = {}
+
+    class Peek(train.Callback):
+        def __init__(self, path):
+            self.path = path
+
+        def on_train_start(self, model, optimizer):
+            on_disk["start"] = self.path.read_text().splitlines()
+
+        def on_step_end(self, info):
+            if info.step == 20:
+                on_disk[20] = self.path.read_text().splitlines()
+
+    for secs in (1e-9, 3600.0):
+        path = tmp_path / f"flush-{secs}.jsonl"
+        _fit([JsonlLogger(path, flush_every=1, flush_secs=secs), Peek(path)], steps=30)
+        assert json.loads(on_disk["start"][0])["lrkit_log"] == 1
+        # flush_every=1 keeps the newest record for a metric to come: steps 0..19 are emitted
+        n = len(on_disk[20]) - 1
+        assert n == (20 if secs < 1 else 0), secs
+    with pytest.raises(ValueError, match="flush_secs must be > 0"):
+        JsonlLogger(tmp_path / "x.jsonl", flush_secs=0)
+
+
+def test_jsonl_meta_with_non_finite_numbers_is_strict_json(tmp_path):
+    """meta={"lr": nan} wrote a bare NaN into the header, which strict JSON readers refuse."""
+    path = tmp_path / "meta.jsonl"
+    meta = {"lr": float("nan"), "range": [float("-inf"), 1.0, float("inf")], "task": "x"}
+    _fit([JsonlLogger(path, meta=meta)], steps=2)
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    header = json.loads(path.read_text().splitlines()[0], parse_constant=refuse)
+    assert header["meta"] == {"lr": "nan", "range": ["-inf", 1.0, "inf"], "task": "x"}
+    assert read_log(path).meta["lr"] == "nan"
+    with pytest.raises(TypeError):
+        JsonlLogger(path, meta={"model": nn.Linear(1, 1)})
+
+
+def _bn_dicts():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, generator=g)
+    y = x @ torch.tensor([[1.0], [-1.0], [2.0]])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+    return model, [{"x": x[i:i + 16], "y": y[i:i + 16]} for i in range(0, 64, 16)]
+
+
+def test_swa_with_dict_batches_is_refused_before_training_or_runs_through_forward():
+    """update_bn feeds the model batch[0]: dict batches crashed it after the whole run, and the
+    model kept its last iterate. They are refused before any step, or fed through forward."""
+    from torch.optim.swa_utils import update_bn
+
+    def step_fn(m, b):
+        return nn.functional.mse_loss(m(b["x"]), b["y"])
+
+    model, batches = _bn_dicts()
+    w = model[0].weight.detach().clone()
+    with pytest.raises(TypeError, match="bn_batches holds dict batches.*forward="):
+        train.fit(model, torch.optim.SGD(model.parameters(), lr=0.05), batches, num_steps=40,
+                  step_fn=step_fn, callbacks=[SWA(10, 0.01, bn_batches=batches)])
+    assert torch.equal(model[0].weight, w)  # refused before any step
+    swa = SWA(10, 0.01, bn_batches=batches, forward=step_fn)
+    train.fit(model, torch.optim.SGD(model.parameters(), lr=0.05), batches, num_steps=40,
+              step_fn=step_fn, callbacks=[swa])
+    # reference: torch's update_bn over the same inputs as (x, y) pairs, on a copy of the average
+    import copy
+
+    ref = copy.deepcopy(swa.averaged.module)
+    update_bn([(b["x"], b["y"]) for b in batches], ref)
+    for name, t in ref.state_dict().items():
+        assert torch.equal(model.state_dict()[name], t), name
+    with pytest.raises(TypeError, match="forward must be callable"):
+        SWA(1, 0.1, forward="x")
+
+
+def test_swa_and_restore_best_leave_the_model_alone_when_the_run_raises():
+    """A run that raises is not finished: SWA swaps nothing in and EarlyStopping restores
+    nothing (the model keeps the weights it had when the error came)."""
+    for cb in (SWA(2, 0.01), EarlyStopping(patience=100, restore_best=True,
+                                             evaluate=lambda m: 0.5, eval_every=2)):
+        seen = {}
+
+        class Keep(train.Callback):
+            def on_step_end(self, info):
+                seen["w"] = info.model.weight.detach().clone()
+
+        with pytest.raises(RuntimeError, match="boom"):
+            _fit([cb, Keep(), _Boom(10)])
+        model = cb._model
+        assert torch.equal(model.weight, seen["w"]), type(cb).__name__

@@ -547,3 +547,177 @@ def test_from_torch_runs_start_with_non_persistent_buffers_reset():
                       steps=5)
     train.run(task, 0.01, seed=0)
     assert float(task.build_model(0).seen) == 0.0
+
+
+class _ClipHook(Callback):
+    """A hook that clips the gradients to ``max_norm`` itself (as ClipGradNorm does) and keeps
+    the norm it saw before clipping."""
+
+    def __init__(self, max_norm: float) -> None:
+        self.max_norm, self.norms = max_norm, []
+
+    def on_before_step(self, model, optimizer):
+        self.norms.append(float(nn.utils.clip_grad_norm_(model.parameters(), self.max_norm)))
+
+
+def _reference_clipped_run(clips: list[float], steps: int = 6):
+    """A hand-written loop clipping with ``torch.nn.utils.clip_grad_norm_`` at each of ``clips``
+    in turn: the model and the norm before the first clip at each step."""
+    x, y = _data(32)
+    m = _model()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    norms = []
+    for t in range(steps):
+        xb, yb = _batches(x, y, 8)[t % 4]
+        opt.zero_grad(set_to_none=True)
+        nn.functional.mse_loss(m(xb), yb).backward()
+        norms += [float(nn.utils.clip_grad_norm_(m.parameters(), c)) for c in clips][:1]
+        opt.step()
+    return m, norms
+
+
+def test_the_recorded_grad_norm_is_the_one_before_a_hook_clipped():
+    """With fit(track_grad_norm=True) and a callback that clips in on_before_step
+    (ClipGradNorm), StepInfo.grad_norm and FitResult.grad_norms were the norm it left (the
+    clip value at every step), not the norm before clipping that StepInfo documents."""
+    x, y = _data(32)
+    for grad_clip, clips in ((None, [0.01]), (0.5, [0.01, 0.5]), (0.005, [0.01, 0.005])):
+        ref, want = _reference_clipped_run(clips)
+        m = _model()
+        hook, seen = _ClipHook(0.01), []
+
+        class Seen(Callback):
+            def on_step_end(self, info):
+                seen.append(info.grad_norm)
+
+        res = fit(m, torch.optim.SGD(m.parameters(), lr=0.1), _batches(x, y, 8), num_steps=6,
+                  loss_fn=nn.functional.mse_loss, callbacks=[hook, Seen()],
+                  track_grad_norm=True, grad_clip=grad_clip)
+        assert min(want) > 0.5  # every step was clipped
+        assert res.grad_norms == pytest.approx(want, rel=1e-6) == seen == hook.norms
+        for p, q in zip(m.parameters(), ref.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_fits_clip_after_hooks_that_only_read_reuses_the_norm_and_trains_bitwise_alike(
+        monkeypatch):
+    """A hook that changes no gradient (an LR scaler, a monitor) leaves fit's clip with the
+    norm computed before the hooks: one norm per step, and the same training as without it."""
+    x, y = _data(32)
+    runs = {}
+    for hooked in (False, True):
+        m = _model()
+        opt = torch.optim.SGD(m.parameters(), lr=0.3)
+
+        class ReadOnly(Callback):  # reads the gradients, rewrites the LR
+            def on_before_step(self, model, optimizer):
+                assert all(p.grad is not None for p in model.parameters())
+                optimizer.param_groups[0]["lr"] = 0.3
+
+        runs[hooked] = (fit(m, opt, _batches(x, y, 8), num_steps=8,
+                            loss_fn=nn.functional.mse_loss, grad_clip=0.5,
+                            callbacks=[ReadOnly()] if hooked else []), m)
+    (plain, m0), (hooked, m1) = runs[False], runs[True]
+    assert hooked.grad_norms == plain.grad_norms and max(plain.grad_norms) > 0.5
+    for p, q in zip(m0.parameters(), m1.parameters()):
+        assert torch.equal(p, q)
+    calls = []
+    real_norm, real_clip = train.global_grad_norm, torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(train, "global_grad_norm", lambda ps: calls.append(1) or real_norm(ps))
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_",
+                        lambda *a, **k: calls.append(1) or real_clip(*a, **k))
+    m = _model()
+    fit(m, torch.optim.SGD(m.parameters(), lr=0.3), _batches(x, y, 8), num_steps=8,
+        loss_fn=nn.functional.mse_loss, grad_clip=0.5, track_grad_norm=True, callbacks=[ReadOnly()])
+    assert len(calls) == 8  # one norm per step
+
+
+def test_fits_evaluate_runs_in_eval_mode_without_grad_and_leaves_batchnorm_alone():
+    """fit(evaluate=...) ran the user's function in train mode with autograd on: a BatchNorm
+    normalised the validation batch by its own statistics and folded it into its running
+    statistics. It now runs as a callback's own evaluate does (``train.evaluating``)."""
+    x, y = _data(32)
+    xv = 3 * torch.randn(16, 5, generator=torch.Generator().manual_seed(9)) + 2
+    yv = torch.zeros(16, 1)
+    states = []
+
+    def evaluate(model):
+        states.append((model.training, model[1].training, torch.is_grad_enabled()))
+        return float(nn.functional.mse_loss(model(xv), yv))
+
+    def go(**kw):
+        m = _model(bn=True)
+        res = fit(m, torch.optim.SGD(m.parameters(), lr=0.01), _batches(x, y, 8), num_steps=8,
+                  loss_fn=nn.functional.mse_loss, **kw)
+        return m, res
+
+    plain, _ = go()
+    m, res = go(evaluate=evaluate, eval_every=4)
+    assert states == [(False, False, False)] * 2
+    assert torch.equal(m[1].running_mean, plain[1].running_mean)  # validation not folded in
+    assert torch.equal(m[1].running_var, plain[1].running_var)
+    assert m.training and m[1].training
+    # the metric is the eval-mode one: the trained model's, in eval mode, on the val batch
+    with train.evaluating(plain):
+        assert res.evals[-1] == (8, float(nn.functional.mse_loss(plain(xv), yv)))
+
+
+def test_a_run_that_raises_gives_each_started_callback_on_train_error():
+    """A run that raised never called on_train_end: a logger's file stayed open and unwritten.
+    Every callback whose on_train_start ran and whose on_train_end did not gets
+    on_train_error(exc) instead, then the exception propagates."""
+    x, y = _data(16)
+    events = []
+
+    class Rec(Callback):
+        def __init__(self, name, fail_at=None, fail_start=False, fail_error=False,
+                     fail_end=False):
+            self.name, self.fail_at = name, fail_at
+            self.fail_start, self.fail_error, self.fail_end = fail_start, fail_error, fail_end
+
+        def on_train_start(self, model, optimizer):
+            if self.fail_start:
+                raise RuntimeError(f"{self.name} cannot start")
+            events.append((self.name, "start"))
+
+        def on_step_end(self, info):
+            if info.step == self.fail_at:
+                raise RuntimeError("boom")
+
+        def on_train_end(self, result):
+            if self.fail_end:
+                raise RuntimeError(f"{self.name} cannot end")
+            events.append((self.name, "end"))
+
+        def on_train_error(self, exc):
+            events.append((self.name, "error", str(exc)))
+            if self.fail_error:
+                raise OSError("disk full")
+
+    class DuckTyped:  # no on_train_error: skipped
+        def on_train_start(self, model, optimizer): events.append(("duck", "start"))
+        def on_step_end(self, info): return None
+        def on_eval(self, step, metric): return None
+        def on_train_end(self, result): events.append(("duck", "end"))
+
+    def go(cbs):
+        events.clear()
+        m = _model()
+        return fit(m, torch.optim.SGD(m.parameters(), lr=0.01), [(x, y)], num_steps=10,
+                   loss_fn=nn.functional.mse_loss, callbacks=cbs)
+
+    with pytest.raises(RuntimeError, match="boom") as err:
+        go([Rec("a", fail_error=True), DuckTyped(), Rec("b", fail_at=3), Rec("c")])
+    assert events == [("a", "start"), ("duck", "start"), ("b", "start"), ("c", "start"),
+                      ("a", "error", "boom"), ("b", "error", "boom"), ("c", "error", "boom")]
+    if hasattr(err.value, "add_note"):  # the hook's own failure is said under the run's error
+        assert any("on_train_error raised OSError: disk full" in n for n in err.value.__notes__)
+    with pytest.raises(RuntimeError, match="b cannot start"):
+        go([Rec("a"), Rec("b", fail_start=True), Rec("c")])
+    assert events == [("a", "start"), ("a", "error", "b cannot start")]
+    with pytest.raises(RuntimeError, match="b cannot end"):  # (an SWA whose BN pass fails)
+        go([Rec("a"), Rec("b", fail_end=True), Rec("c")])
+    assert events[-3:] == [("a", "end"), ("b", "error", "b cannot end"),
+                           ("c", "error", "b cannot end")]
+    go([Rec("a"), Rec("b")])  # a completed run: on_train_end only
+    assert events == [("a", "start"), ("b", "start"), ("a", "end"), ("b", "end")]
