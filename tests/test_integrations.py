@@ -44,15 +44,16 @@ class _HFData(torch.utils.data.Dataset):
         return {"x": self.x[i], "labels": self.y[i]}
 
 
-def test_lightning_trainer_feeds_every_step_and_records_findings(tmp_path):
-    pl = pytest.importorskip("lightning.pytorch")
-    from lrkit.integrations.lightning import LightningMonitor
+def _lightning_reg(pl, lr: float, seed: int | None = None):
+    """A LightningModule of ``Linear(4, 1)`` under SGD at ``lr`` that records every loss its
+    ``training_step`` returns (``.losses``) and logs ``val_loss``."""
 
     class Reg(pl.LightningModule):
-        def __init__(self, lr: float) -> None:
+        def __init__(self) -> None:
             super().__init__()
+            if seed is not None:
+                torch.manual_seed(seed)
             self.net = nn.Linear(4, 1)
-            self.lr = lr
             self.losses: list[float] = []
 
         def training_step(self, batch, batch_idx):
@@ -64,14 +65,21 @@ def test_lightning_trainer_feeds_every_step_and_records_findings(tmp_path):
             self.log("val_loss", nn.functional.mse_loss(self.net(batch[0]), batch[1]))
 
         def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=self.lr)
+            return torch.optim.SGD(self.parameters(), lr=lr)
+
+    return Reg()
+
+
+def test_lightning_trainer_feeds_every_step_and_records_findings(tmp_path):
+    pl = pytest.importorskip("lightning.pytorch")
+    from lrkit.integrations.lightning import LightningMonitor
 
     x, y = _data()
     ds = torch.utils.data.TensorDataset(x, y)
     train = torch.utils.data.DataLoader(ds, batch_size=8, shuffle=False)
     val = torch.utils.data.DataLoader(ds, batch_size=64)
     torch.manual_seed(0)
-    model = Reg(lr=1.5)  # far above 2/L for this quadratic: the loss blows up
+    model = _lightning_reg(pl, lr=1.5)  # far above 2/L for this quadratic: the loss blows up
     cb = LightningMonitor(val_key="val_loss", verbose=False)
     trainer = pl.Trainer(max_steps=STEPS, accelerator="cpu", devices=1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False,
@@ -113,27 +121,10 @@ def _accumulating_fit(pl, tmp_path, k: int, epochs: int, ckpt: str | None = None
     ``ckpt`` if given); return the module, the callback and the trainer."""
     from lrkit.integrations.lightning import LightningMonitor
 
-    class Reg(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            torch.manual_seed(0)
-            self.net = nn.Linear(4, 1)
-            self.losses: list[float] = []
-
-        def training_step(self, batch, batch_idx):
-            loss = nn.functional.mse_loss(self.net(batch[0]), batch[1])
-            self.losses.append(float(loss.detach()))
-            return loss
-
-        def validation_step(self, batch, batch_idx):
-            self.log("val_loss", nn.functional.mse_loss(self.net(batch[0]), batch[1]))
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.05)
-
     x, y = _data(56)
     ds = torch.utils.data.TensorDataset(x, y)
-    module, cb = Reg(), LightningMonitor(_Spy(), val_key="val_loss", verbose=False)
+    module = _lightning_reg(pl, lr=0.05, seed=0)
+    cb = LightningMonitor(_Spy(), val_key="val_loss", verbose=False)
     trainer = pl.Trainer(max_epochs=epochs, accumulate_grad_batches=k, accelerator="cpu",
                          devices=1, logger=False, default_root_dir=str(tmp_path / f"fit{epochs}"),
                          enable_progress_bar=False, enable_model_summary=False,
