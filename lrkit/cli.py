@@ -25,12 +25,16 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from .errors import LRKitError
+from .errors import LRKitError, check_int
+
+#: the fewest ``--steps`` the demo's gallery can draw (its cyclic schedule's half-cycle is 1/8)
+DEMO_MIN_STEPS = 8
 
 
 def _schedule_demo(out: str, steps: int) -> None:
     from . import schedules as S
 
+    check_int("--steps", steps, minimum=DEMO_MIN_STEPS)
     gallery = [
         S.step(0.1, step_size=steps // 4, gamma=0.3),
         S.cosine(0.1, T_max=steps),
@@ -51,6 +55,7 @@ def _schedule_demo(out: str, steps: int) -> None:
 def _schedule_plot(specs: Sequence[str], steps: int, out: str) -> int:
     from . import schedules as S
 
+    check_int("--steps", steps, minimum=1)
     scheds = [S.from_spec(s) for s in specs]
     for spec, s in zip(specs, scheds):
         h = s.horizon
@@ -195,14 +200,39 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return p
 
 
+#: commands whose ``-o/--out`` is a figure (elsewhere it is a folder)
+_FIGURE_OUT = ("schedule", "compare")
+
+
+def _figure_path(value: str) -> str:
+    """A figure's path as matplotlib writes it: with no suffix, ``.png`` added (``-o
+    out/noext`` said "wrote out/noext" and wrote out/noext.png)."""
+    return value if Path(value).suffix else value.rstrip(".") + ".png"
+
+
+def _check_figure_format(name: str, value: str) -> None:
+    """Refuse a figure path whose suffix matplotlib cannot write (it said so after the work)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    known = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(value).suffix[1:].lower()
+    if suffix and suffix not in known:
+        raise ValueError(f"--{name}: {value!r} has the suffix .{suffix}, which matplotlib "
+                         f"cannot write; use .png (or one of {', '.join(sorted(known))})")
+
+
 def _check_outputs(args: argparse.Namespace) -> None:
-    """``--json``/``--plot`` destinations, before any work: their folders are made, and a
-    folder given as the file or one that cannot be made is refused (``lrkit find --json
-    missing/dir/r.json`` ran the whole range test, then raised FileNotFoundError)."""
-    for name in ("json", "plot"):
+    """``--json``/``--plot`` (and a figure's ``--out``) destinations, before any work: their
+    folders are made, and a folder given as the file or one that cannot be made is refused
+    (``lrkit find --json missing/dir/r.json`` ran the whole range test, then raised
+    FileNotFoundError)."""
+    names = ("json", "plot") + (("out",) if args.area in _FIGURE_OUT else ())
+    for name in names:
         value = getattr(args, name, None)
         if not value or not isinstance(value, str):
             continue
+        if name != "json":
+            _check_figure_format(name, value)
         path = Path(value)
         if path.is_dir():
             raise ValueError(f"--{name}: {value!r} is a folder; give a file to write")
@@ -215,8 +245,26 @@ def _check_outputs(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name}: the folder {str(path.parent)!r} is not writable")
 
 
+#: the lrkit package's folder: code in it raises lrkit's own argument errors
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _raised_by_lrkit(e: BaseException) -> bool:
+    """Whether ``e`` was raised by lrkit's own code (a check at the door: one line is enough),
+    not by code lrkit called: a user's task (its builder, loss or evaluate) or a library,
+    whose traceback says where. The innermost frame of its traceback tells them apart."""
+    tb = e.__traceback__
+    if tb is None:
+        return True
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return _PACKAGE in Path(tb.tb_frame.f_code.co_filename).resolve().parents
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
+    if args.area in _FIGURE_OUT and getattr(args, "out", None):
+        args.out = _figure_path(args.out)
     try:
         _check_outputs(args)
         if args.area == "schedule":
@@ -241,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.area in _COMMANDS:
             return int(importlib.import_module(_COMMANDS[args.area][0]).cli_main(args))
     except (ValueError, TypeError) as e:
+        if not _raised_by_lrkit(e):  # a bug in the user's task (or a library): where it is
+            raise
         print(f"lrkit: error: {e}", file=sys.stderr)
         return 2
     except LRKitError as e:  # lrkit's own runtime errors (a storage it cannot open): one line

@@ -104,19 +104,20 @@ class CompareResult:
         import matplotlib.pyplot as plt
         import numpy as np
 
-        from .html import smooth
+        from .html import mpl_text, smooth
 
         fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
         for i, r in enumerate(self.rows):
             c = f"C{i % 10}"
-            lab = f"{r['family']} (lr {r['lr']:.2g}): test {_f(r['test'])}"
+            family = mpl_text(r["family"])
+            lab = f"{family} (lr {r['lr']:.2g}): test {_f(r['test'])}"
             y = smooth(r["losses"], max(1, len(r["losses"]) // 25))
             axes[0].plot(np.arange(1, len(y) + 1), y, color=c, lw=1.6, label=lab)
             if r["val_curve"]:
                 s, v = zip(*r["val_curve"])
-                axes[1].plot(s, v, color=c, lw=1.6, marker="o", ms=2.5, label=r["family"])
+                axes[1].plot(s, v, color=c, lw=1.6, marker="o", ms=2.5, label=family)
             axes[2].plot(np.arange(len(r["lrs_used"])), r["lrs_used"], color=c, lw=1.6,
-                         label=r["family"])
+                         label=family)
         fin = [v for r in self.rows for v in r["losses"][len(r["losses"]) // 10:]
                if math.isfinite(v)]
         axes[0].set_yscale("log")
@@ -132,8 +133,9 @@ class CompareResult:
         if vals:
             lo, hi = min(vals), max(vals)
             axes[1].set_ylim(lo - 0.1 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
-        axes[1].set(xlabel="optimizer step", ylabel=f"val {self.metric}",
-                    title=f"validation {self.metric}")
+        metric = mpl_text(self.metric)
+        axes[1].set(xlabel="optimizer step", ylabel=f"val {metric}",
+                    title=f"validation {metric}")
         axes[1].legend(fontsize=7)
         axes[2].set(xlabel="optimizer step", ylabel="learning rate",
                     title="each schedule at its own best LR")
@@ -142,7 +144,7 @@ class CompareResult:
         if peaks:
             axes[2].set_ylim(min(peaks) / 100, max(peaks) * 1.5)
         axes[2].legend(fontsize=7)
-        fig.suptitle(f"{self.task}: {len(self.rows)} schedules, each at its own best LR "
+        fig.suptitle(f"{mpl_text(self.task)}: {len(self.rows)} schedules, each at its own best LR "
                      f"(5-LR search on val, then a full run scored on test)")
         fig.tight_layout()
         fig.savefig(path, dpi=90)

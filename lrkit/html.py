@@ -52,6 +52,13 @@ def escape(value: Any) -> str:
     return _html.escape(str(value), quote=True)
 
 
+def mpl_text(value: Any) -> str:
+    """``value`` as literal matplotlib text: every ``$`` escaped (``\\$``), so that a user's
+    task, metric or schedule name never parses as mathtext (``"loss $\\frac{a}$"`` crashed the
+    report after all the training; ``"cost $US$"`` drew "US" in italics)."""
+    return str(value).replace("$", r"\$")
+
+
 def prose(text: str) -> str:
     """``text`` escaped, with its `backquoted` spans (commands in the explanation) set as code.
     The spans are found after escaping, so nothing in them can open a tag."""
@@ -123,8 +130,9 @@ def _fig_range_test(rt: Mapping[str, Any], centres: Mapping[str, float], chosen:
     ylo, yhi = ax.get_ylim()
     for i, (f, c) in enumerate(sorted(centres.items(), key=lambda kv: kv[1])):
         ax.plot([c], [ylo + 0.04 * (yhi - ylo)], marker="^", ls="", color=f"C{(i + 4) % 10}",
-                label=f"centre {f}: {c:.3g}")
-    ax.axvline(chosen, color="k", lw=2, ls="--", label=f"chosen peak ({family}): {chosen:.3g}")
+                label=f"centre {mpl_text(f)}: {c:.3g}")
+    ax.axvline(chosen, color="k", lw=2, ls="--",
+               label=f"chosen peak ({mpl_text(family)}): {chosen:.3g}")
     if safe is not None and math.isfinite(safe):
         ax.axvline(safe, color="C1", lw=1.5, ls=":", label=f"safe-LR bound: {safe:.3g}")
     ax.legend(fontsize=7, loc="upper left")
@@ -141,6 +149,7 @@ def _arm_label(t: Mapping[str, Any]) -> str:
 
 def _fig_candidates(trials: Sequence[Mapping[str, Any]], metric: str, higher: bool) -> Any:
     plt = _plt()
+    metric = mpl_text(metric)
     if not trials:
         fig, ax = plt.subplots(figsize=(10, 2))
         ax.axis("off")
@@ -159,7 +168,7 @@ def _fig_candidates(trials: Sequence[Mapping[str, Any]], metric: str, higher: bo
             ls = "-" if t.get("kept") else "--"
             ax.plot(np.arange(1, len(y) + 1), y, color=colour[t["family"]], ls=ls,
                     lw=2 if t.get("kept") else 1,
-                    label=f"{_arm_label(t)} {t['lr']:.3g}")
+                    label=f"{mpl_text(_arm_label(t))} {t['lr']:.3g}")
         ax.set_title(f"rung {rung}: training loss ({ts[0]['steps']} steps)" if ts else "")
         ax.set_xlabel("step")
         ax.set_ylabel("training loss (smoothed)")
@@ -171,7 +180,7 @@ def _fig_candidates(trials: Sequence[Mapping[str, Any]], metric: str, higher: bo
         bx = axes[1][j]
         labels, vals, kept, cols = [], [], [], []
         for t in ts:
-            labels.append(f"{_arm_label(t)}\n{t['lr']:.3g}".replace(", ", "\n"))
+            labels.append(f"{mpl_text(_arm_label(t))}\n{t['lr']:.3g}".replace(", ", "\n"))
             vals.append(np.nan if t["diverged"] else _num(t["metric"]))
             kept.append(bool(t.get("kept") or t.get("warmup_chosen")))
             cols.append(colour[t["family"]])
@@ -210,10 +219,11 @@ def _fig_time(trials: Sequence[Mapping[str, Any]], final: Mapping[str, Any], met
     if not runs:
         return None
     plt = _plt()
+    metric = mpl_text(metric)
     fig, ax = plt.subplots(figsize=(7, 4.2))
     plot_confirm({"runs": runs, "short_run_winner": float(chosen[0]["lr"]),
                   "winner": float(final["lr"]), "full_run_steps": full, "metric": metric}, ax)
-    ax.set_title(f"rung 1 ({chosen[0]['family']}): val {metric} against integrated LR",
+    ax.set_title(f"rung 1 ({mpl_text(chosen[0]['family'])}): val {metric} against integrated LR",
                  fontsize=9)
     fig.tight_layout()
     return fig
@@ -224,7 +234,7 @@ def _fig_schedule(final: Mapping[str, Any], safe: float | None) -> Any:
     fig, ax = plt.subplots(figsize=(8, 3.2))
     lrs = [_num(v) for v in final["lrs"]]
     ax.plot(np.arange(len(lrs)), lrs, color="C3", lw=2,
-            label=f"{final['family']} (peak {final['lr']:.3g})")
+            label=f"{mpl_text(final['family'])} (peak {final['lr']:.3g})")
     top = max([v for v in lrs if math.isfinite(v)] or [1.0])
     for i, c in enumerate(final.get("lr_cuts") or []):
         ax.axvline(float(c["step"]), color="C3", ls="--", lw=1.0,
@@ -248,6 +258,7 @@ def _fig_schedule(final: Mapping[str, Any], safe: float | None) -> Any:
 def _fig_final(final: Mapping[str, Any], metric: str, findings: Sequence[Mapping[str, Any]]
                ) -> Any:
     plt = _plt()
+    metric = mpl_text(metric)
     fig, ax = plt.subplots(figsize=(8, 4.2))
     losses = [_num(v) for v in final["losses"]]
     steps = np.arange(1, len(losses) + 1)
@@ -280,7 +291,7 @@ def _fig_final(final: Mapping[str, Any], metric: str, findings: Sequence[Mapping
             handles.append(h)
             labels.append("monitor finding")
     ax.legend(handles, labels, fontsize=8, loc="upper right")
-    ax.set_title(f"final run: {final['family']} at {final['lr']:.3g}")
+    ax.set_title(f"final run: {mpl_text(final['family'])} at {final['lr']:.3g}")
     fig.tight_layout()
     return fig
 

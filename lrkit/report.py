@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from .html import mpl_text
+
 if TYPE_CHECKING:  # pragma: no cover
     from .bench import MethodResult, Oracle
 
@@ -41,7 +43,7 @@ def _draw_oracle(ax, o: "Oracle") -> None:
     ax.axvline(o.best_lr, color="green", lw=1)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
-    ax.set_ylabel(o.metric_name + (" (higher is better)" if o.higher_is_better else
+    ax.set_ylabel(mpl_text(o.metric_name) + (" (higher is better)" if o.higher_is_better else
                                    " (lower is better)"))
     if finite.any():
         good = mean[finite]
@@ -50,7 +52,7 @@ def _draw_oracle(ax, o: "Oracle") -> None:
             ax.set_yscale("log")
         elif span > 0:
             ax.set_ylim(np.nanmin(good) - 0.05 * span, np.nanmax(good) + 0.05 * span)
-    ax.set_title(f"{o.task}: best {o.best_lr:.3g}, band [{lo:.3g}, {hi:.3g}]", fontsize=9)
+    ax.set_title(f"{mpl_text(o.task)}: best {o.best_lr:.3g}, band [{lo:.3g}, {hi:.3g}]", fontsize=9)
     ax.grid(alpha=0.3, which="both")
 
 
@@ -88,8 +90,8 @@ def plot_methods(results: Sequence["MethodResult"], oracles: dict[str, "Oracle"]
             y = ymin + (0.04 + 0.06 * (i % 12)) * (ymax - ymin)
             ax.scatter(lrs, [y] * len(lrs), color=colors[r.method],
                        marker=markers[i % len(markers)], s=30, zorder=6,
-                       label=f"{r.method} ({r.regret:+.1%})" if math.isfinite(r.regret)
-                       else f"{r.method} (diverged)")
+                       label=f"{mpl_text(r.method)} ({r.regret:+.1%})"
+                       if math.isfinite(r.regret) else f"{mpl_text(r.method)} (diverged)")
         ax.legend(fontsize=6, loc="best")
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")

@@ -432,6 +432,14 @@ def _rebased(done: dict, path: Path) -> dict:
     return done
 
 
+def _finished(done: Mapping[str, Any] | None) -> bool:
+    """Whether a (rebased) ``result.json`` is a finished run: its report and its final weights
+    are there (a folder whose weights were deleted was returned as finished, naming a missing
+    file; now its final run is trained again)."""
+    return done is not None and all(bool(done.get(k)) and Path(done[k]).exists()
+                                    for k in ("report", "weights"))
+
+
 def _jsonable(x: Any) -> Any:
     """JSON has no NaN/inf: encode them as strings (as :mod:`lrkit.finder` does)."""
     if isinstance(x, float) and not math.isfinite(x):
@@ -943,6 +951,8 @@ def _stage_final(task: Any, folder: _Folder, family: str, lr: float, seed: int,
     if saved is not None and folder.file("weights").exists():
         show.say(f"[4/5] final run: resumed from {folder.file('final').name}")
         return saved, Stage.from_dict(saved["stage"])
+    if saved is not None:
+        show.say(f"[4/5] final run: {folder.file('weights').name} is missing: trained again")
     full = task.recipe.steps
     every = max(1, full // 25)
     first: dict | None = None
@@ -1728,7 +1738,8 @@ def tune(
         schedules: the schedule families to choose from (:data:`lrkit.schedules.FAMILIES`).
         storage: an Optuna storage URL for the confirmation trials (``postgresql://...`` to
             share them with other ``lrkit tune`` workers and with ``lrkit search`` workers
-            pointed at the study, whose command is printed); default: an embedded SQLite study
+            pointed at the study, whose command is printed); default: a resumed folder's own
+            storage (its meta.json's; another one is refused), else an embedded SQLite study
             in the run folder.
         out: the run folder; default ``./lrkit-runs/<task>-<timestamp>/``. A folder that holds
             an earlier, unfinished (or finished) tune of the same task and settings is resumed.
@@ -1754,6 +1765,29 @@ def tune(
                      out=out, seed=seed, progress=progress)
     finally:  # the user's model as it was given (the trained weights are in res.weights)
         put_back(task, seed)
+
+
+#: meta.json's settings that a resumed run must share with the call that resumes it
+_RESUME_KEYS = ("task_key", "budget", "schedules", "seed", "full_run_steps", "storage")
+
+
+def _shown(key: str, value: Any) -> str:
+    """A setting as an error message shows it (a storage URL with its password masked)."""
+    if key == "storage" and isinstance(value, str):
+        from .search._storage import mask_url
+
+        return repr(mask_url(value))
+    return repr(value)
+
+
+def _check_same_settings(old: Mapping[str, Any], meta: Mapping[str, Any], path: Path) -> None:
+    """Refuse to resume the run in ``path`` (its meta.json: ``old``) with other settings."""
+    diff = [k for k in _RESUME_KEYS if old.get(k) != meta[k]]
+    if diff:
+        raise ValueError(f"out={str(path)!r} holds a tune with other settings ("
+                         + ", ".join(f"{k}: {_shown(k, old.get(k))} != {_shown(k, meta[k])}"
+                                     for k in diff)
+                         + "): pass a new folder")
 
 
 def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence[str],
@@ -1800,12 +1834,9 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
             "full_run_steps": task.recipe.steps, "storage": storage}
     old = folder.load("meta")
     if old is not None:
-        diff = [k for k in ("task_key", "budget", "schedules", "seed", "full_run_steps")
-                if old.get(k) != meta[k]]
-        if diff:
-            raise ValueError(f"out={str(path)!r} holds a tune with other settings ("
-                             + ", ".join(f"{k}: {old.get(k)!r} != {meta[k]!r}" for k in diff)
-                             + "): pass a new folder")
+        if storage is None:  # the run's own study (a shared one: its helpers wait on it)
+            storage = meta["storage"] = old.get("storage")
+        _check_same_settings(old, meta, path)
     else:
         meta["started"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         folder.save("meta", meta)
@@ -1813,7 +1844,7 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
     done = folder.load("result")
     if done is not None:
         done = _rebased(done, path)
-    if done is not None and Path(done["report"]).exists():
+    if _finished(done):
         show.say(f"lrkit tune {task.name}: {path} holds a finished run")
         return TuneResult.from_dict(done)
     show.say(f"lrkit tune {task.name}: run folder {path}")
@@ -1899,39 +1930,62 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         help="go on from an interrupted run folder")
     parser.add_argument("--budget", type=float, default=None,
                         help="total cost in full runs (default 2.0)")
-    parser.add_argument("--schedules", default=",".join(DEFAULT_SCHEDULES),
-                        help="comma-separated schedule families to choose from")
+    parser.add_argument("--schedules", default=None,
+                        help="comma-separated schedule families to choose from (default: "
+                             + ",".join(DEFAULT_SCHEDULES) + ")")
     parser.add_argument("--storage", default=None,
                         help="Optuna storage URL for the confirmation trials (default: SQLite "
                              "in the run folder; postgresql://... to share); the study name "
                              "and the 'lrkit search' command for helper workers are printed")
     parser.add_argument("--out", default=None, help="run folder (default ./lrkit-runs/...)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None, help="seed of every run (default 0)")
     parser.add_argument("--no-progress", action="store_true")
+
+
+def _families(value: str) -> list[str]:
+    """``--schedules``' comma-separated list."""
+    return [s.strip() for s in value.split(",") if s.strip()]
+
+
+def _cli_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``lrkit tune``'s task, folder and settings: the options (with their defaults), or with
+    ``--resume DIR`` those in DIR's meta.json, where an option given with another value than
+    the run's is refused (it was dropped: ``--storage`` too, so a run on a shared study went
+    on in a new local one while its helpers waited forever)."""
+    given = {"budget": args.budget, "seed": args.seed, "storage": args.storage,
+             "schedules": None if args.schedules is None else _families(args.schedules)}
+    if args.resume is None:
+        return {**given, "task_ref": args.task, "out": args.out,
+                "seed": 0 if args.seed is None else args.seed,
+                "schedules": (list(DEFAULT_SCHEDULES) if given["schedules"] is None
+                              else given["schedules"])}
+    meta = _Folder(Path(args.resume)).load("meta")
+    if meta is None:
+        raise ValueError(f"--resume {args.resume!r}: no {_FILES['meta']} there (not a "
+                         "lrkit tune run folder)")
+    for key, value in given.items():
+        if value is not None and value != meta.get(key):
+            raise ValueError(f"--{key} {_shown(key, value)} with --resume {args.resume!r}: "
+                             f"that run was started with {key} {_shown(key, meta.get(key))} "
+                             f"and goes on with it; drop --{key}, or start a new run with "
+                             "another --out")
+    if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
+        raise ValueError(f"--out {args.out!r} with --resume {args.resume!r}: a resumed run "
+                         "stays in its own folder; drop --out")
+    return {**{k: meta.get(k) for k in given}, "task_ref": args.task or meta["task_ref"],
+            "out": args.resume}
 
 
 def cli_main(args: argparse.Namespace) -> int:
     """``lrkit tune --task NAME``: print the decision and the report's path."""
     import sys
 
-    out = args.out
-    task_ref = args.task
-    budget, schedules, seed = args.budget, args.schedules, args.seed
-    if args.resume is not None:
-        meta = _Folder(Path(args.resume)).load("meta")
-        if meta is None:
-            raise ValueError(f"--resume {args.resume!r}: no {_FILES['meta']} there (not a "
-                             "lrkit tune run folder)")
-        out = args.resume
-        task_ref = task_ref or meta["task_ref"]
-        budget = meta["budget"] if budget is None else budget
-        schedules = ",".join(meta["schedules"])
-        seed = meta["seed"]
+    run = _cli_settings(args)
+    out, task_ref = run["out"], run["task_ref"]
     if not task_ref:
         raise ValueError("--task is required (a built-in task name or package.module:function)")
     from . import tasks as _tasks
 
-    fams = [s.strip() for s in schedules.split(",") if s.strip()]
     try:
         task = _tasks.get(task_ref)
     except ValueError as e:
@@ -1942,8 +1996,9 @@ def cli_main(args: argparse.Namespace) -> int:
                          "lrkit.tune.tune(task, out=DIR)") from None
     out = out if out is not None else str(_default_out(task.name))
     try:
-        res = _tune(task, task_ref, budget=budget, schedules=fams, storage=args.storage,
-                    out=out, seed=seed, progress=not args.no_progress)
+        res = _tune(task, task_ref, budget=run["budget"], schedules=run["schedules"],
+                    storage=run["storage"], out=out, seed=run["seed"],
+                    progress=not args.no_progress)
     except KeyboardInterrupt:
         where = out
         print(f"\ninterrupted: finished stages are kept in {where}; continue with "

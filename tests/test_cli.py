@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
+import pytest
 
 from lrkit import schedules
 from lrkit.cli import main
+from tests.tiny_task import make_task
 
 TINY = "tests.tiny_task:make_task"
+
+
+def loss_bug_task():
+    """A user's task whose loss has a bug: a TypeError raised in the user's own code."""
+    def loss(model, batch):
+        return model(batch[0]).sum() + "oops"
+
+    return dataclasses.replace(make_task(), loss=loss)
+
+
+def builder_bug_task():
+    """A user's task builder that raises a ValueError (as ``json.loads`` of a bad file would)."""
+    raise ValueError("a bug in the user's builder")
 
 
 def test_schedule_demo_and_list(tmp_path, capsys):
@@ -123,3 +140,46 @@ def test_ctrl_c_is_one_line_that_says_how_to_go_on(tmp_path, monkeypatch, capsys
     assert main(["find", "--task", "digits"]) == 130
     err = capsys.readouterr().err
     assert err.strip() == "lrkit: interrupted" and "Traceback" not in err
+
+
+def test_an_error_in_the_users_code_keeps_its_traceback(tmp_path, capsys):
+    """Every ValueError/TypeError was one line ``lrkit: error: ...``, a bug in the user's own
+    loss or builder too (no file, no line); now only lrkit's own checks are one line."""
+    with pytest.raises(TypeError, match="unsupported operand") as info:
+        main(["find", "--task", "tests.test_cli:loss_bug_task", "--num-iter", "20",
+              "--no-progress"])
+    assert (Path(str(info.traceback[-1].path)).name, info.traceback[-1].name) == (
+        "test_cli.py", "loss")
+    with pytest.raises(ValueError, match="a bug in the user's builder") as info:
+        main(["tune", "--task", "tests.test_cli:builder_bug_task", "--out", str(tmp_path / "r"),
+              "--no-progress"])
+    assert info.traceback[-1].name == "builder_bug_task"
+    # lrkit's own argument checks stay one line, exit status 2
+    assert main(["tune", "--task", TINY, "--budget", "0.5", "--out", str(tmp_path / "b"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lrkit: error: budget must be > 1") and "Traceback" not in err
+
+
+def test_schedule_figure_paths_and_steps_are_checked_first(tmp_path, capsys):
+    """``schedule demo/plot -o missing/dir/x.png`` raised FileNotFoundError after drawing;
+    ``-o noext`` said "wrote noext" but wrote noext.png; ``--steps 0`` named step_size."""
+    spec = json.dumps({"name": "cosine", "lr": 0.1, "T_max": 100})
+    deep = tmp_path / "no" / "such" / "dir" / "x.png"
+    assert main(["schedule", "demo", "-o", str(deep), "--steps", "100"]) == 0
+    assert deep.read_bytes()[:4] == b"\x89PNG"
+    noext = tmp_path / "noext"
+    assert main(["schedule", "plot", "--spec", spec, "--steps", "10", "-o", str(noext)]) == 0
+    assert f"wrote {noext}.png" in capsys.readouterr().out
+    assert (tmp_path / "noext.png").read_bytes()[:4] == b"\x89PNG" and not noext.exists()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    refused = {("demo", "-o", str(blocker / "x.png")): "--out: cannot make the folder",
+               ("demo", "-o", str(tmp_path / "x.txt")): "--out: ",
+               ("demo", "--steps", "3"): "--steps must be an integer >= 8, got 3",
+               ("plot", "--spec", spec, "--steps", "0"): "--steps must be an integer >= 1, got 0"}
+    for args, message in refused.items():
+        out = [] if "-o" in args else ["-o", str(tmp_path / "s.png")]
+        assert main(["schedule", *args, *out]) == 2
+        assert capsys.readouterr().err.startswith(f"lrkit: error: {message}")
+    assert not (tmp_path / "x.txt").exists() and not (tmp_path / "s.png").exists()

@@ -670,6 +670,49 @@ def test_cli_prints_decision_and_report(done, capsys):
     assert cli.main(["tune", "--no-progress"]) == 2  # neither --task nor --resume
 
 
+def test_resume_goes_on_with_the_runs_storage_and_refuses_other_settings(
+        task, done, storage, tmp_path, monkeypatch, capsys):
+    """``--resume`` dropped the run's ``--storage`` (it went on in a new local study.db, and
+    helpers on the shared study waited forever) and ignored ``--seed``, ``--schedules`` and
+    ``--out``: each is now the run's own, and another value is refused, as ``--budget`` is."""
+    import shutil
+
+    from lrkit import cli
+
+    res, out = done  # started on the shared ``storage``
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    for name in ("result.json", "report.html"):
+        (copy / name).unlink()
+    ref = ["--task", "tests.test_tune:tiny_task", "--no-progress"]
+    refused = {"--storage": "postgresql://me:s3cret@nohost/db", "--seed": "1",
+               "--schedules": "cosine", "--budget": "3", "--out": str(tmp_path / "elsewhere")}
+    for flag, value in refused.items():
+        assert cli.main(["tune", "--resume", str(copy), flag, value] + ref) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"lrkit: error: {flag} ") and "--resume" in err, err
+    assert cli.main(["tune", "--resume", str(copy), "--storage", refused["--storage"]]
+                    + ref) == 2
+    err = capsys.readouterr().err
+    assert "me:***@nohost" in err and "s3cret" not in err and repr(storage) in err
+    assert not (tmp_path / "elsewhere").exists()
+    opened = []
+    real = tune_mod._open_study
+    monkeypatch.setattr(tune_mod, "_open_study",
+                        lambda url, *a: opened.append(url) or real(url, *a))
+    same = ["--seed", "0", "--schedules", ",".join(tune_mod.DEFAULT_SCHEDULES),
+            "--out", str(copy)]
+    assert cli.main(["tune", "--resume", str(copy)] + same + ref) == 0
+    assert opened == [storage] and not (copy / "study.db").exists()
+    assert f"decision: {res.family} schedule, peak lr {res.lr:.3g}" in capsys.readouterr().out
+    # from Python too: the folder's storage by default, another one refused
+    (copy / "result.json").unlink()
+    with pytest.raises(ValueError, match=r"other settings \(storage: "):
+        tune(task, out=copy, progress=False, storage=f"sqlite:///{tmp_path / 'other.db'}")
+    assert tune(task, out=copy, progress=False).lr == res.lr
+    assert opened == [storage, storage]
+
+
 def test_a_copied_or_damaged_run_folder_on_resume(task, done, tmp_path, capsys):
     import shutil
 
@@ -693,6 +736,27 @@ def test_a_copied_or_damaged_run_folder_on_resume(task, done, tmp_path, capsys):
     (copy / "meta.json").write_text("{")
     assert cli.main(["tune", "--resume", str(copy), "--no-progress"]) == 2
     assert "meta.json' is not valid JSON" in capsys.readouterr().err
+
+
+def test_a_finished_folder_without_its_weights_trains_the_final_run_again(task, done, tmp_path,
+                                                                         monkeypatch):
+    """A finished folder whose final-weights.pt was deleted counted as finished (report.html
+    was there): resume returned a result naming weights that did not exist."""
+    import shutil
+
+    res, out = done
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "final-weights.pt").unlink()
+    calls = _count_train_runs(monkeypatch)
+    again = tune(task, out=copy, progress=False)
+    assert calls == [STEPS]  # the final run only: every other stage is read back
+    assert again.weights == str(copy / "final-weights.pt") and Path(again.weights).exists()
+    assert (again.family, again.lr, again.cost_steps) == (res.family, res.lr, res.cost_steps)
+    assert again.metric == pytest.approx(res.metric, rel=1e-9)
+    model = task.build_model(0)
+    model.load_state_dict(torch.load(again.weights))
+    assert task.score(model, "test") == pytest.approx(again.metric, rel=1e-6)
 
 
 def test_cli_prints_the_run_length_lr_of_an_early_overfit(done, capsys, monkeypatch):
@@ -738,6 +802,43 @@ def test_compare_each_schedule_at_its_own_best_lr(task, tmp_path):
     assert (tmp_path / "cmp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="schedules"):
         compare(task, schedules=("cosine", "nope"), progress=False)
+
+
+def _saved_texts(monkeypatch) -> list[str]:
+    """Patch ``Figure.savefig`` to record every text of each figure saved; returns the list."""
+    from matplotlib.figure import Figure
+    from matplotlib.text import Text
+
+    texts: list[str] = []
+    real = Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        texts.extend(t.get_text() for t in fig.findobj(Text) if t.get_text())
+        return real(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return texts
+
+
+def test_dollars_in_a_users_names_are_drawn_as_written(tmp_path, monkeypatch):
+    """A metric named ``loss $\\frac{a}$ x`` crashed tune's report after all the training
+    (matplotlib's mathtext could not parse it) and ``lrkit compare``'s plot; a valid span was
+    drawn as math. Every ``$`` of a user's name is now escaped in the plots."""
+    from matplotlib import cbook
+
+    from lrkit.compare import compare
+
+    metric = r"loss $\frac{a}$ x"
+    named = dataclasses.replace(tiny_task(), name="cost $US$", metric=metric)
+    texts = _saved_texts(monkeypatch)
+    res = tune(named, out=tmp_path / "run", progress=False)
+    assert Path(res.report).exists() and (tmp_path / "run" / "result.json").exists()
+    cmp = compare(named, schedules=("constant", "cosine"), progress=False)
+    cmp.plot(tmp_path / "cmp.png")
+    drawn = [t for t in texts if "frac" in t or "$US" in t]  # (log axes' ticks are math)
+    assert drawn and not any(cbook.is_math_text(t) for t in drawn)  # drawn as plain text...
+    shown = [t.replace(r"\$", "$") for t in drawn]  # ...which shows each \$ as $
+    assert any(metric in t for t in shown) and any(t.startswith("cost $US$: ") for t in shown)
 
 
 def test_the_final_lr_is_time_rescaled_when_the_run_above_replays_the_winner_and_overfits():
