@@ -261,8 +261,29 @@ def _raised_by_lrkit(e: BaseException) -> bool:
     return _PACKAGE in Path(tb.tb_frame.f_code.co_filename).resolve().parents
 
 
+def _builtin_name(value: str) -> str:
+    """``--task``'s value with a built-in task name matched case-insensitively (``DIGITS`` ran
+    nothing and got no "did you mean"); other values (``module:function``) as given."""
+    if ":" in value:
+        return value
+    from . import tasks
+
+    same = {n.lower(): n for n in tasks.names()}
+    return same.get(value.lower(), value)
+
+
+def _normalise_task(args: argparse.Namespace) -> None:
+    """``--task`` (one value, or ``bench``'s list) with built-in names in their own case."""
+    task = getattr(args, "task", None)
+    if isinstance(task, str):
+        args.task = _builtin_name(task)
+    elif isinstance(task, list):
+        args.task = [_builtin_name(t) for t in task]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
+    _normalise_task(args)
     if args.area in _FIGURE_OUT and getattr(args, "out", None):
         args.out = _figure_path(args.out)
     try:

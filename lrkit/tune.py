@@ -44,6 +44,7 @@ import importlib.util
 import json
 import math
 import os
+import shlex
 import sys
 import time
 import types
@@ -412,20 +413,57 @@ class _Folder:
         os.replace(tmp, p)
 
 
+def _how_to_go_on(p: Path) -> str:
+    """What to do about a damaged run-folder file: a stage file's stages can be redone, but
+    without meta.json the folder cannot be resumed at all."""
+    if p.name == _FILES["meta"]:
+        return "the folder cannot be resumed without it: start a new run with another --out"
+    return "delete it, and the stage files numbered after it, to redo those stages on --resume"
+
+
+class _MissingKey(ValueError, KeyError):
+    """A key missing from a run folder's JSON file (edited by hand): a ValueError naming the
+    file and the key (one line from the CLI), and still a KeyError for code that expects one."""
+
+    __str__ = BaseException.__str__
+
+
+class _FileDict(dict):
+    """A dict read from the run-folder file ``path``: a missing key raises :class:`_MissingKey`
+    naming the file and the key (a hand-edited file gave a bare KeyError traceback)."""
+
+    path: Path
+
+    def __missing__(self, key: Any) -> Any:
+        raise _MissingKey(f"{str(self.path)!r} has no key {key!r} (edited by hand?): "
+                          + _how_to_go_on(self.path))
+
+
+def _file_dict(p: Path) -> Any:
+    """``json.loads``' object hook for the file ``p``: each object a :class:`_FileDict`."""
+
+    def hook(d: dict) -> _FileDict:
+        out = _FileDict(d)
+        out.path = p
+        return out
+
+    return hook
+
+
 def _read_json(p: Path) -> Any:
     """A run folder's JSON file; a damaged one (edited by hand, or cut short by a full disk:
-    lrkit writes them atomically) is a ValueError that names it and says how to go on."""
+    lrkit writes them atomically) is a ValueError that names it and says how to go on, at once
+    (not valid JSON) or when a missing key is read."""
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
+        return json.loads(p.read_text(encoding="utf-8"), object_hook=_file_dict(p))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{str(p)!r} is not valid JSON ({e}): delete it, and the stage files "
-                         "numbered after it, to redo those stages on --resume") from None
+        raise ValueError(f"{str(p)!r} is not valid JSON ({e}): " + _how_to_go_on(p)) from None
 
 
 def _rebased(done: dict, path: Path) -> dict:
     """A finished run's ``result.json`` with its file paths in ``path``, the folder it was
     read from (a run folder moved or copied elsewhere still names its own report)."""
-    done = dict(done, run_dir=str(path))
+    done = _file_dict(path / _FILES["result"])({**done, "run_dir": str(path)})
     for key in ("report", "weights"):
         if done.get(key):
             done[key] = str(path / Path(done[key]).name)
@@ -1359,7 +1397,6 @@ def run_study_trial(study: Any, trial: Any, task: Any, *, seed: int, bar: Any = 
 def _helper_command(task: Any, task_ref: str, url: str, name: str) -> str:
     """The ``lrkit search`` command that makes another process a helper of this tune study
     (the URL's password masked)."""
-    import shlex
 
     from . import tasks as _tasks
     from .search._storage import mask_url
@@ -1790,6 +1827,29 @@ def _check_same_settings(old: Mapping[str, Any], meta: Mapping[str, Any], path: 
                          + "): pass a new folder")
 
 
+def _default_budget(full: int) -> tuple[float, str | None]:
+    """The default budget for a ``full``-step task, and why it was raised (None when it was
+    not): a very short run's shortest range test costs more than :data:`DEFAULT_BUDGET` pays."""
+    least = _min_budget(full)
+    if DEFAULT_BUDGET >= least:
+        return DEFAULT_BUDGET, None
+    return least, (f"The default budget of {DEFAULT_BUDGET:g} full runs "
+                   f"({math.floor(DEFAULT_BUDGET * full)} steps) cannot pay for the shortest "
+                   f"range test ({MIN_RANGE_ITERS} steps) and the {full}-step final run, so this "
+                   f"run's budget is {least:g} full runs.")
+
+
+def _resumed_raise(old: Mapping[str, Any], full: int, budget: float,
+                   by_default: bool) -> str | None:
+    """The raised-default sentence of the run a resumed folder's meta.json (``old``) started:
+    a resumed run passes the recorded budget on, and says what the uninterrupted run said (a
+    folder made before meta.json recorded it: whether this call's budget is the default)."""
+    if not old.get("budget_default", by_default):
+        return None
+    default, raised = _default_budget(full)
+    return raised if default == budget else None
+
+
 def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence[str],
           storage: str | None, out: str | os.PathLike | None, seed: int,
           progress: bool) -> TuneResult:
@@ -1797,15 +1857,10 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
 
     full = task.recipe.steps
     least = _min_budget(full)
+    by_default = budget is None
     raised = None  # why the default budget was raised, said live and in the explanation
     if budget is None:
-        budget = DEFAULT_BUDGET
-        if budget < least:  # a very short run: the shortest range test costs more than a run
-            raised = (f"The default budget of {budget:g} full runs ({math.floor(budget * full)} "
-                      f"steps) cannot pay for the shortest range test ({MIN_RANGE_ITERS} steps) "
-                      f"and the {full}-step final run, so this run's budget is {least:g} full "
-                      "runs.")
-            budget = least
+        budget, raised = _default_budget(full)
     else:
         budget = check_finite("budget", budget)
         if budget <= 1.0:
@@ -1831,12 +1886,14 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
     folder = _Folder(path)
     meta = {"task": task.name, "task_ref": task_ref, "task_key": task.key,
             "budget": budget, "schedules": list(families), "seed": seed,
-            "full_run_steps": task.recipe.steps, "storage": storage}
+            "full_run_steps": task.recipe.steps, "storage": storage,
+            "budget_default": by_default}
     old = folder.load("meta")
     if old is not None:
         if storage is None:  # the run's own study (a shared one: its helpers wait on it)
             storage = meta["storage"] = old.get("storage")
         _check_same_settings(old, meta, path)
+        raised = _resumed_raise(old, full, budget, by_default)
     else:
         meta["started"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         folder.save("meta", meta)
@@ -2000,9 +2057,8 @@ def cli_main(args: argparse.Namespace) -> int:
                     storage=run["storage"], out=out, seed=run["seed"],
                     progress=not args.no_progress)
     except KeyboardInterrupt:
-        where = out
-        print(f"\ninterrupted: finished stages are kept in {where}; continue with "
-              f"lrkit tune --resume {where}", file=sys.stderr)
+        print(f"\ninterrupted: finished stages are kept in {out}; continue with "
+              f"lrkit tune --resume {shlex.quote(str(out))}", file=sys.stderr)
         return 130
     better = "higher" if res.higher_is_better else "lower"
     print(f"decision: {res.family} schedule, peak lr {res.lr:.3g}")

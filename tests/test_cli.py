@@ -122,6 +122,43 @@ def test_unknown_task_is_a_clear_error(capsys):
     assert "did you mean 'digits'" in capsys.readouterr().err
 
 
+def test_task_names_are_matched_case_insensitively(monkeypatch):
+    """``--task DIGITS`` was an unknown task with no "did you mean"; built-in names are
+    matched in any case, references and unknown names are passed on as given."""
+    import lrkit.finder
+
+    seen = []
+
+    def fake_find(task, **kwargs):
+        seen.append(task.name)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lrkit.finder, "find_lr", fake_find)
+    assert main(["find", "--task", "DIGITS", "--no-progress"]) == 130
+    assert seen == ["digits"]
+    from lrkit.cli import _builtin_name
+
+    assert [_builtin_name(v) for v in ("Digits-Small", TINY, "nope")] == [
+        "digits-small", TINY, "nope"]
+
+
+def test_tune_ctrl_c_hint_quotes_the_folder(tmp_path, monkeypatch, capsys):
+    """The resume hint is pasted into a shell: a folder with a space is quoted."""
+    import shlex
+
+    import lrkit.tune
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lrkit.tune, "_tune", interrupted)
+    out = tmp_path / "my run"
+    assert main(["tune", "--task", TINY, "--out", str(out), "--no-progress"]) == 130
+    hint = capsys.readouterr().err.strip().splitlines()[-1]
+    assert hint.endswith(f"lrkit tune --resume {shlex.quote(str(out))}")
+    assert shlex.split(hint.split("continue with ")[1])[-1] == str(out)
+
+
 def test_ctrl_c_is_one_line_that_says_how_to_go_on(tmp_path, monkeypatch, capsys):
     """Ctrl-C ends a command with exit status 130 and a line, not a traceback: search says its
     study keeps the finished trials (a rerun retries the interrupted one), the others say so."""

@@ -514,6 +514,22 @@ def test_result_round_trips_and_plots(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "| 2 | 0.01 |" in res.table()
 
 
+def test_cli_show_refuses_a_missing_sqlite_file(tmp_path: Path, monkeypatch,
+                                               capsys: pytest.CaptureFixture) -> None:
+    """``lrkit search show`` on a SQLite path that does not exist made an empty database
+    there; now it is refused, naming the path, and nothing is created."""
+    from lrkit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "sub" / "nope.db"
+    for extra in ([], ["--study", "s"]):
+        assert main(["search", "show", "--storage", f"sqlite:///{missing}"] + extra) == 2
+        assert f"no database file {str(missing)!r}" in capsys.readouterr().err
+    assert main(["search", "show"]) == 2  # the default file, not there either
+    assert "lrkit.db" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_search_and_show(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from lrkit.cli import main
 

@@ -536,6 +536,16 @@ def test_short_runs_confirm_one_schedule_or_none_and_say_so(tmp_path):
     assert res.cost_steps == 50 and res.cost_runs == pytest.approx(2.5)
     assert res.explanation.startswith("The default budget of 2 full runs (40 steps) cannot pay")
     assert "budget is 2.5 full runs" in res.explanation
+    # resumed (the CLI passes the recorded budget on as if given): the same explanation, as
+    # meta.json says the budget was the default (the sentence was missing on resume)
+    assert json.loads((tmp_path / "d" / "meta.json").read_text())["budget_default"] is True
+    for name in ("result.json", "report.html"):
+        (tmp_path / "d" / name).unlink()
+    again = tune(user_task(20), budget=2.5, out=tmp_path / "d", progress=False)
+    assert again.explanation == res.explanation
+    assert "budget is 2.5 full runs" in (tmp_path / "d" / "report.html").read_text()
+    # an explicit 2.5 says nothing of a default, started or resumed
+    assert tune_mod._resumed_raise({"budget_default": False}, 20, 2.5, True) is None
     with pytest.raises(ValueError, match=r"budget=2\.0 gives 40 steps .* pass budget >= 2\.5"):
         tune(user_task(20), budget=2.0, out=tmp_path / "e", progress=False)
     assert not (tmp_path / "e").exists()  # refused before anything was written
@@ -733,9 +743,23 @@ def test_a_copied_or_damaged_run_folder_on_resume(task, done, tmp_path, capsys):
     (copy / "result.json").unlink()
     with pytest.raises(ValueError, match=r"3-halving.json' is not valid JSON .*delete it"):
         tune(task, out=copy, progress=False)
+    # a stage file missing a key (edited by hand) is one line naming the file and the key
+    saved = json.loads((copy / "1-range-test.json").read_text())
+    (copy / "1-range-test.json").write_text(json.dumps({"result": saved["result"]}))
+    with pytest.raises(ValueError, match=r"1-range-test.json' has no key 'stage' .*delete it"):
+        tune(task, out=copy, progress=False)
+    meta = json.loads((copy / "meta.json").read_text())
+    del meta["task_ref"]
+    (copy / "meta.json").write_text(json.dumps(meta))
+    assert cli.main(["tune", "--resume", str(copy), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "meta.json' has no key 'task_ref'" in err and "Traceback" not in err
+    # a damaged meta.json cannot be redone: the folder cannot be resumed without it
     (copy / "meta.json").write_text("{")
     assert cli.main(["tune", "--resume", str(copy), "--no-progress"]) == 2
-    assert "meta.json' is not valid JSON" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "meta.json' is not valid JSON" in err and "delete it" not in err
+    assert "cannot be resumed without it: start a new run with another --out" in err
 
 
 def test_a_finished_folder_without_its_weights_trains_the_final_run_again(task, done, tmp_path,

@@ -66,9 +66,10 @@ def cli_main(args: argparse.Namespace) -> int:
     """Run ``lrkit search`` (or ``lrkit search show``); returns the exit status."""
     from ._core import SearchOptions, search
     from ._show import show, studies
-    from ._storage import describe
+    from ._storage import check_exists, describe
 
     if args.action == "show":
+        check_exists(args.storage)
         if args.study is None:
             names = studies(args.storage)
             print(f"studies in {describe(args.storage)}:")

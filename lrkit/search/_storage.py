@@ -306,6 +306,19 @@ def _postgres_locked(url: str, make: Any) -> Any:
         engine.dispose()
 
 
+def check_exists(storage: Any) -> None:
+    """Refuse a SQLite ``storage`` (``None``: the default file) whose file does not exist,
+    without creating it: for commands that only read a study (``lrkit search show``)."""
+    url = default_url() if storage is None else storage
+    m = re.match(r"sqlite(\+\w+)?:///([^?]*)", url) if isinstance(url, str) else None
+    if m is None:
+        return
+    db = m.group(2)
+    if db and db != ":memory:" and not Path(db).expanduser().exists():
+        raise ValueError(f"storage {mask_url(url)!r}: no database file {db!r} (nothing to "
+                         "show; check the path)")
+
+
 def describe(storage: Any) -> str:
     """A printable name of a storage: its URL masked, or its class."""
     if isinstance(storage, str):
