@@ -1634,7 +1634,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None,
                         help="steps of each stability run (default: min(recipe steps, 200))")
     parser.add_argument("--no-test", action="store_true", help="only the bound, no short runs")
-    parser.add_argument("--plot", default="safe-lr.png", help="PNG of the stability test")
+    parser.add_argument("--plot", default=None,
+                        help="PNG of the stability test (default: safe-lr.png; none with "
+                             "--no-test)")
     parser.add_argument("--json", default=None, help="write the result to this JSON file")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -1645,6 +1647,9 @@ def cli_main(args: argparse.Namespace) -> int:
 
     from . import tasks
 
+    if args.no_test and args.plot:  # (it was silently ignored)
+        raise ValueError("--plot draws the stability test, which --no-test skips: drop one "
+                         "of them")
     task = tasks.get(args.task)
     for i, f in enumerate(args.factors or ()):  # before the bound's Hessian-vector products
         check_positive(f"factors[{i}]", f)
@@ -1664,9 +1669,9 @@ def cli_main(args: argparse.Namespace) -> int:
         best = t.largest_stable_factor
         print("largest converged factor: " + (f"{best:g}× ({best * s.lr:.4g})" if best else "none"))
         out["test"] = t.to_dict()
-        if args.plot:
-            t.plot(args.plot)
-            print(f"wrote {args.plot}")
+        plot = args.plot or "safe-lr.png"
+        t.plot(plot)
+        print(f"wrote {plot}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

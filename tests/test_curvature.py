@@ -455,6 +455,9 @@ def test_cli_safe_lr(tmp_path, capsys):
     assert main(["safe-lr", "--task", "no-such-task"]) == 2
     assert main(["safe-lr", "--task", "logreg", "--factors", "1", "-1"]) == 2
     assert "factors[1] must be > 0" in capsys.readouterr().err
+    # --plot with --no-test was silently ignored: refused before any work
+    assert main(["safe-lr", "--task", "logreg", "--no-test", "--plot", str(plot)]) == 2
+    assert "--plot draws the stability test, which --no-test skips" in capsys.readouterr().err
 
 
 def test_docstring_examples_run():
