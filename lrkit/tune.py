@@ -1827,6 +1827,16 @@ def _check_same_settings(old: Mapping[str, Any], meta: Mapping[str, Any], path: 
                          + "): pass a new folder")
 
 
+def _drop_unstarted(path: Path) -> None:
+    """Remove a run folder this call made when it failed before any stage finished (a bad
+    ``--storage``, a bug in the user's task): it held only ``meta.json`` (and an empty local
+    study), which nothing can resume usefully. Not on Ctrl-C: its hint names the folder."""
+    import shutil
+
+    if not any(path / _FILES[k] == p for p in path.iterdir() for k in ("range", "result")):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _default_budget(full: int) -> tuple[float, str | None]:
     """The default budget for a ``full``-step task, and why it was raised (None when it was
     not): a very short run's shortest range test costs more than :data:`DEFAULT_BUDGET` pays."""
@@ -1878,6 +1888,7 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
         raise TypeError(f"progress must be a bool, got {progress!r}")
 
     path = Path(out) if out is not None else _default_out(task.name)
+    new_folder = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # before any step is spent: a run whose stages cannot be saved
@@ -1910,8 +1921,13 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
 
     # the storage first: an unreachable server or a mistyped URL is said before the range
     # test's minutes, not after them
-    study = _open_study(storage, folder, task, seed)
-    rt, st_range = _stage_range_test(task, folder, _range_iters(full, budget), seed, show)
+    try:
+        study = _open_study(storage, folder, task, seed)
+        rt, st_range = _stage_range_test(task, folder, _range_iters(full, budget), seed, show)
+    except Exception:
+        if new_folder:
+            _drop_unstarted(path)
+        raise
     if study is not None:
         helper = _helper_command(task, task_ref, study.url, study.name)
         line = (f"      study {study.name!r}: to help with its confirmation runs, run: "

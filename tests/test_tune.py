@@ -1243,8 +1243,8 @@ def test_after_a_diverged_final_run_the_uncertainty_is_the_lr_that_diverged(tmp_
 def test_an_unreachable_storage_is_said_before_the_range_test(tmp_path, capsys):
     """``lrkit tune --storage postgresql://...`` with no server there ran the whole range test
     and then failed on the storage; it now fails first, in one line that names the URL with
-    its password masked, and the run folder holds no stage (``--resume`` with the right URL
-    starts from the range test)."""
+    its password masked, and the run folder it made is removed (it held only meta.json, and a
+    resume may not change the storage: a new run with the right URL starts afresh)."""
     from lrkit import cli
 
     out = tmp_path / "run"
@@ -1253,6 +1253,13 @@ def test_an_unreachable_storage_is_said_before_the_range_test(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith("lrkit: error: cannot open storage")
     assert "secret" not in err and "Traceback" not in err
+    assert not out.exists()
+    # a folder given that exists already is left as it was (only its meta.json is new)
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert cli.main(["tune", "--task", "tests.test_tune:tiny_task", "--out", str(out),
+                     "--storage", "postgresql://u:secret@127.0.0.1:1/db", "--no-progress"]) == 1
+    assert (out / "notes.txt").read_text() == "mine"
     assert not (out / tune_mod._FILES["range"]).exists()
 
 
