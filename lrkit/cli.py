@@ -75,6 +75,10 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.command != "oracle" and (args.method is not None or not args.optimizers):
         bench.check_methods(args.method)  # before any oracle run is spent
+    optimizers = [o.strip() for o in (getattr(args, "optimizers", None) or "").split(",")
+                  if o.strip()]  # (`bench oracle` has no --optimizers)
+    for spec in optimizers:  # likewise (a misspelt name was refused after the oracle's grid)
+        bench.parse_optimizer(spec)
     if args.seeds < 3:
         raise ValueError(f"--seeds is the number of oracle seeds (0..N-1) and must be >= 3, "
                          f"got {args.seeds}")
@@ -96,7 +100,6 @@ def _bench(args: argparse.Namespace) -> int:
               f"{o.wall_time:.0f} s")
     if args.command == "oracle":
         return 0
-    optimizers = [o.strip() for o in (args.optimizers or "").split(",") if o.strip()]
     if optimizers:
         rows = []
         for name in task_names:

@@ -107,6 +107,11 @@ def test_bench_methods_names_an_unknown_method_before_running_the_oracle(tmp_pat
                  "--out", str(out)]) == 2
     assert "did you mean 'fastai-valley'" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "cache").exists()  # no oracle run was spent
+    # a misspelt optimizer likewise (it was refused after the oracle's whole grid)
+    assert main(["bench", "methods", "--task", TINY, "--optimizers", "sgd,adamm",
+                 "--out", str(out)]) == 2
+    assert "optimizer" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "cache").exists()
 
 
 def test_bench_seeds_is_a_count_checked_before_any_run(tmp_path, monkeypatch, capsys):
