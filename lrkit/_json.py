@@ -7,7 +7,7 @@ import math
 import os
 from typing import Any, Iterable
 
-__all__ = ["finite_or_none", "read_object"]
+__all__ = ["finite_or_none", "finite_or_string", "read_object"]
 
 
 def finite_or_none(obj: Any) -> Any:
@@ -19,6 +19,19 @@ def finite_or_none(obj: Any) -> Any:
         return {k: finite_or_none(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def finite_or_string(obj: Any) -> Any:
+    """``obj`` with every non-finite float as its string (``"nan"``, ``"inf"``, ``"-inf"``),
+    recursively through dicts, lists and tuples (tuples become lists): strict JSON that still
+    says which non-finite value it was (the training logs' convention)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return repr(obj)
+    if isinstance(obj, dict):
+        return {k: finite_or_string(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_string(v) for v in obj]
     return obj
 
 

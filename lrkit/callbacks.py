@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from ._json import finite_or_string
 from .errors import as_real, check_choice, check_int, check_positive
 from .monitor import Finding, Monitor
 from .train import Callback, FitResult, StepInfo, clip_grad_norm, evaluating, global_grad_norm
@@ -235,18 +236,6 @@ def _num(x: float) -> str:
     return repr(float(x)) if math.isfinite(x) else "null"
 
 
-def _strict(obj: Any) -> Any:
-    """``obj`` (JSON-able) with every non-finite float, at any depth, as the string ``"nan"``,
-    ``"inf"`` or ``"-inf"``: strict JSON, which has no NaN or Infinity."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return "nan" if obj != obj else ("inf" if obj > 0 else "-inf")
-    if isinstance(obj, Mapping):
-        return {k: _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    return obj
-
-
 class JsonlLogger(_Recorder):
     """Write one JSON object per optimizer update to ``path`` (fields: :data:`LOG_FIELDS`).
 
@@ -291,16 +280,19 @@ class JsonlLogger(_Recorder):
         if self.path.is_dir():  # it was IsADirectoryError once training had started
             raise ValueError(f"path must be a file to write, got the folder {str(path)!r}")
         self.meta = dict(meta or {})
-        json.dumps(_strict(self.meta), allow_nan=False)  # fail at the door on a non-JSON-able meta
+        self._header()  # fail at the door on a non-JSON-able meta
         self._file: Any = None
         self._flush_at = 0.0
+
+    def _header(self) -> str:
+        """The log's first line: its version and ``meta`` (non-finite numbers as strings)."""
+        return json.dumps({"lrkit_log": 1, "meta": finite_or_string(self.meta)}, allow_nan=False)
 
     def _open(self, model: Any = None, optimizer: Any = None) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "w", encoding="utf-8", buffering=1 << 16)
         self._write = self._file.write
-        self._file.write(json.dumps({"lrkit_log": 1, "meta": _strict(self.meta)},
-                                    allow_nan=False) + "\n")
+        self._file.write(self._header() + "\n")
         self._file.flush()  # the header on disk at once, whatever happens to the run
         self._flush_at = self.flush_secs
 
@@ -338,7 +330,7 @@ class JsonlLogger(_Recorder):
     def _close(self, end: dict) -> None:
         if self._file is not None:
             try:
-                self._file.write(json.dumps({"end": _strict(end)}) + "\n")
+                self._file.write(json.dumps({"end": finite_or_string(end)}) + "\n")
             finally:
                 self._file.close()
                 self._file = None

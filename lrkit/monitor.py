@@ -105,6 +105,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from ._json import finite_or_string as _json_num
 from .errors import as_real, check_choice, check_int, check_positive, check_range, closest
 
 __all__ = [
@@ -1144,10 +1145,6 @@ def _warmup(steps: int) -> int:
     n = max(10, 2 * int(steps))
     digits = max(0, len(str(n)) - 2)
     return int(round(n, -digits))
-
-
-def _json_num(x: float) -> float | str:
-    return x if math.isfinite(x) else repr(x)
 
 
 # ------------------------------------------------------------------------------------- logs
