@@ -696,3 +696,17 @@ def test_successive_halving_over_data_subsets() -> None:
             if n in t.intermediate_values:
                 ref = run(_subset_task(task, f), lr, steps=n, eval_split="val").metric
                 assert t.intermediate_values[n] == ref
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(heartbeat_interval=0), "heartbeat_interval"),
+    (dict(grace_period=-1), "grace_period"),  # it took a live planner's study over at once
+    (dict(grace_period=0), "grace_period"),
+    (dict(poll=math.nan), "poll"),
+    (dict(subset=1.5), "subset"),
+    (dict(fidelity="epochs"), "fidelity"),
+])
+def test_search_options_are_checked_by_name(kw, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        S.SearchOptions(**kw)
+    assert S.SearchOptions(grace_period=5).grace_period == 5

@@ -75,6 +75,8 @@ class SearchOptions:
 
     def __post_init__(self) -> None:
         check_int("heartbeat_interval", self.heartbeat_interval, minimum=1)
+        if self.grace_period is not None:  # (a negative one took a live planner's study over)
+            check_int("grace_period", self.grace_period, minimum=1)
         check_int("retries", self.retries, minimum=0)
         if self.report_every is not None:
             check_int("report_every", self.report_every, minimum=1)
