@@ -14,11 +14,13 @@ to one thread, and oracle results are cached as JSON by task name and version.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import platform
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .errors import check_int, check_positive, check_range
+from .errors import MissingDependency, check_int, check_positive, check_range, require
 
 __all__ = [
     "Oracle",
@@ -358,16 +360,26 @@ class Choice:
 
 #: name -> (description, chooser(task, seed) -> Choice)
 _METHODS: dict[str, tuple[str, Callable[[Any, int], Choice]]] = {}
+#: name -> (module, pip package, lrkit extra) of an optional package the method needs
+_NEEDS: dict[str, tuple[str, str, str]] = {}
 
 
-def register_method(name: str, description: str) -> Callable:
-    """Decorator registering ``chooser(task, seed) -> Choice`` under ``name``."""
+def register_method(name: str, description: str,
+                    needs: tuple[str, str, str] | None = None) -> Callable:
+    """Decorator registering ``chooser(task, seed) -> Choice`` under ``name`` (``needs``: the
+    ``(module, pip package, lrkit extra)`` of an optional package it imports)."""
 
     def deco(fn: Callable[[Any, int], Choice]) -> Callable[[Any, int], Choice]:
         _METHODS[name] = (description, fn)
+        if needs is not None:
+            _NEEDS[name] = needs
         return fn
 
     return deco
+
+
+def _available(name: str) -> bool:
+    return name not in _NEEDS or importlib.util.find_spec(_NEEDS[name][0]) is not None
 
 
 def methods() -> dict[str, str]:
@@ -420,7 +432,8 @@ def _lrkit_confirm(task: Any, seed: int) -> Choice:
     return _finder_choice(task, seed, "lrkit", confirm=True)
 
 
-@register_method("search-auto", "lrkit.search(method='auto'): range test + 3 full runs on val")
+@register_method("search-auto", "lrkit.search(method='auto'): range test + 3 full runs on val",
+                 needs=("optuna", "optuna", "search"))
 def _search_auto(task: Any, seed: int) -> Choice:
     from .search import bench_choice
 
@@ -428,15 +441,14 @@ def _search_auto(task: Any, seed: int) -> Choice:
     return Choice(lr, cost)
 
 
-@register_method("torch-lr-finder", "torch-lr-finder 0.2 (the real package): steepest gradient")
+@register_method("torch-lr-finder", "torch-lr-finder 0.2 (the real package): steepest gradient",
+                 needs=("torch_lr_finder", "torch-lr-finder", "peers"))
 def _torch_lr_finder(task: Any, seed: int) -> Choice:
     import torch
 
-    try:
-        from torch_lr_finder import LRFinder, TrainDataLoaderIter
-    except ImportError as e:  # pragma: no cover - optional extra
-        raise ImportError("the torch-lr-finder method needs the 'peers' extra: "
-                          "pip install 'lrkit[peers]'") from e
+    peer = require("torch_lr_finder", package="torch-lr-finder", extra="peers",
+                   needed_by="the torch-lr-finder method")
+    LRFinder, TrainDataLoaderIter = peer.LRFinder, peer.TrainDataLoaderIter
     from .train import seed_everything
 
     seed_everything(seed)
@@ -516,16 +528,18 @@ def _lr_free_factory(name: str, task: Any) -> tuple[Callable, Any]:
                     warmup_steps=warm, weight_decay=wd)), constant(lr)
             return (lambda p: schedulefree.AdamWScheduleFree(
                 p, lr=0.0025, warmup_steps=warm, weight_decay=wd)), constant(0.0025)
-    except ImportError as e:  # pragma: no cover - optional extra
-        raise ImportError(f"the {name} method needs the 'peers' extra: "
-                          "pip install 'lrkit[peers]'") from e
+    except ModuleNotFoundError as e:
+        raise MissingDependency(f"the {name} method needs {e.name!r}, which is not installed: "
+                                f"pip install 'lrkit[peers]'") from e
     raise ValueError(f"unknown LR-free optimizer {name!r}")
 
 
-for _name, _desc in (("prodigy", "Prodigy (LR-free Adam, lr=1.0)"),
-                     ("dadapt", "D-Adaptation (DAdaptSGD / DAdaptAdam by recipe, lr=1.0)"),
-                     ("schedulefree", "schedule-free SGD / AdamW at the package default LR")):
-    register_method(_name, _desc)(lambda task, seed, _n=_name: Choice(None, 0, lr_free=_n))
+for _name, _desc, _pkg in (
+        ("prodigy", "Prodigy (LR-free Adam, lr=1.0)", "prodigyopt"),
+        ("dadapt", "D-Adaptation (DAdaptSGD / DAdaptAdam by recipe, lr=1.0)", "dadaptation"),
+        ("schedulefree", "schedule-free SGD / AdamW at the package default LR", "schedulefree")):
+    register_method(_name, _desc, needs=(_pkg, _pkg, "peers"))(
+        lambda task, seed, _n=_name: Choice(None, 0, lr_free=_n))
 
 
 @dataclass
@@ -565,8 +579,18 @@ def _choose(job: tuple) -> dict:
 
 
 def check_methods(method_names: Iterable[str] | None) -> list[str]:
-    """The method names to compare (all when ``None``); an unknown one is a ValueError."""
-    names = list(method_names) if method_names is not None else list(_METHODS)
+    """The method names to compare: all whose optional packages are installed when ``None``
+    (the others are named in a warning). An unknown name is a ValueError; a named method whose
+    package is missing is a :class:`~lrkit.errors.MissingDependency`, before any run."""
+    if method_names is None:
+        names = [n for n in _METHODS if _available(n)]
+        skipped = [n for n in _METHODS if n not in names]
+        if skipped:
+            extras = sorted({_NEEDS[n][2] for n in skipped})
+            warnings.warn(f"methods {skipped} skipped: their packages are not installed "
+                          f"(pip install 'lrkit[{','.join(extras)}]')", stacklevel=2)
+        return names
+    names = list(method_names)
     for n in names:
         if n not in _METHODS:
             from .errors import closest
@@ -574,6 +598,9 @@ def check_methods(method_names: Iterable[str] | None) -> list[str]:
             hint = closest(n, _METHODS)
             raise ValueError(f"unknown method {n!r}" + (f"; did you mean {hint!r}?" if hint else "")
                              + f" (known: {sorted(_METHODS)})")
+        if n in _NEEDS:
+            module, package, extra = _NEEDS[n]
+            require(module, package=package, extra=extra, needed_by=f"the {n} method")
     return names
 
 
@@ -674,16 +701,18 @@ def parse_optimizer(spec: str) -> tuple[str, dict[str, Any]]:
 
     Raises:
         ValueError: an unknown optimizer name or a ``key=value`` part without ``=``.
+        MissingDependency: the optimizer's package is not installed.
     """
     import ast
 
     from .errors import check_choice
-    from .optim import names
+    from .optim import names, optimizer_class
 
     if not isinstance(spec, str) or not spec:
         raise TypeError(f"optimizer spec must be a non-empty string, got {spec!r}")
     name, *parts = spec.split(":")
     check_choice("optimizer", name, names())
+    optimizer_class(name)  # its package installed (MissingDependency before any run otherwise)
     kwargs: dict[str, Any] = {}
     for part in parts:
         key, eq, raw = part.partition("=")

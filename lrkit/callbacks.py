@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from ._json import finite_or_string
-from .errors import as_real, check_choice, check_int, check_positive
+from .errors import as_real, check_choice, check_int, check_positive, require
 from .monitor import Finding, Monitor
 from .train import Callback, FitResult, StepInfo, clip_grad_norm, evaluating, global_grad_norm
 
@@ -357,11 +357,10 @@ class TensorBoardLogger(_Recorder):
         self._writer: Any = None
 
     def _open(self, model: Any = None, optimizer: Any = None) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:  # pragma: no cover - tensorboard is in the monitor extra
-            raise ImportError("TensorBoardLogger needs tensorboard: pip install tensorboard "
-                              "(or pip install 'lrkit[monitor]')") from e
+        require("tensorboard", package="tensorboard", extra="monitor",
+                needed_by="TensorBoardLogger")
+        from torch.utils.tensorboard import SummaryWriter
+
         self._writer = SummaryWriter(log_dir=str(self.log_dir), flush_secs=self.flush_secs)
 
     def _emit(self, rec: dict) -> None:

@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from .errors import LRKitError, check_int
+from .errors import LRKitError, MissingDependency, check_int
 
 #: the fewest ``--steps`` the demo's gallery can draw (its cyclic schedule's half-cycle is 1/8)
 DEMO_MIN_STEPS = 8
@@ -305,7 +305,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from . import tasks
 
             for n in tasks.names():
-                t = tasks.get(n)
+                try:
+                    t = tasks.get(n)
+                except MissingDependency as e:  # listed all the same, with what it needs
+                    print(f"{n:14s} (not available: {e})")
+                    continue
                 print(f"{n:14s} {t.recipe.optimizer:6s} {t.recipe.steps:5d} steps  {t.description}")
             return 0
         if args.area == "bench":

@@ -8,6 +8,7 @@ and what was expected. No silent clamps.
 from __future__ import annotations
 
 import difflib
+import importlib
 import math
 import numbers
 from typing import Any, Iterable
@@ -15,6 +16,7 @@ from typing import Any, Iterable
 __all__ = [
     "LRKitError",
     "DivergedError",
+    "MissingDependency",
     "check_choice",
     "check_finite",
     "check_group_lrs",
@@ -23,6 +25,7 @@ __all__ = [
     "check_probability",
     "check_range",
     "closest",
+    "require",
 ]
 
 
@@ -32,6 +35,27 @@ class LRKitError(Exception):
 
 class DivergedError(LRKitError):
     """Training diverged where the caller asked for it to be an error."""
+
+
+class MissingDependency(LRKitError, ImportError):
+    """An optional package a feature needs is not installed (the message says which extra of
+    lrkit installs it). An ``ImportError`` too, so ``except ImportError`` still catches it."""
+
+
+def require(module: str, *, package: str, extra: str, needed_by: str) -> Any:
+    """``importlib.import_module(module)``, or :class:`MissingDependency` naming what needs it
+    (``needed_by``), the pip ``package`` and the lrkit ``extra`` that installs it. Only a
+    missing ``module`` (or a parent of it) is turned into that error: a package that is there
+    but fails inside its own imports raises its own error."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        missing = e.name or ""
+        if not (module == missing or module.startswith(missing + ".")):
+            raise
+        raise MissingDependency(f"{needed_by} needs {package!r}, which is not installed: "
+                                f"pip install 'lrkit[{extra}]' (or pip install {package})"
+                                ) from e
 
 
 def _is_real(value: Any) -> bool:

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .errors import check_finite, check_int
+from .errors import check_finite, check_int, require
 from .finder import (CONFIRM_CEILING, MIN_SHORT_RUN_STEPS, bracket, ceiling_stop,
                      loss_tiebreak, metric_noise, put_back, range_sentence, tiebreak_evidence,
                      tiebreak_sentence)
@@ -516,7 +516,7 @@ class _Display:
                 from rich.console import Console
 
                 self.console = Console(stderr=True)
-            except ImportError:  # pragma: no cover - rich is a dependency
+            except ImportError:  # rich comes with the search extra: plain lines without it
                 self.console = None
 
     def bar(self, total: int, desc: str) -> Any:
@@ -1411,7 +1411,8 @@ def _helper_command(task: Any, task_ref: str, url: str, name: str) -> str:
 def _open_study(storage: str | None, folder: _Folder, task: Any, seed: int) -> Any:
     if importlib.util.find_spec("optuna") is None:
         if storage is not None:
-            raise ValueError("storage needs optuna: pip install 'lrkit[search]'")
+            require("optuna", package="optuna", extra="search",
+                    needed_by="tune's storage= (an Optuna storage)")
         return None
     if storage is None:
         return _Study(f"sqlite:///{(folder.path / 'study.db').resolve()}",

@@ -22,10 +22,12 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Iterable
 
+from ..errors import MissingDependency
+
 try:
     from transformers import TrainerCallback
 except ImportError as e:  # pragma: no cover - exercised only without transformers
-    raise ImportError("lrkit.integrations.hf needs Hugging Face transformers: pip install "
+    raise MissingDependency("lrkit.integrations.hf needs Hugging Face transformers: pip install "
                       "transformers accelerate (or pip install 'lrkit[integrations]')") from e
 
 from ..errors import check_int

@@ -21,10 +21,12 @@ import itertools
 import warnings
 from typing import Any, Callable, Iterable, Mapping
 
+from ..errors import MissingDependency
+
 try:
     import lightning.pytorch as pl
 except ImportError as e:  # pragma: no cover - exercised only without lightning
-    raise ImportError("lrkit.integrations.lightning needs Lightning: pip install lightning "
+    raise MissingDependency("lrkit.integrations.lightning needs Lightning: pip install lightning "
                       "(or pip install 'lrkit[integrations]')") from e
 
 from ..monitor import Monitor

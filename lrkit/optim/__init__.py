@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ..errors import check_choice, check_positive
+from ..errors import MissingDependency, check_choice, check_positive
 from ._registry import DEFAULT_LR, LR_FREE, NAMES, SCHEDULE_FREE, names
 
 __all__ = ["names", "make_optimizer", "optimizer_class", "default_lr", "is_lr_free",
@@ -31,9 +31,9 @@ def optimizer_class(name: str) -> type:
     module, _, attr = path.partition(":")
     try:
         mod = importlib.import_module(module)
-    except ImportError as e:
+    except ModuleNotFoundError as e:
         hint = f": pip install 'lrkit[{extra}]'" if extra else ""
-        raise ImportError(f"optimizer {name!r} needs the {module!r} package{hint}") from e
+        raise MissingDependency(f"optimizer {name!r} needs the {module!r} package{hint}") from e
     return getattr(mod, attr)
 
 

@@ -15,7 +15,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from ..errors import DivergedError, as_real, check_choice, check_int, check_positive, check_range
+from ..errors import (DivergedError, as_real, check_choice, check_int, check_positive, check_range,
+                      require)
 from ._result import SearchResult, result_from_study, told_diverged
 from ._storage import describe, open_storage
 
@@ -32,11 +33,7 @@ _OBJECTIVE_TRIALS = 20
 
 
 def _optuna() -> Any:
-    try:
-        import optuna
-    except ImportError as e:  # pragma: no cover - optional extra
-        raise ImportError("lrkit.search needs Optuna: pip install 'lrkit[search]'") from e
-    return optuna
+    return require("optuna", package="optuna", extra="search", needed_by="lrkit.search")
 
 
 class Pruned(Exception):

@@ -17,6 +17,15 @@ if TYPE_CHECKING:  # pragma: no cover
 SPLITS = ("val", "test")
 
 
+def sklearn_datasets(task: str):
+    """``sklearn.datasets``, where the built-in ``task``'s data ships (a clear error naming the
+    ``tasks`` extra when scikit-learn is not installed)."""
+    from ..errors import require
+
+    return require("sklearn.datasets", package="scikit-learn", extra="tasks",
+                   needed_by=f"the built-in task {task!r}")
+
+
 def cache_dir() -> Path:
     """Where generated data is cached: ``$LRKIT_CACHE``, else ``$XDG_CACHE_HOME/lrkit``,
     else ``~/.cache/lrkit`` (created on first use)."""

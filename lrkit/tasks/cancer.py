@@ -35,9 +35,9 @@ TEST, VAL = 319, 100
 def load() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The fixed (train, val, test) split: float32 ``x`` (n, 30), int64 ``y`` (n,), the features
     standardised with the training split's statistics."""
-    from sklearn.datasets import load_breast_cancer
+    from ._data import sklearn_datasets
 
-    d = load_breast_cancer()
+    d = sklearn_datasets("cancer-small").load_breast_cancer()
     y = torch.tensor(d.target, dtype=torch.int64)
     tr, va, te = split_indices(len(y), test=TEST, val=VAL, seed=0)
     xs = standardised(torch.tensor(d.data), tr)

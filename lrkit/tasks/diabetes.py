@@ -36,9 +36,9 @@ TEST, VAL = 110, 66
 def load() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The fixed (train, val, test) split as float32 tensors ``x`` (n, 10) and ``y`` (n, 1),
     standardised with the training split's statistics."""
-    from sklearn.datasets import load_diabetes
+    from ._data import sklearn_datasets
 
-    d = load_diabetes()
+    d = sklearn_datasets("diabetes").load_diabetes()
     tr, va, te = split_indices(len(d.target), test=TEST, val=VAL, seed=0)
     xs = standardised(torch.tensor(d.data), tr)
     ys = standardised(torch.tensor(d.target).unsqueeze(1), tr)

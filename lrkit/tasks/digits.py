@@ -23,9 +23,9 @@ LONG_FACTOR = 8
 def images() -> tuple[torch.Tensor, torch.Tensor, tuple]:
     """All 1,797 images (float32, pixels in [0, 1]) and labels (int64), and the fixed
     ``(train, val, test)`` index split (``digits-noisy`` draws its noise over the same order)."""
-    from sklearn.datasets import load_digits
+    from ._data import sklearn_datasets
 
-    d = load_digits()
+    d = sklearn_datasets("digits").load_digits()
     x = torch.tensor(d.data, dtype=torch.float32) / 16.0
     y = torch.tensor(d.target, dtype=torch.int64)
     return x, y, split_indices(len(x), test=360, val=144, seed=0)

@@ -34,9 +34,9 @@ TRAIN, VAL, TEST = 300, 100, 500
 @functools.lru_cache(maxsize=1)
 def load() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The fixed (train, val, test) split as float32 (n, 64) / int64 (n,) tensors."""
-    from sklearn.datasets import load_digits
+    from ._data import sklearn_datasets
 
-    d = load_digits()
+    d = sklearn_datasets("digits-small").load_digits()
     x = torch.tensor(d.data, dtype=torch.float32) / 16.0
     y = torch.tensor(d.target, dtype=torch.int64)
     rest, va, te = split_indices(len(x), test=TEST, val=VAL, seed=0)

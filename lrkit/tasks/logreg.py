@@ -37,9 +37,9 @@ REG = 0.1
 @functools.lru_cache(maxsize=1)
 def load() -> tuple[torch.Tensor, torch.Tensor]:
     """Standardised features (float64, n x 30) and labels in {0., 1.} (float64)."""
-    from sklearn.datasets import load_breast_cancer
+    from ._data import sklearn_datasets
 
-    d = load_breast_cancer()
+    d = sklearn_datasets("logreg").load_breast_cancer()
     x = torch.tensor(d.data, dtype=torch.float64)
     x = (x - x.mean(0)) / x.std(0, unbiased=False)
     return x, torch.tensor(d.target, dtype=torch.float64)

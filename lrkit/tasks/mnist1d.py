@@ -28,11 +28,13 @@ _CACHE_NAME = "mnist1d-v1.npz"
 
 def _generate() -> dict[str, np.ndarray]:
     """Run the package's generator without disturbing the global Python/NumPy RNG state."""
-    from mnist1d.data import get_dataset_args, make_dataset
+    from ..errors import require
 
+    data = require("mnist1d.data", package="mnist1d", extra="tasks",
+                   needed_by="the built-in task 'mnist1d'")
     py_state, np_state = random.getstate(), np.random.get_state()
     try:
-        ds = make_dataset(get_dataset_args())
+        ds = data.make_dataset(data.get_dataset_args())
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
