@@ -26,7 +26,7 @@ import inspect
 import json
 import math
 import os
-from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
+from typing import AbstractSet, Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 from .errors import (
     check_choice,
@@ -147,6 +147,11 @@ class Schedule:
     def _mom(self, t: int) -> float | None:
         return None
 
+    def _mom_within(self, n: int | None) -> bool:
+        """Whether ``_mom(t)`` is not None at some step ``0 <= t < n`` (any step when ``n`` is
+        None), decided from the structure: a ``sequence`` may start cycling momentum late."""
+        return False
+
     # -- value semantics ---------------------------------------------------------------------
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Schedule):
@@ -253,15 +258,16 @@ def constant(lr: float) -> Schedule:
     return _Constant(lr=check_positive("lr", lr))
 
 
-def _power(gamma: float, k: int) -> float:
-    """``gamma ** k``; where a ``gamma > 1`` overflows a float, an error that says so (it was a
-    bare "Numerical result out of range" from inside ``LRSchedule.step()``)."""
+def _power(gamma: float, k: int, step: int) -> float:
+    """``gamma ** k`` for the LR of ``step``; where a ``gamma > 1`` overflows a float, a
+    ValueError naming gamma and the step (it was a bare "Numerical result out of range" from
+    inside ``LRSchedule.step()``, then an OverflowError the CLI printed as a traceback)."""
     try:
         return gamma**k
     except OverflowError:
-        raise OverflowError(f"gamma ** {k} = {gamma!r} ** {k} overflows a float: a gamma > 1 "
-                            "grows the LR without bound; end the run sooner or use gamma <= 1"
-                            ) from None
+        raise ValueError(f"gamma ** {k} = {gamma!r} ** {k} overflows a float at step {step}: a "
+                         "gamma > 1 grows the LR without bound; end the run before this step or "
+                         "use gamma <= 1") from None
 
 
 class _Step(Schedule):
@@ -269,7 +275,7 @@ class _Step(Schedule):
     name = "step"
 
     def _lr(self, t: int) -> float:
-        return self.lr * _power(self.gamma, t // self.step_size)
+        return self.lr * _power(self.gamma, t // self.step_size, t)
 
 
 @_register
@@ -294,7 +300,7 @@ class _MultiStep(Schedule):
     name = "multistep"
 
     def _lr(self, t: int) -> float:
-        return self.lr * _power(self.gamma, bisect.bisect_right(self.milestones, t))
+        return self.lr * _power(self.gamma, bisect.bisect_right(self.milestones, t), t)
 
 
 @_register
@@ -320,7 +326,7 @@ class _Exponential(Schedule):
     name = "exponential"
 
     def _lr(self, t: int) -> float:
-        return self.lr * _power(self.gamma, t)
+        return self.lr * _power(self.gamma, t, t)
 
 
 @_register
@@ -468,9 +474,9 @@ class _Cyclic(Schedule):
         if self.mode == "triangular":
             amp = 1.0
         elif self.mode == "triangular2":
-            amp = 1 / (2.0 ** (cycle - 1))
+            amp = 0.5 ** (cycle - 1)  # underflows to 0 (PyTorch's 1 / 2.0 ** ... overflows)
         else:  # exp_range scales by iterations
-            amp = _power(self.gamma, t)
+            amp = _power(self.gamma, t, t)
         return height, amp
 
     def _lr(self, t: int) -> float:
@@ -482,6 +488,9 @@ class _Cyclic(Schedule):
             return None
         height, amp = self._phase(t)
         return self.max_momentum - (self.max_momentum - self.base_momentum) * height * amp
+
+    def _mom_within(self, n: int | None) -> bool:
+        return self.cycle_momentum
 
 
 @_register
@@ -503,9 +512,12 @@ def cyclic(
     ``cycle = floor(1 + t / C)``, ``x = 1 + t / C - cycle`` and height ``h = x / r`` on the way
     up, ``(x - 1) / (r - 1)`` on the way down:
     ``lr_t = base_lr + (max_lr - base_lr) * h * a``, momentum ``max_m - (max_m - base_m) * h * a``,
-    with amplitude ``a`` = 1 (triangular), ``1 / 2 ** (cycle - 1)`` (triangular2) or
+    with amplitude ``a`` = 1 (triangular), ``0.5 ** (cycle - 1)`` (triangular2) or
     ``gamma ** t`` (exp_range). ``step_size_down=None`` means ``step_size_up``; ``0`` gives a
     sawtooth. PyTorch's custom ``scale_fn`` is not supported (it is not serialisable).
+    Unlike PyTorch, triangular2 never overflows: its amplitude underflows to 0 after about 1075
+    cycles and the LR stays at ``base_lr`` (PyTorch's ``1 / 2.0 ** (cycle - 1)`` raises
+    OverflowError from cycle 1025).
     """
     base = check_positive("base_lr", base_lr, allow_zero=True)
     top = check_positive("max_lr", max_lr)
@@ -566,6 +578,9 @@ class _OneCycle(Schedule):
             return None
         phase, pct = self._locate(t)
         return self._anneal(phase[3], phase[4], pct)
+
+    def _mom_within(self, n: int | None) -> bool:
+        return self.cycle_momentum
 
     @property
     def horizon(self) -> int | None:
@@ -838,9 +853,10 @@ class _Piecewise(Schedule):
 
 
 @_register
-def piecewise(points: Sequence[Sequence[float]], *, interpolation: str = "constant") -> Schedule:
+def piecewise(points: Iterable[Iterable[float]], *, interpolation: str = "constant") -> Schedule:
     """Piecewise schedule through ``(step, lr)`` points (cf. Keras ``PiecewiseConstantDecay``,
-    optax ``piecewise_interpolate_schedule``).
+    optax ``piecewise_interpolate_schedule``): a list of pairs, or an integer NumPy array of
+    shape ``(n, 2)``.
 
     ``constant``: ``lr_t = lr_i`` for ``step_i <= t < step_{i+1}`` (a new value applies *at* its
     step, like PyTorch's milestones; Keras and optax switch one step later). ``linear``:
@@ -854,13 +870,15 @@ def piecewise(points: Sequence[Sequence[float]], *, interpolation: str = "consta
     if isinstance(points, (str, bytes, Mapping)) or not isinstance(points, Iterable):
         raise TypeError(f"points must be a list of [step, lr] pairs, got {points!r}")
     pairs = []
-    for i, p in enumerate(points):
-        if isinstance(p, (str, bytes, Mapping)) or not isinstance(p, Sequence) or len(p) != 2:
+    for i, p in enumerate(points):  # rows of a NumPy array too (as multistep takes milestones)
+        row = () if isinstance(p, (str, bytes, Mapping, AbstractSet)) or not isinstance(
+            p, Iterable) else tuple(p)
+        if len(row) != 2:
             raise TypeError(f"points[{i}] must be a [step, lr] pair, got {p!r}")
         pairs.append(
             (
-                check_int(f"points[{i}][0] (step)", p[0], minimum=0),
-                check_positive(f"points[{i}][1] (lr)", p[1], allow_zero=True),
+                check_int(f"points[{i}][0] (step)", row[0], minimum=0),
+                check_positive(f"points[{i}][1] (lr)", row[1], allow_zero=True),
             )
         )
     if not pairs:
@@ -905,6 +923,9 @@ class _Warmup(Schedule):
 
     def _mom(self, t: int) -> float | None:
         return self.schedule._mom(max(0, t - self.steps))
+
+    def _mom_within(self, n: int | None) -> bool:
+        return self.schedule._mom_within(None if n is None else max(1, n - self.steps))
 
     @property
     def horizon(self) -> int | None:
@@ -959,6 +980,17 @@ class _Sequence(Schedule):
         part, local = self._part(t)
         return part._mom(local)
 
+    def _mom_within(self, n: int | None) -> bool:
+        ends = (*self.milestones, None)
+        for part, start, end in zip(self.schedules, (0, *self.milestones), ends):
+            if n is not None:
+                if start >= n:
+                    return False
+                end = n if end is None else min(end, n)
+            if part._mom_within(None if end is None else end - start):
+                return True
+        return False
+
     @property
     def horizon(self) -> int | None:
         h = self.schedules[-1].horizon
@@ -999,6 +1031,9 @@ class _Scale(Schedule):
     def _mom(self, t: int) -> float | None:
         return self.schedule._mom(t)
 
+    def _mom_within(self, n: int | None) -> bool:
+        return self.schedule._mom_within(n)
+
     @property
     def horizon(self) -> int | None:
         return self.schedule.horizon
@@ -1019,6 +1054,9 @@ class _Floor(Schedule):
 
     def _mom(self, t: int) -> float | None:
         return self.schedule._mom(t)
+
+    def _mom_within(self, n: int | None) -> bool:
+        return self.schedule._mom_within(n)
 
     @property
     def horizon(self) -> int | None:
@@ -1047,6 +1085,9 @@ class _Cooldown(Schedule):
 
     def _mom(self, t: int) -> float | None:
         return self.schedule._mom(min(t, self.start))
+
+    def _mom_within(self, n: int | None) -> bool:
+        return self.schedule._mom_within(self.start + 1 if n is None else min(n, self.start + 1))
 
     @property
     def horizon(self) -> int | None:
@@ -1125,7 +1166,10 @@ def family(name: str, lr: float, steps: int, *, warmup_steps: int = 0) -> Schedu
       (Hägele et al. 2024).
 
     ``warmup_steps`` is used by the families with a warmup phase (``linear``, ``warmup_cosine``,
-    ``wsd``) and prepended (:func:`warmup`) to the others when > 0.
+    ``wsd``) and prepended (:func:`warmup`) to the others when > 0. A warmup the family's shape
+    cannot fit into ``steps`` is refused (it was shortened, or the schedule ran past the run):
+    ``wsd`` needs ``warmup_steps <= steps - max(1, steps // 5)`` (its decay), ``cyclic`` and
+    ``onecycle`` need 2 steps after the warmup to reach their peak.
 
     >>> family("step", 0.1, 100)(60)
     0.010000000000000002
@@ -1140,9 +1184,15 @@ def family(name: str, lr: float, steps: int, *, warmup_steps: int = 0) -> Schedu
         return warmup_linear(lr, warmup_steps=w, total_steps=n)
     if name == "wsd":
         decay = max(1, n // 5)
-        return wsd(lr, total_steps=n, warmup_steps=min(w, n - decay), decay_steps=decay,
-                   decay_shape="1-sqrt")
+        if w > n - decay:
+            raise ValueError(f"warmup_steps must be <= {n - decay} for family 'wsd' over {n} "
+                             f"steps (it decays over the last {decay}), got {w}")
+        return wsd(lr, total_steps=n, warmup_steps=w, decay_steps=decay, decay_shape="1-sqrt")
     body_steps = n - w
+    if name in ("cyclic", "onecycle") and body_steps < 2:
+        need = "steps must be >= 2" if w == 0 else f"warmup_steps must be <= steps - 2 ({n - 2})"
+        raise ValueError(f"family {name!r} needs 2 steps after the warmup to reach its peak: "
+                         f"{need}, got warmup_steps={w} and steps={n}")
     if name == "constant":
         body = constant(lr)
     elif name == "step":
@@ -1155,7 +1205,7 @@ def family(name: str, lr: float, steps: int, *, warmup_steps: int = 0) -> Schedu
     elif name == "cyclic":
         body = cyclic(lr / 4.0, lr, step_size_up=max(1, body_steps // 8))
     else:  # onecycle
-        body = onecycle(lr, total_steps=max(2, body_steps))
+        body = onecycle(lr, total_steps=body_steps)
     return warmup(body, w) if w > 0 else body
 
 
@@ -1280,7 +1330,12 @@ def plot(
     if xs[-1] != n - 1:
         xs.append(n - 1)
     lrs = [[s._lr(x) for x in xs] for s in scheds]
-    moms = [[s._mom(x) for x in xs] if s._mom(0) is not None else None for s in scheds]
+    moms: list[list[float] | None] = []
+    for s in scheds:  # any step drawn, not only step 0 (sequence([constant, onecycle]) is late)
+        if s._mom_within(n):
+            moms.append([math.nan if m is None else m for m in (s._mom(x) for x in xs)])
+        else:
+            moms.append(None)
     has_mom = any(m is not None for m in moms)
 
     from matplotlib.figure import Figure  # lazy: schedules stay importable without matplotlib

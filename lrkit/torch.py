@@ -209,13 +209,16 @@ class LRSchedule(LRScheduler):
     ``state_dict()`` holds plain data only (``torch.load(weights_only=True)`` works); the
     schedule, scales and plateau rule come from the constructor, the clock and plateau state from
     the checkpoint. ``last_epoch`` is the clock, ``base_lrs`` the step-0 LRs, ``get_last_lr()``
-    the LRs set last.
+    the LRs set last. A copy (``copy.deepcopy``, ``pickle``, ``torch.save`` of the object) goes
+    on from where the original was. It sets absolute LRs each step, so torch's
+    ``ReduceLROnPlateau`` beside it cuts once, never more: use ``plateau=`` instead.
 
     Raises:
         TypeError: ``optimizer`` not an Optimizer, ``schedule`` not callable, ``plateau`` not a
             Plateau, ``group_scales`` not a list.
         ValueError: wrong ``group_scales`` length or a non-finite / non-positive scale; a schedule
-            that cycles momentum on an optimizer with neither ``momentum`` nor ``betas``.
+            that cycles momentum (at any step) on an optimizer with neither ``momentum`` nor
+            ``betas``.
     """
 
     def __init__(
@@ -235,7 +238,7 @@ class LRSchedule(LRScheduler):
             schedule = from_spec(schedule)
         if isinstance(schedule, Schedule):
             self._lr_fn: Callable[[int], float] = schedule._lr
-            cycles = type(schedule)._mom is not Schedule._mom
+            cycles = schedule._mom_within(None)  # at any step (a sequence may start late)
             self._mom_fn: Callable[[int], float | None] | None = schedule._mom if cycles else None
             self._trusted = True
             self._horizon = schedule.horizon
@@ -259,39 +262,52 @@ class LRSchedule(LRScheduler):
         self.clock = check_choice("clock", clock, ("updates", "calls"))
         self._updates = 0
         self._horizon_warned = False
+        self._opt_stepped = False  # optimizer.step() seen since construction
 
         lr0 = self._lr_at(0)
-        m0 = self._mom_fn(0) if self._mom_fn is not None else None
-        if m0 is not None:
+        if self._mom_fn is not None:
             for i, g in enumerate(groups):
                 if _momentum_key(g) is None:
                     raise ValueError(
-                        f"schedule cycles momentum but optimizer {type(optimizer).__name__} param "
-                        f"group {i} has neither 'momentum' nor 'betas'; use an optimizer with "
-                        "momentum (SGD, RMSprop) or betas (Adam family), or a schedule with "
-                        "cycle_momentum=False"
+                        f"schedule cycles momentum (at some step) but optimizer "
+                        f"{type(optimizer).__name__} param group {i} has neither 'momentum' nor "
+                        "'betas'; use an optimizer with momentum (SGD, RMSprop) or betas (Adam "
+                        "family), or a schedule with cycle_momentum=False"
                     )
 
-        if self.clock == "updates":
-            me = weakref.ref(self)
-
-            def count_update(opt: Optimizer, args: Any, kwargs: Any) -> None:
-                sched = me()
-                if sched is None:
-                    return
-                # fused optimizers get GradScaler's verdict as `found_inf` and skip in the kernel
-                found_inf = getattr(opt, "found_inf", None)
-                if isinstance(found_inf, torch.Tensor) and bool(found_inf.item()):
-                    return
-                sched._updates += 1
-
-            handle = optimizer.register_step_post_hook(count_update)
-            weakref.finalize(self, handle.remove)
-
+        self._watch_optimizer(optimizer)
         super().__init__(optimizer)  # sets initial_lr / base_lrs, then step() applies step 0
         self.base_lrs = [s * lr0 for s in self._scales]
         for g, base in zip(groups, self.base_lrs):
             g["initial_lr"] = base
+
+    def _watch_optimizer(self, optimizer: Optimizer) -> None:
+        """Register the step post-hook that sees optimizer updates (and counts them with
+        ``clock="updates"``)."""
+        me = weakref.ref(self)
+
+        def count_update(opt: Optimizer, args: Any, kwargs: Any) -> None:
+            sched = me()
+            if sched is None:
+                return
+            sched._opt_stepped = True
+            # fused optimizers get GradScaler's verdict as `found_inf` and skip in the kernel
+            found_inf = getattr(opt, "found_inf", None)
+            if isinstance(found_inf, torch.Tensor) and bool(found_inf.item()):
+                return
+            if sched.clock == "updates":
+                sched._updates += 1
+
+        handle = optimizer.register_step_post_hook(count_update)
+        weakref.finalize(self, handle.remove)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """After ``copy.deepcopy``, ``pickle`` or ``torch.save``/``load`` (of the schedule, alone
+        or with its optimizer): torch's Optimizer does not carry step hooks over, so the copy
+        registers its own on its (copied) optimizer; without it the clock stopped."""
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_opt_stepped", True)
+        self._watch_optimizer(self.optimizer)
 
     # -- evaluation ---------------------------------------------------------------------------
     def _lr_at(self, t: int) -> float:
@@ -324,8 +340,10 @@ class LRSchedule(LRScheduler):
         if len(groups) != len(scales):
             raise ValueError(
                 f"the optimizer has {len(groups)} param groups but group_scales has "
-                f"{len(scales)} (a group was added after the LRSchedule was built); "
-                "build a new LRSchedule"
+                f"{len(scales)} (a group was added after the LRSchedule was built); build a new "
+                f"LRSchedule with {len(groups)} group_scales and carry the clock over: "
+                "new = LRSchedule(optimizer, schedule, group_scales=[...]); "
+                "new.load_state_dict(old.state_dict())"
             )
         last = []
         for g, s in zip(groups, scales):
@@ -377,9 +395,18 @@ class LRSchedule(LRScheduler):
         With ``metric`` (ReduceLROnPlateau's calling convention, e.g. Lightning's
         ``reduce_on_plateau=True``) the metric is also passed to :meth:`report`.
         """
-        self._step_count += 1
         if self.clock == "calls" and not self._is_initial:
+            if self._step_count == 1 and not self._opt_stepped:
+                warnings.warn(
+                    "Detected call of `LRSchedule.step()` before `optimizer.step()` with "
+                    "clock='calls': the clock counts step() calls, so this skips the schedule's "
+                    "value of step 0. Call optimizer.step() first (as PyTorch asks), or use "
+                    "clock='updates', which counts the optimizer updates themselves.",
+                    UserWarning,
+                    stacklevel=2,
+                )
             self._updates += 1
+        self._step_count += 1
         if metric is not None:
             if self.plateau is None:
                 raise TypeError(
@@ -449,7 +476,16 @@ class LRSchedule(LRScheduler):
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore the clock and plateau state, then set the LR (and momentum) they give.
 
-        The schedule may differ from the checkpoint's (e.g. branch a cooldown from a checkpoint).
+        The schedule may differ from the checkpoint's (e.g. branch a cooldown from a checkpoint),
+        and so may ``group_scales``: this LRSchedule's own apply, to as many param groups as its
+        optimizer has (carry the clock over after ``add_param_group``:
+        ``new.load_state_dict(old.state_dict())``).
+
+        Raises:
+            ValueError: not an LRSchedule state, another format ``version``, another ``clock``
+                (its count means something else), a negative ``updates`` / ``last_epoch``, or a
+                plateau state for an LRSchedule without a plateau rule.
+            TypeError: ``updates`` / ``last_epoch`` not an integer.
         """
         if not isinstance(state_dict, Mapping) or "updates" not in state_dict:
             is_map = isinstance(state_dict, Mapping)
@@ -458,7 +494,26 @@ class LRSchedule(LRScheduler):
                 "state_dict must come from LRSchedule.state_dict() (with an 'updates' key), "
                 f"got {got!r}"
             )
+        version = state_dict.get("version", _STATE_VERSION)
+        if version != _STATE_VERSION:
+            raise ValueError(
+                f"state_dict['version'] must be {_STATE_VERSION} (the format this lrkit reads), "
+                f"got {version!r}: it was saved by another lrkit"
+            )
+        clock = state_dict.get("clock", self.clock)
+        if clock != self.clock:
+            raise ValueError(
+                f"state_dict['clock'] is {clock!r} but this LRSchedule has clock={self.clock!r}: "
+                "its 'updates' counts something else; build the LRSchedule with "
+                f"clock={clock!r}"
+            )
         updates = check_int("state_dict['updates']", state_dict["updates"], minimum=0)
+        last_epoch = check_int(
+            "state_dict['last_epoch']", state_dict.get("last_epoch", updates), minimum=0
+        )
+        step_count = check_int(
+            "state_dict['_step_count']", state_dict.get("_step_count", self._step_count), minimum=0
+        )
         ps = state_dict.get("plateau_state")
         if ps is not None and self.plateau is None:
             raise ValueError(
@@ -467,10 +522,10 @@ class LRSchedule(LRScheduler):
                 "plateau=Plateau(...) as the run that saved it"
             )
         self._updates = updates
-        self._step_count = int(state_dict.get("_step_count", self._step_count))
+        self._step_count = step_count
         self._horizon_warned = bool(state_dict.get("horizon_warned", False))
         if self.plateau is not None:
             self._plateau_state = (
                 PlateauState.from_dict(ps) if ps is not None else self.plateau.initial()
             )
-        self._apply(int(state_dict.get("last_epoch", updates)))
+        self._apply(last_epoch)

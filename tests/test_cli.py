@@ -225,3 +225,37 @@ def test_schedule_figure_paths_and_steps_are_checked_first(tmp_path, capsys):
         assert main(["schedule", *args, *out]) == 2
         assert capsys.readouterr().err.startswith(f"lrkit: error: {message}")
     assert not (tmp_path / "x.txt").exists() and not (tmp_path / "s.png").exists()
+
+
+def test_schedule_overflow_is_one_line_and_long_triangular2_runs(tmp_path, capsys):
+    """``exponential`` with ``gamma=2`` over 2000 steps printed an OverflowError traceback (exit
+    status 1); ``cyclic(mode="triangular2")`` over 5000 steps overflowed from step 2048."""
+    spec = json.dumps({"name": "exponential", "lr": 0.1, "gamma": 2.0})
+    out = tmp_path / "exp.png"
+    assert main(["schedule", "plot", "--spec", spec, "--steps", "2000", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == ("lrkit: error: gamma ** 1999 = 2.0 ** 1999 overflows a float at step 1999: a "
+                   "gamma > 1 grows the LR without bound; end the run before this step or use "
+                   "gamma <= 1\n")
+    assert not out.exists()
+    spec = json.dumps({"name": "cyclic", "base_lr": 0.01, "max_lr": 0.1, "step_size_up": 1,
+                       "mode": "triangular2"})
+    out = tmp_path / "tri2.png"
+    assert main(["schedule", "plot", "--spec", spec, "--steps", "5000", "-o", str(out)]) == 0
+    assert "cyclic: step 0: 0.01, step 2500: 0.01, step 4999: 0.01" in capsys.readouterr().out
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_figure_out_naming_a_folder_is_refused(tmp_path, capsys, monkeypatch):
+    """``-o figs`` with a folder ``figs/`` wrote ``figs.png`` beside it: ``.png`` was added
+    before the "is a folder" check."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "figs").mkdir()
+    spec = json.dumps({"name": "cosine", "lr": 0.1, "T_max": 10})
+    for out in ("figs", str(tmp_path / "figs"), "new/"):
+        assert main(["schedule", "plot", "--spec", spec, "--steps", "10", "-o", out]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"lrkit: error: --out: {out!r} is a folder; give a file to write")
+        assert err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figs"]
+    assert list((tmp_path / "figs").iterdir()) == []

@@ -759,8 +759,116 @@ def test_numpy_scalars_are_numbers_and_bools_are_not():
                                   lambda: S.step(0.1, 1, gamma=2.0)])
 def test_a_growing_schedule_that_overflows_says_so(make):
     """``gamma > 1`` (a growth schedule, as torch allows) is exact while it fits a float and
-    says why past it (it was a bare "Numerical result out of range" from ``LRSchedule.step()``)."""
+    says why past it (it was a bare "Numerical result out of range" from ``LRSchedule.step()``,
+    then an OverflowError that the CLI printed as a traceback): a ValueError naming gamma and
+    the step."""
     s = make()
     assert s(10) == pytest.approx(0.1 * 2.0**10)
-    with pytest.raises(OverflowError, match=r"2.0 \*\* 2000 overflows a float: a gamma > 1"):
+    with pytest.raises(ValueError, match=r"gamma \*\* 2000 = 2.0 \*\* 2000 overflows a float at "
+                                         r"step 2000: a gamma > 1"):
         s(2000)
+
+
+def test_triangular2_holds_base_lr_where_torch_overflows():
+    """``1 / 2.0 ** (cycle - 1)`` raised a bare OverflowError from cycle 1025 (as PyTorch's
+    CyclicLR does); ``0.5 ** (cycle - 1)`` gives the same values before and underflows to 0
+    after, so the LR stays at base_lr."""
+    n = 2047  # 2-step cycles: step 2048 starts cycle 1025, where PyTorch overflows
+    kw = dict(step_size_up=1, mode="triangular2")
+    ref, ref_m = torch_run(lambda o: tls.CyclicLR(o, 0.01, 0.1, **kw), n, 0.01)
+    s = S.cyclic(0.01, 0.1, **kw)
+    assert_close(values(s, n), ref)
+    assert_close([s.momentum(t) for t in range(n)], ref_m, what="momentum")
+    assert ref[1] == 0.1 and ref[3] == pytest.approx(0.055)  # the peaks halve: 0.01 + 0.09 / 2
+    with pytest.raises(OverflowError):
+        torch_run(lambda o: tls.CyclicLR(o, 0.01, 0.1, **kw), n + 2, 0.01)
+    assert [s(t) for t in (2048, 2049, 2151, 2152, 10**6 + 1)] == [0.01] * 5
+    assert [s.momentum(t) for t in (2049, 2151, 10**6 + 1)] == [0.9] * 3
+
+
+LATE = [
+    S.sequence([S.constant(0.01), S.onecycle(0.1, 10)], [3]),
+    S.sequence([S.onecycle(0.1, 10), S.constant(0.01)], [4]),
+    S.sequence([S.constant(0.01), S.constant(0.02), S.cyclic(0.01, 0.1, step_size_up=2)], [2, 5]),
+    S.warmup(S.sequence([S.constant(0.1), S.onecycle(0.1, 10)], [4]), 3),
+    S.scale(S.sequence([S.constant(0.1), S.onecycle(0.1, 10)], [6]), 0.5),
+    S.floor(S.sequence([S.constant(0.1), S.onecycle(0.1, 10)], [6]), 0.001),
+    S.cooldown(S.sequence([S.constant(0.1), S.onecycle(0.1, 10)], [6]), 4, steps=5),
+    S.cooldown(S.sequence([S.constant(0.1), S.onecycle(0.1, 10)], [6]), 6, steps=5),
+    S.sequence([S.constant(0.1), S.sequence([S.constant(0.1), S.onecycle(0.1, 10)], [5])], [4]),
+    S.onecycle(0.1, 10, cycle_momentum=False),
+    S.cosine(0.1, 10),
+]
+
+
+@pytest.mark.parametrize("s", LATE, ids=range(len(LATE)))
+def test_momentum_cycling_is_found_at_any_step_from_the_structure(s):
+    """Whether any step cycles momentum was read from step 0 only: the adapter accepted
+    ``sequence([constant, onecycle])`` on Adagrad and crashed at the onecycle's first step, and
+    plot drew no momentum panel. The structure answers it; here against every step."""
+    for n in range(1, 25):
+        assert s._mom_within(n) == any(s.momentum(t) is not None for t in range(n)), n
+    assert s._mom_within(None) == any(s.momentum(t) is not None for t in range(200))
+    assert LATE[0]._mom_within(3) is False and LATE[0]._mom_within(4) is True
+    assert LATE[6]._mom_within(None) is False and LATE[7]._mom_within(None) is True
+
+
+def test_plot_draws_the_momentum_panel_when_momentum_starts_late(tmp_path):
+    from matplotlib.image import imread
+
+    def height(s, n):
+        return imread(S.plot(s, n, tmp_path / "x.png")).shape[0]
+
+    late = S.sequence([S.constant(0.004), S.onecycle(0.1, 100)], [20])
+    assert height(S.onecycle(0.1, 100), 100) == 715  # 6.5 in x 110 dpi: LR and momentum
+    assert height(late, 120) == 715  # (it was 495: no momentum panel)
+    assert height(late, 20) == height(S.constant(0.1), 20) == 495  # 4.5 in: LR only
+
+
+def test_piecewise_accepts_numpy_points():
+    """``multistep`` took NumPy milestones, ``piecewise`` refused NumPy points."""
+    import numpy as np
+
+    want = S.piecewise([[0, 1.0], [5, 2.0]])
+    for points in (np.array([[0, 1], [5, 2]]), [np.array([0, 1]), np.array([5, 2])],
+                   ((np.int64(0), np.float32(1.0)), (5, 2.0))):
+        s = S.piecewise(points)
+        assert s == want and [s(t) for t in (0, 4, 5, 9)] == [1.0, 1.0, 2.0, 2.0]
+        assert json.loads(json.dumps(s.spec)) == {
+            "name": "piecewise", "points": [[0, 1.0], [5, 2.0]], "interpolation": "constant"}
+    with pytest.raises(TypeError, match=r"points\[0\]\[0\] \(step\) must be an integer"):
+        S.piecewise(np.array([[0, 0.1], [5, 0.01]]))  # a float array's steps are floats
+    for bad in (np.array([0, 1]), [np.array([0, 1, 2])], [{0, 1}]):
+        with pytest.raises(TypeError, match=r"points\[0\] must be a \[step, lr\] pair"):
+            S.piecewise(bad)
+
+
+def test_family_refuses_a_warmup_its_shape_cannot_fit():
+    """``family("wsd", 0.1, 10, warmup_steps=9)`` shortened the warmup to 8 without a word;
+    ``family("onecycle", 0.1, 10, warmup_steps=9)`` ran a 2-step cycle over an 11-step horizon."""
+    with pytest.raises(ValueError, match=r"warmup_steps must be <= 8 for family 'wsd' over 10 "
+                                         r"steps \(it decays over the last 2\), got 9"):
+        S.family("wsd", 0.1, 10, warmup_steps=9)
+    s = S.family("wsd", 0.1, 10, warmup_steps=8)
+    assert s == S.wsd(0.1, total_steps=10, warmup_steps=8, decay_steps=2, decay_shape="1-sqrt")
+    assert s(1) == 0.1 / 8 and s(8) == 0.1
+    for name in ("cyclic", "onecycle"):
+        with pytest.raises(ValueError, match=rf"family '{name}' needs 2 steps after the warmup to "
+                                             r"reach its peak: warmup_steps must be <= steps - 2 "
+                                             r"\(8\), got warmup_steps=9 and steps=10"):
+            S.family(name, 0.1, 10, warmup_steps=9)
+        with pytest.raises(ValueError, match=r"steps must be >= 2, got warmup_steps=0 and steps=1"):
+            S.family(name, 0.1, 1)
+    s = S.family("onecycle", 0.1, 10, warmup_steps=8)
+    assert s == S.warmup(S.onecycle(0.1, 2), 8) and s.horizon == 10
+    s = S.family("onecycle", 0.1, 14, warmup_steps=4)  # onecycle(0.1, 10) peaks at its step 2
+    assert s.horizon == 14 and max(s(t) for t in range(14)) == s(6) == 0.1
+    assert S.family("cyclic", 0.1, 10, warmup_steps=8)(9) == 0.1  # up 1 step: the peak
+    for name in S.FAMILIES:  # whatever family accepts fits the run
+        for n in range(1, 30):
+            for w in range(n):
+                try:
+                    s = S.family(name, 0.1, n, warmup_steps=w)
+                except ValueError:
+                    continue
+                assert s.horizon is None or s.horizon == n, (name, n, w)

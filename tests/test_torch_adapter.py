@@ -4,8 +4,10 @@ in a fresh process, the Plateau rule against ReduceLROnPlateau, horizon warnings
 from __future__ import annotations
 
 import copy
+import io
 import math
 import os
+import pickle
 import subprocess
 import sys
 import warnings
@@ -559,3 +561,227 @@ def test_inside_sequential_lr_the_clock_restarts_at_the_milestone():
         ref = lrs(lambda o: tls.CosineAnnealingLR(o, 20))
     assert ours == pytest.approx(ref, rel=1e-12, abs=1e-15)
     assert ours[11] == pytest.approx(0.1 * (1 + math.cos(math.pi / 20)) / 2)
+
+
+# ------------------------------------------------------------------ copies, checkpoints, combos
+def _copied(kind: str, obj):
+    if kind == "deepcopy":
+        return copy.deepcopy(obj)
+    if kind == "pickle":
+        return pickle.loads(pickle.dumps(obj))
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
+COPIES = {  # (lrkit schedule, the torch scheduler it equals), stepped with momentum
+    "step": (S.step(1.0, 1, gamma=0.5), lambda o: tls.StepLR(o, 1, gamma=0.5)),
+    "onecycle": (S.onecycle(1.0, 12), lambda o: tls.OneCycleLR(o, 1.0, total_steps=12)),
+}
+
+
+@pytest.mark.parametrize("kind", ["deepcopy", "pickle", "torch.save"])
+@pytest.mark.parametrize("name", sorted(COPIES))
+@pytest.mark.parametrize("alone", [False, True], ids=["with-optimizer", "alone"])
+def test_a_copy_goes_on_like_the_torch_scheduler_copied_the_same_way(kind, name, alone):
+    """The clock is an optimizer step post-hook, which torch's Optimizer does not copy: after
+    ``copy.deepcopy`` / ``pickle`` / ``torch.save`` the copy's LR froze. It goes on as torch's
+    own scheduler copied the same way, and the original keeps its own clock."""
+    schedule, make_torch = COPIES[name]
+
+    def run(make):
+        opt = torch.optim.SGD([nn.Parameter(torch.zeros(2))], lr=1.0, momentum=0.9)
+        sched = make(opt)
+        for _ in range(3):
+            opt.step()
+            sched.step()
+        if alone:
+            sched2 = _copied(kind, sched)
+            opt2 = sched2.optimizer
+        else:
+            opt2, sched2 = _copied(kind, (opt, sched))
+        out = []
+        for _ in range(5):
+            opt2.step()
+            sched2.step()
+            g = opt2.param_groups[0]
+            out.append((g["lr"], g["momentum"]))
+        return out, opt, sched
+
+    ours, opt, sched = run(lambda o: LRSchedule(o, schedule))
+    ref, _, _ = run(make_torch)
+    assert len(ours) == len(ref) == 5
+    for (lr, m), (lr_ref, m_ref) in zip(ours, ref):
+        assert _close(lr, lr_ref) and _close(m, m_ref)
+    if name == "step":
+        assert [lr for lr, _ in ours] == [0.0625, 0.03125, 0.015625, 0.0078125, 0.00390625]
+    assert sched.updates == 3  # the copy's updates are not the original's
+    opt.step()
+    sched.step()
+    assert sched.updates == 4 and opt.param_groups[0]["lr"] == schedule(4)
+
+
+def test_late_momentum_cycling_is_refused_at_construction_and_followed_with_momentum():
+    """``sequence([constant, onecycle], [3])`` has no momentum at step 0: it was accepted on
+    Adagrad and raised at update 3. Refused at once; with SGD momentum follows OneCycleLR's
+    from update 3."""
+    s = S.sequence([S.constant(0.01), S.onecycle(0.1, 10)], [3])
+    with pytest.raises(ValueError, match="cycles momentum.*Adagrad param group 0 has neither "
+                                         "'momentum' nor 'betas'"):
+        LRSchedule(torch.optim.Adagrad([nn.Parameter(torch.zeros(1))], lr=1.0), s)
+    _, ref_m = _lr_mom(lambda o: tls.OneCycleLR(o, 0.1, total_steps=10), 10)
+    lrs, moms = _lr_mom(lambda o: LRSchedule(o, s), 13)
+    assert moms[:3] == [0.9, 0.9, 0.9]  # the optimizer's own until the onecycle starts
+    assert moms[3] == 0.95 and all(_close(a, b) for a, b in zip(moms[3:], ref_m))
+    assert lrs[:3] == [0.01] * 3
+
+
+def _lr_mom(make, n):
+    """(lr, momentum) of each of ``n`` updates of an SGD(momentum=0.9) under ``make(opt)``."""
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
+    sched = make(opt)
+    lrs, moms = [], []
+    for _ in range(n):
+        lrs.append(opt.param_groups[0]["lr"])
+        moms.append(opt.param_groups[0]["momentum"])
+        opt.step()
+        sched.step()
+    return lrs, moms
+
+
+def test_clock_calls_warns_like_torch_when_stepped_before_the_optimizer():
+    """With ``clock="calls"`` a ``step()`` before the first ``optimizer.step()`` skips the
+    schedule's step 0, as in PyTorch, which warns; LRSchedule did not."""
+
+    def first_lr(make, *, scheduler_first):
+        opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = make(opt)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                if scheduler_first:
+                    sched.step()
+                    opt.step()
+                else:
+                    opt.step()
+                    sched.step()
+        told = [str(w.message) for w in caught if issubclass(w.category, UserWarning)
+                and "before `optimizer.step()`" in str(w.message)]
+        return opt.param_groups[0]["lr"], told
+
+    ours = lambda o: LRSchedule(o, S.step(1.0, 1, gamma=0.5), clock="calls")  # noqa: E731
+    ref = lambda o: tls.StepLR(o, 1, gamma=0.5)  # noqa: E731
+    lr, told = first_lr(ours, scheduler_first=True)
+    lr_ref, told_ref = first_lr(ref, scheduler_first=True)
+    assert lr == lr_ref == 0.125 and len(told) == len(told_ref) == 1
+    assert told[0].startswith("Detected call of `LRSchedule.step()` before `optimizer.step()` "
+                              "with clock='calls'")
+    assert first_lr(ours, scheduler_first=False) == (0.125, [])
+    assert first_lr(lambda o: LRSchedule(o, S.step(1.0, 1, gamma=0.5)),
+                    scheduler_first=True) == (0.25, [])  # clock="updates": no order to mind
+
+
+def test_load_state_dict_refuses_another_clock_or_version_and_names_a_bad_last_epoch():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0, momentum=0.9)
+    src = LRSchedule(opt, S.onecycle(0.5, 50), clock="calls")
+    for _ in range(23):
+        opt.step()
+        src.step()
+    sd = src.state_dict()
+    dst = LRSchedule(_opt(momentum=0.9), S.onecycle(0.5, 50))
+    with pytest.raises(ValueError, match=r"state_dict\['clock'\] is 'calls' but this LRSchedule "
+                                         r"has clock='updates'"):
+        dst.load_state_dict(sd)
+    same = LRSchedule(_opt(momentum=0.9), S.onecycle(0.5, 50), clock="calls")
+    with pytest.raises(ValueError, match=r"state_dict\['version'\] must be 1 .*got 999"):
+        same.load_state_dict({**sd, "version": 999})
+    with pytest.raises(TypeError, match=r"state_dict\['last_epoch'\] must be an integer, got None"):
+        same.load_state_dict({**sd, "last_epoch": None})
+    with pytest.raises(ValueError, match=r"state_dict\['last_epoch'\] must be an integer >= 0"):
+        same.load_state_dict({**sd, "last_epoch": -1})
+    assert same.updates == 0  # nothing was loaded
+    same.load_state_dict(sd)
+    assert same.updates == 23 and same.get_last_lr() == src.get_last_lr()
+    # another schedule is allowed on purpose (branch a cooldown from a checkpoint)
+    branch = LRSchedule(_opt(momentum=0.9), S.cooldown(S.onecycle(0.5, 50), 23, steps=10),
+                        clock="calls")
+    branch.load_state_dict(sd)
+    assert branch.get_last_lr() == [S.onecycle(0.5, 50)(23)]
+
+
+def test_load_state_dict_applies_its_own_group_scales():
+    """The checkpoint's group_scales are informational: the loading LRSchedule's apply."""
+    s = S.cosine(0.1, 20)
+    src = LRSchedule(_groups_opt(2), s, group_scales=[1.0, 0.1])
+    for _ in range(5):
+        src.optimizer.step()
+        src.step()
+    dst = LRSchedule(_groups_opt(2), s, group_scales=[1.0, 1.0])
+    dst.load_state_dict(src.state_dict())
+    assert [g["lr"] for g in dst.optimizer.param_groups] == [s(5), s(5)]
+    assert [g["lr"] for g in src.optimizer.param_groups] == [s(5), 0.1 * s(5)]
+
+
+def _groups_opt(n):
+    return torch.optim.SGD([{"params": [nn.Parameter(torch.zeros(1))]} for _ in range(n)], lr=1.0)
+
+
+def test_add_param_group_then_carry_the_clock_over():
+    """The refusal said "build a new LRSchedule", which restarted the schedule at step 0 (the
+    warmup again at update 51); it says how to keep the position, and that works."""
+    s = S.warmup(S.cosine(0.1, 100), 10)
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    old = LRSchedule(opt, s)
+    for _ in range(50):
+        opt.step()
+        old.step()
+    opt.add_param_group({"params": [nn.Parameter(torch.zeros(1))], "lr": 0.01})
+    opt.step()
+    with pytest.raises(ValueError, match=r"build a new LRSchedule with 2 group_scales and carry "
+                                         r"the clock over: .*new\.load_state_dict\(old\.state_dict"
+                                         r"\(\)\)"):
+        old.step()
+    new = LRSchedule(opt, s, group_scales=[1.0, 0.1])
+    new.load_state_dict(old.state_dict())
+    cos = tls.CosineAnnealingLR(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), 100)
+    ref = []
+    for _ in range(43):
+        ref.append(cos.optimizer.param_groups[0]["lr"])
+        cos.optimizer.step()
+        cos.step()
+    got = []
+    for _ in range(2):
+        got.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        new.step()
+    assert new.updates == 53
+    assert got[0][0] == pytest.approx(ref[41], rel=1e-12) and got[1][0] == pytest.approx(ref[42])
+    assert got[0][1] == pytest.approx(0.1 * ref[41], rel=1e-12)
+
+
+def test_reduce_lr_on_plateau_beside_it_cuts_once_but_the_plateau_rule_compounds():
+    """Documented: torch's ReduceLROnPlateau next to an LRSchedule cuts once (LRSchedule writes
+    the absolute LR each step); ``plateau=Plateau(...)`` gives torch's chained cuts."""
+
+    def used(make, *, rop):
+        opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = make(opt)
+        r = tls.ReduceLROnPlateau(opt, patience=0, factor=0.5) if rop else None
+        out = []
+        for _ in range(6):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+            if r is not None:
+                r.step(1.0)  # never improves
+            else:
+                sched.report(1.0)
+        return out
+
+    ref = used(lambda o: tls.ConstantLR(o, factor=1.0, total_iters=1), rop=True)
+    assert ref == [1.0, 1.0, 0.5, 0.25, 0.125, 0.0625]
+    assert used(lambda o: LRSchedule(o, S.constant(1.0)), rop=True) == [1.0, 1.0] + [0.5] * 4
+    ours = used(lambda o: LRSchedule(o, S.constant(1.0), plateau=Plateau(patience=0, factor=0.5)),
+                rop=False)
+    assert ours == [1.0, 1.0, 0.5, 0.25, 0.125, 0.0625]
