@@ -43,7 +43,8 @@ from torch import nn
 from ._json import finite_or_string
 from .errors import as_real, check_choice, check_int, check_positive, require
 from .monitor import Finding, Monitor
-from .train import Callback, FitResult, StepInfo, clip_grad_norm, evaluating, global_grad_norm
+from .train import (Callback, FitResult, StepInfo, _cpu_copy, _is_extra_state, clip_grad_norm,
+                    evaluating, global_grad_norm, module_modes, set_module_modes)
 
 __all__ = [
     "LOG_FIELDS",
@@ -596,8 +597,8 @@ class EarlyStopping(_ValSource):
         if self._improves(metric):
             self.best, self.best_step, self.bad = metric, step, 0
             if self.restore_best and self._model is not None:
-                self._best_state = {k: v.detach().to("cpu", copy=True)
-                                    for k, v in self._model.state_dict().items()}
+                # (a get_extra_state() object deep-copied, tensors cloned to CPU)
+                self._best_state = _cpu_copy(self._model.state_dict())
             return None
         self.bad += 1
         if self.bad >= self.patience:
@@ -854,16 +855,19 @@ class SWA(_LRScaler):
     From update ``start_step`` on, every group's LR is ``swa_lr`` (after ``anneal_steps`` of
     cosine annealing from the scheduled LR, as ``torch.optim.swa_utils.SWALR``), and every
     ``avg_every`` updates the weights join a ``torch.optim.swa_utils.AveragedModel`` (equal-weight
-    running mean). At the end of training BatchNorm statistics of the average are recomputed with
-    ``torch.optim.swa_utils.update_bn`` over ``bn_batches`` (needed when the model has BatchNorm)
-    and, with ``swap=True``, the averaged weights are copied into the model (so
-    :func:`lrkit.train.run` scores the average). ``averaged`` is the ``AveragedModel``. A run
-    that raises swaps nothing in (the model keeps its last weights).
+    running mean). At the end of training the statistics of the BatchNorm layers that train are
+    recomputed for the average over ``bn_batches`` (needed when one does), as
+    ``torch.optim.swa_utils.update_bn`` does, with the model in the modes ``fit`` trains it in:
+    a BatchNorm layer frozen in eval mode (fine-tuning) keeps its statistics (torch's
+    ``update_bn`` resets every one). With ``swap=True`` the averaged weights are then copied
+    into the model (so :func:`lrkit.train.run` scores the average); a module's extra state
+    (``get_extra_state()``) stays the model's own. ``averaged`` is the ``AveragedModel``. A
+    run that raises swaps nothing in (the model keeps its last weights).
 
-    ``update_bn`` feeds the model ``batch[0]`` of a list or tuple batch (or the batch, a
-    tensor); for other batches (dicts) pass ``forward(model, batch)``, which runs the model on
-    one batch (``fit``'s ``step_fn`` does: its loss is ignored). Dict batches in a list or tuple
-    ``bn_batches`` without ``forward`` are refused when training starts.
+    The BatchNorm pass feeds the model ``batch[0]`` of a list or tuple batch (or the batch, a
+    tensor), as ``update_bn``; for other batches (dicts) pass ``forward(model, batch)``, which
+    runs the model on one batch (``fit``'s ``step_fn`` does: its loss is ignored). Dict batches
+    in a list or tuple ``bn_batches`` without ``forward`` are refused when training starts.
     """
 
     def __init__(self, start_step: int, swa_lr: float, *, anneal_steps: int = 0,
@@ -887,12 +891,16 @@ class SWA(_LRScaler):
     def on_train_start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         from torch.optim.swa_utils import AveragedModel
 
-        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-        if has_bn:
+        # the modes fit trains in (lrkit.train.training_modes, not yet applied here): a model
+        # in eval mode is switched to train(), else every submodule keeps its own flag
+        modes = module_modes(model) if model.training else {n: True for n in module_modes(model)}
+        self._bn = [n for n, m in model.named_modules()
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm) and modes[n]]
+        if self._bn:
             self._check_bn_batches()
         self._start(optimizer)
         self._model = model
-        self._has_bn = has_bn
+        self._modes = modes
         self._t = 0
         self._anneal_from: dict[int, float] = {}
         self.averaged = AveragedModel(model)
@@ -901,8 +909,9 @@ class SWA(_LRScaler):
     def _check_bn_batches(self) -> None:
         """Refuse, before training, ``bn_batches`` that the BatchNorm pass cannot feed."""
         if self.bn_batches is None:
-            raise ValueError("the model has BatchNorm layers: pass bn_batches=<training batches> "
-                             "so SWA can recompute their statistics for the averaged weights")
+            raise ValueError(f"the model has BatchNorm layers that train ({self._bn[0]!r}): "
+                             "pass bn_batches=<training batches> so SWA can recompute their "
+                             "statistics for the averaged weights")
         if self.forward is not None or not isinstance(self.bn_batches, (list, tuple)):
             return  # (a DataLoader is not drawn from here: that would change its next epoch)
         for batch in self.bn_batches[:1]:
@@ -931,25 +940,41 @@ class SWA(_LRScaler):
     def on_train_end(self, result: FitResult) -> None:
         if self.n_averaged == 0:
             return
-        if self._has_bn:
+        if self._bn:
             self._update_bn()
         if self.swap:
-            self._model.load_state_dict(self.averaged.module.state_dict())
+            live = self._model.state_dict()
+            self._model.load_state_dict({k: live[k] if _is_extra_state(k) else v
+                                         for k, v in self.averaged.module.state_dict().items()})
 
+    @torch.no_grad()
     def _update_bn(self) -> None:
-        """``torch.optim.swa_utils.update_bn`` over ``bn_batches`` for the averaged weights:
-        each batch (its model input without ``forward``) moved to their device, and fed to the
-        model through ``forward`` when given."""
-        from torch.optim.swa_utils import update_bn
-
+        """``torch.optim.swa_utils.update_bn`` over ``bn_batches`` for the averaged weights,
+        for the BatchNorm layers that train only: their statistics reset and recomputed as a
+        cumulative mean (momentum ``None``), the average in the modes ``fit`` trains in; each
+        batch (its model input without ``forward``) moved to the weights' device, and fed to
+        the model through ``forward`` when given."""
         from .train import _to_device
 
+        module = self.averaged.module
         dev = next(self._model.parameters()).device
-        pick = _bn_input if self.forward is None else (lambda b: b)
-        batches = ((_to_device(pick(b), dev),) for b in self.bn_batches)  # update_bn takes [0]
-        model = self.averaged if self.forward is None else _Forward(self.averaged.module,
-                                                                    self.forward)
-        update_bn(batches, model)
+        bns = [module.get_submodule(n) for n in self._bn]
+        momenta = [bn.momentum for bn in bns]
+        was = module_modes(module)
+        set_module_modes(module, self._modes)
+        try:
+            for bn in bns:
+                bn.reset_running_stats()
+                bn.momentum = None
+            for b in self.bn_batches:
+                if self.forward is None:
+                    module(_to_device(_bn_input(b), dev))
+                else:
+                    self.forward(module, _to_device(b, dev))
+        finally:
+            for bn, m in zip(bns, momenta):
+                bn.momentum = m
+            set_module_modes(module, was)
 
 
 def _bn_input(batch: Any) -> Any:
@@ -963,14 +988,3 @@ def _bn_input(batch: Any) -> Any:
                     "(torch's update_bn) feeds the model batch[0] of a list or tuple, or a "
                     "tensor: pass SWA(..., forward=callable(model, batch)) that runs the model "
                     "on one (fit's step_fn will do)")
-
-
-class _Forward(nn.Module):
-    """``forward(module, batch)`` as a module's forward (what ``update_bn`` calls)."""
-
-    def __init__(self, module: nn.Module, forward: Callable[[nn.Module, Any], Any]) -> None:
-        super().__init__()
-        self.module, self._fn = module, forward
-
-    def forward(self, batch: Any) -> Any:
-        return self._fn(self.module, batch)

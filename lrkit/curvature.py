@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from .errors import check_choice, check_int, check_positive, check_range
-from .train import Callback, StepInfo, _to_device
+from .train import Callback, StepInfo, _to_device, check_minimises
 
 if TYPE_CHECKING:  # pragma: no cover
     from .tasks import Task
@@ -1136,7 +1136,9 @@ def safe_lr(
         loss_fn: ``loss_fn(model, batch) -> scalar`` (see :func:`hvp`).
         batches: the batches the Hessian averages over (see ``num_batches``).
         optimizer: ``"sgd"``, ``"momentum"``, ``"adam"``, or a torch optimizer over ``model``'s
-            parameters whose settings (and state) are read. Default: ``"sgd"``, or a task's recipe.
+            parameters whose settings (and state) are read (one with ``maximize=True`` is
+            refused: the bound is of the loss it descends). Default: ``"sgd"``, or a task's
+            recipe.
         momentum: β of ``optimizer="momentum"``.
         betas: Adam's (β1, β2) for ``optimizer="adam"``.
         eps: Adam's ε for ``optimizer="adam"``.
@@ -1152,6 +1154,8 @@ def safe_lr(
     """
     from .tasks import Task
 
+    if isinstance(optimizer, torch.optim.Optimizer):  # the Hessian read is the loss's
+        check_minimises("optimizer", optimizer)
     if isinstance(model, Task):
         if loss_fn is not None or batches is not None:
             raise ValueError("with a Task, leave loss_fn and batches out: they come from the task")

@@ -630,6 +630,7 @@ def _set_up(model_or_task: Any, optimizer: Any, train_loader: Any, loss_fn: Any,
         raise TypeError(f"model_or_task must be a torch.nn.Module or a lrkit Task, got "
                         f"{type(model).__name__}")
     _train.check_optimizer("optimizer", optimizer, model)
+    _train.check_minimises("optimizer", optimizer)
     confirm = confirm_options is not None
     if val_loader is not None:
         _train.check_loader("val_loader", val_loader, "every short run restarts it"
@@ -655,10 +656,12 @@ def _set_up(model_or_task: Any, optimizer: Any, train_loader: Any, loss_fn: Any,
                   accumulation_steps, confirm_task=confirm_task)
 
 
-def _group_scales(optimizer: torch.optim.Optimizer, scheduler: Any) -> list[float]:
+def _group_scales(optimizer: torch.optim.Optimizer, scheduler: Any,
+                  caller: str = "find_lr") -> list[float]:
     """:func:`lrkit.errors.check_group_lrs`, whose error names an LR scheduler attached to
     ``optimizer`` (``scheduler``, or one that left ``initial_lr`` in its groups) as what set
-    the LRs it refuses: a warmup from 0 (``LambdaLR(lambda s: s / n)``) leaves group 0 at 0."""
+    the LRs it refuses: a warmup from 0 (``LambdaLR(lambda s: s / n)``) leaves group 0 at 0.
+    ``caller`` (``find_lr``, ``from_torch``) is the call the message tells to move."""
     try:
         return check_group_lrs(optimizer)
     except ValueError as e:
@@ -669,9 +672,9 @@ def _group_scales(optimizer: torch.optim.Optimizer, scheduler: Any) -> list[floa
                  f"{getattr(scheduler, 'last_epoch', '?')})" if scheduler is not None
                  else "an LR scheduler attached to the optimizer")
         raise ValueError(
-            f"{e}: {which} set these LRs (a warmup from 0 starts at 0), and the range test "
-            "keeps only their ratios: run find_lr before attaching the scheduler, or once it "
-            "has stepped past 0") from None
+            f"{e}: {which} set these LRs (a warmup from 0 starts at 0), and {caller} "
+            f"keeps only their ratios: call {caller} before attaching the scheduler, or once "
+            "it has stepped past 0") from None
 
 
 def _check_confirm_options(val_loader: Any, *, steps: Any, schedule: Any, metric_fn: Any,

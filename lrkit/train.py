@@ -56,6 +56,7 @@ __all__ = [
     "model_device",
     "check_loader",
     "check_optimizer",
+    "check_minimises",
 ]
 
 
@@ -258,18 +259,22 @@ def clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float, *,
     scaled by ``min(1, max_norm / (norm + 1e-6))``, PyTorch's factor, in place. ``norm``, the
     gradients' global norm when already computed (:func:`global_grad_norm`), is not computed
     again; the factor is then computed in float32 as PyTorch does (bitwise the same clip for
-    float32 gradients)."""
+    float32 gradients). Float16 / bfloat16 gradients are clipped by :func:`global_grad_norm`
+    too (their norm in float32): PyTorch's own norm overflows to inf past 65504 although every
+    gradient is finite, and its factor 0 zeroes the step."""
     params = list(params)
     sparse = any(p.grad is not None and p.grad.is_sparse for p in params)
-    if norm is None and not sparse:
+    half = any(p.grad is not None and p.grad.dtype in (torch.float16, torch.bfloat16)
+               for p in params)
+    if norm is None and not (sparse or half):
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    if norm is None:
+    if norm is None:  # PyTorch's norm of float16 gradients overflows at 65504: inf, a zero step
         norm = global_grad_norm(params)
     if sparse:
         coef: Any = max_norm / (norm + 1e-6)
     else:
         coef = torch.clamp(max_norm / (torch.tensor(norm, dtype=torch.float32) + 1e-6), max=1.0)
-    if float(coef) < 1.0:  # (PyTorch multiplies by 1.0 otherwise: no change)
+    if not float(coef) >= 1.0:  # (PyTorch multiplies by 1.0 otherwise: no change; by NaN too)
         for p in params:
             if p.grad is not None:
                 p.grad.mul_(coef if sparse else coef.to(p.grad.device))
@@ -399,6 +404,21 @@ def check_optimizer(name: str, optimizer: Any, model: nn.Module | None = None
                         "backward: use an optimizer whose step() needs no arguments (SGD, Adam, "
                         "...)")
     return optimizer
+
+
+def check_minimises(name: str, optimizer: torch.optim.Optimizer) -> None:
+    """A ValueError naming ``name``'s first param group with ``maximize=True`` (torch's gradient
+    ascent), before anything is touched: lrkit reads the loss as a quantity to minimise (the
+    range test's descent, the divergence stops, the runs' scores, the safe-LR bound), and an
+    objective that ascends is read upside down by all of them (find_lr found "no clear
+    descent", runs were stopped as diverged, ``safe_lr`` bounded the objective's Hessian)."""
+    for i, g in enumerate(optimizer.param_groups):
+        if g.get("maximize", False):
+            raise ValueError(
+                f"{name}: param group {i} has maximize=True, but lrkit reads the loss as a "
+                "quantity to minimise (the range test, the divergence stop, the runs' scores "
+                "and the safe-LR bound all do): pass the negated objective as loss_fn "
+                "(lambda out, y: -objective(out, y)), or step_fn, with maximize=False")
 
 
 def check_loader(name: str, loader: Any, why: str | None = "every short run restarts it"
@@ -1071,14 +1091,28 @@ def module_state(model: nn.Module) -> dict[str, Any]:
     return state
 
 
+#: the state-dict key of a module's ``get_extra_state()`` (``torch.nn.Module``'s own suffix)
+_EXTRA_STATE = "_extra_state"
+
+
+def _is_extra_state(key: str) -> bool:
+    """Whether a state-dict ``key`` holds a module's ``get_extra_state()`` (any object: a
+    vocabulary, a step count), not a parameter or buffer."""
+    return key.rpartition(".")[2] == _EXTRA_STATE
+
+
 def _copy_into_module(model: nn.Module, saved: dict) -> None:
     """``model.load_state_dict(saved)`` (``saved`` from :func:`module_state`), done as
-    ``copy_`` into the existing tensors."""
+    ``copy_`` into the existing tensors; a module's extra state goes back through its
+    ``set_extra_state`` as a deep copy (``saved`` may be loaded again)."""
     current = module_state(model)
+    tensors = {k: v for k, v in current.items() if not _is_extra_state(k)}
     if set(current) != set(saved) or not all(
-            isinstance(v, torch.Tensor) and _same_layout(v, saved[k]) for k, v in current.items()):
+            isinstance(v, torch.Tensor) and isinstance(saved[k], torch.Tensor)
+            and _same_layout(v, saved[k]) for k, v in tensors.items()):
         persistent = set(model.state_dict())
-        model.load_state_dict({k: v for k, v in saved.items() if k in persistent})
+        model.load_state_dict({k: _cpu_copy(v) if _is_extra_state(k) else v
+                               for k, v in saved.items() if k in persistent})
         for name, value in saved.items():
             if name not in persistent:  # a non-persistent buffer, re-registered as it was
                 owner, _, leaf = name.rpartition(".")
@@ -1087,8 +1121,11 @@ def _copy_into_module(model: nn.Module, saved: dict) -> None:
                                     persistent=False)
         return
     with torch.no_grad():
-        for k, v in current.items():
+        for k, v in tensors.items():
             v.copy_(saved[k])
+    for k in current.keys() - tensors.keys():
+        owner = k[: -len(_EXTRA_STATE)].rstrip(".")
+        (model.get_submodule(owner) if owner else model).set_extra_state(_cpu_copy(saved[k]))
 
 
 def _cpu_grad(p: torch.Tensor) -> torch.Tensor | None:
@@ -1140,6 +1177,12 @@ class _OptimizerCopy:
         self.optimizer = optimizer
         self.groups = [copy.deepcopy({k: v for k, v in g.items() if k != "params"})
                        for g in optimizer.param_groups]
+        # a tensor setting (lr=torch.tensor(0.01)) is the user's object: restored into it
+        self.group_tensors = [{k: v for k, v in g.items() if isinstance(v, torch.Tensor)}
+                              for g in optimizer.param_groups]
+        # torch's private flags on the optimizer (an attached LR scheduler's step wrapper sets
+        # _opt_called on the first step; its warning about step order reads it)
+        self.flags = _private_flags(optimizer)
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.state: dict[int, dict[str, Any]] = {}
         for i, p in enumerate(self.params):
@@ -1156,9 +1199,17 @@ class _OptimizerCopy:
         if len(params) != len(self.params) or any(a is not b for a, b in zip(params, self.params)):
             raise RuntimeError("the optimizer's parameters changed since the snapshot; cannot "
                                "restore it")
-        for g, saved in zip(opt.param_groups, self.groups):
+        for g, saved, mine in zip(opt.param_groups, self.groups, self.group_tensors):
             for k, v in saved.items():
-                g[k] = copy.deepcopy(v)
+                if k in mine:  # the same tensor object, with its value as it was
+                    _restore_tensor(mine[k], v)
+                    g[k] = mine[k]
+                else:
+                    g[k] = copy.deepcopy(v)
+        for k in _private_flags(opt).keys() - self.flags.keys():
+            delattr(opt, k)
+        for k, v in self.flags.items():
+            setattr(opt, k, v)
         # 1) free state that did not exist (or changed layout), 2) copy in place, 3) allocate.
         # State that shares memory with a gradient (SGD-HD keeps g_{t-1} by reference) is
         # re-allocated, never written through: that would change the parameter's .grad too.
@@ -1190,6 +1241,12 @@ class _OptimizerCopy:
             del opt.state[k]
         for k, v in self.extra.items():
             opt.state[k] = _cpu_copy(v)
+
+
+def _private_flags(optimizer: torch.optim.Optimizer) -> dict[str, bool]:
+    """The optimizer object's private boolean attributes (``_opt_called``, ...)."""
+    return {k: v for k, v in vars(optimizer).items()
+            if k.startswith("_") and isinstance(v, bool)}
 
 
 def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,

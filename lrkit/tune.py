@@ -364,7 +364,7 @@ class _Recorder:
         self.model = model
 
     def on_step_end(self, info: Any) -> bool | str | None:
-        from .train import evaluating, global_grad_norm
+        from .train import _cpu_copy, evaluating, global_grad_norm
 
         g = info.grad_norm
         if g is None:
@@ -376,7 +376,8 @@ class _Recorder:
                 v = self.task.score(info.model, "val")
             self.val.append((info.step + 1, v))
             if math.isfinite(v) and (self.best is None or self.task.better(v, self.best[1])):
-                self.best = (info.step + 1, v, {k: t.detach().to("cpu", copy=True)
+                # (a module's get_extra_state() may be any object: _cpu_copy deep-copies it)
+                self.best = (info.step + 1, v, {k: _cpu_copy(t)
                                                 for k, t in info.model.state_dict().items()})
         if self.monitor is not None:
             self.monitor.update(info.step, info.loss, lr=info.lr, grad_norm=float(g),
@@ -1882,6 +1883,13 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
                              f"{full}-step task: the final run takes {full} and the range test "
                              f"at least {MIN_RANGE_ITERS}; pass budget >= {least:g}")
     families = check_families("schedules", schedules)
+    for f in families:  # the recipe's warmup fits every family's shape (refused before any run)
+        try:
+            _schedule(task, f, 1.0, full)
+        except ValueError as e:
+            raise ValueError(f"schedules: {f!r} cannot take the recipe's warmup "
+                             f"({task.recipe.warmup_steps} of {full} steps): {e}; drop {f!r} "
+                             "from schedules or shorten the warmup") from None
     seed = check_int("seed", seed, minimum=0)
     if storage is not None and not isinstance(storage, str):
         raise TypeError(f"storage must be a URL string or None, got {type(storage).__name__}")

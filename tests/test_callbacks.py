@@ -760,3 +760,97 @@ def test_swa_and_restore_best_leave_the_model_alone_when_the_run_raises():
             _fit([cb, Keep(), _Boom(10)])
         model = cb._model
         assert torch.equal(model.weight, seen["w"]), type(cb).__name__
+
+
+class _Counting(nn.Module):
+    """A linear model with ``get_extra_state``: its training forwards, counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(3, 1)
+        self.calls = 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+        return self.lin(x)
+
+    def get_extra_state(self):
+        return {"calls": self.calls}
+
+    def set_extra_state(self, state):
+        self.calls = state["calls"]
+
+
+def test_restore_best_and_swa_take_a_modules_extra_state():
+    """get_extra_state puts a non-tensor in the state_dict: EarlyStopping(restore_best) crashed
+    on its .detach(), and SWA's swap put back the extra state the run started with."""
+    _, batches = _linear()
+    m = _Counting()
+    metrics = iter([1.0, 0.5, 0.7, 0.8, 0.9])
+    seen = {}
+
+    class Spy(train.Callback):
+        def on_step_end(self, info):
+            seen[info.step + 1] = [p.detach().clone() for p in info.model.parameters()]
+
+    es = EarlyStopping(patience=3, restore_best=True, evaluate=lambda mm: next(metrics),
+                       eval_every=2)
+    out = train.fit(m, torch.optim.SGD(m.parameters(), lr=0.05), batches, num_steps=20,
+                    loss_fn=nn.functional.mse_loss, callbacks=[Spy(), es])
+    assert out.stop_reason == "early_stop" and es.best_step == 4 and m.calls == 4
+    assert all(torch.equal(p, q) for p, q in zip(m.parameters(), seen[4]))
+
+    m = _Counting()
+    swa = SWA(10, 0.01)
+    train.fit(m, torch.optim.SGD(m.parameters(), lr=0.05), batches, num_steps=30,
+              loss_fn=nn.functional.mse_loss, callbacks=[swa])
+    assert m.calls == 30  # the live model's, not the average's copy from step 0
+    assert torch.equal(m.lin.weight, swa.averaged.module.lin.weight)
+
+
+def _frozen_and_training_bn(seed: int = 0):
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Linear(3, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 4),
+                      nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 1))
+    with torch.no_grad():  # "pretrained" statistics, frozen for fine-tuning
+        m[1].running_mean.fill_(0.5)
+        m[1].running_var.fill_(2.0)
+    m[1].eval()
+    return m
+
+
+def test_swa_recomputes_only_the_batchnorm_layers_that_train():
+    """torch's update_bn resets every BatchNorm: SWA overwrote the statistics of a layer the
+    user keeps frozen in eval mode, and demanded bn_batches when every one is frozen."""
+    _, batches = _linear()
+    loss = lambda o, y: nn.functional.mse_loss(o, y)  # noqa: E731
+    # every BatchNorm frozen: nothing to recompute, no bn_batches needed, statistics untouched
+    m = _frozen_and_training_bn()
+    m[4].eval()
+    frozen = {k: v.clone() for k, v in m.state_dict().items() if "running" in k or "tracked" in k}
+    train.fit(m, torch.optim.SGD(m.parameters(), lr=0.05), batches, num_steps=8, loss_fn=loss,
+              callbacks=[SWA(2, 0.01)])
+    assert all(torch.equal(m.state_dict()[k], v) for k, v in frozen.items())
+    assert not m[1].training and not m[4].training
+
+    m = _frozen_and_training_bn()
+    before = {k: v.clone() for k, v in m[1].named_buffers()}  # its statistics
+    with pytest.raises(ValueError, match="BatchNorm layers that train.*'4'.*bn_batches"):
+        train.fit(m, torch.optim.SGD(m.parameters(), lr=0.05), batches, num_steps=8,
+                  loss_fn=loss, callbacks=[SWA(2, 0.01)])
+    swa = SWA(2, 0.01, bn_batches=batches)
+    train.fit(m, torch.optim.SGD(m.parameters(), lr=0.05), batches, num_steps=8, loss_fn=loss,
+              callbacks=[swa])
+    assert all(torch.equal(dict(m[1].named_buffers())[k], v) for k, v in before.items())
+    assert not m[1].training and m[4].training
+    # the training layer's: a cumulative mean over bn_batches of its inputs under the average,
+    # with the frozen layer normalising by its own statistics
+    with torch.no_grad():
+        m.eval()
+        feats = [m[3](m[2](m[1](m[0](x)))) for x, _ in batches]
+    assert torch.allclose(m[4].running_mean, torch.cat(feats).mean(0), atol=1e-6)
+    assert torch.allclose(m[4].running_var, torch.stack([f.var(0) for f in feats]).mean(0),
+                          atol=1e-6)
+    assert int(m[4].num_batches_tracked) == len(batches)

@@ -868,3 +868,27 @@ def test_lanczos_finds_a_top_eigenvector_its_start_vector_barely_touches():
     assert r.converged and r.n_hvp >= 10
     short = C.top_eigenvalue(model, loss, [None], iters=6, tol=1e-3)
     assert not short.converged and any("only after 10 steps" in n for n in short.notes)
+
+
+def test_safe_lr_refuses_an_optimizer_that_maximizes_before_anything_moves():
+    """SGD(maximize=True) on -CE descends CE: the bound was read off the objective's Hessian
+    (-H: its top eigenvalue is CE's smallest), 4.6 where the identical update's bound is 1.4."""
+    import copy
+
+    model, batches = mlp(0), [data(0)]
+    opt = torch.optim.Adam(model.parameters(), lr=0.01, maximize=True)
+    (-ce(model, batches[0])).backward()
+    opt.step()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = [p.grad.clone() for p in model.parameters()]
+    state = copy.deepcopy(opt.state_dict())
+    with pytest.raises(ValueError, match=r"optimizer: param group 0 has maximize=True, but lrkit "
+                                         r"reads the loss as a quantity to minimise.*negated "
+                                         r"objective.*maximize=False"):
+        C.safe_lr(model, lambda m, b: -ce(m, b), batches, optimizer=opt)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
+    now = opt.state_dict()
+    assert now["param_groups"] == state["param_groups"]
+    assert all(torch.equal(v, now["state"][i][k]) for i, st in state["state"].items()
+               for k, v in st.items())

@@ -740,3 +740,73 @@ def test_ceiling_stop_names_the_ceiling_that_bound():
     window = ceiling_stop(0.9, 0.3, 0.1)  # 0.3 > 2 x 0.1: the first window's top
     assert "band top" not in window and "first window" in window and "(0.3)" in window
     assert "first window" in ceiling_stop(0.9, 0.3, None)  # no band at all
+
+
+def _exact(model, opt, loader):
+    """Everything a refused call must leave alone, cloned: weights and buffers, grads, the
+    optimizer's groups and state, the loader's generator."""
+    import copy
+
+    return ({k: v.clone() for k, v in model.state_dict().items()},
+            [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+            copy.deepcopy(opt.state_dict()), loader.generator.get_state())
+
+
+def _assert_exact(a, b):
+    assert a[0].keys() == b[0].keys() and all(torch.equal(a[0][k], b[0][k]) for k in a[0])
+    assert all((g is None and h is None) or torch.equal(g, h) for g, h in zip(a[1], b[1]))
+    assert a[2]["param_groups"] == b[2]["param_groups"]
+    assert a[2]["state"].keys() == b[2]["state"].keys()
+    for k, st in a[2]["state"].items():
+        assert all(torch.equal(v, b[2]["state"][k][n]) for n, v in st.items())
+    assert torch.equal(a[3], b[3])
+
+
+def test_an_optimizer_that_maximizes_is_refused_before_anything_moves():
+    """SGD(maximize=True) ascends its loss_fn (a log-likelihood): the range test read that
+    objective as a loss to minimise and found "no clear descent" (confirm's runs were
+    stopped as diverged). Refused at the door, naming the group and what to pass."""
+    model, _, loader, _ = _setup(groups=True)
+    opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.01},
+                           {"params": model[4].parameters(), "lr": 0.1, "maximize": True}],
+                          lr=0.1, momentum=0.9)
+    loglik = lambda out, y: -F.cross_entropy(out, y)  # noqa: E731
+    x, y = next(iter(loader))
+    loglik(model(x), y).backward()
+    opt.step()  # momentum buffers and grads to leave alone
+    before = _exact(model, opt, loader)
+    for kw in ({}, dict(confirm=True, val_loader=[(x, y)], steps=60)):
+        with pytest.raises(ValueError, match=r"optimizer: param group 1 has maximize=True, but "
+                                             r"lrkit reads the loss as a quantity to minimise.*"
+                                             r"negated objective as loss_fn.*maximize=False"):
+            find_lr(model, opt, loader, loglik, num_iter=20, **kw)
+        _assert_exact(before, _exact(model, opt, loader))
+
+
+def test_a_tensor_lr_is_handed_back_as_the_users_own_tensor():
+    """The restore put a copy of lr=torch.tensor(0.01) in the group: the user's in-place decay
+    (lr.fill_, as torch's schedulers do for a tensor LR) no longer reached the optimizer."""
+    model, _, loader, _ = _setup()
+    lr = torch.tensor(0.01)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    find_lr(model, opt, loader, F.cross_entropy, num_iter=20)
+    assert opt.param_groups[0]["lr"] is lr and lr.item() == torch.tensor(0.01).item()
+    lr.fill_(0.001)
+    assert float(opt.param_groups[0]["lr"]) == float(torch.tensor(0.001))
+
+
+def test_find_lr_leaves_torchs_private_optimizer_flags_as_they_were():
+    """An attached scheduler wraps optimizer.step to set _opt_called on the first step: the
+    sweep's steps left it True, and torch no longer warned about the scheduler stepped first."""
+    import warnings
+
+    model, opt, loader, _ = _setup()
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=50)
+    flags = {k: v for k, v in vars(opt).items() if isinstance(v, (bool, int, float, str))}
+    find_lr(model, opt, loader, F.cross_entropy, num_iter=20, scheduler=sched)
+    assert {k: v for k, v in vars(opt).items() if isinstance(v, (bool, int, float, str))} == flags
+    assert not hasattr(opt, "_opt_called")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        sched.step()
+    assert any("before `optimizer.step()`" in str(w.message) for w in seen)

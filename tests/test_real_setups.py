@@ -1437,3 +1437,85 @@ def test_a_generator_that_runs_out_is_named_with_the_batches_needed():
         find_lr(model, opt, iter(batches), F.mse_loss, num_iter=2 * SWEEP_STEPS, start_lr=1e-7,
                 end_lr=10.0)
     assert all(torch.equal(a, b) for a, b in zip(before[0], _state(model, opt)[0]))
+
+
+def test_from_torch_refuses_an_optimizer_that_maximizes_before_anything_moves():
+    """SGD(maximize=True) on a log-likelihood: every run was stopped as diverged (its
+    "loss" falls below its start: the rule reads a rise) and tune scored each -inf."""
+    model, _, tl, vl = _regression()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01, maximize=True)
+    before = _state(model, opt)
+    with pytest.raises(ValueError, match=r"optimizer: param group 0 has maximize=True.*minimise"
+                                         r".*negated objective as loss_fn"):
+        from_torch(model, opt, tl, lambda out, y: -F.mse_loss(out, y), val_loader=vl, steps=30)
+    after = _state(model, opt)
+    assert all(torch.equal(a, b) for a, b in zip(before[0], after[0]))
+    assert before[1].keys() == after[1].keys() == set() and before[2] == after[2]
+
+
+class _Vocab(nn.Module):
+    """A model with ``get_extra_state`` (a count of training forwards and a vocabulary)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 1))
+        self.calls, self.vocab = 0, ["a", "b"]
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+        return self.net(x)
+
+    def get_extra_state(self):
+        return {"calls": self.calls, "vocab": self.vocab}
+
+    def set_extra_state(self, state):
+        self.calls, self.vocab = state["calls"], state["vocab"]
+
+
+def test_from_torch_and_confirm_take_a_modules_extra_state():
+    """nn.Module.get_extra_state puts a non-tensor in the state_dict: from_torch (and so
+    find_lr(confirm=True)) crashed on its .detach(), and the key read its .shape."""
+    _, _, tl, vl = _regression()
+    model = _Vocab()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    w0 = {k: v.clone() for k, v in model.state_dict().items() if k != "_extra_state"}
+    task = from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=20)
+    run = train.run(task, 0.01, seed=0)
+    assert model.calls == 20 and not run.diverged
+    model.vocab.append("c")  # a change to the live object must not reach the starting point
+    assert task.build_model(0) is model and model.calls == 0 and model.vocab == ["a", "b"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in w0.items())
+    model.calls = 7  # the extra state's values, as the weights', do not make another set-up
+    assert from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=20).key == task.key
+    model.calls = 0
+    res = find_lr(model, opt, tl, F.mse_loss, val_loader=vl, confirm=True, steps=60,
+                  num_iter=20, start_lr=1e-4, end_lr=1.0)
+    assert res.confirm["runs"] and model.calls == 0 and model.vocab == ["a", "b"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in w0.items())
+
+
+def test_from_torch_with_a_scheduler_attached_names_it_and_keeps_your_momentum():
+    """A warmup from 0 attached: from_torch's refusal did not say the scheduler set the 0
+    (find_lr's did). OneCycleLR attached: its cycled momentum (0.95, betas[0] too) was
+    recorded as the user's setting, and rebuilt into every run's optimizer."""
+    model, _, tl, vl = _regression()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    torch.optim.lr_scheduler.LambdaLR(opt, lambda t: t / 10)
+    with pytest.raises(ValueError, match=r"got \[0\.0\]: an LR scheduler attached to the "
+                                         r"optimizer set these LRs .*call from_torch before "
+                                         r"attaching the scheduler"):
+        from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=60)
+    for make, key, want in (
+            (lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9), "momentum", 0.9),
+            (lambda ps: torch.optim.Adam(ps, lr=0.1, betas=(0.9, 0.99)), "betas", (0.9, 0.99))):
+        opt = make(model.parameters())
+        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=60)
+        assert opt.param_groups[0][key] != want  # the cycle's value, written over yours
+        task = from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=60,
+                          schedule="onecycle")
+        built = task.recipe.make_optimizer(model.parameters(), 0.1)
+        assert built.param_groups[0][key] == want
+        assert not {"max_lr", "min_lr", "base_momentum", "max_momentum"} & set(
+            built.param_groups[0])

@@ -721,3 +721,120 @@ def test_a_run_that_raises_gives_each_started_callback_on_train_error():
                            ("c", "error", "b cannot end")]
     go([Rec("a"), Rec("b")])  # a completed run: on_train_end only
     assert events == [("a", "start"), ("b", "start"), ("a", "end"), ("b", "end")]
+
+
+def _half_linear() -> tuple[nn.Module, list]:
+    """A float16 model whose global gradient norm (90,531) exceeds float16's 65,504 while its
+    loss and every gradient element are finite."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(256, 512, generator=g).abs() * 5000).half()
+    torch.manual_seed(0)
+    return nn.Linear(512, 1).half(), [(x, torch.zeros(256, 1).half())]
+
+
+def test_clipping_float16_gradients_beyond_65504_clips_by_their_float32_norm():
+    """PyTorch's clip_grad_norm_ sums float16 norms in float16: inf past 65,504, a factor of 0,
+    and fit(grad_clip=...) / ClipGradNorm zeroed the step (while a no-op hook, which made fit
+    reuse global_grad_norm's float32 norm, clipped). Every path now clips alike."""
+    from lrkit.callbacks import ClipGradNorm
+
+    def loss_fn(out, t):
+        return (out - t).mean()
+
+    m, batches = _half_linear()
+    loss_fn(m(batches[0][0]), batches[0][1]).backward()
+    grads = [p.grad.double() for p in m.parameters()]  # the reference: float64, by hand
+    norm = math.sqrt(sum(float((g * g).sum()) for g in grads))
+    assert 65504 < norm < 1e5 and all(bool(g.isfinite().all()) for g in grads)
+    want = [p.detach().double() - 1e-3 * g / (norm + 1e-6) for p, g in zip(m.parameters(), grads)]
+
+    class Noop(Callback):
+        def on_before_step(self, model, optimizer):
+            pass
+
+    moved = {}
+    for label, kw, cbs in (("grad_clip", dict(grad_clip=1.0), []),
+                           ("hook", dict(grad_clip=1.0), [Noop()]),
+                           ("ClipGradNorm", dict(track_grad_norm=True), [ClipGradNorm(1.0)])):
+        m, batches = _half_linear()
+        res = fit(m, torch.optim.SGD(m.parameters(), lr=1e-3), batches, num_steps=1,
+                  loss_fn=loss_fn, callbacks=cbs, **kw)
+        assert res.grad_norms == [pytest.approx(norm, rel=1e-6)], label
+        if cbs and isinstance(cbs[0], ClipGradNorm):
+            assert cbs[0].norms == res.grad_norms and cbs[0].clipped == 1
+        for p, w in zip(m.parameters(), want):  # moved by lr x 1, to float16's rounding
+            torch.testing.assert_close(p.double(), w, rtol=1e-3, atol=1e-6)
+        moved[label] = [p.detach().clone() for p in m.parameters()]
+    for label in ("hook", "ClipGradNorm"):
+        assert all(torch.equal(p, q) for p, q in zip(moved["grad_clip"], moved[label])), label
+    # a truly non-finite float16 gradient: PyTorch's clip, bitwise (norm inf, factor 0)
+    for bad in (math.inf, math.nan):
+        ours, ref = nn.Linear(4, 2).half(), nn.Linear(4, 2).half()
+        for p, q in zip(ours.parameters(), ref.parameters()):
+            p.grad = torch.ones_like(p)
+            p.grad.view(-1)[0] = bad
+            q.grad = p.grad.clone()
+        got = train.clip_grad_norm(list(ours.parameters()), 1.0)
+        expected = float(torch.nn.utils.clip_grad_norm_(list(ref.parameters()), 1.0))
+        assert (math.isnan(got) and math.isnan(expected)) or got == expected
+        for p, q in zip(ours.parameters(), ref.parameters()):
+            assert torch.equal(p.grad.isnan(), q.grad.isnan())
+            assert torch.equal(p.grad.nan_to_num(), q.grad.nan_to_num())
+
+
+def test_snapshot_puts_a_tensor_lr_back_into_the_users_tensor_and_torchs_flags_back():
+    """A sweep writes float LRs into the groups; the restore put back a copy of a tensor LR
+    (lr=torch.tensor(0.01)), and the user's own handle on it no longer reached the optimizer.
+    An attached scheduler's step wrapper sets optimizer._opt_called on the first step: the
+    restore takes it away again (torch warns about a scheduler stepped first from it)."""
+    x, y = _data(32)
+    m = _model()
+    lr = torch.tensor(0.01)
+    opt = torch.optim.Adam(m.parameters(), lr=lr)
+    torch.optim.lr_scheduler.StepLR(opt, step_size=10)
+    assert not hasattr(opt, "_opt_called")
+    snap = snapshot(m, opt)
+    fit(m, opt, _batches(x, y, 8), num_steps=4, loss_fn=nn.functional.mse_loss,
+        schedule=lambda t: 0.1 * (t + 1))
+    assert opt.param_groups[0]["lr"] is not lr and opt._opt_called
+    snap.restore()
+    assert opt.param_groups[0]["lr"] is lr and lr.item() == torch.tensor(0.01).item()
+    assert not hasattr(opt, "_opt_called")
+    lr.fill_(0.001)  # the user's own decay, in place, reaches the optimizer
+    assert float(opt.param_groups[0]["lr"]) == float(torch.tensor(0.001))
+
+
+class _WithExtraState(nn.Module):
+    """A model with ``get_extra_state`` (a step count and a vocabulary in its state_dict)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))
+        self.calls, self.vocab = 0, ["a", "b"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.calls += 1
+        return self.net(x)
+
+    def get_extra_state(self) -> dict:
+        return {"calls": self.calls, "vocab": self.vocab}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.calls, self.vocab = state["calls"], state["vocab"]
+
+
+def test_snapshot_restores_a_modules_extra_state_as_a_copy_each_time():
+    x, y = _data(32)
+    m = _WithExtraState()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    w0 = [p.detach().clone() for p in m.parameters()]
+    snap = snapshot(m, opt)
+    for _ in range(2):  # restored twice: the snapshot's copy is never the model's object
+        fit(m, opt, _batches(x, y, 8), num_steps=3, loss_fn=nn.functional.mse_loss)
+        m.vocab.append("c")
+        assert m.calls == 3
+        snap.restore()
+        assert m.calls == 0 and m.vocab == ["a", "b"]
+        assert all(torch.equal(p, q) for p, q in zip(m.parameters(), w0))

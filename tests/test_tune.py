@@ -1506,3 +1506,18 @@ def test_the_cut_is_explained_by_the_reading_that_raised_it():
     assert not [r for r in RULES["lr_too_high"] if "(one of its readings)" in said(r)]
     assert "(one of its readings)" in said("")  # a run folder from before rules
     assert tune_mod._explain_cuts({"lr": 0.3, "lr_cuts": []}) == []
+
+
+def test_a_warmup_a_family_cannot_fit_is_refused_before_any_run(tmp_path):
+    # 36 of 40 steps of warmup: WSD's decay (its last 8 steps) does not fit behind it; it was
+    # shortened without a word (lrkit.schedules.family), and is now refused at the door
+    base = make_task()
+    task = dataclasses.replace(base, recipe=dataclasses.replace(base.recipe, warmup_steps=36))
+    with pytest.raises(ValueError, match=r"schedules: 'wsd' cannot take the recipe's warmup "
+                       r"\(36 of 40 steps\): warmup_steps must be <= 32"):
+        tune(task, out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    # without WSD the same recipe is fine
+    res = tune(task, schedules=("constant", "cosine"), out=tmp_path / "run2",
+                     progress=False)
+    assert res.family in ("constant", "cosine")

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import (as_real, check_amp, check_group_lrs, check_int, check_positive,
+from ..errors import (as_real, check_amp, check_int, check_positive,
                       check_warmup)
 from .base import Recipe, Task
 
@@ -52,6 +52,23 @@ __all__ = ["from_torch"]
 
 #: optimizer settings that describe the param group rather than the optimizer
 _GROUP_ONLY = ("params", "lr", "initial_lr", "name")
+#: what torch's cycling LR schedulers (OneCycleLR, CyclicLR) write into a param group: their state
+_CYCLER_KEYS = ("max_lr", "min_lr", "base_momentum", "max_momentum")
+
+
+def _group_settings(group: dict, defaults: dict) -> dict:
+    """A param group's optimizer settings, the LR and a scheduler's state left out. A momentum
+    that an attached OneCycleLR / CyclicLR cycles (its ``max_momentum`` in the group: it wrote
+    ``momentum``, or ``betas[0]``, over yours at construction and every step) is the
+    optimizer's constructor value from ``defaults``, not the cycle's current one (0.95 where
+    you set 0.9)."""
+    settings = {k: v for k, v in group.items() if k not in _GROUP_ONLY + _CYCLER_KEYS}
+    if "max_momentum" in group:
+        if "momentum" in settings and "momentum" in defaults:
+            settings["momentum"] = defaults["momentum"]
+        if "betas" in settings and "betas" in defaults:
+            settings["betas"] = (defaults["betas"][0], *settings["betas"][1:])
+    return settings
 
 
 def _move(batch: Any, device: torch.device | None) -> Any:
@@ -95,7 +112,10 @@ def _schedule_family(schedule: Any, steps: int) -> tuple[str, int | None]:
     own = spec.get("name")  # its own family first (warmup_cosine and a warmed-up cosine agree)
     if peak > 0:
         for name in sorted(schedules.FAMILIES, key=lambda f: f != own):
-            ref = schedules.family(name, 1.0, steps, warmup_steps=warm)
+            try:
+                ref = schedules.family(name, 1.0, steps, warmup_steps=warm)
+            except ValueError:  # a family whose shape cannot take this warmup: not that one
+                continue
             shape = np.array([float(ref(t)) for t in grid])
             if np.allclose(values / peak, shape / shape.max(), rtol=1e-6, atol=1e-9):
                 return name, warm
@@ -116,11 +136,10 @@ class _StartingPoint:
     after ``find_lr``, ``lrkit.tune`` and ``lrkit.search``)."""
 
     def __init__(self, model: nn.Module, train_loader: Iterable) -> None:
-        from ..train import _cpu_grad, loader_generators, module_modes, module_state
+        from ..train import _cpu_copy, _cpu_grad, loader_generators, module_modes, module_state
 
         self.model = model
-        self.weights = {k: v.detach().to("cpu", copy=True)
-                        for k, v in module_state(model).items()}
+        self.weights = _cpu_copy(module_state(model))  # get_extra_state()'s objects deep-copied
         self.modes = module_modes(model)
         self.grads = [_cpu_grad(p) for p in model.parameters()]
         self.generators = loader_generators(train_loader)
@@ -190,9 +209,11 @@ def _fingerprint(model: nn.Module, opt_cls: type, groups: list, defaults: dict,
     """10 hex digits that tell one user set-up from another (architecture, parameter shapes,
     optimizer and its settings, horizon, schedule, loss, metric, data size), so that two
     ``from_torch`` tasks never share a tune folder, a search study or a cached oracle. The
-    initial weights' values are left out: the same set-up from another seed is the same task."""
+    initial weights' values are left out: the same set-up from another seed is the same task;
+    so are those of a module's ``get_extra_state()`` (a step count), whose type is kept."""
     parts = [repr(model),
-             [(k, tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items()],
+             [(k, tuple(v.shape), str(v.dtype)) if isinstance(v, torch.Tensor)
+              else (k, type(v).__qualname__) for k, v in model.state_dict().items()],
              f"{opt_cls.__module__}.{opt_cls.__qualname__}",
              sorted((k, repr(v)) for k, v in defaults.items()),
              [(idx, sorted((k, repr(v)) for k, v in st.items())) for idx, st in groups],
@@ -246,7 +267,12 @@ def from_torch(
     Args:
         model: the user's model; its current weights are the starting point of every run.
         optimizer: the user's optimizer over ``model``'s parameters; its class, settings and
-            group LR ratios are kept (its group-0 LR becomes the recipe's ``default_lr``).
+            group LR ratios are kept (its group-0 LR becomes the recipe's ``default_lr``). With
+            an LR scheduler attached these are the LRs as it has set them (OneCycleLR's
+            ``max_lr / div_factor`` before its first step), and group 0's must be > 0 (a warmup
+            from 0 is refused: call ``from_torch`` before attaching it); a momentum OneCycleLR
+            or CyclicLR cycles is read from ``optimizer.defaults`` (the value you set), not
+            the cycle's. ``maximize=True`` is refused: lrkit minimises the loss.
         train_loader: re-iterable training batches (``(x, y)`` pairs with ``loss_fn``).
         loss_fn: ``loss_fn(model(x), y)``; or pass ``step_fn(model, batch) -> loss``.
         val_loader: held-out batches that score a run (required).
@@ -289,9 +315,10 @@ def from_torch(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    from ..train import check_loader, check_optimizer
+    from ..train import check_loader, check_minimises, check_optimizer
 
     check_optimizer("optimizer", optimizer)
+    check_minimises("optimizer", optimizer)
     check_loader("train_loader", train_loader)
     check_loader("val_loader", val_loader)
     if test_loader is not None:
@@ -346,8 +373,10 @@ def from_torch(
                              "model (model.log_temp = nn.Parameter(...)), or build the "
                              "optimizer over this model's parameters")
         groups.append(([index[id(p)] for p in g["params"]],
-                       {k: v for k, v in g.items() if k not in _GROUP_ONLY}))
-    ratios = check_group_lrs(optimizer)
+                       _group_settings(g, optimizer.defaults)))
+    from ..finder import _group_scales
+
+    ratios = _group_scales(optimizer, None, "from_torch")
     lr0 = float(optimizer.param_groups[0]["lr"])
     opt_cls = type(optimizer)
     accepted = inspect.signature(opt_cls.__init__).parameters
