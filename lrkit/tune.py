@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .errors import check_finite, check_int, require
+from .errors import LRKitError, check_finite, check_int, require
 from .finder import (CONFIRM_CEILING, MIN_SHORT_RUN_STEPS, bracket, ceiling_stop,
                      loss_tiebreak, metric_noise, put_back, range_sentence, tiebreak_evidence,
                      tiebreak_sentence)
@@ -101,7 +101,8 @@ MIN_RUNG_FRACTION = 1 / 15
 MIN_RUNG_STEPS = MIN_SHORT_RUN_STEPS
 _FILES = {"meta": "meta.json", "range": "1-range-test.json", "candidates": "2-candidates.json",
           "halving": "3-halving.json", "final": "4-final.json", "result": "result.json",
-          "weights": "final-weights.pt", "report": "report.html"}
+          "weights": "final-weights.pt", "report": "report.html", "safe": "safe-lr.json",
+          "lock": ".lrkit-tune.lock"}
 
 
 # ----------------------------------------------------------------------------------- results
@@ -388,15 +389,21 @@ class _Recorder:
         return None
 
     def on_train_end(self, result: Any) -> None:
-        pass
+        if self.monitor is not None and result.stop_reason == "nan" and result.losses:
+            # fit stops on a non-finite loss before on_step_end: the monitor sees it here (its
+            # `diverged` finding was missing from the result and the report)
+            self.monitor.update(result.steps_done - 1, float(result.losses[-1]),
+                                lr=float(result.lrs[-1]))
 
 
 # ------------------------------------------------------------------------------ run folder
 class _Folder:
-    """The run folder: one JSON file per stage, written atomically."""
+    """The run folder: one JSON file per stage, written atomically; held by one process at a
+    time (:meth:`hold`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock: Any = None
 
     def file(self, key: str) -> Path:
         return self.path / _FILES[key]
@@ -409,9 +416,44 @@ class _Folder:
 
     def save(self, key: str, data: Any) -> None:
         p = self.file(key)
-        tmp = p.with_suffix(p.suffix + ".tmp")
-        tmp.write_text(json.dumps(_jsonable(data), indent=1, allow_nan=False), encoding="utf-8")
-        os.replace(tmp, p)
+        # a temporary name of this process's own (a shared one let two processes move each
+        # other's half-written file into place)
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(_jsonable(data), indent=1, allow_nan=False),
+                           encoding="utf-8")
+            os.replace(tmp, p)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def hold(self) -> None:
+        """Take the folder for this process (an advisory lock, released when the process
+        ends or :meth:`release` is called): a second ``tune`` on the same folder, or a
+        ``--resume`` of a run still going, is refused instead of both writing its files."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no lock
+            return
+        f = open(self.file("lock"), "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            who = f.read().strip() or "another process"
+            f.close()
+            raise LRKitError(f"out: the run folder {str(self.path)!r} is in use by another "
+                             f"lrkit tune ({who}): wait for it to finish, or pass another "
+                             "folder") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        self._lock = f
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file drops the lock
+            self._lock = None
 
 
 def _how_to_go_on(p: Path) -> str:
@@ -495,14 +537,19 @@ def _num(x: Any) -> float:
 
 
 def _default_out(task_name: str) -> Path:
+    """``lrkit-runs/<task>-<UTC time>``, made here (``-2``, ``-3``, ... when a run started in
+    the same second has it: made with ``exist_ok=False``, two processes never share one)."""
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in task_name) or "task"
     base = Path("lrkit-runs") / f"{safe}-{stamp}"
     path, i = base, 1
-    while path.exists():
-        i += 1
-        path = base.with_name(f"{base.name}-{i}")
-    return path
+    while True:
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            i += 1
+            path = base.with_name(f"{base.name}-{i}")
 
 
 # ----------------------------------------------------------------------------------- display
@@ -1147,9 +1194,9 @@ def _safe_lr(task: Any, seed: int, folder: _Folder) -> dict:
     by :func:`safe_lr_plan`, with what it cost; kept in ``safe-lr.json``."""
     from . import curvature
 
-    p = folder.path / "safe-lr.json"
-    if p.exists():
-        return _read_json(p)
+    done = folder.load("safe")
+    if done is not None:
+        return done
     full = task.recipe.steps
     grads = full * task.recipe.accumulation_steps  # a full run's batch gradients
     plan = safe_lr_plan(grads, task.recipe.batch_size)
@@ -1171,7 +1218,7 @@ def _safe_lr(task: Any, seed: int, folder: _Folder) -> dict:
                  "cost_runs": batches / grads, "wall_time": time.perf_counter() - t0}
         except Exception as e:  # the bound is an extra: the report says why it is missing
             d = {"error": f"{type(e).__name__}: {e}"}
-    p.write_text(json.dumps(_jsonable(d), indent=1), encoding="utf-8")
+    folder.save("safe", d)
     return d
 
 
@@ -1231,6 +1278,7 @@ class _Study:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.optuna, self.name, self.poll = optuna, name, poll
         self.url = storage
+        self._beaten: set[int] = set()  # trials given one heartbeat here (_beat_silent)
         # lrkit's storage set-up: SQLite transactions that wait for the lock instead of failing
         # when other processes (tune or search workers) write; no retry copies (tune re-queues
         # a dead worker's arm itself)
@@ -1264,6 +1312,7 @@ class _Study:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", self.optuna.exceptions.ExperimentalWarning)
             self.optuna.storages.fail_stale_trials(self.study)
+        self._beat_silent(keys)
         done: dict[str, dict] = {}
         pending: set[str] = set()
         waiting = False
@@ -1277,6 +1326,23 @@ class _Study:
                 pending.add(k)
                 waiting = waiting or t.state == S.WAITING
         return done, pending, waiting
+
+    def _beat_silent(self, keys: set[str]) -> None:
+        """Give each running trial of ``keys`` that started more than ``GRACE`` seconds ago one
+        heartbeat, once per process: Optuna's ``fail_stale_trials`` skips a trial that never
+        sent one (its worker killed between ``ask`` and its first beat), and a resumed run
+        waited for it forever. With this beat it goes stale ``GRACE`` seconds later, unless its
+        worker is alive and beating (then the beat changes nothing)."""
+        import datetime
+
+        S = self.optuna.trial.TrialState
+        now = datetime.datetime.now()
+        for t in self.study.get_trials(deepcopy=False, states=(S.RUNNING,)):
+            start = t.datetime_start
+            if (t._trial_id not in self._beaten and t.user_attrs.get("lrkit_arm") in keys
+                    and start is not None and (now - start).total_seconds() > self.GRACE):
+                self._beaten.add(t._trial_id)
+                self.storage.record_heartbeat(t._trial_id)
 
     def run(self, arms: list[_Arm], rung: int, steps: int, task: Any, seed: int, bar: Any,
             finished: Any) -> list[tuple[_Arm, dict]]:
@@ -1363,6 +1429,8 @@ def run_study_trial(study: Any, trial: Any, task: Any, *, seed: int, bar: Any = 
 
     S = optuna.trial.TrialState
     storage = study._storage
+    if hasattr(storage, "record_heartbeat"):  # alive from the moment it is RUNNING (see _scan)
+        storage.record_heartbeat(trial._trial_id)
     attrs = storage.get_trial(trial._trial_id).user_attrs
     if "lrkit_arm" not in attrs:  # not one of tune's queued runs: give it back
         study.tell(trial, state=S.FAIL)
@@ -1694,11 +1762,13 @@ def _explain_final_run(final: dict, task: Any, task_ref: str | None, plan: _Plan
     retry = final.get("diverged_attempt")
     if retry and not (kept and kept.get("from_first_attempt")):
         short = retry.get("retry_steps", full)
+        again = (f", and diverged again at step {final['steps_done']}" if final.get("diverged")
+                 else "")
         parts.append(f"(The first full run, at {retry['lr']:.3g}, diverged at step "
                      f"{retry['steps_done']}; as the monitor advises, it ran once more "
                      f"{RETRY_FACTOR:g}x lower, at {final['lr']:.3g}, within the budget"
                      + (f": {short} of the {full} steps, what the budget had left" if short < full
-                        else "") + ".)")
+                        else "") + f"{again}.)")
     if final.get("diverged") and not kept:
         parts.append("Warning: the final run diverged; lower the LR or check the task.")
     return parts
@@ -1896,111 +1966,125 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
     if not isinstance(progress, bool):
         raise TypeError(f"progress must be a bool, got {progress!r}")
 
-    path = Path(out) if out is not None else _default_out(task.name)
-    new_folder = not path.exists()
+    path = Path(out) if out is not None else None
+    new_folder = path is None or not path.exists()
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        if path is None:
+            path = _default_out(task.name)
+        else:
+            path.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # before any step is spent: a run whose stages cannot be saved
-        raise ValueError(f"out: cannot make the run folder {str(path)!r} "
-                         f"({e.strerror or type(e).__name__}: {e.filename or path})") from None
+        where = str(path) if path is not None else "lrkit-runs"
+        raise ValueError(f"out: cannot make the run folder {where!r} "
+                         f"({e.strerror or type(e).__name__}: {e.filename or where})") from None
     folder = _Folder(path)
-    meta = {"task": task.name, "task_ref": task_ref, "task_key": task.key,
-            "budget": budget, "schedules": list(families), "seed": seed,
-            "full_run_steps": task.recipe.steps, "storage": storage,
-            "budget_default": by_default}
-    old = folder.load("meta")
-    if old is not None:
-        if storage is None:  # the run's own study (a shared one: its helpers wait on it)
-            storage = meta["storage"] = old.get("storage")
-        _check_same_settings(old, meta, path)
-        raised = _resumed_raise(old, full, budget, by_default)
-    else:
-        meta["started"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        folder.save("meta", meta)
-    show = _Display(progress)
-    done = folder.load("result")
-    if done is not None:
-        done = _rebased(done, path)
-    if _finished(done):
-        show.say(f"lrkit tune {task.name}: {path} holds a finished run")
-        return TuneResult.from_dict(done)
-    show.say(f"lrkit tune {task.name}: run folder {path}")
-    if raised is not None:
-        show.say(f"      {raised}")
-
-    # the storage first: an unreachable server or a mistyped URL is said before the range
-    # test's minutes, not after them
     try:
-        study = _open_study(storage, folder, task, seed)
-        rt, st_range = _stage_range_test(task, folder, _range_iters(full, budget), seed, show)
-    except Exception:
-        if new_folder:
-            _drop_unstarted(path)
-        raise
-    if study is not None:
-        helper = _helper_command(task, task_ref, study.url, study.name)
-        line = (f"      study {study.name!r}: to help with its confirmation runs, run: "
-                f"{helper}")
-        if show.enabled:
-            show.say(line)
-        elif storage is not None:  # a shared storage is meant for helpers: say how, always
-            print(line.strip(), file=sys.stderr)
-    halving, st_halving = _stage_halving(task, folder, rt, st_range, families, budget, seed,
-                                         study, show)
-    halving["rungs_kept"] = [r["family"] for r in halving["trials"]
-                             if r["rung"] == 0 and r.get("kept")]
-    w: _Arm = halving["winner"]
-    spent = st_range.cost_steps + st_halving.cost_steps
-    family = _final_family(w.family, families, halving)
-    final, st_final = _stage_final(task, folder, family, halving["lr"], seed, show,
-                                   allowance=halving["plan"].total_steps - spent,
-                                   no_warmup=halving.get("no_warmup", False))
-    arms = 0 if halving.get("skipped") else 3 * len(halving["centres"])
-    stages = (st_range, Stage("candidates", 0, 0.0, {"arms": arms,
-                                                     "centres": halving["centres"]}),
-              st_halving, st_final)
-    cost = sum(s.cost_steps for s in stages)
-    explanation = _explain(task, rt, halving, final, stages, full, task_ref)
-    if raised is not None:
-        explanation = f"{raised} {explanation}"
-    lr_range = tuple(halving.get("lr_range") or (None, None))
-    if final.get("diverged_attempt"):  # the full run bounds it from above
-        lr_range = (None, float(final["diverged_attempt"]["lr"]))
-        uncertainty = range_sentence(lr_range, diverged=lr_range[1])
-    elif halving.get("skipped"):
-        uncertainty = ("no confirmation runs; the range test's band: "
-                       + (f"{lr_range[0]:.3g} .. {lr_range[1]:.3g}" if lr_range[0] is not None
-                          else "none"))
-    else:
-        uncertainty = range_sentence(lr_range, halving.get("lr_alike"))
-    show.say("[5/5] report")
-    t0 = time.perf_counter()
-    safe = _safe_lr(task, seed, folder)
-    from . import html
+        folder.hold()
+    except OSError as e:  # a folder that exists but cannot be written
+        raise ValueError(f"out: cannot write to the run folder {str(path)!r} "
+                         f"({e.strerror or type(e).__name__}: {e.filename or path})") from None
+    try:
+        meta = {"task": task.name, "task_ref": task_ref, "task_key": task.key,
+                "budget": budget, "schedules": list(families), "seed": seed,
+                "full_run_steps": task.recipe.steps, "storage": storage,
+                "budget_default": by_default}
+        old = folder.load("meta")
+        if old is not None:
+            if storage is None:  # the run's own study (a shared one: its helpers wait on it)
+                storage = meta["storage"] = old.get("storage")
+            _check_same_settings(old, meta, path)
+            raised = _resumed_raise(old, full, budget, by_default)
+        else:
+            meta["started"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            folder.save("meta", meta)
+        show = _Display(progress)
+        done = folder.load("result")
+        if done is not None:
+            done = _rebased(done, path)
+        if _finished(done):
+            show.say(f"lrkit tune {task.name}: {path} holds a finished run")
+            return TuneResult.from_dict(done)
+        show.say(f"lrkit tune {task.name}: run folder {path}")
+        if raised is not None:
+            show.say(f"      {raised}")
 
-    report = html.tune_report(
-        path, task={"name": task.name, "description": task.description, "metric": task.metric,
-                    "higher_is_better": task.higher_is_better, "steps": full,
-                    "optimizer": task.recipe.optimizer, "recipe_schedule": task.recipe.schedule,
-                    "warmup_steps": task.recipe.warmup_steps, "amp": task.recipe.amp},
-        range_test=rt.to_dict(), halving={"plan": halving["plan"].to_dict(),
-                                          "centres": halving["centres"],
-                                          "trials": halving["trials"]},
-        final=final, stages=[s.to_dict() for s in stages], safe_lr=safe,
-        explanation=explanation, monitor_available=final.get("monitor") is not None,
-        uncertainty=uncertainty)
-    stages = stages + (Stage("result and report", 0, time.perf_counter() - t0,
-                             {"report": str(report)}),)
-    result = TuneResult(
-        task=task.name, lr=float(final.get("lr", halving["lr"])), family=family,
-        schedule=dict(final["schedule"]),
-        metric=_num(final["metric"]), metric_name=task.metric,
-        higher_is_better=task.higher_is_better, cost_steps=int(cost), full_run_steps=full,
-        stages=stages, findings=tuple(final.get("findings") or ()), report=str(report),
-        run_dir=str(path), weights=str(folder.file("weights")), explanation=explanation,
-        lr_range=lr_range, uncertainty=uncertainty)
-    folder.save("result", result.to_dict())
-    return result
+        # the storage first: an unreachable server or a mistyped URL is said before the range
+        # test's minutes, not after them
+        try:
+            study = _open_study(storage, folder, task, seed)
+            rt, st_range = _stage_range_test(task, folder, _range_iters(full, budget), seed, show)
+        except Exception:
+            if new_folder:
+                _drop_unstarted(path)
+            raise
+        if study is not None:
+            helper = _helper_command(task, task_ref, study.url, study.name)
+            line = (f"      study {study.name!r}: to help with its confirmation runs, run: "
+                    f"{helper}")
+            if show.enabled:
+                show.say(line)
+            elif storage is not None:  # a shared storage is meant for helpers: say how, always
+                print(line.strip(), file=sys.stderr)
+        halving, st_halving = _stage_halving(task, folder, rt, st_range, families, budget, seed,
+                                             study, show)
+        halving["rungs_kept"] = [r["family"] for r in halving["trials"]
+                                 if r["rung"] == 0 and r.get("kept")]
+        w: _Arm = halving["winner"]
+        spent = st_range.cost_steps + st_halving.cost_steps
+        family = _final_family(w.family, families, halving)
+        final, st_final = _stage_final(task, folder, family, halving["lr"], seed, show,
+                                       allowance=halving["plan"].total_steps - spent,
+                                       no_warmup=halving.get("no_warmup", False))
+        arms = 0 if halving.get("skipped") else 3 * len(halving["centres"])
+        stages = (st_range, Stage("candidates", 0, 0.0, {"arms": arms,
+                                                         "centres": halving["centres"]}),
+                  st_halving, st_final)
+        cost = sum(s.cost_steps for s in stages)
+        explanation = _explain(task, rt, halving, final, stages, full, task_ref)
+        if raised is not None:
+            explanation = f"{raised} {explanation}"
+        lr_range = tuple(halving.get("lr_range") or (None, None))
+        if final.get("diverged_attempt"):  # the full run bounds it from above
+            # (the retry's own LR when it diverged too and nothing before the blow-up is kept)
+            failed = final.get("diverged") and not final.get("best_val_checkpoint")
+            lr_range = (None, float(final["lr"] if failed else final["diverged_attempt"]["lr"]))
+            uncertainty = range_sentence(lr_range, diverged=lr_range[1])
+        elif halving.get("skipped"):
+            uncertainty = ("no confirmation runs; the range test's band: "
+                           + (f"{lr_range[0]:.3g} .. {lr_range[1]:.3g}" if lr_range[0] is not None
+                              else "none"))
+        else:
+            uncertainty = range_sentence(lr_range, halving.get("lr_alike"))
+        show.say("[5/5] report")
+        t0 = time.perf_counter()
+        safe = _safe_lr(task, seed, folder)
+        from . import html
+
+        report = html.tune_report(
+            path, task={"name": task.name, "description": task.description, "metric": task.metric,
+                        "higher_is_better": task.higher_is_better, "steps": full,
+                        "optimizer": task.recipe.optimizer, "recipe_schedule": task.recipe.schedule,
+                        "warmup_steps": task.recipe.warmup_steps, "amp": task.recipe.amp},
+            range_test=rt.to_dict(), halving={"plan": halving["plan"].to_dict(),
+                                              "centres": halving["centres"],
+                                              "trials": halving["trials"]},
+            final=final, stages=[s.to_dict() for s in stages], safe_lr=safe,
+            explanation=explanation, monitor_available=final.get("monitor") is not None,
+            uncertainty=uncertainty)
+        stages = stages + (Stage("result and report", 0, time.perf_counter() - t0,
+                                 {"report": str(report)}),)
+        result = TuneResult(
+            task=task.name, lr=float(final.get("lr", halving["lr"])), family=family,
+            schedule=dict(final["schedule"]),
+            metric=_num(final["metric"]), metric_name=task.metric,
+            higher_is_better=task.higher_is_better, cost_steps=int(cost), full_run_steps=full,
+            stages=stages, findings=tuple(final.get("findings") or ()), report=str(report),
+            run_dir=str(path), weights=str(folder.file("weights")), explanation=explanation,
+            lr_range=lr_range, uncertainty=uncertainty)
+        folder.save("result", result.to_dict())
+        return result
+    finally:
+        folder.release()
 
 
 # ------------------------------------------------------------------------------------- CLI
@@ -2086,7 +2170,11 @@ def cli_main(args: argparse.Namespace) -> int:
               f"lrkit tune --resume {shlex.quote(str(out))}", file=sys.stderr)
         return 130
     better = "higher" if res.higher_is_better else "lower"
-    print(f"decision: {res.family} schedule, peak lr {res.lr:.3g}")
+    if math.isfinite(res.metric):
+        print(f"decision: {res.family} schedule, peak lr {res.lr:.3g}")
+    else:  # nothing trained without diverging: no LR to recommend (the why says what to do)
+        print(f"decision: none; the final run ({res.family} schedule, peak lr {res.lr:.3g}) "
+              f"diverged and kept no model")
     if res.uncertainty:
         print(f"  uncertainty: {res.uncertainty}")
     print(f"  schedule spec: {json.dumps(res.schedule)}")

@@ -11,6 +11,7 @@ import base64
 import dataclasses
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -1263,11 +1264,15 @@ def test_an_unreachable_storage_is_said_before_the_range_test(tmp_path, capsys):
     assert not (out / tune_mod._FILES["range"]).exists()
 
 
-def test_a_run_left_running_by_a_killed_process_is_said_and_taken_back(tmp_path, monkeypatch):
+@pytest.mark.parametrize("beat", [True, False], ids=["after-a-beat", "before-any-beat"])
+def test_a_run_left_running_by_a_killed_process_is_said_and_taken_back(tmp_path, monkeypatch,
+                                                                        beat):
     """``lrkit tune --resume`` after a ``kill -9`` finds the killed process's confirmation run
     still "running" in its study: it waited out the heartbeat's grace (30 s) with its progress
     bar at 1 step, an ETA of an hour and no word. The bar now says what it waits for and for
-    how long; the run is then taken back and trained here, once."""
+    how long; the run is then taken back and trained here, once. Killed between ``ask`` and
+    its first heartbeat, the run was never taken back (Optuna's stale-trial check skips a trial
+    without heartbeats): the resumed run waited forever."""
     monkeypatch.setattr(tune_mod._Study, "HEARTBEAT", 1)
     monkeypatch.setattr(tune_mod._Study, "GRACE", 2)
     task = tiny_task()
@@ -1275,8 +1280,9 @@ def test_a_run_left_running_by_a_killed_process_is_said_and_taken_back(tmp_path,
     arm = tune_mod._Arm("constant", 0.01, 0.01, 1.0)
     tune_mod._enqueue_arm(study.study, task, 1, arm.family, arm.lr, 20, 0)
     with pytest.warns(UserWarning, match="Heartbeat"):  # Optuna's: we beat by hand
-        trial = study.study.ask()  # a worker pops the run, beats once and is killed
-    study.storage.record_heartbeat(trial._trial_id)
+        trial = study.study.ask()  # a worker pops the run, (beats once and) is killed
+    if beat:
+        study.storage.record_heartbeat(trial._trial_id)
 
     class Bar:
         def __init__(self):
@@ -1521,3 +1527,91 @@ def test_a_warmup_a_family_cannot_fit_is_refused_before_any_run(tmp_path):
     res = tune(task, schedules=("constant", "cosine"), out=tmp_path / "run2",
                      progress=False)
     assert res.family in ("constant", "cosine")
+
+
+def test_a_run_folder_is_held_by_one_tune_at_a_time(tmp_path, monkeypatch):
+    """Two ``tune`` processes on one folder (the same ``--out``, or ``--resume`` of a run still
+    going) both trained and wrote its files, and their saves crashed each other on a shared
+    temporary name. The second is now refused by name; the folder is free again after a run,
+    an error or a Ctrl-C; no temporary file is left."""
+    from lrkit.errors import LRKitError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    other = tune_mod._Folder(out)
+    other.hold()  # another tune holds it
+    with pytest.raises(LRKitError, match=rf"out: the run folder '{re.escape(str(out))}' is in "
+                       rf"use by another lrkit tune \(pid {os.getpid()}\)"):
+        tune(tiny_task(), out=out, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [".lrkit-tune.lock"]  # nothing written
+    other.release()
+
+    def boom(*a, **k):
+        raise RuntimeError("a bug in the user's task")
+
+    with monkeypatch.context() as m:
+        m.setattr(tune_mod, "_stage_halving", boom)
+        with pytest.raises(RuntimeError, match="a bug"):
+            tune(tiny_task(), out=out, progress=False)
+    res = tune(tiny_task(), out=out, progress=False)  # free again: resumed in this process
+    assert math.isfinite(res.metric)
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_default_run_folders_started_in_one_second_are_two(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    stamp = tune_mod._dt.datetime.now(tune_mod._dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    (tmp_path / "lrkit-runs" / f"tiny-{stamp}").mkdir(parents=True)  # made by another process
+    got = [tune_mod._default_out("tiny") for _ in range(2)]
+    assert len(set(got)) == 2 and all(p.is_dir() for p in got)  # made here, one each
+
+
+def test_a_run_folder_that_cannot_be_written_is_one_clear_error(tmp_path, monkeypatch):
+    out = tmp_path / "ro"
+    out.mkdir()
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self.file("lock")))
+
+    monkeypatch.setattr(tune_mod._Folder, "hold", denied)
+    with pytest.raises(ValueError, match=r"out: cannot write to the run folder .*ro' "
+                       r"\(Permission denied: .*\.lrkit-tune\.lock\)"):
+        tune(tiny_task(), out=out, progress=False)
+
+
+class _NaNAfter(torch.nn.Module):
+    """A linear model whose output turns NaN after ``n`` training forwards of a run (the
+    counter is a buffer: every run starts it from 0)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.lin, self.n = torch.nn.Linear(4, 1), n
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x):
+        out = self.lin(x)
+        if self.training:
+            self.calls += 1
+            if int(self.calls) > self.n:
+                out = out * float("nan")
+        return out
+
+
+def test_a_final_run_that_turns_nan_is_flagged_diverged(tmp_path):
+    """fit stops on a non-finite loss before its callbacks' on_step_end, so the final run's
+    monitor never saw it: findings held only ``plateau`` and the report marked nothing."""
+    from tests.tiny_task import X, Y
+
+    torch.manual_seed(0)
+    model = _NaNAfter(150)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    train_b = [(X[i:i + 32], Y[i:i + 32, None]) for i in range(0, 192, 32)]
+    task = from_torch(model, opt, train_b, torch.nn.functional.mse_loss,
+                      val_loader=[(X[192:], Y[192:, None])], steps=200)
+    res = tune(task, out=tmp_path / "run", progress=False)
+    kinds = [f["kind"] for f in res.findings]
+    assert "diverged" in kinds
+    final = json.loads((tmp_path / "run" / "4-final.json").read_text())
+    assert final["stop_reason"] == "nan" and final["steps_done"] == 151
+    # kept: the best checkpoint from before the blow-up; the decision stands
+    assert math.isfinite(res.metric)
