@@ -524,12 +524,16 @@ def find_lr(
                      if all(g is not h for h in gens)]
         snap = _train.snapshot(setup.model, setup.optimizer, scheduler=scheduler, scaler=scaler,
                                generators=gens, grads=True)
+    # the sweep's own workers for a persistent-worker loader (a Task's batches start theirs)
+    workers = _train._OwnWorkers(setup.train_loader if task is None else None)
+    workers.fresh()
     try:
         per_sweep, reasons, steps_done, wall = _run_sweeps(
             setup, plans, seed=seed, snap=snap, scales=scales, val_loader=val_loader,
             stop=lambda: _train.DivergenceStop(diverge_factor, relative_to="best", beta=smooth),
             scaler=scaler, progress=progress)
     finally:
+        workers.give_back()
         if snap is not None and restore:
             snap.restore()
         if task is not None and not confirm:
@@ -570,6 +574,7 @@ def find_lr(
         return _confirm(setup.confirm_task, result, seed=seed, candidates=confirm_candidates,
                         budget=confirm_budget, progress=progress)
     finally:
+        put_back(setup.confirm_task, seed)  # (the loader's workers as given, among others)
         user.restore()
 
 
@@ -715,8 +720,8 @@ def _run_sweeps(setup: _Setup, plans: list[np.ndarray], *, seed: int, snap: Any,
         bar = tqdm(total=total, desc="LR range test", leave=False)
     val = (_val_loss_fn(val_loader, setup.loss_fn, setup.step_fn, setup.device)
            if val_loader is not None else None)
-    data = (setup.train_loader if len(plans) == 1 else
-            _train._cycle(setup.train_loader, total * setup.accumulation_steps))
+    data = _train._cycle(setup.train_loader, total * setup.accumulation_steps,
+                         name="train_loader")  # (an error names find_lr's argument)
     start = time.perf_counter()
     per_sweep: list[tuple[np.ndarray, np.ndarray]] = []
     reasons: list[str] = []
@@ -760,10 +765,12 @@ def put_back(task: Any, seed: int) -> None:
     """Leave a Task's model at its starting point after runs of it (``find_lr``, ``lrkit.tune``
     and ``lrkit.search`` do, also after an error or Ctrl-C): a :func:`lrkit.tasks.from_torch`
     task (or ``from_lightning``'s) trains the user's own model object in place, and hands it
-    back as it was given (its weights, buffers, modes and ``.grad``, and the training
-    loader's generator, through its ``build_model.put_back()``); for a built-in task this
-    builds a model that is thrown away, and anything else (a search objective) is left
-    alone."""
+    back as it was when the task was built (its weights, buffers, modes and ``.grad``, the
+    generators of its train, val and test loaders, the global RNGs and a persistent-worker
+    training loader's iterator, through its ``build_model.put_back()``); for a built-in task
+    this builds a model that is thrown away, and the global RNGs are left as its runs seeded
+    them (a built-in task holds no state of the caller's to return to: its runs are a
+    function of their seed), and anything else (a search objective) is left alone."""
     if not _is_task(task):
         return
     back = getattr(task.build_model, "put_back", None)

@@ -281,22 +281,34 @@ def clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float, *,
     return norm
 
 
-def _cycle(batches: Iterable, need: int | None = None) -> Iterator:
-    """Iterate ``batches`` forever, restarting it (a new epoch) each time it is exhausted; a
-    one-shot iterator that runs out is refused with how many batches it gave and ``need``."""
-    seen = 0
+def _cycle(batches: Iterable, need: int | None = None, name: str = "batches") -> Iterator:
+    """Iterate ``batches`` forever, restarting it (a new epoch) each time it is exhausted.
+    Data that gives no batch, or none in a later epoch (a stream read once), and a one-shot
+    iterator that runs out are refused by ``name``, the caller's argument, with how many
+    batches it gave and ``need``. Whether ``batches`` is one-shot is read from its type (an
+    ``Iterator``), not by calling ``iter()`` on it: that would start a DataLoader's worker
+    processes, or reset its persistent ones, for nothing."""
+    seen, epochs = 0, 0
+    wanted = f"{need} batches" if need is not None else "enough batches"
     while True:
-        empty = True
+        before = seen
         for b in batches:
-            empty = False
             seen += 1
             yield b
-        if empty:
-            raise ValueError("batches is empty: the data loader yielded no batch")
-        if iter(batches) is batches:  # a one-shot iterator cannot be restarted
-            wanted = f"{need} batches" if need is not None else "enough batches"
+        if seen == 0:
+            raise ValueError(f"{name} is empty: it yielded no batch")
+        epochs += 1
+        if seen == before:  # a re-iterable that reads its source once
+            first = "its first epoch" if epochs == 2 else f"its first {epochs - 1} epochs"
             raise ValueError(
-                f"batches ran out after {seen}: a one-shot iterator (a generator) cannot be "
+                f"{name} yielded {seen} batches in {first}, then none in the next: it cannot be "
+                f"restarted for a new epoch, and this run needs {wanted} (num_steps x "
+                "accumulation_steps; for find_lr, num_iter x accumulation_steps). Pass a "
+                "re-iterable that yields every epoch anew (a DataLoader, a list) or one that "
+                "yields at least that many")
+        if isinstance(batches, collections.abc.Iterator):  # one-shot: cannot be restarted
+            raise ValueError(
+                f"{name} ran out after {seen}: a one-shot iterator (a generator) cannot be "
                 f"restarted for a new epoch, and this run needs {wanted} (num_steps x "
                 "accumulation_steps; for find_lr, num_iter x accumulation_steps). Pass a "
                 "re-iterable (a DataLoader, a list) or an iterator that yields at least that many")
@@ -370,15 +382,39 @@ def model_device(model: nn.Module) -> torch.device | None:
 
 
 def _to_device(batch: Any, device: torch.device | None) -> Any:
+    """``batch`` on ``device`` (``None``: as it is): tensors moved (``non_blocking``); lists,
+    tuples, namedtuples and mappings rebuilt around their moved items (a ``dict`` subclass or
+    a ``UserDict`` such as Hugging Face's ``BatchEncoding`` as a copy of its own type, the
+    user's object left untouched); any other object with a ``.to`` method (a custom batch
+    class, a ``PackedSequence``) by ``batch.to(device)``; anything else as it is."""
     if device is None:
         return batch
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
+    if isinstance(batch, nn.utils.rnn.PackedSequence):  # its batch_sizes stay on the CPU
+        return batch.to(device)
+    if isinstance(batch, tuple) and hasattr(batch, "_make"):  # a namedtuple
+        return batch._make(_to_device(b, device) for b in batch)
     if isinstance(batch, (list, tuple)):
         return type(batch)(_to_device(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    return batch
+    if isinstance(batch, collections.abc.Mapping):
+        return _same_mapping(batch, {k: _to_device(v, device) for k, v in batch.items()})
+    to = getattr(batch, "to", None)
+    return to(device) if callable(to) else batch
+
+
+def _same_mapping(mapping: collections.abc.Mapping, items: dict) -> Any:
+    """A shallow copy of ``mapping`` (its type and attributes) holding ``items``; ``items``
+    itself for a plain dict or a mapping that cannot be copied and written to."""
+    if type(mapping) is dict:
+        return items
+    try:
+        out = copy.copy(mapping)
+        for k, v in items.items():
+            out[k] = v
+    except (TypeError, AttributeError, copy.Error):  # a read-only mapping
+        return items
+    return out
 
 
 def check_optimizer(name: str, optimizer: Any, model: nn.Module | None = None
@@ -982,6 +1018,8 @@ def _cpu_copy(obj: Any) -> Any:
         return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
         return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, tuple) and hasattr(obj, "_make"):  # a namedtuple
+        return obj._make(_cpu_copy(v) for v in obj)
     if isinstance(obj, (list, tuple)):
         return type(obj)(_cpu_copy(v) for v in obj)
     return copy.deepcopy(obj)
@@ -996,6 +1034,72 @@ def loader_generators(loader: Any) -> list[torch.Generator]:
         if isinstance(gen, torch.Generator) and all(gen is not g for g in found):
             found.append(gen)
     return found
+
+
+def _rng_state() -> tuple:
+    """The global RNGs' states: Python's ``random``, NumPy's, torch's CPU generator and, where
+    CUDA is available, every CUDA device's (:func:`_set_rng_state` puts them back)."""
+    return (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+            torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def _set_rng_state(state: tuple) -> None:
+    """Put back the global RNGs' states taken by :func:`_rng_state`."""
+    python, numpy, cpu, cuda = state
+    random.setstate(python)
+    np.random.set_state(numpy)
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+
+
+class _OwnWorkers:
+    """lrkit's own worker processes for a ``DataLoader`` with ``persistent_workers=True``.
+
+    Such a loader keeps one iterator (``loader._iterator``) whose workers live, their RNGs
+    running on, from epoch to epoch: runs that shared it saw other random augmentations
+    each time, and the user's next epoch after them differed from an untouched loader's.
+    :meth:`fresh` sets the user's iterator aside (the first time) and shuts down the one
+    lrkit started before, so that the next ``iter(loader)`` starts new workers seeded from
+    the loader's generator (or the global RNG), as a run seeds them; :meth:`give_back` shuts
+    down lrkit's and puts the user's own iterator object back, never used by lrkit. Any
+    other loader (no ``_iterator``, workers that do not persist) is left alone."""
+
+    _UNSET = object()
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self.user: Any = self._UNSET
+
+    def _persistent(self) -> bool:
+        return (hasattr(self.loader, "_iterator")
+                and bool(getattr(self.loader, "persistent_workers", False))
+                and (getattr(self.loader, "num_workers", 0) or 0) > 0)
+
+    def _shut_lrkits(self) -> None:
+        current = self.loader._iterator
+        if current is not None and current is not self.user:
+            shutdown = getattr(current, "_shutdown_workers", None)
+            if callable(shutdown):
+                shutdown()
+
+    def fresh(self) -> None:
+        """Let the next ``iter(loader)`` start new workers (for a run of lrkit's own)."""
+        if not self._persistent():
+            return
+        if self.user is self._UNSET:
+            self.user = self.loader._iterator
+        else:
+            self._shut_lrkits()
+        self.loader._iterator = None
+
+    def give_back(self) -> None:
+        """Shut lrkit's workers down and put the user's iterator back."""
+        if self.user is self._UNSET:
+            return
+        self._shut_lrkits()
+        self.loader._iterator = self.user
+        self.user = self._UNSET
 
 
 class Snapshot:
@@ -1028,10 +1132,7 @@ class Snapshot:
         self._scheduler = _cpu_copy(scheduler.state_dict()) if scheduler is not None else None
         self._scaler = _cpu_copy(scaler.state_dict()) if scaler is not None else None
         self._generators = [g.get_state() for g in self.generators]
-        self._python = random.getstate()
-        self._numpy = np.random.get_state()
-        self._torch = torch.get_rng_state()
-        self._cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        self._rng = _rng_state()
 
     def restore(self, *, rng: bool = True) -> None:
         """Put every captured state back (in place); ``rng=False`` leaves the data-loader
@@ -1056,11 +1157,7 @@ class Snapshot:
             return
         for g, state in zip(self.generators, self._generators):
             g.set_state(state)
-        random.setstate(self._python)
-        np.random.set_state(self._numpy)
-        torch.set_rng_state(self._torch)
-        if self._cuda is not None:
-            torch.cuda.set_rng_state_all(self._cuda)
+        _set_rng_state(self._rng)
 
 
 def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:

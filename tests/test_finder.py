@@ -810,3 +810,79 @@ def test_find_lr_leaves_torchs_private_optimizer_flags_as_they_were():
         warnings.simplefilter("always")
         sched.step()
     assert any("before `optimizer.step()`" in str(w.message) for w in seen)
+
+
+# ------------------------------------------------------------- a from_torch task's own state
+def _split_setup():
+    """A model, and a training loader whose sampler draws 64 of a dataset's 256 rows (a
+    train/val split of one dataset), batch 16: 4 batches per epoch."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(256, 5, generator=g), torch.randn(256, 1, generator=g)
+    ds = torch.utils.data.TensorDataset(x, y)
+    train = torch.utils.data.DataLoader(ds, batch_size=16, sampler=torch.utils.data.
+                                        SubsetRandomSampler(range(64), generator=g))
+    val = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, range(64, 128)),
+                                      batch_size=32)
+    torch.manual_seed(0)
+    model = nn.Linear(5, 1)
+    return model, torch.optim.SGD(model.parameters(), lr=0.05), train, val
+
+
+def test_fresh_loss_reads_one_epoch_of_a_loader_that_draws_part_of_its_dataset():
+    """from_torch took ``len(loader.dataset)`` (256) for the examples an epoch holds (64): a
+    run that saw every example twice was read as a held-out loss."""
+    from lrkit.finder import fresh_loss
+    from lrkit.tasks import from_torch
+
+    model, opt, train, val = _split_setup()
+    task = from_torch(model, opt, train, nn.functional.mse_loss, val_loader=val, steps=20)
+    assert task.train_size == 64
+    assert fresh_loss(task, _run(0.1, 0.5, [1.0] * 8, [])) is None  # 8 x 16 = 2 epochs
+    assert fresh_loss(task, _run(0.1, 0.5, [1.0] * 4, [])) is None  # too few to read
+    assert fresh_loss(dataclasses.replace(task, train_size=128),
+                      _run(0.1, 0.5, [1.0] * 8, [])) == (1.0, 0.0)
+
+
+def test_find_lr_on_a_from_torch_task_leaves_the_global_rngs_as_given():
+    """find_lr(task) seeded the global RNGs for its sweep and left them there; find_lr on a
+    model put them back (its snapshot). A from_torch task puts them back too."""
+    import random
+
+    from lrkit.tasks import from_torch
+
+    model, opt, train, val = _split_setup()
+    np.random.seed(3)
+    random.seed(4)
+    task = from_torch(model, opt, train, nn.functional.mse_loss, val_loader=val, steps=20)
+    rngs = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    for confirm in (False, True):
+        find_lr(task, num_iter=20, confirm=confirm, progress=False)
+        assert torch.equal(torch.get_rng_state(), rngs[0])
+        assert np.array_equal(np.random.get_state()[1], rngs[1]) and random.getstate() == rngs[2]
+
+
+class _OnceStream:
+    """A re-iterable over a stream read once (a network or file stream; not an Iterator)."""
+
+    def __init__(self, batches: list) -> None:
+        self.it = iter(batches)
+
+    def __iter__(self):
+        return (b for b in self.it)
+
+
+def test_a_train_loader_that_runs_dry_is_named_as_find_lr_calls_it():
+    """find_lr's errors named ``batches`` (fit's argument) and called a stream that gave its
+    batches in its first epoch and none in its second "empty"."""
+    model, opt, train, _ = _split_setup()
+
+    class Empty(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(())
+
+    with pytest.raises(ValueError, match=r"^train_loader is empty: it yielded no batch"):
+        find_lr(model, opt, torch.utils.data.DataLoader(Empty(), batch_size=8),
+                nn.functional.mse_loss, progress=False)
+    with pytest.raises(ValueError, match=r"^train_loader yielded 4 batches in its first epoch, "
+                                         r"then none in the next: .* needs 100 batches"):
+        find_lr(model, opt, _OnceStream(list(train)), nn.functional.mse_loss, progress=False)

@@ -518,6 +518,116 @@ def test_from_torch_tasks_hand_back_grads_and_the_loaders_generator(tmp_path):
     assert torch.equal(tl.generator.get_state(), gen)
 
 
+def test_tune_leaves_the_global_rngs_and_every_loaders_generator_as_given(tmp_path):
+    """tune (find_lr(task) and search too) seeds the global RNGs for every run and evaluating
+    draws from a shuffling val loader's generator: a user who built a fresh "random" model
+    after each tune call got the same initial weights every time, and the val loader's next
+    epoch was another. Both come back as they were when the task was built."""
+    import random
+
+    model, opt, tl, _ = _regression()
+    x, y = tl.dataset.tensors
+    vl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:64], y[:64]),
+                                     batch_size=32, shuffle=True,
+                                     generator=torch.Generator().manual_seed(6))
+    torch.manual_seed(1234)
+    np.random.seed(5)
+    random.seed(7)
+    rngs = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    gens = (tl.generator.get_state(), vl.generator.get_state())
+    task = from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=20)
+    lrkit.tune(task, progress=False, out=tmp_path / "tune")
+    assert torch.equal(torch.get_rng_state(), rngs[0])
+    after = np.random.get_state()
+    assert after[0] == rngs[1][0] and np.array_equal(after[1], rngs[1][1]) \
+        and after[2:] == rngs[1][2:]
+    assert random.getstate() == rngs[2]
+    assert torch.equal(tl.generator.get_state(), gens[0])
+    assert torch.equal(vl.generator.get_state(), gens[1])
+
+
+def test_from_torch_train_size_is_the_examples_of_one_epoch():
+    """train_size was ``len(loader.dataset)``: the whole dataset for a loader whose sampler
+    draws a part of it (a train/val split by SubsetRandomSampler), a partial batch too many
+    with drop_last, 0 for a list of batches. It is what one epoch holds, and the task's
+    batches know how many batches that is (search deals exactly one epoch into its folds)."""
+    model, opt, tl, vl = _regression()
+    ds = tl.dataset  # 192 examples
+    kw = dict(val_loader=vl, steps=20)
+    split = torch.utils.data.DataLoader(
+        ds, batch_size=20, sampler=torch.utils.data.SubsetRandomSampler(
+            range(50), generator=torch.Generator().manual_seed(0)))
+    task = from_torch(model, opt, split, F.mse_loss, **kw)
+    assert task.train_size == 50 and task.batches.epoch_batches == 3
+    dropped = torch.utils.data.DataLoader(ds, batch_size=50, shuffle=True, drop_last=True)
+    task = from_torch(model, opt, dropped, F.mse_loss, **kw)
+    assert task.train_size == 150 and task.batches.epoch_batches == 3
+    x, y = ds.tensors
+    listed = [(x[i:i + 50], y[i:i + 50]) for i in range(0, 192, 50)]  # 50, 50, 50, 42
+    task = from_torch(model, opt, listed, F.mse_loss, **kw)
+    assert task.train_size == 192 and task.batches.epoch_batches == 4
+    assert task.recipe.batch_size == 48
+    unclear = [(x[:8], y[:4])]  # no leading dimension the batch's tensors share
+    assert from_torch(model, opt, unclear, F.mse_loss, **kw).train_size == 0
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(zip(x, y))
+
+    task = from_torch(model, opt, torch.utils.data.DataLoader(Stream(), batch_size=32),
+                      F.mse_loss, **kw)
+    assert (task.train_size, task.batches.epoch_batches) == (0, None)
+    # a plain loader: its dataset, as before (the task's key is unchanged)
+    assert from_torch(model, opt, tl, F.mse_loss, **kw).train_size == 192
+
+
+class _Augmented(torch.utils.data.Dataset):
+    """Random augmentation drawn in the worker process, as torchvision transforms do."""
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x, self.y = torch.randn(64, 6, generator=g), torch.randn(64, 1, generator=g)
+
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, i: int):
+        return self.x[i] + 0.5 * torch.randn(6), self.y[i]
+
+
+def _persistent_loader():
+    return torch.utils.data.DataLoader(_Augmented(), batch_size=16, shuffle=True,
+                                       num_workers=2, persistent_workers=True,
+                                       generator=torch.Generator().manual_seed(1))
+
+
+def test_persistent_workers_give_every_run_its_own_augmentations_and_the_user_theirs():
+    """A persistent-worker loader keeps its worker processes, and their RNGs, from epoch to
+    epoch: the same run twice (seed 0) trained on other augmentations, and after find_lr the
+    user's next epoch differed from an untouched loader's. lrkit's runs start workers of
+    their own; the user's iterator is put back, never used by lrkit."""
+    vl = _regression()[3]
+    torch.manual_seed(0)
+    model = nn.Linear(6, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader, untouched = _persistent_loader(), _persistent_loader()
+    for epoch in (loader, untouched):  # the user's own workers are running
+        for _ in epoch:
+            pass
+    users = loader._iterator
+    task = from_torch(model, opt, loader, F.mse_loss, val_loader=vl, steps=10)
+    a = train.run(task, 0.05, seed=0, eval_split="val")
+    b = train.run(task, 0.05, seed=0, eval_split="val")
+    assert a.losses == b.losses and a.metric == b.metric
+    lrkit.finder.put_back(task, 0)
+    assert loader._iterator is users
+    find_lr(model, opt, loader, F.mse_loss, num_iter=20, progress=False)
+    assert loader._iterator is users
+    mine, ref = list(loader), list(untouched)
+    assert len(mine) == len(ref) == 4
+    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(mine, ref))
+
+
 def test_confirm_steps_down_when_its_longer_run_diverges_and_writes_json(tmp_path):
     """Three short runs train; the longer run at their winner diverges late (a NaN once the
     head's weight norm doubles stands in for an overflow that only a longer run reaches).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import math
 import random
 
@@ -838,3 +839,115 @@ def test_snapshot_restores_a_modules_extra_state_as_a_copy_each_time():
         snap.restore()
         assert m.calls == 0 and m.vocab == ["a", "b"]
         assert all(torch.equal(p, q) for p, q in zip(m.parameters(), w0))
+
+
+# ------------------------------------------------------------------ batches on their device
+class _BatchEncoding(collections.UserDict):
+    """What a Hugging Face tokenizer returns: a UserDict (not a dict) whose ``to`` moves it
+    in place."""
+
+    def to(self, device):  # pragma: no cover - lrkit rebuilds it, the user's object untouched
+        self.data = {k: v.to(device) for k, v in self.data.items()}
+        return self
+
+
+class _MyBatch:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def to(self, device):
+        return _MyBatch(self.x.to(device), self.y.to(device))
+
+
+_Pair = collections.namedtuple("_Pair", "x y")
+
+
+def test_to_device_moves_namedtuples_mappings_and_objects_with_a_to_method():
+    """``_to_device`` rebuilt a namedtuple as ``NT(generator)`` (a TypeError: fit, find_lr and
+    SWA's BatchNorm pass crashed on one), and handed a UserDict (``BatchEncoding``) or a
+    custom batch class back unmoved. Shown on the meta device (no GPU here): CUDA takes the
+    same path."""
+    meta = torch.device("meta")
+    x, y = torch.randn(4, 5), torch.randn(4, 1)
+    moved = train._to_device(_Pair(x, y), meta)
+    assert type(moved) is _Pair and moved.x.device.type == "meta" and moved.y.shape == (4, 1)
+    enc = _BatchEncoding({"input_ids": x, "labels": y})
+    enc.extra = "kept"
+    moved = train._to_device(enc, meta)
+    assert type(moved) is _BatchEncoding and moved.extra == "kept"
+    assert moved["input_ids"].device.type == "meta" and moved["labels"].device.type == "meta"
+    assert enc["input_ids"] is x  # the user's batch is left where it was
+    od = train._to_device(collections.OrderedDict(a=x, b=[y, 3]), meta)
+    assert type(od) is collections.OrderedDict and od["b"][0].device.type == "meta" \
+        and od["b"][1] == 3
+    assert train._to_device(_MyBatch(x, y), meta).x.device.type == "meta"
+    assert train._to_device({"a": x}, meta)["a"].device.type == "meta"
+    assert train._to_device("text", meta) == "text"
+
+
+def test_fit_with_a_device_trains_on_namedtuple_batches_as_on_pairs():
+    x, y = _data()
+    pairs = _batches(x, y, 16)
+    named = [_Pair(a, b) for a, b in pairs]
+    m1, m2 = _model(), _model()
+    r1 = fit(m1, torch.optim.SGD(m1.parameters(), lr=0.05), pairs, num_steps=6,
+             loss_fn=nn.functional.mse_loss, device="cpu")
+    r2 = fit(m2, torch.optim.SGD(m2.parameters(), lr=0.05), named, num_steps=6,
+             loss_fn=nn.functional.mse_loss, device="cpu")
+    assert r1.losses == r2.losses
+    assert all(torch.equal(p, q) for p, q in zip(m1.parameters(), m2.parameters()))
+
+
+def test_cpu_copy_keeps_a_namedtuple():
+    state = {"pair": _Pair(torch.ones(2), [torch.zeros(1), 7])}
+    copied = train._cpu_copy(state)
+    assert type(copied["pair"]) is _Pair
+    assert torch.equal(copied["pair"].x, state["pair"].x)
+    assert copied["pair"].x is not state["pair"].x and copied["pair"].y[1] == 7
+
+
+# ---------------------------------------------------------------------- epochs of a loader
+def test_fit_reads_a_shuffling_loader_epoch_after_epoch_as_a_plain_loop_does():
+    """At the end of each epoch ``_cycle`` called ``iter(loader)`` only to ask whether it was
+    one-shot: a DataLoader then drew a seed from its generator (and started workers), and
+    every later epoch was shuffled otherwise than in a plain loop over the same loader."""
+    x, y = _data()
+    ds = torch.utils.data.TensorDataset(x, y)
+
+    def loader():
+        return torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True,
+                                           generator=torch.Generator().manual_seed(1))
+
+    seen = []
+
+    def step_fn(model, batch):
+        seen.append(batch[1].clone())
+        return nn.functional.mse_loss(model(batch[0]), batch[1])
+
+    m = _model()
+    fit(m, torch.optim.SGD(m.parameters(), lr=0.01), loader(), num_steps=12, step_fn=step_fn)
+    plain = loader()
+    ref = [b[1] for _ in range(3) for b in plain]
+    assert len(seen) == 12 and all(torch.equal(a, b) for a, b in zip(seen, ref))
+
+
+class _OnceStream:
+    """A re-iterable over a stream read once (not an Iterator): 4 batches, then none."""
+
+    def __init__(self, batches: list) -> None:
+        self.it = iter(batches)
+
+    def __iter__(self):
+        return (b for b in self.it)
+
+
+def test_data_that_runs_dry_is_named_with_what_it_gave():
+    x, y = _data()
+    m = _model()
+    opt = torch.optim.SGD(m.parameters(), lr=0.01)
+    with pytest.raises(ValueError, match=r"batches yielded 4 batches in its first epoch, then "
+                                         r"none in the next: .* needs 10 batches"):
+        fit(m, opt, _OnceStream(_batches(x, y, 16)), num_steps=10,
+            loss_fn=nn.functional.mse_loss)
+    with pytest.raises(ValueError, match=r"^batches is empty: it yielded no batch"):
+        fit(m, opt, _OnceStream([]), num_steps=10, loss_fn=nn.functional.mse_loss)

@@ -6,11 +6,12 @@ trained on every fold but ``i`` whose ``evaluate(model, "val")`` scores fold ``i
 task's own metric (``"test"`` stays the untouched test split). Subclass the frozen ``Task``
 dataclass and add the method; :func:`fold_task` calls it.
 
-**The fallback** for any other task: the first epoch of ``task.batches(0)`` (``train_size /
-batch_size`` batches, at least ``k``) is dealt into ``k`` folds batch by batch (batch ``j`` goes
-to fold ``j mod k``); fold ``i``'s task trains on the other folds' batches (reshuffled each epoch
-from the run's seed) and its ``evaluate(model, "val")`` is the task's *training loss* averaged over
-fold ``i``'s batches, so the metric is a loss (lower is better) whatever the task's metric is.
+**The fallback** for any other task: the first epoch of ``task.batches(0)`` (exactly one epoch:
+:func:`epoch_batches`, at least ``k`` batches) is dealt into ``k`` folds batch by batch (batch
+``j`` goes to fold ``j mod k``); fold ``i``'s task trains on the other folds' batches
+(reshuffled each epoch from the run's seed) and its ``evaluate(model, "val")`` is the task's
+*training loss* averaged over fold ``i``'s batches, so the metric is a loss (lower is better)
+whatever the task's metric is.
 """
 
 from __future__ import annotations
@@ -24,11 +25,34 @@ from ..errors import check_int
 __all__ = ["fold_task", "fold_batches"]
 
 
+def epoch_batches(task: Any, arg: str) -> int:
+    """The batches in one epoch of ``task.batches(seed)``: its own ``epoch_batches`` when it
+    has one (a :func:`lrkit.tasks.from_torch` task: ``len(train_loader)``, ``drop_last``
+    included), else ``ceil(train_size / batch_size)``. Folds and subsets that took more
+    would hold batches of a second epoch: the held-out fold's examples trained on by the
+    other folds. A task that says neither is refused, naming ``arg`` (what asked)."""
+    n = getattr(task.batches, "epoch_batches", None)
+    if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+        return n
+    size = int(getattr(task, "train_size", 0) or 0)
+    if size > 0:
+        return max(1, math.ceil(size / max(1, task.recipe.batch_size)))
+    raise ValueError(
+        f"{arg} needs the number of batches in one epoch of the training data of task "
+        f"{task.name!r}, which does not say it (its train_size is 0 and its batches have no "
+        "length: a DataLoader over an IterableDataset, a stream): pass a train_loader with a "
+        "length (a DataLoader over a map-style dataset, a list of batches), or a Task with its "
+        "train_size")
+
+
 def fold_batches(task: Any, k: int) -> list[list[Any]]:
     """The generic fallback's folds: the first epoch's batches dealt into ``k`` lists."""
     k = check_int("cv_folds", k, minimum=2)
-    bs = max(1, task.recipe.batch_size)
-    n = max(k, math.ceil(task.train_size / bs)) if task.train_size else max(k, 50)
+    n = epoch_batches(task, f"cv_folds={k}")
+    if n < k:
+        raise ValueError(f"cv_folds={k} needs at least {k} batches in one epoch of the "
+                         f"training data of task {task.name!r}, which has {n}: pass cv_folds "
+                         f"<= {n} or a smaller batch")
     it = task.batches(0)
     batches = [next(it) for _ in range(n)]
     return [batches[i::k] for i in range(k)]

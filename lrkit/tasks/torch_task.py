@@ -12,15 +12,20 @@ takes a Task; this helper builds one around the user's own objects:
   ``lr * lr_i / lr_0``);
 - training batches come from ``train_loader`` (restarted each epoch, moved to the model's device);
   the loader's shuffling generator, if it has one, is seeded with the run's seed (and its state
-  as given is put back with the model, below);
+  as given is put back with the model, below); a loader with ``persistent_workers=True`` gets
+  new worker processes for every run (their RNGs, which draw random augmentations, start anew
+  from the run's seed), and the user's own iterator is put back untouched; the task's
+  ``train_size`` is the examples of one epoch (:func:`epoch_size`) and ``batches``'s
+  ``epoch_batches`` the batches of one (``len(train_loader)``);
 - ``evaluate(model, "val")`` is ``metric_fn(model, val_loader)`` (default: the mean loss under
   ``loss_fn`` over ``val_loader``); ``"test"`` uses ``test_loader`` when given, else the val loader.
 
 A run (``lrkit.train.run``) leaves the user's model holding what it trained; ``find_lr``,
 ``lrkit.search`` and ``lrkit.tune`` load the starting point back at the end, with every
-parameter's ``.grad`` and the training loader's generator as given (``lrkit.finder.put_back``;
-tune's trained weights are in ``TuneResult.weights``), and
-``find_lr`` on a model snapshots and restores it exactly.
+parameter's ``.grad``, the generators of the train, val and test loaders, the global RNGs
+(Python's, NumPy's and torch's, which every run seeds) and a persistent-worker loader's iterator
+as they were when ``from_torch`` was called (``lrkit.finder.put_back``; tune's trained weights
+are in ``TuneResult.weights``), and ``find_lr`` on a model snapshots and restores it exactly.
 
 >>> import torch
 >>> from torch import nn
@@ -34,6 +39,7 @@ tune's trained weights are in ``TuneResult.weights``), and
 
 from __future__ import annotations
 
+import collections.abc
 import hashlib
 import inspect
 import math
@@ -80,13 +86,15 @@ def _move(batch: Any, device: torch.device | None) -> Any:
 
 
 def _has_cuda_tensor(batch: Any) -> bool:
+    """Whether ``batch`` may hold a tensor off the CPU (an object with a ``.to`` of its own,
+    which lrkit cannot look into, may)."""
     if isinstance(batch, torch.Tensor):
         return batch.device.type != "cpu"
     if isinstance(batch, (list, tuple)):
         return any(_has_cuda_tensor(b) for b in batch)
-    if isinstance(batch, dict):
+    if isinstance(batch, collections.abc.Mapping):
         return any(_has_cuda_tensor(b) for b in batch.values())
-    return False
+    return callable(getattr(batch, "to", None))
 
 
 def _schedule_family(schedule: Any, steps: int) -> tuple[str, int | None]:
@@ -130,20 +138,30 @@ def _schedule_family(schedule: Any, steps: int) -> tuple[str, int | None]:
 class _StartingPoint:
     """A from_torch task's ``build_model``: loads the model's weights and buffers as given
     (copied to CPU once) back into the same model object, in place, with its train/eval
-    modes. :meth:`put_back` also hands back what the runs change besides: every parameter's
-    ``.grad`` as given (``None`` stays ``None``) and the state of the training loader's
-    shuffling generators, which every run re-seeds (:func:`lrkit.finder.put_back` calls it
-    after ``find_lr``, ``lrkit.tune`` and ``lrkit.search``)."""
+    modes. :meth:`put_back` also hands back what the runs change besides, as it was when
+    :func:`from_torch` was called: every parameter's ``.grad`` (``None`` stays ``None``), the
+    state of the loaders' generators (train, val and test: every run re-seeds the training
+    loader's and evaluating draws from a shuffling val loader's), the global RNGs (every run
+    seeds them) and a persistent-worker training loader's own iterator (``workers``: the runs
+    start their own, :class:`lrkit.train._OwnWorkers`). :func:`lrkit.finder.put_back` calls
+    it after ``find_lr``, ``lrkit.tune`` and ``lrkit.search``."""
 
-    def __init__(self, model: nn.Module, train_loader: Iterable) -> None:
-        from ..train import _cpu_copy, _cpu_grad, loader_generators, module_modes, module_state
+    def __init__(self, model: nn.Module, train_loader: Iterable,
+                 other_loaders: Iterable[Iterable | None] = ()) -> None:
+        from ..train import (_cpu_copy, _cpu_grad, _OwnWorkers, _rng_state, loader_generators,
+                             module_modes, module_state)
 
         self.model = model
         self.weights = _cpu_copy(module_state(model))  # get_extra_state()'s objects deep-copied
         self.modes = module_modes(model)
         self.grads = [_cpu_grad(p) for p in model.parameters()]
         self.generators = loader_generators(train_loader)
+        for loader in other_loaders:
+            self.generators += [g for g in loader_generators(loader)
+                                if all(g is not h for h in self.generators)]
         self.generator_states = [g.get_state() for g in self.generators]
+        self.rng = _rng_state()
+        self.workers = _OwnWorkers(train_loader)
 
     def __call__(self, seed: int) -> nn.Module:
         from ..train import _copy_into_module, set_module_modes
@@ -153,15 +171,91 @@ class _StartingPoint:
         return self.model
 
     def put_back(self) -> None:
-        """The model (weights, buffers, modes, gradients) and the loader's generators as
-        given to :func:`from_torch`."""
-        from ..train import _restore_grad
+        """The model (weights, buffers, modes, gradients), the loaders' generators, the
+        global RNGs and the training loader's workers as given to :func:`from_torch`."""
+        from ..train import _restore_grad, _set_rng_state
 
         self(0)
         for p, saved in zip(self.model.parameters(), self.grads):
             _restore_grad(p, saved)
         for g, state in zip(self.generators, self.generator_states):
             g.set_state(state)
+        _set_rng_state(self.rng)
+        self.workers.give_back()
+
+
+class _TrainBatches:
+    """A from_torch task's ``batches(seed)``: ``train_loader``'s batches, epoch after epoch,
+    moved to ``device``; a call seeds the loader's shuffling generators with ``seed`` and
+    (persistent workers) starts new worker processes when its first batch is drawn.
+    ``epoch_batches``, the batches in one epoch, is ``len(train_loader)`` (``None`` without a
+    length: a stream, a DataLoader over an IterableDataset): ``lrkit.search`` deals exactly
+    one epoch into its folds and subsets."""
+
+    def __init__(self, loader: Iterable, device: torch.device | None,
+                 start: _StartingPoint) -> None:
+        self.loader, self.device, self.start = loader, device, start
+        try:
+            self.epoch_batches: int | None = len(loader)  # type: ignore[arg-type]
+        except (TypeError, NotImplementedError):  # no length: an IterableDataset, a stream
+            self.epoch_batches = None
+
+    def __call__(self, seed: int) -> Iterator:
+        from ..train import _cycle, loader_generators
+
+        for gen in loader_generators(self.loader):
+            gen.manual_seed(int(seed))
+        self.start.workers.fresh()
+        for b in _cycle(self.loader, name="train_loader"):
+            yield _move(b, self.device)
+
+
+def _batch_rows(batch: Any) -> int | None:
+    """The examples in one batch: the leading dimension that all its tensors share (inside
+    tuples, lists and mappings); ``None`` when they differ or it holds no tensor."""
+    dims: set[int | None] = set()
+
+    def walk(b: Any) -> None:
+        if isinstance(b, torch.Tensor):
+            dims.add(b.shape[0] if b.dim() else None)
+        elif isinstance(b, (list, tuple)):
+            for x in b:
+                walk(x)
+        elif isinstance(b, collections.abc.Mapping):
+            for x in b.values():
+                walk(x)
+
+    walk(batch)
+    return next(iter(dims)) if len(dims) == 1 and None not in dims else None
+
+
+def epoch_size(loader: Any) -> int:
+    """Examples in one epoch of a training loader, read without drawing a batch; 0 when it
+    does not say. A list or tuple of batches: the sum of their leading dimensions (when all
+    of a batch's tensors share one). A loader with a sampler (a ``DataLoader``): the examples
+    its sampler draws in an epoch, ``len(sampler)`` (a ``SubsetRandomSampler`` or a
+    ``DistributedSampler`` draws fewer than the dataset holds), or ``len(loader) x
+    batch_size`` with ``drop_last``; else its dataset's length (an ``IterableDataset`` that
+    has one). :func:`from_torch` keeps it as the task's ``train_size``."""
+    if isinstance(loader, (list, tuple)):
+        rows = [_batch_rows(b) for b in loader]
+        return sum(r for r in rows if r is not None) if all(r is not None for r in rows) else 0
+    batcher = getattr(loader, "batch_sampler", None)
+    sampler = getattr(batcher, "sampler", None)
+    if sampler is None:
+        sampler = getattr(loader, "sampler", None)
+    size = getattr(batcher, "batch_size", None)
+    try:
+        if getattr(batcher, "drop_last", False) and isinstance(size, int):
+            return len(batcher) * size
+        return len(sampler)  # type: ignore[arg-type]
+    except (TypeError, NotImplementedError):  # no sampler, or one without a length
+        pass
+    dataset = getattr(loader, "dataset", None)
+    try:
+        return len(dataset)  # type: ignore[arg-type]
+    except (TypeError, NotImplementedError):
+        return 0
 
 
 def _code_bytes(code: types.CodeType) -> bytes:
@@ -358,7 +452,7 @@ def from_torch(
     dev = check_device("device", device) if device is not None else model_device(model)
 
     # --- the starting point: weights to CPU once, restored in place by build_model
-    build_model = _StartingPoint(model, train_loader)
+    build_model = _StartingPoint(model, train_loader, (val_loader, test_loader))
 
     # --- the optimizer: class, settings and groups (by position in model.parameters())
     index = {id(p): i for i, p in enumerate(model.parameters())}
@@ -405,18 +499,7 @@ def from_torch(
     def loss(m: nn.Module, batch: Any) -> torch.Tensor:
         return compute(m, batch)
 
-    def batches(seed: int) -> Iterator:
-        from ..train import loader_generators
-
-        for gen in loader_generators(train_loader):
-            gen.manual_seed(int(seed))
-        while True:
-            empty = True
-            for b in train_loader:
-                empty = False
-                yield _move(b, dev)
-            if empty:
-                raise ValueError("train_loader yielded no batch")
+    batches = _TrainBatches(train_loader, dev, build_model)
 
     def mean_loss(m: nn.Module, loader: Iterable, name: str) -> float:
         total, count = 0.0, 0
@@ -448,8 +531,7 @@ def from_torch(
             raise TypeError(f"{what} must give one real number for the {split!r} split, got "
                             f"{value!r:.80}") from None
 
-    size = getattr(train_loader, "dataset", None)
-    train_size = len(size) if size is not None and hasattr(size, "__len__") else 0
+    train_size = epoch_size(train_loader)
     batch_size = loader_batch_size(train_loader, train_size)
     recipe = Recipe(optimizer=opt_cls.__name__, batch_size=int(batch_size), steps=steps,
                     default_lr=lr0, schedule=family, warmup_steps=warmup_steps,
