@@ -472,6 +472,107 @@ def test_cross_validated_search_records_every_fold() -> None:
         assert t.fold_std == pytest.approx(np.std(ref, ddof=1))
 
 
+def _indexed_task(loader_kind: str):
+    """A from_torch task over 512 rows whose column 10 is each row's index, 32 per batch."""
+    from torch.nn import functional as F
+
+    from lrkit.tasks import from_torch
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(640, 10, generator=g), torch.arange(640.0)[:, None]], 1)
+    y = torch.randint(0, 3, (640,), generator=g)
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(zip(x[:512], y[:512]))
+
+    loader = {
+        "list": [(x[i:i + 32], y[i:i + 32]) for i in range(0, 512, 32)],
+        "stream": torch.utils.data.DataLoader(Stream(), batch_size=32),
+        # a train/val split of one dataset: the sampler draws 200 of its 640 rows
+        "sampler": torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(x, y), batch_size=20,
+            sampler=torch.utils.data.SubsetRandomSampler(
+                range(200), generator=torch.Generator().manual_seed(0))),
+        # 210 rows, batch 20: 10 batches, the last 10 rows dropped
+        "drop_last": torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(x[:210], y[:210]), batch_size=20, shuffle=True,
+            drop_last=True, generator=torch.Generator().manual_seed(0)),
+    }[loader_kind]
+
+    class Linear(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.l = torch.nn.Linear(10, 3)
+
+        def forward(self, v):
+            return self.l(v[:, :10])
+
+    model = Linear()
+    return from_torch(model, torch.optim.SGD(model.parameters(), lr=0.1), loader,
+                      F.cross_entropy, val_loader=[(x[512:], y[512:])], steps=20)
+
+
+def _rows(batches) -> list[int]:
+    return [int(r) for b in batches for r in b[0][:, 10].tolist()]
+
+
+@pytest.mark.parametrize("kind, rows", [("list", 512), ("sampler", 200), ("drop_last", 200)])
+def test_folds_of_a_from_torch_task_deal_exactly_one_epoch(kind: str, rows: int) -> None:
+    """The folds assumed 50 batches per epoch when train_size was 0 (a list of batches) and
+    read len(dataset) for a loader whose sampler draws a part of it, dealing several epochs:
+    every held-out row was also a training row of another fold. drop_last dealt one batch
+    too many (rows in two folds)."""
+    task = _indexed_task(kind)
+    folds = fold_batches(task, 5)
+    dealt = [_rows(f) for f in folds]
+    everything = [r for f in dealt for r in f]
+    assert len(everything) == len(set(everything)) == rows  # a partition of one epoch
+    from lrkit.search._core import _subset_task
+
+    sub = _subset_task(task, 0.25)
+    it = sub.batches(0)
+    kept = {r for _ in range(50) for r in _rows([next(it)])}
+    assert len(kept) == round(0.25 * task.batches.epoch_batches) * (32 if kind == "list" else 20)
+
+
+def test_folds_and_subsets_of_data_without_an_epoch_length_are_refused() -> None:
+    """A DataLoader over an IterableDataset says neither its length nor train_size: its folds
+    and subsets, once 50 batches of a 16-batch epoch, are refused before any step."""
+    from lrkit.search._core import _subset_task
+
+    task = _indexed_task("stream")
+    with pytest.raises(ValueError, match=r"cv_folds=5 needs the number of batches in one "
+                                         r"epoch .* IterableDataset"):
+        fold_batches(task, 5)
+    with pytest.raises(ValueError, match=r"subset=0.25 needs the number of batches"):
+        _subset_task(task, 0.25)
+    with pytest.raises(ValueError, match=r"cv_folds=3 needs the number of batches"):
+        search(task, method="grid", low=0.01, high=0.1, n_trials=2, cv_folds=3,
+               storage="memory", progress=False)
+    with pytest.raises(ValueError, match=r"fidelity='data' needs the number of batches"):
+        search(task, method="grid", low=0.01, high=0.1, n_trials=2, storage="memory",
+               progress=False, options=S.SearchOptions(fidelity="data"))
+    with pytest.raises(ValueError, match=r"cv_folds=5 needs at least 5 batches in one epoch "
+                                         r".* which has 4"):
+        fold_batches(dataclasses.replace(make_task(), train_size=128), 5)
+
+
+def test_search_on_a_from_torch_task_leaves_the_global_rngs_as_given() -> None:
+    """Every run seeds the global RNGs: search left them at a state fixed by its seed."""
+    import random
+
+    np.random.seed(5)
+    random.seed(7)
+    task = _indexed_task("sampler")  # (its model seeds torch's RNG)
+    rngs = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    search(task, method="grid", low=0.01, high=0.1, n_trials=2, cv_folds=2, storage="memory",
+           progress=False)
+    assert torch.equal(torch.get_rng_state(), rngs[0])
+    assert np.array_equal(np.random.get_state()[1], rngs[1]) and random.getstate() == rngs[2]
+
+
 def test_fold_protocol_method_is_used() -> None:
     base = make_task()
 
@@ -710,3 +811,25 @@ def test_search_options_are_checked_by_name(kw, message):
     with pytest.raises((TypeError, ValueError), match=message):
         S.SearchOptions(**kw)
     assert S.SearchOptions(grace_period=5).grace_period == 5
+
+
+@pytest.mark.parametrize("method", ["random", "tpe"])
+def test_workers_that_join_a_study_draw_their_own_lrs(method):
+    """Workers started together on one study all seeded Optuna's sampler with the plan's seed
+    and proposed the same first LR (3 workers trained one LR 3 times). The planner keeps the
+    seed (one worker's search repeats exactly); each joiner draws its own."""
+    from lrkit.search._core import _Plan, _sampler
+
+    plan = _Plan(method=method, families=["constant"], low=1e-4, high=1.0,
+                 higher_is_better=False, metric="loss", n_trials=9, budget=None, trial_cost=1,
+                 cv_folds=None, seed=7, starts={}, range_test=None, grid=[], task_name="t",
+                 notes=[])
+
+    def first_lr(sampler):
+        study = optuna.create_study(sampler=sampler)
+        return study.ask().suggest_float("lr", 1e-4, 1.0, log=True)
+
+    planner = [first_lr(_sampler(optuna, plan, -1.0)) for _ in range(2)]
+    joiners = [first_lr(_sampler(optuna, plan, -1.0, joiner=True)) for _ in range(3)]
+    assert planner[0] == planner[1]
+    assert len(set(joiners + planner[:1])) == 4

@@ -8,6 +8,7 @@ import hashlib
 import inspect
 import json
 import math
+import secrets
 import threading
 import time
 import uuid
@@ -223,13 +224,13 @@ class _Outcome:
     first_loss: float | None = None
 
 
-def _subset_task(task: Any, fraction: float) -> Any:
-    """``task`` training on the first ``fraction`` of its first epoch's batches, cycled."""
-    from ._folds import _shuffled_cycle
+def _subset_task(task: Any, fraction: float, arg: str = "subset") -> Any:
+    """``task`` training on the first ``fraction`` of its first epoch's batches, cycled (the
+    epoch: :func:`~lrkit.search._folds.epoch_batches`, refused by ``arg`` when unknown)."""
+    from ._folds import _shuffled_cycle, epoch_batches
 
     bs = max(1, task.recipe.batch_size)
-    n_epoch = max(1, math.ceil(task.train_size / bs)) if task.train_size else 50
-    n = max(1, round(fraction * n_epoch))
+    n = max(1, round(fraction * epoch_batches(task, f"{arg}={fraction:g}")))
     it = task.batches(0)
     kept = [next(it) for _ in range(n)]
     return dataclasses.replace(task, name=f"{task.name}-subset{fraction:g}",
@@ -242,7 +243,7 @@ class _TaskRunner:
 
     def __init__(self, task: Any, *, cv_folds: int | None, options: SearchOptions,
                  seed: int) -> None:
-        from ._folds import fold_batches, fold_task
+        from ._folds import epoch_batches, fold_batches, fold_task
 
         self.base = task  # what the range test runs on (every DDP rank alike)
         self.task = _subset_task(task, options.subset) if options.subset else task
@@ -260,6 +261,8 @@ class _TaskRunner:
             self.tasks = [self.task]
             self.metric, self.higher_is_better = task.metric, task.higher_is_better
         self.worst = self.tasks[0].worst
+        if self.fidelity == "data":  # its rungs are subsets of an epoch: refused before a trial
+            epoch_batches(self.tasks[0], "fidelity='data'")
 
     @property
     def cost(self) -> int:
@@ -306,7 +309,8 @@ class _TaskRunner:
         spent = 0
         for f in self.RUNGS:
             n = max(1, round(f * self.steps))
-            r = run(_subset_task(task, f), lr, steps=n, seed=self.seed, eval_split="val")
+            r = run(_subset_task(task, f, "fidelity='data'"), lr, steps=n, seed=self.seed,
+                    eval_split="val")
             spent += r.steps_done
             if r.diverged or not math.isfinite(r.metric):
                 return _Outcome(None, spent, True, False, [])
@@ -613,9 +617,10 @@ def search(
         asked = _Asked(method=method, families=fams, low=low, high=high, n_trials=n_trials,
                        budget=budget, cv_folds=cv_folds, seed=seed, subset=options.subset,
                        identity=_identity(task), task_name=task_name)
-        study, plan = _open_study(optuna, st, name, runner, task if isinstance(task, Task) else
-                                  None, asked, range_test, options, world)
-        study.sampler = _sampler(optuna, plan, sign)
+        study, plan, planned = _open_study(optuna, st, name, runner,
+                                           task if isinstance(task, Task) else None, asked,
+                                           range_test, options, world)
+        study.sampler = _sampler(optuna, plan, sign, joiner=not planned)
         study.pruner = _pruner(optuna, pruner, plan, runner, world)
         display = _Display(bool(progress), f"lrkit search {name} ({method}) on {where}")
         with warnings.catch_warnings():
@@ -883,8 +888,10 @@ def _create_or_load(optuna: Any, st: Any, name: str, direction: str,
 
 
 def _open_study(optuna: Any, st: Any, name: str, runner: Any, task: Any, asked: _Asked,
-                range_test: Any, options: SearchOptions, world: int) -> tuple[Any, _Plan]:
-    """Create the study (and plan it) or join it (and check it was planned the same way)."""
+                range_test: Any, options: SearchOptions, world: int
+                ) -> tuple[Any, _Plan, bool]:
+    """Create the study (and plan it) or join it (and check it was planned the same way); the
+    last item says whether this worker planned it."""
     direction = "maximize" if runner.higher_is_better else "minimize"
     study, lease = _create_or_load(optuna, st, name, direction, options)
     while lease is not None:  # this worker plans (nothing of the study is published yet)
@@ -895,9 +902,9 @@ def _open_study(optuna: Any, st: Any, name: str, runner: Any, task: Any, asked: 
             plan.identity, plan.subset = asked.identity, asked.subset
             if lease.held():
                 _publish(study, plan)
-                return study, plan
+                return study, plan, True
         lease = _await_plan(study, options)  # taken over while this worker stalled
-    return study, _joined_plan(study, name, asked)
+    return study, _joined_plan(study, name, asked), False
 
 
 def _publish(study: Any, plan: _Plan) -> None:
@@ -1065,15 +1072,21 @@ def _make_plan(runner: Any, task: Any, method: str, fams: list, low: float | Non
                  task_name=getattr(task, "name", runner.metric), notes=notes)
 
 
-def _sampler(optuna: Any, plan: _Plan, sign: float) -> Any:
+def _sampler(optuna: Any, plan: _Plan, sign: float, *, joiner: bool = False) -> Any:
+    """The study's sampler in this worker. Optuna's random, TPE and GP samplers draw from their
+    own seeded generator, so workers seeded alike proposed the same first LRs (3 workers
+    trained one LR 3 times): the worker that planned the study keeps ``plan.seed`` (a search of
+    one worker repeats exactly), a joiner draws its own. lrkit's policies seed each trial by
+    its number, which differs across workers."""
     from ._policy import PolicySampler
 
+    seed = secrets.randbelow(2**31) if joiner else plan.seed
     if plan.method == "random" or plan.method == "grid":
-        return optuna.samplers.RandomSampler(seed=plan.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if plan.method == "tpe":
-        return optuna.samplers.TPESampler(seed=plan.seed)
+        return optuna.samplers.TPESampler(seed=seed)
     if plan.method == "gp":
-        return optuna.samplers.GPSampler(seed=plan.seed)
+        return optuna.samplers.GPSampler(seed=seed)
     return PolicySampler(plan.method, sign=sign, starts=plan.starts, seed=plan.seed)
 
 
