@@ -507,6 +507,7 @@ def find_lr(
     if not isinstance(restore, bool):
         raise TypeError(f"restore must be a bool, got {restore!r}")
 
+    rng = _train._rng_state()  # the caller's global RNGs, put back with a Task (put_back)
     setup = _set_up(model_or_task, optimizer, train_loader, loss_fn, step_fn,
                     first_lr=float(plans[0][0]), seed=seed, device=device,
                     val_loader=val_loader, grad_clip=grad_clip, amp=amp,
@@ -537,7 +538,7 @@ def find_lr(
         if snap is not None and restore:
             snap.restore()
         if task is not None and not confirm:
-            put_back(task, seed)
+            put_back(task, seed, rng)
 
     lrs = np.concatenate([x for x, _ in per_sweep])
     order = np.argsort(lrs, kind="stable")
@@ -566,7 +567,7 @@ def find_lr(
             return _confirm(task, result, seed=seed, candidates=confirm_candidates,
                             budget=confirm_budget, progress=progress)
         finally:
-            put_back(task, seed)
+            put_back(task, seed, rng)
     user = _train.snapshot(setup.model, setup.optimizer, scheduler=scheduler, scaler=scaler,
                            generators=_train.loader_generators(setup.train_loader)
                            + _train.loader_generators(val_loader), grads=True)
@@ -761,16 +762,21 @@ def _run_sweeps(setup: _Setup, plans: list[np.ndarray], *, seed: int, snap: Any,
     return per_sweep, reasons, steps_done, time.perf_counter() - start
 
 
-def put_back(task: Any, seed: int) -> None:
+def put_back(task: Any, seed: int, rng: tuple | None = None) -> None:
     """Leave a Task's model at its starting point after runs of it (``find_lr``, ``lrkit.tune``
     and ``lrkit.search`` do, also after an error or Ctrl-C): a :func:`lrkit.tasks.from_torch`
     task (or ``from_lightning``'s) trains the user's own model object in place, and hands it
     back as it was when the task was built (its weights, buffers, modes and ``.grad``, the
-    generators of its train, val and test loaders, the global RNGs and a persistent-worker
-    training loader's iterator, through its ``build_model.put_back()``); for a built-in task
-    this builds a model that is thrown away, and the global RNGs are left as its runs seeded
-    them (a built-in task holds no state of the caller's to return to: its runs are a
-    function of their seed), and anything else (a search objective) is left alone."""
+    generators of its train, val and test loaders and a persistent-worker training loader's
+    iterator, through its ``build_model.put_back()``); for a built-in task this builds a model
+    that is thrown away; anything else (a search objective) is left alone. ``rng``, the global
+    RNGs' state when the caller started (``lrkit.train._rng_state()``), is put back for any
+    task: every run seeds them, and the caller's next draws were those of the last run's
+    seed (a model built after ``tune`` had the same "random" init every time)."""
+    from . import train as _train
+
+    if rng is not None:
+        _train._set_rng_state(rng)
     if not _is_task(task):
         return
     back = getattr(task.build_model, "put_back", None)
@@ -778,6 +784,8 @@ def put_back(task: Any, seed: int) -> None:
         back()
     else:
         task.build_model(seed)
+        if rng is not None:  # (building it seeded them again)
+            _train._set_rng_state(rng)
 
 
 def _freeze_hypergradients(optimizer: Any) -> list[tuple[dict, float]]:

@@ -1863,17 +1863,19 @@ def tune(
     """
     from . import tasks as _tasks
     from .tasks import Task
+    from .train import _rng_state
 
-    if isinstance(task, str):
-        return _tune(_tasks.get(task), task, budget=budget, schedules=schedules,
-                     storage=storage, out=out, seed=seed, progress=progress)
-    if not isinstance(task, Task):
+    rng = _rng_state()  # the caller's global RNGs (every run seeds them): put back at the end
+    task_ref = task if isinstance(task, str) else None
+    if task_ref is not None:
+        task = _tasks.get(task_ref)
+    elif not isinstance(task, Task):
         raise _tasks.not_a_task("task", task)
     try:
-        return _tune(task, task.name, budget=budget, schedules=schedules, storage=storage,
-                     out=out, seed=seed, progress=progress)
+        return _tune(task, task_ref or task.name, budget=budget, schedules=schedules,
+                     storage=storage, out=out, seed=seed, progress=progress)
     finally:  # the user's model as it was given (the trained weights are in res.weights)
-        put_back(task, seed)
+        put_back(task, seed, rng)
 
 
 #: meta.json's settings that a resumed run must share with the call that resumes it

@@ -522,7 +522,9 @@ def test_tune_leaves_the_global_rngs_and_every_loaders_generator_as_given(tmp_pa
     """tune (find_lr(task) and search too) seeds the global RNGs for every run and evaluating
     draws from a shuffling val loader's generator: a user who built a fresh "random" model
     after each tune call got the same initial weights every time, and the val loader's next
-    epoch was another. Both come back as they were when the task was built."""
+    epoch was another. The loaders' generators come back as they were when the task was
+    built, the global RNGs as they were when tune was called (draws made in between are
+    the caller's own)."""
     import random
 
     model, opt, tl, _ = _regression()
@@ -533,9 +535,10 @@ def test_tune_leaves_the_global_rngs_and_every_loaders_generator_as_given(tmp_pa
     torch.manual_seed(1234)
     np.random.seed(5)
     random.seed(7)
-    rngs = (torch.get_rng_state(), np.random.get_state(), random.getstate())
     gens = (tl.generator.get_state(), vl.generator.get_state())
     task = from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=20)
+    torch.randn(3), np.random.rand(), random.random()  # the user's own draws
+    rngs = (torch.get_rng_state(), np.random.get_state(), random.getstate())
     lrkit.tune(task, progress=False, out=tmp_path / "tune")
     assert torch.equal(torch.get_rng_state(), rngs[0])
     after = np.random.get_state()

@@ -561,7 +561,9 @@ def search(
     """
     optuna = _optuna()
     from ..tasks import Task
+    from ..train import _rng_state
 
+    rng = _rng_state()  # the caller's global RNGs (put back at the end)
     options = options or SearchOptions()
     if not isinstance(options, SearchOptions):
         raise TypeError(f"options must be a SearchOptions, got {type(options).__name__}")
@@ -586,7 +588,7 @@ def search(
         try:
             return _follow(runner)
         finally:
-            put_back(task, seed)
+            put_back(task, seed, rng)
     fams = families or ([task.recipe.schedule] if isinstance(task, Task) else [None])
     name = study_name or _default_name(task_name, method, dict(
         low=low, high=high, n=n_trials, budget=budget, cv=cv_folds, sched=families, seed=seed,
@@ -635,7 +637,7 @@ def search(
         optuna.logging.set_verbosity(verbosity)
         if world > 1:  # the followers return rank 0's result (or stop when it failed)
             _bcast(("stop", result.to_dict() if result is not None else None))
-        put_back(task, seed)
+        put_back(task, seed, rng)
     return result
 
 

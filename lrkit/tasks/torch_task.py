@@ -141,15 +141,16 @@ class _StartingPoint:
     modes. :meth:`put_back` also hands back what the runs change besides, as it was when
     :func:`from_torch` was called: every parameter's ``.grad`` (``None`` stays ``None``), the
     state of the loaders' generators (train, val and test: every run re-seeds the training
-    loader's and evaluating draws from a shuffling val loader's), the global RNGs (every run
-    seeds them) and a persistent-worker training loader's own iterator (``workers``: the runs
-    start their own, :class:`lrkit.train._OwnWorkers`). :func:`lrkit.finder.put_back` calls
-    it after ``find_lr``, ``lrkit.tune`` and ``lrkit.search``."""
+    loader's and evaluating draws from a shuffling val loader's) and a persistent-worker
+    training loader's own iterator (``workers``: the runs start their own,
+    :class:`lrkit.train._OwnWorkers`). :func:`lrkit.finder.put_back` calls it after
+    ``find_lr``, ``lrkit.tune`` and ``lrkit.search``, and puts the global RNGs back as they
+    were when those were called."""
 
     def __init__(self, model: nn.Module, train_loader: Iterable,
                  other_loaders: Iterable[Iterable | None] = ()) -> None:
-        from ..train import (_cpu_copy, _cpu_grad, _OwnWorkers, _rng_state, loader_generators,
-                             module_modes, module_state)
+        from ..train import (_cpu_copy, _cpu_grad, _OwnWorkers, loader_generators, module_modes,
+                             module_state)
 
         self.model = model
         self.weights = _cpu_copy(module_state(model))  # get_extra_state()'s objects deep-copied
@@ -160,7 +161,6 @@ class _StartingPoint:
             self.generators += [g for g in loader_generators(loader)
                                 if all(g is not h for h in self.generators)]
         self.generator_states = [g.get_state() for g in self.generators]
-        self.rng = _rng_state()
         self.workers = _OwnWorkers(train_loader)
 
     def __call__(self, seed: int) -> nn.Module:
@@ -171,16 +171,15 @@ class _StartingPoint:
         return self.model
 
     def put_back(self) -> None:
-        """The model (weights, buffers, modes, gradients), the loaders' generators, the
-        global RNGs and the training loader's workers as given to :func:`from_torch`."""
-        from ..train import _restore_grad, _set_rng_state
+        """The model (weights, buffers, modes, gradients), the loaders' generators and the
+        training loader's workers as given to :func:`from_torch`."""
+        from ..train import _restore_grad
 
         self(0)
         for p, saved in zip(self.model.parameters(), self.grads):
             _restore_grad(p, saved)
         for g, state in zip(self.generators, self.generator_states):
             g.set_state(state)
-        _set_rng_state(self.rng)
         self.workers.give_back()
 
 
