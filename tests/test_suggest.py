@@ -483,3 +483,25 @@ def test_a_long_curve_is_fitted_on_bins_close_to_the_dense_fit(monkeypatch):
     ok = np.isfinite(smooth_d)
     assert np.array_equal(ok, np.isfinite(smooth_b))
     assert np.max(np.abs(smooth_b[ok] - smooth_d[ok])) < 0.01
+
+
+def test_fastai_rules_keep_every_finite_point_before_a_nan_as_fastai_does():
+    """fastai's lr_find does not stop on a NaN loss (``NaN > 4 x best`` is False): it trims the
+    last 5 of its full ``num_it`` record, then cuts at the first NaN. A sweep that stopped at
+    the NaN lost the 4 finite points before it (minimum 0.51x fastai's on this curve)."""
+    n = 100
+    t = np.arange(n)
+    lrs = 1e-7 * 1e8 ** (t / n)  # fastai's grid
+    raw = 2.0 - 1.5 / (1 + np.exp(-(t - 60) / 6.0)) + 0.002 * np.cos(t)  # still falling late
+    raw[88:] = np.nan
+    # fastai's pipeline on its full record: debiased EMA, [n//10 : -5], cut at the first NaN
+    beta, avg, smooth = 0.98, 0.0, []
+    for i, v in enumerate(raw):
+        avg = beta * avg + (1 - beta) * v
+        smooth.append(avg / (1 - beta ** (i + 1)))
+    x, y = lrs[n // 10:-5], np.array(smooth)[n // 10:-5]
+    cut = int(np.argmax(~np.isfinite(y)))
+    want = float(x[:cut][np.argmin(y[:cut])] / 10)
+    got = S._peer("minimum", lrs[:89], raw[:89], n)  # the sweep stopped at the NaN
+    assert got.lr == pytest.approx(want, rel=1e-12)
+    assert want == pytest.approx(lrs[87] / 10)  # the last finite point, 5 from the old end
