@@ -15,6 +15,7 @@ from lrkit.callbacks import (LOG_FIELDS, SWA, ClipGradNorm, DecayOnFinding, Deca
                              EarlyStopping, JsonlLogger, MonitorCallback, TensorBoardLogger, _has_pre_step_hook)
 from lrkit.monitor import Monitor, read_log, replay
 from lrkit.torch import Plateau
+from tests.tiny_task import CountingNet
 
 needs_hook = pytest.mark.skipif(not _has_pre_step_hook(),
                                 reason="lrkit.train.fit has no on_before_step hook yet")
@@ -762,32 +763,11 @@ def test_swa_and_restore_best_leave_the_model_alone_when_the_run_raises():
         assert torch.equal(model.weight, seen["w"]), type(cb).__name__
 
 
-class _Counting(nn.Module):
-    """A linear model with ``get_extra_state``: its training forwards, counted."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.lin = nn.Linear(3, 1)
-        self.calls = 0
-
-    def forward(self, x):
-        if self.training:
-            self.calls += 1
-        return self.lin(x)
-
-    def get_extra_state(self):
-        return {"calls": self.calls}
-
-    def set_extra_state(self, state):
-        self.calls = state["calls"]
-
-
 def test_restore_best_and_swa_take_a_modules_extra_state():
     """get_extra_state puts a non-tensor in the state_dict: EarlyStopping(restore_best) crashed
     on its .detach(), and SWA's swap put back the extra state the run started with."""
     _, batches = _linear()
-    m = _Counting()
+    m = CountingNet(3)
     metrics = iter([1.0, 0.5, 0.7, 0.8, 0.9])
     seen = {}
 
@@ -802,12 +782,12 @@ def test_restore_best_and_swa_take_a_modules_extra_state():
     assert out.stop_reason == "early_stop" and es.best_step == 4 and m.calls == 4
     assert all(torch.equal(p, q) for p, q in zip(m.parameters(), seen[4]))
 
-    m = _Counting()
+    m = CountingNet(3)
     swa = SWA(10, 0.01)
     train.fit(m, torch.optim.SGD(m.parameters(), lr=0.05), batches, num_steps=30,
               loss_fn=nn.functional.mse_loss, callbacks=[swa])
     assert m.calls == 30  # the live model's, not the average's copy from step 0
-    assert torch.equal(m.lin.weight, swa.averaged.module.lin.weight)
+    assert torch.equal(m.net.weight, swa.averaged.module.net.weight)
 
 
 def _frozen_and_training_bn(seed: int = 0):

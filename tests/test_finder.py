@@ -20,6 +20,7 @@ from torch import nn
 from lrkit.finder import RangeTestResult, find_lr, sweep_lrs
 from lrkit.tasks.base import Recipe, Task
 from lrkit.train import run
+from tests.tiny_task import OnceStream
 
 torch.set_num_threads(1)
 F = nn.functional
@@ -861,16 +862,6 @@ def test_find_lr_on_a_from_torch_task_leaves_the_global_rngs_as_given():
         assert np.array_equal(np.random.get_state()[1], rngs[1]) and random.getstate() == rngs[2]
 
 
-class _OnceStream:
-    """A re-iterable over a stream read once (a network or file stream; not an Iterator)."""
-
-    def __init__(self, batches: list) -> None:
-        self.it = iter(batches)
-
-    def __iter__(self):
-        return (b for b in self.it)
-
-
 def test_a_train_loader_that_runs_dry_is_named_as_find_lr_calls_it():
     """find_lr's errors named ``batches`` (fit's argument) and called a stream that gave its
     batches in its first epoch and none in its second "empty"."""
@@ -885,4 +876,4 @@ def test_a_train_loader_that_runs_dry_is_named_as_find_lr_calls_it():
                 nn.functional.mse_loss, progress=False)
     with pytest.raises(ValueError, match=r"^train_loader yielded 4 batches in its first epoch, "
                                          r"then none in the next: .* needs 100 batches"):
-        find_lr(model, opt, _OnceStream(list(train)), nn.functional.mse_loss, progress=False)
+        find_lr(model, opt, OnceStream(list(train)), nn.functional.mse_loss, progress=False)

@@ -18,6 +18,7 @@ from lrkit import suggest as S
 from lrkit import train
 from lrkit.finder import SWEEP_STEPS, find_lr, sweep_plans
 from lrkit.tasks import from_torch
+from tests.tiny_task import CountingNet
 
 
 def _regression(seed: int = 0, n: int = 256):
@@ -1566,32 +1567,11 @@ def test_from_torch_refuses_an_optimizer_that_maximizes_before_anything_moves():
     assert before[1].keys() == after[1].keys() == set() and before[2] == after[2]
 
 
-class _Vocab(nn.Module):
-    """A model with ``get_extra_state`` (a count of training forwards and a vocabulary)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 1))
-        self.calls, self.vocab = 0, ["a", "b"]
-
-    def forward(self, x):
-        if self.training:
-            self.calls += 1
-        return self.net(x)
-
-    def get_extra_state(self):
-        return {"calls": self.calls, "vocab": self.vocab}
-
-    def set_extra_state(self, state):
-        self.calls, self.vocab = state["calls"], state["vocab"]
-
-
 def test_from_torch_and_confirm_take_a_modules_extra_state():
     """nn.Module.get_extra_state puts a non-tensor in the state_dict: from_torch (and so
     find_lr(confirm=True)) crashed on its .detach(), and the key read its .shape."""
     _, _, tl, vl = _regression()
-    model = _Vocab()
+    model = CountingNet(6, 16)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     w0 = {k: v.clone() for k, v in model.state_dict().items() if k != "_extra_state"}
     task = from_torch(model, opt, tl, F.mse_loss, val_loader=vl, steps=20)

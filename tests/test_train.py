@@ -13,6 +13,7 @@ from torch import nn
 
 from lrkit import train
 from lrkit.train import Callback, DivergenceStop, fit, loader_generators, snapshot
+from tests.tiny_task import CountingNet, OnceStream
 
 torch.set_num_threads(1)
 
@@ -805,30 +806,9 @@ def test_snapshot_puts_a_tensor_lr_back_into_the_users_tensor_and_torchs_flags_b
     assert float(opt.param_groups[0]["lr"]) == float(torch.tensor(0.001))
 
 
-class _WithExtraState(nn.Module):
-    """A model with ``get_extra_state`` (a step count and a vocabulary in its state_dict)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 1))
-        self.calls, self.vocab = 0, ["a", "b"]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            self.calls += 1
-        return self.net(x)
-
-    def get_extra_state(self) -> dict:
-        return {"calls": self.calls, "vocab": self.vocab}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.calls, self.vocab = state["calls"], state["vocab"]
-
-
 def test_snapshot_restores_a_modules_extra_state_as_a_copy_each_time():
     x, y = _data(32)
-    m = _WithExtraState()
+    m = CountingNet(5, 8, nn.Tanh)
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
     w0 = [p.detach().clone() for p in m.parameters()]
     snap = snapshot(m, opt)
@@ -931,23 +911,13 @@ def test_fit_reads_a_shuffling_loader_epoch_after_epoch_as_a_plain_loop_does():
     assert len(seen) == 12 and all(torch.equal(a, b) for a, b in zip(seen, ref))
 
 
-class _OnceStream:
-    """A re-iterable over a stream read once (not an Iterator): 4 batches, then none."""
-
-    def __init__(self, batches: list) -> None:
-        self.it = iter(batches)
-
-    def __iter__(self):
-        return (b for b in self.it)
-
-
 def test_data_that_runs_dry_is_named_with_what_it_gave():
     x, y = _data()
     m = _model()
     opt = torch.optim.SGD(m.parameters(), lr=0.01)
     with pytest.raises(ValueError, match=r"batches yielded 4 batches in its first epoch, then "
                                          r"none in the next: .* needs 10 batches"):
-        fit(m, opt, _OnceStream(_batches(x, y, 16)), num_steps=10,
+        fit(m, opt, OnceStream(_batches(x, y, 16)), num_steps=10,
             loss_fn=nn.functional.mse_loss)
     with pytest.raises(ValueError, match=r"^batches is empty: it yielded no batch"):
-        fit(m, opt, _OnceStream([]), num_steps=10, loss_fn=nn.functional.mse_loss)
+        fit(m, opt, OnceStream([]), num_steps=10, loss_fn=nn.functional.mse_loss)

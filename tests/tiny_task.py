@@ -91,3 +91,39 @@ def blobs(per_class: int, n_train: int, n_val: int = 50) -> tuple:
 
     return (model, opt, loader, [(x[n_train:end], y[n_train:end])], [(x[end:], y[end:])],
             accuracy)
+
+
+class CountingNet(torch.nn.Module):
+    """An MLP ``n_in``-``hidden``-1 (``act`` between; no hidden layer when ``hidden`` is 0)
+    with ``get_extra_state``: its training forwards counted (``calls``) and a vocabulary
+    (``vocab``), a non-tensor entry in its state_dict."""
+
+    def __init__(self, n_in: int, hidden: int = 0, act: type = torch.nn.ReLU) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = (torch.nn.Sequential(torch.nn.Linear(n_in, hidden), act(),
+                                        torch.nn.Linear(hidden, 1)) if hidden
+                    else torch.nn.Linear(n_in, 1))
+        self.calls, self.vocab = 0, ["a", "b"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.calls += 1
+        return self.net(x)
+
+    def get_extra_state(self) -> dict:
+        return {"calls": self.calls, "vocab": self.vocab}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.calls, self.vocab = state["calls"], state["vocab"]
+
+
+class OnceStream:
+    """A re-iterable over a stream read once (a network or file stream; not an Iterator): its
+    batches in the first epoch, then none."""
+
+    def __init__(self, batches: list) -> None:
+        self.it = iter(batches)
+
+    def __iter__(self):
+        return (b for b in self.it)
