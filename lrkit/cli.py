@@ -82,8 +82,11 @@ def _bench(args: argparse.Namespace) -> int:
     if args.seeds < 3:
         raise ValueError(f"--seeds is the number of oracle seeds (0..N-1) and must be >= 3, "
                          f"got {args.seeds}")
+    for flag in ("method_seeds", "optimizer_seeds"):  # (0 ran the oracle, then wrote NaN rows)
+        if getattr(args, flag, None) is not None:
+            check_int(f"--{flag.replace('_', '-')}", getattr(args, flag), minimum=1)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    _make_folder(out)
     task_names = args.task
     oracles, tasks_by_name = {}, {}
     for name in task_names:
@@ -228,6 +231,28 @@ def _check_figure_format(name: str, value: str) -> None:
                          f"cannot write; use .png (or one of {', '.join(sorted(known))})")
 
 
+#: folders this command made for its outputs (removed again, when still empty, if it fails)
+_MADE: list[Path] = []
+
+
+def _make_folder(path: Path) -> None:
+    """``path.mkdir(parents=True, exist_ok=True)``, noting each folder it makes in ``_MADE``."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    _MADE.extend(reversed(missing))  # outermost first
+
+
+def _drop_made() -> None:
+    """Remove the folders this command made that are still empty (a command that failed left
+    them behind), innermost first."""
+    while _MADE:
+        p = _MADE.pop()
+        try:
+            p.rmdir()  # only when empty
+        except OSError:
+            pass
+
+
 def _check_outputs(args: argparse.Namespace) -> None:
     """``--json``/``--plot`` (and a figure's ``--out``) destinations, before any work: their
     folders are made, and a folder given as the file or one that cannot be made is refused
@@ -238,13 +263,13 @@ def _check_outputs(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if not value or not isinstance(value, str):
             continue
+        path = Path(value)
+        if path.is_dir() or value.endswith(("/", os.sep)):  # ("d/": Path drops the slash)
+            raise ValueError(f"--{name}: {value!r} is a folder; give a file to write")
         if name != "json":
             _check_figure_format(name, value)
-        path = Path(value)
-        if path.is_dir():
-            raise ValueError(f"--{name}: {value!r} is a folder; give a file to write")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _make_folder(path.parent)
         except OSError as e:
             raise ValueError(f"--{name}: cannot make the folder {str(path.parent)!r} "
                              f"({e.strerror or type(e).__name__})") from None
@@ -321,16 +346,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.area in _COMMANDS:
             return int(importlib.import_module(_COMMANDS[args.area][0]).cli_main(args))
     except (ValueError, TypeError) as e:
+        _drop_made()
         if not _raised_by_lrkit(e):  # a bug in the user's task (or a library): where it is
             raise
         print(f"lrkit: error: {e}", file=sys.stderr)
         return 2
     except LRKitError as e:  # lrkit's own runtime errors (a storage it cannot open): one line
+        _drop_made()
         print(f"lrkit: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # (tune and search say how to go on themselves)
+        _drop_made()
         print("\nlrkit: interrupted", file=sys.stderr)
         return 130
+    except BaseException:
+        _drop_made()
+        raise
+    _MADE.clear()
     return 0
 
 

@@ -83,7 +83,8 @@ class CompareResult:
                    else math.inf)
 
     def table(self) -> str:
-        """A markdown table: family, LR, searched LRs, val and test metric, final train loss."""
+        """A markdown table: family, LR, searched LRs, val and test metric, final train loss. A
+        best LR at the edge of the LRs searched is marked (the best may lie beyond it)."""
         better = "higher" if self.higher_is_better else "lower"
         lines = [f"| schedule | best LR | LRs searched (val {self.metric}) | test {self.metric} "
                  f"({better} is better) | final train loss (mean of last 10%) |",
@@ -92,7 +93,8 @@ class CompareResult:
         for r in self.rows:
             tried = ", ".join(f"{lr:.2g}: {_f(v)}" for lr, v in zip(r["lrs"], r["val"]))
             name = f"**{r['family']}**" if r["family"] == best else r["family"]
-            lines.append(f"| {name} | {r['lr']:.3g} | {tried} | {_f(r['test'])} | "
+            edge = " (edge of the search)" if r.get("at_edge") else ""
+            lines.append(f"| {name} | {r['lr']:.3g}{edge} | {tried} | {_f(r['test'])} | "
                          f"{_f(r['final_loss'])} |")
         return "\n".join(lines)
 

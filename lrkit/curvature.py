@@ -1657,6 +1657,8 @@ def cli_main(args: argparse.Namespace) -> int:
     task = tasks.get(args.task)
     for i, f in enumerate(args.factors or ()):  # before the bound's Hessian-vector products
         check_positive(f"factors[{i}]", f)
+    if args.steps is not None and not args.no_test:  # likewise (it was refused after them)
+        check_int("--steps", args.steps, minimum=1)
     s = safe_lr(task, seed=args.seed, num_batches=args.num_batches, iters=args.iters,
                 method=args.method, mode=args.mode)
     print(f"{task.name}: {task.recipe.optimizer} recipe, batch {task.recipe.batch_size}")

@@ -482,7 +482,7 @@ def find_lr(
     """
     from . import train as _train
 
-    num_iter = check_int("num_iter", num_iter, minimum=2)
+    num_iter = check_int("num_iter", num_iter)
     device = _train.check_device("device", device)
     if num_iter < MIN_POINTS:
         raise ValueError(f"num_iter must be >= {MIN_POINTS}: the rules read at least "
@@ -980,7 +980,8 @@ def _confirm_centre(task: Any, result: RangeTestResult) -> tuple[Suggestion, str
     same curve (fastai's valley, else its minimum / 10), and only then the recipe's default."""
     s = result.suggestion
     if s.lr is not None:
-        return s, "the range test's suggestion"
+        return s, ("the range test's suggestion" if s.method == "lrkit" else
+                   f"the range test's {s.method} rule")
     sm = np.asarray(result.smoothed, dtype=float)
     sm = sm[np.isfinite(sm)]
     fell = sm.size >= 2 and (float(sm[: int(np.argmin(sm)) + 1].max() - sm.min())
@@ -1313,7 +1314,7 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
         sug, confirm = _kept(runs, best, stop, travelled, long_check, s, centre,
                              f"{said} (range test + confirm: {cost / full:.2f})", common)
     sugs = dict(result.suggestions)
-    sugs["lrkit+confirm"] = sug
+    sugs[sug.method] = sug  # ("lrkit+confirm", or "valley+confirm" from another rule)
     return replace(result, suggestion=sug, suggestions=sugs, cost_steps=cost, confirm=confirm)
 
 
@@ -1457,7 +1458,7 @@ def _rescaled(runs: _ConfirmRuns, best: dict, point: tuple, horizon: int, s: Sug
             f"range test and 3 full runs)")
     conf, why = _too_short("medium", why, runs.steps, runs.candidates, full)
     br = bracket(task, best, runs.table)
-    return s.scaled(rescaled / centre, method="lrkit+confirm", confidence=conf, reason=why), {
+    return s.scaled(rescaled / centre, method=f"{s.method}+confirm", confidence=conf, reason=why), {
         **common, "winner": rescaled, "short_run_winner": winner,
         "overfit_fraction": fraction,
         "lr_range": [None if br[k] is None else br[k] * rescaled / winner
@@ -1513,7 +1514,7 @@ def _kept(runs: _ConfirmRuns, best: dict, stop: str | None, travelled: int,
                    if "not_read" in long_check else "did not overfit"))
     why += f"; {ranged}; {said}"
     conf, why = _too_short(conf, why, runs.steps, runs.candidates, task.recipe.steps)
-    return s.scaled(pick / centre, method="lrkit+confirm", confidence=conf, reason=why), {
+    return s.scaled(pick / centre, method=f"{s.method}+confirm", confidence=conf, reason=why), {
         **common, "winner": pick, **extra,
         "travel_stop": stop if winner in (lrs[0], lrs[-1]) else None,
         "loss_tiebreak": tiebreak, "lr_range": lr_range, "lr_alike": br["alike"],

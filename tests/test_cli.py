@@ -259,3 +259,27 @@ def test_figure_out_naming_a_folder_is_refused(tmp_path, capsys, monkeypatch):
         assert err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["figs"]
     assert list((tmp_path / "figs").iterdir()) == []
+
+
+def test_outputs_and_counts_are_refused_before_any_work_and_leave_no_folder(tmp_path, capsys,
+                                                                            monkeypatch):
+    """``--json newd/`` ran the whole range test, then raised IsADirectoryError; ``safe-lr
+    --steps 0`` and ``bench --method-seeds 0`` were refused after the work (the bench wrote
+    NaN rows); a failed command left the folders it had made for its outputs."""
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        (["find", "--task", "logreg", "--json", "newd/"], "--json: 'newd/' is a folder"),
+        (["find", "--task", "logreg", "--plot", "pd/"], "--plot: 'pd/' is a folder"),
+        (["safe-lr", "--task", "logreg", "--steps", "0", "--json", "bad/s.json"],
+         "--steps must be an integer >= 1, got 0"),
+        (["bench", "methods", "--task", "logreg", "--method-seeds", "0", "--out", "o1"],
+         "--method-seeds must be an integer >= 1, got 0"),
+        (["find", "--task", "nosuchtask", "--json", "made/x.json", "--plot", "made2/p.png"],
+         "unknown task 'nosuchtask'"),
+        (["find", "--task", "logreg", "--num-iter", "0"], "num_iter must be >= 8"),
+    ]
+    for argv, want in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert want in err and err.count("\n") == 1, (argv, err)
+    assert list(tmp_path.iterdir()) == []  # nothing written, no folder left

@@ -877,3 +877,16 @@ def test_a_train_loader_that_runs_dry_is_named_as_find_lr_calls_it():
     with pytest.raises(ValueError, match=r"^train_loader yielded 4 batches in its first epoch, "
                                          r"then none in the next: .* needs 100 batches"):
         find_lr(model, opt, OnceStream(list(train)), nn.functional.mse_loss, progress=False)
+
+
+def test_confirm_from_another_rule_says_which():
+    """``find --method valley --confirm`` printed "lrkit+confirm" and "started from the range
+    test's suggestion" for a confirm that started from valley's LR."""
+    from tests.tiny_task import make_task
+
+    task = make_task()
+    res = find_lr(task, method="valley", confirm=True, progress=False)
+    assert res.suggestion.method == "valley+confirm"
+    assert res.suggestions["valley+confirm"] is res.suggestion
+    assert "started from the range test's valley rule" in res.suggestion.reason
+    assert res.confirm["candidates"][1] == pytest.approx(res.suggestions["valley"].lr)

@@ -822,6 +822,9 @@ def test_compare_each_schedule_at_its_own_best_lr(task, tmp_path):
             range(every, STEPS + 1, every))
     assert res.best()["test"] == min(r["test"] for r in res.rows)
     assert res.table().count("\n") == 3
+    for r, line in zip(res.rows, res.table().splitlines()[2:]):  # a best LR at an edge said
+        assert r["at_edge"] == (r["lr"] in (r["lrs"][0], r["lrs"][-1]))
+        assert ("(edge of the search)" in line) == r["at_edge"]
     again = CompareResult.from_dict(json.loads(json.dumps(res.to_dict())))
     again.plot(tmp_path / "cmp.png")
     assert (tmp_path / "cmp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
