@@ -1936,7 +1936,9 @@ def _resumed_raise(old: Mapping[str, Any], full: int, budget: float,
 
 def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence[str],
           storage: str | None, out: str | os.PathLike | None, seed: int,
-          progress: bool) -> TuneResult:
+          progress: bool, made_out: bool = False) -> TuneResult:
+    """:func:`tune` after its task is resolved (``made_out``: the caller made ``out`` for this
+    run with :func:`_default_out`, so a failed start removes it as a folder made here)."""
     from .schedules import check_families
 
     full = task.recipe.steps
@@ -1969,7 +1971,7 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
         raise TypeError(f"progress must be a bool, got {progress!r}")
 
     path = Path(out) if out is not None else None
-    new_folder = path is None or not path.exists()
+    new_folder = made_out or path is None or not path.exists()
     try:
         if path is None:
             path = _default_out(task.name)
@@ -2162,11 +2164,12 @@ def cli_main(args: argparse.Namespace) -> int:
         raise ValueError(f"{e}; the run in {args.resume!r} was started from Python with a Task "
                          "object: pass --task package.module:function that builds it, or call "
                          "lrkit.tune.tune(task, out=DIR)") from None
+    made = out is None  # (named here, for the Ctrl-C hint)
     out = out if out is not None else str(_default_out(task.name))
     try:
         res = _tune(task, task_ref, budget=run["budget"], schedules=run["schedules"],
                     storage=run["storage"], out=out, seed=run["seed"],
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, made_out=made)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished stages are kept in {out}; continue with "
               f"lrkit tune --resume {shlex.quote(str(out))}", file=sys.stderr)

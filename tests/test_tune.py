@@ -1267,6 +1267,18 @@ def test_an_unreachable_storage_is_said_before_the_range_test(tmp_path, capsys):
     assert not (out / tune_mod._FILES["range"]).exists()
 
 
+def test_a_default_run_folder_is_removed_after_a_failed_start(tmp_path, monkeypatch, capsys):
+    """Without ``--out`` the command line makes the default folder itself (to name it in the
+    Ctrl-C hint): once that folder was made at once, a failed start left it behind."""
+    from lrkit import cli
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["tune", "--task", "tests.test_tune:tiny_task", "--storage",
+                     "postgresql://u:secret@127.0.0.1:1/db", "--no-progress"]) == 1
+    assert capsys.readouterr().err.startswith("lrkit: error: cannot open storage")
+    assert list((tmp_path / "lrkit-runs").iterdir()) == []
+
+
 @pytest.mark.parametrize("beat", [True, False], ids=["after-a-beat", "before-any-beat"])
 def test_a_run_left_running_by_a_killed_process_is_said_and_taken_back(tmp_path, monkeypatch,
                                                                         beat):
