@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .errors import MissingDependency, check_int, check_positive, check_range, require
+from .errors import check_int, check_positive, check_range, require
 
 __all__ = [
     "Oracle",
@@ -382,6 +382,12 @@ def _available(name: str) -> bool:
     return name not in _NEEDS or importlib.util.find_spec(_NEEDS[name][0]) is not None
 
 
+def _require_method(name: str) -> Any:
+    """The optional module method ``name`` needs (its ``needs``), or a MissingDependency."""
+    module, package, extra = _NEEDS[name]
+    return require(module, package=package, extra=extra, needed_by=f"the {name} method")
+
+
 def methods() -> dict[str, str]:
     """Registered method names and their one-line descriptions."""
     return {k: v[0] for k, v in _METHODS.items()}
@@ -451,8 +457,7 @@ def _search_auto(task: Any, seed: int) -> Choice:
 def _torch_lr_finder(task: Any, seed: int) -> Choice:
     import torch
 
-    peer = require("torch_lr_finder", package="torch-lr-finder", extra="peers",
-                   needed_by="the torch-lr-finder method")
+    peer = _require_method("torch-lr-finder")
     LRFinder, TrainDataLoaderIter = peer.LRFinder, peer.TrainDataLoaderIter
     from .train import seed_everything
 
@@ -508,35 +513,26 @@ def _lr_free_factory(name: str, task: Any) -> tuple[Callable, Any]:
     sgd = task.recipe.optimizer == "sgd"
     kw = task.recipe.optimizer_kwargs
     wd = float(kw.get("weight_decay", 0.0))
-    try:
-        if name == "prodigy":
-            from prodigyopt import Prodigy
-
-            return (lambda p: Prodigy(p, lr=1.0, weight_decay=wd)), 1.0
-        if name == "dadapt":
-            import dadaptation
-
-            if sgd:
-                return (lambda p: dadaptation.DAdaptSGD(
-                    p, lr=1.0, momentum=float(kw.get("momentum", 0.0)), weight_decay=wd)), 1.0
-            return (lambda p: dadaptation.DAdaptAdam(p, lr=1.0, weight_decay=wd)), 1.0
-        if name == "schedulefree":
-            import schedulefree
-
-            # the package's own defaults: AdamWScheduleFree lr=0.0025, SGDScheduleFree lr needs
-            # a user value (its README uses the SGD default LR); warmup 5% of the run
-            warm = max(1, task.recipe.steps // 20)
-            if sgd:
-                lr = task.recipe.default_lr
-                return (lambda p: schedulefree.SGDScheduleFree(
-                    p, lr=lr, momentum=float(kw.get("momentum", 0.9)) or 0.9,
-                    warmup_steps=warm, weight_decay=wd)), constant(lr)
-            return (lambda p: schedulefree.AdamWScheduleFree(
-                p, lr=0.0025, warmup_steps=warm, weight_decay=wd)), constant(0.0025)
-    except ModuleNotFoundError as e:
-        raise MissingDependency(f"the {name} method needs {e.name!r}, which is not installed: "
-                                f"pip install 'lrkit[peers]'") from e
-    raise ValueError(f"unknown LR-free optimizer {name!r}")
+    if name not in ("prodigy", "dadapt", "schedulefree"):
+        raise ValueError(f"unknown LR-free optimizer {name!r}")
+    mod = _require_method(name)
+    if name == "prodigy":
+        return (lambda p: mod.Prodigy(p, lr=1.0, weight_decay=wd)), 1.0
+    if name == "dadapt":
+        if sgd:
+            return (lambda p: mod.DAdaptSGD(
+                p, lr=1.0, momentum=float(kw.get("momentum", 0.0)), weight_decay=wd)), 1.0
+        return (lambda p: mod.DAdaptAdam(p, lr=1.0, weight_decay=wd)), 1.0
+    # schedulefree: the package's own defaults: AdamWScheduleFree lr=0.0025, SGDScheduleFree lr
+    # needs a user value (its README uses the SGD default LR); warmup 5% of the run
+    warm = max(1, task.recipe.steps // 20)
+    if sgd:
+        lr = task.recipe.default_lr
+        return (lambda p: mod.SGDScheduleFree(
+            p, lr=lr, momentum=float(kw.get("momentum", 0.9)) or 0.9,
+            warmup_steps=warm, weight_decay=wd)), constant(lr)
+    return (lambda p: mod.AdamWScheduleFree(
+        p, lr=0.0025, warmup_steps=warm, weight_decay=wd)), constant(0.0025)
 
 
 for _name, _desc, _pkg in (
@@ -604,8 +600,7 @@ def check_methods(method_names: Iterable[str] | None) -> list[str]:
             raise ValueError(f"unknown method {n!r}" + (f"; did you mean {hint!r}?" if hint else "")
                              + f" (known: {sorted(_METHODS)})")
         if n in _NEEDS:
-            module, package, extra = _NEEDS[n]
-            require(module, package=package, extra=extra, needed_by=f"the {n} method")
+            _require_method(n)
     return names
 
 

@@ -775,17 +775,14 @@ def put_back(task: Any, seed: int, rng: tuple | None = None) -> None:
     seed (a model built after ``tune`` had the same "random" init every time)."""
     from . import train as _train
 
+    if _is_task(task):
+        back = getattr(task.build_model, "put_back", None)
+        if callable(back):
+            back()
+        else:
+            task.build_model(seed)  # (which seeds the global RNGs: put back after it)
     if rng is not None:
         _train._set_rng_state(rng)
-    if not _is_task(task):
-        return
-    back = getattr(task.build_model, "put_back", None)
-    if callable(back):
-        back()
-    else:
-        task.build_model(seed)
-        if rng is not None:  # (building it seeded them again)
-            _train._set_rng_state(rng)
 
 
 def _freeze_hypergradients(optimizer: Any) -> list[tuple[dict, float]]:
