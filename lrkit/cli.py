@@ -212,11 +212,9 @@ _FIGURE_OUT = ("schedule", "compare")
 
 def _figure_path(value: str) -> str:
     """A figure's path as matplotlib writes it: with no suffix, ``.png`` added (``-o
-    out/noext`` said "wrote out/noext" and wrote out/noext.png). A folder is refused first
-    (``-o figs`` with a folder figs/ wrote figs.png beside it)."""
-    if Path(value).is_dir() or value.endswith(("/", os.sep)):
-        raise ValueError(f"--out: {value!r} is a folder; give a file to write, e.g. "
-                         f"{os.path.join(value, 'schedule.png')!r}")
+    out/noext`` said "wrote out/noext" and wrote out/noext.png). Called after
+    :func:`_check_outputs`, which refuses a folder (``-o figs`` with a folder figs/ wrote
+    figs.png beside it when the suffix came first)."""
     return value if Path(value).suffix else value.rstrip(".") + ".png"
 
 
@@ -317,9 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     _normalise_task(args)
     try:
+        _check_outputs(args)
         if args.area in _FIGURE_OUT and getattr(args, "out", None):
             args.out = _figure_path(args.out)
-        _check_outputs(args)
         if args.area == "schedule":
             if args.command == "demo":
                 _schedule_demo(args.out, args.steps)
