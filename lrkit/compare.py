@@ -42,7 +42,9 @@ SEARCH = tuple(10 ** (0.25 * k) for k in (-2, -1, 0, 1, 2))
 @dataclass(frozen=True)
 class CompareResult:
     """Per family: the LRs searched with their val metrics, the chosen LR, and the final run's
-    test metric, training losses, LRs and validation curve."""
+    test metric, training losses, LRs and validation curve. ``test_label`` is what the test
+    split is called: ``"val"`` for a task without held-out test data
+    (:attr:`lrkit.Task.test_is_val`), whose rows' ``"test"`` is the val score."""
 
     task: str
     metric: str
@@ -52,12 +54,14 @@ class CompareResult:
     cost_steps: int
     wall_time: float
     range_test: Mapping[str, Any] = field(default_factory=dict)
+    test_label: str = "test"
 
     def to_dict(self) -> dict:
         return {"task": self.task, "metric": self.metric,
                 "higher_is_better": self.higher_is_better, "steps": self.steps,
                 "rows": [dict(r) for r in self.rows], "cost_steps": self.cost_steps,
-                "wall_time": self.wall_time, "range_test": dict(self.range_test)}
+                "wall_time": self.wall_time, "range_test": dict(self.range_test),
+                "test_label": self.test_label}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "CompareResult":
@@ -74,7 +78,8 @@ class CompareResult:
             rows.append(r)
         return cls(task=d["task"], metric=d["metric"], higher_is_better=d["higher_is_better"],
                    steps=int(d["steps"]), rows=tuple(rows), cost_steps=int(d["cost_steps"]),
-                   wall_time=float(d["wall_time"]), range_test=dict(d.get("range_test") or {}))
+                   wall_time=float(d["wall_time"]), range_test=dict(d.get("range_test") or {}),
+                   test_label=str(d.get("test_label", "test")))
 
     def best(self) -> Mapping[str, Any]:
         """The row with the best test metric."""
@@ -86,7 +91,7 @@ class CompareResult:
         """A markdown table: family, LR, searched LRs, val and test metric, final train loss. A
         best LR at the edge of the LRs searched is marked (the best may lie beyond it)."""
         better = "higher" if self.higher_is_better else "lower"
-        lines = [f"| schedule | best LR | LRs searched (val {self.metric}) | test {self.metric} "
+        lines = [f"| schedule | best LR | LRs searched (val {self.metric}) | {self.test_label} {self.metric} "
                  f"({better} is better) | final train loss (mean of last 10%) |",
                  "|---|---|---|---|---|"]
         best = self.best()["family"]
@@ -112,7 +117,7 @@ class CompareResult:
         for i, r in enumerate(self.rows):
             c = f"C{i % 10}"
             family = mpl_text(r["family"])
-            lab = f"{family} (lr {r['lr']:.2g}): test {_f(r['test'])}"
+            lab = f"{family} (lr {r['lr']:.2g}): {self.test_label} {_f(r['test'])}"
             y = smooth(r["losses"], max(1, len(r["losses"]) // 25))
             axes[0].plot(np.arange(1, len(y) + 1), y, color=c, lw=1.6, label=lab)
             if r["val_curve"]:
@@ -261,7 +266,7 @@ def compare(
                          higher_is_better=task.higher_is_better, steps=n, rows=tuple(rows),
                          cost_steps=int(cost), wall_time=time.perf_counter() - t0,
                          range_test={"lr": s.lr, "band": list(s.band) if s.band else None,
-                                     "centres": centres})
+                                     "centres": centres}, test_label=task.test_label)
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
@@ -284,7 +289,7 @@ def cli_main(args: argparse.Namespace) -> int:
     res.plot(out)
     print(res.table())
     b = res.best()
-    print(f"best: {b['family']} at lr {b['lr']:.3g} (test {res.metric} {_f(b['test'])}); "
+    print(f"best: {b['family']} at lr {b['lr']:.3g} ({res.test_label} {res.metric} {_f(b['test'])}); "
           f"cost {res.cost_steps} steps = {res.cost_steps / res.steps:.1f} full runs, "
           f"{res.wall_time:.0f} s")
     if args.json:

@@ -437,6 +437,7 @@ def tune_report(
     # no LR from the curve is an abstention, not a divergence (what _fmt says for a missing number)
     sug_txt = ("No suggestion" if s.get("lr") is None else f"Suggestion {_fmt(s.get('lr'), 3)}")
     sched_json = escape(_json(final["schedule"]))
+    split = task.get("test_label", "test")  # "val": no held-out test data (from_torch)
     amp = task.get("amp") or False
     amp_txt = "" if amp is False else f", mixed precision {escape('fp16' if amp is True else amp)}"
     body = f"""
@@ -445,7 +446,8 @@ def tune_report(
 {full} steps, recipe schedule {escape(task.get('recipe_schedule'))}
 (warmup {int(task.get('warmup_steps') or 0)} steps){amp_txt}.</p>
 <div class=decision><b>Decision:</b> {escape(final['family'])} schedule with peak learning rate
-<b>{float(final['lr']):.3g}</b>. Final run: test {escape(metric)} <b>{_fmt(final['metric'])}</b>
+<b>{float(final['lr']):.3g}</b>. Final run: {escape(split)} {escape(metric)}
+<b>{_fmt(final['metric'])}</b>
 ({'higher' if higher else 'lower'} is better). Total cost {total} steps =
 {total / full:.2f} full runs.{f"<br>Uncertainty: {escape(uncertainty)}." if uncertainty else ""}
 <br><span class=muted>schedule spec: <code>{sched_json}</code>

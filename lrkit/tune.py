@@ -138,7 +138,8 @@ class TuneResult:
     below and above the winner that scored worse beyond the noise of its own evaluations, at
     the final run's scale (:func:`lrkit.finder.bracket`; ``None`` on an open side; without
     confirmation runs, the range test's band; after a diverged final run, ``(None, the LR that
-    diverged)``), and ``uncertainty`` says it in words.
+    diverged)``), and ``uncertainty`` says it in words. ``metric_split`` names the split
+    ``metric`` is on (``"val"`` for a ``from_torch`` task without a ``test_loader``).
     """
 
     task: str
@@ -158,6 +159,9 @@ class TuneResult:
     explanation: str = ""
     lr_range: tuple[float | None, float | None] = (None, None)
     uncertainty: str = ""
+    #: the split ``metric`` is on: ``"test"``, or ``"val"`` for a task whose test split is
+    #: its validation data (:attr:`lrkit.Task.test_is_val`: the data the LR was chosen on)
+    metric_split: str = "test"
 
     @property
     def cost_runs(self) -> float:
@@ -1500,6 +1504,7 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
     plan: _Plan = halving["plan"]
     trials = halving["trials"]
     name = task.metric
+    test = task.test_label  # "val" where the task has no held-out test data
     fmt = lambda v: "diverged" if v is None else f"{_num(v):.4g}"  # noqa: E731
     r0 = {r["family"]: r for r in trials if r["rung"] == 0}
     order = list(halving.get("centres") or r0)  # the families' order breaks ties, as in rung 0
@@ -1570,7 +1575,7 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
     total = sum(st.cost_steps for st in stages)
     parts.append(f"The full {full}-step run with that schedule scored "
                  f"{fmt(final.get('metric_at_end', final['metric']))} "
-                 f"test {name}; everything together cost {total} steps = "
+                 f"{test} {name}; everything together cost {total} steps = "
                  f"{total / full:.2f} full runs.")
     if final.get("findings"):
         kinds = sorted({str(f.get('kind')) for f in final["findings"]})
@@ -1579,7 +1584,7 @@ def _explain(task: Any, rt: Any, halving: dict, final: dict, stages: Sequence[St
     # a model that barely trains: the monitor's "raise the LR" is not the advice to give
     parts += (_explain_no_learning(final, trials, full)
               or _explain_lr_too_low(final, halving, task, name, fmt, s.band))
-    parts += _explain_final_run(final, task, task_ref, plan, name, fmt, full)
+    parts += _explain_final_run(final, task, task_ref, plan, f"{test} {name}", fmt, full)
     return " ".join(parts)
 
 
@@ -1726,11 +1731,12 @@ def run_length_lr(lr: float, kept: Mapping[str, Any], steps: int,
 def _explain_final_run(final: dict, task: Any, task_ref: str | None, plan: _Plan, name: str,
                        fmt: Any, full: int) -> list[str]:
     """The explanation's sentences on the final run's kept model: a best-validation
-    checkpoint (overfitting, jitter, or from before a divergence), and a retry."""
+    checkpoint (overfitting, jitter, or from before a divergence), and a retry. ``name`` is
+    the split and metric the final run is scored by ("test accuracy")."""
     parts: list[str] = []
     kept = final.get("best_val_checkpoint")
     if kept:
-        scores = (f"best-validation checkpoint (step {kept['step']} of {full}): test {name} "
+        scores = (f"best-validation checkpoint (step {kept['step']} of {full}): {name} "
                   f"{fmt(kept['test'])}, against {fmt(kept['test_at_end'])} at the end of the "
                   "run.")
         if kept.get("from_first_attempt"):
@@ -1739,7 +1745,7 @@ def _explain_final_run(final: dict, task: Any, task_ref: str | None, plan: _Plan
                          f"{first['steps_done']}; the budget left paid for a "
                          f"{first['retry_steps']}-step run {RETRY_FACTOR:g}x lower, at "
                          f"{final['lr']:.3g}, which validated worse than the first run's "
-                         f"best-validation checkpoint (step {kept['step']}, test {name} "
+                         f"best-validation checkpoint (step {kept['step']}, {name} "
                          f"{fmt(kept['test'])}), so that checkpoint is the model kept. Run tune "
                          "with a larger budget for a full run at the lower LR.")
         elif kept.get("diverged"):
@@ -2068,7 +2074,8 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
             path, task={"name": task.name, "description": task.description, "metric": task.metric,
                         "higher_is_better": task.higher_is_better, "steps": full,
                         "optimizer": task.recipe.optimizer, "recipe_schedule": task.recipe.schedule,
-                        "warmup_steps": task.recipe.warmup_steps, "amp": task.recipe.amp},
+                        "warmup_steps": task.recipe.warmup_steps, "amp": task.recipe.amp,
+                        "test_label": task.test_label},
             range_test=rt.to_dict(), halving={"plan": halving["plan"].to_dict(),
                                               "centres": halving["centres"],
                                               "trials": halving["trials"]},
@@ -2080,7 +2087,7 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
         result = TuneResult(
             task=task.name, lr=float(final.get("lr", halving["lr"])), family=family,
             schedule=dict(final["schedule"]),
-            metric=_num(final["metric"]), metric_name=task.metric,
+            metric=_num(final["metric"]), metric_name=task.metric, metric_split=task.test_label,
             higher_is_better=task.higher_is_better, cost_steps=int(cost), full_run_steps=full,
             stages=stages, findings=tuple(final.get("findings") or ()), report=str(report),
             run_dir=str(path), weights=str(folder.file("weights")), explanation=explanation,
@@ -2183,7 +2190,9 @@ def cli_main(args: argparse.Namespace) -> int:
     if res.uncertainty:
         print(f"  uncertainty: {res.uncertainty}")
     print(f"  schedule spec: {json.dumps(res.schedule)}")
-    print(f"  test {res.metric_name}: {res.metric:.4g} ({better} is better)")
+    print(f"  {res.metric_split} {res.metric_name}: {res.metric:.4g} ({better} is better)"
+          + ("; no test_loader, so this is the data the LR was chosen on (optimistic)"
+             if res.metric_split == "val" else ""))
     shares = ", ".join(f"{s.name} {s.cost_steps / max(res.cost_steps, 1):.0%}"
                        for s in res.stages if s.cost_steps)
     print(f"  cost: {res.cost_steps} steps = {res.cost_runs:.2f} full runs ({shares})")

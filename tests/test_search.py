@@ -573,6 +573,19 @@ def test_search_on_a_from_torch_task_leaves_the_global_rngs_as_given() -> None:
     assert np.array_equal(np.random.get_state()[1], rngs[1]) and random.getstate() == rngs[2]
 
 
+def test_a_search_refused_for_its_budget_puts_back_what_its_folds_drew() -> None:
+    """The folds are dealt (drawing from the user's loader, seeding the global RNG) before
+    the budget is checked: the refusal left the sampler's generator and torch's RNG moved."""
+    task = _indexed_task("sampler")
+    sampler_gen = task.batches.loader.sampler.generator  # (the user's DataLoader's)
+    before = (sampler_gen.get_state(), torch.get_rng_state())
+    with pytest.raises(ValueError, match=r"budget=5 optimizer steps cannot pay for"):
+        search(task, method="grid", low=0.01, high=0.1, n_trials=2, cv_folds=2, budget=5,
+               storage="memory", progress=False)
+    assert torch.equal(sampler_gen.get_state(), before[0])
+    assert torch.equal(torch.get_rng_state(), before[1])
+
+
 def test_fold_protocol_method_is_used() -> None:
     base = make_task()
 

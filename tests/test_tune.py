@@ -322,6 +322,10 @@ def test_user_model_through_from_torch(tmp_path, monkeypatch):
     model.load_state_dict(torch.load(res.weights))
     assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), w0))
     assert t.evaluate(model, "test") == pytest.approx(res.metric, rel=1e-6)
+    # without a test_loader that score is on the val data the LR was chosen on: said so
+    assert t.test_is_val and res.metric_split == "val" and "val loss" in res.explanation
+    assert "test loss" not in res.explanation + (tmp_path / "user" / "report.html").read_text()
+    assert TuneResult.from_dict(res.to_dict()).metric_split == "val"
     # ... and after an interruption in the final run (Ctrl-C)
     calls = []
 
@@ -821,7 +825,7 @@ def test_compare_each_schedule_at_its_own_best_lr(task, tmp_path):
         assert len(r["losses"]) == STEPS and [s for s, _ in r["val_curve"]] == list(
             range(every, STEPS + 1, every))
     assert res.best()["test"] == min(r["test"] for r in res.rows)
-    assert res.table().count("\n") == 3
+    assert res.table().count("\n") == 3 and f"| test {task.metric} (" in res.table()
     for r, line in zip(res.rows, res.table().splitlines()[2:]):  # a best LR at an edge said
         assert r["at_edge"] == (r["lr"] in (r["lrs"][0], r["lrs"][-1]))
         assert ("(edge of the search)" in line) == r["at_edge"]

@@ -569,20 +569,27 @@ def search(
         raise TypeError(f"options must be a SearchOptions, got {type(options).__name__}")
     families = _check_args(method, pruner, low, high, n_trials, budget, cv_folds, schedules,
                            seed, study_name)
-    task, runner, task_name = _runner_for(task_or_objective, cv_folds=cv_folds, options=options,
-                                          seed=seed, low=low, high=high, direction=direction)
-    if budget is not None:  # one that cannot pay for a single trial is refused before any step
-        rt_steps = (range_test_steps(task) if isinstance(task, Task) and range_test is None
-                    and (method == "auto" or low is None or high is None) else 0)
-        if budget < rt_steps + runner.cost:
-            raise ValueError(
-                f"budget={budget} optimizer steps cannot pay for "
-                + (f"the range test ({rt_steps} steps) and " if rt_steps else "")
-                + f"one trial ({runner.cost} steps: a full run"
-                + (f" x {cv_folds} folds" if cv_folds else "") + "); pass budget >= "
-                f"{rt_steps + runner.cost} (it counts optimizer steps, not runs), or n_trials")
-    rank, world = _ddp()
     from ..finder import put_back  # (lazily: finder imports torch)
+
+    try:  # the folds and a subset draw the task's batches: a refusal puts them back
+        task, runner, task_name = _runner_for(task_or_objective, cv_folds=cv_folds,
+                                              options=options, seed=seed, low=low, high=high,
+                                              direction=direction)
+        if budget is not None:  # one that cannot pay for a single trial is refused before a step
+            rt_steps = (range_test_steps(task) if isinstance(task, Task) and range_test is None
+                        and (method == "auto" or low is None or high is None) else 0)
+            if budget < rt_steps + runner.cost:
+                raise ValueError(
+                    f"budget={budget} optimizer steps cannot pay for "
+                    + (f"the range test ({rt_steps} steps) and " if rt_steps else "")
+                    + f"one trial ({runner.cost} steps: a full run"
+                    + (f" x {cv_folds} folds" if cv_folds else "") + "); pass budget >= "
+                    f"{rt_steps + runner.cost} (it counts optimizer steps, not runs), or "
+                    "n_trials")
+    except BaseException:
+        put_back(task_or_objective, seed, rng)
+        raise
+    rank, world = _ddp()
 
     if rank > 0:
         try:

@@ -155,6 +155,9 @@ class Task:
     smoothness: float | None = None
     #: value to score a diverged run with (e.g. chance accuracy, or +inf for a loss)
     worst: float = float("nan")
+    #: ``evaluate(model, "test")`` scores the validation data (``from_torch`` without a
+    #: ``test_loader``): reports then call that score "val", not a held-out "test"
+    test_is_val: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -164,6 +167,12 @@ class Task:
         for attr in ("build_model", "batches", "loss", "evaluate"):
             if not callable(getattr(self, attr)):
                 raise TypeError(f"{attr} must be callable, got {getattr(self, attr)!r}")
+
+    @property
+    def test_label(self) -> str:
+        """What the ``"test"`` split is called in reports: ``"val"`` when it is the validation
+        data the LR was chosen on (:attr:`test_is_val`), else ``"test"``."""
+        return "val" if self.test_is_val else "test"
 
     @property
     def key(self) -> str:

@@ -383,7 +383,9 @@ def from_torch(
             them off on 3 of 3 seeds, test MSE 0.497 -> 0.512). Its scale and a flip of
             direction (accuracy or error rate) change nothing.
         higher_is_better: whether a larger ``metric_fn`` is better (accuracy: True).
-        test_loader: batches for the ``"test"`` split; default: ``val_loader``.
+        test_loader: batches for the ``"test"`` split; default: ``val_loader`` (then
+            ``Task.test_is_val`` is set, and tune and compare report the final score as
+            "val": the data the LR was chosen on, not a held-out test).
         device: where batches go; default: the model's device.
         grad_clip: the global gradient-norm clip of your training loop, if any (every run of
             the task clips as you do; it moves the LR a run tolerates).
@@ -547,4 +549,5 @@ def from_torch(
                 metric="metric" if metric_fn is not None else "loss",
                 higher_is_better=higher_is_better, build_model=build_model, batches=batches,
                 loss=loss, evaluate=evaluate, train_size=train_size,
-                worst=-math.inf if higher_is_better else math.inf)
+                worst=-math.inf if higher_is_better else math.inf,
+                test_is_val=test_loader is None)
