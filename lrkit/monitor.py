@@ -88,7 +88,7 @@ its last 64 evaluations).
 
 >>> m = Monitor()
 >>> for t in range(50):
-...     m.update(t, 1.0 if t < 20 else 1e6, lr=0.1)
+...     new = m.update(t, 1.0 if t < 20 else 1e6, lr=0.1)  # the findings raised at this update
 >>> [f.kind for f in m.findings]
 ['diverged']
 """
