@@ -28,6 +28,20 @@ def builder_bug_task():
     raise ValueError("a bug in the user's builder")
 
 
+def test_python_dash_m_lrkit_is_the_command(tmp_path):
+    """``python -m lrkit`` failed ("No module named lrkit.__main__")."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "lrkit", "schedule", "list"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-len(schedules.names()):] == schedules.names()
+    bad = subprocess.run([sys.executable, "-m", "lrkit", "tune", "--task", "no-such-task"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "no-such-task" in bad.stderr
+
+
 def test_schedule_demo_and_list(tmp_path, capsys):
     out = tmp_path / "demo.png"
     assert main(["schedule", "demo", "-o", str(out), "--steps", "200"]) == 0

@@ -13,7 +13,7 @@ import pytest
 import lrkit
 
 MODULES = sorted(m.name for m in pkgutil.walk_packages(lrkit.__path__, "lrkit.")
-                 if m.name != "lrkit.__main__")
+)
 
 
 def test_every_module_is_collected() -> None:
