@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import check_int
+from ._json import brief_repr
 from ._json import finite_or_none as _clean
 
 __all__ = ["CompareResult", "compare", "add_cli_arguments", "cli_main", "DEFAULT_SCHEDULES"]
@@ -80,6 +81,12 @@ class CompareResult:
                    steps=int(d["steps"]), rows=tuple(rows), cost_steps=int(d["cost_steps"]),
                    wall_time=float(d["wall_time"]), range_test=dict(d.get("range_test") or {}),
                    test_label=str(d.get("test_label", "test")))
+
+    def __repr__(self) -> str:  # each family's LR and score, not its curves
+        b = self.best()
+        return brief_repr("CompareResult", task=self.task, best=b["family"], best_lr=b["lr"],
+                          **{f"best_{self.test_label}_{self.metric}": b["test"]},
+                          families=len(self.rows), cost_steps=self.cost_steps)
 
     def best(self) -> Mapping[str, Any]:
         """The row with the best test metric."""

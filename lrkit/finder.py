@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._json import finite_or_none, read_object
+from ._json import brief_repr, finite_or_none, read_object
 from .errors import check_choice, check_group_lrs, check_int, check_positive, check_range
 
 # not `from . import suggest`: the package's lazy attribute `lrkit.suggest` is the function
@@ -152,6 +152,13 @@ class RangeTestResult:
         """The suggested constant learning rate (``None`` for "no clear descent"); for another
         schedule's peak, :attr:`schedule_lr` or ``suggestion.lr_for(family)``."""
         return self.suggestion.lr
+
+    def __repr__(self) -> str:  # the suggestion and the sweep's size, not its every point
+        s = self.suggestion
+        extra = {} if self.confirm is None else {"schedule_lr": self.schedule_lr}
+        return brief_repr("RangeTestResult", lr=s.lr, **extra, confidence=s.confidence,
+                          band=s.band, method=s.method, points=len(self.lrs),
+                          stop_reason=self.stop_reason, cost_steps=self.cost_steps)
 
     @property
     def schedule_lr(self) -> float | None:

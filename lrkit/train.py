@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._json import brief_repr
 from .errors import as_real, check_amp, check_choice, check_int, check_positive
 from .monitor import NOISE_STEPS, FirstSpread, offset_rise_limit
 from .schedules import Schedule
@@ -196,6 +197,11 @@ class FitResult:
     def diverged(self) -> bool:
         return self.stop_reason in ("diverged", "nan")
 
+    def __repr__(self) -> str:  # how it ended, not every step's loss
+        return brief_repr("FitResult", steps_done=self.steps_done, stop_reason=self.stop_reason,
+                          last_loss=self.losses[-1] if self.losses else None,
+                          evals=len(self.evals), wall_time=self.wall_time)
+
 
 @dataclass
 class RunResult:
@@ -218,6 +224,11 @@ class RunResult:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+    def __repr__(self) -> str:  # the score and how it ended, not every step's loss
+        return brief_repr("RunResult", task=self.task, seed=self.seed, metric=self.metric,
+                          diverged=self.diverged, stop_reason=self.stop_reason,
+                          steps_done=self.steps_done, wall_time=self.wall_time)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunResult":

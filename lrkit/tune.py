@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ._json import brief_repr
 from .errors import LRKitError, check_finite, check_int, require
 from .finder import (CONFIRM_CEILING, MIN_SHORT_RUN_STEPS, bracket, ceiling_stop,
                      loss_tiebreak, metric_noise, put_back, range_sentence, tiebreak_evidence,
@@ -162,6 +163,12 @@ class TuneResult:
     #: the split ``metric`` is on: ``"test"``, or ``"val"`` for a task whose test split is
     #: its validation data (:attr:`lrkit.Task.test_is_val`: the data the LR was chosen on)
     metric_split: str = "test"
+
+    def __repr__(self) -> str:  # the decision, not every stage's outcome
+        return brief_repr("TuneResult", task=self.task, lr=self.lr, family=self.family,
+                          metric=self.metric, metric_name=f"{self.metric_split} {self.metric_name}",
+                          cost_runs=self.cost_runs, findings=[f.get("kind") for f in self.findings],
+                          report=self.report)
 
     @property
     def cost_runs(self) -> float:

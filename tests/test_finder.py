@@ -329,6 +329,12 @@ def test_json_round_trip_and_plot(tmp_path):
     assert set(back.suggestions) >= {"lrkit", "valley", "steepest", "lightning"}
     assert "recommended_num_iter" in back.num_iter_advice
     assert RangeTestResult.from_json(tmp_path / "r.json").to_json() == text  # a Path too
+    # a notebook's `res` shows the suggestion in a line, not the 60-point curve (3,000+ chars)
+    s = res.suggestion
+    assert repr(res) == (f"RangeTestResult(lr={s.lr:.4g}, confidence={s.confidence!r}, band=("
+                         f"{s.band[0]:.4g}, {s.band[1]:.4g}), method='lrkit', points="
+                         f"{len(res.lrs)}, stop_reason={res.stop_reason!r}, cost_steps="
+                         f"{res.cost_steps})")
     # each wrong input says what it is (a KeyError, a JSONDecodeError, and a FileNotFoundError
     # on the text itself before)
     with pytest.raises(ValueError, match=r"not a RangeTestResult's JSON .*'lrs'"):

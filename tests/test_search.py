@@ -626,6 +626,10 @@ def test_result_round_trips_and_plots(tmp_path: Path, capsys: pytest.CaptureFixt
     png = res.plot(str(tmp_path / "r.png"))
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| 2 | 0.01 |" in res.table()
+    assert repr(res) == (f"SearchResult(study_name='live', method='grid', best_lr="
+                         f"{res.best_lr:.4g}, best_schedule=None, best_metric="
+                         f"{res.best_metric:.4g}, metric_name={res.metric_name!r}, trials=5, "
+                         f"cost_steps={res.cost_steps})")
 
 
 def test_cli_show_refuses_a_missing_sqlite_file(tmp_path: Path, monkeypatch,

@@ -108,6 +108,8 @@ def test_nan_loss_stops_immediately():
     res = fit(m, opt, [(x, y)], num_steps=10, step_fn=step_fn)
     assert res.stop_reason == "nan" and res.diverged and res.steps_done == 3
     assert math.isnan(res.losses[-1])
+    assert repr(res) == (f"FitResult(steps_done=3, stop_reason='nan', last_loss=nan, evals=0, "
+                         f"wall_time={res.wall_time:.4g})")
 
 
 def test_divergence_stop_follows_its_formula():

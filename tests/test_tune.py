@@ -103,6 +103,10 @@ def test_budget_plan_by_hand():
 def test_result_matches_independent_replay(task, done):
     res, out = done
     assert isinstance(res, TuneResult)
+    assert repr(res) == (f"TuneResult(task={res.task!r}, lr={res.lr:.4g}, family={res.family!r}, "
+                         f"metric={res.metric:.4g}, metric_name='test {task.metric}', cost_runs="
+                         f"{res.cost_runs:.4g}, findings={[f['kind'] for f in res.findings]}, "
+                         f"report={res.report!r})")
     # the final run is what train.run gives for the chosen schedule replayed from its spec
     final = json.loads((out / "4-final.json").read_text())
     replay = train.run(task, schedules.from_spec(res.schedule), seed=0, eval_split="test")
@@ -825,6 +829,10 @@ def test_compare_each_schedule_at_its_own_best_lr(task, tmp_path):
         assert len(r["losses"]) == STEPS and [s for s, _ in r["val_curve"]] == list(
             range(every, STEPS + 1, every))
     assert res.best()["test"] == min(r["test"] for r in res.rows)
+    b = res.best()
+    assert repr(res) == (f"CompareResult(task={task.name!r}, best={b['family']!r}, best_lr="
+                         f"{b['lr']:.4g}, best_test_{task.metric}={b['test']:.4g}, families=2, "
+                         f"cost_steps={res.cost_steps})")
     assert res.table().count("\n") == 3 and f"| test {task.metric} (" in res.table()
     for r, line in zip(res.rows, res.table().splitlines()[2:]):  # a best LR at an edge said
         assert r["at_edge"] == (r["lr"] in (r["lrs"][0], r["lrs"][-1]))

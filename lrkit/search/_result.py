@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 from .._json import finite_or_none as _clean
-from .._json import read_object
+from .._json import brief_repr, read_object
 
 __all__ = ["TrialRecord", "SearchResult", "result_from_study"]
 
@@ -92,6 +92,12 @@ class SearchResult:
                          f"{_fmt(t.metric)} | {_fmt(t.fold_std, '.2g')} | {t.steps} | "
                          f"{t.state}{retry} |")
         return "\n".join(lines)
+
+    def __repr__(self) -> str:  # the best trial and the counts, not every trial (summary())
+        return brief_repr("SearchResult", study_name=self.study_name, method=self.method,
+                          best_lr=self.best_lr, best_schedule=self.best_schedule,
+                          best_metric=self.best_metric, metric_name=self.metric_name,
+                          trials=len(self.trials), cost_steps=self.cost_steps)
 
     def summary(self) -> str:
         """A few lines for people: the best LR and schedule, cost, divergence, notes."""
