@@ -294,6 +294,9 @@ def oracle(
         raise ValueError(f"seeds must hold at least 3 seeds, got {seeds!r}")
     check_range("tol", tol, 0.0, 1.0, high_open=True)
     workers = check_int("workers", workers, minimum=1)
+    max_extend = check_int("max_extend", max_extend, minimum=0)
+    if center is not None:
+        check_positive("center", center)
     t = tasks.get(task) if isinstance(task, str) else task
     ref = task if isinstance(task, str) else t.name
     if optimizer is not None:

@@ -97,10 +97,6 @@ def _check_eval(evaluate: Any, eval_every: Any, neither: str = "") -> None:
         check_int("eval_every", eval_every, minimum=1)
 
 
-def _finite_or_none(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
-
-
 class _Recorder(Callback):
     """Builds one record per update: step, loss, LR, gradient norm, validation metric, time.
 

@@ -733,6 +733,9 @@ def _check_weight_decay(weight_decay: Any, params: list) -> list[float] | None:
     if isinstance(weight_decay, (int, float)) and not isinstance(weight_decay, bool):
         wd = check_positive("weight_decay", weight_decay, allow_zero=True)
         return None if wd == 0 else [wd] * len(params)
+    if isinstance(weight_decay, (bool, str)) or not hasattr(weight_decay, "__iter__"):
+        raise TypeError(f"weight_decay must be a float or one value per trainable parameter, "
+                        f"got {weight_decay!r}")
     values = [check_positive("weight_decay[]", w, allow_zero=True) for w in weight_decay]
     if len(values) != len(params):
         raise ValueError(f"weight_decay must be a float or one value per trainable parameter "

@@ -451,6 +451,8 @@ def local_fit(x: Any, y: Any, *, bandwidth: float, robust_iters: int = 2
     EMA), and the effective number of points. Beyond :data:`MAX_FIT_POINTS` points the fit runs
     on bin means (``n_eff`` still counts the original points).
     """
+    check_positive("bandwidth", bandwidth)
+    check_int("robust_iters", robust_iters, minimum=0)
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     if x.size > MAX_FIT_POINTS:

@@ -99,6 +99,11 @@ def test_bad_arguments(tmp_path):
         bench.oracle(TINY, points=5, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="seeds"):
         bench.oracle(TINY, seeds=(0,), cache_dir=tmp_path)
+    # an UnboundLocalError after no run, and a grid of negative LRs, before
+    with pytest.raises(ValueError, match="max_extend must be an integer >= 0, got -1"):
+        bench.oracle(TINY, max_extend=-1, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="center"):
+        bench.oracle(TINY, center=-0.1, cache_dir=tmp_path)
     with pytest.raises(ValueError, match="did you mean 'default'"):
         bench.compare(TINY, ["defualt"], cache_dir=tmp_path)
 

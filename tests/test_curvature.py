@@ -407,6 +407,9 @@ def test_bad_arguments_are_named():
         C.top_eigenvalue(model, ce, [])
     with pytest.raises(TypeError, match="model"):
         C.top_eigenvalue("model", ce, batches)
+    with pytest.raises(TypeError, match="weight_decay must be a float or one value per "
+                                        "trainable parameter, got True"):  # "not iterable"
+        C.top_eigenvalue(model, ce, batches, weight_decay=True)
     with pytest.raises(ValueError, match="optimizer"):
         C.safe_lr(model, ce, batches, optimizer="lion")
     with pytest.raises(TypeError, match="Adadelta"):

@@ -224,6 +224,12 @@ def test_lrkit_rule_divides_by_k_and_checks_its_options():
         S.lrkit_rule(lrs, y, floor=1.5)
     with pytest.raises(ValueError, match="bandwidth"):
         S.lrkit_rule(lrs, y, bandwidth=-0.1)
+    # the public smoothers: all NaN at bandwidth 0, -0.5 read as 0.5, (None, None) fits
+    for bad in (0.0, -0.5):
+        with pytest.raises(ValueError, match="bandwidth"):
+            S.smooth_curve(lrs, y, bandwidth=bad)
+    with pytest.raises(ValueError, match="robust_iters"):
+        S.local_fit(np.log10(lrs), y, bandwidth=0.3, robust_iters=-1)
 
 
 def test_noisy_flat_floor_is_located_by_its_centre_not_its_argmin():

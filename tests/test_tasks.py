@@ -3,6 +3,7 @@ smoothness against autograd and scipy, and "the learning rate clearly matters" o
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -56,6 +57,17 @@ def test_long_variant_is_the_same_task_with_more_steps():
     x1, _ = next(short.batches(0))
     x2, _ = next(long.batches(0))
     assert torch.equal(x1, x2)
+    # Task.with_steps: any task at another horizon, its own key, the rest of the recipe kept
+    from lrkit import train
+
+    seven = tasks.get("logreg").with_steps(7)
+    assert (seven.name, seven.recipe.steps, seven.key) == ("logreg-7", 7, f"logreg-7@{seven.version}")
+    assert dataclasses.replace(seven.recipe, steps=100) == tasks.get("logreg").recipe
+    assert train.run(seven, 0.1).steps_done == 7
+    with pytest.raises(ValueError, match="steps"):
+        seven.with_steps(0)
+    with pytest.raises(ValueError, match="warmup"):  # a warmup the horizon cannot hold
+        tasks.get("charlm").with_steps(tasks.get("charlm").recipe.warmup_steps)
 
 
 def test_unknown_name_suggests_the_closest():

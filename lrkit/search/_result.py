@@ -12,10 +12,6 @@ from .._json import brief_repr, read_object
 
 __all__ = ["TrialRecord", "SearchResult", "result_from_study"]
 
-#: trial states in a SearchResult table
-STATES = ("complete", "diverged", "skipped", "pruned", "failed", "running", "waiting")
-
-
 @dataclass(frozen=True)
 class TrialRecord:
     """One row of :attr:`SearchResult.trials`.
