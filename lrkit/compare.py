@@ -112,15 +112,12 @@ class CompareResult:
 
     def plot(self, path: str | Path) -> None:
         """Three panels: training loss (smoothed), validation metric, and the LR schedules."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
         import numpy as np
 
+        from ._figures import new_figure
         from .html import mpl_text, smooth
 
-        fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+        fig, axes = new_figure((16, 4.8), 1, 3)
         for i, r in enumerate(self.rows):
             c = f"C{i % 10}"
             family = mpl_text(r["family"])
@@ -162,7 +159,6 @@ class CompareResult:
                      f"(5-LR search on val, then a full run scored on test)")
         fig.tight_layout()
         fig.savefig(path, dpi=90)
-        plt.close(fig)
 
 
 def _f(v: Any) -> str:

@@ -1282,11 +1282,12 @@ class StabilityTest:
 
     def plot(self, path: str, *, oracle: Any = None) -> None:
         """Loss curves of the runs (left) and final loss against LR with the bound (right)."""
-        from .report import _pyplot
+        import matplotlib
 
-        plt = _pyplot()
-        fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-        cmap = plt.get_cmap("viridis")
+        from ._figures import new_figure
+
+        fig, (a, b) = new_figure((11, 4), 1, 2)
+        cmap = matplotlib.colormaps["viridis"]
         for i, r in enumerate(self.runs):
             a.plot(np.arange(1, len(r.losses) + 1), r.losses, color=cmap(i / max(1, len(self.runs) - 1)),
                    label=f"{r.factor:g}× ({r.lr:.3g}){'' if r.converged else ' ✗'}")
@@ -1314,7 +1315,6 @@ class StabilityTest:
         b.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
-        plt.close(fig)
 
 
 def stability_test(
@@ -1483,10 +1483,9 @@ class SharpnessTracker(Callback):
 
     def plot(self, path: str, *, title: str = "sharpness during training") -> None:
         """Sharpness and the threshold ``constant/lr`` against the step (log y)."""
-        from .report import _pyplot
+        from ._figures import new_figure
 
-        plt = _pyplot()
-        fig, ax = plt.subplots(figsize=(6.5, 4))
+        fig, ax = new_figure((6.5, 4))
         ax.plot(self.steps, self.sharpness, "o-", ms=3, label="sharpness λ")
         ax.plot(self.steps, self.thresholds, "--", color="k",
                 label=f"edge of stability {self.constant:.3g}/lr ({self.rule.split(',')[0]})")
@@ -1497,7 +1496,6 @@ class SharpnessTracker(Callback):
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
-        plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------- batch size

@@ -224,19 +224,16 @@ class RangeTestResult:
         """Draw the curve (raw and smoothed) with the suggestion and its band marked, and the
         peers' suggestions as ticks; after ``confirm=True`` (and without ``ax``) a second panel
         shows the confirm runs (:func:`plot_confirm`). Save to ``path`` when given; returns the
-        figure."""
-        import matplotlib
-
-        if ax is None and path is not None:
-            matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        figure (without ``path``, made in your matplotlib backend: ``plt.show()`` shows it, a
+        notebook shows it once; see :mod:`lrkit._figures`)."""
+        from ._figures import new_figure
 
         fig = None
         if ax is None and self.confirm and self.confirm.get("runs"):
-            fig, (ax, ax_c) = plt.subplots(1, 2, figsize=(13, 4.2))
+            fig, (ax, ax_c) = new_figure((13, 4.2), 1, 2, shown=path is None)
             plot_confirm(self.confirm, ax_c)
         elif ax is None:
-            fig, ax = plt.subplots(figsize=(7, 4.2))
+            fig, ax = new_figure((7, 4.2), shown=path is None)
         else:
             fig = ax.figure
         lrs = np.asarray(self.lrs)
@@ -278,7 +275,6 @@ class RangeTestResult:
             fig.tight_layout()
         if path is not None:
             fig.savefig(path, dpi=110)
-            plt.close(fig)
         return fig
 
 

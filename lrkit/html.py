@@ -32,6 +32,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ._figures import new_figure
+
 __all__ = ["tune_report", "escape", "figure_png", "smooth"]
 
 _CSS = """
@@ -98,24 +100,12 @@ def _num(x: Any) -> float:
 
 
 def figure_png(fig: Any, path: Path) -> bytes:
-    """Save ``fig`` as PNG to ``path`` and return the bytes (then close it)."""
-    import matplotlib.pyplot as plt
-
+    """Save ``fig`` as PNG to ``path`` and return the bytes."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
     data = buf.getvalue()
     Path(path).write_bytes(data)
     return data
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 # ------------------------------------------------------------------------------------ figures
@@ -123,9 +113,8 @@ def _fig_range_test(rt: Mapping[str, Any], centres: Mapping[str, float], chosen:
                     family: str, safe: float | None) -> Any:
     from .finder import RangeTestResult
 
-    plt = _plt()
     res = RangeTestResult.from_dict(rt)
-    fig, ax = plt.subplots(figsize=(8, 4.4))
+    fig, ax = new_figure((8, 4.4))
     res.plot(ax=ax, peers=False)
     ylo, yhi = ax.get_ylim()
     for i, (f, c) in enumerate(sorted(centres.items(), key=lambda kv: kv[1])):
@@ -148,16 +137,15 @@ def _arm_label(t: Mapping[str, Any]) -> str:
 
 
 def _fig_candidates(trials: Sequence[Mapping[str, Any]], metric: str, higher: bool) -> Any:
-    plt = _plt()
     metric = mpl_text(metric)
     if not trials:
-        fig, ax = plt.subplots(figsize=(10, 2))
+        fig, ax = new_figure((10, 2))
         ax.axis("off")
         ax.text(0.5, 0.5, "no confirmation runs: the budget left too few steps for them\n"
                 "(the final run takes the range test's LR)", ha="center", va="center")
         return fig
     rungs = sorted({int(t["rung"]) for t in trials})
-    fig, axes = plt.subplots(2, max(1, len(rungs)), figsize=(10, 7), squeeze=False)
+    fig, axes = new_figure((10, 7), 2, max(1, len(rungs)), squeeze=False)
     families = sorted({t["family"] for t in trials})
     colour = {f: f"C{i % 10}" for i, f in enumerate(families)}
     for j, rung in enumerate(rungs):
@@ -218,9 +206,8 @@ def _fig_time(trials: Sequence[Mapping[str, Any]], final: Mapping[str, Any], met
             and t.get("val_curve") and not t.get("no_warmup")]
     if not runs:
         return None
-    plt = _plt()
     metric = mpl_text(metric)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = new_figure((7, 4.2))
     plot_confirm({"runs": runs, "short_run_winner": float(chosen[0]["lr"]),
                   "winner": float(final["lr"]), "full_run_steps": full, "metric": metric}, ax)
     ax.set_title(f"rung 1 ({mpl_text(chosen[0]['family'])}): val {metric} against integrated LR",
@@ -230,8 +217,7 @@ def _fig_time(trials: Sequence[Mapping[str, Any]], final: Mapping[str, Any], met
 
 
 def _fig_schedule(final: Mapping[str, Any], safe: float | None) -> Any:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 3.2))
+    fig, ax = new_figure((8, 3.2))
     lrs = [_num(v) for v in final["lrs"]]
     ax.plot(np.arange(len(lrs)), lrs, color="C3", lw=2,
             label=f"{mpl_text(final['family'])} (peak {final['lr']:.3g})")
@@ -257,9 +243,8 @@ def _fig_schedule(final: Mapping[str, Any], safe: float | None) -> Any:
 
 def _fig_final(final: Mapping[str, Any], metric: str, findings: Sequence[Mapping[str, Any]]
                ) -> Any:
-    plt = _plt()
     metric = mpl_text(metric)
-    fig, ax = plt.subplots(figsize=(8, 4.2))
+    fig, ax = new_figure((8, 4.2))
     losses = [_num(v) for v in final["losses"]]
     steps = np.arange(1, len(losses) + 1)
     ax.plot(steps, losses, color="0.8", lw=0.7, label="training loss")

@@ -1293,11 +1293,9 @@ def plot_log(log: Log, path: str | Path, *, findings: list[Finding] | None = Non
              title: str | None = None) -> Path:
     """Plot loss, LR and gradient norm (and the validation metric) of a log against the step,
     with a vertical line per finding (its first step), and save it to ``path`` (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from ._figures import new_figure
 
     if not isinstance(log, Log):
         raise TypeError(f"log must be a Log (from read_log), got {type(log).__name__}")
@@ -1305,7 +1303,7 @@ def plot_log(log: Log, path: str | Path, *, findings: list[Finding] | None = Non
     has_g = bool(np.isfinite(log.grad_norm).any())
     has_v = bool(np.isfinite(log.val_metric).any())
     n = 2 + has_g
-    fig, axes = plt.subplots(n, 1, figsize=(7, 2.0 * n + 0.6), sharex=True)
+    fig, axes = new_figure((7, 2.0 * n + 0.6), n, 1, sharex=True)
     ax = axes[0]
     finite = np.isfinite(log.loss)
     ax.plot(log.step[finite], log.loss[finite], lw=0.8, color="k", label="train loss")
@@ -1339,7 +1337,6 @@ def plot_log(log: Log, path: str | Path, *, findings: list[Finding] | None = Non
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out
 
 

@@ -1,4 +1,5 @@
-"""Plots of benchmark results (matplotlib, Agg backend). Plots only draw; they decide nothing."""
+"""Plots of benchmark results (matplotlib; saved without touching the user's backend). Plots
+only draw; they decide nothing."""
 
 from __future__ import annotations
 
@@ -8,21 +9,13 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from ._figures import new_figure
 from .html import mpl_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from .bench import MethodResult, Oracle
 
 __all__ = ["plot_oracle", "plot_methods"]
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _draw_oracle(ax, o: "Oracle") -> None:
@@ -58,24 +51,21 @@ def _draw_oracle(ax, o: "Oracle") -> None:
 
 def plot_oracle(o: "Oracle", path: str | Path) -> str:
     """Metric vs LR (mean ± std), the good band shaded, diverged LRs marked."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = new_figure((6.5, 4))
     _draw_oracle(ax, o)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return str(path)
 
 
 def plot_methods(results: Sequence["MethodResult"], oracles: dict[str, "Oracle"],
                  path: str | Path) -> str:
     """One panel per task: the oracle curve with each method's chosen LRs marked."""
-    plt = _pyplot()
     tasks = list(dict.fromkeys(r.task for r in results))
     cols = min(3, len(tasks))
     rows = math.ceil(len(tasks) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.8 * rows), squeeze=False)
+    fig, axes = new_figure((5.5 * cols, 3.8 * rows), rows, cols, squeeze=False)
     methods = list(dict.fromkeys(r.method for r in results))
     colors = {m: f"C{(i + 1) % 10}" for i, m in enumerate(methods)}
     markers = "v^<>sPDXh*p"
@@ -97,5 +87,4 @@ def plot_methods(results: Sequence["MethodResult"], oracles: dict[str, "Oracle"]
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return str(path)

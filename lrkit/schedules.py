@@ -1289,13 +1289,14 @@ def _compact(s: Schedule) -> str:
 def plot(
     schedules: Schedule | Mapping[str, Any] | str | Sequence[Schedule | Mapping[str, Any] | str],
     steps: int,
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | None = None,
     *,
     labels: Sequence[str] | None = None,
     title: str | None = None,
-) -> str:
+) -> Any:
     """Draw one or more schedules over steps ``0 .. steps-1`` into one PNG (or any format
-    matplotlib knows from the suffix) and return the path.
+    matplotlib knows from the suffix) and return the path; without ``path``, return the figure
+    (made in your matplotlib backend: ``plt.show()`` shows it, a notebook shows it once).
 
     The LR axis is logarithmic when every value is > 0 and they span a factor of 100 or more,
     else linear; momentum gets a second panel when any schedule cycles it; each finite
@@ -1320,8 +1321,8 @@ def plot(
             raise ValueError(
                 f"labels must be {len(scheds)} strings (one per schedule), got {labels!r}"
             )
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {path!r}")
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str, an os.PathLike or None, got {path!r}")
     if title is not None and not isinstance(title, str):
         raise TypeError(f"title must be a string or None, got {title!r}")
 
@@ -1338,13 +1339,13 @@ def plot(
             moms.append(None)
     has_mom = any(m is not None for m in moms)
 
-    from matplotlib.figure import Figure  # lazy: schedules stay importable without matplotlib
+    from ._figures import new_figure  # (matplotlib lazily: schedules import without it)
 
-    fig = Figure(figsize=(8, 6.5 if has_mom else 4.5))
     if has_mom:
-        ax, ax_m = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+        fig, (ax, ax_m) = new_figure((8, 6.5), 2, 1, shown=path is None, sharex=True,
+                                     gridspec_kw={"height_ratios": [2, 1]})
     else:
-        ax, ax_m = fig.subplots(1, 1), None
+        (fig, ax), ax_m = new_figure((8, 4.5), shown=path is None), None
     for i, (s, ys, label) in enumerate(zip(scheds, lrs, labels)):
         color = f"C{i % 10}"
         ax.plot(xs, ys, color=color, label=label, lw=1.5)
@@ -1371,6 +1372,8 @@ def plot(
     if title:
         ax.set_title(title)
     fig.tight_layout()
+    if path is None:
+        return fig
     out = os.fspath(path)
     fig.savefig(out, dpi=110)
     return out

@@ -122,12 +122,9 @@ class SearchResult:
     def plot(self, path: str, *, title: str | None = None) -> str:
         """Metric against LR (log scale): completed trials per schedule, diverged (▲ at the
         top) and pruned (×) trials marked, the best starred, divergence points dashed."""
-        import matplotlib
+        from .._figures import new_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4.2))
+        fig, ax = new_figure((7, 4.2))
         fams = sorted({t.schedule or "" for t in self.trials if t.lr is not None})
         finite = [t.metric for t in self.trials
                   if t.state == "complete" and t.metric is not None and math.isfinite(t.metric)]
@@ -166,7 +163,6 @@ class SearchResult:
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
-        plt.close(fig)
         return path
 
     # ------------------------------------------------------------------- JSON
