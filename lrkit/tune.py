@@ -589,7 +589,9 @@ class _Display:
         if not self.enabled:
             return
         if self.console is not None:
-            self.console.print(text, markup=False, highlight=False)
+            # soft_wrap: a line is never broken by rich (it broke the helper command that
+            # users copy, at the console's width, with a newline inside)
+            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
         else:  # pragma: no cover
             print(text)
 
@@ -1884,9 +1886,16 @@ def tune(
         task = _tasks.get(task_ref)
     elif not isinstance(task, Task):
         raise _tasks.not_a_task("task", task)
+    made = out is None  # (made here, to name it in the Ctrl-C hint)
+    out = out if out is not None else _default_out(task.name)
     try:
         return _tune(task, task_ref or task.name, budget=budget, schedules=schedules,
-                     storage=storage, out=out, seed=seed, progress=progress)
+                     storage=storage, out=out, seed=seed, progress=progress, made_out=made)
+    except KeyboardInterrupt:  # (a notebook's interrupt: say where the finished stages are)
+        if Path(out).is_dir():
+            print(f"\ninterrupted: finished stages are kept in {out}; continue with "
+                  f"lrkit.tune(task, out={str(out)!r})", file=sys.stderr)
+        raise
     finally:  # the user's model as it was given (the trained weights are in res.weights)
         put_back(task, seed, rng)
 
@@ -1947,16 +1956,14 @@ def _resumed_raise(old: Mapping[str, Any], full: int, budget: float,
     return raised if default == budget else None
 
 
-def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence[str],
-          storage: str | None, out: str | os.PathLike | None, seed: int,
-          progress: bool, made_out: bool = False) -> TuneResult:
-    """:func:`tune` after its task is resolved (``made_out``: the caller made ``out`` for this
-    run with :func:`_default_out`, so a failed start removes it as a folder made here)."""
+def _checked_settings(task: Any, budget: float | None, schedules: Sequence[str], seed: int,
+                      storage: str | None, progress: bool
+                      ) -> tuple[float, str | None, Sequence[str], int]:
+    """:func:`tune`'s settings checked before any folder or run: ``(budget, why the default
+    budget was raised or None, the schedule families, seed)``."""
     from .schedules import check_families
 
     full = task.recipe.steps
-    least = _min_budget(full)
-    by_default = budget is None
     raised = None  # why the default budget was raised, said live and in the explanation
     if budget is None:
         budget, raised = _default_budget(full)
@@ -1965,6 +1972,7 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
         if budget <= 1.0:
             raise ValueError(f"budget must be > 1 (full runs, the final run included), got "
                              f"{budget!r}")
+        least = _min_budget(full)
         if budget < least:
             raise ValueError(f"budget={budget!r} gives {math.floor(budget * full)} steps for a "
                              f"{full}-step task: the final run takes {full} and the range test "
@@ -1982,7 +1990,23 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
         raise TypeError(f"storage must be a URL string or None, got {type(storage).__name__}")
     if not isinstance(progress, bool):
         raise TypeError(f"progress must be a bool, got {progress!r}")
+    return budget, raised, families, seed
 
+
+def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence[str],
+          storage: str | None, out: str | os.PathLike | None, seed: int,
+          progress: bool, made_out: bool = False) -> TuneResult:
+    """:func:`tune` after its task is resolved (``made_out``: the caller made ``out`` for this
+    run with :func:`_default_out`, so a failed start removes it as a folder made here)."""
+    full = task.recipe.steps
+    by_default = budget is None
+    try:
+        budget, raised, families, seed = _checked_settings(task, budget, schedules, seed,
+                                                           storage, progress)
+    except Exception:
+        if made_out:  # the caller's folder for this run: nothing was started in it
+            _drop_unstarted(Path(out))
+        raise
     path = Path(out) if out is not None else None
     new_folder = made_out or path is None or not path.exists()
     try:

@@ -1289,6 +1289,42 @@ def test_a_default_run_folder_is_removed_after_a_failed_start(tmp_path, monkeypa
                      "postgresql://u:secret@127.0.0.1:1/db", "--no-progress"]) == 1
     assert capsys.readouterr().err.startswith("lrkit: error: cannot open storage")
     assert list((tmp_path / "lrkit-runs").iterdir()) == []
+    # a setting refused before any run (the folder was left, empty, until the 25th round),
+    # from the command line and from Python (which now makes its default folder first too)
+    assert cli.main(["tune", "--task", "tests.test_tune:tiny_task", "--budget", "-1"]) == 2
+    assert "budget must be > 1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"schedules\[0\] must be one of"):
+        tune(tiny_task(), schedules=("nope",), progress=False)
+    assert list((tmp_path / "lrkit-runs").iterdir()) == []
+
+
+def test_an_interrupted_tune_from_python_says_where_its_finished_stages_are(
+        tmp_path, monkeypatch, capsys):
+    """A notebook's interrupt of ``lrkit.tune(task)``: the CLI named the folder to resume,
+    Python said nothing, and rerunning the cell started over in a new folder."""
+    monkeypatch.chdir(tmp_path)
+
+    class Interrupt(train.Callback):
+        def on_step_end(self, info):
+            if info.step == 5:
+                raise KeyboardInterrupt
+
+    real_run = train.run
+    monkeypatch.setattr(train, "run", lambda *a, **kw: real_run(
+        *a, **{**kw, "callbacks": [*kw.get("callbacks", []), Interrupt()]}))
+    with pytest.raises(KeyboardInterrupt):
+        tune(tiny_task(), progress=False, schedules=("constant", "cosine"))
+    monkeypatch.setattr(train, "run", real_run)
+    (out,) = (tmp_path / "lrkit-runs").iterdir()
+    out = out.relative_to(tmp_path)
+    assert capsys.readouterr().err.strip() == (
+        f"interrupted: finished stages are kept in {out}; continue with "
+        f"lrkit.tune(task, out={str(out)!r})")
+    ranged = out / tune_mod._FILES["range"]
+    stamp = ranged.stat().st_mtime_ns
+    res = tune(tiny_task(), progress=False, schedules=("constant", "cosine"), out=str(out))
+    assert res.run_dir == str(out) and ranged.stat().st_mtime_ns == stamp  # resumed there
+    assert len(list((tmp_path / "lrkit-runs").iterdir())) == 1
 
 
 @pytest.mark.parametrize("beat", [True, False], ids=["after-a-beat", "before-any-beat"])

@@ -387,21 +387,24 @@ def _bcast(obj: Any = None) -> Any:
 
 # ----------------------------------------------------------------------------- the display
 class _Display:
-    """A live table of the study's trials (rich), refreshed after each trial."""
+    """A live table of the study's trials (rich), refreshed after each trial. In a notebook
+    (where rich's ``Live`` drew nothing without ipywidgets, and left an empty block either
+    way) the table is printed once, at the end."""
 
     def __init__(self, enabled: bool, title: str) -> None:
-        self.live = None
+        self.enabled, self.live, self.table, self.console = enabled, None, None, None
         self.title = title
         if enabled:
             from rich.console import Console
             from rich.live import Live
 
-            self.live = Live(console=Console(stderr=True), refresh_per_second=2,
-                             transient=False)
-            self.live.start()
+            self.console = Console(stderr=True)
+            if not self.console.is_jupyter:
+                self.live = Live(console=self.console, refresh_per_second=2, transient=False)
+                self.live.start()
 
     def update(self, result: SearchResult) -> None:
-        if self.live is None:
+        if not self.enabled:
             return
         from rich.table import Table
 
@@ -414,11 +417,15 @@ class _Display:
             table.add_row(str(t.number), "—" if t.lr is None else f"{t.lr:.3g}",
                           t.schedule or "—", "—" if t.metric is None else f"{t.metric:.4g}",
                           str(t.steps), t.state + (" ★" if best else ""))
-        self.live.update(table, refresh=True)
+        self.table = table
+        if self.live is not None:
+            self.live.update(table, refresh=True)
 
     def close(self) -> None:
         if self.live is not None:
             self.live.stop()
+        elif self.table is not None:
+            self.console.print(self.table)
 
 
 class _Heartbeat:
@@ -638,6 +645,7 @@ def search(
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             _work(optuna, study, plan, runner, sign, options, display, where)
         result = result_from_study(study, where, notes=plan.call_notes)
+        display.update(result)  # (a finished study ran no trial to draw it)
     finally:
         if display is not None:
             display.close()
@@ -735,7 +743,7 @@ def _help_tune(optuna: Any, study: Any, task: Any, options: SearchOptions, displ
             trial = study.ask()
             if run_study_trial(study, trial, task, seed=seed) is not None:
                 trained.append(trial.number)
-                if display.live is not None:
+                if display.enabled:
                     display.update(result_from_study(study, where))
             idle_since = None
             continue
@@ -1187,7 +1195,7 @@ def _work(optuna: Any, study: Any, plan: _Plan, runner: Any, sign: float,
                 # back to the queue so that the resumed study (or another worker) runs it
                 _fail_and_requeue(study, trial, storage, S)
                 raise
-        if display.live is not None:
+        if display.enabled:
             display.update(result_from_study(study, where))
 
 
