@@ -613,6 +613,28 @@ def test_schedule_families_are_searched_jointly() -> None:
 
 
 # ------------------------------------------------------------------ result, plot, CLI
+def test_the_live_table_is_printed_once_in_a_notebook(monkeypatch) -> None:
+    """In Jupyter rich's Live drew nothing without ipywidgets and left an empty block (with them
+    too), and a finished study, rerun, drew no table: the table is printed once, at the end."""
+    import rich.console
+
+    from lrkit.search._core import _Display
+
+    monkeypatch.setattr(rich.console, "_is_jupyter", lambda: True)
+    res = search(bowl, low=1e-4, high=1.0, method="grid", n_trials=3, storage="memory",
+                 progress=False)
+    shown = _Display(True, "lrkit search nb (grid)")
+    printed = []
+    monkeypatch.setattr(shown.console, "print", printed.append)
+    assert shown.console.is_jupyter and shown.live is None
+    shown.update(res)
+    shown.update(res)
+    assert printed == []
+    shown.close()
+    (table,) = printed
+    assert table.title == "lrkit search nb (grid)" and table.row_count == 3
+
+
 def test_result_round_trips_and_plots(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     res = search(bowl, low=1e-4, high=1.0, method="grid", n_trials=5, storage="memory",
                  study_name="live", progress=True)

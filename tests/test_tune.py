@@ -1298,6 +1298,16 @@ def test_a_default_run_folder_is_removed_after_a_failed_start(tmp_path, monkeypa
     assert list((tmp_path / "lrkit-runs").iterdir()) == []
 
 
+def test_the_helper_command_is_printed_on_one_line(tmp_path, monkeypatch, capsys):
+    """rich broke tune's lines at the console's width: the helper command a user copies came
+    out in three pieces (the first alone ran ``lrkit search`` without --task)."""
+    monkeypatch.setenv("COLUMNS", "60")
+    tune(tiny_task(), out=tmp_path / "run", progress=True, schedules=("constant", "cosine"))
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "to help with" in x]
+    assert "run: lrkit search --task " in line and " --storage sqlite:///" in line
+    assert line.endswith("--study tune-run") and len(line) > 60
+
+
 def test_an_interrupted_tune_from_python_says_where_its_finished_stages_are(
         tmp_path, monkeypatch, capsys):
     """A notebook's interrupt of ``lrkit.tune(task)``: the CLI named the folder to resume,
