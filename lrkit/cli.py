@@ -156,13 +156,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     sp = sub.add_parser("schedule", help="schedule gallery, plots and dry runs")
     ssub = sp.add_subparsers(dest="command", required=True)
     d = ssub.add_parser("demo", help="plot a gallery of schedules")
-    d.add_argument("-o", "--out", default="schedules.png")
-    d.add_argument("--steps", type=int, default=1000)
+    d.add_argument("-o", "--out", default="schedules.png", help="figure path")
+    d.add_argument("--steps", type=int, default=1000, help="steps drawn")
     pl = ssub.add_parser("plot", help="plot (and dry-run) schedules given as JSON specs")
     pl.add_argument("--spec", action="append", required=True,
                     help='JSON spec, e.g. \'{"name": "cosine", "lr": 0.1, "T_max": 100}\'; repeatable')
-    pl.add_argument("--steps", type=int, required=True)
-    pl.add_argument("-o", "--out", default="schedule.png")
+    pl.add_argument("--steps", type=int, required=True, help="steps drawn (the dry run's length)")
+    pl.add_argument("-o", "--out", default="schedule.png", help="figure path")
     ssub.add_parser("list", help="list the schedule families")
 
     sub.add_parser("tasks", help="list the built-in tasks")
@@ -183,9 +183,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         c.add_argument("--step-decades", type=float, default=0.25, help="grid spacing in decades")
         c.add_argument("--seeds", type=int, default=5,
                        help="number of oracle seeds, run as 0..N-1 (>= 3)")
-        c.add_argument("--workers", type=int, default=2)
+        c.add_argument("--workers", type=int, default=2, help="training processes in parallel")
         c.add_argument("--refresh", action="store_true", help="ignore the oracle cache")
-        c.add_argument("--out", default="bench-out")
+        c.add_argument("--out", default="bench-out", help="folder for the tables and figures")
         if name == "methods":
             c.add_argument("--method", action="append", default=None,
                            help="method name; repeatable (default: all registered)")

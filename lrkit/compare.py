@@ -277,11 +277,11 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, help="built-in task name or module:function")
     parser.add_argument("--schedules", default=",".join(DEFAULT_SCHEDULES),
                         help="comma-separated schedule families")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of every run")
     parser.add_argument("-o", "--out", default=None,
                         help="figure path (default compare-<task>.png)")
     parser.add_argument("--json", default=None, help="write the result to this JSON file")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def cli_main(args: argparse.Namespace) -> int:

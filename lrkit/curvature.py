@@ -1628,12 +1628,15 @@ def batch_scaled(task: "Task", factor: int, *, keep: str = "epochs") -> "Task":
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``lrkit safe-lr``."""
     parser.add_argument("--task", required=True, help="built-in task name or module:function")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the model and the batches (and the stability runs)")
     parser.add_argument("--num-batches", type=int, default=None,
                         help="batches the Hessian averages over (default: >= 256 examples)")
     parser.add_argument("--iters", type=int, default=30, help="most HVPs")
-    parser.add_argument("--method", choices=("lanczos", "power"), default="lanczos")
-    parser.add_argument("--mode", choices=("train", "eval"), default="train")
+    parser.add_argument("--method", choices=("lanczos", "power"), default="lanczos",
+                        help="eigenvalue method (Lanczos: fewer Hessian-vector products)")
+    parser.add_argument("--mode", choices=("train", "eval"), default="train",
+                        help="the model's mode for the Hessian (dropout and batch norm)")
     parser.add_argument("--factors", type=float, nargs="+", default=[0.03, 0.1, 0.3, 0.9, 1.1, 3],
                         help="multiples of the safe LR for the stability test")
     parser.add_argument("--steps", type=int, default=None,
@@ -1643,7 +1646,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         help="PNG of the stability test (default: safe-lr.png; none with "
                              "--no-test)")
     parser.add_argument("--json", default=None, help="write the result to this JSON file")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def cli_main(args: argparse.Namespace) -> int:

@@ -1917,14 +1917,16 @@ def add_find_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", required=True, help="built-in task name or module:function")
     parser.add_argument("--plot", default=None, help="write the curve to this PNG")
     parser.add_argument("--json", default=None, help="write the result to this JSON file")
-    parser.add_argument("--num-iter", type=int, default=100)
-    parser.add_argument("--start-lr", type=float, default=1e-7)
-    parser.add_argument("--end-lr", type=float, default=10.0)
-    parser.add_argument("--method", default="lrkit", choices=list(_suggest.methods()))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-iter", type=int, default=100,
+                        help="steps of the sweep (beyond 100: repeats of a 100-step sweep)")
+    parser.add_argument("--start-lr", type=float, default=1e-7, help="the sweep's first LR")
+    parser.add_argument("--end-lr", type=float, default=10.0, help="the sweep's last LR")
+    parser.add_argument("--method", default="lrkit", choices=list(_suggest.methods()),
+                        help="the rule read off the curve (lrkit's, or a peer's)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the model and the batches")
     parser.add_argument("--confirm", action="store_true",
                         help="confirm with short runs scored on held-out data")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def cli_find(args: argparse.Namespace) -> int:

@@ -2147,7 +2147,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                              "and the 'lrkit search' command for helper workers are printed")
     parser.add_argument("--out", default=None, help="run folder (default ./lrkit-runs/...)")
     parser.add_argument("--seed", type=int, default=None, help="seed of every run (default 0)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars or candidate tables")
 
 
 def _families(value: str) -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import doctest
 import importlib
 import pkgutil
+from pathlib import Path
 
 import pytest
 
@@ -28,3 +29,58 @@ def test_docstring_examples(name: str, tmp_path, monkeypatch) -> None:
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS,
                              report=False)
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {name}"
+
+
+def _commands() -> dict[str, "argparse.ArgumentParser"]:
+    """Every ``lrkit`` command's parser, by its name ("find", "bench methods", ...): each
+    command's module fills in its own options only when it is the command run."""
+    import argparse
+
+    from lrkit.cli import build_parser
+
+    found: dict[str, argparse.ArgumentParser] = {}
+
+    def walk(parser: argparse.ArgumentParser, name: str, top: str) -> None:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs and name:
+            found[name] = parser
+        for s in subs:
+            for child, p in s.choices.items():
+                if not name and child != top:
+                    continue
+                walk(p, f"{name} {child}".strip(), top)
+
+    for top in ("schedule", "tasks", "find", "search", "monitor", "safe-lr", "tune", "compare",
+                "bench"):
+        walk(build_parser([top]), "", top)
+    return found
+
+
+def cli_reference() -> str:
+    """docs/cli.md's text: each command's ``--help`` (``python -c "from tests.test_docs import
+    cli_reference; print(cli_reference())" > docs/cli.md`` rewrites it)."""
+    import os
+
+    os.environ["COLUMNS"] = "100"  # argparse's wrapping width
+    out = ["# The `lrkit` command line", "",
+           "Every command's `--help`, as printed (`lrkit COMMAND --help`; `python -m lrkit` is "
+           "the same command). The guides say when to use each: README.md, docs/tune.md, "
+           "docs/search.md, docs/monitor.md, docs/curvature.md, docs/schedules.md.", ""]
+    for name, parser in _commands().items():
+        parser.prog = f"lrkit {name}"
+        out += [f"## `lrkit {name}`", "", "```text", parser.format_help().rstrip(), "```", ""]
+    return "\n".join(out)
+
+
+def test_every_command_line_option_is_documented() -> None:
+    """docs/cli.md names every option of every command (a flag only `--help` knew, e.g.
+    `find --start-lr` or `search --heartbeat`, was in no document)."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    commands = _commands()
+    assert len(commands) >= 12
+    for name, parser in commands.items():
+        assert f"## `lrkit {name}`" in text, name
+        section = text.split(f"## `lrkit {name}`", 1)[1].split("\n## ", 1)[0]
+        for action in parser._actions:
+            for flag in action.option_strings:
+                assert flag in section, f"lrkit {name} {flag} is not in docs/cli.md"

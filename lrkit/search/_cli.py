@@ -36,18 +36,25 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--study", default=None,
                         help="study name (workers sharing it cooperate; a 'tune-...' study "
                              "printed by lrkit tune: help tune with its confirmation runs)")
-    parser.add_argument("--method", default="auto", choices=METHODS)
+    parser.add_argument("--method", default="auto", choices=METHODS,
+                        help="auto: starts from a range test and refines around it "
+                             "(docs/search.md)")
     parser.add_argument("--n-trials", "--trials", type=int, default=None,
                         help="trials in total (all workers)")
     parser.add_argument("--budget", type=int, default=None,
                         help="optimizer steps in total (all workers, range test included)")
-    parser.add_argument("--low", type=float, default=None)
-    parser.add_argument("--high", type=float, default=None)
-    parser.add_argument("--pruner", default="auto", choices=PRUNERS)
-    parser.add_argument("--cv-folds", type=int, default=None)
+    parser.add_argument("--low", type=float, default=None,
+                        help="lowest LR searched (default: from a range test)")
+    parser.add_argument("--high", type=float, default=None,
+                        help="highest LR searched (default: from a range test)")
+    parser.add_argument("--pruner", default="auto", choices=PRUNERS,
+                        help="stops trials that trail the others early (auto: Hyperband for "
+                             "random/tpe/gp, none otherwise)")
+    parser.add_argument("--cv-folds", type=int, default=None,
+                        help="score each LR by k-fold cross-validation")
     parser.add_argument("--schedules", default=None,
                         help="comma-separated schedule families searched jointly with the LR")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler and the runs")
     parser.add_argument("--heartbeat", type=int, default=10, help="heartbeat interval (s)")
     parser.add_argument("--grace", type=int, default=None,
                         help="seconds without heartbeat before a trial counts as dead")
