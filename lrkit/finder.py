@@ -1307,7 +1307,7 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
               "total_fraction_with_range_test": cost / full}
     said = f"started from {origin}; {runs_said} = {runs.spent / full:.2f} of a full run"
     if point is not None:
-        sug, confirm = _rescaled(runs, best, point, horizon, s, centre, said, common)
+        sug, confirm = _rescaled(runs, best, point, horizon, s, centre, said, common, stop)
         if long_check is not None and long_check["diverged"]:
             sug, confirm = _capped_by_divergence(sug, confirm, long_check)
     else:
@@ -1444,13 +1444,20 @@ def _long_check(runs: _ConfirmRuns, best: dict, room: int, point: tuple | None,
 
 
 def _rescaled(runs: _ConfirmRuns, best: dict, point: tuple, horizon: int, s: Suggestion,
-              centre: float, said: str, common: dict) -> tuple[Suggestion, dict]:
+              centre: float, said: str, common: dict, stop: str | None
+              ) -> tuple[Suggestion, dict]:
     """Confirm's pick when the runs overfit: the winner time-rescaled so the full run ends where
-    the (short or longer) run's val was best (gradient-flow time rescaling)."""
+    the (short or longer) run's val was best (gradient-flow time rescaling). ``stop``: what
+    stopped the window's travel, said when the winner is at an edge of the LRs tried."""
     task, winner = runs.task, best["lr"]
     full = task.recipe.steps
     fraction, why = point
     rescaled = winner * fraction * horizon / full
+    lrs = sorted(r["lr"] for r in runs.table)
+    edge = stop if winner in (lrs[0], lrs[-1]) else None
+    if edge:
+        why += (f" (the best short run is at the {'low' if winner == lrs[0] else 'high'} edge "
+                f"of the LRs tried: {edge})")
     why += (f", so a {full}-step run at that LR would overfit; at {rescaled:.3g} the full "
             f"run integrates the same LR as that run up to that point (gradient-flow "
             f"time rescaling); {said}. The rescaling is an estimate: where the best "
@@ -1460,7 +1467,7 @@ def _rescaled(runs: _ConfirmRuns, best: dict, point: tuple, horizon: int, s: Sug
     br = bracket(task, best, runs.table)
     return s.scaled(rescaled / centre, method=f"{s.method}+confirm", confidence=conf, reason=why), {
         **common, "winner": rescaled, "short_run_winner": winner,
-        "overfit_fraction": fraction,
+        "overfit_fraction": fraction, "travel_stop": edge,
         "lr_range": [None if br[k] is None else br[k] * rescaled / winner
                      for k in ("below", "above")],
         "rule": ("time-rescaled: short-run winner x (the integrated LR to the best val of "

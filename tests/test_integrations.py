@@ -450,6 +450,15 @@ def test_from_hf_trains_as_the_trainer_would(tmp_path):
     several.eval_dataset = {"a": several.eval_dataset, "b": several.eval_dataset}
     with pytest.raises(ValueError, match=r"holds 2 datasets \(\['a', 'b'\]\): lrkit scores"):
         from_hf(several)
+    # after train() its linear schedule left lr 0: the advice was "call from_torch before
+    # attaching the scheduler", a call an HF user never made
+    done = trainer(max_steps=4, lr_scheduler_type="linear")
+    done.train()
+    with pytest.raises(ValueError, match=r"from_hf: trainer.optimizer has lr 0 in param group "
+                                         r"0.*call from_hf before trainer.train\(\)"):
+        from_hf(done)
+    done.optimizer = done.lr_scheduler = None
+    assert from_hf(done).recipe.default_lr == 5e-5  # TrainingArguments' learning_rate
 
 
 def _hf_lr_trainer(tmp_path, kind: str, warmup: int, kwargs: dict | None, steps: int = 20):

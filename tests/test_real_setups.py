@@ -1077,6 +1077,10 @@ def test_confirm_on_an_overfitting_regression_lands_below_the_short_run_winner()
     c = r.confirm
     assert c["winner"] < c.get("short_run_winner", c["winner"]) / 3
     assert 4e-4 < r.suggestion.lr_for(t.recipe.schedule) < 2.5e-3
+    # the README's res.confirm["travel_stop"] is there on this path too (a KeyError before)
+    lrs = sorted(run["lr"] for run in c["runs"])
+    assert "travel_stop" in c and (c["travel_stop"] is None
+                                   or c["short_run_winner"] in (lrs[0], lrs[-1]))
     assert "time rescaling" in r.suggestion.reason
     # and it says what settles it (search's full-length runs: +0.3% on diabetes, RESULTS.md)
     assert r.suggestion.reason.endswith("full-length runs settle it (lrkit.search(task): a "

@@ -4,7 +4,8 @@ into the :class:`~lrkit.tasks.Task` that ``find_lr(confirm=True)``, ``lrkit.tune
 ``lrkit.search`` train.
 
 >>> Trainer(model, args, callbacks=[HFMonitor(val_key="eval_loss")])  # doctest: +SKIP
->>> res = lrkit.tune(from_hf(trainer)); trainer.args.learning_rate = res.lr  # doctest: +SKIP
+>>> res = lrkit.tune(from_hf(trainer), schedules=("linear",))  # the Trainer's schedule  # doctest: +SKIP
+>>> trainer.args.learning_rate = res.lr  # doctest: +SKIP
 
 The ``Trainer`` reports the training loss to callbacks only through ``on_log``, averaged over
 ``args.logging_steps`` optimizer steps; set ``logging_steps=1`` for a per-step monitor (the
@@ -279,6 +280,14 @@ def from_hf(trainer: Any, *, steps: int | None = None, test_dataset: Any = None,
     if schedule is None:
         schedule, warmup = hf_schedule(args, steps)
     had = trainer.optimizer
+    zero = [i for i, g in enumerate(had.param_groups) if g["lr"] == 0] if had is not None else []
+    if zero:  # (from_torch's message told an HF user to call from_torch earlier)
+        raise ValueError(
+            f"from_hf: trainer.optimizer has lr 0 in param group {zero[0]}, as its LR scheduler "
+            "left it (after trainer.train() a linear or cosine schedule ends at 0): call "
+            "from_hf before trainer.train(), or set trainer.optimizer = None and "
+            "trainer.lr_scheduler = None so that from_hf builds the Trainer's optimizer anew "
+            "at args.learning_rate")
     optimizer = had if had is not None else trainer.create_optimizer()
     trainer.optimizer = had  # a later train() builds its own, at args.learning_rate
     amp: bool | str = "bf16" if args.bf16 else bool(args.fp16)
