@@ -189,10 +189,12 @@ def _default_name(task_name: str, method: str, args: dict) -> str:
 
 # ---------------------------------------------------------------------------- trial runners
 def _report_callback(reporter: Callable[[int, float], None], every: int, offset: int,
-                     sign: float) -> Any:
+                     sign: float, last: int | None = None) -> Any:
     """A :class:`lrkit.train.Callback` reporting the smoothed training loss to an Optuna trial
     every ``every`` steps (times ``sign``: the study's direction, so pruners compare reported
-    values the way the study compares metrics) and stopping the run when the trial is pruned.
+    values the way the study compares metrics) and stopping the run when the trial is pruned,
+    except at step ``last`` (the trial's final one): its training is done, and pruning it there
+    threw its scored result away (3 of 18 trials of a TPE search, 24% of its time).
     (Built here so that ``import lrkit.search`` needs no torch: objective workers stay light.)"""
     from ..train import Callback
 
@@ -208,7 +210,7 @@ def _report_callback(reporter: Callable[[int, float], None], every: int, offset:
                 try:
                     reporter(offset + info.step + 1, sign * smoothed)
                 except Pruned:
-                    return "pruned"
+                    return None if info.step + 1 == last else "pruned"
             return None
 
     return Report()
@@ -284,7 +286,8 @@ class _TaskRunner:
                     return _Outcome(None, spent, rungs.diverged, rungs.pruned, folds, first)
                 cbs: list = []
             else:
-                cbs = [_report_callback(reporter, self.every, i * self.steps, -sign)]  # a loss
+                cbs = [_report_callback(reporter, self.every, i * self.steps, -sign,  # a loss
+                                        self.steps if i == len(self.tasks) - 1 else None)]
             r = run(t, lr, seed=self.seed, callbacks=cbs, eval_split="val")
             spent += r.steps_done
             if first is None and r.losses:
