@@ -472,13 +472,15 @@ class Monitor:
         self._spread = FirstSpread()  # of the first losses (offset_rise_limit)
         self._max_lr = 0.0
         self._lr_now: float | None = None  # the LR of the last update (when given)
-        # blocks: cumulative tau at each block end; prefix sums of loss and count
+        # blocks: cumulative tau at each block end; prefix sums of loss and count (machine
+        # numbers: 6.6 bytes an update, where lists of Python numbers took 29.4, 294 MB over
+        # a 10M-update run)
         self._b_sum = 0.0
         self._b_n = 0
-        self._tau_end: list[float] = [0.0]
-        self._cum_loss: list[float] = [0.0]
-        self._cum_n: list[int] = [0]
-        self._step_end: list[int] = [-1]
+        self._tau_end = array.array("d", [0.0])
+        self._cum_loss = array.array("d", [0.0])
+        self._cum_n = array.array("q", [0])
+        self._step_end = array.array("q", [-1])
         self._next_check = 0
         # gradient norms
         self._g_ema = 0.0
