@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ._figures import new_figure
+from ._figures import new_figure, smooth
 
 __all__ = ["tune_report", "escape", "figure_png", "smooth"]
 
@@ -65,25 +65,6 @@ def prose(text: str) -> str:
     """``text`` escaped, with its `backquoted` spans (commands in the explanation) set as code.
     The spans are found after escaping, so nothing in them can open a tag."""
     return re.sub(r"`([^`<>]+)`", r"<code>\1</code>", escape(text))
-
-
-def smooth(values: Sequence[float], window: int) -> np.ndarray:
-    """Centred moving average of ``values`` over ``window`` points (shrinking at the ends;
-    non-finite values are skipped)."""
-    y = np.asarray(values, dtype=float)
-    n = y.size
-    if n == 0 or window <= 1:
-        return y
-    ok = np.isfinite(y)
-    yz = np.where(ok, y, 0.0)
-    c = np.concatenate([[0.0], np.cumsum(yz)])
-    k = np.concatenate([[0], np.cumsum(ok.astype(int))])
-    h = window // 2
-    lo = np.clip(np.arange(n) - h, 0, n)
-    hi = np.clip(np.arange(n) + h + 1, 0, n)
-    cnt = k[hi] - k[lo]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(cnt > 0, (c[hi] - c[lo]) / np.maximum(cnt, 1), np.nan)
 
 
 def _rule(finding: Mapping[str, Any]) -> str:

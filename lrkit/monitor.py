@@ -1297,7 +1297,7 @@ def plot_log(log: Log, path: str | Path, *, findings: list[Finding] | None = Non
     with a vertical line per finding (its first step), and save it to ``path`` (PNG)."""
     import numpy as np
 
-    from ._figures import new_figure
+    from ._figures import new_figure, smooth
 
     if not isinstance(log, Log):
         raise TypeError(f"log must be a Log (from read_log), got {type(log).__name__}")
@@ -1308,9 +1308,17 @@ def plot_log(log: Log, path: str | Path, *, findings: list[Finding] | None = Non
     fig, axes = new_figure((7, 2.0 * n + 0.6), n, 1, sharex=True)
     ax = axes[0]
     finite = np.isfinite(log.loss)
-    ax.plot(log.step[finite], log.loss[finite], lw=0.8, color="k", label="train loss")
+    # a long run's per-step losses are a band: the raw values pale, their moving average on
+    # top (a 100,000-step log drew a solid block)
+    window = max(1, int(finite.sum()) // 200)
+    ax.plot(log.step[finite], log.loss[finite], lw=0.6 if window > 1 else 0.8,
+            color="0.7" if window > 1 else "k", label="train loss")
+    if window > 1:
+        ax.plot(log.step[finite], smooth(log.loss[finite], window), lw=1.2, color="k",
+                label=f"moving average ({window} steps)")
     pos = log.loss[finite]
-    if pos.size and (pos > 0).all() and pos.max() / pos.min() > 20:
+    pos = pos[pos > 0]  # (a few exact zeros kept a 100,000-step log on a linear scale)
+    if pos.size >= 0.99 * finite.sum() and pos.size and pos.max() / pos.min() > 20:
         ax.set_yscale("log")
     ax.set_ylabel("loss")
     if has_v:
@@ -1323,7 +1331,11 @@ def plot_log(log: Log, path: str | Path, *, findings: list[Finding] | None = Non
     axes[1].set_ylabel("LR")
     if has_g:
         gm = np.isfinite(log.grad_norm)
-        axes[2].plot(log.step[gm], log.grad_norm[gm], lw=0.8, color="tab:brown")
+        axes[2].plot(log.step[gm], log.grad_norm[gm], lw=0.6 if window > 1 else 0.8,
+                     color="rosybrown" if window > 1 else "tab:brown")
+        if window > 1:
+            axes[2].plot(log.step[gm], smooth(log.grad_norm[gm], window), lw=1.2,
+                         color="tab:brown")
         axes[2].set_yscale("log")
         axes[2].set_ylabel("grad norm")
     for f in found:

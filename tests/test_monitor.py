@@ -644,6 +644,39 @@ def test_read_log_checks_and_cli(tmp_path, capsys):
         assert want in capsys.readouterr().err
 
 
+def test_a_long_logs_plot_draws_a_moving_average_on_a_log_scale(tmp_path, monkeypatch):
+    """A 100,000-step log drew a solid band of per-step losses on a linear scale (14 exact
+    zeros among them failed the log-scale test): now the raw values pale under their moving
+    average, and the scale is read from the positive losses."""
+    import numpy as np
+
+    from lrkit import _figures
+    from lrkit.monitor import plot_log
+
+    rng = np.random.default_rng(0)
+    n = 20_000
+    loss = np.exp(-np.arange(n) / 2000) * rng.lognormal(0, 1, n) + 1e-5
+    loss[rng.choice(n, 5, replace=False)] = 0.0
+    path = tmp_path / "long.jsonl"
+    rows = [{"lrkit_log": 1, "meta": {"steps": n}}]
+    rows += [{"step": t, "loss": float(v), "lr": 0.05, "grad_norm": float(v) ** 0.5}
+             for t, v in enumerate(loss)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    made = []
+    real = _figures.new_figure
+    monkeypatch.setattr(_figures, "new_figure", lambda *a, **k: made.append(real(*a, **k))
+                        or made[-1])
+    plot_log(read_log(path), tmp_path / "long.png")
+    fig, axes = made[0]
+    assert axes[0].get_yscale() == "log" and axes[2].get_yscale() == "log"
+    raw, mean = axes[0].lines[:2]
+    assert mean.get_label() == "moving average (100 steps)"
+    y = np.asarray(mean.get_ydata())
+    assert np.std(np.diff(np.log(y[100:-100]))) < 0.05 * np.std(np.diff(np.log(loss[100:-100]
+                                                                            + 1e-12)))
+    assert (tmp_path / "long.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_a_resumed_run_appended_to_its_log_replaces_the_steps_it_retraced(tmp_path, capsys):
     """A run resumed from its step-60 checkpoint and appended to the same log: its steps go back
     (lrkit monitor stopped with "step must increase, got 60 after 99"). The resumed records
