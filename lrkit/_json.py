@@ -22,7 +22,9 @@ def brief_repr(name: str, **values: Any) -> str:
             if len(v) > 4:
                 return f"<{len(v)} items>"
             inner = ", ".join(short(x) for x in v)
-            return f"({inner}{',' if len(v) == 1 else ''})" if isinstance(v, tuple) else f"[{inner}]"
+            if isinstance(v, list):
+                return f"[{inner}]"
+            return f"({inner}{',' if len(v) == 1 else ''})"
         if isinstance(v, dict):
             return f"<{len(v)} keys>"
         return repr(v)

@@ -82,7 +82,7 @@ class CompareResult:
                    wall_time=float(d["wall_time"]), range_test=dict(d.get("range_test") or {}),
                    test_label=str(d.get("test_label", "test")))
 
-    def __repr__(self) -> str:  # each family's LR and score, not its curves
+    def __repr__(self) -> str:  # the best family, its LR and score, not every curve
         b = self.best()
         return brief_repr("CompareResult", task=self.task, best=b["family"], best_lr=b["lr"],
                           **{f"best_{self.test_label}_{self.metric}": b["test"]},
@@ -98,8 +98,8 @@ class CompareResult:
         """A markdown table: family, LR, searched LRs, val and test metric, final train loss. A
         best LR at the edge of the LRs searched is marked (the best may lie beyond it)."""
         better = "higher" if self.higher_is_better else "lower"
-        lines = [f"| schedule | best LR | LRs searched (val {self.metric}) | {self.test_label} {self.metric} "
-                 f"({better} is better) | final train loss (mean of last 10%) |",
+        lines = [f"| schedule | best LR | LRs searched (val {self.metric}) | {self.test_label} "
+                 f"{self.metric} ({better} is better) | final train loss (mean of last 10%) |",
                  "|---|---|---|---|---|"]
         best = self.best()["family"]
         for r in self.rows:
@@ -292,7 +292,8 @@ def cli_main(args: argparse.Namespace) -> int:
     res.plot(out)
     print(res.table())
     b = res.best()
-    print(f"best: {b['family']} at lr {b['lr']:.3g} ({res.test_label} {res.metric} {_f(b['test'])}); "
+    print(f"best: {b['family']} at lr {b['lr']:.3g} ({res.test_label} {res.metric} "
+          f"{_f(b['test'])}); "
           f"cost {res.cost_steps} steps = {res.cost_steps / res.steps:.1f} full runs, "
           f"{res.wall_time:.0f} s")
     if args.json:

@@ -4,7 +4,7 @@ into the :class:`~lrkit.tasks.Task` that ``find_lr(confirm=True)``, ``lrkit.tune
 ``lrkit.search`` train.
 
 >>> Trainer(model, args, callbacks=[HFMonitor(val_key="eval_loss")])  # doctest: +SKIP
->>> res = lrkit.tune(from_hf(trainer), schedules=("linear",))  # the Trainer's schedule  # doctest: +SKIP
+>>> res = lrkit.tune(from_hf(trainer), schedules=("linear",))  # doctest: +SKIP
 >>> trainer.args.learning_rate = res.lr  # doctest: +SKIP
 
 The ``Trainer`` reports the training loss to callbacks only through ``on_log``, averaged over
