@@ -241,12 +241,11 @@ def batch(workers: int) -> dict:
 
 
 def _plot_batch(out: dict, path: Path) -> None:
-    from lrkit.report import _pyplot
+    from lrkit._figures import new_figure
 
-    plt = _pyplot()
     order = [c[0] for c in BATCH_CHECKS]
     bases = sorted({r["base"] for r in out.values()}, key=order.index)
-    fig, axes = plt.subplots(1, len(bases), figsize=(5.5 * len(bases), 4))
+    fig, axes = new_figure((5.5 * len(bases), 4), 1, len(bases))
     for ax, name in zip(np.atleast_1d(axes), bases):
         base = cached_oracle(name)
         ax.errorbar(base.grid, base.mean, yerr=base.std, fmt="o-", ms=3,
@@ -269,7 +268,6 @@ def _plot_batch(out: dict, path: Path) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def report(data: dict) -> str:

@@ -215,6 +215,8 @@ def main(argv=None) -> None:
     oracles = load_oracles(curves)
     runs = (collect(curves, oracles, args.workers) if args.recollect or not RUNS.exists()
             else json.loads(RUNS.read_text()))
+    # the runs were collected on the tasks of their day; curves.json has gained tasks since
+    curves = {t: c for t, c in curves.items() if t in runs}
     sim = Sim(runs, oracles)
     picks = suggestions(curves, oracles)
     tasks_ = list(curves)

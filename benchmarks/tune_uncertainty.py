@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     for k in ("all", "two-sided", "lower only", "upper only", "open"):
         hit, n = c[k]
         print(f"{k:11s} {hit:4d} / {n:4d} hold the grid's best")
-    print(f"two-sided ranges: median width {c['median_width_decades']:.2f} decades")
+    if c["median_width_decades"] is not None:
+        print(f"two-sided ranges: median width {c['median_width_decades']:.2f} decades")
     return 0
 
 
