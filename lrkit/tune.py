@@ -1497,7 +1497,9 @@ def _open_study(storage: str | None, folder: _Folder, task: Any, seed: int) -> A
                     needed_by="tune's storage= (an Optuna storage)")
         return None
     if storage is None:
-        return _Study(f"sqlite:///{(folder.path / 'study.db').resolve()}",
+        from .search._storage import sqlite_url
+
+        return _Study(sqlite_url((folder.path / "study.db").resolve()),
                       f"tune-{folder.path.name}", task, seed=seed)
     meta = folder.load("meta") or {}
     name = (f"tune-{task.key}-s{meta.get('seed')}-b{meta.get('budget')}-"

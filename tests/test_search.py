@@ -644,6 +644,21 @@ def test_a_trial_is_not_pruned_after_its_training_is_done(folds) -> None:
         assert out.steps == task.recipe.steps
 
 
+def test_the_default_storage_under_a_folder_named_with_url_characters(tmp_path, monkeypatch):
+    """``sqlite:///<cwd>/lrkit-runs/lrkit.db`` with the folder pasted in unescaped: from a
+    folder 'p?a=1' the study went to the file 'p', and `search show` looked elsewhere."""
+    from lrkit.search._storage import check_exists, default_url
+
+    here = tmp_path / "p?a=1 %20 {r}"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    search(bowl, low=1e-3, high=1.0, method="grid", n_trials=2, progress=False)
+    assert (here / "lrkit-runs" / "lrkit.db").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [here.name]
+    check_exists(None)  # (it raised "no database file" for a %20 in the path)
+    check_exists(default_url())
+
+
 def test_the_live_table_is_printed_once_in_a_notebook(monkeypatch) -> None:
     """In Jupyter rich's Live drew nothing without ipywidgets and left an empty block (with them
     too), and a finished study, rerun, drew no table: the table is printed once, at the end."""

@@ -1298,6 +1298,17 @@ def test_a_default_run_folder_is_removed_after_a_failed_start(tmp_path, monkeypa
     assert list((tmp_path / "lrkit-runs").iterdir()) == []
 
 
+def test_a_run_folder_named_with_url_characters_keeps_its_study(tmp_path, monkeypatch):
+    """The study's SQLite URL pasted the folder in unescaped: with a '?' the database went to
+    the file named by what came before it (two runs shared it and the second crashed), a '%20'
+    was decoded into another folder, and '{x}' crashed Optuna's URL template."""
+    monkeypatch.chdir(tmp_path)
+    out = Path("c?1 w%20x {x}") / "run"
+    res = tune(tiny_task(), out=out, progress=False, schedules=("constant", "cosine"))
+    assert (out / "study.db").is_file() and res.run_dir == str(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c?1 w%20x {x}"]
+
+
 def test_the_helper_command_is_printed_on_one_line(tmp_path, monkeypatch, capsys):
     """rich broke tune's lines at the console's width: the helper command a user copies came
     out in three pieces (the first alone ran ``lrkit search`` without --task)."""

@@ -38,6 +38,7 @@ raised while opening a storage name the masked URL only.
 from __future__ import annotations
 
 import random
+import os
 import re
 import sqlite3
 import time
@@ -46,7 +47,7 @@ from typing import Any
 
 from ..errors import LRKitError, check_int
 
-__all__ = ["open_storage", "mask_url", "default_url", "DEFAULT_DIR"]
+__all__ = ["open_storage", "mask_url", "default_url", "sqlite_url", "DEFAULT_DIR"]
 
 #: folder of the default study database (relative to the working directory)
 DEFAULT_DIR = "lrkit-runs"
@@ -78,7 +79,17 @@ def _scrub(text: str, url: str) -> str:
 
 def default_url() -> str:
     """``sqlite:///<cwd>/lrkit-runs/lrkit.db`` (the folder is created when opened)."""
-    return f"sqlite:///{Path.cwd() / DEFAULT_DIR / 'lrkit.db'}"
+    return sqlite_url(Path.cwd() / DEFAULT_DIR / "lrkit.db")
+
+
+def sqlite_url(path: str | os.PathLike) -> str:
+    """The SQLite URL of the file ``path``, escaped: pasted in as it was, a ``?`` in a folder
+    name started a query string (the study went to the file named by what came before it), a
+    ``%20`` was decoded to a space (another folder), and ``{x}`` crashed Optuna's URL
+    template."""
+    from sqlalchemy.engine import URL
+
+    return URL.create("sqlite", database=str(path)).render_as_string(hide_password=False)
 
 
 class _ImmediateConnection(sqlite3.Connection):
@@ -310,10 +321,11 @@ def check_exists(storage: Any) -> None:
     """Refuse a SQLite ``storage`` (``None``: the default file) whose file does not exist,
     without creating it: for commands that only read a study (``lrkit search show``)."""
     url = default_url() if storage is None else storage
-    m = re.match(r"sqlite(\+\w+)?:///([^?]*)", url) if isinstance(url, str) else None
-    if m is None:
+    if not isinstance(url, str) or not re.match(r"sqlite(\+\w+)?:///", url):
         return
-    db = m.group(2)
+    from sqlalchemy.engine import make_url
+
+    db = make_url(url).database  # (decoded: %20 is a space)
     if db and db != ":memory:" and not Path(db).expanduser().exists():
         raise ValueError(f"storage {mask_url(url)!r}: no database file {db!r} (nothing to "
                          "show; check the path)")
