@@ -207,7 +207,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 #: commands whose ``-o/--out`` is a figure (elsewhere it is a folder)
-_FIGURE_OUT = ("schedule", "compare")
+_FIGURE_OUT = ("schedule", "compare", "monitor")
 
 
 def _figure_path(value: str) -> str:
@@ -311,11 +311,56 @@ def _normalise_task(args: argparse.Namespace) -> None:
         args.task = [_builtin_name(t) for t in task]
 
 
+def _default_figures(args: argparse.Namespace) -> None:
+    """The figures a command writes by default, named before the work so that
+    :func:`_check_outputs` checks them too (``lrkit safe-lr`` in a read-only folder, or
+    ``lrkit monitor`` on a log there, raised PermissionError after all the work); ``~`` in a
+    path given after ``=`` (which the shell leaves alone) is the home folder, as in
+    ``--storage``."""
+    for name in ("out", "json", "plot", "resume"):
+        value = getattr(args, name, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, name, os.path.expanduser(value))
+    if args.area == "monitor" and not args.no_plot and not args.out:
+        args.out = str(Path(args.log).with_suffix(".png"))
+    if args.area == "safe-lr" and not args.no_test and not args.plot:
+        args.plot = "safe-lr.png"
+
+
+def _plain_streams() -> None:
+    """Characters the terminal's encoding lacks (λ, ×, ★ in lrkit's output; ä in a paper's
+    author) are escaped, not raised: with ``PYTHONIOENCODING=ascii`` a finished tune printed
+    "lrkit: error: 'ascii' codec can't encode" in place of its decision."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError):  # not a TextIOWrapper (a test's capture)
+            pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``lrkit`` command: :func:`_run`, its output flushed here, where a reader that has
+    gone (`lrkit tasks | head -1`) ends it quietly with 141 (a BrokenPipeError traceback at
+    exit before, and `find --json r.json | head -1` could lose its file)."""
+    try:
+        code = _run(argv)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # (Python's own advice: no error at exit)
+        return 141
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = build_parser(argv).parse_args(argv)
     _normalise_task(args)
+    _plain_streams()
     try:
+        _default_figures(args)
         _check_outputs(args)
+        if getattr(args, "plot", None):
+            args.plot = _figure_path(args.plot)
         if args.area in _FIGURE_OUT and getattr(args, "out", None):
             args.out = _figure_path(args.out)
         if args.area == "schedule":
@@ -357,6 +402,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _drop_made()
         print("\nlrkit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # (main ends it)
+        _drop_made()
+        raise
     except BaseException:
         _drop_made()
         raise

@@ -1945,6 +1945,10 @@ def cli_find(args: argparse.Namespace) -> int:
     res = find_lr(task, num_iter=args.num_iter, start_lr=args.start_lr, end_lr=args.end_lr,
                   method=args.method, seed=args.seed, confirm=args.confirm,
                   progress=not args.no_progress)
+    if args.json:  # the files first: a reader that goes (`| head -1`) does not lose them
+        res.to_json(args.json)
+    if args.plot:
+        res.plot(args.plot)
     s = res.suggestion
     print(f"range test on {task.name}: {res.stop_reason} after {res.stopped_at + 1} steps")
     if s.lr is None:
@@ -1961,12 +1965,9 @@ def cli_find(args: argparse.Namespace) -> int:
                        if v.lr is not None and k != s.method)
     print(f"other rules: {others}")
     print(f"cost: {res.cost_steps} steps ({res.cost_steps / task.recipe.steps:.2f} of a full run)")
-    if args.json:
-        res.to_json(args.json)
-        print(f"wrote {args.json}")
-    if args.plot:
-        res.plot(args.plot)
-        print(f"wrote {args.plot}")
+    for written in (args.json, args.plot):
+        if written:
+            print(f"wrote {written}")
     return 0
 
 

@@ -42,6 +42,39 @@ def test_python_dash_m_lrkit_is_the_command(tmp_path):
     assert bad.returncode == 2 and "no-such-task" in bad.stderr
 
 
+def test_a_closed_pipe_and_an_ascii_terminal_are_not_errors(tmp_path):
+    """`lrkit tasks | head -1` printed a BrokenPipeError traceback (and `find --json x | head`
+    lost the file); with PYTHONIOENCODING=ascii a finished command's λ turned into
+    "lrkit: error: 'ascii' codec can't encode" in place of its result."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "lrkit", "find", "--task", "logreg",
+                             "--no-progress", "--json", "r.json"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader has gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err
+    assert json.loads((tmp_path / "r.json").read_text())["suggestion"]["lr"] > 0
+    out = subprocess.run([sys.executable, "-m", "lrkit", "safe-lr", "--task", "logreg",
+                          "--no-test", "--no-progress"], cwd=tmp_path, capture_output=True,
+                         env={**os.environ, "PYTHONIOENCODING": "ascii"}, timeout=120)
+    assert out.returncode == 0 and b"2/\\u03bb = 0.586" in out.stdout, out.stderr
+
+
+def test_paths_after_equals_signs_and_without_suffixes(tmp_path, monkeypatch, capsys):
+    """`--json=~/r.json` made a folder named '~' (the shell leaves `~` after '=' alone);
+    `--plot fp/noext` said "wrote fp/noext" and wrote fp/noext.png."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert main(["find", "--task", TINY, "--no-progress", "--num-iter", "30",
+                 "--json=~/r.json", "--plot", "fp/noext"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "r.json").is_file() and not (tmp_path / "~").exists()
+    assert (tmp_path / "fp" / "noext.png").is_file() and "wrote fp/noext.png" in out
+
+
 def test_schedule_demo_and_list(tmp_path, capsys):
     out = tmp_path / "demo.png"
     assert main(["schedule", "demo", "-o", str(out), "--steps", "200"]) == 0
