@@ -1484,7 +1484,9 @@ def _helper_command(task: Any, task_ref: str, url: str, name: str) -> str:
     from .search._storage import mask_url
 
     ref = task_ref
-    if ":" not in ref and ref not in _tasks.names():  # a Task object passed from Python
+    # a Task object passed from Python (its name stands in for the reference: one with a ':'
+    # in it was printed as a module to import)
+    if ref not in _tasks.names() and (":" not in ref or ref == task.name):
         ref = "package.module:function"
     return (f"lrkit search --task {shlex.quote(ref)} --storage {shlex.quote(mask_url(url))} "
             f"--study {shlex.quote(name)}")
@@ -2213,7 +2215,8 @@ def cli_main(args: argparse.Namespace) -> int:
                     progress=not args.no_progress, made_out=made)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished stages are kept in {out}; continue with "
-              f"lrkit tune --resume {shlex.quote(str(out))}", file=sys.stderr)
+              f"lrkit tune --resume{'=' if str(out).startswith('-') else ' '}"
+              f"{shlex.quote(str(out))}", file=sys.stderr)  # (-x would read as an option)
         return 130
     better = "higher" if res.higher_is_better else "lower"
     if math.isfinite(res.metric):

@@ -209,6 +209,15 @@ def test_tune_ctrl_c_hint_quotes_the_folder(tmp_path, monkeypatch, capsys):
     hint = capsys.readouterr().err.strip().splitlines()[-1]
     assert hint.endswith(f"lrkit tune --resume {shlex.quote(str(out))}")
     assert shlex.split(hint.split("continue with ")[1])[-1] == str(out)
+    # a folder starting with '-': pasted as printed, "--resume -lead" read it as an option
+    monkeypatch.chdir(tmp_path)
+    assert main(["tune", "--task", TINY, "--out=-lead", "--no-progress"]) == 130
+    hint = capsys.readouterr().err.strip().splitlines()[-1]
+    args = shlex.split(hint.split("continue with ")[1])
+    assert args == ["lrkit", "tune", "--resume=-lead"]
+    from lrkit.cli import build_parser
+
+    assert build_parser(args[1:]).parse_args(args[1:]).resume == "-lead"
 
 
 def test_ctrl_c_is_one_line_that_says_how_to_go_on(tmp_path, monkeypatch, capsys):

@@ -1319,6 +1319,17 @@ def test_the_helper_command_is_printed_on_one_line(tmp_path, monkeypatch, capsys
     assert line.endswith("--study tune-run") and len(line) > 60
 
 
+def test_the_helper_command_of_a_python_task_named_with_a_colon_is_a_template():
+    """A Task object's name stands in for its reference: one with a ':' ('a/b c:é') was
+    printed as a module to import (`cannot import module 'a/b c'`)."""
+    task = dataclasses.replace(tiny_task(), name="a/b c:é")
+    url, name = "sqlite:////tmp/s.db", "tune-x"
+    assert "--task package.module:function " in tune_mod._helper_command(task, task.name, url,
+                                                                          name)
+    for ref in ("digits", "mypkg.tasks:make"):  # a built-in name and a module reference stay
+        assert f"--task {ref} " in tune_mod._helper_command(task, ref, url, name)
+
+
 def test_an_interrupted_tune_from_python_says_where_its_finished_stages_are(
         tmp_path, monkeypatch, capsys):
     """A notebook's interrupt of ``lrkit.tune(task)``: the CLI named the folder to resume,
