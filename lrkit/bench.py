@@ -51,8 +51,11 @@ __all__ = [
 
 
 def default_cache_dir() -> Path:
-    """``$LRKIT_CACHE`` or ``~/.cache/lrkit``."""
-    return Path(os.environ.get("LRKIT_CACHE", Path.home() / ".cache" / "lrkit"))
+    """``$LRKIT_CACHE``, else ``$XDG_CACHE_HOME/lrkit``, else ``~/.cache/lrkit``, as for the
+    tasks' data (an empty ``LRKIT_CACHE`` wrote the oracle cache into the working folder)."""
+    from .tasks._data import cache_root
+
+    return cache_root()
 
 
 def regret(metric: float, best: float, *, higher_is_better: bool) -> float:
@@ -308,8 +311,10 @@ def oracle(
     else:
         c = center or t.recipe.default_lr
         tag = ""
+    from .tasks.base import file_name
+
     path = (Path(cache_dir or default_cache_dir()) / "oracle"
-            / f"{t.key}{tag}-c{c:g}-p{points}-d{step_decades:g}.json")
+            / f"{file_name(t.key)}{tag}-c{c:g}-p{points}-d{step_decades:g}.json")
     if path.exists() and not refresh:
         cached = Oracle.from_dict(json.loads(path.read_text()))
         if cached.seeds == seeds and cached.steps == t.recipe.steps and cached.tol == tol:
@@ -332,10 +337,15 @@ def oracle(
             grid = grid + [grid[-1] * factor, grid[-1] * factor**2]
         else:
             break
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(o.to_dict(), indent=1))
-    tmp.replace(path)
+    try:  # a cache that cannot be written costs the next call a grid, not this one's result
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(o.to_dict(), indent=1))
+        tmp.replace(path)
+    except OSError as e:
+        warnings.warn(f"the oracle of {t.name} is not cached: cannot write {str(path)!r} "
+                      f"({e.strerror or type(e).__name__}); set LRKIT_CACHE to a writable "
+                      "folder", stacklevel=2)
     return o
 
 

@@ -85,8 +85,14 @@ def _bench(args: argparse.Namespace) -> int:
     for flag in ("method_seeds", "optimizer_seeds"):  # (0 ran the oracle, then wrote NaN rows)
         if getattr(args, flag, None) is not None:
             check_int(f"--{flag.replace('_', '-')}", getattr(args, flag), minimum=1)
+    from .tasks.base import file_name
+
     out = Path(args.out)
-    _make_folder(out)
+    try:
+        _make_folder(out)
+    except OSError as e:  # (an existing file, a read-only parent: a traceback before)
+        raise ValueError(f"--out: cannot make the folder {args.out!r} "
+                         f"({e.strerror or type(e).__name__})") from None
     task_names = args.task
     oracles, tasks_by_name = {}, {}
     for name in task_names:
@@ -95,8 +101,8 @@ def _bench(args: argparse.Namespace) -> int:
                          workers=args.workers, refresh=args.refresh)
         oracles[o.task] = o
         tasks_by_name[name] = o.task
-        (out / f"oracle-{o.task}.json").write_text(json.dumps(o.to_dict(), indent=1))
-        report.plot_oracle(o, out / f"oracle-{o.task}.png")
+        (out / f"oracle-{file_name(o.task)}.json").write_text(json.dumps(o.to_dict(), indent=1))
+        report.plot_oracle(o, out / f"oracle-{file_name(o.task)}.png")
         lo, hi = o.band
         print(f"{o.task}: best LR {o.best_lr:.3g} ({o.metric_name} {o.best_metric:.4g}), "
               f"good band [{lo:.3g}, {hi:.3g}], {len(o.grid)} LRs x {len(o.seeds)} seeds, "

@@ -288,7 +288,9 @@ def cli_main(args: argparse.Namespace) -> int:
     """``lrkit compare --task NAME --schedules a,b,c``: the table and the figure."""
     fams = [s.strip() for s in args.schedules.split(",") if s.strip()]
     res = compare(args.task, schedules=fams, seed=args.seed, progress=not args.no_progress)
-    out = args.out or f"compare-{res.task}.png"
+    from .tasks.base import file_name
+
+    out = args.out or f"compare-{file_name(res.task)}.png"
     res.plot(out)
     print(res.table())
     b = res.best()

@@ -550,9 +550,10 @@ def _num(x: Any) -> float:
 def _default_out(task_name: str) -> Path:
     """``lrkit-runs/<task>-<UTC time>``, made here (``-2``, ``-3``, ... when a run started in
     the same second has it: made with ``exist_ok=False``, two processes never share one)."""
+    from .tasks.base import file_name
+
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in task_name) or "task"
-    base = Path("lrkit-runs") / f"{safe}-{stamp}"
+    base = Path("lrkit-runs") / f"{file_name(task_name).replace('@', '_')}-{stamp}"
     path, i = base, 1
     while True:
         try:
@@ -561,6 +562,10 @@ def _default_out(task_name: str) -> Path:
         except FileExistsError:
             i += 1
             path = base.with_name(f"{base.name}-{i}")
+        except OSError as e:  # a read-only working folder: before any step
+            raise ValueError(f"cannot make the run folder {str(path)!r} "
+                             f"({e.strerror or type(e).__name__}); pass out= (--out) a "
+                             "folder that can be written") from None
 
 
 # ----------------------------------------------------------------------------------- display

@@ -94,6 +94,27 @@ def test_compare_scores_methods_against_the_oracle(tmp_path):
     assert "| tiny | test-best |" in table and "+0.0% ± " in table
 
 
+def test_a_task_name_is_a_safe_file_name_in_the_cache(tmp_path, monkeypatch):
+    """A user's task name went into the oracle cache's path as it was: '../esc' wrote outside
+    the cache, 'a/b c:é' made `bench oracle` fail after its grid; an empty LRKIT_CACHE wrote
+    the cache into the working folder."""
+    from lrkit.tasks.base import file_name
+
+    assert file_name("a/b c:é") == "a_b_c_é" and file_name("../esc") == ".._esc"
+    assert len(file_name("é" * 300).encode()) <= 100 and file_name("") == "task"
+    (tmp_path / "esc_mod.py").write_text(
+        "import dataclasses\nfrom tests.tiny_task import make_task\n\n"
+        "def make():\n    return dataclasses.replace(make_task(), name='../esc')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    bench.oracle("esc_mod:make", points=13, seeds=(0, 1, 2), workers=1,
+                 cache_dir=tmp_path / "c", progress=False)
+    written = [p for p in tmp_path.rglob("*.json")]
+    assert [p.parent for p in written] == [tmp_path / "c" / "oracle"]
+    monkeypatch.setenv("LRKIT_CACHE", "")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert bench.default_cache_dir() == tmp_path / "xdg" / "lrkit"
+
+
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="points"):
         bench.oracle(TINY, points=5, cache_dir=tmp_path)

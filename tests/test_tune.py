@@ -1319,6 +1319,19 @@ def test_the_helper_command_is_printed_on_one_line(tmp_path, monkeypatch, capsys
     assert line.endswith("--study tune-run") and len(line) > 60
 
 
+def test_a_working_folder_without_room_for_lrkit_runs_is_one_error(tmp_path, monkeypatch):
+    """A read-only working folder (here: 'lrkit-runs' is a file) gave a PermissionError
+    traceback from the default run folder's mkdir; a 245-character task name was "File name
+    too long"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lrkit-runs").write_text("")
+    with pytest.raises(ValueError, match=r"cannot make the run folder .*pass out= \(--out\)"):
+        tune(tiny_task(), progress=False)
+    (tmp_path / "lrkit-runs").unlink()
+    path = tune_mod._default_out("L" * 245)
+    assert path.parent.name == "lrkit-runs" and path.name.startswith("L" * 100 + "-")
+
+
 def test_the_helper_command_of_a_python_task_named_with_a_colon_is_a_template():
     """A Task object's name stands in for its reference: one with a ':' ('a/b c:é') was
     printed as a module to import (`cannot import module 'a/b c'`)."""

@@ -220,9 +220,18 @@ def open_storage(
         if not db or db == ":memory:":
             raise ValueError("storage 'sqlite://' in memory cannot be shared; use 'memory' "
                              "for one process or a file URL 'sqlite:///path.db'")
-        Path(db).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(db).expanduser().resolve().parent
+        lock = str(Path(db).expanduser()) + ".lrkit-init.lock"
+        try:  # a read-only working folder, a name too long: one line, before any step
+            folder.mkdir(parents=True, exist_ok=True)
+            open(lock, "a").close()
+        except OSError as e:
+            raise LRKitError(f"cannot open storage {mask_url(storage)}: cannot write "
+                             f"{e.filename or lock!r} ({e.strerror or type(e).__name__}); "
+                             "pass --storage (storage=) a file in a folder that can be "
+                             "written") from None
         engine_kwargs = _sqlite_engine_kwargs(str(Path(db).expanduser()), sqlite_timeout, mode)
-        engine_kwargs["lock"] = str(Path(db).expanduser()) + ".lrkit-init.lock"
+        engine_kwargs["lock"] = lock
     else:
         engine_kwargs = {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": 2,
                          "pool_recycle": 600}

@@ -26,15 +26,24 @@ def sklearn_datasets(task: str):
                    needed_by=f"the built-in task {task!r}")
 
 
-def cache_dir() -> Path:
-    """Where generated data is cached: ``$LRKIT_CACHE``, else ``$XDG_CACHE_HOME/lrkit``,
-    else ``~/.cache/lrkit`` (created on first use)."""
+def cache_root() -> Path:
+    """Where lrkit caches what it generates or measures: ``$LRKIT_CACHE`` (when not empty),
+    else ``$XDG_CACHE_HOME/lrkit``, else ``~/.cache/lrkit``."""
     root = os.environ.get("LRKIT_CACHE")
     if not root:
         xdg = os.environ.get("XDG_CACHE_HOME")
         root = os.path.join(xdg, "lrkit") if xdg else os.path.join(Path.home(), ".cache", "lrkit")
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
+    return Path(root)
+
+
+def cache_dir() -> Path:
+    """:func:`cache_root`, made on first use where it can be (a read-only one is not an error:
+    what would be cached is computed again; its mkdir raised PermissionError)."""
+    path = cache_root()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass
     return path
 
 

@@ -36,7 +36,18 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from ..schedules import Schedule
 
-__all__ = ["Recipe", "Task", "OPTIMIZERS", "RECIPE_SCHEDULES"]
+__all__ = ["Recipe", "Task", "OPTIMIZERS", "RECIPE_SCHEDULES", "file_name"]
+
+def file_name(text: str, limit: int = 100) -> str:
+    """``text`` (a task's name or key) as one file-name component: characters other than
+    letters, digits and ``-_.@`` become ``_``, cut to ``limit`` UTF-8 bytes. A user's task
+    name went into paths as it was: "a/b c:é" made ``compare`` and ``bench oracle`` fail after
+    all their runs, "../x" wrote the oracle cache outside it, 245 characters were "File name
+    too long" for tune's run folder."""
+    safe = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in str(text)) or "task"
+    data = safe.encode("utf-8")[:limit]
+    return data.decode("utf-8", "ignore") or "task"
+
 
 #: optimizer names a Recipe accepts (see :mod:`lrkit.optim`)
 OPTIMIZERS = _optimizer_names()
