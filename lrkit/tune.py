@@ -614,7 +614,7 @@ class _Display:
                       "diverged" if r["diverged"] else f"{_num(r['metric']):.4g}",
                       "yes" if r.get("kept") else
                       "warmup dropped" if r.get("warmup_chosen") else "")
-        self.console.print(t)
+        self.console.print(t, width=max(80, self.console.width))  # (at 20 columns: blanks)
 
 
 # ---------------------------------------------------------------------------------- stages
@@ -2016,6 +2016,10 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
         if made_out:  # the caller's folder for this run: nothing was started in it
             _drop_unstarted(Path(out))
         raise
+    if storage is not None:  # a relative SQLite file, kept in meta.json, is this folder's
+        from .search._storage import absolute_url
+
+        storage = absolute_url(storage)
     path = Path(out) if out is not None else None
     new_folder = made_out or path is None or not path.exists()
     try:
@@ -2181,6 +2185,10 @@ def _cli_settings(args: argparse.Namespace) -> dict[str, Any]:
     if meta is None:
         raise ValueError(f"--resume {args.resume!r}: no {_FILES['meta']} there (not a "
                          "lrkit tune run folder)")
+    if isinstance(args.storage, str):  # (as the run kept it: a relative file made absolute)
+        from .search._storage import absolute_url
+
+        given["storage"] = absolute_url(args.storage)
     for key, value in given.items():
         if value is not None and value != meta.get(key):
             raise ValueError(f"--{key} {_shown(key, value)} with --resume {args.resume!r}: "

@@ -732,6 +732,28 @@ def test_resume_goes_on_with_the_runs_storage_and_refuses_other_settings(
     assert opened == [storage, storage]
 
 
+def test_a_relative_storage_is_the_same_file_when_resumed_from_elsewhere(tmp_path, monkeypatch,
+                                                                         capsys):
+    """``--storage sqlite:///st dir/s.db`` was kept as given: resumed from another folder it
+    opened a new, empty study there (and the helper command printed the relative URL)."""
+    from lrkit import cli
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    first = tune(tiny_task(), out="run", storage="sqlite:///st dir/s.db", progress=False,
+                 schedules=("constant", "cosine"))
+    kept = json.loads((tmp_path / "a" / "run" / "meta.json").read_text())["storage"]
+    assert kept == f"sqlite:///{tmp_path / 'a' / 'st dir' / 's.db'}"
+    for name in ("result.json", "report.html", "4-final.json"):
+        (tmp_path / "a" / "run" / name).unlink()
+    monkeypatch.chdir(tmp_path / "b")
+    assert cli.main(["tune", "--resume", "../a/run", "--storage", "sqlite:///../a/st dir/s.db",
+                     "--task", "tests.test_tune:tiny_task", "--no-progress"]) == 0
+    assert f"peak lr {first.lr:.3g}" in capsys.readouterr().out
+    assert list((tmp_path / "b").iterdir()) == []
+
+
 def test_a_copied_or_damaged_run_folder_on_resume(task, done, tmp_path, capsys):
     import shutil
 

@@ -82,6 +82,22 @@ def default_url() -> str:
     return sqlite_url(Path.cwd() / DEFAULT_DIR / "lrkit.db")
 
 
+def absolute_url(storage: str) -> str:
+    """``storage`` with a relative SQLite file made absolute (from the working folder); other
+    URLs as given. For a URL kept to be opened again from elsewhere (``lrkit tune --resume``
+    from another folder opened a new, empty study beside it)."""
+    if not re.match(r"sqlite(\+\w+)?:///", storage):
+        return storage
+    from sqlalchemy.engine import make_url
+
+    url = make_url(storage)
+    db = url.database
+    if not db or db == ":memory:" or Path(db).expanduser().is_absolute():
+        return storage
+    return url.set(database=str(Path(db).expanduser().resolve())).render_as_string(
+        hide_password=False)
+
+
 def sqlite_url(path: str | os.PathLike) -> str:
     """The SQLite URL of the file ``path``, escaped: pasted in as it was, a ``?`` in a folder
     name started a query string (the study went to the file named by what came before it), a
