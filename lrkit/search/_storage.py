@@ -88,8 +88,10 @@ def absolute_url(storage: str) -> str:
     from another folder opened a new, empty study beside it)."""
     if not re.match(r"sqlite(\+\w+)?:///", storage):
         return storage
-    from sqlalchemy.engine import make_url
-
+    try:  # (without the search extra, opening the storage says what to install)
+        from sqlalchemy.engine import make_url
+    except ImportError:
+        return storage
     url = make_url(storage)
     db = url.database
     if not db or db == ":memory:" or Path(db).expanduser().is_absolute():
