@@ -1373,7 +1373,9 @@ class _Study:
             done, pending, waiting = self._scan(keys)
             if keys <= set(done):
                 return [(by_key[k], done[k]) for k in by_key]
-            for k in keys - set(done) - pending:  # never queued, or its worker died
+            # never queued, or its worker died; in the arms' order (a set's order moved with
+            # PYTHONHASHSEED: the trials, 3-halving.json and the report's figure with it)
+            for k in [k for k in by_key if k not in done and k not in pending]:
                 a = by_key[k]
                 _enqueue_arm(self.study, task, rung, a.family, a.lr, steps, seed,
                              a.no_warmup)

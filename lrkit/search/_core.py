@@ -1096,7 +1096,8 @@ def _sampler(optuna: Any, plan: _Plan, sign: float, *, joiner: bool = False) -> 
     """The study's sampler in this worker. Optuna's random, TPE and GP samplers draw from their
     own seeded generator, so workers seeded alike proposed the same first LRs (3 workers
     trained one LR 3 times): the worker that planned the study keeps ``plan.seed`` (a search of
-    one worker repeats exactly), a joiner draws its own. lrkit's policies seed each trial by
+    one worker repeats exactly, if it is not interrupted), a joiner draws its own (a resumed
+    search too: it cannot be told from a joiner, so its later LRs are another draw). lrkit's policies seed each trial by
     its number, which differs across workers."""
     from ._policy import PolicySampler
 
