@@ -1354,6 +1354,25 @@ def test_a_working_folder_without_room_for_lrkit_runs_is_one_error(tmp_path, mon
     assert path.parent.name == "lrkit-runs" and path.name.startswith("L" * 100 + "-")
 
 
+def test_a_runs_files_do_not_depend_on_the_hash_seed(tmp_path):
+    """A rung's missing runs were queued in a set's order: the trials' order in
+    3-halving.json (and the report's figure) moved with PYTHONHASHSEED."""
+    import os
+    import subprocess
+    import sys
+
+    halving = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"run{seed}"
+        subprocess.run([sys.executable, "-m", "lrkit", "tune", "--task",
+                        "tests.test_tune:tiny_task", "--out", str(out), "--no-progress"],
+                       cwd=Path(__file__).resolve().parent.parent, check=True, timeout=300,
+                       capture_output=True, env={**os.environ, "PYTHONHASHSEED": seed})
+        trials = json.loads((out / "3-halving.json").read_text())["trials"]
+        halving.append([(t["rung"], t["family"], t["lr"]) for t in trials])
+    assert halving[0] == halving[1] and len(halving[0]) >= 6
+
+
 def test_the_helper_command_of_a_python_task_named_with_a_colon_is_a_template():
     """A Task object's name stands in for its reference: one with a ':' ('a/b c:é') was
     printed as a module to import (`cannot import module 'a/b c'`)."""
