@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -1413,7 +1414,8 @@ def test_an_interrupted_tune_from_python_says_where_its_finished_stages_are(
     assert len(list((tmp_path / "lrkit-runs").iterdir())) == 1
 
 
-@pytest.mark.parametrize("beat", [True, False], ids=["after-a-beat", "before-any-beat"])
+@pytest.mark.parametrize("beat", [True, False, "late"],
+                         ids=["after-a-beat", "before-any-beat", "beat-after-grace"])
 def test_a_run_left_running_by_a_killed_process_is_said_and_taken_back(tmp_path, monkeypatch,
                                                                         beat):
     """``lrkit tune --resume`` after a ``kill -9`` finds the killed process's confirmation run
@@ -1430,6 +1432,8 @@ def test_a_run_left_running_by_a_killed_process_is_said_and_taken_back(tmp_path,
     tune_mod._enqueue_arm(study.study, task, 1, arm.family, arm.lr, 20, 0)
     with pytest.warns(UserWarning, match="Heartbeat"):  # Optuna's: we beat by hand
         trial = study.study.ask()  # a worker pops the run, (beats once and) is killed
+    if beat == "late":  # a run older than the grace whose worker beat just before it died:
+        time.sleep(2.2)  # the resumed process gave it another beat (restarting its grace)
     if beat:
         study.storage.record_heartbeat(trial._trial_id)
 
@@ -1451,6 +1455,8 @@ def test_a_run_left_running_by_a_killed_process_is_said_and_taken_back(tmp_path,
     assert got[0][1]["steps_done"] == 20 and math.isfinite(got[0][1]["metric"])
     states = sorted(t.state.name for t in study.study.get_trials(deepcopy=False))
     assert states == ["COMPLETE", "FAIL"]  # the dead one failed, its arm trained again
+    # only a run that never beat gets this process's beat
+    assert study._beaten == (set() if beat else {trial._trial_id})
 
 
 RUNG1_NEAR_CHANCE = [  # (lr, val accuracy every 3 steps, training losses) of 30-step runs
