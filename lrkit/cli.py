@@ -408,10 +408,7 @@ def _run(argv: Sequence[str] | None) -> int:
         _drop_made()
         print("\nlrkit: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # (main ends it)
-        _drop_made()
-        raise
-    except BaseException:
+    except BaseException:  # (a BrokenPipeError too: main ends it)
         _drop_made()
         raise
     _MADE.clear()

@@ -114,8 +114,8 @@ class CompareResult:
         """Three panels: training loss (smoothed), validation metric, and the LR schedules."""
         import numpy as np
 
-        from ._figures import new_figure
-        from .html import mpl_text, smooth
+        from ._figures import new_figure, smooth
+        from .html import mpl_text
 
         fig, axes = new_figure((16, 4.8), 1, 3)
         for i, r in enumerate(self.rows):

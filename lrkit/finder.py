@@ -1299,15 +1299,18 @@ def _confirm(task: Any, result: RangeTestResult, *, seed: int, candidates: int, 
     cost = result.cost_steps + runs.spent
     runs_said = f"{len(runs.table)} runs of {steps} steps" + (
         f" and one of {long_check['steps']} at the winner" if long_check else "")
-    common = {"candidates": [r["lr"] for r in runs.table], "schedule": family,
+    tried = [r["lr"] for r in runs.table]
+    common = {"candidates": tried, "schedule": family,
               "runs": runs.table, "origin": origin, "travel_steps": travelled,
+              # what stopped the window, for a winner left at an edge of the LRs tried
+              "travel_stop": stop if best["lr"] in (min(tried), max(tried)) else None,
               "long_check": long_check, "metric": task.metric,
               "higher_is_better": task.higher_is_better, "steps": runs.spent,
               "full_run_steps": full, "fraction_of_full_run": runs.spent / full,
               "total_fraction_with_range_test": cost / full}
     said = f"started from {origin}; {runs_said} = {runs.spent / full:.2f} of a full run"
     if point is not None:
-        sug, confirm = _rescaled(runs, best, point, horizon, s, centre, said, common, stop)
+        sug, confirm = _rescaled(runs, best, point, horizon, s, centre, said, common)
         if long_check is not None and long_check["diverged"]:
             sug, confirm = _capped_by_divergence(sug, confirm, long_check)
     else:
@@ -1444,20 +1447,18 @@ def _long_check(runs: _ConfirmRuns, best: dict, room: int, point: tuple | None,
 
 
 def _rescaled(runs: _ConfirmRuns, best: dict, point: tuple, horizon: int, s: Suggestion,
-              centre: float, said: str, common: dict, stop: str | None
-              ) -> tuple[Suggestion, dict]:
+              centre: float, said: str, common: dict) -> tuple[Suggestion, dict]:
     """Confirm's pick when the runs overfit: the winner time-rescaled so the full run ends where
-    the (short or longer) run's val was best (gradient-flow time rescaling). ``stop``: what
-    stopped the window's travel, said when the winner is at an edge of the LRs tried."""
+    the (short or longer) run's val was best (gradient-flow time rescaling); what stopped the
+    window's travel (``common["travel_stop"]``) is said when the winner is at an edge."""
     task, winner = runs.task, best["lr"]
     full = task.recipe.steps
     fraction, why = point
     rescaled = winner * fraction * horizon / full
-    lrs = sorted(r["lr"] for r in runs.table)
-    edge = stop if winner in (lrs[0], lrs[-1]) else None
-    if edge:
-        why += (f" (the best short run is at the {'low' if winner == lrs[0] else 'high'} edge "
-                f"of the LRs tried: {edge})")
+    if common["travel_stop"]:
+        low = winner == min(r["lr"] for r in runs.table)
+        why += (f" (the best short run is at the {'low' if low else 'high'} edge of the LRs "
+                f"tried: {common['travel_stop']})")
     why += (f", so a {full}-step run at that LR would overfit; at {rescaled:.3g} the full "
             f"run integrates the same LR as that run up to that point (gradient-flow "
             f"time rescaling); {said}. The rescaling is an estimate: where the best "
@@ -1467,7 +1468,7 @@ def _rescaled(runs: _ConfirmRuns, best: dict, point: tuple, horizon: int, s: Sug
     br = bracket(task, best, runs.table)
     return s.scaled(rescaled / centre, method=f"{s.method}+confirm", confidence=conf, reason=why), {
         **common, "winner": rescaled, "short_run_winner": winner,
-        "overfit_fraction": fraction, "travel_stop": edge,
+        "overfit_fraction": fraction,
         "lr_range": [None if br[k] is None else br[k] * rescaled / winner
                      for k in ("below", "above")],
         "rule": ("time-rescaled: short-run winner x (the integrated LR to the best val of "
@@ -1523,7 +1524,6 @@ def _kept(runs: _ConfirmRuns, best: dict, stop: str | None, travelled: int,
     conf, why = _too_short(conf, why, runs.steps, runs.candidates, task.recipe.steps)
     return s.scaled(pick / centre, method=f"{s.method}+confirm", confidence=conf, reason=why), {
         **common, "winner": pick, **extra,
-        "travel_stop": stop if winner in (lrs[0], lrs[-1]) else None,
         "loss_tiebreak": tiebreak, "lr_range": lr_range, "lr_alike": br["alike"],
         "rule": f"best val {task.metric} after {runs.steps} steps (recipe schedule rebuilt)"}
 

@@ -1308,14 +1308,19 @@ def plot_log(log: Log, path: str | Path, *, findings: list[Finding] | None = Non
     fig, axes = new_figure((7, 2.0 * n + 0.6), n, 1, sharex=True)
     ax = axes[0]
     finite = np.isfinite(log.loss)
-    # a long run's per-step losses are a band: the raw values pale, their moving average on
+    # a long run's per-step values are a band: the raw values pale, their moving average on
     # top (a 100,000-step log drew a solid block)
     window = max(1, int(finite.sum()) // 200)
-    ax.plot(log.step[finite], log.loss[finite], lw=0.6 if window > 1 else 0.8,
-            color="0.7" if window > 1 else "k", label="train loss")
-    if window > 1:
-        ax.plot(log.step[finite], smooth(log.loss[finite], window), lw=1.2, color="k",
-                label=f"moving average ({window} steps)")
+
+    def trace(a: Any, keep: Any, y: Any, pale: str, color: str, label: str | None) -> None:
+        if window == 1:
+            a.plot(log.step[keep], y[keep], lw=0.8, color=color, label=label)
+            return
+        a.plot(log.step[keep], y[keep], lw=0.6, color=pale, label=label)
+        a.plot(log.step[keep], smooth(y[keep], window), lw=1.2, color=color,
+               label=f"moving average ({window} steps)" if label else None)
+
+    trace(ax, finite, log.loss, "0.7", "k", "train loss")
     pos = log.loss[finite]
     pos = pos[pos > 0]  # (a few exact zeros kept a 100,000-step log on a linear scale)
     if pos.size >= 0.99 * finite.sum() and pos.size and pos.max() / pos.min() > 20:
@@ -1330,12 +1335,8 @@ def plot_log(log: Log, path: str | Path, *, findings: list[Finding] | None = Non
     axes[1].plot(log.step, log.lr, lw=1, color="tab:blue")
     axes[1].set_ylabel("LR")
     if has_g:
-        gm = np.isfinite(log.grad_norm)
-        axes[2].plot(log.step[gm], log.grad_norm[gm], lw=0.6 if window > 1 else 0.8,
-                     color="rosybrown" if window > 1 else "tab:brown")
-        if window > 1:
-            axes[2].plot(log.step[gm], smooth(log.grad_norm[gm], window), lw=1.2,
-                         color="tab:brown")
+        trace(axes[2], np.isfinite(log.grad_norm), log.grad_norm, "rosybrown", "tab:brown",
+              None)
         axes[2].set_yscale("log")
         axes[2].set_ylabel("grad norm")
     for f in found:

@@ -124,7 +124,8 @@ class DivergenceStop(Callback):
     as in fastai and Smith 2017); ``"initial"`` with the first loss (for full training runs, where a
     late, tiny best loss would make a relative rule fire on noise). The EMA is
     ``m_t = beta m_{t-1} + (1 - beta) loss_t``, debiased by ``1 - beta^t`` after ``t`` losses
-    (Adam-style, fastai's form), so the rule only uses past losses. Non-finite losses are handled by :func:`fit` itself.
+    (Adam-style, fastai's form), so the rule only uses past losses. Non-finite losses are
+    handled by :func:`fit` itself.
 
     The ratio assumes a loss bounded below by 0 (cross-entropy, MSE). A loss that can be
     negative (a Gaussian negative log-likelihood, a loss with a constant offset) would make it

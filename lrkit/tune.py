@@ -2011,10 +2011,11 @@ def _checked_settings(task: Any, budget: float | None, schedules: Sequence[str],
 
 
 def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence[str],
-          storage: str | None, out: str | os.PathLike | None, seed: int,
+          storage: str | None, out: str | os.PathLike, seed: int,
           progress: bool, made_out: bool = False) -> TuneResult:
-    """:func:`tune` after its task is resolved (``made_out``: the caller made ``out`` for this
-    run with :func:`_default_out`, so a failed start removes it as a folder made here)."""
+    """:func:`tune` after its task is resolved and its folder named (``made_out``: the caller
+    made ``out`` for this run with :func:`_default_out`, so a failed start removes it as a
+    folder made here)."""
     full = task.recipe.steps
     by_default = budget is None
     try:
@@ -2028,17 +2029,13 @@ def _tune(task: Any, task_ref: str, *, budget: float | None, schedules: Sequence
         from .search._storage import absolute_url
 
         storage = absolute_url(storage)
-    path = Path(out) if out is not None else None
-    new_folder = made_out or path is None or not path.exists()
+    path = Path(out)
+    new_folder = made_out or not path.exists()
     try:
-        if path is None:
-            path = _default_out(task.name)
-        else:
-            path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # before any step is spent: a run whose stages cannot be saved
-        where = str(path) if path is not None else "lrkit-runs"
-        raise ValueError(f"out: cannot make the run folder {where!r} "
-                         f"({e.strerror or type(e).__name__}: {e.filename or where})") from None
+        raise ValueError(f"out: cannot make the run folder {str(path)!r} "
+                         f"({e.strerror or type(e).__name__}: {e.filename or path})") from None
     folder = _Folder(path)
     try:
         folder.hold()

@@ -4,6 +4,7 @@ example that runs in the tests"). Until the twenty-fifth round only ``schedules`
 
 from __future__ import annotations
 
+import argparse
 import doctest
 import importlib
 import importlib.util
@@ -32,11 +33,9 @@ def test_docstring_examples(name: str, tmp_path, monkeypatch) -> None:
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {name}"
 
 
-def _commands() -> dict[str, "argparse.ArgumentParser"]:
+def _commands() -> dict[str, argparse.ArgumentParser]:
     """Every ``lrkit`` command's parser, by its name ("find", "bench methods", ...): each
     command's module fills in its own options only when it is the command run."""
-    import argparse
-
     from lrkit.cli import build_parser
 
     found: dict[str, argparse.ArgumentParser] = {}

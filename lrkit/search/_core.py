@@ -1097,8 +1097,8 @@ def _sampler(optuna: Any, plan: _Plan, sign: float, *, joiner: bool = False) -> 
     own seeded generator, so workers seeded alike proposed the same first LRs (3 workers
     trained one LR 3 times): the worker that planned the study keeps ``plan.seed`` (a search of
     one worker repeats exactly, if it is not interrupted), a joiner draws its own (a resumed
-    search too: it cannot be told from a joiner, so its later LRs are another draw). lrkit's policies seed each trial by
-    its number, which differs across workers."""
+    search too: it cannot be told from a joiner, so its later LRs are another draw). lrkit's
+    policies seed each trial by its number, which differs across workers."""
     from ._policy import PolicySampler
 
     seed = secrets.randbelow(2**31) if joiner else plan.seed

@@ -82,11 +82,15 @@ def default_url() -> str:
     return sqlite_url(Path.cwd() / DEFAULT_DIR / "lrkit.db")
 
 
+#: a SQLite file URL (with or without a driver: ``sqlite+pysqlite:///``)
+_SQLITE_FILE = re.compile(r"sqlite(\+\w+)?:///")
+
+
 def absolute_url(storage: str) -> str:
     """``storage`` with a relative SQLite file made absolute (from the working folder); other
     URLs as given. For a URL kept to be opened again from elsewhere (``lrkit tune --resume``
     from another folder opened a new, empty study beside it)."""
-    if not re.match(r"sqlite(\+\w+)?:///", storage):
+    if not _SQLITE_FILE.match(storage):
         return storage
     try:  # (without the search extra, opening the storage says what to install)
         from sqlalchemy.engine import make_url
@@ -238,17 +242,17 @@ def open_storage(
         if not db or db == ":memory:":
             raise ValueError("storage 'sqlite://' in memory cannot be shared; use 'memory' "
                              "for one process or a file URL 'sqlite:///path.db'")
-        folder = Path(db).expanduser().resolve().parent
-        lock = str(Path(db).expanduser()) + ".lrkit-init.lock"
+        file = Path(db).expanduser()
+        lock = f"{file}.lrkit-init.lock"
         try:  # a read-only working folder, a name too long: one line, before any step
-            folder.mkdir(parents=True, exist_ok=True)
+            file.resolve().parent.mkdir(parents=True, exist_ok=True)
             open(lock, "a").close()
         except OSError as e:
             raise LRKitError(f"cannot open storage {mask_url(storage)}: cannot write "
                              f"{e.filename or lock!r} ({e.strerror or type(e).__name__}); "
                              "pass --storage (storage=) a file in a folder that can be "
                              "written") from None
-        engine_kwargs = _sqlite_engine_kwargs(str(Path(db).expanduser()), sqlite_timeout, mode)
+        engine_kwargs = _sqlite_engine_kwargs(str(file), sqlite_timeout, mode)
         engine_kwargs["lock"] = lock
     else:
         engine_kwargs = {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": 2,
@@ -348,7 +352,7 @@ def check_exists(storage: Any) -> None:
     """Refuse a SQLite ``storage`` (``None``: the default file) whose file does not exist,
     without creating it: for commands that only read a study (``lrkit search show``)."""
     url = default_url() if storage is None else storage
-    if not isinstance(url, str) or not re.match(r"sqlite(\+\w+)?:///", url):
+    if not isinstance(url, str) or not _SQLITE_FILE.match(url):
         return
     from sqlalchemy.engine import make_url
 

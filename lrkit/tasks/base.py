@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["Recipe", "Task", "OPTIMIZERS", "RECIPE_SCHEDULES", "file_name"]
 
+
 def file_name(text: str, limit: int = 100) -> str:
     """``text`` (a task's name or key) as one file-name component: characters other than
     letters, digits and ``-_.@`` become ``_``, cut to ``limit`` UTF-8 bytes. A user's task
