@@ -68,6 +68,9 @@ def test_long_variant_is_the_same_task_with_more_steps():
         seven.with_steps(0)
     with pytest.raises(ValueError, match="warmup"):  # a warmup the horizon cannot hold
         tasks.get("charlm").with_steps(tasks.get("charlm").recipe.warmup_steps)
+    assert not seven.test_is_val and seven.test_label == "test"
+    with pytest.raises(TypeError, match="test_is_val must be a bool, got 'no'"):
+        dataclasses.replace(seven, test_is_val="no")
 
 
 def test_unknown_name_suggests_the_closest():

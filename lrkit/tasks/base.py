@@ -179,6 +179,8 @@ class Task:
         for attr in ("build_model", "batches", "loss", "evaluate"):
             if not callable(getattr(self, attr)):
                 raise TypeError(f"{attr} must be callable, got {getattr(self, attr)!r}")
+        if not isinstance(self.test_is_val, bool):  # ("no" would read as True)
+            raise TypeError(f"test_is_val must be a bool, got {self.test_is_val!r}")
 
     @property
     def test_label(self) -> str:
